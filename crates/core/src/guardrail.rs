@@ -1,0 +1,480 @@
+//! The guardrail abstraction: what a guardrail sees, what it answers, and how failures are
+//! treated.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::text::Side;
+use crate::{CallType, GuardrailMode, RequestId};
+
+/// A boxed error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A future boxed for dynamic dispatch.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a guardrail may know about the request it is checking, shared by every check of one
+/// request.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    request_id: RequestId,
+    call_type: CallType,
+    model: Option<String>,
+    stream: bool,
+    body: Option<Arc<Value>>,
+    headers: HeaderMap,
+}
+
+impl RequestMeta {
+    /// Facts for a request of `call_type` with this id; the rest is empty until set.
+    pub fn new(request_id: RequestId, call_type: CallType) -> Self {
+        RequestMeta {
+            request_id,
+            call_type,
+            model: None,
+            stream: false,
+            body: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Sets the model the client asked for.
+    pub fn with_model(mut self, model: Option<String>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Sets whether the client asked for a stream.
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// Sets the parsed request body.
+    pub fn with_body(mut self, body: Option<Arc<Value>>) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Sets the request headers a guardrail may see. Credentials (`authorization`,
+    /// `x-api-key`, `api-key`, `cookie`, `proxy-authorization`) are removed.
+    pub fn with_headers(mut self, headers: &HeaderMap) -> Self {
+        let mut headers = headers.clone();
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "x-api-key",
+            "api-key",
+            "cookie",
+        ] {
+            headers.remove(name);
+        }
+        self.headers = headers;
+        self
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    /// The call type.
+    pub fn call_type(&self) -> CallType {
+        self.call_type
+    }
+
+    /// The model the client asked for.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Whether the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The parsed request body, if it was JSON.
+    pub fn body(&self) -> Option<&Value> {
+        self.body.as_deref()
+    }
+
+    /// The request headers, without credentials.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+/// What a guardrail is asked to check.
+#[derive(Debug, Clone)]
+pub struct GuardrailInput {
+    texts: Vec<String>,
+    side: Side,
+    mode: GuardrailMode,
+    meta: Arc<RequestMeta>,
+}
+
+impl GuardrailInput {
+    /// An input of `texts` from `side`, checked in `mode`.
+    pub fn new(
+        texts: Vec<String>,
+        side: Side,
+        mode: GuardrailMode,
+        meta: Arc<RequestMeta>,
+    ) -> Self {
+        GuardrailInput {
+            texts,
+            side,
+            mode,
+            meta,
+        }
+    }
+
+    /// The texts, in document order (for a stream: the text accumulated so far, or the window).
+    pub fn texts(&self) -> &[String] {
+        &self.texts
+    }
+
+    /// Takes the texts out.
+    pub fn into_texts(self) -> Vec<String> {
+        self.texts
+    }
+
+    /// Whether the texts come from the request or the response.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The mode this check runs in.
+    pub fn mode(&self) -> GuardrailMode {
+        self.mode
+    }
+
+    /// The request's facts.
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    pub(crate) fn meta_arc(&self) -> Arc<RequestMeta> {
+        self.meta.clone()
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        self.meta.request_id.as_str()
+    }
+
+    /// The call type.
+    pub fn call_type(&self) -> CallType {
+        self.meta.call_type
+    }
+
+    /// The model the client asked for.
+    pub fn model(&self) -> Option<&str> {
+        self.meta.model()
+    }
+
+    /// Whether the response is streamed.
+    pub fn is_stream(&self) -> bool {
+        self.meta.stream
+    }
+}
+
+/// What a guardrail decided.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Let the text through unchanged.
+    Allow,
+    /// Refuse it, with a message for the client.
+    Block {
+        /// Shown to the client as the error message.
+        message: String,
+    },
+    /// Replace the texts (one per input text, same order), e.g. to mask entities.
+    Rewrite {
+        /// The replacement texts.
+        texts: Vec<String>,
+    },
+}
+
+/// A guardrail's answer: a [`Decision`] plus optional detail for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    decision: Decision,
+    detail: Option<Value>,
+    masked_entity_count: Option<BTreeMap<String, u64>>,
+}
+
+impl Verdict {
+    /// Allow.
+    pub fn allow() -> Self {
+        Verdict::from(Decision::Allow)
+    }
+
+    /// Block with a message for the client.
+    pub fn block(message: impl Into<String>) -> Self {
+        Verdict::from(Decision::Block {
+            message: message.into(),
+        })
+    }
+
+    /// Rewrite the texts.
+    pub fn rewrite(texts: Vec<String>) -> Self {
+        Verdict::from(Decision::Rewrite { texts })
+    }
+
+    /// Attaches detail (what the guardrail said), logged as `guardrail_response`.
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Attaches counts of masked entities per type, logged as `masked_entity_count`.
+    pub fn with_masked_entity_count(mut self, counts: BTreeMap<String, u64>) -> Self {
+        self.masked_entity_count = Some(counts);
+        self
+    }
+
+    /// The decision.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// The detail.
+    pub fn detail(&self) -> Option<&Value> {
+        self.detail.as_ref()
+    }
+
+    /// The masked entity counts.
+    pub fn masked_entity_count(&self) -> Option<&BTreeMap<String, u64>> {
+        self.masked_entity_count.as_ref()
+    }
+
+    /// Splits into parts.
+    pub fn into_parts(self) -> (Decision, Option<Value>, Option<BTreeMap<String, u64>>) {
+        (self.decision, self.detail, self.masked_entity_count)
+    }
+}
+
+impl From<Decision> for Verdict {
+    fn from(decision: Decision) -> Self {
+        Verdict {
+            decision,
+            detail: None,
+            masked_entity_count: None,
+        }
+    }
+}
+
+/// How a guardrail failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GuardrailErrorKind {
+    /// The service could not be reached: connect, DNS or IO errors, or HTTP 502/503/504.
+    Unreachable,
+    /// The service did not answer in time (a kind of unreachable).
+    Timeout,
+    /// The service answered, but not usefully (bad JSON, a 4xx, a bug).
+    Failed,
+}
+
+/// A guardrail that could not decide.
+#[derive(Debug)]
+pub struct GuardrailError {
+    kind: GuardrailErrorKind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl GuardrailError {
+    /// The service could not be reached (connect/DNS/IO errors, HTTP 502/503/504).
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        GuardrailError {
+            kind: GuardrailErrorKind::Unreachable,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The service did not answer within `after`.
+    pub fn timeout(after: Duration) -> Self {
+        GuardrailError {
+            kind: GuardrailErrorKind::Timeout,
+            message: format!("no answer within {} ms", after.as_millis()),
+            source: None,
+        }
+    }
+
+    /// Any other failure.
+    pub fn failed(message: impl Into<String>) -> Self {
+        GuardrailError {
+            kind: GuardrailErrorKind::Failed,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> GuardrailErrorKind {
+        self.kind
+    }
+
+    /// Whether this counts as unreachable (for `unreachable_fallback`): connect/IO errors,
+    /// timeouts and 502/503/504.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self.kind,
+            GuardrailErrorKind::Unreachable | GuardrailErrorKind::Timeout
+        )
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for GuardrailError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GuardrailError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A guardrail: checks texts and answers allow, block or rewrite.
+///
+/// Implement it with an `async fn`:
+///
+/// ```
+/// use guardrail_tower_core::{Guardrail, GuardrailError, GuardrailInput, Verdict};
+///
+/// struct NoShouting;
+///
+/// impl Guardrail for NoShouting {
+///     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+///         if input.texts().iter().any(|t| t.len() > 3 && t.chars().all(|c| !c.is_lowercase())) {
+///             return Ok(Verdict::block("please do not shout"));
+///         }
+///         Ok(Verdict::allow())
+///     }
+/// }
+/// ```
+///
+/// or from a closure with [`guardrail_fn`].
+pub trait Guardrail: Send + Sync + 'static {
+    /// Checks the input.
+    fn check(
+        &self,
+        input: &GuardrailInput,
+    ) -> impl Future<Output = Result<Verdict, GuardrailError>> + Send;
+
+    /// The implementation's name, logged as `guardrail_provider`.
+    fn provider(&self) -> &str {
+        "custom"
+    }
+
+    /// For guardrails whose decision is local and deterministic (pattern matching): the most
+    /// characters one match can span. A streamed response then holds back only that many
+    /// trailing characters before letting text through (`StreamPolicy::Exact`). `None` (the
+    /// default) for guardrails that need context (classifiers, remote services).
+    fn max_match_chars(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A guardrail from a closure that takes the input (owned) and returns a future.
+///
+/// ```
+/// use guardrail_tower_core::{guardrail_fn, GuardrailInput, Verdict};
+///
+/// let no_secrets = guardrail_fn(|input: GuardrailInput| async move {
+///     if input.texts().iter().any(|t| t.contains("sk-")) {
+///         Ok(Verdict::block("API keys are not allowed"))
+///     } else {
+///         Ok(Verdict::allow())
+///     }
+/// });
+/// ```
+pub fn guardrail_fn<F, Fut>(f: F) -> GuardrailFn<F>
+where
+    F: Fn(GuardrailInput) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Verdict, GuardrailError>> + Send + 'static,
+{
+    GuardrailFn { f }
+}
+
+/// A guardrail made by [`guardrail_fn`].
+#[derive(Clone, Copy)]
+pub struct GuardrailFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for GuardrailFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardrailFn").finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut> Guardrail for GuardrailFn<F>
+where
+    F: Fn(GuardrailInput) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Verdict, GuardrailError>> + Send + 'static,
+{
+    fn check(
+        &self,
+        input: &GuardrailInput,
+    ) -> impl Future<Output = Result<Verdict, GuardrailError>> + Send {
+        (self.f)(input.clone())
+    }
+}
+
+/// The object-safe form of [`Guardrail`], used to hold different guardrails in one list.
+pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
+    fn check_boxed<'a>(
+        &'a self,
+        input: &'a GuardrailInput,
+    ) -> BoxFuture<'a, Result<Verdict, GuardrailError>>;
+    fn provider(&self) -> &str;
+    fn max_match_chars(&self) -> Option<usize>;
+}
+
+impl<G: Guardrail> ErasedGuardrail for G {
+    fn check_boxed<'a>(
+        &'a self,
+        input: &'a GuardrailInput,
+    ) -> BoxFuture<'a, Result<Verdict, GuardrailError>> {
+        Box::pin(Guardrail::check(self, input))
+    }
+
+    fn provider(&self) -> &str {
+        Guardrail::provider(self)
+    }
+
+    fn max_match_chars(&self) -> Option<usize> {
+        Guardrail::max_match_chars(self)
+    }
+}

@@ -1,0 +1,208 @@
+//! The append-only guardrail log, shared by handle between layers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::GuardrailMode;
+
+/// The outcome of one guardrail run, with LiteLLM's `guardrail_status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailStatus {
+    /// The guardrail ran and allowed.
+    Success,
+    /// The guardrail blocked or rewrote.
+    GuardrailIntervened,
+    /// The guardrail errored or was unreachable (including fail-open pass-throughs).
+    GuardrailFailedToRespond,
+    /// The guardrail was selected but did not run (an earlier guardrail already blocked).
+    NotRun,
+}
+
+impl GuardrailStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailStatus::Success => "success",
+            GuardrailStatus::GuardrailIntervened => "guardrail_intervened",
+            GuardrailStatus::GuardrailFailedToRespond => "guardrail_failed_to_respond",
+            GuardrailStatus::NotRun => "not_run",
+        }
+    }
+}
+
+/// What happened to the text: `allow`, `block` or `mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailAction {
+    /// Passed unchanged.
+    Allow,
+    /// Blocked (including a fail-closed failure).
+    Block,
+    /// Rewritten.
+    Mask,
+}
+
+/// One guardrail run, with the field names LiteLLM uses in `guardrail_information`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardrailLogEntry {
+    /// The configured name.
+    pub guardrail_name: String,
+    /// The implementation (e.g. `litellm_content_filter`).
+    pub guardrail_provider: String,
+    /// When it ran.
+    pub guardrail_mode: GuardrailMode,
+    /// The outcome.
+    pub guardrail_status: GuardrailStatus,
+    /// What happened to the text.
+    pub guardrail_action: GuardrailAction,
+    /// What the guardrail said.
+    pub guardrail_response: Value,
+    /// Start, epoch seconds.
+    pub start_time: f64,
+    /// End, epoch seconds.
+    pub end_time: f64,
+    /// Seconds.
+    pub duration: f64,
+    /// Entities masked, per entity type (`{"EMAIL": 2}`), where masking applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_entity_count: Option<BTreeMap<String, u64>>,
+}
+
+/// The per-request guardrail log: append-only, shared by an `Arc`, so entries written by an
+/// inner layer reach the spend-log layer even when the inner layer then returns an error.
+#[derive(Clone, Default)]
+pub struct GuardrailLog {
+    entries: Arc<Mutex<Vec<GuardrailLogEntry>>>,
+}
+
+impl GuardrailLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        GuardrailLog::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<GuardrailLogEntry>> {
+        // The lock is never held across user code, so poisoning cannot leave it half-written.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends an entry.
+    pub fn push(&self, entry: GuardrailLogEntry) {
+        self.lock().push(entry);
+    }
+
+    /// A copy of the entries so far.
+    pub fn entries(&self) -> Vec<GuardrailLogEntry> {
+        self.lock().clone()
+    }
+
+    /// The number of entries so far.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing was logged.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Whether any entry blocked.
+    pub fn any_blocked(&self) -> bool {
+        self.lock()
+            .iter()
+            .any(|e| e.guardrail_action == GuardrailAction::Block)
+    }
+
+    /// Whether two handles share one log.
+    pub fn ptr_eq(&self, other: &GuardrailLog) -> bool {
+        Arc::ptr_eq(&self.entries, &other.entries)
+    }
+}
+
+impl fmt::Debug for GuardrailLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.lock().iter()).finish()
+    }
+}
+
+/// Seconds since the epoch, as a float (the log's time format).
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_to_exactly_the_litellm_names() {
+        let entry = GuardrailLogEntry {
+            guardrail_name: "pii".into(),
+            guardrail_provider: "litellm_content_filter".into(),
+            guardrail_mode: GuardrailMode::PreCall,
+            guardrail_status: GuardrailStatus::GuardrailIntervened,
+            guardrail_action: GuardrailAction::Mask,
+            guardrail_response: serde_json::json!({"masked": 2}),
+            start_time: 1.5,
+            end_time: 2.0,
+            duration: 0.5,
+            masked_entity_count: Some(BTreeMap::from([("EMAIL".to_string(), 2)])),
+        };
+        let v = serde_json::to_value(&entry).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "guardrail_name": "pii",
+                "guardrail_provider": "litellm_content_filter",
+                "guardrail_mode": "pre_call",
+                "guardrail_status": "guardrail_intervened",
+                "guardrail_action": "mask",
+                "guardrail_response": {"masked": 2},
+                "start_time": 1.5,
+                "end_time": 2.0,
+                "duration": 0.5,
+                "masked_entity_count": {"EMAIL": 2}
+            })
+        );
+        let back: GuardrailLogEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, entry);
+
+        let no_mask = GuardrailLogEntry {
+            masked_entity_count: None,
+            guardrail_status: GuardrailStatus::GuardrailFailedToRespond,
+            ..entry
+        };
+        let v = serde_json::to_value(&no_mask).unwrap();
+        assert!(v.get("masked_entity_count").is_none());
+        assert_eq!(v["guardrail_status"], "guardrail_failed_to_respond");
+    }
+
+    #[test]
+    fn shared_handle_sees_appends() {
+        let log = GuardrailLog::new();
+        let inner = log.clone();
+        assert!(log.ptr_eq(&inner));
+        inner.push(GuardrailLogEntry {
+            guardrail_name: "g".into(),
+            guardrail_provider: "custom".into(),
+            guardrail_mode: GuardrailMode::PostCall,
+            guardrail_status: GuardrailStatus::GuardrailIntervened,
+            guardrail_action: GuardrailAction::Block,
+            guardrail_response: Value::Null,
+            start_time: 0.0,
+            end_time: 0.0,
+            duration: 0.0,
+            masked_entity_count: None,
+        });
+        assert_eq!(log.len(), 1);
+        assert!(log.any_blocked());
+    }
+}

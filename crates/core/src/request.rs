@@ -1,0 +1,595 @@
+//! The request, buffered with a size limit and parsed as JSON once, shared through the request
+//! extensions; and the request id.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body::Body;
+use http_body_util::{Full, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use serde_json::Value;
+
+use crate::guardrail::{BoxError, RequestMeta};
+use crate::text::{Side, TextCountMismatch};
+use crate::{CallType, Error, GuardrailSelection};
+
+/// The default request body limit: 16 MiB (room for a few base64 images).
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of one request: from the `x-request-id` header when the client sent a sane one, else
+/// a new UUID v4. Stored in the request extensions.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A new random (v4) UUID.
+    pub fn new_v4() -> Self {
+        RequestId(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// The id in an `x-request-id` header: 1 to 128 visible ASCII characters.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let value = headers.get(&X_REQUEST_ID)?.to_str().ok()?;
+        let valid =
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| RequestId(value.into()))
+    }
+
+    /// The request's id: the extension if a layer already set one, else the header, else a new
+    /// one; stored in the extensions either way.
+    pub fn get_or_insert<B>(request: &mut Request<B>) -> RequestId {
+        if let Some(id) = request.extensions().get::<RequestId>() {
+            return id.clone();
+        }
+        let id = RequestId::from_headers(request.headers()).unwrap_or_else(RequestId::new_v4);
+        request.extensions_mut().insert(id.clone());
+        id
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// As a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.0).expect("request ids are visible ASCII")
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(id: &str) -> Self {
+        RequestId(id.into())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A request body read once and parsed once, shared by every layer through the request
+/// extensions.
+///
+/// Once a layer has buffered the request, this is the source of truth for the body: later
+/// layers do not read the body again, and a rewrite (masking) updates both the JSON and the
+/// bytes forwarded upstream.
+#[derive(Clone, Debug)]
+pub struct ParsedRequest {
+    call_type: CallType,
+    bytes: Bytes,
+    json: Option<Arc<Value>>,
+    model: Option<String>,
+    stream: bool,
+    user: Option<String>,
+    selection: GuardrailSelection,
+}
+
+impl ParsedRequest {
+    /// Parses a body.
+    ///
+    /// The body must be JSON when the content type is absent or JSON (`application/json`,
+    /// `*+json`); malformed JSON is a 400 [`Error`]. An empty body, or one of another content
+    /// type, is kept as bytes with no JSON (and no guardrail text).
+    pub fn parse(
+        call_type: CallType,
+        bytes: Bytes,
+        content_type: Option<&HeaderValue>,
+    ) -> Result<Self, Error> {
+        let is_json = content_type.is_none_or(|ct| {
+            let ct = ct.to_str().unwrap_or("").trim();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+                || essence.to_ascii_lowercase().ends_with("+json")
+                || essence.is_empty()
+        });
+        let json = if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
+            Some(serde_json::from_slice::<Value>(&bytes).map_err(Error::invalid_json)?)
+        } else {
+            None
+        };
+        let mut parsed = ParsedRequest {
+            call_type,
+            bytes,
+            json: None,
+            model: None,
+            stream: false,
+            user: None,
+            selection: GuardrailSelection::new(),
+        };
+        if let Some(json) = json {
+            parsed.model = json.get("model").and_then(Value::as_str).map(str::to_owned);
+            parsed.stream = json.get("stream").and_then(Value::as_bool) == Some(true);
+            parsed.user = json
+                .get("user")
+                .and_then(Value::as_str)
+                .or_else(|| {
+                    json.get("metadata")
+                        .and_then(|m| m.get("user_id"))
+                        .and_then(Value::as_str)
+                })
+                .map(str::to_owned);
+            parsed.selection = GuardrailSelection::from_body(&json);
+            parsed.json = Some(Arc::new(json));
+        }
+        Ok(parsed)
+    }
+
+    /// The call type.
+    pub fn call_type(&self) -> CallType {
+        self.call_type
+    }
+
+    /// The body as it is forwarded.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The parsed JSON, if the body was JSON.
+    pub fn json(&self) -> Option<&Value> {
+        self.json.as_deref()
+    }
+
+    /// The parsed JSON, shared.
+    pub fn json_arc(&self) -> Option<&Arc<Value>> {
+        self.json.as_ref()
+    }
+
+    /// The `model` the client asked for.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Whether the client asked for a stream (`"stream": true`).
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The end user (`user`, or Anthropic's `metadata.user_id`).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The guardrail selection.
+    pub fn selection(&self) -> &GuardrailSelection {
+        &self.selection
+    }
+
+    /// The guardrail selection, to merge into.
+    pub fn selection_mut(&mut self) -> &mut GuardrailSelection {
+        &mut self.selection
+    }
+
+    /// The request's guardrail texts.
+    pub fn texts(&self) -> Vec<String> {
+        self.json()
+            .map(|json| self.call_type.texts(Side::Request, json))
+            .unwrap_or_default()
+    }
+
+    /// Replaces the guardrail texts and re-serializes the body.
+    pub fn set_texts(&mut self, texts: &[String]) -> Result<(), TextCountMismatch> {
+        let Some(json) = self.json.as_mut() else {
+            return if texts.is_empty() {
+                Ok(())
+            } else {
+                Err(TextCountMismatch {
+                    expected: 0,
+                    got: texts.len(),
+                })
+            };
+        };
+        self.call_type
+            .set_texts(Side::Request, Arc::make_mut(json), texts)?;
+        self.bytes = serde_json::to_vec(&**json)
+            .expect("a serde_json::Value always serializes")
+            .into();
+        Ok(())
+    }
+
+    /// The facts a guardrail may see about this request.
+    pub fn meta(&self, request_id: RequestId, headers: &HeaderMap) -> RequestMeta {
+        RequestMeta::new(request_id, self.call_type)
+            .with_model(self.model.clone())
+            .with_stream(self.stream)
+            .with_body(self.json.clone())
+            .with_headers(headers)
+    }
+}
+
+/// Replaces a request's body with the parsed request's bytes, and makes `content-length` match.
+pub fn set_buffered_body(parts: &mut http::request::Parts, parsed: &ParsedRequest) -> Full<Bytes> {
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(parsed.bytes.len()));
+    Full::new(parsed.bytes.clone())
+}
+
+pin_project! {
+    /// Buffers a request body (with a size limit) and parses it once, unless an earlier layer
+    /// already did: then the body is not read again, and the parsed request's bytes are used.
+    ///
+    /// Resolves to the request with a [`Full`] body and a [`ParsedRequest`] and [`RequestId`] in
+    /// its extensions, or to an [`Error`] in the endpoint's shape: 413 when the body is over the
+    /// limit (`Content-Length` is checked before anything is read), 400 when it is malformed.
+    pub struct BufferRequest<B> {
+        #[pin]
+        state: BufferState<B>,
+    }
+}
+
+pin_project! {
+    #[project = BufferStateProj]
+    enum BufferState<B> {
+        Done {
+            result: Option<Result<Request<Full<Bytes>>, Error>>,
+        },
+        Collecting {
+            parts: Option<http::request::Parts>,
+            call_type: CallType,
+            limit: usize,
+            #[pin]
+            body: Limited<B>,
+            collected: Collected,
+        },
+    }
+}
+
+impl<B> BufferRequest<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// Starts buffering `request` with a body limit of `limit` bytes.
+    pub fn new(mut request: Request<B>, limit: usize) -> Self {
+        RequestId::get_or_insert(&mut request);
+        let call_type = CallType::from_path(request.uri().path());
+        let (mut parts, body) = request.into_parts();
+        if let Some(parsed) = parts.extensions.get::<ParsedRequest>().cloned() {
+            let body = set_buffered_body(&mut parts, &parsed);
+            return BufferRequest::done(Ok(Request::from_parts(parts, body)));
+        }
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return BufferRequest::done(Err(Error::payload_too_large(limit)));
+        }
+        BufferRequest {
+            state: BufferState::Collecting {
+                parts: Some(parts),
+                call_type,
+                limit,
+                body: Limited::new(body, limit),
+                collected: Collected::default(),
+            },
+        }
+    }
+
+    fn done(result: Result<Request<Full<Bytes>>, Error>) -> Self {
+        BufferRequest {
+            state: BufferState::Done {
+                result: Some(result),
+            },
+        }
+    }
+}
+
+impl<B> Future for BufferRequest<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Request<Full<Bytes>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            BufferStateProj::Done { result } => Poll::Ready(
+                result
+                    .take()
+                    .expect("BufferRequest polled after completion"),
+            ),
+            BufferStateProj::Collecting {
+                parts,
+                call_type,
+                limit,
+                mut body,
+                collected,
+            } => {
+                loop {
+                    match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Ok(mut data) = frame.into_data() {
+                                collected.push(data.copy_to_bytes(data.remaining()));
+                            }
+                        }
+                        Some(Err(err)) => {
+                            return Poll::Ready(Err(body_error(&*err, *limit)));
+                        }
+                        None => break,
+                    }
+                }
+                let mut parts = parts.take().expect("BufferRequest polled after completion");
+                let bytes = collected.take();
+                let parsed = match ParsedRequest::parse(
+                    *call_type,
+                    bytes,
+                    parts.headers.get(CONTENT_TYPE),
+                ) {
+                    Ok(parsed) => parsed,
+                    Err(err) => return Poll::Ready(Err(err)),
+                };
+                let body = set_buffered_body(&mut parts, &parsed);
+                parts.extensions.insert(parsed);
+                Poll::Ready(Ok(Request::from_parts(parts, body)))
+            }
+        }
+    }
+}
+
+/// The body read so far: the first chunk kept as is (no copy in the common one-chunk case),
+/// later ones appended to one buffer.
+#[derive(Default)]
+struct Collected {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Collected {
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        match (&self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
+            (Some(_), Some(rest)) => rest.put_slice(&data),
+            (Some(first), None) => {
+                let mut rest = BytesMut::with_capacity((first.len() + data.len()) * 2);
+                rest.put_slice(first);
+                rest.put_slice(&data);
+                self.rest = Some(rest);
+            }
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        match (self.rest.take(), self.first.take()) {
+            (Some(rest), _) => rest.freeze(),
+            (None, first) => first.unwrap_or_default(),
+        }
+    }
+}
+
+fn body_error(err: &(dyn std::error::Error + Send + Sync + 'static), limit: usize) -> Error {
+    if err.downcast_ref::<LengthLimitError>().is_some() {
+        Error::payload_too_large(limit)
+    } else {
+        Error::new(
+            http::StatusCode::BAD_REQUEST,
+            format!("failed to read the request body: {err}"),
+        )
+        .with_code("body_read_error")
+    }
+}
+
+impl<B> fmt::Debug for BufferRequest<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferRequest").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    fn request(body: &'static str) -> Request<Full<Bytes>> {
+        Request::post("/v1/chat/completions")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn parses_once_and_fills_extensions() {
+        let req = request(
+            r#"{"model":"gpt","stream":true,"user":"u1","guardrails":["a"],"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let req = BufferRequest::new(req, 1024).await.unwrap();
+        let parsed = req.extensions().get::<ParsedRequest>().unwrap();
+        assert_eq!(parsed.call_type(), CallType::ChatCompletions);
+        assert_eq!(parsed.model(), Some("gpt"));
+        assert!(parsed.stream());
+        assert_eq!(parsed.user(), Some("u1"));
+        assert!(parsed.selection().contains("a"));
+        assert_eq!(parsed.texts(), ["hi"]);
+        assert!(req.extensions().get::<RequestId>().is_some());
+        assert_eq!(
+            req.headers()[CONTENT_LENGTH],
+            parsed.bytes().len().to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn content_length_over_limit_is_413_before_reading() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready(Some(Ok::<_, std::io::Error>(Frame::data(
+                Bytes::from_static(b"{}"),
+            ))))
+        }));
+        let req = Request::post("/v1/responses")
+            .header(CONTENT_LENGTH, "2048")
+            .body(body)
+            .unwrap();
+        let err = BufferRequest::new(req, 1024).await.unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn streamed_body_over_limit_is_413() {
+        let body =
+            StreamBody::new(futures_util::stream::iter((0..100).map(|_| {
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[b' '; 64])))
+            })));
+        let req = Request::post("/v1/messages").body(body).unwrap();
+        let err = BufferRequest::new(req, 1024).await.unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert_eq!(
+            err.to_json(CallType::AnthropicMessages),
+            r#"{"type":"error","error":{"type":"request_too_large","message":"request body is larger than the limit of 1024 bytes"}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400() {
+        let err = BufferRequest::new(request(r#"{"model": "#), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert_eq!(err.code(), Some("invalid_json"));
+        assert!(err.message().contains("EOF"), "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn body_read_error_is_400() {
+        let body = StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"{"))),
+            Err(std::io::Error::other("client went away")),
+        ]));
+        let req = Request::post("/v1/chat/completions").body(body).unwrap();
+        let err = BufferRequest::new(req, 1024).await.unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(err.message().contains("client went away"));
+    }
+
+    #[tokio::test]
+    async fn empty_and_non_json_bodies_have_no_json() {
+        let req = Request::post("/v1/embeddings")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let req = BufferRequest::new(req, 1024).await.unwrap();
+        assert!(
+            req.extensions()
+                .get::<ParsedRequest>()
+                .unwrap()
+                .json()
+                .is_none()
+        );
+
+        let req = Request::post("/v1/audio/transcriptions")
+            .header(CONTENT_TYPE, "multipart/form-data; boundary=x")
+            .body(Full::new(Bytes::from_static(b"--x\r\n")))
+            .unwrap();
+        let req = BufferRequest::new(req, 1024).await.unwrap();
+        let parsed = req.extensions().get::<ParsedRequest>().unwrap();
+        assert!(parsed.json().is_none());
+        assert_eq!(parsed.bytes(), "--x\r\n");
+    }
+
+    #[tokio::test]
+    async fn second_buffer_reuses_the_first() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let mut sent = false;
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if sent {
+                Poll::Ready(None)
+            } else {
+                sent = true;
+                Poll::Ready(Some(Ok::<_, std::io::Error>(Frame::data(
+                    Bytes::from_static(br#"{"model":"m"}"#),
+                ))))
+            }
+        }));
+        let req = Request::post("/v1/chat/completions").body(body).unwrap();
+        let req = BufferRequest::new(req, 1024).await.unwrap();
+        let reads_after_first = reads.load(Ordering::SeqCst);
+        let req = BufferRequest::new(req, 1024).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), reads_after_first);
+        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, r#"{"model":"m"}"#);
+    }
+
+    #[test]
+    fn set_texts_reserializes() {
+        let mut parsed = ParsedRequest::parse(
+            CallType::ChatCompletions,
+            Bytes::from_static(
+                br#"{"model":"m","messages":[{"role":"user","content":"my email is a@b.co"}]}"#,
+            ),
+            None,
+        )
+        .unwrap();
+        parsed.set_texts(&["my email is [EMAIL]".into()]).unwrap();
+        assert_eq!(
+            parsed.bytes(),
+            r#"{"model":"m","messages":[{"role":"user","content":"my email is [EMAIL]"}]}"#
+        );
+        assert_eq!(parsed.texts(), ["my email is [EMAIL]"]);
+    }
+
+    #[test]
+    fn request_id_header_validation() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(
+            RequestId::from_headers(&headers).unwrap().as_str(),
+            "abc-123"
+        );
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert!(RequestId::from_headers(&headers).is_none());
+        headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(129)).unwrap(),
+        );
+        assert!(RequestId::from_headers(&headers).is_none());
+    }
+}

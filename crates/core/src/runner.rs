@@ -1,0 +1,951 @@
+//! Configured guardrails and the one runner every layer uses: gate, run in order (masking
+//! composes), apply fallbacks, and log one entry per run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::guardrail::{BoxFuture, ErasedGuardrail, GuardrailError, GuardrailInput, RequestMeta};
+use crate::log::{
+    GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds,
+};
+use crate::text::Side;
+use crate::{
+    Decision, Error, Guardrail, GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec,
+    Verdict,
+};
+
+/// What to do when a guardrail cannot give an answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// Fail the request (or end the stream) with an error naming the guardrail.
+    #[default]
+    FailClosed,
+    /// Let the text through unchanged, record `guardrail_failed_to_respond`, and log an error.
+    FailOpen,
+}
+
+impl Fallback {
+    /// `fail_closed` or `fail_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::FailClosed => "fail_closed",
+            Fallback::FailOpen => "fail_open",
+        }
+    }
+}
+
+impl FromStr for Fallback {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail_closed" => Ok(Fallback::FailClosed),
+            "fail_open" => Ok(Fallback::FailOpen),
+            other => Err(format!(
+                "unknown fallback '{other}' (expected fail_closed or fail_open)"
+            )),
+        }
+    }
+}
+
+/// How a streamed response is checked by a post-call guardrail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamPolicy {
+    /// For guardrails with [`Guardrail::max_match_chars`]: hold back only as many trailing
+    /// characters as the longest match could still need; everything else flows at once, and
+    /// nothing a guardrail would block reaches the client. The default for such guardrails.
+    Exact,
+    /// Hold events back until the text they carry was checked; check when `chars` new
+    /// characters have arrived (with `overlap` characters of earlier context) and at the end.
+    Window {
+        /// New characters per check.
+        chars: usize,
+        /// Characters of earlier text included in each check for context.
+        overlap: usize,
+    },
+    /// Let events flow at once; check the whole text once at the end, holding back the final
+    /// events (finish reason, usage, the terminal event) until it passes.
+    EndOfStream,
+    /// Hold the whole stream until one check of the whole text passes.
+    BufferAll {
+        /// The most bytes held; beyond it, `on_overflow` decides.
+        max_bytes: usize,
+        /// `FailOpen` releases what is held and continues with `EndOfStream`; `FailClosed` ends
+        /// the stream with an error.
+        on_overflow: Fallback,
+    },
+}
+
+impl StreamPolicy {
+    /// The default window: 200 characters with 50 of overlap.
+    pub const DEFAULT_WINDOW: StreamPolicy = StreamPolicy::Window {
+        chars: 200,
+        overlap: 50,
+    };
+}
+
+/// A guardrail with its name, modes and failure handling: what a config entry describes.
+#[derive(Clone)]
+pub struct ConfiguredGuardrail {
+    spec: GuardrailSpec,
+    guardrail: Arc<dyn ErasedGuardrail>,
+    on_unreachable: Fallback,
+    on_error: Fallback,
+    timeout: Option<Duration>,
+    stream_policy: Option<StreamPolicy>,
+}
+
+impl ConfiguredGuardrail {
+    /// `guardrail` under `name`, running in `modes`, not `default_on`, failing closed, with no
+    /// timeout of its own.
+    ///
+    /// ```
+    /// use guardrail_tower_core::{guardrail_fn, ConfiguredGuardrail, Fallback, GuardrailMode, Verdict};
+    /// use std::time::Duration;
+    ///
+    /// let g = ConfiguredGuardrail::new(
+    ///     "allow-all",
+    ///     [GuardrailMode::PreCall, GuardrailMode::PostCall],
+    ///     guardrail_fn(|_| async { Ok(Verdict::allow()) }),
+    /// )
+    /// .default_on(true)
+    /// .timeout(Duration::from_secs(2))
+    /// .unreachable_fallback(Fallback::FailOpen);
+    /// assert_eq!(g.name(), "allow-all");
+    /// ```
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        modes: impl Into<GuardrailModes>,
+        guardrail: impl Guardrail,
+    ) -> Self {
+        ConfiguredGuardrail {
+            spec: GuardrailSpec::new(name, modes, false),
+            guardrail: Arc::new(guardrail),
+            on_unreachable: Fallback::FailClosed,
+            on_error: Fallback::FailClosed,
+            timeout: None,
+            stream_policy: None,
+        }
+    }
+
+    /// Whether it runs without being selected.
+    pub fn default_on(mut self, default_on: bool) -> Self {
+        self.spec = GuardrailSpec::new(self.spec.name_arc().clone(), self.spec.modes(), default_on);
+        self
+    }
+
+    /// What to do when the guardrail is unreachable (connect/DNS/IO errors, timeouts,
+    /// 502/503/504). Default: fail closed.
+    pub fn unreachable_fallback(mut self, fallback: Fallback) -> Self {
+        self.on_unreachable = fallback;
+        self
+    }
+
+    /// What to do on any other guardrail error (bad answers, 4xx). Default: fail closed.
+    pub fn error_fallback(mut self, fallback: Fallback) -> Self {
+        self.on_error = fallback;
+        self
+    }
+
+    /// The longest a check may take; beyond it the guardrail counts as unreachable.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The streaming policy for this guardrail, overriding the layer's.
+    pub fn stream_policy(mut self, policy: StreamPolicy) -> Self {
+        self.stream_policy = Some(policy);
+        self
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &GuardrailSpec {
+        &self.spec
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        self.spec.name()
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &str {
+        self.guardrail.provider()
+    }
+
+    /// See [`Guardrail::max_match_chars`].
+    pub fn max_match_chars(&self) -> Option<usize> {
+        self.guardrail.max_match_chars()
+    }
+
+    /// The streaming policy set on this guardrail, if any.
+    pub fn configured_stream_policy(&self) -> Option<StreamPolicy> {
+        self.stream_policy
+    }
+
+    /// The fallback for this error.
+    pub fn fallback_for(&self, error: &GuardrailError) -> Fallback {
+        if error.is_unreachable() {
+            self.on_unreachable
+        } else {
+            self.on_error
+        }
+    }
+
+    /// Runs one check (with the timeout), and records when.
+    pub async fn check(&self, input: &GuardrailInput) -> Check {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let fut = self.guardrail.check_boxed(input);
+        let result = match self.timeout {
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(GuardrailError::timeout(limit)),
+            },
+            None => fut.await,
+        };
+        Check {
+            result,
+            started_at,
+            duration: start.elapsed(),
+        }
+    }
+
+    /// Interprets a finished check: the log entry, and what happens to the text.
+    ///
+    /// `input_len` is the number of texts checked; a rewrite with a different number is a
+    /// guardrail error.
+    pub fn resolve(&self, mode: GuardrailMode, input_len: usize, check: Check) -> Resolved {
+        let Check {
+            result,
+            started_at,
+            duration,
+        } = check;
+        let result = result.and_then(|verdict| match verdict.decision() {
+            Decision::Rewrite { texts } if texts.len() != input_len => {
+                Err(GuardrailError::failed(format!(
+                    "rewrite returned {} texts for {} inputs",
+                    texts.len(),
+                    input_len
+                )))
+            }
+            _ => Ok(verdict),
+        });
+        let (status, action, response, masked, effect) = match result {
+            Ok(verdict) => {
+                let (decision, detail, masked) = verdict.into_parts();
+                match decision {
+                    Decision::Allow => (
+                        GuardrailStatus::Success,
+                        GuardrailAction::Allow,
+                        detail.unwrap_or(Value::Null),
+                        masked,
+                        Effect::Allow,
+                    ),
+                    Decision::Block { message } => (
+                        GuardrailStatus::GuardrailIntervened,
+                        GuardrailAction::Block,
+                        detail.unwrap_or_else(|| Value::String(message.clone())),
+                        masked,
+                        Effect::Block(Error::guardrail_blocked(self.name(), message)),
+                    ),
+                    Decision::Rewrite { texts } => (
+                        GuardrailStatus::GuardrailIntervened,
+                        GuardrailAction::Mask,
+                        detail.unwrap_or(Value::Null),
+                        masked,
+                        Effect::Rewrite(texts),
+                    ),
+                }
+            }
+            Err(error) => {
+                let fallback = self.fallback_for(&error);
+                let response = serde_json::json!({
+                    "error": error.to_string(),
+                    "unreachable": error.is_unreachable(),
+                    "fallback": fallback.as_str(),
+                });
+                match fallback {
+                    Fallback::FailOpen => {
+                        tracing::error!(
+                            guardrail = self.name(),
+                            mode = mode.as_str(),
+                            error = %error,
+                            "guardrail failed to respond; failing open (text passed unchecked)"
+                        );
+                        (
+                            GuardrailStatus::GuardrailFailedToRespond,
+                            GuardrailAction::Allow,
+                            response,
+                            None,
+                            Effect::Allow,
+                        )
+                    }
+                    Fallback::FailClosed => {
+                        tracing::error!(
+                            guardrail = self.name(),
+                            mode = mode.as_str(),
+                            error = %error,
+                            "guardrail failed to respond; failing closed"
+                        );
+                        let err = if error.is_unreachable() {
+                            Error::guardrail_unreachable(self.name(), &error)
+                        } else {
+                            Error::guardrail_failed(self.name(), &error)
+                        };
+                        (
+                            GuardrailStatus::GuardrailFailedToRespond,
+                            GuardrailAction::Block,
+                            response,
+                            None,
+                            Effect::Block(err),
+                        )
+                    }
+                }
+            }
+        };
+        let start_time = epoch_seconds(started_at);
+        let secs = duration.as_secs_f64();
+        Resolved {
+            entry: GuardrailLogEntry {
+                guardrail_name: self.name().to_owned(),
+                guardrail_provider: self.provider().to_owned(),
+                guardrail_mode: mode,
+                guardrail_status: status,
+                guardrail_action: action,
+                guardrail_response: response,
+                start_time,
+                end_time: start_time + secs,
+                duration: secs,
+                masked_entity_count: masked,
+            },
+            effect,
+        }
+    }
+
+    /// The log entry of a guardrail that was selected but not run, because an earlier one
+    /// already blocked.
+    pub fn not_run_entry(&self, mode: GuardrailMode) -> GuardrailLogEntry {
+        let now = epoch_seconds(SystemTime::now());
+        GuardrailLogEntry {
+            guardrail_name: self.name().to_owned(),
+            guardrail_provider: self.provider().to_owned(),
+            guardrail_mode: mode,
+            guardrail_status: GuardrailStatus::NotRun,
+            guardrail_action: GuardrailAction::Allow,
+            guardrail_response: Value::String("not run: an earlier guardrail blocked".into()),
+            start_time: now,
+            end_time: now,
+            duration: 0.0,
+            masked_entity_count: None,
+        }
+    }
+}
+
+impl fmt::Debug for ConfiguredGuardrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredGuardrail")
+            .field("spec", &self.spec)
+            .field("provider", &self.provider())
+            .field("on_unreachable", &self.on_unreachable)
+            .field("on_error", &self.on_error)
+            .field("timeout", &self.timeout)
+            .field("stream_policy", &self.stream_policy)
+            .finish()
+    }
+}
+
+/// One finished check, not yet interpreted.
+#[derive(Debug)]
+pub struct Check {
+    /// What the guardrail answered.
+    pub result: Result<Verdict, GuardrailError>,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// What a check means for the text, after fallbacks.
+#[derive(Debug)]
+pub enum Effect {
+    /// Pass the text unchanged.
+    Allow,
+    /// Replace the texts.
+    Rewrite(Vec<String>),
+    /// Stop with this error (a block, or a fail-closed failure).
+    Block(Error),
+}
+
+/// A check interpreted: its log entry and its effect.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The entry to append to the guardrail log.
+    pub entry: GuardrailLogEntry,
+    /// What happens to the text.
+    pub effect: Effect,
+}
+
+/// The result of running the selected guardrails for one event.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every guardrail let the text through; `rewritten` holds the new texts when one or more
+    /// guardrails rewrote them.
+    Allowed {
+        /// The rewritten texts, if any guardrail rewrote.
+        rewritten: Option<Vec<String>>,
+        /// Masked entities per type, summed over the guardrails that rewrote.
+        masked_entity_count: BTreeMap<String, u64>,
+    },
+    /// A guardrail blocked, or failed closed.
+    Blocked(Error),
+}
+
+/// The future of [`Guardrails::run`].
+pub type RunFuture = BoxFuture<'static, Outcome>;
+
+/// The ordered list of configured guardrails a layer runs. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Guardrails {
+    list: Arc<[ConfiguredGuardrail]>,
+    concurrent: bool,
+}
+
+/// Two guardrails with one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateGuardrail(pub String);
+
+impl fmt::Display for DuplicateGuardrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "guardrail '{}' is defined more than once", self.0)
+    }
+}
+
+impl std::error::Error for DuplicateGuardrail {}
+
+impl Guardrails {
+    /// The guardrails, in the order they run.
+    ///
+    /// # Panics
+    ///
+    /// When two guardrails share a name; use [`Guardrails::try_new`] to get an error instead.
+    pub fn new(list: impl IntoIterator<Item = ConfiguredGuardrail>) -> Self {
+        match Guardrails::try_new(list) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The guardrails, in the order they run, or an error naming a duplicated name.
+    pub fn try_new(
+        list: impl IntoIterator<Item = ConfiguredGuardrail>,
+    ) -> Result<Self, DuplicateGuardrail> {
+        let list: Vec<ConfiguredGuardrail> = list.into_iter().collect();
+        for (i, g) in list.iter().enumerate() {
+            if list[..i].iter().any(|other| other.name() == g.name()) {
+                return Err(DuplicateGuardrail(g.name().to_owned()));
+            }
+        }
+        Ok(Guardrails {
+            list: list.into(),
+            concurrent: false,
+        })
+    }
+
+    /// Run the selected guardrails of one event concurrently instead of one after another.
+    ///
+    /// Every guardrail first checks the same text at once. Results are then taken in
+    /// configured order, so the outcome is the sequential one: when a guardrail rewrites, the
+    /// ones after it are checked again, in order, on the rewritten text, and only the run that
+    /// counts is logged.
+    pub fn concurrent(mut self, concurrent: bool) -> Self {
+        self.concurrent = concurrent;
+        self
+    }
+
+    /// The guardrail named `name`.
+    pub fn get(&self, name: &str) -> Option<&ConfiguredGuardrail> {
+        self.list.iter().find(|g| g.name() == name)
+    }
+
+    /// All guardrails, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConfiguredGuardrail> {
+        self.list.iter()
+    }
+
+    /// The number of guardrails.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The guardrails the gate selects for `mode`, in order.
+    pub fn selected<'a>(
+        &'a self,
+        mode: GuardrailMode,
+        selection: &'a GuardrailSelection,
+    ) -> impl Iterator<Item = &'a ConfiguredGuardrail> + 'a {
+        self.list
+            .iter()
+            .filter(move |g| g.spec().should_run(mode, selection))
+    }
+
+    /// Whether the gate selects any guardrail for `mode`.
+    pub fn any_selected(&self, mode: GuardrailMode, selection: &GuardrailSelection) -> bool {
+        self.selected(mode, selection).next().is_some()
+    }
+
+    /// Runs the guardrails the gate selects for `mode` on `texts`, appending one entry per run to
+    /// `log`. Sequential in configured order (each sees the text as the previous one left it),
+    /// or concurrent (see [`Guardrails::concurrent`]).
+    ///
+    /// Returns `None` without allocating when no guardrail is selected.
+    pub fn run(
+        &self,
+        mode: GuardrailMode,
+        selection: &GuardrailSelection,
+        side: Side,
+        texts: Vec<String>,
+        meta: Arc<RequestMeta>,
+        log: GuardrailLog,
+    ) -> Option<RunFuture> {
+        let selected: Vec<usize> = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.spec().should_run(mode, selection))
+            .map(|(i, _)| i)
+            .collect();
+        if selected.is_empty() {
+            return None;
+        }
+        let list = self.list.clone();
+        let concurrent = self.concurrent && selected.len() > 1;
+        Some(Box::pin(async move {
+            let mut input = GuardrailInput::new(texts, side, mode, meta);
+            let mut first_results = if concurrent {
+                let checks = selected.iter().map(|&i| {
+                    let g = &list[i];
+                    let input = &input;
+                    async move { g.check(input).await }
+                });
+                futures_util::future::join_all(checks).await
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>();
+            let mut rewritten = false;
+            let mut masked_total = BTreeMap::new();
+            for (pos, &i) in selected.iter().enumerate() {
+                let g = &list[i];
+                let n = input.texts().len();
+                // A concurrent result is valid only while the text is still the original one.
+                let check = match first_results.get_mut(pos).and_then(Option::take) {
+                    Some(check) if !rewritten => check,
+                    _ => g.check(&input).await,
+                };
+                let Resolved { entry, effect } = g.resolve(mode, n, check);
+                if let Some(masked) = &entry.masked_entity_count {
+                    for (k, v) in masked {
+                        *masked_total.entry(k.clone()).or_insert(0) += v;
+                    }
+                }
+                log.push(entry);
+                match effect {
+                    Effect::Allow => {}
+                    Effect::Rewrite(new) => {
+                        rewritten = true;
+                        input = GuardrailInput::new(new, side, mode, input.meta_arc());
+                    }
+                    Effect::Block(err) => {
+                        for &j in &selected[pos + 1..] {
+                            log.push(list[j].not_run_entry(mode));
+                        }
+                        return Outcome::Blocked(err);
+                    }
+                }
+            }
+            Outcome::Allowed {
+                rewritten: rewritten.then(|| input.into_texts()),
+                masked_entity_count: masked_total,
+            }
+        }))
+    }
+}
+
+impl fmt::Debug for Guardrails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guardrails")
+            .field("list", &self.list)
+            .field("concurrent", &self.concurrent)
+            .finish()
+    }
+}
+
+impl FromIterator<ConfiguredGuardrail> for Guardrails {
+    fn from_iter<I: IntoIterator<Item = ConfiguredGuardrail>>(iter: I) -> Self {
+        Guardrails::new(iter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{CallType, GuardrailErrorKind, RequestId, guardrail_fn};
+
+    fn meta() -> Arc<RequestMeta> {
+        Arc::new(RequestMeta::new(
+            RequestId::from("req-1"),
+            CallType::ChatCompletions,
+        ))
+    }
+
+    fn replace(name: &'static str, from: &'static str, to: &'static str) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            name,
+            GuardrailMode::PreCall,
+            guardrail_fn(move |input: GuardrailInput| async move {
+                if input.texts().iter().any(|t| t.contains(from)) {
+                    let texts = input.texts().iter().map(|t| t.replace(from, to)).collect();
+                    Ok(Verdict::rewrite(texts)
+                        .with_masked_entity_count(BTreeMap::from([(name.to_uppercase(), 1)])))
+                } else {
+                    Ok(Verdict::allow())
+                }
+            }),
+        )
+        .default_on(true)
+    }
+
+    fn block_on(name: &'static str, word: &'static str) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            name,
+            GuardrailMode::PreCall,
+            guardrail_fn(move |input: GuardrailInput| async move {
+                if input.texts().iter().any(|t| t.contains(word)) {
+                    Ok(Verdict::block(format!("'{word}' is not allowed")))
+                } else {
+                    Ok(Verdict::allow())
+                }
+            }),
+        )
+        .default_on(true)
+    }
+
+    fn failing(name: &'static str, kind: GuardrailErrorKind) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            name,
+            GuardrailMode::PreCall,
+            guardrail_fn(move |_| async move {
+                Err(match kind {
+                    GuardrailErrorKind::Unreachable => {
+                        GuardrailError::unreachable("connection refused")
+                    }
+                    GuardrailErrorKind::Timeout => GuardrailError::timeout(Duration::from_secs(1)),
+                    _ => GuardrailError::failed("invalid JSON from guardrail"),
+                })
+            }),
+        )
+        .default_on(true)
+    }
+
+    async fn run(g: &Guardrails, texts: &[&str]) -> (Outcome, GuardrailLog) {
+        let log = GuardrailLog::new();
+        let fut = g
+            .run(
+                GuardrailMode::PreCall,
+                &GuardrailSelection::new(),
+                Side::Request,
+                texts.iter().map(|t| t.to_string()).collect(),
+                meta(),
+                log.clone(),
+            )
+            .expect("a guardrail is selected");
+        (fut.await, log)
+    }
+
+    fn statuses(log: &GuardrailLog) -> Vec<(String, GuardrailStatus, GuardrailAction)> {
+        log.entries()
+            .into_iter()
+            .map(|e| (e.guardrail_name, e.guardrail_status, e.guardrail_action))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn masking_composes_in_order() {
+        for concurrent in [false, true] {
+            let g = Guardrails::new([replace("a", "cat", "dog"), replace("b", "dog", "wolf")])
+                .concurrent(concurrent);
+            let (outcome, log) = run(&g, &["a cat", "no pets"]).await;
+            let Outcome::Allowed {
+                rewritten,
+                masked_entity_count,
+            } = outcome
+            else {
+                panic!("blocked")
+            };
+            assert_eq!(
+                rewritten.unwrap(),
+                ["a wolf", "no pets"],
+                "concurrent={concurrent}"
+            );
+            assert_eq!(
+                masked_entity_count,
+                BTreeMap::from([("A".into(), 1), ("B".into(), 1)])
+            );
+            assert_eq!(
+                statuses(&log),
+                [
+                    (
+                        "a".into(),
+                        GuardrailStatus::GuardrailIntervened,
+                        GuardrailAction::Mask
+                    ),
+                    (
+                        "b".into(),
+                        GuardrailStatus::GuardrailIntervened,
+                        GuardrailAction::Mask
+                    ),
+                ]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn block_stops_and_records_the_rest_as_not_run() {
+        for concurrent in [false, true] {
+            let g = Guardrails::new([
+                replace("mask", "x", "y"),
+                block_on("blocker", "bad"),
+                block_on("after", "zzz"),
+            ])
+            .concurrent(concurrent);
+            let (outcome, log) = run(&g, &["bad"]).await;
+            let Outcome::Blocked(err) = outcome else {
+                panic!("allowed")
+            };
+            assert_eq!(err.status(), 400);
+            assert_eq!(err.code(), Some("content_policy_violation"));
+            assert_eq!(err.message(), "'bad' is not allowed");
+            assert_eq!(err.guardrail(), Some("blocker"));
+            assert_eq!(
+                statuses(&log),
+                [
+                    (
+                        "mask".into(),
+                        GuardrailStatus::Success,
+                        GuardrailAction::Allow
+                    ),
+                    (
+                        "blocker".into(),
+                        GuardrailStatus::GuardrailIntervened,
+                        GuardrailAction::Block
+                    ),
+                    (
+                        "after".into(),
+                        GuardrailStatus::NotRun,
+                        GuardrailAction::Allow
+                    ),
+                ]
+            );
+            assert_eq!(log.entries()[1].guardrail_response, "'bad' is not allowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_is_seen_by_the_next_guardrail_even_when_concurrent() {
+        // "b" would block the original text, but "a" masks it first.
+        let g = Guardrails::new([replace("a", "secret", "[MASKED]"), block_on("b", "secret")])
+            .concurrent(true);
+        let (outcome, log) = run(&g, &["my secret"]).await;
+        assert!(
+            matches!(outcome, Outcome::Allowed { rewritten: Some(ref t), .. } if t == &["my [MASKED]"])
+        );
+        assert_eq!(log.len(), 2, "only the run that counts is logged");
+    }
+
+    #[tokio::test]
+    async fn fallbacks() {
+        let cases = [
+            (
+                GuardrailErrorKind::Unreachable,
+                Fallback::FailOpen,
+                Fallback::FailClosed,
+                None,
+            ),
+            (
+                GuardrailErrorKind::Timeout,
+                Fallback::FailOpen,
+                Fallback::FailClosed,
+                None,
+            ),
+            (
+                GuardrailErrorKind::Failed,
+                Fallback::FailOpen,
+                Fallback::FailClosed,
+                Some(500),
+            ),
+            (
+                GuardrailErrorKind::Unreachable,
+                Fallback::FailClosed,
+                Fallback::FailOpen,
+                Some(503),
+            ),
+            (
+                GuardrailErrorKind::Timeout,
+                Fallback::FailClosed,
+                Fallback::FailOpen,
+                Some(503),
+            ),
+            (
+                GuardrailErrorKind::Failed,
+                Fallback::FailClosed,
+                Fallback::FailOpen,
+                None,
+            ),
+        ];
+        for (kind, unreachable, other, want_status) in cases {
+            let g = Guardrails::new([failing("svc", kind)
+                .unreachable_fallback(unreachable)
+                .error_fallback(other)]);
+            let (outcome, log) = run(&g, &["text"]).await;
+            let entry = &log.entries()[0];
+            assert_eq!(
+                entry.guardrail_status,
+                GuardrailStatus::GuardrailFailedToRespond
+            );
+            match (outcome, want_status) {
+                (
+                    Outcome::Allowed {
+                        rewritten: None, ..
+                    },
+                    None,
+                ) => {
+                    assert_eq!(entry.guardrail_action, GuardrailAction::Allow);
+                    assert_eq!(entry.guardrail_response["fallback"], "fail_open");
+                }
+                (Outcome::Blocked(err), Some(status)) => {
+                    assert_eq!(err.status(), status, "{kind:?}");
+                    assert!(err.message().contains("'svc'"), "{}", err.message());
+                    assert_eq!(entry.guardrail_action, GuardrailAction::Block);
+                    assert_eq!(err.class(), crate::ErrorClass::GuardrailFailure);
+                }
+                (outcome, want) => panic!("{kind:?}: got {outcome:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_counts_as_unreachable() {
+        let slow = ConfiguredGuardrail::new(
+            "slow",
+            GuardrailMode::PreCall,
+            guardrail_fn(|_| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(Verdict::allow())
+            }),
+        )
+        .default_on(true)
+        .timeout(Duration::from_millis(250));
+        let (outcome, log) = run(&Guardrails::new([slow]), &["x"]).await;
+        let Outcome::Blocked(err) = outcome else {
+            panic!()
+        };
+        assert_eq!(err.status(), 503);
+        assert!(
+            err.message().contains("no answer within 250 ms"),
+            "{}",
+            err.message()
+        );
+        let entry = &log.entries()[0];
+        assert!((entry.duration - 0.25).abs() < 0.01, "{}", entry.duration);
+    }
+
+    #[tokio::test]
+    async fn rewrite_with_wrong_count_is_a_guardrail_error() {
+        let bad = ConfiguredGuardrail::new(
+            "bad",
+            GuardrailMode::PreCall,
+            guardrail_fn(|_| async { Ok(Verdict::rewrite(vec![])) }),
+        )
+        .default_on(true);
+        let (outcome, _) = run(&Guardrails::new([bad]), &["x"]).await;
+        let Outcome::Blocked(err) = outcome else {
+            panic!()
+        };
+        assert_eq!(err.status(), 500);
+        assert!(
+            err.message()
+                .contains("rewrite returned 0 texts for 1 inputs")
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_selected_means_no_future() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let g = Guardrails::new([ConfiguredGuardrail::new(
+            "opt-in",
+            GuardrailMode::PreCall,
+            guardrail_fn(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok(Verdict::allow()) }
+            }),
+        )]);
+        let none = g.run(
+            GuardrailMode::PreCall,
+            &GuardrailSelection::new(),
+            Side::Request,
+            vec![],
+            meta(),
+            GuardrailLog::new(),
+        );
+        assert!(none.is_none());
+        let mut selection = GuardrailSelection::new();
+        selection.insert("opt-in");
+        assert!(
+            g.run(
+                GuardrailMode::PostCall,
+                &selection,
+                Side::Response,
+                vec![],
+                meta(),
+                GuardrailLog::new()
+            )
+            .is_none()
+        );
+        g.run(
+            GuardrailMode::PreCall,
+            &selection,
+            Side::Request,
+            vec![],
+            meta(),
+            GuardrailLog::new(),
+        )
+        .unwrap()
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn duplicate_names_are_an_error() {
+        let err = Guardrails::try_new([block_on("x", "a"), block_on("x", "b")]).unwrap_err();
+        assert_eq!(err.to_string(), "guardrail 'x' is defined more than once");
+    }
+}

@@ -1,0 +1,391 @@
+//! Which guardrails run: specs, the per-request selection, and the one gate function.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// When a guardrail runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardrailMode {
+    /// On the request, before the upstream is called.
+    PreCall,
+    /// On the request, concurrently with the upstream call; the response is held until it passes.
+    DuringCall,
+    /// On the response (whole or streamed).
+    PostCall,
+}
+
+impl GuardrailMode {
+    /// Every mode.
+    pub const ALL: [GuardrailMode; 3] = [
+        GuardrailMode::PreCall,
+        GuardrailMode::DuringCall,
+        GuardrailMode::PostCall,
+    ];
+
+    /// `pre_call`, `during_call` or `post_call`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailMode::PreCall => "pre_call",
+            GuardrailMode::DuringCall => "during_call",
+            GuardrailMode::PostCall => "post_call",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            GuardrailMode::PreCall => 1,
+            GuardrailMode::DuringCall => 2,
+            GuardrailMode::PostCall => 4,
+        }
+    }
+}
+
+impl fmt::Display for GuardrailMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown mode name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownMode(pub String);
+
+impl fmt::Display for UnknownMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown guardrail mode '{}' (expected pre_call, during_call or post_call)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownMode {}
+
+impl FromStr for GuardrailMode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pre_call" => Ok(GuardrailMode::PreCall),
+            "during_call" => Ok(GuardrailMode::DuringCall),
+            "post_call" => Ok(GuardrailMode::PostCall),
+            other => Err(UnknownMode(other.to_owned())),
+        }
+    }
+}
+
+/// A set of [`GuardrailMode`]s.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct GuardrailModes(u8);
+
+impl GuardrailModes {
+    /// No modes.
+    pub const fn empty() -> Self {
+        GuardrailModes(0)
+    }
+
+    /// This set plus `mode`.
+    pub fn with(self, mode: GuardrailMode) -> Self {
+        GuardrailModes(self.0 | mode.bit())
+    }
+
+    /// Whether `mode` is in the set.
+    pub fn contains(self, mode: GuardrailMode) -> bool {
+        self.0 & mode.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The modes in the set.
+    pub fn iter(self) -> impl Iterator<Item = GuardrailMode> {
+        GuardrailMode::ALL
+            .into_iter()
+            .filter(move |m| self.contains(*m))
+    }
+}
+
+impl From<GuardrailMode> for GuardrailModes {
+    fn from(mode: GuardrailMode) -> Self {
+        GuardrailModes::empty().with(mode)
+    }
+}
+
+impl FromIterator<GuardrailMode> for GuardrailModes {
+    fn from_iter<I: IntoIterator<Item = GuardrailMode>>(iter: I) -> Self {
+        iter.into_iter()
+            .fold(GuardrailModes::empty(), GuardrailModes::with)
+    }
+}
+
+impl<const N: usize> From<[GuardrailMode; N]> for GuardrailModes {
+    fn from(modes: [GuardrailMode; N]) -> Self {
+        modes.into_iter().collect()
+    }
+}
+
+impl fmt::Debug for GuardrailModes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// A configured guardrail's identity and when it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardrailSpec {
+    name: Arc<str>,
+    modes: GuardrailModes,
+    default_on: bool,
+}
+
+impl GuardrailSpec {
+    /// A spec; `default_on: false` means the guardrail runs only when selected.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        modes: impl Into<GuardrailModes>,
+        default_on: bool,
+    ) -> Self {
+        GuardrailSpec {
+            name: name.into(),
+            modes: modes.into(),
+            default_on,
+        }
+    }
+
+    /// The guardrail's name (`guardrail_name` in config and logs).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The shared name.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The modes it runs in.
+    pub fn modes(&self) -> GuardrailModes {
+        self.modes
+    }
+
+    /// Whether it runs without being selected.
+    pub fn default_on(&self) -> bool {
+        self.default_on
+    }
+
+    /// The gate; see [`should_run`].
+    pub fn should_run(&self, mode: GuardrailMode, selection: &GuardrailSelection) -> bool {
+        should_run(self, mode, selection)
+    }
+}
+
+/// THE gate: whether the guardrail `spec` runs for an event of `mode` given the request's
+/// `selection`.
+///
+/// `mode matches && (default_on || selected)`. Every layer, streaming or not, decides through
+/// this one function, reading the one merged selection; the stream flag is deliberately not an
+/// input.
+pub fn should_run(
+    spec: &GuardrailSpec,
+    mode: GuardrailMode,
+    selection: &GuardrailSelection,
+) -> bool {
+    spec.modes.contains(mode) && (spec.default_on || selection.contains(&spec.name))
+}
+
+/// The guardrail names selected for one request: those the client asked for in the body
+/// (`guardrails`, `metadata.guardrails`) plus those configured on the model (merged by
+/// `ModelGuardrailMergeLayer`).
+///
+/// A selection can only add guardrails: nothing a client sends can switch off a `default_on`
+/// guardrail or a model-level one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardrailSelection {
+    names: Vec<Arc<str>>,
+}
+
+impl GuardrailSelection {
+    /// An empty selection.
+    pub fn new() -> Self {
+        GuardrailSelection::default()
+    }
+
+    /// The names a request body asks for: `guardrails` and `metadata.guardrails`, each either a
+    /// list of names or an object keyed by name (LiteLLM's per-guardrail parameters form).
+    /// Anything else in the body (including any attempt to disable a guardrail) is ignored.
+    pub fn from_body(body: &Value) -> Self {
+        let mut selection = GuardrailSelection::new();
+        selection.add_from_value(body.get("guardrails"));
+        selection.add_from_value(body.get("metadata").and_then(|m| m.get("guardrails")));
+        selection
+    }
+
+    fn add_from_value(&mut self, value: Option<&Value>) {
+        match value {
+            Some(Value::Array(items)) => {
+                for name in items.iter().filter_map(Value::as_str) {
+                    self.insert(name);
+                }
+            }
+            Some(Value::Object(map)) => {
+                for name in map.keys() {
+                    self.insert(name.as_str());
+                }
+            }
+            Some(Value::String(name)) => self.insert(name.as_str()),
+            _ => {}
+        }
+    }
+
+    /// Adds one name, unless present.
+    pub fn insert(&mut self, name: impl AsRef<str> + Into<Arc<str>>) {
+        if !self.contains(name.as_ref()) {
+            self.names.push(name.into());
+        }
+    }
+
+    /// Adds names (a model's guardrails), deduplicated, keeping existing entries first.
+    pub fn merge<I>(&mut self, names: I)
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str> + Into<Arc<str>>,
+    {
+        for name in names {
+            self.insert(name);
+        }
+    }
+
+    /// Whether `name` is selected.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| &**n == name)
+    }
+
+    /// The selected names, in the order they were added.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+
+    /// Whether nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::CallType;
+    use crate::request::ParsedRequest;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum SelectedBy {
+        BodyGuardrails,
+        MetadataGuardrails,
+        ModelLevel,
+        NotSelected,
+    }
+
+    /// The gate table: every mode a guardrail can have x every event mode x default_on x how it
+    /// was selected x streaming. The request goes through the real parsing path.
+    #[test]
+    fn gate_table() {
+        const NAME: &str = "g";
+        let mode_sets: Vec<GuardrailModes> = vec![
+            GuardrailMode::PreCall.into(),
+            GuardrailMode::DuringCall.into(),
+            GuardrailMode::PostCall.into(),
+            [GuardrailMode::PreCall, GuardrailMode::PostCall].into(),
+            GuardrailMode::ALL.into(),
+        ];
+        let mut rows = 0;
+        for modes in &mode_sets {
+            for default_on in [false, true] {
+                for by in [
+                    SelectedBy::BodyGuardrails,
+                    SelectedBy::MetadataGuardrails,
+                    SelectedBy::ModelLevel,
+                    SelectedBy::NotSelected,
+                ] {
+                    for stream in [false, true] {
+                        let mut body = json!({
+                            "model": "m",
+                            "stream": stream,
+                            "messages": [{"role": "user", "content": "hi"}],
+                            // A client trying to switch guardrails off: must change nothing.
+                            "disable_global_guardrails": true,
+                            "guardrails_disabled": [NAME],
+                        });
+                        match by {
+                            SelectedBy::BodyGuardrails => body["guardrails"] = json!([NAME]),
+                            SelectedBy::MetadataGuardrails => {
+                                body["metadata"] = json!({"guardrails": [NAME]})
+                            }
+                            _ => body["guardrails"] = json!(["some-other"]),
+                        }
+                        let bytes = serde_json::to_vec(&body).unwrap();
+                        let mut parsed =
+                            ParsedRequest::parse(CallType::ChatCompletions, bytes.into(), None)
+                                .unwrap();
+                        assert_eq!(parsed.stream(), stream);
+                        if by == SelectedBy::ModelLevel {
+                            parsed.selection_mut().merge([NAME]);
+                        }
+                        let spec = GuardrailSpec::new(NAME, *modes, default_on);
+                        for event in GuardrailMode::ALL {
+                            let want = modes.contains(event)
+                                && (default_on || by != SelectedBy::NotSelected);
+                            assert_eq!(
+                                should_run(&spec, event, parsed.selection()),
+                                want,
+                                "modes={modes:?} default_on={default_on} by={by:?} stream={stream} event={event}"
+                            );
+                            rows += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(rows, 5 * 2 * 4 * 2 * 3);
+    }
+
+    #[test]
+    fn selection_forms() {
+        let s = GuardrailSelection::from_body(&json!({
+            "guardrails": {"a": {"extra": 1}, "b": {}},
+            "metadata": {"guardrails": ["b", "c", 7]}
+        }));
+        assert_eq!(s.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let s = GuardrailSelection::from_body(&json!({"guardrails": "solo"}));
+        assert_eq!(s.names().collect::<Vec<_>>(), ["solo"]);
+        assert!(GuardrailSelection::from_body(&json!({"guardrails": null})).is_empty());
+    }
+
+    #[test]
+    fn merge_dedups_and_keeps_body_first() {
+        let mut s = GuardrailSelection::from_body(&json!({"guardrails": ["x", "y"]}));
+        s.merge(["y", "z", "z"]);
+        assert_eq!(s.names().collect::<Vec<_>>(), ["x", "y", "z"]);
+    }
+
+    #[test]
+    fn mode_parsing() {
+        assert_eq!("pre_call".parse(), Ok(GuardrailMode::PreCall));
+        assert_eq!("during_call".parse(), Ok(GuardrailMode::DuringCall));
+        assert_eq!("post_call".parse(), Ok(GuardrailMode::PostCall));
+        assert!("logging_only".parse::<GuardrailMode>().is_err());
+        let modes: GuardrailModes = [GuardrailMode::PostCall, GuardrailMode::PreCall].into();
+        assert_eq!(
+            modes.iter().collect::<Vec<_>>(),
+            [GuardrailMode::PreCall, GuardrailMode::PostCall]
+        );
+    }
+}

@@ -1,0 +1,613 @@
+//! An incremental, bounded server-sent events decoder, and an encoder.
+//!
+//! The decoder takes chunks split at any byte and yields events as they complete, following the
+//! WHATWG event-stream rules: `\n`, `\r\n` and `\r` line ends (a `\r\n` split across chunks is
+//! one line end), multi-line `data:`, `event:`/`id:`/`retry:` fields, comments, a leading BOM,
+//! and a final event without a trailing blank line (returned by [`SseDecoder::finish`], marked
+//! incomplete). Splitting happens only at line ends, which are ASCII, so a UTF-8 character split
+//! across chunks is never cut.
+//!
+//! Each event keeps its raw bytes, so an event that is not changed is passed on byte for byte.
+//! When an event lies within one chunk (the common case) its raw bytes and its data are slices
+//! of that chunk: no copy. Only an event spread over several chunks is copied, once, into one
+//! buffer, and that buffer is bounded: an event larger than the maximum is an error, not
+//! unbounded memory.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use guardrail_tower_core::sse::SseDecoder;
+//!
+//! let mut decoder = SseDecoder::new();
+//! decoder.push(Bytes::from_static(b"event: greeting\r\ndata: hel"));
+//! assert!(decoder.next_event().unwrap().is_none());
+//! decoder.push(Bytes::from_static(b"lo\r\n\r\ndata: [DONE]\n\n"));
+//! let first = decoder.next_event().unwrap().unwrap();
+//! assert_eq!(first.event_type(), Some("greeting"));
+//! assert_eq!(first.data(), Some(&b"hello"[..]));
+//! let done = decoder.next_event().unwrap().unwrap();
+//! assert_eq!(done.data(), Some(&b"[DONE]"[..]));
+//! assert!(decoder.next_event().unwrap().is_none());
+//! assert!(decoder.finish().unwrap().is_none());
+//! ```
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use memchr::memchr2;
+
+/// The default maximum size of one event: 1 MiB.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A decoding failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SseError {
+    /// One event is larger than the decoder's maximum.
+    EventTooLarge {
+        /// The maximum, in bytes.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for SseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseError::EventTooLarge { limit } => {
+                write!(f, "server-sent event larger than {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SseError {}
+
+/// One decoded event.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    raw: Bytes,
+    event: Option<Bytes>,
+    data: Option<Bytes>,
+    id: Option<Bytes>,
+    retry: Option<u64>,
+    complete: bool,
+}
+
+impl SseEvent {
+    /// The event's bytes as they arrived, including the blank line that ended it.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The `event:` field, if present and valid UTF-8.
+    pub fn event_type(&self) -> Option<&str> {
+        self.event
+            .as_deref()
+            .and_then(|e| std::str::from_utf8(e).ok())
+    }
+
+    /// The `data:` lines joined with `\n`, if there was any `data:` field.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
+    }
+
+    /// The data as shared bytes.
+    pub fn data_bytes(&self) -> Option<&Bytes> {
+        self.data.as_ref()
+    }
+
+    /// The `id:` field, if present.
+    pub fn id(&self) -> Option<&[u8]> {
+        self.id.as_deref()
+    }
+
+    /// The `retry:` field, if present and a number.
+    pub fn retry(&self) -> Option<u64> {
+        self.retry
+    }
+
+    /// Whether the event ended with a blank line (`false` only for a final event cut off by the
+    /// end of the stream).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Whether the event has no `data:` (comments, keep-alives, lone fields): a browser would
+    /// not dispatch it.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+impl fmt::Debug for SseEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        f.debug_struct("SseEvent")
+            .field("event", &text(&self.event))
+            .field("data", &text(&self.data))
+            .field("id", &text(&self.id))
+            .field("retry", &self.retry)
+            .field("complete", &self.complete)
+            .field("raw_len", &self.raw.len())
+            .finish()
+    }
+}
+
+/// Where the scanner is within the current event.
+#[derive(Debug, Clone, Copy)]
+struct ScanState {
+    /// Nothing but the line end has been seen on the current line.
+    line_empty: bool,
+    /// The last byte was a `\r` line end; a `\n` right after it belongs to it.
+    after_cr: bool,
+}
+
+impl ScanState {
+    fn start(after_bare_cr: bool) -> Self {
+        ScanState {
+            line_empty: true,
+            after_cr: after_bare_cr,
+        }
+    }
+}
+
+/// Finds the end of the event in `buf` (one past the blank line's line end), carrying `state`
+/// across calls so that each byte is scanned once.
+fn scan(buf: &[u8], state: &mut ScanState) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if state.after_cr {
+            state.after_cr = false;
+            if buf[i] == b'\n' {
+                i += 1;
+                continue;
+            }
+        }
+        let Some(offset) = memchr2(b'\r', b'\n', &buf[i..]) else {
+            state.line_empty = false;
+            return None;
+        };
+        if offset > 0 {
+            state.line_empty = false;
+        }
+        let pos = i + offset;
+        if state.line_empty {
+            // A blank line: the event ends after its line end.
+            if buf[pos] == b'\r' && buf.get(pos + 1) == Some(&b'\n') {
+                return Some(pos + 2);
+            }
+            return Some(pos + 1);
+        }
+        state.line_empty = true;
+        state.after_cr = buf[pos] == b'\r';
+        i = pos + 1;
+    }
+    None
+}
+
+/// The incremental decoder. See the [module docs](self).
+#[derive(Debug)]
+pub struct SseDecoder {
+    /// An event begun in earlier chunks.
+    pending: BytesMut,
+    /// The scanner's state at the end of `pending`.
+    state: ScanState,
+    /// The current event starts with a `\n` that ends the previous event's `\r`.
+    event_skip_lf: bool,
+    /// The previous event ended with a bare `\r` at the end of the data seen so far.
+    next_skip_lf: bool,
+    /// No event has been taken yet (a BOM may lead).
+    at_start: bool,
+    /// The unscanned rest of the last chunk.
+    input: Bytes,
+    max_event_size: usize,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::new()
+    }
+}
+
+impl SseDecoder {
+    /// A decoder with the default maximum event size ([`DEFAULT_MAX_EVENT_SIZE`]).
+    pub fn new() -> Self {
+        SseDecoder::with_max_event_size(DEFAULT_MAX_EVENT_SIZE)
+    }
+
+    /// A decoder that fails on an event larger than `max_event_size` bytes.
+    pub fn with_max_event_size(max_event_size: usize) -> Self {
+        SseDecoder {
+            pending: BytesMut::new(),
+            state: ScanState::start(false),
+            event_skip_lf: false,
+            next_skip_lf: false,
+            at_start: true,
+            input: Bytes::new(),
+            max_event_size,
+        }
+    }
+
+    /// Adds a chunk. Take the events it completes with [`SseDecoder::next_event`].
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.input.is_empty() {
+            self.input = chunk;
+        } else if !chunk.is_empty() {
+            let mut joined = BytesMut::with_capacity(self.input.len() + chunk.len());
+            joined.put_slice(&self.input);
+            joined.put_slice(&chunk);
+            self.input = joined.freeze();
+        }
+    }
+
+    /// The bytes held for an incomplete event, plus those not yet scanned.
+    pub fn buffered_len(&self) -> usize {
+        self.pending.len() + self.input.len()
+    }
+
+    /// The next complete event, if the chunks so far complete one.
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        if self.input.is_empty() {
+            return Ok(None);
+        }
+        if self.pending.is_empty() {
+            self.state = ScanState::start(self.next_skip_lf);
+            self.event_skip_lf = self.next_skip_lf;
+            self.next_skip_lf = false;
+        }
+        let available = self.input.len();
+        match scan(&self.input, &mut self.state) {
+            Some(end) => {
+                self.next_skip_lf = end == available && self.input[end - 1] == b'\r';
+                let raw = if self.pending.is_empty() {
+                    self.input.split_to(end)
+                } else {
+                    self.pending.put_slice(&self.input[..end]);
+                    self.input.advance(end);
+                    self.pending.split().freeze()
+                };
+                if raw.len() > self.max_event_size {
+                    return Err(SseError::EventTooLarge {
+                        limit: self.max_event_size,
+                    });
+                }
+                Ok(Some(self.parse(raw, true)))
+            }
+            None => {
+                if self.pending.len() + available > self.max_event_size {
+                    self.pending.clear();
+                    self.input.clear();
+                    return Err(SseError::EventTooLarge {
+                        limit: self.max_event_size,
+                    });
+                }
+                self.pending.put_slice(&self.input);
+                self.input.clear();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends the stream: returns the complete events still buffered, then what is left as a
+    /// final, incomplete event (a stream whose last event has no trailing blank line), then
+    /// `None`. Call it until it returns `None`.
+    pub fn finish(&mut self) -> Result<Option<SseEvent>, SseError> {
+        if let Some(event) = self.next_event()? {
+            return Ok(Some(event));
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let raw = self.pending.split().freeze();
+        Ok(Some(self.parse(raw, false)))
+    }
+
+    fn parse(&mut self, raw: Bytes, complete: bool) -> SseEvent {
+        let mut pos = 0;
+        if self.event_skip_lf && raw.first() == Some(&b'\n') {
+            pos = 1;
+        }
+        if self.at_start {
+            self.at_start = false;
+            if raw[pos..].starts_with(BOM) {
+                pos += BOM.len();
+            }
+        }
+        let mut event = None;
+        let mut id = None;
+        let mut retry = None;
+        let mut data: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        while pos < raw.len() {
+            let (line_end, next) = match memchr2(b'\r', b'\n', &raw[pos..]) {
+                Some(off) => {
+                    let end = pos + off;
+                    let next = if raw[end] == b'\r' && raw.get(end + 1) == Some(&b'\n') {
+                        end + 2
+                    } else {
+                        end + 1
+                    };
+                    (end, next)
+                }
+                None => (raw.len(), raw.len()),
+            };
+            if line_end == pos {
+                break;
+            }
+            let line = &raw[pos..line_end];
+            if line[0] != b':' {
+                let (name, value_start) = match memchr::memchr(b':', line) {
+                    Some(colon) => {
+                        let mut start = pos + colon + 1;
+                        if raw.get(start) == Some(&b' ') && start < line_end {
+                            start += 1;
+                        }
+                        (&line[..colon], start)
+                    }
+                    None => (line, line_end),
+                };
+                let value = raw.slice(value_start..line_end);
+                match name {
+                    b"data" => match (&mut joined, &data) {
+                        (Some(buf), _) => {
+                            buf.put_u8(b'\n');
+                            buf.put_slice(&value);
+                        }
+                        (None, Some(first)) => {
+                            let mut buf = BytesMut::with_capacity(first.len() + value.len() + 16);
+                            buf.put_slice(first);
+                            buf.put_u8(b'\n');
+                            buf.put_slice(&value);
+                            joined = Some(buf);
+                        }
+                        (None, None) => data = Some(value),
+                    },
+                    b"event" => event = Some(value),
+                    b"id" if !value.contains(&0) => id = Some(value),
+                    b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                        retry = std::str::from_utf8(&value)
+                            .ok()
+                            .and_then(|v| v.parse().ok());
+                    }
+                    _ => {}
+                }
+            }
+            pos = next;
+        }
+        if let Some(buf) = joined {
+            data = Some(buf.freeze());
+        }
+        SseEvent {
+            raw,
+            event,
+            data,
+            id,
+            retry,
+            complete,
+        }
+    }
+}
+
+/// Writes one event: an optional `event:` line, one `data:` line per line of `data`, and the
+/// blank line.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use guardrail_tower_core::sse::write_event;
+///
+/// let mut buf = BytesMut::new();
+/// write_event(&mut buf, Some("message"), "line one\nline two");
+/// assert_eq!(&buf[..], b"event: message\ndata: line one\ndata: line two\n\n");
+/// ```
+pub fn write_event(buf: &mut BytesMut, event: Option<&str>, data: &str) {
+    buf.reserve(data.len() + event.map_or(0, str::len) + 16);
+    if let Some(event) = event {
+        buf.put_slice(b"event: ");
+        buf.put_slice(event.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    let mut rest = data.as_bytes();
+    loop {
+        buf.put_slice(b"data: ");
+        match memchr2(b'\r', b'\n', rest) {
+            Some(end) => {
+                buf.put_slice(&rest[..end]);
+                buf.put_u8(b'\n');
+                let skip = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[end + skip..];
+            }
+            None => {
+                buf.put_slice(rest);
+                buf.put_u8(b'\n');
+                break;
+            }
+        }
+    }
+    buf.put_u8(b'\n');
+}
+
+/// [`write_event`] into a new buffer.
+pub fn encode_event(event: Option<&str>, data: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    write_event(&mut buf, event, data);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_chunks(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut decoder = SseDecoder::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            decoder.push(Bytes::copy_from_slice(chunk));
+            while let Some(event) = decoder.next_event().unwrap() {
+                out.push(event);
+            }
+        }
+        while let Some(event) = decoder.finish().unwrap() {
+            out.push(event);
+        }
+        out
+    }
+
+    fn summary(events: &[SseEvent]) -> Vec<(Option<String>, Option<String>)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e.event_type().map(str::to_owned),
+                    e.data().map(|d| String::from_utf8(d.to_vec()).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn line_endings() {
+        for sep in ["\n", "\r\n", "\r"] {
+            let stream = format!("event: a{sep}data: 1{sep}{sep}data: 2{sep}data: 3{sep}{sep}");
+            let events = decode_chunks(&[stream.as_bytes()]);
+            assert_eq!(
+                summary(&events),
+                [
+                    (Some("a".into()), Some("1".into())),
+                    (None, Some("2\n3".into()))
+                ],
+                "sep {sep:?}"
+            );
+            let raw: Vec<u8> = events.iter().flat_map(|e| e.raw().to_vec()).collect();
+            assert_eq!(raw, stream.as_bytes());
+        }
+    }
+
+    #[test]
+    fn crlf_split_between_chunks_is_one_line_end() {
+        let events = decode_chunks(&[b"data: x\r", b"\n\r", b"\ndata: y\r\n\r\n"]);
+        assert_eq!(
+            summary(&events),
+            [(None, Some("x".into())), (None, Some("y".into()))]
+        );
+        let events = decode_chunks(&[b"data: x\r\r", b"\ndata: y\r\r"]);
+        assert_eq!(
+            summary(&events),
+            [(None, Some("x".into())), (None, Some("y".into()))]
+        );
+        assert_eq!(events[1].raw(), "\ndata: y\r\r");
+    }
+
+    #[test]
+    fn fields_and_comments() {
+        let events = decode_chunks(&[
+            b": keep-alive\n\nid: 42\nretry: 3000\nevent: e\ndata\ndata:no-space\ndata:  two-spaces\nunknown: x\n\n",
+        ]);
+        assert_eq!(events.len(), 2);
+        assert!(events[0].is_empty());
+        assert_eq!(events[0].raw(), ": keep-alive\n\n");
+        let e = &events[1];
+        assert_eq!(e.id(), Some(&b"42"[..]));
+        assert_eq!(e.retry(), Some(3000));
+        assert_eq!(e.event_type(), Some("e"));
+        assert_eq!(e.data(), Some(&b"\nno-space\n two-spaces"[..]));
+    }
+
+    #[test]
+    fn bad_retry_and_id_with_nul_are_ignored() {
+        let events = decode_chunks(&[b"retry: 1s\nid: a\0b\ndata: x\n\n"]);
+        assert_eq!(events[0].retry(), None);
+        assert_eq!(events[0].id(), None);
+    }
+
+    #[test]
+    fn final_event_without_blank_line() {
+        let events = decode_chunks(&[b"data: a\n\ndata: [DONE]\n"]);
+        assert_eq!(
+            summary(&events),
+            [(None, Some("a".into())), (None, Some("[DONE]".into()))]
+        );
+        assert!(events[0].is_complete());
+        assert!(!events[1].is_complete());
+        let events = decode_chunks(&[b"data: last"]);
+        assert_eq!(summary(&events), [(None, Some("last".into()))]);
+    }
+
+    #[test]
+    fn bom_is_skipped_once() {
+        let events = decode_chunks(&[b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n"]);
+        assert_eq!(events[0].data(), Some(&b"a"[..]));
+        // A BOM after the start is part of the field name, so that line is ignored.
+        assert_eq!(events[1].data(), None);
+    }
+
+    #[test]
+    fn utf8_split_across_chunks() {
+        let stream = "data: {\"content\":\"caf\u{e9} \u{2615} \u{1F600}\"}\n\n".as_bytes();
+        for split in 0..stream.len() {
+            let events = decode_chunks(&[&stream[..split], &stream[split..]]);
+            assert_eq!(
+                std::str::from_utf8(events[0].data().unwrap()).unwrap(),
+                "{\"content\":\"caf\u{e9} \u{2615} \u{1F600}\"}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_chunk_events_are_zero_copy() {
+        let chunk = Bytes::from_static(b"data: hello\n\n");
+        let mut decoder = SseDecoder::new();
+        decoder.push(chunk.clone());
+        let event = decoder.next_event().unwrap().unwrap();
+        assert_eq!(event.raw().as_ptr(), chunk.as_ptr());
+        assert_eq!(event.data_bytes().unwrap().as_ptr(), chunk[6..].as_ptr());
+    }
+
+    #[test]
+    fn oversized_event_is_an_error_and_memory_stays_bounded() {
+        let mut decoder = SseDecoder::with_max_event_size(64);
+        for _ in 0..3 {
+            decoder.push(Bytes::from_static(&[b'x'; 30]));
+            if decoder.next_event().is_err() {
+                assert_eq!(decoder.buffered_len(), 0);
+                return;
+            }
+            assert!(decoder.buffered_len() <= 64);
+        }
+        panic!("no error for an event over the limit");
+    }
+
+    #[test]
+    fn oversized_complete_event_in_one_chunk_is_an_error() {
+        let mut decoder = SseDecoder::with_max_event_size(16);
+        decoder.push(Bytes::from(format!("data: {}\n\n", "y".repeat(32))));
+        assert_eq!(
+            decoder.next_event(),
+            Err(SseError::EventTooLarge { limit: 16 })
+        );
+    }
+
+    #[test]
+    fn encoder_roundtrip() {
+        for data in ["plain", "two\nlines", "crlf\r\nline", "", "trailing\n"] {
+            let encoded = encode_event(Some("t"), data);
+            let events = decode_chunks(&[&encoded]);
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].event_type(), Some("t"));
+            let want = data.replace("\r\n", "\n");
+            assert_eq!(events[0].data(), Some(want.as_bytes()), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn leading_blank_lines_are_empty_events() {
+        let events = decode_chunks(&[b"\n\ndata: x\n\n"]);
+        assert_eq!(events.len(), 3);
+        assert!(events[0].is_empty() && events[1].is_empty());
+        assert_eq!(events[2].data(), Some(&b"x"[..]));
+    }
+}

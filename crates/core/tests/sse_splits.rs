@@ -1,0 +1,176 @@
+//! Every split of a corpus of real-shaped OpenAI chat, Responses and Anthropic streams decodes to
+//! the same events, in `\n`, `\r\n` and `\r` line-end variants.
+
+use bytes::Bytes;
+use guardrail_tower_core::sse::{SseDecoder, SseEvent};
+use proptest::prelude::*;
+
+const CORPUS: [(&str, &str); 3] = [
+    ("chat", include_str!("../testdata/openai_chat.sse")),
+    (
+        "responses",
+        include_str!("../testdata/openai_responses.sse"),
+    ),
+    (
+        "anthropic",
+        include_str!("../testdata/anthropic_messages.sse"),
+    ),
+];
+
+fn variants() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, text) in CORPUS {
+        out.push((format!("{name}/lf"), text.as_bytes().to_vec()));
+        out.push((
+            format!("{name}/crlf"),
+            text.replace('\n', "\r\n").into_bytes(),
+        ));
+        out.push((format!("{name}/cr"), text.replace('\n', "\r").into_bytes()));
+    }
+    out
+}
+
+/// One event's `event`, `data`, `id`, `retry` and completeness.
+type Fields = (
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<u64>,
+    bool,
+);
+
+/// The fields of each event a client would see, and all raw bytes joined (what passes on).
+type Decoded = (Vec<Fields>, Vec<u8>);
+
+fn decode(chunks: impl IntoIterator<Item = Bytes>) -> Decoded {
+    let mut decoder = SseDecoder::new();
+    let mut events: Vec<SseEvent> = Vec::new();
+    for chunk in chunks {
+        decoder.push(chunk);
+        while let Some(event) = decoder.next_event().unwrap() {
+            events.push(event);
+        }
+    }
+    while let Some(event) = decoder.finish().unwrap() {
+        events.push(event);
+    }
+    let raw = events.iter().flat_map(|e| e.raw().to_vec()).collect();
+    // Field-less events (comments, keep-alives, a stray line end) only pass through: the raw
+    // bytes cover them.
+    let fields = events
+        .iter()
+        .filter(|e| {
+            !e.is_empty() || e.event_type().is_some() || e.id().is_some() || e.retry().is_some()
+        })
+        .map(|e| {
+            (
+                e.event_type().map(str::to_owned),
+                e.data().map(<[u8]>::to_vec),
+                e.id().map(<[u8]>::to_vec),
+                e.retry(),
+                e.is_complete(),
+            )
+        })
+        .collect();
+    (fields, raw)
+}
+
+/// Asserts equality, reporting the first differing event readably.
+fn assert_same(got: &Decoded, want: &Decoded, what: &str) {
+    if got == want {
+        return;
+    }
+    assert_eq!(got.0.len(), want.0.len(), "{what}: event count");
+    for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
+        let show = |e: &Fields| {
+            format!(
+                "event={:?} data={:?} complete={}",
+                e.0,
+                e.1.as_ref()
+                    .map(|d| String::from_utf8_lossy(d).into_owned()),
+                e.4
+            )
+        };
+        assert_eq!(show(g), show(w), "{what}: event {i}");
+    }
+    assert!(got.1 == want.1, "{what}: raw bytes differ");
+}
+
+fn split_at(stream: &[u8], points: &[usize]) -> Vec<Bytes> {
+    let mut points: Vec<usize> = points.iter().map(|p| p % (stream.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut last = 0;
+    for p in points.into_iter().chain([stream.len()]) {
+        chunks.push(Bytes::copy_from_slice(&stream[last..p]));
+        last = p;
+    }
+    chunks
+}
+
+#[test]
+fn reference_decodes_are_sane() {
+    for (name, stream) in variants() {
+        let (events, raw) = decode([Bytes::from(stream.clone())]);
+        assert_eq!(raw, stream, "{name}: raw bytes pass through");
+        assert!(events.len() >= 10, "{name}: {} events", events.len());
+        assert!(events.iter().all(|e| e.4), "{name}: every event complete");
+        // Every data payload is one JSON document or [DONE].
+        for e in &events {
+            if let Some(data) = &e.1 {
+                assert!(
+                    data == b"[DONE]" || serde_json::from_slice::<serde_json::Value>(data).is_ok(),
+                    "{name}: {}",
+                    String::from_utf8_lossy(data)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_single_split_point() {
+    for (name, stream) in variants() {
+        let reference = decode([Bytes::from(stream.clone())]);
+        for i in 0..=stream.len() {
+            assert_same(
+                &decode(split_at(&stream, &[i])),
+                &reference,
+                &format!("{name}: split at {i}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn one_byte_at_a_time() {
+    for (name, stream) in variants() {
+        let reference = decode([Bytes::from(stream.clone())]);
+        let chunks = stream.iter().map(|b| Bytes::copy_from_slice(&[*b]));
+        assert_same(&decode(chunks), &reference, &name);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_multi_split(which in 0usize..9, points in proptest::collection::vec(any::<usize>(), 0..40)) {
+        let (name, stream) = &variants()[which];
+        let reference = decode([Bytes::from(stream.clone())]);
+        let got = decode(split_at(stream, &points));
+        prop_assert!(got == reference, "{}: split at {:?} differs", name, points);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_pass_through(
+        data in proptest::collection::vec(any::<u8>(), 0..512),
+        points in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let whole = decode([Bytes::from(data.clone())]);
+        prop_assert_eq!(&whole.1, &data);
+        let split = decode(split_at(&data, &points));
+        prop_assert!(split.0 == whole.0, "events differ");
+        prop_assert!(split.1 == data, "raw bytes differ");
+    }
+}
