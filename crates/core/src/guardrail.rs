@@ -397,13 +397,60 @@ pub trait Guardrail: Send + Sync + 'static {
         "custom"
     }
 
-    /// For guardrails whose decision is local and deterministic (pattern matching): the most
-    /// characters one match can span. A streamed response then holds back only that many
-    /// trailing characters before letting text through (`StreamPolicy::Exact`). `None` (the
-    /// default) for guardrails that need context (classifiers, remote services).
-    fn max_match_chars(&self) -> Option<usize> {
+    /// For guardrails whose decision is local and deterministic (pattern matching): the
+    /// matcher behind it. A streamed response is then checked exactly, holding back only as many
+    /// trailing characters as the longest match could still need ([`StreamPolicy::Exact`]).
+    /// `None` (the default) for guardrails that need context (classifiers, remote services).
+    ///
+    /// [`StreamPolicy::Exact`]: crate::StreamPolicy::Exact
+    fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         None
     }
+}
+
+/// What a [`SpanMatcher`] does with a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpanAction {
+    /// Block the text.
+    Block,
+    /// Replace the matched span.
+    Mask {
+        /// The text that replaces the span.
+        replacement: String,
+    },
+}
+
+/// One match of a [`SpanMatcher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanMatch {
+    /// Byte offsets of the match in the text (on `char` boundaries).
+    pub range: std::ops::Range<usize>,
+    /// What to do with it.
+    pub action: SpanAction,
+    /// The entity type, counted in `masked_entity_count` (e.g. `EMAIL`, `KEYWORD`).
+    pub entity: String,
+    /// The client-facing message when the action is [`SpanAction::Block`]. It must not repeat
+    /// sensitive matched text (say "a US social security number", not the number).
+    pub message: String,
+}
+
+/// A deterministic, local text matcher (keywords, patterns): a match depends only on the text
+/// it spans and at most one character after it.
+///
+/// Exposed through [`Guardrail::span_matcher`], it lets a streamed response be checked exactly:
+/// the stream holds back only the last [`max_match_chars`](SpanMatcher::max_match_chars)
+/// characters, and a match is masked precisely even when it spans several events.
+pub trait SpanMatcher: Send + Sync {
+    /// The most characters a match can span. Text further than this from the end of what has
+    /// arrived can no longer become part of a match.
+    fn max_match_chars(&self) -> usize;
+
+    /// The matches in `text`, sorted by start and not overlapping.
+    ///
+    /// With `partial`, more text may follow: a match that could still change with more text
+    /// (one that ends at the very end of `text`) must not be reported; it is reported once a
+    /// following character settles it. Without `partial`, the end of `text` is the end.
+    fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch>;
 }
 
 /// A guardrail from a closure that takes the input (owned) and returns a future.
@@ -459,7 +506,7 @@ pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
         input: &'a GuardrailInput,
     ) -> BoxFuture<'a, Result<Verdict, GuardrailError>>;
     fn provider(&self) -> &str;
-    fn max_match_chars(&self) -> Option<usize>;
+    fn span_matcher(&self) -> Option<&dyn SpanMatcher>;
 }
 
 impl<G: Guardrail> ErasedGuardrail for G {
@@ -474,7 +521,7 @@ impl<G: Guardrail> ErasedGuardrail for G {
         Guardrail::provider(self)
     }
 
-    fn max_match_chars(&self) -> Option<usize> {
-        Guardrail::max_match_chars(self)
+    fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
+        Guardrail::span_matcher(self)
     }
 }

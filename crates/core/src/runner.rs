@@ -58,7 +58,7 @@ impl FromStr for Fallback {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StreamPolicy {
-    /// For guardrails with [`Guardrail::max_match_chars`]: hold back only as many trailing
+    /// For guardrails with a [`Guardrail::span_matcher`]: hold back only as many trailing
     /// characters as the longest match could still need; everything else flows at once, and
     /// nothing a guardrail would block reaches the client. The default for such guardrails.
     Exact,
@@ -181,9 +181,9 @@ impl ConfiguredGuardrail {
         self.guardrail.provider()
     }
 
-    /// See [`Guardrail::max_match_chars`].
-    pub fn max_match_chars(&self) -> Option<usize> {
-        self.guardrail.max_match_chars()
+    /// See [`Guardrail::span_matcher`].
+    pub fn span_matcher(&self) -> Option<&dyn crate::SpanMatcher> {
+        self.guardrail.span_matcher()
     }
 
     /// The streaming policy set on this guardrail, if any.
