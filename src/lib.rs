@@ -9,6 +9,8 @@
 //! | module | layer | feature |
 //! |---|---|---|
 //! | [`error`] | `ErrorNormalizeLayer`: every error in the endpoint's own shape, with the right status | `error` |
+//! | [`model_merge`] | `ModelGuardrailMergeLayer`: a model's configured guardrails merged into the request's selection | `model-merge` |
+//! | [`pre_call`] | `PreCallGuardrailLayer`: `pre_call` and `during_call` guardrails on the request | `pre-call` |
 //! | [`core`] | shared types: call types, the guardrail gate, the guardrail log, errors, SSE | always |
 //!
 //! ```
@@ -51,3 +53,11 @@ pub use guardrail_tower_core as core;
 #[cfg(feature = "error")]
 #[doc(inline)]
 pub use guardrail_tower_error as error;
+
+#[cfg(feature = "model-merge")]
+#[doc(inline)]
+pub use guardrail_tower_model_merge as model_merge;
+
+#[cfg(feature = "pre-call")]
+#[doc(inline)]
+pub use guardrail_tower_pre_call as pre_call;

@@ -45,6 +45,7 @@
 //! ```
 
 pub mod body;
+mod call;
 mod call_type;
 mod error;
 mod guardrail;
@@ -55,6 +56,7 @@ mod selection;
 pub mod sse;
 pub mod text;
 
+pub use call::{BufferedCall, CallOutcome, Prepare, take_ready};
 pub use call_type::{CallType, ErrorShape};
 pub use error::{
     CONTENT_POLICY_VIOLATION, Error, ErrorClass, ResponsesStreamState, anthropic_type_for_status,

@@ -217,13 +217,18 @@ impl GuardrailSelection {
         GuardrailSelection::default()
     }
 
-    /// The names a request body asks for: `guardrails` and `metadata.guardrails`, each either a
-    /// list of names or an object keyed by name (LiteLLM's per-guardrail parameters form).
-    /// Anything else in the body (including any attempt to disable a guardrail) is ignored.
+    /// The names a request body asks for: `guardrails`, `metadata.guardrails` and
+    /// `litellm_metadata.guardrails` (LiteLLM's field on the Anthropic endpoint), each either a
+    /// list of names or an object keyed by name (LiteLLM's per-guardrail parameters form, where
+    /// an entry whose value is `false` asks for nothing). Nothing in the body can switch a
+    /// guardrail off: a `false` entry selects nothing, and a `default_on` or model-level
+    /// guardrail runs regardless.
     pub fn from_body(body: &Value) -> Self {
         let mut selection = GuardrailSelection::new();
         selection.add_from_value(body.get("guardrails"));
-        selection.add_from_value(body.get("metadata").and_then(|m| m.get("guardrails")));
+        for metadata in ["metadata", "litellm_metadata"] {
+            selection.add_from_value(body.get(metadata).and_then(|m| m.get("guardrails")));
+        }
         selection
     }
 
@@ -235,8 +240,10 @@ impl GuardrailSelection {
                 }
             }
             Some(Value::Object(map)) => {
-                for name in map.keys() {
-                    self.insert(name.as_str());
+                for (name, value) in map {
+                    if *value != Value::Bool(false) {
+                        self.insert(name.as_str());
+                    }
                 }
             }
             Some(Value::String(name)) => self.insert(name.as_str()),
@@ -323,13 +330,17 @@ mod tests {
                             // A client trying to switch guardrails off: must change nothing.
                             "disable_global_guardrails": true,
                             "guardrails_disabled": [NAME],
+                            "litellm_metadata": {"guardrails": {NAME: false}},
                         });
                         match by {
                             SelectedBy::BodyGuardrails => body["guardrails"] = json!([NAME]),
                             SelectedBy::MetadataGuardrails => {
                                 body["metadata"] = json!({"guardrails": [NAME]})
                             }
-                            _ => body["guardrails"] = json!(["some-other"]),
+                            _ => {
+                                body["guardrails"] = json!(["some-other"]);
+                                body["metadata"] = json!({"guardrails": {NAME: false}});
+                            }
                         }
                         let bytes = serde_json::to_vec(&body).unwrap();
                         let mut parsed =
@@ -364,6 +375,11 @@ mod tests {
             "metadata": {"guardrails": ["b", "c", 7]}
         }));
         assert_eq!(s.names().collect::<Vec<_>>(), ["a", "b", "c"]);
+        // LiteLLM's legacy `{"name": false}` switches nothing on (and nothing off).
+        let s = GuardrailSelection::from_body(&json!({"metadata": {"guardrails": {"off": false, "on": true}}}));
+        assert_eq!(s.names().collect::<Vec<_>>(), ["on"]);
+        let s = GuardrailSelection::from_body(&json!({"litellm_metadata": {"guardrails": ["lm"]}}));
+        assert_eq!(s.names().collect::<Vec<_>>(), ["lm"]);
         let s = GuardrailSelection::from_body(&json!({"guardrails": "solo"}));
         assert_eq!(s.names().collect::<Vec<_>>(), ["solo"]);
         assert!(GuardrailSelection::from_body(&json!({"guardrails": null})).is_empty());

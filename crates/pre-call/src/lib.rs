@@ -1,0 +1,428 @@
+//! `PreCallGuardrailLayer`: run guardrails on the request before (and during) the upstream
+//! call.
+//!
+//! - `pre_call` guardrails the gate selects run in configured order before the inner service is
+//!   called; each sees the text as the previous one left it, so masking composes
+//!   ([`Guardrails::concurrent`](guardrail_tower_core::Guardrails::concurrent) runs them at once
+//!   with the same result). A block answers 400 `content_policy_violation` in the endpoint's
+//!   shape and the upstream is never called. A rewrite re-serializes the request body with the
+//!   masked texts (and fixes `Content-Length`); an allowed request is forwarded byte for byte.
+//! - `during_call` guardrails run concurrently with the upstream call. The upstream response is
+//!   held until they pass; on a block it is dropped (body and all) and the block is returned.
+//!   They can only allow or block: the request is already on its way, so a rewrite is ignored.
+//! - Every run appends its entry to the request's guardrail log, whatever the outcome,
+//!   including fail-open passes and failures.
+//! - The response carries `x-litellm-applied-guardrails` (the guardrails that ran) and
+//!   `x-guardrails-duration-ms` (the time they added).
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use guardrail_tower_core::{guardrail_fn, ConfiguredGuardrail, GuardrailMode, Guardrails, Verdict};
+//! use guardrail_tower_pre_call::PreCallGuardrailLayer;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let no_secrets = ConfiguredGuardrail::new(
+//!     "no-secrets",
+//!     GuardrailMode::PreCall,
+//!     guardrail_fn(|input| async move {
+//!         if input.texts().iter().any(|t| t.contains("password")) {
+//!             Ok(Verdict::block("Do not send passwords"))
+//!         } else {
+//!             Ok(Verdict::allow())
+//!         }
+//!     }),
+//! )
+//! .default_on(true);
+//!
+//! let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(PreCallGuardrailLayer::new(Guardrails::new([no_secrets])))
+//!     .service(upstream);
+//!
+//! let req = Request::post("/v1/chat/completions").body(Full::new(Bytes::from_static(
+//!     br#"{"model":"m","messages":[{"role":"user","content":"my password is hunter2"}]}"#,
+//! ))).unwrap();
+//! let resp = svc.oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 400);
+//! assert_eq!(resp.headers()["x-litellm-applied-guardrails"], "no-secrets");
+//! let body = resp.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(
+//!     body,
+//!     r#"{"error":{"message":"Do not send passwords","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}"#
+//! );
+//! # }
+//! ```
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::{APPLIED_GUARDRAILS, GUARDRAILS_DURATION_MS, ResponseFuture};
+pub use guardrail_tower_core::body::ResponseBody;
+pub use layer::PreCallGuardrailLayer;
+pub use service::PreCallGuardrail;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use guardrail_tower_core::{
+        ConfiguredGuardrail, Fallback, GuardrailAction, GuardrailError, GuardrailInput,
+        GuardrailLog, GuardrailMode, GuardrailStatus, Guardrails, Verdict,
+        guardrail_fn,
+    };
+    use guardrail_tower_testkit::body;
+    use http::header::CONTENT_LENGTH;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+
+    /// What the upstream saw: the body it received and its content-length header.
+    #[derive(Default, Clone)]
+    struct Upstream {
+        calls: Arc<AtomicUsize>,
+        bodies: Arc<Mutex<Vec<(Bytes, String)>>>,
+        response_dropped: Arc<AtomicBool>,
+    }
+
+    impl Upstream {
+        fn service(
+            &self,
+        ) -> impl tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<body::TestBody>,
+            Error = std::convert::Infallible,
+            Future = impl Send + use<>,
+        > + Clone
+        + use<> {
+            let this = self.clone();
+            service_fn(move |req: Request<Full<Bytes>>| {
+                let this = this.clone();
+                async move {
+                    this.calls.fetch_add(1, Ordering::SeqCst);
+                    let len = req.headers()[CONTENT_LENGTH].to_str().unwrap().to_owned();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    this.bodies.lock().unwrap().push((body, len));
+                    let body = body::chunks([r#"{"choices":[]}"#]).flag_drop(this.response_dropped.clone());
+                    Ok(Response::new(body))
+                }
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    fn keyword(name: &'static str, mode: GuardrailMode, word: &'static str) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            name,
+            mode,
+            guardrail_fn(move |input: GuardrailInput| async move {
+                Ok(if input.texts().iter().any(|t| t.contains(word)) {
+                    Verdict::block(format!("'{word}' is not allowed"))
+                } else {
+                    Verdict::allow()
+                })
+            }),
+        )
+        .default_on(true)
+    }
+
+    fn mask(name: &'static str, word: &'static str, tag: &'static str) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            name,
+            GuardrailMode::PreCall,
+            guardrail_fn(move |input: GuardrailInput| async move {
+                Ok(Verdict::rewrite(input.texts().iter().map(|t| t.replace(word, tag)).collect()))
+            }),
+        )
+        .default_on(true)
+    }
+
+    fn chat(content: &str) -> Request<Full<Bytes>> {
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+        Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    async fn body_json(resp: Response<ResponseBody<body::TestBody>>) -> serde_json::Value {
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn block_answers_400_and_the_upstream_sees_nothing() {
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .service(up.service());
+        let resp = svc.oneshot(chat("this is forbidden")).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "words");
+        assert!(resp.headers().contains_key(GUARDRAILS_DURATION_MS));
+        assert_eq!(
+            body_json(resp).await,
+            serde_json::json!({"error": {"message": "'forbidden' is not allowed", "type": "invalid_request_error", "param": null, "code": "content_policy_violation"}})
+        );
+        assert_eq!(up.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn block_shapes_follow_the_endpoint() {
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .service(up.service());
+        let req = Request::post("/v1/messages")
+            .body(Full::new(Bytes::from_static(br#"{"model":"c","max_tokens":5,"system":"forbidden","messages":[]}"#)))
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(
+            body_json(resp).await,
+            serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": "'forbidden' is not allowed"}})
+        );
+        let req = Request::post("/v1/responses")
+            .body(Full::new(Bytes::from_static(br#"{"model":"m","input":"forbidden"}"#)))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(body_json(resp).await["error"]["code"], "content_policy_violation");
+        assert_eq!(up.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn masking_composes_and_fixes_content_length() {
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([
+                mask("emails", "a@b.co", "[EMAIL]"),
+                mask("brackets", "[EMAIL]", "<EMAIL>"),
+            ])))
+            .service(up.service());
+        let resp = svc.oneshot(chat("write to a@b.co")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "emails,brackets");
+        let (body, len) = up.bodies.lock().unwrap()[0].clone();
+        assert_eq!(
+            body,
+            r#"{"model":"m","messages":[{"role":"user","content":"write to <EMAIL>"}]}"#
+        );
+        assert_eq!(len, body.len().to_string());
+    }
+
+    #[tokio::test]
+    async fn allowed_requests_are_forwarded_byte_for_byte() {
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .service(up.service());
+        let raw = "{ \"model\" : \"m\",\n \"messages\": [ {\"role\":\"user\",\"content\":\"fine\"} ] }";
+        let req = Request::post("/v1/chat/completions").body(Full::new(Bytes::from_static(raw.as_bytes()))).unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(up.bodies.lock().unwrap()[0].0, raw);
+    }
+
+    #[tokio::test]
+    async fn no_selected_guardrail_adds_no_headers() {
+        let up = Upstream::default();
+        let opt_in = keyword("opt-in", GuardrailMode::PreCall, "x").default_on(false);
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([opt_in])))
+            .service(up.service());
+        let resp = svc.oneshot(chat("x")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key(APPLIED_GUARDRAILS));
+        assert_eq!(up.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn during_call_block_discards_the_upstream_response() {
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("during", GuardrailMode::DuringCall, "bad")])))
+            .service(up.service());
+        let resp = svc.oneshot(chat("bad things")).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(body_json(resp).await["error"]["message"], "'bad' is not allowed");
+        // The upstream was called concurrently, and its response body was dropped unread.
+        assert_eq!(up.calls(), 1);
+        assert!(up.response_dropped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn during_call_block_does_not_wait_for_a_slow_upstream() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        let upstream = service_fn(move |_req: Request<Full<Bytes>>| {
+            struct SetOnDrop(Arc<AtomicBool>);
+            impl Drop for SetOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let guard = SetOnDrop(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok::<_, std::convert::Infallible>(Response::new(body::chunks([""])))
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("during", GuardrailMode::DuringCall, "bad")])))
+            .service(upstream);
+        let resp = svc.oneshot(chat("bad things")).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        assert!(dropped.load(Ordering::SeqCst), "the in-flight upstream call is dropped");
+    }
+
+    #[tokio::test]
+    async fn during_call_holds_the_response_until_it_passes() {
+        let up = Upstream::default();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let slow = ConfiguredGuardrail::new(
+            "slow-during",
+            GuardrailMode::DuringCall,
+            guardrail_fn(move |_| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    Ok(Verdict::allow())
+                }
+            }),
+        )
+        .default_on(true);
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([slow])))
+            .service(up.service());
+        let call = tokio::spawn(svc.oneshot(chat("hello")));
+        while up.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "the response must wait for the during_call guardrail");
+        release.notify_one();
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "slow-during");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), r#"{"choices":[]}"#);
+    }
+
+    fn failing(kind: &'static str, fallback: Fallback) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(
+            "remote",
+            GuardrailMode::PreCall,
+            guardrail_fn(move |_| async move {
+                Err(match kind {
+                    "refused" => GuardrailError::unreachable("connection refused"),
+                    "503" => GuardrailError::unreachable("HTTP 503 from guardrail service"),
+                    _ => GuardrailError::failed("invalid JSON"),
+                })
+            }),
+        )
+        .default_on(true)
+        .unreachable_fallback(fallback)
+    }
+
+    #[tokio::test]
+    async fn fail_open_passes_through_and_fail_closed_answers_503() {
+        for kind in ["refused", "503"] {
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(kind, Fallback::FailOpen)])))
+                .service(up.service());
+            let resp = svc.oneshot(chat("hi")).await.unwrap();
+            assert_eq!(resp.status(), 200, "{kind}");
+            assert_eq!(up.calls(), 1);
+
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(kind, Fallback::FailClosed)])))
+                .service(up.service());
+            let resp = svc.oneshot(chat("hi")).await.unwrap();
+            assert_eq!(resp.status(), 503, "{kind}");
+            let v = body_json(resp).await;
+            assert_eq!(v["error"]["code"], "guardrail_unreachable");
+            assert!(v["error"]["message"].as_str().unwrap().contains("'remote'"));
+            assert_eq!(up.calls(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_run_is_logged_whatever_the_outcome() {
+        let log = GuardrailLog::new();
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([
+                failing("refused", Fallback::FailOpen),
+                mask("mask", "secret", "[X]"),
+                keyword("during", GuardrailMode::DuringCall, "never"),
+            ])))
+            .service(up.service());
+        let mut req = chat("a secret");
+        req.extensions_mut().insert(log.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let got: Vec<_> = log
+            .entries()
+            .into_iter()
+            .map(|e| (e.guardrail_name, e.guardrail_mode, e.guardrail_status, e.guardrail_action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("remote".into(), GuardrailMode::PreCall, GuardrailStatus::GuardrailFailedToRespond, GuardrailAction::Allow),
+                ("mask".into(), GuardrailMode::PreCall, GuardrailStatus::GuardrailIntervened, GuardrailAction::Mask),
+                ("during".into(), GuardrailMode::DuringCall, GuardrailStatus::Success, GuardrailAction::Allow),
+            ]
+        );
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "remote,mask,during");
+    }
+
+    #[tokio::test]
+    async fn one_read_of_the_body_across_layers() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let up = Upstream::default();
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("a", GuardrailMode::PreCall, "zzz")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("b", GuardrailMode::PreCall, "yyy")])))
+            .service(up.service());
+        let req = Request::post("/v1/chat/completions")
+            .body(body::chunks([r#"{"model":"m","messages":"#, r#"[{"role":"user","content":"hi"}]}"#]).count_polls(polls.clone()))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(polls.load(Ordering::SeqCst), 3, "two chunks and the end, read once");
+        assert_eq!(up.bodies.lock().unwrap()[0].0, r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+    }
+
+    #[tokio::test]
+    async fn selection_from_the_body_enables_opt_in_guardrails() {
+        let up = Upstream::default();
+        let opt_in = keyword("opt-in", GuardrailMode::PreCall, "x").default_on(false);
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([opt_in])))
+            .service(up.service());
+        let req = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(br#"{"model":"m","guardrails":["opt-in"],"messages":[{"role":"user","content":"x"}]}"#)))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+}
