@@ -11,6 +11,7 @@
 //! | [`error`] | `ErrorNormalizeLayer`: every error in the endpoint's own shape, with the right status | `error` |
 //! | [`model_merge`] | `ModelGuardrailMergeLayer`: a model's configured guardrails merged into the request's selection | `model-merge` |
 //! | [`pre_call`] | `PreCallGuardrailLayer`: `pre_call` and `during_call` guardrails on the request | `pre-call` |
+//! | [`streaming`] | `StreamingGuardrailBodyLayer`: `post_call` guardrails on JSON and SSE responses, in-band error events | `streaming` |
 //! | [`core`] | shared types: call types, the guardrail gate, the guardrail log, errors, SSE | always |
 //!
 //! ```
@@ -61,3 +62,7 @@ pub use guardrail_tower_model_merge as model_merge;
 #[cfg(feature = "pre-call")]
 #[doc(inline)]
 pub use guardrail_tower_pre_call as pre_call;
+
+#[cfg(feature = "streaming")]
+#[doc(inline)]
+pub use guardrail_tower_streaming as streaming;

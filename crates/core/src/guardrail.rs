@@ -445,6 +445,19 @@ pub trait SpanMatcher: Send + Sync {
     /// arrived can no longer become part of a match.
     fn max_match_chars(&self) -> usize;
 
+    /// How many trailing bytes of `text` a stream must still hold back: the shortest suffix
+    /// such that no match can start before it and still change with more text. The default is
+    /// the last [`max_match_chars`](SpanMatcher::max_match_chars) characters; a matcher that
+    /// knows better (a trailing partial word is the only thing a keyword could still need)
+    /// returns less, so text flows with less delay. Must be on a `char` boundary.
+    fn hold_back(&self, text: &str) -> usize {
+        let max = self.max_match_chars();
+        text.char_indices()
+            .rev()
+            .nth(max.saturating_sub(1))
+            .map_or(text.len(), |(i, _)| text.len() - i)
+    }
+
     /// The matches in `text`, sorted by start and not overlapping.
     ///
     /// With `partial`, more text may follow: a match that could still change with more text

@@ -50,11 +50,13 @@ mod call_type;
 mod error;
 mod guardrail;
 mod log;
+mod report;
 mod request;
 mod runner;
 mod selection;
 pub mod sse;
 pub mod text;
+mod usage;
 
 pub use call::{BufferedCall, CallOutcome, Prepare, take_ready};
 pub use call_type::{CallType, ErrorShape};
@@ -67,6 +69,7 @@ pub use guardrail::{
     GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, Verdict, guardrail_fn,
 };
 pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
+pub use report::ResponseReport;
 pub use request::{
     BufferRequest, DEFAULT_BODY_LIMIT, ParsedRequest, RequestId, X_REQUEST_ID, set_buffered_body,
 };
@@ -77,3 +80,4 @@ pub use runner::{
 pub use selection::{
     GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec, UnknownMode, should_run,
 };
+pub use usage::Usage;

@@ -376,7 +376,9 @@ mod tests {
         }));
         assert_eq!(s.names().collect::<Vec<_>>(), ["a", "b", "c"]);
         // LiteLLM's legacy `{"name": false}` switches nothing on (and nothing off).
-        let s = GuardrailSelection::from_body(&json!({"metadata": {"guardrails": {"off": false, "on": true}}}));
+        let s = GuardrailSelection::from_body(
+            &json!({"metadata": {"guardrails": {"off": false, "on": true}}}),
+        );
         assert_eq!(s.names().collect::<Vec<_>>(), ["on"]);
         let s = GuardrailSelection::from_body(&json!({"litellm_metadata": {"guardrails": ["lm"]}}));
         assert_eq!(s.names().collect::<Vec<_>>(), ["lm"]);

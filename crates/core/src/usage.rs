@@ -1,0 +1,236 @@
+//! Token usage, read from a response body or a stream's usage events, per call type.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::CallType;
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens (Anthropic: input plus cache reads and writes).
+    pub prompt_tokens: u64,
+    /// Output tokens.
+    pub completion_tokens: u64,
+    /// Input plus output.
+    pub total_tokens: u64,
+}
+
+fn num(v: Option<&Value>) -> Option<u64> {
+    v.and_then(Value::as_u64)
+}
+
+impl Usage {
+    /// The usage in a complete (non-streamed) response body.
+    pub fn from_response(call_type: CallType, body: &Value) -> Option<Usage> {
+        Usage::from_usage_object(call_type, body.get("usage")?)
+    }
+
+    /// A `usage` object in the shape of `call_type`.
+    pub fn from_usage_object(call_type: CallType, usage: &Value) -> Option<Usage> {
+        if !usage.is_object() {
+            return None;
+        }
+        let (prompt, completion) = match call_type {
+            CallType::Responses => (
+                num(usage.get("input_tokens")),
+                num(usage.get("output_tokens")),
+            ),
+            CallType::AnthropicMessages => {
+                let input = num(usage.get("input_tokens"));
+                let cached = num(usage.get("cache_read_input_tokens")).unwrap_or(0)
+                    + num(usage.get("cache_creation_input_tokens")).unwrap_or(0);
+                (input.map(|i| i + cached), num(usage.get("output_tokens")))
+            }
+            _ => (
+                num(usage.get("prompt_tokens")).or_else(|| num(usage.get("input_tokens"))),
+                num(usage.get("completion_tokens")).or_else(|| num(usage.get("output_tokens"))),
+            ),
+        };
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        let total = num(usage.get("total_tokens")).unwrap_or(prompt + completion);
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+        })
+    }
+
+    /// Folds one streamed event into the usage so far: chat `usage` chunks, the Responses
+    /// `response.completed` (and `.incomplete`/`.failed`) event, Anthropic `message_start` and
+    /// `message_delta` (whose `output_tokens` is cumulative).
+    pub fn update_from_event(
+        current: &mut Option<Usage>,
+        call_type: CallType,
+        event_type: Option<&str>,
+        data: &Value,
+    ) {
+        match call_type {
+            CallType::Responses => {
+                let kind = event_type.or_else(|| data.get("type").and_then(Value::as_str));
+                if matches!(
+                    kind,
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                ) {
+                    if let Some(u) = data
+                        .get("response")
+                        .and_then(|r| r.get("usage"))
+                        .and_then(|u| Usage::from_usage_object(call_type, u))
+                    {
+                        *current = Some(u);
+                    }
+                }
+            }
+            CallType::AnthropicMessages => {
+                let kind = event_type.or_else(|| data.get("type").and_then(Value::as_str));
+                match kind {
+                    Some("message_start") => {
+                        if let Some(u) = data
+                            .get("message")
+                            .and_then(|m| m.get("usage"))
+                            .and_then(|u| Usage::from_usage_object(call_type, u))
+                        {
+                            *current = Some(u);
+                        }
+                    }
+                    Some("message_delta") => {
+                        if let Some(u) = data.get("usage") {
+                            let mut next = current.unwrap_or_default();
+                            if let Some(out) = num(u.get("output_tokens")) {
+                                next.completion_tokens = out;
+                            }
+                            if let Some(input) = num(u.get("input_tokens")) {
+                                next.prompt_tokens = input
+                                    + num(u.get("cache_read_input_tokens")).unwrap_or(0)
+                                    + num(u.get("cache_creation_input_tokens")).unwrap_or(0);
+                            }
+                            next.total_tokens = next.prompt_tokens + next.completion_tokens;
+                            *current = Some(next);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {
+                if let Some(u) = data
+                    .get("usage")
+                    .and_then(|u| Usage::from_usage_object(call_type, u))
+                {
+                    *current = Some(u);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::sse::SseDecoder;
+
+    #[test]
+    fn from_bodies() {
+        assert_eq!(
+            Usage::from_response(
+                CallType::ChatCompletions,
+                &json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+            ),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                total_tokens: 7
+            })
+        );
+        assert_eq!(
+            Usage::from_response(
+                CallType::Responses,
+                &json!({"usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}})
+            ),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 6,
+                total_tokens: 11
+            })
+        );
+        assert_eq!(
+            Usage::from_response(
+                CallType::AnthropicMessages,
+                &json!({"usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 6}})
+            ),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 6,
+                total_tokens: 13
+            })
+        );
+        assert_eq!(
+            Usage::from_response(
+                CallType::Embeddings,
+                &json!({"usage": {"prompt_tokens": 8, "total_tokens": 8}})
+            ),
+            Some(Usage {
+                prompt_tokens: 8,
+                completion_tokens: 0,
+                total_tokens: 8
+            })
+        );
+        assert_eq!(
+            Usage::from_response(CallType::ChatCompletions, &json!({"usage": null})),
+            None
+        );
+    }
+
+    fn from_stream(call_type: CallType, stream: &str) -> Option<Usage> {
+        let mut decoder = SseDecoder::new();
+        decoder.push(bytes::Bytes::copy_from_slice(stream.as_bytes()));
+        let mut usage = None;
+        while let Some(event) = decoder.next_event().unwrap() {
+            if let Some(Ok(data)) = event.data().map(serde_json::from_slice::<Value>) {
+                Usage::update_from_event(&mut usage, call_type, event.event_type(), &data);
+            }
+        }
+        usage
+    }
+
+    #[test]
+    fn from_recorded_streams() {
+        assert_eq!(
+            from_stream(
+                CallType::ChatCompletions,
+                include_str!("../testdata/openai_chat.sse")
+            ),
+            Some(Usage {
+                prompt_tokens: 19,
+                completion_tokens: 21,
+                total_tokens: 40
+            })
+        );
+        assert_eq!(
+            from_stream(
+                CallType::Responses,
+                include_str!("../testdata/openai_responses.sse")
+            ),
+            Some(Usage {
+                prompt_tokens: 37,
+                completion_tokens: 11,
+                total_tokens: 48
+            })
+        );
+        assert_eq!(
+            from_stream(
+                CallType::AnthropicMessages,
+                include_str!("../testdata/anthropic_messages.sse")
+            ),
+            Some(Usage {
+                prompt_tokens: 25,
+                completion_tokens: 15,
+                total_tokens: 40
+            })
+        );
+    }
+}

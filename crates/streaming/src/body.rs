@@ -1,0 +1,210 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::state::{Step, StreamState};
+
+pin_project! {
+    /// The response body of [`StreamingGuardrailBody`](crate::StreamingGuardrailBody): the
+    /// upstream body untouched, a complete body the layer wrote (a checked JSON response), or a
+    /// guarded server-sent events stream.
+    ///
+    /// A guarded stream reports an unknown size (it may rewrite), passes trailers and upstream
+    /// errors through, never polls the upstream while it has something to send or a check is
+    /// running (backpressure), and drops the upstream body as soon as the stream is over or
+    /// blocked.
+    pub struct GuardedBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Passthrough {
+            #[pin]
+            body: B,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+        Sse {
+            #[pin]
+            body: Option<B>,
+            // The upstream body when a buffer_all check read part of it before the head.
+            boxed: Option<Pin<Box<B>>>,
+            state: Box<StreamState>,
+            replay: VecDeque<Bytes>,
+            trailers: Option<HeaderMap>,
+        },
+    }
+}
+
+impl<B> GuardedBody<B> {
+    pub(crate) fn passthrough(body: B) -> Self {
+        GuardedBody {
+            kind: Kind::Passthrough { body },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        GuardedBody {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// A guarded stream.
+    pub(crate) fn sse(body: B, state: StreamState) -> Self {
+        GuardedBody {
+            kind: Kind::Sse {
+                body: Some(body),
+                boxed: None,
+                state: Box::new(state),
+                replay: VecDeque::new(),
+                trailers: None,
+            },
+        }
+    }
+
+    /// A guarded stream continuing after `replay`, chunks already read from `body`.
+    pub(crate) fn sse_resumed(
+        body: Pin<Box<B>>,
+        state: StreamState,
+        replay: VecDeque<Bytes>,
+    ) -> Self {
+        GuardedBody {
+            kind: Kind::Sse {
+                body: None,
+                boxed: Some(body),
+                state: Box::new(state),
+                replay,
+                trailers: None,
+            },
+        }
+    }
+}
+
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Sse {
+                mut body,
+                boxed,
+                state,
+                replay,
+                trailers,
+            } => loop {
+                if let Some(bytes) = state.out.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                match state.step(cx) {
+                    Step::Progress => continue,
+                    Step::Waiting => return Poll::Pending,
+                    Step::Finished => {
+                        body.set(None);
+                        *boxed = None;
+                        return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Step::NeedInput => {}
+                }
+                if let Some(chunk) = replay.pop_front() {
+                    state.push(chunk);
+                    continue;
+                }
+                let polled = match (body.as_mut().as_pin_mut(), boxed.as_mut()) {
+                    (Some(inner), _) => inner.poll_frame(cx),
+                    (None, Some(inner)) => inner.as_mut().poll_frame(cx),
+                    (None, None) => {
+                        state.push_eof();
+                        continue;
+                    }
+                };
+                match ready!(polled) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(mut data) => {
+                            let chunk = data.copy_to_bytes(data.remaining());
+                            state.push(chunk);
+                            let ended = match (body.as_ref().as_pin_ref(), boxed.as_ref()) {
+                                (Some(b), _) => b.is_end_stream(),
+                                (None, Some(b)) => b.is_end_stream(),
+                                (None, None) => true,
+                            };
+                            if ended {
+                                state.push_eof();
+                                body.set(None);
+                                *boxed = None;
+                            }
+                        }
+                        Err(frame) => {
+                            if let Ok(t) = frame.into_trailers() {
+                                *trailers = Some(t);
+                            }
+                        }
+                    },
+                    Some(Err(err)) => {
+                        state.upstream_failed();
+                        body.set(None);
+                        *boxed = None;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                    None => {
+                        state.push_eof();
+                        body.set(None);
+                        *boxed = None;
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Passthrough { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+            Kind::Sse {
+                state, trailers, ..
+            } => state.is_finished() && state.out.is_empty() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Passthrough { body } => body.size_hint(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Sse { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for GuardedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Passthrough { .. } => "passthrough",
+            Kind::Full { .. } => "full",
+            Kind::Sse { .. } => "sse",
+        };
+        f.debug_struct("GuardedBody").field("kind", &kind).finish()
+    }
+}

@@ -1,0 +1,590 @@
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use guardrail_tower_core::sse::{SseDecoder, SseEvent};
+use guardrail_tower_core::text::Side;
+use guardrail_tower_core::{
+    BoxError, BufferedCall, CallOutcome, ConfiguredGuardrail, Error, Fallback, GuardrailMode,
+    Outcome, RunFuture, StreamPolicy, Usage,
+};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode, response};
+use http_body::Body;
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use serde_json::Value;
+use tower_service::Service;
+
+use crate::events::{self, ChannelKey};
+use crate::service::{Capture, StreamContext};
+use crate::state::{Policy, StreamState};
+use crate::{GuardedBody, StreamingGuardrailBodyLayer};
+
+pin_project! {
+    /// The response future of [`StreamingGuardrailBody`](crate::StreamingGuardrailBody).
+    pub struct ResponseFuture<B, S, ResB>
+    where
+        S: Service<Request<Full<Bytes>>>,
+    {
+        #[pin]
+        state: State<B, S, ResB>,
+        config: Arc<StreamingGuardrailBodyLayer>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B, S, ResB>
+    where
+        S: Service<Request<Full<Bytes>>>,
+    {
+        Call {
+            #[pin]
+            call: BufferedCall<B, S, Capture>,
+        },
+        ReadJson {
+            parts: Option<response::Parts>,
+            #[pin]
+            body: ResB,
+            buf: BytesMut,
+            context: Option<StreamContext>,
+        },
+        CheckJson {
+            run: RunFuture,
+            parts: Option<response::Parts>,
+            json: Option<Value>,
+            bytes: Bytes,
+            context: Option<StreamContext>,
+        },
+        ReadAll {
+            parts: Option<response::Parts>,
+            body: Option<Pin<Box<ResB>>>,
+            chunks: VecDeque<Bytes>,
+            size: usize,
+            limit: usize,
+            on_overflow: Fallback,
+            context: Option<StreamContext>,
+        },
+        CheckAll {
+            run: RunFuture,
+            parts: Option<response::Parts>,
+            events: Vec<SseEvent>,
+            keys: Vec<ChannelKey>,
+            raw: Bytes,
+            context: Option<StreamContext>,
+        },
+    }
+}
+
+impl<B, S, ResB> ResponseFuture<B, S, ResB>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    pub(crate) fn new(
+        call: BufferedCall<B, S, Capture>,
+        config: Arc<StreamingGuardrailBodyLayer>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Call { call },
+            config,
+        }
+    }
+}
+
+enum Kind {
+    Sse,
+    Json,
+    Other,
+}
+
+fn kind(headers: &http::HeaderMap) -> Kind {
+    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Kind::Other;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "text/event-stream" {
+        Kind::Sse
+    } else if essence == "application/json" || essence.ends_with("+json") {
+        Kind::Json
+    } else {
+        Kind::Other
+    }
+}
+
+/// The selected post_call guardrails with the policy each gets on this stream.
+fn stream_guards(
+    config: &StreamingGuardrailBodyLayer,
+    context: &StreamContext,
+) -> Vec<(ConfiguredGuardrail, StreamPolicy)> {
+    config
+        .guardrails
+        .selected(GuardrailMode::PostCall, &context.selection)
+        .map(|g| (g.clone(), config.effective_policy(g)))
+        .collect()
+}
+
+fn error_response<ResB>(err: &Error, context: &StreamContext) -> Response<GuardedBody<ResB>> {
+    err.to_response(context.call_type).map(GuardedBody::full)
+}
+
+fn with_body<ResB>(mut parts: response::Parts, bytes: Bytes) -> Response<GuardedBody<ResB>> {
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Response::from_parts(parts, GuardedBody::full(bytes))
+}
+
+impl<B, S, ResB> Future for ResponseFuture<B, S, ResB>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<GuardedBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Call { call } => {
+                    let (response, context) = match ready!(call.poll(cx))? {
+                        CallOutcome::Rejected(err, call_type) => {
+                            return Poll::Ready(Ok(err
+                                .to_response(call_type)
+                                .map(GuardedBody::full)));
+                        }
+                        CallOutcome::Called(response, None) => {
+                            return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
+                        }
+                        CallOutcome::Called(response, Some(context)) => (response, context),
+                    };
+                    if !response.status().is_success() {
+                        return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
+                    }
+                    match kind(response.headers()) {
+                        Kind::Other => {
+                            return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
+                        }
+                        Kind::Json => {
+                            let (parts, body) = response.into_parts();
+                            this.state.set(State::ReadJson {
+                                parts: Some(parts),
+                                body,
+                                buf: BytesMut::new(),
+                                context: Some(context),
+                            });
+                        }
+                        Kind::Sse => {
+                            let guards = stream_guards(this.config, &context);
+                            let buffer_all = guards.iter().filter_map(|(_, p)| match p {
+                                StreamPolicy::BufferAll {
+                                    max_bytes,
+                                    on_overflow,
+                                } => Some((*max_bytes, *on_overflow)),
+                                _ => None,
+                            });
+                            let buffer_all = buffer_all.fold(
+                                None,
+                                |acc: Option<(usize, Fallback)>, (max, fb)| {
+                                    Some(match acc {
+                                        None => (max, fb),
+                                        Some((m, f)) => (
+                                            m.min(max),
+                                            if f == Fallback::FailClosed { f } else { fb },
+                                        ),
+                                    })
+                                },
+                            );
+                            let (mut parts, body) = response.into_parts();
+                            parts.headers.remove(CONTENT_LENGTH);
+                            if let Some((limit, on_overflow)) = buffer_all {
+                                this.state.set(State::ReadAll {
+                                    parts: Some(parts),
+                                    body: Some(Box::pin(body)),
+                                    chunks: VecDeque::new(),
+                                    size: 0,
+                                    limit,
+                                    on_overflow,
+                                    context: Some(context),
+                                });
+                                continue;
+                            }
+                            let state = new_stream_state(this.config, context, guards);
+                            return Poll::Ready(Ok(Response::from_parts(
+                                parts,
+                                GuardedBody::sse(body, state),
+                            )));
+                        }
+                    }
+                }
+                StateProj::ReadJson {
+                    parts,
+                    mut body,
+                    buf,
+                    context,
+                } => {
+                    let limit = this.config.max_json_body;
+                    loop {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                if let Ok(data) = frame.into_data() {
+                                    if buf.len() + data.len() > limit {
+                                        let err = Error::new(
+                                            StatusCode::BAD_GATEWAY,
+                                            format!("the upstream response is larger than the {limit}-byte limit for post_call guardrails"),
+                                        )
+                                        .with_code("response_too_large");
+                                        let context =
+                                            context.take().expect("polled after completion");
+                                        return Poll::Ready(Ok(error_response(&err, &context)));
+                                    }
+                                    buf.put(data);
+                                }
+                            }
+                            Some(Err(err)) => {
+                                let err: BoxError = err.into();
+                                let err = Error::upstream_unavailable(err);
+                                let context = context.take().expect("polled after completion");
+                                return Poll::Ready(Ok(error_response(&err, &context)));
+                            }
+                            None => break,
+                        }
+                    }
+                    let context = context.take().expect("polled after completion");
+                    let parts = parts.take().expect("polled after completion");
+                    let bytes = buf.split().freeze();
+                    let json: Value = match serde_json::from_slice(&bytes) {
+                        Ok(json) => json,
+                        Err(e) => {
+                            let err = Error::upstream_unavailable(format!(
+                                "the upstream sent invalid JSON: {e}"
+                            ));
+                            return Poll::Ready(Ok(error_response(&err, &context)));
+                        }
+                    };
+                    if let Some(report) = &context.report {
+                        report.set_observed();
+                        if let Some(usage) = Usage::from_response(context.call_type, &json) {
+                            report.set_usage(usage);
+                        }
+                    }
+                    let texts = context.call_type.texts(Side::Response, &json);
+                    let run = (!texts.is_empty()).then(|| {
+                        this.config.guardrails.run(
+                            GuardrailMode::PostCall,
+                            &context.selection,
+                            Side::Response,
+                            texts,
+                            context.meta.clone(),
+                            context.log.clone(),
+                        )
+                    });
+                    match run.flatten() {
+                        None => return Poll::Ready(Ok(with_body(parts, bytes))),
+                        Some(run) => this.state.set(State::CheckJson {
+                            run,
+                            parts: Some(parts),
+                            json: Some(json),
+                            bytes,
+                            context: Some(context),
+                        }),
+                    }
+                }
+                StateProj::CheckJson {
+                    run,
+                    parts,
+                    json,
+                    bytes,
+                    context,
+                } => {
+                    let outcome = ready!(run.as_mut().poll(cx));
+                    let context = context.take().expect("polled after completion");
+                    let parts = parts.take().expect("polled after completion");
+                    return Poll::Ready(Ok(match outcome {
+                        Outcome::Blocked(err) => error_response(&err, &context),
+                        Outcome::Allowed {
+                            rewritten: None, ..
+                        } => with_body(parts, bytes.clone()),
+                        Outcome::Allowed {
+                            rewritten: Some(texts),
+                            ..
+                        } => {
+                            let mut json = json.take().expect("polled after completion");
+                            match context
+                                .call_type
+                                .set_texts(Side::Response, &mut json, &texts)
+                            {
+                                Ok(()) => with_body(
+                                    parts,
+                                    serde_json::to_vec(&json)
+                                        .expect("a Value always serializes")
+                                        .into(),
+                                ),
+                                Err(e) => error_response(
+                                    &Error::internal(format!(
+                                        "could not apply the guardrail rewrite: {e}"
+                                    )),
+                                    &context,
+                                ),
+                            }
+                        }
+                    }));
+                }
+                StateProj::ReadAll {
+                    parts,
+                    body,
+                    chunks,
+                    size,
+                    limit,
+                    on_overflow,
+                    context,
+                } => {
+                    let inner = body.as_mut().expect("polled after completion");
+                    loop {
+                        match ready!(inner.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                let Ok(mut data) = frame.into_data() else {
+                                    continue;
+                                };
+                                let chunk = data.copy_to_bytes(data.remaining());
+                                *size += chunk.len();
+                                chunks.push_back(chunk);
+                                if *size > *limit {
+                                    let context = context.take().expect("polled after completion");
+                                    let parts = parts.take().expect("polled after completion");
+                                    return Poll::Ready(Ok(match on_overflow {
+                                        Fallback::FailClosed => {
+                                            let err = Error::guardrail_failed(
+                                                "buffer_all",
+                                                format!(
+                                                    "the streamed response is larger than the buffer_all limit of {limit} bytes"
+                                                ),
+                                            );
+                                            error_response(&err, &context)
+                                        }
+                                        Fallback::FailOpen => {
+                                            tracing::warn!(
+                                                limit = *limit,
+                                                "buffer_all limit reached; releasing the stream and checking it at the end"
+                                            );
+                                            let guards = stream_guards(this.config, &context)
+                                                .into_iter()
+                                                .map(|(g, p)| match p {
+                                                    StreamPolicy::BufferAll { .. } => {
+                                                        (g, StreamPolicy::EndOfStream)
+                                                    }
+                                                    p => (g, p),
+                                                })
+                                                .collect();
+                                            let state =
+                                                new_stream_state(this.config, context, guards);
+                                            let body =
+                                                body.take().expect("polled after completion");
+                                            Response::from_parts(
+                                                parts,
+                                                GuardedBody::sse_resumed(
+                                                    body,
+                                                    state,
+                                                    std::mem::take(chunks),
+                                                ),
+                                            )
+                                        }
+                                    }));
+                                }
+                            }
+                            Some(Err(err)) => {
+                                let err: BoxError = err.into();
+                                let err = Error::upstream_unavailable(err);
+                                let context = context.take().expect("polled after completion");
+                                return Poll::Ready(Ok(error_response(&err, &context)));
+                            }
+                            None => break,
+                        }
+                    }
+                    *body = None;
+                    let context = context.take().expect("polled after completion");
+                    let parts = parts.take().expect("polled after completion");
+                    let mut raw = BytesMut::with_capacity(*size);
+                    for chunk in chunks.drain(..) {
+                        raw.put(chunk);
+                    }
+                    let raw = raw.freeze();
+                    let (events, keys, texts) =
+                        match decode_all(&raw, this.config.max_event_size, &context) {
+                            Ok(decoded) => decoded,
+                            Err(err) => return Poll::Ready(Ok(error_response(&err, &context))),
+                        };
+                    let run = (!texts.is_empty()).then(|| {
+                        this.config.guardrails.run(
+                            GuardrailMode::PostCall,
+                            &context.selection,
+                            Side::Response,
+                            texts,
+                            context.meta.clone(),
+                            context.log.clone(),
+                        )
+                    });
+                    match run.flatten() {
+                        None => {
+                            return Poll::Ready(Ok(Response::from_parts(
+                                parts,
+                                GuardedBody::full(raw),
+                            )));
+                        }
+                        Some(run) => this.state.set(State::CheckAll {
+                            run,
+                            parts: Some(parts),
+                            events,
+                            keys,
+                            raw,
+                            context: Some(context),
+                        }),
+                    }
+                }
+                StateProj::CheckAll {
+                    run,
+                    parts,
+                    events,
+                    keys,
+                    raw,
+                    context,
+                } => {
+                    let outcome = ready!(run.as_mut().poll(cx));
+                    let context = context.take().expect("polled after completion");
+                    let parts = parts.take().expect("polled after completion");
+                    return Poll::Ready(Ok(match outcome {
+                        // Nothing was sent yet: the client gets a plain error response.
+                        Outcome::Blocked(err) => error_response(&err, &context),
+                        Outcome::Allowed {
+                            rewritten: None, ..
+                        } => Response::from_parts(parts, GuardedBody::full(raw.clone())),
+                        Outcome::Allowed {
+                            rewritten: Some(texts),
+                            ..
+                        } => {
+                            let body = reencode(context.call_type, events, keys, &texts);
+                            Response::from_parts(parts, GuardedBody::full(body))
+                        }
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn new_stream_state(
+    config: &StreamingGuardrailBodyLayer,
+    context: StreamContext,
+    guards: Vec<(ConfiguredGuardrail, StreamPolicy)>,
+) -> StreamState {
+    StreamState::new(
+        context.call_type,
+        guards
+            .into_iter()
+            .map(|(g, p)| (g, Policy::from_stream_policy(p)))
+            .collect(),
+        context.meta,
+        context.log,
+        context.report,
+        config.max_event_size,
+    )
+}
+
+type Decoded = (Vec<SseEvent>, Vec<ChannelKey>, Vec<String>);
+
+/// Decodes a whole buffered stream: its events, and the complete text of each channel in order
+/// of first appearance.
+fn decode_all(
+    raw: &Bytes,
+    max_event_size: usize,
+    context: &StreamContext,
+) -> Result<Decoded, Error> {
+    let mut decoder = SseDecoder::with_max_event_size(max_event_size);
+    decoder.push(raw.clone());
+    let mut events = Vec::new();
+    let invalid = |e| Error::upstream_unavailable(format!("the upstream stream is invalid: {e}"));
+    while let Some(event) = decoder.next_event().map_err(invalid)? {
+        events.push(event);
+    }
+    while let Some(event) = decoder.finish().map_err(invalid)? {
+        events.push(event);
+    }
+    let mut keys: Vec<ChannelKey> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    let mut usage = None;
+    for event in &events {
+        let info = events::classify(context.call_type, event);
+        if info.has_usage {
+            if let Some(value) = events::data_value(event) {
+                Usage::update_from_event(&mut usage, context.call_type, event.event_type(), &value);
+            }
+        }
+        for (key, text) in &info.texts {
+            match keys.iter().position(|k| k == key) {
+                Some(i) => texts[i].push_str(text),
+                None => {
+                    keys.push(*key);
+                    texts.push(text.to_string());
+                }
+            }
+        }
+    }
+    if let Some(report) = &context.report {
+        report.set_observed();
+        if let Some(usage) = usage {
+            report.set_usage(usage);
+        }
+    }
+    Ok((events, keys, texts))
+}
+
+/// Re-encodes a buffered stream with rewritten channel texts: each rewritten channel's whole
+/// text goes in its first delta (later deltas carry none), and summary events repeat it.
+fn reencode(
+    call_type: guardrail_tower_core::CallType,
+    events: &[SseEvent],
+    keys: &[ChannelKey],
+    texts: &[String],
+) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut started = vec![false; keys.len()];
+    for event in events {
+        let info = events::classify(call_type, event);
+        let mut data: Option<Value> = None;
+        for (key, _) in &info.texts {
+            let Some(i) = keys.iter().position(|k| k == key) else {
+                continue;
+            };
+            let text = if started[i] { "" } else { texts[i].as_str() };
+            started[i] = true;
+            let value =
+                data.get_or_insert_with(|| events::data_value(event).unwrap_or(Value::Null));
+            events::set_delta_text(call_type, value, *key, text);
+        }
+        if info.summary.is_some() {
+            let value =
+                data.get_or_insert_with(|| events::data_value(event).unwrap_or(Value::Null));
+            events::set_summary_texts(value, &|key| {
+                keys.iter()
+                    .position(|k| *k == key)
+                    .map(|i| texts[i].clone())
+            });
+        }
+        match data {
+            Some(value) if !value.is_null() => out.put(events::encode(event, &value)),
+            _ => out.put_slice(event.raw()),
+        }
+    }
+    out.freeze()
+}

@@ -1,0 +1,888 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use guardrail_tower_core::sse::SseDecoder;
+use guardrail_tower_core::{
+    CallType, ConfiguredGuardrail, Fallback, Guardrail, GuardrailAction, GuardrailError,
+    GuardrailInput, GuardrailLog, GuardrailMode, GuardrailStatus, Guardrails, ResponseReport,
+    SpanAction, SpanMatch, SpanMatcher, StreamPolicy, Usage, Verdict, guardrail_fn,
+};
+use guardrail_tower_testkit::body::{self, TestBody};
+use http::{HeaderMap, Request, Response};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+use crate::StreamingGuardrailBodyLayer;
+
+const CHAT: &str = include_str!("../../core/testdata/openai_chat.sse");
+const RESPONSES: &str = include_str!("../../core/testdata/openai_responses.sse");
+const ANTHROPIC: &str = include_str!("../../core/testdata/anthropic_messages.sse");
+
+fn fixture(call_type: CallType) -> (&'static str, &'static str) {
+    match call_type {
+        CallType::Responses => ("/v1/responses", RESPONSES),
+        CallType::AnthropicMessages => ("/v1/messages", ANTHROPIC),
+        _ => ("/v1/chat/completions", CHAT),
+    }
+}
+
+/// A case-sensitive word matcher: blocks or masks fixed strings, as a deterministic guardrail.
+struct Words {
+    words: Vec<(&'static str, Option<&'static str>)>,
+}
+
+impl SpanMatcher for Words {
+    fn max_match_chars(&self) -> usize {
+        self.words
+            .iter()
+            .map(|(w, _)| w.chars().count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch> {
+        let mut found: Vec<SpanMatch> = Vec::new();
+        for (word, mask) in &self.words {
+            for (start, _) in text.match_indices(word) {
+                let end = start + word.len();
+                if partial && end == text.len() {
+                    continue;
+                }
+                found.push(SpanMatch {
+                    range: start..end,
+                    action: match mask {
+                        Some(r) => SpanAction::Mask {
+                            replacement: (*r).to_owned(),
+                        },
+                        None => SpanAction::Block,
+                    },
+                    entity: if mask.is_some() {
+                        "WORD".into()
+                    } else {
+                        "BLOCKED".into()
+                    },
+                    message: format!("blocked word: {word}"),
+                });
+            }
+        }
+        found.sort_by_key(|m| m.range.start);
+        let mut last = 0;
+        found.retain(|m| {
+            let keep = m.range.start >= last;
+            if keep {
+                last = m.range.end;
+            }
+            keep
+        });
+        found
+    }
+}
+
+impl Guardrail for Words {
+    async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+        let mut texts = Vec::new();
+        let mut masked = false;
+        for text in input.texts() {
+            let mut out = String::new();
+            let mut pos = 0;
+            for m in self.find(text, false) {
+                match m.action {
+                    SpanAction::Block => return Ok(Verdict::block(m.message)),
+                    SpanAction::Mask { replacement } => {
+                        out.push_str(&text[pos..m.range.start]);
+                        out.push_str(&replacement);
+                        pos = m.range.end;
+                        masked = true;
+                    }
+                }
+            }
+            out.push_str(&text[pos..]);
+            texts.push(out);
+        }
+        Ok(if masked {
+            Verdict::rewrite(texts)
+        } else {
+            Verdict::allow()
+        })
+    }
+
+    fn provider(&self) -> &str {
+        "test_words"
+    }
+
+    fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
+        Some(self)
+    }
+}
+
+fn words(
+    name: &'static str,
+    words: Vec<(&'static str, Option<&'static str>)>,
+) -> ConfiguredGuardrail {
+    ConfiguredGuardrail::new(name, GuardrailMode::PostCall, Words { words }).default_on(true)
+}
+
+/// A guardrail without a span matcher (so it uses windows or the end of the stream).
+fn remote(name: &'static str, word: &'static str) -> ConfiguredGuardrail {
+    ConfiguredGuardrail::new(
+        name,
+        GuardrailMode::PostCall,
+        guardrail_fn(move |input: GuardrailInput| async move {
+            tokio::task::yield_now().await;
+            Ok(if input.texts().iter().any(|t| t.contains(word)) {
+                Verdict::block(format!("remote says no to {word}"))
+            } else {
+                Verdict::allow()
+            })
+        }),
+    )
+    .default_on(true)
+}
+
+/// An upstream that answers once with `response`.
+fn once(
+    response: Response<TestBody>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<TestBody>,
+    Error = std::convert::Infallible,
+    Future = std::future::Ready<Result<Response<TestBody>, std::convert::Infallible>>,
+> + Clone {
+    let response = Arc::new(Mutex::new(Some(response)));
+    service_fn(move |_req: Request<Full<Bytes>>| {
+        std::future::ready(Ok(response.lock().unwrap().take().expect("one request")))
+    })
+}
+
+struct Run {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+    log: GuardrailLog,
+    report: ResponseReport,
+}
+
+async fn run_with(
+    path: &str,
+    request_body: &str,
+    layer: StreamingGuardrailBodyLayer,
+    response: Response<TestBody>,
+) -> Run {
+    let svc = ServiceBuilder::new().layer(layer).service(once(response));
+    let log = GuardrailLog::new();
+    let report = ResponseReport::new();
+    let mut req = Request::post(path)
+        .body(Full::new(Bytes::copy_from_slice(request_body.as_bytes())))
+        .unwrap();
+    req.extensions_mut().insert(log.clone());
+    req.extensions_mut().insert(report.clone());
+    let resp = svc.oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Run {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+        log,
+        report,
+    }
+}
+
+fn sse(body: TestBody) -> Response<TestBody> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+/// The stream split into one chunk per event, as upstreams deliver token streams.
+fn per_event(stream: &str) -> TestBody {
+    body::chunks(
+        stream
+            .split_inclusive("\n\n")
+            .map(|e| e.to_owned())
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn run_stream(
+    call_type: CallType,
+    layer: StreamingGuardrailBodyLayer,
+    body: TestBody,
+) -> Run {
+    let (path, _) = fixture(call_type);
+    run_with(
+        path,
+        r#"{"model":"m","stream":true,"messages":[]}"#,
+        layer,
+        sse(body),
+    )
+    .await
+}
+
+/// The text a client reads from an SSE body, per call type.
+fn streamed_text(call_type: CallType, body: &str) -> String {
+    let mut decoder = SseDecoder::new();
+    decoder.push(Bytes::copy_from_slice(body.as_bytes()));
+    let mut text = String::new();
+    while let Some(event) = decoder.next_event().unwrap() {
+        for (_, t) in crate::events::classify(call_type, &event).texts {
+            text.push_str(&t);
+        }
+    }
+    text
+}
+
+fn original_text(call_type: CallType) -> String {
+    streamed_text(call_type, fixture(call_type).1)
+}
+
+/// The in-band error a block of `message` by a guardrail ends a stream with.
+fn error_tail(call_type: CallType, message: &str) -> String {
+    let err = guardrail_tower_core::Error::guardrail_blocked("g", message);
+    match call_type {
+        CallType::Responses => {
+            "event: error\n".to_owned() + {
+                let events = err.responses_stream_events(&Default::default());
+                let s = String::from_utf8(events.to_vec()).unwrap();
+                let data = s.split('\n').nth(1).unwrap().to_owned();
+                // Only the first line's shape matters for the prefix check below.
+                Box::leak(data.into_boxed_str())
+            }
+        }
+        CallType::AnthropicMessages => {
+            String::from_utf8(err.anthropic_stream_event().to_vec()).unwrap()
+        }
+        _ => String::from_utf8(err.chat_stream_event().to_vec()).unwrap(),
+    }
+}
+
+/// Splits a block result into (what was released before the error, the error events).
+fn split_error(call_type: CallType, body: &str) -> (String, String) {
+    let marker = match call_type {
+        CallType::ChatCompletions => "data: {\"error\"",
+        _ => "event: error\n",
+    };
+    let at = body
+        .find(marker)
+        .unwrap_or_else(|| panic!("no error event in {body}"));
+    (body[..at].to_owned(), body[at..].to_owned())
+}
+
+const ALL: [CallType; 3] = [
+    CallType::ChatCompletions,
+    CallType::Responses,
+    CallType::AnthropicMessages,
+];
+
+/// A word near the start, in the middle and at the end of each fixture's text.
+fn positions(call_type: CallType) -> [&'static str; 3] {
+    match call_type {
+        CallType::Responses => ["Hi!", "résumé", "short"],
+        CallType::AnthropicMessages => ["Hello", "Zürich", "help?"],
+        _ => ["Hello", "corner", "guest"],
+    }
+}
+
+#[tokio::test]
+async fn exact_block_never_leaks_and_ends_with_the_in_band_error() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        for word in positions(call_type) {
+            let layer =
+                StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![(word, None)])]));
+            let run = run_stream(call_type, layer, per_event(stream)).await;
+            assert_eq!(run.status, 200);
+            assert!(!run.headers.contains_key("content-length"));
+            let (released, error) = split_error(call_type, &run.body);
+            assert!(
+                stream.starts_with(&released),
+                "{call_type:?} {word}: released events are the original ones"
+            );
+            assert!(!released.contains(word), "{call_type:?}: '{word}' leaked");
+            assert!(error.contains(&format!("blocked word: {word}")), "{error}");
+            let tail = error_tail(call_type, &format!("blocked word: {word}"));
+            assert!(
+                error.starts_with(tail.lines().next().unwrap()),
+                "{call_type:?}: {error}"
+            );
+            match call_type {
+                CallType::ChatCompletions => assert!(error.ends_with("data: [DONE]\n\n")),
+                CallType::Responses => assert!(
+                    error.contains("event: response.failed\n")
+                        && error.contains("\"status\":\"failed\"")
+                ),
+                _ => assert!(!error.contains("message_stop")),
+            }
+            let blocks: Vec<_> = run
+                .log
+                .entries()
+                .into_iter()
+                .filter(|e| e.guardrail_action == GuardrailAction::Block)
+                .collect();
+            assert_eq!(blocks.len(), 1);
+            assert_eq!(blocks[0].guardrail_mode, GuardrailMode::PostCall);
+            assert!(run.report.in_band_error().unwrap().is_policy_block());
+        }
+    }
+}
+
+#[tokio::test]
+async fn responses_error_events_continue_the_sequence_and_the_response() {
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("short", None)])]));
+    let run = run_stream(CallType::Responses, layer, per_event(RESPONSES)).await;
+    let (released, error) = split_error(CallType::Responses, &run.body);
+    let last_seq = released
+        .rsplit("\"sequence_number\":")
+        .next()
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    let mut decoder = SseDecoder::new();
+    decoder.push(Bytes::from(error));
+    let first = decoder.next_event().unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(first.data().unwrap()).unwrap();
+    assert_eq!(first.event_type(), Some("error"));
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["code"], "content_policy_violation");
+    assert_eq!(v["message"], "blocked word: short");
+    assert_eq!(v["param"], serde_json::Value::Null);
+    assert_eq!(v["sequence_number"], last_seq + 1);
+    let failed = decoder.next_event().unwrap().unwrap();
+    assert_eq!(failed.event_type(), Some("response.failed"));
+    let v: serde_json::Value = serde_json::from_slice(failed.data().unwrap()).unwrap();
+    assert_eq!(v["sequence_number"], last_seq + 2);
+    assert_eq!(
+        v["response"]["id"],
+        "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"
+    );
+    assert_eq!(v["response"]["status"], "failed");
+    assert_eq!(v["response"]["error"]["code"], "content_policy_violation");
+    assert!(decoder.next_event().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn window_block_holds_text_until_checked() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        for word in positions(call_type) {
+            let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([remote("g", word)]))
+                .policy(StreamPolicy::Window {
+                    chars: 12,
+                    overlap: 6,
+                });
+            let run = run_stream(call_type, layer, per_event(stream)).await;
+            assert_eq!(run.status, 200);
+            let (released, error) = split_error(call_type, &run.body);
+            assert!(stream.starts_with(&released));
+            assert!(
+                !streamed_text(call_type, &released).contains(word),
+                "{call_type:?} '{word}' leaked"
+            );
+            assert!(error.contains(&format!("remote says no to {word}")));
+            let checks = run.log.len();
+            assert!(checks >= 1, "every window check is logged");
+        }
+    }
+}
+
+#[tokio::test]
+async fn window_passes_a_clean_stream_unchanged() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([remote("g", "not-there")]))
+            .policy(StreamPolicy::Window {
+                chars: 10,
+                overlap: 4,
+            });
+        let run = run_stream(call_type, layer, per_event(stream)).await;
+        assert_eq!(run.body, stream, "{call_type:?}");
+        // One check per 10 new characters, plus the final one.
+        let n = original_text(call_type).chars().count();
+        assert!(
+            (2..=n / 10 + 1).contains(&run.log.len()),
+            "{} checks for {n} chars",
+            run.log.len()
+        );
+        assert!(
+            run.log
+                .entries()
+                .iter()
+                .all(|e| e.guardrail_status == GuardrailStatus::Success)
+        );
+    }
+}
+
+#[tokio::test]
+async fn end_of_stream_holds_only_the_final_events() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([
+            remote("g", "help?").stream_policy(StreamPolicy::EndOfStream)
+        ]));
+        let word = positions(call_type)[1];
+        let layer_block = StreamingGuardrailBodyLayer::new(Guardrails::new([
+            remote("g", word).stream_policy(StreamPolicy::EndOfStream)
+        ]));
+        let run = run_stream(call_type, layer_block, per_event(stream)).await;
+        let (released, error) = split_error(call_type, &run.body);
+        // The text flowed (end_of_stream cannot hold it back), the final events did not.
+        assert!(stream.starts_with(&released));
+        assert_eq!(
+            streamed_text(call_type, &released),
+            original_text(call_type)
+        );
+        for fin in [
+            "[DONE]",
+            "finish_reason\":\"stop",
+            "response.completed",
+            "message_stop",
+            "output_text.done",
+        ] {
+            assert!(
+                !released.contains(fin),
+                "{call_type:?}: final event {fin} was released"
+            );
+        }
+        assert!(error.contains(&format!("remote says no to {word}")));
+        assert_eq!(run.log.len(), 1, "one check at the end");
+        // A clean stream passes unchanged.
+        if call_type != CallType::AnthropicMessages {
+            let run = run_stream(call_type, layer, per_event(stream)).await;
+            assert_eq!(run.body, stream);
+        }
+    }
+}
+
+#[tokio::test]
+async fn buffer_all_block_is_a_400_before_the_head() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        let word = positions(call_type)[2];
+        let policy = StreamPolicy::BufferAll {
+            max_bytes: 1 << 20,
+            on_overflow: Fallback::FailClosed,
+        };
+        let layer =
+            StreamingGuardrailBodyLayer::new(Guardrails::new([
+                words("g", vec![(word, None)]).stream_policy(policy)
+            ]));
+        let run = run_stream(call_type, layer, per_event(stream)).await;
+        assert_eq!(run.status, 400, "{call_type:?}");
+        assert_eq!(run.headers["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&run.body).unwrap();
+        match call_type {
+            CallType::AnthropicMessages => {
+                assert_eq!(v["error"]["message"], format!("blocked word: {word}"))
+            }
+            _ => assert_eq!(v["error"]["code"], "content_policy_violation"),
+        }
+        // A clean stream passes byte for byte.
+        let layer =
+            StreamingGuardrailBodyLayer::new(Guardrails::new([
+                words("g", vec![("absent", None)]).stream_policy(policy)
+            ]));
+        let run = run_stream(call_type, layer, per_event(stream)).await;
+        assert_eq!((run.status, run.body.as_str()), (200, stream));
+    }
+}
+
+#[tokio::test]
+async fn buffer_all_overflow_fails_closed_or_open() {
+    let closed = StreamPolicy::BufferAll {
+        max_bytes: 500,
+        on_overflow: Fallback::FailClosed,
+    };
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([
+        remote("g", "nothing").stream_policy(closed)
+    ]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert_eq!(run.status, 500);
+    assert!(
+        run.body.contains("buffer_all limit of 500 bytes"),
+        "{}",
+        run.body
+    );
+
+    let open = StreamPolicy::BufferAll {
+        max_bytes: 500,
+        on_overflow: Fallback::FailOpen,
+    };
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([
+        remote("g", "nothing").stream_policy(open)
+    ]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert_eq!((run.status, run.body.as_str()), (200, CHAT));
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([
+        remote("g", "guest").stream_policy(open)
+    ]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert!(run.body.ends_with("data: [DONE]\n\n") && run.body.contains("remote says no to guest"));
+}
+
+#[tokio::test]
+async fn exact_mask_rewrites_events_and_summaries() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        let (word, spans) = match call_type {
+            CallType::Responses => ("résumé tips", "Naïve résumé tips"),
+            CallType::AnthropicMessages => ("aus Zürich", "Grüße aus Zürich"),
+            _ => ("Wi-Fi password", "its Wi-Fi password"),
+        };
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words(
+            "g",
+            vec![(word, Some("[MASKED]"))],
+        )]));
+        let run = run_stream(call_type, layer, per_event(stream)).await;
+        assert_eq!(run.status, 200);
+        let want = original_text(call_type).replace(word, "[MASKED]");
+        assert_eq!(streamed_text(call_type, &run.body), want, "{call_type:?}");
+        assert!(
+            !run.body.contains(word),
+            "{call_type:?}: masked text leaked somewhere"
+        );
+        assert!(
+            run.body.contains(&spans.replace(word, "[MASKED]"))
+                || call_type == CallType::ChatCompletions
+                || call_type == CallType::AnthropicMessages
+        );
+        // Events that carry no text are untouched.
+        let first = stream.split_inclusive("\n\n").next().unwrap();
+        assert!(run.body.starts_with(first));
+        let entry = &run.log.entries()[0];
+        assert_eq!(entry.guardrail_action, GuardrailAction::Mask);
+        assert_eq!(entry.masked_entity_count.as_ref().unwrap()["WORD"], 1);
+    }
+}
+
+#[tokio::test]
+async fn split_at_every_byte_gives_the_same_output() {
+    for call_type in ALL {
+        let (_, stream) = fixture(call_type);
+        let word = positions(call_type)[1];
+        let layer = || {
+            StreamingGuardrailBodyLayer::new(Guardrails::new([words(
+                "g",
+                vec![(word, Some("<x>"))],
+            )]))
+        };
+        let reference = run_stream(call_type, layer(), body::chunks([stream]))
+            .await
+            .body;
+        assert!(!reference.contains(word));
+        for i in 1..stream.len() {
+            let got = run_stream(call_type, layer(), body::split_at(stream.as_bytes(), &[i]))
+                .await
+                .body;
+            assert!(got == reference, "{call_type:?}: split at {i} differs");
+        }
+    }
+}
+
+#[tokio::test]
+async fn fail_open_and_fail_closed_mid_stream() {
+    let unreachable = |fallback| {
+        ConfiguredGuardrail::new(
+            "remote",
+            GuardrailMode::PostCall,
+            guardrail_fn(|_| async { Err(GuardrailError::unreachable("connection refused")) }),
+        )
+        .default_on(true)
+        .unreachable_fallback(fallback)
+    };
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([unreachable(Fallback::FailOpen)]))
+            .policy(StreamPolicy::Window {
+                chars: 20,
+                overlap: 0,
+            });
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert_eq!(run.body, CHAT);
+    assert!(
+        run.log
+            .entries()
+            .iter()
+            .all(|e| e.guardrail_status == GuardrailStatus::GuardrailFailedToRespond)
+    );
+
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([unreachable(Fallback::FailClosed)]))
+            .policy(StreamPolicy::Window {
+                chars: 20,
+                overlap: 0,
+            });
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    let (released, error) = split_error(CallType::ChatCompletions, &run.body);
+    assert_eq!(
+        released,
+        CHAT.split_inclusive("\n\n").next().unwrap(),
+        "only the role chunk went out"
+    );
+    assert!(
+        error.contains("\"code\":\"guardrail_unreachable\""),
+        "{error}"
+    );
+    assert!(error.contains("guardrail 'remote' is unreachable"));
+    assert!(error.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn upstream_death_mid_stream_fails_the_body_without_a_fake_done() {
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+    let events: Vec<String> = CHAT
+        .split_inclusive("\n\n")
+        .take(5)
+        .map(str::to_owned)
+        .collect();
+    let upstream = body::chunks(events).then_error("upstream reset");
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(once(sse(upstream)));
+    let req = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+        .unwrap();
+    let mut body = svc.oneshot(req).await.unwrap().into_body();
+    let mut got = Vec::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(err)) => break err,
+            None => panic!("the body ended cleanly after an upstream failure"),
+        }
+    };
+    assert_eq!(err.to_string(), "upstream reset");
+    assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
+    assert!(CHAT.starts_with(std::str::from_utf8(&got).unwrap()));
+}
+
+#[tokio::test]
+async fn passthrough_of_non_text_and_non_sse() {
+    // Comments, [DONE], usage chunks and unknown events are untouched.
+    let stream = ": keep-alive\n\nevent: ping\ndata: {}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let run = run_stream(CallType::ChatCompletions, layer, body::chunks([stream])).await;
+    assert_eq!(run.body, stream);
+    assert_eq!(
+        run.report.usage(),
+        Some(Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3
+        })
+    );
+
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let plain = Response::builder()
+        .header("content-type", "text/plain")
+        .body(body::chunks(["x marks the spot"]))
+        .unwrap();
+    let run = run_with("/v1/chat/completions", "{}", layer, plain).await;
+    assert_eq!(run.body, "x marks the spot");
+
+    // An upstream error response passes untouched (ErrorNormalizeLayer's job).
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let err = Response::builder()
+        .status(500)
+        .header("content-type", "application/json")
+        .body(body::chunks(["{\"error\":\"x\"}"]))
+        .unwrap();
+    let run = run_with("/v1/chat/completions", "{}", layer, err).await;
+    assert_eq!((run.status, run.body.as_str()), (500, "{\"error\":\"x\"}"));
+}
+
+#[tokio::test]
+async fn upstream_error_events_pass_through_as_is() {
+    let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(stream)).await;
+    assert_eq!(run.body, stream);
+    assert!(
+        run.report
+            .in_band_error()
+            .unwrap()
+            .message()
+            .contains("overloaded")
+    );
+}
+
+#[tokio::test]
+async fn trailers_pass_through() {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+    let upstream = sse(per_event(CHAT).with_trailers(trailers));
+    let svc = ServiceBuilder::new().layer(layer).service(once(upstream));
+    let req = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let collected = svc
+        .oneshot(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes(), CHAT);
+}
+
+#[tokio::test]
+async fn json_responses_block_mask_and_allow() {
+    let json = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"call me at the corner"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let response = || {
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", json.len())
+            .body(body::chunks([json]))
+            .unwrap()
+    };
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("corner", None)])]));
+    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    assert_eq!(run.status, 400);
+    assert_eq!(
+        run.body,
+        r#"{"error":{"message":"blocked word: corner","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}"#
+    );
+    assert_eq!(run.report.usage().unwrap().total_tokens, 8);
+
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words(
+        "g",
+        vec![("corner", Some("[PLACE]"))],
+    )]));
+    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    assert_eq!(run.status, 200);
+    assert_eq!(run.body, json.replace("corner", "[PLACE]"));
+    assert_eq!(run.headers["content-length"], run.body.len().to_string());
+
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("absent", None)])]));
+    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    assert_eq!((run.status, run.body.as_str()), (200, json));
+
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let bad = Response::builder()
+        .header("content-type", "application/json")
+        .body(body::chunks(["{not json"]))
+        .unwrap();
+    let run = run_with("/v1/chat/completions", "{}", layer, bad).await;
+    assert_eq!(run.status, 502);
+}
+
+#[tokio::test]
+async fn model_level_post_call_guardrail_blocks_a_streaming_request() {
+    // Regression after the production bug: a model-level post_call guardrail with
+    // default_on: false ran on non-streaming requests but was skipped on streaming ones.
+    let opt_in = words("pii-block", vec![("corner", None)]).default_on(false);
+    for (model, blocked) in [("gpt-guarded", true), ("gpt-plain", false)] {
+        let svc = ServiceBuilder::new()
+            .layer(
+                guardrail_tower_model_merge::ModelGuardrailMergeLayer::new()
+                    .model("gpt-guarded", ["pii-block"]),
+            )
+            .layer(StreamingGuardrailBodyLayer::new(Guardrails::new([
+                opt_in.clone()
+            ])))
+            .service(once(sse(per_event(CHAT))));
+        let body = format!(r#"{{"model":"{model}","stream":true,"messages":[]}}"#);
+        let req = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let out = svc
+            .oneshot(req)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(out.contains("blocked word: corner"), blocked, "{model}");
+        let sent_text = streamed_text(CallType::ChatCompletions, &out);
+        assert_eq!(sent_text.contains("corner"), !blocked, "{model}");
+    }
+}
+
+/// Reads the guarded body frame by frame and returns the most upstream chunks it was ahead of
+/// the client at any point.
+async fn max_lookahead(stream: &str, layer: StreamingGuardrailBodyLayer) -> usize {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let upstream = per_event(stream).count_polls(polls.clone());
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(once(sse(upstream)));
+    let req = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let mut body = svc.oneshot(req).await.unwrap().into_body();
+    let (mut frames, mut ahead) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+        frames += 1;
+        ahead = ahead.max(polls.load(Ordering::SeqCst).saturating_sub(frames));
+    }
+    assert!(body.is_end_stream());
+    ahead
+}
+
+#[tokio::test]
+async fn backpressure_the_upstream_is_read_only_as_the_client_reads() {
+    // Events with no text are never held: one upstream chunk per frame the client takes.
+    let keepalives = ": ping\n\n".repeat(50);
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+    assert!(max_lookahead(&keepalives, layer).await <= 1);
+    // Text events wait only for the few characters a match could still need.
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+    assert!(max_lookahead(CHAT, layer).await <= 4);
+}
+
+#[tokio::test]
+async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
+    let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
+        "r".into(),
+        CallType::ChatCompletions,
+    ));
+    let g = words("g", vec![("forbidden", None)]);
+    let mut state = crate::state::StreamState::new(
+        CallType::ChatCompletions,
+        vec![(g, crate::state::Policy::Exact)],
+        meta,
+        GuardrailLog::new(),
+        None,
+        1 << 20,
+    );
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lorem ipsum \"}}]}\n\n";
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut max_held = 0;
+    for _ in 0..20_000 {
+        state.push(Bytes::from_static(event.as_bytes()));
+        while let crate::state::Step::Progress = state.step(&mut cx) {
+            state.out.clear();
+        }
+        max_held = max_held.max(state.held_bytes());
+    }
+    // 240 KB of text went through; what is held stays at a few KB.
+    assert!(max_held < 16 * 1024, "held {max_held} bytes");
+}
+
+#[tokio::test]
+async fn no_post_call_guardrail_means_untouched_passthrough() {
+    let opt_in = words("g", vec![("corner", None)]).default_on(false);
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([opt_in]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert_eq!(run.body, CHAT);
+    assert!(run.log.is_empty());
+    assert!(!run.report.is_observed());
+}
