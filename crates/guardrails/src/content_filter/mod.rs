@@ -1,0 +1,559 @@
+//! A `litellm_content_filter`-compatible guardrail: keywords and regex patterns that block a
+//! text or mask what they match, configured with LiteLLM's keys.
+//!
+//! ```
+//! use guardrail_tower_core::{Guardrail, SpanMatcher};
+//! use guardrail_tower_guardrails::content_filter::{ContentFilter, ContentFilterConfig};
+//!
+//! let config: ContentFilterConfig = serde_yaml_ng::from_str(r#"
+//! guardrail: litellm_content_filter
+//! mode: pre_call
+//! patterns:
+//!   - pattern_type: prebuilt
+//!     pattern_name: us_ssn
+//!     action: BLOCK
+//!   - pattern_type: prebuilt
+//!     pattern_name: email
+//!     action: MASK
+//! blocked_words:
+//!   - keyword: confidential
+//!     action: BLOCK
+//!     description: Internal confidential information
+//! "#)?;
+//! let filter = ContentFilter::new(config)?;
+//! assert_eq!(filter.provider(), "litellm_content_filter");
+//!
+//! let verdict = filter.check_texts(&["Contact me at john@example.com"]);
+//! assert_eq!(
+//!     verdict.decision(),
+//!     &guardrail_tower_core::Decision::Rewrite {
+//!         texts: vec!["Contact me at [EMAIL_REDACTED]".into()]
+//!     }
+//! );
+//! assert_eq!(verdict.masked_entity_count().unwrap()["email"], 1);
+//!
+//! let verdict = filter.check_texts(&["My SSN is 123-45-6789"]);
+//! assert_eq!(
+//!     verdict.decision(),
+//!     &guardrail_tower_core::Decision::Block {
+//!         message: "Content blocked: us_ssn pattern detected".into()
+//!     }
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Configuration
+//!
+//! [`ContentFilterConfig`] reads the `litellm_params` of a LiteLLM guardrail entry:
+//! `blocked_words`, `blocked_words_file`, `patterns`, `pattern_redaction_format`,
+//! `keyword_redaction_tag`, and `max_unbounded_match_chars` (ours). Other keys are ignored;
+//! LiteLLM's `categories` are not supported. Where LiteLLM logs and skips a bad entry of a
+//! `blocked_words_file`, this refuses the configuration with an error naming the file.
+//!
+//! # Matching
+//!
+//! - **Keywords** match case-insensitively (ASCII case, and the single-character Unicode
+//!   lower case of other letters, so `Straße` matches `STRAẞE`) and only on word boundaries:
+//!   the character before and after a keyword must not be a letter, digit or `_` (Unicode),
+//!   or be the start or end of the text. `ass` does not match in `class`. All keywords are
+//!   found in one Aho-Corasick pass over the text. (LiteLLM matches keywords as plain
+//!   substrings; word boundaries avoid its false positives.)
+//! - **Prebuilt patterns** (ASCII; `\b` below is an ASCII word boundary):
+//!
+//!   | name | matches |
+//!   |------|---------|
+//!   | `email` | `local@domain.tld`: up to 64 + 1 + 228 + 1 + 24 characters |
+//!   | `us_ssn` | `123-45-6789`; area not 000, 666 or 9xx, group not 00, serial not 0000 |
+//!   | `us_ssn_no_dash` | `123456789`, same rules |
+//!   | `us_phone` | `555-123-4567`, `(555) 123-4567`, `+1 555.123.4567`, `5551234567` |
+//!   | `credit_card` | 13 to 19 digits with single spaces or dashes between them, Luhn-checked |
+//!   | `visa`, `mastercard`, `amex`, `discover` | the brand's number format, Luhn-checked |
+//!   | `ipv4` | dotted quads with octets 0 to 255, no leading zeros |
+//!   | `aws_access_key` | `AKIA` or `ASIA` and 16 upper-case letters or digits |
+//!   | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 letters or digits; `github_pat_` and 82 |
+//!   | `slack_token` | `xoxp-`, `xoxb-`, `xoxo-`, `xoxa-` tokens |
+//!   | `generic_api_key` | `sk-` keys (`sk-proj-...`, `sk-ant-...`) with 20 to 256 more `[A-Za-z0-9_-]`; assignments `api_key=...`, `apikey: ...`, `OPENAI_API_KEY="..."` with a 20 to 256 character value (the assignment is matched) |
+//!
+//!   Every prebuilt pattern has a bounded longest match (at most 318 characters, `email`).
+//!   They match exactly as written (LiteLLM compiles its prebuilt patterns case-insensitively;
+//!   these spell out the letter cases they accept). Patterns with a check (SSN rules, Luhn)
+//!   look for another candidate inside a rejected one.
+//! - **Custom regexes** use Rust [`regex`](https://docs.rs/regex) syntax and, as in LiteLLM,
+//!   match case-insensitively (`(?-i)` turns it off). A regex that can match the empty string,
+//!   or that compiles to more than 1 MiB, is a configuration error.
+//!
+//! Overlapping matches are resolved the same way everywhere: the match that starts first wins;
+//! among matches that start at the same place, a `BLOCK` wins over a `MASK`, then the longer
+//! match, then the rule configured first (keywords, then `patterns` in order). Each regex on
+//! its own reports leftmost-first, non-overlapping matches.
+//!
+//! # Actions
+//!
+//! Any `BLOCK` match blocks the whole input. The message names the rule, never the matched
+//! text, in LiteLLM's words: `Content blocked: us_ssn pattern detected`,
+//! `Content blocked: keyword 'confidential' detected (Internal confidential information)`.
+//! Otherwise every `MASK` match is replaced: patterns by `pattern_redaction_format` with
+//! `{pattern_name}` replaced by the pattern's name in upper case (`[EMAIL_REDACTED]`),
+//! keywords by `keyword_redaction_tag` (`[KEYWORD_REDACTED]`). `masked_entity_count` counts
+//! masked matches under LiteLLM's keys: the pattern's name (`email`, `us_ssn`, a custom
+//! regex's `name`) and `blocked_word` for keywords. (LiteLLM counts one per rule and text;
+//! this counts every match.) The log detail lists, per rule, its type, name, action and match
+//! count, never the matched text.
+//!
+//! # Streaming
+//!
+//! [`ContentFilter`] is a [`SpanMatcher`]: a streamed response is checked exactly, with
+//! [`SpanMatcher::max_match_chars`] characters held back. A custom regex without an upper
+//! bound on its match length counts as `max_unbounded_match_chars` long (default 256); a
+//! longer match of it may be split in a stream.
+
+mod config;
+mod error;
+mod keywords;
+mod patterns;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use guardrail_tower_core::{
+    Guardrail, GuardrailError, GuardrailInput, SpanAction, SpanMatch, SpanMatcher, Verdict,
+};
+use regex::{RegexSet, RegexSetBuilder};
+use serde_json::{Value, json};
+
+pub use config::{
+    BlockedWord, ContentFilterConfig, DEFAULT_KEYWORD_REDACTION_TAG,
+    DEFAULT_MAX_UNBOUNDED_MATCH_CHARS, DEFAULT_PATTERN_REDACTION_FORMAT, FilterAction,
+    PatternConfig,
+};
+pub use error::ContentFilterError;
+
+use keywords::Keywords;
+use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT};
+
+/// The `guardrail_provider` of this guardrail, as LiteLLM names it.
+pub const PROVIDER: &str = "litellm_content_filter";
+
+/// The entity name of masked keywords in `masked_entity_count`, as LiteLLM names it.
+pub const KEYWORD_ENTITY: &str = "blocked_word";
+
+/// A `litellm_content_filter`-compatible keyword and pattern filter. Cheap to clone.
+///
+/// See the [module documentation](self) for what it matches and how.
+#[derive(Debug, Clone)]
+pub struct ContentFilter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keywords: Option<Keywords>,
+    keyword_replacement: String,
+    patterns: Vec<PatternRule>,
+    /// All patterns at once, to skip the ones that cannot match. `None` when there are fewer
+    /// than two patterns, or the set would be too large.
+    set: Option<RegexSet>,
+    max_match_chars: usize,
+}
+
+/// Which rule a match comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Rule {
+    Keyword(usize),
+    Pattern(usize),
+}
+
+/// Up to this many patterns, the prefilter's per-pattern flags live on the stack.
+const SET_STACK: usize = 64;
+
+/// A match before it becomes a [`SpanMatch`].
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    start: usize,
+    end: usize,
+    rule: Rule,
+    action: FilterAction,
+}
+
+impl ContentFilter {
+    /// Builds the filter, reading `blocked_words_file` and compiling every keyword and
+    /// pattern. Errors name the offending key and value.
+    pub fn new(config: ContentFilterConfig) -> Result<ContentFilter, ContentFilterError> {
+        if config.max_unbounded_match_chars == 0 {
+            return Err(ContentFilterError::ZeroMaxUnboundedMatchChars);
+        }
+        let pattern_format = config
+            .pattern_redaction_format
+            .as_deref()
+            .unwrap_or(DEFAULT_PATTERN_REDACTION_FORMAT);
+        let keyword_replacement = config
+            .keyword_redaction_tag
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEYWORD_REDACTION_TAG.to_owned());
+
+        // Keywords: configured ones, then the file's; the last definition of a keyword wins.
+        let mut words: Vec<(String, BlockedWord)> = Vec::new();
+        let mut add = |word: BlockedWord, location: String| -> Result<(), ContentFilterError> {
+            if word.keyword.trim().is_empty() {
+                return Err(ContentFilterError::EmptyKeyword { location });
+            }
+            let key: String = word.keyword.chars().map(keywords::fold).collect();
+            match words.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = word,
+                None => words.push((key, word)),
+            }
+            Ok(())
+        };
+        for (i, word) in config.blocked_words.into_iter().enumerate() {
+            add(word, format!("blocked_words[{i}]"))?;
+        }
+        if let Some(path) = &config.blocked_words_file {
+            for (i, word) in config::read_blocked_words_file(path)?
+                .into_iter()
+                .enumerate()
+            {
+                add(word, format!("{}: blocked_words[{i}]", path.display()))?;
+            }
+        }
+        let keywords = Keywords::new(
+            words
+                .into_iter()
+                .map(|(_, w)| (w.keyword, w.action, w.description))
+                .collect(),
+        );
+
+        let mut patterns = Vec::with_capacity(config.patterns.len());
+        let mut set_sources = Vec::with_capacity(config.patterns.len());
+        for (index, pattern) in config.patterns.iter().enumerate() {
+            match pattern {
+                PatternConfig::Prebuilt {
+                    pattern_name,
+                    action,
+                } => {
+                    let prebuilt = patterns::prebuilt(pattern_name).ok_or_else(|| {
+                        ContentFilterError::UnknownPrebuilt {
+                            index,
+                            name: pattern_name.clone(),
+                            valid: ContentFilter::prebuilt_pattern_names().collect(),
+                        }
+                    })?;
+                    patterns.push(PatternRule::prebuilt(
+                        index,
+                        prebuilt,
+                        *action,
+                        pattern_format,
+                    )?);
+                    set_sources.push(prebuilt.regex.to_owned());
+                }
+                PatternConfig::Regex {
+                    pattern,
+                    name,
+                    action,
+                } => {
+                    let name = name.clone().unwrap_or_else(|| "custom_regex".to_owned());
+                    patterns.push(PatternRule::new(
+                        index,
+                        name,
+                        pattern,
+                        true,
+                        *action,
+                        pattern_format,
+                        config.max_unbounded_match_chars,
+                    )?);
+                    set_sources.push(format!("(?i){pattern}"));
+                }
+            }
+        }
+        let set = if patterns.len() >= 2 {
+            RegexSetBuilder::new(&set_sources)
+                .size_limit(REGEX_SIZE_LIMIT.saturating_mul(patterns.len()))
+                .dfa_size_limit(REGEX_SIZE_LIMIT.saturating_mul(2))
+                .build()
+                .ok()
+        } else {
+            None
+        };
+        let max_match_chars = patterns
+            .iter()
+            .map(|p| p.max_chars)
+            .chain(keywords.as_ref().map(|k| k.max_chars))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        Ok(ContentFilter {
+            inner: Arc::new(Inner {
+                keywords,
+                keyword_replacement,
+                patterns,
+                set,
+                max_match_chars,
+            }),
+        })
+    }
+
+    /// The names of the prebuilt patterns.
+    pub fn prebuilt_pattern_names() -> impl Iterator<Item = &'static str> {
+        PREBUILT.iter().map(|p| p.name)
+    }
+
+    /// Checks texts as [`Guardrail::check`] does, synchronously: block if any text has a
+    /// `BLOCK` match, else rewrite the texts if any has a `MASK` match, else allow.
+    ///
+    /// Allocates nothing when nothing matches.
+    pub fn check_texts<S: AsRef<str>>(&self, texts: &[S]) -> Verdict {
+        let mut found: Vec<(usize, Vec<Hit>)> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let hits = self.hits(text.as_ref(), false);
+            if !hits.is_empty() {
+                found.push((i, hits));
+            }
+        }
+        if found.is_empty() {
+            return Verdict::allow();
+        }
+        let detail = self.detail(found.iter().flat_map(|(_, hits)| hits.iter()));
+        let first_block = found
+            .iter()
+            .flat_map(|(_, hits)| hits.iter())
+            .find(|h| h.action == FilterAction::Block);
+        if let Some(hit) = first_block {
+            return Verdict::block(self.message(hit.rule)).with_detail(detail);
+        }
+        let mut counts = BTreeMap::new();
+        let mut out: Vec<String> = Vec::with_capacity(texts.len());
+        let mut found = found.into_iter().peekable();
+        for (i, text) in texts.iter().enumerate() {
+            let text = text.as_ref();
+            match found.next_if(|(j, _)| *j == i) {
+                Some((_, hits)) => {
+                    let mut masked = String::with_capacity(text.len());
+                    let mut last = 0;
+                    for hit in &hits {
+                        masked.push_str(&text[last..hit.start]);
+                        masked.push_str(self.replacement(hit.rule));
+                        last = hit.end;
+                        *counts.entry(self.entity(hit.rule).to_owned()).or_insert(0) += 1;
+                    }
+                    masked.push_str(&text[last..]);
+                    out.push(masked);
+                }
+                None => out.push(text.to_owned()),
+            }
+        }
+        Verdict::rewrite(out)
+            .with_masked_entity_count(counts)
+            .with_detail(detail)
+    }
+
+    /// The matches in `text`: sorted, not overlapping, resolved as documented; with `partial`,
+    /// only those that no further text can change.
+    fn hits(&self, text: &str, partial: bool) -> Vec<Hit> {
+        let inner = &*self.inner;
+        let mut hits: Vec<Hit> = Vec::new();
+        if let Some(kw) = &inner.keywords {
+            kw.for_each_match(text, partial, &mut |k, start, end| {
+                hits.push(Hit {
+                    start,
+                    end,
+                    rule: Rule::Keyword(k),
+                    action: kw.list[k].action,
+                });
+            });
+        }
+        if !inner.patterns.is_empty() {
+            let mut scan = |i: usize| {
+                let p = &inner.patterns[i];
+                p.for_each_match(text, |start, end| {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        rule: Rule::Pattern(i),
+                        action: p.action,
+                    });
+                });
+            };
+            match &inner.set {
+                // `is_match` is the fast path for the common no-match case.
+                Some(set) if !set.is_match(text) => {}
+                Some(set) if set.len() <= SET_STACK => {
+                    let mut matched = [false; SET_STACK];
+                    set.matches_read_at(&mut matched[..set.len()], text, 0);
+                    for (i, _) in matched.iter().enumerate().filter(|(_, m)| **m) {
+                        scan(i);
+                    }
+                }
+                Some(set) => {
+                    for i in set.matches(text).iter() {
+                        scan(i);
+                    }
+                }
+                None => (0..inner.patterns.len()).for_each(scan),
+            }
+        }
+        if hits.is_empty() {
+            return hits;
+        }
+        // Leftmost; at one start BLOCK before MASK, then longest, then configuration order.
+        hits.sort_unstable_by(|a, b| {
+            a.start
+                .cmp(&b.start)
+                .then_with(|| action_rank(a.action).cmp(&action_rank(b.action)))
+                .then_with(|| b.end.cmp(&a.end))
+                .then_with(|| a.rule.cmp(&b.rule))
+        });
+        let mut last_end = 0;
+        hits.retain(|h| {
+            if h.start >= last_end {
+                last_end = h.end;
+                true
+            } else {
+                false
+            }
+        });
+        if partial {
+            let settled_before = self.settled_before(text);
+            hits.retain(|h| h.start < settled_before);
+        }
+        hits
+    }
+
+    /// With more text to come: matches that start here or later may still change.
+    fn settled_before(&self, text: &str) -> usize {
+        let inner = &*self.inner;
+        let mut from = text.len();
+        if let Some(kw) = &inner.keywords {
+            from = from.min(kw.pending_from(text));
+        }
+        for p in &inner.patterns {
+            from = from.min(p.unsettled_from(text));
+        }
+        from
+    }
+
+    fn message(&self, rule: Rule) -> &str {
+        match rule {
+            Rule::Keyword(k) => &self.keywords().list[k].message,
+            Rule::Pattern(p) => &self.inner.patterns[p].message,
+        }
+    }
+
+    fn replacement(&self, rule: Rule) -> &str {
+        match rule {
+            Rule::Keyword(_) => &self.inner.keyword_replacement,
+            Rule::Pattern(p) => &self.inner.patterns[p].replacement,
+        }
+    }
+
+    fn entity(&self, rule: Rule) -> &str {
+        match rule {
+            Rule::Keyword(_) => KEYWORD_ENTITY,
+            Rule::Pattern(p) => &self.inner.patterns[p].name,
+        }
+    }
+
+    fn keywords(&self) -> &Keywords {
+        self.inner
+            .keywords
+            .as_ref()
+            .expect("a keyword hit implies keywords")
+    }
+
+    /// The log detail: per rule, in order of first match, what it is and how often it
+    /// matched; never the matched text.
+    fn detail<'a>(&self, hits: impl Iterator<Item = &'a Hit>) -> Value {
+        let mut rules: Vec<(Rule, FilterAction, u64)> = Vec::new();
+        for hit in hits {
+            match rules.iter_mut().find(|(r, _, _)| *r == hit.rule) {
+                Some(entry) => entry.2 += 1,
+                None => rules.push((hit.rule, hit.action, 1)),
+            }
+        }
+        Value::Array(
+            rules
+                .into_iter()
+                .map(|(rule, action, count)| match rule {
+                    Rule::Keyword(k) => {
+                        let kw = &self.keywords().list[k];
+                        json!({
+                            "type": "blocked_word",
+                            "keyword": kw.display,
+                            "action": action.as_str(),
+                            "description": kw.description,
+                            "count": count,
+                        })
+                    }
+                    Rule::Pattern(p) => json!({
+                        "type": "pattern",
+                        "pattern_name": self.inner.patterns[p].name,
+                        "action": action.as_str(),
+                        "count": count,
+                    }),
+                })
+                .collect(),
+        )
+    }
+}
+
+fn action_rank(action: FilterAction) -> u8 {
+    match action {
+        FilterAction::Block => 0,
+        FilterAction::Mask => 1,
+    }
+}
+
+impl SpanMatcher for ContentFilter {
+    /// The longest keyword or pattern match, in characters; a custom regex without a bound
+    /// counts as `max_unbounded_match_chars`.
+    fn max_match_chars(&self) -> usize {
+        self.inner.max_match_chars
+    }
+
+    /// The matches in `text`, resolved as the [module documentation](self) describes.
+    ///
+    /// With `partial`, the end of `text` is not a word boundary, and a match is reported only
+    /// once no further text can change it: no keyword that could still be completed, and no
+    /// pattern match that could still grow or appear, starts at or before it. A match that
+    /// ends at the very end of `text` is therefore never reported. `SpanMatch::message` is
+    /// empty for masks.
+    fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch> {
+        let hits = self.hits(text, partial);
+        if hits.is_empty() {
+            return Vec::new();
+        }
+        hits.into_iter()
+            .map(|hit| SpanMatch {
+                range: hit.start..hit.end,
+                action: match hit.action {
+                    FilterAction::Block => SpanAction::Block,
+                    FilterAction::Mask => SpanAction::Mask {
+                        replacement: self.replacement(hit.rule).to_owned(),
+                    },
+                },
+                entity: self.entity(hit.rule).to_owned(),
+                message: match hit.action {
+                    FilterAction::Block => self.message(hit.rule).to_owned(),
+                    FilterAction::Mask => String::new(),
+                },
+            })
+            .collect()
+    }
+}
+
+impl Guardrail for ContentFilter {
+    /// Runs [`ContentFilter::check_texts`] on the input; never fails, never waits.
+    fn check(
+        &self,
+        input: &GuardrailInput,
+    ) -> impl Future<Output = Result<Verdict, GuardrailError>> + Send {
+        std::future::ready(Ok(self.check_texts(input.texts())))
+    }
+
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
+        Some(self)
+    }
+}
