@@ -1,6 +1,87 @@
-//! SpendLogLayer: one spend-log record per request, for every endpoint and every outcome.
+//! `SpendLogLayer`: one spend-log record per request, for every endpoint and every outcome.
+//!
+//! The outermost layer. At `call` it creates the request's record (request id from
+//! `x-request-id` or a new UUID v4, echoed in the `x-request-id` response header; start time;
+//! call type; model, user and stream flag from the body; a SHA-256 hash of the bearer key, never
+//! the key) and puts the request's [`GuardrailLog`](guardrail_tower_core::GuardrailLog) and
+//! [`ResponseReport`](guardrail_tower_core::ResponseReport) in the request extensions, so inner
+//! layers write into the same record.
+//!
+//! It completes the record exactly once, from every exit: the inner service fails; the response
+//! has no body; the body ends (`None`, trailers, or a frame after which it reports its end); the
+//! body fails; the body or the future is dropped before the end (the client went away: status
+//! `failure`, error `client_disconnected`). The same code path writes every endpoint's record,
+//! so a guardrail block on `/v1/responses` is recorded exactly like one on
+//! `/v1/chat/completions`. The body is read as it passes, never copied or delayed; usage comes
+//! from the JSON body or the streamed usage events (or from the streaming guardrail layer, which
+//! decodes the stream anyway).
+//!
+//! Records go through a [`SpendLogWriter`]: a bounded queue drained in batches by a background
+//! task (one transaction per batch), retried with backoff while the database is down, flushed at
+//! shutdown. Sinks: [`SqliteSink`] (feature `sqlite`, the default), [`PostgresSink`] (feature
+//! `postgres`), [`JsonlSink`], [`ChannelSink`]; [`SpendLogStore`] queries them.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use guardrail_tower_spend_log::{ChannelSink, SpendLogLayer, SpendLogWriter, SpendStatus};
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (sink, mut records) = ChannelSink::new();
+//! let writer = SpendLogWriter::new().spawn(sink);
+//!
+//! let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     let body = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+//!     Ok::<_, std::convert::Infallible>(
+//!         Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body))).unwrap(),
+//!     )
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(SpendLogLayer::new(writer.clone()))
+//!     .service(upstream);
+//!
+//! let req = Request::post("/v1/chat/completions")
+//!     .header("x-request-id", "req-1")
+//!     .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o","messages":[]}"#)))
+//!     .unwrap();
+//! let resp = svc.oneshot(req).await.unwrap();
+//! assert_eq!(resp.headers()["x-request-id"], "req-1");
+//! resp.into_body().collect().await.unwrap();
+//!
+//! writer.shutdown().await.unwrap(); // flushes
+//! let record = records.recv().await.unwrap();
+//! assert_eq!(record.request_id, "req-1");
+//! assert_eq!(record.status, SpendStatus::Success);
+//! assert_eq!((record.model.as_str(), record.total_tokens), ("gpt-4o", 8));
+//! # }
+//! ```
 
+mod body;
+mod future;
+mod layer;
 mod record;
+mod recorder;
+mod service;
 pub mod sink;
 
+pub use body::SpendLogBody;
+pub use future::ResponseFuture;
+pub use layer::SpendLogLayer;
+pub use recorder::{ApiBase, ModelPrice, PriceTable};
+pub use service::SpendLog;
+
 pub use record::{SpendRecord, SpendStatus, rfc3339};
+pub use sink::{
+    BlockSummaryRow, ChannelSink, FilterError, JsonlSink, QueueFullPolicy, ShutdownError,
+    SinkError, SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery,
+    SpendLogSink, SpendLogStats, SpendLogStore, SpendLogWriter,
+};
+#[cfg(feature = "postgres")]
+pub use sink::{PostgresSink, PostgresSinkBuilder};
+#[cfg(feature = "sqlite")]
+pub use sink::{SqliteSink, SqliteSinkBuilder};

@@ -41,7 +41,9 @@ impl FromStr for SpendStatus {
         match s {
             "success" => Ok(SpendStatus::Success),
             "failure" => Ok(SpendStatus::Failure),
-            other => Err(format!("unknown status '{other}' (expected success or failure)")),
+            other => Err(format!(
+                "unknown status '{other}' (expected success or failure)"
+            )),
         }
     }
 }
@@ -122,14 +124,19 @@ mod rfc3339_opt {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => super::rfc3339::serialize(t, s),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| super::rfc3339::parse(&s).map_err(serde::de::Error::custom))
             .transpose()

@@ -1,0 +1,315 @@
+//! The per-request record under construction, completed exactly once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use guardrail_tower_core::{
+    CallType, Error, ErrorClass, GuardrailAction, GuardrailLog, ParsedRequest, RequestId,
+    ResponseReport, Usage,
+};
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::{SpendLogHandle, SpendRecord, SpendStatus};
+
+/// The price of one model, in USD per token (LiteLLM's `input_cost_per_token` and
+/// `output_cost_per_token`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct ModelPrice {
+    /// USD per input token.
+    #[serde(default)]
+    pub input_cost_per_token: f64,
+    /// USD per output token.
+    #[serde(default)]
+    pub output_cost_per_token: f64,
+}
+
+/// Prices per model name (the `model` a client sends). Unknown models cost 0.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriceTable {
+    models: HashMap<String, ModelPrice>,
+}
+
+impl PriceTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        PriceTable::default()
+    }
+
+    /// Sets one model's price.
+    pub fn model(mut self, model: impl Into<String>, price: ModelPrice) -> Self {
+        self.models.insert(model.into(), price);
+        self
+    }
+
+    /// The cost of `usage` on `model`.
+    pub fn cost(&self, model: &str, usage: &Usage) -> f64 {
+        self.models.get(model).map_or(0.0, |p| {
+            usage.prompt_tokens as f64 * p.input_cost_per_token
+                + usage.completion_tokens as f64 * p.output_cost_per_token
+        })
+    }
+}
+
+/// The upstream base URL of a response, as a response (or request) extension set by whatever
+/// forwards the request (the gateway sets it); written to `api_base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiBase(pub String);
+
+/// How a request ended.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// The body ended (or there was none).
+    Complete,
+    /// The inner service failed before a response.
+    ServiceError(Error),
+    /// The response body failed mid-way.
+    BodyError(String),
+    /// The client went away before the end (the future or the body was dropped).
+    Disconnected,
+}
+
+/// Settings shared by all requests.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) prices: PriceTable,
+    pub(crate) store_prompts: bool,
+}
+
+/// The record being built for one request.
+pub(crate) struct Recorder {
+    writer: SpendLogHandle,
+    settings: Arc<Settings>,
+    request_id: RequestId,
+    call_type: CallType,
+    api_key: Option<String>,
+    start_time: SystemTime,
+    pub(crate) first_byte: Option<SystemTime>,
+    model: String,
+    user: Option<String>,
+    stream: bool,
+    pub(crate) log: GuardrailLog,
+    pub(crate) report: ResponseReport,
+    pub(crate) status: Option<u16>,
+    pub(crate) response_error: Option<Error>,
+    pub(crate) api_base: Option<String>,
+    /// Usage the body parser found (when no inner layer reported it).
+    pub(crate) usage: Option<Usage>,
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("request_id", &self.request_id)
+            .field("call_type", &self.call_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 (hex) of the client's key: `Authorization: Bearer ...` or `x-api-key`.
+fn hashed_key(headers: &HeaderMap) -> Option<String> {
+    let key = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())?;
+    let digest = Sha256::digest(key.as_bytes());
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Recorder {
+    pub(crate) fn new(
+        writer: SpendLogHandle,
+        settings: Arc<Settings>,
+        request_id: RequestId,
+        call_type: CallType,
+        headers: &HeaderMap,
+        log: GuardrailLog,
+        report: ResponseReport,
+    ) -> Self {
+        Recorder {
+            writer,
+            settings,
+            request_id,
+            call_type,
+            api_key: hashed_key(headers),
+            start_time: SystemTime::now(),
+            first_byte: None,
+            model: String::new(),
+            user: None,
+            stream: false,
+            log,
+            report,
+            status: None,
+            response_error: None,
+            api_base: None,
+            usage: None,
+        }
+    }
+
+    /// The request id, for the `x-request-id` response header.
+    pub(crate) fn request_id_header(&self) -> http::HeaderValue {
+        self.request_id.to_header_value()
+    }
+
+    /// Takes what the parsed request says (model, user, stream).
+    pub(crate) fn set_request(&mut self, parsed: &ParsedRequest) {
+        self.model = parsed.model().unwrap_or_default().to_owned();
+        self.user = parsed.user().map(str::to_owned);
+        self.stream = parsed.stream();
+    }
+
+    /// Completes the record and queues it.
+    pub(crate) fn finish(self, ending: Ending) {
+        let record = self.build(ending);
+        self.writer.submit(record);
+    }
+
+    fn build(&self, ending: Ending) -> SpendRecord {
+        let usage = self.report.usage().or(self.usage).unwrap_or_default();
+        let http_status = match &ending {
+            Ending::ServiceError(err) => err.status().as_u16(),
+            _ => self.status.unwrap_or(0),
+        };
+        let blocked_entry = self
+            .log
+            .entries()
+            .into_iter()
+            .find(|e| e.guardrail_action == GuardrailAction::Block);
+        // The error this request ended with, most specific first.
+        let error = match &ending {
+            Ending::ServiceError(err) => Some(error_info(err)),
+            Ending::BodyError(message) => Some(json!({
+                "error_class": ErrorClass::UpstreamFailure.as_str(),
+                "error_type": "upstream_stream_error",
+                "error_code": "upstream_stream_error",
+                "error_message": message,
+            })),
+            Ending::Disconnected => Some(json!({
+                "error_class": ErrorClass::ClientError.as_str(),
+                "error_type": "client_disconnected",
+                "error_code": "client_disconnected",
+                "error_message": "the client disconnected before the response ended",
+            })),
+            Ending::Complete => self
+                .response_error
+                .as_ref()
+                .or(self.report.in_band_error().as_ref())
+                .map(error_info)
+                .or_else(|| {
+                    blocked_entry.as_ref().map(|e| {
+                        json!({
+                            "error_class": ErrorClass::PolicyBlock.as_str(),
+                            "error_type": "invalid_request_error",
+                            "error_code": guardrail_tower_core::CONTENT_POLICY_VIOLATION,
+                            "error_message": format!("blocked by guardrail '{}'", e.guardrail_name),
+                        })
+                    })
+                })
+                .or_else(|| {
+                    (http_status >= 400).then(|| {
+                        json!({
+                            "error_class": ErrorClass::from_status(
+                                http::StatusCode::from_u16(http_status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+                            ).as_str(),
+                            "error_type": "http_error",
+                            "error_code": http_status.to_string(),
+                            "error_message": format!("HTTP {http_status}"),
+                        })
+                    })
+                }),
+        };
+        let status = if error.is_some() {
+            SpendStatus::Failure
+        } else {
+            SpendStatus::Success
+        };
+        let mut guardrails = self.log.entries();
+        if !self.settings.store_prompts {
+            for entry in &mut guardrails {
+                if !entry.guardrail_response.is_null() {
+                    entry.guardrail_response =
+                        Value::String("[redacted: set store_prompts_in_spend_logs to keep]".into());
+                }
+            }
+        }
+        let metadata = json!({
+            "guardrail_information": guardrails,
+            "error_information": error,
+            "http_status": http_status,
+            "stream": self.stream,
+        });
+        SpendRecord {
+            request_id: self.request_id.as_str().to_owned(),
+            call_type: self.call_type.as_str().to_owned(),
+            status,
+            model: self.model.clone(),
+            api_base: self.api_base.clone(),
+            user: self.user.clone(),
+            api_key: self.api_key.clone(),
+            spend: self.settings.prices.cost(&self.model, &usage),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+            start_time: self.start_time,
+            end_time: SystemTime::now(),
+            completion_start_time: self.first_byte,
+            metadata,
+        }
+    }
+}
+
+fn error_info(err: &Error) -> Value {
+    json!({
+        "error_class": err.class().as_str(),
+        "error_type": err.kind(),
+        "error_code": err.code().map(str::to_owned).unwrap_or_else(|| err.status().as_u16().to_string()),
+        "error_message": err.message(),
+        "guardrail": err.guardrail(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hashed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer sk-test-123".parse().unwrap());
+        let hash = hashed_key(&headers).unwrap();
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains("sk-test"));
+        let mut anthropic = HeaderMap::new();
+        anthropic.insert("x-api-key", "sk-test-123".parse().unwrap());
+        assert_eq!(hashed_key(&anthropic), Some(hash));
+        assert_eq!(hashed_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn prices() {
+        let table = PriceTable::new().model(
+            "gpt",
+            ModelPrice {
+                input_cost_per_token: 0.000_001,
+                output_cost_per_token: 0.000_002,
+            },
+        );
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 500,
+            total_tokens: 1500,
+        };
+        assert!((table.cost("gpt", &usage) - 0.002).abs() < 1e-12);
+        assert_eq!(table.cost("other", &usage), 0.0);
+    }
+}

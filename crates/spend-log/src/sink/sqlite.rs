@@ -1,0 +1,463 @@
+//! [`SqliteSink`]: an embedded SQLite database file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, TransactionBehavior, ffi, params_from_iter};
+use tokio::sync::oneshot;
+
+use super::{
+    BlockSummaryRow, COLUMNS, DEFAULT_TABLE, SinkError, SinkErrorKind, SinkFuture, SpendLogFilter,
+    SpendLogSink, SpendLogStore, quote_ident,
+};
+use crate::record::{SpendRecord, SpendStatus, rfc3339};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A sink (and [`SpendLogStore`]) backed by an SQLite database file: the embedded default.
+///
+/// [`open`](SqliteSink::open) creates the table (default `LiteLLM_SpendLogs`) and its indexes if
+/// they are missing and switches the database to WAL mode (`synchronous = NORMAL`), so readers
+/// (a dashboard, `sqlite3` on the command line) never block the writer. Columns follow the
+/// record's serialized names: `request_id` (primary key), `call_type`, `status`, `model`,
+/// `api_base`, `"user"`, `api_key`, `spend` (REAL), `prompt_tokens`, `completion_tokens`,
+/// `total_tokens` (INTEGER), `"startTime"`, `"endTime"`, `"completionStartTime"` (RFC 3339 text
+/// in UTC with milliseconds, which sorts chronologically) and `metadata` (JSON text; query it
+/// with SQLite's JSON functions).
+///
+/// A batch is one `BEGIN IMMEDIATE` transaction of `INSERT OR IGNORE`s, so a retried batch never
+/// duplicates a record. While another connection holds the write lock, a write waits up to the
+/// busy timeout (default 5 s) and then fails with [`SinkErrorKind::Busy`].
+///
+/// SQLite is blocking: the connection lives on a dedicated thread and every operation is sent
+/// to it, so no Tokio worker ever blocks. The thread ends when the last clone of the sink is
+/// dropped.
+#[derive(Clone)]
+pub struct SqliteSink {
+    jobs: std_mpsc::Sender<Job>,
+    table: String,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteSink")
+            .field("path", &self.path)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and opens a [`SqliteSink`]; from [`SqliteSink::builder`].
+#[derive(Debug, Clone)]
+pub struct SqliteSinkBuilder {
+    path: PathBuf,
+    table: String,
+    busy_timeout: Duration,
+}
+
+impl SqliteSinkBuilder {
+    /// The table name (default `LiteLLM_SpendLogs`).
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long a write waits for another connection's lock before failing with
+    /// [`SinkErrorKind::Busy`] (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Opens (creating if missing) the database, the table and its indexes.
+    pub async fn open(self) -> Result<SqliteSink, SinkError> {
+        let (jobs, rx) = std_mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let path = self.path.clone();
+        let table = self.table.clone();
+        let busy_timeout = self.busy_timeout;
+        std::thread::Builder::new()
+            .name("spend-log-sqlite".into())
+            .spawn(move || {
+                let mut conn = match open_connection(&path, &table, busy_timeout) {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        conn
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| SinkError::io("cannot start the SQLite thread", e))?;
+        ready_rx
+            .await
+            .map_err(|_| SinkError::closed("the SQLite thread exited while opening"))??;
+        Ok(SqliteSink {
+            jobs,
+            table: self.table,
+            path: self.path,
+        })
+    }
+}
+
+impl SqliteSink {
+    /// Opens (creating if missing) the database at `path` with the default settings.
+    /// `":memory:"` opens a private in-memory database.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, SinkError> {
+        SqliteSink::builder(path).open().await
+    }
+
+    /// A builder, to set the table name or the busy timeout.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteSinkBuilder {
+        SqliteSinkBuilder {
+            path: path.as_ref().to_path_buf(),
+            table: DEFAULT_TABLE.to_owned(),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the SQLite thread.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| SinkError::closed("the SQLite thread has exited"))?;
+        rx.await.map_err(|_| {
+            SinkError::closed("the SQLite thread dropped an operation (it panicked)")
+        })?
+    }
+}
+
+fn open_connection(
+    path: &Path,
+    table: &str,
+    busy_timeout: Duration,
+) -> Result<Connection, SinkError> {
+    let conn = Connection::open(path)
+        .map_err(|e| sql_error(&format!("cannot open {}", path.display()), e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| sql_error("cannot set the busy timeout", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| sql_error("cannot switch to WAL mode", e))?;
+    if !mode.eq_ignore_ascii_case("wal") && path != Path::new(":memory:") {
+        tracing::warn!(path = %path.display(), mode, "spend log: SQLite did not switch to WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| sql_error("cannot set synchronous = NORMAL", e))?;
+    let t = quote_ident(table);
+    let start_idx = quote_ident(&format!("{table}_startTime_idx"));
+    let status_idx = quote_ident(&format!("{table}_status_idx"));
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+            request_id TEXT PRIMARY KEY NOT NULL,
+            call_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            model TEXT NOT NULL,
+            api_base TEXT,
+            \"user\" TEXT,
+            api_key TEXT,
+            spend REAL NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            total_tokens INTEGER NOT NULL DEFAULT 0,
+            \"startTime\" TEXT NOT NULL,
+            \"endTime\" TEXT NOT NULL,
+            \"completionStartTime\" TEXT,
+            metadata TEXT NOT NULL DEFAULT '{{}}'
+        );
+        CREATE INDEX IF NOT EXISTS {start_idx} ON {t} (\"startTime\");
+        CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);"
+    ))
+    .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
+    Ok(conn)
+}
+
+/// A record as SQLite values, built on the async side so the SQLite thread only inserts.
+struct Row([SqlValue; 15]);
+
+fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
+    let text = |s: &str| SqlValue::Text(s.to_owned());
+    let opt = |s: &Option<String>| s.as_deref().map_or(SqlValue::Null, text);
+    let int = |n: u64| SqlValue::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let metadata = serde_json::to_string(&r.metadata)
+        .map_err(|e| SinkError::encoding("cannot serialize metadata", e))?;
+    Ok(Row([
+        text(&r.request_id),
+        text(&r.call_type),
+        text(r.status.as_str()),
+        text(&r.model),
+        opt(&r.api_base),
+        opt(&r.user),
+        opt(&r.api_key),
+        SqlValue::Real(r.spend),
+        int(r.prompt_tokens),
+        int(r.completion_tokens),
+        int(r.total_tokens),
+        SqlValue::Text(rfc3339::format(r.start_time)),
+        SqlValue::Text(rfc3339::format(r.end_time)),
+        r.completion_start_time
+            .map_or(SqlValue::Null, |t| SqlValue::Text(rfc3339::format(t))),
+        SqlValue::Text(metadata),
+    ]))
+}
+
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpendRecord, SinkError>> {
+    let status: String = row.get(2)?;
+    let tokens = |i: usize| -> rusqlite::Result<u64> {
+        let n: i64 = row.get(i)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let start: String = row.get(11)?;
+    let end: String = row.get(12)?;
+    let completion_start: Option<String> = row.get(13)?;
+    let metadata: String = row.get(14)?;
+    let request_id: String = row.get(0)?;
+    let (call_type, model): (String, String) = (row.get(1)?, row.get(3)?);
+    let (api_base, user, api_key) = (row.get(4)?, row.get(5)?, row.get(6)?);
+    let spend: f64 = row.get(7)?;
+    let (prompt_tokens, completion_tokens, total_tokens) = (tokens(8)?, tokens(9)?, tokens(10)?);
+    let decode = move || -> Result<SpendRecord, SinkError> {
+        let bad = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+            SinkError::encoding(format!("stored record {request_id}: invalid {what}"), e)
+        };
+        let time = |what: &str, s: &str| rfc3339::parse(s).map_err(|e| bad(what, e.into()));
+        Ok(SpendRecord {
+            status: status
+                .parse::<SpendStatus>()
+                .map_err(|e| bad("status", e.into()))?,
+            start_time: time("startTime", &start)?,
+            end_time: time("endTime", &end)?,
+            completion_start_time: completion_start
+                .as_deref()
+                .map(|s| time("completionStartTime", s))
+                .transpose()?,
+            metadata: serde_json::from_str(&metadata).map_err(|e| bad("metadata", e.into()))?,
+            call_type,
+            model,
+            api_base,
+            user,
+            api_key,
+            spend,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+            request_id,
+        })
+    };
+    Ok(decode())
+}
+
+fn sql_error(context: &str, e: rusqlite::Error) -> SinkError {
+    let kind = match e.sqlite_error_code() {
+        Some(ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked) => SinkErrorKind::Busy,
+        Some(ffi::ErrorCode::CannotOpen) => SinkErrorKind::Unavailable,
+        Some(ffi::ErrorCode::SystemIoFailure | ffi::ErrorCode::DiskFull) => SinkErrorKind::Io,
+        _ => SinkErrorKind::Database,
+    };
+    SinkError::new(kind, context).with_source(e)
+}
+
+impl SpendLogSink for SqliteSink {
+    fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let rows = records.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
+            let sql = format!(
+                "INSERT OR IGNORE INTO {} ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                quote_ident(&self.table)
+            );
+            self.call(move |conn| {
+                let fail = |e| sql_error("cannot write spend-log records", e);
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(fail)?;
+                {
+                    let mut insert = tx.prepare_cached(&sql).map_err(fail)?;
+                    for Row(values) in rows {
+                        insert.execute(params_from_iter(values)).map_err(fail)?;
+                    }
+                }
+                tx.commit().map_err(fail)
+            })
+            .await
+        })
+    }
+}
+
+/// Appends `<column> >= ?` / `<column> < ?` conditions (the stored RFC 3339 text sorts like the
+/// times it holds).
+fn push_time_range(
+    column: &str,
+    conditions: &mut Vec<String>,
+    params: &mut Vec<SqlValue>,
+    start: Option<SystemTime>,
+    end: Option<SystemTime>,
+) {
+    if let Some(start) = start {
+        conditions.push(format!("{column} >= ?"));
+        params.push(SqlValue::Text(rfc3339::format(start)));
+    }
+    if let Some(end) = end {
+        conditions.push(format!("{column} < ?"));
+        params.push(SqlValue::Text(rfc3339::format(end)));
+    }
+}
+
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
+impl SpendLogStore for SqliteSink {
+    fn query<'a>(&'a self, filter: &'a SpendLogFilter) -> SinkFuture<'a, Vec<SpendRecord>> {
+        Box::pin(async move {
+            let mut conditions = Vec::new();
+            let mut params = Vec::new();
+            if let Some(id) = &filter.request_id {
+                conditions.push("request_id = ?".to_owned());
+                params.push(SqlValue::Text(id.clone()));
+            }
+            push_time_range(
+                "\"startTime\"",
+                &mut conditions,
+                &mut params,
+                filter.start,
+                filter.end,
+            );
+            if let Some(status) = filter.status {
+                conditions.push("status = ?".to_owned());
+                params.push(SqlValue::Text(status.as_str().to_owned()));
+            }
+            params.push(SqlValue::Integer(
+                filter
+                    .limit
+                    .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+            ));
+            params.push(SqlValue::Integer(
+                i64::try_from(filter.offset).unwrap_or(i64::MAX),
+            ));
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {} {} ORDER BY \"startTime\" DESC, request_id DESC LIMIT ? OFFSET ?",
+                quote_ident(&self.table),
+                where_clause(&conditions),
+            );
+            self.call(move |conn| {
+                let fail = |e| sql_error("cannot query spend-log records", e);
+                let mut stmt = conn.prepare_cached(&sql).map_err(fail)?;
+                let rows = stmt
+                    .query_map(params_from_iter(params), from_row)
+                    .map_err(fail)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(row.map_err(fail)??);
+                }
+                Ok(out)
+            })
+            .await
+        })
+    }
+
+    fn block_summary(
+        &self,
+        start: Option<SystemTime>,
+        end: Option<SystemTime>,
+    ) -> SinkFuture<'_, Vec<BlockSummaryRow>> {
+        Box::pin(async move {
+            let mut conditions = vec![
+                "json_type(s.metadata, '$.guardrail_information') = 'array'".to_owned(),
+                "json_extract(g.value, '$.guardrail_action') = 'block'".to_owned(),
+            ];
+            let mut params = Vec::new();
+            push_time_range("s.\"startTime\"", &mut conditions, &mut params, start, end);
+            let sql = format!(
+                "SELECT substr(s.\"startTime\", 1, 10) AS day,
+                        coalesce(json_extract(g.value, '$.guardrail_name'), '') AS name,
+                        count(*)
+                 FROM {} AS s, json_each(s.metadata, '$.guardrail_information') AS g
+                 {}
+                 GROUP BY day, name
+                 ORDER BY day, name",
+                quote_ident(&self.table),
+                where_clause(&conditions),
+            );
+            self.call(move |conn| {
+                let fail = |e| sql_error("cannot query the guardrail block summary", e);
+                let mut stmt = conn.prepare_cached(&sql).map_err(fail)?;
+                let rows = stmt
+                    .query_map(params_from_iter(params), |row| {
+                        let blocks: i64 = row.get(2)?;
+                        Ok(BlockSummaryRow::new(
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            u64::try_from(blocks).unwrap_or(0),
+                        ))
+                    })
+                    .map_err(fail)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::OptionalExtension;
+
+    use super::super::filter::utc_day;
+    use super::*;
+
+    /// `substr("startTime", 1, 10)` is the UTC day because `rfc3339::format` always writes UTC.
+
+    #[test]
+    fn substr_of_stored_time_is_the_utc_day() {
+        let t = rfc3339::parse("2026-11-21T23:59:59.999Z").unwrap();
+        assert_eq!(&rfc3339::format(t)[..10], utc_day(t));
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_works() {
+        let sink = SqliteSink::open(":memory:").await.unwrap();
+        let n = sink
+            .call(|conn| {
+                conn.query_row("SELECT count(*) FROM \"LiteLLM_SpendLogs\"", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+                .map_err(|e| sql_error("count", e))
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, Some(0));
+    }
+}

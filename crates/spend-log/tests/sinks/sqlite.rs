@@ -1,0 +1,313 @@
+//! The SQLite sink, against real database files.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use guardrail_tower_spend_log::{
+    BlockSummaryRow, SinkErrorKind, SpendLogFilter, SpendLogSink, SpendLogStore, SpendLogWriter,
+    SpendRecord, SpendStatus, SqliteSink,
+};
+use rusqlite::Connection;
+
+use crate::common::{eventually, full_record, guarded, record, t, temp_dir, written};
+
+#[tokio::test]
+async fn round_trips_every_field() {
+    let path = temp_dir("sqlite-roundtrip").join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    assert_eq!(sink.table(), "LiteLLM_SpendLogs");
+    let full = full_record("req-full");
+    let sparse = record("req-sparse", "2026-11-21T11:00:00Z", SpendStatus::Success);
+    sink.write_batch(&[full.clone(), sparse.clone()])
+        .await
+        .unwrap();
+
+    let got = sink
+        .query(&SpendLogFilter::new().request_id("req-full"))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![full]);
+    let got = sink
+        .query(&SpendLogFilter::new().request_id("req-sparse"))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![sparse]);
+
+    // The stored columns, as another program sees them.
+    let db = Connection::open(&path).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let row = db
+        .query_row(
+            "SELECT status, \"user\", spend, total_tokens, \"startTime\", \"endTime\", \"completionStartTime\",
+                    json_extract(metadata, '$.guardrail_information[1].guardrail_name'),
+                    json_extract(metadata, '$.error_information.error_code'),
+                    json_extract(metadata, '$.http_status'), json_extract(metadata, '$.stream'),
+                    typeof(spend), typeof(total_tokens)
+             FROM \"LiteLLM_SpendLogs\" WHERE request_id = 'req-full'",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, f64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                    (r.get::<_, String>(11)?, r.get::<_, String>(12)?),
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(row.0, "failure");
+    assert_eq!(row.1, "user-42");
+    assert_eq!(row.2, 0.001_234_5);
+    assert_eq!(row.3, 1290);
+    assert_eq!(row.4, "2026-11-21T12:00:00.125Z");
+    assert_eq!(row.5, "2026-11-21T12:00:02.250Z");
+    assert_eq!(row.6, "2026-11-21T12:00:00.875Z");
+    assert_eq!(row.7, "content-filter");
+    assert_eq!(row.8, "content_policy_violation");
+    assert_eq!((row.9, row.10), (400, 1));
+    assert_eq!(row.11, ("real".to_owned(), "integer".to_owned()));
+    let indexes: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'LiteLLM_SpendLogs'
+               AND sql IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 2);
+}
+
+#[tokio::test]
+async fn a_duplicate_request_id_is_stored_once() {
+    let path = temp_dir("sqlite-dup").join("spend.db");
+    let sink = SqliteSink::builder(&path)
+        .table("spend_dup")
+        .open()
+        .await
+        .unwrap();
+    let first = full_record("dup");
+    let mut second = first.clone();
+    second.model = "retried".into();
+    sink.write_batch(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    sink.write_batch(&[
+        second.clone(),
+        second,
+        record("other", "2026-11-21T00:00:00Z", SpendStatus::Success),
+    ])
+    .await
+    .unwrap();
+
+    let db = Connection::open(&path).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM spend_dup WHERE request_id = 'dup'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let all: i64 = db
+        .query_row("SELECT count(*) FROM spend_dup", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(all, 2);
+    assert_eq!(
+        sink.query(&SpendLogFilter::new().request_id("dup"))
+            .await
+            .unwrap(),
+        vec![first]
+    );
+}
+
+#[tokio::test]
+async fn query_filters_by_id_time_status_and_pages_newest_first() {
+    let path = temp_dir("sqlite-query").join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    let records: Vec<SpendRecord> = vec![
+        record("q1", "2026-11-20T10:00:00Z", SpendStatus::Success),
+        record("q2", "2026-11-21T00:00:00Z", SpendStatus::Failure),
+        record("q3", "2026-11-21T11:00:00.500Z", SpendStatus::Success),
+        record("q4", "2026-11-21T23:59:59.999Z", SpendStatus::Failure),
+        record("q5", "2026-11-22T00:00:00Z", SpendStatus::Success),
+    ];
+    sink.write_batch(&records).await.unwrap();
+    let ids = |v: Vec<SpendRecord>| v.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+
+    assert_eq!(
+        ids(sink.query(&SpendLogFilter::new()).await.unwrap()),
+        ["q5", "q4", "q3", "q2", "q1"]
+    );
+    assert_eq!(
+        ids(sink
+            .query(&SpendLogFilter::new().request_id("q3"))
+            .await
+            .unwrap()),
+        ["q3"]
+    );
+    assert!(
+        sink.query(&SpendLogFilter::new().request_id("nope"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let day =
+        SpendLogFilter::from_query_string("start_date=2026-11-21&end_date=2026-11-21").unwrap();
+    assert_eq!(ids(sink.query(&day).await.unwrap()), ["q4", "q3", "q2"]);
+    let range = SpendLogFilter::new()
+        .start(t("2026-11-21T11:00:00.500Z"))
+        .end(t("2026-11-22T00:00:00Z"));
+    assert_eq!(ids(sink.query(&range).await.unwrap()), ["q4", "q3"]);
+    let failures = SpendLogFilter::new().status(SpendStatus::Failure);
+    assert_eq!(ids(sink.query(&failures).await.unwrap()), ["q4", "q2"]);
+    assert_eq!(
+        ids(sink.query(&SpendLogFilter::new().limit(2)).await.unwrap()),
+        ["q5", "q4"]
+    );
+    assert_eq!(
+        ids(sink
+            .query(&SpendLogFilter::new().limit(2).offset(3))
+            .await
+            .unwrap()),
+        ["q2", "q1"]
+    );
+    let combined =
+        SpendLogFilter::from_query_string("start_date=2026-11-21&status=success&limit=1").unwrap();
+    assert_eq!(ids(sink.query(&combined).await.unwrap()), ["q5"]);
+}
+
+#[tokio::test]
+async fn block_summary_counts_blocks_per_guardrail_per_day() {
+    let path = temp_dir("sqlite-blocks").join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    sink.write_batch(&[
+        guarded(
+            "b1",
+            "2026-11-20T10:00:00Z",
+            &[("pii", "mask"), ("toxicity", "block")],
+        ),
+        guarded("b2", "2026-11-20T23:59:59.999Z", &[("toxicity", "block")]),
+        guarded(
+            "b3",
+            "2026-11-21T00:00:00Z",
+            &[("toxicity", "block"), ("jailbreak", "block")],
+        ),
+        guarded("b4", "2026-11-21T08:00:00Z", &[("jailbreak", "allow")]),
+        full_record("b5"),
+        record("b6", "2026-11-21T09:00:00Z", SpendStatus::Success),
+    ])
+    .await
+    .unwrap();
+    // A record without guardrail_information at all.
+    let mut bare = record("b7", "2026-11-21T09:30:00Z", SpendStatus::Success);
+    bare.metadata = serde_json::json!({"http_status": 200});
+    sink.write_batch(&[bare]).await.unwrap();
+
+    assert_eq!(
+        sink.block_summary(None, None).await.unwrap(),
+        vec![
+            BlockSummaryRow::new("2026-11-20", "toxicity", 2),
+            BlockSummaryRow::new("2026-11-21", "content-filter", 1),
+            BlockSummaryRow::new("2026-11-21", "jailbreak", 1),
+            BlockSummaryRow::new("2026-11-21", "toxicity", 1),
+        ]
+    );
+    assert_eq!(
+        sink.block_summary(
+            Some(t("2026-11-20T12:00:00Z")),
+            Some(t("2026-11-21T00:00:00Z"))
+        )
+        .await
+        .unwrap(),
+        vec![BlockSummaryRow::new("2026-11-20", "toxicity", 1)]
+    );
+}
+
+/// Another connection holds the write lock (writes fail with "database is locked"), then lets go
+/// while records keep flowing: every record ends up written, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_a_locked_database() {
+    let path = temp_dir("sqlite-locked").join("spend.db");
+    let sink = SqliteSink::builder(&path)
+        .busy_timeout(Duration::from_millis(5))
+        .open()
+        .await
+        .unwrap();
+    let handle = SpendLogWriter::new()
+        .max_batch_size(16)
+        .linger(Duration::from_millis(2))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .spawn(sink.clone());
+
+    for i in 0..50 {
+        handle.submit(record(
+            &format!("before-{i}"),
+            "2026-11-21T10:00:00Z",
+            SpendStatus::Success,
+        ));
+    }
+    written(&handle, 50).await;
+
+    let locker = Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for i in 0..100 {
+        handle.submit(record(
+            &format!("locked-{i}"),
+            "2026-11-21T11:00:00Z",
+            SpendStatus::Success,
+        ));
+    }
+    eventually("failed writes while locked", || {
+        handle.stats().failed_writes >= 3
+    })
+    .await;
+    let err = sink
+        .write_batch(&[record(
+            "direct",
+            "2026-11-21T11:00:00Z",
+            SpendStatus::Success,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::Busy, "{err}");
+    assert_eq!(handle.stats().written, 50);
+    for i in 0..100 {
+        handle.submit(record(
+            &format!("after-{i}"),
+            "2026-11-21T12:00:00Z",
+            SpendStatus::Success,
+        ));
+    }
+    locker.execute_batch("COMMIT").unwrap();
+
+    written(&handle, 250).await;
+    handle.shutdown().await.unwrap();
+    let stats = handle.stats();
+    assert_eq!((stats.written, stats.dropped, stats.pending), (250, 0, 0));
+    let ids: BTreeSet<String> = locker
+        .prepare("SELECT request_id FROM \"LiteLLM_SpendLogs\"")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let count: i64 = locker
+        .query_row("SELECT count(*) FROM \"LiteLLM_SpendLogs\"", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(count, 250);
+    assert_eq!(ids.len(), 250);
+    assert!(ids.contains("locked-99") && ids.contains("after-0") && ids.contains("before-49"));
+}
