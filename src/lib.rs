@@ -12,6 +12,8 @@
 //! | [`model_merge`] | `ModelGuardrailMergeLayer`: a model's configured guardrails merged into the request's selection | `model-merge` |
 //! | [`pre_call`] | `PreCallGuardrailLayer`: `pre_call` and `during_call` guardrails on the request | `pre-call` |
 //! | [`streaming`] | `StreamingGuardrailBodyLayer`: `post_call` guardrails on JSON and SSE responses, in-band error events | `streaming` |
+//! | [`spend_log`] | `SpendLogLayer`: one spend-log record per request, to SQLite, PostgreSQL or JSON lines | `spend-log` (`postgres` adds the PostgreSQL sink) |
+//! | [`guardrails`] | built-in guardrails: the LiteLLM-compatible content filter, the Generic Guardrail API client, OpenAI moderation | `guardrails` |
 //! | [`core`] | shared types: call types, the guardrail gate, the guardrail log, errors, SSE | always |
 //!
 //! ```
@@ -66,3 +68,11 @@ pub use guardrail_tower_pre_call as pre_call;
 #[cfg(feature = "streaming")]
 #[doc(inline)]
 pub use guardrail_tower_streaming as streaming;
+
+#[cfg(feature = "spend-log")]
+#[doc(inline)]
+pub use guardrail_tower_spend_log as spend_log;
+
+#[cfg(feature = "guardrails")]
+#[doc(inline)]
+pub use guardrail_tower_guardrails as guardrails;
