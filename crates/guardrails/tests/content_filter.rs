@@ -970,3 +970,33 @@ fn guardrail_blocks_masks_and_allows_through_the_runner() {
     assert_eq!(entries[0].guardrail_status, GuardrailStatus::Success);
     assert_eq!(entries[0].guardrail_action, GuardrailAction::Allow);
 }
+
+#[test]
+fn hold_back_is_only_what_could_still_match() {
+    use guardrail_tower_core::SpanMatcher;
+    let filter = guardrail_tower_guardrails::ContentFilter::new(
+        serde_yaml_ng::from_str(
+            "blocked_words: [{keyword: forbidden, action: BLOCK}, {keyword: foo bar, action: BLOCK}]\n\
+             patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // Prose ending in a space: nothing can still change.
+    assert_eq!(filter.hold_back("The weather is nice today. "), 0);
+    // A partial word could still become a keyword or an email.
+    assert_eq!(filter.hold_back("It is forbid"), "forbid".len());
+    // A keyword with a space inside: "foo " could still become "foo bar".
+    assert_eq!(filter.hold_back("say foo "), "foo ".len());
+    // An email in progress is held whole, never more than the longest match.
+    assert_eq!(
+        filter.hold_back("write to jane.doe@exam"),
+        "jane.doe@exam".len()
+    );
+    assert!(filter.hold_back(&"a".repeat(10_000)) <= filter.max_match_chars());
+    // Everything before the hold-back point is settled: find(partial) reports what is there.
+    let text = "no forbidden words here, write to x@y.co and ";
+    let settled = &text[..text.len() - filter.hold_back(text)];
+    assert_eq!(filter.find(text, true).len(), 2);
+    assert!(settled.ends_with("and "));
+}

@@ -485,6 +485,8 @@ impl StreamState {
             let (start, stop) = (from + m.range.start, from + m.range.end);
             match m.action {
                 SpanAction::Block => {
+                    // Everything before a reported match is settled: it may still go out.
+                    state.cleared = state.cleared.max(start);
                     block = Some((m.message, m.entity));
                     break;
                 }
@@ -825,6 +827,58 @@ impl StreamState {
         }
     }
 
+    /// At a block: sends the text of the first held event that every guardrail has cleared,
+    /// so the client gets every allowed character up to the block (not a word cut off where an
+    /// event happened to end) and nothing after it.
+    fn release_cleared_part_of_front(&mut self) {
+        let Some(front) = self.queue.front() else {
+            return;
+        };
+        if front.ranges.is_empty()
+            || !front.ends.is_empty()
+            || front.summary.is_some()
+            || front.terminal
+        {
+            return;
+        }
+        let cuts: Vec<(usize, usize, usize)> = front
+            .ranges
+            .iter()
+            .map(|&(idx, start, end)| {
+                let cleared = self
+                    .guards
+                    .iter()
+                    .map(|g| match g.policy {
+                        Policy::EndOfStream => end,
+                        _ => g.channels[idx].cleared,
+                    })
+                    .min()
+                    .unwrap_or(end);
+                (idx, start, cleared.clamp(start, end))
+            })
+            .collect();
+        if cuts.iter().all(|&(_, start, cut)| cut == start) {
+            return;
+        }
+        let held = self.queue.pop_front().expect("front exists");
+        let mut data = events::data_value(&held.event).unwrap_or(Value::Null);
+        if data.is_null() {
+            return;
+        }
+        for (idx, start, cut) in cuts {
+            let ch = &mut self.channels[idx];
+            let mut skip_to = ch.skip_to;
+            let text = ch
+                .render(start, cut, &mut skip_to)
+                .unwrap_or_else(|| ch.slice(start, cut).to_owned());
+            events::set_delta_text(self.call_type, &mut data, ch.key, &text);
+        }
+        if let Some(seq) = held.sequence_number {
+            self.last_sent_sequence = Some(seq);
+        }
+        self.out.push_back(events::encode(&held.event, &data));
+    }
+
     /// Drops original text no guardrail and no pending event needs any more.
     fn trim(&mut self) {
         for (idx, ch) in self.channels.iter_mut().enumerate() {
@@ -851,8 +905,12 @@ impl StreamState {
         }
     }
 
-    /// A guardrail blocked: drop what was held, send the endpoint's in-band error, end.
+    /// A guardrail blocked: send what was already cleared (as it would have gone out had the
+    /// upstream sent it in smaller chunks), drop the rest, send the endpoint's in-band error,
+    /// end.
     fn block(&mut self, err: Error) {
+        self.release();
+        self.release_cleared_part_of_front();
         self.queue.clear();
         self.jobs.clear();
         self.running = None;

@@ -509,6 +509,14 @@ impl SpanMatcher for ContentFilter {
         self.inner.max_match_chars
     }
 
+    /// Only what could still become part of a match: the trailing part of a keyword the text
+    /// could still complete, and the trailing run of characters a pattern could still match
+    /// (its alphabet, up to its longest match). In running prose that is usually the last
+    /// partial word, so a guarded stream adds almost no delay.
+    fn hold_back(&self, text: &str) -> usize {
+        text.len() - self.settled_before(text)
+    }
+
     /// The matches in `text`, resolved as the [module documentation](self) describes.
     ///
     /// With `partial`, the end of `text` is not a word boundary, and a match is reported only
