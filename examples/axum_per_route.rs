@@ -34,7 +34,10 @@ async fn main() -> Result<(), BoxError> {
 
     let log_path = std::env::temp_dir().join("guardrail-tower-axum-example.jsonl");
     let spend_log = SpendLogWriter::new().spawn(JsonlSink::open(&log_path).await?);
-    let upstream = support::forward(support::upstream_base(), std::env::var("OPENAI_API_KEY").ok());
+    let upstream = support::forward(
+        support::upstream_base(),
+        std::env::var("OPENAI_API_KEY").ok(),
+    );
 
     let chat = ServiceBuilder::new()
         .layer(SpendLogLayer::new(spend_log.clone()))
@@ -52,7 +55,10 @@ async fn main() -> Result<(), BoxError> {
         .route("/v1/chat/completions", post_service(chat))
         .route("/v1/embeddings", post_service(embeddings));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("listening on http://127.0.0.1:3000 (spend log: {})", log_path.display());
+    println!(
+        "listening on http://127.0.0.1:3000 (spend log: {})",
+        log_path.display()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

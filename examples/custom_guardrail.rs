@@ -21,11 +21,23 @@ struct CompanyPolicy;
 
 impl Guardrail for CompanyPolicy {
     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
-        if input.texts().iter().any(|t| t.to_lowercase().contains("acme corp")) {
+        if input
+            .texts()
+            .iter()
+            .any(|t| t.to_lowercase().contains("acme corp"))
+        {
             return Ok(Verdict::block("We don't discuss competitors."));
         }
-        let redacted: Vec<String> = input.texts().iter().map(|t| t.replace("TICKET-", "TICKET-#####-")).collect();
-        Ok(if redacted == input.texts() { Verdict::allow() } else { Verdict::rewrite(redacted) })
+        let redacted: Vec<String> = input
+            .texts()
+            .iter()
+            .map(|t| t.replace("TICKET-", "TICKET-#####-"))
+            .collect();
+        Ok(if redacted == input.texts() {
+            Verdict::allow()
+        } else {
+            Verdict::rewrite(redacted)
+        })
     }
 
     fn provider(&self) -> &str {
@@ -44,8 +56,12 @@ async fn main() -> Result<(), BoxError> {
 
     // A stub model that repeats the prompt.
     let model = service_fn(|req: Request<Full<Bytes>>| async move {
-        let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect().await?.to_bytes())?;
-        let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_owned();
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.into_body().collect().await?.to_bytes())?;
+        let prompt = body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let answer = serde_json::json!({
             "id": "chatcmpl-1", "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("You asked: {prompt}")}, "finish_reason": "stop"}]
@@ -61,13 +77,22 @@ async fn main() -> Result<(), BoxError> {
         .layer(StreamingGuardrailBodyLayer::new(guardrails))
         .service(model);
 
-    for prompt in ["What is the status of TICKET-42?", "Is Acme Corp any good?", "Hello!"] {
-        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": prompt}]});
-        let req = Request::post("/v1/chat/completions").body(Full::new(Bytes::from(body.to_string())))?;
+    for prompt in [
+        "What is the status of TICKET-42?",
+        "Is Acme Corp any good?",
+        "Hello!",
+    ] {
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": prompt}]});
+        let req =
+            Request::post("/v1/chat/completions").body(Full::new(Bytes::from(body.to_string())))?;
         let resp = svc.clone().oneshot(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        println!("{prompt:?}\n  -> {status} {}\n", String::from_utf8_lossy(&body));
+        println!(
+            "{prompt:?}\n  -> {status} {}\n",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(())
 }

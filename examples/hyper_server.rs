@@ -38,10 +38,16 @@ async fn main() -> Result<(), BoxError> {
         .layer(ModelGuardrailMergeLayer::new().model("gpt-guarded", ["block-words"]))
         .layer(PreCallGuardrailLayer::new(guardrails.clone()))
         .layer(StreamingGuardrailBodyLayer::new(guardrails))
-        .service(support::forward(support::upstream_base(), std::env::var("OPENAI_API_KEY").ok()));
+        .service(support::forward(
+            support::upstream_base(),
+            std::env::var("OPENAI_API_KEY").ok(),
+        ));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-    println!("listening on http://127.0.0.1:8080 (spend log: {})", log_path.display());
+    println!(
+        "listening on http://127.0.0.1:8080 (spend log: {})",
+        log_path.display()
+    );
     loop {
         tokio::select! {
             accepted = listener.accept() => {

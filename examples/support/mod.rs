@@ -10,7 +10,7 @@ use tower::{BoxError, Service, service_fn};
 /// Forwards each request to `base` (an OpenAI-compatible base URL such as
 /// `https://api.openai.com/v1`), with `key` as the bearer token. `/v1/chat/completions` goes to
 /// `{base}/chat/completions`.
-pub fn forward(
+pub(crate) fn forward(
     base: String,
     key: Option<String>,
 ) -> impl Service<
@@ -22,7 +22,12 @@ pub fn forward(
     let client = HttpClient::new();
     service_fn(move |mut req: Request<Full<Bytes>>| {
         let client = client.clone();
-        let path = req.uri().path().strip_prefix("/v1").unwrap_or(req.uri().path()).to_owned();
+        let path = req
+            .uri()
+            .path()
+            .strip_prefix("/v1")
+            .unwrap_or(req.uri().path())
+            .to_owned();
         let uri: Result<Uri, _> = format!("{base}{path}").parse();
         if let Some(key) = &key {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}")) {
@@ -40,6 +45,6 @@ pub fn forward(
 
 /// The upstream base URL from `UPSTREAM_BASE` (default: a local OpenAI-compatible server, e.g.
 /// `guardrail-gateway mock`).
-pub fn upstream_base() -> String {
+pub(crate) fn upstream_base() -> String {
     std::env::var("UPSTREAM_BASE").unwrap_or_else(|_| "http://127.0.0.1:9000/v1".to_owned())
 }

@@ -65,7 +65,9 @@ where
 {
     fn from_iter<T: IntoIterator<Item = (M, G)>>(iter: T) -> Self {
         iter.into_iter()
-            .fold(ModelGuardrailMergeLayer::new(), |layer, (model, names)| layer.model(model, names))
+            .fold(ModelGuardrailMergeLayer::new(), |layer, (model, names)| {
+                layer.model(model, names)
+            })
     }
 }
 

@@ -58,9 +58,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
-    use guardrail_tower_core::{
-GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
-    };
+    use guardrail_tower_core::{GuardrailMode, GuardrailSpec, ParsedRequest, should_run};
     use guardrail_tower_testkit::body;
     use http::{Request, Response};
     use http_body_util::{BodyExt, Full};
@@ -90,20 +88,32 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
     }
 
     async fn selection(path: &str, body: &str) -> (Vec<String>, serde_json::Value) {
-        let svc = ServiceBuilder::new().layer(layer()).service(echo_selection());
-        let req = Request::post(path).body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(layer())
+            .service(echo_selection());
+        let req = Request::post(path)
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let v: serde_json::Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        let names = v["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+        let names = v["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
         (names, v)
     }
 
     #[tokio::test]
     async fn merges_for_every_call_type_and_both_stream_modes() {
         let cases = [
-            ("/v1/chat/completions", r#""messages":[{"role":"user","content":"hi"}]"#),
+            (
+                "/v1/chat/completions",
+                r#""messages":[{"role":"user","content":"hi"}]"#,
+            ),
             ("/chat/completions", r#""messages":[]"#),
             ("/v1/responses", r#""input":"hi""#),
             ("/v1/messages", r#""max_tokens":5,"messages":[]"#),
@@ -132,14 +142,24 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
 
     #[tokio::test]
     async fn unknown_model_or_no_model_merges_nothing() {
-        let (names, _) = selection("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[]}"#).await;
+        let (names, _) = selection(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[]}"#,
+        )
+        .await;
         assert!(names.is_empty());
-        let (names, _) =
-            selection("/v1/chat/completions", r#"{"guardrails":["a"],"messages":[]}"#).await;
+        let (names, _) = selection(
+            "/v1/chat/completions",
+            r#"{"guardrails":["a"],"messages":[]}"#,
+        )
+        .await;
         assert_eq!(names, ["a"]);
         // Model names match exactly.
-        let (names, _) =
-            selection("/v1/chat/completions", r#"{"model":"GPT-GUARDED","messages":[]}"#).await;
+        let (names, _) = selection(
+            "/v1/chat/completions",
+            r#"{"model":"GPT-GUARDED","messages":[]}"#,
+        )
+        .await;
         assert!(names.is_empty());
     }
 
@@ -152,9 +172,8 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
         let not_attached = GuardrailSpec::new("other", GuardrailMode::PostCall, false);
         for stream in [true, false] {
             let (attached, not_attached) = (attached.clone(), not_attached.clone());
-            let svc = ServiceBuilder::new()
-                .layer(layer())
-                .service(service_fn(move |req: Request<Full<Bytes>>| {
+            let svc = ServiceBuilder::new().layer(layer()).service(service_fn(
+                move |req: Request<Full<Bytes>>| {
                     let attached = attached.clone();
                     let not_attached = not_attached.clone();
                     async move {
@@ -169,9 +188,14 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
                             format!("{verdict:?}"),
                         ))))
                     }
-                }));
-            let body = format!(r#"{{"model":"claude-guarded","stream":{stream},"max_tokens":9,"messages":[]}}"#);
-            let req = Request::post("/v1/messages").body(Full::new(Bytes::from(body))).unwrap();
+                },
+            ));
+            let body = format!(
+                r#"{{"model":"claude-guarded","stream":{stream},"max_tokens":9,"messages":[]}}"#
+            );
+            let req = Request::post("/v1/messages")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
             let resp = svc.oneshot(req).await.unwrap();
             let got = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(got, "(true, false)", "stream={stream}");
@@ -186,20 +210,28 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default())) }
         });
-        let svc = ServiceBuilder::new().layer(layer().body_limit(64)).service(upstream);
+        let svc = ServiceBuilder::new()
+            .layer(layer().body_limit(64))
+            .service(upstream);
 
-        let req = Request::post("/v1/messages").body(Full::new(Bytes::from_static(b"{\"model\": "))).unwrap();
+        let req = Request::post("/v1/messages")
+            .body(Full::new(Bytes::from_static(b"{\"model\": ")))
+            .unwrap();
         let resp = svc.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 400);
-        let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "invalid_request_error");
 
         let big = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(100));
-        let req = Request::post("/v1/responses").body(Full::new(Bytes::from(big))).unwrap();
+        let req = Request::post("/v1/responses")
+            .body(Full::new(Bytes::from(big)))
+            .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 413);
-        let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(v["error"]["code"], "request_too_large");
         assert_eq!(called.load(Ordering::SeqCst), 0);
     }
@@ -207,7 +239,8 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
     #[tokio::test]
     async fn a_second_layer_reuses_the_parsed_request() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let body = body::chunks([r#"{"model":"gpt-guarded","#, r#""messages":[]}"#]).count_polls(polls.clone());
+        let body = body::chunks([r#"{"model":"gpt-guarded","#, r#""messages":[]}"#])
+            .count_polls(polls.clone());
         let svc = ServiceBuilder::new()
             .layer(layer())
             .layer(ModelGuardrailMergeLayer::new().model("gpt-guarded", ["second"]))
@@ -216,7 +249,11 @@ GuardrailMode, GuardrailSpec, ParsedRequest, should_run,
         let resp = svc.oneshot(req).await.unwrap();
         // Two chunks then the end: three polls, all by the outer layer.
         assert_eq!(polls.load(Ordering::SeqCst), 3);
-        let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        assert_eq!(v["names"], serde_json::json!(["pii-mask", "toxicity", "second"]));
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(
+            v["names"],
+            serde_json::json!(["pii-mask", "toxicity", "second"])
+        );
     }
 }

@@ -64,7 +64,10 @@ impl Prepare for Merge {
         let Some(parsed) = request.extensions_mut().get_mut::<ParsedRequest>() else {
             return;
         };
-        let names = parsed.model().and_then(|model| self.models.get(model)).cloned();
+        let names = parsed
+            .model()
+            .and_then(|model| self.models.get(model))
+            .cloned();
         if let Some(names) = names {
             parsed.selection_mut().merge(names.iter().cloned());
         }

@@ -123,7 +123,10 @@ fn start_checks(
 }
 
 /// Writes the rewritten texts into the parsed request and the body forwarded upstream.
-fn apply_rewrite(request: Request<Full<Bytes>>, texts: &[String]) -> Result<Request<Full<Bytes>>, Error> {
+fn apply_rewrite(
+    request: Request<Full<Bytes>>,
+    texts: &[String],
+) -> Result<Request<Full<Bytes>>, Error> {
     let (mut parts, _) = request.into_parts();
     let parsed = parts
         .extensions
@@ -153,7 +156,9 @@ where
                     let mut request = match ready!(buffer.poll(cx)) {
                         Ok(request) => request,
                         Err(err) => {
-                            return Poll::Ready(Ok(err.to_response(*this.call_type).map(ResponseBody::full)));
+                            return Poll::Ready(Ok(err
+                                .to_response(*this.call_type)
+                                .map(ResponseBody::full)));
                         }
                     };
                     let log = match request.extensions().get::<GuardrailLog>() {
@@ -166,7 +171,8 @@ where
                     };
                     *this.log_start = log.len();
                     let inner = inner.take();
-                    let check = start_checks(this.guardrails, GuardrailMode::PreCall, &request, &log);
+                    let check =
+                        start_checks(this.guardrails, GuardrailMode::PreCall, &request, &log);
                     *this.log = Some(log);
                     match check {
                         Some(check) => {
@@ -190,20 +196,31 @@ where
                 } => {
                     let outcome = ready!(check.as_mut().poll(cx));
                     stop_waiting(this.waiting_since, this.guardrail_time);
-                    let request = request.take().expect("ResponseFuture polled after completion");
+                    let request = request
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     let request = match outcome {
                         Outcome::Blocked(err) => {
                             let response = err.to_response(*this.call_type).map(ResponseBody::full);
-                            return Poll::Ready(Ok(finish(response, this.log, *this.log_start, *this.guardrail_time, *this.response_headers)));
+                            return Poll::Ready(Ok(finish(
+                                response,
+                                this.log,
+                                *this.log_start,
+                                *this.guardrail_time,
+                                *this.response_headers,
+                            )));
                         }
-                        Outcome::Allowed { rewritten: None, .. } => request,
+                        Outcome::Allowed {
+                            rewritten: None, ..
+                        } => request,
                         Outcome::Allowed {
                             rewritten: Some(texts),
                             ..
                         } => match apply_rewrite(request, &texts) {
                             Ok(request) => request,
                             Err(err) => {
-                                let response = err.to_response(*this.call_type).map(ResponseBody::full);
+                                let response =
+                                    err.to_response(*this.call_type).map(ResponseBody::full);
                                 return Poll::Ready(Ok(response));
                             }
                         },
@@ -236,8 +253,15 @@ where
                                     // The upstream response (or the call still under way) is
                                     // dropped: nothing of it reaches the client.
                                     held.take();
-                                    let response = err.to_response(*this.call_type).map(ResponseBody::full);
-                                    return Poll::Ready(Ok(finish(response, this.log, *this.log_start, *this.guardrail_time, *this.response_headers)));
+                                    let response =
+                                        err.to_response(*this.call_type).map(ResponseBody::full);
+                                    return Poll::Ready(Ok(finish(
+                                        response,
+                                        this.log,
+                                        *this.log_start,
+                                        *this.guardrail_time,
+                                        *this.response_headers,
+                                    )));
                                 }
                                 Outcome::Allowed { rewritten, .. } => {
                                     if rewritten.is_some() {
@@ -253,7 +277,13 @@ where
                     if during.is_none() {
                         if let Some(result) = held.take() {
                             let response = result?.map(ResponseBody::new);
-                            return Poll::Ready(Ok(finish(response, this.log, *this.log_start, *this.guardrail_time, *this.response_headers)));
+                            return Poll::Ready(Ok(finish(
+                                response,
+                                this.log,
+                                *this.log_start,
+                                *this.guardrail_time,
+                                *this.response_headers,
+                            )));
                         }
                     }
                     return Poll::Pending;
@@ -302,11 +332,13 @@ fn finish<B>(
         return response;
     };
     let entries = log.entries();
-    let applied: Vec<&str> = entries[log_start..]
-        .iter()
-        .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
-        .map(|e| e.guardrail_name.as_str())
-        .collect();
+    let mut applied: Vec<&str> = Vec::new();
+    for entry in &entries[log_start..] {
+        let name = entry.guardrail_name.as_str();
+        if entry.guardrail_status != GuardrailStatus::NotRun && !applied.contains(&name) {
+            applied.push(name);
+        }
+    }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&applied.join(",")) {
         headers.insert(APPLIED_GUARDRAILS, value);

@@ -78,8 +78,7 @@ mod tests {
     use bytes::Bytes;
     use guardrail_tower_core::{
         ConfiguredGuardrail, Fallback, GuardrailAction, GuardrailError, GuardrailInput,
-        GuardrailLog, GuardrailMode, GuardrailStatus, Guardrails, Verdict,
-        guardrail_fn,
+        GuardrailLog, GuardrailMode, GuardrailStatus, Guardrails, Verdict, guardrail_fn,
     };
     use guardrail_tower_testkit::body;
     use http::header::CONTENT_LENGTH;
@@ -115,7 +114,8 @@ mod tests {
                     let len = req.headers()[CONTENT_LENGTH].to_str().unwrap().to_owned();
                     let body = req.into_body().collect().await.unwrap().to_bytes();
                     this.bodies.lock().unwrap().push((body, len));
-                    let body = body::chunks([r#"{"choices":[]}"#]).flag_drop(this.response_dropped.clone());
+                    let body = body::chunks([r#"{"choices":[]}"#])
+                        .flag_drop(this.response_dropped.clone());
                     Ok(Response::new(body))
                 }
             })
@@ -146,14 +146,17 @@ mod tests {
             name,
             GuardrailMode::PreCall,
             guardrail_fn(move |input: GuardrailInput| async move {
-                Ok(Verdict::rewrite(input.texts().iter().map(|t| t.replace(word, tag)).collect()))
+                Ok(Verdict::rewrite(
+                    input.texts().iter().map(|t| t.replace(word, tag)).collect(),
+                ))
             }),
         )
         .default_on(true)
     }
 
     fn chat(content: &str) -> Request<Full<Bytes>> {
-        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": content}]});
         Request::post("/v1/chat/completions")
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
@@ -167,7 +170,11 @@ mod tests {
     async fn block_answers_400_and_the_upstream_sees_nothing() {
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "words",
+                GuardrailMode::PreCall,
+                "forbidden",
+            )])))
             .service(up.service());
         let resp = svc.oneshot(chat("this is forbidden")).await.unwrap();
         assert_eq!(resp.status(), 400);
@@ -184,10 +191,16 @@ mod tests {
     async fn block_shapes_follow_the_endpoint() {
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "words",
+                GuardrailMode::PreCall,
+                "forbidden",
+            )])))
             .service(up.service());
         let req = Request::post("/v1/messages")
-            .body(Full::new(Bytes::from_static(br#"{"model":"c","max_tokens":5,"system":"forbidden","messages":[]}"#)))
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"c","max_tokens":5,"system":"forbidden","messages":[]}"#,
+            )))
             .unwrap();
         let resp = svc.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 400);
@@ -196,10 +209,15 @@ mod tests {
             serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": "'forbidden' is not allowed"}})
         );
         let req = Request::post("/v1/responses")
-            .body(Full::new(Bytes::from_static(br#"{"model":"m","input":"forbidden"}"#)))
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"m","input":"forbidden"}"#,
+            )))
             .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
-        assert_eq!(body_json(resp).await["error"]["code"], "content_policy_violation");
+        assert_eq!(
+            body_json(resp).await["error"]["code"],
+            "content_policy_violation"
+        );
         assert_eq!(up.calls(), 0);
     }
 
@@ -227,10 +245,17 @@ mod tests {
     async fn allowed_requests_are_forwarded_byte_for_byte() {
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("words", GuardrailMode::PreCall, "forbidden")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "words",
+                GuardrailMode::PreCall,
+                "forbidden",
+            )])))
             .service(up.service());
-        let raw = "{ \"model\" : \"m\",\n \"messages\": [ {\"role\":\"user\",\"content\":\"fine\"} ] }";
-        let req = Request::post("/v1/chat/completions").body(Full::new(Bytes::from_static(raw.as_bytes()))).unwrap();
+        let raw =
+            "{ \"model\" : \"m\",\n \"messages\": [ {\"role\":\"user\",\"content\":\"fine\"} ] }";
+        let req = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(raw.as_bytes())))
+            .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(up.bodies.lock().unwrap()[0].0, raw);
@@ -253,11 +278,18 @@ mod tests {
     async fn during_call_block_discards_the_upstream_response() {
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("during", GuardrailMode::DuringCall, "bad")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "during",
+                GuardrailMode::DuringCall,
+                "bad",
+            )])))
             .service(up.service());
         let resp = svc.oneshot(chat("bad things")).await.unwrap();
         assert_eq!(resp.status(), 400);
-        assert_eq!(body_json(resp).await["error"]["message"], "'bad' is not allowed");
+        assert_eq!(
+            body_json(resp).await["error"]["message"],
+            "'bad' is not allowed"
+        );
         // The upstream was called concurrently, and its response body was dropped unread.
         assert_eq!(up.calls(), 1);
         assert!(up.response_dropped.load(Ordering::SeqCst));
@@ -282,11 +314,18 @@ mod tests {
             }
         });
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("during", GuardrailMode::DuringCall, "bad")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "during",
+                GuardrailMode::DuringCall,
+                "bad",
+            )])))
             .service(upstream);
         let resp = svc.oneshot(chat("bad things")).await.unwrap();
         assert_eq!(resp.status(), 400);
-        assert!(dropped.load(Ordering::SeqCst), "the in-flight upstream call is dropped");
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the in-flight upstream call is dropped"
+        );
     }
 
     #[tokio::test]
@@ -316,12 +355,18 @@ mod tests {
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }
-        assert!(!call.is_finished(), "the response must wait for the during_call guardrail");
+        assert!(
+            !call.is_finished(),
+            "the response must wait for the during_call guardrail"
+        );
         release.notify_one();
         let resp = call.await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "slow-during");
-        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), r#"{"choices":[]}"#);
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            r#"{"choices":[]}"#
+        );
     }
 
     fn failing(kind: &'static str, fallback: Fallback) -> ConfiguredGuardrail {
@@ -345,7 +390,10 @@ mod tests {
         for kind in ["refused", "503"] {
             let up = Upstream::default();
             let svc = ServiceBuilder::new()
-                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(kind, Fallback::FailOpen)])))
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(
+                    kind,
+                    Fallback::FailOpen,
+                )])))
                 .service(up.service());
             let resp = svc.oneshot(chat("hi")).await.unwrap();
             assert_eq!(resp.status(), 200, "{kind}");
@@ -353,7 +401,10 @@ mod tests {
 
             let up = Upstream::default();
             let svc = ServiceBuilder::new()
-                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(kind, Fallback::FailClosed)])))
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([failing(
+                    kind,
+                    Fallback::FailClosed,
+                )])))
                 .service(up.service());
             let resp = svc.oneshot(chat("hi")).await.unwrap();
             assert_eq!(resp.status(), 503, "{kind}");
@@ -382,14 +433,36 @@ mod tests {
         let got: Vec<_> = log
             .entries()
             .into_iter()
-            .map(|e| (e.guardrail_name, e.guardrail_mode, e.guardrail_status, e.guardrail_action))
+            .map(|e| {
+                (
+                    e.guardrail_name,
+                    e.guardrail_mode,
+                    e.guardrail_status,
+                    e.guardrail_action,
+                )
+            })
             .collect();
         assert_eq!(
             got,
             [
-                ("remote".into(), GuardrailMode::PreCall, GuardrailStatus::GuardrailFailedToRespond, GuardrailAction::Allow),
-                ("mask".into(), GuardrailMode::PreCall, GuardrailStatus::GuardrailIntervened, GuardrailAction::Mask),
-                ("during".into(), GuardrailMode::DuringCall, GuardrailStatus::Success, GuardrailAction::Allow),
+                (
+                    "remote".into(),
+                    GuardrailMode::PreCall,
+                    GuardrailStatus::GuardrailFailedToRespond,
+                    GuardrailAction::Allow
+                ),
+                (
+                    "mask".into(),
+                    GuardrailMode::PreCall,
+                    GuardrailStatus::GuardrailIntervened,
+                    GuardrailAction::Mask
+                ),
+                (
+                    "during".into(),
+                    GuardrailMode::DuringCall,
+                    GuardrailStatus::Success,
+                    GuardrailAction::Allow
+                ),
             ]
         );
         assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "remote,mask,during");
@@ -400,16 +473,37 @@ mod tests {
         let polls = Arc::new(AtomicUsize::new(0));
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("a", GuardrailMode::PreCall, "zzz")])))
-            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword("b", GuardrailMode::PreCall, "yyy")])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "a",
+                GuardrailMode::PreCall,
+                "zzz",
+            )])))
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "b",
+                GuardrailMode::PreCall,
+                "yyy",
+            )])))
             .service(up.service());
         let req = Request::post("/v1/chat/completions")
-            .body(body::chunks([r#"{"model":"m","messages":"#, r#"[{"role":"user","content":"hi"}]}"#]).count_polls(polls.clone()))
+            .body(
+                body::chunks([
+                    r#"{"model":"m","messages":"#,
+                    r#"[{"role":"user","content":"hi"}]}"#,
+                ])
+                .count_polls(polls.clone()),
+            )
             .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(polls.load(Ordering::SeqCst), 3, "two chunks and the end, read once");
-        assert_eq!(up.bodies.lock().unwrap()[0].0, r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            3,
+            "two chunks and the end, read once"
+        );
+        assert_eq!(
+            up.bodies.lock().unwrap()[0].0,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,60 @@
+//! guardrail-gateway: a ready LLM gateway composed from guardrail-tower's layers, configured
+//! with a LiteLLM-style YAML file.
+//!
+//! ```text
+//! guardrail-gateway serve --config config.yaml [--listen 127.0.0.1:4000]
+//! guardrail-gateway demo
+//! ```
+//!
+//! Routes: `POST /v1/chat/completions` (and `/chat/completions`), `POST /v1/responses`,
+//! `POST /v1/messages`, `GET /health`, `GET /spend/logs` (`request_id`, `start_date`,
+//! `end_date`, `status`, `limit`, `offset`) and `GET /spend/logs/blocks` (guardrail blocks per
+//! guardrail per day). Each LLM route composes, outermost first, `SpendLogLayer`,
+//! `ErrorNormalizeLayer`, `ModelGuardrailMergeLayer`, `PreCallGuardrailLayer`,
+//! `StreamingGuardrailBodyLayer` and the upstream timeout in front of [`upstream::Forward`], a
+//! pooled client that forwards to the model's `api_base` with the deployment's model name and
+//! key. Streams pass through with no buffering beyond what the guardrail policy needs. SIGINT and
+//! SIGTERM shut down gracefully and flush the spend log.
+//!
+//! The same pieces serve as a library: build a [`Gateway`](app::Gateway) from a config and nest
+//! its router in your own axum app, or use [`app::router`] with your own client and spend-log
+//! writer. The [`mock`] upstream (OpenAI- and Anthropic-compatible, with fault injection) serves
+//! the demo, the end-to-end tests and the load benchmark.
+//!
+//! ```
+//! use guardrail_gateway::app::Gateway;
+//! use guardrail_gateway::mock::MockUpstream;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::start().await.unwrap();
+//! let config = format!(r#"
+//! model_list:
+//!   - model_name: gpt-guarded
+//!     litellm_params: {{model: openai/gpt-4o-mini, api_base: "{}", api_key: sk-test}}
+//! guardrails:
+//!   - guardrail_name: block-words
+//!     litellm_params:
+//!       guardrail: litellm_content_filter
+//!       mode: pre_call
+//!       default_on: true
+//!       blocked_words: [{{keyword: forbidden, action: BLOCK}}]
+//! "#, upstream.base_url());
+//! let gateway = Gateway::from_config_str(&config).await.unwrap();
+//!
+//! let request = http::Request::post("/v1/chat/completions")
+//!     .header("content-type", "application/json")
+//!     .body(axum::body::Body::from(r#"{"model":"gpt-guarded","messages":[{"role":"user","content":"a forbidden question"}]}"#))
+//!     .unwrap();
+//! let response = gateway.router().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), 400);
+//! assert_eq!(upstream.request_count(), 0); // blocked before the upstream was called
+//! # }
+//! ```
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod mock;
+pub mod upstream;

@@ -1,0 +1,311 @@
+//! The innermost service: forwards a request to its model's upstream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use guardrail_tower_core::{BoxError, CallType, Error, ParsedRequest};
+use guardrail_tower_guardrails::HttpClient;
+use guardrail_tower_spend_log::ApiBase;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tower_service::Service;
+
+use crate::config::{Deployment, Provider};
+
+/// The Anthropic API version sent when the client sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus the
+/// client's own credentials (replaced by the upstream key) and `accept-encoding` (guardrails
+/// read the upstream body, so it must not be compressed).
+const DROPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "accept-encoding",
+];
+
+/// Where one model's requests go.
+#[derive(Debug)]
+struct Target {
+    deployment: Deployment,
+    auth: HeaderMap,
+}
+
+/// Forwards each request to the upstream of its `model`, with the deployment's model name and
+/// key. Streaming responses pass through as they arrive.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    client: HttpClient,
+    targets: Arc<HashMap<String, Target>>,
+}
+
+impl Forward {
+    /// A forwarder for these deployments, using `client`.
+    pub fn new(deployments: &[Deployment], client: HttpClient) -> Self {
+        let targets = deployments
+            .iter()
+            .map(|d| {
+                let mut auth = HeaderMap::new();
+                if let Some(key) = &d.api_key {
+                    let value = match d.provider {
+                        Provider::OpenAi => HeaderValue::from_str(&format!("Bearer {key}")),
+                        Provider::Anthropic => HeaderValue::from_str(key),
+                    };
+                    if let Ok(mut value) = value {
+                        value.set_sensitive(true);
+                        let name = match d.provider {
+                            Provider::OpenAi => header::AUTHORIZATION,
+                            Provider::Anthropic => HeaderName::from_static("x-api-key"),
+                        };
+                        auth.insert(name, value);
+                    }
+                }
+                (
+                    d.model_name.clone(),
+                    Target {
+                        deployment: d.clone(),
+                        auth,
+                    },
+                )
+            })
+            .collect();
+        Forward {
+            client,
+            targets: Arc::new(targets),
+        }
+    }
+
+    fn prepare(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Request<Full<Bytes>>, String), Error> {
+        let (parts, _) = request.into_parts();
+        let parsed = parts
+            .extensions
+            .get::<ParsedRequest>()
+            .ok_or_else(|| Error::internal("the request was not parsed before forwarding"))?;
+        let model = parsed.model().ok_or_else(|| {
+            Error::new(StatusCode::BAD_REQUEST, "the request has no 'model'").with_param("model")
+        })?;
+        let target = self.targets.get(model).ok_or_else(|| {
+            let mut known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Error::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "model '{model}' is not configured (configured: {})",
+                    known.join(", ")
+                ),
+            )
+            .with_param("model")
+            .with_code("model_not_found")
+        })?;
+        let d = &target.deployment;
+        let call_type = parsed.call_type();
+        let anthropic_route = call_type == CallType::AnthropicMessages;
+        if anthropic_route != (d.provider == Provider::Anthropic) {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "model '{model}' is served by {} and cannot be called on {}",
+                    match d.provider {
+                        Provider::OpenAi => "an OpenAI-compatible API",
+                        Provider::Anthropic => "the Anthropic API",
+                    },
+                    parts.uri.path()
+                ),
+            )
+            .with_param("model")
+            .with_code("unsupported_endpoint"));
+        }
+        let path = parts.uri.path();
+        let url = match d.provider {
+            Provider::OpenAi => {
+                let suffix = path.strip_prefix("/v1").unwrap_or(path);
+                format!("{}{suffix}", d.api_base)
+            }
+            Provider::Anthropic => {
+                let base = d.api_base.strip_suffix("/v1").unwrap_or(&d.api_base);
+                format!("{base}/v1/messages")
+            }
+        };
+        let url = match parts.uri.query() {
+            Some(q) => format!("{url}?{q}"),
+            None => url,
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::internal(format!("invalid upstream URL '{url}': {e}")))?;
+        let body = rewrite_body(parsed, &d.upstream_model)?;
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        for (name, value) in &parts.headers {
+            if !DROPPED.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.extend(target.auth.clone());
+        if d.provider == Provider::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+            );
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok((request, d.api_base.clone()))
+    }
+}
+
+/// Keys only the gateway reads; an upstream would reject them.
+const GATEWAY_ONLY: &[&str] = &["guardrails", "litellm_metadata"];
+
+/// The body with `model` replaced by the upstream's name and the gateway-only keys removed.
+///
+/// The common case (only `model` changes) splices the new name into the original bytes; the
+/// body is re-serialized only when keys must be removed.
+fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, Error> {
+    let Some(json) = parsed.json() else {
+        return Ok(parsed.bytes().clone());
+    };
+    let strip = GATEWAY_ONLY.iter().any(|k| json.get(k).is_some())
+        || json
+            .get("metadata")
+            .and_then(|m| m.get("guardrails"))
+            .is_some();
+    if strip {
+        let mut json = json.clone();
+        if let Value::Object(map) = &mut json {
+            for key in GATEWAY_ONLY {
+                map.shift_remove(*key);
+            }
+            map.insert("model".into(), Value::String(upstream_model.to_owned()));
+            if let Some(Value::Object(metadata)) = map.get_mut("metadata") {
+                metadata.shift_remove("guardrails");
+            }
+        }
+        return Ok(serde_json::to_vec(&json)
+            .map_err(|e| Error::internal(format!("could not serialize the request: {e}")))?
+            .into());
+    }
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a RawValue>,
+    }
+    let bytes = parsed.bytes();
+    let top: Top<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("could not re-read the request: {e}")))?;
+    let Some(raw) = top.model else {
+        return Ok(bytes.clone());
+    };
+    let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+    let end = start + raw.get().len();
+    let replacement = serde_json::to_string(upstream_model).expect("a string serializes");
+    let mut out = Vec::with_capacity(bytes.len() + replacement.len());
+    out.extend_from_slice(&bytes[..start]);
+    out.extend_from_slice(replacement.as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out.into())
+}
+
+/// Removes connection-level headers from an upstream response.
+fn clean_response(response: &mut Response<Incoming>, api_base: String) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+    ] {
+        response.headers_mut().remove(name);
+    }
+    response.extensions_mut().insert(ApiBase(api_base));
+}
+
+/// The future of [`Forward`].
+pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+impl Service<Request<Full<Bytes>>> for Forward {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = ForwardFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        let (request, api_base) = match self.prepare(request) {
+            Ok(prepared) => prepared,
+            Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
+        };
+        let pending = self.client.request(request);
+        Box::pin(async move {
+            let mut response = pending.await?;
+            clean_response(&mut response, api_base);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(body: &str) -> ParsedRequest {
+        ParsedRequest::parse(
+            CallType::ChatCompletions,
+            Bytes::copy_from_slice(body.as_bytes()),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn model_is_spliced_in_place() {
+        let body = "{ \"model\" : \"gpt-guarded\",\n \"messages\": [{\"role\":\"user\",\"content\":\"model: x\"}] }";
+        let out = rewrite_body(&parsed(body), "gpt-4o-mini").unwrap();
+        assert_eq!(
+            out,
+            "{ \"model\" : \"gpt-4o-mini\",\n \"messages\": [{\"role\":\"user\",\"content\":\"model: x\"}] }"
+        );
+        let out = rewrite_body(&parsed(r#"{"messages":[],"model":"a\"b"}"#), "m\"x").unwrap();
+        assert_eq!(out, r#"{"messages":[],"model":"m\"x"}"#);
+    }
+
+    #[test]
+    fn gateway_only_keys_are_removed() {
+        let body = r#"{"model":"g","guardrails":["a"],"metadata":{"guardrails":["b"],"trace":"t"},"litellm_metadata":{"x":1},"messages":[]}"#;
+        let out = rewrite_body(&parsed(body), "up").unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"up","metadata":{"trace":"t"},"messages":[]}"#
+        );
+    }
+}

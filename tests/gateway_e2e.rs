@@ -1,0 +1,533 @@
+//! The gateway end to end, over real sockets: the mock upstream and the gateway started from a
+//! config string, driven with a real HTTP client. Each test asserts what a client sees (status,
+//! body, SSE frames) and the spend-log row the request left.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use guardrail_gateway::app::Gateway;
+use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::{client, post_json, send};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+/// A running mock upstream and gateway.
+struct Harness {
+    upstream: MockUpstream,
+    gateway: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+const GUARDRAILS: &str = r#"
+guardrails:
+  - guardrail_name: block-words
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: pre_call
+      default_on: true
+      blocked_words: [{keyword: forbidden, action: BLOCK}]
+  - guardrail_name: pii-mask
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: [pre_call, post_call]
+      default_on: true
+      patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]
+  - guardrail_name: no-codenames
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: post_call
+      default_on: false
+      blocked_words: [{keyword: BLUEBIRD, action: BLOCK}]
+"#;
+
+impl Harness {
+    /// The gateway with `extra` appended to the standard config (more guardrails or models).
+    async fn start_with(extra_models: &str, extra_guardrails: &str) -> Harness {
+        let upstream = MockUpstream::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let base = upstream.base_url();
+        let config = format!(
+            r#"
+model_list:
+  - model_name: gpt-guarded
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream, guardrails: [no-codenames]}}
+  - model_name: gpt-plain
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream}}
+  - model_name: claude-guarded
+    litellm_params: {{model: anthropic/claude-sonnet-4, api_base: "{origin}", api_key: sk-ant, guardrails: [no-codenames]}}
+{extra_models}
+{GUARDRAILS}
+{extra_guardrails}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  request_timeout: 5
+"#,
+            origin = upstream.origin(),
+            db = dir.path().join("spend.db").display(),
+        );
+        let gateway = Gateway::from_config_str(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            upstream,
+            gateway: format!("http://{addr}"),
+            _dir: dir,
+            stop: Some(stop),
+        }
+    }
+
+    async fn start() -> Harness {
+        Harness::start_with("", "").await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    /// Waits (bounded) until the spend log holds `n` rows, and returns them, newest first.
+    async fn spend_rows(&self, n: usize) -> Vec<Value> {
+        for _ in 0..200 {
+            let resp = send(
+                Request::get(self.url("/spend/logs"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(resp.status(), 200);
+            let rows: Vec<Value> = serde_json::from_slice(resp.body()).unwrap();
+            if rows.len() >= n {
+                assert_eq!(rows.len(), n, "exactly one row per request");
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the spend log never reached {n} rows");
+    }
+}
+
+fn chat(model: &str, content: &str, stream: bool) -> String {
+    json!({"model": model, "stream": stream, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": content}]}).to_string()
+}
+
+fn sse_data(body: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(body).unwrap();
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+fn chat_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+fn guardrail_summary(row: &Value) -> Vec<(String, String, String, String)> {
+    row["metadata"]["guardrail_information"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_owned();
+            (
+                s("guardrail_name"),
+                s("guardrail_mode"),
+                s("guardrail_status"),
+                s("guardrail_action"),
+            )
+        })
+        .collect()
+}
+
+fn entry(name: &str, mode: &str, status: &str, action: &str) -> (String, String, String, String) {
+    (name.into(), mode.into(), status.into(), action.into())
+}
+
+#[tokio::test]
+async fn clean_chat_in_both_stream_modes() {
+    let h = Harness::start().await;
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-guarded", "Hello there", false),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-litellm-applied-guardrails"],
+        "block-words,pii-mask,no-codenames"
+    );
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "You said: Hello there."
+    );
+    assert_eq!(v["model"], "gpt-4o-mini");
+    // The upstream got the deployment's model name and key, not the client's.
+    let seen = &h.upstream.requests()[0];
+    assert_eq!(seen.json().unwrap()["model"], "gpt-4o-mini");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-upstream"));
+
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-guarded", "Hello there", true),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert!(resp.body().ends_with(b"data: [DONE]\n\n"));
+    assert_eq!(chat_text(&sse_data(resp.body())), "You said: Hello there.");
+
+    let rows = h.spend_rows(2).await;
+    for row in &rows {
+        assert_eq!(row["status"], "success");
+        assert_eq!(row["model"], "gpt-guarded");
+        assert_eq!(row["total_tokens"], 6, "{row}");
+    }
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["metadata"]["stream"] == true)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn pre_call_block_never_reaches_the_upstream_and_is_logged() {
+    let h = Harness::start().await;
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-guarded", "the forbidden fruit", false),
+    ))
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.body(),
+        r#"{"error":{"message":"Content blocked: keyword 'forbidden' detected","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}"#
+    );
+    assert_eq!(h.upstream.request_count(), 0);
+    let rows = h.spend_rows(1).await;
+    assert_eq!(rows[0]["status"], "failure");
+    assert_eq!(rows[0]["metadata"]["http_status"], 400);
+    assert_eq!(
+        rows[0]["metadata"]["error_information"]["error_class"],
+        "policy_block"
+    );
+    assert_eq!(
+        guardrail_summary(&rows[0]),
+        [
+            entry("block-words", "pre_call", "guardrail_intervened", "block"),
+            entry("pii-mask", "pre_call", "not_run", "allow"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn masking_on_the_way_in_and_out() {
+    let h = Harness::start().await;
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-plain", "my email is jane@corp.com", false),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    let sent = h.upstream.requests()[0].json().unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "my email is [EMAIL_REDACTED]"
+    );
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "You said: my email is [EMAIL_REDACTED]. You can reach the team at [EMAIL_REDACTED]."
+    );
+    let rows = h.spend_rows(1).await;
+    let info = &rows[0]["metadata"]["guardrail_information"];
+    assert_eq!(info[1]["masked_entity_count"], json!({"email": 1}));
+    assert_eq!(info[2]["guardrail_mode"], "post_call");
+    assert_eq!(info[2]["masked_entity_count"], json!({"email": 1}));
+}
+
+#[tokio::test]
+async fn model_level_guardrail_blocks_a_stream_mid_way() {
+    let h = Harness::start().await;
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-guarded", "tell me about the project", true),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = std::str::from_utf8(resp.body()).unwrap();
+    assert!(body.ends_with(
+        "data: {\"error\":{\"message\":\"Content blocked: keyword 'bluebird' detected\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"content_policy_violation\"}}\n\ndata: [DONE]\n\n"
+    ), "{body}");
+    let text = chat_text(&sse_data(resp.body()));
+    assert!(
+        text.starts_with("You said: tell me about the project. The secret project is codenamed")
+    );
+    assert!(!text.to_lowercase().contains("bluebird"));
+    // The same prompt to a model without the guardrail streams to the end.
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-plain", "tell me about the project", true),
+    ))
+    .await;
+    assert!(chat_text(&sse_data(resp.body())).contains("BLUEBIRD"));
+    let rows = h.spend_rows(2).await;
+    let blocked = rows.iter().find(|r| r["model"] == "gpt-guarded").unwrap();
+    assert_eq!(blocked["status"], "failure");
+    assert_eq!(blocked["metadata"]["http_status"], 200);
+    assert_eq!(
+        blocked["metadata"]["error_information"]["guardrail"],
+        "no-codenames"
+    );
+    assert!(guardrail_summary(blocked).contains(&entry(
+        "no-codenames",
+        "post_call",
+        "guardrail_intervened",
+        "block"
+    )));
+    let plain = rows.iter().find(|r| r["model"] == "gpt-plain").unwrap();
+    assert_eq!(plain["status"], "success");
+}
+
+#[tokio::test]
+async fn responses_blocks_are_in_the_spend_log_like_chat_ones() {
+    let h = Harness::start().await;
+    let pre = json!({"model": "gpt-guarded", "input": "a forbidden topic"}).to_string();
+    let resp = send(post_json(&h.url("/v1/responses"), &pre)).await;
+    assert_eq!(resp.status(), 400);
+    let streamed =
+        json!({"model": "gpt-guarded", "input": "tell me about the project", "stream": true})
+            .to_string();
+    let resp = send(post_json(&h.url("/v1/responses"), &streamed)).await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_data(resp.body());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[kinds.len() - 2..], ["error", "response.failed"]);
+    assert_eq!(events[events.len() - 2]["code"], "content_policy_violation");
+    assert_eq!(events[events.len() - 1]["response"]["status"], "failed");
+    assert!(!kinds.contains(&"response.completed"));
+
+    let rows = h.spend_rows(2).await;
+    for row in &rows {
+        assert_eq!(row["call_type"], "aresponses");
+        assert_eq!(row["status"], "failure");
+        let info = row["metadata"]["guardrail_information"].as_array().unwrap();
+        assert!(
+            info.iter().any(|e| e["guardrail_action"] == "block"),
+            "{row}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn generic_guardrail_api_down_fails_open_or_closed() {
+    let stopped = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let guardrails = format!(
+        r#"
+  - guardrail_name: remote-open
+    litellm_params: {{guardrail: generic_guardrail_api, mode: pre_call, api_base: "http://{stopped}", unreachable_fallback: fail_open, timeout: 1}}
+  - guardrail_name: remote-closed
+    litellm_params: {{guardrail: generic_guardrail_api, mode: pre_call, api_base: "http://{stopped}", unreachable_fallback: fail_closed, timeout: 1}}
+"#
+    );
+    let h = Harness::start_with("", &guardrails).await;
+    let open = json!({"model": "gpt-plain", "guardrails": ["remote-open"], "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let resp = send(post_json(&h.url("/v1/chat/completions"), &open)).await;
+    assert_eq!(resp.status(), 200);
+    let closed = json!({"model": "gpt-plain", "guardrails": ["remote-closed"], "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let resp = send(post_json(&h.url("/v1/chat/completions"), &closed)).await;
+    assert_eq!(resp.status(), 503);
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(v["error"]["code"], "guardrail_unreachable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("guardrail 'remote-closed' is unreachable")
+    );
+    assert_eq!(h.upstream.request_count(), 1);
+
+    let rows = h.spend_rows(2).await;
+    let find = |name: &str| {
+        rows.iter()
+            .flat_map(|r| {
+                r["metadata"]["guardrail_information"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .find(|e| e["guardrail_name"] == name)
+            .unwrap()
+    };
+    assert_eq!(
+        find("remote-open")["guardrail_status"],
+        "guardrail_failed_to_respond"
+    );
+    assert_eq!(find("remote-open")["guardrail_action"], "allow");
+    assert_eq!(
+        find("remote-closed")["guardrail_status"],
+        "guardrail_failed_to_respond"
+    );
+    assert_eq!(find("remote-closed")["guardrail_action"], "block");
+}
+
+#[tokio::test]
+async fn upstream_html_500_becomes_a_json_error() {
+    let h = Harness::start().await;
+    let req = Request::post(h.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .header("x-mock-fault", "html-500")
+        .body(Full::new(Bytes::from(json!({"model": "claude-guarded", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}).to_string())))
+        .unwrap();
+    let resp = send(req).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.body(),
+        r#"{"type":"error","error":{"type":"api_error","message":"upstream returned 500 Internal Server Error (HTML body omitted)"}}"#
+    );
+    let rows = h.spend_rows(1).await;
+    assert_eq!(rows[0]["status"], "failure");
+    assert_eq!(
+        rows[0]["metadata"]["error_information"]["error_class"],
+        "upstream_failure"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_drops_mid_stream_fails_the_client_body() {
+    let h = Harness::start().await;
+    let req = Request::post(h.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-fault", "drop-mid-stream")
+        .body(Full::new(Bytes::from(chat("gpt-plain", "hello", true))))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let failed = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    assert!(
+        failed,
+        "the client must see the stream fail, not a clean end"
+    );
+    assert!(
+        !String::from_utf8_lossy(&got).contains("[DONE]"),
+        "no fake [DONE]"
+    );
+    let rows = h.spend_rows(1).await;
+    assert_eq!(rows[0]["status"], "failure");
+    assert_eq!(
+        rows[0]["metadata"]["error_information"]["error_code"],
+        "upstream_stream_error"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_logged() {
+    let h = Harness::start().await;
+    let req = Request::post(h.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-mock-fault", "never-end")
+        .body(Full::new(Bytes::from(chat("gpt-plain", "hello", true))))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let rows = h.spend_rows(1).await;
+    assert_eq!(rows[0]["status"], "failure");
+    assert_eq!(
+        rows[0]["metadata"]["error_information"]["error_code"],
+        "client_disconnected"
+    );
+    assert!(rows[0]["completionStartTime"].is_string());
+}
+
+#[tokio::test]
+async fn unknown_models_health_and_spend_log_queries() {
+    let h = Harness::start().await;
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-9", "hi", false),
+    ))
+    .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+
+    let health = send(
+        Request::get(h.url("/health"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (health.status().as_u16(), health.body().as_ref()),
+        (200, br#"{"status":"healthy"}"#.as_ref())
+    );
+
+    let ok = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-plain", "hi", false),
+    ))
+    .await;
+    let id = ok.headers()["x-request-id"].to_str().unwrap().to_owned();
+    h.spend_rows(2).await;
+    let one = send(
+        Request::get(h.url(&format!("/spend/logs?request_id={id}")))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let rows: Vec<Value> = serde_json::from_slice(one.body()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["request_id"], id.as_str());
+    let failures = send(
+        Request::get(h.url("/spend/logs?status=failure"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let rows: Vec<Value> = serde_json::from_slice(failures.body()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["metadata"]["error_information"]["error_code"],
+        "model_not_found"
+    );
+    let bad = send(
+        Request::get(h.url("/spend/logs?start_date=yesterday"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+}

@@ -1,0 +1,128 @@
+//! The official `openai` and `anthropic` Python SDKs against a running gateway: blocked streams
+//! must surface as the SDKs' own errors and events (`tests/sdk/check_sdks.py`).
+//!
+//! Skipped, saying so, when `python3` or the SDKs are missing (`.ci/run` installs them).
+
+use std::process::Command;
+use std::time::Duration;
+
+use guardrail_gateway::app::Gateway;
+use guardrail_gateway::mock::MockUpstream;
+use serde_json::Value;
+
+fn sdks_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import openai, anthropic"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn official_sdks_read_blocks_as_errors() {
+    if !sdks_available() {
+        eprintln!(
+            "skipped: python3 with the openai and anthropic packages is not available (pip install openai anthropic)"
+        );
+        return;
+    }
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+model_list:
+  - model_name: gpt-guarded
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-up, guardrails: [no-codenames]}}
+  - model_name: claude-guarded
+    litellm_params: {{model: anthropic/claude-sonnet-4, api_base: "{origin}", api_key: sk-ant, guardrails: [no-codenames]}}
+guardrails:
+  - guardrail_name: block-words
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, default_on: true, blocked_words: [{{keyword: forbidden, action: BLOCK}}]}}
+  - guardrail_name: no-codenames
+    litellm_params: {{guardrail: litellm_content_filter, mode: post_call, blocked_words: [{{keyword: BLUEBIRD, action: BLOCK}}]}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+"#,
+        base = upstream.base_url(),
+        origin = upstream.origin(),
+        db = dir.path().join("spend.db").display(),
+    );
+    let gateway = Gateway::from_config_str(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/check_sdks.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .args([
+                script,
+                &url,
+                "gpt-guarded",
+                "claude-guarded",
+                "tell me about the project",
+            ])
+            .output(),
+    )
+    .await
+    .expect("the SDK script finished in time")
+    .unwrap();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let message = "Content blocked: keyword 'bluebird' detected";
+
+    // Chat: the SDK raises its APIError with our message, after the text before the block.
+    let chat = &out["chat_stream"];
+    assert_eq!(chat["raised"], "APIError", "{out}");
+    assert_eq!(chat["message"], message);
+    assert_eq!(chat["code"], "content_policy_violation");
+    assert!(
+        chat["text_before_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("You said: tell me about the project.")
+    );
+
+    // Responses: an `error` event with our code and message, then `response.failed`.
+    let events = out["responses_stream"]["events"].as_array().unwrap();
+    assert_eq!(out["responses_stream"]["raised"], Value::Null, "{out}");
+    let n = events.len();
+    assert_eq!(events[n - 2]["type"], "error");
+    assert_eq!(events[n - 2]["code"], "content_policy_violation");
+    assert_eq!(events[n - 2]["message"], message);
+    assert_eq!(events[n - 2]["param"], Value::Null);
+    assert_eq!(events[n - 1]["type"], "response.failed");
+    assert_eq!(events[n - 1]["status"], "failed");
+    assert_eq!(events[n - 1]["error_code"], "content_policy_violation");
+    assert_eq!(events[n - 1]["error_message"], message);
+
+    // A pre_call block: BadRequestError (400), with null param, never "None".
+    let blocked = &out["chat_blocked"];
+    assert_eq!(blocked["raised"], "BadRequestError", "{out}");
+    assert_eq!(blocked["status"], 400);
+    assert_eq!(blocked["code"], "content_policy_violation");
+    assert_eq!(blocked["type"], "invalid_request_error");
+    assert_eq!(blocked["param"], Value::Null);
+
+    // Anthropic: the SDK raises from `event: error`, with our error body.
+    let claude = &out["anthropic_stream"];
+    assert_eq!(claude["raised"], "APIStatusError", "{out}");
+    assert_eq!(claude["body"]["type"], "error");
+    assert_eq!(claude["body"]["error"]["type"], "invalid_request_error");
+    assert_eq!(claude["body"]["error"]["message"], message);
+    assert!(
+        claude["text_before_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("You said:")
+    );
+}
