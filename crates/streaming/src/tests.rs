@@ -891,3 +891,26 @@ async fn no_post_call_guardrail_means_untouched_passthrough() {
     assert!(run.log.is_empty());
     assert!(!run.report.is_observed());
 }
+
+#[tokio::test]
+async fn an_oversized_event_ends_the_stream_with_an_error_not_unbounded_memory() {
+    // A "single event" that never ends: 64 KiB of data with no blank line, over a 4 KiB limit.
+    let first = CHAT.split_inclusive("\n\n").next().unwrap().to_owned();
+    let endless = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}",
+        "x".repeat(64 * 1024)
+    );
+    let body = body::chunks([first.clone(), endless]);
+    let layer =
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]))
+            .max_event_size(4096);
+    let run = run_stream(CallType::ChatCompletions, layer, body).await;
+    assert_eq!(run.status, 200);
+    let (released, error) = split_error(CallType::ChatCompletions, &run.body);
+    assert_eq!(released, first);
+    assert!(
+        error.contains("the upstream stream is invalid: server-sent event larger than 4096 bytes"),
+        "{error}"
+    );
+    assert!(error.ends_with("data: [DONE]\n\n"));
+}

@@ -1,0 +1,202 @@
+//! Security review, as tests: credentials never leak, clients cannot switch guardrails off,
+//! hostile sizes are refused early, hostile config is an error rather than a hang.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use guardrail_gateway::app::Gateway;
+use guardrail_gateway::config::GatewayConfig;
+use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::send;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Captures everything logged, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn start(
+    config: &str,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let gateway = Gateway::from_config_str(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (url, stop, task)
+}
+
+fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: guarded
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream-SECRET-1234, guardrails: [model-level]}}
+guardrails:
+  - guardrail_name: always
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, default_on: true, blocked_words: [{{keyword: forbidden, action: BLOCK}}]}}
+  - guardrail_name: model-level
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, blocked_words: [{{keyword: restricted, action: BLOCK}}]}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  max_request_body_bytes: 65536
+"#,
+        base = upstream.base_url(),
+        db = db.display(),
+    )
+}
+
+// Current-thread runtime: every task (gateway, client, spend-log writer) logs on this thread,
+// into the capture.
+#[tokio::test]
+async fn keys_never_appear_in_logs_or_spend_rows() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    for content in ["hello", "forbidden", "restricted"] {
+        let body = json!({"model": "guarded", "messages": [{"role": "user", "content": content}]})
+            .to_string();
+        let req = Request::post(format!("{url}/v1/chat/completions"))
+            .header("authorization", "Bearer sk-client-SECRET-5678")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        send(req).await;
+    }
+    // The upstream got its own key, never the client's.
+    let seen = upstream.requests();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-upstream-SECRET-1234")
+    );
+    let rows = spend_rows(&url, 3).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    let rows_text = serde_json::to_string(&rows).unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("request blocked by policy"),
+        "the capture sees the gateway's logs"
+    );
+    for secret in ["sk-client-SECRET-5678", "sk-upstream-SECRET-1234"] {
+        assert!(!rows_text.contains(secret), "{secret} in a spend row");
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+    // The key is stored as its SHA-256 hash.
+    assert!(
+        rows.iter()
+            .all(|r| r["api_key"].as_str().is_some_and(|k| k.len() == 64))
+    );
+}
+
+async fn spend_rows(url: &str, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let resp = send(
+            Request::get(format!("{url}/spend/logs"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let rows: Vec<Value> = serde_json::from_slice(resp.body()).unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("spend log never reached {n} rows");
+}
+
+#[tokio::test]
+async fn clients_cannot_switch_default_on_or_model_level_guardrails_off() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop, _task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    for content in ["forbidden", "restricted"] {
+        let body = json!({
+            "model": "guarded",
+            "messages": [{"role": "user", "content": content}],
+            "guardrails": {"always": false, "model-level": false},
+            "metadata": {"guardrails": {"always": false, "model-level": false}},
+            "litellm_metadata": {"guardrails": {"always": false}},
+            "disable_global_guardrails": true,
+            "skip_guardrails": true,
+        })
+        .to_string();
+        let req = Request::post(format!("{url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-litellm-disable-guardrails", "true")
+            .header("x-litellm-guardrails", "")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = send(req).await;
+        assert_eq!(resp.status(), 400, "{content}");
+        let v: Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["error"]["code"], "content_policy_violation");
+    }
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_before_it_is_read() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop, _task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    // Claim 1 GB and send only the head: the answer must come without the body.
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n{\"model\":")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("\"code\":\"request_too_large\""), "{head}");
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[test]
+fn a_pathological_regex_is_a_config_error_not_a_hang() {
+    let started = std::time::Instant::now();
+    let err = GatewayConfig::from_yaml(
+        "guardrails:\n  - guardrail_name: evil\n    litellm_params:\n      guardrail: litellm_content_filter\n      mode: pre_call\n      patterns:\n        - {pattern_type: regex, pattern: '\\w{1000}{1000}', name: evil, action: BLOCK}\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), "guardrails[0].litellm_params.patterns");
+    assert_eq!(err.line(), Some(6));
+    assert!(err.message().contains("evil"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
