@@ -233,6 +233,20 @@ impl ParsedRequest {
     }
 }
 
+impl RequestMeta {
+    /// The facts a guardrail may see about `request`, from the [`ParsedRequest`] and
+    /// [`RequestId`] in its extensions; `None` when the request was not parsed.
+    pub fn from_request<B>(request: &Request<B>) -> Option<RequestMeta> {
+        let parsed = request.extensions().get::<ParsedRequest>()?;
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::new_v4);
+        Some(parsed.meta(request_id, request.headers()))
+    }
+}
+
 /// Replaces a request's body with the parsed request's bytes, and makes `content-length` match.
 pub fn set_buffered_body(parts: &mut http::request::Parts, parsed: &ParsedRequest) -> Full<Bytes> {
     parts.headers.remove(TRANSFER_ENCODING);

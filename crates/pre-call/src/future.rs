@@ -9,7 +9,7 @@ use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     BoxError, BufferRequest, CallType, Error, GuardrailLog, GuardrailMode, GuardrailStatus,
-    Guardrails, Outcome, ParsedRequest, RequestId, RunFuture, set_buffered_body,
+    Guardrails, Outcome, ParsedRequest, RequestMeta, RunFuture, set_buffered_body,
 };
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
@@ -106,12 +106,7 @@ fn start_checks(
     if !guardrails.any_selected(mode, parsed.selection()) {
         return None;
     }
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(RequestId::new_v4);
-    let meta = Arc::new(parsed.meta(request_id, request.headers()));
+    let meta = Arc::new(RequestMeta::from_request(request)?);
     guardrails.run(
         mode,
         parsed.selection(),

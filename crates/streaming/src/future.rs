@@ -280,17 +280,7 @@ where
                         }
                     }
                     let texts = context.call_type.texts(Side::Response, &json);
-                    let run = (!texts.is_empty()).then(|| {
-                        this.config.guardrails.run(
-                            GuardrailMode::PostCall,
-                            &context.selection,
-                            Side::Response,
-                            texts,
-                            context.meta.clone(),
-                            context.log.clone(),
-                        )
-                    });
-                    match run.flatten() {
+                    match run_post_call(this.config, &context, texts) {
                         None => return Poll::Ready(Ok(with_body(parts, bytes))),
                         Some(run) => this.state.set(State::CheckJson {
                             run,
@@ -425,17 +415,7 @@ where
                             Ok(decoded) => decoded,
                             Err(err) => return Poll::Ready(Ok(error_response(&err, &context))),
                         };
-                    let run = (!texts.is_empty()).then(|| {
-                        this.config.guardrails.run(
-                            GuardrailMode::PostCall,
-                            &context.selection,
-                            Side::Response,
-                            texts,
-                            context.meta.clone(),
-                            context.log.clone(),
-                        )
-                    });
-                    match run.flatten() {
+                    match run_post_call(this.config, &context, texts) {
                         None => {
                             return Poll::Ready(Ok(Response::from_parts(
                                 parts,
@@ -481,6 +461,26 @@ where
             }
         }
     }
+}
+
+/// Runs the selected post_call guardrails on a whole response's texts; `None` when there is no
+/// text or no guardrail to run.
+fn run_post_call(
+    config: &StreamingGuardrailBodyLayer,
+    context: &StreamContext,
+    texts: Vec<String>,
+) -> Option<RunFuture> {
+    if texts.is_empty() {
+        return None;
+    }
+    config.guardrails.run(
+        GuardrailMode::PostCall,
+        &context.selection,
+        Side::Response,
+        texts,
+        context.meta.clone(),
+        context.log.clone(),
+    )
 }
 
 fn new_stream_state(

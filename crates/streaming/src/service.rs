@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use guardrail_tower_core::{
     BoxError, BufferedCall, CallType, GuardrailLog, GuardrailMode, GuardrailSelection, Guardrails,
-    ParsedRequest, Prepare, RequestId, RequestMeta, ResponseReport, take_ready,
+    ParsedRequest, Prepare, RequestMeta, ResponseReport, take_ready,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -80,12 +80,7 @@ impl Prepare for Capture {
         {
             return None;
         }
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::new_v4);
-        let meta = Arc::new(parsed.meta(request_id, request.headers()));
+        let meta = Arc::new(RequestMeta::from_request(request)?);
         let context = StreamContext {
             call_type: parsed.call_type(),
             selection: parsed.selection().clone(),

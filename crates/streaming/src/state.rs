@@ -288,21 +288,7 @@ impl StreamState {
             return;
         }
         self.decoder.push(chunk);
-        loop {
-            match self.decoder.next_event() {
-                Ok(Some(event)) => {
-                    if let Err(err) = self.on_event(event) {
-                        self.block(err);
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(err) => {
-                    self.fail(err);
-                    return;
-                }
-            }
-        }
+        self.take_events(SseDecoder::next_event);
     }
 
     /// The upstream body ended cleanly.
@@ -311,23 +297,35 @@ impl StreamState {
             return;
         }
         self.eof = true;
-        loop {
-            match self.decoder.finish() {
-                Ok(Some(event)) => {
-                    if let Err(err) = self.on_event(event) {
-                        self.block(err);
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    self.fail(err);
-                    return;
-                }
-            }
+        // At the end, a last event without its blank line counts too.
+        if !self.take_events(SseDecoder::finish) {
+            return;
         }
         if let Err(err) = self.end_all() {
             self.block(err);
+        }
+    }
+
+    /// Processes the events `next` yields until it has none; returns false when the stream
+    /// ended (a block, or an undecodable stream).
+    fn take_events(
+        &mut self,
+        next: fn(&mut SseDecoder) -> Result<Option<SseEvent>, SseError>,
+    ) -> bool {
+        loop {
+            match next(&mut self.decoder) {
+                Ok(Some(event)) => {
+                    if let Err(err) = self.on_event(event) {
+                        self.block(err);
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(err) => {
+                    self.fail(err);
+                    return false;
+                }
+            }
         }
     }
 
