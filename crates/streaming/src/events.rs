@@ -57,6 +57,17 @@ pub(crate) struct Classified<'a> {
     pub(crate) upstream_error: bool,
 }
 
+/// A JSON string borrowed from the event's bytes when it has no escapes. (`#[serde(borrow)]`
+/// does not borrow through `Option<Cow<str>>`; through this newtype it does.)
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'a> Str<'a> {
+    fn into_cow(self) -> Cow<'a, str> {
+        self.0
+    }
+}
+
 #[derive(Deserialize)]
 struct ChatChunk<'a> {
     #[serde(borrow, default)]
@@ -75,21 +86,21 @@ struct ChatChoice<'a> {
     delta: Option<ChatDelta<'a>>,
     /// Text completions carry the text here.
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct ChatDelta<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct ResponsesEvent<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    kind: Str<'a>,
     #[serde(default)]
     sequence_number: Option<u64>,
     #[serde(default)]
@@ -97,13 +108,13 @@ struct ResponsesEvent<'a> {
     #[serde(default)]
     content_index: Option<u64>,
     #[serde(borrow, default)]
-    delta: Option<Cow<'a, str>>,
+    delta: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct AnthropicEvent<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    kind: Str<'a>,
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow, default)]
@@ -113,9 +124,9 @@ struct AnthropicEvent<'a> {
 #[derive(Deserialize)]
 struct AnthropicDelta<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
 }
 
 /// Classifies one event. Anything that does not parse (non-JSON data, comments, keep-alives) is
@@ -132,10 +143,10 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
             };
             out.sequence_number = e.sequence_number;
             let key = responses_key(e.output_index.unwrap_or(0), e.content_index.unwrap_or(0));
-            match &*e.kind {
+            match &*e.kind.0 {
                 "response.output_text.delta" => {
                     if let Some(delta) = e.delta {
-                        out.texts.push((key, delta));
+                        out.texts.push((key, delta.into_cow()));
                     }
                 }
                 "response.output_text.done" => {
@@ -161,15 +172,15 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
                 return out;
             };
             let index = e.index.unwrap_or(0);
-            match &*e.kind {
+            match &*e.kind.0 {
                 "content_block_delta" => {
                     if let Some(AnthropicDelta {
                         kind: Some(kind),
                         text: Some(text),
                     }) = e.delta
                     {
-                        if kind == "text_delta" {
-                            out.texts.push((index, text));
+                        if kind.0 == "text_delta" {
+                            out.texts.push((index, text.into_cow()));
                         }
                     }
                 }
@@ -193,7 +204,7 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
             for choice in chunk.choices {
                 let text = choice.delta.and_then(|d| d.content).or(choice.text);
                 if let Some(text) = text {
-                    out.texts.push((choice.index, text));
+                    out.texts.push((choice.index, text.into_cow()));
                 }
                 if choice.finish_reason.is_some() {
                     out.ends.push(choice.index);
@@ -383,6 +394,17 @@ mod tests {
         );
         assert_eq!(text, "Hello! Grüße aus Zürich 🇨🇭. How can I help?");
         assert_eq!((ends, terminals), (1, 1));
+    }
+
+    #[test]
+    fn text_is_borrowed_from_the_event_when_it_can_be() {
+        let e = &events(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"plain\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"line\\nbreak\"}}]}\n\n",
+        );
+        let c = classify(CallType::ChatCompletions, &e[0]);
+        assert!(matches!(c.texts[0].1, Cow::Borrowed("plain")));
+        let c = classify(CallType::ChatCompletions, &e[1]);
+        assert!(matches!(&c.texts[0].1, Cow::Owned(s) if s == "line\nbreak"));
     }
 
     #[test]

@@ -399,18 +399,23 @@ impl StreamState {
         let terminal = info.terminal;
         let sequence_number = info.sequence_number;
         drop(info);
+        // Channels to check, without cloning the ranges into the held event (empty vectors
+        // do not allocate: most events touch one channel and end none).
+        let first = ranges.first().map(|r| r.0);
+        let more: Vec<usize> = ranges.iter().skip(1).map(|r| r.0).collect();
+        let ended = ends.clone();
         self.queue.push_back(Held {
             event,
-            ranges: ranges.clone(),
-            ends: ends.clone(),
+            ranges,
+            ends,
             summary,
             terminal,
             sequence_number,
         });
-        for (idx, _, _) in &ranges {
-            self.on_text(*idx)?;
+        for idx in first.into_iter().chain(more) {
+            self.on_text(idx)?;
         }
-        for idx in ends {
+        for idx in ended {
             self.end_channel(idx)?;
         }
         if terminal {
