@@ -186,6 +186,15 @@ fn scan(buf: &[u8], state: &mut ScanState) -> Option<usize> {
     None
 }
 
+/// The size of an event for the limit: its bytes without a leading `\n` that completed the
+/// previous event's `\r\n`, and without the `\n` of its own final `\r\n`, so whether an event
+/// fits never depends on where the chunks were split.
+fn counted_len(raw: &[u8], skip_lf: bool) -> usize {
+    let lead = usize::from(skip_lf && raw.first() == Some(&b'\n'));
+    let trail = usize::from(raw.ends_with(b"\r\n"));
+    raw.len() - lead - trail
+}
+
 /// The incremental decoder. See the [module docs](self).
 #[derive(Debug)]
 pub struct SseDecoder {
@@ -267,7 +276,7 @@ impl SseDecoder {
                     self.input.advance(end);
                     self.pending.split().freeze()
                 };
-                if raw.len() > self.max_event_size {
+                if counted_len(&raw, self.event_skip_lf) > self.max_event_size {
                     return Err(SseError::EventTooLarge {
                         limit: self.max_event_size,
                     });
@@ -275,7 +284,10 @@ impl SseDecoder {
                 Ok(Some(self.parse(raw, true)))
             }
             None => {
-                if self.pending.len() + available > self.max_event_size {
+                // A `\n` that completes the previous event's `\r\n` is not this event's.
+                let first = self.pending.first().or(self.input.first());
+                let lead = usize::from(self.event_skip_lf && first == Some(&b'\n'));
+                if self.pending.len() + available - lead > self.max_event_size {
                     self.pending.clear();
                     self.input.clear();
                     return Err(SseError::EventTooLarge {
@@ -589,6 +601,32 @@ mod tests {
             decoder.next_event(),
             Err(SseError::EventTooLarge { limit: 16 })
         );
+    }
+
+    #[test]
+    fn the_size_limit_does_not_depend_on_the_split() {
+        // Found by fuzzing: an event of exactly the maximum size, split between `\r` and `\n`.
+        for (stream, split) in [(&b"abcdef\r\r\n"[..], 8), (&b"\r\nabcdef\n\n"[..], 1)] {
+            let decode = |chunks: &[&[u8]]| {
+                let mut d = SseDecoder::with_max_event_size(8);
+                let mut ok = true;
+                for chunk in chunks {
+                    d.push(Bytes::copy_from_slice(chunk));
+                    while let Some(r) = d.next_event().transpose() {
+                        ok &= r.is_ok();
+                    }
+                }
+                while let Some(r) = d.finish().transpose() {
+                    ok &= r.is_ok();
+                }
+                ok
+            };
+            assert_eq!(
+                decode(&[stream]),
+                decode(&[&stream[..split], &stream[split..]]),
+                "{stream:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,21 +10,12 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-/// A text channel of a stream: a chat choice, a Responses `(output_index, content_index)`, an
-/// Anthropic content block.
-pub(crate) type ChannelKey = u64;
+/// A text channel of a stream: a chat choice `(index, 0)`, a Responses
+/// `(output_index, content_index)`, an Anthropic content block `(index, 0)`.
+pub(crate) type ChannelKey = (u64, u64);
 
 fn responses_key(output_index: u64, content_index: u64) -> ChannelKey {
-    (output_index << 32) | (content_index & 0xFFFF_FFFF)
-}
-
-fn responses_output(key: ChannelKey) -> u64 {
-    key >> 32
-}
-
-#[cfg(test)]
-fn responses_content(key: ChannelKey) -> u64 {
-    key & 0xFFFF_FFFF
+    (output_index, content_index)
 }
 
 /// Which channels' complete text a summary event repeats (Responses `*.done` and
@@ -129,18 +120,31 @@ struct AnthropicDelta<'a> {
     text: Option<Str<'a>>,
 }
 
-/// Classifies one event. Anything that does not parse (non-JSON data, comments, keep-alives) is
-/// an event with no text, passed through as it came.
+/// Classifies one event. Data that is not JSON (comments, keep-alives, `[DONE]`) has no text a
+/// client could read and passes as it came.
+///
+/// Well-formed events go through borrowed typed views. JSON that the strict views reject but a
+/// client still reads (a `null` index, a duplicated key, a number given as a string) is read
+/// again as a `Value`, with the lenient rules clients apply, so no text can slip past the
+/// guardrails unchecked.
 pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classified<'a> {
-    let mut out = Classified::default();
     let Some(data) = event.data() else {
-        return out;
+        return Classified::default();
     };
+    if let Some(classified) = classify_typed(call_type, data) {
+        return classified;
+    }
+    match serde_json::from_slice::<Value>(data) {
+        Ok(value) => classify_value(call_type, &value),
+        Err(_) => Classified::default(),
+    }
+}
+
+fn classify_typed(call_type: CallType, data: &[u8]) -> Option<Classified<'_>> {
+    let mut out = Classified::default();
     match call_type {
         CallType::Responses => {
-            let Ok(e) = serde_json::from_slice::<ResponsesEvent<'a>>(data) else {
-                return out;
-            };
+            let e = serde_json::from_slice::<ResponsesEvent<'_>>(data).ok()?;
             out.sequence_number = e.sequence_number;
             let key = responses_key(e.output_index.unwrap_or(0), e.content_index.unwrap_or(0));
             match &*e.kind.0 {
@@ -168,9 +172,7 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
             }
         }
         CallType::AnthropicMessages => {
-            let Ok(e) = serde_json::from_slice::<AnthropicEvent<'a>>(data) else {
-                return out;
-            };
+            let e = serde_json::from_slice::<AnthropicEvent<'_>>(data).ok()?;
             let index = e.index.unwrap_or(0);
             match &*e.kind.0 {
                 "content_block_delta" => {
@@ -180,11 +182,11 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
                     }) = e.delta
                     {
                         if kind.0 == "text_delta" {
-                            out.texts.push((index, text.into_cow()));
+                            out.texts.push(((index, 0), text.into_cow()));
                         }
                     }
                 }
-                "content_block_stop" => out.ends.push(index),
+                "content_block_stop" => out.ends.push((index, 0)),
                 "message_stop" => out.terminal = true,
                 "message_start" | "message_delta" => out.has_usage = true,
                 "error" => out.upstream_error = true,
@@ -194,20 +196,95 @@ pub(crate) fn classify<'a>(call_type: CallType, event: &'a SseEvent) -> Classifi
         _ => {
             if data == b"[DONE]" {
                 out.terminal = true;
-                return out;
+                return Some(out);
             }
-            let Ok(chunk) = serde_json::from_slice::<ChatChunk<'a>>(data) else {
-                return out;
-            };
+            let chunk = serde_json::from_slice::<ChatChunk<'_>>(data).ok()?;
             out.upstream_error = chunk.error.is_some();
             out.has_usage = chunk.usage.is_some();
             for choice in chunk.choices {
                 let text = choice.delta.and_then(|d| d.content).or(choice.text);
                 if let Some(text) = text {
-                    out.texts.push((choice.index, text.into_cow()));
+                    out.texts.push(((choice.index, 0), text.into_cow()));
                 }
                 if choice.finish_reason.is_some() {
-                    out.ends.push(choice.index);
+                    out.ends.push((choice.index, 0));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The lenient reading of an event the typed views rejected: what a client that reads it as
+/// loose JSON would take from it.
+fn classify_value(call_type: CallType, v: &Value) -> Classified<'static> {
+    let mut out = Classified::default();
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()));
+    let index = |v: &Value, name: &str| v.get(name).and_then(Value::as_u64).unwrap_or(0);
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    match call_type {
+        CallType::Responses => {
+            out.sequence_number = v.get("sequence_number").and_then(Value::as_u64);
+            let key = responses_key(index(v, "output_index"), index(v, "content_index"));
+            match kind {
+                "response.output_text.delta" => {
+                    if let Some(delta) = text(v.get("delta")) {
+                        out.texts.push((key, delta));
+                    }
+                }
+                "response.output_text.done" => {
+                    out.ends.push(key);
+                    out.summary = Some(Summary::Channel(key));
+                }
+                "response.content_part.done" => out.summary = Some(Summary::Channel(key)),
+                "response.output_item.done" => {
+                    out.summary = Some(Summary::Output(index(v, "output_index")));
+                }
+                "response.completed" | "response.incomplete" | "response.failed" => {
+                    out.terminal = true;
+                    out.summary = Some(Summary::All);
+                    out.has_usage = true;
+                }
+                "response.created" | "response.in_progress" => out.announces_response = true,
+                "error" => out.upstream_error = true,
+                _ => {}
+            }
+        }
+        CallType::AnthropicMessages => {
+            let key = (index(v, "index"), 0);
+            match kind {
+                "content_block_delta" => {
+                    let delta = v.get("delta");
+                    let is_text = delta.and_then(|d| d.get("type")).and_then(Value::as_str)
+                        == Some("text_delta");
+                    if let (true, Some(t)) = (is_text, text(delta.and_then(|d| d.get("text")))) {
+                        out.texts.push((key, t));
+                    }
+                }
+                "content_block_stop" => out.ends.push(key),
+                "message_stop" => out.terminal = true,
+                "message_start" | "message_delta" => out.has_usage = true,
+                "error" => out.upstream_error = true,
+                _ => {}
+            }
+        }
+        _ => {
+            out.upstream_error = v.get("error").is_some_and(|e| !e.is_null());
+            out.has_usage = v.get("usage").is_some_and(|u| !u.is_null());
+            for choice in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let key = (index(choice, "index"), 0);
+                let t = text(choice.get("delta").and_then(|d| d.get("content")))
+                    .or_else(|| text(choice.get("text")));
+                if let Some(t) = t {
+                    out.texts.push((key, t));
+                }
+                if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                    out.ends.push(key);
                 }
             }
         }
@@ -260,7 +337,7 @@ pub(crate) fn set_delta_text(call_type: CallType, data: &mut Value, key: Channel
                 return;
             };
             for choice in choices {
-                if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != key {
+                if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != key.0 {
                     continue;
                 }
                 if let Some(slot) = choice.get_mut("delta").and_then(|d| d.get_mut("content")) {
@@ -337,7 +414,7 @@ fn set_item_texts(item: &mut Value, output: u64, text_of: &dyn Fn(ChannelKey) ->
 pub(crate) fn summary_covers(summary: &Summary, key: ChannelKey) -> bool {
     match summary {
         Summary::Channel(k) => *k == key,
-        Summary::Output(o) => responses_output(key) == *o,
+        Summary::Output(o) => key.0 == *o,
         Summary::All => true,
     }
 }
@@ -413,7 +490,7 @@ mod tests {
             "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"secret\"},\"logprobs\":null}]}\n\n",
         )[0];
         let mut v = data_value(e).unwrap();
-        set_delta_text(CallType::ChatCompletions, &mut v, 1, "[X]");
+        set_delta_text(CallType::ChatCompletions, &mut v, (1, 0), "[X]");
         assert_eq!(
             encode(e, &v),
             "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"[X]\"},\"logprobs\":null}]}\n\n"
@@ -422,7 +499,7 @@ mod tests {
             "event: content_block_delta\nid: 7\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n",
         )[0];
         let mut v = data_value(e).unwrap();
-        set_delta_text(CallType::AnthropicMessages, &mut v, 0, "b");
+        set_delta_text(CallType::AnthropicMessages, &mut v, (0, 0), "b");
         assert_eq!(
             encode(e, &v),
             "event: content_block_delta\nid: 7\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"b\"}}\n\n"
@@ -441,7 +518,40 @@ mod tests {
         assert_eq!(v["response"]["output"][0]["content"][0]["text"], "a [X]");
         assert!(summary_covers(&Summary::Output(0), responses_key(0, 3)));
         assert!(!summary_covers(&Summary::Output(1), responses_key(0, 3)));
-        assert_eq!(responses_content(responses_key(2, 3)), 3);
+        assert_ne!(responses_key(1 << 32, 0), responses_key(0, 0));
+    }
+
+    #[test]
+    fn json_the_strict_views_reject_is_still_checked() {
+        // Each reaches a client with the text "a secret"; none may bypass the guardrails.
+        let cases = [
+            (
+                CallType::ChatCompletions,
+                "data: {\"choices\":[{\"index\":null,\"delta\":{\"content\":\"a secret\"}}]}\n\n",
+            ),
+            (
+                CallType::ChatCompletions,
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\",\"content\":\"a secret\"}}]}\n\n",
+            ),
+            (
+                CallType::ChatCompletions,
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a secret\"},\"finish_reason\":7}]}\n\n",
+            ),
+            (
+                CallType::AnthropicMessages,
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":\"0\",\"delta\":{\"type\":\"text_delta\",\"text\":\"a secret\"}}\n\n",
+            ),
+            (
+                CallType::Responses,
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":-1,\"output_index\":0,\"content_index\":0,\"delta\":\"a secret\"}\n\n",
+            ),
+        ];
+        for (call_type, stream) in cases {
+            let e = &events(stream)[0];
+            let c = classify(call_type, e);
+            let texts: Vec<&str> = c.texts.iter().map(|(_, t)| &**t).collect();
+            assert_eq!(texts, ["a secret"], "{stream}");
+        }
     }
 
     #[test]
