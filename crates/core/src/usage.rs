@@ -26,6 +26,49 @@ impl Usage {
         Usage::from_usage_object(call_type, body.get("usage")?)
     }
 
+    /// The usage in a complete response body's bytes, read through a typed view of its
+    /// `usage` object only (the rest of the body is skipped, not built into a `Value`).
+    pub fn from_response_bytes(call_type: CallType, body: &[u8]) -> Option<Usage> {
+        #[derive(Deserialize)]
+        struct Counts {
+            prompt_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+            input_tokens: Option<u64>,
+            output_tokens: Option<u64>,
+            total_tokens: Option<u64>,
+            cache_read_input_tokens: Option<u64>,
+            cache_creation_input_tokens: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            usage: Option<Counts>,
+        }
+        let c = serde_json::from_slice::<Body>(body).ok()?.usage?;
+        let (prompt, completion) = match call_type {
+            CallType::Responses => (c.input_tokens, c.output_tokens),
+            CallType::AnthropicMessages => (
+                c.input_tokens.map(|i| {
+                    i + c.cache_read_input_tokens.unwrap_or(0)
+                        + c.cache_creation_input_tokens.unwrap_or(0)
+                }),
+                c.output_tokens,
+            ),
+            _ => (
+                c.prompt_tokens.or(c.input_tokens),
+                c.completion_tokens.or(c.output_tokens),
+            ),
+        };
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: c.total_tokens.unwrap_or(prompt + completion),
+        })
+    }
+
     /// A `usage` object in the shape of `call_type`.
     pub fn from_usage_object(call_type: CallType, usage: &Value) -> Option<Usage> {
         if !usage.is_object() {
@@ -183,6 +226,38 @@ mod tests {
             Usage::from_response(CallType::ChatCompletions, &json!({"usage": null})),
             None
         );
+    }
+
+    #[test]
+    fn typed_view_agrees_with_the_value_path() {
+        let bodies = [
+            (
+                CallType::ChatCompletions,
+                json!({"id": "x", "choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+            ),
+            (
+                CallType::Responses,
+                json!({"output": [], "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}}),
+            ),
+            (
+                CallType::AnthropicMessages,
+                json!({"content": [], "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 6}}),
+            ),
+            (
+                CallType::Embeddings,
+                json!({"data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}}),
+            ),
+            (CallType::ChatCompletions, json!({"usage": null})),
+            (CallType::ChatCompletions, json!({"choices": []})),
+        ];
+        for (call_type, body) in bodies {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            assert_eq!(
+                Usage::from_response_bytes(call_type, &bytes),
+                Usage::from_response(call_type, &body),
+                "{body}"
+            );
+        }
     }
 
     fn from_stream(call_type: CallType, stream: &str) -> Option<Usage> {

@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post_service};
+use axum::serve::ListenerExt;
 use guardrail_tower_core::{CallType, Error, Guardrails};
 use guardrail_tower_error::ErrorNormalizeLayer;
 use guardrail_tower_guardrails::HttpClient;
@@ -87,6 +88,13 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Without TCP_NODELAY, each small SSE event waits for the client's delayed ACK
+        // (Nagle's algorithm): tens of milliseconds per event.
+        let listener = listener.tap_io(|socket| {
+            if let Err(err) = socket.set_nodelay(true) {
+                tracing::warn!(error = %err, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, self.router.clone())
             .with_graceful_shutdown(shutdown)
             .await?;

@@ -74,7 +74,7 @@ impl Observer {
                                 | "message_delta"
                         )
                     ) || bytes.starts_with(b"{\"error\"")
-                        || memchr::memmem::find(bytes, b"\"usage\"").is_some();
+                        || has_usage(bytes);
                     if !interesting {
                         continue;
                     }
@@ -109,14 +109,21 @@ impl Observer {
                     whole.freeze()
                 }
             };
+            let status = recorder.status.unwrap_or(200);
+            if status < 400 {
+                // Only `usage` is needed: read it through a typed view, not a whole `Value`.
+                if let Some(usage) = Usage::from_response_bytes(call_type, &bytes) {
+                    recorder.usage = Some(usage);
+                }
+                return;
+            }
             let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
                 return;
             };
             if let Some(usage) = Usage::from_response(call_type, &value) {
                 recorder.usage = Some(usage);
             }
-            let status = recorder.status.unwrap_or(200);
-            if status >= 400 && recorder.response_error.is_none() {
+            if recorder.response_error.is_none() {
                 if let Some(message) = value
                     .get("error")
                     .and_then(|e| e.get("message").or(Some(e)))
@@ -129,6 +136,17 @@ impl Observer {
             }
         }
     }
+}
+
+/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
+/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
+fn has_usage(data: &[u8]) -> bool {
+    let Some(at) = memchr::memmem::find(data, b"\"usage\"") else {
+        return false;
+    };
+    let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+    !rest.starts_with(b"null")
 }
 
 fn in_band_error(value: &Value) -> Error {
@@ -262,5 +280,19 @@ impl<B> fmt::Debug for SpendLogBody<B> {
         f.debug_struct("SpendLogBody")
             .field("recorder", &self.recorder)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_usage;
+
+    #[test]
+    fn usage_null_is_not_usage() {
+        assert!(!has_usage(br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#));
+        assert!(!has_usage(br#"{"usage" : null}"#));
+        assert!(!has_usage(br#"{"choices":[]}"#));
+        assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage(br#"{"usage" :{"total_tokens":3}}"#));
     }
 }
