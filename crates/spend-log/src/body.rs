@@ -289,7 +289,9 @@ mod tests {
 
     #[test]
     fn usage_null_is_not_usage() {
-        assert!(!has_usage(br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#));
+        assert!(!has_usage(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
         assert!(!has_usage(br#"{"usage" : null}"#));
         assert!(!has_usage(br#"{"choices":[]}"#));
         assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
