@@ -534,14 +534,24 @@ impl Guardrails {
         let list = self.list.clone();
         let concurrent = self.concurrent && selected.len() > 1;
         Some(Box::pin(async move {
+            // Checks cut short (the request ended: the client went away) still leave an entry.
+            let mut in_flight = InFlight {
+                log: log.clone(),
+                list: list.clone(),
+                mode,
+                checks: Vec::new(),
+            };
             let mut input = GuardrailInput::new(texts, side, mode, meta);
             let mut first_results = if concurrent {
+                in_flight.start(&selected);
                 let checks = selected.iter().map(|&i| {
                     let g = &list[i];
                     let input = &input;
                     async move { g.check(input).await }
                 });
-                futures_util::future::join_all(checks).await
+                let results = futures_util::future::join_all(checks).await;
+                in_flight.done();
+                results
             } else {
                 Vec::new()
             }
@@ -556,7 +566,12 @@ impl Guardrails {
                 // A concurrent result is valid only while the text is still the original one.
                 let check = match first_results.get_mut(pos).and_then(Option::take) {
                     Some(check) if !rewritten => check,
-                    _ => g.check(&input).await,
+                    _ => {
+                        in_flight.start(&[i]);
+                        let check = g.check(&input).await;
+                        in_flight.done();
+                        check
+                    }
                 };
                 let Resolved { entry, effect } = g.resolve(mode, n, check);
                 if let Some(masked) = &entry.masked_entity_count {
@@ -584,6 +599,41 @@ impl Guardrails {
                 masked_entity_count: masked_total,
             }
         }))
+    }
+}
+
+/// The checks a run is awaiting; dropped before they finish (the run future was dropped), it
+/// logs each as `not_run`, cancelled, with its start and how long it ran.
+struct InFlight {
+    log: GuardrailLog,
+    list: Arc<[ConfiguredGuardrail]>,
+    mode: GuardrailMode,
+    checks: Vec<(usize, SystemTime, Instant)>,
+}
+
+impl InFlight {
+    fn start(&mut self, indices: &[usize]) {
+        let (now, start) = (SystemTime::now(), Instant::now());
+        self.checks = indices.iter().map(|&i| (i, now, start)).collect();
+    }
+
+    fn done(&mut self) {
+        self.checks.clear();
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for &(i, started_at, start) in &self.checks {
+            let mut entry = self.list[i].not_run_entry(self.mode);
+            let secs = start.elapsed().as_secs_f64();
+            entry.start_time = epoch_seconds(started_at);
+            entry.end_time = entry.start_time + secs;
+            entry.duration = secs;
+            entry.guardrail_response =
+                Value::String("cancelled: the request ended before the guardrail answered".into());
+            self.log.push(entry);
+        }
     }
 }
 
@@ -941,6 +991,43 @@ mod tests {
         .unwrap()
         .await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_check_cut_short_is_logged_as_cancelled() {
+        let hangs = ConfiguredGuardrail::new(
+            "slow-service",
+            GuardrailMode::PreCall,
+            guardrail_fn(|_| std::future::pending()),
+        )
+        .default_on(true);
+        let g = Guardrails::new([hangs]);
+        let log = GuardrailLog::new();
+        let fut = g
+            .run(
+                GuardrailMode::PreCall,
+                &GuardrailSelection::new(),
+                Side::Request,
+                vec!["x".into()],
+                meta(),
+                log.clone(),
+            )
+            .unwrap();
+        // The client goes away while the guardrail is still thinking.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), fut)
+                .await
+                .is_err()
+        );
+        let entries = log.entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].guardrail_name, "slow-service");
+        assert_eq!(entries[0].guardrail_status, GuardrailStatus::NotRun);
+        assert_eq!(
+            entries[0].guardrail_response,
+            "cancelled: the request ended before the guardrail answered"
+        );
+        assert!(entries[0].duration >= 0.015, "{}", entries[0].duration);
     }
 
     #[test]

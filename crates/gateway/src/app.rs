@@ -199,7 +199,11 @@ pub fn router(
                 .body_limit(limit),
         )
         .layer(TimeoutLayer::new(config.request_timeout))
-        .service(Forward::new(&config.deployments, client));
+        .service(Forward::new(
+            &config.deployments,
+            client,
+            config.request_timeout,
+        ));
     let api = Router::new()
         .route("/health", get(health))
         .route("/spend/logs", get(spend_logs))

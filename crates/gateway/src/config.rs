@@ -25,7 +25,7 @@
 //! general_settings:
 //!   spend_logs: sqlite://spend_logs.db     # | postgres://... | jsonl://path
 //!   store_prompts_in_spend_logs: false
-//!   request_timeout: 600                   # seconds, per upstream call
+//!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
 //!   max_request_body_bytes: 16777216
 //! ```
 //!
@@ -151,7 +151,8 @@ pub struct GatewayConfig {
     pub spend_logs: Option<SpendLogsTarget>,
     /// Keep guardrail responses (which may quote prompts) in spend logs.
     pub store_prompts_in_spend_logs: bool,
-    /// The longest an upstream call may take before a 504.
+    /// The longest an upstream may take to answer (a 504), and the longest it may go silent
+    /// mid-response (the response body then fails).
     pub request_timeout: Duration,
     /// The request body limit.
     pub max_request_body_bytes: usize,

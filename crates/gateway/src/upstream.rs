@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use guardrail_tower_core::{BoxError, CallType, Error, ParsedRequest};
@@ -12,11 +13,14 @@ use guardrail_tower_guardrails::HttpClient;
 use guardrail_tower_spend_log::ApiBase;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::config::{Deployment, Provider};
@@ -54,16 +58,94 @@ struct Target {
 }
 
 /// Forwards each request to the upstream of its `model`, with the deployment's model name and
-/// key. Streaming responses pass through as they arrive.
+/// key. Streaming responses pass through as they arrive; a response body that goes silent for
+/// the idle limit fails (see [`IdleTimeout`]).
 #[derive(Clone, Debug)]
 pub struct Forward {
     client: HttpClient,
     targets: Arc<HashMap<String, Target>>,
+    idle: Duration,
+}
+
+pin_project! {
+    /// An upstream body that fails when the upstream sends nothing for `idle` while it is being
+    /// waited on. The wait is measured only while the body is polled, so a client that reads
+    /// slowly never trips it; an upstream that stalls mid-stream does.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        waiting: bool,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `body`.
+    pub fn new(body: B, idle: Duration) -> Self {
+        IdleTimeout {
+            body,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if !*this.waiting {
+            this.sleep.as_mut().reset(Instant::now() + *this.idle);
+            *this.waiting = true;
+        }
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        ready!(this.sleep.poll(cx));
+        *this.waiting = false;
+        Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the upstream sent nothing for {} ms mid-response",
+                this.idle.as_millis()
+            ),
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for IdleTimeout<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleTimeout")
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Forward {
-    /// A forwarder for these deployments, using `client`.
-    pub fn new(deployments: &[Deployment], client: HttpClient) -> Self {
+    /// A forwarder for these deployments, using `client`; a response body that goes silent for
+    /// `idle` fails.
+    pub fn new(deployments: &[Deployment], client: HttpClient, idle: Duration) -> Self {
         let targets = deployments
             .iter()
             .map(|d| {
@@ -94,6 +176,7 @@ impl Forward {
         Forward {
             client,
             targets: Arc::new(targets),
+            idle,
         }
     }
 
@@ -234,7 +317,7 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
 }
 
 /// Removes connection-level headers from an upstream response.
-fn clean_response(response: &mut Response<Incoming>, api_base: String) {
+fn clean_response<B>(response: &mut Response<B>, api_base: String) {
     for name in [
         "connection",
         "keep-alive",
@@ -249,10 +332,11 @@ fn clean_response(response: &mut Response<Incoming>, api_base: String) {
 }
 
 /// The future of [`Forward`].
-pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+pub type ForwardFuture =
+    Pin<Box<dyn Future<Output = Result<Response<IdleTimeout<Incoming>>, BoxError>> + Send>>;
 
 impl Service<Request<Full<Bytes>>> for Forward {
-    type Response = Response<Incoming>;
+    type Response = Response<IdleTimeout<Incoming>>;
     type Error = BoxError;
     type Future = ForwardFuture;
 
@@ -266,8 +350,9 @@ impl Service<Request<Full<Bytes>>> for Forward {
             Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
         };
         let pending = self.client.request(request);
+        let idle = self.idle;
         Box::pin(async move {
-            let mut response = pending.await?;
+            let mut response = pending.await?.map(|body| IdleTimeout::new(body, idle));
             clean_response(&mut response, api_base);
             Ok(response)
         })
