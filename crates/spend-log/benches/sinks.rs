@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use guardrail_tower_spend_log::{SpendLogSink, SpendLogWriter, SpendRecord, SpendStatus};
+use guardrail_tower_spend_log::{
+    ChannelSink, SpendLogSink, SpendLogWriter, SpendRecord, SpendStatus,
+};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -188,5 +190,63 @@ fn sinks(c: &mut Criterion) {
     eprintln!("note: PostgreSQL benchmarks skipped (feature `postgres` is off)");
 }
 
-criterion_group!(benches, sinks);
+/// The layer's added time per request: `oneshot` of a realistic chat request through
+/// `SpendLogLayer` (records going to a channel sink through the writer) against the bare
+/// upstream service, both reading the whole response body.
+fn layer(c: &mut Criterion) {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let response = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#;
+    let request = r#"{"model":"gpt-4o-mini","user":"alice","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about the sea, and explain its imagery in two sentences."}]}"#;
+    let upstream = service_fn(move |_req: Request<Full<Bytes>>| async move {
+        Ok::<_, std::convert::Infallible>(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(response.as_bytes())))
+                .unwrap(),
+        )
+    });
+    let make = || {
+        Request::post("/v1/chat/completions")
+            .header("authorization", "Bearer sk-test")
+            .body(Full::new(Bytes::from_static(request.as_bytes())))
+            .unwrap()
+    };
+    let (sink, mut rx) = ChannelSink::new();
+    let writer = rt.block_on(async { SpendLogWriter::new().spawn(sink) });
+    let drain = rt.spawn(async move { while rx.recv().await.is_some() {} });
+    let logged = ServiceBuilder::new()
+        .layer(guardrail_tower_spend_log::SpendLogLayer::new(
+            writer.clone(),
+        ))
+        .service(upstream);
+    let mut group = c.benchmark_group("spend_log_layer");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut svc = upstream;
+            let resp = svc.ready().await.unwrap().call(make()).await.unwrap();
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    group.bench_function("with_spend_log", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = logged.clone().oneshot(make()).await.unwrap();
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    group.finish();
+    rt.block_on(async {
+        writer.shutdown().await.unwrap();
+        drop(drain);
+    });
+}
+
+criterion_group!(benches, sinks, layer);
 criterion_main!(benches);
