@@ -1,8 +1,6 @@
-//! Security review, as tests: credentials never leak, clients cannot switch guardrails off,
+//! Security review, as tests: clients cannot switch guardrails off,
 //! hostile sizes are refused early, hostile config is an error rather than a hang.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,20 +12,6 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Captures everything logged, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 async fn start(
     config: &str,
@@ -64,75 +48,6 @@ general_settings:
         base = upstream.base_url(),
         db = db.display(),
     )
-}
-
-// Current-thread runtime: every task (gateway, client, spend-log writer) logs on this thread,
-// into the capture.
-#[tokio::test]
-async fn keys_never_appear_in_logs_or_spend_rows() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let upstream = MockUpstream::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, stop, task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
-    for content in ["hello", "forbidden", "restricted"] {
-        let body = json!({"model": "guarded", "messages": [{"role": "user", "content": content}]})
-            .to_string();
-        let req = Request::post(format!("{url}/v1/chat/completions"))
-            .header("authorization", "Bearer sk-client-SECRET-5678")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        send(req).await;
-    }
-    // The upstream got its own key, never the client's.
-    let seen = upstream.requests();
-    assert_eq!(
-        seen[0].header("authorization"),
-        Some("Bearer sk-upstream-SECRET-1234")
-    );
-    let rows = spend_rows(&url, 3).await;
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
-
-    let rows_text = serde_json::to_string(&rows).unwrap();
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("request blocked by policy"),
-        "the capture sees the gateway's logs"
-    );
-    for secret in ["sk-client-SECRET-5678", "sk-upstream-SECRET-1234"] {
-        assert!(!rows_text.contains(secret), "{secret} in a spend row");
-        assert!(!logs.contains(secret), "{secret} in the logs");
-    }
-    // The key is stored as its SHA-256 hash.
-    assert!(
-        rows.iter()
-            .all(|r| r["api_key"].as_str().is_some_and(|k| k.len() == 64))
-    );
-}
-
-async fn spend_rows(url: &str, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let resp = send(
-            Request::get(format!("{url}/spend/logs"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
-        let rows: Vec<Value> = serde_json::from_slice(resp.body()).unwrap();
-        if rows.len() >= n {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("spend log never reached {n} rows");
 }
 
 #[tokio::test]

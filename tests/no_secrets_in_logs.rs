@@ -1,0 +1,136 @@
+//! Credentials never leak: neither the client's key nor the upstream key appears in any log line
+//! (at any level) or in any spend-log row.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use guardrail_gateway::app::Gateway;
+use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::send;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+/// Captures everything logged, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn start(
+    config: &str,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let gateway = Gateway::from_config_str(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (url, stop, task)
+}
+
+fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: guarded
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream-SECRET-1234, guardrails: [model-level]}}
+guardrails:
+  - guardrail_name: always
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, default_on: true, blocked_words: [{{keyword: forbidden, action: BLOCK}}]}}
+  - guardrail_name: model-level
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, blocked_words: [{{keyword: restricted, action: BLOCK}}]}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  max_request_body_bytes: 65536
+"#,
+        base = upstream.base_url(),
+        db = db.display(),
+    )
+}
+
+// The only test in this binary, with the capture as the global subscriber: every log line of
+// every task reaches it. (A thread-local subscriber misses callsites that a concurrent test had
+// already registered without one, which made this check flaky.)
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_never_appear_in_logs_or_spend_rows() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("the only subscriber in this binary");
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    for content in ["hello", "forbidden", "restricted"] {
+        let body = json!({"model": "guarded", "messages": [{"role": "user", "content": content}]})
+            .to_string();
+        let req = Request::post(format!("{url}/v1/chat/completions"))
+            .header("authorization", "Bearer sk-client-SECRET-5678")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        send(req).await;
+    }
+    // The upstream got its own key, never the client's.
+    let seen = upstream.requests();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-upstream-SECRET-1234")
+    );
+    let rows = spend_rows(&url, 3).await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    let rows_text = serde_json::to_string(&rows).unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("request blocked by policy"),
+        "the capture sees the gateway's logs"
+    );
+    for secret in ["sk-client-SECRET-5678", "sk-upstream-SECRET-1234"] {
+        assert!(!rows_text.contains(secret), "{secret} in a spend row");
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+    // The key is stored as its SHA-256 hash.
+    assert!(
+        rows.iter()
+            .all(|r| r["api_key"].as_str().is_some_and(|k| k.len() == 64))
+    );
+}
+
+async fn spend_rows(url: &str, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let resp = send(
+            Request::get(format!("{url}/spend/logs"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let rows: Vec<Value> = serde_json::from_slice(resp.body()).unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("spend log never reached {n} rows");
+}
