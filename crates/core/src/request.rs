@@ -25,6 +25,40 @@ pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// What a `content-type` header says about a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyType {
+    /// `application/json` or any `*+json`.
+    Json,
+    /// `text/event-stream`.
+    EventStream,
+    /// Any other media type.
+    Other,
+    /// No `content-type`, or one with no readable media type.
+    Unspecified,
+}
+
+impl BodyType {
+    /// Classifies a `content-type` value by its media type (parameters and case ignored).
+    pub fn of(content_type: Option<&HeaderValue>) -> BodyType {
+        let Some(essence) = content_type
+            .and_then(|ct| ct.to_str().ok())
+            .and_then(|ct| ct.split(';').next())
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+        else {
+            return BodyType::Unspecified;
+        };
+        if essence == "text/event-stream" {
+            BodyType::EventStream
+        } else if essence == "application/json" || essence.ends_with("+json") {
+            BodyType::Json
+        } else {
+            BodyType::Other
+        }
+    }
+}
+
 /// The id of one request: from the `x-request-id` header when the client sent a sane one, else
 /// a new UUID v4. Stored in the request extensions.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -112,13 +146,10 @@ impl ParsedRequest {
         bytes: Bytes,
         content_type: Option<&HeaderValue>,
     ) -> Result<Self, Error> {
-        let is_json = content_type.is_none_or(|ct| {
-            let ct = ct.to_str().unwrap_or("").trim();
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-                || essence.to_ascii_lowercase().ends_with("+json")
-                || essence.is_empty()
-        });
+        let is_json = matches!(
+            BodyType::of(content_type),
+            BodyType::Json | BodyType::Unspecified
+        );
         let json = if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
             Some(serde_json::from_slice::<Value>(&bytes).map_err(Error::invalid_json)?)
         } else {
@@ -588,6 +619,21 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"my email is [EMAIL]"}]}"#
         );
         assert_eq!(parsed.texts(), ["my email is [EMAIL]"]);
+    }
+
+    #[test]
+    fn body_types() {
+        let of = |v: &'static str| BodyType::of(Some(&HeaderValue::from_static(v)));
+        assert_eq!(of("application/json"), BodyType::Json);
+        assert_eq!(of("Application/JSON; charset=utf-8"), BodyType::Json);
+        assert_eq!(of("application/vnd.api+json"), BodyType::Json);
+        assert_eq!(
+            of("text/event-stream; charset=utf-8"),
+            BodyType::EventStream
+        );
+        assert_eq!(of("text/html"), BodyType::Other);
+        assert_eq!(of(" ; x=y"), BodyType::Unspecified);
+        assert_eq!(BodyType::of(None), BodyType::Unspecified);
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, BufferRequest, CallType, Error, ParsedRequest, X_REQUEST_ID};
+use guardrail_tower_core::{
+    BodyType, BoxError, BufferRequest, CallType, Error, ParsedRequest, X_REQUEST_ID,
+};
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -81,19 +83,10 @@ where
 }
 
 fn observer_for<B>(response: &Response<B>) -> Option<Observer> {
-    let ct = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "text/event-stream" {
-        Some(Observer::sse())
-    } else if essence == "application/json" || essence.ends_with("+json") {
-        Some(Observer::json())
-    } else {
-        None
+    match BodyType::of(response.headers().get(CONTENT_TYPE)) {
+        BodyType::EventStream => Some(Observer::sse()),
+        BodyType::Json => Some(Observer::json()),
+        _ => None,
     }
 }
 

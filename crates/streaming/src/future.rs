@@ -8,8 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use guardrail_tower_core::sse::{SseDecoder, SseEvent};
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
-    BoxError, BufferedCall, CallOutcome, ConfiguredGuardrail, Error, Fallback, GuardrailMode,
-    Outcome, RunFuture, StreamPolicy, Usage,
+    BodyType, BoxError, BufferedCall, CallOutcome, ConfiguredGuardrail, Error, Fallback,
+    GuardrailMode, Outcome, RunFuture, StreamPolicy, Usage,
 };
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode, response};
@@ -95,31 +95,6 @@ where
     }
 }
 
-enum Kind {
-    Sse,
-    Json,
-    Other,
-}
-
-fn kind(headers: &http::HeaderMap) -> Kind {
-    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return Kind::Other;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "text/event-stream" {
-        Kind::Sse
-    } else if essence == "application/json" || essence.ends_with("+json") {
-        Kind::Json
-    } else {
-        Kind::Other
-    }
-}
-
 /// The selected post_call guardrails with the policy each gets on this stream.
 fn stream_guards(
     config: &StreamingGuardrailBodyLayer,
@@ -134,6 +109,15 @@ fn stream_guards(
 
 fn error_response<ResB>(err: &Error, context: &StreamContext) -> Response<GuardedBody<ResB>> {
     err.to_response(context.call_type).map(GuardedBody::full)
+}
+
+/// The upstream body failed while the layer was reading it whole: a 502 in the endpoint's shape.
+fn body_failed<ResB>(
+    err: impl Into<BoxError>,
+    context: &mut Option<StreamContext>,
+) -> Response<GuardedBody<ResB>> {
+    let context = context.take().expect("polled after completion");
+    error_response(&Error::upstream_unavailable(err.into()), &context)
 }
 
 fn with_body<ResB>(mut parts: response::Parts, bytes: Bytes) -> Response<GuardedBody<ResB>> {
@@ -172,11 +156,11 @@ where
                     if !response.status().is_success() {
                         return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
                     }
-                    match kind(response.headers()) {
-                        Kind::Other => {
+                    match BodyType::of(response.headers().get(CONTENT_TYPE)) {
+                        BodyType::Other | BodyType::Unspecified => {
                             return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
                         }
-                        Kind::Json => {
+                        BodyType::Json => {
                             let (parts, body) = response.into_parts();
                             this.state.set(State::ReadJson {
                                 parts: Some(parts),
@@ -185,7 +169,7 @@ where
                                 context: Some(context),
                             });
                         }
-                        Kind::Sse => {
+                        BodyType::EventStream => {
                             let guards = stream_guards(this.config, &context);
                             let buffer_all = guards.iter().filter_map(|(_, p)| match p {
                                 StreamPolicy::BufferAll {
@@ -252,12 +236,7 @@ where
                                     buf.put(data);
                                 }
                             }
-                            Some(Err(err)) => {
-                                let err: BoxError = err.into();
-                                let err = Error::upstream_unavailable(err);
-                                let context = context.take().expect("polled after completion");
-                                return Poll::Ready(Ok(error_response(&err, &context)));
-                            }
+                            Some(Err(err)) => return Poll::Ready(Ok(body_failed(err, context))),
                             None => break,
                         }
                     }
@@ -393,12 +372,7 @@ where
                                     }));
                                 }
                             }
-                            Some(Err(err)) => {
-                                let err: BoxError = err.into();
-                                let err = Error::upstream_unavailable(err);
-                                let context = context.take().expect("polled after completion");
-                                return Poll::Ready(Ok(error_response(&err, &context)));
-                            }
+                            Some(Err(err)) => return Poll::Ready(Ok(body_failed(err, context))),
                             None => break,
                         }
                     }

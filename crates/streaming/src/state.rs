@@ -934,34 +934,29 @@ impl StreamState {
         self.block(err);
     }
 
+    /// Logs the exact-mode guardrails whose checks are all final, once the stream's text has
+    /// ended (or the upstream body has).
     fn maybe_log_exact(&mut self) {
         let all_final =
             !self.channels.is_empty() && (0..self.channels.len()).all(|i| self.final_done(i));
-        if !(all_final || self.eof) {
-            return;
-        }
-        for guard in &mut self.guards {
-            if guard.policy != Policy::Exact || guard.exact.logged {
-                continue;
-            }
-            if !guard.channels.iter().all(|c| c.final_done) {
-                continue;
-            }
-            guard.exact.logged = true;
-            let (status, action) = if guard.exact.masked.is_empty() {
-                (GuardrailStatus::Success, GuardrailAction::Allow)
-            } else {
-                (GuardrailStatus::GuardrailIntervened, GuardrailAction::Mask)
-            };
-            let entry = exact_entry(&guard.g, &guard.exact, status, action, Value::Null);
-            self.log.push(entry);
+        if all_final || self.eof {
+            self.log_exact(true, Value::Null);
         }
     }
 
     /// Logs the exact-mode guardrails that have not logged yet (the stream ends early).
     fn flush_exact_logs(&mut self, reason: &str) {
+        self.log_exact(false, serde_json::json!({"note": reason}));
+    }
+
+    /// Writes the one entry per stream of each exact-mode guardrail not logged yet (only those
+    /// whose every channel had its final check, with `only_final`).
+    fn log_exact(&mut self, only_final: bool, response: Value) {
         for guard in &mut self.guards {
             if guard.policy != Policy::Exact || guard.exact.logged {
+                continue;
+            }
+            if only_final && !guard.channels.iter().all(|c| c.final_done) {
                 continue;
             }
             guard.exact.logged = true;
@@ -970,13 +965,7 @@ impl StreamState {
             } else {
                 (GuardrailStatus::GuardrailIntervened, GuardrailAction::Mask)
             };
-            let entry = exact_entry(
-                &guard.g,
-                &guard.exact,
-                status,
-                action,
-                serde_json::json!({"note": reason}),
-            );
+            let entry = exact_entry(&guard.g, &guard.exact, status, action, response.clone());
             self.log.push(entry);
         }
     }
