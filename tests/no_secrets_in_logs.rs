@@ -6,12 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardrail_gateway::app::Gateway;
 use guardrail_gateway::mock::MockUpstream;
 use guardrail_tower_testkit::send;
 use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
+
+mod support;
+
+use support::{config, start};
 
 /// Captures everything logged, at every level.
 #[derive(Clone, Default)]
@@ -25,43 +28,6 @@ impl Write for Captured {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-async fn start(
-    config: &str,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let gateway = Gateway::from_config_str(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    (url, stop, task)
-}
-
-fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {
-    format!(
-        r#"
-model_list:
-  - model_name: guarded
-    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream-SECRET-1234, guardrails: [model-level]}}
-guardrails:
-  - guardrail_name: always
-    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, default_on: true, blocked_words: [{{keyword: forbidden, action: BLOCK}}]}}
-  - guardrail_name: model-level
-    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, blocked_words: [{{keyword: restricted, action: BLOCK}}]}}
-general_settings:
-  spend_logs: "sqlite://{db}"
-  max_request_body_bytes: 65536
-"#,
-        base = upstream.base_url(),
-        db = db.display(),
-    )
 }
 
 // The only test in this binary, with the capture as the global subscriber: every log line of
