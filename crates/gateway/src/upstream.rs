@@ -295,6 +295,11 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
             .map_err(|e| Error::internal(format!("could not serialize the request: {e}")))?
             .into());
     }
+    if parsed.model() == Some(upstream_model) {
+        // The usual LiteLLM config (`model_name: gpt-4o`, `model: openai/gpt-4o`): forwarded as
+        // received, no copy.
+        return Ok(parsed.bytes().clone());
+    }
     #[derive(Deserialize)]
     struct Top<'a> {
         #[serde(borrow, default)]

@@ -45,7 +45,7 @@ fn record() -> SpendRecord {
         start_time: now,
         end_time: now + Duration::from_millis(900),
         completion_start_time: Some(now + Duration::from_millis(250)),
-        metadata: json!({
+        metadata: serde_json::from_value(json!({
             "guardrail_information": [
                 {"guardrail_name": "pii-mask", "guardrail_provider": "presidio",
                  "guardrail_mode": "pre_call", "guardrail_status": "success",
@@ -58,7 +58,8 @@ fn record() -> SpendRecord {
             ],
             "http_status": 200,
             "stream": true
-        }),
+        }))
+        .expect("a valid metadata object"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `SpendLogLayer`: one spend-log record per request, for every endpoint and every outcome.
 //!
 //! The outermost layer. At `call` it creates the request's record (request id from
-//! `x-request-id` or a new UUID v4, echoed in the `x-request-id` response header; start time;
+//! `x-request-id` or a new UUID v7, echoed in the `x-request-id` response header; start time;
 //! call type; model, user and stream flag from the body; a SHA-256 hash of the bearer key, never
 //! the key) and puts the request's [`GuardrailLog`](guardrail_tower_core::GuardrailLog) and
 //! [`ResponseReport`](guardrail_tower_core::ResponseReport) in the request extensions, so inner
@@ -75,7 +75,7 @@ pub use layer::SpendLogLayer;
 pub use recorder::{ApiBase, ModelPrice, PriceTable};
 pub use service::SpendLog;
 
-pub use record::{SpendRecord, SpendStatus, rfc3339};
+pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
 pub use sink::{
     BlockSummaryRow, ChannelSink, FilterError, JsonlSink, QueueFullPolicy, ShutdownError,
     SinkError, SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery,

@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;
 
+use guardrail_tower_core::GuardrailLogEntry;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// `success` or `failure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl FromStr for SpendStatus {
 /// `stream`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpendRecord {
-    /// The request id (`x-request-id`, or a UUID v4). Primary key.
+    /// The request id (`x-request-id`, or a UUID v7). Primary key.
     pub request_id: String,
     /// LiteLLM's call type name (`acompletion`, `aresponses`, `anthropic_messages`, ...).
     pub call_type: String,
@@ -88,7 +88,45 @@ pub struct SpendRecord {
     #[serde(rename = "completionStartTime", with = "rfc3339_opt")]
     pub completion_start_time: Option<SystemTime>,
     /// `guardrail_information`, `error_information`, `http_status`, `stream`.
-    pub metadata: Value,
+    pub metadata: SpendMetadata,
+}
+
+/// The `metadata` column of a spend-log record (a JSON object), typed: it is serialized
+/// straight from the guardrail log, with no intermediate JSON value per request.
+///
+/// Stored as `{"guardrail_information": [...], "error_information": {...} | null,
+/// "http_status": 200, "stream": false}`; unknown keys in stored metadata are ignored when a
+/// record is read back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpendMetadata {
+    /// Every guardrail run of the request, in order, with LiteLLM's field names.
+    #[serde(default)]
+    pub guardrail_information: Vec<GuardrailLogEntry>,
+    /// Why the request failed; `None` when it succeeded.
+    #[serde(default)]
+    pub error_information: Option<ErrorInformation>,
+    /// The HTTP status the client got (0 when the request ended before one was sent).
+    #[serde(default)]
+    pub http_status: u16,
+    /// Whether the client asked for a stream.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Why a request failed: `metadata.error_information` of a spend-log record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInformation {
+    /// The error class (`policy_block`, `upstream_failure`, `client_error`, ...).
+    pub error_class: String,
+    /// The error's `type` (`invalid_request_error`, `upstream_stream_error`, ...).
+    pub error_type: String,
+    /// The error's `code`, or the HTTP status as text when it has none.
+    pub error_code: String,
+    /// The error message.
+    pub error_message: String,
+    /// The guardrail that caused the error, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<String>,
 }
 
 /// RFC 3339 timestamps with millisecond precision, in UTC (`2026-11-21T12:00:00.123Z`).

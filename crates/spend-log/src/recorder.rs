@@ -11,10 +11,10 @@ use guardrail_tower_core::{
 };
 use http::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{SpendLogHandle, SpendRecord, SpendStatus};
+use crate::{ErrorInformation, SpendLogHandle, SpendMetadata, SpendRecord, SpendStatus};
 
 /// The price of one model, in USD per token (LiteLLM's `input_cost_per_token` and
 /// `output_cost_per_token`).
@@ -122,8 +122,14 @@ fn hashed_key(headers: &HeaderMap) -> Option<String> {
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())?;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    Some(hex)
 }
 
 impl Recorder {
@@ -170,61 +176,64 @@ impl Recorder {
 
     /// Completes the record and queues it.
     pub(crate) fn finish(self, ending: Ending) {
-        let record = self.build(ending);
-        self.writer.submit(record);
+        let writer = self.writer.clone();
+        writer.submit(self.build(ending));
     }
 
-    fn build(&self, ending: Ending) -> SpendRecord {
+    fn build(self, ending: Ending) -> SpendRecord {
         let usage = self.report.usage().or(self.usage).unwrap_or_default();
         let http_status = match &ending {
             Ending::ServiceError(err) => err.status().as_u16(),
             _ => self.status.unwrap_or(0),
         };
-        let blocked_entry = self
-            .log
-            .entries()
-            .into_iter()
-            .find(|e| e.guardrail_action == GuardrailAction::Block);
+        let mut guardrails = self.log.entries();
         // The error this request ended with, most specific first.
-        let error = match &ending {
-            Ending::ServiceError(err) => Some(error_info(err)),
-            Ending::BodyError(message) => Some(json!({
-                "error_class": ErrorClass::UpstreamFailure.as_str(),
-                "error_type": "upstream_stream_error",
-                "error_code": "upstream_stream_error",
-                "error_message": message,
-            })),
-            Ending::Disconnected => Some(json!({
-                "error_class": ErrorClass::ClientError.as_str(),
-                "error_type": "client_disconnected",
-                "error_code": "client_disconnected",
-                "error_message": "the client disconnected before the response ended",
-            })),
+        let error = match ending {
+            Ending::ServiceError(err) => Some(error_info(&err)),
+            Ending::BodyError(message) => Some(ErrorInformation {
+                error_class: ErrorClass::UpstreamFailure.as_str().to_owned(),
+                error_type: "upstream_stream_error".to_owned(),
+                error_code: "upstream_stream_error".to_owned(),
+                error_message: message,
+                guardrail: None,
+            }),
+            Ending::Disconnected => Some(ErrorInformation {
+                error_class: ErrorClass::ClientError.as_str().to_owned(),
+                error_type: "client_disconnected".to_owned(),
+                error_code: "client_disconnected".to_owned(),
+                error_message: "the client disconnected before the response ended".to_owned(),
+                guardrail: None,
+            }),
             Ending::Complete => self
                 .response_error
                 .as_ref()
                 .or(self.report.in_band_error().as_ref())
                 .map(error_info)
                 .or_else(|| {
-                    blocked_entry.as_ref().map(|e| {
-                        json!({
-                            "error_class": ErrorClass::PolicyBlock.as_str(),
-                            "error_type": "invalid_request_error",
-                            "error_code": guardrail_tower_core::CONTENT_POLICY_VIOLATION,
-                            "error_message": format!("blocked by guardrail '{}'", e.guardrail_name),
+                    guardrails
+                        .iter()
+                        .find(|e| e.guardrail_action == GuardrailAction::Block)
+                        .map(|e| ErrorInformation {
+                            error_class: ErrorClass::PolicyBlock.as_str().to_owned(),
+                            error_type: "invalid_request_error".to_owned(),
+                            error_code: guardrail_tower_core::CONTENT_POLICY_VIOLATION.to_owned(),
+                            error_message: format!("blocked by guardrail '{}'", e.guardrail_name),
+                            guardrail: None,
                         })
-                    })
                 })
                 .or_else(|| {
                     (http_status >= 400).then(|| {
-                        json!({
-                            "error_class": ErrorClass::from_status(
-                                http::StatusCode::from_u16(http_status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
-                            ).as_str(),
-                            "error_type": "http_error",
-                            "error_code": http_status.to_string(),
-                            "error_message": format!("HTTP {http_status}"),
-                        })
+                        let class = ErrorClass::from_status(
+                            http::StatusCode::from_u16(http_status)
+                                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+                        );
+                        ErrorInformation {
+                            error_class: class.as_str().to_owned(),
+                            error_type: "http_error".to_owned(),
+                            error_code: http_status.to_string(),
+                            error_message: format!("HTTP {http_status}"),
+                            guardrail: None,
+                        }
                     })
                 }),
         };
@@ -233,7 +242,6 @@ impl Recorder {
         } else {
             SpendStatus::Success
         };
-        let mut guardrails = self.log.entries();
         if !self.settings.store_prompts {
             for entry in &mut guardrails {
                 if !entry.guardrail_response.is_null() {
@@ -242,40 +250,42 @@ impl Recorder {
                 }
             }
         }
-        let metadata = json!({
-            "guardrail_information": guardrails,
-            "error_information": error,
-            "http_status": http_status,
-            "stream": self.stream,
-        });
         SpendRecord {
             request_id: self.request_id.as_str().to_owned(),
             call_type: self.call_type.as_str().to_owned(),
             status,
-            model: self.model.clone(),
-            api_base: self.api_base.clone(),
-            user: self.user.clone(),
-            api_key: self.api_key.clone(),
             spend: self.settings.prices.cost(&self.model, &usage),
+            model: self.model,
+            api_base: self.api_base,
+            user: self.user,
+            api_key: self.api_key,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens,
             start_time: self.start_time,
             end_time: SystemTime::now(),
             completion_start_time: self.first_byte,
-            metadata,
+            metadata: SpendMetadata {
+                guardrail_information: guardrails,
+                error_information: error,
+                http_status,
+                stream: self.stream,
+            },
         }
     }
 }
 
-fn error_info(err: &Error) -> Value {
-    json!({
-        "error_class": err.class().as_str(),
-        "error_type": err.kind(),
-        "error_code": err.code().map(str::to_owned).unwrap_or_else(|| err.status().as_u16().to_string()),
-        "error_message": err.message(),
-        "guardrail": err.guardrail(),
-    })
+fn error_info(err: &Error) -> ErrorInformation {
+    ErrorInformation {
+        error_class: err.class().as_str().to_owned(),
+        error_type: err.kind().to_owned(),
+        error_code: err
+            .code()
+            .map(str::to_owned)
+            .unwrap_or_else(|| err.status().as_u16().to_string()),
+        error_message: err.message().to_owned(),
+        guardrail: err.guardrail().map(str::to_owned),
+    }
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ async fn a_successful_json_request_writes_every_field() {
     assert!(r.completion_start_time.is_some());
     assert!(r.end_time >= r.start_time);
     assert_eq!(
-        r.metadata,
+        meta(r),
         json!({"guardrail_information": [], "error_information": null, "http_status": 200, "stream": false})
     );
 }
@@ -132,10 +132,10 @@ async fn an_inner_error_writes_one_failure() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, SpendStatus::Failure);
     assert_eq!(
-        records[0].metadata["error_information"]["error_message"],
+        meta(&records[0])["error_information"]["error_message"],
         "connection pool exhausted"
     );
-    assert_eq!(records[0].metadata["http_status"], 500);
+    assert_eq!(meta(&records[0])["http_status"], 500);
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn no_body_completes_at_the_response() {
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, SpendStatus::Success);
-    assert_eq!(records[0].metadata["http_status"], 204);
+    assert_eq!(meta(&records[0])["http_status"], 204);
     drop(resp);
 }
 
@@ -229,14 +229,14 @@ async fn a_body_error_writes_one_failure() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, SpendStatus::Failure);
     assert_eq!(
-        records[0].metadata["error_information"]["error_code"],
+        meta(&records[0])["error_information"]["error_code"],
         "upstream_stream_error"
     );
     assert_eq!(
-        records[0].metadata["error_information"]["error_message"],
+        meta(&records[0])["error_information"]["error_message"],
         "upstream reset mid-stream"
     );
-    assert_eq!(records[0].metadata["stream"], true);
+    assert_eq!(meta(&records[0])["stream"], true);
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn a_client_that_goes_away_mid_stream_writes_one_failure() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, SpendStatus::Failure);
     assert_eq!(
-        records[0].metadata["error_information"]["error_code"],
+        meta(&records[0])["error_information"]["error_code"],
         "client_disconnected"
     );
     assert!(records[0].completion_start_time.is_some());
@@ -283,7 +283,7 @@ async fn a_client_that_goes_away_before_the_response_writes_one_failure() {
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 1);
     assert_eq!(
-        records[0].metadata["error_information"]["error_code"],
+        meta(&records[0])["error_information"]["error_code"],
         "client_disconnected"
     );
     assert_eq!(records[0].model, "gpt-guarded");
@@ -308,14 +308,14 @@ async fn bad_request_bodies_write_one_failure() {
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     resp.into_body().collect().await.unwrap();
     let mut records = records(handle, rx).await;
-    records.sort_by_key(|r| r.metadata["http_status"].as_u64());
+    records.sort_by_key(|r| r.metadata.http_status);
     assert_eq!(records.len(), 2);
     assert_eq!(
-        records[0].metadata["error_information"]["error_code"],
+        meta(&records[0])["error_information"]["error_code"],
         "invalid_json"
     );
     assert_eq!(
-        records[1].metadata["error_information"]["error_code"],
+        meta(&records[1])["error_information"]["error_code"],
         "request_too_large"
     );
     assert!(
@@ -418,14 +418,14 @@ async fn blocked_guardrail_information(path: &str, body: &str) -> (Value, Value)
     resp.into_body().collect().await.unwrap();
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 1);
-    let mut info = records[0].metadata["guardrail_information"].clone();
+    let mut info = meta(&records[0])["guardrail_information"].clone();
     for entry in info.as_array_mut().unwrap() {
         for time in ["start_time", "end_time", "duration"] {
             assert!(entry[time].as_f64().is_some());
             entry[time] = json!(0);
         }
     }
-    (info, records[0].metadata["error_information"].clone())
+    (info, meta(&records[0])["error_information"].clone())
 }
 
 /// Regression after the production bug: a pre_call block on /v1/responses had a null
@@ -485,7 +485,7 @@ async fn guardrail_responses_are_redacted_by_default() {
         .await
         .unwrap();
     let records = records(handle, rx).await;
-    let entry = &records[0].metadata["guardrail_information"][0];
+    let entry = &meta(&records[0])["guardrail_information"][0];
     assert_eq!(entry["guardrail_action"], "block");
     assert!(
         entry["guardrail_response"]
@@ -534,14 +534,16 @@ async fn an_in_band_block_after_the_200_is_a_failure_with_its_guardrail() {
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.status, SpendStatus::Failure);
-    assert_eq!(r.metadata["http_status"], 200);
+    assert_eq!(meta(r)["http_status"], 200);
+    assert_eq!(meta(r)["error_information"]["error_class"], "policy_block");
+    assert_eq!(meta(r)["error_information"]["guardrail"], "no-corner");
     assert_eq!(
-        r.metadata["error_information"]["error_class"],
-        "policy_block"
-    );
-    assert_eq!(r.metadata["error_information"]["guardrail"], "no-corner");
-    assert_eq!(
-        r.metadata["guardrail_information"][0]["guardrail_mode"],
+        meta(r)["guardrail_information"][0]["guardrail_mode"],
         "post_call"
     );
+}
+
+/// A record's metadata as the JSON a store holds.
+fn meta(record: &SpendRecord) -> serde_json::Value {
+    serde_json::to_value(&record.metadata).unwrap()
 }

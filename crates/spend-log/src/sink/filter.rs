@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use guardrail_tower_core::GuardrailAction;
 use serde::{Deserialize, Serialize};
 
 use crate::record::{SpendRecord, SpendStatus, rfc3339};
@@ -369,21 +370,10 @@ pub(crate) fn block_summary_in_memory(
         if !seen.insert(record.request_id.clone()) || !filter.matches(&record) {
             continue;
         }
-        let Some(entries) = record
-            .metadata
-            .get("guardrail_information")
-            .and_then(|v| v.as_array())
-        else {
-            continue;
-        };
         let day = utc_day(record.start_time);
-        for entry in entries {
-            if entry.get("guardrail_action").and_then(|a| a.as_str()) == Some("block") {
-                let name = entry
-                    .get("guardrail_name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
+        for entry in &record.metadata.guardrail_information {
+            if entry.guardrail_action == GuardrailAction::Block {
+                let name = entry.guardrail_name.clone();
                 *counts.entry((day.clone(), name)).or_default() += 1;
             }
         }

@@ -20,7 +20,9 @@
 //! ```
 //! use std::time::SystemTime;
 //!
-//! use guardrail_tower_spend_log::{ChannelSink, SpendLogWriter, SpendRecord, SpendStatus};
+//! use guardrail_tower_spend_log::{
+//!     ChannelSink, SpendLogWriter, SpendMetadata, SpendRecord, SpendStatus,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -43,7 +45,10 @@
 //!     start_time: SystemTime::now(),
 //!     end_time: SystemTime::now(),
 //!     completion_start_time: None,
-//!     metadata: serde_json::json!({"guardrail_information": []}),
+//!     metadata: SpendMetadata {
+//!         http_status: 200,
+//!         ..SpendMetadata::default()
+//!     },
 //! });
 //!
 //! // When the server stops:

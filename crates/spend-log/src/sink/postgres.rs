@@ -503,7 +503,7 @@ fn record_from_row(row: &tokio_postgres::Row) -> Result<SpendRecord, SinkError> 
 /// A `jsonb[]` parameter: each value in the binary `jsonb` format (a version byte, then the JSON
 /// text), so the sink needs no `serde_json` feature of `postgres-types`.
 #[derive(Debug)]
-struct Jsonb<'a>(Vec<&'a serde_json::Value>);
+struct Jsonb<'a>(Vec<&'a crate::SpendMetadata>);
 
 impl ToSql for Jsonb<'_> {
     fn to_sql(

@@ -188,6 +188,8 @@ impl SpendLogWriter {
             closed: AtomicBool::new(false),
             deadline: Mutex::new(None),
             wake: Notify::new(),
+            batch_full: Notify::new(),
+            max_batch_size: self.max_batch_size,
             overflow: Mutex::new(Overflow::default()),
             policy: self.policy,
             runtime: runtime.clone(),
@@ -259,7 +261,12 @@ impl SpendLogHandle {
         shared.queued.fetch_add(1, Ordering::AcqRel);
         shared.pending.fetch_add(1, Ordering::AcqRel);
         match self.inner.tx.try_send(record) {
-            Ok(()) => {}
+            Ok(()) => {
+                let queued = self.inner.tx.max_capacity() - self.inner.tx.capacity();
+                if queued >= shared.max_batch_size {
+                    shared.batch_full.notify_one();
+                }
+            }
             Err(TrySendError::Full(record)) => match shared.policy {
                 QueueFullPolicy::Wait => self.wait_for_room(record),
                 QueueFullPolicy::Drop => {
@@ -390,6 +397,10 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     /// Wakes the writer task when shutdown begins.
     wake: Notify,
+    /// Ends the writer's linger: a full batch is queued.
+    batch_full: Notify,
+    /// The writer's largest batch.
+    max_batch_size: usize,
     /// Records whose waiting task found the queue closed; the writer takes them at the end.
     overflow: Mutex<Overflow>,
     policy: QueueFullPolicy,
@@ -599,20 +610,19 @@ impl<S: SpendLogSink> Worker<S> {
                 Some(0) => break,
                 Some(_) => {}
             }
-            if !self.config.linger.is_zero() {
-                let until = Instant::now() + self.config.linger;
-                while self.batch.len() < max {
-                    let room = max - self.batch.len();
-                    let recv = std::pin::pin!(tokio::time::timeout_at(
-                        until,
-                        self.rx.recv_many(&mut self.batch, room)
-                    ));
-                    // Shutdown cuts the linger short.
-                    let woken = std::pin::pin!(self.shared.wake.notified());
-                    match select(recv, woken).await {
-                        Either::Left((Ok(n), _)) if n > 0 => {}
-                        _ => break,
-                    }
+            // Linger for the batch to fill: one timer, not one wake-up per record. `submit`
+            // cuts it short when a full batch is queued, and shutdown does too.
+            let room = max - self.batch.len();
+            if !self.config.linger.is_zero() && room > 0 && self.rx.len() < room {
+                let linger = std::pin::pin!(tokio::time::sleep(self.config.linger));
+                let full = std::pin::pin!(self.shared.batch_full.notified());
+                let woken = std::pin::pin!(self.shared.wake.notified());
+                select(linger, select(full, woken)).await;
+            }
+            while self.batch.len() < max {
+                match self.rx.try_recv() {
+                    Ok(record) => self.batch.push(record),
+                    Err(_) => break,
                 }
             }
             self.write_with_retry().await?;

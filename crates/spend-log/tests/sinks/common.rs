@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use guardrail_tower_spend_log::{SpendLogHandle, SpendRecord, SpendStatus, rfc3339};
-use serde_json::{Value, json};
+use guardrail_tower_spend_log::{SpendLogHandle, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
+use serde_json::json;
 
 /// A time from RFC 3339 text.
 pub(crate) fn t(s: &str) -> SystemTime {
@@ -14,8 +14,8 @@ pub(crate) fn t(s: &str) -> SystemTime {
 
 /// Metadata as the spend-log layer writes it: two guardrail entries (one block), an error,
 /// the HTTP status and the stream flag.
-pub(crate) fn realistic_metadata() -> Value {
-    json!({
+pub(crate) fn realistic_metadata() -> SpendMetadata {
+    serde_json::from_value(json!({
         "guardrail_information": [
             {
                 "guardrail_name": "pii-mask",
@@ -49,7 +49,8 @@ pub(crate) fn realistic_metadata() -> Value {
         },
         "http_status": 400,
         "stream": true
-    })
+    }))
+    .unwrap()
 }
 
 /// A record with every field set (times with millisecond precision, which every sink keeps).
@@ -93,21 +94,35 @@ pub(crate) fn record(id: &str, start: &str, status: SpendStatus) -> SpendRecord 
         start_time: start,
         end_time: start + Duration::from_millis(500),
         completion_start_time: None,
-        metadata: json!({"guardrail_information": [], "http_status": 200, "stream": false}),
+        metadata: SpendMetadata {
+            http_status: 200,
+            ..SpendMetadata::default()
+        },
     }
 }
 
 /// A record whose guardrail log holds one entry per `(name, action)`.
 pub(crate) fn guarded(id: &str, start: &str, entries: &[(&str, &str)]) -> SpendRecord {
     let mut r = record(id, start, SpendStatus::Failure);
-    r.metadata = json!({
+    r.metadata = serde_json::from_value(json!({
         "guardrail_information": entries
             .iter()
-            .map(|(name, action)| json!({"guardrail_name": name, "guardrail_action": action}))
+            .map(|(name, action)| json!({
+                "guardrail_name": name,
+                "guardrail_provider": "test",
+                "guardrail_mode": "pre_call",
+                "guardrail_status": if *action == "block" { "guardrail_intervened" } else { "success" },
+                "guardrail_action": action,
+                "guardrail_response": null,
+                "start_time": 0.0,
+                "end_time": 0.0,
+                "duration": 0.0
+            }))
             .collect::<Vec<_>>(),
         "http_status": 400,
         "stream": false,
-    });
+    }))
+    .unwrap();
     r
 }
 

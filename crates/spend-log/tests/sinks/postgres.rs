@@ -249,7 +249,10 @@ async fn pg_block_summary_counts_blocks_per_guardrail_per_day() {
         .await
         .unwrap();
     let mut bare = record("b7", "2026-11-21T09:30:00Z", SpendStatus::Success);
-    bare.metadata = serde_json::json!({"http_status": 200});
+    bare.metadata = guardrail_tower_spend_log::SpendMetadata {
+        http_status: 200,
+        ..Default::default()
+    };
     sink.write_batch(&[
         guarded(
             "b1",

@@ -211,7 +211,10 @@ async fn block_summary_counts_blocks_per_guardrail_per_day() {
     .unwrap();
     // A record without guardrail_information at all.
     let mut bare = record("b7", "2026-11-21T09:30:00Z", SpendStatus::Success);
-    bare.metadata = serde_json::json!({"http_status": 200});
+    bare.metadata = guardrail_tower_spend_log::SpendMetadata {
+        http_status: 200,
+        ..Default::default()
+    };
     sink.write_batch(&[bare]).await.unwrap();
 
     assert_eq!(
