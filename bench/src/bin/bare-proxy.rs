@@ -13,6 +13,10 @@
 //! failed upstream call is a 502 with a plain-text body. Accepted and upstream sockets use
 //! `TCP_NODELAY` unless `--no-nodelay` is given (to measure what Nagle's algorithm costs).
 
+/// The same allocator as the gateway binary, so the comparison measures the layers, not malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;

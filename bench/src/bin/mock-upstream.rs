@@ -7,6 +7,10 @@
 //! mock-upstream --listen 127.0.0.1:18401
 //! ```
 
+/// The same allocator as the gateway binary, so the comparison measures the layers, not malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 

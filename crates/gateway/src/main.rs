@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use guardrail_gateway::app::Gateway;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: its thread-local free lists suit a server that allocates and frees many small
+/// objects per request on every worker thread (see the `mimalloc` feature).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An LLM gateway with guardrails, OpenAI-style errors and spend logs.
 #[derive(Parser)]
 #[command(name = "guardrail-gateway", version, about)]
