@@ -151,23 +151,11 @@ ulimit -n 8192 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 # ---------------------------------------------------------------------------------------------
 # Request bodies (~1 KiB) and gateway configs
 
-# A realistic chat request: system prompt, one earlier turn, a new question. No blocked word,
-# no PII, and none of the mock's trigger words, so every guardrail runs and passes.
-chat_body() {
-    local stream=$1 extra=""
-    [[ $stream == true ]] && extra=', "stream": true, "stream_options": {"include_usage": true}'
-    cat <<EOF
-{"model": "bench-model", "temperature": 0.2, "max_tokens": 512, "user": "bench-user-42"${extra},
- "messages": [
-  {"role": "system", "content": "You are a helpful assistant for a travel company. Answer in a friendly, concise tone. When you are not sure about opening hours, prices or availability, say so and suggest where the customer can check. Never invent booking references. Keep answers under two hundred words unless the customer asks for detail."},
-  {"role": "user", "content": "Hi! We are planning a long weekend in Lisbon in early October with two kids aged seven and ten. What neighbourhoods would you recommend staying in?"},
-  {"role": "assistant", "content": "Great choice! For families, Baixa and Chiado are central and walkable, with trams and the river nearby. Principe Real is calmer with parks and playgrounds, and Parque das Nacoes is modern, flat and close to the Oceanarium, which kids love."},
-  {"role": "user", "content": "Thanks, that helps. Could you suggest a relaxed three day plan that mixes museums, a day trip to Sintra and some time at the beach, without too much walking for the younger one, and tell me roughly how early we should book the train tickets?"}
- ]}
-EOF
-}
-chat_body false >"$WORK/chat.json"
-chat_body true >"$WORK/stream.json"
+# A realistic chat request (bench/chat.json): system prompt, one earlier turn, a new question.
+# No blocked word, no PII, and none of the mock's trigger words, so every guardrail runs and
+# passes. The streaming variant adds `stream` and `stream_options.include_usage`.
+cp "$ROOT/bench/chat.json" "$WORK/chat.json"
+sed '1s/^{/{"stream": true, "stream_options": {"include_usage": true}, /' "$ROOT/bench/chat.json" >"$WORK/stream.json"
 
 # Writes a gateway config: $1 file, $2 spend-log path, $3 "filter" for the content filter.
 write_config() {
@@ -183,41 +171,7 @@ general_settings:
   spend_logs: sqlite://$db
 EOF
     [[ $kind == filter ]] || return 0
-    cat >>"$file" <<'EOF'
-guardrails:
-  - guardrail_name: content-filter
-    litellm_params:
-      guardrail: litellm_content_filter
-      mode: [pre_call, post_call]
-      default_on: true
-      blocked_words:
-        - {keyword: confidential, action: BLOCK}
-        - {keyword: classified, action: BLOCK}
-        - {keyword: bluebird, action: BLOCK}
-        - {keyword: bioweapon, action: BLOCK}
-        - {keyword: malware, action: BLOCK}
-        - {keyword: ransomware, action: BLOCK}
-        - {keyword: jailbreak, action: BLOCK}
-        - {keyword: password, action: BLOCK}
-        - {keyword: credentials, action: BLOCK}
-        - {keyword: counterfeit, action: BLOCK}
-        - {keyword: launder, action: BLOCK}
-        - {keyword: embezzle, action: BLOCK}
-        - {keyword: smuggle, action: BLOCK}
-        - {keyword: explosives, action: BLOCK}
-        - {keyword: firearms, action: BLOCK}
-        - {keyword: narcotics, action: BLOCK}
-        - {keyword: phishing, action: BLOCK}
-        - {keyword: keylogger, action: BLOCK}
-        - {keyword: botnet, action: BLOCK}
-        - {keyword: wiretap, action: BLOCK}
-      patterns:
-        - {pattern_type: prebuilt, pattern_name: email, action: MASK}
-        - {pattern_type: prebuilt, pattern_name: us_ssn, action: BLOCK}
-        - {pattern_type: prebuilt, pattern_name: credit_card, action: BLOCK}
-        - {pattern_type: prebuilt, pattern_name: us_phone, action: MASK}
-        - {pattern_type: prebuilt, pattern_name: ipv4, action: MASK}
-EOF
+    cat "$ROOT/bench/content-filter.yaml" >>"$file"
 }
 
 # ---------------------------------------------------------------------------------------------

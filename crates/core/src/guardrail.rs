@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use serde_json::Value;
 
+use crate::request::JsonBody;
 use crate::text::Side;
 use crate::{CallType, GuardrailMode, RequestId};
 
@@ -28,7 +29,7 @@ pub struct RequestMeta {
     call_type: CallType,
     model: Option<String>,
     stream: bool,
-    body: Option<Arc<Value>>,
+    body: Option<Arc<JsonBody>>,
     headers: HeaderMap,
 }
 
@@ -59,6 +60,12 @@ impl RequestMeta {
 
     /// Sets the parsed request body.
     pub fn with_body(mut self, body: Option<Arc<Value>>) -> Self {
+        self.body = body.map(|value| Arc::new(JsonBody::built(value)));
+        self
+    }
+
+    /// Sets the request body, built into a `Value` only if a guardrail reads it.
+    pub(crate) fn with_json_body(mut self, body: Option<Arc<JsonBody>>) -> Self {
         self.body = body;
         self
     }
@@ -102,7 +109,7 @@ impl RequestMeta {
 
     /// The parsed request body, if it was JSON.
     pub fn body(&self) -> Option<&Value> {
-        self.body.as_deref()
+        self.body.as_deref().map(|body| &**body.value())
     }
 
     /// The request headers, without credentials.

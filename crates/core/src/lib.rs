@@ -49,6 +49,7 @@ mod call;
 mod call_type;
 mod error;
 mod guardrail;
+mod json_view;
 mod log;
 mod report;
 mod request;

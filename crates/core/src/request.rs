@@ -1,10 +1,11 @@
 //! The request, buffered with a size limit and parsed as JSON once, shared through the request
 //! extensions; and the request id.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -16,6 +17,7 @@ use pin_project_lite::pin_project;
 use serde_json::Value;
 
 use crate::guardrail::{BoxError, RequestMeta};
+use crate::json_view::JsonView;
 use crate::text::{Side, TextCountMismatch};
 use crate::{CallType, Error, GuardrailSelection};
 
@@ -123,21 +125,75 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// A JSON request body, built into a `serde_json::Value` only when something asks for one (a
+/// guardrail that reads the whole body, a rewrite); shared by the parsed request and every
+/// [`RequestMeta`] made from it, so it is built at most once.
+#[derive(Debug)]
+pub(crate) struct JsonBody {
+    bytes: Bytes,
+    value: OnceLock<Arc<Value>>,
+    /// Where the request's guardrail texts lie, found while the body was parsed; `None` for a
+    /// body built as a `Value` (its texts are read from the `Value`).
+    texts: Option<Vec<TextSpan>>,
+}
+
+/// One guardrail text of a parsed body: a range of its bytes, or the text itself when the JSON
+/// string had escapes.
+#[derive(Debug)]
+enum TextSpan {
+    Bytes(std::ops::Range<usize>),
+    Unescaped(String),
+}
+
+impl JsonBody {
+    /// A body whose bytes were already checked to be one JSON document, with its texts.
+    fn validated(bytes: Bytes, texts: Vec<TextSpan>) -> Self {
+        JsonBody {
+            bytes,
+            value: OnceLock::new(),
+            texts: Some(texts),
+        }
+    }
+
+    /// A body already built.
+    pub(crate) fn built(value: Arc<Value>) -> Self {
+        JsonBody {
+            bytes: Bytes::new(),
+            value: OnceLock::from(value),
+            texts: None,
+        }
+    }
+
+    /// The body as a `Value`, built on first use.
+    pub(crate) fn value(&self) -> &Arc<Value> {
+        self.value.get_or_init(|| {
+            // The bytes were parsed by the same serde_json parser when the request was read
+            // (`JsonView` accepts exactly what `Value` does), so this cannot fail.
+            Arc::new(serde_json::from_slice(&self.bytes).unwrap_or(Value::Null))
+        })
+    }
+}
+
 /// A request body read once and parsed once, shared by every layer through the request
 /// extensions.
 ///
 /// Once a layer has buffered the request, this is the source of truth for the body: later
 /// layers do not read the body again, and a rewrite (masking) updates both the JSON and the
 /// bytes forwarded upstream.
+///
+/// Parsing validates the whole body and reads `model`, `stream`, `user` and the guardrail
+/// selection through a borrowed view, without building a `serde_json::Value`; guardrail texts
+/// are read the same way. The `Value` ([`ParsedRequest::json`]) is built only when asked for.
 #[derive(Clone, Debug)]
 pub struct ParsedRequest {
     call_type: CallType,
     bytes: Bytes,
-    json: Option<Arc<Value>>,
+    json: Option<Arc<JsonBody>>,
     model: Option<String>,
     stream: bool,
     user: Option<String>,
     selection: GuardrailSelection,
+    selection_keys: bool,
 }
 
 impl ParsedRequest {
@@ -155,35 +211,44 @@ impl ParsedRequest {
             BodyType::of(content_type),
             BodyType::Json | BodyType::Unspecified
         );
-        let json = if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
-            Some(serde_json::from_slice::<Value>(&bytes).map_err(Error::invalid_json)?)
-        } else {
-            None
-        };
         let mut parsed = ParsedRequest {
             call_type,
-            bytes,
+            bytes: Bytes::new(),
             json: None,
             model: None,
             stream: false,
             user: None,
             selection: GuardrailSelection::new(),
+            selection_keys: false,
         };
-        if let Some(json) = json {
-            parsed.model = json.get("model").and_then(Value::as_str).map(str::to_owned);
-            parsed.stream = json.get("stream").and_then(Value::as_bool) == Some(true);
-            parsed.user = json
-                .get("user")
-                .and_then(Value::as_str)
-                .or_else(|| {
-                    json.get("metadata")
-                        .and_then(|m| m.get("user_id"))
-                        .and_then(Value::as_str)
-                })
-                .map(str::to_owned);
-            parsed.selection = GuardrailSelection::from_body(&json);
-            parsed.json = Some(Arc::new(json));
+        if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
+            let view = JsonView::parse(&bytes).map_err(Error::invalid_json)?;
+            let text = |v: Option<&JsonView<'_>>| v.and_then(JsonView::as_str).map(str::to_owned);
+            let metadata = view.get("metadata");
+            parsed.model = text(view.get("model"));
+            parsed.stream = view.get("stream") == Some(&JsonView::Bool(true));
+            parsed.user =
+                text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
+            parsed.selection = GuardrailSelection::from_view(&view);
+            parsed.selection_keys = view.get("guardrails").is_some()
+                || view.get("litellm_metadata").is_some()
+                || metadata.and_then(|m| m.get("guardrails")).is_some();
+            // Note where the texts lie (cheap: no copy), so a guardrail needs no second parse.
+            let base = bytes.as_ptr() as usize;
+            let mut texts = Vec::new();
+            call_type.for_each_text_in_view(Side::Request, &view, |text| {
+                texts.push(match text {
+                    Cow::Borrowed(s) => {
+                        let start = s.as_ptr() as usize - base;
+                        TextSpan::Bytes(start..start + s.len())
+                    }
+                    Cow::Owned(s) => TextSpan::Unescaped(s.clone()),
+                });
+            });
+            drop(view);
+            parsed.json = Some(Arc::new(JsonBody::validated(bytes.clone(), texts)));
         }
+        parsed.bytes = bytes;
         Ok(parsed)
     }
 
@@ -197,14 +262,26 @@ impl ParsedRequest {
         &self.bytes
     }
 
-    /// The parsed JSON, if the body was JSON.
+    /// Whether the body is JSON.
+    pub fn is_json(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// The parsed JSON, if the body was JSON: built into a `Value` on the first call (the
+    /// layers themselves never need it unless a guardrail rewrites the request).
     pub fn json(&self) -> Option<&Value> {
-        self.json.as_deref()
+        self.json_arc().map(|json| &**json)
     }
 
     /// The parsed JSON, shared.
     pub fn json_arc(&self) -> Option<&Arc<Value>> {
-        self.json.as_ref()
+        self.json.as_deref().map(JsonBody::value)
+    }
+
+    /// Whether the body carries keys that select guardrails (`guardrails`,
+    /// `metadata.guardrails`, `litellm_metadata`): a gateway removes them before forwarding.
+    pub fn has_selection_keys(&self) -> bool {
+        self.selection_keys
     }
 
     /// The `model` the client asked for.
@@ -234,14 +311,27 @@ impl ParsedRequest {
 
     /// The request's guardrail texts.
     pub fn texts(&self) -> Vec<String> {
-        self.json()
-            .map(|json| self.call_type.texts(Side::Request, json))
-            .unwrap_or_default()
+        let Some(json) = &self.json else {
+            return Vec::new();
+        };
+        match &json.texts {
+            Some(spans) => spans
+                .iter()
+                .map(|span| match span {
+                    // A borrowed JSON string: valid UTF-8, so this copies without replacing.
+                    TextSpan::Bytes(range) => {
+                        String::from_utf8_lossy(&json.bytes[range.clone()]).into_owned()
+                    }
+                    TextSpan::Unescaped(text) => text.clone(),
+                })
+                .collect(),
+            None => self.call_type.texts(Side::Request, json.value()),
+        }
     }
 
     /// Replaces the guardrail texts and re-serializes the body.
     pub fn set_texts(&mut self, texts: &[String]) -> Result<(), TextCountMismatch> {
-        let Some(json) = self.json.as_mut() else {
+        let Some(json) = &self.json else {
             return if texts.is_empty() {
                 Ok(())
             } else {
@@ -251,11 +341,16 @@ impl ParsedRequest {
                 })
             };
         };
-        self.call_type
-            .set_texts(Side::Request, Arc::make_mut(json), texts)?;
-        self.bytes = serde_json::to_vec(&**json)
+        let mut value = Value::clone(json.value());
+        self.call_type.set_texts(Side::Request, &mut value, texts)?;
+        self.bytes = serde_json::to_vec(&value)
             .expect("a serde_json::Value always serializes")
             .into();
+        self.json = Some(Arc::new(JsonBody {
+            bytes: self.bytes.clone(),
+            value: OnceLock::from(Arc::new(value)),
+            texts: None,
+        }));
         Ok(())
     }
 
@@ -264,7 +359,7 @@ impl ParsedRequest {
         RequestMeta::new(request_id, self.call_type)
             .with_model(self.model.clone())
             .with_stream(self.stream)
-            .with_body(self.json.clone())
+            .with_json_body(self.json.clone())
             .with_headers(headers)
     }
 }
@@ -606,6 +701,37 @@ mod tests {
         assert_eq!(reads.load(Ordering::SeqCst), reads_after_first);
         let bytes = req.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(bytes, r#"{"model":"m"}"#);
+    }
+
+    #[test]
+    fn texts_found_while_parsing_are_those_of_the_value() {
+        let body = r#"{"model": "m", "messages": [
+            {"role": "system", "content": "plain \"quoted\" \u00e9t\u00e9 \ud83d\ude00"},
+            {"role": "user", "content": [{"type": "text", "text": "café"}, {"type": "image_url"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"function": {"arguments": "{\"a\":1}"}}]},
+            {"role": "user", "content": "first"}, {"role": "user", "content": "second", "content": "last"}
+        ]}"#;
+        let parsed = ParsedRequest::parse(
+            CallType::ChatCompletions,
+            Bytes::from_static(body.as_bytes()),
+            None,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_str(body).unwrap();
+        let want = CallType::ChatCompletions.texts(Side::Request, &value);
+        assert_eq!(
+            want,
+            [
+                "plain \"quoted\" \u{e9}t\u{e9} \u{1f600}",
+                "caf\u{e9}",
+                "{\"a\":1}",
+                "first",
+                "last"
+            ]
+        );
+        assert_eq!(parsed.texts(), want);
+        // The Value, built on demand, is the same document.
+        assert_eq!(parsed.json(), Some(&value));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::json_view::JsonView;
+
 /// When a guardrail runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -251,6 +253,38 @@ impl GuardrailSelection {
         }
     }
 
+    /// [`GuardrailSelection::from_body`] on a borrowed view of the body: the same names in the
+    /// same order (a key repeated in an object counts once, at its first place, with its last
+    /// value, as in a `serde_json::Value`).
+    pub(crate) fn from_view(body: &JsonView<'_>) -> Self {
+        let mut selection = GuardrailSelection::new();
+        selection.add_from_view(body.get("guardrails"));
+        for metadata in ["metadata", "litellm_metadata"] {
+            selection.add_from_view(body.get(metadata).and_then(|m| m.get("guardrails")));
+        }
+        selection
+    }
+
+    fn add_from_view(&mut self, value: Option<&JsonView<'_>>) {
+        match value {
+            Some(JsonView::Array(items)) => {
+                for name in items.iter().filter_map(JsonView::as_str) {
+                    self.insert(name);
+                }
+            }
+            Some(object @ JsonView::Object(entries)) => {
+                for (i, (name, _)) in entries.iter().enumerate() {
+                    let first = entries[..i].iter().all(|(earlier, _)| earlier != name);
+                    if first && object.get(name) != Some(&JsonView::Bool(false)) {
+                        self.insert(&**name);
+                    }
+                }
+            }
+            Some(JsonView::String(name)) => self.insert(&**name),
+            _ => {}
+        }
+    }
+
     /// Adds one name, unless present.
     pub fn insert(&mut self, name: impl AsRef<str> + Into<Arc<str>>) {
         if !self.contains(name.as_ref()) {
@@ -385,6 +419,27 @@ mod tests {
         let s = GuardrailSelection::from_body(&json!({"guardrails": "solo"}));
         assert_eq!(s.names().collect::<Vec<_>>(), ["solo"]);
         assert!(GuardrailSelection::from_body(&json!({"guardrails": null})).is_empty());
+    }
+
+    #[test]
+    fn the_borrowed_view_selects_what_the_value_does() {
+        let bodies = [
+            r#"{"guardrails": {"a": {"extra": 1}, "b": {}}, "metadata": {"guardrails": ["b", "c", 7]}}"#,
+            r#"{"metadata": {"guardrails": {"off": false, "on": true}}}"#,
+            r#"{"guardrails": {"x": true, "y": false, "x": false, "y": true}}"#,
+            r#"{"guardrails": ["a"], "guardrails": ["b"], "litellm_metadata": {"guardrails": "c"}}"#,
+            r#"{"guardrails": null, "metadata": "not an object"}"#,
+            r#"["guardrails"]"#,
+        ];
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).unwrap();
+            let view = JsonView::parse(body.as_bytes()).unwrap();
+            assert_eq!(
+                GuardrailSelection::from_view(&view),
+                GuardrailSelection::from_body(&value),
+                "{body}"
+            );
+        }
     }
 
     #[test]

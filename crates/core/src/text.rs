@@ -4,11 +4,13 @@
 //! The read walk and the write walk are generated from one definition, so the i-th text read is
 //! always the i-th text written.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::Value;
 
 use crate::CallType;
+use crate::json_view::JsonView;
 
 /// Which side of the exchange a body belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,14 +52,21 @@ impl fmt::Display for TextCountMismatch {
 
 impl std::error::Error for TextCountMismatch {}
 
-/// Generates a walker module over `$V` (`&Value` or `&mut Value`) that calls `f` with every
-/// guardrail text (`$S`: `&String` or `&mut String`) in document order.
+/// Generates a walker module over `$V` (`&Value`, `&mut Value` or a borrowed `&JsonView`, of
+/// the enum `$E`, with lifetime `'v`) that calls `f` with every guardrail text (`$S`: `&String`,
+/// `&mut String` or `&Cow<str>`) in document order.
 macro_rules! walker {
-    ($module:ident, $V:ty, $S:ty, $get:ident) => {
+    ($module:ident, $E:ident, $V:ty, $S:ty, $get:ident) => {
         mod $module {
-            use super::{CallType, Side, Value};
+            #[allow(unused_imports)] // each walker uses the names of its own value type
+            use super::{CallType, Cow, JsonView, Side, Value};
 
-            pub(super) fn walk(call_type: CallType, side: Side, root: $V, f: &mut dyn FnMut($S)) {
+            pub(super) fn walk<'v>(
+                call_type: CallType,
+                side: Side,
+                root: $V,
+                f: &mut dyn FnMut($S),
+            ) {
                 match (call_type, side) {
                     (CallType::ChatCompletions, Side::Request) => {
                         for message in items(root.$get("messages")) {
@@ -76,7 +85,7 @@ macro_rules! walker {
                             string(instructions, f);
                         }
                         if let Some(input) = root.$get("input") {
-                            if let Value::String(s) = input {
+                            if let $E::String(s) = input {
                                 f(s);
                             }
                             for item in items(Some(input)) {
@@ -126,25 +135,25 @@ macro_rules! walker {
             }
 
             /// The elements of an array, or nothing.
-            fn items(v: Option<$V>) -> impl Iterator<Item = $V> {
+            fn items<'v>(v: Option<$V>) -> impl Iterator<Item = $V> {
                 let slice = match v {
-                    Some(Value::Array(items)) => Some(items),
+                    Some($E::Array(items)) => Some(items),
                     _ => None,
                 };
                 slice.into_iter().flatten()
             }
 
-            fn string(v: $V, f: &mut dyn FnMut($S)) {
-                if let Value::String(s) = v {
+            fn string<'v>(v: $V, f: &mut dyn FnMut($S)) {
+                if let $E::String(s) = v {
                     f(s);
                 }
             }
 
             /// A string, or an array of strings (token arrays are skipped).
-            fn strings(v: $V, f: &mut dyn FnMut($S)) {
+            fn strings<'v>(v: $V, f: &mut dyn FnMut($S)) {
                 match v {
-                    Value::String(s) => f(s),
-                    Value::Array(items) => {
+                    $E::String(s) => f(s),
+                    $E::Array(items) => {
                         for item in items {
                             string(item, f);
                         }
@@ -155,7 +164,7 @@ macro_rules! walker {
 
             /// Chat `content`: a string, or parts of which the `text` ones carry text; plus
             /// `tool_calls[].function.arguments` and the legacy `function_call.arguments`.
-            fn chat_message(message: $V, f: &mut dyn FnMut($S)) {
+            fn chat_message<'v>(message: $V, f: &mut dyn FnMut($S)) {
                 if let Some(content) = message.$get("content") {
                     parts(content, f);
                 }
@@ -174,13 +183,13 @@ macro_rules! walker {
             }
 
             /// A string, or an array of content parts whose type is a text type.
-            fn parts(content: $V, f: &mut dyn FnMut($S)) {
-                if let Value::String(s) = content {
+            fn parts<'v>(content: $V, f: &mut dyn FnMut($S)) {
+                if let $E::String(s) = content {
                     f(s);
                 }
                 for part in items(Some(content)) {
                     let is_text = matches!(
-                        part.get("type").and_then(Value::as_str),
+                        part.get("type").and_then($E::as_str),
                         None | Some("text" | "input_text" | "output_text")
                     );
                     if is_text {
@@ -192,8 +201,8 @@ macro_rules! walker {
             }
 
             /// A Responses API input or output item.
-            fn responses_item(item: $V, f: &mut dyn FnMut($S)) {
-                let kind = match item.get("type").and_then(Value::as_str) {
+            fn responses_item<'v>(item: $V, f: &mut dyn FnMut($S)) {
+                let kind = match item.get("type").and_then($E::as_str) {
                     Some("function_call") => 1,
                     Some("function_call_output") => 2,
                     Some("message") | None => 0,
@@ -221,12 +230,12 @@ macro_rules! walker {
 
             /// Anthropic `system` or message `content`: a string or blocks; `text` blocks carry
             /// text, `tool_result` blocks carry a string or text blocks of their own.
-            fn anthropic_content(content: $V, f: &mut dyn FnMut($S)) {
-                if let Value::String(s) = content {
+            fn anthropic_content<'v>(content: $V, f: &mut dyn FnMut($S)) {
+                if let $E::String(s) = content {
                     f(s);
                 }
                 for block in items(Some(content)) {
-                    let kind = match block.get("type").and_then(Value::as_str) {
+                    let kind = match block.get("type").and_then($E::as_str) {
                         Some("text") => 0,
                         Some("tool_result") => 1,
                         _ => 2,
@@ -250,8 +259,9 @@ macro_rules! walker {
     };
 }
 
-walker!(read, &Value, &String, get);
-walker!(write, &mut Value, &mut String, get_mut);
+walker!(read, Value, &'v Value, &String, get);
+walker!(write, Value, &'v mut Value, &mut String, get_mut);
+walker!(view, JsonView, &'v JsonView<'v>, &Cow<'_, str>, get);
 
 impl CallType {
     /// The guardrail texts of a request or response body, in document order.
@@ -276,6 +286,62 @@ impl CallType {
     /// Calls `f` with each guardrail text of a body, in document order, without copying.
     pub fn for_each_text(self, side: Side, body: &Value, mut f: impl FnMut(&str)) {
         read::walk(self, side, body, &mut |s| f(s));
+    }
+
+    /// The guardrail texts of a body given as bytes, in document order: the same texts as
+    /// [`CallType::texts`] on the parsed body, read through a borrowed view instead of a
+    /// `serde_json::Value` (no map, no key or string copied but the texts themselves).
+    ///
+    /// Fails exactly where parsing the bytes as a `serde_json::Value` fails.
+    ///
+    /// ```
+    /// use guardrail_tower_core::{CallType, text::Side};
+    /// let body = br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#;
+    /// assert_eq!(CallType::ChatCompletions.texts_from_slice(Side::Request, body)?, ["hi"]);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn texts_from_slice(self, side: Side, body: &[u8]) -> serde_json::Result<Vec<String>> {
+        let view = JsonView::parse(body)?;
+        Ok(self.texts_in_view(side, &view))
+    }
+
+    /// The guardrail texts and the token usage of a response body given as bytes, from one
+    /// parse through a borrowed view: what [`CallType::texts_from_slice`] and
+    /// [`Usage::from_response`](crate::Usage::from_response) return.
+    ///
+    /// ```
+    /// use guardrail_tower_core::{CallType, Usage};
+    /// let body = br#"{"choices": [{"message": {"role": "assistant", "content": "hello"}}],
+    ///                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}"#;
+    /// let (texts, usage) = CallType::ChatCompletions.response_texts_and_usage(body)?;
+    /// assert_eq!(texts, ["hello"]);
+    /// assert_eq!(usage.map(|u| u.total_tokens), Some(4));
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn response_texts_and_usage(
+        self,
+        body: &[u8],
+    ) -> serde_json::Result<(Vec<String>, Option<crate::Usage>)> {
+        let view = JsonView::parse(body)?;
+        let usage = crate::Usage::from_response_view(self, &view);
+        Ok((self.texts_in_view(Side::Response, &view), usage))
+    }
+
+    /// The guardrail texts in a parsed view.
+    pub(crate) fn texts_in_view(self, side: Side, view: &JsonView<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        view::walk(self, side, view, &mut |s| out.push(String::from(&**s)));
+        out
+    }
+
+    /// Calls `f` with each guardrail text in a parsed view, as it lies in the view.
+    pub(crate) fn for_each_text_in_view(
+        self,
+        side: Side,
+        view: &JsonView<'_>,
+        mut f: impl FnMut(&Cow<'_, str>),
+    ) {
+        view::walk(self, side, view, &mut |s| f(s));
     }
 
     /// Replaces the guardrail texts of a body, in the order [`CallType::texts`] returns them.
@@ -316,6 +382,12 @@ mod tests {
     fn roundtrip(call_type: CallType, side: Side, mut body: Value, want: &[&str]) {
         let got = call_type.texts(side, &body);
         assert_eq!(got, want, "{call_type:?} {side:?}");
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert_eq!(
+            call_type.texts_from_slice(side, &bytes).unwrap(),
+            want,
+            "{call_type:?} {side:?} through the borrowed view"
+        );
         let upper: Vec<String> = got.iter().map(|t| t.to_uppercase()).collect();
         call_type.set_texts(side, &mut body, &upper).unwrap();
         assert_eq!(call_type.texts(side, &body), upper);

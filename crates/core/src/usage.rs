@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::CallType;
+use crate::json_view::JsonView;
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,29 +45,24 @@ impl Usage {
             usage: Option<Counts>,
         }
         let c = serde_json::from_slice::<Body>(body).ok()?.usage?;
-        let (prompt, completion) = match call_type {
-            CallType::Responses => (c.input_tokens, c.output_tokens),
-            CallType::AnthropicMessages => (
-                c.input_tokens.map(|i| {
-                    i + c.cache_read_input_tokens.unwrap_or(0)
-                        + c.cache_creation_input_tokens.unwrap_or(0)
-                }),
-                c.output_tokens,
-            ),
-            _ => (
-                c.prompt_tokens.or(c.input_tokens),
-                c.completion_tokens.or(c.output_tokens),
-            ),
-        };
-        if prompt.is_none() && completion.is_none() {
-            return None;
-        }
-        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
-        Some(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: c.total_tokens.unwrap_or(prompt + completion),
+        Usage::from_counts(call_type, |key| match key {
+            "prompt_tokens" => c.prompt_tokens,
+            "completion_tokens" => c.completion_tokens,
+            "input_tokens" => c.input_tokens,
+            "output_tokens" => c.output_tokens,
+            "total_tokens" => c.total_tokens,
+            "cache_read_input_tokens" => c.cache_read_input_tokens,
+            "cache_creation_input_tokens" => c.cache_creation_input_tokens,
+            _ => None,
         })
+    }
+
+    /// The usage in a response body already parsed as a borrowed view.
+    pub(crate) fn from_response_view(call_type: CallType, body: &JsonView<'_>) -> Option<Usage> {
+        let usage = body
+            .get("usage")
+            .filter(|u| matches!(u, JsonView::Object(_)))?;
+        Usage::from_counts(call_type, |key| usage.get(key).and_then(JsonView::as_u64))
     }
 
     /// A `usage` object in the shape of `call_type`.
@@ -74,31 +70,33 @@ impl Usage {
         if !usage.is_object() {
             return None;
         }
+        Usage::from_counts(call_type, |key| usage.get(key).and_then(Value::as_u64))
+    }
+
+    /// The usage from the token counts of a `usage` object (`count(key)`), in the shape of
+    /// `call_type`.
+    fn from_counts(call_type: CallType, count: impl Fn(&str) -> Option<u64>) -> Option<Usage> {
         let (prompt, completion) = match call_type {
-            CallType::Responses => (
-                num(usage.get("input_tokens")),
-                num(usage.get("output_tokens")),
-            ),
+            CallType::Responses => (count("input_tokens"), count("output_tokens")),
             CallType::AnthropicMessages => {
-                let input = num(usage.get("input_tokens"));
-                let cached = num(usage.get("cache_read_input_tokens")).unwrap_or(0)
-                    + num(usage.get("cache_creation_input_tokens")).unwrap_or(0);
-                (input.map(|i| i + cached), num(usage.get("output_tokens")))
+                let input = count("input_tokens");
+                let cached = count("cache_read_input_tokens").unwrap_or(0)
+                    + count("cache_creation_input_tokens").unwrap_or(0);
+                (input.map(|i| i + cached), count("output_tokens"))
             }
             _ => (
-                num(usage.get("prompt_tokens")).or_else(|| num(usage.get("input_tokens"))),
-                num(usage.get("completion_tokens")).or_else(|| num(usage.get("output_tokens"))),
+                count("prompt_tokens").or_else(|| count("input_tokens")),
+                count("completion_tokens").or_else(|| count("output_tokens")),
             ),
         };
         if prompt.is_none() && completion.is_none() {
             return None;
         }
         let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
-        let total = num(usage.get("total_tokens")).unwrap_or(prompt + completion);
         Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: total,
+            total_tokens: count("total_tokens").unwrap_or(prompt + completion),
         })
     }
 

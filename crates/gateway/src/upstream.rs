@@ -272,15 +272,10 @@ const GATEWAY_ONLY: &[&str] = &["guardrails", "litellm_metadata"];
 /// The common case (only `model` changes) splices the new name into the original bytes; the
 /// body is re-serialized only when keys must be removed.
 fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, Error> {
-    let Some(json) = parsed.json() else {
+    if !parsed.is_json() {
         return Ok(parsed.bytes().clone());
-    };
-    let strip = GATEWAY_ONLY.iter().any(|k| json.get(k).is_some())
-        || json
-            .get("metadata")
-            .and_then(|m| m.get("guardrails"))
-            .is_some();
-    if strip {
+    }
+    if let Some(json) = parsed.has_selection_keys().then(|| parsed.json()).flatten() {
         let mut json = json.clone();
         if let Value::Object(map) = &mut json {
             for key in GATEWAY_ONLY {

@@ -56,7 +56,6 @@ pin_project! {
         CheckJson {
             run: RunFuture,
             parts: Option<response::Parts>,
-            json: Option<Value>,
             bytes: Bytes,
             context: Option<StreamContext>,
         },
@@ -243,8 +242,9 @@ where
                     let context = context.take().expect("polled after completion");
                     let parts = parts.take().expect("polled after completion");
                     let bytes = buf.split().freeze();
-                    let json: Value = match serde_json::from_slice(&bytes) {
-                        Ok(json) => json,
+                    // One parse through a borrowed view: no `Value` unless a guardrail rewrites.
+                    let (texts, usage) = match context.call_type.response_texts_and_usage(&bytes) {
+                        Ok(read) => read,
                         Err(e) => {
                             let err = Error::upstream_unavailable(format!(
                                 "the upstream sent invalid JSON: {e}"
@@ -254,17 +254,15 @@ where
                     };
                     if let Some(report) = &context.report {
                         report.set_observed();
-                        if let Some(usage) = Usage::from_response(context.call_type, &json) {
+                        if let Some(usage) = usage {
                             report.set_usage(usage);
                         }
                     }
-                    let texts = context.call_type.texts(Side::Response, &json);
                     match run_post_call(this.config, &context, texts) {
                         None => return Poll::Ready(Ok(with_body(parts, bytes))),
                         Some(run) => this.state.set(State::CheckJson {
                             run,
                             parts: Some(parts),
-                            json: Some(json),
                             bytes,
                             context: Some(context),
                         }),
@@ -273,7 +271,6 @@ where
                 StateProj::CheckJson {
                     run,
                     parts,
-                    json,
                     bytes,
                     context,
                 } => {
@@ -289,12 +286,19 @@ where
                             rewritten: Some(texts),
                             ..
                         } => {
-                            let mut json = json.take().expect("polled after completion");
-                            match context
-                                .call_type
-                                .set_texts(Side::Response, &mut json, &texts)
-                            {
-                                Ok(()) => with_body(
+                            // The rare path: build the `Value` to write the masks into (the
+                            // bytes already parsed once, with the same parser).
+                            let written = serde_json::from_slice::<Value>(bytes)
+                                .map_err(|e| e.to_string())
+                                .and_then(|mut json| {
+                                    context
+                                        .call_type
+                                        .set_texts(Side::Response, &mut json, &texts)
+                                        .map(|()| json)
+                                        .map_err(|e| e.to_string())
+                                });
+                            match written {
+                                Ok(json) => with_body(
                                     parts,
                                     serde_json::to_vec(&json)
                                         .expect("a Value always serializes")

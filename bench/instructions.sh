@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Instructions per request of each proxy, counted by valgrind's callgrind: a figure that does not
+# depend on what else the machine is doing (unlike req/s or CPU time on shared cores), for
+# before/after comparisons of a change. See BENCHMARKS.md.
+#
+#   bash bench/instructions.sh
+#
+# For each target (bare, gw-none, gw-filter: the same as bench/run.sh), the proxy runs under
+# callgrind in front of the mock upstream (not under valgrind) on loopback, and serves N and then
+# 2N non-streaming chat requests (oha, concurrency 4) in two fresh runs; the difference of the
+# two instruction totals over N is the cost of one request, with start-up and shutdown cancelled
+# out. Counts user-space instructions of the proxy process only (the kernel's share is not seen).
+#
+# Environment (all optional):
+#   BENCH_REQUESTS   N (default 1000)
+#   BENCH_TARGETS    subset of: bare gw-none gw-filter (default: all)
+#   BENCH_PORT_BASE  first of two consecutive ports on 127.0.0.1 (default 18451)
+#   BENCH_SKIP_BUILD 1 to use already built binaries
+#   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+N=${BENCH_REQUESTS:-1000}
+TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter}
+PORT_BASE=${BENCH_PORT_BASE:-18451}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+HOST=127.0.0.1
+MOCK_PORT=$PORT_BASE
+PROXY_PORT=$((PORT_BASE + 1))
+
+die() {
+    echo "instructions: $*" >&2
+    exit 1
+}
+[[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 10)) || die "BENCH_REQUESTS must be an integer from 10 (got '$N')"
+for t in $TARGETS; do
+    case $t in bare | gw-none | gw-filter) ;; *) die "unknown target '$t'" ;; esac
+done
+command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
+PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
+command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-instructions.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+    local i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $HOST:$1 after 30 s"
+}
+
+"$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+wait_port "$MOCK_PORT"
+
+# total TARGET REQUESTS: callgrind's instruction total for the proxy serving REQUESTS requests.
+total() {
+    local target=$1 requests=$2 cmd
+    rm -f "$WORK"/callgrind.* "$WORK"/spend.db*
+    case $target in
+        bare) cmd=("$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT") ;;
+        *)
+            cat >"$WORK/$target.yaml" <<EOF
+model_list:
+  - model_name: bench-model
+    litellm_params:
+      model: openai/bench-model
+      api_base: http://$HOST:$MOCK_PORT/v1
+      api_key: sk-bench-not-a-real-key
+general_settings:
+  spend_logs: sqlite://$WORK/spend.db
+EOF
+            [[ $target == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
+            cmd=("$BIN/guardrail-gateway" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
+            ;;
+    esac
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &
+    local pid=$!
+    wait_port "$PROXY_PORT"
+    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" \
+        -D "$ROOT/bench/chat.json" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
+        die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
+    grep -q '\[200\] '"$requests"' responses' "$WORK/oha.txt" ||
+        die "$target: not every request got a 200: $(grep -A3 'Status code' "$WORK/oha.txt")"
+    kill -INT "$pid"
+    wait "$pid" || true
+    awk '/^(summary|totals):/ { print $2; exit }' "$WORK"/callgrind.*
+}
+
+printf '| target | instructions per request |\n|---|---:|\n'
+for target in $TARGETS; do
+    one=$(total "$target" "$N")
+    two=$(total "$target" $((2 * N)))
+    printf '| %s | %d |\n' "$target" $(((two - one) / N))
+done

@@ -1,0 +1,203 @@
+//! A borrowed view of a JSON document: what the hot path reads (the request's `model`,
+//! `stream`, `user` and guardrail selection; the guardrail texts of a request or response)
+//! without building a `serde_json::Value`.
+//!
+//! Strings borrow from the input unless they contain escapes, and objects are vectors of
+//! entries, so a view costs one allocation per object and array and none per key or string.
+//! It is parsed by `serde_json` itself, so it accepts and rejects exactly the documents a
+//! `Value` does (syntax, UTF-8, escapes, surrogates, the nesting limit, trailing characters).
+//!
+//! Lookups follow `serde_json::Value`: when an object repeats a key, the last value wins. An
+//! upstream reads duplicated keys the same way, so a guardrail always checks what the model
+//! will read.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// A JSON value borrowing from the bytes it was parsed from. A number keeps its value only when
+/// it is a non-negative integer (token counts): nothing read through a view needs others.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum JsonView<'a> {
+    Null,
+    Bool(bool),
+    Number(Option<u64>),
+    String(Cow<'a, str>),
+    Array(Vec<JsonView<'a>>),
+    Object(Vec<(Cow<'a, str>, JsonView<'a>)>),
+}
+
+impl<'a> JsonView<'a> {
+    /// Parses a whole document.
+    pub(crate) fn parse(bytes: &'a [u8]) -> serde_json::Result<JsonView<'a>> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The value of `key` if this is an object that has it (the last one, if repeated).
+    pub(crate) fn get(&self, key: &str) -> Option<&JsonView<'a>> {
+        match self {
+            JsonView::Object(entries) => {
+                entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+            }
+            _ => None,
+        }
+    }
+
+    /// The number, if this is a non-negative integer (as `serde_json::Value::as_u64`).
+    pub(crate) fn as_u64(&self) -> Option<u64> {
+        match self {
+            JsonView::Number(n) => *n,
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            JsonView::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An object key, borrowed unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonView<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ViewVisitor;
+        impl<'de> Visitor<'de> for ViewVisitor {
+            type Value = JsonView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::Number(u64::try_from(v).ok()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::Number(Some(v)))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::Number(None))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::String(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::String(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<JsonView<'de>, E> {
+                Ok(JsonView::String(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonView<'de>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(JsonView::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonView<'de>, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(Key(key)) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(JsonView::Object(entries))
+            }
+        }
+        deserializer.deserialize_any(ViewVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn strings_borrow_unless_escaped() {
+        let view = JsonView::parse(br#"{"a": "plain", "b\n": "esc\u00e9"}"#).unwrap();
+        let JsonView::Object(entries) = &view else {
+            panic!("{view:?}")
+        };
+        assert!(matches!(entries[0].0, Cow::Borrowed("a")));
+        assert!(matches!(
+            entries[0].1,
+            JsonView::String(Cow::Borrowed("plain"))
+        ));
+        assert!(matches!(&entries[1].0, Cow::Owned(k) if k == "b\n"));
+        assert_eq!(
+            view.get("b\n").and_then(JsonView::as_str),
+            Some("esc\u{e9}")
+        );
+    }
+
+    #[test]
+    fn the_last_duplicate_wins_as_in_serde_json() {
+        let body = br#"{"model": "first", "n": 1, "model": "last"}"#;
+        let view = JsonView::parse(body).unwrap();
+        let value: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(view.get("model").and_then(JsonView::as_str), Some("last"));
+        assert_eq!(value["model"], "last");
+        assert!(view.get("missing").is_none());
+        assert!(JsonView::parse(b"[1]").unwrap().get("0").is_none());
+        for n in ["12", "-3", "1.5", "18446744073709551615", "\"7\""] {
+            let view = JsonView::parse(n.as_bytes()).unwrap();
+            let value: Value = serde_json::from_str(n).unwrap();
+            assert_eq!(view.as_u64(), value.as_u64(), "{n}");
+        }
+    }
+
+    #[test]
+    fn accepts_and_rejects_what_a_value_does() {
+        let cases: &[&[u8]] = &[
+            br#"{"a": [1, -2, 3.5e3, true, false, null, {"b": {}}]}"#,
+            br#""\ud83d\ude00""#,
+            b"  [] ",
+            br#"{"a": "\ud800"}"#,
+            b"{\"a\": \"\xff\"}",
+            b"{\"a\": \"tab\tinside\"}",
+            br#"{"a": 1,}"#,
+            br#"{"a": 1} x"#,
+            br#"{"a": 1e400}"#,
+            b"",
+            &[b'['; 200],
+        ];
+        for case in cases {
+            let view = JsonView::parse(case).map(|_| ()).map_err(|e| e.to_string());
+            let value = serde_json::from_slice::<Value>(case)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(view, value, "{}", String::from_utf8_lossy(case));
+        }
+    }
+}
