@@ -76,16 +76,8 @@ total() {
     case $target in
         bare) cmd=("$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT") ;;
         *)
-            cat >"$WORK/$target.yaml" <<EOF
-model_list:
-  - model_name: bench-model
-    litellm_params:
-      model: openai/bench-model
-      api_base: http://$HOST:$MOCK_PORT/v1
-      api_key: sk-bench-not-a-real-key
-general_settings:
-  spend_logs: sqlite://$WORK/spend.db
-EOF
+            sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" \
+                "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
             [[ $target == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
             cmd=("$BIN/guardrail-gateway" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
             ;;

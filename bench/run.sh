@@ -160,16 +160,7 @@ sed '1s/^{/{"stream": true, "stream_options": {"include_usage": true}, /' "$ROOT
 # Writes a gateway config: $1 file, $2 spend-log path, $3 "filter" for the content filter.
 write_config() {
     local file=$1 db=$2 kind=$3
-    cat >"$file" <<EOF
-model_list:
-  - model_name: bench-model
-    litellm_params:
-      model: openai/bench-model
-      api_base: http://$HOST:$MOCK_PORT/v1
-      api_key: sk-bench-not-a-real-key
-general_settings:
-  spend_logs: sqlite://$db
-EOF
+    sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$db|" "$ROOT/bench/gateway.yaml" >"$file"
     [[ $kind == filter ]] || return 0
     cat "$ROOT/bench/content-filter.yaml" >>"$file"
 }
