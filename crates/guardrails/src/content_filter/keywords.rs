@@ -2,7 +2,7 @@
 //! lowercase), on word boundaries, with byte offsets into the original text.
 
 use aho_corasick::automaton::Automaton;
-use aho_corasick::{Anchored, Input, MatchKind, StartKind, dfa, nfa};
+use aho_corasick::{Anchored, Input, MatchKind, StartKind, dfa, nfa, packed};
 
 use super::config::FilterAction;
 
@@ -33,6 +33,12 @@ enum Engine {
 #[derive(Debug)]
 pub(super) struct Keywords {
     engine: Engine,
+    /// A SIMD multi-substring searcher (Teddy) over the folded keywords, for the common case of
+    /// ASCII text that contains no keyword at all: searching the lower-cased text with it is an
+    /// order of magnitude cheaper than the overlapping automaton, which then runs only when a
+    /// keyword occurs somewhere. `None` where no packed searcher can be built (too many
+    /// keywords, or a CPU without the vector instructions).
+    prefilter: Option<packed::Searcher>,
     pub(super) list: Vec<Keyword>,
     /// The longest keyword, in chars.
     pub(super) max_chars: usize,
@@ -105,8 +111,14 @@ impl Keywords {
         } else {
             Engine::Nfa(build_nfa(&folded))
         };
+        let prefilter = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(&folded)
+            .build();
         Some(Keywords {
             engine,
+            prefilter,
             list,
             max_chars,
         })
@@ -121,9 +133,24 @@ impl Keywords {
         partial: bool,
         f: &mut dyn FnMut(usize, usize, usize),
     ) {
+        if !self.may_occur(text) {
+            return;
+        }
         match &self.engine {
             Engine::Dfa(a) => scan(a, &self.list, text, partial, f),
             Engine::Nfa(a) => scan(a, &self.list, text, partial, f),
+        }
+    }
+
+    /// False only when no keyword occurs anywhere in `text`, in any case, word boundaries
+    /// aside: then there is nothing to scan for. Any occurrence the automaton can find in ASCII
+    /// text is its folded keyword in the text's ASCII lower case, which the prefilter finds.
+    fn may_occur(&self, text: &str) -> bool {
+        match &self.prefilter {
+            Some(prefilter) if text.is_ascii() => {
+                prefilter.find(text.to_ascii_lowercase()).is_some()
+            }
+            _ => true,
         }
     }
 
@@ -248,4 +275,69 @@ fn pending_from<A: Automaton>(a: &A, max_chars: usize, text: &str) -> usize {
         }
     }
     text.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keywords(words: &[&str]) -> Keywords {
+        Keywords::new(
+            words
+                .iter()
+                .map(|w| (w.to_string(), FilterAction::Block, None))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn matches(kw: &Keywords, text: &str) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        kw.for_each_match(text, false, &mut |k, s, e| out.push((k, s, e)));
+        out
+    }
+
+    #[test]
+    fn the_prefilter_skips_clean_text_and_misses_no_match() {
+        let kw = keywords(&["confidential", "Bluebird", "wire tap", "qz"]);
+        assert!(
+            kw.prefilter.is_some(),
+            "a short list gets a packed searcher"
+        );
+        assert!(!kw.may_occur("Nothing to see in this long, clean sentence about trains."));
+        assert_eq!(
+            matches(&kw, "Nothing to see in this long, clean sentence."),
+            []
+        );
+        // Every case, at the edges and in the middle of a long text.
+        let long = format!(
+            "{} CONFIDENTIAL {} BlueBIRD",
+            "x ".repeat(100),
+            "y ".repeat(100)
+        );
+        assert_eq!(
+            matches(&kw, &long),
+            [(0, 201, 213), (1, 415, 423)],
+            "{long}"
+        );
+        assert_eq!(matches(&kw, "QZ"), [(3, 0, 2)]);
+        assert_eq!(matches(&kw, "a WIRE TAP."), [(2, 2, 10)]);
+        // An occurrence inside a word is found by the prefilter, then dropped on boundaries.
+        assert!(kw.may_occur("Bluebirds"));
+        assert_eq!(matches(&kw, "Bluebirds"), []);
+        // Non-ASCII text takes the folding path, with or without a prefilter.
+        assert_eq!(matches(&kw, "ÄÖ confidential"), [(0, 5, 17)]);
+    }
+
+    #[test]
+    fn many_keywords_still_match() {
+        let words: Vec<String> = (0..500).map(|i| format!("kw{i}x")).collect();
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        let kw = keywords(&refs);
+        assert_eq!(
+            matches(&kw, "then KW499X and kw7x."),
+            [(499, 5, 11), (7, 16, 20)]
+        );
+        assert_eq!(matches(&kw, "none here"), []);
+    }
 }
