@@ -24,6 +24,12 @@ use crate::{CallType, Error, GuardrailSelection};
 /// The default request body limit: 16 MiB (room for a few base64 images).
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The top-level request keys that are for the gateway, not the model: the guardrail selection
+/// (`guardrails`) and LiteLLM's `litellm_metadata`. With `metadata.guardrails`, they are what
+/// [`ParsedRequest::has_gateway_only_keys`] reports and what a gateway removes before forwarding
+/// (an upstream would reject them).
+pub const GATEWAY_ONLY_KEYS: &[&str] = &["guardrails", "litellm_metadata"];
+
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -193,7 +199,7 @@ pub struct ParsedRequest {
     stream: bool,
     user: Option<String>,
     selection: GuardrailSelection,
-    selection_keys: bool,
+    gateway_only_keys: bool,
 }
 
 impl ParsedRequest {
@@ -219,7 +225,7 @@ impl ParsedRequest {
             stream: false,
             user: None,
             selection: GuardrailSelection::new(),
-            selection_keys: false,
+            gateway_only_keys: false,
         };
         if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
             let view = JsonView::parse(&bytes).map_err(Error::invalid_json)?;
@@ -230,8 +236,7 @@ impl ParsedRequest {
             parsed.user =
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
-            parsed.selection_keys = view.get("guardrails").is_some()
-                || view.get("litellm_metadata").is_some()
+            parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             // Note where the texts lie (cheap: no copy), so a guardrail needs no second parse.
             let base = bytes.as_ptr() as usize;
@@ -278,10 +283,10 @@ impl ParsedRequest {
         self.json.as_deref().map(JsonBody::value)
     }
 
-    /// Whether the body carries keys that select guardrails (`guardrails`,
-    /// `metadata.guardrails`, `litellm_metadata`): a gateway removes them before forwarding.
-    pub fn has_selection_keys(&self) -> bool {
-        self.selection_keys
+    /// Whether the body carries any of the [`GATEWAY_ONLY_KEYS`] or `metadata.guardrails`: a
+    /// gateway removes them before forwarding.
+    pub fn has_gateway_only_keys(&self) -> bool {
+        self.gateway_only_keys
     }
 
     /// The `model` the client asked for.

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardrail_tower_core::{BoxError, CallType, Error, ParsedRequest};
+use guardrail_tower_core::{BoxError, CallType, Error, GATEWAY_ONLY_KEYS, ParsedRequest};
 use guardrail_tower_guardrails::HttpClient;
 use guardrail_tower_spend_log::ApiBase;
 use http::header::{self, HeaderName, HeaderValue};
@@ -264,9 +264,6 @@ impl Forward {
     }
 }
 
-/// Keys only the gateway reads; an upstream would reject them.
-const GATEWAY_ONLY: &[&str] = &["guardrails", "litellm_metadata"];
-
 /// The body with `model` replaced by the upstream's name and the gateway-only keys removed.
 ///
 /// The common case (only `model` changes) splices the new name into the original bytes; the
@@ -275,10 +272,14 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
     if !parsed.is_json() {
         return Ok(parsed.bytes().clone());
     }
-    if let Some(json) = parsed.has_selection_keys().then(|| parsed.json()).flatten() {
+    if let Some(json) = parsed
+        .has_gateway_only_keys()
+        .then(|| parsed.json())
+        .flatten()
+    {
         let mut json = json.clone();
         if let Value::Object(map) = &mut json {
-            for key in GATEWAY_ONLY {
+            for key in GATEWAY_ONLY_KEYS {
                 map.shift_remove(*key);
             }
             map.insert("model".into(), Value::String(upstream_model.to_owned()));
@@ -392,5 +393,19 @@ mod tests {
             out,
             r#"{"model":"up","metadata":{"trace":"t"},"messages":[]}"#
         );
+        // Each alone is removed too, even with the model name unchanged.
+        for (body, want) in [
+            (r#"{"model":"up","guardrails":["a"]}"#, r#"{"model":"up"}"#),
+            (
+                r#"{"model":"up","litellm_metadata":{}}"#,
+                r#"{"model":"up"}"#,
+            ),
+            (
+                r#"{"model":"up","metadata":{"guardrails":["b"]}}"#,
+                r#"{"model":"up","metadata":{}}"#,
+            ),
+        ] {
+            assert_eq!(rewrite_body(&parsed(body), "up").unwrap(), want, "{body}");
+        }
     }
 }
