@@ -110,6 +110,7 @@
 mod config;
 mod error;
 mod keywords;
+mod needs;
 mod patterns;
 
 use std::collections::BTreeMap;
@@ -130,6 +131,7 @@ pub use config::{
 pub use error::ContentFilterError;
 
 use keywords::Keywords;
+use needs::Search;
 use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT};
 
 /// The `guardrail_provider` of this guardrail, as LiteLLM names it.
@@ -154,7 +156,68 @@ struct Inner {
     /// All patterns at once, to skip the ones that cannot match. `None` when there are fewer
     /// than two patterns, or the set would be too large.
     set: Option<RegexSet>,
+    /// The byte sets the patterns need, to skip the patterns a text cannot match before any
+    /// regex runs. `None` with more than [`SET_STACK`] patterns.
+    needs: Option<PatternNeeds>,
     max_match_chars: usize,
+}
+
+/// The distinct byte sets of all patterns' [`PatternRule::needs`], each looked for at most once
+/// per text.
+#[derive(Debug)]
+struct PatternNeeds {
+    sets: Vec<Search>,
+    /// Per pattern, indices into `sets`.
+    of_pattern: Vec<Vec<u8>>,
+}
+
+impl PatternNeeds {
+    fn new(patterns: &[PatternRule]) -> Option<PatternNeeds> {
+        if patterns.len() > SET_STACK {
+            return None;
+        }
+        let mut sets: Vec<Search> = Vec::new();
+        let mut of_pattern = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let mut indices = Vec::with_capacity(p.needs.len());
+            for set in &p.needs {
+                let search = set.search();
+                let i = match sets.iter().position(|s| *s == search) {
+                    Some(i) => i,
+                    None => {
+                        sets.push(search);
+                        sets.len() - 1
+                    }
+                };
+                indices.push(u8::try_from(i).ok()?);
+            }
+            of_pattern.push(indices);
+        }
+        // Every index is below 64: at most 64 patterns with at most 2 sets each, but only
+        // 64 bits of bookkeeping.
+        (sets.len() <= 64).then_some(PatternNeeds { sets, of_pattern })
+    }
+
+    /// Bit `i` set: pattern `i` may match `text` (it contains a byte of each of its sets).
+    fn candidates(&self, text: &[u8]) -> u64 {
+        let (mut known, mut present, mut out) = (0u64, 0u64, 0u64);
+        'patterns: for (i, needs) in self.of_pattern.iter().enumerate() {
+            for &s in needs {
+                let bit = 1u64 << s;
+                if known & bit == 0 {
+                    known |= bit;
+                    if self.sets[usize::from(s)].occurs_in(text) {
+                        present |= bit;
+                    }
+                }
+                if present & bit == 0 {
+                    continue 'patterns;
+                }
+            }
+            out |= 1 << i;
+        }
+        out
+    }
 }
 
 /// Which rule a match comes from.
@@ -274,6 +337,7 @@ impl ContentFilter {
         } else {
             None
         };
+        let needs = PatternNeeds::new(&patterns);
         let max_match_chars = patterns
             .iter()
             .map(|p| p.max_chars)
@@ -287,6 +351,7 @@ impl ContentFilter {
                 keyword_replacement,
                 patterns,
                 set,
+                needs,
                 max_match_chars,
             }),
         })
@@ -373,13 +438,28 @@ impl ContentFilter {
                     });
                 });
             };
+            // Bit `i`: pattern `i` may match. All of them without the byte prefilter.
+            let candidates = match &inner.needs {
+                Some(needs) => needs.candidates(text.as_bytes()),
+                None => u64::MAX,
+            };
+            let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
             match &inner.set {
+                _ if candidates == 0 => {}
+                // One candidate: its own regex, not the set.
+                _ if candidates.is_power_of_two() && inner.needs.is_some() => {
+                    scan(candidates.trailing_zeros() as usize);
+                }
                 // `is_match` is the fast path for the common no-match case.
                 Some(set) if !set.is_match(text) => {}
                 Some(set) if set.len() <= SET_STACK => {
                     let mut matched = [false; SET_STACK];
                     set.matches_read_at(&mut matched[..set.len()], text, 0);
-                    for (i, _) in matched.iter().enumerate().filter(|(_, m)| **m) {
+                    for (i, _) in matched
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, m)| **m && may_match(*i))
+                    {
                         scan(i);
                     }
                 }
@@ -388,7 +468,9 @@ impl ContentFilter {
                         scan(i);
                     }
                 }
-                None => (0..inner.patterns.len()).for_each(scan),
+                None => (0..inner.patterns.len())
+                    .filter(|&i| may_match(i))
+                    .for_each(scan),
             }
         }
         if hits.is_empty() {

@@ -8,6 +8,7 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 
 use super::config::FilterAction;
 use super::error::ContentFilterError;
+use super::needs::{ByteSet, needed_sets};
 
 /// The compiled-size limit of one regex (program and lazy DFA cache), in bytes.
 pub(super) const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -161,6 +162,8 @@ pub(super) struct PatternRule {
     pub(super) max_chars: usize,
     /// Sorted, disjoint, inclusive ranges of the characters a match can contain.
     alphabet: Vec<(char, char)>,
+    /// Byte sets every match has a byte of (see [`needed_sets`]).
+    pub(super) needs: Vec<ByteSet>,
     validator: Option<Validator>,
 }
 
@@ -210,6 +213,7 @@ impl PatternRule {
         let mut alphabet = Vec::new();
         collect_alphabet(&hir, &mut alphabet);
         let alphabet = normalize_ranges(alphabet);
+        let needs = needed_sets(&hir);
         let upper = name.to_uppercase();
         Ok(PatternRule {
             replacement: redaction_format.replace("{pattern_name}", &upper),
@@ -219,6 +223,7 @@ impl PatternRule {
             action,
             max_chars,
             alphabet,
+            needs,
             validator: None,
         })
     }
