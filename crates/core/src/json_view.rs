@@ -30,8 +30,15 @@ pub(crate) enum JsonView<'a> {
 
 impl<'a> JsonView<'a> {
     /// Parses a whole document.
+    ///
+    /// The document's UTF-8 is checked once, a word at a time over ASCII, rather than by
+    /// `serde_json` string by string; a document that fails the check is parsed from the bytes,
+    /// so the error is `serde_json`'s own, with its position.
     pub(crate) fn parse(bytes: &'a [u8]) -> serde_json::Result<JsonView<'a>> {
-        serde_json::from_slice(bytes)
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// The value of `key` if this is an object that has it (the last one, if repeated).

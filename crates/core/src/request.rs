@@ -323,9 +323,15 @@ impl ParsedRequest {
             Some(spans) => spans
                 .iter()
                 .map(|span| match span {
-                    // A borrowed JSON string: valid UTF-8, so this copies without replacing.
+                    // A borrowed JSON string: valid UTF-8, so this copies without replacing
+                    // (`from_utf8` checks a word at a time over ASCII; `from_utf8_lossy` byte
+                    // by byte).
                     TextSpan::Bytes(range) => {
-                        String::from_utf8_lossy(&json.bytes[range.clone()]).into_owned()
+                        let bytes = &json.bytes[range.clone()];
+                        std::str::from_utf8(bytes).map_or_else(
+                            |_| String::from_utf8_lossy(bytes).into_owned(),
+                            str::to_owned,
+                        )
                     }
                     TextSpan::Unescaped(text) => text.clone(),
                 })

@@ -43,6 +43,10 @@ impl ByteSet {
         ByteSet(self.0 | other.0)
     }
 
+    fn is_subset_of(self, other: ByteSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
     fn len(self) -> u32 {
         self.0.count_ones()
     }
@@ -122,9 +126,15 @@ pub(super) fn needed_sets(hir: &Hir) -> Vec<ByteSet> {
     let mut sets = Vec::new();
     collect(hir, &mut sets);
     sets.sort_by_key(|s| s.len());
-    sets.dedup();
-    sets.truncate(MAX_PER_PATTERN);
-    sets
+    // A set that holds a smaller one adds nothing: a text with a byte of the smaller set has
+    // one of the larger.
+    let mut kept: Vec<ByteSet> = Vec::with_capacity(MAX_PER_PATTERN);
+    for set in sets {
+        if kept.len() < MAX_PER_PATTERN && !kept.iter().any(|k| k.is_subset_of(set)) {
+            kept.push(set);
+        }
+    }
+    kept
 }
 
 /// Pushes sets that every match of `hir` contains a byte of.
@@ -211,14 +221,17 @@ mod tests {
             sets(r"[0-9]{3}-[0-9]{2}-[0-9]{4}", false),
             ["-", "0123456789"]
         );
-        // An optional prefix needs nothing; a branch gives its smallest set, `(` or a digit.
+        // An optional prefix needs nothing; the branches give `(` or a digit, a set that holds
+        // the digits every match needs anyway, so it is dropped.
         assert_eq!(
             sets(
                 r"(?:\+?1[ .-]?)?(?:\([0-9]{3}\)|[0-9]{3})[ .-]?[0-9]{3}",
                 false
             ),
-            ["0123456789", "(0123456789"]
+            ["0123456789"]
         );
+        assert_eq!(sets(r"[0-9a-f]x?[0-9]", false), ["0123456789"]);
+        assert_eq!(sets(r"a[0-9a-f]b", false), ["a", "b"]);
         assert_eq!(
             sets(r"(?:(?:25[0-5]|1[0-9]{2}|[1-9]?[0-9])\.){3}", false),
             [".", "0123456789"]
