@@ -153,9 +153,18 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, nodelay: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // As the gateway binary does by default, so that both hold memory the same way.
+    guardrail_gateway::process::disable_transparent_huge_pages();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the Tokio runtime starts")
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
     let base = args.upstream.trim_end_matches('/').to_owned();
     if let Err(e) = format!("{base}/").parse::<Uri>() {
         eprintln!("bare-proxy: invalid --upstream '{}': {e}", args.upstream);

@@ -57,4 +57,5 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod mock;
+pub mod process;
 pub mod upstream;

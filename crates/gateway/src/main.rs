@@ -20,6 +20,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Let the kernel back the heap with transparent huge pages. Off by default: on systems
+    /// where THP is `always`, it multiplies the gateway's resident memory for no measurable
+    /// gain (see BENCHMARKS.md).
+    #[arg(long, global = true)]
+    transparent_huge_pages: bool,
 }
 
 #[derive(Subcommand)]
@@ -93,9 +98,26 @@ async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime's threads and the allocator's arenas exist.
+    if !cli.transparent_huge_pages {
+        guardrail_gateway::process::disable_transparent_huge_pages();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let default_level = match cli.command {
         Command::Demo => "warn",
         Command::Serve { .. } => "info",
