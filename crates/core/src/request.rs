@@ -200,6 +200,8 @@ pub struct ParsedRequest {
     user: Option<String>,
     selection: GuardrailSelection,
     gateway_only_keys: bool,
+    /// The facts of [`RequestMeta::shared_from_request`], built once per request.
+    shared_meta: OnceLock<Arc<RequestMeta>>,
 }
 
 impl ParsedRequest {
@@ -226,6 +228,7 @@ impl ParsedRequest {
             user: None,
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
+            shared_meta: OnceLock::new(),
         };
         if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
             let view = JsonView::parse(&bytes).map_err(Error::invalid_json)?;
@@ -362,6 +365,8 @@ impl ParsedRequest {
             value: OnceLock::from(Arc::new(value)),
             texts: None,
         }));
+        // The facts a guardrail sees include the body: the next layer builds them anew.
+        self.shared_meta = OnceLock::new();
         Ok(())
     }
 
@@ -386,6 +391,23 @@ impl RequestMeta {
             .cloned()
             .unwrap_or_else(RequestId::generate);
         Some(parsed.meta(request_id, request.headers()))
+    }
+
+    /// [`RequestMeta::from_request`], built once per request and shared: the pre-call and the
+    /// post-call layer of one request see the same facts (and the same generated request id, if
+    /// the request had none) without copying the headers twice. The facts are those the first
+    /// caller saw; rewriting the texts ([`ParsedRequest::set_texts`]) starts over.
+    pub fn shared_from_request<B>(request: &Request<B>) -> Option<Arc<RequestMeta>> {
+        let parsed = request.extensions().get::<ParsedRequest>()?;
+        let meta = parsed.shared_meta.get_or_init(|| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_else(RequestId::generate);
+            Arc::new(parsed.meta(request_id, request.headers()))
+        });
+        Some(Arc::clone(meta))
     }
 }
 
@@ -761,6 +783,45 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"my email is [EMAIL]"}]}"#
         );
         assert_eq!(parsed.texts(), ["my email is [EMAIL]"]);
+    }
+
+    #[test]
+    fn shared_meta_is_built_once_and_again_after_a_rewrite() {
+        let parsed = ParsedRequest::parse(
+            CallType::ChatCompletions,
+            Bytes::from_static(
+                br#"{"model":"m","messages":[{"role":"user","content":"my email is a@b.co"}]}"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let mut request = Request::post("/v1/chat/completions")
+            .header("authorization", "Bearer sk-secret")
+            .header("x-team", "red")
+            .body(())
+            .unwrap();
+        request.extensions_mut().insert(parsed);
+        assert!(RequestMeta::from_request(&Request::new(())).is_none());
+        assert!(RequestMeta::shared_from_request(&Request::new(())).is_none());
+
+        let first = RequestMeta::shared_from_request(&request).unwrap();
+        let again = RequestMeta::shared_from_request(&request).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.headers().get("x-team").unwrap(), "red");
+        assert!(first.headers().get("authorization").is_none());
+        assert_eq!(
+            first.body().unwrap()["messages"][0]["content"],
+            "my email is a@b.co"
+        );
+
+        let parsed = request.extensions_mut().get_mut::<ParsedRequest>().unwrap();
+        parsed.set_texts(&["my email is [EMAIL]".into()]).unwrap();
+        let rewritten = RequestMeta::shared_from_request(&request).unwrap();
+        assert!(!Arc::ptr_eq(&first, &rewritten));
+        assert_eq!(
+            rewritten.body().unwrap()["messages"][0]["content"],
+            "my email is [EMAIL]"
+        );
     }
 
     #[test]

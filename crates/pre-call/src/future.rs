@@ -1,6 +1,5 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -106,7 +105,7 @@ fn start_checks(
     if !guardrails.any_selected(mode, parsed.selection()) {
         return None;
     }
-    let meta = Arc::new(RequestMeta::from_request(request)?);
+    let meta = RequestMeta::shared_from_request(request)?;
     guardrails.run(
         mode,
         parsed.selection(),

@@ -80,7 +80,7 @@ impl Prepare for Capture {
         {
             return None;
         }
-        let meta = Arc::new(RequestMeta::from_request(request)?);
+        let meta = RequestMeta::shared_from_request(request)?;
         let context = StreamContext {
             call_type: parsed.call_type(),
             selection: parsed.selection().clone(),
