@@ -20,9 +20,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Let the kernel back the heap with transparent huge pages. Off by default: on systems
-    /// where THP is `always`, it multiplies the gateway's resident memory for no measurable
-    /// gain (see BENCHMARKS.md).
+    /// Let the kernel back the heap with transparent huge pages. Off by default: where THP is
+    /// enabled (`always` or `madvise`), it doubles the gateway's resident memory for no
+    /// measurable gain (see BENCHMARKS.md).
     #[arg(long, global = true)]
     transparent_huge_pages: bool,
 }

@@ -4,11 +4,11 @@
 /// (Linux `prctl(PR_SET_THP_DISABLE)`); returns whether they are now off. On other systems,
 /// or if the kernel refuses, nothing changes and this returns `false`.
 ///
-/// Where THP is `always` (a common distribution default, see
-/// `/sys/kernel/mm/transparent_hugepage/enabled`), the kernel backs any touched 2 MiB-aligned
-/// stretch of the allocator's eagerly committed memory with a whole 2 MiB page, so a gateway
-/// whose heap is a few MiB holds several times that. Measured with 256 concurrent streams
-/// (`BENCHMARKS.md`): 59 MiB peak RSS with THP, 38 MiB without, at the same throughput.
+/// Where THP is enabled (`always`, or `madvise`, since mimalloc advises huge pages for its
+/// arenas; see `/sys/kernel/mm/transparent_hugepage/enabled`), the kernel backs any touched
+/// 2 MiB-aligned stretch of the heap with a whole 2 MiB page, so a gateway whose heap is a few
+/// MiB holds several times that. Measured under load with the content filter
+/// (`BENCHMARKS.md`): 52 MiB peak RSS with THP, 24 MiB without, at the same CPU per request.
 ///
 /// Call it first thing in `main`, before the runtime and the allocator's arenas are set up: it
 /// does not split huge pages that already exist.
