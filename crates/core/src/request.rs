@@ -385,12 +385,7 @@ impl RequestMeta {
     /// [`RequestId`] in its extensions; `None` when the request was not parsed.
     pub fn from_request<B>(request: &Request<B>) -> Option<RequestMeta> {
         let parsed = request.extensions().get::<ParsedRequest>()?;
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(RequestId::generate);
-        Some(parsed.meta(request_id, request.headers()))
+        Some(Self::of_parsed(parsed, request))
     }
 
     /// [`RequestMeta::from_request`], built once per request and shared: the pre-call and the
@@ -399,15 +394,20 @@ impl RequestMeta {
     /// caller saw; rewriting the texts ([`ParsedRequest::set_texts`]) starts over.
     pub fn shared_from_request<B>(request: &Request<B>) -> Option<Arc<RequestMeta>> {
         let parsed = request.extensions().get::<ParsedRequest>()?;
-        let meta = parsed.shared_meta.get_or_init(|| {
-            let request_id = request
-                .extensions()
-                .get::<RequestId>()
-                .cloned()
-                .unwrap_or_else(RequestId::generate);
-            Arc::new(parsed.meta(request_id, request.headers()))
-        });
+        let meta = parsed
+            .shared_meta
+            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request)));
         Some(Arc::clone(meta))
+    }
+
+    /// The facts of `request`, whose extensions hold `parsed`.
+    fn of_parsed<B>(parsed: &ParsedRequest, request: &Request<B>) -> RequestMeta {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        parsed.meta(request_id, request.headers())
     }
 }
 

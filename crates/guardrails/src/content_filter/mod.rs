@@ -193,8 +193,8 @@ impl PatternNeeds {
             }
             of_pattern.push(indices);
         }
-        // Every index is below 64: at most 64 patterns with at most 2 sets each, but only
-        // 64 bits of bookkeeping.
+        // `candidates` keeps one bit per distinct set: up to 64 patterns with up to two sets
+        // each may have more.
         (sets.len() <= 64).then_some(PatternNeeds { sets, of_pattern })
     }
 
@@ -446,8 +446,9 @@ impl ContentFilter {
             let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
             match &inner.set {
                 _ if candidates == 0 => {}
-                // One candidate: its own regex, not the set.
-                _ if candidates.is_power_of_two() && inner.needs.is_some() => {
+                // One candidate (never without the prefilter: then all are): its own regex,
+                // not the set.
+                _ if candidates.is_power_of_two() => {
                     scan(candidates.trailing_zeros() as usize);
                 }
                 // `is_match` is the fast path for the common no-match case.
