@@ -12,6 +12,7 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use crate::request::JsonBody;
+use crate::scope::{Caller, RequestState};
 use crate::text::Side;
 use crate::{CallType, GuardrailMode, RequestId};
 
@@ -31,6 +32,8 @@ pub struct RequestMeta {
     stream: bool,
     body: Option<Arc<JsonBody>>,
     headers: HeaderMap,
+    caller: Option<Arc<Caller>>,
+    state: RequestState,
 }
 
 impl RequestMeta {
@@ -43,7 +46,21 @@ impl RequestMeta {
             stream: false,
             body: None,
             headers: HeaderMap::new(),
+            caller: None,
+            state: RequestState::new(),
         }
+    }
+
+    /// Sets who is calling (see [`Caller`]).
+    pub fn with_caller(mut self, caller: Option<Arc<Caller>>) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// Sets the request's guardrail state (see [`RequestState`]); by default a new, empty one.
+    pub fn with_state(mut self, state: RequestState) -> Self {
+        self.state = state;
+        self
     }
 
     /// Sets the model the client asked for.
@@ -115,6 +132,17 @@ impl RequestMeta {
     /// The request headers, without credentials.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    /// Who is calling, when an authentication layer said so.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.as_deref()
+    }
+
+    /// The state guardrails keep for this request between their checks (the same for the
+    /// pre-call and the post-call checks of one request, and for no other request).
+    pub fn state(&self) -> &RequestState {
+        &self.state
     }
 }
 

@@ -54,6 +54,7 @@ mod log;
 mod report;
 mod request;
 mod runner;
+mod scope;
 mod selection;
 pub mod sse;
 pub mod text;
@@ -79,6 +80,7 @@ pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,
     Resolved, RunFuture, StreamPolicy,
 };
+pub use scope::{Caller, RequestState, StateKey};
 pub use selection::{
     GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec, UnknownMode, should_run,
 };

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::guardrail::{BoxError, RequestMeta};
 use crate::json_view::JsonView;
+use crate::scope::{Caller, RequestState};
 use crate::text::{Side, TextCountMismatch};
 use crate::{CallType, Error, GuardrailSelection};
 
@@ -402,12 +403,18 @@ impl RequestMeta {
 
     /// The facts of `request`, whose extensions hold `parsed`.
     fn of_parsed<B>(parsed: &ParsedRequest, request: &Request<B>) -> RequestMeta {
-        let request_id = request
-            .extensions()
+        let extensions = request.extensions();
+        let request_id = extensions
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(RequestId::generate);
-        parsed.meta(request_id, request.headers())
+        let mut meta = parsed
+            .meta(request_id, request.headers())
+            .with_caller(extensions.get::<Arc<Caller>>().cloned());
+        if let Some(state) = extensions.get::<RequestState>() {
+            meta = meta.with_state(state.clone());
+        }
+        meta
     }
 }
 
@@ -458,6 +465,9 @@ where
     /// Starts buffering `request` with a body limit of `limit` bytes.
     pub fn new(mut request: Request<B>, limit: usize) -> Self {
         RequestId::get_or_insert(&mut request);
+        request
+            .extensions_mut()
+            .get_or_insert_default::<RequestState>();
         let call_type = CallType::from_path(request.uri().path());
         let (mut parts, body) = request.into_parts();
         if let Some(parsed) = parts.extensions.get::<ParsedRequest>().cloned() {
@@ -822,6 +832,30 @@ mod tests {
             rewritten.body().unwrap()["messages"][0]["content"],
             "my email is [EMAIL]"
         );
+    }
+
+    #[tokio::test]
+    async fn meta_carries_the_caller_and_one_state_across_a_rewrite() {
+        let key = crate::StateKey::new();
+        let mut req = request(r#"{"model":"m","messages":[{"role":"user","content":"a@b.co"}]}"#);
+        req.extensions_mut()
+            .insert(Arc::new(Caller::with_key_hash("h1").key_alias("team-a")));
+        let mut req = BufferRequest::new(req, 1024).await.unwrap();
+        let first = RequestMeta::shared_from_request(&req).unwrap();
+        assert_eq!(first.caller().unwrap().key_alias.as_deref(), Some("team-a"));
+        first.state().insert(key, String::from("kept"));
+        let parsed = req.extensions_mut().get_mut::<ParsedRequest>().unwrap();
+        parsed.set_texts(&["[EMAIL]".into()]).unwrap();
+        let after = RequestMeta::shared_from_request(&req).unwrap();
+        assert!(!Arc::ptr_eq(&first, &after));
+        assert_eq!(after.state().get::<String>(key).as_deref(), Some("kept"));
+        // Another request has its own state.
+        let other = BufferRequest::new(request(r#"{"model":"m"}"#), 1024)
+            .await
+            .unwrap();
+        let other = RequestMeta::shared_from_request(&other).unwrap();
+        assert_eq!(other.state().get::<String>(key), None);
+        assert!(other.caller().is_none());
     }
 
     #[test]
