@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use guardrail_gateway::app::Gateway;
-use guardrail_gateway::mock::MockUpstream;
 use guardrail_tower::spend_log::SpendLogHandle;
 use guardrail_tower_testkit::TestServer;
+use guardrail_tower_testkit::mock::MockUpstream;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use guardrail_gateway::app::Gateway;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::{client, post_json, send};
 use http::Request;
 use http_body_util::{BodyExt, Full};

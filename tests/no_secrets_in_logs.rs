@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::send;
 use http::Request;
 use http_body_util::Full;

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use guardrail_gateway::app::Gateway;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 use serde_json::Value;
 
 fn sdks_available() -> bool {

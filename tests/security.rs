@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use guardrail_gateway::config::GatewayConfig;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::send;
 use http::Request;
 use http_body_util::Full;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use guardrail_gateway::app::Gateway;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -2,7 +2,7 @@
 //! model-level guardrail.
 
 use guardrail_gateway::app::Gateway;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 
 pub(crate) async fn start(
     config: &str,

@@ -1,4 +1,4 @@
-//! `mock-upstream`: serves [`guardrail_gateway::mock::MockUpstream`] (an OpenAI-compatible mock
+//! `mock-upstream`: serves [`guardrail_tower_testkit::mock::MockUpstream`] (an OpenAI-compatible mock
 //! with the `x-mock-events` and `x-mock-delay-ms` control headers) on a fixed address, with
 //! request recording off, until SIGINT or SIGTERM. The load benchmark's upstream and its
 //! baseline target.
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use guardrail_gateway::mock::MockUpstream;
+use guardrail_tower_testkit::mock::MockUpstream;
 
 /// Serve the mock OpenAI-compatible upstream (recording off) until SIGINT or SIGTERM.
 #[derive(Parser)]

@@ -30,11 +30,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::app::Gateway;
-use crate::mock::MockUpstream;
+use guardrail_gateway::app::Gateway;
+use guardrail_tower_testkit::mock::MockUpstream;
 
 /// The error type of [`run`].
-pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type DemoError = Box<dyn std::error::Error + Send + Sync>;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -409,13 +409,13 @@ fn spend_row(label: &str, row: &Value) -> String {
 }
 
 /// Runs the demo and prints the report to stdout.
-pub async fn run() -> Result<(), DemoError> {
+pub(crate) async fn run() -> Result<(), DemoError> {
     let mut stdout = std::io::stdout();
     run_to(&mut stdout).await
 }
 
 /// Runs the demo and writes the report to `out`, section by section.
-pub async fn run_to(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+pub(crate) async fn run_to(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     let mock = MockUpstream::start().await?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("spend_logs.db");

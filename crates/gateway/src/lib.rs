@@ -18,12 +18,13 @@
 //!
 //! The same pieces serve as a library: build a [`Gateway`](app::Gateway) from a config and nest
 //! its router in your own axum app, or use [`app::router`] with your own client and spend-log
-//! writer. The [`mock`] upstream (OpenAI- and Anthropic-compatible, with fault injection) serves
-//! the demo, the end-to-end tests and the load benchmark.
+//! writer. The example below runs against the mock upstream of `guardrail-tower-testkit`
+//! (OpenAI- and Anthropic-compatible, with fault injection), which also serves the `demo`
+//! subcommand, the end-to-end tests and the load benchmark.
 //!
 //! ```
 //! use guardrail_gateway::app::Gateway;
-//! use guardrail_gateway::mock::MockUpstream;
+//! use guardrail_tower_testkit::mock::MockUpstream;
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -55,7 +56,5 @@
 
 pub mod app;
 pub mod config;
-pub mod demo;
-pub mod mock;
 pub mod process;
 pub mod upstream;

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use guardrail_gateway::app::Gateway;
 use tracing_subscriber::EnvFilter;
 
+mod demo;
+
 /// mimalloc: its thread-local free lists suit a server that allocates and frees many small
 /// objects per request on every worker thread (see the `mimalloc` feature).
 #[cfg(feature = "mimalloc")]
@@ -130,7 +132,7 @@ async fn run(cli: Cli) -> ExitCode {
         .init();
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Demo => match guardrail_gateway::demo::run().await {
+        Command::Demo => match demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e}");

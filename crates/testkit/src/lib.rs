@@ -1,5 +1,7 @@
-//! Test helpers shared by guardrail-tower's crates (not published).
+//! Test support for guardrail-tower: helpers for its tests and a mock LLM upstream.
 //!
+//! - [`mock`]: a mock OpenAI- and Anthropic-compatible upstream with fault injection: the demo,
+//!   the end-to-end tests and the load benchmark run against it.
 //! - [`serve`]: run any tower service on a loopback socket with hyper, as a real server.
 //! - [`client`]: a pooled hyper-util client, and [`send`] to read a whole response.
 //! - [`body`]: request and response bodies for tests: split at chosen bytes, with trailers,
@@ -23,6 +25,7 @@
 //! ```
 
 pub mod body;
+pub mod mock;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -10,7 +10,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! use guardrail_gateway::mock::MockUpstream;
+//! use guardrail_tower_testkit::mock::MockUpstream;
 //!
 //! let mock = MockUpstream::start().await?;
 //! let base_url = mock.base_url(); // "http://127.0.0.1:PORT/v1": an OpenAI `api_base`
