@@ -8,7 +8,7 @@
 //! then by mode:
 //!
 //! - 0: the rest is the stream, as is;
-//! - 1: the recorded stream of `crates/core/testdata` for the endpoint, with up to 4 splices
+//! - 1: the recorded stream of `crates/protocol/testdata` for the endpoint, with up to 4 splices
 //!   (a `u16` position, a byte: how many bytes to delete (`% 16`), a byte: how many to insert
 //!   (`% 32`), the inserted bytes);
 //! - 2 and 3: text deltas made for the endpoint, then its final event: per delta a control byte
@@ -82,9 +82,9 @@ pub const TOKENS: &[&str] = &[
     "1",
 ];
 
-const CHAT: &[u8] = include_bytes!("../../crates/core/testdata/openai_chat.sse");
-const RESPONSES: &[u8] = include_bytes!("../../crates/core/testdata/openai_responses.sse");
-const ANTHROPIC: &[u8] = include_bytes!("../../crates/core/testdata/anthropic_messages.sse");
+const CHAT: &[u8] = include_bytes!("../../crates/protocol/testdata/openai_chat.sse");
+const RESPONSES: &[u8] = include_bytes!("../../crates/protocol/testdata/openai_responses.sse");
+const ANTHROPIC: &[u8] = include_bytes!("../../crates/protocol/testdata/anthropic_messages.sse");
 
 thread_local! {
     static LAYERS: [StreamingGuardrailBodyLayer; 2] = {

@@ -1,15 +1,23 @@
-//! Shared types for guardrail-tower: the pieces every layer agrees on.
+//! The guardrail engine every guardrail-tower layer shares: one home for each decision about
+//! which guardrail runs, how it runs, and what a request carries between layers.
 //!
-//! - [`CallType`]: the endpoint a request is for (from its path), where its guardrail text lives
-//!   in requests and responses ([`text`]), and its error shape.
 //! - [`ParsedRequest`] and [`BufferRequest`]: the request body, buffered with a size limit and
-//!   parsed once; every later layer reuses it from the request extensions.
+//!   parsed once; every later layer reuses it from the request extensions, with the request's
+//!   [`RequestId`], [`RequestState`] and (from an authentication layer) [`Caller`].
 //! - [`GuardrailSpec`], [`GuardrailSelection`] and the one gate function [`should_run`].
 //! - [`Guardrail`], [`ConfiguredGuardrail`] and [`Guardrails`]: the guardrail abstraction and the
 //!   one runner every layer uses.
 //! - [`GuardrailLog`]: the append-only per-request log of guardrail runs, shared by handle.
-//! - [`Error`]: the one error type, with its wire forms per endpoint and in-stream error events.
-//! - [`sse`]: an incremental, bounded server-sent events decoder and encoder.
+//!
+//! The wire formats (call types, text views, error shapes, usage) live in
+//! `guardrail-tower-protocol` and the SSE codec in `guardrail-tower-sse`; the names used
+//! everywhere are re-exported here ([`CallType`], [`Error`], [`text`], [`sse`], ...).
+//!
+//! ```text
+//!   request ──► SpendLog ─► ErrorNormalize ─► ModelMerge ─► PreCall ─► StreamingBody ─► upstream
+//!                  │              │                │            │             │
+//!                  └──────────────┴──── core: ParsedRequest, selection, gate, runner, log
+//! ```
 //!
 //! The layers live in their own crates; this crate has no middleware of its own. A layer built
 //! on it buffers the request once and hands the parsed request to the next:
@@ -46,35 +54,29 @@
 
 pub mod body;
 mod call;
-mod call_type;
-mod error;
 mod guardrail;
-mod json_view;
 mod log;
 mod report;
 mod request;
 mod runner;
 mod scope;
 mod selection;
-pub mod sse;
-pub mod text;
-mod usage;
 
 pub use call::{BufferedCall, CallOutcome, Prepare, take_ready};
-pub use call_type::{CallType, ErrorShape};
-pub use error::{
-    CONTENT_POLICY_VIOLATION, Error, ErrorClass, ResponsesStreamState, anthropic_type_for_status,
-    openai_type_for_status,
-};
 pub use guardrail::{
     BoxError, BoxFuture, Decision, Guardrail, GuardrailError, GuardrailErrorKind, GuardrailFn,
     GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, Verdict, guardrail_fn,
 };
+pub use guardrail_tower_protocol::{
+    BodyType, CONTENT_POLICY_VIOLATION, CallType, Error, ErrorClass, ErrorShape,
+    ResponsesStreamState, Usage, anthropic_type_for_status, openai_type_for_status, text,
+};
+pub use guardrail_tower_sse as sse;
 pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
 pub use report::ResponseReport;
 pub use request::{
-    BodyType, BufferRequest, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest, RequestId,
-    X_REQUEST_ID, set_buffered_body,
+    BufferRequest, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest, RequestId, X_REQUEST_ID,
+    set_buffered_body,
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,
@@ -84,4 +86,3 @@ pub use scope::{Caller, RequestState, StateKey};
 pub use selection::{
     GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec, UnknownMode, should_run,
 };
-pub use usage::Usage;

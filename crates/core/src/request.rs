@@ -17,10 +17,11 @@ use pin_project_lite::pin_project;
 use serde_json::Value;
 
 use crate::guardrail::{BoxError, RequestMeta};
-use crate::json_view::JsonView;
 use crate::scope::{Caller, RequestState};
-use crate::text::{Side, TextCountMismatch};
 use crate::{CallType, Error, GuardrailSelection};
+use guardrail_tower_protocol::BodyType;
+use guardrail_tower_protocol::json::JsonView;
+use guardrail_tower_protocol::text::{Side, TextCountMismatch};
 
 /// The default request body limit: 16 MiB (room for a few base64 images).
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -33,40 +34,6 @@ pub const GATEWAY_ONLY_KEYS: &[&str] = &["guardrails", "litellm_metadata"];
 
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What a `content-type` header says about a body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BodyType {
-    /// `application/json` or any `*+json`.
-    Json,
-    /// `text/event-stream`.
-    EventStream,
-    /// Any other media type.
-    Other,
-    /// No `content-type`, or one with no readable media type.
-    Unspecified,
-}
-
-impl BodyType {
-    /// Classifies a `content-type` value by its media type (parameters and case ignored).
-    pub fn of(content_type: Option<&HeaderValue>) -> BodyType {
-        let Some(essence) = content_type
-            .and_then(|ct| ct.to_str().ok())
-            .and_then(|ct| ct.split(';').next())
-            .map(|e| e.trim().to_ascii_lowercase())
-            .filter(|e| !e.is_empty())
-        else {
-            return BodyType::Unspecified;
-        };
-        if essence == "text/event-stream" {
-            BodyType::EventStream
-        } else if essence == "application/json" || essence.ends_with("+json") {
-            BodyType::Json
-        } else {
-            BodyType::Other
-        }
-    }
-}
 
 /// The id of one request: from the `x-request-id` header when the client sent a sane one, else
 /// a new UUID v7 (time-ordered, so ids generated in a row sort together and a spend-log
@@ -856,21 +823,6 @@ mod tests {
         let other = RequestMeta::shared_from_request(&other).unwrap();
         assert_eq!(other.state().get::<String>(key), None);
         assert!(other.caller().is_none());
-    }
-
-    #[test]
-    fn body_types() {
-        let of = |v: &'static str| BodyType::of(Some(&HeaderValue::from_static(v)));
-        assert_eq!(of("application/json"), BodyType::Json);
-        assert_eq!(of("Application/JSON; charset=utf-8"), BodyType::Json);
-        assert_eq!(of("application/vnd.api+json"), BodyType::Json);
-        assert_eq!(
-            of("text/event-stream; charset=utf-8"),
-            BodyType::EventStream
-        );
-        assert_eq!(of("text/html"), BodyType::Other);
-        assert_eq!(of(" ; x=y"), BodyType::Unspecified);
-        assert_eq!(BodyType::of(None), BodyType::Unspecified);
     }
 
     #[test]

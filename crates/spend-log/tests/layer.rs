@@ -330,17 +330,17 @@ async fn usage_is_read_from_each_kind_of_stream() {
     let cases = [
         (
             "/v1/chat/completions",
-            include_str!("../../core/testdata/openai_chat.sse"),
+            include_str!("../../protocol/testdata/openai_chat.sse"),
             (19, 21, 40),
         ),
         (
             "/v1/responses",
-            include_str!("../../core/testdata/openai_responses.sse"),
+            include_str!("../../protocol/testdata/openai_responses.sse"),
             (37, 11, 48),
         ),
         (
             "/v1/messages",
-            include_str!("../../core/testdata/anthropic_messages.sse"),
+            include_str!("../../protocol/testdata/anthropic_messages.sse"),
             (25, 15, 40),
         ),
     ];
@@ -510,7 +510,7 @@ async fn an_in_band_block_after_the_200_is_a_failure_with_its_guardrail() {
         }),
     )
     .default_on(true);
-    let stream = include_str!("../../core/testdata/openai_chat.sse");
+    let stream = include_str!("../../protocol/testdata/openai_chat.sse");
     let response = Response::builder()
         .header("content-type", "text/event-stream")
         .body(body::chunks(

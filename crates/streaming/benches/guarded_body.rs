@@ -3,7 +3,7 @@
 //!
 //! The filter (`default_on`, `post_call`) has 20 blocked words (10 BLOCK, 10 MASK) and the
 //! prebuilt patterns email, us_ssn, credit_card, us_phone and ipv4, configured from YAML. The
-//! streams are shaped like the recordings in `crates/core/testdata` (chat completions, Responses,
+//! streams are shaped like the recordings in `crates/protocol/testdata` (chat completions, Responses,
 //! Anthropic messages): the head events, many one-word text deltas (a few non-ASCII) that match
 //! nothing, and the tail events. They are fed one event per chunk, as an upstream token stream
 //! arrives.

@@ -452,7 +452,7 @@ mod tests {
     fn recorded_streams() {
         let (text, ends, terminals) = text_of(
             CallType::ChatCompletions,
-            include_str!("../../core/testdata/openai_chat.sse"),
+            include_str!("../../protocol/testdata/openai_chat.sse"),
         );
         assert_eq!(
             text,
@@ -461,13 +461,13 @@ mod tests {
         assert_eq!((ends, terminals), (1, 1));
         let (text, ends, terminals) = text_of(
             CallType::Responses,
-            include_str!("../../core/testdata/openai_responses.sse"),
+            include_str!("../../protocol/testdata/openai_responses.sse"),
         );
         assert_eq!(text, "Hi! Naïve résumé tips — keep it short 📝.");
         assert_eq!((ends, terminals), (1, 1));
         let (text, ends, terminals) = text_of(
             CallType::AnthropicMessages,
-            include_str!("../../core/testdata/anthropic_messages.sse"),
+            include_str!("../../protocol/testdata/anthropic_messages.sse"),
         );
         assert_eq!(text, "Hello! Grüße aus Zürich 🇨🇭. How can I help?");
         assert_eq!((ends, terminals), (1, 1));

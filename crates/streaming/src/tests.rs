@@ -16,9 +16,9 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use crate::StreamingGuardrailBodyLayer;
 
-const CHAT: &str = include_str!("../../core/testdata/openai_chat.sse");
-const RESPONSES: &str = include_str!("../../core/testdata/openai_responses.sse");
-const ANTHROPIC: &str = include_str!("../../core/testdata/anthropic_messages.sse");
+const CHAT: &str = include_str!("../../protocol/testdata/openai_chat.sse");
+const RESPONSES: &str = include_str!("../../protocol/testdata/openai_responses.sse");
+const ANTHROPIC: &str = include_str!("../../protocol/testdata/anthropic_messages.sse");
 
 fn fixture(call_type: CallType) -> (&'static str, &'static str) {
     match call_type {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::CallType;
-use crate::json_view::JsonView;
+use crate::json::JsonView;
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ impl Usage {
     }
 
     /// The usage in a response body already parsed as a borrowed view.
-    pub(crate) fn from_response_view(call_type: CallType, body: &JsonView<'_>) -> Option<Usage> {
+    pub fn from_response_view(call_type: CallType, body: &JsonView<'_>) -> Option<Usage> {
         let usage = body
             .get("usage")
             .filter(|u| matches!(u, JsonView::Object(_)))?;
@@ -172,7 +172,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sse::SseDecoder;
+    use guardrail_tower_sse::SseDecoder;
 
     #[test]
     fn from_bodies() {

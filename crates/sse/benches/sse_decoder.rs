@@ -8,17 +8,20 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use guardrail_tower_core::sse::SseDecoder;
+use guardrail_tower_sse::SseDecoder;
 
 const CORPUS: [(&str, &str); 3] = [
-    ("chat", include_str!("../testdata/openai_chat.sse")),
+    (
+        "chat",
+        include_str!("../../protocol/testdata/openai_chat.sse"),
+    ),
     (
         "responses",
-        include_str!("../testdata/openai_responses.sse"),
+        include_str!("../../protocol/testdata/openai_responses.sse"),
     ),
     (
         "anthropic",
-        include_str!("../testdata/anthropic_messages.sse"),
+        include_str!("../../protocol/testdata/anthropic_messages.sse"),
     ),
 ];
 

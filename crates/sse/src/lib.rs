@@ -1,4 +1,6 @@
-//! An incremental, bounded server-sent events decoder, and an encoder.
+//! An incremental, bounded server-sent events decoder, and an encoder: the codec
+//! guardrail-tower's streaming layer reads and rewrites `text/event-stream` bodies with. It knows
+//! nothing of guardrails or LLM APIs.
 //!
 //! The decoder takes chunks split at any byte and yields events as they complete, following the
 //! WHATWG event-stream rules: `\n`, `\r\n` and `\r` line ends (a `\r\n` split across chunks is
@@ -13,9 +15,45 @@
 //! buffer, and that buffer is bounded: an event larger than the maximum is an error, not
 //! unbounded memory.
 //!
+//! Reading the events of a streamed response from any tower service:
+//!
 //! ```
 //! use bytes::Bytes;
-//! use guardrail_tower_core::sse::SseDecoder;
+//! use guardrail_tower_sse::SseDecoder;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, StreamBody};
+//! use http_body::Frame;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // An upstream whose stream arrives split in the middle of an event.
+//! let upstream = service_fn(|_req: Request<()>| async {
+//!     let chunks = ["data: {\"n\":1}\n\nda", "ta: {\"n\":2}\n\ndata: [DONE]\n\n"];
+//!     let frames = chunks.map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c))));
+//!     let stream = futures_util::stream::iter(frames);
+//!     Ok::<_, std::convert::Infallible>(Response::new(StreamBody::new(stream)))
+//! });
+//! let svc = ServiceBuilder::new().service(upstream);
+//! let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+//!
+//! let mut decoder = SseDecoder::new();
+//! let mut data = Vec::new();
+//! while let Some(frame) = body.frame().await {
+//!     decoder.push(frame.unwrap().into_data().unwrap());
+//!     while let Some(event) = decoder.next_event().unwrap() {
+//!         data.push(String::from_utf8(event.data().unwrap().to_vec()).unwrap());
+//!     }
+//! }
+//! assert_eq!(data, [r#"{"n":1}"#, r#"{"n":2}"#, "[DONE]"]);
+//! # }
+//! ```
+//!
+//! Chunk by chunk, by hand:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use guardrail_tower_sse::SseDecoder;
 //!
 //! let mut decoder = SseDecoder::new();
 //! decoder.push(Bytes::from_static(b"event: greeting\r\ndata: hel"));
@@ -406,7 +444,7 @@ impl SseDecoder {
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use guardrail_tower_core::sse::write_event;
+/// use guardrail_tower_sse::write_event;
 ///
 /// let mut buf = BytesMut::new();
 /// write_event(&mut buf, Some("message"), "line one\nline two");

@@ -19,12 +19,18 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 /// A JSON value borrowing from the bytes it was parsed from. A number keeps its value only when
 /// it is a non-negative integer (token counts): nothing read through a view needs others.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum JsonView<'a> {
+pub enum JsonView<'a> {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
+    /// A number: its value when it is a non-negative integer that fits a `u64`.
     Number(Option<u64>),
+    /// A string, borrowed from the input unless it had escapes.
     String(Cow<'a, str>),
+    /// An array.
     Array(Vec<JsonView<'a>>),
+    /// An object's entries in document order (a repeated key appears as often as written).
     Object(Vec<(Cow<'a, str>, JsonView<'a>)>),
 }
 
@@ -34,7 +40,7 @@ impl<'a> JsonView<'a> {
     /// The document's UTF-8 is checked once, a word at a time over ASCII, rather than by
     /// `serde_json` string by string; a document that fails the check is parsed from the bytes,
     /// so the error is `serde_json`'s own, with its position.
-    pub(crate) fn parse(bytes: &'a [u8]) -> serde_json::Result<JsonView<'a>> {
+    pub fn parse(bytes: &'a [u8]) -> serde_json::Result<JsonView<'a>> {
         match std::str::from_utf8(bytes) {
             Ok(text) => serde_json::from_str(text),
             Err(_) => serde_json::from_slice(bytes),
@@ -42,7 +48,7 @@ impl<'a> JsonView<'a> {
     }
 
     /// The value of `key` if this is an object that has it (the last one, if repeated).
-    pub(crate) fn get(&self, key: &str) -> Option<&JsonView<'a>> {
+    pub fn get(&self, key: &str) -> Option<&JsonView<'a>> {
         match self {
             JsonView::Object(entries) => {
                 entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
@@ -52,7 +58,7 @@ impl<'a> JsonView<'a> {
     }
 
     /// The number, if this is a non-negative integer (as `serde_json::Value::as_u64`).
-    pub(crate) fn as_u64(&self) -> Option<u64> {
+    pub fn as_u64(&self) -> Option<u64> {
         match self {
             JsonView::Number(n) => *n,
             _ => None,
@@ -60,7 +66,7 @@ impl<'a> JsonView<'a> {
     }
 
     /// The string, if this is one.
-    pub(crate) fn as_str(&self) -> Option<&str> {
+    pub fn as_str(&self) -> Option<&str> {
         match self {
             JsonView::String(s) => Some(s),
             _ => None,

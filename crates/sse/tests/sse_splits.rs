@@ -2,18 +2,21 @@
 //! the same events, in `\n`, `\r\n` and `\r` line-end variants.
 
 use bytes::Bytes;
-use guardrail_tower_core::sse::{SseDecoder, SseEvent};
+use guardrail_tower_sse::{SseDecoder, SseEvent};
 use proptest::prelude::*;
 
 const CORPUS: [(&str, &str); 3] = [
-    ("chat", include_str!("../testdata/openai_chat.sse")),
+    (
+        "chat",
+        include_str!("../../protocol/testdata/openai_chat.sse"),
+    ),
     (
         "responses",
-        include_str!("../testdata/openai_responses.sse"),
+        include_str!("../../protocol/testdata/openai_responses.sse"),
     ),
     (
         "anthropic",
-        include_str!("../testdata/anthropic_messages.sse"),
+        include_str!("../../protocol/testdata/anthropic_messages.sse"),
     ),
 ];
 

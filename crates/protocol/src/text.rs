@@ -10,7 +10,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::CallType;
-use crate::json_view::JsonView;
+use crate::json::JsonView;
 
 /// Which side of the exchange a body belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -328,14 +328,14 @@ impl CallType {
     }
 
     /// The guardrail texts in a parsed view.
-    pub(crate) fn texts_in_view(self, side: Side, view: &JsonView<'_>) -> Vec<String> {
+    pub fn texts_in_view(self, side: Side, view: &JsonView<'_>) -> Vec<String> {
         let mut out = Vec::new();
         view::walk(self, side, view, &mut |s| out.push(String::from(&**s)));
         out
     }
 
     /// Calls `f` with each guardrail text in a parsed view, as it lies in the view.
-    pub(crate) fn for_each_text_in_view(
+    pub fn for_each_text_in_view(
         self,
         side: Side,
         view: &JsonView<'_>,
