@@ -569,21 +569,26 @@ async fn an_upstream_stream_that_stalls_after_the_head_is_cut_after_the_request_
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(3), body.frame()).await;
+    // Cut after the request timeout, the stream ends with the in-band error and [DONE].
+    let body = tokio::time::timeout(Duration::from_secs(3), resp.into_body().collect())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "after {:?} the client still waits on a stalled stream",
+                start.elapsed()
+            )
+        })
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
     assert!(
-        matches!(first, Ok(Some(Err(_)) | None)),
-        "after {:?} the client still waits on a stalled stream: {first:?}",
-        start.elapsed()
+        text.contains("\"code\":\"upstream_stream_error\""),
+        "{text}"
     );
-    drop(body);
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     h.assert_still_serves().await;
     let rows = h.spend_rows().await;
     assert_failure(&rows[&h.id(0)], 200, "upstream_stream_error");
-    let message = rows[&h.id(0)]["metadata"]["error_information"]["error_message"]
-        .as_str()
-        .unwrap();
-    assert!(message.contains("sent nothing for 1000 ms"), "{message}");
 }
 
 #[tokio::test]
@@ -698,7 +703,7 @@ async fn upstream_half_json_body_is_an_error_never_a_truncated_200() {
 /// The mock sends a few events and half of the next one, then aborts: the client's body
 /// fails, with no `[DONE]` (or terminal event) it could mistake for the stream's end.
 #[tokio::test]
-async fn upstream_half_sse_event_fails_the_client_body_without_a_fake_end() {
+async fn upstream_half_sse_event_ends_with_the_in_band_error_not_a_fake_end() {
     let h = Harness::start("halfevent", Setup::default()).await;
     let calls = [
         (
@@ -725,18 +730,39 @@ async fn upstream_half_sse_event_fails_the_client_body_without_a_fake_end() {
         )));
     }
     let results = join_all(pending).await;
-    for got in &results {
+    for (got, (path, _)) in results.iter().zip(&calls) {
         assert_eq!(got.status, 200, "{got:?}");
-        assert!(got.failed.is_some(), "the body must fail: {got:?}");
+        assert!(got.failed.is_none(), "the body ends cleanly: {got:?}");
         let text = String::from_utf8_lossy(&got.body);
-        for end in [
-            "[DONE]",
-            "message_stop",
-            "response.completed",
-            "event: error",
-            "data: {\"error\"",
-        ] {
+        // No fake success end; the endpoint's error event and terminator instead.
+        for end in ["message_stop", "response.completed"] {
             assert!(!text.contains(end), "no fake end ({end}): {got:?}");
+        }
+        // Whole events only: the half event is not passed on, the error event stands alone.
+        assert!(
+            text.split("\n\n").all(|event| event.is_empty()
+                || event
+                    .lines()
+                    .all(|l| l.starts_with("data: ") || l.starts_with("event: "))),
+            "{text}"
+        );
+        match *path {
+            "/v1/chat/completions" => {
+                assert!(text.contains("upstream_stream_error"), "{text}");
+                assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            }
+            "/v1/responses" => {
+                assert!(text.contains("upstream_stream_error"), "{text}");
+                assert!(text.contains("event: response.failed\n"), "{text}");
+            }
+            // Anthropic's error event has no code: its type and message say it.
+            _ => assert!(
+                text.ends_with(
+                    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\
+                     \"message\":\"the upstream stopped sending the stream before it ended\"}}\n\n"
+                ),
+                "{text}"
+            ),
         }
         assert!(
             !sse_data(&got.body).is_empty(),

@@ -416,38 +416,37 @@ async fn upstream_html_500_becomes_a_json_error() {
 }
 
 #[tokio::test]
-async fn an_upstream_that_drops_mid_stream_fails_the_client_body() {
+async fn an_upstream_that_drops_mid_stream_ends_with_the_in_band_error() {
+    // Seed bug 001 for another cause: after the 200, the client gets the endpoint's error
+    // event and its terminator, with or without a post-call guardrail, never a cut body.
     let h = Harness::start().await;
-    let req = Request::post(h.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("x-mock-fault", "drop-mid-stream")
-        .body(Full::new(Bytes::from(chat("gpt-plain", "hello", true))))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut got = Vec::new();
-    let failed = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
-            Some(Err(_)) => break true,
-            None => break false,
-        }
-    };
-    assert!(
-        failed,
-        "the client must see the stream fail, not a clean end"
-    );
-    assert!(
-        !String::from_utf8_lossy(&got).contains("[DONE]"),
-        "no fake [DONE]"
-    );
-    let rows = h.spend_rows(1).await;
-    assert_eq!(rows[0]["status"], "failure");
-    assert_eq!(
-        rows[0]["metadata"]["error_information"]["error_code"],
-        "upstream_stream_error"
-    );
+    for model in ["gpt-plain", "gpt-guarded"] {
+        let req = Request::post(h.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-mock-fault", "drop-mid-stream")
+            .body(Full::new(Bytes::from(chat(model, "hello", true))))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // A clean end: `collect` fails on an error frame.
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.ends_with(
+                "data: {\"error\":{\"message\":\"the upstream stopped sending the stream before it ended\",\"type\":\"bad_gateway_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}\n\ndata: [DONE]\n\n"
+            ),
+            "{model}: {got}"
+        );
+        assert_eq!(got.matches("[DONE]").count(), 1, "{model}: {got}");
+    }
+    let rows = h.spend_rows(2).await;
+    for row in &rows {
+        assert_eq!(row["status"], "failure", "{row}");
+        assert_eq!(
+            row["metadata"]["error_information"]["error_code"], "upstream_stream_error",
+            "{row}"
+        );
+    }
 }
 
 #[tokio::test]

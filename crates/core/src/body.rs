@@ -2,15 +2,20 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+use guardrail_tower_protocol::ResponsesStreamState;
+use guardrail_tower_sse::SseDecoder;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::{CallType, Error, ResponseReport};
+
 pin_project! {
-    /// Either the inner service's body, untouched, or a complete body the layer wrote itself
-    /// (an error response).
+    /// Either the inner service's body, untouched, a complete body the layer wrote itself (an
+    /// error response), or an event stream passed through that ends with the endpoint's
+    /// in-band error event and terminator if the inner body fails ([`ResponseBody::stream`]).
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -22,6 +27,20 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        Stream {
+            #[pin]
+            body: B,
+            call_type: CallType,
+            // Events are released whole: a stream that fails mid-event never leaves the
+            // client half an event in front of the error event.
+            decoder: SseDecoder,
+            // What a Responses API stream announced, to end it with a well-formed
+            // `response.failed`.
+            responses: Option<Box<ResponsesStreamState>>,
+            report: Option<ResponseReport>,
+            tail: Option<Bytes>,
+            ended: bool,
+        },
     }
 }
 
@@ -48,6 +67,30 @@ impl<B> ResponseBody<B> {
             kind: Kind::Full { data: None },
         }
     }
+
+    /// An event stream of `call_type`, passed through byte for byte, one whole event at a
+    /// time (an event split across chunks is released when its last byte arrives). If the
+    /// inner body fails (the upstream reset the connection, a read timed out) or sends an
+    /// event larger than the SSE decoder's limit, the stream ends the one way every layer
+    /// ends a stream whose head was sent: [`Error::stream_interrupted`]'s in-band events for
+    /// the endpoint and its terminator, recorded in `report` for the spend log. The client
+    /// never gets a cut body nor half an event. At a clean end, a last event without its
+    /// blank line is released as it came.
+    pub fn stream(body: B, call_type: CallType, report: Option<ResponseReport>) -> Self {
+        let responses = (call_type == CallType::Responses)
+            .then(|| Box::new(ResponsesStreamState::new("resp_interrupted", None)));
+        ResponseBody {
+            kind: Kind::Stream {
+                body,
+                call_type,
+                decoder: SseDecoder::new(),
+                responses,
+                report,
+                tail: None,
+                ended: false,
+            },
+        }
+    }
 }
 
 impl<B> Body for ResponseBody<B>
@@ -64,6 +107,61 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Stream {
+                mut body,
+                call_type,
+                decoder,
+                responses,
+                report,
+                tail,
+                ended,
+            } => loop {
+                if let Some(tail) = tail.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                let failed = match ready!(body.as_mut().poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            decoder.push(data);
+                            match whole_events(decoder, responses.as_deref_mut(), false) {
+                                Ok(Some(events)) => {
+                                    return Poll::Ready(Some(Ok(Frame::data(events))));
+                                }
+                                Ok(None) => continue,
+                                Err(()) => true,
+                            }
+                        }
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    },
+                    Some(Err(_)) => true,
+                    None => {
+                        *ended = true;
+                        match whole_events(decoder, responses.as_deref_mut(), true) {
+                            Ok(events) => {
+                                *tail = events;
+                                continue;
+                            }
+                            Err(()) => true,
+                        }
+                    }
+                };
+                debug_assert!(failed);
+                tracing::warn!(
+                    call_type = call_type.as_str(),
+                    "the upstream stream failed after the response head was sent"
+                );
+                *ended = true;
+                let error = Error::stream_interrupted();
+                let state = responses.as_deref().cloned().unwrap_or_default();
+                let mut events = error.stream_events(*call_type, &state);
+                if let Some(report) = report {
+                    report.set_in_band_error(error);
+                }
+                *tail = Some(events.copy_to_bytes(events.remaining()));
+            },
         }
     }
 
@@ -71,6 +169,9 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Stream {
+                body, tail, ended, ..
+            } => tail.is_none() && (*ended || body.is_end_stream()),
         }
     }
 
@@ -80,8 +181,45 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            // It may end with events the inner body did not send.
+            Kind::Stream { .. } => SizeHint::default(),
         }
     }
+}
+
+/// The raw bytes of the whole events `decoder` holds (with `finish`, also a last event without
+/// its blank line), observed by the Responses tracker; `Err` when an event is too large.
+fn whole_events(
+    decoder: &mut SseDecoder,
+    mut responses: Option<&mut ResponsesStreamState>,
+    finish: bool,
+) -> Result<Option<Bytes>, ()> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let event = if finish {
+            decoder.finish()
+        } else {
+            decoder.next_event()
+        };
+        let Some(event) = event.map_err(|_| ())? else {
+            break;
+        };
+        if let (Some(state), Some(data)) = (responses.as_deref_mut(), event.data()) {
+            state.observe(data);
+        }
+        match (&mut first, &mut joined) {
+            (None, _) => first = Some(event.raw().clone()),
+            (Some(first), None) => {
+                let mut buf = BytesMut::with_capacity(first.len() + event.raw().len());
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(event.raw());
+                joined = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(event.raw()),
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first))
 }
 
 impl<B> fmt::Debug for ResponseBody<B> {
@@ -89,6 +227,10 @@ impl<B> fmt::Debug for ResponseBody<B> {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
             Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
+            Kind::Stream { call_type, .. } => f
+                .debug_struct("ResponseBody::Stream")
+                .field("call_type", call_type)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -101,7 +243,7 @@ impl<B> Default for ResponseBody<B> {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::{BodyExt, Full, StreamBody};
 
     use super::*;
 
@@ -118,5 +260,56 @@ mod tests {
 
         let b: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::new());
         assert!(b.is_end_stream());
+    }
+
+    fn failing(chunks: &[&'static str]) -> impl Body<Data = Bytes, Error = std::io::Error> + use<> {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .chain(std::iter::once(Err(std::io::Error::other("reset"))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_ends_with_the_in_band_error_and_terminator() {
+        let chat = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        let report = ResponseReport::new();
+        let body = ResponseBody::stream(
+            failing(&[chat]),
+            CallType::ChatCompletions,
+            Some(report.clone()),
+        );
+        let got = body.collect().await.unwrap().to_bytes();
+        let want = [
+            chat.as_bytes(),
+            &Error::stream_interrupted().chat_stream_event(),
+        ]
+        .concat();
+        assert_eq!(got, want);
+        assert_eq!(
+            report.in_band_error().unwrap().code(),
+            Some("upstream_stream_error")
+        );
+
+        let responses = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"model\":\"m\",\"output\":[]}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}\n\n";
+        let body = ResponseBody::stream(failing(&[responses]), CallType::Responses, None);
+        let got = body.collect().await.unwrap().to_bytes();
+        let tail = String::from_utf8(got[responses.len()..].to_vec()).unwrap();
+        assert!(
+            tail.starts_with(
+                "event: error\ndata: {\"type\":\"error\",\"code\":\"upstream_stream_error\""
+            ),
+            "{tail}"
+        );
+        assert!(tail.contains("\"sequence_number\":2"), "{tail}");
+        assert!(
+            tail.contains("\"sequence_number\":3,\"response\":{\"id\":\"resp_1\""),
+            "{tail}"
+        );
+
+        let body = ResponseBody::stream(failing(&[]), CallType::AnthropicMessages, None);
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got, Error::stream_interrupted().anthropic_stream_event());
     }
 }

@@ -1,20 +1,25 @@
-//! The future most layers are built on: buffer and parse the request once, let the layer look at
-//! (or adjust) it, then call the inner service.
+//! The one state machine every request-side layer is built on: buffer and parse the request
+//! once, let the layer look at (or adjust, or refuse) it, wait for the guardrails that must pass
+//! before the call, then call the inner service while the guardrails that run beside the call
+//! finish.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::guardrail::BoxError;
-use crate::{BufferRequest, CallType, Error};
+use crate::runner::{Outcome, RunFuture};
+use crate::{BufferRequest, CallType, Error, ParsedRequest, set_buffered_body};
 
 /// A layer's step between buffering the request and calling the inner service.
 ///
@@ -23,23 +28,69 @@ pub trait Prepare {
     /// What the layer keeps for the response (e.g. what it needs to check the response).
     type Output;
 
-    /// Looks at or adjusts the buffered request; the parsed request is in its extensions.
-    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Self::Output;
+    /// Looks at or adjusts the buffered request (the parsed request is in its extensions);
+    /// an `Err` refuses it (the inner service is not called).
+    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Result<Prepared<Self::Output>, Error>;
+}
+
+/// What [`Prepare::prepare`] decided: what to keep, and guardrail runs to wait for.
+pub struct Prepared<T> {
+    output: T,
+    before: Option<RunFuture>,
+    beside: Option<RunFuture>,
+}
+
+impl<T> Prepared<T> {
+    /// Call the inner service at once, keeping `output`.
+    pub fn new(output: T) -> Self {
+        Prepared {
+            output,
+            before: None,
+            beside: None,
+        }
+    }
+
+    /// Wait for `run` before calling the inner service: a block refuses the request, a
+    /// rewrite is written into the request (the parsed texts and the body forwarded).
+    pub fn before(mut self, run: Option<RunFuture>) -> Self {
+        self.before = run;
+        self
+    }
+
+    /// Run `run` beside the inner call: the response is held until it passes; a block drops
+    /// the response (body and all) and refuses the request. A rewrite cannot apply (the
+    /// request is already on its way) and is ignored with a warning.
+    pub fn beside(mut self, run: Option<RunFuture>) -> Self {
+        self.beside = run;
+        self
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Prepared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("output", &self.output)
+            .field("before", &self.before.is_some())
+            .field("beside", &self.beside.is_some())
+            .finish()
+    }
 }
 
 /// How a [`BufferedCall`] ended.
 #[derive(Debug)]
 pub enum CallOutcome<R, T> {
-    /// The inner service answered; `T` is what [`Prepare::prepare`] returned.
+    /// The inner service answered; `T` is what [`Prepare::prepare`] kept.
     Called(R, T),
-    /// The request was refused before the inner service was called (body too large, malformed
-    /// JSON): answer with this error in the endpoint's shape.
-    Rejected(Error, CallType),
+    /// The request was refused before or instead of reaching the client (body too large,
+    /// malformed, a guardrail block): answer with this error in the endpoint's shape. `T` is
+    /// there when the layer's step ran.
+    Refused(Error, CallType, Option<T>),
 }
 
 pin_project! {
     /// Buffers and parses the request once (reusing an earlier layer's work), runs a
-    /// [`Prepare`] step, then calls the inner service.
+    /// [`Prepare`] step, waits for the guardrails that run before the call, then calls the
+    /// inner service while those that run beside it finish.
     ///
     /// The inner service passed in must be the instance that was polled ready (see
     /// [`take_ready`]).
@@ -51,6 +102,10 @@ pin_project! {
         #[pin]
         state: State<B, S, P>,
         call_type: CallType,
+        output: Option<P::Output>,
+        // When the current wait on guardrails began, and the time they added so far.
+        waiting_since: Option<Instant>,
+        guardrail_time: Duration,
     }
 }
 
@@ -61,16 +116,26 @@ pin_project! {
         S: Service<Request<Full<Bytes>>>,
         P: Prepare,
     {
+        Refused {
+            error: Option<Error>,
+        },
         Buffering {
             #[pin]
             buffer: BufferRequest<B>,
             inner: Option<S>,
             prepare: Option<P>,
         },
+        Gating {
+            before: RunFuture,
+            beside: Option<RunFuture>,
+            request: Option<Request<Full<Bytes>>>,
+            inner: Option<S>,
+        },
         Calling {
             #[pin]
             fut: S::Future,
-            output: Option<P::Output>,
+            beside: Option<RunFuture>,
+            held: Option<S::Response>,
         },
     }
 }
@@ -84,9 +149,12 @@ where
 {
     /// Starts: buffers `request` (with `body_limit`), then `prepare`, then `inner.call`.
     pub fn new(request: Request<B>, body_limit: usize, inner: S, prepare: P) -> Self {
-        let call_type = CallType::from_path(request.uri().path());
+        let call_type = crate::call_type_of(&request);
         BufferedCall {
             call_type,
+            output: None,
+            waiting_since: None,
+            guardrail_time: Duration::ZERO,
             state: State::Buffering {
                 buffer: BufferRequest::new(request, body_limit),
                 inner: Some(inner),
@@ -94,6 +162,51 @@ where
             },
         }
     }
+
+    /// A call refused before it began (a misordered stack, say), for a request of `call_type`.
+    pub fn refused(error: Error, call_type: CallType) -> Self {
+        BufferedCall {
+            call_type,
+            output: None,
+            waiting_since: None,
+            guardrail_time: Duration::ZERO,
+            state: State::Refused { error: Some(error) },
+        }
+    }
+}
+
+impl<B, S, P> BufferedCall<B, S, P>
+where
+    S: Service<Request<Full<Bytes>>>,
+    P: Prepare,
+{
+    /// The time the guardrails added so far: waiting for the checks before the call, and for
+    /// those beside it after the inner service had answered.
+    pub fn guardrail_time(&self) -> Duration {
+        self.guardrail_time
+    }
+}
+
+fn stop_waiting(since: &mut Option<Instant>, total: &mut Duration) {
+    if let Some(since) = since.take() {
+        *total += since.elapsed();
+    }
+}
+
+/// Writes rewritten texts into the parsed request and the body forwarded upstream.
+fn apply_rewrite(request: &mut Request<Full<Bytes>>, texts: &[String]) -> Result<(), Error> {
+    let parsed = request
+        .extensions_mut()
+        .get_mut::<ParsedRequest>()
+        .ok_or_else(|| Error::internal("the parsed request is missing"))?;
+    parsed
+        .set_texts(texts)
+        .map_err(|e| Error::internal(format!("could not apply the guardrail rewrite: {e}")))?;
+    let parsed = parsed.clone();
+    let (mut parts, _) = std::mem::take(request).into_parts();
+    let body = set_buffered_body(&mut parts, &parsed);
+    *request = Request::from_parts(parts, body);
+    Ok(())
 }
 
 impl<B, S, P> Future for BufferedCall<B, S, P>
@@ -109,33 +222,165 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Refused { error } => {
+                    let error = error.take().expect("BufferedCall polled after completion");
+                    return Poll::Ready(Ok(CallOutcome::Refused(
+                        error,
+                        *this.call_type,
+                        this.output.take(),
+                    )));
+                }
                 StateProj::Buffering {
                     buffer,
                     inner,
                     prepare,
                 } => {
-                    let result = ready!(buffer.poll(cx));
-                    let mut request = match result {
+                    let mut request = match ready!(buffer.poll(cx)) {
                         Ok(request) => request,
                         Err(err) => {
-                            return Poll::Ready(Ok(CallOutcome::Rejected(err, *this.call_type)));
+                            return Poll::Ready(Ok(CallOutcome::Refused(
+                                err,
+                                *this.call_type,
+                                None,
+                            )));
                         }
                     };
-                    let output = prepare
+                    let prepare = prepare
                         .take()
-                        .expect("BufferedCall polled after completion")
-                        .prepare(&mut request);
+                        .expect("BufferedCall polled after completion");
+                    let prepared = match prepare.prepare(&mut request) {
+                        Ok(prepared) => prepared,
+                        Err(err) => {
+                            return Poll::Ready(Ok(CallOutcome::Refused(
+                                err,
+                                *this.call_type,
+                                None,
+                            )));
+                        }
+                    };
+                    *this.output = Some(prepared.output);
+                    let inner = inner.take();
+                    match prepared.before {
+                        Some(before) => {
+                            *this.waiting_since = Some(Instant::now());
+                            this.state.set(State::Gating {
+                                before,
+                                beside: prepared.beside,
+                                request: Some(request),
+                                inner,
+                            });
+                        }
+                        None => {
+                            let mut inner = inner.expect("BufferedCall polled after completion");
+                            this.state.set(State::Calling {
+                                fut: inner.call(request),
+                                beside: prepared.beside,
+                                held: None,
+                            });
+                        }
+                    }
+                }
+                StateProj::Gating {
+                    before,
+                    beside,
+                    request,
+                    inner,
+                } => {
+                    let outcome = ready!(before.as_mut().poll(cx));
+                    stop_waiting(this.waiting_since, this.guardrail_time);
+                    let mut request = request
+                        .take()
+                        .expect("BufferedCall polled after completion");
+                    match outcome {
+                        Outcome::Blocked(err) => {
+                            return Poll::Ready(Ok(CallOutcome::Refused(
+                                err,
+                                *this.call_type,
+                                this.output.take(),
+                            )));
+                        }
+                        Outcome::Allowed {
+                            rewritten: Some(texts),
+                            ..
+                        } => {
+                            if let Err(err) = apply_rewrite(&mut request, &texts) {
+                                return Poll::Ready(Ok(CallOutcome::Refused(
+                                    err,
+                                    *this.call_type,
+                                    this.output.take(),
+                                )));
+                            }
+                        }
+                        Outcome::Allowed {
+                            rewritten: None, ..
+                        } => {}
+                    }
                     let mut inner = inner.take().expect("BufferedCall polled after completion");
-                    let fut = inner.call(request);
+                    let beside = beside.take();
                     this.state.set(State::Calling {
-                        fut,
-                        output: Some(output),
+                        fut: inner.call(request),
+                        beside,
+                        held: None,
                     });
                 }
-                StateProj::Calling { fut, output } => {
-                    let response = ready!(fut.poll(cx))?;
-                    let output = output.take().expect("BufferedCall polled after completion");
-                    return Poll::Ready(Ok(CallOutcome::Called(response, output)));
+                StateProj::Calling {
+                    mut fut,
+                    beside,
+                    held,
+                } => {
+                    // The upstream first: it is the slow part, get it going.
+                    if held.is_none() {
+                        if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                            let response = result?;
+                            if beside.is_none() {
+                                let output = this
+                                    .output
+                                    .take()
+                                    .expect("BufferedCall polled after completion");
+                                return Poll::Ready(Ok(CallOutcome::Called(response, output)));
+                            }
+                            *held = Some(response);
+                            *this.waiting_since = Some(Instant::now());
+                        }
+                    }
+                    if let Some(check) = beside {
+                        if let Poll::Ready(outcome) = check.as_mut().poll(cx) {
+                            *beside = None;
+                            if held.is_some() {
+                                stop_waiting(this.waiting_since, this.guardrail_time);
+                            }
+                            match outcome {
+                                Outcome::Blocked(err) => {
+                                    // The upstream response (or the call still under way) is
+                                    // dropped: nothing of it reaches the client.
+                                    held.take();
+                                    return Poll::Ready(Ok(CallOutcome::Refused(
+                                        err,
+                                        *this.call_type,
+                                        this.output.take(),
+                                    )));
+                                }
+                                Outcome::Allowed { rewritten, .. } => {
+                                    if rewritten.is_some() {
+                                        tracing::warn!(
+                                            "a during_call guardrail rewrote the request after it was sent; \
+                                             the rewrite is ignored (use pre_call to mask)"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if beside.is_none() {
+                        if let Some(response) = held.take() {
+                            let output = this
+                                .output
+                                .take()
+                                .expect("BufferedCall polled after completion");
+                            return Poll::Ready(Ok(CallOutcome::Called(response, output)));
+                        }
+                    }
+                    return Poll::Pending;
                 }
             }
         }
@@ -148,7 +393,9 @@ where
     P: Prepare,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BufferedCall").finish_non_exhaustive()
+        f.debug_struct("BufferedCall")
+            .field("call_type", &self.call_type)
+            .finish_non_exhaustive()
     }
 }
 

@@ -56,13 +56,14 @@ pub mod body;
 mod call;
 mod guardrail;
 mod log;
+mod order;
 mod report;
 mod request;
 mod runner;
 mod scope;
 mod selection;
 
-pub use call::{BufferedCall, CallOutcome, Prepare, take_ready};
+pub use call::{BufferedCall, CallOutcome, Prepare, Prepared, take_ready};
 pub use guardrail::{
     BoxError, BoxFuture, Decision, Guardrail, GuardrailError, GuardrailErrorKind, GuardrailFn,
     GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, Verdict, guardrail_fn,
@@ -73,10 +74,11 @@ pub use guardrail_tower_protocol::{
 };
 pub use guardrail_tower_sse as sse;
 pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
+pub use order::{Layer, enter_layer};
 pub use report::ResponseReport;
 pub use request::{
     BufferRequest, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest, RequestId, X_REQUEST_ID,
-    set_buffered_body,
+    call_type_of, set_buffered_body,
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,

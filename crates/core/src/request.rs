@@ -21,7 +21,7 @@ use crate::scope::{Caller, RequestState};
 use crate::{CallType, Error, GuardrailSelection};
 use guardrail_tower_protocol::BodyType;
 use guardrail_tower_protocol::json::JsonView;
-use guardrail_tower_protocol::text::{Side, TextCountMismatch};
+use guardrail_tower_protocol::text::{SetTextsError, Side, TextCountMismatch};
 
 /// The default request body limit: 16 MiB (room for a few base64 images).
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -175,18 +175,40 @@ pub struct ParsedRequest {
 impl ParsedRequest {
     /// Parses a body.
     ///
-    /// The body must be JSON when the content type is absent or JSON (`application/json`,
-    /// `*+json`); malformed JSON is a 400 [`Error`]. An empty body, or one of another content
-    /// type, is kept as bytes with no JSON (and no guardrail text).
+    /// For an endpoint whose texts the guardrails read (every [`CallType`] but
+    /// [`CallType::Other`]) the body must be a JSON object whose text-bearing fields have the
+    /// shape the protocol allows: another content type is a 415, an empty body, malformed JSON
+    /// or a field of the wrong shape a 400 naming the field (`param`). Nothing a guardrail could
+    /// not read goes on.
+    ///
+    /// For any other route, the body must be JSON when the content type is absent or JSON
+    /// (`application/json`, `*+json`); an empty body, or one of another content type, is kept
+    /// as bytes with no JSON (and no guardrail text).
     pub fn parse(
         call_type: CallType,
         bytes: Bytes,
         content_type: Option<&HeaderValue>,
     ) -> Result<Self, Error> {
-        let is_json = matches!(
-            BodyType::of(content_type),
-            BodyType::Json | BodyType::Unspecified
-        );
+        let body_type = BodyType::of(content_type);
+        let empty = bytes.iter().all(u8::is_ascii_whitespace);
+        // An endpoint whose texts the guardrails read takes JSON, and only JSON: a body they
+        // could not read must not reach the upstream.
+        let strict = call_type != CallType::Other;
+        if strict && body_type == BodyType::Other {
+            return Err(Error::new(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this endpoint takes a JSON body (content-type: application/json)",
+            )
+            .with_code("unsupported_media_type"));
+        }
+        if strict && empty {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "the request body is empty; this endpoint takes a JSON object",
+            )
+            .with_code("invalid_request_shape"));
+        }
+        let is_json = matches!(body_type, BodyType::Json | BodyType::Unspecified);
         let mut parsed = ParsedRequest {
             call_type,
             bytes: Bytes::new(),
@@ -198,7 +220,7 @@ impl ParsedRequest {
             gateway_only_keys: false,
             shared_meta: OnceLock::new(),
         };
-        if is_json && !bytes.iter().all(u8::is_ascii_whitespace) {
+        if is_json && !empty {
             let view = JsonView::parse(&bytes).map_err(Error::invalid_json)?;
             let text = |v: Option<&JsonView<'_>>| v.and_then(JsonView::as_str).map(str::to_owned);
             let metadata = view.get("metadata");
@@ -210,17 +232,26 @@ impl ParsedRequest {
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             // Note where the texts lie (cheap: no copy), so a guardrail needs no second parse.
+            // A text borrowed from the input is a range of it; one that had escapes (so lies
+            // in the view, not the input) is kept as it is.
             let base = bytes.as_ptr() as usize;
+            let input = base..base + bytes.len();
             let mut texts = Vec::new();
-            call_type.for_each_text_in_view(Side::Request, &view, |text| {
+            let read = call_type.read_texts(Side::Request, &view, |_, text| {
+                let at = text.as_ptr() as usize;
                 texts.push(match text {
-                    Cow::Borrowed(s) => {
-                        let start = s.as_ptr() as usize - base;
+                    Cow::Borrowed(s)
+                        if input.contains(&at) || (s.is_empty() && at == input.end) =>
+                    {
+                        let start = at - base;
                         TextSpan::Bytes(start..start + s.len())
                     }
-                    Cow::Owned(s) => TextSpan::Unescaped(s.clone()),
+                    text => TextSpan::Unescaped(text.into_owned()),
                 });
             });
+            if let (true, Err(shape)) = (strict, read) {
+                return Err(shape.to_request_error());
+            }
             drop(view);
             parsed.json = Some(Arc::new(JsonBody::validated(bytes.clone(), texts)));
         }
@@ -312,15 +343,15 @@ impl ParsedRequest {
     }
 
     /// Replaces the guardrail texts and re-serializes the body.
-    pub fn set_texts(&mut self, texts: &[String]) -> Result<(), TextCountMismatch> {
+    pub fn set_texts(&mut self, texts: &[String]) -> Result<(), SetTextsError> {
         let Some(json) = &self.json else {
             return if texts.is_empty() {
                 Ok(())
             } else {
-                Err(TextCountMismatch {
+                Err(SetTextsError::Count(TextCountMismatch {
                     expected: 0,
                     got: texts.len(),
-                })
+                }))
             };
         };
         let mut value = Value::clone(json.value());
@@ -385,6 +416,15 @@ impl RequestMeta {
     }
 }
 
+/// The call type of `request`: the one an earlier layer parsed it as, else from its method and
+/// path ([`CallType::of`]). Every layer asks this one function, so they all agree.
+pub fn call_type_of<B>(request: &Request<B>) -> CallType {
+    match request.extensions().get::<ParsedRequest>() {
+        Some(parsed) => parsed.call_type,
+        None => CallType::of(request.method(), request.uri().path()),
+    }
+}
+
 /// Replaces a request's body with the parsed request's bytes, and makes `content-length` match.
 pub fn set_buffered_body(parts: &mut http::request::Parts, parsed: &ParsedRequest) -> Full<Bytes> {
     parts.headers.remove(TRANSFER_ENCODING);
@@ -435,11 +475,23 @@ where
         request
             .extensions_mut()
             .get_or_insert_default::<RequestState>();
-        let call_type = CallType::from_path(request.uri().path());
+        let call_type = call_type_of(&request);
         let (mut parts, body) = request.into_parts();
         if let Some(parsed) = parts.extensions.get::<ParsedRequest>().cloned() {
             let body = set_buffered_body(&mut parts, &parsed);
             return BufferRequest::done(Ok(Request::from_parts(parts, body)));
+        }
+        let encoded = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded && call_type.has_text_view() {
+            // A compressed body is bytes no guardrail can read; refuse it before reading it.
+            return BufferRequest::done(Err(Error::new(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "compressed request bodies (content-encoding) are not accepted on this endpoint",
+            )
+            .with_code("unsupported_media_type")));
         }
         let declared = parts
             .headers
@@ -665,19 +717,85 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn empty_and_non_json_bodies_have_no_json() {
-        let req = Request::post("/v1/embeddings")
+    async fn bodies_no_guardrail_could_read_are_refused_on_llm_endpoints() {
+        // An empty body, another media type, a compressed body: refused before any guardrail.
+        let cases = [
+            (
+                "/v1/embeddings",
+                None,
+                None,
+                "",
+                400,
+                "invalid_request_shape",
+            ),
+            (
+                "/v1/chat/completions",
+                Some("text/plain"),
+                None,
+                r#"{"messages":[]}"#,
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                "/v1/messages",
+                Some("multipart/form-data; boundary=x"),
+                None,
+                "--x\r\n",
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                "/v1/responses",
+                None,
+                Some("gzip"),
+                "\x1f gzip bytes",
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                "/v1/chat/completions",
+                None,
+                None,
+                r#"{"messages":"forbidden"}"#,
+                400,
+                "invalid_request_shape",
+            ),
+        ];
+        for (path, content_type, encoding, body, status, code) in cases {
+            let mut req = Request::post(path);
+            if let Some(ct) = content_type {
+                req = req.header(CONTENT_TYPE, ct);
+            }
+            if let Some(e) = encoding {
+                req = req.header(http::header::CONTENT_ENCODING, e);
+            }
+            let req = req.body(Full::new(Bytes::from(body))).unwrap();
+            let err = BufferRequest::new(req, 1024).await.unwrap_err();
+            assert_eq!(
+                (err.status().as_u16(), err.code()),
+                (status, Some(code)),
+                "{path} {body}"
+            );
+        }
+        let req = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(
+                br#"{"messages":[{"role":"user","content":7}]}"#,
+            )))
+            .unwrap();
+        let err = BufferRequest::new(req, 1024).await.unwrap_err();
+        assert_eq!(err.param(), Some("messages[0].content"));
+        // The same bodies on a GET, or a route with no text view, pass as bytes.
+        let req = Request::get("/v1/chat/completions")
             .body(Full::new(Bytes::new()))
             .unwrap();
         let req = BufferRequest::new(req, 1024).await.unwrap();
-        assert!(
-            req.extensions()
-                .get::<ParsedRequest>()
-                .unwrap()
-                .json()
-                .is_none()
-        );
+        let parsed = req.extensions().get::<ParsedRequest>().unwrap();
+        assert_eq!(parsed.call_type(), CallType::Other);
+        assert!(parsed.json().is_none());
+    }
 
+    #[tokio::test]
+    async fn non_json_bodies_of_other_routes_have_no_json() {
         let req = Request::post("/v1/audio/transcriptions")
             .header(CONTENT_TYPE, "multipart/form-data; boundary=x")
             .body(Full::new(Bytes::from_static(b"--x\r\n")))
@@ -700,7 +818,7 @@ mod tests {
             } else {
                 sent = true;
                 Poll::Ready(Some(Ok::<_, std::io::Error>(Frame::data(
-                    Bytes::from_static(br#"{"model":"m"}"#),
+                    Bytes::from_static(br#"{"model":"m","messages":[]}"#),
                 ))))
             }
         }));
@@ -710,7 +828,7 @@ mod tests {
         let req = BufferRequest::new(req, 1024).await.unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), reads_after_first);
         let bytes = req.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(bytes, r#"{"model":"m"}"#);
+        assert_eq!(bytes, r#"{"model":"m","messages":[]}"#);
     }
 
     #[test]
@@ -817,7 +935,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &after));
         assert_eq!(after.state().get::<String>(key).as_deref(), Some("kept"));
         // Another request has its own state.
-        let other = BufferRequest::new(request(r#"{"model":"m"}"#), 1024)
+        let other = BufferRequest::new(request(r#"{"model":"m","messages":[]}"#), 1024)
             .await
             .unwrap();
         let other = RequestMeta::shared_from_request(&other).unwrap();

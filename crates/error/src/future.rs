@@ -4,7 +4,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, CallType, Error};
+use guardrail_tower_core::{BodyType, BoxError, CallType, Error, ResponseReport};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{Response, response};
 use http_body::Body;
@@ -21,6 +21,7 @@ pin_project! {
         call_type: CallType,
         on_failure: H,
         max_error_body: usize,
+        report: Option<ResponseReport>,
     }
 }
 
@@ -46,7 +47,14 @@ impl<F, B, H> ResponseFuture<F, B, H> {
             call_type,
             on_failure,
             max_error_body,
+            report: None,
         }
+    }
+
+    /// Where to report a stream that the upstream cut after its head (for the spend log).
+    pub(crate) fn with_report(mut self, report: Option<ResponseReport>) -> Self {
+        self.report = report;
+        self
     }
 
     pub(crate) fn error(error: Error, call_type: CallType, on_failure: H) -> Self {
@@ -55,6 +63,7 @@ impl<F, B, H> ResponseFuture<F, B, H> {
             call_type,
             on_failure,
             max_error_body: 0,
+            report: None,
         }
     }
 }
@@ -82,7 +91,17 @@ where
                         }
                         let status = response.status();
                         if !status.is_client_error() && !status.is_server_error() {
-                            return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                            // A stream the upstream cuts after the head ends with the
+                            // endpoint's in-band error, not a cut body.
+                            let event_stream = BodyType::of(response.headers().get(CONTENT_TYPE))
+                                == BodyType::EventStream;
+                            return Poll::Ready(Ok(if event_stream {
+                                let call_type = *this.call_type;
+                                let report = this.report.take();
+                                response.map(|b| ResponseBody::stream(b, call_type, report))
+                            } else {
+                                response.map(ResponseBody::new)
+                            }));
                         }
                         let (parts, body) = response.into_parts();
                         this.state.set(State::Reading {

@@ -2,8 +2,9 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use guardrail_tower_core::BoxError;
+use guardrail_tower_core::ResponseReport;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, CallType};
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -81,16 +82,18 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let call_type = CallType::from_path(request.uri().path());
+        let call_type = guardrail_tower_core::call_type_of(&request);
         let on_failure = self.on_failure.clone();
         if let Some(err) = self.ready_error.take() {
             return ResponseFuture::error(err, call_type, on_failure);
         }
+        let report = request.extensions().get::<ResponseReport>().cloned();
         ResponseFuture::new(
             self.inner.call(request),
             call_type,
             on_failure,
             self.max_error_body,
         )
+        .with_report(report)
     }
 }

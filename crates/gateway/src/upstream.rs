@@ -395,14 +395,17 @@ mod tests {
         );
         // Each alone is removed too, even with the model name unchanged.
         for (body, want) in [
-            (r#"{"model":"up","guardrails":["a"]}"#, r#"{"model":"up"}"#),
             (
-                r#"{"model":"up","litellm_metadata":{}}"#,
-                r#"{"model":"up"}"#,
+                r#"{"model":"up","guardrails":["a"],"messages":[]}"#,
+                r#"{"model":"up","messages":[]}"#,
             ),
             (
-                r#"{"model":"up","metadata":{"guardrails":["b"]}}"#,
-                r#"{"model":"up","metadata":{}}"#,
+                r#"{"model":"up","litellm_metadata":{},"messages":[]}"#,
+                r#"{"model":"up","messages":[]}"#,
+            ),
+            (
+                r#"{"model":"up","metadata":{"guardrails":["b"]},"messages":[]}"#,
+                r#"{"model":"up","metadata":{},"messages":[]}"#,
             ),
         ] {
             assert_eq!(rewrite_body(&parsed(body), "up").unwrap(), want, "{body}");

@@ -44,7 +44,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(match ready!(self.project().call.poll(cx))? {
             CallOutcome::Called(response, ()) => response.map(ResponseBody::new),
-            CallOutcome::Rejected(err, call_type) => {
+            CallOutcome::Refused(err, call_type, _) => {
                 err.to_response(call_type).map(ResponseBody::full)
             }
         }))

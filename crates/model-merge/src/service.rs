@@ -2,7 +2,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, BufferedCall, ParsedRequest, Prepare, take_ready};
+use guardrail_tower_core::{
+    BoxError, BufferedCall, Error, Layer, ParsedRequest, Prepare, Prepared, enter_layer, take_ready,
+};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -60,9 +62,10 @@ pub struct Merge {
 impl Prepare for Merge {
     type Output = ();
 
-    fn prepare(self, request: &mut Request<Full<Bytes>>) {
+    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Result<Prepared<()>, Error> {
+        enter_layer(request, Layer::ModelMerge)?;
         let Some(parsed) = request.extensions_mut().get_mut::<ParsedRequest>() else {
-            return;
+            return Ok(Prepared::new(()));
         };
         let names = parsed
             .model()
@@ -71,6 +74,7 @@ impl Prepare for Merge {
         if let Some(names) = names {
             parsed.selection_mut().merge(names.iter().cloned());
         }
+        Ok(Prepared::new(()))
     }
 }
 

@@ -7,17 +7,14 @@ use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
-    BoxError, BufferRequest, CallType, Error, GuardrailLog, GuardrailMode, GuardrailStatus,
-    Guardrails, Outcome, ParsedRequest, RequestMeta, RunFuture, set_buffered_body,
+    BoxError, BufferedCall, CallOutcome, Error, GuardrailLog, GuardrailMode, GuardrailStatus,
+    Guardrails, Layer, ParsedRequest, Prepare, Prepared, RequestMeta, enter_layer,
 };
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_service::Service;
-
-use crate::PreCallGuardrailLayer;
 
 /// `x-litellm-applied-guardrails`: the guardrails that ran on the request, comma-separated (the
 /// header LiteLLM sends).
@@ -33,41 +30,8 @@ pin_project! {
         S: Service<Request<Full<Bytes>>>,
     {
         #[pin]
-        state: State<B, S>,
-        guardrails: Guardrails,
-        call_type: CallType,
+        call: BufferedCall<B, S, Checks>,
         response_headers: bool,
-        log: Option<GuardrailLog>,
-        log_start: usize,
-        // When the current wait on guardrails began.
-        waiting_since: Option<Instant>,
-        // Time the guardrails added so far.
-        guardrail_time: Duration,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<B, S>
-    where
-        S: Service<Request<Full<Bytes>>>,
-    {
-        Buffering {
-            #[pin]
-            buffer: BufferRequest<B>,
-            inner: Option<S>,
-        },
-        Checking {
-            check: RunFuture,
-            request: Option<Request<Full<Bytes>>>,
-            inner: Option<S>,
-        },
-        Calling {
-            #[pin]
-            fut: S::Future,
-            during: Option<RunFuture>,
-            held: Option<Result<S::Response, S::Error>>,
-        },
     }
 }
 
@@ -77,61 +41,99 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(request: Request<B>, inner: S, config: &PreCallGuardrailLayer) -> Self {
+    pub(crate) fn new(call: BufferedCall<B, S, Checks>, response_headers: bool) -> Self {
         ResponseFuture {
-            call_type: CallType::from_path(request.uri().path()),
-            state: State::Buffering {
-                buffer: BufferRequest::new(request, config.body_limit),
-                inner: Some(inner),
-            },
-            guardrails: config.guardrails.clone(),
-            response_headers: config.response_headers,
-            log: None,
-            log_start: 0,
-            waiting_since: None,
-            guardrail_time: Duration::ZERO,
+            call,
+            response_headers,
         }
     }
 }
 
-/// Starts the guardrails of `mode` on the request's text, if the gate selects any.
-fn start_checks(
-    guardrails: &Guardrails,
-    mode: GuardrailMode,
-    request: &Request<Full<Bytes>>,
-    log: &GuardrailLog,
-) -> Option<RunFuture> {
-    let parsed = request.extensions().get::<ParsedRequest>()?;
-    if !guardrails.any_selected(mode, parsed.selection()) {
-        return None;
-    }
-    let meta = RequestMeta::shared_from_request(request)?;
-    guardrails.run(
-        mode,
-        parsed.selection(),
-        Side::Request,
-        parsed.texts(),
-        meta,
-        log.clone(),
-    )
+/// The pre-call step: start the `pre_call` guardrails (waited for before the call) and the
+/// `during_call` ones (run beside it).
+#[derive(Debug)]
+pub(crate) struct Checks {
+    pub(crate) guardrails: Guardrails,
 }
 
-/// Writes the rewritten texts into the parsed request and the body forwarded upstream.
-fn apply_rewrite(
-    request: Request<Full<Bytes>>,
-    texts: &[String],
-) -> Result<Request<Full<Bytes>>, Error> {
-    let (mut parts, _) = request.into_parts();
-    let parsed = parts
-        .extensions
-        .get_mut::<ParsedRequest>()
-        .ok_or_else(|| Error::internal("the parsed request is missing"))?;
-    parsed
-        .set_texts(texts)
-        .map_err(|e| Error::internal(format!("could not apply the guardrail rewrite: {e}")))?;
-    let parsed = parsed.clone();
-    let body = set_buffered_body(&mut parts, &parsed);
-    Ok(Request::from_parts(parts, body))
+/// Where this request's entries start in its guardrail log.
+#[derive(Debug)]
+pub(crate) struct LogMark {
+    log: GuardrailLog,
+    start: usize,
+}
+
+impl Prepare for Checks {
+    type Output = LogMark;
+
+    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Result<Prepared<LogMark>, Error> {
+        enter_layer(request, Layer::PreCall)?;
+        let log = match request.extensions().get::<GuardrailLog>() {
+            Some(log) => log.clone(),
+            None => {
+                let log = GuardrailLog::new();
+                request.extensions_mut().insert(log.clone());
+                log
+            }
+        };
+        let mark = LogMark {
+            start: log.len(),
+            log: log.clone(),
+        };
+        let Some(parsed) = request.extensions().get::<ParsedRequest>() else {
+            return Ok(Prepared::new(mark));
+        };
+        let selection = parsed.selection();
+        let (pre, during) = (
+            self.guardrails
+                .any_selected(GuardrailMode::PreCall, selection),
+            self.guardrails
+                .any_selected(GuardrailMode::DuringCall, selection),
+        );
+        if !pre && !during {
+            return Ok(Prepared::new(mark));
+        }
+        if !parsed.call_type().has_text_view() {
+            // A route no text view knows: the guardrails that apply could read nothing.
+            return Err(unreadable_route(request.uri().path()));
+        }
+        let Some(meta) = RequestMeta::shared_from_request(request) else {
+            return Ok(Prepared::new(mark));
+        };
+        let run = |mode| {
+            self.guardrails.run(
+                mode,
+                selection,
+                Side::Request,
+                parsed.texts(),
+                meta.clone(),
+                log.clone(),
+            )
+        };
+        let before = if pre {
+            run(GuardrailMode::PreCall)
+        } else {
+            None
+        };
+        let beside = if during {
+            run(GuardrailMode::DuringCall)
+        } else {
+            None
+        };
+        Ok(Prepared::new(mark).before(before).beside(beside))
+    }
+}
+
+/// The refusal of a request to a route whose text the guardrails that apply cannot read.
+pub(crate) fn unreadable_route(path: &str) -> Error {
+    Error::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "guardrails apply to this request, but requests to {path} are not a format they can \
+             read; refused (serve this route without guardrails to pass it through)"
+        ),
+    )
+    .with_code("unsupported_endpoint")
 }
 
 impl<B, S, ResB> Future for ResponseFuture<B, S>
@@ -144,190 +146,29 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Buffering { buffer, inner } => {
-                    let mut request = match ready!(buffer.poll(cx)) {
-                        Ok(request) => request,
-                        Err(err) => {
-                            return Poll::Ready(Ok(err
-                                .to_response(*this.call_type)
-                                .map(ResponseBody::full)));
-                        }
-                    };
-                    let log = match request.extensions().get::<GuardrailLog>() {
-                        Some(log) => log.clone(),
-                        None => {
-                            let log = GuardrailLog::new();
-                            request.extensions_mut().insert(log.clone());
-                            log
-                        }
-                    };
-                    *this.log_start = log.len();
-                    let inner = inner.take();
-                    let check =
-                        start_checks(this.guardrails, GuardrailMode::PreCall, &request, &log);
-                    *this.log = Some(log);
-                    match check {
-                        Some(check) => {
-                            *this.waiting_since = Some(Instant::now());
-                            this.state.set(State::Checking {
-                                check,
-                                request: Some(request),
-                                inner,
-                            });
-                        }
-                        None => {
-                            let state = start_call(this.guardrails, this.log, request, inner);
-                            this.state.set(state);
-                        }
-                    }
-                }
-                StateProj::Checking {
-                    check,
-                    request,
-                    inner,
-                } => {
-                    let outcome = ready!(check.as_mut().poll(cx));
-                    stop_waiting(this.waiting_since, this.guardrail_time);
-                    let request = request
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    let request = match outcome {
-                        Outcome::Blocked(err) => {
-                            let response = err.to_response(*this.call_type).map(ResponseBody::full);
-                            return Poll::Ready(Ok(finish(
-                                response,
-                                this.log,
-                                *this.log_start,
-                                *this.guardrail_time,
-                                *this.response_headers,
-                            )));
-                        }
-                        Outcome::Allowed {
-                            rewritten: None, ..
-                        } => request,
-                        Outcome::Allowed {
-                            rewritten: Some(texts),
-                            ..
-                        } => match apply_rewrite(request, &texts) {
-                            Ok(request) => request,
-                            Err(err) => {
-                                let response =
-                                    err.to_response(*this.call_type).map(ResponseBody::full);
-                                return Poll::Ready(Ok(response));
-                            }
-                        },
-                    };
-                    let state = start_call(this.guardrails, this.log, request, inner.take());
-                    this.state.set(state);
-                }
-                StateProj::Calling {
-                    mut fut,
-                    during,
-                    held,
-                } => {
-                    // The upstream first: it is the slow part, get it going.
-                    if held.is_none() {
-                        if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                            *held = Some(result);
-                            if during.is_some() {
-                                *this.waiting_since = Some(Instant::now());
-                            }
-                        }
-                    }
-                    if let Some(check) = during {
-                        if let Poll::Ready(outcome) = check.as_mut().poll(cx) {
-                            *during = None;
-                            if held.is_some() {
-                                stop_waiting(this.waiting_since, this.guardrail_time);
-                            }
-                            match outcome {
-                                Outcome::Blocked(err) => {
-                                    // The upstream response (or the call still under way) is
-                                    // dropped: nothing of it reaches the client.
-                                    held.take();
-                                    let response =
-                                        err.to_response(*this.call_type).map(ResponseBody::full);
-                                    return Poll::Ready(Ok(finish(
-                                        response,
-                                        this.log,
-                                        *this.log_start,
-                                        *this.guardrail_time,
-                                        *this.response_headers,
-                                    )));
-                                }
-                                Outcome::Allowed { rewritten, .. } => {
-                                    if rewritten.is_some() {
-                                        tracing::warn!(
-                                            "a during_call guardrail rewrote the request after it was sent; \
-                                             the rewrite is ignored (use pre_call to mask)"
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    if during.is_none() {
-                        if let Some(result) = held.take() {
-                            let response = result?.map(ResponseBody::new);
-                            return Poll::Ready(Ok(finish(
-                                response,
-                                this.log,
-                                *this.log_start,
-                                *this.guardrail_time,
-                                *this.response_headers,
-                            )));
-                        }
-                    }
-                    return Poll::Pending;
-                }
+        let outcome = ready!(this.call.as_mut().poll(cx))?;
+        let time = this.call.guardrail_time();
+        let (response, mark) = match outcome {
+            CallOutcome::Called(response, mark) => (response.map(ResponseBody::new), Some(mark)),
+            CallOutcome::Refused(err, call_type, mark) => {
+                (err.to_response(call_type).map(ResponseBody::full), mark)
             }
-        }
-    }
-}
-
-/// Starts `during_call` guardrails and the upstream call together.
-fn start_call<B, S>(
-    guardrails: &Guardrails,
-    log: &Option<GuardrailLog>,
-    request: Request<Full<Bytes>>,
-    inner: Option<S>,
-) -> State<B, S>
-where
-    S: Service<Request<Full<Bytes>>>,
-{
-    let during = log
-        .as_ref()
-        .and_then(|log| start_checks(guardrails, GuardrailMode::DuringCall, &request, log));
-    let mut inner = inner.expect("ResponseFuture polled after completion");
-    State::Calling {
-        fut: inner.call(request),
-        during,
-        held: None,
-    }
-}
-
-fn stop_waiting(since: &mut Option<Instant>, total: &mut Duration) {
-    if let Some(since) = since.take() {
-        *total += since.elapsed();
+        };
+        Poll::Ready(Ok(match mark {
+            Some(mark) if *this.response_headers => finish(response, &mark, time),
+            _ => response,
+        }))
     }
 }
 
 /// Adds the applied-guardrails and duration headers when any guardrail ran.
-fn finish<B>(
-    mut response: Response<B>,
-    log: &Option<GuardrailLog>,
-    log_start: usize,
-    guardrail_time: Duration,
-    enabled: bool,
-) -> Response<B> {
-    let Some(log) = log.as_ref().filter(|log| enabled && log.len() > log_start) else {
+fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration) -> Response<B> {
+    if mark.log.len() <= mark.start {
         return response;
-    };
-    let entries = log.entries();
+    }
+    let entries = mark.log.entries();
     let mut applied: Vec<&str> = Vec::new();
-    for entry in &entries[log_start..] {
+    for entry in &entries[mark.start..] {
         let name = entry.guardrail_name.as_str();
         if entry.guardrail_status != GuardrailStatus::NotRun && !applied.contains(&name) {
             applied.push(name);

@@ -2,14 +2,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, Guardrails, take_ready};
+use guardrail_tower_core::{BoxError, BufferedCall, Guardrails, take_ready};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
 use crate::PreCallGuardrailLayer;
-use crate::future::ResponseFuture;
+use crate::future::{Checks, ResponseFuture};
 
 /// Runs `pre_call` guardrails before the inner service is called and `during_call` guardrails
 /// concurrently with it. See the [crate docs](crate).
@@ -62,6 +62,12 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(request, inner, &self.config)
+        let checks = Checks {
+            guardrails: self.config.guardrails.clone(),
+        };
+        ResponseFuture::new(
+            BufferedCall::new(request, self.config.body_limit, inner, checks),
+            self.config.response_headers,
+        )
     }
 }

@@ -49,7 +49,7 @@ impl CallType {
     /// `/anthropic/v1/messages`) are recognised; a trailing `/` is ignored.
     ///
     /// ```
-    /// use guardrail_tower_core::CallType;
+    /// use guardrail_tower_protocol::CallType;
     /// assert_eq!(CallType::from_path("/v1/chat/completions"), CallType::ChatCompletions);
     /// assert_eq!(CallType::from_path("/chat/completions"), CallType::ChatCompletions);
     /// assert_eq!(CallType::from_path("/v1/responses"), CallType::Responses);
@@ -72,6 +72,29 @@ impl CallType {
         } else {
             CallType::Other
         }
+    }
+
+    /// Classifies a request by its method and path: an LLM call is a `POST`; any other method
+    /// (`GET /v1/chat/completions` lists stored completions, for one) is [`CallType::Other`].
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::CallType;
+    /// use http::Method;
+    /// assert_eq!(CallType::of(&Method::POST, "/v1/responses"), CallType::Responses);
+    /// assert_eq!(CallType::of(&Method::GET, "/v1/chat/completions"), CallType::Other);
+    /// ```
+    pub fn of(method: &http::Method, path: &str) -> Self {
+        if method == http::Method::POST {
+            CallType::from_path(path)
+        } else {
+            CallType::Other
+        }
+    }
+
+    /// Whether the guardrails can read this endpoint's texts (every call type but
+    /// [`CallType::Other`]).
+    pub fn has_text_view(self) -> bool {
+        self != CallType::Other
     }
 
     /// The call type's name as LiteLLM writes it in `LiteLLM_SpendLogs.call_type`, so existing

@@ -71,7 +71,7 @@ impl fmt::Display for ErrorClass {
 /// An error response, in any endpoint's shape.
 ///
 /// ```
-/// use guardrail_tower_core::{CallType, Error};
+/// use guardrail_tower_protocol::{CallType, Error};
 ///
 /// let err = Error::guardrail_blocked("block-words", "Blocked: forbidden word");
 /// assert_eq!(err.status(), 400);
@@ -189,6 +189,19 @@ impl Error {
             format!("upstream request failed: {detail}"),
         )
         .with_code("upstream_error")
+    }
+
+    /// The upstream stopped sending a stream before its end (a reset, a read timeout) after the
+    /// response head was sent: 502, code `upstream_stream_error`. Every layer that sees this
+    /// happen ends the stream with this error's in-band events ([`Error::stream_events`]) and
+    /// the endpoint's terminator, never with a cut body.
+    pub fn stream_interrupted() -> Self {
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            "the upstream stopped sending the stream before it ended",
+        )
+        .with_code("upstream_stream_error")
+        .with_class(ErrorClass::UpstreamFailure)
     }
 
     /// Something unexpected: 500 `internal_server_error`.
@@ -422,6 +435,46 @@ pub struct ResponsesStreamState {
     pub fallback_id: String,
     /// The model to name when no response object was seen.
     pub model: Option<String>,
+}
+
+impl ResponsesStreamState {
+    /// A state for a stream of which nothing was seen yet.
+    pub fn new(fallback_id: impl Into<String>, model: Option<String>) -> Self {
+        ResponsesStreamState {
+            response: None,
+            next_sequence_number: 0,
+            fallback_id: fallback_id.into(),
+            model,
+        }
+    }
+
+    /// Takes note of one event that went to the client: its `sequence_number`, and the
+    /// response object `response.created` / `response.in_progress` announce.
+    pub fn observe(&mut self, data: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Seen<'a> {
+            #[serde(rename = "type", borrow, default)]
+            kind: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            sequence_number: Option<u64>,
+            #[serde(borrow, default)]
+            response: Option<&'a serde_json::value::RawValue>,
+        }
+        let Ok(seen) = serde_json::from_slice::<Seen<'_>>(data) else {
+            return;
+        };
+        if let Some(n) = seen.sequence_number {
+            self.next_sequence_number = self.next_sequence_number.max(n + 1);
+        }
+        if matches!(
+            seen.kind.as_deref(),
+            Some("response.created" | "response.in_progress")
+        ) {
+            self.response = seen
+                .response
+                .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        }
+    }
 }
 
 fn write_event(buf: &mut BytesMut, event: &str, data: &impl Serialize) {

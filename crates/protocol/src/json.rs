@@ -16,16 +16,15 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-/// A JSON value borrowing from the bytes it was parsed from. A number keeps its value only when
-/// it is a non-negative integer (token counts): nothing read through a view needs others.
+/// A JSON value borrowing from the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JsonView<'a> {
     /// `null`.
     Null,
     /// `true` or `false`.
     Bool(bool),
-    /// A number: its value when it is a non-negative integer that fits a `u64`.
-    Number(Option<u64>),
+    /// A number, as `serde_json` reads it.
+    Number(serde_json::Number),
     /// A string, borrowed from the input unless it had escapes.
     String(Cow<'a, str>),
     /// An array.
@@ -60,7 +59,7 @@ impl<'a> JsonView<'a> {
     /// The number, if this is a non-negative integer (as `serde_json::Value::as_u64`).
     pub fn as_u64(&self) -> Option<u64> {
         match self {
-            JsonView::Number(n) => *n,
+            JsonView::Number(n) => n.as_u64(),
             _ => None,
         }
     }
@@ -70,6 +69,56 @@ impl<'a> JsonView<'a> {
         match self {
             JsonView::String(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// The value written as compact JSON, exactly as `serde_json` writes the `Value` of the
+    /// same document (with `preserve_order`): a key an object repeats is written once, at its
+    /// first place, with its last value.
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut String) {
+        fn string(s: &str, out: &mut String) {
+            out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
+        }
+        match self {
+            JsonView::Null => out.push_str("null"),
+            JsonView::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            JsonView::Number(n) => out.push_str(&n.to_string()),
+            JsonView::String(s) => string(s, out),
+            JsonView::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write_json(out);
+                }
+                out.push(']');
+            }
+            JsonView::Object(entries) => {
+                out.push('{');
+                let mut first = true;
+                for (i, (key, _)) in entries.iter().enumerate() {
+                    if entries[..i].iter().any(|(k, _)| k == key) {
+                        continue;
+                    }
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    string(key, out);
+                    out.push(':');
+                    self.get(key)
+                        .expect("the key is in the object")
+                        .write_json(out);
+                }
+                out.push('}');
+            }
         }
     }
 }
@@ -114,13 +163,14 @@ impl<'de> Deserialize<'de> for JsonView<'de> {
                 Ok(JsonView::Bool(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonView<'de>, E> {
-                Ok(JsonView::Number(u64::try_from(v).ok()))
+                Ok(JsonView::Number(v.into()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonView<'de>, E> {
-                Ok(JsonView::Number(Some(v)))
+                Ok(JsonView::Number(v.into()))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<JsonView<'de>, E> {
-                Ok(JsonView::Number(None))
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<JsonView<'de>, E> {
+                // serde_json never yields a non-finite f64 from a document.
+                Ok(serde_json::Number::from_f64(v).map_or(JsonView::Null, JsonView::Number))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<JsonView<'de>, E> {
                 Ok(JsonView::String(Cow::Borrowed(v)))
@@ -187,6 +237,21 @@ mod tests {
             let view = JsonView::parse(n.as_bytes()).unwrap();
             let value: Value = serde_json::from_str(n).unwrap();
             assert_eq!(view.as_u64(), value.as_u64(), "{n}");
+        }
+    }
+
+    #[test]
+    fn writes_json_as_a_value_does() {
+        let docs = [
+            r#"{"a": [1, -2, 3.5e3, 0.1, true, false, null, {"b": {}}], "s": "q\"uote \u00e9 \ud83d\ude00"}"#,
+            r#"{"k": 1, "j": 2, "k": 3}"#,
+            r#"[18446744073709551615, -9223372036854775808, 1e-7, 12345678901234567890123]"#,
+            r#""\u0000\t""#,
+        ];
+        for doc in docs {
+            let view = JsonView::parse(doc.as_bytes()).unwrap();
+            let value: Value = serde_json::from_str(doc).unwrap();
+            assert_eq!(view.to_json_string(), value.to_string(), "{doc}");
         }
     }
 

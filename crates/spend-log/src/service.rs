@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BoxError, BufferRequest, CallType, GuardrailLog, RequestId, ResponseReport, take_ready,
+    BoxError, BufferRequest, GuardrailLog, RequestId, ResponseReport, take_ready,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -68,7 +68,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let request_id = RequestId::get_or_insert(&mut request);
-        let call_type = CallType::from_path(request.uri().path());
+        let call_type = guardrail_tower_core::call_type_of(&request);
         let extensions = request.extensions_mut();
         let log = match extensions.get::<GuardrailLog>() {
             Some(log) => log.clone(),

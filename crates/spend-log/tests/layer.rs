@@ -360,7 +360,7 @@ async fn usage_is_read_from_each_kind_of_stream() {
             .service(upstream(response));
         let req = Request::post(path)
             .body(Full::new(Bytes::from_static(
-                b"{\"model\":\"m\",\"stream\":true}",
+                br#"{"model":"m","stream":true,"messages":[]}"#,
             )))
             .unwrap();
         let out = svc

@@ -8,6 +8,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use guardrail_tower_core::{BoxError, Error};
+
 use crate::state::{Step, StreamState};
 
 pin_project! {
@@ -96,6 +98,7 @@ impl<B> GuardedBody<B> {
 impl<B> Body for GuardedBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -162,10 +165,14 @@ where
                         }
                     },
                     Some(Err(err)) => {
-                        state.upstream_failed();
+                        // After the head, a failure ends the stream as a block does: the
+                        // endpoint's in-band error event and its terminator, not a cut body.
+                        let err: BoxError = err.into();
+                        tracing::warn!(error = %err, "the upstream stream failed after the response head was sent");
+                        state.upstream_failed(Error::stream_interrupted());
                         body.set(None);
                         *boxed = None;
-                        return Poll::Ready(Some(Err(err)));
+                        continue;
                     }
                     None => {
                         state.push_eof();

@@ -11,7 +11,7 @@ use guardrail_tower_core::{
     BodyType, BoxError, BufferedCall, CallOutcome, ConfiguredGuardrail, Error, Fallback,
     GuardrailMode, Outcome, RunFuture, StreamPolicy, Usage,
 };
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode, response};
 use http_body::Body;
 use http_body_util::Full;
@@ -19,10 +19,11 @@ use pin_project_lite::pin_project;
 use serde_json::Value;
 use tower_service::Service;
 
-use crate::events::{self, ChannelKey};
 use crate::service::{Capture, StreamContext};
 use crate::state::{Policy, StreamState};
 use crate::{GuardedBody, StreamingGuardrailBodyLayer};
+use guardrail_tower_protocol::json::JsonView;
+use guardrail_tower_protocol::text::{Role, TextKey};
 
 pin_project! {
     /// The response future of [`StreamingGuardrailBody`](crate::StreamingGuardrailBody).
@@ -72,7 +73,7 @@ pin_project! {
             run: RunFuture,
             parts: Option<response::Parts>,
             events: Vec<SseEvent>,
-            keys: Vec<ChannelKey>,
+            keys: Vec<TextKey>,
             raw: Bytes,
             context: Option<StreamContext>,
         },
@@ -104,6 +105,47 @@ fn stream_guards(
         .selected(GuardrailMode::PostCall, &context.selection)
         .map(|g| (g.clone(), config.effective_policy(g)))
         .collect()
+}
+
+/// Why the post-call guardrails cannot read a successful response, if they cannot: a
+/// compressed body (the layer asks for `accept-encoding: identity`; decompress in front of it
+/// when an upstream ignores that), or a content type that is neither JSON nor an event stream.
+/// Such a response is a 502, never an unchecked pass.
+fn unreadable<B>(response: &Response<B>) -> Option<Error> {
+    let headers = response.headers();
+    if let Some(encoding) = headers
+        .get(CONTENT_ENCODING)
+        .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        return Some(
+            Error::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the upstream response is compressed (content-encoding: {encoding}) and the post-call guardrails cannot read it"
+                ),
+            )
+            .with_code("unreadable_upstream_response"),
+        );
+    }
+    match BodyType::of(headers.get(CONTENT_TYPE)) {
+        BodyType::Json | BodyType::EventStream => None,
+        BodyType::Other | BodyType::Unspecified => {
+            let content_type = headers.get(CONTENT_TYPE).map_or_else(
+                || "none".to_owned(),
+                |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            );
+            Some(
+                Error::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the upstream response has a content type the post-call guardrails cannot read ({content_type})"
+                    ),
+                )
+                .with_code("unreadable_upstream_response"),
+            )
+        }
+    }
 }
 
 fn error_response<ResB>(err: &Error, context: &StreamContext) -> Response<GuardedBody<ResB>> {
@@ -142,7 +184,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Call { call } => {
                     let (response, context) = match ready!(call.poll(cx))? {
-                        CallOutcome::Rejected(err, call_type) => {
+                        CallOutcome::Refused(err, call_type, _) => {
                             return Poll::Ready(Ok(err
                                 .to_response(call_type)
                                 .map(GuardedBody::full)));
@@ -155,9 +197,12 @@ where
                     if !response.status().is_success() {
                         return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
                     }
+                    if let Some(err) = unreadable(&response) {
+                        return Poll::Ready(Ok(error_response(&err, &context)));
+                    }
                     match BodyType::of(response.headers().get(CONTENT_TYPE)) {
                         BodyType::Other | BodyType::Unspecified => {
-                            return Poll::Ready(Ok(response.map(GuardedBody::passthrough)));
+                            unreachable!("unreadable() refuses other content types")
                         }
                         BodyType::Json => {
                             let (parts, body) = response.into_parts();
@@ -388,11 +433,18 @@ where
                         raw.put(chunk);
                     }
                     let raw = raw.freeze();
-                    let (events, keys, texts) =
+                    let (events, keys, texts, differs) =
                         match decode_all(&raw, this.config.max_event_size, &context) {
                             Ok(decoded) => decoded,
                             Err(err) => return Poll::Ready(Ok(error_response(&err, &context))),
                         };
+                    // A summary that repeats a text other than its deltas' is sent with the
+                    // text that was checked, never as the upstream wrote it.
+                    let original = differs.then(|| texts.clone());
+                    let raw = match &original {
+                        Some(texts) => reencode(context.call_type, &events, &keys, texts),
+                        None => raw,
+                    };
                     match run_post_call(this.config, &context, texts) {
                         None => {
                             return Poll::Ready(Ok(Response::from_parts(
@@ -470,7 +522,10 @@ fn new_stream_state(
         context.call_type,
         guards
             .into_iter()
-            .map(|(g, p)| (g, Policy::from_stream_policy(p)))
+            .map(|(g, p)| {
+                let policy = Policy::of(p, &g);
+                (g, policy)
+            })
             .collect(),
         context.meta,
         context.log,
@@ -479,10 +534,11 @@ fn new_stream_state(
     )
 }
 
-type Decoded = (Vec<SseEvent>, Vec<ChannelKey>, Vec<String>);
+/// A whole buffered stream: its events, the text of each key in order of first appearance,
+/// and whether a summary event repeats a text other than the one its deltas carried.
+type Decoded = (Vec<SseEvent>, Vec<TextKey>, Vec<String>, bool);
 
-/// Decodes a whole buffered stream: its events, and the complete text of each channel in order
-/// of first appearance.
+/// Decodes a whole buffered stream through the protocol's text view.
 fn decode_all(
     raw: &Bytes,
     max_event_size: usize,
@@ -491,77 +547,103 @@ fn decode_all(
     let mut decoder = SseDecoder::with_max_event_size(max_event_size);
     decoder.push(raw.clone());
     let mut events = Vec::new();
-    let invalid = |e| Error::upstream_unavailable(format!("the upstream stream is invalid: {e}"));
-    while let Some(event) = decoder.next_event().map_err(invalid)? {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::upstream_unavailable(format!("the upstream stream is invalid: {e}"))
+    };
+    while let Some(event) = decoder.next_event().map_err(|e| invalid(&e))? {
         events.push(event);
     }
-    while let Some(event) = decoder.finish().map_err(invalid)? {
+    while let Some(event) = decoder.finish().map_err(|e| invalid(&e))? {
         events.push(event);
     }
-    let mut keys: Vec<ChannelKey> = Vec::new();
+    let mut keys: Vec<TextKey> = Vec::new();
     let mut texts: Vec<String> = Vec::new();
+    let mut fulls: Vec<(TextKey, String)> = Vec::new();
     let mut usage = None;
     for event in &events {
-        let info = events::classify(context.call_type, event);
-        if info.has_usage {
-            if let Some(value) = events::data_value(event) {
+        let Some(data) = event.data() else { continue };
+        let Ok(view) = JsonView::parse(data) else {
+            continue;
+        };
+        let read = context
+            .call_type
+            .read_event(event.event_type(), &view)
+            .map_err(|e| invalid(&e))?;
+        if read.has_usage {
+            if let Some(value) = crate::state::data_value(event) {
                 Usage::update_from_event(&mut usage, context.call_type, event.event_type(), &value);
             }
         }
-        for (key, text) in &info.texts {
-            match keys.iter().position(|k| k == key) {
-                Some(i) => texts[i].push_str(text),
-                None => {
-                    keys.push(*key);
-                    texts.push(text.to_string());
-                }
+        for (key, role, text) in read.texts {
+            match role {
+                Role::Delta => match keys.iter().position(|k| *k == key) {
+                    Some(i) => texts[i].push_str(&text),
+                    None => {
+                        keys.push(key);
+                        texts.push(text.into_owned());
+                    }
+                },
+                Role::Full => fulls.push((key, text.into_owned())),
             }
         }
     }
+    let differs = fulls.iter().any(|(key, full)| {
+        keys.iter()
+            .position(|k| k == key)
+            .map_or(!full.is_empty(), |i| texts[i] != *full)
+    });
     if let Some(report) = &context.report {
         report.set_observed();
         if let Some(usage) = usage {
             report.set_usage(usage);
         }
     }
-    Ok((events, keys, texts))
+    Ok((events, keys, texts, differs))
 }
 
-/// Re-encodes a buffered stream with rewritten channel texts: each rewritten channel's whole
-/// text goes in its first delta (later deltas carry none), and summary events repeat it.
+/// Re-encodes a buffered stream with the checked texts: each key's whole text goes in its
+/// first delta (later deltas carry none), and summary events repeat it.
 fn reencode(
     call_type: guardrail_tower_core::CallType,
     events: &[SseEvent],
-    keys: &[ChannelKey],
+    keys: &[TextKey],
     texts: &[String],
 ) -> Bytes {
     let mut out = BytesMut::new();
     let mut started = vec![false; keys.len()];
     for event in events {
-        let info = events::classify(call_type, event);
-        let mut data: Option<Value> = None;
-        for (key, _) in &info.texts {
-            let Some(i) = keys.iter().position(|k| k == key) else {
-                continue;
+        let Some(data) = event.data() else {
+            out.put_slice(event.raw());
+            continue;
+        };
+        let roles: Vec<(TextKey, Role)> = match JsonView::parse(data) {
+            Ok(view) => match call_type.read_event(event.event_type(), &view) {
+                Ok(read) => read.texts.into_iter().map(|(k, r, _)| (k, r)).collect(),
+                Err(_) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        if roles.is_empty() {
+            out.put_slice(event.raw());
+            continue;
+        }
+        let rewritten = call_type.rewrite_event(event, |i, _, _, text| {
+            let Some(&(key, role)) = roles.get(i) else {
+                return;
             };
-            let text = if started[i] { "" } else { texts[i].as_str() };
-            started[i] = true;
-            let value =
-                data.get_or_insert_with(|| events::data_value(event).unwrap_or(Value::Null));
-            events::set_delta_text(call_type, value, *key, text);
-        }
-        if info.summary.is_some() {
-            let value =
-                data.get_or_insert_with(|| events::data_value(event).unwrap_or(Value::Null));
-            events::set_summary_texts(value, &|key| {
-                keys.iter()
-                    .position(|k| *k == key)
-                    .map(|i| texts[i].clone())
-            });
-        }
-        match data {
-            Some(value) if !value.is_null() => out.put(events::encode(event, &value)),
-            _ => out.put_slice(event.raw()),
+            let found = keys.iter().position(|k| *k == key);
+            *text = match (role, found) {
+                (Role::Delta, Some(j)) if !started[j] => {
+                    started[j] = true;
+                    texts[j].clone()
+                }
+                (Role::Full, Some(j)) => texts[j].clone(),
+                _ => String::new(),
+            };
+        });
+        match rewritten {
+            Some(bytes) => out.put(bytes),
+            None => out.put_slice(event.raw()),
         }
     }
     out.freeze()

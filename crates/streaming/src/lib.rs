@@ -101,7 +101,6 @@
 //! ```
 
 mod body;
-mod events;
 mod future;
 mod layer;
 mod service;

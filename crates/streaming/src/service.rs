@@ -3,9 +3,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use guardrail_tower_core::{
-    BoxError, BufferedCall, CallType, GuardrailLog, GuardrailMode, GuardrailSelection, Guardrails,
-    ParsedRequest, Prepare, RequestMeta, ResponseReport, take_ready,
+    BoxError, BufferedCall, CallType, Error, GuardrailLog, GuardrailMode, GuardrailSelection,
+    Guardrails, Layer, ParsedRequest, Prepare, Prepared, RequestMeta, ResponseReport, enter_layer,
+    take_ready,
 };
+use http::HeaderValue;
+use http::header::ACCEPT_ENCODING;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -72,15 +75,42 @@ pub(crate) struct Capture {
 impl Prepare for Capture {
     type Output = Option<StreamContext>;
 
-    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Option<StreamContext> {
-        let parsed = request.extensions().get::<ParsedRequest>()?;
+    fn prepare(
+        self,
+        request: &mut Request<Full<Bytes>>,
+    ) -> Result<Prepared<Option<StreamContext>>, Error> {
+        enter_layer(request, Layer::Streaming)?;
+        Ok(Prepared::new(self.capture(request)?))
+    }
+}
+
+impl Capture {
+    fn capture(self, request: &mut Request<Full<Bytes>>) -> Result<Option<StreamContext>, Error> {
+        let Some(parsed) = request.extensions().get::<ParsedRequest>() else {
+            return Ok(None);
+        };
         if !self
             .guardrails
             .any_selected(GuardrailMode::PostCall, parsed.selection())
         {
-            return None;
+            return Ok(None);
         }
-        let meta = RequestMeta::shared_from_request(request)?;
+        if !parsed.call_type().has_text_view() {
+            // A response no text view can read: refuse before the upstream is called.
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                format!(
+                    "post-call guardrails apply to this request, but responses of {} are not a \
+                     format they can read; refused (serve this route without guardrails to pass \
+                     it through)",
+                    request.uri().path()
+                ),
+            )
+            .with_code("unsupported_endpoint"));
+        }
+        let Some(meta) = RequestMeta::shared_from_request(request) else {
+            return Ok(None);
+        };
         let context = StreamContext {
             call_type: parsed.call_type(),
             selection: parsed.selection().clone(),
@@ -95,7 +125,11 @@ impl Prepare for Capture {
                 context.log.clone()
             }
         };
-        Some(StreamContext { log, ..context })
+        // The guardrails read the response: ask for it uncompressed.
+        request
+            .headers_mut()
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        Ok(Some(StreamContext { log, ..context }))
     }
 }
 

@@ -1,11 +1,17 @@
-//! The state of one guarded SSE stream: channels of text, each guardrail's progress under its
-//! policy, and the in-order queue of events waiting to be released.
+//! The state of one guarded SSE stream: channels of text (one per [`TextKey`] of the protocol's
+//! text view), each guardrail's progress under its policy, and the in-order queue of events
+//! waiting to be released.
 //!
 //! Events are released strictly in order. An event is released when every guardrail has
-//! cleared the text it carries (exact: no match can still involve it; window: its window was
-//! checked), when the channels it ends have had their final check, and, for Responses summary
-//! events that repeat the whole text, when those channels are final. Masks are applied as text
-//! is released, and summary events are rewritten with the masked text.
+//! cleared the new text it carries (exact: no match can still involve it; window: a check that
+//! looked past it passed), when the channels it ends have had their final check, and, for
+//! summary events that repeat complete texts, when those channels are final. Masks are applied
+//! as text is released, and a summary event is rewritten with the text the client was actually
+//! sent (so a summary can never carry text the guardrails did not check).
+//!
+//! Whatever ends the stream early (a block, an upstream that fails, an event the guardrails
+//! cannot read) ends it the same way: what was cleared goes out, nothing else does, then the
+//! endpoint's in-band error event and terminator.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,43 +25,56 @@ use guardrail_tower_core::{
     GuardrailInput, GuardrailLog, GuardrailLogEntry, GuardrailMode, GuardrailStatus, RequestMeta,
     ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, Usage, epoch_seconds,
 };
+use guardrail_tower_protocol::json::JsonView;
+use guardrail_tower_protocol::text::stream::End;
+use guardrail_tower_protocol::text::{Role, TextKey};
 use serde_json::Value;
 use tokio::time::Instant;
-
-use crate::events::{self, ChannelKey, Summary};
 
 /// How one guardrail checks this stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Policy {
     Exact,
-    Window { chars: usize, overlap: usize },
+    /// Check each `chars` new characters; hold back the last `holdback` characters after a
+    /// passed check (they are checked again with what follows, so nothing released can become
+    /// part of a later match).
+    Window {
+        chars: usize,
+        holdback: usize,
+    },
     EndOfStream,
 }
 
 impl Policy {
-    pub(crate) fn from_stream_policy(policy: StreamPolicy) -> Policy {
+    /// The policy a guardrail gets: for a deterministic guardrail (one with a span matcher) a
+    /// window never holds back less than its longest match, whatever overlap was configured.
+    pub(crate) fn of(policy: StreamPolicy, guardrail: &ConfiguredGuardrail) -> Policy {
         match policy {
             StreamPolicy::Exact => Policy::Exact,
-            StreamPolicy::Window { chars, overlap } => Policy::Window {
-                chars: chars.max(1),
-                overlap,
-            },
+            StreamPolicy::Window { chars, overlap } => {
+                let longest = guardrail.span_matcher().map_or(0, |m| m.max_match_chars());
+                Policy::Window {
+                    chars: chars.max(1),
+                    holdback: overlap.max(longest),
+                }
+            }
             _ => Policy::EndOfStream,
         }
     }
 }
 
-/// A replacement of original text `[start, end)` of a channel.
+/// A replacement of original text `[start, end)` of a channel, made by guardrail `by`.
 #[derive(Debug, Clone)]
 struct Replacement {
     start: usize,
     end: usize,
     text: String,
+    by: usize,
 }
 
 #[derive(Debug)]
 struct Channel {
-    key: ChannelKey,
+    key: TextKey,
     /// Original text from absolute offset `base`.
     text: String,
     base: usize,
@@ -76,38 +95,46 @@ impl Channel {
         &self.text[start - self.base..end - self.base]
     }
 
-    /// Adds a replacement unless it overlaps one already there (the first one wins).
-    fn replace(&mut self, start: usize, end: usize, text: String) {
+    /// Adds a replacement by guardrail `by` unless it overlaps one already there (the first
+    /// one wins).
+    fn replace(&mut self, by: usize, start: usize, end: usize, text: String) {
         if start == end && text.is_empty() {
             return;
         }
         if self
             .replacements
             .iter()
-            .any(|r| r.start < end && start < r.end)
+            .any(|r| r.start < end && start < r.end || (r.start == start && r.end == end))
         {
             return;
         }
         let at = self.replacements.partition_point(|r| r.start < start);
-        self.replacements
-            .insert(at, Replacement { start, end, text });
+        self.replacements.insert(
+            at,
+            Replacement {
+                start,
+                end,
+                text,
+                by,
+            },
+        );
     }
 
     /// The output for original text `[start, end)`: the original with replacements applied.
-    /// Borrowed when nothing changes.
+    /// `None` when nothing changes.
     fn render(&self, start: usize, end: usize, skip_to: &mut usize) -> Option<String> {
         let touched = *skip_to > start
             || self
                 .replacements
                 .iter()
-                .any(|r| r.start < end && r.end > start);
+                .any(|r| r.start < end && r.end > start || (r.start == r.end && r.start == start));
         if !touched {
             return None;
         }
         let mut out = String::new();
         let mut pos = start.max(*skip_to);
         for r in &self.replacements {
-            if r.end <= pos || r.start >= end {
+            if r.end < pos || r.start >= end || (r.end == pos && r.start != r.end) {
                 continue;
             }
             if r.start >= pos {
@@ -123,7 +150,7 @@ impl Channel {
         Some(out)
     }
 
-    /// The complete output text so far (for Responses summary events).
+    /// The complete output text so far (for summary events).
     fn full_output(&self) -> String {
         let mut skip = 0;
         self.render(self.base, self.end(), &mut skip)
@@ -135,6 +162,8 @@ impl Channel {
 struct GuardChannel {
     /// Text before this offset may be released.
     cleared: usize,
+    /// Window: text before this offset was part of a passed check.
+    checked: usize,
     /// The final check covering the whole channel passed.
     final_done: bool,
     /// Exact: text before this offset can no longer be part of an unreported match.
@@ -168,22 +197,55 @@ struct ExactLog {
 #[derive(Debug)]
 struct Job {
     guard: usize,
-    /// The channels checked, with `(window start, new text start, end)` each.
-    parts: Vec<(usize, usize, usize, usize)>,
+    /// The channels checked, with the `(start, end)` of the text checked in each.
+    parts: Vec<(usize, usize, usize)>,
     /// Whether this is a channel's (or the stream's) final check.
     final_check: bool,
+}
+
+/// One text of a held event, in the order the protocol's view reads them.
+#[derive(Debug, Clone, Copy)]
+enum HeldText {
+    /// New text `[start, end)` of a channel.
+    Delta {
+        channel: usize,
+        start: usize,
+        end: usize,
+    },
+    /// A channel's complete text, repeated; `differs` when what the event repeats is not the
+    /// text that arrived as deltas.
+    Full { channel: usize, differs: bool },
 }
 
 /// An event waiting to be released.
 #[derive(Debug)]
 struct Held {
     event: SseEvent,
-    /// `(channel, start, end)` of the text it carries.
-    ranges: Vec<(usize, usize, usize)>,
+    texts: Vec<HeldText>,
+    /// Channels whose text ends with this event.
     ends: Vec<usize>,
-    summary: Option<Summary>,
     terminal: bool,
     sequence_number: Option<u64>,
+}
+
+impl Held {
+    fn deltas(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.texts.iter().filter_map(|t| match *t {
+            HeldText::Delta {
+                channel,
+                start,
+                end,
+            } => Some((channel, start, end)),
+            HeldText::Full { .. } => None,
+        })
+    }
+
+    fn fulls(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        self.texts.iter().filter_map(|t| match *t {
+            HeldText::Full { channel, differs } => Some((channel, differs)),
+            HeldText::Delta { .. } => None,
+        })
+    }
 }
 
 /// What to do after a step.
@@ -228,6 +290,8 @@ impl StreamState {
         report: Option<ResponseReport>,
         max_event_size: usize,
     ) -> Self {
+        // Summary events repeat complete texts, which are checked against what arrived; end
+        // of stream checks the whole text at the end.
         let keeps_all_text = call_type == CallType::Responses
             || guards.iter().any(|(_, p)| *p == Policy::EndOfStream);
         let responses = ResponsesStreamState {
@@ -329,20 +393,21 @@ impl StreamState {
         }
     }
 
-    /// The upstream body failed: drop what was not released, log what ran.
-    pub(crate) fn upstream_failed(&mut self) {
-        self.queue.clear();
-        self.jobs.clear();
-        self.running = None;
-        self.flush_exact_logs("the upstream body failed before the stream ended");
-        self.finished = true;
+    /// The upstream body failed (reset, read timeout) after the head was sent: the stream ends
+    /// as a block does, with what was cleared, the in-band error and the terminator; what was
+    /// held unchecked (and a partial event) is dropped.
+    pub(crate) fn upstream_failed(&mut self, err: Error) {
+        if self.finished {
+            return;
+        }
+        self.block_with(err, "the upstream body failed before the stream ended");
     }
 
     pub(crate) fn is_finished(&self) -> bool {
         self.finished
     }
 
-    fn channel(&mut self, key: ChannelKey) -> usize {
+    fn channel(&mut self, key: TextKey) -> usize {
         if let Some(i) = self.channels.iter().position(|c| c.key == key) {
             return i;
         }
@@ -362,10 +427,79 @@ impl StreamState {
     }
 
     fn on_event(&mut self, event: SseEvent) -> Result<(), Error> {
-        let info = events::classify(self.call_type, &event);
-        if info.has_usage || info.announces_response || info.upstream_error {
-            if let Some(value) = events::data_value(&event) {
-                if info.has_usage {
+        let mut texts = Vec::new();
+        let mut ends = Vec::new();
+        let (terminal, sequence_number, needs_value);
+        {
+            let view;
+            let read = match event.data() {
+                None => Default::default(),
+                Some(data) => match JsonView::parse(data) {
+                    Ok(parsed) => {
+                        view = parsed;
+                        self.call_type
+                            .read_event(event.event_type(), &view)
+                            .map_err(|e| {
+                                Error::upstream_unavailable(format!(
+                                    "the upstream stream has an event the guardrails cannot read: {e}"
+                                ))
+                            })?
+                    }
+                    Err(_) => self.call_type.read_non_json_event(data),
+                },
+            };
+            terminal = read.terminal;
+            sequence_number = read.sequence_number;
+            needs_value = (read.has_usage, read.announces_response, read.upstream_error);
+            for (key, role, text) in &read.texts {
+                let idx = self.channel(*key);
+                let ch = &mut self.channels[idx];
+                match role {
+                    Role::Delta if text.is_empty() => {}
+                    Role::Delta => {
+                        let start = ch.end();
+                        if ch.ended {
+                            // Text for a text that already ended: no client expects it, and
+                            // it would go out unchecked. Refuse the stream.
+                            return Err(Error::upstream_unavailable(
+                                "the upstream stream sent text for a part it had already ended",
+                            ));
+                        }
+                        ch.text.push_str(text);
+                        texts.push(HeldText::Delta {
+                            channel: idx,
+                            start,
+                            end: ch.end(),
+                        });
+                    }
+                    Role::Full => {
+                        // Kept text is whole for call types with summaries; otherwise compare
+                        // what is left and treat a trimmed channel as different.
+                        let differs = ch.base != 0 || ch.text != **text;
+                        texts.push(HeldText::Full {
+                            channel: idx,
+                            differs,
+                        });
+                    }
+                }
+            }
+            for end in &read.ends {
+                match *end {
+                    End::Key(key) => ends.push(self.channel(key)),
+                    End::Index(index) => ends.extend(
+                        self.channels
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| End::Index(index).covers(&c.key))
+                            .map(|(i, _)| i),
+                    ),
+                }
+            }
+        }
+        let (has_usage, announces_response, upstream_error) = needs_value;
+        if has_usage || announces_response || upstream_error {
+            if let Some(value) = data_value(&event) {
+                if has_usage {
                     Usage::update_from_event(
                         &mut self.usage,
                         self.call_type,
@@ -376,43 +510,33 @@ impl StreamState {
                         report.set_usage(usage);
                     }
                 }
-                if info.announces_response {
+                if announces_response {
                     self.responses.response = value.get("response").cloned();
                 }
-                if info.upstream_error {
+                if upstream_error {
                     if let Some(report) = &self.report {
-                        report.set_in_band_error(upstream_error(&value));
+                        report.set_in_band_error(upstream_error_of(&value));
                     }
                 }
             }
         }
-        let mut ranges = Vec::with_capacity(info.texts.len());
-        for (key, text) in &info.texts {
-            let idx = self.channel(*key);
-            let ch = &mut self.channels[idx];
-            let start = ch.end();
-            ch.text.push_str(text);
-            ranges.push((idx, start, ch.end()));
+        let mut new_text: Vec<usize> = Vec::new();
+        for t in &texts {
+            if let HeldText::Delta { channel, .. } = t {
+                if !new_text.contains(channel) {
+                    new_text.push(*channel);
+                }
+            }
         }
-        let ends: Vec<usize> = info.ends.iter().map(|k| self.channel(*k)).collect();
-        let summary = info.summary.clone();
-        let terminal = info.terminal;
-        let sequence_number = info.sequence_number;
-        drop(info);
-        // Channels to check, without cloning the ranges into the held event (empty vectors
-        // do not allocate: most events touch one channel and end none).
-        let first = ranges.first().map(|r| r.0);
-        let more: Vec<usize> = ranges.iter().skip(1).map(|r| r.0).collect();
         let ended = ends.clone();
         self.queue.push_back(Held {
             event,
-            ranges,
+            texts,
             ends,
-            summary,
             terminal,
             sequence_number,
         });
-        for idx in first.into_iter().chain(more) {
+        for idx in new_text {
             self.on_text(idx)?;
         }
         for idx in ended {
@@ -515,7 +639,7 @@ impl StreamState {
             return Err(err);
         }
         for (start, stop, text) in masks {
-            ch.replace(start, stop, text);
+            ch.replace(gi, start, stop, text);
         }
         if final_check {
             state.cleared = end;
@@ -532,9 +656,11 @@ impl StreamState {
         Ok(())
     }
 
-    /// Window mode: queue a check when enough new text arrived, or the final one.
+    /// Window mode: queue a check when `chars` new characters arrived, or the final one. A
+    /// check reads everything not yet released (the held-back tail of the last window, then
+    /// the new text).
     fn schedule_window(&mut self, gi: usize, idx: usize) {
-        let Policy::Window { chars, overlap } = self.guards[gi].policy else {
+        let Policy::Window { chars, .. } = self.guards[gi].policy else {
             return;
         };
         let ch = &self.channels[idx];
@@ -543,27 +669,20 @@ impl StreamState {
             return;
         }
         let end = ch.end();
-        let start = state.cleared.max(ch.base);
-        let new_chars = ch.slice(start, end).chars().count();
-        if ch.ended && new_chars == 0 {
-            state.cleared = end;
+        let checked = state.checked.max(ch.base);
+        let new_chars = ch.slice(checked, end).chars().count();
+        if ch.ended && new_chars == 0 && state.cleared >= end {
             state.final_done = true;
             return;
         }
         if !ch.ended && new_chars < chars {
             return;
         }
-        let before = ch.slice(ch.base, start);
-        let window_start = before
-            .char_indices()
-            .rev()
-            .nth(overlap.saturating_sub(1))
-            .map_or(ch.base, |(i, _)| ch.base + i);
-        let window_start = if overlap == 0 { start } else { window_start };
+        let start = state.cleared.max(ch.base);
         state.busy = true;
         self.jobs.push_back(Job {
             guard: gi,
-            parts: vec![(idx, window_start, start, end)],
+            parts: vec![(idx, start, end)],
             final_check: ch.ended,
         });
     }
@@ -580,7 +699,7 @@ impl StreamState {
             .iter()
             .enumerate()
             .filter(|(i, c)| guard.channels[*i].covered < c.end() || !guard.channels[*i].final_done)
-            .map(|(i, c)| (i, c.base, c.base, c.end()))
+            .map(|(i, c)| (i, c.base, c.end()))
             .collect();
         if parts.is_empty() {
             for gc in &mut guard.channels {
@@ -634,10 +753,12 @@ impl StreamState {
                     Step::Progress
                 };
             }
-            // Every check is decided at EOF, so nothing can still be held; if something is, a
-            // bug kept it: send it rather than hang the stream.
-            tracing::error!("events were still held after the end of the stream; releasing them");
-            self.release_all();
+            // Every check is decided at the end of the stream, so nothing can still be held;
+            // if something is, it was never cleared: it must not go out unchecked.
+            tracing::error!("events were still held after the end of the stream; failing closed");
+            self.block(Error::internal(
+                "the stream ended with text the guardrails had not cleared",
+            ));
             return Step::Progress;
         }
         Step::NeedInput
@@ -648,9 +769,7 @@ impl StreamState {
         let texts: Vec<String> = job
             .parts
             .iter()
-            .map(|&(idx, window_start, _, end)| {
-                self.channels[idx].slice(window_start, end).to_owned()
-            })
+            .map(|&(idx, start, end)| self.channels[idx].slice(start, end).to_owned())
             .collect();
         let input = GuardrailInput::new(
             texts,
@@ -686,25 +805,13 @@ impl StreamState {
                         "reason": "the text was already sent (end_of_stream policy)",
                     });
                 } else {
-                    for ((idx, window_start, start, end), new) in job.parts.iter().zip(texts) {
-                        let ch = &mut self.channels[*idx];
-                        let prefix = ch.slice(*window_start, *start);
-                        let new_part = match new.strip_prefix(prefix) {
-                            Some(rest) => rest.to_owned(),
-                            None => {
-                                tracing::warn!(
-                                    guardrail = self.guards[gi].g.name(),
-                                    "a window rewrite changed text already sent; only the new text is replaced"
-                                );
-                                let mut cut = prefix.len().min(new.len());
-                                while !new.is_char_boundary(cut) {
-                                    cut -= 1;
-                                }
-                                new[cut..].to_owned()
-                            }
-                        };
-                        if new_part != ch.slice(*start, *end) {
-                            ch.replace(*start, *end, new_part);
+                    for (&(idx, start, end), new) in job.parts.iter().zip(texts) {
+                        let ch = &mut self.channels[idx];
+                        // This check saw the unreleased text with more context than the last
+                        // one: its masks there replace that guardrail's earlier ones.
+                        ch.replacements.retain(|r| r.by != gi || r.start < start);
+                        for (from, to, text) in changes(ch.slice(start, end), &new) {
+                            ch.replace(gi, start + from, start + to, text);
                         }
                     }
                 }
@@ -716,13 +823,31 @@ impl StreamState {
         }
         let guard = &mut self.guards[gi];
         guard.busy = false;
-        for &(idx, _, _, end) in &job.parts {
+        for &(idx, _, end) in &job.parts {
+            let ch = &self.channels[idx];
             let state = &mut guard.channels[idx];
             state.busy = false;
-            state.cleared = state.cleared.max(end);
             state.covered = end;
-            if job.final_check && self.channels[idx].end() == end {
+            state.checked = state.checked.max(end);
+            let last = job.final_check && ch.end() == end;
+            if last {
+                state.cleared = state.cleared.max(end);
                 state.final_done = true;
+            } else if let Policy::Window { holdback, .. } = policy {
+                // Hold back the tail a match with later text could still need: it is checked
+                // again, first thing, in the next window.
+                let text = ch.slice(state.cleared.max(ch.base), end);
+                let keep = match holdback {
+                    0 => 0,
+                    n => text
+                        .char_indices()
+                        .rev()
+                        .nth(n - 1)
+                        .map_or(text.len(), |(i, _)| text.len() - i),
+                };
+                state.cleared = state.cleared.max(end - keep);
+            } else {
+                state.cleared = state.cleared.max(end);
             }
         }
         // Text may have arrived while the check ran.
@@ -751,19 +876,9 @@ impl StreamState {
     }
 
     fn releasable(&self, held: &Held) -> bool {
-        held.ranges
-            .iter()
-            .all(|&(idx, _, end)| self.cleared(idx, end))
+        held.deltas().all(|(idx, _, end)| self.cleared(idx, end))
             && held.ends.iter().all(|&idx| self.final_done(idx))
-            && match &held.summary {
-                None => true,
-                Some(summary) => self
-                    .channels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| events::summary_covers(summary, c.key))
-                    .all(|(i, _)| self.final_done(i)),
-            }
+            && held.fulls().all(|(idx, _)| self.final_done(idx))
             && (!held.terminal || (0..self.channels.len()).all(|i| self.final_done(i)))
     }
 
@@ -784,49 +899,46 @@ impl StreamState {
         released
     }
 
-    fn release_all(&mut self) {
-        while let Some(held) = self.queue.pop_front() {
-            self.emit(held);
-        }
-    }
-
     fn emit(&mut self, held: Held) {
         if let Some(seq) = held.sequence_number {
             self.last_sent_sequence = Some(seq);
         }
-        let mut rewritten: Option<Value> = None;
-        for &(idx, start, end) in &held.ranges {
-            let ch = &mut self.channels[idx];
-            let mut skip_to = ch.skip_to;
-            let text = ch.render(start, end, &mut skip_to);
-            ch.skip_to = skip_to;
-            ch.emitted = end;
-            if let Some(text) = text {
-                let data = rewritten
-                    .get_or_insert_with(|| events::data_value(&held.event).unwrap_or(Value::Null));
-                events::set_delta_text(self.call_type, data, ch.key, &text);
-            }
+        // The new text of each delta as the client gets it (masked), and the complete text a
+        // summary must repeat, by position.
+        let mut replaced: Vec<Option<String>> = Vec::with_capacity(held.texts.len());
+        for t in &held.texts {
+            replaced.push(match *t {
+                HeldText::Delta {
+                    channel,
+                    start,
+                    end,
+                } => {
+                    let ch = &mut self.channels[channel];
+                    let mut skip_to = ch.skip_to;
+                    let text = ch.render(start, end, &mut skip_to);
+                    ch.skip_to = skip_to;
+                    ch.emitted = end;
+                    text
+                }
+                HeldText::Full { channel, differs } => {
+                    let ch = &self.channels[channel];
+                    (differs || !ch.replacements.is_empty()).then(|| ch.full_output())
+                }
+            });
         }
-        if let Some(summary) = &held.summary {
-            let changed = self
-                .channels
-                .iter()
-                .any(|c| events::summary_covers(summary, c.key) && !c.replacements.is_empty());
-            if changed {
-                let data = rewritten
-                    .get_or_insert_with(|| events::data_value(&held.event).unwrap_or(Value::Null));
-                let channels = &self.channels;
-                events::set_summary_texts(data, &|key| {
-                    channels
-                        .iter()
-                        .find(|c| c.key == key && !c.replacements.is_empty())
-                        .map(Channel::full_output)
-                });
-            }
+        if replaced.iter().all(Option::is_none) {
+            self.out.push_back(held.event.raw().clone());
+            return;
         }
+        let rewritten = self.call_type.rewrite_event(&held.event, |i, _, _, text| {
+            if let Some(Some(new)) = replaced.get(i) {
+                new.clone_into(text);
+            }
+        });
         match rewritten {
-            Some(data) if !data.is_null() => self.out.push_back(events::encode(&held.event, &data)),
-            _ => self.out.push_back(held.event.raw().clone()),
+            Some(bytes) => self.out.push_back(bytes),
+            // Only JSON events carry text, so this cannot happen; never send the original.
+            None => self.block(Error::internal("could not rewrite a stream event")),
         }
     }
 
@@ -837,17 +949,16 @@ impl StreamState {
         let Some(front) = self.queue.front() else {
             return;
         };
-        if front.ranges.is_empty()
+        if front.texts.is_empty()
+            || front.fulls().next().is_some()
             || !front.ends.is_empty()
-            || front.summary.is_some()
             || front.terminal
         {
             return;
         }
         let cuts: Vec<(usize, usize, usize)> = front
-            .ranges
-            .iter()
-            .map(|&(idx, start, end)| {
+            .deltas()
+            .map(|(idx, start, end)| {
                 let cleared = self
                     .guards
                     .iter()
@@ -864,22 +975,26 @@ impl StreamState {
             return;
         }
         let held = self.queue.pop_front().expect("front exists");
-        let mut data = events::data_value(&held.event).unwrap_or(Value::Null);
-        if data.is_null() {
-            return;
-        }
-        for (idx, start, cut) in cuts {
+        let mut parts = Vec::with_capacity(cuts.len());
+        for &(idx, start, cut) in &cuts {
             let ch = &mut self.channels[idx];
             let mut skip_to = ch.skip_to;
             let text = ch
                 .render(start, cut, &mut skip_to)
                 .unwrap_or_else(|| ch.slice(start, cut).to_owned());
-            events::set_delta_text(self.call_type, &mut data, ch.key, &text);
+            parts.push(text);
         }
+        let Some(bytes) = self.call_type.rewrite_event(&held.event, |i, _, _, text| {
+            if let Some(new) = parts.get(i) {
+                new.clone_into(text);
+            }
+        }) else {
+            return;
+        };
         if let Some(seq) = held.sequence_number {
             self.last_sent_sequence = Some(seq);
         }
-        self.out.push_back(events::encode(&held.event, &data));
+        self.out.push_back(bytes);
     }
 
     /// Drops original text no guardrail and no pending event needs any more.
@@ -890,8 +1005,7 @@ impl StreamState {
                 let gc = &g.channels[idx];
                 let need = match g.policy {
                     Policy::Exact => gc.scan_from,
-                    // The next window looks back `overlap` chars: keep a generous margin.
-                    Policy::Window { overlap, .. } => gc.cleared.saturating_sub(overlap * 4),
+                    Policy::Window { .. } => gc.cleared,
                     Policy::EndOfStream => ch.base,
                 };
                 keep = keep.min(need);
@@ -908,16 +1022,21 @@ impl StreamState {
         }
     }
 
-    /// A guardrail blocked: send what was already cleared (as it would have gone out had the
-    /// upstream sent it in smaller chunks), drop the rest, send the endpoint's in-band error,
-    /// end.
+    /// A guardrail blocked: the stream ends.
     fn block(&mut self, err: Error) {
+        self.block_with(err, "the stream was blocked by another guardrail");
+    }
+
+    /// Ends the stream early: sends what was already cleared (as it would have gone out had
+    /// the upstream sent it in smaller chunks), drops the rest, sends the endpoint's in-band
+    /// error and terminator, ends.
+    fn block_with(&mut self, err: Error, note: &str) {
         self.release();
         self.release_cleared_part_of_front();
         self.queue.clear();
         self.jobs.clear();
         self.running = None;
-        self.flush_exact_logs("the stream was blocked by another guardrail");
+        self.flush_exact_logs(note);
         self.responses.next_sequence_number = self.last_sent_sequence.map_or(0, |s| s + 1);
         self.out
             .push_back(err.stream_events(self.call_type, &self.responses));
@@ -979,6 +1098,53 @@ impl Drop for StreamState {
     }
 }
 
+/// The spans of `old` that `new` changes, as `(start, end, replacement)` byte ranges of `old`
+/// (on char boundaries), found with a character diff: a guardrail that rewrites a window
+/// (masking two emails in it, say) answers with the whole window, and only what it changed
+/// becomes a replacement, so text it left alone keeps flowing and later windows compose.
+pub(crate) fn changes(old: &str, new: &str) -> Vec<(usize, usize, String)> {
+    if old == new {
+        return Vec::new();
+    }
+    let old_chars: Vec<char> = old.chars().collect();
+    let new_chars: Vec<char> = new.chars().collect();
+    let old_at: Vec<usize> = old
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(old.len()))
+        .collect();
+    let new_at: Vec<usize> = new
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(new.len()))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_millis(50);
+    let ops = similar::capture_diff_slices_deadline(
+        similar::Algorithm::Myers,
+        &old_chars,
+        &new_chars,
+        Some(deadline),
+    );
+    let mut out: Vec<(usize, usize, String)> = Vec::new();
+    for op in ops {
+        let (tag, o, n) = op.as_tag_tuple();
+        if tag == similar::DiffTag::Equal {
+            continue;
+        }
+        let (start, end) = (old_at[o.start], old_at[o.end]);
+        let text = &new[new_at[n.start]..new_at[n.end]];
+        match out.last_mut() {
+            // Adjacent changes are one replacement.
+            Some(last) if last.1 == start => {
+                last.1 = end;
+                last.2.push_str(text);
+            }
+            _ => out.push((start, end, text.to_owned())),
+        }
+    }
+    out
+}
+
 fn exact_entry(
     g: &ConfiguredGuardrail,
     log: &ExactLog,
@@ -1002,8 +1168,14 @@ fn exact_entry(
     }
 }
 
+/// Parses an event's data as JSON (for the rare events that need the full value: usage, the
+/// announced response, an upstream error).
+pub(crate) fn data_value(event: &SseEvent) -> Option<Value> {
+    serde_json::from_slice(event.data()?).ok()
+}
+
 /// The error an upstream error event stands for (passed through to the client as it came).
-fn upstream_error(value: &Value) -> Error {
+fn upstream_error_of(value: &Value) -> Error {
     let error = value.get("error").unwrap_or(value);
     let message = error
         .get("message")
@@ -1014,4 +1186,27 @@ fn upstream_error(value: &Value) -> Error {
         err = err.with_code(code.to_owned());
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes;
+
+    #[test]
+    fn changes_are_the_spans_a_rewrite_touched() {
+        assert!(changes("same", "same").is_empty());
+        assert_eq!(
+            changes("mail a@b.co or c@d.io now", "mail [EMAIL] or [EMAIL] now"),
+            [
+                (5, 11, "[EMAIL]".to_owned()),
+                (15, 21, "[EMAIL]".to_owned())
+            ]
+        );
+        assert_eq!(
+            changes("café ☕ x", "café ☕ y"),
+            [(10, 11, "y".to_owned())]
+        );
+        assert_eq!(changes("abc", ""), [(0, 3, String::new())]);
+        assert_eq!(changes("", "new"), [(0, 0, "new".to_owned())]);
+    }
 }

@@ -229,8 +229,15 @@ fn streamed_text(call_type: CallType, body: &str) -> String {
     decoder.push(Bytes::copy_from_slice(body.as_bytes()));
     let mut text = String::new();
     while let Some(event) = decoder.next_event().unwrap() {
-        for (_, t) in crate::events::classify(call_type, &event).texts {
-            text.push_str(&t);
+        let Some(data) = event.data() else { continue };
+        let Ok(view) = guardrail_tower_protocol::json::JsonView::parse(data) else {
+            continue;
+        };
+        let read = call_type.read_event(event.event_type(), &view).unwrap();
+        for (_, role, t) in read.texts {
+            if role == guardrail_tower_protocol::text::Role::Delta {
+                text.push_str(&t);
+            }
         }
     }
     text
@@ -383,11 +390,12 @@ async fn window_block_holds_text_until_checked() {
             let run = run_stream(call_type, layer, per_event(stream)).await;
             assert_eq!(run.status, 200);
             let (released, error) = split_error(call_type, &run.body);
-            assert!(stream.starts_with(&released));
+            let text = streamed_text(call_type, &released);
             assert!(
-                !streamed_text(call_type, &released).contains(word),
-                "{call_type:?} '{word}' leaked"
+                original_text(call_type).starts_with(&text),
+                "{call_type:?} {text:?}"
             );
+            assert!(!text.contains(word), "{call_type:?} '{word}' leaked");
             assert!(error.contains(&format!("remote says no to {word}")));
             let checks = run.log.len();
             assert!(checks >= 1, "every window check is logged");
@@ -636,37 +644,65 @@ async fn fail_open_and_fail_closed_mid_stream() {
 }
 
 #[tokio::test]
-async fn upstream_death_mid_stream_fails_the_body_without_a_fake_done() {
-    let layer =
-        StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
-    let events: Vec<String> = CHAT
-        .split_inclusive("\n\n")
-        .take(5)
-        .map(str::to_owned)
-        .collect();
-    let upstream = body::chunks(events).then_error("upstream reset");
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(once(sse(upstream)));
-    let req = Request::post("/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
-        .unwrap();
-    let mut body = svc.oneshot(req).await.unwrap().into_body();
-    let mut got = Vec::new();
-    let err = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
-            Some(Err(err)) => break err,
-            None => panic!("the body ended cleanly after an upstream failure"),
+async fn upstream_death_mid_stream_ends_like_a_block() {
+    // After the head, a reset upstream is seed bug 001 for another cause: the client must get
+    // the endpoint's in-band error and terminator, not a cut body.
+    for call_type in ALL {
+        let (path, stream) = fixture(call_type);
+        let layer =
+            StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("zzz", None)])]));
+        let events: Vec<String> = stream
+            .split_inclusive("\n\n")
+            .take(5)
+            .map(str::to_owned)
+            .collect();
+        let upstream = body::chunks(events.clone()).then_error("upstream reset");
+        let report = ResponseReport::new();
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(once(sse(upstream)));
+        let mut req = Request::post(path)
+            .body(Full::new(Bytes::from_static(
+                br#"{"stream":true,"messages":[]}"#,
+            )))
+            .unwrap();
+        req.extensions_mut().insert(report.clone());
+        let body = svc.oneshot(req).await.unwrap().into_body();
+        // The body ends cleanly (no error frame): `collect` fails on one.
+        let got = body.collect().await.unwrap().to_bytes();
+        let got = String::from_utf8(got.to_vec()).unwrap();
+        let (released, error) = split_error(call_type, &got);
+        // Only what the five events carried, and nothing after the failure.
+        assert!(original_text(call_type).starts_with(&streamed_text(call_type, &released)));
+        assert!(
+            streamed_text(call_type, &events.concat())
+                .starts_with(&streamed_text(call_type, &released))
+        );
+        let want = guardrail_tower_core::Error::stream_interrupted();
+        match call_type {
+            CallType::ChatCompletions => {
+                assert_eq!(error.as_bytes(), &want.chat_stream_event()[..]);
+                assert!(error.ends_with("data: [DONE]\n\n"));
+            }
+            CallType::AnthropicMessages => {
+                assert_eq!(error.as_bytes(), &want.anthropic_stream_event()[..]);
+            }
+            _ => {
+                assert!(error.starts_with("event: error\n"), "{error}");
+                assert!(error.contains("event: response.failed\n"), "{error}");
+                assert!(error.contains(want.message()), "{error}");
+            }
         }
-    };
-    assert_eq!(err.to_string(), "upstream reset");
-    assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
-    assert!(CHAT.starts_with(std::str::from_utf8(&got).unwrap()));
+        let err = report.in_band_error().expect("the failure is reported");
+        assert_eq!(
+            (err.status().as_u16(), err.code()),
+            (502, Some("upstream_stream_error"))
+        );
+    }
 }
 
 #[tokio::test]
-async fn passthrough_of_non_text_and_non_sse() {
+async fn non_text_events_pass_untouched() {
     // Comments, [DONE], usage chunks and unknown events are untouched.
     let stream = ": keep-alive\n\nevent: ping\ndata: {}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
     let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
@@ -681,14 +717,6 @@ async fn passthrough_of_non_text_and_non_sse() {
         })
     );
 
-    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
-    let plain = Response::builder()
-        .header("content-type", "text/plain")
-        .body(body::chunks(["x marks the spot"]))
-        .unwrap();
-    let run = run_with("/v1/chat/completions", "{}", layer, plain).await;
-    assert_eq!(run.body, "x marks the spot");
-
     // An upstream error response passes untouched (ErrorNormalizeLayer's job).
     let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
     let err = Response::builder()
@@ -696,8 +724,98 @@ async fn passthrough_of_non_text_and_non_sse() {
         .header("content-type", "application/json")
         .body(body::chunks(["{\"error\":\"x\"}"]))
         .unwrap();
-    let run = run_with("/v1/chat/completions", "{}", layer, err).await;
+    let run = run_with("/v1/chat/completions", r#"{"messages":[]}"#, layer, err).await;
     assert_eq!((run.status, run.body.as_str()), (500, "{\"error\":\"x\"}"));
+}
+
+#[tokio::test]
+async fn responses_the_guardrails_cannot_read_fail_closed() {
+    // A body in another content type, with none, or compressed: a client may still read the
+    // text in it, so with a post-call guardrail it is a 502, never an unchecked pass.
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("content-type", "text/plain")], "text/plain"),
+        (&[], "(none)"),
+        (
+            &[("content-type", "application/octet-stream")],
+            "octet-stream",
+        ),
+        (
+            &[
+                ("content-type", "text/event-stream"),
+                ("content-encoding", "gzip"),
+            ],
+            "content-encoding: gzip",
+        ),
+        (
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            "content-encoding: br",
+        ),
+    ];
+    for (headers, why) in cases {
+        let layer =
+            StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+        let mut response = Response::builder();
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        let response = response
+            .body(body::chunks([
+                "data: {\"choices\":[{\"delta\":{\"content\":\"x marks the spot\"}}]}\n\n",
+            ]))
+            .unwrap();
+        let run = run_with(
+            "/v1/chat/completions",
+            r#"{"messages":[]}"#,
+            layer,
+            response,
+        )
+        .await;
+        assert_eq!(run.status, 502, "{why}");
+        let v: serde_json::Value = serde_json::from_str(&run.body).unwrap();
+        assert_eq!(v["error"]["code"], "unreadable_upstream_response", "{why}");
+        assert!(!run.body.contains("marks the spot"), "{why}");
+    }
+    // Without a post-call guardrail that applies, such a response passes untouched.
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([]));
+    let plain = Response::builder()
+        .header("content-type", "text/plain")
+        .body(body::chunks(["x marks the spot"]))
+        .unwrap();
+    let run = run_with("/v1/chat/completions", r#"{"messages":[]}"#, layer, plain).await;
+    assert_eq!((run.status, run.body.as_str()), (200, "x marks the spot"));
+}
+
+#[tokio::test]
+async fn the_layer_asks_for_an_uncompressed_response_only_when_it_reads_it() {
+    for (guardrails, want) in [
+        (
+            Guardrails::new([words("g", vec![("x", None)])]),
+            Some("identity"),
+        ),
+        (Guardrails::new([]), Some("gzip, br")),
+    ] {
+        let seen = Arc::new(Mutex::new(None));
+        let record = seen.clone();
+        let upstream = service_fn(move |req: Request<Full<Bytes>>| {
+            *record.lock().unwrap() = req
+                .headers()
+                .get("accept-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(StreamingGuardrailBodyLayer::new(guardrails))
+            .service(upstream);
+        let req = Request::post("/v1/chat/completions")
+            .header("accept-encoding", "gzip, br")
+            .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
+            .unwrap();
+        svc.oneshot(req).await.unwrap();
+        assert_eq!(seen.lock().unwrap().as_deref(), want);
+    }
 }
 
 #[tokio::test]
@@ -725,7 +843,7 @@ async fn trailers_pass_through() {
     let upstream = sse(per_event(CHAT).with_trailers(trailers));
     let svc = ServiceBuilder::new().layer(layer).service(once(upstream));
     let req = Request::post("/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(b"{}")))
+        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
         .unwrap();
     let collected = svc
         .oneshot(req)
@@ -751,7 +869,13 @@ async fn json_responses_block_mask_and_allow() {
     };
     let layer =
         StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("corner", None)])]));
-    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    let run = run_with(
+        "/v1/chat/completions",
+        r#"{"messages":[]}"#,
+        layer,
+        response(),
+    )
+    .await;
     assert_eq!(run.status, 400);
     assert_eq!(
         run.body,
@@ -763,14 +887,26 @@ async fn json_responses_block_mask_and_allow() {
         "g",
         vec![("corner", Some("[PLACE]"))],
     )]));
-    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    let run = run_with(
+        "/v1/chat/completions",
+        r#"{"messages":[]}"#,
+        layer,
+        response(),
+    )
+    .await;
     assert_eq!(run.status, 200);
     assert_eq!(run.body, json.replace("corner", "[PLACE]"));
     assert_eq!(run.headers["content-length"], run.body.len().to_string());
 
     let layer =
         StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("absent", None)])]));
-    let run = run_with("/v1/chat/completions", "{}", layer, response()).await;
+    let run = run_with(
+        "/v1/chat/completions",
+        r#"{"messages":[]}"#,
+        layer,
+        response(),
+    )
+    .await;
     assert_eq!((run.status, run.body.as_str()), (200, json));
 
     let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
@@ -778,7 +914,7 @@ async fn json_responses_block_mask_and_allow() {
         .header("content-type", "application/json")
         .body(body::chunks(["{not json"]))
         .unwrap();
-    let run = run_with("/v1/chat/completions", "{}", layer, bad).await;
+    let run = run_with("/v1/chat/completions", r#"{"messages":[]}"#, layer, bad).await;
     assert_eq!(run.status, 502);
 }
 
@@ -826,7 +962,7 @@ async fn max_lookahead(stream: &str, layer: StreamingGuardrailBodyLayer) -> usiz
         .layer(layer)
         .service(once(sse(upstream)));
     let req = Request::post("/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(b"{}")))
+        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
         .unwrap();
     let mut body = svc.oneshot(req).await.unwrap().into_body();
     let (mut frames, mut ahead) = (0, 0);

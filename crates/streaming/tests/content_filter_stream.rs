@@ -69,7 +69,9 @@ async fn run(upstream_body: TestBody) -> String {
         },
     ));
     let req = Request::post("/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
+        .body(Full::new(Bytes::from_static(
+            br#"{"stream":true,"messages":[]}"#,
+        )))
         .unwrap();
     let out = svc
         .oneshot(req)
@@ -141,7 +143,7 @@ fn clean_prose_flows_one_event_behind_at_most() {
             },
         ));
         let req = Request::post("/v1/chat/completions")
-            .body(Full::new(Bytes::from_static(b"{}")))
+            .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
             .unwrap();
         let mut body = svc.oneshot(req).await.unwrap().into_body();
         let (mut out, mut frames, mut lag) = (String::new(), 0usize, 0usize);

@@ -1,0 +1,448 @@
+//! The one text view per wire format: where every text a guardrail must read lies in a request
+//! body, a JSON response and each stream event, and how a rewritten (masked) text is written
+//! back.
+//!
+//! Every reader and writer is generated from one definition (see the walkers), for a borrowed
+//! `serde_json::Value`, a mutable one and a borrowed [`JsonView`]; request bodies, response
+//! bodies and stream events share the per-protocol pieces (a chat message and a chat `delta`
+//! are read by the same code, so are a Responses output item and the item a stream announces).
+//! So a text that a JSON response carries in a field is read from the same field of a stream
+//! event, and what a guardrail checks is what the upstream or the client reads.
+//!
+//! What is read, per wire format:
+//!
+//! | format | request | response and stream |
+//! |---|---|---|
+//! | chat completions | message `content` (string or `text`/`refusal` parts), `name`, `refusal`, `tool_calls[].function.arguments`, legacy `function_call.arguments` (every role: system, developer, user, assistant, tool); `tools[].function.description` | the same fields of each choice's `message`, and of each chunk's `delta` |
+//! | Responses | `instructions`, `input` (a string, or items: messages, function calls and their outputs, custom tool calls, reasoning summaries, MCP calls, code interpreter code); `tools[].description` | `output` items (the same), the `*.delta` events, items and parts a stream announces, and the complete texts `*.done` and `response.completed` repeat |
+//! | Anthropic messages | `system`, message `content` (a string or blocks: `text`, `tool_use` input as JSON text, `tool_result`, `thinking`, text documents, search results); `tools[].description` | `content` blocks (the same); `text_delta`, `input_json_delta`, `thinking_delta`, and blocks a stream announces |
+//! | text completions | `prompt` | `choices[].text` |
+//! | embeddings | `input` | — |
+//!
+//! A request whose text-bearing fields have a shape the protocol does not allow, or that carries
+//! a content part, item or block type this view does not know, is refused by the strict reader
+//! ([`CallType::read_texts`]) with a [`ShapeError`] naming the field: nothing can reach the
+//! upstream that a guardrail could not read.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::json::JsonView;
+use crate::{CallType, Error, Usage};
+
+mod walk;
+
+pub mod stream;
+
+#[cfg(test)]
+mod tests;
+
+use walk::{Path, walker};
+
+walker!(
+    read,
+    Value,
+    &'v Value,
+    Cow<'v, str>,
+    get = get,
+    iter = iter,
+    slot = crate::text::walk::slot_value,
+    json = crate::text::walk::json_text_value,
+    kind = crate::text::walk::kind_str_value,
+    index = crate::text::walk::index_value
+);
+walker!(
+    write,
+    Value,
+    &mut Value,
+    &mut String,
+    get = get_mut,
+    iter = iter_mut,
+    slot = crate::text::walk::slot_mut,
+    json = crate::text::walk::json_text_mut,
+    kind = crate::text::walk::kind_str_value,
+    index = crate::text::walk::index_value
+);
+walker!(
+    view,
+    JsonView,
+    &'v JsonView<'v>,
+    Cow<'v, str>,
+    get = get,
+    iter = iter,
+    slot = crate::text::walk::slot_view,
+    json = crate::text::walk::json_text_view,
+    kind = crate::text::walk::kind_str_view,
+    index = crate::text::walk::index_view
+);
+
+/// Which side of the exchange a body belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The client's request.
+    Request,
+    /// The model's response.
+    Response,
+}
+
+impl Side {
+    /// `request` or `response`, as the Generic Guardrail API's `input_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Request => "request",
+            Side::Response => "response",
+        }
+    }
+}
+
+/// What kind of text a [`TextKey`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum TextKind {
+    /// Message content, output text, a tool result, a prompt.
+    Content,
+    /// A refusal.
+    Refusal,
+    /// Tool-call or function-call arguments (JSON text), custom tool input, code.
+    Arguments,
+    /// Reasoning summaries and thinking.
+    Reasoning,
+    /// Reasoning content (the Responses API's `reasoning_text`).
+    ReasoningContent,
+    /// A message's `name`.
+    Name,
+    /// System instructions (Responses `instructions`, Anthropic `system`).
+    Instructions,
+    /// A tool definition's `description`.
+    ToolDescription,
+}
+
+/// Which text a piece of text belongs to: in a response, a choice (chat), an output item and
+/// content part (Responses) or a content block (Anthropic), and the kind of text in it. A
+/// stream's deltas for one key, concatenated, are the text its JSON response has under the same
+/// key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TextKey {
+    /// The choice index, output index or block index (in a request: the message or item).
+    pub index: u64,
+    /// The kind of text.
+    pub kind: TextKind,
+    /// The tool call, content part or summary part within it.
+    pub sub: u64,
+}
+
+/// Whether a text in a stream event is new text or a complete text repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// New text, to append to its key's text (a delta, or the initial text of an item, part or
+    /// block a stream announces). Every text of a body is new text too.
+    Delta,
+    /// The complete text of its key, repeated by a summary event (Responses `*.done`,
+    /// `response.completed`).
+    Full,
+}
+
+/// Returned when the number of replacement texts differs from the number of texts in the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextCountMismatch {
+    /// Texts found in the body.
+    pub expected: usize,
+    /// Replacement texts given.
+    pub got: usize,
+}
+
+impl fmt::Display for TextCountMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "expected {} replacement texts, got {}",
+            self.expected, self.got
+        )
+    }
+}
+
+impl std::error::Error for TextCountMismatch {}
+
+/// A text-bearing field whose shape the protocol does not allow, or whose type this view does
+/// not know: it could carry text no guardrail would read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError {
+    param: String,
+    problem: &'static str,
+}
+
+impl ShapeError {
+    fn new(path: &Path<'_>, problem: &'static str) -> Self {
+        ShapeError {
+            param: path.to_string(),
+            problem,
+        }
+    }
+
+    /// The field, as `messages[2].content[0].type` (empty for the document itself).
+    pub fn param(&self) -> &str {
+        &self.param
+    }
+
+    /// What is wrong with it.
+    pub fn problem(&self) -> &str {
+        self.problem
+    }
+
+    /// The 400 `invalid_request_error` for a request with this problem, naming the field in
+    /// `param`.
+    pub fn to_request_error(&self) -> Error {
+        let err = Error::new(http::StatusCode::BAD_REQUEST, self.to_string())
+            .with_code("invalid_request_shape");
+        if self.param.is_empty() {
+            err
+        } else {
+            err.with_param(self.param.clone())
+        }
+    }
+}
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.param.is_empty() {
+            write!(f, "the body {}", self.problem)
+        } else {
+            write!(f, "'{}' {}", self.param, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// Why a response body could not be read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// It is not JSON.
+    Json(serde_json::Error),
+    /// A text-bearing field has a shape the view cannot read.
+    Shape(ShapeError),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Json(e) => write!(f, "invalid JSON: {e}"),
+            ReadError::Shape(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Keeps the first problem a walker reports.
+fn first_problem(slot: &mut Option<ShapeError>) -> impl FnMut(&Path<'_>, &'static str) + '_ {
+    move |path, problem| {
+        if slot.is_none() {
+            *slot = Some(ShapeError::new(path, problem));
+        }
+    }
+}
+
+impl CallType {
+    /// The guardrail texts of a request or response body, in document order. Lenient: a field
+    /// of the wrong shape is skipped (use [`CallType::read_texts`] to refuse it).
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, text::Side};
+    /// let body = serde_json::json!({
+    ///     "model": "gpt-4o",
+    ///     "messages": [
+    ///         {"role": "system", "content": "be brief"},
+    ///         {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}
+    ///     ]
+    /// });
+    /// assert_eq!(CallType::ChatCompletions.texts(Side::Request, &body), ["be brief", "hi"]);
+    /// ```
+    pub fn texts(self, side: Side, body: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        self.for_each_text(side, body, |t| out.push(t.to_owned()));
+        out
+    }
+
+    /// The guardrail texts of a body with their keys, in document order.
+    pub fn keyed_texts(self, side: Side, body: &Value) -> Vec<(TextKey, String)> {
+        let mut out = Vec::new();
+        let mut emit = |k: TextKey, _: Role, t: Cow<'_, str>| out.push((k, t.into_owned()));
+        let mut ignore = |_: &Path<'_>, _: &'static str| {};
+        match side {
+            Side::Request => read::request(self, body, &mut emit, &mut ignore),
+            Side::Response => read::response(self, body, &mut emit, &mut ignore),
+        }
+        out
+    }
+
+    /// Calls `f` with each guardrail text of a body, in document order.
+    pub fn for_each_text(self, side: Side, body: &Value, mut f: impl FnMut(&str)) {
+        let mut emit = |_: TextKey, _: Role, t: Cow<'_, str>| f(&t);
+        let mut ignore = |_: &Path<'_>, _: &'static str| {};
+        match side {
+            Side::Request => read::request(self, body, &mut emit, &mut ignore),
+            Side::Response => read::response(self, body, &mut emit, &mut ignore),
+        }
+    }
+
+    /// Reads every guardrail text of a parsed body through a borrowed view, strictly: `f` gets
+    /// each text with its key, in document order (borrowed from the view where it can be), and
+    /// the first text-bearing field of a shape the protocol does not allow is an error.
+    pub fn read_texts<'v>(
+        self,
+        side: Side,
+        view: &'v JsonView<'v>,
+        mut f: impl FnMut(TextKey, Cow<'v, str>),
+    ) -> Result<(), ShapeError> {
+        let mut problem = None;
+        {
+            let mut emit = |k: TextKey, _: Role, t: Cow<'v, str>| f(k, t);
+            let mut bad = first_problem(&mut problem);
+            match side {
+                Side::Request => view::request(self, view, &mut emit, &mut bad),
+                Side::Response => view::response(self, view, &mut emit, &mut bad),
+            }
+        }
+        match problem {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// The guardrail texts of a body given as bytes, in document order (lenient, as
+    /// [`CallType::texts`]), read through a borrowed view instead of a `serde_json::Value`.
+    ///
+    /// Fails exactly where parsing the bytes as a `serde_json::Value` fails.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, text::Side};
+    /// let body = br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#;
+    /// assert_eq!(CallType::ChatCompletions.texts_from_slice(Side::Request, body)?, ["hi"]);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn texts_from_slice(self, side: Side, body: &[u8]) -> serde_json::Result<Vec<String>> {
+        let view = JsonView::parse(body)?;
+        Ok(self.texts_in_view(side, &view))
+    }
+
+    /// The guardrail texts in a parsed view (lenient).
+    pub fn texts_in_view(self, side: Side, view: &JsonView<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        self.for_each_text_in_view(side, view, |t| out.push(String::from(&**t)));
+        out
+    }
+
+    /// Calls `f` with each guardrail text in a parsed view (lenient).
+    pub fn for_each_text_in_view(
+        self,
+        side: Side,
+        view: &JsonView<'_>,
+        mut f: impl FnMut(&Cow<'_, str>),
+    ) {
+        let mut emit = |_: TextKey, _: Role, t: Cow<'_, str>| f(&t);
+        let mut ignore = |_: &Path<'_>, _: &'static str| {};
+        match side {
+            Side::Request => view::request(self, view, &mut emit, &mut ignore),
+            Side::Response => view::response(self, view, &mut emit, &mut ignore),
+        }
+    }
+
+    /// The guardrail texts and the token usage of a response body given as bytes, from one
+    /// strict parse through a borrowed view.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::CallType;
+    /// let body = br#"{"choices": [{"message": {"role": "assistant", "content": "hello"}}],
+    ///                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}"#;
+    /// let (texts, usage) = CallType::ChatCompletions.response_texts_and_usage(body)?;
+    /// assert_eq!(texts, ["hello"]);
+    /// assert_eq!(usage.map(|u| u.total_tokens), Some(4));
+    /// # Ok::<(), guardrail_tower_protocol::text::ReadError>(())
+    /// ```
+    pub fn response_texts_and_usage(
+        self,
+        body: &[u8],
+    ) -> Result<(Vec<String>, Option<Usage>), ReadError> {
+        let view = JsonView::parse(body).map_err(ReadError::Json)?;
+        let usage = Usage::from_response_view(self, &view);
+        let mut texts = Vec::new();
+        self.read_texts(Side::Response, &view, |_, t| texts.push(t.into_owned()))
+            .map_err(ReadError::Shape)?;
+        Ok((texts, usage))
+    }
+
+    /// Replaces the guardrail texts of a body, in the order [`CallType::texts`] returns them.
+    ///
+    /// Nothing is changed when `texts` does not have exactly one entry per text in the body.
+    /// A rewritten text whose field holds JSON (an Anthropic `tool_use` input) must still be
+    /// JSON; if it is not, that field keeps its old value and the error says which.
+    pub fn set_texts(
+        self,
+        side: Side,
+        body: &mut Value,
+        texts: &[String],
+    ) -> Result<(), SetTextsError> {
+        let mut expected = 0;
+        self.for_each_text(side, body, |_| expected += 1);
+        if expected != texts.len() {
+            return Err(SetTextsError::Count(TextCountMismatch {
+                expected,
+                got: texts.len(),
+            }));
+        }
+        let mut replacements = texts.iter();
+        let mut emit = |_: TextKey, _: Role, s: &mut String| {
+            if let Some(new) = replacements.next() {
+                if s != new {
+                    new.clone_into(s);
+                }
+            }
+        };
+        let mut problem = None;
+        {
+            let mut bad = first_problem(&mut problem);
+            match side {
+                Side::Request => write::request(self, body, &mut emit, &mut bad),
+                Side::Response => write::response(self, body, &mut emit, &mut bad),
+            }
+        }
+        match problem {
+            // Only rewrites report problems here: the shape was read leniently above.
+            Some(problem) if problem.problem == crate::text::walk::REWRITE_NOT_JSON => {
+                Err(SetTextsError::Shape(problem))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why [`CallType::set_texts`] could not apply a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetTextsError {
+    /// Not one replacement per text.
+    Count(TextCountMismatch),
+    /// A rewritten JSON text is not JSON.
+    Shape(ShapeError),
+}
+
+impl fmt::Display for SetTextsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetTextsError::Count(e) => e.fmt(f),
+            SetTextsError::Shape(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetTextsError {}
+
+impl From<TextCountMismatch> for SetTextsError {
+    fn from(e: TextCountMismatch) -> Self {
+        SetTextsError::Count(e)
+    }
+}

@@ -1,0 +1,1162 @@
+//! Tests of the text view: what each wire format's readers find, that the three walkers agree,
+//! that writing back changes exactly the texts, that requests of a shape the protocol does not
+//! allow are refused naming the field, and that a stream yields the texts of its JSON response.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use guardrail_tower_sse::{SseDecoder, SseEvent};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::stream::End;
+use super::*;
+
+/// Reads `body` with every reader and writes it back uppercased: they must all agree.
+fn roundtrip(call_type: CallType, side: Side, mut body: Value, want: &[&str]) {
+    let got = call_type.texts(side, &body);
+    assert_eq!(got, want, "{call_type:?} {side:?}");
+    let bytes = serde_json::to_vec(&body).unwrap();
+    assert_eq!(
+        call_type.texts_from_slice(side, &bytes).unwrap(),
+        want,
+        "{call_type:?} {side:?} through the borrowed view"
+    );
+    let view = JsonView::parse(&bytes).unwrap();
+    let mut strict = Vec::new();
+    call_type
+        .read_texts(side, &view, |_, t| strict.push(t.into_owned()))
+        .unwrap_or_else(|e| panic!("{call_type:?} {side:?}: {e}"));
+    assert_eq!(strict, want, "{call_type:?} {side:?} strictly");
+    let keys: Vec<TextKey> = call_type
+        .keyed_texts(side, &body)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), want.len());
+    let upper: Vec<String> = got.iter().map(|t| t.to_uppercase()).collect();
+    call_type.set_texts(side, &mut body, &upper).unwrap();
+    assert_eq!(call_type.texts(side, &body), upper);
+}
+
+#[test]
+fn chat_request() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "developer", "content": "dev"},
+                {"role": "user", "name": "mallory", "content": [
+                    {"type": "text", "text": "part one"},
+                    {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+                    {"type": "text", "text": "part two"}
+                ]},
+                {"role": "assistant", "content": null, "refusal": "no way", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"args\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "tool out"},
+                {"role": "assistant", "function_call": {"name": "g", "arguments": "legacy"}},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "part refusal"}]}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "look things up"}}]
+        }),
+        &[
+            "sys",
+            "dev",
+            "mallory",
+            "part one",
+            "part two",
+            "no way",
+            "{\"q\":\"args\"}",
+            "tool out",
+            "legacy",
+            "part refusal",
+            "look things up",
+        ],
+    );
+}
+
+#[test]
+fn chat_response() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Response,
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "first"}, "finish_reason": "stop"},
+                {"index": 1, "message": {"role": "assistant", "content": null, "refusal": "sorry", "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ]}}
+            ]
+        }),
+        &["first", "sorry", "{}"],
+    );
+}
+
+#[test]
+fn responses_request() {
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({"model": "m", "instructions": "be nice", "input": "plain input",
+               "tools": [{"type": "function", "name": "f", "description": "tool doc"}]}),
+        &["be nice", "plain input", "tool doc"],
+    );
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({"model": "m", "input": [
+            {"role": "user", "content": "string content"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "input text"},
+                {"type": "input_image", "image_url": "data:..."}
+            ]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"},
+            {"type": "function_call_output", "call_id": "c", "output": "result"},
+            {"type": "function_call_output", "call_id": "d", "output": [{"type": "input_text", "text": "parts result"}]},
+            {"type": "custom_tool_call", "call_id": "e", "name": "g", "input": "custom input"},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]},
+            {"type": "mcp_call", "name": "m", "arguments": "{\"m\":1}", "output": "mcp out"},
+            {"type": "item_reference", "id": "x"}
+        ]}),
+        &[
+            "string content",
+            "input text",
+            "{\"a\":1}",
+            "result",
+            "parts result",
+            "custom input",
+            "thought",
+            "{\"m\":1}",
+            "mcp out",
+        ],
+    );
+}
+
+#[test]
+fn responses_response() {
+    roundtrip(
+        CallType::Responses,
+        Side::Response,
+        json!({"id": "resp_1", "object": "response", "output": [
+            {"type": "reasoning", "id": "rs", "summary": [{"type": "summary_text", "text": "why"}]},
+            {"type": "message", "id": "msg", "role": "assistant", "content": [
+                {"type": "output_text", "text": "answer", "annotations": []},
+                {"type": "refusal", "refusal": "not that"}
+            ]},
+            {"type": "function_call", "arguments": "{}", "call_id": "c", "name": "f"},
+            {"type": "web_search_call", "id": "ws", "status": "completed"}
+        ]}),
+        &["why", "answer", "not that", "{}"],
+    );
+}
+
+#[test]
+fn anthropic_request() {
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({"model": "claude", "max_tokens": 10,
+        "system": [{"type": "text", "text": "sys block"}],
+        "messages": [
+            {"role": "user", "content": "plain"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                {"type": "text", "text": "thinking out loud"},
+                {"type": "tool_use", "id": "t", "name": "f", "input": {"q": "tool arg"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": "tool string"},
+                {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "tool block"}]},
+                {"type": "image", "source": {"type": "base64", "data": "..."}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc text"}}
+            ]}
+        ],
+        "tools": [{"name": "f", "description": "fn doc", "input_schema": {}}]}),
+        &[
+            "sys block",
+            "plain",
+            "hmm",
+            "thinking out loud",
+            "{\"q\":\"tool arg\"}",
+            "tool string",
+            "tool block",
+            "doc text",
+            "fn doc",
+        ],
+    );
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({"system": "sys string", "messages": []}),
+        &["sys string"],
+    );
+}
+
+#[test]
+fn anthropic_response() {
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Response,
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "content": [
+            {"type": "text", "text": "hello"},
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"city": "Paris", "n": 1.5}}
+        ]}),
+        &["hello", "{\"city\":\"Paris\",\"n\":1.5}"],
+    );
+}
+
+#[test]
+fn completions_and_embeddings() {
+    roundtrip(
+        CallType::TextCompletions,
+        Side::Request,
+        json!({"prompt": ["a", "b"]}),
+        &["a", "b"],
+    );
+    roundtrip(
+        CallType::TextCompletions,
+        Side::Response,
+        json!({"choices": [{"text": "out"}]}),
+        &["out"],
+    );
+    roundtrip(
+        CallType::Embeddings,
+        Side::Request,
+        json!({"input": "embed me"}),
+        &["embed me"],
+    );
+    roundtrip(
+        CallType::Embeddings,
+        Side::Request,
+        json!({"input": [[1, 2, 3]]}),
+        &[],
+    );
+    roundtrip(
+        CallType::Embeddings,
+        Side::Response,
+        json!({"data": [{"embedding": [0.1]}]}),
+        &[],
+    );
+    roundtrip(
+        CallType::Other,
+        Side::Request,
+        json!({"messages": [{"content": "x"}]}),
+        &[],
+    );
+}
+
+#[test]
+fn a_rewritten_tool_input_must_stay_json() {
+    let mut body = json!({"messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"email": "a@b.co"}}
+    ]}]});
+    CallType::AnthropicMessages
+        .set_texts(
+            Side::Request,
+            &mut body,
+            &["{\"email\":\"[EMAIL]\"}".into()],
+        )
+        .unwrap();
+    assert_eq!(
+        body["messages"][0]["content"][0]["input"]["email"],
+        "[EMAIL]"
+    );
+    let err = CallType::AnthropicMessages
+        .set_texts(Side::Request, &mut body, &["{\"email\":".into()])
+        .unwrap_err();
+    assert!(
+        matches!(&err, SetTextsError::Shape(e) if e.param() == "messages[0].content[0].input"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn mismatched_count_changes_nothing() {
+    let mut body = json!({"messages": [{"content": "a"}, {"content": "b"}]});
+    let before = body.clone();
+    let err = CallType::ChatCompletions
+        .set_texts(Side::Request, &mut body, &["x".into()])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SetTextsError::Count(TextCountMismatch {
+            expected: 2,
+            got: 1
+        })
+    );
+    assert_eq!(body, before);
+}
+
+#[test]
+fn other_fields_untouched_by_write() {
+    let mut body = json!({"model": "m", "temperature": 0.2, "messages": [{"role": "user", "content": "secret"}]});
+    CallType::ChatCompletions
+        .set_texts(Side::Request, &mut body, &["[MASKED]".into()])
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"model": "m", "temperature": 0.2, "messages": [{"role": "user", "content": "[MASKED]"}]})
+    );
+}
+
+/// The strict reader's verdict on a request body: `Ok(texts)` or the `param` and message.
+fn strict(call_type: CallType, body: &str) -> Result<Vec<String>, (String, String)> {
+    let view = JsonView::parse(body.as_bytes()).unwrap();
+    let mut texts = Vec::new();
+    call_type
+        .read_texts(Side::Request, &view, |_, t| texts.push(t.into_owned()))
+        .map(|()| texts)
+        .map_err(|e| (e.param().to_owned(), e.to_string()))
+}
+
+#[test]
+fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
+    use CallType::*;
+    let cases: &[(CallType, &str, &str)] = &[
+        (ChatCompletions, r#"{"messages": "forbidden"}"#, "messages"),
+        (
+            ChatCompletions,
+            r#"{"messages": {"content": "forbidden"}}"#,
+            "messages",
+        ),
+        (ChatCompletions, r#"{"messages": null}"#, "messages"),
+        (ChatCompletions, r#"{"messages": 7}"#, "messages"),
+        (ChatCompletions, r#"{"model": "m"}"#, "messages"),
+        (
+            ChatCompletions,
+            r#"{"messages": ["forbidden"]}"#,
+            "messages[0]",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": 7}]}"#,
+            "messages[0].content",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": {"text": "forbidden"}}]}"#,
+            "messages[0].content",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": ["forbidden"]}]}"#,
+            "messages[0].content[0]",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": ["forbidden"]}]}]}"#,
+            "messages[0].content[0].text",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": [{"type": "txt", "text": "forbidden"}]}]}"#,
+            "messages[0].content[0].type",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "content": [{"type": 1, "text": "forbidden"}]}]}"#,
+            "messages[0].content[0].type",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "user", "name": ["forbidden"], "content": "hi"}]}"#,
+            "messages[0].name",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "tool_calls": {"function": {"arguments": "forbidden"}}}]}"#,
+            "messages[0].tool_calls",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "tool_calls": [{"function": {"arguments": {"q": "forbidden"}}}]}]}"#,
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "function_call": "forbidden"}]}"#,
+            "messages[0].function_call",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "tools": [{"function": {"description": ["forbidden"]}}]}"#,
+            "tools[0].function.description",
+        ),
+        (Responses, r#"{"input": 7}"#, "input"),
+        (Responses, r#"{"input": {"content": "forbidden"}}"#, "input"),
+        (
+            Responses,
+            r#"{"instructions": {"text": "forbidden"}, "input": "hi"}"#,
+            "instructions",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "message", "content": [{"type": "input_txt", "text": "forbidden"}]}]}"#,
+            "input[0].content[0].type",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "brand_new_item", "text": "forbidden"}]}"#,
+            "input[0].type",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "function_call_output", "output": {"text": "forbidden"}}]}"#,
+            "input[0].output",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": "forbidden"}"#,
+            "messages",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"system": {"text": "forbidden"}, "messages": []}"#,
+            "system",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user"}]}"#,
+            "messages[0].content",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user", "content": [{"type": "texty", "text": "forbidden"}]}]}"#,
+            "messages[0].content[0].type",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user", "content": [{"text": "forbidden"}]}]}"#,
+            "messages[0].content[0].type",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": "forbidden"}]}]}"#,
+            "messages[0].content[0].input",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "plain", "data": "forbidden"}}]}]}"#,
+            "messages[0].content[0].source.type",
+        ),
+        (
+            TextCompletions,
+            r#"{"prompt": {"text": "forbidden"}}"#,
+            "prompt",
+        ),
+        (
+            TextCompletions,
+            r#"{"prompt": [["forbidden"]]}"#,
+            "prompt[0]",
+        ),
+        (Embeddings, r#"{"input": {"text": "forbidden"}}"#, "input"),
+        (Embeddings, r#"{"model": "m"}"#, "input"),
+        (ChatCompletions, r#"["forbidden"]"#, ""),
+        (ChatCompletions, r#""forbidden""#, ""),
+    ];
+    for (call_type, body, param) in cases {
+        match strict(*call_type, body) {
+            Ok(texts) => panic!("{call_type:?} {body} was accepted with texts {texts:?}"),
+            Err((got, message)) => {
+                assert_eq!(got, *param, "{call_type:?} {body}: {message}");
+                if !param.is_empty() {
+                    assert!(message.contains(param), "{message}");
+                }
+            }
+        }
+    }
+    // Shapes the protocols allow are accepted.
+    for (call_type, body) in [
+        (ChatCompletions, r#"{"messages": []}"#),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": null, "name": null}]}"#,
+        ),
+        (Responses, r#"{"input": "hi", "instructions": null}"#),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user", "content": "hi"}], "system": null}"#,
+        ),
+        (TextCompletions, r#"{"prompt": [1, 2, 3]}"#),
+        (Embeddings, r#"{"input": [[1, 2], [3]]}"#),
+        (Other, r#"["anything"]"#),
+    ] {
+        assert!(strict(call_type, body).is_ok(), "{call_type:?} {body}");
+    }
+    let err = ShapeError {
+        param: "messages".into(),
+        problem: walk::MUST_BE_ARRAY,
+    }
+    .to_request_error();
+    assert_eq!(err.status(), 400);
+    assert_eq!(err.param(), Some("messages"));
+    assert_eq!(err.kind(), "invalid_request_error");
+    assert_eq!(err.message(), "'messages' must be an array");
+}
+
+// ----------------------------------------------------------------------- streams and bodies
+
+fn decode(stream: &str) -> Vec<SseEvent> {
+    let mut decoder = SseDecoder::new();
+    decoder.push(Bytes::copy_from_slice(stream.as_bytes()));
+    let mut out = Vec::new();
+    while let Some(event) = decoder.next_event().unwrap() {
+        out.push(event);
+    }
+    out
+}
+
+/// What a stream says, read event by event: new text per key, and the complete texts that
+/// summary events repeat.
+#[derive(Debug, Default)]
+struct StreamTexts {
+    deltas: BTreeMap<TextKey, String>,
+    fulls: Vec<(TextKey, String)>,
+    ends: Vec<End>,
+    terminals: usize,
+}
+
+fn read_stream(call_type: CallType, stream: &str) -> StreamTexts {
+    let mut out = StreamTexts::default();
+    for event in decode(stream) {
+        let Some(data) = event.data() else { continue };
+        let Ok(view) = JsonView::parse(data) else {
+            out.terminals += usize::from(call_type.read_non_json_event(data).terminal);
+            continue;
+        };
+        let read = call_type
+            .read_event(event.event_type(), &view)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(data)));
+        for (key, role, text) in read.texts {
+            match role {
+                Role::Delta => out.deltas.entry(key).or_default().push_str(&text),
+                Role::Full => out.fulls.push((key, text.into_owned())),
+            }
+        }
+        out.ends.extend(read.ends);
+        out.terminals += usize::from(read.terminal);
+    }
+    out
+}
+
+/// A body's texts grouped by key (empty texts dropped: a stream need not send them).
+fn body_texts(call_type: CallType, body: &Value) -> BTreeMap<TextKey, String> {
+    let mut out: BTreeMap<TextKey, String> = BTreeMap::new();
+    for (key, text) in call_type.keyed_texts(Side::Response, body) {
+        out.entry(key).or_default().push_str(&text);
+    }
+    out.retain(|_, t| !t.is_empty());
+    out
+}
+
+fn assert_stream_is_body(call_type: CallType, body: &Value, stream: &str) {
+    let read = read_stream(call_type, stream);
+    let mut deltas = read.deltas.clone();
+    deltas.retain(|_, t| !t.is_empty());
+    let want = body_texts(call_type, body);
+    assert_eq!(deltas, want, "{call_type:?}\n{stream}");
+    for (key, full) in &read.fulls {
+        assert_eq!(
+            full,
+            want.get(key).map_or("", String::as_str),
+            "{call_type:?} summary of {key:?}"
+        );
+    }
+    assert_eq!(read.terminals, 1, "{call_type:?} terminal events");
+}
+
+#[test]
+fn recorded_streams() {
+    for (call_type, stream, want) in [
+        (
+            CallType::ChatCompletions,
+            include_str!("../../testdata/openai_chat.sse"),
+            "Hello! The café on the corner serves ☕ and 🥐, and its Wi-Fi password is \"guest\".",
+        ),
+        (
+            CallType::Responses,
+            include_str!("../../testdata/openai_responses.sse"),
+            "Hi! Naïve résumé tips — keep it short 📝.",
+        ),
+        (
+            CallType::AnthropicMessages,
+            include_str!("../../testdata/anthropic_messages.sse"),
+            "Hello! Grüße aus Zürich 🇨🇭. How can I help?",
+        ),
+    ] {
+        let read = read_stream(call_type, stream);
+        let text: String = read.deltas.values().cloned().collect();
+        assert_eq!(text, want, "{call_type:?}");
+        assert_eq!(read.terminals, 1);
+        assert!(!read.ends.is_empty());
+        for (key, full) in &read.fulls {
+            assert_eq!(full, &read.deltas[key], "{call_type:?} {key:?}");
+        }
+    }
+}
+
+#[test]
+fn text_in_every_stream_field_is_read() {
+    // Each event carries "a secret" where a client reads text; the view must find it.
+    let cases = [
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"content":"a secret"}}]}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"refusal":"a secret"}}]}"#,
+            TextKind::Refusal,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"a secret"}}]}}]}"#,
+            TextKind::Arguments,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"function_call":{"arguments":"a secret"}}}]}"#,
+            TextKind::Arguments,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":null,"delta":{"content":"a secret"}}]}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"content":"x","content":"a secret"}}]}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::TextCompletions,
+            r#"{"choices":[{"index":0,"text":"a secret"}]}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"a secret"}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.refusal.delta","output_index":0,"content_index":0,"delta":"a secret"}"#,
+            TextKind::Refusal,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"a secret"}"#,
+            TextKind::Arguments,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":0,"delta":"a secret"}"#,
+            TextKind::Reasoning,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","content":[{"type":"output_text","text":"a secret"}]}}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.content_part.added","output_index":0,"content_index":0,"part":{"type":"output_text","text":"a secret"}}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a secret"}}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"a secret"}}"#,
+            TextKind::Arguments,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"a secret"}}"#,
+            TextKind::Reasoning,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"a secret"}}"#,
+            TextKind::Content,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"message_start","message":{"content":[{"type":"text","text":"a secret"}]}}"#,
+            TextKind::Content,
+        ),
+    ];
+    for (call_type, data, kind) in cases {
+        let view = JsonView::parse(data.as_bytes()).unwrap();
+        let read = call_type.read_event(None, &view).unwrap();
+        let texts: Vec<(TextKind, Role, &str)> = read
+            .texts
+            .iter()
+            .map(|(k, r, t)| (k.kind, *r, &**t))
+            .collect();
+        assert_eq!(texts, [(kind, Role::Delta, "a secret")], "{data}");
+    }
+    // A tool_use block starts with an empty input, which is no text; a non-empty one is.
+    let view = JsonView::parse(br#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#).unwrap();
+    assert!(
+        !CallType::AnthropicMessages
+            .read_event(None, &view)
+            .unwrap()
+            .has_text()
+    );
+    let view = JsonView::parse(br#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{"q":"a secret"}}}"#).unwrap();
+    let read = CallType::AnthropicMessages.read_event(None, &view).unwrap();
+    assert_eq!(read.texts[0].2, "{\"q\":\"a secret\"}");
+}
+
+#[test]
+fn stream_events_no_client_could_read_as_checked_fail() {
+    for (call_type, data) in [
+        (
+            CallType::Responses,
+            r#"{"type":"response.brand_new.delta","delta":"a secret"}"#,
+        ),
+        (
+            CallType::Responses,
+            r#"{"type":"response.output_text.delta","output_index":0,"delta":["a secret"]}"#,
+        ),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"brand_new_delta","text":"a secret"}}"#,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"choices":[{"index":0,"delta":{"content":{"text":"a secret"}}}]}"#,
+        ),
+    ] {
+        let view = JsonView::parse(data.as_bytes()).unwrap();
+        assert!(call_type.read_event(None, &view).is_err(), "{data}");
+    }
+    // Non-text events of a known kind, and unknown events that are not deltas, pass.
+    for (call_type, data) in [
+        (
+            CallType::Responses,
+            r#"{"type":"response.web_search_call.searching","output_index":0}"#,
+        ),
+        (CallType::AnthropicMessages, r#"{"type":"ping"}"#),
+        (
+            CallType::AnthropicMessages,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"x"}}"#,
+        ),
+    ] {
+        let view = JsonView::parse(data.as_bytes()).unwrap();
+        assert!(
+            !call_type.read_event(None, &view).unwrap().has_text(),
+            "{data}"
+        );
+    }
+}
+
+#[test]
+fn rewriting_an_event_changes_its_texts_by_position() {
+    let events = decode(
+        "event: response.completed\nid: 9\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"one\"},{\"type\":\"output_text\",\"text\":\"two\"}]}]}}\n\n",
+    );
+    let out = CallType::Responses
+        .rewrite_event(&events[0], |i, key, role, text| {
+            assert_eq!(role, Role::Full);
+            assert_eq!(key.sub, i as u64);
+            *text = format!("[{i}]");
+        })
+        .unwrap();
+    assert_eq!(
+        out,
+        "event: response.completed\nid: 9\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"[0]\"},{\"type\":\"output_text\",\"text\":\"[1]\"}]}]}}\n\n"
+    );
+    let events = decode(
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"secret\"},\"logprobs\":null}]}\n\n",
+    );
+    let out = CallType::ChatCompletions
+        .rewrite_event(&events[0], |_, _, _, t| *t = "[X]".into())
+        .unwrap();
+    assert_eq!(
+        out,
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"[X]\"},\"logprobs\":null}]}\n\n"
+    );
+}
+
+// ---------------------------------------------------------------- generated bodies and streams
+
+/// Texts with the characters that trouble a stream: multi-byte UTF-8, quotes, escapes.
+fn text() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[a-z é☕🥐\"\\\\\n{}]{0,24}").unwrap()
+}
+
+/// Splits `text` into pieces at char boundaries chosen by `cuts`.
+fn pieces(text: &str, cuts: &[usize]) -> Vec<String> {
+    let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .filter(|_| !bounds.is_empty())
+        .map(|c| bounds[c % bounds.len()])
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for cut in at {
+        out.push(text[start..cut].to_owned());
+        start = cut;
+    }
+    out.push(text[start..].to_owned());
+    out
+}
+
+fn sse(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ChatChoice {
+    content: Option<String>,
+    refusal: Option<String>,
+    tools: Vec<String>,
+}
+
+fn chat_choice() -> impl Strategy<Value = ChatChoice> {
+    (
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+        proptest::collection::vec(text(), 0..3),
+    )
+        .prop_map(|(content, refusal, tools)| ChatChoice {
+            content,
+            refusal,
+            tools,
+        })
+}
+
+fn chat_body_and_stream(choices: &[ChatChoice], cuts: &[usize]) -> (Value, String) {
+    let mut body_choices = Vec::new();
+    let mut stream = String::new();
+    for (i, c) in choices.iter().enumerate() {
+        let tool_calls: Vec<Value> = c
+            .tools
+            .iter()
+            .map(|a| json!({"id": "c", "type": "function", "function": {"name": "f", "arguments": a}}))
+            .collect();
+        let mut message = json!({"role": "assistant", "content": c.content});
+        if let Some(r) = &c.refusal {
+            message["refusal"] = json!(r);
+        }
+        if !tool_calls.is_empty() {
+            message["tool_calls"] = json!(tool_calls);
+        }
+        body_choices.push(json!({"index": i, "message": message, "finish_reason": "stop"}));
+        stream += &sse(
+            None,
+            &json!({"choices": [{"index": i, "delta": {"role": "assistant"}}]}),
+        );
+        for piece in pieces(c.content.as_deref().unwrap_or(""), cuts) {
+            stream += &sse(
+                None,
+                &json!({"choices": [{"index": i, "delta": {"content": piece}}]}),
+            );
+        }
+        for piece in pieces(c.refusal.as_deref().unwrap_or(""), cuts) {
+            stream += &sse(
+                None,
+                &json!({"choices": [{"index": i, "delta": {"refusal": piece}}]}),
+            );
+        }
+        for (j, args) in c.tools.iter().enumerate() {
+            for (n, piece) in pieces(args, cuts).into_iter().enumerate() {
+                let call = if n == 0 {
+                    json!({"index": j, "id": "c", "type": "function", "function": {"name": "f", "arguments": piece}})
+                } else {
+                    json!({"index": j, "function": {"arguments": piece}})
+                };
+                stream += &sse(
+                    None,
+                    &json!({"choices": [{"index": i, "delta": {"tool_calls": [call]}}]}),
+                );
+            }
+        }
+        stream += &sse(
+            None,
+            &json!({"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}),
+        );
+    }
+    stream += "data: [DONE]\n\n";
+    (
+        json!({"object": "chat.completion", "choices": body_choices}),
+        stream,
+    )
+}
+
+#[derive(Debug, Clone)]
+enum OutputItem {
+    Message(Vec<(bool, String)>),
+    FunctionCall(String),
+    Reasoning(Vec<String>),
+}
+
+fn output_item() -> impl Strategy<Value = OutputItem> {
+    prop_oneof![
+        proptest::collection::vec((any::<bool>(), text()), 1..3).prop_map(OutputItem::Message),
+        text().prop_map(OutputItem::FunctionCall),
+        proptest::collection::vec(text(), 1..3).prop_map(OutputItem::Reasoning),
+    ]
+}
+
+fn responses_body_and_stream(items: &[OutputItem], cuts: &[usize]) -> (Value, String) {
+    let mut stream = String::new();
+    let mut seq = 0;
+    let mut emit = |stream: &mut String, kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        *stream += &sse(Some(kind), &data);
+    };
+    let full_items: Vec<Value> = items
+        .iter()
+        .map(|item| match item {
+            OutputItem::Message(parts) => json!({"type": "message", "role": "assistant", "content": parts.iter().map(|(refusal, t)| if *refusal {
+                json!({"type": "refusal", "refusal": t})
+            } else {
+                json!({"type": "output_text", "text": t, "annotations": []})
+            }).collect::<Vec<_>>()}),
+            OutputItem::FunctionCall(args) => json!({"type": "function_call", "name": "f", "call_id": "c", "arguments": args}),
+            OutputItem::Reasoning(summary) => json!({"type": "reasoning", "summary": summary.iter().map(|t| json!({"type": "summary_text", "text": t})).collect::<Vec<_>>()}),
+        })
+        .collect();
+    emit(
+        &mut stream,
+        "response.created",
+        json!({"response": {"id": "r", "output": []}}),
+    );
+    for (o, item) in items.iter().enumerate() {
+        match item {
+            OutputItem::Message(parts) => {
+                emit(
+                    &mut stream,
+                    "response.output_item.added",
+                    json!({"output_index": o, "item": {"type": "message", "role": "assistant", "content": []}}),
+                );
+                for (c, (refusal, t)) in parts.iter().enumerate() {
+                    let empty = if *refusal {
+                        json!({"type": "refusal", "refusal": ""})
+                    } else {
+                        json!({"type": "output_text", "text": ""})
+                    };
+                    emit(
+                        &mut stream,
+                        "response.content_part.added",
+                        json!({"output_index": o, "content_index": c, "part": empty}),
+                    );
+                    let (delta, done, field) = if *refusal {
+                        ("response.refusal.delta", "response.refusal.done", "refusal")
+                    } else {
+                        (
+                            "response.output_text.delta",
+                            "response.output_text.done",
+                            "text",
+                        )
+                    };
+                    for piece in pieces(t, cuts) {
+                        emit(
+                            &mut stream,
+                            delta,
+                            json!({"output_index": o, "content_index": c, "delta": piece}),
+                        );
+                    }
+                    emit(
+                        &mut stream,
+                        done,
+                        json!({"output_index": o, "content_index": c, field: t}),
+                    );
+                    emit(
+                        &mut stream,
+                        "response.content_part.done",
+                        json!({"output_index": o, "content_index": c, "part": full_items[o]["content"][c]}),
+                    );
+                }
+            }
+            OutputItem::FunctionCall(args) => {
+                emit(
+                    &mut stream,
+                    "response.output_item.added",
+                    json!({"output_index": o, "item": {"type": "function_call", "name": "f", "call_id": "c", "arguments": ""}}),
+                );
+                for piece in pieces(args, cuts) {
+                    emit(
+                        &mut stream,
+                        "response.function_call_arguments.delta",
+                        json!({"output_index": o, "delta": piece}),
+                    );
+                }
+                emit(
+                    &mut stream,
+                    "response.function_call_arguments.done",
+                    json!({"output_index": o, "arguments": args}),
+                );
+            }
+            OutputItem::Reasoning(summary) => {
+                emit(
+                    &mut stream,
+                    "response.output_item.added",
+                    json!({"output_index": o, "item": {"type": "reasoning", "summary": []}}),
+                );
+                for (s, t) in summary.iter().enumerate() {
+                    emit(
+                        &mut stream,
+                        "response.reasoning_summary_part.added",
+                        json!({"output_index": o, "summary_index": s, "part": {"type": "summary_text", "text": ""}}),
+                    );
+                    for piece in pieces(t, cuts) {
+                        emit(
+                            &mut stream,
+                            "response.reasoning_summary_text.delta",
+                            json!({"output_index": o, "summary_index": s, "delta": piece}),
+                        );
+                    }
+                    emit(
+                        &mut stream,
+                        "response.reasoning_summary_text.done",
+                        json!({"output_index": o, "summary_index": s, "text": t}),
+                    );
+                    emit(
+                        &mut stream,
+                        "response.reasoning_summary_part.done",
+                        json!({"output_index": o, "summary_index": s, "part": {"type": "summary_text", "text": t}}),
+                    );
+                }
+            }
+        }
+        emit(
+            &mut stream,
+            "response.output_item.done",
+            json!({"output_index": o, "item": full_items[o]}),
+        );
+    }
+    let body = json!({"id": "r", "object": "response", "output": full_items});
+    emit(&mut stream, "response.completed", json!({"response": body}));
+    (body, stream)
+}
+
+#[derive(Debug, Clone)]
+enum Block {
+    Text(String),
+    ToolUse(BTreeMap<String, String>),
+    Thinking(String),
+}
+
+fn block() -> impl Strategy<Value = Block> {
+    prop_oneof![
+        text().prop_map(Block::Text),
+        proptest::collection::btree_map("[a-z]{1,4}", text(), 0..3).prop_map(Block::ToolUse),
+        text().prop_map(Block::Thinking),
+    ]
+}
+
+fn anthropic_body_and_stream(blocks: &[Block], cuts: &[usize]) -> (Value, String) {
+    let mut stream = String::new();
+    let ev = |stream: &mut String, data: Value| {
+        let kind = data["type"].as_str().unwrap().to_owned();
+        *stream += &sse(Some(&kind), &data);
+    };
+    ev(
+        &mut stream,
+        json!({"type": "message_start", "message": {"id": "m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+    );
+    let mut content = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        match block {
+            Block::Text(t) => {
+                content.push(json!({"type": "text", "text": t}));
+                ev(
+                    &mut stream,
+                    json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
+                );
+                for piece in pieces(t, cuts) {
+                    ev(
+                        &mut stream,
+                        json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": piece}}),
+                    );
+                }
+            }
+            Block::ToolUse(input) => {
+                let input = json!(input);
+                content.push(json!({"type": "tool_use", "id": "t", "name": "f", "input": input}));
+                ev(
+                    &mut stream,
+                    json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
+                );
+                for piece in pieces(&input.to_string(), cuts) {
+                    ev(
+                        &mut stream,
+                        json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                    );
+                }
+            }
+            Block::Thinking(t) => {
+                content.push(json!({"type": "thinking", "thinking": t, "signature": "s"}));
+                ev(
+                    &mut stream,
+                    json!({"type": "content_block_start", "index": i, "content_block": {"type": "thinking", "thinking": ""}}),
+                );
+                for piece in pieces(t, cuts) {
+                    ev(
+                        &mut stream,
+                        json!({"type": "content_block_delta", "index": i, "delta": {"type": "thinking_delta", "thinking": piece}}),
+                    );
+                }
+                ev(
+                    &mut stream,
+                    json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": "s"}}),
+                );
+            }
+        }
+        ev(
+            &mut stream,
+            json!({"type": "content_block_stop", "index": i}),
+        );
+    }
+    ev(
+        &mut stream,
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}),
+    );
+    ev(&mut stream, json!({"type": "message_stop"}));
+    (
+        json!({"id": "m", "type": "message", "role": "assistant", "content": content}),
+        stream,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A stream yields, key by key, exactly the texts of its JSON response, and every complete
+    /// text a summary event repeats is that text.
+    #[test]
+    fn a_stream_yields_the_texts_of_its_body(
+        chat in proptest::collection::vec(chat_choice(), 1..3),
+        items in proptest::collection::vec(output_item(), 1..4),
+        blocks in proptest::collection::vec(block(), 1..4),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let (body, stream) = chat_body_and_stream(&chat, &cuts);
+        assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
+        let (body, stream) = responses_body_and_stream(&items, &cuts);
+        assert_stream_is_body(CallType::Responses, &body, &stream);
+        let (body, stream) = anthropic_body_and_stream(&blocks, &cuts);
+        assert_stream_is_body(CallType::AnthropicMessages, &body, &stream);
+    }
+}

@@ -1,0 +1,1035 @@
+//! The walkers: one definition of where every text of every wire format lies, generated for
+//! three kinds of node (a borrowed `&Value`, a `&mut Value` to write texts back, and a borrowed
+//! [`JsonView`]), so that reading, validating and rewriting can never disagree about a field.
+//!
+//! A walker visits the texts of a request body, a response body or one stream event in a fixed
+//! order, calling `emit` with each text's [`TextKey`] and [`Role`], and `bad` with each
+//! text-bearing field whose shape the protocol does not allow.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::{Role, TextKey, TextKind};
+use crate::json::JsonView;
+
+/// Where a field lies in a document, for error messages (`messages[2].content[0].text`).
+/// Built on the stack as the walkers descend; formatted only when a problem is reported.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'static str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl<'a> Path<'a> {
+    pub(crate) fn key(&'a self, key: &'static str) -> Path<'a> {
+        Path::Key(self, key)
+    }
+
+    pub(crate) fn index(&'a self, index: usize) -> Path<'a> {
+        Path::Index(self, index)
+    }
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Key(Path::Root, key) => f.write_str(key),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+pub(crate) const MUST_BE_STRING: &str = "must be a string";
+pub(crate) const MUST_BE_STRING_OR_NULL: &str = "must be a string or null";
+pub(crate) const MUST_BE_ARRAY: &str = "must be an array";
+pub(crate) const MUST_BE_OBJECT: &str = "must be an object";
+pub(crate) const REQUIRED: &str = "is required";
+pub(crate) const CONTENT_SHAPE: &str = "must be a string, an array of content parts, or null";
+pub(crate) const STRING_OR_ARRAY: &str = "must be a string or an array";
+pub(crate) const UNKNOWN_PART: &str = "is not a content part type this gateway can read";
+pub(crate) const UNKNOWN_ITEM: &str = "is not an item type this gateway can read";
+pub(crate) const UNKNOWN_BLOCK: &str = "is not a content block type this gateway can read";
+pub(crate) const UNKNOWN_DELTA: &str = "is not a delta type this gateway can read";
+pub(crate) const UNKNOWN_EVENT: &str = "is a text event type this gateway cannot read";
+pub(crate) const TYPE_MUST_BE_STRING: &str = "must be a string naming the type";
+pub(crate) const PROMPT_SHAPE: &str =
+    "must be a string, an array of strings, or an array of token ids";
+pub(crate) const REWRITE_NOT_JSON: &str =
+    "was rewritten by a guardrail into text that is not valid JSON";
+
+/// What a part, item or block of a known protocol carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Its `text` field is text.
+    Text,
+    /// Its `refusal` field is text.
+    Refusal,
+    /// A known type that carries no text a guardrail reads (images, audio, files).
+    NoText,
+    /// A type this gateway does not know: it may carry text it cannot find.
+    Unknown,
+    /// `type` is absent.
+    Untyped,
+    /// `type` is not a string.
+    BadType,
+}
+
+/// Chat completions content parts (`messages[].content[]`).
+pub(crate) fn chat_part_kind(kind: Option<&str>, present: bool) -> Part {
+    part_of(kind, present, |t| match t {
+        "text" => Part::Text,
+        "refusal" => Part::Refusal,
+        "image_url" | "input_audio" | "file" | "audio" => Part::NoText,
+        _ => Part::Unknown,
+    })
+}
+
+/// Responses API content parts (`input[].content[]`, `output[].content[]`).
+pub(crate) fn responses_part_kind(kind: Option<&str>, present: bool) -> Part {
+    part_of(kind, present, |t| match t {
+        "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text" => Part::Text,
+        "refusal" => Part::Refusal,
+        "input_image" | "input_file" | "input_audio" | "output_audio" => Part::NoText,
+        _ => Part::Unknown,
+    })
+}
+
+pub(crate) fn part_of(kind: Option<&str>, present: bool, known: impl Fn(&str) -> Part) -> Part {
+    match kind {
+        Some(t) => known(t),
+        None if present => Part::BadType,
+        None => Part::Untyped,
+    }
+}
+
+/// What an Anthropic `document` block's `source` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Text,
+    Content,
+    NoText,
+    Unknown,
+}
+
+pub(crate) fn document_source_kind(kind: Option<&str>) -> Source {
+    match kind {
+        Some("text") => Source::Text,
+        Some("content") => Source::Content,
+        Some("base64" | "url" | "file") => Source::NoText,
+        _ => Source::Unknown,
+    }
+}
+
+/// What an Anthropic `content_block_delta` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delta {
+    Text,
+    Json,
+    Thinking,
+    NoText,
+    Unknown,
+}
+
+pub(crate) fn anthropic_delta_kind(kind: Option<&str>) -> Delta {
+    match kind {
+        Some("text_delta") => Delta::Text,
+        Some("input_json_delta") => Delta::Json,
+        Some("thinking_delta") => Delta::Thinking,
+        Some("signature_delta" | "citations_delta") => Delta::NoText,
+        _ => Delta::Unknown,
+    }
+}
+
+/// A Responses API item type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Item {
+    Message,
+    FunctionCall,
+    ToolOutput,
+    CustomToolCall,
+    Reasoning,
+    McpCall,
+    McpApprovalRequest,
+    CodeInterpreterCall,
+    NoText,
+    Unknown,
+    BadType,
+}
+
+pub(crate) fn responses_item_kind(kind: Option<&str>, present: bool) -> Item {
+    match kind {
+        None if present => Item::BadType,
+        None | Some("message") => Item::Message,
+        Some("function_call") => Item::FunctionCall,
+        Some("function_call_output" | "custom_tool_call_output" | "local_shell_call_output") => {
+            Item::ToolOutput
+        }
+        Some("custom_tool_call") => Item::CustomToolCall,
+        Some("reasoning") => Item::Reasoning,
+        Some("mcp_call") => Item::McpCall,
+        Some("mcp_approval_request") => Item::McpApprovalRequest,
+        Some("code_interpreter_call") => Item::CodeInterpreterCall,
+        Some(
+            "item_reference"
+            | "web_search_call"
+            | "file_search_call"
+            | "computer_call"
+            | "computer_call_output"
+            | "image_generation_call"
+            | "local_shell_call"
+            | "mcp_list_tools"
+            | "mcp_approval_response",
+        ) => Item::NoText,
+        Some(_) => Item::Unknown,
+    }
+}
+
+/// An Anthropic content block type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Block {
+    Text,
+    ToolUse,
+    ToolResult,
+    Thinking,
+    Document,
+    SearchResult,
+    NoText,
+    Unknown,
+    Untyped,
+    BadType,
+}
+
+pub(crate) fn anthropic_block_kind(kind: Option<&str>, present: bool) -> Block {
+    match kind {
+        None if present => Block::BadType,
+        None => Block::Untyped,
+        Some("text") => Block::Text,
+        Some("tool_use" | "server_tool_use" | "mcp_tool_use") => Block::ToolUse,
+        Some("tool_result" | "mcp_tool_result") => Block::ToolResult,
+        Some("thinking") => Block::Thinking,
+        Some("document") => Block::Document,
+        Some("search_result") => Block::SearchResult,
+        Some(
+            "image"
+            | "redacted_thinking"
+            | "web_search_tool_result"
+            | "web_fetch_tool_result"
+            | "code_execution_tool_result"
+            | "container_upload",
+        ) => Block::NoText,
+        Some(_) => Block::Unknown,
+    }
+}
+
+/// A key for text `kind` at `index`/`sub`.
+pub(crate) fn key(index: u64, kind: TextKind, sub: u64) -> TextKey {
+    TextKey { index, kind, sub }
+}
+
+/// The sub-key of the legacy `function_call.arguments`, apart from every tool call's.
+pub(crate) const FUNCTION_CALL_SUB: u64 = u64::MAX;
+
+// JSON texts (an Anthropic `tool_use` input is an object; its text is its compact JSON, as a
+// stream sends it in `input_json_delta` pieces).
+
+pub(crate) fn json_text_value<'v>(
+    v: &'v Value,
+    k: TextKey,
+    role: Role,
+    _path: &Path<'_>,
+    emit: &mut dyn FnMut(TextKey, Role, Cow<'v, str>),
+    _bad: &mut dyn FnMut(&Path<'_>, &'static str),
+) {
+    emit(k, role, Cow::Owned(v.to_string()));
+}
+
+pub(crate) fn json_text_view<'v>(
+    v: &'v JsonView<'v>,
+    k: TextKey,
+    role: Role,
+    _path: &Path<'_>,
+    emit: &mut dyn FnMut(TextKey, Role, Cow<'v, str>),
+    _bad: &mut dyn FnMut(&Path<'_>, &'static str),
+) {
+    emit(k, role, Cow::Owned(v.to_json_string()));
+}
+
+pub(crate) fn json_text_mut(
+    v: &mut Value,
+    k: TextKey,
+    role: Role,
+    path: &Path<'_>,
+    emit: &mut dyn FnMut(TextKey, Role, &mut String),
+    bad: &mut dyn FnMut(&Path<'_>, &'static str),
+) {
+    let before = v.to_string();
+    let mut text = before.clone();
+    emit(k, role, &mut text);
+    if text != before {
+        match serde_json::from_str::<Value>(&text) {
+            Ok(new) => *v = new,
+            Err(_) => bad(path, REWRITE_NOT_JSON),
+        }
+    }
+}
+
+// The walker's macro matches `Value::String(s)`, so a slot is a `&String`.
+#[allow(clippy::ptr_arg)]
+pub(crate) fn slot_value(s: &String) -> Cow<'_, str> {
+    Cow::Borrowed(s)
+}
+
+pub(crate) fn slot_view<'v>(s: &'v Cow<'v, str>) -> Cow<'v, str> {
+    Cow::Borrowed(&**s)
+}
+
+pub(crate) fn slot_mut(s: &mut String) -> &mut String {
+    s
+}
+
+pub(crate) fn kind_str_value(v: Option<&Value>) -> (Option<&str>, bool) {
+    (v.and_then(Value::as_str), v.is_some_and(|v| !v.is_null()))
+}
+
+pub(crate) fn kind_str_view<'a>(v: Option<&'a JsonView<'_>>) -> (Option<&'a str>, bool) {
+    (
+        v.and_then(JsonView::as_str),
+        v.is_some_and(|v| *v != JsonView::Null),
+    )
+}
+
+pub(crate) fn index_value(v: &Value, name: &str) -> Option<u64> {
+    v.get(name).and_then(Value::as_u64)
+}
+
+pub(crate) fn index_view(v: &JsonView<'_>, name: &str) -> Option<u64> {
+    v.get(name).and_then(JsonView::as_u64)
+}
+
+/// Generates a walker module over node type `$V` (of enum `$E`) emitting slots of type `$S`.
+macro_rules! walker {
+    (
+        $module:ident, $E:ident, $V:ty, $S:ty,
+        get = $get:ident, iter = $iter:ident, slot = $slot:path, json = $json:path,
+        kind = $kind:path, index = $index:path
+    ) => {
+        #[allow(dead_code)] // not every walker reads every kind of document
+        pub(crate) mod $module {
+            #[allow(unused_imports)] // each walker uses the names of its own node type
+            use super::{Role, TextKey, TextKind};
+            #[allow(unused_imports)]
+            use crate::text::walk::*;
+            #[allow(unused_imports)]
+            use crate::CallType;
+            #[allow(unused_imports)]
+            use crate::json::JsonView;
+            #[allow(unused_imports)]
+            use serde_json::Value;
+            #[allow(unused_imports)]
+            use std::borrow::Cow;
+
+            pub(crate) type Emit<'s, 'v> = &'s mut dyn FnMut(TextKey, Role, $S);
+            pub(crate) type Bad<'s> = &'s mut dyn FnMut(&Path<'_>, &'static str);
+
+            fn string<'v>(v: $V, k: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match v {
+                    $E::String(s) => emit(k, role, $slot(s)),
+                    _ => bad(path, MUST_BE_STRING),
+                }
+            }
+
+            fn opt_string<'v>(v: $V, k: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match v {
+                    $E::String(s) => emit(k, role, $slot(s)),
+                    $E::Null => {}
+                    _ => bad(path, MUST_BE_STRING_OR_NULL),
+                }
+            }
+
+
+            // ---------------------------------------------------------------- chat completions
+
+            /// A chat message (request), a choice's `message` (response) or its `delta`
+            /// (stream): the same fields in all three.
+            pub(crate) fn chat_message<'v>(m: $V, index: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(m, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                if let Some(name) = m.$get("name") {
+                    opt_string(name, key(index, TextKind::Name, 0), role, &path.key("name"), emit, bad);
+                }
+                if let Some(content) = m.$get("content") {
+                    let path = path.key("content");
+                    match content {
+                        $E::String(s) => emit(key(index, TextKind::Content, 0), role, $slot(s)),
+                        $E::Null => {}
+                        $E::Array(parts) => {
+                            for (j, part) in parts.$iter().enumerate() {
+                                chat_part(part, index, role, &path.index(j), emit, bad);
+                            }
+                        }
+                        _ => bad(&path, CONTENT_SHAPE),
+                    }
+                }
+                if let Some(refusal) = m.$get("refusal") {
+                    opt_string(refusal, key(index, TextKind::Refusal, 0), role, &path.key("refusal"), emit, bad);
+                }
+                if let Some(calls) = m.$get("tool_calls") {
+                    let path = path.key("tool_calls");
+                    match calls {
+                        $E::Array(calls) => {
+                            for (j, call) in calls.$iter().enumerate() {
+                                let path = path.index(j);
+                                if !matches!(call, $E::Object(..)) {
+                                    bad(&path, MUST_BE_OBJECT);
+                                    continue;
+                                }
+                                let sub = $index(&*call, "index").unwrap_or(j as u64);
+                                if let Some(function) = call.$get("function") {
+                                    let path = path.key("function");
+                                    match function {
+                                        $E::Object(..) => {
+                                            if let Some(arguments) = function.$get("arguments") {
+                                                opt_string(arguments, key(index, TextKind::Arguments, sub), role, &path.key("arguments"), emit, bad);
+                                            }
+                                        }
+                                        $E::Null => {}
+                                        _ => bad(&path, MUST_BE_OBJECT),
+                                    }
+                                }
+                            }
+                        }
+                        $E::Null => {}
+                        _ => bad(&path, MUST_BE_ARRAY),
+                    }
+                }
+                if let Some(call) = m.$get("function_call") {
+                    let path = path.key("function_call");
+                    match call {
+                        $E::Object(..) => {
+                            if let Some(arguments) = call.$get("arguments") {
+                                opt_string(arguments, key(index, TextKind::Arguments, FUNCTION_CALL_SUB), role, &path.key("arguments"), emit, bad);
+                            }
+                        }
+                        $E::Null => {}
+                        _ => bad(&path, MUST_BE_OBJECT),
+                    }
+                }
+            }
+
+            fn chat_part<'v>(part: $V, index: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(part, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                let (kind, present) = $kind(part.get("type"));
+                match chat_part_kind(kind, present) {
+                    Part::Text | Part::Untyped => match part.$get("text") {
+                        Some(text) => string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad),
+                        None => bad(&path.key("text"), REQUIRED),
+                    },
+                    Part::Refusal => match part.$get("refusal") {
+                        Some(text) => string(text, key(index, TextKind::Refusal, 0), role, &path.key("refusal"), emit, bad),
+                        None => bad(&path.key("refusal"), REQUIRED),
+                    },
+                    Part::NoText => {}
+                    Part::Unknown => bad(&path.key("type"), UNKNOWN_PART),
+                    Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                }
+            }
+
+            /// Tool definitions: their descriptions are text the model reads.
+            fn tools<'v>(tools: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let $E::Array(tools) = tools else {
+                    if !matches!(tools, $E::Null) {
+                        bad(path, MUST_BE_ARRAY);
+                    }
+                    return;
+                };
+                for (i, tool) in tools.$iter().enumerate() {
+                    let path = path.index(i);
+                    if !matches!(tool, $E::Object(..)) {
+                        bad(&path, MUST_BE_OBJECT);
+                        continue;
+                    }
+                    // Chat nests the definition under `function`; Responses and Anthropic
+                    // do not.
+                    if let Some(function) = tool.$get("function") {
+                        if let $E::Object(..) = function {
+                            if let Some(description) = function.$get("description") {
+                                opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("function").key("description"), emit, bad);
+                            }
+                        }
+                        continue;
+                    }
+                    if let Some(description) = tool.$get("description") {
+                        opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
+                    }
+                }
+            }
+
+            // ------------------------------------------------------------------- responses
+
+            /// A Responses API input item (request) or output item (response, stream).
+            pub(crate) fn responses_item<'v>(item: $V, index: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(item, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                let (kind, present) = $kind(item.get("type"));
+                match responses_item_kind(kind, present) {
+                    Item::Message => {
+                        if let Some(content) = item.$get("content") {
+                            responses_content(content, index, role, &path.key("content"), emit, bad);
+                        }
+                    }
+                    Item::FunctionCall | Item::McpApprovalRequest => {
+                        if let Some(arguments) = item.$get("arguments") {
+                            opt_string(arguments, key(index, TextKind::Arguments, 0), role, &path.key("arguments"), emit, bad);
+                        }
+                    }
+                    Item::McpCall => {
+                        if let Some(arguments) = item.$get("arguments") {
+                            opt_string(arguments, key(index, TextKind::Arguments, 0), role, &path.key("arguments"), emit, bad);
+                        }
+                        if let Some(output) = item.$get("output") {
+                            opt_string(output, key(index, TextKind::Content, 0), role, &path.key("output"), emit, bad);
+                        }
+                    }
+                    Item::CustomToolCall => {
+                        if let Some(input) = item.$get("input") {
+                            opt_string(input, key(index, TextKind::Arguments, 0), role, &path.key("input"), emit, bad);
+                        }
+                    }
+                    Item::CodeInterpreterCall => {
+                        if let Some(code) = item.$get("code") {
+                            opt_string(code, key(index, TextKind::Arguments, 0), role, &path.key("code"), emit, bad);
+                        }
+                    }
+                    Item::ToolOutput => {
+                        if let Some(output) = item.$get("output") {
+                            responses_content(output, index, role, &path.key("output"), emit, bad);
+                        }
+                    }
+                    Item::Reasoning => {
+                        if let Some(summary) = item.$get("summary") {
+                            reasoning_parts(summary, index, TextKind::Reasoning, role, &path.key("summary"), emit, bad);
+                        }
+                        if let Some(content) = item.$get("content") {
+                            reasoning_parts(content, index, TextKind::ReasoningContent, role, &path.key("content"), emit, bad);
+                        }
+                    }
+                    Item::NoText => {}
+                    Item::Unknown => bad(&path.key("type"), UNKNOWN_ITEM),
+                    Item::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                }
+            }
+
+            /// A message's `content` or a tool output: a string or content parts.
+            fn responses_content<'v>(content: $V, index: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match content {
+                    $E::String(s) => emit(key(index, TextKind::Content, 0), role, $slot(s)),
+                    $E::Null => {}
+                    $E::Array(parts) => {
+                        for (j, part) in parts.$iter().enumerate() {
+                            responses_part(part, index, j as u64, role, &path.index(j), emit, bad);
+                        }
+                    }
+                    _ => bad(path, CONTENT_SHAPE),
+                }
+            }
+
+            /// One content part of a Responses item; `sub` is its `content_index`.
+            pub(crate) fn responses_part<'v>(part: $V, index: u64, sub: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(part, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                let (kind, present) = $kind(part.get("type"));
+                match responses_part_kind(kind, present) {
+                    Part::Text | Part::Untyped => match part.$get("text") {
+                        Some(text) => string(text, key(index, TextKind::Content, sub), role, &path.key("text"), emit, bad),
+                        None => bad(&path.key("text"), REQUIRED),
+                    },
+                    Part::Refusal => match part.$get("refusal") {
+                        Some(text) => string(text, key(index, TextKind::Refusal, sub), role, &path.key("refusal"), emit, bad),
+                        None => bad(&path.key("refusal"), REQUIRED),
+                    },
+                    Part::NoText => {}
+                    Part::Unknown => bad(&path.key("type"), UNKNOWN_PART),
+                    Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                }
+            }
+
+            /// A reasoning item's `summary` or `content` parts.
+            fn reasoning_parts<'v>(parts: $V, index: u64, kind: TextKind, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match parts {
+                    $E::Array(parts) => {
+                        for (j, part) in parts.$iter().enumerate() {
+                            let path = path.index(j);
+                            if !matches!(part, $E::Object(..)) {
+                                bad(&path, MUST_BE_OBJECT);
+                                continue;
+                            }
+                            if let Some(text) = part.$get("text") {
+                                string(text, key(index, kind, j as u64), role, &path.key("text"), emit, bad);
+                            }
+                        }
+                    }
+                    $E::Null => {}
+                    _ => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            // ------------------------------------------------------------------- anthropic
+
+            /// Anthropic `system`, message `content` or a `tool_result`'s content.
+            fn anthropic_content<'v>(content: $V, index: u64, kind: TextKind, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match content {
+                    $E::String(s) => emit(key(index, kind, 0), role, $slot(s)),
+                    $E::Array(blocks) => {
+                        for (j, block) in blocks.$iter().enumerate() {
+                            anthropic_block(block, index, kind, j as u64, role, &path.index(j), emit, bad);
+                        }
+                    }
+                    $E::Null => {}
+                    _ => bad(path, STRING_OR_ARRAY),
+                }
+            }
+
+            /// One Anthropic content block. In a response or stream, `index` is the block's
+            /// index and `sub` 0; in a request, `index` is the message's and `sub` the block's.
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) fn anthropic_block<'v>(block: $V, index: u64, text_kind: TextKind, sub: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(block, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                let (kind, present) = $kind(block.get("type"));
+                match anthropic_block_kind(kind, present) {
+                    Block::Text => match block.$get("text") {
+                        Some(text) => string(text, key(index, text_kind, sub), role, &path.key("text"), emit, bad),
+                        None => bad(&path.key("text"), REQUIRED),
+                    },
+                    Block::ToolUse => {
+                        if let Some(input) = block.$get("input") {
+                            let path = path.key("input");
+                            if matches!(input, $E::Object(..)) {
+                                $json(input, key(index, TextKind::Arguments, sub), role, &path, emit, bad);
+                            } else {
+                                bad(&path, MUST_BE_OBJECT);
+                            }
+                        }
+                    }
+                    Block::ToolResult => {
+                        if let Some(content) = block.$get("content") {
+                            anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
+                        }
+                    }
+                    Block::Thinking => {
+                        if let Some(thinking) = block.$get("thinking") {
+                            string(thinking, key(index, TextKind::Reasoning, sub), role, &path.key("thinking"), emit, bad);
+                        }
+                    }
+                    Block::Document => {
+                        if let Some(source) = block.$get("source") {
+                            let path = path.key("source");
+                            if !matches!(source, $E::Object(..)) {
+                                bad(&path, MUST_BE_OBJECT);
+                                return;
+                            }
+                            let source_kind = document_source_kind($kind(source.get("type")).0);
+                            match source_kind {
+                                Source::Text => {
+                                    if let Some(data) = source.$get("data") {
+                                        string(data, key(index, TextKind::Content, sub), role, &path.key("data"), emit, bad);
+                                    }
+                                }
+                                Source::Content => {
+                                    if let Some(content) = source.$get("content") {
+                                        anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
+                                    }
+                                }
+                                Source::NoText => {}
+                                Source::Unknown => bad(&path.key("type"), UNKNOWN_BLOCK),
+                            }
+                        }
+                    }
+                    Block::SearchResult => {
+                        if let Some(content) = block.$get("content") {
+                            anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
+                        }
+                    }
+                    Block::NoText => {}
+                    Block::Unknown => bad(&path.key("type"), UNKNOWN_BLOCK),
+                    Block::Untyped => bad(&path.key("type"), REQUIRED),
+                    Block::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                }
+            }
+
+            // ------------------------------------------------------------------- documents
+
+            /// Every text of a request body.
+            pub(crate) fn request<'v>(call_type: CallType, root: $V, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let root_path = Path::Root;
+                if !matches!(root, $E::Object(..)) {
+                    if !matches!(call_type, CallType::Other) {
+                        bad(&root_path, MUST_BE_OBJECT);
+                    }
+                    return;
+                }
+                let role = Role::Full;
+                match call_type {
+                    CallType::ChatCompletions => {
+                        let path = root_path.key("messages");
+                        match root.$get("messages") {
+                            Some($E::Array(messages)) => {
+                                for (i, m) in messages.$iter().enumerate() {
+                                    chat_message(m, i as u64, role, &path.index(i), emit, bad);
+                                }
+                            }
+                            Some(_) => bad(&path, MUST_BE_ARRAY),
+                            None => bad(&path, REQUIRED),
+                        }
+                        if let Some(t) = root.$get("tools") {
+                            tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                    }
+                    CallType::Responses => {
+                        if let Some(instructions) = root.$get("instructions") {
+                            let path = root_path.key("instructions");
+                            match instructions {
+                                $E::String(s) => emit(key(0, TextKind::Instructions, 0), role, $slot(s)),
+                                $E::Array(items) => {
+                                    for (i, item) in items.$iter().enumerate() {
+                                        responses_item(item, i as u64, role, &path.index(i), emit, bad);
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, STRING_OR_ARRAY),
+                            }
+                        }
+                        if let Some(input) = root.$get("input") {
+                            let path = root_path.key("input");
+                            match input {
+                                $E::String(s) => emit(key(0, TextKind::Content, 0), role, $slot(s)),
+                                $E::Array(items) => {
+                                    for (i, item) in items.$iter().enumerate() {
+                                        responses_item(item, i as u64, role, &path.index(i), emit, bad);
+                                    }
+                                }
+                                _ => bad(&path, STRING_OR_ARRAY),
+                            }
+                        }
+                        if let Some(t) = root.$get("tools") {
+                            tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                    }
+                    CallType::AnthropicMessages => {
+                        if let Some(system) = root.$get("system") {
+                            anthropic_content(system, 0, TextKind::Instructions, role, &root_path.key("system"), emit, bad);
+                        }
+                        let path = root_path.key("messages");
+                        match root.$get("messages") {
+                            Some($E::Array(messages)) => {
+                                for (i, m) in messages.$iter().enumerate() {
+                                    let path = path.index(i);
+                                    if !matches!(m, $E::Object(..)) {
+                                        bad(&path, MUST_BE_OBJECT);
+                                        continue;
+                                    }
+                                    match m.$get("content") {
+                                        Some(content) => anthropic_content(content, i as u64, TextKind::Content, role, &path.key("content"), emit, bad),
+                                        None => bad(&path.key("content"), REQUIRED),
+                                    }
+                                }
+                            }
+                            Some(_) => bad(&path, MUST_BE_ARRAY),
+                            None => bad(&path, REQUIRED),
+                        }
+                        if let Some(t) = root.$get("tools") {
+                            tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                    }
+                    CallType::TextCompletions => match root.$get("prompt") {
+                        Some(prompt) => strings_or_tokens(prompt, &root_path.key("prompt"), emit, bad),
+                        None => bad(&root_path.key("prompt"), REQUIRED),
+                    },
+                    CallType::Embeddings => match root.$get("input") {
+                        Some(input) => strings_or_tokens(input, &root_path.key("input"), emit, bad),
+                        None => bad(&root_path.key("input"), REQUIRED),
+                    },
+                    CallType::Other => {}
+                }
+            }
+
+            /// A prompt or embedding input: a string, strings, token ids, or arrays of them.
+            fn strings_or_tokens<'v>(v: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match v {
+                    $E::String(s) => emit(key(0, TextKind::Content, 0), Role::Full, $slot(s)),
+                    $E::Array(items) => {
+                        for (i, item) in items.$iter().enumerate() {
+                            match item {
+                                $E::String(s) => emit(key(i as u64, TextKind::Content, 0), Role::Full, $slot(s)),
+                                $E::Number(..) => {}
+                                $E::Array(tokens) => {
+                                    if !tokens.iter().all(|t| matches!(t, $E::Number(..))) {
+                                        bad(&path.index(i), PROMPT_SHAPE);
+                                    }
+                                }
+                                _ => bad(&path.index(i), PROMPT_SHAPE),
+                            }
+                        }
+                    }
+                    _ => bad(path, PROMPT_SHAPE),
+                }
+            }
+
+            /// Every text of a (non-streamed) response body.
+            pub(crate) fn response<'v>(call_type: CallType, root: $V, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let root_path = Path::Root;
+                if !matches!(root, $E::Object(..)) {
+                    if !matches!(call_type, CallType::Other | CallType::Embeddings) {
+                        bad(&root_path, MUST_BE_OBJECT);
+                    }
+                    return;
+                }
+                let role = Role::Full;
+                match call_type {
+                    CallType::ChatCompletions | CallType::TextCompletions => {
+                        if let Some(choices) = root.$get("choices") {
+                            choices_of(call_type, choices, role, &root_path.key("choices"), "message", emit, bad);
+                        }
+                    }
+                    CallType::Responses => {
+                        if let Some(output) = root.$get("output") {
+                            output_items(output, role, &root_path.key("output"), emit, bad);
+                        }
+                    }
+                    CallType::AnthropicMessages => {
+                        if let Some(content) = root.$get("content") {
+                            blocks_by_index(content, role, &root_path.key("content"), emit, bad);
+                        }
+                    }
+                    CallType::Embeddings | CallType::Other => {}
+                }
+            }
+
+            /// Chat `choices`, each with its `message` (`field`, in a body) or `delta` (in a
+            /// stream); text completions carry `text` on the choice itself.
+            pub(crate) fn choices_of<'v>(call_type: CallType, choices: $V, role: Role, path: &Path<'_>, field: &'static str, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let $E::Array(choices) = choices else {
+                    if !matches!(choices, $E::Null) {
+                        bad(path, MUST_BE_ARRAY);
+                    }
+                    return;
+                };
+                for (i, choice) in choices.$iter().enumerate() {
+                    let path = path.index(i);
+                    if !matches!(choice, $E::Object(..)) {
+                        bad(&path, MUST_BE_OBJECT);
+                        continue;
+                    }
+                    let index = $index(&*choice, "index").unwrap_or(i as u64);
+                    if call_type == CallType::TextCompletions {
+                        if let Some(text) = choice.$get("text") {
+                            opt_string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad);
+                        }
+                        continue;
+                    }
+                    if let Some(message) = choice.$get(field) {
+                        match message {
+                            $E::Null => {}
+                            message => chat_message(message, index, role, &path.key(field), emit, bad),
+                        }
+                    }
+                    // Some servers stream legacy completions through the chat route.
+                    if let Some(text) = choice.$get("text") {
+                        opt_string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad);
+                    }
+                }
+            }
+
+            /// Responses `output` items, keyed by position (their `output_index`).
+            pub(crate) fn output_items<'v>(output: $V, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match output {
+                    $E::Array(items) => {
+                        for (i, item) in items.$iter().enumerate() {
+                            responses_item(item, i as u64, role, &path.index(i), emit, bad);
+                        }
+                    }
+                    $E::Null => {}
+                    _ => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            /// Anthropic response blocks, keyed by position (their stream `index`).
+            pub(crate) fn blocks_by_index<'v>(content: $V, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match content {
+                    $E::Array(blocks) => {
+                        for (i, block) in blocks.$iter().enumerate() {
+                            anthropic_block(block, i as u64, TextKind::Content, 0, role, &path.index(i), emit, bad);
+                        }
+                    }
+                    $E::Null => {}
+                    _ => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            // ---------------------------------------------------------------------- events
+
+            /// Every text of one stream event: new text (deltas, and the initial text of an
+            /// item, part or block a stream announces) as [`Role::Delta`], and the complete
+            /// texts that summary events repeat as [`Role::Full`]. `kind` is the event's type
+            /// (`type` in its data, else its `event:` field).
+            pub(crate) fn event<'v>(call_type: CallType, kind: Option<&str>, root: $V, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let root_path = Path::Root;
+                if !matches!(root, $E::Object(..)) {
+                    return;
+                }
+                let d = Role::Delta;
+                let f = Role::Full;
+                match call_type {
+                    CallType::ChatCompletions | CallType::TextCompletions | CallType::Other => {
+                        if let Some(choices) = root.$get("choices") {
+                            choices_of(call_type, choices, d, &root_path.key("choices"), "delta", emit, bad);
+                        }
+                    }
+                    CallType::Responses => {
+                        let output = $index(&*root, "output_index").unwrap_or(0);
+                        let content = $index(&*root, "content_index").unwrap_or(0);
+                        let kind = kind.unwrap_or("");
+                        match kind {
+                            "response.output_text.delta" => delta(root, "delta", key(output, TextKind::Content, content), &root_path.key("delta"), emit, bad),
+                            "response.refusal.delta" => delta(root, "delta", key(output, TextKind::Refusal, content), &root_path.key("delta"), emit, bad),
+                            "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" | "response.mcp_call_arguments.delta" | "response.code_interpreter_call_code.delta" => {
+                                delta(root, "delta", key(output, TextKind::Arguments, 0), &root_path.key("delta"), emit, bad)
+                            }
+                            "response.reasoning_summary_text.delta" => {
+                                let sub = $index(&*root, "summary_index").unwrap_or(0);
+                                delta(root, "delta", key(output, TextKind::Reasoning, sub), &root_path.key("delta"), emit, bad)
+                            }
+                            "response.reasoning_text.delta" => delta(root, "delta", key(output, TextKind::ReasoningContent, content), &root_path.key("delta"), emit, bad),
+                            "response.output_item.added" | "response.output_item.done" => {
+                                let role = if kind.ends_with("added") { d } else { f };
+                                if let Some(item) = root.$get("item") {
+                                    responses_item(item, output, role, &root_path.key("item"), emit, bad);
+                                }
+                            }
+                            "response.content_part.added" | "response.content_part.done" => {
+                                let role = if kind.ends_with("added") { d } else { f };
+                                if let Some(part) = root.$get("part") {
+                                    responses_part(part, output, content, role, &root_path.key("part"), emit, bad);
+                                }
+                            }
+                            "response.reasoning_summary_part.added" | "response.reasoning_summary_part.done" => {
+                                let role = if kind.ends_with("added") { d } else { f };
+                                let sub = $index(&*root, "summary_index").unwrap_or(0);
+                                if let Some(part) = root.$get("part") {
+                                    if let $E::Object(..) = part {
+                                        if let Some(t) = part.$get("text") {
+                                            string(t, key(output, TextKind::Reasoning, sub), role, &root_path.key("part").key("text"), emit, bad);
+                                        }
+                                    }
+                                }
+                            }
+                            "response.output_text.done" => full(root, "text", key(output, TextKind::Content, content), emit, bad),
+                            "response.refusal.done" => full(root, "refusal", key(output, TextKind::Refusal, content), emit, bad),
+                            "response.function_call_arguments.done" | "response.mcp_call_arguments.done" => full(root, "arguments", key(output, TextKind::Arguments, 0), emit, bad),
+                            "response.custom_tool_call_input.done" => full(root, "input", key(output, TextKind::Arguments, 0), emit, bad),
+                            "response.code_interpreter_call_code.done" => full(root, "code", key(output, TextKind::Arguments, 0), emit, bad),
+                            "response.reasoning_summary_text.done" => {
+                                let sub = $index(&*root, "summary_index").unwrap_or(0);
+                                full(root, "text", key(output, TextKind::Reasoning, sub), emit, bad)
+                            }
+                            "response.reasoning_text.done" => full(root, "text", key(output, TextKind::ReasoningContent, content), emit, bad),
+                            "response.created" | "response.in_progress" | "response.queued" | "response.completed" | "response.incomplete" | "response.failed" => {
+                                if let Some(response) = root.$get("response") {
+                                    if let $E::Object(..) = response {
+                                        if let Some(output) = response.$get("output") {
+                                            output_items(output, f, &root_path.key("response").key("output"), emit, bad);
+                                        }
+                                    }
+                                }
+                            }
+                            other if other.ends_with(".delta") => bad(&root_path.key("type"), UNKNOWN_EVENT),
+                            _ => {}
+                        }
+                    }
+                    CallType::AnthropicMessages => {
+                        let index = $index(&*root, "index").unwrap_or(0);
+                        match kind.unwrap_or("") {
+                            "message_start" => {
+                                if let Some(message) = root.$get("message") {
+                                    if let $E::Object(..) = message {
+                                        if let Some(content) = message.$get("content") {
+                                            blocks_by_index(content, d, &root_path.key("message").key("content"), emit, bad);
+                                        }
+                                    }
+                                }
+                            }
+                            "content_block_start" => {
+                                if let Some(block) = root.$get("content_block") {
+                                    // A tool_use block starts with an empty `input` that the
+                                    // `input_json_delta`s replace; only a non-empty one is
+                                    // text a client could read.
+                                    let placeholder = block.get("input").is_some_and(|i| matches!(i, $E::Object(o) if o.is_empty()));
+                                    if !placeholder {
+                                        anthropic_block(block, index, TextKind::Content, 0, d, &root_path.key("content_block"), emit, bad);
+                                    }
+                                }
+                            }
+                            "content_block_delta" => {
+                                let path = root_path.key("delta");
+                                let Some(delta) = root.$get("delta") else { return };
+                                if !matches!(delta, $E::Object(..)) {
+                                    bad(&path, MUST_BE_OBJECT);
+                                    return;
+                                }
+                                let delta_kind = anthropic_delta_kind($kind(delta.get("type")).0);
+                                match delta_kind {
+                                    Delta::Text => field(delta, "text", key(index, TextKind::Content, 0), d, &path, emit, bad),
+                                    Delta::Json => field(delta, "partial_json", key(index, TextKind::Arguments, 0), d, &path, emit, bad),
+                                    Delta::Thinking => field(delta, "thinking", key(index, TextKind::Reasoning, 0), d, &path, emit, bad),
+                                    Delta::NoText => {}
+                                    Delta::Unknown => bad(&path.key("type"), UNKNOWN_DELTA),
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    CallType::Embeddings => {}
+                }
+            }
+
+            /// The string `name` of an event object, as new text.
+            fn delta<'v>(root: $V, name: &'static str, k: TextKey, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match root.$get(name) {
+                    Some(v) => string(v, k, Role::Delta, path, emit, bad),
+                    None => bad(path, REQUIRED),
+                }
+            }
+
+            /// The string `name` of an event object, as a complete text.
+            fn full<'v>(root: $V, name: &'static str, k: TextKey, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if let Some(v) = root.$get(name) {
+                    string(v, k, Role::Full, &Path::Root.key(name), emit, bad);
+                }
+            }
+
+            fn field<'v>(obj: $V, name: &'static str, k: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match obj.$get(name) {
+                    Some(v) => string(v, k, role, &path.key(name), emit, bad),
+                    None => bad(&path.key(name), REQUIRED),
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use walker;
