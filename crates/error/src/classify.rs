@@ -19,7 +19,7 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// | a tower or tokio timeout, an IO timeout, a hyper timeout | 504 |
 /// | a request body limit error | 413 |
 /// | a `serde_json` error | 400 |
-/// | a hyper or hyper-util client error, an IO connection error | 502 |
+/// | a hyper error, any other IO error (refused, reset, DNS failure, ...) | 502 |
 /// | anything else | 500 `internal_server_error`, with the chain's messages |
 pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
@@ -37,11 +37,6 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
         if e.is::<serde_json::Error>() {
             return Error::invalid_json(e);
         }
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                return Error::upstream_unavailable(chain(err));
-            }
-        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             return if h.is_timeout() {
                 Error::upstream_timeout(chain(err))
@@ -50,21 +45,14 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
             };
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            match io.kind() {
-                io::ErrorKind::TimedOut => return Error::upstream_timeout(chain(err)),
-                io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::NotConnected
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable => {
-                    return Error::upstream_unavailable(chain(err));
-                }
-                _ => {}
-            }
+            // Clients wrap their transport failures around an IO error (hyper-util and reqwest
+            // put the resolver's or the socket's error under their connect error), whatever its
+            // kind: a DNS failure is `Uncategorized`, a proxy's refusal is `Other`.
+            return if io.kind() == io::ErrorKind::TimedOut {
+                Error::upstream_timeout(chain(err))
+            } else {
+                Error::upstream_unavailable(chain(err))
+            };
         }
         current = e.source();
     }
@@ -256,7 +244,19 @@ mod tests {
         ))));
         assert_eq!(err.status(), 504);
 
-        let err = classify_error(&Wrapped(Box::new(io::Error::other("odd"))));
+        // Any IO error under a client's error is a transport failure (a DNS failure's kind is
+        // not one of the connection kinds).
+        let err = classify_error(&Wrapped(Box::new(io::Error::other(
+            "failed to lookup address information",
+        ))));
+        assert_eq!(err.status(), 502);
+        assert_eq!(
+            err.message(),
+            "upstream request failed: wrapped: failed to lookup address information"
+        );
+
+        // An error the chain does not explain is internal.
+        let err = classify_error(&Wrapped("odd".into()));
         assert_eq!(err.status(), 500);
         assert_eq!(err.kind(), "internal_server_error");
         assert_eq!(err.message(), "wrapped: odd");

@@ -76,10 +76,12 @@ pub use recorder::{ApiBase, ModelPrice, PriceTable};
 pub use service::SpendLog;
 
 pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
+#[cfg(feature = "jsonl")]
+pub use sink::JsonlSink;
 pub use sink::{
-    BlockSummaryRow, ChannelSink, FilterError, JsonlSink, QueueFullPolicy, ShutdownError,
-    SinkError, SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery,
-    SpendLogSink, SpendLogStats, SpendLogStore, SpendLogWriter,
+    BlockSummaryRow, ChannelSink, FilterError, QueueFullPolicy, ShutdownError, SinkError,
+    SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink,
+    SpendLogStats, SpendLogStore, SpendLogWriter,
 };
 #[cfg(feature = "postgres")]
 pub use sink::{PostgresSink, PostgresSinkBuilder};
