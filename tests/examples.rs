@@ -1,6 +1,10 @@
 //! Every example in `examples/`, run through its own functions (the ones its `main` calls)
 //! against the mock upstream on loopback, asserting what a client of the example sees.
 
+// Each example declares `mod support;` as a standalone binary does; included here side by side,
+// that module is compiled once per example.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../examples/axum_per_route.rs"]
 #[allow(dead_code)]
 mod axum_per_route;
