@@ -19,10 +19,11 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// | a tower or tokio timeout, an IO timeout, a hyper timeout | 504 |
 /// | a request body limit error | 413 |
 /// | a `serde_json` error | 400 |
-/// | a hyper error, any other IO error (refused, reset, DNS failure, ...) | 502 |
+/// | a hyper error, an IO connection error, any IO error under another error (a client's connect error over a DNS failure) | 502 |
 /// | anything else | 500 `internal_server_error`, with the chain's messages |
 pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut depth = 0;
     while let Some(e) = current {
         if let Some(e) = e.downcast_ref::<Error>() {
             return e.clone();
@@ -45,16 +46,28 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
             };
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            // Clients wrap their transport failures around an IO error (hyper-util and reqwest
-            // put the resolver's or the socket's error under their connect error), whatever its
-            // kind: a DNS failure is `Uncategorized`, a proxy's refusal is `Other`.
-            return if io.kind() == io::ErrorKind::TimedOut {
-                Error::upstream_timeout(chain(err))
-            } else {
-                Error::upstream_unavailable(chain(err))
-            };
+            match io.kind() {
+                io::ErrorKind::TimedOut => return Error::upstream_timeout(chain(err)),
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable => {
+                    return Error::upstream_unavailable(chain(err));
+                }
+                // Under a client's own error, an IO error of any kind is a transport failure:
+                // hyper-util and reqwest put the resolver's error under their connect error, and
+                // a DNS failure has no kind of its own.
+                _ if depth > 0 => return Error::upstream_unavailable(chain(err)),
+                _ => {}
+            }
         }
         current = e.source();
+        depth += 1;
     }
     Error::internal(chain(err))
 }

@@ -193,14 +193,16 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // The clock is paused: the timeout fires as soon as nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn tower_timeout_is_504() {
         let (seen, hook) = recorder();
         let svc = ServiceBuilder::new()
             .layer(ErrorNormalizeLayer::new().on_failure(hook))
-            .timeout(Duration::from_millis(10))
+            .timeout(Duration::from_secs(30))
             .service(service_fn(|_: Request<Full<Bytes>>| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                // An upstream that never answers.
+                std::future::pending::<()>().await;
                 Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
             }));
         let resp = svc
