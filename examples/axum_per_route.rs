@@ -2,6 +2,7 @@
 //! five, `/v1/embeddings` only error normalization and the spend log.
 //!
 //! ```text
+//! cargo run --example axum_per_route                  # against a mock upstream on loopback
 //! UPSTREAM_BASE=https://api.openai.com/v1 OPENAI_API_KEY=sk-... cargo run --example axum_per_route
 //! curl localhost:3000/v1/chat/completions -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 //! ```
@@ -15,12 +16,17 @@ use guardrail_tower::error::ErrorNormalizeLayer;
 use guardrail_tower::guardrails::{ContentFilter, ContentFilterConfig};
 use guardrail_tower::model_merge::ModelGuardrailMergeLayer;
 use guardrail_tower::pre_call::PreCallGuardrailLayer;
-use guardrail_tower::spend_log::{JsonlSink, SpendLogLayer, SpendLogWriter};
+use guardrail_tower::spend_log::{JsonlSink, SpendLogHandle, SpendLogLayer, SpendLogWriter};
 use guardrail_tower::streaming::StreamingGuardrailBodyLayer;
 use tower::{BoxError, ServiceBuilder};
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+/// The router: the whole stack on chat completions, errors and spend log on embeddings, both in
+/// front of the same upstream (an OpenAI-compatible base URL and its key).
+pub(crate) fn app(
+    upstream_base: &str,
+    api_key: Option<&str>,
+    spend_log: SpendLogHandle,
+) -> Result<Router, BoxError> {
     let config: ContentFilterConfig = serde_yaml_ng::from_str(
         "blocked_words: [{keyword: forbidden, action: BLOCK}]\n\
          patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]",
@@ -31,13 +37,7 @@ async fn main() -> Result<(), BoxError> {
         ContentFilter::new(config)?,
     )
     .default_on(true)]);
-
-    let log_path = std::env::temp_dir().join("guardrail-tower-axum-example.jsonl");
-    let spend_log = SpendLogWriter::new().spawn(JsonlSink::open(&log_path).await?);
-    let upstream = support::forward(
-        support::upstream_base(),
-        std::env::var("OPENAI_API_KEY").ok(),
-    );
+    let forward = support::forward(upstream_base.to_owned(), api_key.map(str::to_owned));
 
     let chat = ServiceBuilder::new()
         .layer(SpendLogLayer::new(spend_log.clone()))
@@ -45,15 +45,24 @@ async fn main() -> Result<(), BoxError> {
         .layer(ModelGuardrailMergeLayer::new())
         .layer(PreCallGuardrailLayer::new(guardrails.clone()))
         .layer(StreamingGuardrailBodyLayer::new(guardrails))
-        .service(upstream.clone());
+        .service(forward.clone());
     let embeddings = ServiceBuilder::new()
-        .layer(SpendLogLayer::new(spend_log.clone()))
+        .layer(SpendLogLayer::new(spend_log))
         .layer(ErrorNormalizeLayer::new())
-        .service(upstream);
+        .service(forward);
 
-    let app = Router::new()
+    Ok(Router::new()
         .route("/v1/chat/completions", post_service(chat))
-        .route("/v1/embeddings", post_service(embeddings));
+        .route("/v1/embeddings", post_service(embeddings)))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let upstream = support::Upstream::from_env().await?;
+    let log_path = std::env::temp_dir().join("guardrail-tower-axum-example.jsonl");
+    let spend_log = SpendLogWriter::new().spawn(JsonlSink::open(&log_path).await?);
+
+    let app = app(&upstream.base, upstream.key.as_deref(), spend_log.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!(
         "listening on http://127.0.0.1:3000 (spend log: {})",

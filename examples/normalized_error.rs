@@ -1,79 +1,70 @@
-//! Starts a tiny server with `ErrorNormalizeLayer` in front of a failing upstream, sends it three
-//! requests, and prints the normalized errors a client sees.
+//! `ErrorNormalizeLayer` in front of an upstream that fails three ways (the mock upstream's
+//! fault injection): each failure reaches the client in the shape its endpoint's SDK parses,
+//! with the right status.
 //!
 //! ```text
 //! cargo run --example normalized_error
 //! ```
 
-use bytes::Bytes;
-use guardrail_tower::core::Error;
-use guardrail_tower::error::ErrorNormalizeLayer;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tower::{BoxError, ServiceBuilder, service_fn};
+mod support;
 
-/// An upstream that fails a different way on each endpoint.
-async fn flaky_upstream(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, BoxError> {
-    match req.uri().path() {
-        // A load balancer in front of the model answers with HTML.
-        "/v1/chat/completions" => Ok(Response::builder()
-            .status(502)
-            .header("content-type", "text/html")
-            .body(Full::new(Bytes::from_static(
-                b"<html><h1>502 Bad Gateway</h1></html>",
-            )))?),
-        // The connection to the model drops.
-        "/v1/messages" => Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "connection reset by peer",
-        )
-        .into()),
-        // A guardrail further in blocked the request.
-        _ => Err(Error::guardrail_blocked(
-            "block-words",
-            "Blocked: the prompt mentions 'forbidden'",
-        )
-        .into()),
+use std::time::Duration;
+
+use bytes::Bytes;
+use guardrail_tower::error::ErrorNormalizeLayer;
+use guardrail_tower_testkit::mock::{FAULT_HEADER, Fault};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// One way the upstream fails: the endpoint, and the fault the mock injects.
+pub(crate) const FAILURES: [(&str, Fault, &str); 3] = [
+    (
+        "/v1/chat/completions",
+        Fault::Html500,
+        "a load balancer answers with an HTML page",
+    ),
+    (
+        "/v1/messages",
+        Fault::Status503,
+        "a proxy answers with plain text",
+    ),
+    ("/v1/responses", Fault::Hang, "the upstream never answers"),
+];
+
+/// Sends one request per [`FAILURES`] entry through `ErrorNormalizeLayer` and a `timeout`, in
+/// front of the upstream at `upstream_base`; returns what the client gets for each: the status
+/// and the body.
+pub(crate) async fn failures(
+    upstream_base: &str,
+    timeout: Duration,
+) -> Result<Vec<(StatusCode, Bytes)>, BoxError> {
+    let service = ServiceBuilder::new()
+        .layer(ErrorNormalizeLayer::new())
+        .timeout(timeout)
+        .service(support::forward(upstream_base.to_owned(), None));
+
+    let mut seen = Vec::new();
+    for (path, fault, _) in FAILURES {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .header(FAULT_HEADER, fault.as_str())
+            .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o-mini"}"#)))?;
+        let resp = service.clone().oneshot(req).await?; // never an Err: the error type is Infallible
+        let status = resp.status();
+        seen.push((status, resp.into_body().collect().await?.to_bytes()));
     }
+    Ok(seen)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
-    let service = ServiceBuilder::new()
-        .layer(ErrorNormalizeLayer::new())
-        .service(service_fn(flaky_upstream));
-
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    println!("listening on http://{addr}\n");
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    for path in ["/v1/chat/completions", "/v1/messages", "/v1/responses"] {
-        let req = Request::post(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o-mini"}"#)))?;
-        let resp = client.request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+    // The faults are the mock's: this example always runs against it.
+    let mock = guardrail_tower_testkit::mock::MockUpstream::start().await?;
+    let seen = failures(&mock.base_url(), Duration::from_secs(2)).await?;
+    for ((path, _, what), (status, body)) in FAILURES.iter().zip(seen) {
         println!(
-            "POST {path}\n  -> {status}\n  {}\n",
+            "POST {path} ({what})\n  -> {status}\n  {}\n",
             String::from_utf8_lossy(&body)
         );
     }

@@ -2,22 +2,27 @@
 //! config string, driven with a real HTTP client. Each test asserts what a client sees (status,
 //! body, SSE frames) and the spend-log row the request left.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use guardrail_gateway::app::Gateway;
+use guardrail_tower::spend_log::{PostgresSink, SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::{client, post_json, send};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 /// A running mock upstream and gateway.
 struct Harness {
     upstream: MockUpstream,
     gateway: String,
+    config: String,
+    db: PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for Harness {
@@ -53,8 +58,20 @@ guardrails:
 impl Harness {
     /// The gateway with `extra` appended to the standard config (more guardrails or models).
     async fn start_with(extra_models: &str, extra_guardrails: &str) -> Harness {
+        Harness::start_full(extra_models, extra_guardrails, None).await
+    }
+
+    /// The standard config with more models and guardrails, and its spend log in `spend_logs`
+    /// (default: a SQLite file in a temporary directory).
+    async fn start_full(
+        extra_models: &str,
+        extra_guardrails: &str,
+        spend_logs: Option<&str>,
+    ) -> Harness {
         let upstream = MockUpstream::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!("sqlite://{}", dir.path().join("spend.db").display());
+        let spend_logs = spend_logs.unwrap_or(&sqlite);
         let base = upstream.base_url();
         let config = format!(
             r#"
@@ -69,25 +86,34 @@ model_list:
 {GUARDRAILS}
 {extra_guardrails}
 general_settings:
-  spend_logs: "sqlite://{db}"
+  spend_logs: "{spend_logs}"
   request_timeout: 5
 "#,
             origin = upstream.origin(),
-            db = dir.path().join("spend.db").display(),
         );
-        let gateway = Gateway::from_config_str(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        Harness {
+        let mut harness = Harness {
             upstream,
-            gateway: format!("http://{addr}"),
+            gateway: String::new(),
+            config,
+            db: dir.path().join("spend.db"),
             _dir: dir,
-            stop: Some(stop),
-        }
+            stop: None,
+            server: None,
+        };
+        harness.serve().await;
+        harness
+    }
+
+    /// Starts a gateway from the config (again, after [`Harness::spend_rows`] stopped it).
+    async fn serve(&mut self) {
+        let gateway = Gateway::from_config_str(&self.config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.gateway = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.server = Some(tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        })));
     }
 
     async fn start() -> Harness {
@@ -98,24 +124,36 @@ general_settings:
         format!("{}{path}", self.gateway)
     }
 
-    /// Waits (bounded) until the spend log holds `n` rows, and returns them, newest first.
-    async fn spend_rows(&self, n: usize) -> Vec<Value> {
-        for _ in 0..200 {
-            let resp = send(
-                Request::get(self.url("/spend/logs"))
-                    .body(Full::default())
-                    .unwrap(),
-            )
-            .await;
-            assert_eq!(resp.status(), 200);
-            let rows: Vec<Value> = serde_json::from_slice(resp.body()).unwrap();
-            if rows.len() >= n {
-                assert_eq!(rows.len(), n, "exactly one row per request");
-                return rows;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+    /// Stops the gateway and waits until it has shut down: in-flight requests finished, the
+    /// spend log flushed.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        panic!("the spend log never reached {n} rows");
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// `GET path` on the gateway: the status and the body as JSON.
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = send(Request::get(self.url(path)).body(Full::default()).unwrap()).await;
+        let body = serde_json::from_slice(resp.body())
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(resp.body())));
+        (resp.status().as_u16(), body)
+    }
+
+    /// Stops the gateway, which flushes its spend log at shutdown, and returns every row it
+    /// wrote (newest first, as `GET /spend/logs` gives them), asserting there are exactly `n`:
+    /// one per request.
+    async fn spend_rows(&mut self, n: usize) -> Vec<Value> {
+        self.stop().await;
+        let store = SqliteSink::open(&self.db).await.unwrap();
+        let rows = store.query(&SpendLogFilter::new()).await.unwrap();
+        let rows = serde_json::to_value(rows).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        assert_eq!(rows.len(), n, "exactly one row per request: {rows:#?}");
+        rows
     }
 }
 
@@ -162,7 +200,7 @@ fn entry(name: &str, mode: &str, status: &str, action: &str) -> (String, String,
 
 #[tokio::test]
 async fn clean_chat_in_both_stream_modes() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let resp = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-guarded", "Hello there", false),
@@ -210,7 +248,7 @@ async fn clean_chat_in_both_stream_modes() {
 
 #[tokio::test]
 async fn pre_call_block_never_reaches_the_upstream_and_is_logged() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let resp = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-guarded", "the forbidden fruit", false),
@@ -240,7 +278,7 @@ async fn pre_call_block_never_reaches_the_upstream_and_is_logged() {
 
 #[tokio::test]
 async fn masking_on_the_way_in_and_out() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let resp = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-plain", "my email is jane@corp.com", false),
@@ -266,7 +304,7 @@ async fn masking_on_the_way_in_and_out() {
 
 #[tokio::test]
 async fn model_level_guardrail_blocks_a_stream_mid_way() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let resp = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-guarded", "tell me about the project", true),
@@ -309,7 +347,7 @@ async fn model_level_guardrail_blocks_a_stream_mid_way() {
 
 #[tokio::test]
 async fn responses_blocks_are_in_the_spend_log_like_chat_ones() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let pre = json!({"model": "gpt-guarded", "input": "a forbidden topic"}).to_string();
     let resp = send(post_json(&h.url("/v1/responses"), &pre)).await;
     assert_eq!(resp.status(), 400);
@@ -351,7 +389,7 @@ async fn generic_guardrail_api_down_fails_open_or_closed() {
     litellm_params: {{guardrail: generic_guardrail_api, mode: pre_call, api_base: "http://{stopped}", unreachable_fallback: fail_closed, timeout: 1}}
 "#
     );
-    let h = Harness::start_with("", &guardrails).await;
+    let mut h = Harness::start_with("", &guardrails).await;
     let open = json!({"model": "gpt-plain", "guardrails": ["remote-open"], "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let resp = send(post_json(&h.url("/v1/chat/completions"), &open)).await;
     assert_eq!(resp.status(), 200);
@@ -394,7 +432,7 @@ async fn generic_guardrail_api_down_fails_open_or_closed() {
 
 #[tokio::test]
 async fn upstream_html_500_becomes_a_json_error() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let req = Request::post(h.url("/v1/messages"))
         .header("content-type", "application/json")
         .header("x-mock-fault", "html-500")
@@ -419,7 +457,7 @@ async fn upstream_html_500_becomes_a_json_error() {
 async fn an_upstream_that_drops_mid_stream_ends_with_the_in_band_error() {
     // Seed bug 001 for another cause: after the 200, the client gets the endpoint's error
     // event and its terminator, with or without a post-call guardrail, never a cut body.
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     for model in ["gpt-plain", "gpt-guarded"] {
         let req = Request::post(h.url("/v1/chat/completions"))
             .header("content-type", "application/json")
@@ -451,7 +489,7 @@ async fn an_upstream_that_drops_mid_stream_ends_with_the_in_band_error() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_is_logged() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let req = Request::post(h.url("/v1/chat/completions"))
         .header("content-type", "application/json")
         .header("x-mock-fault", "never-end")
@@ -472,7 +510,7 @@ async fn a_client_that_disconnects_mid_stream_is_logged() {
 
 #[tokio::test]
 async fn unknown_models_health_and_spend_log_queries() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let resp = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-9", "hi", false),
@@ -501,6 +539,8 @@ async fn unknown_models_health_and_spend_log_queries() {
     .await;
     let id = ok.headers()["x-request-id"].to_str().unwrap().to_owned();
     h.spend_rows(2).await;
+    // The rows are in the database: a gateway started again on it serves them.
+    h.serve().await;
     let one = send(
         Request::get(h.url(&format!("/spend/logs?request_id={id}")))
             .body(Full::default())
@@ -529,4 +569,80 @@ async fn unknown_models_health_and_spend_log_queries() {
     )
     .await;
     assert_eq!(bad.status(), 400);
+}
+
+/// Whether this run is CI's (`CI` set, as CI services and `.ci/run` set it): there, a test that
+/// cannot run fails instead of skipping.
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The PostgreSQL server to test against, from `GUARDRAIL_TOWER_TEST_PG_URL`. Unset: the test
+/// is skipped, saying so, except under CI, where it fails. Set: the server must answer.
+async fn pg_url() -> Option<String> {
+    let url = match std::env::var("GUARDRAIL_TOWER_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if ci() => panic!(
+            "GUARDRAIL_TOWER_TEST_PG_URL is not set, and under CI the PostgreSQL tests must run"
+        ),
+        _ => {
+            eprintln!("skipped: GUARDRAIL_TOWER_TEST_PG_URL is not set");
+            return None;
+        }
+    };
+    if let Err(e) = PostgresSink::connect(&url).await {
+        panic!("GUARDRAIL_TOWER_TEST_PG_URL is set but its server does not answer: {e}");
+    }
+    Some(url)
+}
+
+#[tokio::test]
+async fn pg_spend_logs_through_the_gateway() {
+    let Some(url) = pg_url().await else { return };
+    let mut h = Harness::start_full("", "", Some(&url)).await;
+    let ok = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-guarded", "Hello there", true),
+    ))
+    .await;
+    assert_eq!(ok.status(), 200);
+    let blocked = send(post_json(
+        &h.url("/v1/responses"),
+        r#"{"model":"gpt-guarded","input":"the forbidden fruit"}"#,
+    ))
+    .await;
+    assert_eq!(blocked.status(), 400);
+    let ids: Vec<String> = [&ok, &blocked]
+        .iter()
+        .map(|r| r.headers()["x-request-id"].to_str().unwrap().to_owned())
+        .collect();
+
+    // Flushed at shutdown; a gateway started again on the same database serves the rows (the
+    // table is shared with other runs: each row is looked up by its request id).
+    h.stop().await;
+    h.serve().await;
+    let (status, rows) = h
+        .get_json(&format!("/spend/logs?request_id={}", ids[0]))
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["status"], "success");
+    assert_eq!(rows[0]["call_type"], "acompletion");
+    assert_eq!(rows[0]["metadata"]["stream"], true);
+    assert_eq!(rows[0]["total_tokens"], 6, "{}", rows[0]);
+
+    let (status, rows) = h
+        .get_json(&format!("/spend/logs?request_id={}", ids[1]))
+        .await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["status"], "failure");
+    assert_eq!(rows[0]["call_type"], "aresponses");
+    assert_eq!(rows[0]["metadata"]["http_status"], 400);
+    assert_eq!(
+        guardrail_summary(&rows[0])[0],
+        entry("block-words", "pre_call", "guardrail_intervened", "block")
+    );
 }

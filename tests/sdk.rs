@@ -1,7 +1,9 @@
 //! The official `openai` and `anthropic` Python SDKs against a running gateway: blocked streams
 //! must surface as the SDKs' own errors and events (`tests/sdk/check_sdks.py`).
 //!
-//! Skipped, saying so, when `python3` or the SDKs are missing (`.ci/run` installs them).
+//! The SDKs are pinned in `tests/sdk/requirements.txt`, which `.ci/run` installs. Without them
+//! (or without `python3`) the test is skipped, saying so, on a developer's machine; under CI
+//! (`CI` set) it fails instead, so that CI can never pass without having run it.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,20 +12,42 @@ use guardrail_gateway::app::Gateway;
 use guardrail_tower_testkit::mock::MockUpstream;
 use serde_json::Value;
 
-fn sdks_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import openai, anthropic"])
+/// Whether this run is CI's (`CI` set, as CI services and `.ci/run` set it).
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `Ok` with the SDK versions when `python3` imports both SDKs, else why not.
+fn sdks() -> Result<String, String> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import openai, anthropic; print(f'openai {openai.__version__}, anthropic {anthropic.__version__}')",
+        ])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn official_sdks_read_blocks_as_errors() {
-    if !sdks_available() {
-        eprintln!(
-            "skipped: python3 with the openai and anthropic packages is not available (pip install openai anthropic)"
-        );
-        return;
+    match sdks() {
+        Ok(versions) => eprintln!("SDKs: {versions}"),
+        Err(why) if ci() => panic!(
+            "the Python SDKs are missing, and under CI this test must run \
+             (python3 -m pip install -r tests/sdk/requirements.txt): {why}"
+        ),
+        Err(why) => {
+            eprintln!(
+                "skipped: python3 with the openai and anthropic packages is not available \
+                 (python3 -m pip install -r tests/sdk/requirements.txt): {why}"
+            );
+            return;
+        }
     }
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();

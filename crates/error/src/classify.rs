@@ -19,10 +19,11 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// | a tower or tokio timeout, an IO timeout, a hyper timeout | 504 |
 /// | a request body limit error | 413 |
 /// | a `serde_json` error | 400 |
-/// | a hyper or hyper-util client error, an IO connection error | 502 |
+/// | a hyper error, an IO connection error, any IO error under another error (a client's connect error over a DNS failure) | 502 |
 /// | anything else | 500 `internal_server_error`, with the chain's messages |
 pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut depth = 0;
     while let Some(e) = current {
         if let Some(e) = e.downcast_ref::<Error>() {
             return e.clone();
@@ -36,11 +37,6 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
         }
         if e.is::<serde_json::Error>() {
             return Error::invalid_json(e);
-        }
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                return Error::upstream_unavailable(chain(err));
-            }
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             return if h.is_timeout() {
@@ -63,10 +59,15 @@ pub fn classify_error(err: &(dyn StdError + 'static)) -> Error {
                 | io::ErrorKind::NetworkUnreachable => {
                     return Error::upstream_unavailable(chain(err));
                 }
+                // Under a client's own error, an IO error of any kind is a transport failure:
+                // hyper-util and reqwest put the resolver's error under their connect error, and
+                // a DNS failure has no kind of its own.
+                _ if depth > 0 => return Error::upstream_unavailable(chain(err)),
                 _ => {}
             }
         }
         current = e.source();
+        depth += 1;
     }
     Error::internal(chain(err))
 }
@@ -256,7 +257,19 @@ mod tests {
         ))));
         assert_eq!(err.status(), 504);
 
-        let err = classify_error(&Wrapped(Box::new(io::Error::other("odd"))));
+        // Any IO error under a client's error is a transport failure (a DNS failure's kind is
+        // not one of the connection kinds).
+        let err = classify_error(&Wrapped(Box::new(io::Error::other(
+            "failed to lookup address information",
+        ))));
+        assert_eq!(err.status(), 502);
+        assert_eq!(
+            err.message(),
+            "upstream request failed: wrapped: failed to lookup address information"
+        );
+
+        // An error the chain does not explain is internal.
+        let err = classify_error(&Wrapped("odd".into()));
         assert_eq!(err.status(), 500);
         assert_eq!(err.kind(), "internal_server_error");
         assert_eq!(err.message(), "wrapped: odd");

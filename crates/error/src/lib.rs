@@ -1,6 +1,24 @@
 //! `ErrorNormalizeLayer`: every error becomes a well-formed response in the shape of the
 //! request's endpoint, with the right status.
 //!
+//! Where it sits: near the outside of the stack, so that everything inside it (the guardrail
+//! layers, a timeout, the upstream client) fails in a shape the client's SDK parses; only the
+//! spend-log layer sits outside it, to record the response the client got.
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │ ◀━━ this crate
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
+//!
 //! Put it in front of any service whose error converts into a `BoxError`. Its own error type is
 //! [`Infallible`](std::convert::Infallible), so it drops straight into axum or hyper. It answers:
 //!
@@ -193,14 +211,16 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // The clock is paused: the timeout fires as soon as nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn tower_timeout_is_504() {
         let (seen, hook) = recorder();
         let svc = ServiceBuilder::new()
             .layer(ErrorNormalizeLayer::new().on_failure(hook))
-            .timeout(Duration::from_millis(10))
+            .timeout(Duration::from_secs(30))
             .service(service_fn(|_: Request<Full<Bytes>>| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                // An upstream that never answers.
+                std::future::pending::<()>().await;
                 Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
             }));
         let resp = svc

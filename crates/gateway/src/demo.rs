@@ -569,16 +569,10 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_demo_runs_to_completion_quickly() {
-        let started = std::time::Instant::now();
+    async fn the_demo_runs_to_completion() {
         let mut out = Vec::new();
         run_to(&mut out).await.expect("the demo succeeds");
-        let elapsed = started.elapsed();
         let report = String::from_utf8(out).unwrap();
-        assert!(
-            elapsed < Duration::from_secs(5),
-            "took {elapsed:?}\n{report}"
-        );
 
         // The header, six scenarios, the spend log.
         let sections: Vec<&str> = report.split("\n── ").collect();

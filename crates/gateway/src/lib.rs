@@ -16,6 +16,20 @@
 //! key. Streams pass through with no buffering beyond what the guardrail policy needs. SIGINT and
 //! SIGTERM shut down gracefully and flush the spend log.
 //!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘ ◀━━ per route, from a LiteLLM config
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ... ◀━━ upstream::Forward
+//! ```
+//!
 //! The same pieces serve as a library: build a [`Gateway`](app::Gateway) from a config and nest
 //! its router in your own axum app, or use [`app::router`] with your own client and spend-log
 //! writer. The example below runs against the mock upstream of `guardrail-tower-testkit`
@@ -25,7 +39,7 @@
 //! ```
 //! use guardrail_gateway::app::Gateway;
 //! use guardrail_tower_testkit::mock::MockUpstream;
-//! use tower::ServiceExt;
+//! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -48,7 +62,11 @@
 //!     .header("content-type", "application/json")
 //!     .body(axum::body::Body::from(r#"{"model":"gpt-guarded","messages":[{"role":"user","content":"a forbidden question"}]}"#))
 //!     .unwrap();
-//! let response = gateway.router().oneshot(request).await.unwrap();
+//! // The router is a tower service: put your own middleware around it.
+//! let app = ServiceBuilder::new()
+//!     .concurrency_limit(256)
+//!     .service(gateway.router());
+//! let response = app.oneshot(request).await.unwrap();
 //! assert_eq!(response.status(), 400);
 //! assert_eq!(upstream.request_count(), 0); // blocked before the upstream was called
 //! # }

@@ -1,16 +1,47 @@
-//! Built-in guardrails for guardrail-tower.
+//! Built-in guardrails for guardrail-tower: what the pre-call and streaming layers run.
 //!
-//! - [`content_filter`]: a `litellm_content_filter`-compatible keyword and pattern filter
-//!   (BLOCK or MASK), configured exactly as LiteLLM configures it. It is deterministic and
-//!   exposes a span matcher, so streamed responses are checked exactly.
-//! - [`generic_api`]: a client for the LiteLLM Generic Guardrail API, so guardrail services
-//!   written for LiteLLM work unchanged.
-//! - [`openai_moderation`]: an OpenAI-compatible `/v1/moderations` check.
-//! - [`http`]: the pooled HTTP(S) client they share (also usable to forward to upstream LLMs).
+//! A guardrail is anything that implements [`Guardrail`](guardrail_tower_core::Guardrail). This
+//! crate ships the ones a LiteLLM config names, configured with the same keys:
 //!
-//! Each implements [`Guardrail`](guardrail_tower_core::Guardrail); wrap it in a
-//! [`ConfiguredGuardrail`](guardrail_tower_core::ConfiguredGuardrail) with a name and modes, and
-//! hand the list to the layers.
+//! - [`content_filter`] (always built): a `litellm_content_filter`-compatible keyword and pattern
+//!   filter (BLOCK or MASK). Local, deterministic, no network; it exposes a span matcher, so
+//!   streamed responses are checked exactly.
+//! - `generic_api` (feature `http`): a client for the LiteLLM Generic Guardrail API, so guardrail
+//!   services written for LiteLLM work unchanged.
+//! - `openai_moderation` (feature `http`): an OpenAI-compatible `/v1/moderations` check.
+//! - `http` (feature `http`): the pooled HTTP(S) client (hyper, rustls) they share, also usable
+//!   to forward to upstream LLMs.
+//!
+//! Wrap a guardrail in a [`ConfiguredGuardrail`](guardrail_tower_core::ConfiguredGuardrail) with
+//! a name and its modes, and hand the list to the layers that run guardrails:
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │ ◀── its guardrails run here
+//!  │ StreamingGuardrailBodyLayer  checks the response         │ ◀── its guardrails run here
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
+//!
+//! # Features
+//!
+//! | feature | what it adds | dependencies it brings |
+//! |---|---|---|
+//! | (none, the default) | [`ContentFilter`] | `regex`, `aho-corasick`, `memchr`, `serde_yaml_ng` |
+//! | `http` | `GenericGuardrailApi`, `OpenAiModeration`, `HttpClient`, and every guardrail that calls a service | `hyper`, `hyper-util`, `hyper-rustls` (rustls, `ring`), `tokio` |
+//!
+//! The rule for new guardrails: one that only looks at the text it is given is built always; one
+//! that calls a service over the network (a moderation API, a hosted guardrail provider, a
+//! classifier behind HTTP) lives in its own module gated by `#[cfg(feature = "http")]`, and so do
+//! its re-exports and its tests (`required-features = ["http"]` or `#![cfg(feature = "http")]`),
+//! so that the content filter alone never compiles an HTTP client or a TLS stack. The facade
+//! crate `guardrail-tower` exposes these as its `guardrails` and `guardrails-http` features.
 //!
 //! # Example
 //!
@@ -53,11 +84,23 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod content_filter;
-pub mod generic_api;
-pub mod http;
-pub mod openai_moderation;
 pub use content_filter::{ContentFilter, ContentFilterConfig, ContentFilterError};
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod generic_api;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod openai_moderation;
+#[cfg(feature = "http")]
 pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
+#[cfg(feature = "http")]
 pub use http::{ConfigError, HttpClient, shared_client};
+#[cfg(feature = "http")]
 pub use openai_moderation::{OpenAiModeration, OpenAiModerationConfig};

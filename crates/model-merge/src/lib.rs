@@ -7,6 +7,23 @@
 //! [`GuardrailSelection`](guardrail_tower_core::GuardrailSelection), deduplicated, with the
 //! names the body asked for kept first. An unknown model merges nothing.
 //!
+//! Where it sits: before the guardrail layers, which read the merged selection through the one
+//! gate.
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │ ◀━━ this crate
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
+//!
 //! It does the same for every call type and for `stream: true` and `stream: false` alike: the
 //! selection is the one value every later layer's gate reads, so a model-level guardrail cannot
 //! be skipped on one kind of request and applied on another.

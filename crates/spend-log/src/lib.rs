@@ -7,6 +7,22 @@
 //! [`ResponseReport`](guardrail_tower_core::ResponseReport) in the request extensions, so inner
 //! layers write into the same record.
 //!
+//! Where it sits: outermost, so that it sees what the client got, whichever layer answered.
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │ ◀━━ this crate
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
+//!
 //! It completes the record exactly once, from every exit: the inner service fails; the response
 //! has no body; the body ends (`None`, trailers, or a frame after which it reports its end); the
 //! body fails; the body or the future is dropped before the end (the client went away: status
@@ -18,8 +34,18 @@
 //!
 //! Records go through a [`SpendLogWriter`]: a bounded queue drained in batches by a background
 //! task (one transaction per batch), retried with backoff while the database is down, flushed at
-//! shutdown. Sinks: [`SqliteSink`] (feature `sqlite`, the default), [`PostgresSink`] (feature
-//! `postgres`), [`JsonlSink`], [`ChannelSink`]; [`SpendLogStore`] queries them.
+//! shutdown. [`SpendLogStore`] queries what the sinks wrote.
+//!
+//! # Features
+//!
+//! No sink that needs a database or a file is built by default:
+//!
+//! | feature | sink |
+//! |---|---|
+//! | (always) | [`ChannelSink`] (records to an in-process channel), and any [`SpendLogSink`] of your own |
+//! | `sqlite` | `SqliteSink`: an embedded SQLite file (compiles a bundled SQLite) |
+//! | `postgres` | `PostgresSink`: PostgreSQL, for production and several replicas |
+//! | `jsonl` | `JsonlSink`: one JSON object per line, appended to a file |
 //!
 //! # Example
 //!
@@ -76,10 +102,12 @@ pub use recorder::{ApiBase, ModelPrice, PriceTable};
 pub use service::SpendLog;
 
 pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
+#[cfg(feature = "jsonl")]
+pub use sink::JsonlSink;
 pub use sink::{
-    BlockSummaryRow, ChannelSink, FilterError, JsonlSink, QueueFullPolicy, ShutdownError,
-    SinkError, SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery,
-    SpendLogSink, SpendLogStats, SpendLogStore, SpendLogWriter,
+    BlockSummaryRow, ChannelSink, FilterError, QueueFullPolicy, ShutdownError, SinkError,
+    SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink,
+    SpendLogStats, SpendLogStore, SpendLogWriter,
 };
 #[cfg(feature = "postgres")]
 pub use sink::{PostgresSink, PostgresSinkBuilder};

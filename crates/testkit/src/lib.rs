@@ -1,11 +1,70 @@
-//! Test support for guardrail-tower: helpers for its tests and a mock LLM upstream.
+//! Test support for guardrail-tower: a mock LLM upstream and helpers for its tests.
 //!
-//! - [`mock`]: a mock OpenAI- and Anthropic-compatible upstream with fault injection: the demo,
-//!   the end-to-end tests and the load benchmark run against it.
+//! The layers are tested where a user runs them: in front of an upstream, over real sockets.
+//! This crate is that upstream and the plumbing around it:
+//!
+//! - [`mock`]: a mock OpenAI- and Anthropic-compatible upstream with fault injection: the
+//!   examples, the demo, the end-to-end tests and the load benchmark run against it.
 //! - [`serve`]: run any tower service on a loopback socket with hyper, as a real server.
 //! - [`client`]: a pooled hyper-util client, and [`send`] to read a whole response.
 //! - [`body`]: request and response bodies for tests: split at chosen bytes, with trailers,
 //!   failing after some chunks, pending forever (to force a drop), counting polls.
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ... ◀━━ mock::MockUpstream
+//! ```
+//!
+//! # Example
+//!
+//! `ErrorNormalizeLayer` in front of a forwarder to the mock, which answers like a load balancer
+//! in trouble when asked to (`x-mock-fault: html-500`):
+//!
+//! ```
+//! use bytes::Bytes;
+//! use guardrail_tower_error::ErrorNormalizeLayer;
+//! use guardrail_tower_testkit::mock::{FAULT_HEADER, Fault, MockUpstream};
+//! use guardrail_tower_testkit::{client, post_json};
+//! use http::Request;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let mock = MockUpstream::start().await.unwrap();
+//! let origin = mock.origin();
+//! let upstream = service_fn(move |mut req: Request<Full<Bytes>>| {
+//!     *req.uri_mut() = format!("{origin}{}", req.uri().path()).parse().unwrap();
+//!     client().request(req)
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(ErrorNormalizeLayer::new())
+//!     .service(upstream);
+//!
+//! let mut req = post_json("/v1/chat/completions", r#"{"model":"m","messages":[]}"#);
+//! req.headers_mut()
+//!     .insert(FAULT_HEADER, Fault::Html500.as_str().parse().unwrap());
+//! let resp = svc.oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 500);
+//! let body = resp.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(
+//!     body,
+//!     r#"{"error":{"message":"upstream returned 500 Internal Server Error (HTML body omitted)","type":"internal_server_error","param":null,"code":null}}"#
+//! );
+//! assert_eq!(mock.request_count(), 1);
+//! # }
+//! ```
+//!
+//! A service of your own, served on loopback and read back with a real client:
 //!
 //! ```
 //! use bytes::Bytes;

@@ -101,10 +101,12 @@ impl SinkError {
         )
     }
 
+    #[cfg(any(feature = "jsonl", feature = "sqlite"))]
     pub(crate) fn io(message: impl Into<String>, err: std::io::Error) -> Self {
         SinkError::new(SinkErrorKind::Io, message).with_source(err)
     }
 
+    #[cfg(any(feature = "jsonl", feature = "sqlite", feature = "postgres"))]
     pub(crate) fn encoding(
         message: impl Into<String>,
         err: impl Into<Box<dyn StdError + Send + Sync>>,

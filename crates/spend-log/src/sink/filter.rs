@@ -1,10 +1,12 @@
 //! The query API's inputs and outputs: [`SpendLogFilter`] (and its query-string form
 //! [`SpendLogQuery`]) and [`BlockSummaryRow`].
 
+#[cfg(feature = "jsonl")]
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "jsonl")]
 use guardrail_tower_core::GuardrailAction;
 use serde::{Deserialize, Serialize};
 
@@ -330,6 +332,7 @@ impl BlockSummaryRow {
 
 /// Applies `filter` (conditions, order, offset, limit) to records in memory, keeping the first
 /// record seen for each `request_id` (what the SQL sinks' primary key does).
+#[cfg(feature = "jsonl")]
 pub(crate) fn filter_in_memory(
     records: impl IntoIterator<Item = SpendRecord>,
     filter: &SpendLogFilter,
@@ -354,6 +357,7 @@ pub(crate) fn filter_in_memory(
 
 /// The block summary of records in memory (first record per `request_id`, `start <= startTime <
 /// end`), ordered by day then guardrail name.
+#[cfg(feature = "jsonl")]
 pub(crate) fn block_summary_in_memory(
     records: impl IntoIterator<Item = SpendRecord>,
     start: Option<SystemTime>,
@@ -389,6 +393,7 @@ pub(crate) fn block_summary_in_memory(
 }
 
 /// `YYYY-MM-DD` of `t` in UTC.
+#[cfg(any(feature = "jsonl", test))]
 pub(crate) fn utc_day(t: SystemTime) -> String {
     let mut s = rfc3339::format(t);
     s.truncate(10);

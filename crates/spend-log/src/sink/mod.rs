@@ -68,6 +68,7 @@ use crate::record::SpendRecord;
 mod channel;
 mod error;
 mod filter;
+#[cfg(feature = "jsonl")]
 mod jsonl;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -78,6 +79,7 @@ mod writer;
 pub use channel::ChannelSink;
 pub use error::{SinkError, SinkErrorKind};
 pub use filter::{BlockSummaryRow, FilterError, SpendLogFilter, SpendLogQuery};
+#[cfg(feature = "jsonl")]
 pub use jsonl::JsonlSink;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSink, PostgresSinkBuilder};

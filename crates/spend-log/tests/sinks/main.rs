@@ -2,6 +2,7 @@
 //! real databases (SQLite files; PostgreSQL when `GUARDRAIL_TOWER_TEST_PG_URL` is set).
 
 mod common;
+#[cfg(feature = "jsonl")]
 mod jsonl;
 #[cfg(feature = "postgres")]
 mod postgres;

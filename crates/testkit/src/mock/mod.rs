@@ -106,7 +106,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 /// The request header that pads (or cuts) the reply to exactly this many words, so a stream
 /// has exactly this many content deltas.
@@ -223,6 +224,8 @@ struct Shared {
     recording: AtomicBool,
     count: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Woken each time a request arrives (after it is counted).
+    arrived: Notify,
     /// Changes (is closed) when the [`MockUpstream`] is dropped.
     shutdown: watch::Receiver<()>,
 }
@@ -230,7 +233,7 @@ struct Shared {
 impl Shared {
     /// Counts (and records, if recording is on) one request; returns its 1-based number.
     fn record(&self, parts: &http::request::Parts, body: &Bytes) -> u64 {
-        if self.recording.load(Ordering::Relaxed) {
+        let number = if self.recording.load(Ordering::Relaxed) {
             let recorded = RecordedRequest {
                 method: parts.method.clone(),
                 path: parts.uri.path().to_owned(),
@@ -244,7 +247,9 @@ impl Shared {
             self.count.fetch_add(1, Ordering::Relaxed) + 1
         } else {
             self.count.fetch_add(1, Ordering::Relaxed) + 1
-        }
+        };
+        self.arrived.notify_waiters();
+        number
     }
 }
 
@@ -255,7 +260,9 @@ pub struct MockUpstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
     /// Dropping this closes the channel, which every task watches.
-    _shutdown: watch::Sender<()>,
+    shutdown: watch::Sender<()>,
+    /// The accept loop, which owns the listener.
+    accept: JoinHandle<()>,
 }
 
 impl fmt::Debug for MockUpstream {
@@ -285,13 +292,15 @@ impl MockUpstream {
             recording: AtomicBool::new(true),
             count: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
             shutdown: shutdown_rx,
         });
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(MockUpstream {
             addr,
             shared,
-            _shutdown: shutdown_tx,
+            shutdown: shutdown_tx,
+            accept,
         })
     }
 
@@ -322,6 +331,34 @@ impl MockUpstream {
     /// How many requests the mock has received (recorded or not), including unanswered ones.
     pub fn request_count(&self) -> usize {
         usize::try_from(self.shared.count.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    /// Waits until the mock has received at least `n` requests (recorded or not, answered or
+    /// not: a `hang` request counts as soon as its body is read). Returns at once if it has.
+    ///
+    /// What a test awaits instead of polling [`request_count`](MockUpstream::request_count),
+    /// e.g. to act while a request is in flight upstream.
+    pub async fn wait_for_requests(&self, n: usize) {
+        loop {
+            let arrived = self.shared.arrived.notified();
+            let mut arrived = std::pin::pin!(arrived);
+            // Registered before the count is read, so an arrival in between is not missed.
+            arrived.as_mut().enable();
+            if self.request_count() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Stops the mock as dropping it does, and returns once the listener is closed (a new
+    /// connection is refused).
+    pub async fn shutdown(self) {
+        let MockUpstream {
+            shutdown, accept, ..
+        } = self;
+        drop(shutdown);
+        let _ = accept.await;
     }
 
     /// Forgets the recorded requests (the count is kept).

@@ -528,6 +528,7 @@ async fn status_faults_answer_foreign_bodies() {
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(answer.content_type(), "text/html");
     assert!(answer.body().starts_with(b"<!DOCTYPE html>"));
+    assert!(answer.body().ends_with(b"</html>\n"));
 
     let answer = post(
         &mock,
@@ -538,7 +539,10 @@ async fn status_faults_answer_foreign_bodies() {
     .await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.content_type(), "text/plain");
-    assert!(!answer.body().is_empty());
+    assert_eq!(
+        answer.body(),
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    );
     assert_eq!(answer.end, Ok(()));
 }
 
@@ -720,7 +724,7 @@ async fn serves_hundreds_of_concurrent_connections() {
 }
 
 #[tokio::test]
-async fn dropping_the_mock_stops_it() {
+async fn dropping_the_mock_releases_hung_requests() {
     let mock = MockUpstream::start().await.unwrap();
     let addr = mock.addr();
     let hung = tokio::spawn(async move {
@@ -731,21 +735,48 @@ async fn dropping_the_mock_stops_it() {
             .unwrap();
         client.request(request).await
     });
-    while mock.request_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    mock.wait_for_requests(1).await;
+    assert!(!hung.is_finished(), "a hang request is never answered");
     drop(mock);
     // The hung request is released (its connection closed) promptly.
     let result = tokio::time::timeout(Duration::from_secs(2), hung).await;
     assert!(result.expect("released").unwrap().is_err());
-    // And the listener is gone.
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_listener() {
+    let mock = MockUpstream::start().await.unwrap();
+    let addr = mock.addr();
+    let answer = send(&client(), "GET", format!("http://{addr}/health"), None, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    mock.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn wait_for_requests_returns_once_they_arrived() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.wait_for_requests(0).await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let waiter = async {
+        tokio::time::timeout(Duration::from_secs(5), mock.wait_for_requests(2))
+            .await
+            .expect("woken when the second request arrived");
+        mock.request_count()
+    };
+    let requests = async {
+        for i in 0..2 {
+            let answer = send(
+                &client(),
+                "POST",
+                url.clone(),
+                Some(chat(&format!("r{i}"), false)),
+                &[],
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::OK);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(refused);
+    };
+    let (seen, ()) = tokio::join!(waiter, requests);
+    assert_eq!(seen, 2);
 }
