@@ -111,6 +111,7 @@ mod config;
 mod error;
 mod keywords;
 mod needs;
+mod normalize;
 mod patterns;
 
 use std::collections::BTreeMap;
@@ -132,6 +133,7 @@ pub use error::ContentFilterError;
 
 use keywords::Keywords;
 use needs::Search;
+use normalize::{Folded, fold_text};
 use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT};
 
 /// The `guardrail_provider` of this guardrail, as LiteLLM names it.
@@ -261,6 +263,12 @@ impl ContentFilter {
             if word.keyword.trim().is_empty() {
                 return Err(ContentFilterError::EmptyKeyword { location });
             }
+            if !keywords::has_literal(&word.keyword) {
+                return Err(ContentFilterError::WildcardOnlyKeyword {
+                    location,
+                    keyword: word.keyword,
+                });
+            }
             let key: String = word.keyword.chars().map(keywords::fold).collect();
             match words.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = word,
@@ -307,7 +315,7 @@ impl ContentFilter {
                         *action,
                         pattern_format,
                     )?);
-                    set_sources.push(prebuilt.regex.to_owned());
+                    set_sources.push(prebuilt.set_source().to_owned());
                 }
                 PatternConfig::Regex {
                     pattern,
@@ -414,22 +422,71 @@ impl ContentFilter {
     /// The matches in `text`: sorted, not overlapping, resolved as documented; with `partial`,
     /// only those that no further text can change.
     fn hits(&self, text: &str, partial: bool) -> Vec<Hit> {
+        let folded = fold_text(text);
+        let mut hits = Vec::new();
+        self.raw_hits(text, &folded, partial, &mut hits);
+        if hits.is_empty() {
+            return hits;
+        }
+        if partial {
+            // Only matches that no further text can change take part, and they end before
+            // anything that may still change starts (see `settled_point`).
+            let settled = self.settled_point(text, &folded, &hits);
+            hits.retain(|h| h.start < settled);
+        }
+        resolve(hits)
+    }
+
+    /// With more text to come: where the text stops being final. Matches that start at
+    /// [`Self::settled_before`] or later may still change; a match that starts before it but
+    /// reaches into that part must wait too (it may merge with, or hide a `BLOCK` in, what is
+    /// still coming), and so on for matches that reach into it. Every match that starts before
+    /// the point returned ends before it.
+    fn settled_point(&self, text: &str, folded: &Folded<'_>, hits: &[Hit]) -> usize {
+        let mut settled = self.settled_before(text, folded);
+        while let Some(start) = hits
+            .iter()
+            .filter(|h| h.start < settled && h.end > settled)
+            .map(|h| h.start)
+            .min()
+        {
+            settled = start;
+        }
+        settled
+    }
+
+    /// Every match of every rule, in offsets of `text`, unresolved (they may overlap).
+    fn raw_hits(&self, text: &str, folded: &Folded<'_>, partial: bool, hits: &mut Vec<Hit>) {
         let inner = &*self.inner;
-        let mut hits: Vec<Hit> = Vec::new();
+        let ftext = folded.text();
         if let Some(kw) = &inner.keywords {
-            kw.for_each_match(text, partial, &mut |k, start, end| {
+            kw.for_each_match(ftext, folded.is_ascii(), partial, &mut |k, start, end| {
                 hits.push(Hit {
-                    start,
-                    end,
+                    start: folded.original(start),
+                    end: folded.original(end),
                     rule: Rule::Keyword(k),
                     action: kw.list[k].action,
                 });
             });
         }
-        if !inner.patterns.is_empty() {
-            let mut scan = |i: usize| {
-                let p = &inner.patterns[i];
-                p.for_each_match(text, |start, end| {
+        if inner.patterns.is_empty() {
+            return;
+        }
+        if folded.changed() {
+            // Prebuilt patterns read the folded text, custom regexes the text as written (a
+            // custom regex may look for the very characters folding changes); one by one.
+            for (i, p) in inner.patterns.iter().enumerate() {
+                let (on, map) = if p.prebuilt {
+                    (ftext, true)
+                } else {
+                    (text, false)
+                };
+                p.for_each_match(on, |start, end| {
+                    let (start, end) = if map {
+                        (folded.original(start), folded.original(end))
+                    } else {
+                        (start, end)
+                    };
                     hits.push(Hit {
                         start,
                         end,
@@ -437,79 +494,72 @@ impl ContentFilter {
                         action: p.action,
                     });
                 });
-            };
-            // Bit `i`: pattern `i` may match. All of them without the byte prefilter.
-            let candidates = match &inner.needs {
-                Some(needs) => needs.candidates(text.as_bytes()),
-                None => u64::MAX,
-            };
-            let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
-            match &inner.set {
-                _ if candidates == 0 => {}
-                // One candidate (never without the prefilter: then all are): its own regex,
-                // not the set.
-                _ if candidates.is_power_of_two() => {
-                    scan(candidates.trailing_zeros() as usize);
-                }
-                // `is_match` is the fast path for the common no-match case.
-                Some(set) if !set.is_match(text) => {}
-                Some(set) if set.len() <= SET_STACK => {
-                    let mut matched = [false; SET_STACK];
-                    set.matches_read_at(&mut matched[..set.len()], text, 0);
-                    for (i, _) in matched
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, m)| **m && may_match(*i))
-                    {
-                        scan(i);
-                    }
-                }
-                Some(set) => {
-                    for i in set.matches(text).iter() {
-                        scan(i);
-                    }
-                }
-                None => (0..inner.patterns.len())
-                    .filter(|&i| may_match(i))
-                    .for_each(scan),
             }
+            return;
         }
-        if hits.is_empty() {
-            return hits;
-        }
-        // Leftmost; at one start BLOCK before MASK, then longest, then configuration order.
-        hits.sort_unstable_by(|a, b| {
-            a.start
-                .cmp(&b.start)
-                .then_with(|| action_rank(a.action).cmp(&action_rank(b.action)))
-                .then_with(|| b.end.cmp(&a.end))
-                .then_with(|| a.rule.cmp(&b.rule))
-        });
-        let mut last_end = 0;
-        hits.retain(|h| {
-            if h.start >= last_end {
-                last_end = h.end;
-                true
-            } else {
-                false
+        let mut scan = |i: usize| {
+            let p = &inner.patterns[i];
+            p.for_each_match(text, |start, end| {
+                hits.push(Hit {
+                    start,
+                    end,
+                    rule: Rule::Pattern(i),
+                    action: p.action,
+                });
+            });
+        };
+        // Bit `i`: pattern `i` may match. All of them without the byte prefilter.
+        let candidates = match &inner.needs {
+            Some(needs) => needs.candidates(text.as_bytes()),
+            None => u64::MAX,
+        };
+        let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
+        match &inner.set {
+            _ if candidates == 0 => {}
+            // One candidate (never without the prefilter: then all are): its own regex,
+            // not the set.
+            _ if candidates.is_power_of_two() => {
+                scan(candidates.trailing_zeros() as usize);
             }
-        });
-        if partial {
-            let settled_before = self.settled_before(text);
-            hits.retain(|h| h.start < settled_before);
+            // `is_match` is the fast path for the common no-match case.
+            Some(set) if !set.is_match(text) => {}
+            Some(set) if set.len() <= SET_STACK => {
+                let mut matched = [false; SET_STACK];
+                set.matches_read_at(&mut matched[..set.len()], text, 0);
+                for (i, _) in matched
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, m)| **m && may_match(*i))
+                {
+                    scan(i);
+                }
+            }
+            Some(set) => {
+                for i in set.matches(text).iter() {
+                    scan(i);
+                }
+            }
+            None => (0..inner.patterns.len())
+                .filter(|&i| may_match(i))
+                .for_each(scan),
         }
-        hits
     }
 
     /// With more text to come: matches that start here or later may still change.
-    fn settled_before(&self, text: &str) -> usize {
+    fn settled_before(&self, text: &str, folded: &Folded<'_>) -> usize {
         let inner = &*self.inner;
+        let ftext = folded.text();
         let mut from = text.len();
         if let Some(kw) = &inner.keywords {
-            from = from.min(kw.pending_from(text));
+            from = from.min(folded.original(kw.pending_from(ftext)));
         }
         for p in &inner.patterns {
-            from = from.min(p.unsettled_from(text));
+            let unsettled = if p.prebuilt {
+                folded.original(p.unsettled_from(ftext))
+            } else {
+                p.unsettled_from(text)
+            };
+            from = from.min(unsettled);
         }
         from
     }
@@ -585,6 +635,58 @@ fn action_rank(action: FilterAction) -> u8 {
     }
 }
 
+/// Resolves overlapping matches: a `BLOCK` match is never hidden by a `MASK` one; `BLOCK`
+/// matches that overlap keep the one that starts first; `MASK` matches that overlap are merged
+/// into one masked span, tagged by the one that starts first (at one start the longer, then
+/// the rule configured first), and a masked span that runs into a `BLOCK` match ends where it
+/// starts. Sorted, not overlapping.
+fn resolve(mut hits: Vec<Hit>) -> Vec<Hit> {
+    hits.sort_unstable_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then_with(|| action_rank(a.action).cmp(&action_rank(b.action)))
+            .then_with(|| b.end.cmp(&a.end))
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
+    let mut blocks: Vec<Hit> = Vec::new();
+    let mut masks: Vec<Hit> = Vec::new();
+    for hit in hits {
+        match hit.action {
+            FilterAction::Block => {
+                if blocks.last().is_none_or(|b| hit.start >= b.end) {
+                    blocks.push(hit);
+                }
+            }
+            FilterAction::Mask => match masks.last_mut() {
+                Some(span) if hit.start < span.end => span.end = span.end.max(hit.end),
+                _ => masks.push(hit),
+            },
+        }
+    }
+    if blocks.is_empty() {
+        return masks;
+    }
+    let mut out = Vec::with_capacity(blocks.len() + masks.len());
+    let mut next_block = blocks.iter().peekable();
+    for mut span in masks {
+        while let Some(block) = next_block.next_if(|b| b.end <= span.start) {
+            out.push(*block);
+        }
+        // The first block that ends after the span starts: does the span reach it?
+        if let Some(block) = next_block.peek() {
+            if block.start < span.end {
+                if block.start <= span.start {
+                    continue;
+                }
+                span.end = block.start;
+            }
+        }
+        out.push(span);
+    }
+    out.extend(next_block.copied());
+    out
+}
+
 impl SpanMatcher for ContentFilter {
     /// The longest keyword or pattern match, in characters; a custom regex without a bound
     /// counts as `max_unbounded_match_chars`.
@@ -597,7 +699,13 @@ impl SpanMatcher for ContentFilter {
     /// (its alphabet, up to its longest match). In running prose that is usually the last
     /// partial word, so a guarded stream adds almost no delay.
     fn hold_back(&self, text: &str) -> usize {
-        text.len() - self.settled_before(text)
+        let folded = fold_text(text);
+        if self.settled_before(text, &folded) == text.len() {
+            return 0;
+        }
+        let mut hits = Vec::new();
+        self.raw_hits(text, &folded, true, &mut hits);
+        text.len() - self.settled_point(text, &folded, &hits)
     }
 
     /// The matches in `text`, resolved as the [module documentation](self) describes.
