@@ -562,7 +562,8 @@ fn discover(text: &str, range: Range<usize>, out: &mut Vec<Range<usize>>) {
 /// - it passes the Luhn check and the brand's prefix and length;
 /// - it does not start on a group that a dash joins to the group before, unless the window's
 ///   own first separator is a dash too: that group is the end of another number
-///   (`123-45-6789 4111 ...`, `555-123-4567 4111 ...`).
+///   (`123-45-6789 4111 ...`, `555-123-4567 4111 ...`); nor start or end on a group that a
+///   `.`, `,`, `/` or `:` joins to more digits (`... 1111 10.0.0.1`).
 ///
 /// Overlapping windows (a card after a 4-digit year, or after a phone number written with
 /// spaces, where one more window may pass Luhn by chance) are pushed as one span, so no digit
@@ -581,13 +582,29 @@ fn cards(text: &str, range: Range<usize>, out: &mut Vec<Range<usize>>, brand: Br
         groups.push((start, i, sep));
         i += 1; // the separator
     }
+    // A run that a `.`, `,`, `/` or `:` joins to digits before or after it: its first or last
+    // group is part of another number (`10.0.0.1`, `1,234`, `12/25`).
+    let bytes = text.as_bytes();
+    let joins = |at: Option<usize>, digit_at: Option<usize>| {
+        at.and_then(|i| bytes.get(i))
+            .is_some_and(|b| matches!(b, b'.' | b',' | b'/' | b':'))
+            && digit_at
+                .and_then(|i| bytes.get(i))
+                .is_some_and(u8::is_ascii_digit)
+    };
+    let glued_before = joins(range.start.checked_sub(1), range.start.checked_sub(2));
+    let glued_after = joins(Some(range.end), Some(range.end + 1));
     let mut windows: Vec<(usize, usize)> = Vec::new();
     let mut digits: Vec<u8> = Vec::with_capacity(19);
     for first in 0..groups.len() {
         let len = |g: usize| groups[g].1 - groups[g].0;
         let glued_by_dash = groups[first].2 == b'-';
+        let last_group = groups.len() - 1;
         let mut consider = |last: usize, sep: u8| {
-            if glued_by_dash && sep != b'-' {
+            if (glued_by_dash && sep != b'-')
+                || (first == 0 && glued_before)
+                || (last == last_group && glued_after)
+            {
                 return;
             }
             digits.clear();
