@@ -52,60 +52,95 @@
 //!
 //! # Matching
 //!
+//! Keywords and prebuilt patterns read the text with look-alike and invisible characters
+//! folded: decimal digits of every script (`１２３`, `١٢٣`, `१२३`) as ASCII digits, fullwidth
+//! forms (`＠`, `ｓｅｃｒｅｔ`) as ASCII, no-break and other Unicode spaces as a space, Unicode
+//! hyphens, en dashes and the minus sign as `-`; zero-width spaces and joiners, the soft hyphen,
+//! the word joiner, bidi controls, variation selectors, tag characters and the byte order mark
+//! are skipped. A match is masked in the text as written (invisible characters inside it
+//! included). Custom regexes read the text as written.
+//!
 //! - **Keywords** match case-insensitively (ASCII case, and the single-character Unicode
-//!   lower case of other letters, so `Straße` matches `STRAẞE`) and only on word boundaries:
-//!   the character before and after a keyword must not be a letter, digit or `_` (Unicode),
-//!   or be the start or end of the text. `ass` does not match in `class`. All keywords are
-//!   found in one Aho-Corasick pass over the text. (LiteLLM matches keywords as plain
-//!   substrings; word boundaries avoid its false positives.)
-//! - **Prebuilt patterns** (ASCII; `\b` below is an ASCII word boundary):
+//!   lower case of other letters, so `Straße` matches `STRAẞE`) and on word boundaries: where
+//!   a match begins or ends with a letter, digit or `_` (Unicode), the character beyond it must
+//!   not be one. `ass` does not match in `class`; `c++` matches in `c++11`, `=` anywhere.
+//!   A `*` in a keyword stands for zero or one character other than a line break, as in
+//!   LiteLLM (`fu*k` matches `fuck`, `fuk`, `fu-k`, `fu k`; not `fuuuck`, not `fu\nk`); it
+//!   cannot be escaped, and a keyword of nothing but `*` is a configuration error. All
+//!   keywords are found in one Aho-Corasick pass (a wildcard keyword by its longest literal
+//!   run, then checked whole around it). LiteLLM matches keywords as substrings of the lower-
+//!   cased text in most versions (newer ones add `\b` around keywords made of word
+//!   characters): `passwords` is blocked by `pass*word` there, not here.
+//! - **Prebuilt patterns** (ASCII over the folded text; `\b` below is an ASCII word boundary):
 //!
 //!   | name | matches |
 //!   |------|---------|
-//!   | `email` | `local@domain.tld`: up to 64 + 1 + 228 + 1 + 24 characters |
-//!   | `us_ssn` | `123-45-6789`; area not 000, 666 or 9xx, group not 00, serial not 0000 |
-//!   | `us_ssn_no_dash` | `123456789`, same rules |
-//!   | `us_phone` | `555-123-4567`, `(555) 123-4567`, `+1 555.123.4567`, `5551234567` |
-//!   | `credit_card` | 13 to 19 digits with single spaces or dashes between them, Luhn-checked |
-//!   | `visa`, `mastercard`, `amex`, `discover` | the brand's number format, Luhn-checked |
-//!   | `ipv4` | dotted quads with octets 0 to 255, no leading zeros |
+//!   | `email` | `local@domain.tld`: a local part of any length, a domain of up to 253 characters |
+//!   | `us_ssn` | `123-45-6789`; area not 000, 666 or 9xx, group not 00, serial not 0000; no digit right before or after |
+//!   | `us_ssn_no_dash` | `123456789`, same rules, on `\b` |
+//!   | `us_phone` | `555-123-4567`, `(555) 123-4567`, `+1 555.123.4567`, `5551234567`; no digit right before or after |
+//!   | `credit_card` | a card number (below), Luhn-checked |
+//!   | `visa`, `mastercard`, `amex`, `discover` | a card number of the brand's prefixes and lengths (Visa 4, 13/16/19 digits; Mastercard 51-55 and 2221-2720, 16; Amex 34/37, 15; Discover 6011, 644-649, 65, 16/19), Luhn-checked |
+//!   | `ipv4` | dotted quads with octets 0 to 255, no leading zeros, on `\b` |
 //!   | `aws_access_key` | `AKIA` or `ASIA` and 16 upper-case letters or digits |
 //!   | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 letters or digits; `github_pat_` and 82 |
 //!   | `slack_token` | `xoxp-`, `xoxb-`, `xoxo-`, `xoxa-` tokens |
 //!   | `generic_api_key` | `sk-` keys (`sk-proj-...`, `sk-ant-...`) with 20 to 256 more `[A-Za-z0-9_-]`; assignments `api_key=...`, `apikey: ...`, `OPENAI_API_KEY="..."` with a 20 to 256 character value (the assignment is matched) |
 //!
-//!   Every prebuilt pattern has a bounded longest match (at most 318 characters, `email`).
-//!   They match exactly as written (LiteLLM compiles its prebuilt patterns case-insensitively;
-//!   these spell out the letter cases they accept). Patterns with a check (SSN rules, Luhn)
-//!   look for another candidate inside a rejected one.
+//!   Numbers match on token boundaries, so adjacent numbers never merge. A card number is read
+//!   from a run of digit groups joined by single spaces or dashes, as whole groups laid out as
+//!   cards are printed (13 to 19 digits in one group; 4-4-4 and 1 to 4 more; 4-4-4-4 and 1 to 3
+//!   more; 4-6 and 4 or 5 more), never starting on a group that a dash joins to the number
+//!   before it (`123-45-6789 4111 ...`) and never taking a group that `.`, `,`, `/` or `:`
+//!   joins to more digits (`... 1111 10.0.0.1`). Where two candidates overlap (a card after a
+//!   4-digit year whose shifted window passes Luhn too), both are masked as one span. A letter
+//!   glued to an SSN, phone or card number (`ID123-45-6789`) does not hide it (LiteLLM's `\b`
+//!   does). They match exactly as written (LiteLLM compiles its prebuilt patterns
+//!   case-insensitively; these spell out the letter cases they accept). Patterns with a check
+//!   (SSN rules, boundaries) look for another candidate inside a rejected one.
+//!
+//!   Where LiteLLM's own patterns let a value through, these do not: its `us_phone`, `ipv4`
+//!   and `email` use `[0-9]`/`[A-Za-z]` classes, so fullwidth or other-script digits and
+//!   fullwidth letters pass; its patterns read the text as written, so a zero-width space or
+//!   a Unicode hyphen inside a number or keyword hides it.
 //! - **Custom regexes** use Rust [`regex`](https://docs.rs/regex) syntax and, as in LiteLLM,
 //!   match case-insensitively (`(?-i)` turns it off). A regex that can match the empty string,
 //!   or that compiles to more than 1 MiB, is a configuration error.
 //!
-//! Overlapping matches are resolved the same way everywhere: the match that starts first wins;
-//! among matches that start at the same place, a `BLOCK` wins over a `MASK`, then the longer
-//! match, then the rule configured first (keywords, then `patterns` in order). Each regex on
-//! its own reports leftmost-first, non-overlapping matches.
+//! Overlapping matches are resolved the same way everywhere: a `BLOCK` match is never hidden
+//! by a `MASK` one (a masked span that runs into it ends where it starts); `MASK` matches that
+//! overlap are masked as one span, tagged by the match that starts first (at one start the
+//! longer, then the rule configured first: keywords, then `patterns` in order); of `BLOCK`
+//! matches that overlap, the first counts.
 //!
 //! # Actions
 //!
 //! Any `BLOCK` match blocks the whole input. The message names the rule, never the matched
 //! text, in LiteLLM's words: `Content blocked: us_ssn pattern detected`,
 //! `Content blocked: keyword 'confidential' detected (Internal confidential information)`.
-//! Otherwise every `MASK` match is replaced: patterns by `pattern_redaction_format` with
-//! `{pattern_name}` replaced by the pattern's name in upper case (`[EMAIL_REDACTED]`),
-//! keywords by `keyword_redaction_tag` (`[KEYWORD_REDACTED]`). `masked_entity_count` counts
-//! masked matches under LiteLLM's keys: the pattern's name (`email`, `us_ssn`, a custom
-//! regex's `name`) and `blocked_word` for keywords. (LiteLLM counts one per rule and text;
-//! this counts every match.) The log detail lists, per rule, its type, name, action and match
-//! count, never the matched text.
+//! Otherwise every masked span is replaced: by `pattern_redaction_format` with
+//! `{pattern_name}` replaced by the pattern's name in upper case (`[EMAIL_REDACTED]`), or by
+//! `keyword_redaction_tag` (`[KEYWORD_REDACTED]`). `masked_entity_count` counts masked spans
+//! under LiteLLM's keys: the pattern's name (`email`, `us_ssn`, a custom regex's `name`) and
+//! `blocked_word` for keywords. (LiteLLM counts one per rule and text; this counts every
+//! span.) The log detail lists, per rule, its type, name, action and match count, never the
+//! matched text.
 //!
 //! # Streaming
 //!
-//! [`ContentFilter`] is a [`SpanMatcher`]: a streamed response is checked exactly, with
-//! [`SpanMatcher::max_match_chars`] characters held back. A custom regex without an upper
-//! bound on its match length counts as `max_unbounded_match_chars` long (default 256); a
-//! longer match of it may be split in a stream.
+//! [`ContentFilter`] is a [`SpanMatcher`]: a streamed response is checked exactly. It holds
+//! back only what could still become part of a match (a trailing partial keyword, a trailing
+//! run of characters a pattern could still match), and a match that reaches into that part
+//! waits with it, so what is released is final. The longest match a stream handles whole,
+//! [`SpanMatcher::max_match_chars`], is bounded for every rule:
+//!
+//! - a keyword: its length, each `*` counting one (a wildcard reaches one character);
+//! - `email`: 512 characters (a local part of 256 and the longest domain); a longer local part
+//!   may have its beginning released before the `@` arrives;
+//! - the card patterns: runs of digit groups up to 64 characters (a card and the numbers
+//!   around it); overlapping candidates chained beyond that may be masked in pieces;
+//! - a custom regex without an upper bound on its match length (`\d+`): `max_unbounded_match_chars`
+//!   (default 256); a longer match of it may be split in a stream.
 
 mod config;
 mod error;
@@ -134,7 +169,7 @@ pub use error::ContentFilterError;
 use keywords::Keywords;
 use needs::Search;
 use normalize::{Folded, fold_text};
-use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT};
+use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT, Scratch};
 
 /// The `guardrail_provider` of this guardrail, as LiteLLM names it.
 pub const PROVIDER: &str = "litellm_content_filter";
@@ -373,7 +408,8 @@ impl ContentFilter {
     /// Checks texts as [`Guardrail::check`] does, synchronously: block if any text has a
     /// `BLOCK` match, else rewrite the texts if any has a `MASK` match, else allow.
     ///
-    /// Allocates nothing when nothing matches.
+    /// Allocates nothing when nothing matches in texts with nothing to fold (ASCII, or without
+    /// look-alike or invisible characters).
     pub fn check_texts<S: AsRef<str>>(&self, texts: &[S]) -> Verdict {
         let mut found: Vec<(usize, Vec<Hit>)> = Vec::new();
         for (i, text) in texts.iter().enumerate() {
@@ -472,6 +508,7 @@ impl ContentFilter {
         if inner.patterns.is_empty() {
             return;
         }
+        let mut scratch = Scratch::default();
         if folded.changed() {
             // Prebuilt patterns read the folded text, custom regexes the text as written (a
             // custom regex may look for the very characters folding changes); one by one.
@@ -481,7 +518,7 @@ impl ContentFilter {
                 } else {
                     (text, false)
                 };
-                p.for_each_match(on, |start, end| {
+                p.for_each_match(on, &mut scratch, |start, end| {
                     let (start, end) = if map {
                         (folded.original(start), folded.original(end))
                     } else {
@@ -499,7 +536,7 @@ impl ContentFilter {
         }
         let mut scan = |i: usize| {
             let p = &inner.patterns[i];
-            p.for_each_match(text, |start, end| {
+            p.for_each_match(text, &mut scratch, |start, end| {
                 hits.push(Hit {
                     start,
                     end,
@@ -688,16 +725,17 @@ fn resolve(mut hits: Vec<Hit>) -> Vec<Hit> {
 }
 
 impl SpanMatcher for ContentFilter {
-    /// The longest keyword or pattern match, in characters; a custom regex without a bound
-    /// counts as `max_unbounded_match_chars`.
+    /// The longest keyword or pattern match a stream handles whole, in characters: a keyword's
+    /// length (each `*` counting one), a bounded regex's longest match, 512 for `email`, 64 for
+    /// the card patterns, `max_unbounded_match_chars` for a custom regex without a bound.
     fn max_match_chars(&self) -> usize {
         self.inner.max_match_chars
     }
 
     /// Only what could still become part of a match: the trailing part of a keyword the text
-    /// could still complete, and the trailing run of characters a pattern could still match
-    /// (its alphabet, up to its longest match). In running prose that is usually the last
-    /// partial word, so a guarded stream adds almost no delay.
+    /// could still complete, the trailing run of characters a pattern could still match (its
+    /// alphabet, up to its longest match), and any match that reaches into them. In running
+    /// prose that is usually the last partial word, so a guarded stream adds almost no delay.
     fn hold_back(&self, text: &str) -> usize {
         let folded = fold_text(text);
         if self.settled_before(text, &folded) == text.len() {
@@ -712,9 +750,9 @@ impl SpanMatcher for ContentFilter {
     ///
     /// With `partial`, the end of `text` is not a word boundary, and a match is reported only
     /// once no further text can change it: no keyword that could still be completed, and no
-    /// pattern match that could still grow or appear, starts at or before it. A match that
-    /// ends at the very end of `text` is therefore never reported. `SpanMatch::message` is
-    /// empty for masks.
+    /// pattern match that could still grow or appear, starts at or before its end. A match
+    /// that ends at the very end of `text` is therefore never reported, and everything before
+    /// `text.len() - hold_back(text)` is final. `SpanMatch::message` is empty for masks.
     fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch> {
         let hits = self.hits(text, partial);
         if hits.is_empty() {

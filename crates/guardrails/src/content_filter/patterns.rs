@@ -2,6 +2,7 @@
 //! each (its longest match, the characters a match can contain, an extra check).
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use regex::{Regex, RegexBuilder};
 use regex_syntax::hir::{Class, Hir, HirKind};
@@ -20,7 +21,8 @@ pub(super) enum Validator {
     /// for `None`; a valid match may then start inside the rejected candidate.
     Check(fn(text: &str, range: Range<usize>) -> Option<Range<usize>>),
     /// Pushes the matches inside the candidate (sorted, not overlapping), possibly none; the
-    /// whole candidate is consumed either way.
+    /// whole candidate is consumed either way. For the card patterns: the regex is
+    /// [`DIGIT_RUN`], and only runs with 13 digits or more are candidates.
     Within(fn(text: &str, range: Range<usize>, out: &mut Vec<Range<usize>>)),
 }
 
@@ -76,6 +78,11 @@ const DIGIT_RUN: &str = r"[0-9]+(?:[ -][0-9]+)*";
 
 /// Where a card number can be: 13 digits in a row, single spaces or dashes between them.
 const CARD_SET: &str = r"[0-9](?:[ -]?[0-9]){12}";
+/// The same, starting with a brand's first digits.
+const VISA_SET: &str = r"4(?:[ -]?[0-9]){12}";
+const MASTERCARD_SET: &str = r"(?:5[1-5]|2[2-7])(?:[ -]?[0-9]){14}";
+const AMEX_SET: &str = r"3[47](?:[ -]?[0-9]){13}";
+const DISCOVER_SET: &str = r"6(?:[ -]?[0-9]){15}";
 
 /// The prebuilt patterns, in LiteLLM's names. Every one has a bounded longest match in a
 /// stream.
@@ -88,7 +95,7 @@ pub(super) const PREBUILT: &[Prebuilt] = &[
             r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,228}\.[A-Za-z]{2,24}",
             b!()
         ),
-        set_regex: None,
+        set_regex: Some(r"[A-Za-z0-9._%+-]@[A-Za-z0-9.-]+\.[A-Za-z]{2}"),
         max_chars: Some(EMAIL_STREAM_CHARS),
         validator: Some(Validator::Check(whole_local_part)),
     },
@@ -125,28 +132,28 @@ pub(super) const PREBUILT: &[Prebuilt] = &[
     Prebuilt {
         name: "visa",
         regex: DIGIT_RUN,
-        set_regex: Some(CARD_SET),
+        set_regex: Some(VISA_SET),
         max_chars: Some(CARD_STREAM_CHARS),
         validator: Some(Validator::Within(visa)),
     },
     Prebuilt {
         name: "mastercard",
         regex: DIGIT_RUN,
-        set_regex: Some(CARD_SET),
+        set_regex: Some(MASTERCARD_SET),
         max_chars: Some(CARD_STREAM_CHARS),
         validator: Some(Validator::Within(mastercard)),
     },
     Prebuilt {
         name: "amex",
         regex: DIGIT_RUN,
-        set_regex: Some(CARD_SET),
+        set_regex: Some(AMEX_SET),
         max_chars: Some(CARD_STREAM_CHARS),
         validator: Some(Validator::Within(amex)),
     },
     Prebuilt {
         name: "discover",
         regex: DIGIT_RUN,
-        set_regex: Some(CARD_SET),
+        set_regex: Some(DISCOVER_SET),
         max_chars: Some(CARD_STREAM_CHARS),
         validator: Some(Validator::Within(discover)),
     },
@@ -318,39 +325,51 @@ impl PatternRule {
     }
 
     /// Calls `f(start, end)` for each match in `text`, in order and not overlapping.
-    pub(super) fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) {
+    /// `scratch` is shared by the patterns scanning one text (they reuse what another found).
+    pub(super) fn for_each_match(
+        &self,
+        text: &str,
+        scratch: &mut Scratch,
+        mut f: impl FnMut(usize, usize),
+    ) {
         let Some(validator) = self.validator else {
             for m in self.regex.find_iter(text) {
                 f(m.start(), m.end());
             }
             return;
         };
+        if let Validator::Within(within_fn) = validator {
+            // The card patterns share their candidates: the runs of digit groups long enough
+            // to hold a card number, found once per text.
+            let Scratch { runs, within } = scratch;
+            let runs = runs.get_or_insert_with(|| card_runs(text));
+            for run in runs.iter() {
+                within.clear();
+                within_fn(text, run.clone(), within);
+                for r in within.iter() {
+                    f(r.start, r.end);
+                }
+            }
+            return;
+        }
         let mut at = 0;
-        let mut within = Vec::new();
         while at <= text.len() {
             let Some(m) = self.regex.find_at(text, at) else {
                 break;
             };
-            match validator {
-                Validator::Check(check) => match check(text, m.range()) {
-                    Some(range) if range.end > range.start => {
-                        // A match never reaches back into the previous one.
-                        f(range.start.max(at), range.end);
-                        at = range.end;
-                    }
-                    _ => {
-                        // A valid match may start inside a rejected candidate.
-                        let step = text[m.start()..].chars().next().map_or(1, char::len_utf8);
-                        at = m.start() + step;
-                    }
-                },
-                Validator::Within(within_fn) => {
-                    within.clear();
-                    within_fn(text, m.range(), &mut within);
-                    for r in &within {
-                        f(r.start, r.end);
-                    }
-                    at = m.end().max(at + 1);
+            let Validator::Check(check) = validator else {
+                break;
+            };
+            match check(text, m.range()) {
+                Some(range) if range.end > range.start => {
+                    // A match never reaches back into the previous one.
+                    f(range.start.max(at), range.end);
+                    at = range.end;
+                }
+                _ => {
+                    // A valid match may start inside a rejected candidate.
+                    let step = text[m.start()..].chars().next().map_or(1, char::len_utf8);
+                    at = m.start() + step;
                 }
             }
         }
@@ -431,6 +450,40 @@ fn normalize_ranges(mut ranges: Vec<(char, char)>) -> Vec<(char, char)> {
         }
     }
     out
+}
+
+/// The runs of digit groups (as [`DIGIT_RUN`] finds them) that hold at least 13 digits: where
+/// 13 digits with single separators occur ([`CARD_SET`]), widened to the whole run.
+fn card_runs(text: &str) -> Vec<Range<usize>> {
+    static CANDIDATE: OnceLock<Regex> = OnceLock::new();
+    let candidate = CANDIDATE.get_or_init(|| Regex::new(CARD_SET).expect("a valid regex"));
+    let bytes = text.as_bytes();
+    let digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    let joiner = |i: usize| bytes.get(i).is_some_and(|b| matches!(b, b' ' | b'-'));
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while let Some(m) = candidate.find_at(text, at) {
+        let (mut start, mut end) = (m.start(), m.end());
+        while start > 0
+            && (digit(start - 1) || (joiner(start - 1) && start > 1 && digit(start - 2)))
+        {
+            start -= 1;
+        }
+        while digit(end) || (joiner(end) && digit(end + 1)) {
+            end += 1;
+        }
+        runs.push(start..end);
+        at = end;
+    }
+    runs
+}
+
+/// What the patterns scanning one text share.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    /// The runs of digit groups with at least 13 digits (card-number candidates), once found.
+    runs: Option<Vec<Range<usize>>>,
+    within: Vec<Range<usize>>,
 }
 
 /// The characters a local part of an email may hold (the `email` pattern's class).
