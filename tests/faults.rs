@@ -1380,16 +1380,14 @@ async fn guardrail_service_faults_fail_open_or_closed() {
             }
             503 => {
                 let message = openai_error(got, 503, "service_unavailable_error", Some(c.code));
-                assert!(
-                    message.starts_with(&format!("guardrail '{name}' is unreachable")),
-                    "{name}: {message}"
-                );
+                // The guardrail's name and nothing of its service (address, answer).
+                assert_eq!(message, format!("guardrail '{name}' could not be reached"));
             }
             _ => {
                 let message = openai_error(got, 500, "internal_server_error", Some(c.code));
-                assert!(
-                    message.starts_with(&format!("guardrail '{name}' failed")),
-                    "{name}: {message}"
+                assert_eq!(
+                    message,
+                    format!("guardrail '{name}' failed: it could not give a verdict")
                 );
             }
         }
@@ -1419,10 +1417,7 @@ async fn guardrail_service_faults_fail_open_or_closed() {
         )
         .await;
     let message = anthropic_error(&got, 503, "overloaded_error");
-    assert!(
-        message.starts_with("guardrail 'refused-closed' is unreachable"),
-        "{message}"
-    );
+    assert_eq!(message, "guardrail 'refused-closed' could not be reached");
     h.assert_still_serves().await;
 
     // Failing closed before the call keeps the request from the upstream.
@@ -1566,10 +1561,7 @@ async fn a_slow_guardrail_under_load_is_called_concurrently_and_falls_back_on_ti
                 "service_unavailable_error",
                 Some("guardrail_unreachable"),
             );
-            assert!(
-                message.starts_with("guardrail 'slow-closed' is unreachable"),
-                "{message}"
-            );
+            assert_eq!(message, "guardrail 'slow-closed' could not be reached");
         }
     }
     h.assert_still_serves().await;

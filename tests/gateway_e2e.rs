@@ -58,15 +58,17 @@ guardrails:
 impl Harness {
     /// The gateway with `extra` appended to the standard config (more guardrails or models).
     async fn start_with(extra_models: &str, extra_guardrails: &str) -> Harness {
-        Harness::start_full(extra_models, extra_guardrails, None).await
+        Harness::start_full(extra_models, extra_guardrails, None, "").await
     }
 
-    /// The standard config with more models and guardrails, and its spend log in `spend_logs`
-    /// (default: a SQLite file in a temporary directory).
+    /// The standard config with more models and guardrails, its spend log in `spend_logs`
+    /// (default: a SQLite file in a temporary directory), and more `general_settings` lines
+    /// (indented by two spaces).
     async fn start_full(
         extra_models: &str,
         extra_guardrails: &str,
         spend_logs: Option<&str>,
+        extra_settings: &str,
     ) -> Harness {
         let upstream = MockUpstream::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -88,6 +90,7 @@ model_list:
 general_settings:
   spend_logs: "{spend_logs}"
   request_timeout: 5
+{extra_settings}
 "#,
             origin = upstream.origin(),
         );
@@ -402,7 +405,7 @@ async fn generic_guardrail_api_down_fails_open_or_closed() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("guardrail 'remote-closed' is unreachable")
+            .contains("guardrail 'remote-closed' could not be reached")
     );
     assert_eq!(h.upstream.request_count(), 1);
 
@@ -428,6 +431,89 @@ async fn generic_guardrail_api_down_fails_open_or_closed() {
         "guardrail_failed_to_respond"
     );
     assert_eq!(find("remote-closed")["guardrail_action"], "block");
+}
+
+#[tokio::test]
+async fn a_failing_guardrail_service_s_url_and_body_stay_out_of_the_client_error() {
+    // A guardrail service that fails with an internal error page, and one that is down.
+    const BODY: &str = "Traceback (most recent call last): db password hunter2 at 10.9.8.7";
+    let failing = guardrail_tower_testkit::serve(tower::service_fn(
+        |_req: Request<hyper::body::Incoming>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(500)
+                    .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                    .unwrap(),
+            )
+        },
+    ))
+    .await;
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let failing_url = failing.url("/internal-guard");
+    let down_url = format!("http://{down}/internal-down");
+    let guardrails = format!(
+        r#"
+  - guardrail_name: remote-failing
+    litellm_params: {{guardrail: generic_guardrail_api, mode: pre_call, api_base: "{failing_url}", timeout: 2}}
+  - guardrail_name: remote-down
+    litellm_params: {{guardrail: generic_guardrail_api, mode: pre_call, api_base: "{down_url}", unreachable_fallback: fail_closed, timeout: 2}}
+"#
+    );
+    let mut h =
+        Harness::start_full("", &guardrails, None, "  store_prompts_in_spend_logs: true").await;
+    let mut rows_expected = 0;
+    for (name, url, status, detail) in [
+        ("remote-failing", &failing_url, 500, "hunter2"),
+        ("remote-down", &down_url, 503, "refused"),
+    ] {
+        let body = json!({"model": "gpt-plain", "guardrails": [name],
+                          "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+        let resp = send(post_json(&h.url("/v1/chat/completions"), &body)).await;
+        assert_eq!(resp.status(), status, "{name}");
+        let client = String::from_utf8_lossy(resp.body()).into_owned();
+        let v: Value = serde_json::from_slice(resp.body()).unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(name),
+            "the client learns which guardrail failed: {client}"
+        );
+        let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+        for secret in [
+            addr,
+            "/internal-",
+            "hunter2",
+            "Traceback",
+            "10.9.8.7",
+            "refused",
+        ] {
+            assert!(
+                !client.contains(secret),
+                "{name}: the client's error holds {secret:?}: {client}"
+            );
+        }
+        rows_expected += 1;
+        let rows = h.spend_rows(rows_expected).await;
+        let entry = rows[0]["metadata"]["guardrail_information"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["guardrail_name"] == name)
+            .unwrap()
+            .clone();
+        assert_eq!(entry["guardrail_status"], "guardrail_failed_to_respond");
+        let error = entry["guardrail_response"]["error"].as_str().unwrap();
+        let endpoint = format!("{url}/beta/litellm_basic_guardrail_api");
+        assert!(error.contains(&endpoint), "{name}: {error}");
+        assert!(error.contains(detail), "{name}: {error}");
+        if name == "remote-failing" {
+            assert!(error.contains("500") && error.contains(BODY), "{error}");
+        }
+        h.serve().await;
+    }
+    assert_eq!(h.upstream.request_count(), 0);
 }
 
 #[tokio::test]
@@ -599,7 +685,7 @@ async fn pg_url() -> Option<String> {
 #[tokio::test]
 async fn pg_spend_logs_through_the_gateway() {
     let Some(url) = pg_url().await else { return };
-    let mut h = Harness::start_full("", "", Some(&url)).await;
+    let mut h = Harness::start_full("", "", Some(&url), "").await;
     let ok = send(post_json(
         &h.url("/v1/chat/completions"),
         &chat("gpt-guarded", "Hello there", true),

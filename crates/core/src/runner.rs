@@ -296,10 +296,13 @@ impl ConfiguredGuardrail {
                             error = %error,
                             "guardrail failed to respond; failing closed"
                         );
+                        // The detail (a service's URL, status and answer) went to the log
+                        // above and goes to the guardrail's entry; the client's error names
+                        // the guardrail only.
                         let err = if error.is_unreachable() {
-                            Error::guardrail_unreachable(self.name(), &error)
+                            Error::guardrail_unreachable(self.name())
                         } else {
-                            Error::guardrail_failed(self.name(), &error)
+                            Error::guardrail_failed(self.name(), "it could not give a verdict")
                         };
                         (
                             GuardrailStatus::GuardrailFailedToRespond,
@@ -918,12 +921,11 @@ mod tests {
             panic!()
         };
         assert_eq!(err.status(), 503);
-        assert!(
-            err.message().contains("no answer within 250 ms"),
-            "{}",
-            err.message()
-        );
+        // The client's error names the guardrail; the detail is in the log entry.
+        assert_eq!(err.message(), "guardrail 'slow' could not be reached");
         let entry = &log.entries()[0];
+        let detail = entry.guardrail_response["error"].as_str().unwrap();
+        assert!(detail.contains("no answer within 250 ms"), "{detail}");
         assert!((entry.duration - 0.25).abs() < 0.01, "{}", entry.duration);
     }
 
@@ -935,14 +937,20 @@ mod tests {
             guardrail_fn(|_| async { Ok(Verdict::rewrite(vec![])) }),
         )
         .default_on(true);
-        let (outcome, _) = run(&Guardrails::new([bad]), &["x"]).await;
+        let (outcome, log) = run(&Guardrails::new([bad]), &["x"]).await;
         let Outcome::Blocked(err) = outcome else {
             panic!()
         };
         assert_eq!(err.status(), 500);
+        assert_eq!(
+            err.message(),
+            "guardrail 'bad' failed: it could not give a verdict"
+        );
+        let entries = log.entries();
+        let detail = entries[0].guardrail_response["error"].as_str().unwrap();
         assert!(
-            err.message()
-                .contains("rewrite returned 0 texts for 1 inputs")
+            detail.contains("rewrite returned 0 texts for 1 inputs"),
+            "{detail}"
         );
     }
 

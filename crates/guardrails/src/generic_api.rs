@@ -42,49 +42,73 @@
 //! | `input_type` | `"request"` or `"response"` |
 //! | `litellm_call_id` | the request id |
 //! | `litellm_trace_id` | the request body's `litellm_trace_id` (top level or in `metadata`), else the request id |
-//! | `structured_messages` | the request's messages: chat `messages`, Responses `input` (when an array), Anthropic `messages`; else `null` |
+//! | `structured_messages` | request side: the request's messages (chat `messages`, Responses `input` when an array, Anthropic `messages`) as the guardrail's texts leave them; else `null` |
 //! | `images` | request side: image URLs in those messages (`data:` URLs for inline images); else `null` |
 //! | `tools` | request side: the request's `tools`; else `null` |
 //! | `texts` | the texts to check |
-//! | `request_data` | the request body (a JSON object); `{}` when there is none |
+//! | `request_data` | who is calling: the `user_api_key_*` metadata of the [`Caller`](guardrail_tower_core::Caller) an authentication layer put in the request (`user_api_key_hash`, `_alias`, `_user_id`, `_user_email`, `_team_id`, `_org_id`, those that are known) and `user_api_key_end_user_id` (the request's `user`); `{}` when none is known. Never the request body. |
 //! | `request_headers` | the client's headers, LiteLLM-sanitized (below); `null` when none |
 //! | `litellm_version` | `null` (this is not LiteLLM) |
 //! | `additional_provider_specific_params` | from the config; `{}` when not set |
-//! | `tool_calls` | request side: tool calls in the messages; else `null` |
+//! | `tool_calls` | request side: tool calls in those messages (chat `tool_calls`, Responses `function_call` items, Anthropic `tool_use` blocks); else `null` |
 //! | `model` | the model the client asked for |
+//!
+//! The messages and tool calls are those of the request *as the guardrail's texts leave them*:
+//! when an earlier guardrail masked a text, this one sees the masked message, never the
+//! original (and when the texts cannot be placed back into the request's messages, the messages
+//! are not sent at all). On the response side only `texts` carries the response: the request's
+//! structure is not sent, as in LiteLLM.
 //!
 //! `request_headers` follows LiteLLM: the values of `host`, `accept`, `accept-encoding`,
 //! `connection`, `content-type`, `content-length`, `user-agent`, `x-stainless-*`, `x-litellm-*`
 //! and of the names listed in [`extra_headers`](GenericGuardrailApiConfig::extra_headers) are
-//! sent; any other header is sent as `"[present]"`. Credentials never reach this guardrail.
+//! sent; any other header is sent as `"[present]"`. Credentials (`authorization`,
+//! `proxy-authorization`, `x-api-key`, `api-key`, `x-litellm-api-key`, `cookie`) are not sent at
+//! all, whatever `extra_headers` says.
 //!
 //! Headers: `content-type: application/json`, then the configured `headers`, then
 //! `x-api-key: {api_key}` when an `api_key` is set.
 //!
 //! # The answer
 //!
-//! `{"action": "BLOCKED" | "NONE" | "GUARDRAIL_INTERVENED", "blocked_reason": ..., "texts": [...]}`
-//! (a missing `action` counts as `NONE`, as in LiteLLM):
+//! `{"action": "BLOCKED" | "NONE" | "GUARDRAIL_INTERVENED", "blocked_reason": ..., "texts": [...],
+//! "structured_messages": [...], "tool_calls": [...]}` (a missing `action` counts as `NONE`, as
+//! in LiteLLM; `null`, absent and `[]` all mean "no rewrite" for the three lists):
 //!
 //! - `BLOCKED`: a block, with `blocked_reason` as the message (default: "Content violates policy").
-//! - `NONE` or `GUARDRAIL_INTERVENED` with a non-empty `texts` that differs from the input: a
-//!   rewrite. `texts` must then have one entry per input text, or the check fails.
-//! - otherwise: allow.
+//! - `NONE` or `GUARDRAIL_INTERVENED`: every rewrite the answer carries is applied.
+//!   - `texts` that differ from the input: one entry per input text, in the same order, or the
+//!     check fails.
+//!   - `structured_messages` or `tool_calls` that differ from what was sent: the request is
+//!     rebuilt with them (the tool calls replace the sent ones in place, after the messages) and
+//!     its texts are read again with the same text view the layers use; the result is the
+//!     rewrite. Only text may change this way (message contents and parts, tool-call
+//!     arguments, whatever the text view reads): a rewrite that adds or removes a message, a
+//!     part or a tool call, changes a role, an image, a tool name or an id, or leaves the
+//!     texts with a different count, cannot be applied as a text rewrite and fails the check.
+//!     So does one on the response side, where no structure was sent.
+//!   - `texts` and a structural rewrite together must agree.
 //! - any other `action`: the check fails.
 //!
-//! The service's JSON answer is recorded as the verdict's detail (`guardrail_response`).
+//! A failed check (an answer that cannot be applied, a bad answer) is a guardrail error: the
+//! guardrail's `error_fallback` decides whether the request fails or passes unchanged. The
+//! service's JSON answer is recorded as the verdict's detail (`guardrail_response`).
 //!
 //! # Failures
 //!
 //! Connect/DNS errors, timeouts and HTTP 502/503/504 are *unreachable* (they go to the
 //! guardrail's `unreachable_fallback`); other statuses and bad answers are *failed*. See
-//! [`crate::http`].
+//! [`crate::http`]. The [`GuardrailError`] names the service's URL, the status and an excerpt of
+//! what it answered: that detail goes to the gateway's log and the guardrail's entry in the
+//! request's guardrail log (the spend-log row), never to the client, whose error only names the
+//! guardrail.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     CallType, Guardrail, GuardrailError, GuardrailInput, RequestMeta, Verdict,
 };
@@ -94,7 +118,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::http::{
-    ConfigError, HttpClient, JsonPost, parse_base_url, parse_header, parse_timeout, shared_client,
+    ConfigError, HttpClient, JsonPost, excerpt, parse_base_url, parse_header, parse_timeout,
+    shared_client,
 };
 
 /// The path LiteLLM appends to `api_base`.
@@ -121,6 +146,16 @@ const HEADER_VALUE_ALLOWLIST: [&str; 9] = [
 
 /// What LiteLLM sends for a header that is present but not on the allowlist.
 const HEADER_PRESENT_PLACEHOLDER: &str = "[present]";
+
+/// Client credentials: never sent in `request_headers`, not even as `"[present]"`.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-litellm-api-key",
+    "cookie",
+];
 
 /// The settings of a Generic Guardrail API guardrail: LiteLLM's `litellm_params` for
 /// `guardrail: generic_guardrail_api`.
@@ -271,7 +306,8 @@ impl GenericGuardrailApi {
 
     /// The JSON request body for `input` (see the [module docs](self)).
     pub fn request_body(&self, input: &GuardrailInput) -> Value {
-        let wire = WireRequest::new(input, &self.additional_params, &self.extra_headers);
+        let sent = Sent::new(input);
+        let wire = WireRequest::new(input, &sent, &self.additional_params, &self.extra_headers);
         serde_json::to_value(&wire).unwrap_or(Value::Null)
     }
 }
@@ -288,12 +324,21 @@ impl fmt::Debug for GenericGuardrailApi {
 
 impl Guardrail for GenericGuardrailApi {
     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
-        let wire = WireRequest::new(input, &self.additional_params, &self.extra_headers);
+        let sent = Sent::new(input);
+        let wire = WireRequest::new(input, &sent, &self.additional_params, &self.extra_headers);
         let body = serde_json::to_vec(&wire).map_err(|e| {
             GuardrailError::failed(format!("could not encode the guardrail request: {e}"))
         })?;
         let answer = self.client.post_json(&self.post, Bytes::from(body)).await?;
-        interpret(answer, input.texts())
+        interpret(&answer, input, &sent)
+            .map(|verdict| verdict.with_detail(answer.clone()))
+            .map_err(|reason| {
+                GuardrailError::failed(format!(
+                    "{} answered {}: {reason}",
+                    self.post.uri(),
+                    excerpt(answer.to_string().as_bytes())
+                ))
+            })
     }
 
     fn provider(&self) -> &str {
@@ -311,22 +356,19 @@ fn endpoint_url(api_base: &str) -> String {
     }
 }
 
-/// Turns the service's answer into a verdict.
-fn interpret(answer: Value, inputs: &[String]) -> Result<Verdict, GuardrailError> {
-    let Value::Object(fields) = &answer else {
-        return Err(GuardrailError::failed(format!(
-            "the guardrail answered {}, not a JSON object",
-            kind_of(&answer)
-        )));
+/// Turns the service's answer into a verdict (without its detail), or says why it cannot.
+fn interpret(answer: &Value, input: &GuardrailInput, sent: &Sent) -> Result<Verdict, String> {
+    let Value::Object(fields) = answer else {
+        return Err(format!("{}, not a JSON object", kind_of(answer)));
     };
     let action = match fields.get("action") {
         None | Some(Value::Null) => "NONE",
         Some(Value::String(action)) => action.as_str(),
         Some(other) => {
-            return Err(GuardrailError::failed(format!(
-                "the guardrail's `action` is {}, not a string",
+            return Err(format!(
+                "an `action` that is {}, not a string",
                 kind_of(other)
-            )));
+            ));
         }
     };
     match action {
@@ -335,48 +377,74 @@ fn interpret(answer: Value, inputs: &[String]) -> Result<Verdict, GuardrailError
                 Some(Value::String(reason)) if !reason.is_empty() => reason.clone(),
                 _ => DEFAULT_BLOCKED_REASON.to_owned(),
             };
-            Ok(Verdict::block(reason).with_detail(answer))
+            Ok(Verdict::block(reason))
         }
         "NONE" | "GUARDRAIL_INTERVENED" => {
-            let texts = match fields.get("texts") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(items)) if items.is_empty() => None,
-                Some(Value::Array(items)) => {
+            let inputs = input.texts();
+            let texts = match list(fields, "texts")? {
+                None => None,
+                Some(items) => {
                     let mut texts = Vec::with_capacity(items.len());
                     for item in items {
                         match item {
                             Value::String(s) => texts.push(s.clone()),
                             other => {
-                                return Err(GuardrailError::failed(format!(
-                                    "the guardrail's `texts` holds {}, not only strings",
+                                return Err(format!(
+                                    "`texts` holding {}, not only strings",
                                     kind_of(other)
-                                )));
+                                ));
                             }
                         }
                     }
+                    if texts.len() != inputs.len() {
+                        return Err(format!("{} texts for {} inputs", texts.len(), inputs.len()));
+                    }
                     Some(texts)
                 }
-                Some(other) => {
-                    return Err(GuardrailError::failed(format!(
-                        "the guardrail's `texts` is {}, not an array",
-                        kind_of(other)
-                    )));
-                }
             };
-            match texts {
-                Some(texts) if texts.len() != inputs.len() => Err(GuardrailError::failed(format!(
-                    "the guardrail returned {} texts for {} inputs",
-                    texts.len(),
-                    inputs.len()
-                ))),
-                Some(texts) if texts != inputs => Ok(Verdict::rewrite(texts).with_detail(answer)),
-                _ => Ok(Verdict::allow().with_detail(answer)),
+            // A structural rewrite: what differs from what was sent.
+            let messages = list(fields, "structured_messages")?
+                .filter(|m| sent.messages().is_none_or(|sent| sent != *m));
+            let tool_calls = list(fields, "tool_calls")?.filter(|calls| {
+                calls.len() != sent.tool_calls.len()
+                    || calls
+                        .iter()
+                        .zip(&sent.tool_calls)
+                        .any(|(call, at)| sent.tool_call(*at) != Some(call))
+            });
+            let derived = if messages.is_some() || tool_calls.is_some() {
+                Some(sent.apply(input, messages, tool_calls)?)
+            } else {
+                None
+            };
+            let texts = texts.filter(|t| t.as_slice() != inputs);
+            let derived = derived.filter(|t| t.as_slice() != inputs);
+            match (texts, derived) {
+                (Some(texts), Some(derived)) if texts != derived => Err(
+                    "`texts` that disagree with the texts of its `structured_messages` or \
+                     `tool_calls`"
+                        .to_owned(),
+                ),
+                (Some(texts), _) | (None, Some(texts)) => Ok(Verdict::rewrite(texts)),
+                (None, None) => Ok(Verdict::allow()),
             }
         }
-        other => Err(GuardrailError::failed(format!(
-            "the guardrail answered an unknown action '{other}' \
-             (expected BLOCKED, NONE or GUARDRAIL_INTERVENED)"
-        ))),
+        other => Err(format!(
+            "an unknown action '{other}' (expected BLOCKED, NONE or GUARDRAIL_INTERVENED)"
+        )),
+    }
+}
+
+/// A list field of the answer: `None` for absent, `null` or `[]`.
+fn list<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Vec<Value>>, String> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) if items.is_empty() => Ok(None),
+        Some(Value::Array(items)) => Ok(Some(items)),
+        Some(other) => Err(format!(
+            "a `{name}` that is {}, not an array",
+            kind_of(other)
+        )),
     }
 }
 
@@ -391,8 +459,180 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// The request body, borrowing from the input. Field order follows LiteLLM's
-/// `GenericGuardrailAPIRequest`; `None` is serialized as `null`, never omitted.
+/// Where a tool call sent in `tool_calls` lives in the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToolCallAt {
+    /// `messages[message].tool_calls[index]` (chat).
+    Chat { message: usize, index: usize },
+    /// `messages[message]` itself (a Responses `function_call` item).
+    Item { message: usize },
+    /// `messages[message].content[index]` (an Anthropic `tool_use` block).
+    Block { message: usize, index: usize },
+}
+
+/// The request structure sent with a request-side check, kept to apply the answer's
+/// structural rewrites.
+struct Sent {
+    /// The request body with the texts being checked written into it; `None` on the response
+    /// side, without a JSON object body, or when the texts do not fit the body's text view.
+    body: Option<Value>,
+    /// The body field holding the messages (`messages`, or `input` for Responses), when it is
+    /// an array.
+    key: Option<&'static str>,
+    /// The tool calls in the messages, in the order sent.
+    tool_calls: Vec<ToolCallAt>,
+}
+
+impl Sent {
+    fn new(input: &GuardrailInput) -> Sent {
+        let none = Sent {
+            body: None,
+            key: None,
+            tool_calls: Vec::new(),
+        };
+        if input.side() != Side::Request {
+            return none;
+        }
+        let meta = input.meta();
+        let Some(original) = meta.body().filter(|b| b.is_object()) else {
+            return none;
+        };
+        let call_type = meta.call_type();
+        let mut body = original.clone();
+        // The texts may no longer be the body's own (an earlier guardrail masked them): the
+        // structure sent is the body with these texts, never the original.
+        if call_type.texts(Side::Request, &body) != input.texts()
+            && call_type
+                .set_texts(Side::Request, &mut body, input.texts())
+                .is_err()
+        {
+            return none;
+        }
+        let key = messages_key(call_type).filter(|k| body.get(*k).is_some_and(Value::is_array));
+        let tool_calls = key
+            .and_then(|k| body.get(k))
+            .map(tool_calls_in)
+            .unwrap_or_default();
+        Sent {
+            body: Some(body),
+            key,
+            tool_calls,
+        }
+    }
+
+    fn messages(&self) -> Option<&Vec<Value>> {
+        self.body.as_ref()?.get(self.key?)?.as_array()
+    }
+
+    fn tool_call(&self, at: ToolCallAt) -> Option<&Value> {
+        let messages = self.body.as_ref()?.get(self.key?)?;
+        match at {
+            ToolCallAt::Chat { message, index } => {
+                messages.get(message)?.get("tool_calls")?.get(index)
+            }
+            ToolCallAt::Item { message } => messages.get(message),
+            ToolCallAt::Block { message, index } => {
+                messages.get(message)?.get("content")?.get(index)
+            }
+        }
+    }
+
+    /// The texts of the request rebuilt with the rewritten messages and tool calls, read with
+    /// the layers' text view; an error when the rewrite changes more than text.
+    fn apply(
+        &self,
+        input: &GuardrailInput,
+        messages: Option<&Vec<Value>>,
+        tool_calls: Option<&Vec<Value>>,
+    ) -> Result<Vec<String>, String> {
+        let (Some(body), Some(key)) = (&self.body, self.key) else {
+            return Err(if input.side() == Side::Response {
+                "a `structured_messages`/`tool_calls` rewrite, which cannot be applied to a \
+                 response (none was sent)"
+                    .to_owned()
+            } else {
+                "a `structured_messages`/`tool_calls` rewrite, but no messages were sent".to_owned()
+            });
+        };
+        let call_type = input.meta().call_type();
+        let mut rebuilt = body.clone();
+        if let Some(messages) = messages {
+            let sent = self.messages().map_or(0, Vec::len);
+            if messages.len() != sent {
+                return Err(format!(
+                    "{} `structured_messages` for {sent} sent: a rewrite may change text, not \
+                     add or remove messages",
+                    messages.len()
+                ));
+            }
+            if let Some(other) = messages.iter().find(|m| !m.is_object()) {
+                return Err(format!(
+                    "`structured_messages` holding {}, not only objects",
+                    kind_of(other)
+                ));
+            }
+            rebuilt[key] = Value::Array(messages.clone());
+        }
+        if let Some(calls) = tool_calls {
+            if calls.len() != self.tool_calls.len() {
+                return Err(format!(
+                    "{} `tool_calls` for {} sent: a rewrite may change text, not add or remove \
+                     tool calls",
+                    calls.len(),
+                    self.tool_calls.len()
+                ));
+            }
+            let messages = &mut rebuilt[key];
+            for (call, at) in calls.iter().zip(&self.tool_calls) {
+                let slot = match *at {
+                    ToolCallAt::Chat { message, index } => messages
+                        .get_mut(message)
+                        .and_then(|m| m.get_mut("tool_calls"))
+                        .and_then(|c| c.get_mut(index)),
+                    ToolCallAt::Item { message } => messages.get_mut(message),
+                    ToolCallAt::Block { message, index } => messages
+                        .get_mut(message)
+                        .and_then(|m| m.get_mut("content"))
+                        .and_then(|c| c.get_mut(index)),
+                };
+                match slot {
+                    Some(slot) => *slot = call.clone(),
+                    None => {
+                        return Err("`tool_calls` that no longer fit the rewritten \
+                                    `structured_messages`"
+                            .to_owned());
+                    }
+                }
+            }
+        }
+        let texts = call_type.texts(Side::Request, &rebuilt);
+        if texts.len() != input.texts().len() {
+            return Err(format!(
+                "a rewrite that leaves {} texts for {} checked: it may change text, not add or \
+                 remove it",
+                texts.len(),
+                input.texts().len()
+            ));
+        }
+        // Only text may differ: the sent body with the new texts must be the rebuilt one.
+        let mut expected = body.clone();
+        if call_type
+            .set_texts(Side::Request, &mut expected, &texts)
+            .is_err()
+            || expected != rebuilt
+        {
+            return Err(
+                "a `structured_messages`/`tool_calls` rewrite that changes more than text (a \
+                 role, an image, a tool name or id, ...), which cannot be applied"
+                    .to_owned(),
+            );
+        }
+        Ok(texts)
+    }
+}
+
+/// The request body sent to the service, borrowing from the input. Field order follows
+/// LiteLLM's `GenericGuardrailAPIRequest`; `None` is serialized as `null`, never omitted.
 #[derive(Serialize)]
 struct WireRequest<'a> {
     input_type: &'static str,
@@ -402,7 +642,7 @@ struct WireRequest<'a> {
     images: Option<Vec<String>>,
     tools: Option<&'a Value>,
     texts: &'a [String],
-    request_data: RequestData<'a>,
+    request_data: Map<String, Value>,
     request_headers: Option<Map<String, Value>>,
     litellm_version: Option<&'a str>,
     additional_provider_specific_params: &'a Value,
@@ -410,39 +650,21 @@ struct WireRequest<'a> {
     model: Option<&'a str>,
 }
 
-/// The request body, or `{}`.
-enum RequestData<'a> {
-    Body(&'a Value),
-    Empty,
-}
-
-impl Serialize for RequestData<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RequestData::Body(body) => body.serialize(serializer),
-            RequestData::Empty => Map::new().serialize(serializer),
-        }
-    }
-}
-
 impl<'a> WireRequest<'a> {
     fn new(
         input: &'a GuardrailInput,
+        sent: &'a Sent,
         additional_params: &'a Value,
         extra_headers: &[String],
     ) -> Self {
         let meta = input.meta();
         let body = meta.body().filter(|b| b.is_object());
-        let messages = body.and_then(|b| structured_messages(meta.call_type(), b));
-        let request_side = input.side() == guardrail_tower_core::text::Side::Request;
-        let (images, tools, tool_calls) = match (request_side, body) {
-            (true, Some(body)) => (
-                messages.and_then(images_in),
-                body.get("tools").filter(|t| !t.is_null()),
-                messages.and_then(tool_calls_in),
-            ),
-            _ => (None, None, None),
-        };
+        let messages = sent.key.and_then(|k| sent.body.as_ref()?.get(k));
+        let tool_calls: Vec<&Value> = sent
+            .tool_calls
+            .iter()
+            .filter_map(|at| sent.tool_call(*at))
+            .collect();
         WireRequest {
             input_type: input.side().as_str(),
             litellm_call_id: input.request_id(),
@@ -450,27 +672,49 @@ impl<'a> WireRequest<'a> {
                 .and_then(trace_id_in)
                 .unwrap_or_else(|| input.request_id()),
             structured_messages: messages,
-            images,
-            tools,
+            images: messages.and_then(images_in),
+            tools: sent
+                .body
+                .as_ref()
+                .and_then(|b| b.get("tools"))
+                .filter(|t| !t.is_null()),
             texts: input.texts(),
-            request_data: body.map_or(RequestData::Empty, RequestData::Body),
+            request_data: caller_metadata(meta),
             request_headers: sanitized_headers(meta, extra_headers),
             litellm_version: None,
             additional_provider_specific_params: additional_params,
-            tool_calls,
+            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
             model: input.model(),
         }
     }
 }
 
-/// The messages of the request, as an array value.
-fn structured_messages(call_type: CallType, body: &Value) -> Option<&Value> {
-    let messages = match call_type {
-        CallType::ChatCompletions | CallType::AnthropicMessages => body.get("messages"),
-        CallType::Responses => body.get("input"),
+/// LiteLLM's `request_data`: the caller's `user_api_key_*` metadata, and the end user the
+/// request names.
+fn caller_metadata(meta: &RequestMeta) -> Map<String, Value> {
+    let mut out = match meta.caller().map(serde_json::to_value) {
+        Some(Ok(Value::Object(map))) => map,
+        _ => Map::new(),
+    };
+    out.retain(|_, v| !v.is_null());
+    if let Some(user) = meta
+        .body()
+        .and_then(|b| b.get("user"))
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+    {
+        out.insert("user_api_key_end_user_id".to_owned(), Value::from(user));
+    }
+    out
+}
+
+/// The body field that holds the messages of a call type.
+fn messages_key(call_type: CallType) -> Option<&'static str> {
+    match call_type {
+        CallType::ChatCompletions | CallType::AnthropicMessages => Some("messages"),
+        CallType::Responses => Some("input"),
         _ => None,
-    }?;
-    messages.is_array().then_some(messages)
+    }
 }
 
 /// The content parts of each message (or, for Responses input items, the item itself).
@@ -521,26 +765,25 @@ fn images_in(messages: &Value) -> Option<Vec<String>> {
     (!images.is_empty()).then_some(images)
 }
 
-/// Tool calls in the messages: chat `tool_calls`, Responses `function_call` items, Anthropic
-/// `tool_use` blocks.
-fn tool_calls_in(messages: &Value) -> Option<Vec<&Value>> {
+/// Where the tool calls are in the messages: chat `tool_calls`, Responses `function_call`
+/// items, Anthropic `tool_use` blocks, in message order.
+fn tool_calls_in(messages: &Value) -> Vec<ToolCallAt> {
     let mut calls = Vec::new();
-    for message in messages.as_array().into_iter().flatten() {
+    for (m, message) in messages.as_array().into_iter().flatten().enumerate() {
         if let Some(Value::Array(tool_calls)) = message.get("tool_calls") {
-            calls.extend(tool_calls);
+            calls.extend((0..tool_calls.len()).map(|index| ToolCallAt::Chat { message: m, index }));
         }
         if message.get("type").and_then(Value::as_str) == Some("function_call") {
-            calls.push(message);
+            calls.push(ToolCallAt::Item { message: m });
         }
         if let Some(Value::Array(content)) = message.get("content") {
-            calls.extend(
-                content
-                    .iter()
-                    .filter(|part| part.get("type").and_then(Value::as_str) == Some("tool_use")),
-            );
+            calls.extend(content.iter().enumerate().filter_map(|(index, part)| {
+                (part.get("type").and_then(Value::as_str) == Some("tool_use"))
+                    .then_some(ToolCallAt::Block { message: m, index })
+            }));
         }
     }
-    (!calls.is_empty()).then_some(calls)
+    calls
 }
 
 /// A `litellm_trace_id` the client sent, at the top level or in `metadata`.
@@ -554,12 +797,18 @@ fn trace_id_in(body: &Value) -> Option<&str> {
 /// The client's headers as LiteLLM sends them: allowlisted values, `"[present]"` for the rest.
 fn sanitized_headers(meta: &RequestMeta, extra: &[String]) -> Option<Map<String, Value>> {
     let headers: &HeaderMap = meta.headers();
-    if headers.is_empty() {
+    if headers
+        .keys()
+        .all(|name| CREDENTIAL_HEADERS.contains(&name.as_str()))
+    {
         return None;
     }
     let mut out = Map::new();
     for name in headers.keys() {
         let name = name.as_str();
+        if CREDENTIAL_HEADERS.contains(&name) {
+            continue;
+        }
         let value = if value_allowed(name, extra) {
             let values: Vec<String> = headers
                 .get_all(name)
@@ -660,29 +909,53 @@ mod tests {
         assert!(!format!("{config:?}").contains("sk-secret"));
     }
 
+    fn chat_input(texts: &[&str]) -> GuardrailInput {
+        let body = json!({"model": "m", "messages": texts
+            .iter()
+            .map(|t| json!({"role": "user", "content": t}))
+            .collect::<Vec<_>>()});
+        let meta = RequestMeta::new(
+            guardrail_tower_core::RequestId::from("r"),
+            CallType::ChatCompletions,
+        )
+        .with_body(Some(std::sync::Arc::new(body)));
+        GuardrailInput::new(
+            texts.iter().map(|t| t.to_string()).collect(),
+            Side::Request,
+            guardrail_tower_core::GuardrailMode::PreCall,
+            std::sync::Arc::new(meta),
+        )
+    }
+
+    fn interpret_for(answer: Value, texts: &[&str]) -> Result<Verdict, String> {
+        let input = chat_input(texts);
+        let sent = Sent::new(&input);
+        interpret(&answer, &input, &sent)
+    }
+
     #[test]
     fn answers_are_interpreted() {
-        let inputs = ["a".to_owned(), "b".to_owned()];
-        let v = interpret(json!({"action": "BLOCKED"}), &inputs).unwrap();
+        let inputs = ["a", "b"];
+        let v = interpret_for(json!({"action": "BLOCKED"}), &inputs).unwrap();
         assert_eq!(
             v.decision(),
             &Decision::Block {
                 message: DEFAULT_BLOCKED_REASON.into()
             }
         );
-        let v = interpret(json!({}), &inputs).unwrap();
+        let v = interpret_for(json!({}), &inputs).unwrap();
         assert_eq!(v.decision(), &Decision::Allow);
-        let v = interpret(json!({"action": "NONE", "texts": ["a", "b"]}), &inputs).unwrap();
+        let v = interpret_for(json!({"action": "NONE", "texts": ["a", "b"]}), &inputs).unwrap();
         assert_eq!(v.decision(), &Decision::Allow);
-        let v = interpret(json!({"action": "NONE", "texts": ["a", "c"]}), &inputs).unwrap();
+        let v = interpret_for(json!({"action": "NONE", "texts": ["a", "c"]}), &inputs).unwrap();
         assert_eq!(
             v.decision(),
             &Decision::Rewrite {
                 texts: vec!["a".into(), "c".into()]
             }
         );
-        let v = interpret(
-            json!({"action": "GUARDRAIL_INTERVENED", "texts": []}),
+        let v = interpret_for(
+            json!({"action": "GUARDRAIL_INTERVENED", "texts": [], "structured_messages": null, "tool_calls": []}),
             &inputs,
         )
         .unwrap();
@@ -693,8 +966,10 @@ mod tests {
             json!({"action": "MAYBE"}),
             json!({"action": "NONE", "texts": "x"}),
             json!({"action": "NONE", "texts": [1, 2]}),
+            json!({"action": "NONE", "structured_messages": "x"}),
+            json!({"action": "NONE", "tool_calls": {"id": 1}}),
         ] {
-            assert!(interpret(bad.clone(), &inputs).is_err(), "{bad}");
+            assert!(interpret_for(bad.clone(), &inputs).is_err(), "{bad}");
         }
     }
 
@@ -721,12 +996,20 @@ mod tests {
                 "data:image/png;base64,AAA"
             ]
         );
-        let calls = tool_calls_in(&messages).unwrap();
-        let ids: Vec<_> = calls
-            .iter()
-            .map(|c| c.get("id").or(c.get("call_id")).unwrap().as_str().unwrap())
-            .collect();
-        assert_eq!(ids, ["t1", "c1", "c2"]);
+        assert_eq!(
+            tool_calls_in(&messages),
+            [
+                ToolCallAt::Block {
+                    message: 0,
+                    index: 5
+                },
+                ToolCallAt::Chat {
+                    message: 1,
+                    index: 0
+                },
+                ToolCallAt::Item { message: 2 },
+            ]
+        );
         assert_eq!(images_in(&json!([{"role": "user", "content": "x"}])), None);
     }
 
@@ -737,5 +1020,7 @@ mod tests {
         assert!(value_allowed("x-litellm-tags", &[]));
         assert!(!value_allowed("x-team", &[]));
         assert!(value_allowed("x-team", &["x-team".into()]));
+        // x-litellm-api-key is on the allowlist's prefix, but it is a credential: never sent.
+        assert!(CREDENTIAL_HEADERS.contains(&"x-litellm-api-key"));
     }
 }

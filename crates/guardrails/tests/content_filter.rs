@@ -92,6 +92,7 @@ const PREBUILT_CASES: &[(&str, &[(&str, &str)], &[&str])] = &[
         &[
             ("My SSN is 123-45-6789", "123-45-6789"),
             ("ssn:078-05-1120.", "078-05-1120"),
+            ("ID123-45-6789", "123-45-6789"),
         ],
         &[
             "000-12-3456",
@@ -116,9 +117,11 @@ const PREBUILT_CASES: &[(&str, &[(&str, &str)], &[&str])] = &[
             ("call (555) 123-4567 now", "(555) 123-4567"),
             ("call +1 555.123.4567", "+1 555.123.4567"),
             ("call 5551234567", "5551234567"),
+            // A letter glued to it does not hide it; a digit does (another number).
+            ("tel555-123-4567", "555-123-4567"),
         ],
         &[
-            "x555-123-4567",
+            "0555-123-4567",
             "555-123-45678",
             "55-123-4567",
             "555 1234 567",
@@ -130,7 +133,7 @@ const PREBUILT_CASES: &[(&str, &[(&str, &str)], &[&str])] = &[
             ("card 4111 1111 1111 1111 exp", "4111 1111 1111 1111"),
             ("card 4111-1111-1111-1111", "4111-1111-1111-1111"),
             ("amex 378282246310005.", "378282246310005"),
-            ("4111 1111 1111 1111 2024", "4111 1111 1111 1111"),
+            ("4111 1111 1111 1111 2025", "4111 1111 1111 1111"),
         ],
         &[
             "4111 1111 1111 1112",
@@ -498,10 +501,17 @@ fn block_wins_over_mask() {
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].action, SpanAction::Block);
     assert_eq!(m[0].range, 0..6);
-    // A MASK that starts first wins the overlap (leftmost first).
+    // A MASK that starts first does not hide a BLOCK inside it: the mask ends where the
+    // block starts, and the text is blocked.
     let m = filter.find("my.secret@example.com", false);
-    assert_eq!(m.len(), 1);
-    assert_eq!(m[0].entity, "email");
+    assert_eq!(m.len(), 2);
+    assert_eq!((m[0].range.clone(), m[0].entity.as_str()), (0..3, "email"));
+    assert_eq!(m[1].action, SpanAction::Block);
+    assert_eq!(m[1].range, 3..9);
+    assert!(matches!(
+        filter.check_texts(&["my.secret@example.com"]).decision(),
+        Decision::Block { .. }
+    ));
 }
 
 #[test]
@@ -605,7 +615,18 @@ fn max_match_chars_covers_keywords_and_patterns() {
         prebuilt("aws_access_key", FilterAction::Mask).max_match_chars(),
         20
     );
-    assert_eq!(prebuilt("email", FilterAction::Mask).max_match_chars(), 318);
+    // Emails: a 256-character local part and the longest domain, whole in a stream.
+    assert_eq!(prebuilt("email", FilterAction::Mask).max_match_chars(), 512);
+    // Card numbers: runs of digit groups up to 64 characters.
+    assert_eq!(
+        prebuilt("credit_card", FilterAction::Mask).max_match_chars(),
+        64
+    );
+    // A wildcard reaches one character: "fu*k" is at most 4 long.
+    assert_eq!(
+        keywords(&[("fu*k", FilterAction::Mask), ("ab", FilterAction::Mask)]).max_match_chars(),
+        4
+    );
     let unbounded = ContentFilter::new(ContentFilterConfig {
         patterns: vec![PatternConfig::regex("digits", r"\d+", FilterAction::Mask)],
         max_unbounded_match_chars: 42,

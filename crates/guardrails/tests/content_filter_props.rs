@@ -42,6 +42,21 @@ const TOKENS: &[&str] = &[
     "—",
     "\n",
     "x",
+    // Wildcard keywords, look-alike and invisible characters, long local parts.
+    "password",
+    "pass word",
+    "PASS-WORD",
+    "passwrd",
+    "c++",
+    "ｓｅｃｒｅｔ",
+    "１２３-４５-６７８９",
+    "٤١١١ ١١١١ ١١١١ ١١١١",
+    "\u{200B}",
+    "\u{00A0}",
+    "\u{2013}",
+    "555 123 4567",
+    "2024",
+    "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij@mail.example",
 ];
 
 fn token_text() -> impl Strategy<Value = String> {
@@ -73,6 +88,8 @@ fn build_rich_filter(action: FilterAction, block_keyword: bool) -> ContentFilter
             BlockedWord::new("foo bar", kw_action),
             BlockedWord::new("secret", action),
             BlockedWord::new("straße", action),
+            BlockedWord::new("pass*word", kw_action),
+            BlockedWord::new("c++", action),
         ],
         patterns: ContentFilter::prebuilt_pattern_names()
             .map(|n| PatternConfig::prebuilt(n, action))
@@ -105,7 +122,7 @@ fn word_char(c: char) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn masking_changes_nothing_outside_matched_spans(text in token_text()) {
@@ -150,16 +167,26 @@ proptest! {
         check_well_formed(&text[..k], &partial);
         for m in &partial {
             prop_assert!(m.range.end < k, "a partial match never ends at the end");
-            prop_assert!(full.contains(m), "{:?} of {:?} is not final in {:?}", m, &text[..k], text);
+            // What is masked or blocked now stays so: a block is final as is; a masked span is
+            // inside one of the whole text (which may merge it with a match that was not
+            // settled yet).
+            let kept = match m.action {
+                SpanAction::Block => full.contains(m),
+                SpanAction::Mask { .. } => full.iter().any(|f| {
+                    matches!(f.action, SpanAction::Mask { .. })
+                        && f.range.start <= m.range.start
+                        && m.range.end <= f.range.end
+                }),
+            };
+            prop_assert!(kept, "{:?} of {:?} is not final in {:?}", m, &text[..k], text);
         }
-        // Everything that can no longer change is reported.
-        let released = text[..k]
-            .char_indices()
-            .rev()
-            .nth(filter.max_match_chars())
-            .map_or(0, |(i, _)| i);
-        for m in full.iter().filter(|m| m.range.start < released && m.range.end < k) {
-            prop_assert!(partial.contains(m), "{:?} missing from partial {:?}", m, &text[..k]);
+        // Everything a stream releases is final: every byte of a match of the whole text
+        // that comes before the held-back suffix is in a match already.
+        let released = k - filter.hold_back(&text[..k]);
+        for m in &full {
+            let covered = (m.range.start..m.range.end.min(released))
+                .all(|b| partial.iter().any(|p| p.range.contains(&b)));
+            prop_assert!(covered, "{:?} missing from partial {:?} (released up to {})", m, &text[..k], released);
         }
     }
 
@@ -202,8 +229,10 @@ proptest! {
         let text = format!("{prefix}{keyword}{follow}{suffix}");
         prop_assert!(overlaps(&filter.find(&text, false)), "{:?} in {:?}", keyword, text);
         if words.len() == 1 {
-            // Streamed: found once one non-word character follows.
-            let text = format!("{prefix}{keyword}{follow}");
+            // Streamed: found once a non-word character follows and nothing after the match
+            // can still start the keyword again (`e e` followed by ` ` may be the start of a
+            // second, overlapping `e e`; a line break settles it).
+            let text = format!("{prefix}{keyword}{follow}\n");
             prop_assert!(overlaps(&filter.find(&text, true)), "{:?} in {:?}", keyword, text);
             // Not while the keyword ends the text.
             let text = format!("{prefix}{keyword}");

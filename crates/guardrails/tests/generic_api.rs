@@ -1,5 +1,8 @@
 //! The Generic Guardrail API client against real local HTTP servers: the wire request field by
-//! field, the path rule, every answer, failure classification, fallbacks and retries.
+//! field (with a secret planted in every field that must not reach the service), the path rule,
+//! every answer and every rewrite it may carry (`texts`, `structured_messages`, `tool_calls`)
+//! through the pre-call and streaming layers, failure classification and detail, fallbacks and
+//! retries.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -9,18 +12,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
-    CallType, ConfiguredGuardrail, Decision, Fallback, Guardrail, GuardrailErrorKind,
+    CallType, Caller, ConfiguredGuardrail, Decision, Fallback, Guardrail, GuardrailErrorKind,
     GuardrailInput, GuardrailLog, GuardrailMode, GuardrailSelection, GuardrailStatus, Guardrails,
     Outcome, RequestId, RequestMeta,
 };
+use guardrail_tower_guardrails::content_filter::{ContentFilter, ContentFilterConfig};
 use guardrail_tower_guardrails::generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
 use guardrail_tower_guardrails::http::HttpClient;
+use guardrail_tower_pre_call::PreCallGuardrailLayer;
+use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use guardrail_tower_testkit::{TestServer, serve};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tower::service_fn;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 /// One request the fake guardrail service received.
 #[derive(Debug, Clone)]
@@ -28,7 +34,26 @@ struct Received {
     path: String,
     headers: HeaderMap,
     body: Value,
+    raw: Bytes,
 }
+
+impl Received {
+    /// Everything the service received, headers and body, as text.
+    fn everything(&self) -> String {
+        let mut out = format!("{}\n", self.path);
+        for (name, value) in &self.headers {
+            out.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        out.push_str(&String::from_utf8_lossy(&self.raw));
+        out
+    }
+}
+
+/// An answer computed from the request the service received.
+type Answerer = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
 
 type Log = Arc<Mutex<Vec<Received>>>;
 
@@ -37,7 +62,12 @@ type Log = Arc<Mutex<Vec<Received>>>;
 enum Reply {
     Answer(u16, &'static str),
     Json(Value),
+    With(Answerer),
     Never,
+}
+
+fn answer(f: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Reply {
+    Reply::With(Arc::new(f))
 }
 
 /// A guardrail service that records what it receives and answers the scripted replies in
@@ -53,11 +83,12 @@ async fn service(replies: Vec<Reply>) -> (TestServer, Log) {
             let path = req.uri().path().to_owned();
             let headers = req.headers().clone();
             let bytes = req.into_body().collect().await.unwrap().to_bytes();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             seen.lock().unwrap().push(Received {
                 path,
                 headers,
-                body,
+                body: body.clone(),
+                raw: bytes,
             });
             let reply = {
                 let mut script = script.lock().unwrap();
@@ -70,6 +101,7 @@ async fn service(replies: Vec<Reply>) -> (TestServer, Log) {
             let (status, body) = match reply {
                 Reply::Answer(status, body) => (status, body.to_owned()),
                 Reply::Json(value) => (200, value.to_string()),
+                Reply::With(f) => (200, f(&body).to_string()),
                 Reply::Never => std::future::pending().await,
             };
             Ok::<_, Infallible>(
@@ -92,28 +124,6 @@ fn config(api_base: String) -> GenericGuardrailApiConfig {
 
 fn guard(config: GenericGuardrailApiConfig) -> GenericGuardrailApi {
     GenericGuardrailApi::with_client(config, HttpClient::new()).expect("valid config")
-}
-
-fn chat_body() -> Value {
-    json!({
-        "model": "gpt-4o",
-        "messages": [
-            {"role": "system", "content": "be nice"},
-            {"role": "user", "content": [
-                {"type": "text", "text": "what is the weather?"},
-                {"type": "image_url", "image_url": {"url": "https://img.example/sky.png"}}
-            ]},
-            {"role": "assistant", "content": null, "tool_calls": [
-                {"id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
-            ]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
-        ],
-        "tools": [
-            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-        ],
-        "metadata": {"litellm_trace_id": "trace-7"}
-    })
 }
 
 fn input(
@@ -172,8 +182,126 @@ const FIELD_ORDER: [&str; 13] = [
     "model",
 ];
 
+/// A secret that must never reach the guardrail service, planted in a field it does not need.
+const SECRET: &str = "SECRET-7f3a";
+
+/// A chat request with a text in every place the text view reads, an image, a tool call, a
+/// tool result, tools, a trace id, an end user, and secrets in fields the service must not see.
+fn planted_chat_body() -> Value {
+    json!({
+        "model": "gpt-4o",
+        "user": "end-user-7",
+        "api_key": format!("sk-body-{SECRET}"),
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is the weather?"},
+                {"type": "image_url", "image_url": {"url": "https://img.example/sky.png"}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+        ],
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+        ],
+        "metadata": {"litellm_trace_id": "trace-7", "internal_note": format!("note-{SECRET}")}
+    })
+}
+
+/// Client headers: the allowlisted ones, one that is sent as present, and every credential.
+fn planted_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in [
+        ("user-agent", "OpenAI/Python 1.0".to_owned()),
+        ("x-stainless-lang", "python".to_owned()),
+        ("x-litellm-tags", "team-a".to_owned()),
+        ("x-team", format!("blue-{SECRET}")),
+        ("authorization", format!("Bearer sk-client-{SECRET}")),
+        ("proxy-authorization", format!("Basic {SECRET}")),
+        ("x-api-key", format!("sk-x-{SECRET}")),
+        ("api-key", format!("azure-{SECRET}")),
+        ("x-litellm-api-key", format!("sk-litellm-{SECRET}")),
+        ("cookie", format!("session={SECRET}")),
+    ] {
+        h.insert(
+            http::header::HeaderName::from_static(name),
+            value.parse().unwrap(),
+        );
+    }
+    h
+}
+
+fn caller() -> Arc<Caller> {
+    Arc::new(
+        Caller::with_key_hash("5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8")
+            .key_alias("search-team-key")
+            .user_id("user-1")
+            .user_email("dev@corp.example")
+            .team_id("team-search")
+            .org_id("org-9"),
+    )
+}
+
+/// An upstream that records the request body it received and answers `{}`.
+fn recording_upstream() -> (
+    impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone,
+    Arc<Mutex<Option<Value>>>,
+) {
+    let seen: Arc<Mutex<Option<Value>>> = Arc::default();
+    let upstream_seen = seen.clone();
+    let svc = service_fn(move |req: Request<Full<Bytes>>| {
+        let seen = upstream_seen.clone();
+        async move {
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            *seen.lock().unwrap() = Some(serde_json::from_slice(&bytes).unwrap());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        }
+    });
+    (svc, seen)
+}
+
+/// Sends `body` to `path` through the pre-call layer with `guardrails` (and the planted headers
+/// and caller); returns the client's status and answer, and what the upstream received.
+async fn through_pre_call(
+    guardrails: Guardrails,
+    path: &str,
+    body: &Value,
+) -> (u16, Value, Option<Value>) {
+    let (upstream, seen) = recording_upstream();
+    let svc = ServiceBuilder::new()
+        .layer(PreCallGuardrailLayer::new(guardrails))
+        .service(upstream);
+    let mut req = Request::post(path)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    *req.headers_mut() = planted_headers();
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    req.extensions_mut().insert(caller());
+    let resp = svc.oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let upstream = seen.lock().unwrap().take();
+    (status, answer, upstream)
+}
+
+fn pre_call(api: GenericGuardrailApi) -> Guardrails {
+    Guardrails::new([
+        ConfiguredGuardrail::new("remote-guard", GuardrailMode::PreCall, api).default_on(true),
+    ])
+}
+
 #[tokio::test]
-async fn a_chat_request_is_sent_field_by_field() {
+async fn a_chat_request_is_sent_field_by_field_with_no_secret() {
     let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
     let mut config = config(server.url("/guard"));
     config.api_key = Some("guard-key".into());
@@ -182,24 +310,19 @@ async fn a_chat_request_is_sent_field_by_field() {
         .insert("x-custom".into(), json!("custom-value"));
     config.headers.insert("x-version".into(), json!(3));
     config.additional_provider_specific_params = Some(json!({"threshold": 0.8}));
+    // Asking for a credential's value by name does not send it either.
+    config.extra_headers = vec!["authorization".into(), "x-team".into()];
     let api = guard(config);
 
-    let mut client_headers = HeaderMap::new();
-    client_headers.insert("user-agent", "OpenAI/Python 1.0".parse().unwrap());
-    client_headers.insert("x-stainless-lang", "python".parse().unwrap());
-    client_headers.insert("x-team", "blue".parse().unwrap());
-    client_headers.insert("authorization", "Bearer sk-client".parse().unwrap());
-    let body = chat_body();
-    let input = input(
-        CallType::ChatCompletions,
-        Side::Request,
-        Some(body.clone()),
-        &client_headers,
-        &["be nice", "what is the weather?", "sunny"],
+    let body = planted_chat_body();
+    let (status, _, upstream) =
+        through_pre_call(pre_call(api.clone()), "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.as_ref(),
+        Some(&body),
+        "allowed: forwarded unchanged"
     );
-    let verdict = api.check(&input).await.unwrap();
-    assert_eq!(verdict.decision(), &Decision::Allow);
-    assert_eq!(verdict.detail(), Some(&json!({"action": "NONE"})));
 
     let received = log.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
@@ -213,17 +336,28 @@ async fn a_chat_request_is_sent_field_by_field() {
 
     let want = json!({
         "input_type": "request",
-        "litellm_call_id": "req-42",
+        "litellm_call_id": got.body["litellm_call_id"],
         "litellm_trace_id": "trace-7",
         "structured_messages": body["messages"],
         "images": ["https://img.example/sky.png"],
         "tools": body["tools"],
-        "texts": ["be nice", "what is the weather?", "sunny"],
-        "request_data": body,
+        "texts": ["be nice", "what is the weather?", "{\"city\":\"Oslo\"}", "sunny"],
+        "request_data": {
+            "user_api_key_hash": "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
+            "user_api_key_alias": "search-team-key",
+            "user_api_key_user_id": "user-1",
+            "user_api_key_user_email": "dev@corp.example",
+            "user_api_key_team_id": "team-search",
+            "user_api_key_org_id": "org-9",
+            "user_api_key_end_user_id": "end-user-7"
+        },
         "request_headers": {
             "user-agent": "OpenAI/Python 1.0",
             "x-stainless-lang": "python",
-            "x-team": "[present]"
+            "x-litellm-tags": "team-a",
+            "x-team": format!("blue-{SECRET}"),
+            "content-length": body.to_string().len().to_string(),
+            "content-type": "application/json"
         },
         "litellm_version": null,
         "additional_provider_specific_params": {"threshold": 0.8},
@@ -232,48 +366,79 @@ async fn a_chat_request_is_sent_field_by_field() {
     });
     assert_eq!(got.body, want);
     assert_eq!(keys(&got.body), FIELD_ORDER);
-    assert_eq!(api.request_body(&input), want);
+    assert!(
+        got.body["litellm_call_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    // No credential, and nothing of the body the service does not need, in anything it got
+    // (the x-team value is there because `extra_headers` asked for it).
+    let everything = got.everything().replace(&format!("blue-{SECRET}"), "");
+    assert!(!everything.contains(SECRET), "{everything}");
+    assert!(!everything.contains("sk-"), "{everything}");
 }
 
 #[tokio::test]
-async fn a_response_side_check_is_sent_field_by_field() {
+async fn request_data_is_empty_without_a_caller_and_a_user() {
     let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
     let api = guard(config(server.url("")));
-    let body = json!({
-        "model": "gpt-4o",
-        "input": [
-            {"role": "user", "content": [
-                {"type": "input_text", "text": "draw"},
-                {"type": "input_image", "image_url": "https://img.example/a.png"}
-            ]}
-        ],
-        "tools": [{"type": "function", "name": "f"}]
+    api.check(&simple_input(&["hi"])).await.unwrap();
+    assert_eq!(log.lock().unwrap()[0].body["request_data"], json!({}));
+}
+
+#[tokio::test]
+async fn a_response_side_check_sends_the_response_texts_only() {
+    let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
+    let api = guard(config(server.url("")));
+    let guardrails =
+        Guardrails::new([
+            ConfiguredGuardrail::new("remote-guard", GuardrailMode::PostCall, api).default_on(true),
+        ]);
+    let response = json!({
+        "id": "c", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "here is a drawing",
+            "tool_calls": [{"id": "t", "type": "function",
+                            "function": {"name": "draw", "arguments": "{\"shape\":\"circle\"}"}}]
+        }}]
     });
-    let input = input(
-        CallType::Responses,
-        Side::Response,
-        Some(body.clone()),
-        &HeaderMap::new(),
-        &["here is a drawing"],
-    );
-    assert_eq!(
-        api.check(&input).await.unwrap().decision(),
-        &Decision::Allow
-    );
+    let svc = ServiceBuilder::new()
+        .layer(StreamingGuardrailBodyLayer::new(guardrails))
+        .service(service_fn({
+            let response = response.clone();
+            move |_req: Request<Full<Bytes>>| {
+                let response = response.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(response.to_string())))
+                            .unwrap(),
+                    )
+                }
+            }
+        }));
+    let request_body = planted_chat_body().to_string();
+    let mut req = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from(request_body.clone())))
+        .unwrap();
+    req.extensions_mut().insert(caller());
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), response);
 
     let got = log.lock().unwrap()[0].clone();
-    assert_eq!(got.path, "/beta/litellm_basic_guardrail_api");
-    assert!(got.headers.get("x-api-key").is_none());
     let want = json!({
         "input_type": "response",
-        "litellm_call_id": "req-42",
-        "litellm_trace_id": "req-42",
-        "structured_messages": body["input"],
+        "litellm_call_id": got.body["litellm_call_id"],
+        "litellm_trace_id": "trace-7",
+        "structured_messages": null,
         "images": null,
         "tools": null,
-        "texts": ["here is a drawing"],
-        "request_data": body,
-        "request_headers": null,
+        "texts": ["here is a drawing", "{\"shape\":\"circle\"}"],
+        "request_data": got.body["request_data"],
+        "request_headers": {"content-length": request_body.len().to_string()},
         "litellm_version": null,
         "additional_provider_specific_params": {},
         "tool_calls": null,
@@ -281,6 +446,11 @@ async fn a_response_side_check_is_sent_field_by_field() {
     });
     assert_eq!(got.body, want);
     assert_eq!(keys(&got.body), FIELD_ORDER);
+    assert_eq!(
+        got.body["request_data"]["user_api_key_team_id"],
+        "team-search"
+    );
+    assert!(!got.everything().contains(SECRET));
 }
 
 #[tokio::test]
@@ -605,4 +775,337 @@ async fn client_errors_are_not_retried() {
         .unwrap_err();
     assert_eq!(err.kind(), GuardrailErrorKind::Failed);
     assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+// ---- the guardrail sees what earlier guardrails left ---------------------------------------
+
+#[tokio::test]
+async fn after_a_mask_the_service_never_sees_the_original() {
+    let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
+    let filter: ContentFilterConfig = serde_yaml_ng::from_str(
+        "patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]",
+    )
+    .unwrap();
+    let guardrails = Guardrails::new([
+        ConfiguredGuardrail::new(
+            "pii-mask",
+            GuardrailMode::PreCall,
+            ContentFilter::new(filter).unwrap(),
+        )
+        .default_on(true),
+        ConfiguredGuardrail::new(
+            "remote-guard",
+            GuardrailMode::PreCall,
+            guard(config(server.url(""))),
+        )
+        .default_on(true),
+    ]);
+    let body = json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "mail jane@corp.example"}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "send", "arguments": "{\"to\":\"jane@corp.example\"}"}}]}
+    ]});
+    let (status, _, upstream) = through_pre_call(guardrails, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    let got = log.lock().unwrap()[0].clone();
+    assert_eq!(
+        got.body["texts"],
+        json!(["mail [EMAIL_REDACTED]", "{\"to\":\"[EMAIL_REDACTED]\"}"])
+    );
+    assert_eq!(
+        got.body["structured_messages"][0]["content"][0]["text"],
+        "mail [EMAIL_REDACTED]"
+    );
+    assert_eq!(
+        got.body["tool_calls"][0]["function"]["arguments"],
+        "{\"to\":\"[EMAIL_REDACTED]\"}"
+    );
+    assert!(!got.everything().contains("jane@corp.example"));
+    assert!(!upstream.unwrap().to_string().contains("jane@corp.example"));
+}
+
+// ---- every rewrite the answer may carry is applied -----------------------------------------
+
+/// Replaces `from` by `to` in every string of a JSON value.
+fn replace_strings(value: &Value, from: &str, to: &str) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace(from, to)),
+        Value::Array(items) => items.iter().map(|v| replace_strings(v, from, to)).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), replace_strings(v, from, to)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other.clone(),
+    }
+}
+
+/// A service that answers with `field` of the request it got, `from` replaced by `to`.
+fn rewriting(field: &'static str, from: &'static str, to: &'static str) -> Reply {
+    answer(
+        move |req| json!({"action": "GUARDRAIL_INTERVENED", field: replace_strings(&req[field], from, to)}),
+    )
+}
+
+#[tokio::test]
+async fn a_structured_messages_rewrite_reaches_the_upstream_for_every_api() {
+    let cases = [
+        ("/v1/chat/completions", planted_chat_body(), "Oslo"),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "instructions": "be brief", "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "Oslo weather?"},
+                                             {"type": "input_image", "image_url": "https://img/1.png"}]},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "Oslo: sunny"}
+            ]}),
+            "Oslo",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude", "max_tokens": 10, "system": "be brief", "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Oslo weather?"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "Oslo: sunny"}]}
+            ]}),
+            "Oslo",
+        ),
+    ];
+    for (path, body, secret) in cases {
+        let (server, _log) =
+            service(vec![rewriting("structured_messages", secret, "[CITY]")]).await;
+        let (status, answer, upstream) =
+            through_pre_call(pre_call(guard(config(server.url("")))), path, &body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let upstream = upstream.unwrap();
+        // Exactly the request with every text's secret replaced; nothing else changed.
+        let key = if path == "/v1/responses" {
+            "input"
+        } else {
+            "messages"
+        };
+        let mut want = body.clone();
+        want[key] = replace_strings(&body[key], secret, "[CITY]");
+        assert_eq!(upstream, want, "{path}");
+        assert!(!upstream[key].to_string().contains(secret), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_tool_calls_rewrite_reaches_the_upstream() {
+    for (path, body) in [
+        ("/v1/chat/completions", planted_chat_body()),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": [
+                {"role": "user", "content": "weather?"},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}
+            ]}),
+        ),
+    ] {
+        let (server, _log) = service(vec![rewriting("tool_calls", "Oslo", "[CITY]")]).await;
+        let (status, answer, upstream) =
+            through_pre_call(pre_call(guard(config(server.url("")))), path, &body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let want = replace_strings(&body, "{\"city\":\"Oslo\"}", "{\"city\":\"[CITY]\"}");
+        assert_eq!(upstream.unwrap(), want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn texts_and_structured_messages_together_must_agree() {
+    // Agreeing: applied.
+    let (server, _log) = service(vec![answer(|req| {
+        json!({"action": "GUARDRAIL_INTERVENED",
+               "texts": replace_strings(&req["texts"], "Oslo", "[CITY]"),
+               "structured_messages": replace_strings(&req["structured_messages"], "Oslo", "[CITY]")})
+    })])
+    .await;
+    let body = planted_chat_body();
+    let (status, _, upstream) = through_pre_call(
+        pre_call(guard(config(server.url("")))),
+        "/v1/chat/completions",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.unwrap(),
+        replace_strings(&body, "{\"city\":\"Oslo\"}", "{\"city\":\"[CITY]\"}")
+    );
+
+    // Disagreeing: the check fails, closed by default.
+    let (server, _log) = service(vec![answer(|req| {
+        json!({"action": "GUARDRAIL_INTERVENED",
+               "texts": replace_strings(&req["texts"], "Oslo", "[A]"),
+               "structured_messages": replace_strings(&req["structured_messages"], "Oslo", "[B]")})
+    })])
+    .await;
+    let (status, answer, upstream) = through_pre_call(
+        pre_call(guard(config(server.url("")))),
+        "/v1/chat/completions",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error"]["code"], "guardrail_error");
+    assert!(upstream.is_none());
+}
+
+/// A service that answers with its request's `structured_messages` (or `tool_calls`) changed
+/// by `f`.
+fn restructuring(field: &'static str, f: fn(&mut Vec<Value>)) -> Reply {
+    answer(move |req| {
+        let mut items = req[field].as_array().cloned().unwrap_or_default();
+        f(&mut items);
+        json!({"action": "GUARDRAIL_INTERVENED", field: items})
+    })
+}
+
+#[tokio::test]
+async fn a_rewrite_that_changes_the_structure_fails_and_the_fallback_decides() {
+    let cases: [(&str, &str, fn(&mut Vec<Value>)); 8] = [
+        ("a message added", "structured_messages", |m| {
+            m.push(json!({"role": "user", "content": "more"}))
+        }),
+        ("a message removed", "structured_messages", |m| {
+            m.remove(0);
+        }),
+        ("a role changed", "structured_messages", |m| {
+            m[0]["role"] = json!("user");
+        }),
+        ("an image changed", "structured_messages", |m| {
+            m[1]["content"][1]["image_url"]["url"] = json!("https://evil.example/x.png");
+        }),
+        ("a part added", "structured_messages", |m| {
+            m[1]["content"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "text", "text": "extra"}));
+        }),
+        (
+            "a message that is not an object",
+            "structured_messages",
+            |m| {
+                m[3] = json!("sunny");
+            },
+        ),
+        ("a tool name changed", "tool_calls", |c| {
+            c[0]["function"]["name"] = json!("delete_everything");
+        }),
+        ("a tool call added", "tool_calls", |c| {
+            c.push(c[0].clone());
+        }),
+    ];
+    let body = planted_chat_body();
+    for (what, field, f) in cases {
+        let (server, _log) = service(vec![restructuring(field, f)]).await;
+        // Fails closed: 500, nothing reaches the upstream, the detail says why.
+        let (status, answer, upstream) = through_pre_call(
+            pre_call(guard(config(server.url("")))),
+            "/v1/chat/completions",
+            &body,
+        )
+        .await;
+        assert_eq!(status, 500, "{what}: {answer}");
+        assert!(upstream.is_none(), "{what}");
+        // The check itself names the reason.
+        let input = input(
+            CallType::ChatCompletions,
+            Side::Request,
+            Some(body.clone()),
+            &HeaderMap::new(),
+            &[
+                "be nice",
+                "what is the weather?",
+                "{\"city\":\"Oslo\"}",
+                "sunny",
+            ],
+        );
+        let err = guard(config(server.url("")))
+            .check(&input)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), GuardrailErrorKind::Failed, "{what}");
+        assert!(err.message().contains(&server.url("")), "{what}: {err}");
+        assert!(
+            ["not add or remove", "more than text", "not only objects"]
+                .iter()
+                .any(|r| err.message().contains(r)),
+            "{what}: {err}"
+        );
+        // With error_fallback: fail_open, the request passes unchanged.
+        let open = Guardrails::new([ConfiguredGuardrail::new(
+            "remote-guard",
+            GuardrailMode::PreCall,
+            guard(config(server.url(""))),
+        )
+        .error_fallback(Fallback::FailOpen)
+        .default_on(true)]);
+        let (status, _, upstream) = through_pre_call(open, "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{what}");
+        assert_eq!(upstream.as_ref(), Some(&body), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_structural_rewrite_of_a_response_fails() {
+    let (server, _log) = service(vec![Reply::Json(json!({
+        "action": "GUARDRAIL_INTERVENED",
+        "structured_messages": [{"role": "assistant", "content": "rewritten"}]
+    }))])
+    .await;
+    let input = input(
+        CallType::ChatCompletions,
+        Side::Response,
+        Some(planted_chat_body()),
+        &HeaderMap::new(),
+        &["a response"],
+    );
+    let err = guard(config(server.url("")))
+        .check(&input)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), GuardrailErrorKind::Failed);
+    assert!(
+        err.message().contains("cannot be applied to a response"),
+        "{err}"
+    );
+    // Echoing nothing back (null or []) is no rewrite.
+    let (server, _log) = service(vec![Reply::Json(json!({
+        "action": "NONE", "structured_messages": [], "tool_calls": null
+    }))])
+    .await;
+    let verdict = guard(config(server.url(""))).check(&input).await.unwrap();
+    assert_eq!(verdict.decision(), &Decision::Allow);
+}
+
+// ---- a failing service's detail goes to the log entry --------------------------------------
+
+#[tokio::test]
+async fn a_failing_service_s_url_status_and_body_are_in_the_log_entry() {
+    let (server, _log) = service(vec![Reply::Answer(
+        500,
+        "Traceback: db password hunter2 at 10.9.8.7",
+    )])
+    .await;
+    let configured = ConfiguredGuardrail::new(
+        "remote-guard",
+        GuardrailMode::PreCall,
+        guard(config(server.url("/internal"))),
+    );
+    let (outcome, log) = run_configured(configured).await;
+    assert!(matches!(outcome, Outcome::Blocked(_)), "{outcome:?}");
+    let entry = &log.entries()[0];
+    assert_eq!(
+        entry.guardrail_status,
+        GuardrailStatus::GuardrailFailedToRespond
+    );
+    let error = entry.guardrail_response["error"].as_str().unwrap();
+    assert!(
+        error.contains(&server.url("/internal/beta/litellm_basic_guardrail_api")),
+        "{error}"
+    );
+    assert!(error.contains("500"), "{error}");
+    assert!(error.contains("db password hunter2"), "{error}");
 }

@@ -128,12 +128,13 @@ impl Error {
     }
 
     /// A guardrail service that could not be reached (connect error, timeout, 502/503/504) and
-    /// fails closed: 503, code `guardrail_unreachable`, naming the guardrail.
-    pub fn guardrail_unreachable(guardrail: impl Into<String>, detail: impl fmt::Display) -> Self {
+    /// fails closed: 503, code `guardrail_unreachable`, naming the guardrail and nothing else:
+    /// the service's address and what went wrong belong in the logs, not in the client's error.
+    pub fn guardrail_unreachable(guardrail: impl Into<String>) -> Self {
         let guardrail = guardrail.into();
         let mut err = Error::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("guardrail '{guardrail}' is unreachable: {detail}"),
+            format!("guardrail '{guardrail}' could not be reached"),
         )
         .with_code("guardrail_unreachable")
         .with_class(ErrorClass::GuardrailFailure);
@@ -142,7 +143,9 @@ impl Error {
     }
 
     /// A guardrail that answered, but not usefully (bad JSON, a 4xx), and fails closed: 500,
-    /// code `guardrail_error`, naming the guardrail.
+    /// code `guardrail_error`, naming the guardrail. `detail` is shown to the client: give one
+    /// that holds no address, key or service answer (the runner passes a fixed sentence and
+    /// logs the rest).
     pub fn guardrail_failed(guardrail: impl Into<String>, detail: impl fmt::Display) -> Self {
         let guardrail = guardrail.into();
         let mut err = Error::new(
@@ -703,13 +706,13 @@ mod tests {
             ErrorClass::UpstreamFailure
         );
         assert_eq!(
-            Error::guardrail_unreachable("g", "x").class(),
+            Error::guardrail_unreachable("g").class(),
             ErrorClass::GuardrailFailure
         );
         assert_eq!(Error::internal("x").class(), ErrorClass::Internal);
-        assert_eq!(Error::guardrail_unreachable("pii", "refused").status(), 503);
+        assert_eq!(Error::guardrail_unreachable("pii").status(), 503);
         assert!(
-            Error::guardrail_unreachable("pii", "refused")
+            Error::guardrail_unreachable("pii")
                 .message()
                 .contains("'pii'")
         );

@@ -639,7 +639,7 @@ async fn fail_open_and_fail_closed_mid_stream() {
         error.contains("\"code\":\"guardrail_unreachable\""),
         "{error}"
     );
-    assert!(error.contains("guardrail 'remote' is unreachable"));
+    assert!(error.contains("guardrail 'remote' could not be reached"));
     assert!(error.ends_with("data: [DONE]\n\n"));
 }
 

@@ -68,7 +68,8 @@ impl<'de> Deserialize<'de> for FilterAction {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct BlockedWord {
-    /// The word or phrase, matched case-insensitively on word boundaries.
+    /// The word or phrase, matched case-insensitively on word boundaries; each `*` stands for
+    /// zero or one character other than a line break.
     pub keyword: String,
     /// What to do when it is found.
     pub action: FilterAction,

@@ -47,6 +47,14 @@ pub enum ContentFilterError {
         /// Where it was: `blocked_words[3]`, or `<file>: blocked_words[3]`.
         location: String,
     },
+    /// A keyword has nothing but `*` wildcards (and whitespace): it would match almost
+    /// anywhere.
+    WildcardOnlyKeyword {
+        /// Where it was: `blocked_words[3]`, or `<file>: blocked_words[3]`.
+        location: String,
+        /// The keyword.
+        keyword: String,
+    },
     /// `blocked_words_file` cannot be read or is not a valid blocked words file.
     BlockedWordsFile {
         /// The path as configured.
@@ -86,6 +94,11 @@ impl fmt::Display for ContentFilterError {
             ContentFilterError::EmptyKeyword { location } => {
                 write!(f, "{location}: keyword is empty")
             }
+            ContentFilterError::WildcardOnlyKeyword { location, keyword } => write!(
+                f,
+                "{location}: keyword '{keyword}' has only '*' wildcards; it needs at least one \
+                 other character"
+            ),
             ContentFilterError::BlockedWordsFile { path, reason } => {
                 write!(f, "blocked_words_file '{}': {reason}", path.display())
             }

@@ -1,14 +1,22 @@
 //! Keyword matching: every keyword in one Aho-Corasick pass, case-insensitive (Unicode simple
 //! lowercase), on word boundaries, with byte offsets into the original text.
+//!
+//! A keyword with `*` is matched as LiteLLM matches it: each `*` stands for zero or one
+//! character other than a line break. Its longest run of literal characters (its anchor) goes
+//! into the automaton with the plain keywords; each anchor occurrence is then checked against
+//! the whole keyword around it.
 
 use aho_corasick::automaton::Automaton;
 use aho_corasick::{Anchored, Input, MatchKind, StartKind, dfa, nfa, packed};
 
 use super::config::FilterAction;
 
-/// Up to this many keywords use a DFA (fastest); beyond it a contiguous NFA (smaller), as
-/// `AhoCorasick` chooses by default.
+/// Up to this many automaton patterns use a DFA (fastest); beyond it a contiguous NFA
+/// (smaller), as `AhoCorasick` chooses by default.
 const DFA_MAX_KEYWORDS: usize = 100;
+
+/// The wildcard of a keyword: zero or one character, not a line break.
+pub(super) const WILDCARD: char = '*';
 
 /// One keyword after deduplication.
 #[derive(Debug)]
@@ -19,8 +27,37 @@ pub(super) struct Keyword {
     /// The block message.
     pub(super) message: String,
     pub(super) description: Option<String>,
-    /// Its length in chars (folding keeps the char count).
+    /// The longest match in chars: the keyword's length, each `*` counting one (folding keeps
+    /// the char count).
     chars: usize,
+}
+
+/// One element of a wildcard keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    /// This (folded) character.
+    Lit(char),
+    /// Zero or one character other than `\n`.
+    Any,
+}
+
+/// A keyword with `*`.
+#[derive(Debug)]
+struct Wild {
+    /// Index into [`Keywords::list`].
+    keyword: usize,
+    elems: Vec<Elem>,
+    /// The elements of the anchor (the first longest run of literals).
+    anchor: std::ops::Range<usize>,
+}
+
+/// What an automaton pattern stands for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The keyword at this index of [`Keywords::list`], matched as is.
+    Literal(usize),
+    /// The anchor of the wildcard keyword at this index of [`Keywords::wild`].
+    Anchor(usize),
 }
 
 #[derive(Debug)]
@@ -33,13 +70,16 @@ enum Engine {
 #[derive(Debug)]
 pub(super) struct Keywords {
     engine: Engine,
-    /// A SIMD multi-substring searcher (Teddy) over the folded keywords, for the common case of
+    /// A SIMD multi-substring searcher (Teddy) over the folded patterns, for the common case of
     /// ASCII text that contains no keyword at all: searching the lower-cased text with it is an
     /// order of magnitude cheaper than the overlapping automaton, which then runs only when a
     /// keyword occurs somewhere. `None` where no packed searcher can be built (too many
     /// keywords, or a CPU without the vector instructions).
     prefilter: Option<packed::Searcher>,
     pub(super) list: Vec<Keyword>,
+    /// Per automaton pattern, what it stands for; with its length in chars.
+    targets: Vec<(Target, usize)>,
+    wild: Vec<Wild>,
     /// The longest keyword, in chars.
     pub(super) max_chars: usize,
 }
@@ -64,92 +104,156 @@ pub(super) fn fold(c: char) -> char {
     }
 }
 
-/// A letter, digit or `_` (Unicode): a keyword must not touch one on either side.
+/// A letter, digit or `_` (Unicode): a keyword edge that is one must not touch one.
 pub(super) fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
+/// Whether a keyword has something to match besides wildcards and spaces.
+pub(super) fn has_literal(keyword: &str) -> bool {
+    keyword.chars().any(|c| c != WILDCARD && !c.is_whitespace())
+}
+
+/// Whether `text[start..end]` stands on word boundaries: an edge of the match that is a word
+/// character must not touch another one. With `partial`, the end of `text` is not a boundary.
+fn on_boundaries(text: &str, start: usize, end: usize, partial: bool) -> bool {
+    let first = text[start..].chars().next();
+    if first.is_some_and(is_word_char)
+        && text[..start].chars().next_back().is_some_and(is_word_char)
+    {
+        return false;
+    }
+    let last = text[..end].chars().next_back();
+    if last.is_some_and(is_word_char) {
+        match text[end..].chars().next() {
+            Some(c) => !is_word_char(c),
+            None => !partial,
+        }
+    } else {
+        true
+    }
+}
+
 impl Keywords {
-    /// Compiles the keywords: `(keyword, action, description)`, already deduplicated and
-    /// non-empty.
+    /// Compiles the keywords: `(keyword, action, description)`, already deduplicated, each with
+    /// a character other than `*` and whitespace.
     pub(super) fn new(entries: Vec<(String, FilterAction, Option<String>)>) -> Option<Keywords> {
         if entries.is_empty() {
             return None;
         }
-        let folded: Vec<String> = entries
-            .iter()
-            .map(|(k, _, _)| k.chars().map(fold).collect())
-            .collect();
-        let list: Vec<Keyword> = entries
-            .into_iter()
-            .map(|(keyword, action, description)| {
-                let display = keyword.to_lowercase();
-                let mut message = format!("Content blocked: keyword '{display}' detected");
-                if let Some(d) = description.as_deref().filter(|d| !d.is_empty()) {
-                    message.push_str(&format!(" ({d})"));
-                }
-                Keyword {
-                    chars: keyword.chars().count(),
-                    display,
-                    action,
-                    message,
-                    description,
-                }
-            })
-            .collect();
+        let mut patterns: Vec<String> = Vec::with_capacity(entries.len());
+        let mut targets = Vec::with_capacity(entries.len());
+        let mut wild = Vec::new();
+        let mut list = Vec::with_capacity(entries.len());
+        for (k, (keyword, action, description)) in entries.into_iter().enumerate() {
+            let folded: Vec<char> = keyword.chars().map(fold).collect();
+            if folded.contains(&WILDCARD) {
+                let elems: Vec<Elem> = folded
+                    .iter()
+                    .map(|&c| {
+                        if c == WILDCARD {
+                            Elem::Any
+                        } else {
+                            Elem::Lit(c)
+                        }
+                    })
+                    .collect();
+                let anchor = longest_literal_run(&elems);
+                let text: String = elems[anchor.clone()]
+                    .iter()
+                    .map(|e| match e {
+                        Elem::Lit(c) => *c,
+                        Elem::Any => WILDCARD,
+                    })
+                    .collect();
+                targets.push((Target::Anchor(wild.len()), anchor.len()));
+                patterns.push(text);
+                wild.push(Wild {
+                    keyword: k,
+                    elems,
+                    anchor,
+                });
+            } else {
+                targets.push((Target::Literal(k), folded.len()));
+                patterns.push(folded.iter().collect());
+            }
+            let display = keyword.to_lowercase();
+            let mut message = format!("Content blocked: keyword '{display}' detected");
+            if let Some(d) = description.as_deref().filter(|d| !d.is_empty()) {
+                message.push_str(&format!(" ({d})"));
+            }
+            list.push(Keyword {
+                chars: folded.len(),
+                display,
+                action,
+                message,
+                description,
+            });
+        }
         let max_chars = list.iter().map(|k| k.chars).max().unwrap_or(0);
-        let engine = if folded.len() <= DFA_MAX_KEYWORDS {
+        let engine = if patterns.len() <= DFA_MAX_KEYWORDS {
             let built = dfa::Builder::new()
                 .match_kind(MatchKind::Standard)
                 .ascii_case_insensitive(true)
                 .start_kind(StartKind::Both)
-                .build(&folded);
+                .build(&patterns);
             match built {
                 Ok(dfa) => Engine::Dfa(dfa),
-                Err(_) => Engine::Nfa(build_nfa(&folded)),
+                Err(_) => Engine::Nfa(build_nfa(&patterns)),
             }
         } else {
-            Engine::Nfa(build_nfa(&folded))
+            Engine::Nfa(build_nfa(&patterns))
         };
         let prefilter = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostFirst)
             .builder()
-            .extend(&folded)
+            .extend(&patterns)
             .build();
         Some(Keywords {
             engine,
             prefilter,
             list,
+            targets,
+            wild,
             max_chars,
         })
     }
 
     /// Calls `f(keyword index, start, end)` for every occurrence of every keyword on word
-    /// boundaries, overlapping ones included. With `partial`, the end of `text` is not a
-    /// boundary.
+    /// boundaries, overlapping ones included (a wildcard keyword may report several matches
+    /// at one start). With `partial`, the end of `text` is not a boundary, and a wildcard
+    /// keyword is reported only where the text already holds all of it.
     pub(super) fn for_each_match(
         &self,
         text: &str,
+        ascii: bool,
         partial: bool,
         f: &mut dyn FnMut(usize, usize, usize),
     ) {
-        if !self.may_occur(text) {
+        if !self.may_occur(text, ascii) {
             return;
         }
+        let mut found = |pid: usize, start: usize, end: usize| match self.targets[pid].0 {
+            Target::Literal(k) => {
+                if on_boundaries(text, start, end, partial) {
+                    f(k, start, end);
+                }
+            }
+            Target::Anchor(w) => self.wild[w].around(text, start, end, partial, f),
+        };
         match &self.engine {
-            Engine::Dfa(a) => scan(a, &self.list, text, partial, f),
-            Engine::Nfa(a) => scan(a, &self.list, text, partial, f),
+            Engine::Dfa(a) => scan(a, &self.targets, text, ascii, &mut found),
+            Engine::Nfa(a) => scan(a, &self.targets, text, ascii, &mut found),
         }
     }
 
     /// False only when no keyword occurs anywhere in `text`, in any case, word boundaries
     /// aside: then there is nothing to scan for. Any occurrence the automaton can find in ASCII
-    /// text is its folded keyword in the text's ASCII lower case, which the prefilter finds.
-    fn may_occur(&self, text: &str) -> bool {
+    /// text is its folded pattern in the text's ASCII lower case, which the prefilter finds
+    /// (a wildcard keyword's match always holds its anchor).
+    fn may_occur(&self, text: &str, ascii: bool) -> bool {
         match &self.prefilter {
-            Some(prefilter) if text.is_ascii() => {
-                prefilter.find(text.to_ascii_lowercase()).is_some()
-            }
+            Some(prefilter) if ascii => prefilter.find(text.to_ascii_lowercase()).is_some(),
             _ => true,
         }
     }
@@ -158,18 +262,163 @@ impl Keywords {
     /// (so a keyword occurrence starting there may still appear, or grow, with more text);
     /// `text.len()` when there is none.
     pub(super) fn pending_from(&self, text: &str) -> usize {
-        match &self.engine {
+        let mut from = match &self.engine {
             Engine::Dfa(a) => pending_from(a, self.max_chars, text),
             Engine::Nfa(a) => pending_from(a, self.max_chars, text),
+        };
+        for w in &self.wild {
+            from = from.min(w.pending_from(text));
+        }
+        from
+    }
+}
+
+/// The first longest run of literal elements.
+fn longest_literal_run(elems: &[Elem]) -> std::ops::Range<usize> {
+    let mut best = 0..0;
+    let mut start = 0;
+    for (i, e) in elems.iter().chain(std::iter::once(&Elem::Any)).enumerate() {
+        if *e == Elem::Any {
+            if i - start > best.len() {
+                best = start..i;
+            }
+            start = i + 1;
+        }
+    }
+    best
+}
+
+/// Whether `elem` takes `c`.
+fn takes(elem: Elem, c: char) -> bool {
+    match elem {
+        Elem::Lit(l) => fold(c) == l,
+        Elem::Any => c != '\n',
+    }
+}
+
+impl Wild {
+    /// Reports the matches of this keyword whose anchor lies at `text[start..end]`.
+    fn around(
+        &self,
+        text: &str,
+        start: usize,
+        end: usize,
+        partial: bool,
+        f: &mut dyn FnMut(usize, usize, usize),
+    ) {
+        let starts = walk(text, start, &self.elems[..self.anchor.start], true);
+        if starts.is_empty() {
+            return;
+        }
+        let ends = walk(text, end, &self.elems[self.anchor.end..], false);
+        for &s in &starts {
+            for &e in &ends {
+                if on_boundaries(text, s, e, partial) {
+                    f(self.keyword, s, e);
+                }
+            }
+        }
+    }
+
+    /// Where a match of this keyword may still begin given more text: the earliest position
+    /// among the last [`Self::elems`] characters from which the rest of `text` is the
+    /// beginning of a match (or a whole one).
+    fn pending_from(&self, text: &str) -> usize {
+        let first = text
+            .char_indices()
+            .rev()
+            .nth(self.elems.len().saturating_sub(1))
+            .map_or(0, |(i, _)| i);
+        for (offset, _) in text[first..].char_indices() {
+            let p = first + offset;
+            if self.alive_after(&text[p..]) {
+                return p;
+            }
+        }
+        text.len()
+    }
+
+    /// Whether all of `s` can be read as the beginning of this keyword.
+    fn alive_after(&self, s: &str) -> bool {
+        let n = self.elems.len();
+        let mut states = vec![false; n + 1];
+        states[0] = true;
+        self.close(&mut states);
+        let mut next = vec![false; n + 1];
+        for c in s.chars() {
+            next.iter_mut().for_each(|x| *x = false);
+            let mut any = false;
+            for i in 0..n {
+                if states[i] && takes(self.elems[i], c) {
+                    next[i + 1] = true;
+                    any = true;
+                }
+            }
+            if !any {
+                return false;
+            }
+            std::mem::swap(&mut states, &mut next);
+            self.close(&mut states);
+        }
+        true
+    }
+
+    /// Adds the states a wildcard can reach by taking nothing.
+    fn close(&self, states: &mut [bool]) {
+        for i in 0..self.elems.len() {
+            if states[i] && self.elems[i] == Elem::Any {
+                states[i + 1] = true;
+            }
         }
     }
 }
 
-fn build_nfa(folded: &[String]) -> nfa::contiguous::NFA {
+/// The positions reachable from `from` by matching `elems` backwards (`back`) or forwards.
+fn walk(text: &str, from: usize, elems: &[Elem], back: bool) -> Vec<usize> {
+    let mut cur = vec![from];
+    let mut next = Vec::new();
+    let step = |elem: Elem, p: usize, next: &mut Vec<usize>| {
+        let c = if back {
+            text[..p].chars().next_back()
+        } else {
+            text[p..].chars().next()
+        };
+        if elem == Elem::Any {
+            next.push(p);
+        }
+        if let Some(c) = c.filter(|&c| takes(elem, c)) {
+            next.push(if back {
+                p - c.len_utf8()
+            } else {
+                p + c.len_utf8()
+            });
+        }
+    };
+    let order: Box<dyn Iterator<Item = &Elem>> = if back {
+        Box::new(elems.iter().rev())
+    } else {
+        Box::new(elems.iter())
+    };
+    for &elem in order {
+        next.clear();
+        for &p in &cur {
+            step(elem, p, &mut next);
+        }
+        next.sort_unstable();
+        next.dedup();
+        std::mem::swap(&mut cur, &mut next);
+        if cur.is_empty() {
+            break;
+        }
+    }
+    cur
+}
+
+fn build_nfa(patterns: &[String]) -> nfa::contiguous::NFA {
     nfa::contiguous::Builder::new()
         .match_kind(MatchKind::Standard)
         .ascii_case_insensitive(true)
-        .build(folded)
+        .build(patterns)
         // Building only fails beyond aho-corasick's state-id space (billions of states),
         // which keyword lists never reach.
         .expect("keyword automaton too large")
@@ -190,39 +439,28 @@ fn step<A: Automaton>(
     sid
 }
 
+/// Calls `found(pattern, start, end)` for every occurrence of every automaton pattern,
+/// overlapping ones included.
 fn scan<A: Automaton>(
     a: &A,
-    list: &[Keyword],
+    targets: &[(Target, usize)],
     text: &str,
-    partial: bool,
-    f: &mut dyn FnMut(usize, usize, usize),
+    ascii: bool,
+    found: &mut dyn FnMut(usize, usize, usize),
 ) {
-    let mut consider = |pid: usize, start: usize, end: usize| {
-        let left_ok = text[..start]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !is_word_char(c));
-        let right_ok = match text[end..].chars().next() {
-            Some(c) => !is_word_char(c),
-            None => !partial,
-        };
-        if left_ok && right_ok {
-            f(pid, start, end);
-        }
-    };
-    if text.is_ascii() {
+    if ascii {
         // Folding is the automaton's own ASCII case-insensitivity: search the text as is,
         // with aho-corasick's prefilters.
         let iter = a
             .try_find_overlapping_iter(Input::new(text))
             .expect("standard-semantics automaton supports overlapping search");
         for m in iter {
-            consider(m.pattern().as_usize(), m.start(), m.end());
+            found(m.pattern().as_usize(), m.start(), m.end());
         }
         return;
     }
     // Non-ASCII text: feed the folded characters by hand. Folding maps each char to one char,
-    // so a keyword of n chars ending at a char ends here and starts n chars back.
+    // so a pattern of n chars ending at a char ends here and starts n chars back.
     let Ok(mut sid) = a.start_state(Anchored::No) else {
         return;
     };
@@ -236,13 +474,13 @@ fn scan<A: Automaton>(
                 let end = i + c.len_utf8();
                 for k in 0..a.match_len(sid) {
                     let pid = a.match_pattern(sid, k).as_usize();
-                    let n = list[pid].chars;
+                    let n = targets[pid].1;
                     let start = text[..end]
                         .char_indices()
                         .rev()
                         .nth(n - 1)
                         .map_or(0, |(s, _)| s);
-                    consider(pid, start, end);
+                    found(pid, start, end);
                 }
             }
         }
@@ -293,7 +531,9 @@ mod tests {
 
     fn matches(kw: &Keywords, text: &str) -> Vec<(usize, usize, usize)> {
         let mut out = Vec::new();
-        kw.for_each_match(text, false, &mut |k, s, e| out.push((k, s, e)));
+        kw.for_each_match(text, text.is_ascii(), false, &mut |k, s, e| {
+            out.push((k, s, e))
+        });
         out
     }
 
@@ -304,7 +544,10 @@ mod tests {
             kw.prefilter.is_some(),
             "a short list gets a packed searcher"
         );
-        assert!(!kw.may_occur("Nothing to see in this long, clean sentence about trains."));
+        assert!(!kw.may_occur(
+            "Nothing to see in this long, clean sentence about trains.",
+            true
+        ));
         assert_eq!(
             matches(&kw, "Nothing to see in this long, clean sentence."),
             []
@@ -323,7 +566,7 @@ mod tests {
         assert_eq!(matches(&kw, "QZ"), [(3, 0, 2)]);
         assert_eq!(matches(&kw, "a WIRE TAP."), [(2, 2, 10)]);
         // An occurrence inside a word is found by the prefilter, then dropped on boundaries.
-        assert!(kw.may_occur("Bluebirds"));
+        assert!(kw.may_occur("Bluebirds", true));
         assert_eq!(matches(&kw, "Bluebirds"), []);
         // Non-ASCII text takes the folding path, with or without a prefilter.
         assert_eq!(matches(&kw, "ÄÖ confidential"), [(0, 5, 17)]);

@@ -52,65 +52,101 @@
 //!
 //! # Matching
 //!
+//! Keywords and prebuilt patterns read the text with look-alike and invisible characters
+//! folded: decimal digits of every script (`１２３`, `١٢٣`, `१२३`) as ASCII digits, fullwidth
+//! forms (`＠`, `ｓｅｃｒｅｔ`) as ASCII, no-break and other Unicode spaces as a space, Unicode
+//! hyphens, en dashes and the minus sign as `-`; zero-width spaces and joiners, the soft hyphen,
+//! the word joiner, bidi controls, variation selectors, tag characters and the byte order mark
+//! are skipped. A match is masked in the text as written (invisible characters inside it
+//! included). Custom regexes read the text as written.
+//!
 //! - **Keywords** match case-insensitively (ASCII case, and the single-character Unicode
-//!   lower case of other letters, so `Straße` matches `STRAẞE`) and only on word boundaries:
-//!   the character before and after a keyword must not be a letter, digit or `_` (Unicode),
-//!   or be the start or end of the text. `ass` does not match in `class`. All keywords are
-//!   found in one Aho-Corasick pass over the text. (LiteLLM matches keywords as plain
-//!   substrings; word boundaries avoid its false positives.)
-//! - **Prebuilt patterns** (ASCII; `\b` below is an ASCII word boundary):
+//!   lower case of other letters, so `Straße` matches `STRAẞE`) and on word boundaries: where
+//!   a match begins or ends with a letter, digit or `_` (Unicode), the character beyond it must
+//!   not be one. `ass` does not match in `class`; `c++` matches in `c++11`, `=` anywhere.
+//!   A `*` in a keyword stands for zero or one character other than a line break, as in
+//!   LiteLLM (`fu*k` matches `fuck`, `fuk`, `fu-k`, `fu k`; not `fuuuck`, not `fu\nk`); it
+//!   cannot be escaped, and a keyword of nothing but `*` is a configuration error. All
+//!   keywords are found in one Aho-Corasick pass (a wildcard keyword by its longest literal
+//!   run, then checked whole around it). LiteLLM matches keywords as substrings of the lower-
+//!   cased text in most versions (newer ones add `\b` around keywords made of word
+//!   characters): `passwords` is blocked by `pass*word` there, not here.
+//! - **Prebuilt patterns** (ASCII over the folded text; `\b` below is an ASCII word boundary):
 //!
 //!   | name | matches |
 //!   |------|---------|
-//!   | `email` | `local@domain.tld`: up to 64 + 1 + 228 + 1 + 24 characters |
-//!   | `us_ssn` | `123-45-6789`; area not 000, 666 or 9xx, group not 00, serial not 0000 |
-//!   | `us_ssn_no_dash` | `123456789`, same rules |
-//!   | `us_phone` | `555-123-4567`, `(555) 123-4567`, `+1 555.123.4567`, `5551234567` |
-//!   | `credit_card` | 13 to 19 digits with single spaces or dashes between them, Luhn-checked |
-//!   | `visa`, `mastercard`, `amex`, `discover` | the brand's number format, Luhn-checked |
-//!   | `ipv4` | dotted quads with octets 0 to 255, no leading zeros |
+//!   | `email` | `local@domain.tld`: a local part of any length, a domain of up to 253 characters |
+//!   | `us_ssn` | `123-45-6789`; area not 000, 666 or 9xx, group not 00, serial not 0000; no digit right before or after |
+//!   | `us_ssn_no_dash` | `123456789`, same rules, on `\b` |
+//!   | `us_phone` | `555-123-4567`, `(555) 123-4567`, `+1 555.123.4567`, `5551234567`; no digit right before or after |
+//!   | `credit_card` | a card number (below), Luhn-checked |
+//!   | `visa`, `mastercard`, `amex`, `discover` | a card number of the brand's prefixes and lengths (Visa 4, 13/16/19 digits; Mastercard 51-55 and 2221-2720, 16; Amex 34/37, 15; Discover 6011, 644-649, 65, 16/19), Luhn-checked |
+//!   | `ipv4` | dotted quads with octets 0 to 255, no leading zeros, on `\b` |
 //!   | `aws_access_key` | `AKIA` or `ASIA` and 16 upper-case letters or digits |
 //!   | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 letters or digits; `github_pat_` and 82 |
 //!   | `slack_token` | `xoxp-`, `xoxb-`, `xoxo-`, `xoxa-` tokens |
 //!   | `generic_api_key` | `sk-` keys (`sk-proj-...`, `sk-ant-...`) with 20 to 256 more `[A-Za-z0-9_-]`; assignments `api_key=...`, `apikey: ...`, `OPENAI_API_KEY="..."` with a 20 to 256 character value (the assignment is matched) |
 //!
-//!   Every prebuilt pattern has a bounded longest match (at most 318 characters, `email`).
-//!   They match exactly as written (LiteLLM compiles its prebuilt patterns case-insensitively;
-//!   these spell out the letter cases they accept). Patterns with a check (SSN rules, Luhn)
-//!   look for another candidate inside a rejected one.
+//!   Numbers match on token boundaries, so adjacent numbers never merge. A card number is read
+//!   from a run of digit groups joined by single spaces or dashes, as whole groups laid out as
+//!   cards are printed (13 to 19 digits in one group; 4-4-4 and 1 to 4 more; 4-4-4-4 and 1 to 3
+//!   more; 4-6 and 4 or 5 more), never starting on a group that a dash joins to the number
+//!   before it (`123-45-6789 4111 ...`) and never taking a group that `.`, `,`, `/` or `:`
+//!   joins to more digits (`... 1111 10.0.0.1`). Where two candidates overlap (a card after a
+//!   4-digit year whose shifted window passes Luhn too), both are masked as one span. A letter
+//!   glued to an SSN, phone or card number (`ID123-45-6789`) does not hide it (LiteLLM's `\b`
+//!   does). They match exactly as written (LiteLLM compiles its prebuilt patterns
+//!   case-insensitively; these spell out the letter cases they accept). Patterns with a check
+//!   (SSN rules, boundaries) look for another candidate inside a rejected one.
+//!
+//!   Where LiteLLM's own patterns let a value through, these do not: its `us_phone`, `ipv4`
+//!   and `email` use `[0-9]`/`[A-Za-z]` classes, so fullwidth or other-script digits and
+//!   fullwidth letters pass; its patterns read the text as written, so a zero-width space or
+//!   a Unicode hyphen inside a number or keyword hides it.
 //! - **Custom regexes** use Rust [`regex`](https://docs.rs/regex) syntax and, as in LiteLLM,
 //!   match case-insensitively (`(?-i)` turns it off). A regex that can match the empty string,
 //!   or that compiles to more than 1 MiB, is a configuration error.
 //!
-//! Overlapping matches are resolved the same way everywhere: the match that starts first wins;
-//! among matches that start at the same place, a `BLOCK` wins over a `MASK`, then the longer
-//! match, then the rule configured first (keywords, then `patterns` in order). Each regex on
-//! its own reports leftmost-first, non-overlapping matches.
+//! Overlapping matches are resolved the same way everywhere: a `BLOCK` match is never hidden
+//! by a `MASK` one (a masked span that runs into it ends where it starts); `MASK` matches that
+//! overlap are masked as one span, tagged by the match that starts first (at one start the
+//! longer, then the rule configured first: keywords, then `patterns` in order); of `BLOCK`
+//! matches that overlap, the first counts.
 //!
 //! # Actions
 //!
 //! Any `BLOCK` match blocks the whole input. The message names the rule, never the matched
 //! text, in LiteLLM's words: `Content blocked: us_ssn pattern detected`,
 //! `Content blocked: keyword 'confidential' detected (Internal confidential information)`.
-//! Otherwise every `MASK` match is replaced: patterns by `pattern_redaction_format` with
-//! `{pattern_name}` replaced by the pattern's name in upper case (`[EMAIL_REDACTED]`),
-//! keywords by `keyword_redaction_tag` (`[KEYWORD_REDACTED]`). `masked_entity_count` counts
-//! masked matches under LiteLLM's keys: the pattern's name (`email`, `us_ssn`, a custom
-//! regex's `name`) and `blocked_word` for keywords. (LiteLLM counts one per rule and text;
-//! this counts every match.) The log detail lists, per rule, its type, name, action and match
-//! count, never the matched text.
+//! Otherwise every masked span is replaced: by `pattern_redaction_format` with
+//! `{pattern_name}` replaced by the pattern's name in upper case (`[EMAIL_REDACTED]`), or by
+//! `keyword_redaction_tag` (`[KEYWORD_REDACTED]`). `masked_entity_count` counts masked spans
+//! under LiteLLM's keys: the pattern's name (`email`, `us_ssn`, a custom regex's `name`) and
+//! `blocked_word` for keywords. (LiteLLM counts one per rule and text; this counts every
+//! span.) The log detail lists, per rule, its type, name, action and match count, never the
+//! matched text.
 //!
 //! # Streaming
 //!
-//! [`ContentFilter`] is a [`SpanMatcher`]: a streamed response is checked exactly, with
-//! [`SpanMatcher::max_match_chars`] characters held back. A custom regex without an upper
-//! bound on its match length counts as `max_unbounded_match_chars` long (default 256); a
-//! longer match of it may be split in a stream.
+//! [`ContentFilter`] is a [`SpanMatcher`]: a streamed response is checked exactly. It holds
+//! back only what could still become part of a match (a trailing partial keyword, a trailing
+//! run of characters a pattern could still match), and a match that reaches into that part
+//! waits with it, so what is released is final. The longest match a stream handles whole,
+//! [`SpanMatcher::max_match_chars`], is bounded for every rule:
+//!
+//! - a keyword: its length, each `*` counting one (a wildcard reaches one character);
+//! - `email`: 512 characters (a local part of 256 and the longest domain); a longer local part
+//!   may have its beginning released before the `@` arrives;
+//! - the card patterns: runs of digit groups up to 64 characters (a card and the numbers
+//!   around it); overlapping candidates chained beyond that may be masked in pieces;
+//! - a custom regex without an upper bound on its match length (`\d+`): `max_unbounded_match_chars`
+//!   (default 256); a longer match of it may be split in a stream.
 
 mod config;
 mod error;
 mod keywords;
 mod needs;
+mod normalize;
 mod patterns;
 
 use std::collections::BTreeMap;
@@ -132,7 +168,8 @@ pub use error::ContentFilterError;
 
 use keywords::Keywords;
 use needs::Search;
-use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT};
+use normalize::{Folded, fold_text};
+use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT, Scratch};
 
 /// The `guardrail_provider` of this guardrail, as LiteLLM names it.
 pub const PROVIDER: &str = "litellm_content_filter";
@@ -261,6 +298,12 @@ impl ContentFilter {
             if word.keyword.trim().is_empty() {
                 return Err(ContentFilterError::EmptyKeyword { location });
             }
+            if !keywords::has_literal(&word.keyword) {
+                return Err(ContentFilterError::WildcardOnlyKeyword {
+                    location,
+                    keyword: word.keyword,
+                });
+            }
             let key: String = word.keyword.chars().map(keywords::fold).collect();
             match words.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = word,
@@ -307,7 +350,7 @@ impl ContentFilter {
                         *action,
                         pattern_format,
                     )?);
-                    set_sources.push(prebuilt.regex.to_owned());
+                    set_sources.push(prebuilt.set_source().to_owned());
                 }
                 PatternConfig::Regex {
                     pattern,
@@ -365,7 +408,8 @@ impl ContentFilter {
     /// Checks texts as [`Guardrail::check`] does, synchronously: block if any text has a
     /// `BLOCK` match, else rewrite the texts if any has a `MASK` match, else allow.
     ///
-    /// Allocates nothing when nothing matches.
+    /// Allocates nothing when nothing matches in texts with nothing to fold (ASCII, or without
+    /// look-alike or invisible characters).
     pub fn check_texts<S: AsRef<str>>(&self, texts: &[S]) -> Verdict {
         let mut found: Vec<(usize, Vec<Hit>)> = Vec::new();
         for (i, text) in texts.iter().enumerate() {
@@ -414,22 +458,72 @@ impl ContentFilter {
     /// The matches in `text`: sorted, not overlapping, resolved as documented; with `partial`,
     /// only those that no further text can change.
     fn hits(&self, text: &str, partial: bool) -> Vec<Hit> {
+        let folded = fold_text(text);
+        let mut hits = Vec::new();
+        self.raw_hits(text, &folded, partial, &mut hits);
+        if hits.is_empty() {
+            return hits;
+        }
+        if partial {
+            // Only matches that no further text can change take part, and they end before
+            // anything that may still change starts (see `settled_point`).
+            let settled = self.settled_point(text, &folded, &hits);
+            hits.retain(|h| h.start < settled);
+        }
+        resolve(hits)
+    }
+
+    /// With more text to come: where the text stops being final. Matches that start at
+    /// [`Self::settled_before`] or later may still change; a match that starts before it but
+    /// reaches into that part must wait too (it may merge with, or hide a `BLOCK` in, what is
+    /// still coming), and so on for matches that reach into it. Every match that starts before
+    /// the point returned ends before it.
+    fn settled_point(&self, text: &str, folded: &Folded<'_>, hits: &[Hit]) -> usize {
+        let mut settled = self.settled_before(text, folded);
+        while let Some(start) = hits
+            .iter()
+            .filter(|h| h.start < settled && h.end > settled)
+            .map(|h| h.start)
+            .min()
+        {
+            settled = start;
+        }
+        settled
+    }
+
+    /// Every match of every rule, in offsets of `text`, unresolved (they may overlap).
+    fn raw_hits(&self, text: &str, folded: &Folded<'_>, partial: bool, hits: &mut Vec<Hit>) {
         let inner = &*self.inner;
-        let mut hits: Vec<Hit> = Vec::new();
+        let ftext = folded.text();
         if let Some(kw) = &inner.keywords {
-            kw.for_each_match(text, partial, &mut |k, start, end| {
+            kw.for_each_match(ftext, folded.is_ascii(), partial, &mut |k, start, end| {
                 hits.push(Hit {
-                    start,
-                    end,
+                    start: folded.original(start),
+                    end: folded.original(end),
                     rule: Rule::Keyword(k),
                     action: kw.list[k].action,
                 });
             });
         }
-        if !inner.patterns.is_empty() {
-            let mut scan = |i: usize| {
-                let p = &inner.patterns[i];
-                p.for_each_match(text, |start, end| {
+        if inner.patterns.is_empty() {
+            return;
+        }
+        let mut scratch = Scratch::default();
+        if folded.changed() {
+            // Prebuilt patterns read the folded text, custom regexes the text as written (a
+            // custom regex may look for the very characters folding changes); one by one.
+            for (i, p) in inner.patterns.iter().enumerate() {
+                let (on, map) = if p.prebuilt {
+                    (ftext, true)
+                } else {
+                    (text, false)
+                };
+                p.for_each_match(on, &mut scratch, |start, end| {
+                    let (start, end) = if map {
+                        (folded.original(start), folded.original(end))
+                    } else {
+                        (start, end)
+                    };
                     hits.push(Hit {
                         start,
                         end,
@@ -437,79 +531,72 @@ impl ContentFilter {
                         action: p.action,
                     });
                 });
-            };
-            // Bit `i`: pattern `i` may match. All of them without the byte prefilter.
-            let candidates = match &inner.needs {
-                Some(needs) => needs.candidates(text.as_bytes()),
-                None => u64::MAX,
-            };
-            let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
-            match &inner.set {
-                _ if candidates == 0 => {}
-                // One candidate (never without the prefilter: then all are): its own regex,
-                // not the set.
-                _ if candidates.is_power_of_two() => {
-                    scan(candidates.trailing_zeros() as usize);
-                }
-                // `is_match` is the fast path for the common no-match case.
-                Some(set) if !set.is_match(text) => {}
-                Some(set) if set.len() <= SET_STACK => {
-                    let mut matched = [false; SET_STACK];
-                    set.matches_read_at(&mut matched[..set.len()], text, 0);
-                    for (i, _) in matched
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, m)| **m && may_match(*i))
-                    {
-                        scan(i);
-                    }
-                }
-                Some(set) => {
-                    for i in set.matches(text).iter() {
-                        scan(i);
-                    }
-                }
-                None => (0..inner.patterns.len())
-                    .filter(|&i| may_match(i))
-                    .for_each(scan),
             }
+            return;
         }
-        if hits.is_empty() {
-            return hits;
-        }
-        // Leftmost; at one start BLOCK before MASK, then longest, then configuration order.
-        hits.sort_unstable_by(|a, b| {
-            a.start
-                .cmp(&b.start)
-                .then_with(|| action_rank(a.action).cmp(&action_rank(b.action)))
-                .then_with(|| b.end.cmp(&a.end))
-                .then_with(|| a.rule.cmp(&b.rule))
-        });
-        let mut last_end = 0;
-        hits.retain(|h| {
-            if h.start >= last_end {
-                last_end = h.end;
-                true
-            } else {
-                false
+        let mut scan = |i: usize| {
+            let p = &inner.patterns[i];
+            p.for_each_match(text, &mut scratch, |start, end| {
+                hits.push(Hit {
+                    start,
+                    end,
+                    rule: Rule::Pattern(i),
+                    action: p.action,
+                });
+            });
+        };
+        // Bit `i`: pattern `i` may match. All of them without the byte prefilter.
+        let candidates = match &inner.needs {
+            Some(needs) => needs.candidates(text.as_bytes()),
+            None => u64::MAX,
+        };
+        let may_match = |i: usize| i >= 64 || candidates >> i & 1 == 1;
+        match &inner.set {
+            _ if candidates == 0 => {}
+            // One candidate (never without the prefilter: then all are): its own regex,
+            // not the set.
+            _ if candidates.is_power_of_two() => {
+                scan(candidates.trailing_zeros() as usize);
             }
-        });
-        if partial {
-            let settled_before = self.settled_before(text);
-            hits.retain(|h| h.start < settled_before);
+            // `is_match` is the fast path for the common no-match case.
+            Some(set) if !set.is_match(text) => {}
+            Some(set) if set.len() <= SET_STACK => {
+                let mut matched = [false; SET_STACK];
+                set.matches_read_at(&mut matched[..set.len()], text, 0);
+                for (i, _) in matched
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, m)| **m && may_match(*i))
+                {
+                    scan(i);
+                }
+            }
+            Some(set) => {
+                for i in set.matches(text).iter() {
+                    scan(i);
+                }
+            }
+            None => (0..inner.patterns.len())
+                .filter(|&i| may_match(i))
+                .for_each(scan),
         }
-        hits
     }
 
     /// With more text to come: matches that start here or later may still change.
-    fn settled_before(&self, text: &str) -> usize {
+    fn settled_before(&self, text: &str, folded: &Folded<'_>) -> usize {
         let inner = &*self.inner;
+        let ftext = folded.text();
         let mut from = text.len();
         if let Some(kw) = &inner.keywords {
-            from = from.min(kw.pending_from(text));
+            from = from.min(folded.original(kw.pending_from(ftext)));
         }
         for p in &inner.patterns {
-            from = from.min(p.unsettled_from(text));
+            let unsettled = if p.prebuilt {
+                folded.original(p.unsettled_from(ftext))
+            } else {
+                p.unsettled_from(text)
+            };
+            from = from.min(unsettled);
         }
         from
     }
@@ -585,28 +672,87 @@ fn action_rank(action: FilterAction) -> u8 {
     }
 }
 
+/// Resolves overlapping matches: a `BLOCK` match is never hidden by a `MASK` one; `BLOCK`
+/// matches that overlap keep the one that starts first; `MASK` matches that overlap are merged
+/// into one masked span, tagged by the one that starts first (at one start the longer, then
+/// the rule configured first), and a masked span that runs into a `BLOCK` match ends where it
+/// starts. Sorted, not overlapping.
+fn resolve(mut hits: Vec<Hit>) -> Vec<Hit> {
+    hits.sort_unstable_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then_with(|| action_rank(a.action).cmp(&action_rank(b.action)))
+            .then_with(|| b.end.cmp(&a.end))
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
+    let mut blocks: Vec<Hit> = Vec::new();
+    let mut masks: Vec<Hit> = Vec::new();
+    for hit in hits {
+        match hit.action {
+            FilterAction::Block => {
+                if blocks.last().is_none_or(|b| hit.start >= b.end) {
+                    blocks.push(hit);
+                }
+            }
+            FilterAction::Mask => match masks.last_mut() {
+                Some(span) if hit.start < span.end => span.end = span.end.max(hit.end),
+                _ => masks.push(hit),
+            },
+        }
+    }
+    if blocks.is_empty() {
+        return masks;
+    }
+    let mut out = Vec::with_capacity(blocks.len() + masks.len());
+    let mut next_block = blocks.iter().peekable();
+    for mut span in masks {
+        while let Some(block) = next_block.next_if(|b| b.end <= span.start) {
+            out.push(*block);
+        }
+        // The first block that ends after the span starts: does the span reach it?
+        if let Some(block) = next_block.peek() {
+            if block.start < span.end {
+                if block.start <= span.start {
+                    continue;
+                }
+                span.end = block.start;
+            }
+        }
+        out.push(span);
+    }
+    out.extend(next_block.copied());
+    out
+}
+
 impl SpanMatcher for ContentFilter {
-    /// The longest keyword or pattern match, in characters; a custom regex without a bound
-    /// counts as `max_unbounded_match_chars`.
+    /// The longest keyword or pattern match a stream handles whole, in characters: a keyword's
+    /// length (each `*` counting one), a bounded regex's longest match, 512 for `email`, 64 for
+    /// the card patterns, `max_unbounded_match_chars` for a custom regex without a bound.
     fn max_match_chars(&self) -> usize {
         self.inner.max_match_chars
     }
 
     /// Only what could still become part of a match: the trailing part of a keyword the text
-    /// could still complete, and the trailing run of characters a pattern could still match
-    /// (its alphabet, up to its longest match). In running prose that is usually the last
-    /// partial word, so a guarded stream adds almost no delay.
+    /// could still complete, the trailing run of characters a pattern could still match (its
+    /// alphabet, up to its longest match), and any match that reaches into them. In running
+    /// prose that is usually the last partial word, so a guarded stream adds almost no delay.
     fn hold_back(&self, text: &str) -> usize {
-        text.len() - self.settled_before(text)
+        let folded = fold_text(text);
+        if self.settled_before(text, &folded) == text.len() {
+            return 0;
+        }
+        let mut hits = Vec::new();
+        self.raw_hits(text, &folded, true, &mut hits);
+        text.len() - self.settled_point(text, &folded, &hits)
     }
 
     /// The matches in `text`, resolved as the [module documentation](self) describes.
     ///
     /// With `partial`, the end of `text` is not a word boundary, and a match is reported only
     /// once no further text can change it: no keyword that could still be completed, and no
-    /// pattern match that could still grow or appear, starts at or before it. A match that
-    /// ends at the very end of `text` is therefore never reported. `SpanMatch::message` is
-    /// empty for masks.
+    /// pattern match that could still grow or appear, starts at or before its end. A match
+    /// that ends at the very end of `text` is therefore never reported, and everything before
+    /// `text.len() - hold_back(text)` is final. `SpanMatch::message` is empty for masks.
     fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch> {
         let hits = self.hits(text, partial);
         if hits.is_empty() {

@@ -1,0 +1,219 @@
+//! The text the keywords and prebuilt patterns read: the input with look-alike and invisible
+//! characters folded, so that `１２３-４５-６７８９` is an SSN and `con\u{200B}fidential` is the
+//! keyword `confidential`. Matches found in the folded text are mapped back to byte offsets of
+//! the original, which is what gets masked.
+//!
+//! Folded, one character to at most one character:
+//!
+//! - decimal digits of every script (Unicode `Nd`: Arabic-Indic, Devanagari, fullwidth,
+//!   mathematical, ...) become the ASCII digit of the same value;
+//! - fullwidth ASCII forms (`U+FF01..=U+FF5E`: `＠`, `Ａ`, `－`) become ASCII;
+//! - space separators (no-break, en/em/thin/narrow spaces, ideographic space) become `' '`;
+//! - hyphens and number dashes (`U+2010..=U+2013`, minus sign, small hyphen-minus) become `'-'`;
+//! - invisible format characters (zero-width space/joiners, soft hyphen, word joiner, bidi
+//!   controls, variation selectors, tag characters, byte order mark) are dropped.
+//!
+//! ASCII text is never copied: it is its own folded form.
+
+use std::sync::OnceLock;
+
+use regex_syntax::hir::{Class, HirKind};
+
+/// A text as the matchers read it.
+#[derive(Debug)]
+pub(super) enum Folded<'a> {
+    /// Nothing to fold: the text itself, and whether it is ASCII.
+    Same { text: &'a str, ascii: bool },
+    /// The folded copy, whether it is ASCII, and for each of its byte offsets (and its
+    /// length) the offset in the original of the character it came from.
+    Changed {
+        text: String,
+        ascii: bool,
+        origin: Vec<u32>,
+    },
+}
+
+impl Folded<'_> {
+    /// The folded text.
+    pub(super) fn text(&self) -> &str {
+        match self {
+            Folded::Same { text, .. } => text,
+            Folded::Changed { text, .. } => text,
+        }
+    }
+
+    /// Whether the folded text is ASCII.
+    pub(super) fn is_ascii(&self) -> bool {
+        match self {
+            Folded::Same { ascii, .. } | Folded::Changed { ascii, .. } => *ascii,
+        }
+    }
+
+    /// The original byte offset of a folded one (on a character boundary of the folded text).
+    /// An end offset maps to the start of the next character kept, so a dropped invisible
+    /// character right after a match is inside the mapped match.
+    pub(super) fn original(&self, at: usize) -> usize {
+        match self {
+            Folded::Same { .. } => at,
+            Folded::Changed { origin, .. } => origin[at] as usize,
+        }
+    }
+
+    /// Whether the folded text differs from the original.
+    pub(super) fn changed(&self) -> bool {
+        matches!(self, Folded::Changed { .. })
+    }
+}
+
+/// Folds `text`; allocates only when a character changes.
+pub(super) fn fold_text(text: &str) -> Folded<'_> {
+    if text.is_ascii() {
+        return Folded::Same { text, ascii: true };
+    }
+    let same = Folded::Same { text, ascii: false };
+    let Some(first) = text.char_indices().find(|&(_, c)| fold_char(c) != Some(c)) else {
+        return same;
+    };
+    // Offsets are kept as u32; a text that large is not folded (bodies are far smaller).
+    if u32::try_from(text.len()).is_err() {
+        return same;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut origin: Vec<u32> = Vec::with_capacity(text.len() + 1);
+    out.push_str(&text[..first.0]);
+    origin.extend(0..first.0 as u32);
+    for (i, c) in text[first.0..].char_indices() {
+        let at = (first.0 + i) as u32;
+        if let Some(f) = fold_char(c) {
+            out.push(f);
+            origin.extend(std::iter::repeat_n(at, f.len_utf8()));
+        }
+    }
+    origin.push(text.len() as u32);
+    Folded::Changed {
+        ascii: out.is_ascii(),
+        text: out,
+        origin,
+    }
+}
+
+/// What `c` folds to; `None` drops it.
+pub(super) fn fold_char(c: char) -> Option<char> {
+    let cp = u32::from(c);
+    if cp < 0x80 {
+        return Some(c);
+    }
+    match cp {
+        // Invisible format characters (default-ignorable code points used to split words).
+        0x00AD
+        | 0x034F
+        | 0x061C
+        | 0x115F
+        | 0x1160
+        | 0x17B4
+        | 0x17B5
+        | 0x180B..=0x180F
+        | 0x200B..=0x200F
+        | 0x202A..=0x202E
+        | 0x2060..=0x2064
+        | 0x2066..=0x206F
+        | 0x3164
+        | 0xFE00..=0xFE0F
+        | 0xFEFF
+        | 0xFFA0
+        | 0xE0000..=0xE0FFF => None,
+        // Space separators.
+        0x00A0 | 0x1680 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000 => Some(' '),
+        // Hyphens and dashes used between digit groups (not the em dash of prose).
+        0x2010..=0x2013 | 0x2212 | 0xFE63 => Some('-'),
+        // Fullwidth ASCII.
+        0xFF01..=0xFF5E => char::from_u32(cp - 0xFEE0),
+        _ if c.is_numeric() => Some(decimal_value(c).map_or(c, |d| char::from(b'0' + d))),
+        _ => Some(c),
+    }
+}
+
+/// The value of a Unicode decimal digit (`Nd`), `None` for other characters.
+pub(super) fn decimal_value(c: char) -> Option<u8> {
+    let ranges = decimal_ranges();
+    let cp = u32::from(c);
+    let i = ranges.partition_point(|&(_, end)| end < cp);
+    let &(start, end) = ranges.get(i)?;
+    // Unicode encodes each script's digits 0 to 9 as one contiguous run, so a range of `Nd`
+    // is whole runs of ten starting at a zero.
+    (start <= cp && cp <= end).then(|| ((cp - start) % 10) as u8)
+}
+
+/// The ranges of Unicode `Nd`, from the regex engine's own Unicode tables.
+fn decimal_ranges() -> &'static [(u32, u32)] {
+    static RANGES: OnceLock<Vec<(u32, u32)>> = OnceLock::new();
+    RANGES.get_or_init(|| {
+        let hir = regex_syntax::parse(r"\p{Nd}").expect("\\p{Nd} is a valid class");
+        match hir.kind() {
+            HirKind::Class(Class::Unicode(class)) => class
+                .iter()
+                .map(|r| (u32::from(r.start()), u32::from(r.end())))
+                .collect(),
+            _ => Vec::new(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decimal_range_is_whole_runs_of_ten() {
+        let ranges = decimal_ranges();
+        assert!(ranges.len() > 50, "{}", ranges.len());
+        for &(start, end) in ranges {
+            assert_eq!((end - start + 1) % 10, 0, "{start:X}..={end:X}");
+            assert!(char::from_u32(start).unwrap().is_numeric());
+        }
+    }
+
+    #[test]
+    fn digits_of_every_script_have_their_value() {
+        for (c, v) in [
+            ('٣', 3),
+            ('۷', 7),
+            ('५', 5),
+            ('９', 9),
+            ('０', 0),
+            ('𝟘', 0),
+            ('𝟡', 9),
+            ('߂', 2),
+        ] {
+            assert_eq!(decimal_value(c), Some(v), "{c}");
+            assert_eq!(fold_char(c), Some(char::from(b'0' + v)), "{c}");
+        }
+        // Numerals that are not decimal digits stay as they are.
+        for c in ['½', '²', 'Ⅻ', '一'] {
+            assert_eq!(decimal_value(c), None, "{c}");
+            assert_eq!(fold_char(c), Some(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn folding_maps_offsets_back() {
+        let text = "é １２\u{200B}３ a\u{00A0}b";
+        let folded = fold_text(text);
+        assert!(folded.changed());
+        assert_eq!(folded.text(), "é 123 a b");
+        // "123" in the folded text is "１２\u{200B}３" in the original.
+        let start = folded.text().find("123").unwrap();
+        let (s, e) = (folded.original(start), folded.original(start + 3));
+        assert_eq!(&text[s..e], "１２\u{200B}３");
+        assert_eq!(folded.original(folded.text().len()), text.len());
+    }
+
+    #[test]
+    fn nothing_to_fold_borrows() {
+        for text in ["plain ascii", "déjà vu — ça va ✓", "日本語のテキスト"] {
+            assert!(!fold_text(text).changed(), "{text}");
+        }
+        assert_eq!(fold_text("ｃｏｎｆｉｄｅｎｔｉａｌ").text(), "confidential");
+        assert_eq!(fold_text("a\u{2013}b\u{2014}c").text(), "a-b\u{2014}c");
+    }
+}
