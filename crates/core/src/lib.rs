@@ -68,7 +68,8 @@ pub use error::{
 };
 pub use guardrail::{
     BoxError, BoxFuture, Decision, Guardrail, GuardrailError, GuardrailErrorKind, GuardrailFn,
-    GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, Verdict, guardrail_fn,
+    GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, StreamWindow, Verdict,
+    guardrail_fn,
 };
 pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
 pub use report::ResponseReport;

@@ -17,7 +17,8 @@ use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     BoxFuture, CallType, Check, ConfiguredGuardrail, Effect, Error, GuardrailAction,
     GuardrailInput, GuardrailLog, GuardrailLogEntry, GuardrailMode, GuardrailStatus, RequestMeta,
-    ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, Usage, epoch_seconds,
+    ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, StreamWindow, Usage,
+    epoch_seconds,
 };
 use serde_json::Value;
 use tokio::time::Instant;
@@ -652,12 +653,18 @@ impl StreamState {
                 self.channels[idx].slice(window_start, end).to_owned()
             })
             .collect();
-        let input = GuardrailInput::new(
+        let mut input = GuardrailInput::new(
             texts,
             Side::Response,
             GuardrailMode::PostCall,
             self.meta.clone(),
         );
+        if let Policy::Window { .. } = guard.policy {
+            // The overlap before each window's new text was already sent: tell the guardrail,
+            // so that a rewrite leaves it alone.
+            let context = job.parts.iter().map(|&(_, ws, start, _)| start - ws);
+            input = input.with_stream_window(StreamWindow::new(context.collect(), job.final_check));
+        }
         let g = guard.g.clone();
         let fut: BoxFuture<'static, Check> = Box::pin(async move { g.check(&input).await });
         self.running = Some((job, fut));
