@@ -6,6 +6,11 @@
 //! - [`generic_api`]: a client for the LiteLLM Generic Guardrail API, so guardrail services
 //!   written for LiteLLM work unchanged.
 //! - [`openai_moderation`]: an OpenAI-compatible `/v1/moderations` check.
+//! - [`presidio`]: PII masking (or blocking) with Microsoft Presidio, with placeholders restored
+//!   in the response of the same request (`output_parse_pii`).
+//! - [`lakera`]: Lakera Guard v2 (block, monitor, PII masking).
+//! - [`azure`]: Azure AI Content Safety text moderation (severity thresholds per category) and
+//!   Prompt Shields.
 //! - [`http`]: the pooled HTTP(S) client they share (also usable to forward to upstream LLMs).
 //!
 //! Each implements [`Guardrail`](guardrail_tower_core::Guardrail); wrap it in a
@@ -53,11 +58,20 @@
 //! # }
 //! ```
 
+pub mod azure;
 pub mod content_filter;
 pub mod generic_api;
 pub mod http;
+pub mod lakera;
 pub mod openai_moderation;
+pub mod presidio;
+mod support;
+pub use azure::{
+    AzurePromptShield, AzurePromptShieldConfig, AzureTextModeration, AzureTextModerationConfig,
+};
 pub use content_filter::{ContentFilter, ContentFilterConfig, ContentFilterError};
 pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
 pub use http::{ConfigError, HttpClient, shared_client};
+pub use lakera::{LakeraV2, LakeraV2Config, OnFlagged};
 pub use openai_moderation::{OpenAiModeration, OpenAiModerationConfig};
+pub use presidio::{PiiAction, Presidio, PresidioConfig};
