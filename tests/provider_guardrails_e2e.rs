@@ -367,3 +367,22 @@ async fn a_provider_missing_a_key_fails_at_start_up_naming_it() {
         assert_eq!(err.key(), format!("guardrails[0].litellm_params.{key}"), "{err}");
     }
 }
+
+#[test]
+fn the_example_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs");
+    for name in [
+        "presidio.yaml",
+        "lakera_v2.yaml",
+        "azure_text_moderations.yaml",
+        "azure_prompt_shield.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        // The keys come from the environment in the examples; stand in literals.
+        let text = text.replace("os.environ/", "literal-");
+        let config = guardrail_gateway::config::GatewayConfig::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!config.guardrails.is_empty(), "{name}");
+        assert!(config.warnings.is_empty(), "{name}: {:?}", config.warnings);
+    }
+}
