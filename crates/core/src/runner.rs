@@ -756,7 +756,13 @@ mod tests {
         .default_on(true);
         let g = Guardrails::new([monitor, block_on("after", "never")]);
         let (outcome, log) = run(&g, &["anything"]).await;
-        assert!(matches!(outcome, Outcome::Allowed { rewritten: None, .. }));
+        assert!(matches!(
+            outcome,
+            Outcome::Allowed {
+                rewritten: None,
+                ..
+            }
+        ));
         assert_eq!(
             statuses(&log),
             [

@@ -394,8 +394,11 @@ impl AzureTextModeration {
     }
 }
 
-/// Reads a `text:analyze` answer: the severity per category and the blocklists matched.
-fn parse_analysis(answer: &Value) -> Result<(Vec<(String, u64)>, Vec<String>), GuardrailError> {
+/// A `text:analyze` answer: the severity per category, and the blocklists matched.
+type Analysis = (Vec<(String, u64)>, Vec<String>);
+
+/// Reads a `text:analyze` answer.
+fn parse_analysis(answer: &Value) -> Result<Analysis, GuardrailError> {
     let bad =
         |what: String| GuardrailError::failed(format!("Azure Content Safety answered {what}"));
     let Some(items) = answer.get("categoriesAnalysis").and_then(Value::as_array) else {

@@ -346,13 +346,16 @@ impl LakeraV2 {
     }
 }
 
-/// Masks the payload's spans as `[MASKED {TYPE}]`. Returns the new texts (`None` when nothing
-/// changed: every span lay in a window's context) and the counts per type.
+/// Masked texts (`None` when nothing changed: every span lay in a window's context) and the
+/// counts per type.
+type Masked = (Option<Vec<String>>, BTreeMap<String, u64>);
+
+/// Masks the payload's spans as `[MASKED {TYPE}]`.
 fn mask(
     input: &GuardrailInput,
     sent: &[usize],
     payload: &[Value],
-) -> Result<(Option<Vec<String>>, BTreeMap<String, u64>), GuardrailError> {
+) -> Result<Masked, GuardrailError> {
     let bad = |what: String| GuardrailError::failed(format!("Lakera answered {what}"));
     let texts = input.texts();
     let mut spans: Vec<Vec<(Span, String)>> = vec![Vec::new(); texts.len()];

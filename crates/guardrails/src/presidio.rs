@@ -926,8 +926,10 @@ mod tests {
     fn config_errors_name_the_key() {
         let err = |config: PresidioConfig| Presidio::new(config).unwrap_err().field().to_owned();
         assert_eq!(err(PresidioConfig::default()), "presidio_analyzer_api_base");
-        let mut c = PresidioConfig::default();
-        c.presidio_analyzer_api_base = Some("http://a".into());
+        let c = PresidioConfig {
+            presidio_analyzer_api_base: Some("http://a".into()),
+            ..PresidioConfig::default()
+        };
         assert_eq!(err(c), "presidio_anonymizer_api_base");
         let mut c = PresidioConfig::new("http://a", "http://b");
         c.output_parse_pii = true;

@@ -72,12 +72,18 @@ async fn entities_are_masked_by_the_anonymizer_and_counted() {
         ("PHONE_NUMBER", PiiAction::Mask),
     ]);
     let verdict = presidio(config)
-        .check(&input(&["Mail jane@corp.com or call 555-0100", "and Jane Doe"]))
+        .check(&input(&[
+            "Mail jane@corp.com or call 555-0100",
+            "and Jane Doe",
+        ]))
         .await
         .unwrap();
     assert_eq!(
         rewritten(verdict.decision()),
-        ["Mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>", "and <PERSON>"]
+        [
+            "Mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>",
+            "and <PERSON>"
+        ]
     );
     assert_eq!(
         verdict.masked_entity_count().unwrap(),
@@ -111,8 +117,14 @@ async fn entities_are_masked_by_the_anonymizer_and_counted() {
     assert!(first.get("anonymizers").is_none());
     // The log keeps types, offsets and scores, never the values.
     let detail = verdict.detail().unwrap().to_string();
-    assert!(detail.contains("\"entity_type\":\"EMAIL_ADDRESS\""), "{detail}");
-    assert!(!detail.contains("jane@corp.com") && !detail.contains("Jane Doe"), "{detail}");
+    assert!(
+        detail.contains("\"entity_type\":\"EMAIL_ADDRESS\""),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("jane@corp.com") && !detail.contains("Jane Doe"),
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +147,13 @@ async fn a_block_entity_blocks_without_calling_the_anonymizer() {
     );
     assert_eq!(mock.requests_to("/analyze").len(), 2);
     assert!(mock.requests_to("/anonymize").is_empty());
-    assert!(verdict.detail().unwrap().to_string().contains("\"action\":\"BLOCK\""));
+    assert!(
+        verdict
+            .detail()
+            .unwrap()
+            .to_string()
+            .contains("\"action\":\"BLOCK\"")
+    );
 }
 
 #[tokio::test]
@@ -146,7 +164,10 @@ async fn score_thresholds_and_the_deny_list_drop_findings() {
     // PERSON needs 0.5 (Jordan scores 0.4); everything else needs 0.9 (the phone scores 0.75).
     config.presidio_score_thresholds =
         BTreeMap::from([("PERSON".to_owned(), 0.5), ("ALL".to_owned(), 0.9)]);
-    let verdict = presidio(config.clone()).check(&input(&[text])).await.unwrap();
+    let verdict = presidio(config.clone())
+        .check(&input(&[text]))
+        .await
+        .unwrap();
     assert_eq!(
         rewritten(verdict.decision()),
         ["Jordan and <PERSON>: <EMAIL_ADDRESS>, 555-0100"]
@@ -177,10 +198,16 @@ async fn the_language_is_sent_and_one_the_analyzer_lacks_fails() {
     let mock = PresidioMock::start().await.unwrap();
     let mut config = config(&mock);
     config.presidio_language = Some("de".into());
-    presidio(config.clone()).check(&input(&["Hallo"])).await.unwrap();
+    presidio(config.clone())
+        .check(&input(&["Hallo"]))
+        .await
+        .unwrap();
     assert_eq!(mock.requests()[0].json().unwrap()["language"], "de");
     config.presidio_language = Some("xx".into());
-    let err = presidio(config).check(&input(&["Hallo"])).await.unwrap_err();
+    let err = presidio(config)
+        .check(&input(&["Hallo"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), GuardrailErrorKind::Failed);
     assert!(err.message().contains("500"), "{err}");
     assert!(err.message().contains("No matching recognizers"), "{err}");
@@ -239,7 +266,10 @@ async fn output_parse_pii_masks_with_numbered_placeholders_and_restores_the_resp
         "Sure Jane Doe: I wrote to jane@corp.com, not john@x.io. <PERSON_2> is unknown."
     );
     let pre = seen.entries(GuardrailMode::PreCall);
-    assert_eq!(pre[0].guardrail_status, GuardrailStatus::GuardrailIntervened);
+    assert_eq!(
+        pre[0].guardrail_status,
+        GuardrailStatus::GuardrailIntervened
+    );
     assert_eq!(
         pre[0].masked_entity_count,
         Some(BTreeMap::from([
@@ -248,7 +278,10 @@ async fn output_parse_pii_masks_with_numbered_placeholders_and_restores_the_resp
         ]))
     );
     let post = seen.entries(GuardrailMode::PostCall);
-    assert_eq!(post[0].guardrail_response, json!({"restored_placeholders": 3}));
+    assert_eq!(
+        post[0].guardrail_response,
+        json!({"restored_placeholders": 3})
+    );
     // Restoring needs no service call.
     assert_eq!(mock.requests_to("/analyze").len(), 2);
 }
@@ -344,10 +377,14 @@ fn masking_responses(mock: &PresidioMock, block: &[&str]) -> ConfiguredGuardrail
 #[tokio::test]
 async fn a_streamed_response_is_masked_window_by_window() {
     let mock = PresidioMock::start().await.unwrap();
-    let deltas: Vec<String> = ["Mail jane@corp.com today. ", "Or write to bob@ex", "ample.org now."]
-        .iter()
-        .map(|d| (*d).to_owned())
-        .collect();
+    let deltas: Vec<String> = [
+        "Mail jane@corp.com today. ",
+        "Or write to bob@ex",
+        "ample.org now.",
+    ]
+    .iter()
+    .map(|d| (*d).to_owned())
+    .collect();
     let seen = call(
         vec![masking_responses(&mock, &[])],
         window(1, 200),
@@ -376,7 +413,12 @@ async fn a_streamed_response_is_masked_window_by_window() {
         ]
     );
     // The anonymizer gets only what lies in the new text, from the boundary on.
-    let last = mock.requests_to("/anonymize").pop().unwrap().json().unwrap();
+    let last = mock
+        .requests_to("/anonymize")
+        .pop()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(
         last["analyzer_results"],
         json!([{"entity_type": "EMAIL_ADDRESS", "start": 44, "end": 53, "score": 1.0}])
@@ -457,15 +499,34 @@ async fn malformed_answers_and_other_errors_fail() {
     let guard = presidio(config(&mock));
     let failures = [
         ("/analyze", Behavior::malformed(), "not JSON"),
-        ("/analyze", Behavior::json(200, json!({"results": []})), "not an array"),
         (
             "/analyze",
-            Behavior::json(200, json!([{"entity_type": "EMAIL_ADDRESS", "start": 0, "end": 99, "score": 1.0}])),
+            Behavior::json(200, json!({"results": []})),
+            "not an array",
+        ),
+        (
+            "/analyze",
+            Behavior::json(
+                200,
+                json!([{"entity_type": "EMAIL_ADDRESS", "start": 0, "end": 99, "score": 1.0}]),
+            ),
             "outside the text",
         ),
-        ("/analyze", Behavior::json(500, json!({"error": "boom"})), "500"),
-        ("/anonymize", Behavior::json(200, json!({"items": []})), "no string `text`"),
-        ("/anonymize", Behavior::json(422, json!({"error": "Invalid input"})), "422"),
+        (
+            "/analyze",
+            Behavior::json(500, json!({"error": "boom"})),
+            "500",
+        ),
+        (
+            "/anonymize",
+            Behavior::json(200, json!({"items": []})),
+            "no string `text`",
+        ),
+        (
+            "/anonymize",
+            Behavior::json(422, json!({"error": "Invalid input"})),
+            "422",
+        ),
     ];
     for (path, behavior, expected) in failures {
         mock.once_on(path, behavior);

@@ -15,10 +15,10 @@ use guardrail_tower_core::{
 };
 use guardrail_tower_pre_call::PreCallGuardrailLayer;
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
+use guardrail_tower_testkit::body::{self, TestBody};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use guardrail_tower_testkit::body::{self, TestBody};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 /// What the upstream answers.
@@ -58,13 +58,20 @@ impl Seen {
         }
         sse_data(&self.body)
             .iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 
     /// The entries of one mode.
     pub fn entries(&self, mode: GuardrailMode) -> Vec<&GuardrailLogEntry> {
-        self.log.iter().filter(|e| e.guardrail_mode == mode).collect()
+        self.log
+            .iter()
+            .filter(|e| e.guardrail_mode == mode)
+            .collect()
     }
 }
 
@@ -143,10 +150,8 @@ pub async fn call(
                         .to_owned();
                     let reply = format!("You said: {said}");
                     if body["stream"] == true {
-                        let words: Vec<String> = reply
-                            .split_inclusive(' ')
-                            .map(str::to_owned)
-                            .collect();
+                        let words: Vec<String> =
+                            reply.split_inclusive(' ').map(str::to_owned).collect();
                         stream_response(&words)
                     } else {
                         json_response(&reply)
