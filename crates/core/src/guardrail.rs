@@ -146,6 +146,37 @@ impl RequestMeta {
     }
 }
 
+/// Where the texts of a check lie when a streamed response is checked window by window
+/// ([`StreamPolicy::Window`](crate::StreamPolicy::Window)).
+///
+/// Each text is one channel's window: its first [`context_len`](StreamWindow::context_len)
+/// bytes are context, text an earlier window already checked and the stream already sent (it
+/// is there to give the guardrail context); the rest is new. A rewrite must leave the context
+/// as it is (it cannot be recalled) and may change only the new text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamWindow {
+    context_lens: Vec<usize>,
+    last: bool,
+}
+
+impl StreamWindow {
+    /// Windows whose texts start with these many bytes of context (one entry per text, each
+    /// on a `char` boundary); `last` when no more text will follow in these channels.
+    pub fn new(context_lens: Vec<usize>, last: bool) -> Self {
+        StreamWindow { context_lens, last }
+    }
+
+    /// The context length, in bytes, of text `index` (0 for an index out of range).
+    pub fn context_len(&self, index: usize) -> usize {
+        self.context_lens.get(index).copied().unwrap_or(0)
+    }
+
+    /// Whether these are the channels' last windows: no text will follow them.
+    pub fn is_last(&self) -> bool {
+        self.last
+    }
+}
+
 /// What a guardrail is asked to check.
 #[derive(Debug, Clone)]
 pub struct GuardrailInput {
@@ -153,6 +184,7 @@ pub struct GuardrailInput {
     side: Side,
     mode: GuardrailMode,
     meta: Arc<RequestMeta>,
+    window: Option<StreamWindow>,
 }
 
 impl GuardrailInput {
@@ -168,7 +200,20 @@ impl GuardrailInput {
             side,
             mode,
             meta,
+            window: None,
         }
+    }
+
+    /// Marks the texts as windows of a streamed response (see [`StreamWindow`]).
+    pub fn with_stream_window(mut self, window: StreamWindow) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// When the texts are windows of a streamed response: where their context ends. `None`
+    /// when each text is whole (a request, a JSON response, a whole buffered stream).
+    pub fn stream_window(&self) -> Option<&StreamWindow> {
+        self.window.as_ref()
     }
 
     /// The texts, in document order (for a stream: the text accumulated so far, or the window).
@@ -245,6 +290,7 @@ pub struct Verdict {
     decision: Decision,
     detail: Option<Value>,
     masked_entity_count: Option<BTreeMap<String, u64>>,
+    flagged: bool,
 }
 
 impl Verdict {
@@ -269,6 +315,27 @@ impl Verdict {
     pub fn with_detail(mut self, detail: Value) -> Self {
         self.detail = Some(detail);
         self
+    }
+
+    /// Marks an allowed text as flagged: the guardrail found a violation but is configured
+    /// only to watch (a monitor mode). The text passes unchanged, and the log records the run
+    /// as `guardrail_intervened` with action `allow`, so monitored violations are counted
+    /// without being blocked. Has no effect on a block or a rewrite.
+    ///
+    /// ```
+    /// use guardrail_tower_core::Verdict;
+    ///
+    /// let v = Verdict::allow().flagged().with_detail(serde_json::json!({"flagged": true}));
+    /// assert!(v.is_flagged());
+    /// ```
+    pub fn flagged(mut self) -> Self {
+        self.flagged = true;
+        self
+    }
+
+    /// Whether the guardrail flagged the text without acting on it (see [`Verdict::flagged`]).
+    pub fn is_flagged(&self) -> bool {
+        self.flagged
     }
 
     /// Attaches counts of masked entities per type, logged as `masked_entity_count`.
@@ -304,6 +371,7 @@ impl From<Decision> for Verdict {
             decision,
             detail: None,
             masked_entity_count: None,
+            flagged: false,
         }
     }
 }

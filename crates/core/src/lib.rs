@@ -66,7 +66,8 @@ mod selection;
 pub use call::{BufferedCall, CallOutcome, Prepare, Prepared, take_ready};
 pub use guardrail::{
     BoxError, BoxFuture, Decision, Guardrail, GuardrailError, GuardrailErrorKind, GuardrailFn,
-    GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, Verdict, guardrail_fn,
+    GuardrailInput, RequestMeta, SpanAction, SpanMatch, SpanMatcher, StreamWindow, Verdict,
+    guardrail_fn,
 };
 pub use guardrail_tower_protocol::{
     BodyType, CONTENT_POLICY_VIOLATION, CallType, Error, ErrorClass, ErrorShape,

@@ -241,10 +241,15 @@ impl ConfiguredGuardrail {
         });
         let (status, action, response, masked, effect) = match result {
             Ok(verdict) => {
+                let flagged = verdict.is_flagged();
                 let (decision, detail, masked) = verdict.into_parts();
                 match decision {
                     Decision::Allow => (
-                        GuardrailStatus::Success,
+                        if flagged {
+                            GuardrailStatus::GuardrailIntervened
+                        } else {
+                            GuardrailStatus::Success
+                        },
                         GuardrailAction::Allow,
                         detail.unwrap_or(Value::Null),
                         masked,
@@ -738,6 +743,48 @@ mod tests {
             .into_iter()
             .map(|e| (e.guardrail_name, e.guardrail_status, e.guardrail_action))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_flagged_allow_passes_and_is_logged_as_intervened() {
+        let monitor = ConfiguredGuardrail::new(
+            "monitor",
+            GuardrailMode::PreCall,
+            guardrail_fn(|_| async {
+                Ok(Verdict::allow()
+                    .flagged()
+                    .with_detail(serde_json::json!({"flagged": true})))
+            }),
+        )
+        .default_on(true);
+        let g = Guardrails::new([monitor, block_on("after", "never")]);
+        let (outcome, log) = run(&g, &["anything"]).await;
+        assert!(matches!(
+            outcome,
+            Outcome::Allowed {
+                rewritten: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            statuses(&log),
+            [
+                (
+                    "monitor".to_owned(),
+                    GuardrailStatus::GuardrailIntervened,
+                    GuardrailAction::Allow
+                ),
+                (
+                    "after".to_owned(),
+                    GuardrailStatus::Success,
+                    GuardrailAction::Allow
+                ),
+            ]
+        );
+        assert_eq!(
+            log.entries()[0].guardrail_response,
+            serde_json::json!({"flagged": true})
+        );
     }
 
     #[tokio::test]

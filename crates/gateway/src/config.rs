@@ -14,7 +14,8 @@
 //! guardrails:
 //!   - guardrail_name: block-words
 //!     litellm_params:
-//!       guardrail: litellm_content_filter  # | generic_guardrail_api | openai_moderation
+//!       guardrail: litellm_content_filter  # | generic_guardrail_api | openai_moderation | presidio
+//!                                          # | lakera_v2 | azure/text_moderations | azure/prompt_shield
 //!       mode: pre_call                     # or a list: [pre_call, post_call]; during_call
 //!       default_on: true
 //!       blocked_words: [{keyword: "forbidden", action: BLOCK}]
@@ -42,8 +43,10 @@ use guardrail_tower_core::{
     ConfiguredGuardrail, DEFAULT_BODY_LIMIT, Fallback, GuardrailMode, GuardrailModes, StreamPolicy,
 };
 use guardrail_tower_guardrails::{
-    ContentFilter, ContentFilterConfig, GenericGuardrailApi, GenericGuardrailApiConfig,
-    OpenAiModeration, OpenAiModerationConfig,
+    AzurePromptShield, AzurePromptShieldConfig, AzureTextModeration, AzureTextModerationConfig,
+    ConfigError as SettingsError, ContentFilter, ContentFilterConfig, GenericGuardrailApi,
+    GenericGuardrailApiConfig, LakeraV2, LakeraV2Config, OpenAiModeration, OpenAiModerationConfig,
+    Presidio, PresidioConfig,
 };
 use guardrail_tower_spend_log::ModelPrice;
 use serde_yaml_ng::{Mapping, Value};
@@ -551,11 +554,19 @@ fn parse_guardrails(
                     .map_err(|e| bad(e.field(), e.message().to_owned()))?;
                 ConfiguredGuardrail::new(name.clone(), modes, api)
             }
+            "presidio" => presidio_guardrail(&name, modes, &params)
+                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
+            "lakera_v2" => lakera_v2_guardrail(&name, modes, &params)
+                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
+            "azure/text_moderations" => azure_text_moderations_guardrail(&name, modes, &params)
+                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
+            "azure/prompt_shield" => azure_prompt_shield_guardrail(&name, modes, &params)
+                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
             other => {
                 return Err(bad(
                     "guardrail",
                     format!(
-                        "unknown guardrail type '{other}' (expected litellm_content_filter, generic_guardrail_api or openai_moderation)"
+                        "unknown guardrail type '{other}' (expected litellm_content_filter, generic_guardrail_api, openai_moderation, presidio, lakera_v2, azure/text_moderations or azure/prompt_shield)"
                     ),
                 ));
             }
@@ -592,6 +603,121 @@ fn parse_guardrails(
         out.push(g);
     }
     Ok(out)
+}
+
+/// Deserializes a provider's settings from its `litellm_params`; an error names the key at
+/// fault (`pii_entities_config.US_SSN`).
+fn provider_settings<T: serde::de::DeserializeOwned>(
+    params: &Value,
+    provider: &str,
+) -> Result<T, SettingsError> {
+    serde_path_to_error::deserialize(params.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "guardrail".to_owned()
+        } else {
+            path
+        };
+        SettingsError::new(
+            field,
+            format!("invalid {provider} settings: {}", e.into_inner()),
+        )
+    })
+}
+
+/// `params` with `key` taken from the environment variable `env` when the config does not set
+/// it (LiteLLM reads these variables too).
+fn with_env_default(params: &Value, defaults: &[(&str, &str)]) -> Value {
+    let mut params = params.clone();
+    if let Value::Mapping(map) = &mut params {
+        for (key, env) in defaults {
+            let unset = map.get(*key).is_none_or(Value::is_null);
+            if let (true, Ok(value)) = (unset, std::env::var(env)) {
+                map.insert(Value::from(*key), Value::from(value));
+            }
+        }
+    }
+    params
+}
+
+/// Names the environment variable a missing key can also come from.
+fn or_env(e: SettingsError, defaults: &[(&str, &str)]) -> SettingsError {
+    match defaults.iter().find(|(key, _)| *key == e.field()) {
+        Some((key, env)) if e.message() == "is required" => SettingsError::new(
+            *key,
+            format!("is required (in litellm_params, or the {env} environment variable)"),
+        ),
+        _ => e,
+    }
+}
+
+/// `guardrail: presidio`. `output_parse_pii` and `apply_to_output` add `post_call` to the
+/// modes, as in LiteLLM (the response must be restored or masked).
+fn presidio_guardrail(
+    name: &str,
+    modes: GuardrailModes,
+    params: &Value,
+) -> Result<ConfiguredGuardrail, SettingsError> {
+    const ENV: &[(&str, &str)] = &[
+        ("presidio_analyzer_api_base", "PRESIDIO_ANALYZER_API_BASE"),
+        (
+            "presidio_anonymizer_api_base",
+            "PRESIDIO_ANONYMIZER_API_BASE",
+        ),
+    ];
+    let config: PresidioConfig = provider_settings(&with_env_default(params, ENV), "Presidio")?;
+    let modes = if config.output_parse_pii || config.apply_to_output {
+        modes.with(GuardrailMode::PostCall)
+    } else {
+        modes
+    };
+    let presidio = Presidio::new(config)
+        .map_err(|e| or_env(e, ENV))?
+        .with_guardrail_name(name);
+    Ok(ConfiguredGuardrail::new(name, modes, presidio))
+}
+
+/// `guardrail: lakera_v2`.
+fn lakera_v2_guardrail(
+    name: &str,
+    modes: GuardrailModes,
+    params: &Value,
+) -> Result<ConfiguredGuardrail, SettingsError> {
+    const ENV: &[(&str, &str)] = &[
+        ("api_key", "LAKERA_API_KEY"),
+        ("api_base", "LAKERA_API_BASE"),
+    ];
+    let config: LakeraV2Config = provider_settings(&with_env_default(params, ENV), "Lakera")?;
+    let lakera = LakeraV2::new(config).map_err(|e| or_env(e, ENV))?;
+    Ok(ConfiguredGuardrail::new(name, modes, lakera))
+}
+
+/// `guardrail: azure/text_moderations`.
+fn azure_text_moderations_guardrail(
+    name: &str,
+    modes: GuardrailModes,
+    params: &Value,
+) -> Result<ConfiguredGuardrail, SettingsError> {
+    let config: AzureTextModerationConfig = provider_settings(params, "Azure text moderation")?;
+    Ok(ConfiguredGuardrail::new(
+        name,
+        modes,
+        AzureTextModeration::new(config)?,
+    ))
+}
+
+/// `guardrail: azure/prompt_shield`.
+fn azure_prompt_shield_guardrail(
+    name: &str,
+    modes: GuardrailModes,
+    params: &Value,
+) -> Result<ConfiguredGuardrail, SettingsError> {
+    let config: AzurePromptShieldConfig = provider_settings(params, "Azure Prompt Shields")?;
+    Ok(ConfiguredGuardrail::new(
+        name,
+        modes,
+        AzurePromptShield::new(config)?,
+    ))
 }
 
 fn parse_models(
@@ -878,6 +1004,130 @@ litellm_settings:
         assert_eq!(
             (e.key(), e.line()),
             ("general_settings.spend_logs", Some(2))
+        );
+    }
+
+    fn guardrail(params: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_yaml(&format!(
+            "guardrails:\n  - guardrail_name: g\n    litellm_params:\n{params}"
+        ))
+    }
+
+    #[test]
+    fn providers_missing_a_required_key_name_it() {
+        let cases = [
+            (
+                "      guardrail: azure/text_moderations\n      mode: pre_call\n      api_base: https://r.example\n",
+                "api_key",
+                "is required",
+            ),
+            (
+                "      guardrail: azure/prompt_shield\n      mode: pre_call\n      api_key: k\n",
+                "api_base",
+                "is required",
+            ),
+            (
+                "      guardrail: azure/text_moderations\n      mode: pre_call\n      api_key: k\n      api_base: https://r.example\n      severity_threshold_by_category: {Gore: 2}\n",
+                "severity_threshold_by_category.Gore",
+                "unknown category 'Gore'",
+            ),
+            (
+                "      guardrail: presidio\n      mode: pre_call\n      presidio_analyzer_api_base: http://a\n      presidio_anonymizer_api_base: http://b\n      pii_entities_config: {US_SSN: REFUSE}\n",
+                "pii_entities_config.US_SSN",
+                "unknown variant `REFUSE`, expected `MASK` or `BLOCK`",
+            ),
+            (
+                "      guardrail: lakera_v2\n      mode: pre_call\n      api_key: k\n      on_flagged: shout\n",
+                "on_flagged",
+                "unknown variant",
+            ),
+        ];
+        for (params, key, message) in cases {
+            let e = guardrail(params).unwrap_err();
+            assert_eq!(
+                e.key(),
+                format!("guardrails[0].litellm_params.{key}"),
+                "{e}"
+            );
+            assert!(e.message().contains(message), "{e}");
+        }
+        // Keys LiteLLM also reads from the environment say so when both are missing.
+        if std::env::var_os("LAKERA_API_KEY").is_none() {
+            let e = guardrail("      guardrail: lakera_v2\n      mode: pre_call\n").unwrap_err();
+            assert_eq!(e.key(), "guardrails[0].litellm_params.api_key");
+            assert!(
+                e.message().contains("LAKERA_API_KEY environment variable"),
+                "{e}"
+            );
+        }
+        if std::env::var_os("PRESIDIO_ANALYZER_API_BASE").is_none() {
+            let e = guardrail("      guardrail: presidio\n      mode: pre_call\n").unwrap_err();
+            assert_eq!(
+                e.key(),
+                "guardrails[0].litellm_params.presidio_analyzer_api_base"
+            );
+            assert!(e.message().contains("PRESIDIO_ANALYZER_API_BASE"), "{e}");
+        }
+        // An `os.environ/` reference that is unset names the variable and the key.
+        let e = guardrail(
+            "      guardrail: lakera_v2\n      mode: pre_call\n      api_key: os.environ/GUARDRAIL_GATEWAY_LAKERA_SURELY_UNSET\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), "guardrails[0].litellm_params.api_key");
+        assert!(
+            e.message()
+                .contains("GUARDRAIL_GATEWAY_LAKERA_SURELY_UNSET is not set")
+        );
+        let e = guardrail("      guardrail: bedrock_v9\n      mode: pre_call\n").unwrap_err();
+        assert!(
+            e.message()
+                .contains("presidio, lakera_v2, azure/text_moderations or azure/prompt_shield"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn providers_parse_with_litellm_keys() {
+        let config = GatewayConfig::from_yaml(
+            r#"
+guardrails:
+  - guardrail_name: pii
+    litellm_params:
+      guardrail: presidio
+      mode: pre_call
+      presidio_analyzer_api_base: http://analyzer:3000
+      presidio_anonymizer_api_base: http://anonymizer:3000
+      output_parse_pii: true
+  - guardrail_name: lakera
+    litellm_params: {guardrail: lakera_v2, mode: [pre_call, post_call], api_key: lk-secret, on_flagged: monitor}
+  - guardrail_name: moderation
+    litellm_params: {guardrail: azure/text_moderations, mode: post_call, api_key: az-secret, api_base: "https://r.example", severity_threshold: 4}
+  - guardrail_name: shield
+    litellm_params: {guardrail: azure/prompt_shield, mode: during_call, api_key: az-secret, api_base: "https://r.example"}
+"#,
+        )
+        .unwrap();
+        let providers: Vec<&str> = config.guardrails.iter().map(|g| g.provider()).collect();
+        assert_eq!(
+            providers,
+            [
+                "presidio",
+                "lakera_v2",
+                "azure/text_moderations",
+                "azure/prompt_shield"
+            ]
+        );
+        // output_parse_pii restores the response: post_call is added, as in LiteLLM.
+        assert!(
+            config.guardrails[0]
+                .spec()
+                .modes()
+                .contains(GuardrailMode::PostCall)
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("lk-secret") && !debug.contains("az-secret"),
+            "{debug}"
         );
     }
 

@@ -9,6 +9,11 @@
 //! - `generic_api` (feature `http`): a client for the LiteLLM Generic Guardrail API, so guardrail
 //!   services written for LiteLLM work unchanged.
 //! - `openai_moderation` (feature `http`): an OpenAI-compatible `/v1/moderations` check.
+//! - `presidio` (feature `http`): PII masking (or blocking) with Microsoft Presidio, with
+//!   placeholders restored in the response of the same request (`output_parse_pii`).
+//! - `lakera` (feature `http`): Lakera Guard v2 (block, monitor, PII masking).
+//! - `azure` (feature `http`): Azure AI Content Safety text moderation (severity thresholds per
+//!   category) and Prompt Shields.
 //! - `http` (feature `http`): the pooled HTTP(S) client (hyper, rustls) they share, also usable
 //!   to forward to upstream LLMs.
 //!
@@ -104,3 +109,23 @@ pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
 pub use http::{ConfigError, HttpClient, shared_client};
 #[cfg(feature = "http")]
 pub use openai_moderation::{OpenAiModeration, OpenAiModerationConfig};
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod azure;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod lakera;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod presidio;
+#[cfg(feature = "http")]
+mod support;
+#[cfg(feature = "http")]
+pub use azure::{
+    AzurePromptShield, AzurePromptShieldConfig, AzureTextModeration, AzureTextModerationConfig,
+};
+#[cfg(feature = "http")]
+pub use lakera::{LakeraV2, LakeraV2Config, OnFlagged};
+#[cfg(feature = "http")]
+pub use presidio::{PiiAction, Presidio, PresidioConfig};

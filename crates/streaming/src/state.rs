@@ -23,7 +23,8 @@ use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     BoxFuture, CallType, Check, ConfiguredGuardrail, Effect, Error, GuardrailAction,
     GuardrailInput, GuardrailLog, GuardrailLogEntry, GuardrailMode, GuardrailStatus, RequestMeta,
-    ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, Usage, epoch_seconds,
+    ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, StreamWindow, Usage,
+    epoch_seconds,
 };
 use guardrail_tower_protocol::json::JsonView;
 use guardrail_tower_protocol::text::stream::End;
@@ -771,12 +772,18 @@ impl StreamState {
             .iter()
             .map(|&(idx, start, end)| self.channels[idx].slice(start, end).to_owned())
             .collect();
-        let input = GuardrailInput::new(
+        let mut input = GuardrailInput::new(
             texts,
             Side::Response,
             GuardrailMode::PostCall,
             self.meta.clone(),
         );
+        if let Policy::Window { .. } = guard.policy {
+            // A window holds only text not yet sent (the held-back tail of the last window,
+            // then the new text), so all of it may be rewritten: no context to leave alone.
+            input = input
+                .with_stream_window(StreamWindow::new(vec![0; job.parts.len()], job.final_check));
+        }
         let g = guard.g.clone();
         let fut: BoxFuture<'static, Check> = Box::pin(async move { g.check(&input).await });
         self.running = Some((job, fut));
