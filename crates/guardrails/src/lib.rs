@@ -6,6 +6,7 @@
 //! - [`generic_api`]: a client for the LiteLLM Generic Guardrail API, so guardrail services
 //!   written for LiteLLM work unchanged.
 //! - [`openai_moderation`]: an OpenAI-compatible `/v1/moderations` check.
+//! - [`bedrock`]: Amazon Bedrock Guardrails (`ApplyGuardrail`, SigV4-signed).
 //! - [`http`]: the pooled HTTP(S) client they share (also usable to forward to upstream LLMs).
 //!
 //! Each implements [`Guardrail`](guardrail_tower_core::Guardrail); wrap it in a
@@ -53,10 +54,13 @@
 //! # }
 //! ```
 
+pub mod bedrock;
 pub mod content_filter;
 pub mod generic_api;
 pub mod http;
 pub mod openai_moderation;
+mod support;
+pub use bedrock::{BedrockGuardrail, BedrockGuardrailConfig};
 pub use content_filter::{ContentFilter, ContentFilterConfig, ContentFilterError};
 pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
 pub use http::{ConfigError, HttpClient, shared_client};
