@@ -7,6 +7,7 @@
 //!   written for LiteLLM work unchanged.
 //! - [`openai_moderation`]: an OpenAI-compatible `/v1/moderations` check.
 //! - [`bedrock`]: Amazon Bedrock Guardrails (`ApplyGuardrail`, SigV4-signed).
+//! - [`aim`]: Aim Security (`/fw/v1/analyze`), with per-request de-anonymization.
 //! - [`http`]: the pooled HTTP(S) client they share (also usable to forward to upstream LLMs).
 //!
 //! Each implements [`Guardrail`](guardrail_tower_core::Guardrail); wrap it in a
@@ -54,12 +55,14 @@
 //! # }
 //! ```
 
+pub mod aim;
 pub mod bedrock;
 pub mod content_filter;
 pub mod generic_api;
 pub mod http;
 pub mod openai_moderation;
 mod support;
+pub use aim::{AimGuardrail, AimGuardrailConfig};
 pub use bedrock::{BedrockGuardrail, BedrockGuardrailConfig};
 pub use content_filter::{ContentFilter, ContentFilterConfig, ContentFilterError};
 pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
