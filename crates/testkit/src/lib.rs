@@ -2,6 +2,8 @@
 //!
 //! - [`mock`]: a mock OpenAI- and Anthropic-compatible upstream with fault injection: the demo,
 //!   the end-to-end tests and the load benchmark run against it.
+//! - [`providers`]: contract mocks of guardrail services (Amazon Bedrock Guardrails, Aim), each
+//!   recording what it receives and scriptable per test.
 //! - [`serve`]: run any tower service on a loopback socket with hyper, as a real server.
 //! - [`client`]: a pooled hyper-util client, and [`send`] to read a whole response.
 //! - [`body`]: request and response bodies for tests: split at chosen bytes, with trailers,
@@ -26,6 +28,7 @@
 
 pub mod body;
 pub mod mock;
+pub mod providers;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
