@@ -586,7 +586,7 @@ impl GuardrailParams<'_> {
 
     /// `guardrail` under this entry's name and modes.
     fn configured(&self, guardrail: impl Guardrail) -> ConfiguredGuardrail {
-        ConfiguredGuardrail::new(self.name.to_owned(), self.modes.clone(), guardrail)
+        ConfiguredGuardrail::new(self.name.to_owned(), self.modes, guardrail)
     }
 }
 

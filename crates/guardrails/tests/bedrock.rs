@@ -2,10 +2,10 @@
 //! and verified, pass, block, mask, service down with both fallbacks, malformed answers, 5xx, and
 //! through the pre-call and post-call layers.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
+mod support;
+
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     CallType, ConfiguredGuardrail, Decision, Fallback, Guardrail, GuardrailErrorKind,
@@ -21,10 +21,9 @@ use guardrail_tower_testkit::providers::bedrock::{
     ACCESS_KEY_ID, BLOCKED_INPUT_MESSAGE, BLOCKED_OUTPUT_MESSAGE, BedrockMock, MockCredentials,
     REGION, SECRET_ACCESS_KEY,
 };
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt};
 
 fn config(mock: &BedrockMock) -> BedrockGuardrailConfig {
     let mut config = BedrockGuardrailConfig::new("gr-test", "1");
@@ -259,19 +258,11 @@ async fn a_mask_that_does_not_line_up_fails_instead_of_leaking() {
     assert!(err.message().contains("1 outputs for 2 texts"), "{err}");
 }
 
-/// A loopback address nothing listens on.
-async fn closed_port_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn down_slow_and_5xx_are_unreachable_others_fail() {
     let mock = BedrockMock::start().await;
     let mut down = config(&mock);
-    down.aws_bedrock_runtime_endpoint = Some(closed_port_url().await);
+    down.aws_bedrock_runtime_endpoint = Some(support::closed_port_url().await);
     let err = guard(down)
         .check(&input(Side::Request, &["a"]))
         .await
@@ -358,7 +349,7 @@ async fn run(configured: ConfiguredGuardrail) -> (Outcome, GuardrailLog) {
 async fn failures_go_to_the_fallbacks() {
     let mock = BedrockMock::start().await;
     let mut down = config(&mock);
-    down.aws_bedrock_runtime_endpoint = Some(closed_port_url().await);
+    down.aws_bedrock_runtime_endpoint = Some(support::closed_port_url().await);
     let unreachable = guard(down);
     let malformed = guard(config(&mock));
     mock.set_reply(Reply::Raw("{".into()));
@@ -403,43 +394,6 @@ async fn failures_go_to_the_fallbacks() {
     }
 }
 
-/// An upstream that answers a chat completion saying what the last message said.
-fn echo_upstream() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
-    service_fn(|req: Request<Full<Bytes>>| async move {
-        let body: Value =
-            serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        let said = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let answer = json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": format!("You said: {said}")}}]
-        });
-        Ok(Response::builder()
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(answer.to_string())))
-            .unwrap())
-    })
-}
-
-fn chat(content: &str) -> Request<Full<Bytes>> {
-    Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            json!({"model": "m", "messages": [{"role": "user", "content": content}]}).to_string(),
-        )))
-        .unwrap()
-}
-
 #[tokio::test]
 async fn through_the_layers_a_block_is_a_400_and_a_mask_reaches_the_upstream_and_the_client() {
     let mock = BedrockMock::start().await;
@@ -454,11 +408,11 @@ async fn through_the_layers_a_block_is_a_400_and_a_mask_reaches_the_upstream_and
     let svc = ServiceBuilder::new()
         .layer(PreCallGuardrailLayer::new(guardrails.clone()))
         .layer(StreamingGuardrailBodyLayer::new(guardrails))
-        .service(echo_upstream());
+        .service(support::echo_upstream());
 
     let resp = svc
         .clone()
-        .oneshot(chat("a forbidden topic"))
+        .oneshot(support::chat("a forbidden topic"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
@@ -471,7 +425,10 @@ async fn through_the_layers_a_block_is_a_400_and_a_mask_reaches_the_upstream_and
     );
     assert_eq!(mock.requests().len(), 1, "the upstream call never happened");
 
-    let resp = svc.oneshot(chat("mail jane@corp.com")).await.unwrap();
+    let resp = svc
+        .oneshot(support::chat("mail jane@corp.com"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
