@@ -282,7 +282,11 @@ async fn a_long_clean_stream_is_checked_per_window_not_per_event() {
         );
     }
     for call in bedrock.requests() {
-        assert!(call.texts()[0].chars().count() <= 250 + 50, "{:?}", call.texts());
+        assert!(
+            call.texts()[0].chars().count() <= 250 + 50,
+            "{:?}",
+            call.texts()
+        );
     }
     let rows = gw.finish().await;
     assert_eq!(rows.len(), 1);
