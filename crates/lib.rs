@@ -13,7 +13,7 @@
 //! | [`pre_call`] | `PreCallGuardrailLayer`: `pre_call` and `during_call` guardrails on the request | `pre-call` |
 //! | [`streaming`] | `StreamingGuardrailBodyLayer`: `post_call` guardrails on JSON and SSE responses, in-band error events | `streaming` |
 //! | [`spend_log`] | `SpendLogLayer`: one spend-log record per request, to SQLite, PostgreSQL or JSON lines | `spend-log` (`postgres` adds the PostgreSQL sink) |
-//! | [`guardrails`] | built-in guardrails: the LiteLLM-compatible content filter, the Generic Guardrail API client, OpenAI moderation | `guardrails` |
+//! | [`guardrails`] | built-in guardrails: the LiteLLM-compatible content filter, the Generic Guardrail API client, OpenAI moderation, Amazon Bedrock Guardrails, Aim | `guardrails` |
 //! | [`core`] | shared types: call types, the guardrail gate, the guardrail log, errors, SSE | always |
 //!
 //! ```
