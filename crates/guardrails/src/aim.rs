@@ -48,7 +48,8 @@
 //! message per text checked, with the role of the message it comes from (`system` for a system
 //! prompt or instructions; `user` when the request's shape does not say); on the response side
 //! the request's messages followed by one `assistant` message per response text (for a stream:
-//! the window being checked).
+//! the window being checked). When every text is empty (a response that only calls tools) no
+//! call is made.
 //!
 //! LiteLLM also sends `x-aim-litellm-version`; this gateway is not LiteLLM and does not claim a
 //! version.
@@ -69,6 +70,8 @@
 //!   `post_call` check of this request's response replaces each `[{name}]` with its `content`
 //!   (de-anonymization). LiteLLM keeps them on the guardrail object, shared by every request: one
 //!   tenant's entities would be restored in another tenant's response.
+//!   In `during_call` the request is already on its way: the rewrite is ignored (the pre-call
+//!   layer logs it) and no entities are kept; use `pre_call` to anonymize.
 //! - `anonymize_action` on the response: the response texts are replaced by the last
 //!   `all_redacted_messages` (one per response text), and nothing is de-anonymized.
 //! - anything else: the check fails (LiteLLM lets an unknown action through).
@@ -315,6 +318,9 @@ struct Message<'a> {
 
 impl Guardrail for AimGuardrail {
     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+        if input.texts().iter().all(|t| t.trim().is_empty()) {
+            return Ok(Verdict::allow());
+        }
         let body = serde_json::to_vec(&AimRequest {
             messages: messages(input),
         })

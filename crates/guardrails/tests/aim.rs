@@ -618,3 +618,18 @@ async fn a_request_without_a_body_sends_each_text_as_the_users() {
         json!({"messages": [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}]})
     );
 }
+
+#[tokio::test]
+async fn empty_texts_make_no_call() {
+    let mock = AimMock::start().await;
+    let verdict = guard(config(&mock))
+        .check(&input(
+            &Facts::default(),
+            GuardrailMode::PostCall,
+            &["", " "],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(verdict.decision(), &Decision::Allow);
+    assert!(mock.requests().is_empty());
+}
