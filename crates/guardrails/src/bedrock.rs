@@ -406,7 +406,12 @@ impl BedrockGuardrail {
         .map_err(|e| GuardrailError::failed(format!("could not sign the Bedrock request: {e}")))?;
         let mut post = self.post.clone();
         for header in signed {
-            let name = HeaderName::from_static(header.name());
+            let name = HeaderName::try_from(header.name()).map_err(|_| {
+                GuardrailError::failed(format!(
+                    "the signer produced an invalid header name '{}'",
+                    header.name()
+                ))
+            })?;
             let mut value = HeaderValue::from_str(header.value()).map_err(|_| {
                 GuardrailError::failed(format!(
                     "the signer produced an invalid {} header",
