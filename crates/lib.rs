@@ -29,7 +29,7 @@
 //! | `model_merge` | `ModelGuardrailMergeLayer`: a model's configured guardrails merged into the request's selection | `model-merge` (default) |
 //! | `pre_call` | `PreCallGuardrailLayer`: `pre_call` and `during_call` guardrails on the request | `pre-call` (default) |
 //! | `streaming` | `StreamingGuardrailBodyLayer`: `post_call` guardrails on JSON and SSE responses, in-band error events | `streaming` (default) |
-//! | `guardrails` | built-in guardrails: the LiteLLM-compatible content filter; with `guardrails-http`, the Generic Guardrail API client and OpenAI moderation | `guardrails`, `guardrails-http` |
+//! | `guardrails` | built-in guardrails: the LiteLLM-compatible content filter; with `guardrails-http`, the Generic Guardrail API client, OpenAI moderation, Presidio, Lakera Guard, Azure AI Content Safety, Amazon Bedrock Guardrails and Aim | `guardrails`, `guardrails-http` |
 //! | [`core`] | the guardrail trait and engine, call types, errors, the SSE codec | always |
 //!
 //! # Features

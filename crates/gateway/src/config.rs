@@ -16,6 +16,7 @@
 //!     litellm_params:
 //!       guardrail: litellm_content_filter  # | generic_guardrail_api | openai_moderation | presidio
 //!                                          # | lakera_v2 | azure/text_moderations | azure/prompt_shield
+//!                                          # | bedrock | aim
 //!       mode: pre_call                     # or a list: [pre_call, post_call]; during_call
 //!       default_on: true
 //!       blocked_words: [{keyword: "forbidden", action: BLOCK}]
@@ -40,13 +41,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use guardrail_tower_core::{
-    ConfiguredGuardrail, DEFAULT_BODY_LIMIT, Fallback, GuardrailMode, GuardrailModes, StreamPolicy,
+    ConfiguredGuardrail, DEFAULT_BODY_LIMIT, Fallback, Guardrail, GuardrailMode, GuardrailModes,
+    StreamPolicy,
 };
 use guardrail_tower_guardrails::{
-    AzurePromptShield, AzurePromptShieldConfig, AzureTextModeration, AzureTextModerationConfig,
-    ConfigError as SettingsError, ContentFilter, ContentFilterConfig, GenericGuardrailApi,
-    GenericGuardrailApiConfig, LakeraV2, LakeraV2Config, OpenAiModeration, OpenAiModerationConfig,
-    Presidio, PresidioConfig,
+    AimGuardrail, AimGuardrailConfig, AzurePromptShield, AzurePromptShieldConfig,
+    AzureTextModeration, AzureTextModerationConfig, BedrockGuardrail, BedrockGuardrailConfig,
+    ContentFilter, ContentFilterConfig, GenericGuardrailApi, GenericGuardrailApiConfig, LakeraV2,
+    LakeraV2Config, OpenAiModeration, OpenAiModerationConfig, Presidio, PresidioConfig,
+    shared_client,
 };
 use guardrail_tower_spend_log::ModelPrice;
 use serde_yaml_ng::{Mapping, Value};
@@ -186,10 +189,18 @@ fn line_of(text: &str, anchor: Option<&str>, key: &str) -> Option<usize> {
         .or(Some(start + 1))
 }
 
+/// Reads environment variables: the process environment, or a map in tests.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Reads an `os.environ/NAME` reference or returns the literal.
-fn resolve(value: &str, key: &str, line: Option<usize>) -> Result<String, ConfigError> {
+fn resolve(
+    value: &str,
+    key: &str,
+    line: Option<usize>,
+    env: Env<'_>,
+) -> Result<String, ConfigError> {
     match value.strip_prefix("os.environ/") {
-        Some(name) => std::env::var(name).map_err(|_| {
+        Some(name) => env(name).ok_or_else(|| {
             ConfigError::new(key, line, format!("environment variable {name} is not set"))
         }),
         None => Ok(value.to_owned()),
@@ -213,21 +224,27 @@ fn seconds(value: &Value) -> Option<Duration> {
 }
 
 /// Resolves every `os.environ/NAME` string inside a value, in place.
-fn resolve_all(value: &mut Value, key: &str, text: &str, anchor: &str) -> Result<(), ConfigError> {
+fn resolve_all(
+    value: &mut Value,
+    key: &str,
+    text: &str,
+    anchor: &str,
+    env: Env<'_>,
+) -> Result<(), ConfigError> {
     match value {
         Value::String(s) if s.starts_with("os.environ/") => {
             let line = line_of(text, Some(anchor), key.rsplit('.').next().unwrap_or(key));
-            *s = resolve(s, key, line)?;
+            *s = resolve(s, key, line, env)?;
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 let k = k.as_str().unwrap_or("?").to_owned();
-                resolve_all(v, &format!("{key}.{k}"), text, anchor)?;
+                resolve_all(v, &format!("{key}.{k}"), text, anchor, env)?;
             }
         }
         Value::Sequence(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                resolve_all(v, &format!("{key}[{i}]"), text, anchor)?;
+                resolve_all(v, &format!("{key}[{i}]"), text, anchor, env)?;
             }
         }
         _ => {}
@@ -260,8 +277,17 @@ const GENERAL: &[&str] = &[
 ];
 
 impl GatewayConfig {
-    /// Parses a YAML config.
+    /// Parses a YAML config, reading `os.environ/NAME` references and the providers'
+    /// environment variables (`AWS_REGION`, `AIM_API_KEY`, ...) from the process environment.
     pub fn from_yaml(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_yaml_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_yaml`](Self::from_yaml), reading environment variables through `env`.
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, ConfigError> {
         let root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line());
             ConfigError::new("config", line, format!("invalid YAML: {e}"))
@@ -305,14 +331,14 @@ impl GatewayConfig {
                 ));
             }
         }
-        let guardrails = parse_guardrails(text, root.get("guardrails"), &mut warnings)?;
+        let guardrails = parse_guardrails(text, root.get("guardrails"), env, &mut warnings)?;
         let names: HashSet<&str> = guardrails.iter().map(ConfiguredGuardrail::name).collect();
-        let deployments = parse_models(text, root.get("model_list"), &names, &mut warnings)?;
+        let deployments = parse_models(text, root.get("model_list"), &names, env, &mut warnings)?;
         let spend_logs = match string(&general, "spend_logs") {
             None => None,
             Some(url) => {
                 let line = line_of(text, Some("general_settings"), "spend_logs");
-                let url = resolve(&url, "general_settings.spend_logs", line)?;
+                let url = resolve(&url, "general_settings.spend_logs", line, env)?;
                 Some(
                     parse_spend_logs(&url)
                         .map_err(|m| ConfigError::new("general_settings.spend_logs", line, m))?,
@@ -433,9 +459,242 @@ fn parse_stream_policy(value: &Value) -> Result<StreamPolicy, String> {
     }
 }
 
+/// One `guardrail:` type the gateway builds: its name, the `litellm_params` keys it reads besides
+/// [`COMMON_GUARDRAIL_KEYS`] (any other key is a warning), and the function that builds it.
+struct GuardrailType {
+    name: &'static str,
+    keys: &'static [&'static str],
+    build: fn(&GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError>,
+}
+
+/// Every supported `guardrail:` type. A provider is one entry here and one function below.
+const GUARDRAIL_TYPES: &[GuardrailType] = &[
+    GuardrailType {
+        name: "litellm_content_filter",
+        keys: &[
+            "blocked_words",
+            "blocked_words_file",
+            "patterns",
+            "pattern_redaction_format",
+            "keyword_redaction_tag",
+            "max_unbounded_match_chars",
+        ],
+        build: content_filter,
+    },
+    GuardrailType {
+        name: "generic_guardrail_api",
+        keys: &[
+            "api_base",
+            "api_key",
+            "headers",
+            "extra_headers",
+            "num_retries",
+            "additional_provider_specific_params",
+        ],
+        build: generic_guardrail_api,
+    },
+    GuardrailType {
+        name: "openai_moderation",
+        keys: &["api_base", "api_key", "model"],
+        build: openai_moderation,
+    },
+    GuardrailType {
+        name: "presidio",
+        keys: &[
+            "presidio_analyzer_api_base",
+            "presidio_anonymizer_api_base",
+            "pii_entities_config",
+            "presidio_score_thresholds",
+            "presidio_entities_deny_list",
+            "presidio_language",
+            "presidio_ad_hoc_recognizers",
+            "output_parse_pii",
+            "apply_to_output",
+        ],
+        build: presidio,
+    },
+    GuardrailType {
+        name: "lakera_v2",
+        keys: &[
+            "api_key",
+            "api_base",
+            "project_id",
+            "payload",
+            "breakdown",
+            "metadata",
+            "dev_info",
+            "on_flagged",
+        ],
+        build: lakera_v2,
+    },
+    GuardrailType {
+        name: "azure/text_moderations",
+        keys: &[
+            "api_key",
+            "api_base",
+            "api_version",
+            "severity_threshold",
+            "severity_threshold_by_category",
+            "categories",
+            "blocklistNames",
+            "haltOnBlocklistHit",
+            "outputType",
+        ],
+        build: azure_text_moderations,
+    },
+    GuardrailType {
+        name: "azure/prompt_shield",
+        keys: &["api_key", "api_base", "api_version"],
+        build: azure_prompt_shield,
+    },
+    GuardrailType {
+        name: "bedrock",
+        keys: &[
+            "guardrailIdentifier",
+            "guardrailVersion",
+            "aws_region_name",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "aws_bedrock_runtime_endpoint",
+            // Refused with a clear error by the guardrail itself.
+            "aws_role_name",
+            "aws_profile_name",
+            "aws_web_identity_token",
+            "aws_session_name",
+            "aws_sts_endpoint",
+        ],
+        build: bedrock,
+    },
+    GuardrailType {
+        name: "aim",
+        keys: &["api_key", "api_base"],
+        build: aim,
+    },
+];
+
+/// The `litellm_params` keys every guardrail type reads.
+const COMMON_GUARDRAIL_KEYS: &[&str] = &[
+    "guardrail",
+    "mode",
+    "default_on",
+    "unreachable_fallback",
+    "error_fallback",
+    "timeout",
+    "stream_policy",
+];
+
+/// The `guardrail:` types this gateway supports, in the order listed in errors.
+pub fn supported_guardrail_types() -> impl Iterator<Item = &'static str> {
+    GUARDRAIL_TYPES.iter().map(|t| t.name)
+}
+
+/// What a guardrail type's builder gets: one guardrail's resolved `litellm_params`, and how to
+/// name a key in an error.
+struct GuardrailParams<'a> {
+    name: &'a str,
+    modes: GuardrailModes,
+    /// The `litellm_params` mapping, `os.environ/` references resolved.
+    params: &'a Value,
+    env: Env<'a>,
+    /// `guardrails[i]`.
+    key: &'a str,
+    text: &'a str,
+    anchor: &'a str,
+}
+
+impl GuardrailParams<'_> {
+    /// An error about `litellm_params.{field}`, at its line.
+    fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        let leaf = field.split(['.', '[']).next().unwrap_or(field);
+        ConfigError::new(
+            format!("{}.litellm_params.{field}", self.key),
+            line_of(self.text, Some(self.anchor), leaf),
+            message,
+        )
+    }
+
+    /// The guardrail crate's settings type, deserialized from `litellm_params`; a bad value is
+    /// an error naming its key when serde says which.
+    fn settings<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, ConfigError> {
+        self.settings_from(self.params, what)
+    }
+
+    /// [`GuardrailParams::settings`] from `params` (this entry's, completed).
+    fn settings_from<T: serde::de::DeserializeOwned>(
+        &self,
+        params: &Value,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(params.clone()).map_err(
+            |e: serde_path_to_error::Error<serde_yaml_ng::Error>| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // A missing field is reported at the map that lacks it.
+                let field = match inner.strip_prefix("missing field `") {
+                    Some(rest) => rest.split('`').next().unwrap_or("guardrail").to_owned(),
+                    None if path == "." => "guardrail".to_owned(),
+                    None => path,
+                };
+                self.error(&field, format!("invalid {what} settings: {inner}"))
+            },
+        )
+    }
+
+    /// A config error from the guardrails crate, at its key.
+    fn invalid(&self, e: guardrail_tower_guardrails::ConfigError) -> ConfigError {
+        self.error(e.field(), e.message().to_owned())
+    }
+
+    /// `guardrail` under this entry's name and modes.
+    fn configured(&self, guardrail: impl Guardrail) -> ConfiguredGuardrail {
+        ConfiguredGuardrail::new(self.name.to_owned(), self.modes, guardrail)
+    }
+}
+
+fn content_filter(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: ContentFilterConfig = p.settings("content filter")?;
+    let filter = ContentFilter::new(config).map_err(|e| {
+        let field = if e.to_string().contains("blocked_words") {
+            "blocked_words"
+        } else {
+            "patterns"
+        };
+        p.error(field, e.to_string())
+    })?;
+    Ok(p.configured(filter))
+}
+
+fn generic_guardrail_api(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: GenericGuardrailApiConfig = p.settings("generic guardrail API")?;
+    let api = GenericGuardrailApi::new(config).map_err(|e| p.invalid(e))?;
+    Ok(p.configured(api))
+}
+
+fn openai_moderation(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: OpenAiModerationConfig = p.settings("OpenAI moderation")?;
+    let api = OpenAiModeration::new(config).map_err(|e| p.invalid(e))?;
+    Ok(p.configured(api))
+}
+
+fn bedrock(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: BedrockGuardrailConfig = p.settings("Bedrock guardrail")?;
+    let guardrail = BedrockGuardrail::with_client_and_env(config, shared_client(), p.env)
+        .map_err(|e| p.invalid(e))?;
+    Ok(p.configured(guardrail))
+}
+
+fn aim(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: AimGuardrailConfig = p.settings("Aim guardrail")?;
+    let guardrail = AimGuardrail::with_client_and_env(config, shared_client(), p.env)
+        .map_err(|e| p.invalid(e))?;
+    Ok(p.configured(guardrail))
+}
+
 fn parse_guardrails(
     text: &str,
     value: Option<&Value>,
+    env: Env<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ConfiguredGuardrail>, ConfigError> {
     let items = match value {
@@ -490,7 +749,13 @@ fn parse_guardrails(
                 ));
             }
         };
-        resolve_all(&mut params, &format!("{key}.litellm_params"), text, &anchor)?;
+        resolve_all(
+            &mut params,
+            &format!("{key}.litellm_params"),
+            text,
+            &anchor,
+            env,
+        )?;
         let p = params.as_mapping().expect("a mapping");
         let kind = string(p, "guardrail").ok_or_else(|| {
             ConfigError::new(
@@ -514,63 +779,34 @@ fn parse_guardrails(
         let bad = |field: &str, m: String| {
             ConfigError::new(format!("{key}.litellm_params.{field}"), at(field), m)
         };
-        let built = match kind.as_str() {
-            "litellm_content_filter" => {
-                let config: ContentFilterConfig = serde_yaml_ng::from_value(params.clone())
-                    .map_err(|e| {
-                        bad("guardrail", format!("invalid content filter settings: {e}"))
-                    })?;
-                let filter = ContentFilter::new(config).map_err(|e| {
-                    let field = if e.to_string().contains("blocked_words") {
-                        "blocked_words"
-                    } else {
-                        "patterns"
-                    };
-                    bad(field, e.to_string())
-                })?;
-                ConfiguredGuardrail::new(name.clone(), modes, filter)
-            }
-            "generic_guardrail_api" => {
-                let config: GenericGuardrailApiConfig = serde_yaml_ng::from_value(params.clone())
-                    .map_err(|e| {
-                    bad(
-                        "api_base",
-                        format!("invalid generic guardrail API settings: {e}"),
-                    )
-                })?;
-                let api = GenericGuardrailApi::new(config)
-                    .map_err(|e| bad(e.field(), e.message().to_owned()))?;
-                ConfiguredGuardrail::new(name.clone(), modes, api)
-            }
-            "openai_moderation" => {
-                let config: OpenAiModerationConfig = serde_yaml_ng::from_value(params.clone())
-                    .map_err(|e| {
-                        bad(
-                            "api_base",
-                            format!("invalid OpenAI moderation settings: {e}"),
-                        )
-                    })?;
-                let api = OpenAiModeration::new(config)
-                    .map_err(|e| bad(e.field(), e.message().to_owned()))?;
-                ConfiguredGuardrail::new(name.clone(), modes, api)
-            }
-            "presidio" => presidio_guardrail(&name, modes, &params)
-                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
-            "lakera_v2" => lakera_v2_guardrail(&name, modes, &params)
-                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
-            "azure/text_moderations" => azure_text_moderations_guardrail(&name, modes, &params)
-                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
-            "azure/prompt_shield" => azure_prompt_shield_guardrail(&name, modes, &params)
-                .map_err(|e| bad(e.field(), e.message().to_owned()))?,
-            other => {
-                return Err(bad(
-                    "guardrail",
-                    format!(
-                        "unknown guardrail type '{other}' (expected litellm_content_filter, generic_guardrail_api, openai_moderation, presidio, lakera_v2, azure/text_moderations or azure/prompt_shield)"
-                    ),
+        let Some(kind) = GUARDRAIL_TYPES.iter().find(|t| t.name == kind) else {
+            let supported: Vec<&str> = supported_guardrail_types().collect();
+            return Err(bad(
+                "guardrail",
+                format!(
+                    "unknown guardrail type '{kind}' (supported: {})",
+                    supported.join(", ")
+                ),
+            ));
+        };
+        for k in p.keys().filter_map(Value::as_str) {
+            if !COMMON_GUARDRAIL_KEYS.contains(&k) && !kind.keys.contains(&k) {
+                warnings.push(format!(
+                    "line {}: {key}.litellm_params.{k} is not supported by guardrail type '{}' and is ignored",
+                    at(k).unwrap_or(0),
+                    kind.name
                 ));
             }
-        };
+        }
+        let built = (kind.build)(&GuardrailParams {
+            name: &name,
+            modes,
+            params: &params,
+            env,
+            key: &key,
+            text,
+            anchor: &anchor,
+        })?;
         let mut g = built.default_on(
             p.get("default_on")
                 .and_then(Value::as_bool)
@@ -605,34 +841,14 @@ fn parse_guardrails(
     Ok(out)
 }
 
-/// Deserializes a provider's settings from its `litellm_params`; an error names the key at
-/// fault (`pii_entities_config.US_SSN`).
-fn provider_settings<T: serde::de::DeserializeOwned>(
-    params: &Value,
-    provider: &str,
-) -> Result<T, SettingsError> {
-    serde_path_to_error::deserialize(params.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "guardrail".to_owned()
-        } else {
-            path
-        };
-        SettingsError::new(
-            field,
-            format!("invalid {provider} settings: {}", e.into_inner()),
-        )
-    })
-}
-
 /// `params` with `key` taken from the environment variable `env` when the config does not set
 /// it (LiteLLM reads these variables too).
-fn with_env_default(params: &Value, defaults: &[(&str, &str)]) -> Value {
+fn with_env_default(params: &Value, defaults: &[(&str, &str)], env: Env<'_>) -> Value {
     let mut params = params.clone();
     if let Value::Mapping(map) = &mut params {
-        for (key, env) in defaults {
+        for (key, var) in defaults {
             let unset = map.get(*key).is_none_or(Value::is_null);
-            if let (true, Ok(value)) = (unset, std::env::var(env)) {
+            if let (true, Some(value)) = (unset, env(var)) {
                 map.insert(Value::from(*key), Value::from(value));
             }
         }
@@ -641,23 +857,24 @@ fn with_env_default(params: &Value, defaults: &[(&str, &str)]) -> Value {
 }
 
 /// Names the environment variable a missing key can also come from.
-fn or_env(e: SettingsError, defaults: &[(&str, &str)]) -> SettingsError {
+fn or_env(
+    e: guardrail_tower_guardrails::ConfigError,
+    defaults: &[(&str, &str)],
+) -> guardrail_tower_guardrails::ConfigError {
     match defaults.iter().find(|(key, _)| *key == e.field()) {
-        Some((key, env)) if e.message() == "is required" => SettingsError::new(
-            *key,
-            format!("is required (in litellm_params, or the {env} environment variable)"),
-        ),
+        Some((key, var)) if e.message() == "is required" => {
+            guardrail_tower_guardrails::ConfigError::new(
+                *key,
+                format!("is required (in litellm_params, or the {var} environment variable)"),
+            )
+        }
         _ => e,
     }
 }
 
 /// `guardrail: presidio`. `output_parse_pii` and `apply_to_output` add `post_call` to the
 /// modes, as in LiteLLM (the response must be restored or masked).
-fn presidio_guardrail(
-    name: &str,
-    modes: GuardrailModes,
-    params: &Value,
-) -> Result<ConfiguredGuardrail, SettingsError> {
+fn presidio(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
     const ENV: &[(&str, &str)] = &[
         ("presidio_analyzer_api_base", "PRESIDIO_ANALYZER_API_BASE"),
         (
@@ -665,65 +882,50 @@ fn presidio_guardrail(
             "PRESIDIO_ANONYMIZER_API_BASE",
         ),
     ];
-    let config: PresidioConfig = provider_settings(&with_env_default(params, ENV), "Presidio")?;
+    let config: PresidioConfig =
+        p.settings_from(&with_env_default(p.params, ENV, p.env), "Presidio")?;
     let modes = if config.output_parse_pii || config.apply_to_output {
-        modes.with(GuardrailMode::PostCall)
+        p.modes.with(GuardrailMode::PostCall)
     } else {
-        modes
+        p.modes
     };
     let presidio = Presidio::new(config)
-        .map_err(|e| or_env(e, ENV))?
-        .with_guardrail_name(name);
-    Ok(ConfiguredGuardrail::new(name, modes, presidio))
+        .map_err(|e| p.invalid(or_env(e, ENV)))?
+        .with_guardrail_name(p.name);
+    Ok(ConfiguredGuardrail::new(p.name.to_owned(), modes, presidio))
 }
 
 /// `guardrail: lakera_v2`.
-fn lakera_v2_guardrail(
-    name: &str,
-    modes: GuardrailModes,
-    params: &Value,
-) -> Result<ConfiguredGuardrail, SettingsError> {
+fn lakera_v2(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
     const ENV: &[(&str, &str)] = &[
         ("api_key", "LAKERA_API_KEY"),
         ("api_base", "LAKERA_API_BASE"),
     ];
-    let config: LakeraV2Config = provider_settings(&with_env_default(params, ENV), "Lakera")?;
-    let lakera = LakeraV2::new(config).map_err(|e| or_env(e, ENV))?;
-    Ok(ConfiguredGuardrail::new(name, modes, lakera))
+    let config: LakeraV2Config =
+        p.settings_from(&with_env_default(p.params, ENV, p.env), "Lakera")?;
+    let lakera = LakeraV2::new(config).map_err(|e| p.invalid(or_env(e, ENV)))?;
+    Ok(p.configured(lakera))
 }
 
 /// `guardrail: azure/text_moderations`.
-fn azure_text_moderations_guardrail(
-    name: &str,
-    modes: GuardrailModes,
-    params: &Value,
-) -> Result<ConfiguredGuardrail, SettingsError> {
-    let config: AzureTextModerationConfig = provider_settings(params, "Azure text moderation")?;
-    Ok(ConfiguredGuardrail::new(
-        name,
-        modes,
-        AzureTextModeration::new(config)?,
-    ))
+fn azure_text_moderations(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: AzureTextModerationConfig = p.settings("Azure text moderation")?;
+    let azure = AzureTextModeration::new(config).map_err(|e| p.invalid(e))?;
+    Ok(p.configured(azure))
 }
 
 /// `guardrail: azure/prompt_shield`.
-fn azure_prompt_shield_guardrail(
-    name: &str,
-    modes: GuardrailModes,
-    params: &Value,
-) -> Result<ConfiguredGuardrail, SettingsError> {
-    let config: AzurePromptShieldConfig = provider_settings(params, "Azure Prompt Shields")?;
-    Ok(ConfiguredGuardrail::new(
-        name,
-        modes,
-        AzurePromptShield::new(config)?,
-    ))
+fn azure_prompt_shield(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    let config: AzurePromptShieldConfig = p.settings("Azure Prompt Shields")?;
+    let azure = AzurePromptShield::new(config).map_err(|e| p.invalid(e))?;
+    Ok(p.configured(azure))
 }
 
 fn parse_models(
     text: &str,
     value: Option<&Value>,
     guardrails: &HashSet<&str>,
+    env: Env<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Deployment>, ConfigError> {
     let items = match value {
@@ -771,7 +973,13 @@ fn parse_models(
                 ));
             }
         };
-        resolve_all(&mut params, &format!("{key}.litellm_params"), text, &anchor)?;
+        resolve_all(
+            &mut params,
+            &format!("{key}.litellm_params"),
+            text,
+            &anchor,
+            env,
+        )?;
         let p = params.as_mapping().expect("a mapping");
         for k in p.keys().filter_map(Value::as_str) {
             if !MODEL_PARAMS.contains(&k) {
@@ -1081,7 +1289,7 @@ litellm_settings:
         let e = guardrail("      guardrail: bedrock_v9\n      mode: pre_call\n").unwrap_err();
         assert!(
             e.message()
-                .contains("presidio, lakera_v2, azure/text_moderations or azure/prompt_shield"),
+                .contains("presidio, lakera_v2, azure/text_moderations, azure/prompt_shield"),
             "{e}"
         );
     }
@@ -1139,6 +1347,142 @@ guardrails:
         assert_eq!(
             config.deployments[0].api_key.as_deref(),
             Some(path.as_str())
+        );
+    }
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn error_with_env(yaml: &str, vars: &'static [(&'static str, &'static str)]) -> ConfigError {
+        GatewayConfig::from_yaml_with_env(yaml, &env_of(vars)).unwrap_err()
+    }
+
+    #[test]
+    fn an_unknown_type_lists_the_supported_ones() {
+        let e = error(
+            "guardrails:\n  - guardrail_name: g\n    litellm_params:\n      guardrail: lakera\n      mode: pre_call\n",
+        );
+        assert_eq!(e.key(), "guardrails[0].litellm_params.guardrail");
+        assert_eq!(
+            e.message(),
+            "unknown guardrail type 'lakera' (supported: litellm_content_filter, \
+             generic_guardrail_api, openai_moderation, presidio, lakera_v2, \
+             azure/text_moderations, azure/prompt_shield, bedrock, aim)"
+        );
+        assert_eq!(
+            supported_guardrail_types().collect::<Vec<_>>(),
+            GUARDRAIL_TYPES.iter().map(|t| t.name).collect::<Vec<_>>()
+        );
+    }
+
+    const BEDROCK: &str = "guardrails:
+  - guardrail_name: bedrock-guard
+    litellm_params:
+      guardrail: bedrock
+      mode: [pre_call, post_call]
+      guardrailIdentifier: gr-1
+      guardrailVersion: 2
+      aws_region_name: eu-west-1
+";
+
+    #[test]
+    fn bedrock_parses_and_names_missing_keys() {
+        let env: &[(&str, &str)] = &[
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ];
+        let config = GatewayConfig::from_yaml_with_env(BEDROCK, &env_of(env)).unwrap();
+        assert_eq!(config.guardrails[0].provider(), "bedrock");
+        assert_eq!(config.warnings, Vec::<String>::new());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("env-secret") && !shown.contains("AKIDENV"),
+            "{shown}"
+        );
+
+        // No credentials anywhere: the key is named, at the guardrail's line.
+        let e = error_with_env(BEDROCK, &[]);
+        assert_eq!(e.key(), "guardrails[0].litellm_params.aws_access_key_id");
+        assert!(e.message().contains("AWS_ACCESS_KEY_ID"), "{e}");
+        assert_eq!(e.line(), Some(2));
+
+        let e = error_with_env(
+            &BEDROCK.replace("      guardrailIdentifier: gr-1\n", ""),
+            env,
+        );
+        assert_eq!(e.key(), "guardrails[0].litellm_params.guardrailIdentifier");
+        assert_eq!(e.message(), "is required");
+
+        let e = error_with_env(
+            &BEDROCK.replace("guardrailVersion: 2", "guardrailVersion: latest"),
+            env,
+        );
+        assert_eq!(
+            (e.key(), e.line()),
+            ("guardrails[0].litellm_params.guardrailVersion", Some(7))
+        );
+
+        // An os.environ/ reference that is unset names the key and the variable.
+        let yaml = format!(
+            "{BEDROCK}      aws_access_key_id: os.environ/MY_KEY_ID\n      aws_secret_access_key: os.environ/MY_SECRET\n"
+        );
+        let e = error_with_env(&yaml, &[("MY_KEY_ID", "AKID")]);
+        assert_eq!(
+            (e.key(), e.line()),
+            (
+                "guardrails[0].litellm_params.aws_secret_access_key",
+                Some(10)
+            )
+        );
+        assert_eq!(e.message(), "environment variable MY_SECRET is not set");
+        GatewayConfig::from_yaml_with_env(
+            &yaml,
+            &env_of(&[("MY_KEY_ID", "AKID"), ("MY_SECRET", "s")]),
+        )
+        .unwrap();
+
+        let e = error_with_env(&format!("{BEDROCK}      aws_profile_name: prod\n"), env);
+        assert_eq!(e.key(), "guardrails[0].litellm_params.aws_profile_name");
+        let e = error_with_env(&format!("{BEDROCK}      timeout: soon\n"), env);
+        assert_eq!(e.key(), "guardrails[0].litellm_params.timeout", "{e}");
+    }
+
+    #[test]
+    fn aim_needs_a_key_from_the_config_or_the_environment() {
+        let yaml = "guardrails:
+  - guardrail_name: aim-guard
+    litellm_params:
+      guardrail: aim
+      mode: during_call
+      mask_request_content: true
+";
+        let e = error_with_env(yaml, &[]);
+        assert_eq!(e.key(), "guardrails[0].litellm_params.api_key");
+        assert_eq!(e.message(), "is required (or set AIM_API_KEY)");
+        let config =
+            GatewayConfig::from_yaml_with_env(yaml, &env_of(&[("AIM_API_KEY", "k")])).unwrap();
+        assert_eq!(config.guardrails[0].provider(), "aim");
+        assert_eq!(
+            config.warnings,
+            [
+                "line 6: guardrails[0].litellm_params.mask_request_content is not supported by guardrail type 'aim' and is ignored"
+            ]
+        );
+        let e = error_with_env(
+            &format!("{yaml}      api_key: os.environ/AIM_KEY_UNSET\n"),
+            &[("AIM_API_KEY", "k")],
+        );
+        assert_eq!(
+            (e.key(), e.message()),
+            (
+                "guardrails[0].litellm_params.api_key",
+                "environment variable AIM_KEY_UNSET is not set"
+            )
         );
     }
 

@@ -14,6 +14,8 @@
 //! - `lakera` (feature `http`): Lakera Guard v2 (block, monitor, PII masking).
 //! - `azure` (feature `http`): Azure AI Content Safety text moderation (severity thresholds per
 //!   category) and Prompt Shields.
+//! - `bedrock` (feature `http`): Amazon Bedrock Guardrails (`ApplyGuardrail`, SigV4-signed).
+//! - `aim` (feature `http`): Aim Security (`/fw/v1/analyze`), with per-request de-anonymization.
 //! - `http` (feature `http`): the pooled HTTP(S) client (hyper, rustls) they share, also usable
 //!   to forward to upstream LLMs.
 //!
@@ -112,7 +114,13 @@ pub use openai_moderation::{OpenAiModeration, OpenAiModerationConfig};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod aim;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod azure;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod bedrock;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod lakera;
@@ -122,9 +130,13 @@ pub mod presidio;
 #[cfg(feature = "http")]
 mod support;
 #[cfg(feature = "http")]
+pub use aim::{AimGuardrail, AimGuardrailConfig};
+#[cfg(feature = "http")]
 pub use azure::{
     AzurePromptShield, AzurePromptShieldConfig, AzureTextModeration, AzureTextModerationConfig,
 };
+#[cfg(feature = "http")]
+pub use bedrock::{BedrockGuardrail, BedrockGuardrailConfig};
 #[cfg(feature = "http")]
 pub use lakera::{LakeraV2, LakeraV2Config, OnFlagged};
 #[cfg(feature = "http")]

@@ -245,6 +245,9 @@ fn caller() -> Arc<Caller> {
     )
 }
 
+/// The last request body the upstream received.
+type SeenBody = Arc<Mutex<Option<Value>>>;
+
 /// An upstream that records the request body it received and answers `{}`.
 fn recording_upstream() -> (
     impl tower::Service<
@@ -253,7 +256,7 @@ fn recording_upstream() -> (
         Error = Infallible,
         Future = impl Send,
     > + Clone,
-    Arc<Mutex<Option<Value>>>,
+    SeenBody,
 ) {
     let seen: Arc<Mutex<Option<Value>>> = Arc::default();
     let upstream_seen = seen.clone();
@@ -964,7 +967,9 @@ fn restructuring(field: &'static str, f: fn(&mut Vec<Value>)) -> Reply {
 
 #[tokio::test]
 async fn a_rewrite_that_changes_the_structure_fails_and_the_fallback_decides() {
-    let cases: [(&str, &str, fn(&mut Vec<Value>)); 8] = [
+    // (what changes, the list it is in, the change)
+    type Case = (&'static str, &'static str, fn(&mut Vec<Value>));
+    let cases: [Case; 8] = [
         ("a message added", "structured_messages", |m| {
             m.push(json!({"role": "user", "content": "more"}))
         }),

@@ -6,7 +6,8 @@
 //! - [`mock`]: a mock OpenAI- and Anthropic-compatible upstream with fault injection: the
 //!   examples, the demo, the end-to-end tests and the load benchmark run against it.
 //! - [`providers`]: contract mocks of guardrail services (Presidio, Lakera Guard, Azure AI
-//!   Content Safety) that record what they receive and can be scripted to fail.
+//!   Content Safety, Amazon Bedrock Guardrails, Aim) that record what they receive and can be
+//!   scripted to fail.
 //! - [`serve`]: run any tower service on a loopback socket with hyper, as a real server.
 //! - [`client`]: a pooled hyper-util client, and [`send`] to read a whole response.
 //! - [`body`]: request and response bodies for tests: split at chosen bytes, with trailers,

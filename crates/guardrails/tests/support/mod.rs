@@ -21,6 +21,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
+pub mod echo;
+
 /// What the upstream answers.
 #[derive(Debug, Clone)]
 pub enum Upstream {
