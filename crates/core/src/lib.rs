@@ -73,8 +73,8 @@ pub use guardrail::{
 pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
 pub use report::ResponseReport;
 pub use request::{
-    BodyType, BufferRequest, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest, RequestId,
-    X_REQUEST_ID, set_buffered_body,
+    BodyType, BufferRequest, ClientRequestId, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest,
+    RequestId, X_LITELLM_CALL_ID, X_REQUEST_ID, set_buffered_body,
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,

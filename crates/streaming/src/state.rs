@@ -799,6 +799,9 @@ impl StreamState {
             let ch = &mut self.channels[idx];
             let mut skip_to = ch.skip_to;
             let text = ch.render(start, end, &mut skip_to);
+            if let Some(report) = &self.report {
+                report.add_delivered_text(text.as_deref().unwrap_or_else(|| ch.slice(start, end)));
+            }
             ch.skip_to = skip_to;
             ch.emitted = end;
             if let Some(text) = text {
@@ -874,6 +877,9 @@ impl StreamState {
             let text = ch
                 .render(start, cut, &mut skip_to)
                 .unwrap_or_else(|| ch.slice(start, cut).to_owned());
+            if let Some(report) = &self.report {
+                report.add_delivered_text(&text);
+            }
             events::set_delta_text(self.call_type, &mut data, ch.key, &text);
         }
         if let Some(seq) = held.sequence_number {

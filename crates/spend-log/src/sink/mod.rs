@@ -77,7 +77,9 @@ mod writer;
 
 pub use channel::ChannelSink;
 pub use error::{SinkError, SinkErrorKind};
-pub use filter::{BlockSummaryRow, FilterError, SpendLogFilter, SpendLogQuery};
+pub use filter::{
+    BlockSummaryRow, DEFAULT_QUERY_LIMIT, FilterError, MAX_QUERY_LIMIT, SpendLogFilter, SpendLogQuery,
+};
 pub use jsonl::JsonlSink;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSink, PostgresSinkBuilder};
@@ -177,6 +179,6 @@ const DEFAULT_TABLE: &str = "LiteLLM_SpendLogs";
 
 /// The column list used by the SQL sinks' `INSERT` and `SELECT`, in [`SpendRecord`] field order.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-const COLUMNS: &str = "request_id, call_type, status, model, api_base, \"user\", api_key, spend, \
-     prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", \
+const COLUMNS: &str = "request_id, client_request_id, call_type, status, model, api_base, \"user\", \
+     api_key, spend, prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", \
      \"completionStartTime\", metadata";
