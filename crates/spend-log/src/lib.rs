@@ -77,9 +77,10 @@ pub use service::SpendLog;
 
 pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
 pub use sink::{
-    BlockSummaryRow, ChannelSink, FilterError, JsonlSink, QueueFullPolicy, ShutdownError,
-    SinkError, SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery,
-    SpendLogSink, SpendLogStats, SpendLogStore, SpendLogWriter,
+    BlockSummaryRow, ChannelSink, DEFAULT_QUERY_LIMIT, DeadLetterEntry, FilterError, JsonlSink,
+    MAX_QUERY_LIMIT, QueueFullPolicy, ShutdownError, SinkError, SinkErrorKind, SinkFuture,
+    SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink, SpendLogStats, SpendLogStore,
+    SpendLogWriter,
 };
 #[cfg(feature = "postgres")]
 pub use sink::{PostgresSink, PostgresSinkBuilder};

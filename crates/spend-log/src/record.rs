@@ -143,6 +143,103 @@ pub struct SpendMetadata {
     /// The token counts are (at least partly) an estimate, not the upstream's report.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub usage_estimated: bool,
+    /// The database rejected the record as it was, and the writer stored it sanitized: NUL
+    /// characters removed, oversized text cut (each cut ends with `…[truncated N bytes]`), a
+    /// spend that was not a finite number set to 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sanitized: bool,
+}
+
+/// The longest identifier-like column value kept by [`SpendRecord::sanitized`] (`user`,
+/// `model`, ...), in bytes: short enough for any index.
+const MAX_COLUMN_BYTES: usize = 1000;
+
+/// The longest string kept inside `metadata` by [`SpendRecord::sanitized`], in bytes.
+const MAX_METADATA_STRING_BYTES: usize = 16 * 1024;
+
+impl SpendRecord {
+    /// This record with what databases reject removed: NUL characters (PostgreSQL refuses them
+    /// in text and JSONB), column values over 1,000 bytes and metadata strings over 16 KiB cut
+    /// at a character boundary to fit those sizes with the marker `…[truncated N bytes]`, a non-finite spend set to 0;
+    /// `metadata.sanitized` is set. `None` when there is nothing to change.
+    pub fn sanitized(&self) -> Option<SpendRecord> {
+        let mut changed = false;
+        let mut r = self.clone();
+        for field in [&mut r.call_type, &mut r.model] {
+            changed |= clean(field, MAX_COLUMN_BYTES);
+        }
+        for field in [
+            &mut r.client_request_id,
+            &mut r.api_base,
+            &mut r.user,
+            &mut r.api_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            changed |= clean(field, MAX_COLUMN_BYTES);
+        }
+        if !r.spend.is_finite() {
+            r.spend = 0.0;
+            changed = true;
+        }
+        if let Ok(mut metadata) = serde_json::to_value(&r.metadata) {
+            if clean_value(&mut metadata) {
+                if let Ok(m) = serde_json::from_value::<SpendMetadata>(metadata) {
+                    r.metadata = m;
+                    changed = true;
+                }
+            }
+        }
+        changed.then(|| {
+            r.metadata.sanitized = true;
+            r
+        })
+    }
+}
+
+/// Removes NUL characters and cuts `s` to at most `max` bytes, marker included; whether it
+/// changed.
+fn clean(s: &mut String, max: usize) -> bool {
+    /// Room for `…[truncated N bytes]`.
+    const MARKER: usize = 48;
+    let mut changed = false;
+    if s.contains('\0') {
+        s.retain(|c| c != '\0');
+        changed = true;
+    }
+    if s.len() > max {
+        let mut cut = max - MARKER;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let dropped = s.len() - cut;
+        s.truncate(cut);
+        s.push_str(&format!("…[truncated {dropped} bytes]"));
+        changed = true;
+    }
+    changed
+}
+
+fn clean_value(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => clean(s, MAX_METADATA_STRING_BYTES),
+        Value::Array(items) => items.iter_mut().fold(false, |c, v| clean_value(v) | c),
+        Value::Object(map) => {
+            let mut changed = false;
+            if map.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(map);
+                for (mut k, v) in old {
+                    k.retain(|c| c != '\0');
+                    map.insert(k, v);
+                }
+                changed = true;
+            }
+            map.values_mut().fold(changed, |c, v| clean_value(v) | c)
+        }
+        _ => false,
+    }
 }
 
 /// Why a request failed: `metadata.error_information` of a spend-log record.
@@ -210,5 +307,67 @@ mod rfc3339_opt {
         Option::<String>::deserialize(d)?
             .map(|s| super::rfc3339::parse(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SpendRecord {
+        SpendRecord {
+            request_id: "r".into(),
+            client_request_id: None,
+            call_type: "acompletion".into(),
+            status: SpendStatus::Success,
+            model: "m".into(),
+            api_base: None,
+            user: None,
+            api_key: None,
+            spend: 0.5,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            total_tokens: 2,
+            start_time: SystemTime::UNIX_EPOCH,
+            end_time: SystemTime::UNIX_EPOCH,
+            completion_start_time: None,
+            metadata: SpendMetadata::default(),
+        }
+    }
+
+    #[test]
+    fn a_clean_record_needs_no_sanitizing() {
+        assert_eq!(record().sanitized(), None);
+    }
+
+    #[test]
+    fn nul_bytes_oversized_text_and_bad_numbers_are_fixed_and_marked() {
+        let mut r = record();
+        r.user = Some("a\0b".into());
+        r.model = "é".repeat(600); // 1,200 bytes
+        r.spend = f64::NAN;
+        r.metadata.error_information = Some(ErrorInformation {
+            error_class: "x\0".into(),
+            error_type: "t".into(),
+            error_code: "c".into(),
+            error_message: "y".repeat(20_000),
+            guardrail: None,
+        });
+        let s = r.sanitized().unwrap();
+        assert_eq!(s.user.as_deref(), Some("ab"));
+        assert_eq!(s.model, format!("{}…[truncated 248 bytes]", "é".repeat(476)));
+        assert_eq!(s.spend, 0.0);
+        let e = s.metadata.error_information.as_ref().unwrap();
+        assert_eq!(e.error_class, "x");
+        assert_eq!(
+            e.error_message,
+            format!("{}…[truncated 3664 bytes]", "y".repeat(16 * 1024 - 48))
+        );
+        assert!(s.metadata.sanitized);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("\\u0000"));
+        assert!(json.contains(r#""sanitized":true"#));
+        // Sanitizing twice changes nothing more.
+        assert_eq!(s.sanitized(), None);
     }
 }

@@ -341,6 +341,7 @@ impl Recorder {
                 user_api_key_team_id: from_caller(|c| &c.team_id),
                 user_api_key_org_id: from_caller(|c| &c.org_id),
                 usage_estimated,
+                sanitized: false,
             },
         }
     }

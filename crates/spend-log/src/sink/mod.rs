@@ -12,8 +12,10 @@
 //! Records do not go to a sink directly from the request path: [`SpendLogWriter::spawn`] starts a
 //! background task that owns the sink and returns a cheap, cloneable [`SpendLogHandle`] whose
 //! synchronous [`submit`](SpendLogHandle::submit) puts a record in a bounded queue. The task
-//! writes batches in one transaction each, retries failed batches with exponential backoff
-//! without ever dropping them, and [`shutdown`](SpendLogHandle::shutdown) flushes what is queued.
+//! writes batches in one transaction each, retries transient failures with capped exponential
+//! backoff, writes a batch the database rejects row by row (sanitizing, then dead-lettering the
+//! rows it still refuses, so one bad row never jams the queue), and
+//! [`shutdown`](SpendLogHandle::shutdown) flushes what is queued.
 //!
 //! # Example
 //!
@@ -59,6 +61,7 @@
 //! ```
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -66,6 +69,7 @@ use std::time::SystemTime;
 use crate::record::SpendRecord;
 
 mod channel;
+mod dead_letter;
 mod error;
 mod filter;
 mod jsonl;
@@ -76,6 +80,7 @@ mod sqlite;
 mod writer;
 
 pub use channel::ChannelSink;
+pub use dead_letter::DeadLetterEntry;
 pub use error::{SinkError, SinkErrorKind};
 pub use filter::{
     BlockSummaryRow, DEFAULT_QUERY_LIMIT, FilterError, MAX_QUERY_LIMIT, SpendLogFilter, SpendLogQuery,
@@ -103,15 +108,29 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 ///   skipped, so a batch that is retried after an ambiguous failure (a timeout, a connection
 ///   lost during commit) is never duplicated. (The JSON lines sink can only promise this for
 ///   retried batches; see [`JsonlSink`]. The channel sink delivers what it is given.)
-/// - An error means the batch may not have been written; the [`SpendLogWriter`] retries it.
+/// - An error means the batch may not have been written; its [kind](SinkError::kind) tells
+///   the [`SpendLogWriter`] whether to retry it (transient) or write its rows one by one
+///   (permanent: the database rejected a value).
 pub trait SpendLogSink: Send + Sync + 'static {
     /// Writes `records` in one transaction.
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()>;
+
+    /// Where the [`SpendLogWriter`] puts records this sink will not take, unless it is told
+    /// otherwise ([`SpendLogWriter::dead_letter_path`]): beside the database file for SQLite
+    /// and JSON lines (`<file>.dead-letter.jsonl`), `spend_logs.dead-letter.jsonl` in the
+    /// working directory for PostgreSQL. `None` (the default): no dead-letter file.
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl<S: SpendLogSink + ?Sized> SpendLogSink for Arc<S> {
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         (**self).write_batch(records)
+    }
+
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (**self).dead_letter_path()
     }
 }
 
@@ -119,6 +138,17 @@ impl<S: SpendLogSink + ?Sized> SpendLogSink for Box<S> {
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         (**self).write_batch(records)
     }
+
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (**self).dead_letter_path()
+    }
+}
+
+/// `<file>.dead-letter.jsonl` beside `file`.
+fn beside(file: &std::path::Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".dead-letter.jsonl");
+    file.with_file_name(name)
 }
 
 /// Reads spend-log records back: backs a `GET /spend/logs` endpoint and block dashboards.

@@ -415,6 +415,10 @@ fn to_i64(n: u64) -> i64 {
 }
 
 impl SpendLogSink for PostgresSink {
+    fn dead_letter_path(&self) -> Option<std::path::PathBuf> {
+        Some(std::path::PathBuf::from("spend_logs.dead-letter.jsonl"))
+    }
+
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             if records.is_empty() {

@@ -417,6 +417,10 @@ fn sql_error(context: &str, e: rusqlite::Error) -> SinkError {
 }
 
 impl SpendLogSink for SqliteSink {
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (!is_memory(&self.path)).then(|| super::beside(&self.path))
+    }
+
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             if records.is_empty() {

@@ -129,8 +129,9 @@ async fn pg_round_trips_every_field_and_metadata_is_jsonb() {
             .map(|(_, t)| t.as_str())
             .unwrap()
     };
-    assert_eq!(types.len(), 15);
+    assert_eq!(types.len(), 16);
     assert_eq!(ty("request_id"), "text");
+    assert_eq!(ty("client_request_id"), "text");
     assert_eq!(ty("metadata"), "jsonb");
     assert_eq!(ty("startTime"), "timestamp with time zone");
     assert_eq!(ty("completionStartTime"), "timestamp with time zone");
@@ -145,7 +146,10 @@ async fn pg_round_trips_every_field_and_metadata_is_jsonb() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(indexes, 3, "primary key, startTime, status");
+    assert_eq!(
+        indexes, 6,
+        "primary key, startTime, status, client_request_id, api_key, user"
+    );
     drop_table(&db, &table).await;
 }
 
