@@ -407,7 +407,12 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
         }
         None => SinkErrorKind::Database,
     };
-    SinkError::new(kind, context).with_source(e)
+    // The server's message and code (not its detail, which may quote the row's values).
+    let message = match e.as_db_error() {
+        Some(db) => format!("{context}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => context.to_owned(),
+    };
+    SinkError::new(kind, message).with_source(e)
 }
 
 fn to_i64(n: u64) -> i64 {
