@@ -65,7 +65,10 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    tracing::info!("shutting down: finishing in-flight requests and flushing the spend log");
+    tracing::info!(
+        "shutting down: no new connections; finishing in-flight requests (bounded by \
+         general_settings.graceful_shutdown_timeout), then flushing the spend log"
+    );
 }
 
 async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
@@ -90,6 +93,8 @@ async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The bound address (with `--listen 127.0.0.1:0`, the port the system chose).
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "guardrail-gateway listening");
     match gateway.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
