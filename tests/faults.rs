@@ -200,7 +200,7 @@ general_settings:
         let mut last = String::new();
         for _ in 0..400 {
             let resp = fetch(
-                Request::get(self.url("/spend/logs"))
+                Request::get(self.url("/spend/logs?limit=1000"))
                     .body(Full::default())
                     .unwrap(),
             )
@@ -210,7 +210,7 @@ general_settings:
                 if rows.len() >= sent.len() {
                     let by_id: BTreeMap<String, Value> = rows
                         .into_iter()
-                        .map(|r| (r["request_id"].as_str().unwrap().to_owned(), r))
+                        .map(|r| (r["client_request_id"].as_str().unwrap().to_owned(), r))
                         .collect();
                     let ids: BTreeSet<String> = by_id.keys().cloned().collect();
                     assert_eq!(ids, sent, "one spend-log record per request, no others");
@@ -1733,7 +1733,7 @@ async fn wait_for_ids(h: &Harness, ids: &[String], bound: Duration) -> Duration 
         let mut still = Vec::new();
         for id in &missing {
             let got = fetch(
-                Request::get(h.url(&format!("/spend/logs?request_id={id}")))
+                Request::get(h.url(&format!("/spend/logs?client_request_id={id}")))
                     .body(Full::default())
                     .unwrap(),
             )
