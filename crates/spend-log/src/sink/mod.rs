@@ -33,7 +33,8 @@
 //!
 //! // From the request path (synchronous, never blocks):
 //! handle.submit(SpendRecord {
-//!     request_id: "req-1".into(),
+//!     request_id: "0198a8a0-0000-7000-8000-000000000001".into(),
+//!     client_request_id: Some("req-1".into()),
 //!     call_type: "acompletion".into(),
 //!     status: SpendStatus::Success,
 //!     model: "gpt-4o".into(),
@@ -55,7 +56,10 @@
 //!
 //! // When the server stops:
 //! handle.shutdown().await.expect("every record written");
-//! assert_eq!(records.recv().await.unwrap().request_id, "req-1");
+//! assert_eq!(
+//!     records.recv().await.unwrap().client_request_id.as_deref(),
+//!     Some("req-1")
+//! );
 //! assert_eq!(handle.stats().written, 1);
 //! # }
 //! ```
