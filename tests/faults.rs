@@ -1624,8 +1624,7 @@ async fn pg_url() -> Option<String> {
             return None;
         }
     };
-    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-    {
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
         Ok(c) => c,
         Err(e) => panic!(
             "GUARDRAIL_TOWER_TEST_PG_URL is set but the server cannot be reached: {e} \

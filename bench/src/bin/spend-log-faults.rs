@@ -364,7 +364,11 @@ async fn outage(
     let rest = &pg[pg.find("://").map_or(0, |i| i + 3)..];
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
     let hostport = authority.rsplit('@').next().unwrap();
-    let target = tokio::net::lookup_host(hostport).await.unwrap().next().unwrap();
+    let target = tokio::net::lookup_host(hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
     let proxy = Proxy::start(target).await;
     let proxied = pg.replacen(hostport, &proxy.addr.to_string(), 1);
     let sep = if proxied.contains('?') { '&' } else { '?' };

@@ -961,7 +961,10 @@ mod tests {
         );
         assert_ne!(a, b);
         assert_ne!(a.as_str(), "same");
-        assert_eq!(uuid::Uuid::parse_str(a.as_str()).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(a.as_str()).unwrap().get_version_num(),
+            7
+        );
         // Stored: asking again gives the same id.
         assert_eq!(RequestId::get_or_insert(&mut first), a);
         assert_eq!(
@@ -969,7 +972,11 @@ mod tests {
             Some("same".to_owned())
         );
         assert_eq!(
-            first.extensions().get::<ClientRequestId>().unwrap().as_str(),
+            first
+                .extensions()
+                .get::<ClientRequestId>()
+                .unwrap()
+                .as_str(),
             "same"
         );
         assert_eq!(ClientRequestId::get_or_insert(&mut Request::new(())), None);

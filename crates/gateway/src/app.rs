@@ -19,11 +19,11 @@ use guardrail_tower_spend_log::{
 };
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
-use serde_json::json;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ServerBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
@@ -162,10 +162,7 @@ impl Gateway {
         connections.abort_all();
         while connections.join_next().await.is_some() {}
         let stats = self.writer.stats();
-        tracing::info!(
-            pending = stats.pending,
-            "flushing the spend log"
-        );
+        tracing::info!(pending = stats.pending, "flushing the spend log");
         match self.writer.shutdown().await {
             Ok(()) => tracing::info!(written = self.writer.stats().written, "spend log flushed"),
             Err(err) => tracing::error!(error = %err, "spend log not fully flushed at shutdown"),

@@ -346,7 +346,11 @@ impl GatewayConfig {
         let spend_logs_dead_letter_path = match string(&general, "spend_logs_dead_letter_path") {
             None => None,
             Some(path) => {
-                let line = line_of(text, Some("general_settings"), "spend_logs_dead_letter_path");
+                let line = line_of(
+                    text,
+                    Some("general_settings"),
+                    "spend_logs_dead_letter_path",
+                );
                 Some(PathBuf::from(resolve(
                     &path,
                     "general_settings.spend_logs_dead_letter_path",

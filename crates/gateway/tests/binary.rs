@@ -230,10 +230,7 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_flushes_every_row() 
     upstream.set_recording(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("spend.db");
-    let mut gateway = Process::start(&config(
-        &upstream,
-        &format!("sqlite://{}", db.display()),
-    ));
+    let mut gateway = Process::start(&config(&upstream, &format!("sqlite://{}", db.display())));
     let completed = Arc::new(AtomicU64::new(0));
     let broken = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicBool::new(false));
@@ -273,7 +270,10 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_flushes_every_row() 
     }
     let status = tokio::task::block_in_place(|| gateway.wait(Duration::from_secs(30)));
     assert!(status.success(), "{status:?}");
-    assert!(refused.load(Ordering::SeqCst), "new connections were refused");
+    assert!(
+        refused.load(Ordering::SeqCst),
+        "new connections were refused"
+    );
     assert_eq!(
         broken.load(Ordering::SeqCst),
         0,
@@ -286,7 +286,10 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_flushes_every_row() 
         .query(&SpendLogFilter::new())
         .await
         .unwrap();
-    eprintln!("SIGTERM under load: {responses} complete responses, {} rows", rows.len());
+    eprintln!(
+        "SIGTERM under load: {responses} complete responses, {} rows",
+        rows.len()
+    );
     assert_eq!(rows.len() as u64, responses, "rows == responses");
     assert!(rows.iter().all(|r| r.status.as_str() == "success"));
     let ids: std::collections::BTreeSet<_> = rows.iter().map(|r| &r.request_id).collect();
@@ -303,10 +306,11 @@ async fn pg() -> Option<(String, tokio_postgres::Client)> {
             return None;
         }
     };
-    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-    {
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
         Ok(c) => c,
-        Err(e) => panic!("GUARDRAIL_TOWER_TEST_PG_URL is set but the server cannot be reached: {e}"),
+        Err(e) => {
+            panic!("GUARDRAIL_TOWER_TEST_PG_URL is set but the server cannot be reached: {e}")
+        }
     };
     tokio::spawn(connection);
     Some((url, client))
@@ -397,6 +401,10 @@ async fn two_replicas_on_one_postgres_lose_no_row_and_collide_on_no_key() {
         .unwrap();
     assert_eq!(rows as u64, sent, "rows == requests");
     assert_eq!(keys, rows, "no key collision");
-    assert_eq!(client_ids as u64, sent / 2, "each client id twice, once per replica");
+    assert_eq!(
+        client_ids as u64,
+        sent / 2,
+        "each client id twice, once per replica"
+    );
     assert_eq!(successes, rows);
 }

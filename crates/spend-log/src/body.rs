@@ -545,7 +545,11 @@ mod tests {
             assert_eq!(scan(&[a, b]).0.as_deref(), Some(USAGE), "split at {at}");
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
-        assert_eq!(scan(&singles).0.as_deref(), Some(USAGE), "one byte per chunk");
+        assert_eq!(
+            scan(&singles).0.as_deref(),
+            Some(USAGE),
+            "one byte per chunk"
+        );
         for at in 0..bytes.len() {
             for len in [2, 3, 7] {
                 let end = (at + len).min(bytes.len());
@@ -564,7 +568,9 @@ mod tests {
             "a scalar is captured as it is (and then not used as usage)"
         );
         assert_eq!(
-            scan(&[br#"{"a":1,"\u0075sage":{"total_tokens":2}}"#]).0.as_deref(),
+            scan(&[br#"{"a":1,"\u0075sage":{"total_tokens":2}}"#])
+                .0
+                .as_deref(),
             Some(r#"{"total_tokens":2}"#)
         );
         assert_eq!(
@@ -575,10 +581,15 @@ mod tests {
             "the last one counts"
         );
         assert_eq!(
-            scan(&[br#"{"error":{"message":"no \"way\""}}"#]).1.as_deref(),
+            scan(&[br#"{"error":{"message":"no \"way\""}}"#])
+                .1
+                .as_deref(),
             Some(r#"{"message":"no \"way\""}"#)
         );
-        assert_eq!(scan(&[br#"{"error":"plain"}"#]).1.as_deref(), Some(r#""plain""#));
+        assert_eq!(
+            scan(&[br#"{"error":"plain"}"#]).1.as_deref(),
+            Some(r#""plain""#)
+        );
     }
 
     #[test]

@@ -355,7 +355,10 @@ mod tests {
         });
         let s = r.sanitized().unwrap();
         assert_eq!(s.user.as_deref(), Some("ab"));
-        assert_eq!(s.model, format!("{}…[truncated 248 bytes]", "é".repeat(476)));
+        assert_eq!(
+            s.model,
+            format!("{}…[truncated 248 bytes]", "é".repeat(476))
+        );
         assert_eq!(s.spend, 0.0);
         let e = s.metadata.error_information.as_ref().unwrap();
         assert_eq!(e.error_class, "x");

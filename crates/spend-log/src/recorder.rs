@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use guardrail_tower_core::{
-    Caller, CallType, ClientRequestId, Error, ErrorClass, GuardrailAction, GuardrailLog,
+    CallType, Caller, ClientRequestId, Error, ErrorClass, GuardrailAction, GuardrailLog,
     ParsedRequest, RequestId, ResponseReport, Usage,
 };
 use http::HeaderMap;
@@ -317,7 +317,10 @@ impl Recorder {
         }
         SpendRecord {
             request_id: self.request_id.as_str().to_owned(),
-            client_request_id: self.client_request_id.as_ref().map(|c| c.as_str().to_owned()),
+            client_request_id: self
+                .client_request_id
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             call_type: self.call_type.as_str().to_owned(),
             status,
             spend: self.settings.prices.cost(&model, &usage),

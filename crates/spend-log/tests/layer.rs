@@ -88,7 +88,10 @@ async fn a_successful_json_request_writes_every_field() {
         .service(upstream(response));
     let resp = svc.oneshot(chat_request(false)).await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-42");
-    let call_id = resp.headers()["x-litellm-call-id"].to_str().unwrap().to_owned();
+    let call_id = resp.headers()["x-litellm-call-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         resp.into_body().collect().await.unwrap().to_bytes(),
         CHAT_JSON
@@ -588,7 +591,10 @@ async fn reused_and_forged_request_ids_never_merge_or_hide_rows() {
             req.headers_mut()
                 .insert("x-request-id", client_id.parse().unwrap());
             let resp = svc.oneshot(req).await.unwrap();
-            let call_id = resp.headers()["x-litellm-call-id"].to_str().unwrap().to_owned();
+            let call_id = resp.headers()["x-litellm-call-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             assert_eq!(resp.headers()["x-request-id"], client_id.as_str());
             resp.into_body().collect().await.unwrap();
             call_id
@@ -672,7 +678,11 @@ async fn an_authenticated_caller_is_recorded_with_litellm_names() {
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 2);
     for r in &records {
-        assert_eq!(r.api_key, Some("f".repeat(64)), "the caller's hash, not the bearer's");
+        assert_eq!(
+            r.api_key,
+            Some("f".repeat(64)),
+            "the caller's hash, not the bearer's"
+        );
         let m = meta(r);
         assert_eq!(m["user_api_key_alias"], "ci-key");
         assert_eq!(m["user_api_key_user_id"], "user-7");
@@ -773,7 +783,11 @@ fn delivered_text(sse: &[u8]) -> String {
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -807,24 +821,32 @@ async fn a_stream_blocked_before_the_usage_event_records_an_estimate_of_what_was
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
-            Guardrails::new([no_corner(Some(guardrail_tower_core::StreamPolicy::Window {
-                chars: 8,
-                overlap: 8,
-            }))]),
+            Guardrails::new([no_corner(Some(
+                guardrail_tower_core::StreamPolicy::Window {
+                    chars: 8,
+                    overlap: 8,
+                },
+            ))]),
         ))
         .service(upstream(chat_stream(&texts, Some((12, 40)))));
     let resp = svc.oneshot(chat_request(true)).await.unwrap();
     let out = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&out).contains("no corners"));
     let delivered = delivered_text(&out);
-    assert!(!delivered.is_empty() && !delivered.contains("corner"), "{delivered:?}");
+    assert!(
+        !delivered.is_empty() && !delivered.contains("corner"),
+        "{delivered:?}"
+    );
     let records = records(handle, rx).await;
     let r = &records[0];
     assert_eq!(r.status, SpendStatus::Failure);
     let chars = delivered.chars().count() as u64;
     assert_eq!(r.completion_tokens, chars.div_ceil(4), "{delivered:?}");
     // The prompt, "hi": one token.
-    assert_eq!((r.prompt_tokens, r.total_tokens), (1, 1 + chars.div_ceil(4)));
+    assert_eq!(
+        (r.prompt_tokens, r.total_tokens),
+        (1, 1 + chars.div_ceil(4))
+    );
     assert!(r.metadata.usage_estimated);
     assert_eq!(meta(r)["usage_estimated"], true);
 }
@@ -836,7 +858,9 @@ async fn a_stream_blocked_after_the_usage_event_records_the_upstream_usage() {
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
-            Guardrails::new([no_corner(Some(guardrail_tower_core::StreamPolicy::EndOfStream))]),
+            Guardrails::new([no_corner(Some(
+                guardrail_tower_core::StreamPolicy::EndOfStream,
+            ))]),
         ))
         .service(upstream(chat_stream(&texts, Some((12, 40)))));
     let resp = svc.oneshot(chat_request(true)).await.unwrap();

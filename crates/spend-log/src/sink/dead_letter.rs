@@ -116,11 +116,7 @@ impl DeadLetter {
         {
             tracing::error!(error = %e, "spend log: cannot start the dead-letter thread");
         }
-        DeadLetter {
-            tx,
-            path,
-            counters,
-        }
+        DeadLetter { tx, path, counters }
     }
 
     pub(crate) fn path(&self) -> &Path {

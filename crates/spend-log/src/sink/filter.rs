@@ -592,7 +592,10 @@ mod tests {
             "api_key=sk-test-123&user_id=u%401&client_request_id=mine&summarize=false&limit=1000",
         )
         .unwrap();
-        assert_eq!(f.api_key.as_deref(), Some(sha256_hex("sk-test-123").as_str()));
+        assert_eq!(
+            f.api_key.as_deref(),
+            Some(sha256_hex("sk-test-123").as_str())
+        );
         assert_eq!(f.api_key.as_ref().unwrap().len(), 64);
         assert_eq!(f.user_id.as_deref(), Some("u@1"));
         assert_eq!(f.client_request_id.as_deref(), Some("mine"));

@@ -87,7 +87,8 @@ pub use channel::ChannelSink;
 pub use dead_letter::DeadLetterEntry;
 pub use error::{SinkError, SinkErrorKind};
 pub use filter::{
-    BlockSummaryRow, DEFAULT_QUERY_LIMIT, FilterError, MAX_QUERY_LIMIT, SpendLogFilter, SpendLogQuery,
+    BlockSummaryRow, DEFAULT_QUERY_LIMIT, FilterError, MAX_QUERY_LIMIT, SpendLogFilter,
+    SpendLogQuery,
 };
 pub use jsonl::JsonlSink;
 #[cfg(feature = "postgres")]

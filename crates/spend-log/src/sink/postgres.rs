@@ -215,7 +215,8 @@ impl PostgresSink {
         let t = quote_ident(&self.table);
         let idx = |name: &str| quote_ident(&format!("{}_{name}_idx", self.table));
         let (start_idx, status_idx) = (idx("startTime"), idx("status"));
-        let (client_idx, key_idx, user_idx) = (idx("client_request_id"), idx("api_key"), idx("user"));
+        let (client_idx, key_idx, user_idx) =
+            (idx("client_request_id"), idx("api_key"), idx("user"));
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {t} (
                 request_id TEXT PRIMARY KEY,
@@ -235,7 +236,6 @@ impl PostgresSink {
                 \"completionStartTime\" TIMESTAMPTZ,
                 metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb
             );
-            ALTER TABLE {t} ADD COLUMN IF NOT EXISTS client_request_id TEXT;
             CREATE INDEX IF NOT EXISTS {start_idx} ON {t} (\"startTime\");
             CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);
             CREATE INDEX IF NOT EXISTS {client_idx} ON {t} (client_request_id);
@@ -252,6 +252,28 @@ impl PostgresSink {
         )
         .await
         .map_err(schema_error)?;
+        // A table from an earlier version lacks `client_request_id`. Checked first: `ALTER
+        // TABLE` takes an exclusive lock even when there is nothing to add, and every replica
+        // runs this on every reconnect.
+        let missing: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_class c
+                 WHERE c.oid = to_regclass($1)
+                   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                       AND a.attname = 'client_request_id' AND NOT a.attisdropped)",
+                &[&t],
+            )
+            .await
+            .map_err(schema_error)?
+            .get(0);
+        if missing > 0 {
+            tracing::info!(table = %self.table, "spend log: adding client_request_id to an existing table");
+            tx.batch_execute(&format!(
+                "ALTER TABLE {t} ADD COLUMN client_request_id TEXT"
+            ))
+            .await
+            .map_err(schema_error)?;
+        }
         tx.batch_execute(&create).await.map_err(schema_error)?;
         tx.commit().await.map_err(schema_error)?;
 
@@ -318,7 +340,10 @@ impl PostgresSink {
         let timeout = || {
             SinkError::new(
                 SinkErrorKind::Timeout,
-                format!("{what}: no answer from PostgreSQL within {:?}", self.op_timeout),
+                format!(
+                    "{what}: no answer from PostgreSQL within {:?}",
+                    self.op_timeout
+                ),
             )
         };
         let deadline = tokio::time::Instant::now() + self.op_timeout;
@@ -409,7 +434,11 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
     };
     // The server's message and code (not its detail, which may quote the row's values).
     let message = match e.as_db_error() {
-        Some(db) => format!("{context}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        Some(db) => format!(
+            "{context}: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ),
         None => context.to_owned(),
     };
     SinkError::new(kind, message).with_source(e)

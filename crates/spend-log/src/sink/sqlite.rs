@@ -199,9 +199,9 @@ impl SqliteSink {
     ) -> Result<T, SinkError> {
         let (tx, rx) = oneshot::channel();
         jobs.send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
-            }))
-            .map_err(|_| SinkError::closed("the SQLite thread has exited"))?;
+            let _ = tx.send(f(conn));
+        }))
+        .map_err(|_| SinkError::closed("the SQLite thread has exited"))?;
         rx.await.map_err(|_| {
             SinkError::closed("the SQLite thread dropped an operation (it panicked)")
         })?
@@ -250,7 +250,11 @@ fn open_connection(
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
     let created = create_or_migrate(&conn, table, &t, &start_idx, &status_idx);
-    let end = if created.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let end = if created.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
     conn.execute_batch(end)
         .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
     created?;
@@ -268,7 +272,10 @@ fn create_or_migrate(
     let fail = |e| sql_error(&format!("cannot create the table {table}"), e);
     let existing: Vec<String> = {
         let mut stmt = conn
-            .prepare(&format!("SELECT name FROM pragma_table_info({})", quote_literal(table)))
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info({})",
+                quote_literal(table)
+            ))
             .map_err(fail)?;
         stmt.query_map([], |row| row.get::<_, String>(0))
             .map_err(fail)?
@@ -276,9 +283,14 @@ fn create_or_migrate(
             .map_err(fail)?
     };
     if !existing.is_empty() && !existing.iter().any(|c| c == "client_request_id") {
-        tracing::info!(table, "spend log: adding client_request_id to an existing table");
-        conn.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN client_request_id TEXT"))
-            .map_err(|e| sql_error(&format!("cannot migrate the table {table}"), e))?;
+        tracing::info!(
+            table,
+            "spend log: adding client_request_id to an existing table"
+        );
+        conn.execute_batch(&format!(
+            "ALTER TABLE {t} ADD COLUMN client_request_id TEXT"
+        ))
+        .map_err(|e| sql_error(&format!("cannot migrate the table {table}"), e))?;
     }
     let client_idx = quote_ident(&format!("{table}_client_request_id_idx"));
     let key_idx = quote_ident(&format!("{table}_api_key_idx"));

@@ -530,11 +530,9 @@ impl Shared {
     fn dead_letter(&self, record: SpendRecord, reason: Reason, error: Option<String>) {
         match &self.dead_letter {
             Some(dead_letter) => dead_letter.send(record, reason, error),
-            None => self.counters.lose(
-                &record.request_id,
-                1,
-                "no dead-letter file is configured",
-            ),
+            None => self
+                .counters
+                .lose(&record.request_id, 1, "no dead-letter file is configured"),
         }
     }
 

@@ -552,7 +552,11 @@ async fn pg_an_old_table_is_migrated_in_place() {
         .await
         .unwrap();
     assert_eq!(
-        (old.len(), old[0].client_request_id.clone(), old[0].total_tokens),
+        (
+            old.len(),
+            old[0].client_request_id.clone(),
+            old[0].total_tokens
+        ),
         (1, None, 3)
     );
     let new = full_record("0198a8a0-0000-7000-8000-000000000002");
@@ -677,7 +681,11 @@ async fn pg_rejected_rows_are_sanitized_or_dead_lettered_and_later_rows_land() {
     );
     let stored = get("huge-user").await;
     let user = stored.user.unwrap();
-    assert!(user.len() <= 1000 && user.ends_with("…[truncated 99048 bytes]"), "{}", user.len());
+    assert!(
+        user.len() <= 1000 && user.ends_with("…[truncated 99048 bytes]"),
+        "{}",
+        user.len()
+    );
     let letters: Vec<guardrail_tower_spend_log::DeadLetterEntry> = std::fs::read_to_string(&dead)
         .unwrap()
         .lines()

@@ -453,7 +453,11 @@ async fn a_database_locked_under_load_loses_nothing_and_holds_a_bounded_queue() 
         assert_eq!(stats.dropped, 0, "{stats:?}");
         assert_eq!(rows as u64, stats.written, "{stats:?}");
         assert_eq!(letters, stats.dead_lettered);
-        assert_eq!(rows as u64 + letters, total, "rows + dead letters == requests");
+        assert_eq!(
+            rows as u64 + letters,
+            total,
+            "rows + dead letters == requests"
+        );
         if capacity >= tasks * each {
             assert_eq!((rows as u64, letters), (total, 0), "nothing overflowed");
         } else {

@@ -74,10 +74,9 @@ impl SpendLogSink for MemSink {
                 return Err(SinkError::new(kind, "test sink refuses"));
             }
             // Like PostgreSQL: a NUL byte or the model `reject-me` fails the whole batch.
-            if records
-                .iter()
-                .any(|r| r.user.as_deref().is_some_and(|u| u.contains('\0')) || r.model == "reject-me")
-            {
+            if records.iter().any(|r| {
+                r.user.as_deref().is_some_and(|u| u.contains('\0')) || r.model == "reject-me"
+            }) {
                 return Err(SinkError::new(
                     SinkErrorKind::Rejected,
                     "invalid byte sequence for encoding \"UTF8\": 0x00",
@@ -191,7 +190,12 @@ async fn queue_full_with_drop_policy_counts_what_did_not_fit() {
     // 8 fit in the queue; 12 did not.
     let stats = handle.stats();
     assert_eq!(
-        (stats.dropped, stats.queued, stats.pending, stats.queue_depth),
+        (
+            stats.dropped,
+            stats.queued,
+            stats.pending,
+            stats.queue_depth
+        ),
         (12, 21, 9, 8)
     );
     assert_eq!(handle.dropped(), 12);
@@ -252,7 +256,10 @@ async fn queue_full_sends_what_does_not_fit_to_the_dead_letter_file() {
     );
     let letters = dead_letters(&path);
     assert_eq!(
-        letters.iter().map(|l| l.record.request_id.clone()).collect::<Vec<_>>(),
+        letters
+            .iter()
+            .map(|l| l.record.request_id.clone())
+            .collect::<Vec<_>>(),
         (9..=25).map(|i| rec(i).request_id).collect::<Vec<_>>()
     );
     assert!(letters.iter().all(|l| l.reason == "queue_full"));
@@ -265,7 +272,12 @@ async fn queue_full_sends_what_does_not_fit_to_the_dead_letter_file() {
     assert_eq!(ids, (0..=8).map(|i| rec(i).request_id).collect());
     let stats = handle.stats();
     assert_eq!(
-        (stats.written, stats.dead_lettered, stats.dropped, stats.pending),
+        (
+            stats.written,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.pending
+        ),
         (9, 17, 0, 0)
     );
 }
@@ -301,7 +313,10 @@ async fn a_rejected_row_is_sanitized_or_dead_lettered_and_the_queue_keeps_flowin
 
     let rows = sink.rows.lock().unwrap().clone();
     assert_eq!(rows.len(), 29);
-    let stored = rows.iter().find(|r| r.request_id == nul.request_id).unwrap();
+    let stored = rows
+        .iter()
+        .find(|r| r.request_id == nul.request_id)
+        .unwrap();
     assert_eq!(stored.user.as_deref(), Some("baduser"));
     assert!(stored.metadata.sanitized);
     assert!(!rows.iter().any(|r| r.request_id == hopeless.request_id));
@@ -310,7 +325,11 @@ async fn a_rejected_row_is_sanitized_or_dead_lettered_and_the_queue_keeps_flowin
     assert_eq!(letters[0].record, hopeless, "the original, whole");
     assert_eq!(letters[0].reason, "rejected");
     assert!(
-        letters[0].error.as_deref().unwrap().contains("invalid byte sequence"),
+        letters[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("invalid byte sequence"),
         "{:?}",
         letters[0].error
     );
@@ -363,7 +382,12 @@ async fn without_a_dead_letter_file_rejected_rows_are_dropped_and_counted() {
     handle.shutdown().await.unwrap();
     let stats = handle.stats();
     assert_eq!(
-        (stats.written, stats.dead_lettered, stats.dropped, stats.pending),
+        (
+            stats.written,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.pending
+        ),
         (1, 0, 1, 0)
     );
 }
@@ -454,7 +478,12 @@ async fn shutdown_dead_letters_what_a_dead_sink_never_took() {
     assert!(msg.contains("test sink is down"), "{msg}");
     let stats = handle.stats();
     assert_eq!(
-        (stats.written, stats.dead_lettered, stats.dropped, stats.pending),
+        (
+            stats.written,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.pending
+        ),
         (0, 10, 0, 0),
         "flushed to the dead-letter file before shutdown returned"
     );
