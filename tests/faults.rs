@@ -200,7 +200,7 @@ general_settings:
         let mut last = String::new();
         for _ in 0..400 {
             let resp = fetch(
-                Request::get(self.url("/spend/logs"))
+                Request::get(self.url("/spend/logs?limit=1000"))
                     .body(Full::default())
                     .unwrap(),
             )
@@ -210,7 +210,7 @@ general_settings:
                 if rows.len() >= sent.len() {
                     let by_id: BTreeMap<String, Value> = rows
                         .into_iter()
-                        .map(|r| (r["request_id"].as_str().unwrap().to_owned(), r))
+                        .map(|r| (r["client_request_id"].as_str().unwrap().to_owned(), r))
                         .collect();
                     let ids: BTreeSet<String> = by_id.keys().cloned().collect();
                     assert_eq!(ids, sent, "one spend-log record per request, no others");
@@ -1630,14 +1630,33 @@ async fn join_all<F: std::future::Future<Output = Got>>(futures: Vec<F>) -> Vec<
 // Spend-log database faults (PostgreSQL through a proxy)
 // ---------------------------------------------------------------------------------------------
 
-fn pg_url() -> Option<String> {
-    match std::env::var("GUARDRAIL_TOWER_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
+/// The test server's URL with a fresh schema of the test's own in its `search_path` (so tests
+/// running in parallel never share a table): `None` (and a line saying the test was skipped)
+/// when `GUARDRAIL_TOWER_TEST_PG_URL` is unset; a failure when it is set and the server cannot
+/// be reached.
+async fn pg_url() -> Option<String> {
+    let url = match std::env::var("GUARDRAIL_TOWER_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => url,
         _ => {
             eprintln!("skipped: GUARDRAIL_TOWER_TEST_PG_URL is not set");
-            None
+            return None;
         }
-    }
+    };
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GUARDRAIL_TOWER_TEST_PG_URL is set but the server cannot be reached: {e} \
+             (unset it to skip the PostgreSQL tests)"
+        ),
+    };
+    tokio::spawn(connection);
+    let schema = format!("gt_faults_{}_{}", std::process::id(), unique());
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
 }
 
 /// A TCP proxy in front of the server that can be taken down (existing connections cut, new
@@ -1751,7 +1770,7 @@ async fn wait_for_ids(h: &Harness, ids: &[String], bound: Duration) -> Duration 
         let mut still = Vec::new();
         for id in &missing {
             let got = fetch(
-                Request::get(h.url(&format!("/spend/logs?request_id={id}")))
+                Request::get(h.url(&format!("/spend/logs?client_request_id={id}")))
                     .body(Full::default())
                     .unwrap(),
             )
@@ -1793,7 +1812,7 @@ async fn clean_burst(h: &Harness, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_spend_log_down_at_start_the_gateway_serves_and_writes_once_it_is_up() {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = pg_url().await else { return };
     let proxy = Proxy::start(pg_server(&url).await, false).await;
     let proxied = via(&url, proxy.addr);
     let start = Instant::now();
@@ -1837,7 +1856,7 @@ async fn pg_spend_log_down_at_start_the_gateway_serves_and_writes_once_it_is_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_spend_log_outage_mid_run_loses_no_record() {
-    let Some(url) = pg_url() else { return };
+    let Some(url) = pg_url().await else { return };
     let proxy = Proxy::start(pg_server(&url).await, true).await;
     let proxied = via(&url, proxy.addr);
     let h = Harness::start(
@@ -1877,4 +1896,96 @@ async fn pg_spend_log_outage_mid_run_loses_no_record() {
         (34, 34, 0, 0),
         "{stats:?}"
     );
+}
+
+/// The database stopped and started while 16 clients keep sending (a mix of JSON and streams):
+/// every request is served, the queue holds what the database cannot take (bounded by its
+/// capacity: nothing is dead-lettered at this size), and once it is back, rows == requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_spend_log_stopped_and_started_under_load_loses_no_row() {
+    let Some(url) = pg_url().await else { return };
+    let proxy = Arc::new(Proxy::start(pg_server(&url).await, true).await);
+    let h = Arc::new(
+        Harness::start(
+            "pgload",
+            Setup {
+                spend_logs: Some(via(&url, proxy.addr)),
+                ..Setup::default()
+            },
+        )
+        .await,
+    );
+    let done = Arc::new(AtomicUsize::new(0));
+    let max_depth = Arc::new(AtomicUsize::new(0));
+    let (down_at, up_at, stop_at) = (100, 350, 500);
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (h, proxy, done, max_depth) = (
+                Arc::clone(&h),
+                Arc::clone(&proxy),
+                Arc::clone(&done),
+                Arc::clone(&max_depth),
+            );
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let n = done.load(Ordering::SeqCst);
+                    if n >= stop_at {
+                        break;
+                    }
+                    // The outage follows the load (counted, not timed).
+                    if n == down_at {
+                        proxy.down();
+                    } else if n == up_at {
+                        proxy.up();
+                    }
+                    let got = fetch(h.post(
+                        "/v1/chat/completions",
+                        &chat("gpt-post", &format!("hello {w} {i}"), i % 2 == 1),
+                        &[],
+                    ))
+                    .await;
+                    assert_eq!(got.status, 200, "{got:?}");
+                    assert!(got.failed.is_none(), "{got:?}");
+                    max_depth.fetch_max(h.spend.stats().queue_depth as usize, Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    proxy.up();
+    let during = h.spend.stats();
+    assert!(during.failed_writes >= 1, "the outage was felt: {during:?}");
+    let ids: Vec<String> = h.sent.lock().unwrap().clone();
+    let took = wait_for_ids(&h, &ids, Duration::from_secs(30)).await;
+    let stats = h.spend.stats();
+    eprintln!(
+        "{} requests under load, database down for ~{} of them: all rows written {took:?} after \
+         the load; deepest queue {} records; {stats:?}",
+        ids.len(),
+        up_at - down_at,
+        max_depth.load(Ordering::SeqCst)
+    );
+    assert!(max_depth.load(Ordering::SeqCst) <= 10_000);
+    assert_eq!(
+        (
+            stats.queued,
+            stats.written,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.pending
+        ),
+        (ids.len() as u64, ids.len() as u64, 0, 0, 0),
+        "{stats:?}"
+    );
+    let got = fetch(
+        Request::get(h.url("/spend/logs?limit=1000"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let rows: Vec<Value> = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(rows.len(), ids.len(), "rows == requests");
 }

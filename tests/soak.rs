@@ -357,7 +357,7 @@ general_settings:
     // A few records, looked up by id, are the request they stand for.
     for w in [0, concurrency / 2, concurrency - 1] {
         let id = format!("{tag}-{w}-0");
-        let rows = get(&url, &format!("/spend/logs?request_id={id}")).await;
+        let rows = get(&url, &format!("/spend/logs?client_request_id={id}")).await;
         assert_eq!(rows.as_array().map(Vec::len), Some(1), "{id}: {rows}");
     }
 

@@ -78,8 +78,8 @@ pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus,
 pub use order::{Layer, enter_layer};
 pub use report::ResponseReport;
 pub use request::{
-    BufferRequest, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest, RequestId, X_REQUEST_ID,
-    call_type_of, set_buffered_body,
+    BufferRequest, ClientRequestId, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest,
+    RequestId, X_LITELLM_CALL_ID, X_REQUEST_ID, call_type_of, set_buffered_body,
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,

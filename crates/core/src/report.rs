@@ -1,5 +1,6 @@
 //! What a response turned out to be, shared between layers by handle.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Usage};
@@ -12,7 +13,15 @@ use crate::{Error, Usage};
 /// fills it and marks the response as observed.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseReport {
-    inner: Arc<Mutex<ReportInner>>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    report: Mutex<ReportInner>,
+    /// Characters of response text released to the client (counted on every event: an atomic,
+    /// not the lock).
+    delivered_chars: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -29,7 +38,10 @@ impl ResponseReport {
     }
 
     fn lock(&self) -> MutexGuard<'_, ReportInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Marks the response body as read by an inner layer, which reports its usage and in-band
@@ -65,5 +77,40 @@ impl ResponseReport {
     /// The first in-band error, if any.
     pub fn in_band_error(&self) -> Option<Error> {
         self.lock().in_band_error.clone()
+    }
+
+    /// Counts `text` as response text released to the client (the text deltas of a stream, as
+    /// sent). When a stream ends early (a block, a failure, a client that left) without the
+    /// upstream's usage, the spend log estimates the completion tokens from this.
+    pub fn add_delivered_text(&self, text: &str) {
+        if !text.is_empty() {
+            let chars = text.chars().count() as u64;
+            self.inner
+                .delivered_chars
+                .fetch_add(chars, Ordering::Relaxed);
+        }
+    }
+
+    /// Characters of response text released to the client so far (see
+    /// [`add_delivered_text`](ResponseReport::add_delivered_text)).
+    pub fn delivered_chars(&self) -> u64 {
+        self.inner.delivered_chars.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_text_is_counted_in_characters_across_clones() {
+        let report = ResponseReport::new();
+        let handle = report.clone();
+        assert_eq!(report.delivered_chars(), 0);
+        handle.add_delivered_text("héllo ");
+        handle.add_delivered_text("");
+        report.add_delivered_text("世界");
+        assert_eq!(report.delivered_chars(), 8);
+        assert_eq!(handle.delivered_chars(), 8);
     }
 }

@@ -2,12 +2,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post_service};
-use axum::serve::ListenerExt;
 use guardrail_tower_core::{CallType, Error, Guardrails};
 use guardrail_tower_error::ErrorNormalizeLayer;
 use guardrail_tower_guardrails::HttpClient;
@@ -19,7 +19,12 @@ use guardrail_tower_spend_log::{
 };
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ServerBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
 
@@ -30,6 +35,7 @@ use crate::upstream::Forward;
 pub struct Gateway {
     router: Router,
     writer: SpendLogHandle,
+    grace: Duration,
     warnings: Vec<String>,
     // Keeps the temporary spend-log file of a config without `spend_logs`.
     _temp: Option<tempfile::TempDir>,
@@ -56,11 +62,22 @@ impl Gateway {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let (writer, store, temp) = open_spend_logs(config.spend_logs.as_ref()).await?;
+        let mut settings = SpendLogWriter::new().capacity(config.spend_logs_queue_size);
+        if let Some(path) = &config.spend_logs_dead_letter_path {
+            settings = settings.dead_letter_path(path);
+        }
+        let (writer, store, temp) = open_spend_logs(config.spend_logs.as_ref(), settings).await?;
+        if let Some(path) = writer.dead_letter_path() {
+            tracing::info!(
+                path = %path.display(),
+                "spend log: records the database rejects go to this dead-letter file"
+            );
+        }
         let router = router(&config, writer.clone(), store, HttpClient::new());
         Ok(Gateway {
             router,
             writer,
+            grace: config.graceful_shutdown_timeout,
             warnings: config.warnings,
             _temp: temp,
         })
@@ -81,25 +98,74 @@ impl Gateway {
         &self.writer
     }
 
-    /// Serves on `listener` until `shutdown` resolves, lets in-flight requests finish, then
+    /// Serves on `listener` until `shutdown` resolves; then stops accepting connections, lets
+    /// in-flight requests finish for at most the grace period (`graceful_shutdown_timeout`,
+    /// default 30 s; requests still running then are cut, and recorded as failures), and
     /// flushes the spend log.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        // Without TCP_NODELAY, each small SSE event waits for the client's delayed ACK
-        // (Nagle's algorithm): tens of milliseconds per event.
-        let listener = listener.tap_io(|socket| {
-            if let Err(err) = socket.set_nodelay(true) {
-                tracing::warn!(error = %err, "could not set TCP_NODELAY");
+        let graceful = GracefulShutdown::new();
+        let builder = ServerBuilder::new(TokioExecutor::new());
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(err) => {
+                            // Out of file descriptors and the like: back off a moment.
+                            tracing::warn!(error = %err, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Without TCP_NODELAY, each small SSE event waits for the client's delayed
+                    // ACK (Nagle's algorithm): tens of milliseconds per event.
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::warn!(error = %err, "could not set TCP_NODELAY");
+                    }
+                    let service = TowerToHyperService::new(self.router.clone());
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    connections.spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                () = &mut shutdown => break,
             }
-        });
-        axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        if let Err(err) = self.writer.shutdown().await {
-            tracing::error!(error = %err, "spend log not fully flushed at shutdown");
+        }
+        drop(listener);
+        let in_flight = connections.len();
+        tracing::info!(
+            connections = in_flight,
+            grace = ?self.grace,
+            "stopped accepting connections; waiting for in-flight requests"
+        );
+        if tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = connections.len(),
+                grace = ?self.grace,
+                "the shutdown grace period passed: cutting the requests still running"
+            );
+        }
+        // Cut what is left; their spend-log records are written (as failures) as they drop.
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        let stats = self.writer.stats();
+        tracing::info!(pending = stats.pending, "flushing the spend log");
+        match self.writer.shutdown().await {
+            Ok(()) => tracing::info!(written = self.writer.stats().written, "spend log flushed"),
+            Err(err) => tracing::error!(error = %err, "spend log not fully flushed at shutdown"),
         }
         Ok(())
     }
@@ -115,14 +181,11 @@ fn sink_error(e: impl std::fmt::Display) -> ConfigError {
 
 async fn open_spend_logs(
     target: Option<&SpendLogsTarget>,
+    settings: SpendLogWriter,
 ) -> Result<(SpendLogHandle, Store, Option<tempfile::TempDir>), ConfigError> {
-    fn start<S: SpendLogSink + SpendLogStore>(sink: S) -> (SpendLogHandle, Store) {
-        let sink = Arc::new(sink);
-        (SpendLogWriter::new().spawn(sink.clone()), sink)
-    }
     Ok(match target {
         Some(SpendLogsTarget::Sqlite(path)) => {
-            let (w, s) = start(SqliteSink::open(path).await.map_err(sink_error)?);
+            let (w, s) = start_writer(SqliteSink::open(path).await.map_err(sink_error)?, settings);
             (w, s, None)
         }
         Some(SpendLogsTarget::Postgres(url)) => {
@@ -140,11 +203,11 @@ async fn open_spend_logs(
                 }
                 Err(e) => return Err(sink_error(e)),
             };
-            let (w, s) = start(sink);
+            let (w, s) = start_writer(sink, settings);
             (w, s, None)
         }
         Some(SpendLogsTarget::Jsonl(path)) => {
-            let (w, s) = start(JsonlSink::open(path).await.map_err(sink_error)?);
+            let (w, s) = start_writer(JsonlSink::open(path).await.map_err(sink_error)?, settings);
             (w, s, None)
         }
         None => {
@@ -156,10 +219,18 @@ async fn open_spend_logs(
             let sink = SqliteSink::open(dir.path().join("spend_logs.db"))
                 .await
                 .map_err(sink_error)?;
-            let (w, s) = start(sink);
+            let (w, s) = start_writer(sink, settings);
             (w, s, Some(dir))
         }
     })
+}
+
+fn start_writer<S: SpendLogSink + SpendLogStore>(
+    sink: S,
+    settings: SpendLogWriter,
+) -> (SpendLogHandle, Store) {
+    let sink = Arc::new(sink);
+    (settings.spawn(sink.clone()), sink)
 }
 
 /// The gateway's routes: every LLM endpoint gets the whole stack, in this order (outermost
@@ -238,15 +309,28 @@ fn internal(message: String) -> Response {
         .map(axum::body::Body::from)
 }
 
-/// `GET /spend/logs?request_id=&start_date=&end_date=&status=&limit=&offset=`: records, newest
-/// first.
+/// `GET /spend/logs?request_id=&client_request_id=&api_key=&user_id=&start_date=&end_date=
+/// &status=&limit=&offset=`: records, newest first, as a JSON array (LiteLLM's shape), at most
+/// `limit` (default 100, at most 1,000) after skipping `offset`. A full page carries
+/// `x-next-offset`, the `offset` of the next page. A parameter that cannot be read is a 400
+/// naming it.
 async fn spend_logs(State(store): State<Store>, RawQuery(query): RawQuery) -> Response {
     let filter = match SpendLogFilter::from_query_string(query.as_deref().unwrap_or("")) {
         Ok(filter) => filter,
         Err(e) => return bad_request(e.to_string(), e.param()),
     };
     match store.query(&filter).await {
-        Ok(records) => axum::Json(records).into_response(),
+        Ok(records) => {
+            let full = filter.limit.is_some_and(|l| records.len() as u64 >= l);
+            let next = filter.offset + records.len() as u64;
+            let mut response = axum::Json(records).into_response();
+            if full {
+                response
+                    .headers_mut()
+                    .insert("x-next-offset", http::HeaderValue::from(next));
+            }
+            response
+        }
         Err(e) => internal(format!("spend log query failed: {e}")),
     }
 }

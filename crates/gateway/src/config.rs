@@ -26,6 +26,11 @@
 //!                                          # | {buffer_all: {max_bytes, on_overflow}}
 //! general_settings:
 //!   spend_logs: sqlite://spend_logs.db     # | postgres://... | jsonl://path
+//!   spend_logs_dead_letter_path: /var/lib/gateway/spend.dead-letter.jsonl
+//!                                          # default: beside the SQLite/JSONL file, or
+//!                                          # ./spend_logs.dead-letter.jsonl for PostgreSQL
+//!   spend_logs_queue_size: 10000           # records held in memory while the database is slow
+//!   graceful_shutdown_timeout: 30          # seconds in-flight requests get after SIGTERM
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
 //!   max_request_body_bytes: 16777216
@@ -157,6 +162,15 @@ pub struct GatewayConfig {
     pub spend_logs: Option<SpendLogsTarget>,
     /// Keep guardrail responses (which may quote prompts) in spend logs.
     pub store_prompts_in_spend_logs: bool,
+    /// Where records the database rejects (or that do not fit in the queue) go; `None`: the
+    /// sink's default (beside the SQLite or JSON lines file; `./spend_logs.dead-letter.jsonl`
+    /// for PostgreSQL).
+    pub spend_logs_dead_letter_path: Option<PathBuf>,
+    /// How many records the spend-log queue holds (default 10,000).
+    pub spend_logs_queue_size: usize,
+    /// How long in-flight requests may run after a shutdown signal before they are cut
+    /// (default 30 s).
+    pub graceful_shutdown_timeout: Duration,
     /// The longest an upstream may take to answer (a 504), and the longest it may go silent
     /// mid-response (the response body then fails).
     pub request_timeout: Duration,
@@ -270,6 +284,9 @@ const MODEL_PARAMS: &[&str] = &[
 ];
 const GENERAL: &[&str] = &[
     "spend_logs",
+    "spend_logs_dead_letter_path",
+    "spend_logs_queue_size",
+    "graceful_shutdown_timeout",
     "store_prompts_in_spend_logs",
     "request_timeout",
     "max_request_body_bytes",
@@ -355,10 +372,46 @@ impl GatewayConfig {
                 )
             })?,
         };
+        let spend_logs_dead_letter_path = match string(&general, "spend_logs_dead_letter_path") {
+            None => None,
+            Some(path) => {
+                let line = line_of(
+                    text,
+                    Some("general_settings"),
+                    "spend_logs_dead_letter_path",
+                );
+                Some(PathBuf::from(resolve(
+                    &path,
+                    "general_settings.spend_logs_dead_letter_path",
+                    line,
+                    env,
+                )?))
+            }
+        };
+        let positive = |key: &str| -> Result<Option<&Value>, ConfigError> {
+            match general.get(key) {
+                None => Ok(None),
+                Some(v) if v.as_f64().is_some_and(|n| n > 0.0) => Ok(Some(v)),
+                Some(_) => Err(ConfigError::new(
+                    format!("general_settings.{key}"),
+                    line_of(text, Some("general_settings"), key),
+                    "must be a positive number",
+                )),
+            }
+        };
+        let spend_logs_queue_size = positive("spend_logs_queue_size")?
+            .and_then(Value::as_u64)
+            .map_or(10_000, |n| n as usize);
+        let graceful_shutdown_timeout = positive("graceful_shutdown_timeout")?
+            .and_then(seconds)
+            .unwrap_or(Duration::from_secs(30));
         Ok(GatewayConfig {
             deployments,
             guardrails,
             spend_logs,
+            spend_logs_dead_letter_path,
+            spend_logs_queue_size,
+            graceful_shutdown_timeout,
             store_prompts_in_spend_logs: general
                 .get("store_prompts_in_spend_logs")
                 .and_then(Value::as_bool)

@@ -65,7 +65,10 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    tracing::info!("shutting down: finishing in-flight requests and flushing the spend log");
+    tracing::info!(
+        "shutting down: no new connections; finishing in-flight requests (bounded by \
+         general_settings.graceful_shutdown_timeout), then flushing the spend log"
+    );
 }
 
 async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
@@ -90,6 +93,8 @@ async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The bound address (with `--listen 127.0.0.1:0`, the port the system chose).
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "guardrail-gateway listening");
     match gateway.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +134,8 @@ async fn run(cli: Cli) -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,

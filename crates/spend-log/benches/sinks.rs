@@ -32,6 +32,7 @@ fn record() -> SpendRecord {
     let now = SystemTime::now();
     SpendRecord {
         request_id: format!("bench-{}-{id}", std::process::id()),
+        client_request_id: None,
         call_type: "acompletion".into(),
         status: SpendStatus::Success,
         model: "gpt-4o-mini".into(),

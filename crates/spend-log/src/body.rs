@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use guardrail_tower_core::sse::SseDecoder;
 use guardrail_tower_core::{CallType, Error, Usage};
 use http::StatusCode;
@@ -13,28 +13,17 @@ use serde_json::Value;
 
 use crate::recorder::{Ending, Recorder};
 
-/// The most bytes of a JSON response kept (as shared chunks, not copies) to read its usage.
-const MAX_JSON_CAPTURE: usize = 4 * 1024 * 1024;
-
 /// Reads usage and errors from a response body as it passes, when no inner layer reports them.
 pub(crate) enum Observer {
-    /// A JSON body: its chunks are kept (shared, not copied) and parsed at the end.
-    Json {
-        chunks: Vec<Bytes>,
-        len: usize,
-        overflow: bool,
-    },
+    /// A JSON body: scanned incrementally for its top-level `usage` (and `error`) members.
+    Json(Box<JsonScanner>),
     /// An SSE stream: decoded incrementally for usage events and in-band errors.
     Sse { decoder: Box<SseDecoder> },
 }
 
 impl Observer {
     pub(crate) fn json() -> Self {
-        Observer::Json {
-            chunks: Vec::new(),
-            len: 0,
-            overflow: false,
-        }
+        Observer::Json(Box::default())
     }
 
     pub(crate) fn sse() -> Self {
@@ -45,19 +34,7 @@ impl Observer {
 
     fn observe(&mut self, data: &Bytes, recorder: &mut Recorder, call_type: CallType) {
         match self {
-            Observer::Json {
-                chunks,
-                len,
-                overflow,
-            } => {
-                if *len + data.len() > MAX_JSON_CAPTURE {
-                    *overflow = true;
-                    chunks.clear();
-                } else if !*overflow {
-                    *len += data.len();
-                    chunks.push(data.clone());
-                }
-            }
+            Observer::Json(scanner) => scanner.push(data),
             Observer::Sse { decoder } => {
                 decoder.push(data.clone());
                 while let Ok(Some(event)) = decoder.next_event() {
@@ -93,48 +70,285 @@ impl Observer {
     }
 
     fn finish(&mut self, recorder: &mut Recorder, call_type: CallType) {
-        if let Observer::Json {
-            chunks,
-            overflow: false,
-            ..
-        } = self
+        let Observer::Json(scanner) = self else {
+            return;
+        };
+        if let Some(usage) = scanner
+            .usage()
+            .and_then(|u| serde_json::from_slice::<Value>(u).ok())
+            .and_then(|u| Usage::from_usage_object(call_type, &u))
         {
-            let mut whole = BytesMut::new();
-            let bytes = match chunks.len() {
-                1 => chunks[0].clone(),
-                _ => {
-                    for chunk in chunks.iter() {
-                        whole.put_slice(chunk);
+            recorder.usage = Some(usage);
+        }
+        let status = recorder.status.unwrap_or(200);
+        if status < 400 || recorder.response_error.is_some() {
+            return;
+        }
+        let Some(error) = scanner
+            .error()
+            .and_then(|e| serde_json::from_slice::<Value>(e).ok())
+        else {
+            return;
+        };
+        if let Some(message) = error
+            .get("message")
+            .or(Some(&error))
+            .and_then(Value::as_str)
+        {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            recorder.response_error = Some(Error::new(status, message.to_owned()));
+        }
+    }
+}
+
+/// The most bytes of one captured member value (`usage`, `error`): a real `usage` object is a
+/// few hundred bytes; anything larger is not kept.
+const MAX_MEMBER: usize = 64 * 1024;
+
+/// The longest member name kept for comparison (longer names are none of the ones we want).
+const MAX_KEY: usize = 16;
+
+/// An incremental scanner over a JSON document that keeps only the raw text of its top-level
+/// `usage` and `error` members, however large the document and however it is split into
+/// chunks: memory is bounded by [`MAX_MEMBER`] per captured member, whatever the body's size.
+///
+/// It follows the JSON grammar just far enough to know where each top-level member starts and
+/// ends (strings with their escapes, nesting of objects and arrays); the captured values are
+/// parsed by `serde_json` at the end, so a malformed value is simply not used. A document that
+/// is not an object has no usage. When a member appears twice, the last one counts (as in the
+/// JSON parsers clients use).
+#[derive(Debug, Default)]
+pub(crate) struct JsonScanner {
+    state: ScanState,
+    /// The current member's name, while it is short enough to be one we want.
+    key: Vec<u8>,
+    key_too_long: bool,
+    /// Which member the current value belongs to, if it is one we keep.
+    capturing: Option<Member>,
+    value: Vec<u8>,
+    value_too_long: bool,
+    /// Nesting depth inside the current member's value.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    usage: Option<Vec<u8>>,
+    error: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Usage,
+    Error,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ScanState {
+    /// Before the document's first byte.
+    #[default]
+    Start,
+    /// Inside the top-level object, before a member name (or its end).
+    BeforeKey,
+    /// Inside a member name.
+    Key,
+    /// After a member name, before the `:`.
+    AfterKey,
+    /// After the `:`, before the value.
+    BeforeValue,
+    /// Inside a value (a string, a nested object or array, or a scalar).
+    Value,
+    /// After a value, before `,` or `}`.
+    AfterValue,
+    /// The top-level object ended, or the document is not an object: nothing more to read.
+    Done,
+}
+
+impl JsonScanner {
+    /// The raw text of the last complete top-level `usage` member, if any.
+    pub(crate) fn usage(&self) -> Option<&[u8]> {
+        self.usage.as_deref()
+    }
+
+    /// The raw text of the last complete top-level `error` member, if any.
+    pub(crate) fn error(&self) -> Option<&[u8]> {
+        self.error.as_deref()
+    }
+
+    /// Scans the next chunk of the document.
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.state == ScanState::Done {
+                return;
+            }
+            if self.state == ScanState::Value {
+                i += self.scan_value(&chunk[i..]);
+                continue;
+            }
+            let b = chunk[i];
+            i += 1;
+            match self.state {
+                ScanState::Start => match b {
+                    b'{' => self.state = ScanState::BeforeKey,
+                    b if b.is_ascii_whitespace() => {}
+                    // A byte-order mark may precede the document.
+                    0xEF | 0xBB | 0xBF => {}
+                    _ => self.state = ScanState::Done,
+                },
+                ScanState::BeforeKey => match b {
+                    b'"' => {
+                        self.key.clear();
+                        self.key_too_long = false;
+                        self.escaped = false;
+                        self.state = ScanState::Key;
                     }
-                    whole.freeze()
+                    b'}' => self.state = ScanState::Done,
+                    b',' => {}
+                    b if b.is_ascii_whitespace() => {}
+                    _ => self.state = ScanState::Done,
+                },
+                ScanState::Key => {
+                    if self.escaped {
+                        self.escaped = false;
+                        self.push_key(b);
+                    } else if b == b'\\' {
+                        self.escaped = true;
+                        self.push_key(b);
+                    } else if b == b'"' {
+                        self.state = ScanState::AfterKey;
+                    } else {
+                        self.push_key(b);
+                    }
                 }
-            };
-            let status = recorder.status.unwrap_or(200);
-            if status < 400 {
-                // Only `usage` is needed: read it through a typed view, not a whole `Value`.
-                if let Some(usage) = Usage::from_response_bytes(call_type, &bytes) {
-                    recorder.usage = Some(usage);
+                ScanState::AfterKey => match b {
+                    b':' => self.state = ScanState::BeforeValue,
+                    b if b.is_ascii_whitespace() => {}
+                    _ => self.state = ScanState::Done,
+                },
+                ScanState::BeforeValue => {
+                    if b.is_ascii_whitespace() {
+                        continue;
+                    }
+                    self.capturing = self.member();
+                    self.value.clear();
+                    self.value_too_long = false;
+                    self.depth = 0;
+                    self.in_string = false;
+                    self.escaped = false;
+                    self.state = ScanState::Value;
+                    // The value's first byte is scanned as part of the value.
+                    i -= 1;
                 }
-                return;
-            }
-            let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
-                return;
-            };
-            if let Some(usage) = Usage::from_response(call_type, &value) {
-                recorder.usage = Some(usage);
-            }
-            if recorder.response_error.is_none() {
-                if let Some(message) = value
-                    .get("error")
-                    .and_then(|e| e.get("message").or(Some(e)))
-                    .and_then(Value::as_str)
-                {
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    recorder.response_error = Some(Error::new(status, message.to_owned()));
-                }
+                ScanState::AfterValue => match b {
+                    b',' => self.state = ScanState::BeforeKey,
+                    b'}' => self.state = ScanState::Done,
+                    b if b.is_ascii_whitespace() => {}
+                    _ => self.state = ScanState::Done,
+                },
+                ScanState::Value | ScanState::Done => unreachable!("handled above"),
             }
         }
+    }
+
+    fn push_key(&mut self, b: u8) {
+        if self.key.len() < MAX_KEY {
+            self.key.push(b);
+        } else {
+            self.key_too_long = true;
+        }
+    }
+
+    /// The member the current name stands for, if it is one we keep (escapes decoded, so
+    /// `"\u0075sage"` is `usage` too).
+    fn member(&self) -> Option<Member> {
+        if self.key_too_long {
+            return None;
+        }
+        let name: std::borrow::Cow<'_, str> = if self.key.contains(&b'\\') {
+            let mut quoted = Vec::with_capacity(self.key.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(&self.key);
+            quoted.push(b'"');
+            serde_json::from_slice::<String>(&quoted).ok()?.into()
+        } else {
+            std::str::from_utf8(&self.key).ok()?.into()
+        };
+        match &*name {
+            "usage" => Some(Member::Usage),
+            "error" => Some(Member::Error),
+            _ => None,
+        }
+    }
+
+    /// Scans value bytes from the start of `chunk`; returns how many it consumed (all of them,
+    /// or up to and including the value's last byte).
+    fn scan_value(&mut self, chunk: &[u8]) -> usize {
+        let mut end = None;
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            if self.in_string {
+                // Skip to the next quote or backslash at once.
+                if self.escaped {
+                    self.escaped = false;
+                } else if let Some(at) = memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                    i += at;
+                    if chunk[i] == b'\\' {
+                        self.escaped = true;
+                    } else {
+                        self.in_string = false;
+                        if self.depth == 0 {
+                            end = Some(i + 1);
+                            break;
+                        }
+                    }
+                } else {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        end = Some(i + 1);
+                        break;
+                    }
+                }
+                // A scalar ends at the delimiter after it, which belongs to the object.
+                b',' | b'}' | b']' if self.depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                b if b.is_ascii_whitespace() && self.depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        let consumed = end.unwrap_or(chunk.len()).min(chunk.len());
+        if self.capturing.is_some() && !self.value_too_long {
+            if self.value.len() + consumed > MAX_MEMBER {
+                self.value_too_long = true;
+                self.value = Vec::new();
+            } else {
+                self.value.extend_from_slice(&chunk[..consumed]);
+            }
+        }
+        if end.is_some() {
+            let value = std::mem::take(&mut self.value);
+            match self.capturing.take() {
+                Some(Member::Usage) if !self.value_too_long => self.usage = Some(value),
+                Some(Member::Error) if !self.value_too_long => self.error = Some(value),
+                _ => {}
+            }
+            self.state = ScanState::AfterValue;
+        }
+        consumed
     }
 }
 
@@ -285,7 +499,7 @@ impl<B> fmt::Debug for SpendLogBody<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::has_usage;
+    use super::{JsonScanner, has_usage};
 
     #[test]
     fn usage_null_is_not_usage() {
@@ -296,5 +510,110 @@ mod tests {
         assert!(!has_usage(br#"{"choices":[]}"#));
         assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
         assert!(has_usage(br#"{"usage" :{"total_tokens":3}}"#));
+    }
+
+    fn scan(chunks: &[&[u8]]) -> (Option<String>, Option<String>) {
+        let mut scanner = JsonScanner::default();
+        for chunk in chunks {
+            scanner.push(chunk);
+        }
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        (text(scanner.usage()), text(scanner.error()))
+    }
+
+    /// A body with decoys: `usage` inside strings, nested `usage` objects, escaped quotes and
+    /// brackets in strings, scalars of every kind, then the real top-level `usage`.
+    const BODY: &str = r#" {"id":"c-1","object":"chat.completion","n":-1.5e3,"ok":true,"none":null,
+        "choices":[{"index":0,"message":{"role":"assistant","content":"say \"usage\":{\"prompt_tokens\":99} ]}{ \\"},
+        "usage":{"prompt_tokens":98}}],"meta":{"usage":{"total_tokens":97}},
+        "usage" : {"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,"details":{"cached":[1,2]}} ,
+        "tail":"\u0022}"} "#;
+
+    const USAGE: &str =
+        r#"{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,"details":{"cached":[1,2]}}"#;
+
+    #[test]
+    fn finds_the_top_level_usage_only() {
+        assert_eq!(scan(&[BODY.as_bytes()]).0.as_deref(), Some(USAGE));
+    }
+
+    #[test]
+    fn finds_usage_split_at_every_byte() {
+        let bytes = BODY.as_bytes();
+        for at in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(scan(&[a, b]).0.as_deref(), Some(USAGE), "split at {at}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(
+            scan(&singles).0.as_deref(),
+            Some(USAGE),
+            "one byte per chunk"
+        );
+        for at in 0..bytes.len() {
+            for len in [2, 3, 7] {
+                let end = (at + len).min(bytes.len());
+                let (head, rest) = bytes.split_at(at);
+                let (mid, tail) = rest.split_at(end - at);
+                assert_eq!(scan(&[head, mid, tail]).0.as_deref(), Some(USAGE));
+            }
+        }
+    }
+
+    #[test]
+    fn scalars_strings_and_escaped_names_as_members() {
+        assert_eq!(
+            scan(&[br#"{"usage":7}"#]).0.as_deref(),
+            Some("7"),
+            "a scalar is captured as it is (and then not used as usage)"
+        );
+        assert_eq!(
+            scan(&[br#"{"a":1,"\u0075sage":{"total_tokens":2}}"#])
+                .0
+                .as_deref(),
+            Some(r#"{"total_tokens":2}"#)
+        );
+        assert_eq!(
+            scan(&[br#"{"usage":{"total_tokens":1},"usage":{"total_tokens":2}}"#])
+                .0
+                .as_deref(),
+            Some(r#"{"total_tokens":2}"#),
+            "the last one counts"
+        );
+        assert_eq!(
+            scan(&[br#"{"error":{"message":"no \"way\""}}"#])
+                .1
+                .as_deref(),
+            Some(r#"{"message":"no \"way\""}"#)
+        );
+        assert_eq!(
+            scan(&[br#"{"error":"plain"}"#]).1.as_deref(),
+            Some(r#""plain""#)
+        );
+    }
+
+    #[test]
+    fn no_usage_in_documents_that_are_not_objects_or_hide_it() {
+        assert_eq!(scan(&[br#"[{"usage":{"total_tokens":1}}]"#]).0, None);
+        assert_eq!(scan(&[br#""usage""#]).0, None);
+        assert_eq!(scan(&[br#"{"data":{"usage":{"total_tokens":1}}}"#]).0, None);
+        assert_eq!(scan(&[br#"{"usage_x":{"total_tokens":1}}"#]).0, None);
+        // Cut off inside the value: incomplete, not used.
+        assert_eq!(scan(&[br#"{"usage":{"total_tokens":1"#]).0, None);
+        assert_eq!(scan(&[b""]).0, None);
+    }
+
+    #[test]
+    fn memory_stays_bounded_for_huge_members() {
+        let mut scanner = JsonScanner::default();
+        scanner.push(br#"{"usage":{"pad":""#);
+        let pad = vec![b'x'; 1024 * 1024];
+        for _ in 0..4 {
+            scanner.push(&pad);
+        }
+        scanner.push(br#""},"choices":[],"#);
+        assert!(scanner.value.capacity() <= super::MAX_MEMBER * 2);
+        scanner.push(br#""usage":{"total_tokens":4}}"#);
+        assert_eq!(scanner.usage(), Some(&br#"{"total_tokens":4}"#[..]));
     }
 }

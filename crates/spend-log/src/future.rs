@@ -6,7 +6,8 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BodyType, BoxError, BufferRequest, CallType, Error, ParsedRequest, X_REQUEST_ID,
+    BodyType, BoxError, BufferRequest, CallType, Error, ParsedRequest, X_LITELLM_CALL_ID,
+    X_REQUEST_ID,
 };
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
@@ -161,9 +162,13 @@ fn wrap<B: Body<Data = Bytes>>(
     } else {
         observer_for(&response)
     };
-    let request_id = recorder.request_id_header();
     let (mut parts, body) = response.into_parts();
-    parts.headers.insert(X_REQUEST_ID, request_id);
+    parts
+        .headers
+        .insert(X_LITELLM_CALL_ID, recorder.request_id_header());
+    parts
+        .headers
+        .insert(X_REQUEST_ID, recorder.client_request_id_header());
     Response::from_parts(
         parts,
         SpendLogBody::new(body, recorder, observer, call_type),

@@ -1,11 +1,20 @@
 //! `SpendLogLayer`: one spend-log record per request, for every endpoint and every outcome.
 //!
-//! The outermost layer. At `call` it creates the request's record (request id from
-//! `x-request-id` or a new UUID v7, echoed in the `x-request-id` response header; start time;
-//! call type; model, user and stream flag from the body; a SHA-256 hash of the bearer key, never
-//! the key) and puts the request's [`GuardrailLog`](guardrail_tower_core::GuardrailLog) and
+//! The outermost layer. At `call` it creates the request's record and puts the request's
+//! [`GuardrailLog`](guardrail_tower_core::GuardrailLog) and
 //! [`ResponseReport`](guardrail_tower_core::ResponseReport) in the request extensions, so inner
-//! layers write into the same record.
+//! layers write into the same record:
+//!
+//! - `request_id`, the key: a UUID v7 the gateway generates for every request
+//!   ([`RequestId`](guardrail_tower_core::RequestId)), returned as `x-litellm-call-id`. Never
+//!   the client's: a client's `x-request-id` is kept as `client_request_id` and echoed in the
+//!   `x-request-id` response header (the gateway's id when the client sent none), so reusing
+//!   or forging one never merges, replaces or hides a record.
+//! - who called: with an authenticated [`Caller`](guardrail_tower_core::Caller) in the
+//!   extensions, its key hash (`api_key`) and LiteLLM's `user_api_key_alias`,
+//!   `user_api_key_user_id`, `user_api_key_team_id`, `user_api_key_org_id` in the metadata;
+//!   without one, the SHA-256 of the bearer key (never the key).
+//! - start time, call type; model, user and stream flag from the body.
 //!
 //! Where it sits: outermost, so that it sees what the client got, whichever layer answered.
 //!
@@ -29,12 +38,16 @@
 //! `failure`, error `client_disconnected`). The same code path writes every endpoint's record,
 //! so a guardrail block on `/v1/responses` is recorded exactly like one on
 //! `/v1/chat/completions`. The body is read as it passes, never copied or delayed; usage comes
-//! from the JSON body or the streamed usage events (or from the streaming guardrail layer, which
-//! decodes the stream anyway).
+//! from the JSON body (a scanner that keeps only its top-level `usage`, whatever the body's
+//! size) or the streamed usage events (or from the streaming guardrail layer, which decodes
+//! the stream anyway). A stream that ends early (blocked after the 200, failed, abandoned)
+//! before the upstream's usage event records an estimate from the text delivered, marked
+//! `usage_estimated` (see [`SpendMetadata`]).
 //!
 //! Records go through a [`SpendLogWriter`]: a bounded queue drained in batches by a background
-//! task (one transaction per batch), retried with backoff while the database is down, flushed at
-//! shutdown. [`SpendLogStore`] queries what the sinks wrote.
+//! task (one transaction per batch), retried with capped backoff while the database is down; a
+//! row the database rejects is sanitized or dead-lettered, never a jam; flushed at shutdown.
+//! [`SpendLogStore`] queries what the sinks wrote.
 //!
 //! # Features
 //!
@@ -77,11 +90,13 @@
 //!     .unwrap();
 //! let resp = svc.oneshot(req).await.unwrap();
 //! assert_eq!(resp.headers()["x-request-id"], "req-1");
+//! let call_id = resp.headers()["x-litellm-call-id"].to_str().unwrap().to_owned();
 //! resp.into_body().collect().await.unwrap();
 //!
 //! writer.shutdown().await.unwrap(); // flushes
 //! let record = records.recv().await.unwrap();
-//! assert_eq!(record.request_id, "req-1");
+//! assert_eq!(record.request_id, call_id); // the gateway's id
+//! assert_eq!(record.client_request_id.as_deref(), Some("req-1"));
 //! assert_eq!(record.status, SpendStatus::Success);
 //! assert_eq!((record.model.as_str(), record.total_tokens), ("gpt-4o", 8));
 //! # }
@@ -105,9 +120,10 @@ pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3
 #[cfg(feature = "jsonl")]
 pub use sink::JsonlSink;
 pub use sink::{
-    BlockSummaryRow, ChannelSink, FilterError, QueueFullPolicy, ShutdownError, SinkError,
-    SinkErrorKind, SinkFuture, SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink,
-    SpendLogStats, SpendLogStore, SpendLogWriter,
+    BlockSummaryRow, ChannelSink, DEFAULT_QUERY_LIMIT, DeadLetterEntry, FilterError,
+    MAX_QUERY_LIMIT, QueueFullPolicy, ShutdownError, SinkError, SinkErrorKind, SinkFuture,
+    SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink, SpendLogStats, SpendLogStore,
+    SpendLogWriter,
 };
 #[cfg(feature = "postgres")]
 pub use sink::{PostgresSink, PostgresSinkBuilder};

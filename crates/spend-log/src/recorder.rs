@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use guardrail_tower_core::{
-    CallType, Error, ErrorClass, GuardrailAction, GuardrailLog, ParsedRequest, RequestId,
-    ResponseReport, Usage,
+    CallType, Caller, ClientRequestId, Error, ErrorClass, GuardrailAction, GuardrailLog,
+    ParsedRequest, RequestId, ResponseReport, Usage,
 };
 use http::HeaderMap;
 use serde::Deserialize;
@@ -85,13 +85,15 @@ pub(crate) struct Recorder {
     writer: SpendLogHandle,
     settings: Arc<Settings>,
     request_id: RequestId,
+    client_request_id: Option<ClientRequestId>,
     call_type: CallType,
     api_key: Option<String>,
+    caller: Option<Arc<Caller>>,
     start_time: SystemTime,
     pub(crate) first_byte: Option<SystemTime>,
-    model: String,
-    user: Option<String>,
-    stream: bool,
+    /// The parsed request (a handle: its bytes are shared, not copied), for model, user,
+    /// stream and, when a usage estimate is needed, the request's text.
+    request: Option<ParsedRequest>,
     pub(crate) log: GuardrailLog,
     pub(crate) report: ResponseReport,
     pub(crate) status: Option<u16>,
@@ -133,26 +135,35 @@ fn hashed_key(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Recorder {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         writer: SpendLogHandle,
         settings: Arc<Settings>,
         request_id: RequestId,
+        client_request_id: Option<ClientRequestId>,
         call_type: CallType,
         headers: &HeaderMap,
+        caller: Option<Arc<Caller>>,
         log: GuardrailLog,
         report: ResponseReport,
     ) -> Self {
+        // An authenticated caller's key hash; else hash the bearer key here (no other layer
+        // identified the caller).
+        let api_key = match caller.as_ref().and_then(|c| c.api_key_hash.clone()) {
+            Some(hash) => Some(hash),
+            None => hashed_key(headers),
+        };
         Recorder {
             writer,
             settings,
             request_id,
+            client_request_id,
             call_type,
-            api_key: hashed_key(headers),
+            api_key,
+            caller,
             start_time: SystemTime::now(),
             first_byte: None,
-            model: String::new(),
-            user: None,
-            stream: false,
+            request: None,
             log,
             report,
             status: None,
@@ -162,16 +173,59 @@ impl Recorder {
         }
     }
 
-    /// The request id, for the `x-request-id` response header.
+    /// The gateway's request id, for the `x-litellm-call-id` response header.
     pub(crate) fn request_id_header(&self) -> http::HeaderValue {
         self.request_id.to_header_value()
     }
 
-    /// Takes what the parsed request says (model, user, stream).
+    /// The `x-request-id` response header: the client's own id echoed, else the gateway's.
+    pub(crate) fn client_request_id_header(&self) -> http::HeaderValue {
+        match &self.client_request_id {
+            Some(id) => id.to_header_value(),
+            None => self.request_id.to_header_value(),
+        }
+    }
+
+    /// Keeps the parsed request (model, user, stream, and its text for a usage estimate).
     pub(crate) fn set_request(&mut self, parsed: &ParsedRequest) {
-        self.model = parsed.model().unwrap_or_default().to_owned();
-        self.user = parsed.user().map(str::to_owned);
-        self.stream = parsed.stream();
+        self.request = Some(parsed.clone());
+    }
+
+    /// The usage to record, and whether it is (partly) an estimate.
+    ///
+    /// The upstream's report wins. A request that ended early (`complete` is false: a block, a
+    /// failure, a client that left) may have released text to the client before the upstream's
+    /// usage event, or without one: then what the upstream did not report (prompt tokens,
+    /// completion tokens) is estimated from the request's text and the delivered text.
+    fn usage(&self, complete: bool) -> (Usage, bool) {
+        let reported = self.report.usage().or(self.usage);
+        let delivered = self.report.delivered_chars();
+        if complete && reported.is_some() {
+            return (reported.unwrap_or_default(), false);
+        }
+        let mut usage = reported.unwrap_or_default();
+        let mut estimated = false;
+        let completion = estimate_tokens(delivered);
+        if usage.completion_tokens < completion {
+            usage.completion_tokens = completion;
+            estimated = true;
+        }
+        // The prompt was sent upstream only when a response came back (a 200 head).
+        let sent_upstream = delivered > 0 || self.first_byte.is_some() && self.status == Some(200);
+        if usage.prompt_tokens == 0 && sent_upstream {
+            if let Some(request) = &self.request {
+                let chars: usize = request.texts().iter().map(|t| t.chars().count()).sum();
+                let prompt = estimate_tokens(chars as u64);
+                if prompt > 0 {
+                    usage.prompt_tokens = prompt;
+                    estimated = true;
+                }
+            }
+        }
+        if estimated {
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+        }
+        (usage, estimated)
     }
 
     /// Completes the record and queues it.
@@ -181,7 +235,6 @@ impl Recorder {
     }
 
     fn build(self, ending: Ending) -> SpendRecord {
-        let usage = self.report.usage().or(self.usage).unwrap_or_default();
         let http_status = match &ending {
             Ending::ServiceError(err) => err.status().as_u16(),
             _ => self.status.unwrap_or(0),
@@ -242,6 +295,18 @@ impl Recorder {
         } else {
             SpendStatus::Success
         };
+        let (usage, usage_estimated) = self.usage(error.is_none());
+        let caller = self.caller.as_deref();
+        let from_caller = |f: fn(&Caller) -> &Option<String>| caller.and_then(|c| f(c).clone());
+        let request = self.request.as_ref();
+        let model = request
+            .and_then(ParsedRequest::model)
+            .unwrap_or_default()
+            .to_owned();
+        let user = request
+            .and_then(ParsedRequest::user)
+            .map(str::to_owned)
+            .or_else(|| from_caller(|c| &c.user_id));
         if !self.settings.store_prompts {
             for entry in &mut guardrails {
                 if !entry.guardrail_response.is_null() {
@@ -252,12 +317,16 @@ impl Recorder {
         }
         SpendRecord {
             request_id: self.request_id.as_str().to_owned(),
+            client_request_id: self
+                .client_request_id
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             call_type: self.call_type.as_str().to_owned(),
             status,
-            spend: self.settings.prices.cost(&self.model, &usage),
-            model: self.model,
+            spend: self.settings.prices.cost(&model, &usage),
+            model,
             api_base: self.api_base,
-            user: self.user,
+            user,
             api_key: self.api_key,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
@@ -269,10 +338,22 @@ impl Recorder {
                 guardrail_information: guardrails,
                 error_information: error,
                 http_status,
-                stream: self.stream,
+                stream: request.is_some_and(ParsedRequest::stream),
+                user_api_key_alias: from_caller(|c| &c.key_alias),
+                user_api_key_user_id: from_caller(|c| &c.user_id),
+                user_api_key_team_id: from_caller(|c| &c.team_id),
+                user_api_key_org_id: from_caller(|c| &c.org_id),
+                usage_estimated,
+                sanitized: false,
             },
         }
     }
+}
+
+/// A token estimate for `chars` characters of text: one token per 4 characters, rounded up
+/// (the usual rule of thumb for English with OpenAI's and Anthropic's tokenizers).
+fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4)
 }
 
 fn error_info(err: &Error) -> ErrorInformation {
@@ -303,6 +384,14 @@ mod tests {
         anthropic.insert("x-api-key", "sk-test-123".parse().unwrap());
         assert_eq!(hashed_key(&anthropic), Some(hash));
         assert_eq!(hashed_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn token_estimates_round_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(8), 2);
+        assert_eq!(estimate_tokens(9), 3);
     }
 
     #[test]

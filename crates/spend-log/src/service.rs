@@ -1,10 +1,12 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BoxError, BufferRequest, GuardrailLog, RequestId, ResponseReport, take_ready,
+    BoxError, BufferRequest, Caller, ClientRequestId, GuardrailLog, RequestId, ResponseReport,
+    take_ready,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -68,6 +70,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let request_id = RequestId::get_or_insert(&mut request);
+        let client_request_id = ClientRequestId::get_or_insert(&mut request);
         let call_type = guardrail_tower_core::call_type_of(&request);
         let extensions = request.extensions_mut();
         let log = match extensions.get::<GuardrailLog>() {
@@ -86,12 +89,15 @@ where
                 report
             }
         };
+        let caller = extensions.get::<Arc<Caller>>().cloned();
         let recorder = Recorder::new(
             self.config.writer.clone(),
             self.config.settings.clone(),
             request_id,
+            client_request_id,
             call_type,
             request.headers(),
+            caller,
             log,
             report,
         );

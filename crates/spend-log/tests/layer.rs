@@ -88,6 +88,10 @@ async fn a_successful_json_request_writes_every_field() {
         .service(upstream(response));
     let resp = svc.oneshot(chat_request(false)).await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let call_id = resp.headers()["x-litellm-call-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         resp.into_body().collect().await.unwrap().to_bytes(),
         CHAT_JSON
@@ -95,7 +99,10 @@ async fn a_successful_json_request_writes_every_field() {
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
-    assert_eq!(r.request_id, "req-42");
+    // The key is the gateway's own id, returned as x-litellm-call-id; the client's id is data.
+    assert_eq!(r.request_id, call_id);
+    assert_eq!(uuid_version(&r.request_id), 7);
+    assert_eq!(r.client_request_id.as_deref(), Some("req-42"));
     assert_eq!(r.call_type, "acompletion");
     assert_eq!(r.status, SpendStatus::Success);
     assert_eq!(r.model, "gpt-guarded");
@@ -541,6 +548,333 @@ async fn an_in_band_block_after_the_200_is_a_failure_with_its_guardrail() {
         meta(r)["guardrail_information"][0]["guardrail_mode"],
         "post_call"
     );
+}
+
+/// The version of a UUID in its hyphenated text form.
+fn uuid_version(id: &str) -> u32 {
+    assert_eq!(id.len(), 36, "{id}");
+    id[14..15].parse().unwrap()
+}
+
+/// A service answering every request with a fresh copy of `body` (JSON).
+fn json_upstream(
+    body: &'static str,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<TestBody>,
+    Error = BoxError,
+    Future = std::future::Ready<Result<Response<TestBody>, BoxError>>,
+> + Clone {
+    service_fn(move |_req: Request<Full<Bytes>>| std::future::ready(Ok(json_response(body))))
+}
+
+/// Regression for the audit hole: with the client's `x-request-id` as the key (and
+/// `INSERT OR IGNORE`), three requests with one header left one row.
+#[tokio::test]
+async fn reused_and_forged_request_ids_never_merge_or_hide_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(
+        guardrail_tower_spend_log::SqliteSink::open(dir.path().join("spend.db"))
+            .await
+            .unwrap(),
+    );
+    let handle = SpendLogWriter::new()
+        .linger(Duration::from_millis(1))
+        .spawn(Arc::clone(&sink));
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(json_upstream(CHAT_JSON));
+    let send = |client_id: String| {
+        let svc = svc.clone();
+        async move {
+            let mut req = chat_request(false);
+            req.headers_mut()
+                .insert("x-request-id", client_id.parse().unwrap());
+            let resp = svc.oneshot(req).await.unwrap();
+            let call_id = resp.headers()["x-litellm-call-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(resp.headers()["x-request-id"], client_id.as_str());
+            resp.into_body().collect().await.unwrap();
+            call_id
+        }
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(send("dup".to_owned()).await);
+    }
+    // A client sending another request's gateway id as its own id.
+    ids.push(send(ids[0].clone()).await);
+    handle.shutdown().await.unwrap();
+
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 4, "{ids:?}");
+    use guardrail_tower_spend_log::{SpendLogFilter, SpendLogStore};
+    let rows = sink.query(&SpendLogFilter::new()).await.unwrap();
+    assert_eq!(rows.len(), 4, "4 requests, 4 rows");
+    let dup = sink
+        .query(&SpendLogFilter::new().client_request_id("dup"))
+        .await
+        .unwrap();
+    assert_eq!(dup.len(), 3);
+    let first = sink
+        .query(&SpendLogFilter::new().request_id(ids[0].clone()))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].client_request_id.as_deref(), Some("dup"));
+    let forged = sink
+        .query(&SpendLogFilter::new().client_request_id(ids[0].clone()))
+        .await
+        .unwrap();
+    assert_eq!(forged.len(), 1);
+    assert_eq!(forged[0].request_id, ids[3]);
+}
+
+#[tokio::test]
+async fn without_a_client_id_the_response_carries_the_gateway_id_twice() {
+    let (handle, rx) = writer();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(json_upstream(CHAT_JSON));
+    let mut req = chat_request(false);
+    // An invalid id (a space) is ignored like a missing one.
+    req.headers_mut()
+        .insert("x-request-id", "has space".parse().unwrap());
+    let resp = svc.oneshot(req).await.unwrap();
+    let call_id = resp.headers()["x-litellm-call-id"].clone();
+    assert_eq!(resp.headers()["x-request-id"], call_id);
+    resp.into_body().collect().await.unwrap();
+    let records = records(handle, rx).await;
+    assert_eq!(records[0].request_id, call_id.to_str().unwrap());
+    assert_eq!(records[0].client_request_id, None);
+}
+
+#[tokio::test]
+async fn an_authenticated_caller_is_recorded_with_litellm_names() {
+    let (handle, rx) = writer();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(json_upstream(CHAT_JSON));
+    let caller = guardrail_tower_core::Caller::with_key_hash("f".repeat(64))
+        .key_alias("ci-key")
+        .user_id("user-7")
+        .team_id("team-3")
+        .org_id("org-1");
+    // With a body `user`, it wins; without, the caller's user id is the `user`.
+    let mut with_user = chat_request(false);
+    with_user.extensions_mut().insert(Arc::new(caller.clone()));
+    let body = json!({"model": "gpt-guarded", "messages": [{"role": "user", "content": "hi"}]});
+    let mut without_user = Request::post("/v1/chat/completions")
+        .header("authorization", "Bearer sk-live-secret")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    without_user.extensions_mut().insert(Arc::new(caller));
+    for req in [with_user, without_user] {
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let records = records(handle, rx).await;
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(
+            r.api_key,
+            Some("f".repeat(64)),
+            "the caller's hash, not the bearer's"
+        );
+        let m = meta(r);
+        assert_eq!(m["user_api_key_alias"], "ci-key");
+        assert_eq!(m["user_api_key_user_id"], "user-7");
+        assert_eq!(m["user_api_key_team_id"], "team-3");
+        assert_eq!(m["user_api_key_org_id"], "org-1");
+    }
+    assert_eq!(records[0].user.as_deref(), Some("alice"));
+    assert_eq!(records[1].user.as_deref(), Some("user-7"));
+}
+
+#[tokio::test]
+async fn without_a_caller_the_bearer_key_is_hashed_and_no_caller_fields_are_written() {
+    let (handle, rx) = writer();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(json_upstream(CHAT_JSON));
+    let resp = svc.oneshot(chat_request(false)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    let records = records(handle, rx).await;
+    // SHA-256("sk-live-secret").
+    use sha2::Digest;
+    let expected: String = sha2::Sha256::digest(b"sk-live-secret")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(records[0].api_key, Some(expected));
+    let m = meta(&records[0]);
+    for key in [
+        "user_api_key_alias",
+        "user_api_key_user_id",
+        "user_api_key_team_id",
+        "user_api_key_org_id",
+    ] {
+        assert!(m.get(key).is_none(), "{key} in {m}");
+    }
+}
+
+/// A JSON response far above any buffer the layer could keep: the usage after 6 MiB of
+/// content is still read.
+#[tokio::test]
+async fn usage_is_read_from_a_6_mib_json_response() {
+    let (handle, rx) = writer();
+    let content = "lorem ipsum \"usage\": {} ".repeat(6 * 1024 * 1024 / 24 + 1);
+    let body = format!(
+        r#"{{"id":"c","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}"}}}}],"usage":{{"prompt_tokens":7,"completion_tokens":1500000,"total_tokens":1500007}}}}"#
+    );
+    assert!(body.len() > 6 * 1024 * 1024);
+    let chunks: Vec<Bytes> = Bytes::from(body.clone())
+        .chunks(64 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let response = Response::builder()
+        .header("content-type", "application/json")
+        .body(body::chunks(chunks))
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(upstream(response));
+    let resp = svc.oneshot(chat_request(false)).await.unwrap();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), body.len());
+    let records = records(handle, rx).await;
+    let r = &records[0];
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+        (7, 1_500_000, 1_500_007)
+    );
+    assert!(!r.metadata.usage_estimated);
+}
+
+/// An SSE body of chat chunks carrying `texts`, then (if given) a usage chunk, then `[DONE]`.
+fn chat_stream(texts: &[&str], usage: Option<(u64, u64)>) -> Response<TestBody> {
+    let mut events: Vec<String> = texts
+        .iter()
+        .map(|t| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}], "usage": null})
+            )
+        })
+        .collect();
+    if let Some((p, c)) = usage {
+        events.push(format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+        ));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body::chunks(events))
+        .unwrap()
+}
+
+/// The text deltas a client read from a chat stream.
+fn delivered_text(sse: &[u8]) -> String {
+    String::from_utf8_lossy(sse)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn no_corner(policy: Option<guardrail_tower_core::StreamPolicy>) -> ConfiguredGuardrail {
+    let g = ConfiguredGuardrail::new(
+        "no-corner",
+        GuardrailMode::PostCall,
+        guardrail_fn(|input| async move {
+            Ok(if input.texts().iter().any(|t| t.contains("corner")) {
+                Verdict::block("no corners")
+            } else {
+                Verdict::allow()
+            })
+        }),
+    )
+    .default_on(true);
+    match policy {
+        Some(p) => g.stream_policy(p),
+        None => g,
+    }
+}
+
+/// Regression: a stream blocked after the 200 was recorded with 0 tokens.
+#[tokio::test]
+async fn a_stream_blocked_before_the_usage_event_records_an_estimate_of_what_was_delivered() {
+    let (handle, rx) = writer();
+    let texts = [
+        "Hello", " there,", " the", " café", " ☕", " is", " open", " until", " late", ";",
+        " turn", " at", " the", " corner", " and", " walk", " on",
+    ];
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
+            Guardrails::new([no_corner(Some(
+                guardrail_tower_core::StreamPolicy::Window {
+                    chars: 8,
+                    overlap: 8,
+                },
+            ))]),
+        ))
+        .service(upstream(chat_stream(&texts, Some((12, 40)))));
+    let resp = svc.oneshot(chat_request(true)).await.unwrap();
+    let out = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&out).contains("no corners"));
+    let delivered = delivered_text(&out);
+    assert!(
+        !delivered.is_empty() && !delivered.contains("corner"),
+        "{delivered:?}"
+    );
+    let records = records(handle, rx).await;
+    let r = &records[0];
+    assert_eq!(r.status, SpendStatus::Failure);
+    let chars = delivered.chars().count() as u64;
+    assert_eq!(r.completion_tokens, chars.div_ceil(4), "{delivered:?}");
+    // The prompt, "hi": one token.
+    assert_eq!(
+        (r.prompt_tokens, r.total_tokens),
+        (1, 1 + chars.div_ceil(4))
+    );
+    assert!(r.metadata.usage_estimated);
+    assert_eq!(meta(r)["usage_estimated"], true);
+}
+
+#[tokio::test]
+async fn a_stream_blocked_after_the_usage_event_records_the_upstream_usage() {
+    let (handle, rx) = writer();
+    let texts = ["Hello", " there,", " turn", " at", " the", " corner"];
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
+            Guardrails::new([no_corner(Some(
+                guardrail_tower_core::StreamPolicy::EndOfStream,
+            ))]),
+        ))
+        .service(upstream(chat_stream(&texts, Some((12, 40)))));
+    let resp = svc.oneshot(chat_request(true)).await.unwrap();
+    let out = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&out).contains("no corners"));
+    let records = records(handle, rx).await;
+    let r = &records[0];
+    assert_eq!(r.status, SpendStatus::Failure);
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+        (12, 40, 52)
+    );
+    assert!(!r.metadata.usage_estimated);
+    assert!(meta(r).get("usage_estimated").is_none());
 }
 
 /// A record's metadata as the JSON a store holds.

@@ -923,6 +923,12 @@ impl StreamState {
                     let ch = &mut self.channels[channel];
                     let mut skip_to = ch.skip_to;
                     let text = ch.render(start, end, &mut skip_to);
+                    if let Some(report) = &self.report {
+                        // What the client got, for a usage estimate if the stream is cut.
+                        report.add_delivered_text(
+                            text.as_deref().unwrap_or_else(|| ch.slice(start, end)),
+                        );
+                    }
                     ch.skip_to = skip_to;
                     ch.emitted = end;
                     text
@@ -989,6 +995,9 @@ impl StreamState {
             let text = ch
                 .render(start, cut, &mut skip_to)
                 .unwrap_or_else(|| ch.slice(start, cut).to_owned());
+            if let Some(report) = &self.report {
+                report.add_delivered_text(&text);
+            }
             parts.push(text);
         }
         let Some(bytes) = self.call_type.rewrite_event(&held.event, |i, _, _, text| {

@@ -5,8 +5,12 @@ use std::fmt;
 
 /// What kind of failure a [`SinkError`] is.
 ///
-/// The writer retries every kind (a spend-log record is never dropped because a write failed);
-/// the kind is there for logs, metrics and callers of the query API.
+/// The [`SpendLogWriter`](super::SpendLogWriter) acts on the kind: transient kinds
+/// ([`is_transient`](SinkError::is_transient)) are retried with capped backoff until the write
+/// succeeds; a permanent one ([`is_permanent`](SinkError::is_permanent): the database rejected
+/// a value of the batch) has the batch written row by row, the rejected row sanitized and
+/// retried once, then dead-lettered; any other kind is retried a few times, then handled like
+/// a permanent one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SinkErrorKind {
@@ -17,7 +21,12 @@ pub enum SinkErrorKind {
     Busy,
     /// The operation did not finish within its timeout. Transient.
     Timeout,
-    /// The database rejected a statement (schema mismatch, permissions, constraint).
+    /// The database rejected a value of the batch: a data exception (a NUL byte in text, a value
+    /// too long for its column, an invalid encoding) or a constraint violation (PostgreSQL
+    /// SQLSTATE classes 22, 23 and 54; SQLite `SQLITE_CONSTRAINT`, `SQLITE_TOOBIG`,
+    /// `SQLITE_MISMATCH`). Permanent for that row: retrying it as it is cannot succeed.
+    Rejected,
+    /// The database refused a statement for another reason (schema mismatch, permissions).
     Database,
     /// A file could not be opened, read or written.
     Io,
@@ -36,6 +45,7 @@ impl SinkErrorKind {
             SinkErrorKind::Unavailable => "unavailable",
             SinkErrorKind::Busy => "busy",
             SinkErrorKind::Timeout => "timeout",
+            SinkErrorKind::Rejected => "rejected",
             SinkErrorKind::Database => "database",
             SinkErrorKind::Io => "io",
             SinkErrorKind::Encoding => "encoding",
@@ -99,6 +109,13 @@ impl SinkError {
                 | SinkErrorKind::Timeout
                 | SinkErrorKind::Io
         )
+    }
+
+    /// Whether the database rejected a value of the batch for good (a data exception or a
+    /// constraint violation), or a record could not be encoded: retrying the same rows cannot
+    /// succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.kind, SinkErrorKind::Rejected | SinkErrorKind::Encoding)
     }
 
     #[cfg(any(feature = "jsonl", feature = "sqlite"))]

@@ -14,6 +14,13 @@ use crate::record::{SpendRecord, SpendStatus, rfc3339};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// The number of records a `GET /spend/logs` request returns when it gives no `limit`.
+pub const DEFAULT_QUERY_LIMIT: u64 = 100;
+
+/// The largest `limit` a `GET /spend/logs` request may ask for; page through more with
+/// `offset`.
+pub const MAX_QUERY_LIMIT: u64 = 1000;
+
 /// Which spend-log records a [`SpendLogStore::query`](super::SpendLogStore::query) returns.
 ///
 /// Every condition is optional; the empty filter matches every record. Results are ordered
@@ -22,7 +29,9 @@ const DAY: Duration = Duration::from_secs(86_400);
 ///
 /// Build one with the chained methods, or parse one from the query parameters of a
 /// `GET /spend/logs` request with [`SpendLogFilter::from_query_string`] or through `serde`
-/// (it deserializes from a [`SpendLogQuery`], so `axum::extract::Query<SpendLogFilter>` works):
+/// (it deserializes from a [`SpendLogQuery`], so `axum::extract::Query<SpendLogFilter>` works).
+/// A parsed query always has a limit: [`DEFAULT_QUERY_LIMIT`] when it gives none, and a
+/// `limit` above [`MAX_QUERY_LIMIT`] is an error.
 ///
 /// ```
 /// use guardrail_tower_spend_log::{SpendLogFilter, SpendStatus};
@@ -33,6 +42,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// .unwrap();
 /// assert_eq!(filter.status, Some(SpendStatus::Failure));
 /// assert_eq!(filter.limit, Some(50));
+/// assert_eq!(SpendLogFilter::from_query_string("").unwrap().limit, Some(100));
 /// // `end_date` as a date includes that whole day: the range ends at the next midnight (UTC).
 /// assert_eq!(
 ///     filter.end,
@@ -43,8 +53,14 @@ const DAY: Duration = Duration::from_secs(86_400);
 #[serde(try_from = "SpendLogQuery")]
 #[non_exhaustive]
 pub struct SpendLogFilter {
-    /// Only the record with this `request_id`.
+    /// Only the record with this `request_id` (the gateway's id, `x-litellm-call-id`).
     pub request_id: Option<String>,
+    /// Only records whose client sent this `x-request-id`.
+    pub client_request_id: Option<String>,
+    /// Only records of this key: the SHA-256 hex of the key, as stored in `api_key`.
+    pub api_key: Option<String>,
+    /// Only records whose `user` is this.
+    pub user_id: Option<String>,
     /// Only records whose `startTime` is at or after this time (inclusive).
     pub start: Option<SystemTime>,
     /// Only records whose `startTime` is before this time (exclusive).
@@ -66,6 +82,24 @@ impl SpendLogFilter {
     /// Only the record with this `request_id`.
     pub fn request_id(mut self, request_id: impl Into<String>) -> Self {
         self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Only records whose client sent this `x-request-id`.
+    pub fn client_request_id(mut self, id: impl Into<String>) -> Self {
+        self.client_request_id = Some(id.into());
+        self
+    }
+
+    /// Only records of this key hash (the SHA-256 hex stored in `api_key`).
+    pub fn api_key(mut self, hash: impl Into<String>) -> Self {
+        self.api_key = Some(hash.into());
+        self
+    }
+
+    /// Only records whose `user` is `user_id`.
+    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
         self
     }
 
@@ -100,8 +134,10 @@ impl SpendLogFilter {
     }
 
     /// Parses the query string of a `GET /spend/logs` request (without the leading `?`):
-    /// `request_id`, `start_date`, `end_date`, `status`, `limit`, `offset`. Values are
-    /// percent-decoded (`+` is a space); unknown parameters and empty values are ignored.
+    /// LiteLLM's `request_id`, `api_key`, `user_id`, `start_date`, `end_date`, and
+    /// `client_request_id`, `status`, `limit`, `offset`. Values are percent-decoded (`+` is a
+    /// space); unknown parameters (such as LiteLLM's `summarize`) and empty values are ignored.
+    /// A parameter given twice, or one that cannot be read, is an error naming it.
     ///
     /// See [`SpendLogQuery`] for the accepted date forms.
     pub fn from_query_string(query: &str) -> Result<Self, FilterError> {
@@ -114,15 +150,41 @@ impl SpendLogFilter {
                 percent_decode(value)
                     .ok_or_else(|| FilterError::new(param_name(&key), "invalid percent-encoding"))
             };
-            match key.as_str() {
-                "request_id" => q.request_id = Some(decoded()?),
-                "start_date" => q.start_date = Some(decoded()?),
-                "end_date" => q.end_date = Some(decoded()?),
-                "status" => q.status = Some(decoded()?),
-                "limit" => q.limit = parse_number("limit", &decoded()?)?,
-                "offset" => q.offset = parse_number("offset", &decoded()?)?,
-                _ => {}
+            let slot = match key.as_str() {
+                "request_id" => &mut q.request_id,
+                "client_request_id" => &mut q.client_request_id,
+                "api_key" => &mut q.api_key,
+                "user_id" => &mut q.user_id,
+                "start_date" => &mut q.start_date,
+                "end_date" => &mut q.end_date,
+                "status" => &mut q.status,
+                "limit" | "offset" => {
+                    let value = decoded()?;
+                    let param = param_name(&key);
+                    let number = parse_number(param, &value)?;
+                    let slot = if key == "limit" {
+                        &mut q.limit
+                    } else {
+                        &mut q.offset
+                    };
+                    if slot.is_some() && number.is_some() {
+                        return Err(FilterError::new(param, "given more than once"));
+                    }
+                    if number.is_some() {
+                        *slot = number;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let value = decoded()?;
+            if value.is_empty() {
+                continue;
             }
+            if slot.is_some() {
+                return Err(FilterError::new(param_name(&key), "given more than once"));
+            }
+            *slot = Some(value);
         }
         SpendLogFilter::try_from(q)
     }
@@ -132,6 +194,18 @@ impl SpendLogFilter {
         self.request_id
             .as_ref()
             .is_none_or(|id| *id == record.request_id)
+            && self
+                .client_request_id
+                .as_ref()
+                .is_none_or(|id| Some(id) == record.client_request_id.as_ref())
+            && self
+                .api_key
+                .as_ref()
+                .is_none_or(|key| Some(key) == record.api_key.as_ref())
+            && self
+                .user_id
+                .as_ref()
+                .is_none_or(|user| Some(user) == record.user.as_ref())
             && self.start.is_none_or(|start| record.start_time >= start)
             && self.end.is_none_or(|end| record.start_time < end)
             && self.status.is_none_or(|status| status == record.status)
@@ -141,6 +215,9 @@ impl SpendLogFilter {
 fn param_name(key: &str) -> &'static str {
     match key {
         "request_id" => "request_id",
+        "client_request_id" => "client_request_id",
+        "api_key" => "api_key",
+        "user_id" => "user_id",
         "start_date" => "start_date",
         "end_date" => "end_date",
         "status" => "status",
@@ -187,12 +264,24 @@ fn percent_decode(s: &str) -> Option<String> {
 /// (`2026-11-21T12:00:00Z`, `2026-11-21T12:00:00.250+01:00`; a time without an offset is UTC).
 /// A day as `start_date` means that day's midnight; a day as `end_date` means the *next*
 /// midnight, so `start_date=2026-11-21&end_date=2026-11-21` is the whole of that day. A time
-/// as `end_date` is exclusive. `status` is `success` or `failure`. Empty values count as absent.
+/// as `end_date` is exclusive. `status` is `success` or `failure`. `api_key` is the SHA-256 hex
+/// of a key as stored, or (as in LiteLLM) a raw key starting with `sk-`, which is hashed first.
+/// `limit` is 1 to [`MAX_QUERY_LIMIT`] (default [`DEFAULT_QUERY_LIMIT`]). Empty values count as
+/// absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SpendLogQuery {
     /// `request_id`.
     pub request_id: Option<String>,
+    /// `client_request_id`.
+    #[serde(default)]
+    pub client_request_id: Option<String>,
+    /// `api_key`: a key hash, or a raw `sk-` key.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// `user_id`.
+    #[serde(default)]
+    pub user_id: Option<String>,
     /// `start_date`: `YYYY-MM-DD` or RFC 3339.
     pub start_date: Option<String>,
     /// `end_date`: `YYYY-MM-DD` (inclusive day) or RFC 3339 (exclusive).
@@ -225,15 +314,54 @@ impl TryFrom<SpendLogQuery> for SpendLogFilter {
                     .map_err(|m| FilterError::new("status", m))
             })
             .transpose()?;
+        let limit = match q.limit {
+            None => DEFAULT_QUERY_LIMIT,
+            Some(0) => return Err(FilterError::new("limit", "must be at least 1")),
+            Some(l) if l > MAX_QUERY_LIMIT => {
+                return Err(FilterError::new(
+                    "limit",
+                    format!("{l} is more than the maximum, {MAX_QUERY_LIMIT} (page with `offset`)"),
+                ));
+            }
+            Some(l) => l,
+        };
+        if let (Some(start), Some(end)) = (start, end) {
+            if end <= start {
+                return Err(FilterError::new(
+                    "end_date",
+                    "the range is empty: end_date is not after start_date",
+                ));
+            }
+        }
+        let api_key = non_empty(q.api_key).map(|key| {
+            let key = key.trim();
+            if key.starts_with("sk-") {
+                sha256_hex(key)
+            } else {
+                key.to_ascii_lowercase()
+            }
+        });
         Ok(SpendLogFilter {
             request_id: non_empty(q.request_id),
+            client_request_id: non_empty(q.client_request_id),
+            api_key,
+            user_id: non_empty(q.user_id),
             start,
             end,
             status,
-            limit: q.limit,
+            limit: Some(limit),
             offset: q.offset.unwrap_or(0),
         })
     }
+}
+
+/// SHA-256 (hex) of a raw key, as the spend log stores it.
+fn sha256_hex(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Parses a `start_date` / `end_date` value. A bare day as an end bound means the next midnight.
@@ -419,7 +547,7 @@ mod tests {
         assert_eq!(f.end, Some(t("2026-11-21T11:00:00Z")));
         assert_eq!(f.status, Some(SpendStatus::Success));
         assert_eq!(f.offset, 5);
-        assert_eq!(f.limit, None);
+        assert_eq!(f.limit, Some(DEFAULT_QUERY_LIMIT));
 
         let f = SpendLogFilter::from_query_string(
             "start_date=2026-11-21T12:00:00.250Z&end_date=2026-11-21",
@@ -445,6 +573,42 @@ mod tests {
         assert_eq!(e.param(), "limit");
         let e = SpendLogFilter::from_query_string("end_date=2026-13-01").unwrap_err();
         assert_eq!(e.param(), "end_date");
+        let e = SpendLogFilter::from_query_string("limit=1001").unwrap_err();
+        assert_eq!(e.param(), "limit");
+        assert!(e.to_string().contains("maximum, 1000"), "{e}");
+        let e = SpendLogFilter::from_query_string("limit=0").unwrap_err();
+        assert_eq!(e.param(), "limit");
+        let e = SpendLogFilter::from_query_string("offset=x").unwrap_err();
+        assert_eq!(e.param(), "offset");
+        let e = SpendLogFilter::from_query_string("user_id=a&user_id=b").unwrap_err();
+        assert_eq!(e.param(), "user_id");
+        let e = SpendLogFilter::from_query_string("limit=1&limit=2").unwrap_err();
+        assert_eq!(e.param(), "limit");
+        let e = SpendLogFilter::from_query_string("api_key=%ZZ").unwrap_err();
+        assert_eq!(e.param(), "api_key");
+        let e = SpendLogFilter::from_query_string("start_date=2026-11-21&end_date=2026-11-20")
+            .unwrap_err();
+        assert_eq!(e.param(), "end_date");
+    }
+
+    #[test]
+    fn litellm_filters() {
+        let f = SpendLogFilter::from_query_string(
+            "api_key=sk-test-123&user_id=u%401&client_request_id=mine&summarize=false&limit=1000",
+        )
+        .unwrap();
+        assert_eq!(
+            f.api_key.as_deref(),
+            Some(sha256_hex("sk-test-123").as_str())
+        );
+        assert_eq!(f.api_key.as_ref().unwrap().len(), 64);
+        assert_eq!(f.user_id.as_deref(), Some("u@1"));
+        assert_eq!(f.client_request_id.as_deref(), Some("mine"));
+        assert_eq!(f.limit, Some(1000));
+        // A hash is taken as it is.
+        let hash = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08";
+        let f = SpendLogFilter::from_query_string(&format!("api_key={hash}")).unwrap();
+        assert_eq!(f.api_key, Some(hash.to_ascii_lowercase()));
     }
 
     #[test]
@@ -460,6 +624,8 @@ mod tests {
                 .status(SpendStatus::Failure)
                 .limit(10)
         );
+        let f: SpendLogFilter = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(f.limit, Some(DEFAULT_QUERY_LIMIT));
         let err = serde_json::from_value::<SpendLogFilter>(serde_json::json!({"end_date": "nope"}))
             .unwrap_err();
         assert!(err.to_string().contains("end_date"), "{err}");

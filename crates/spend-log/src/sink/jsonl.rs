@@ -94,6 +94,10 @@ impl JsonlSink {
 }
 
 impl SpendLogSink for JsonlSink {
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        Some(super::beside(&self.path))
+    }
+
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             if records.is_empty() {

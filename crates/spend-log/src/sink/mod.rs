@@ -12,8 +12,10 @@
 //! Records do not go to a sink directly from the request path: [`SpendLogWriter::spawn`] starts a
 //! background task that owns the sink and returns a cheap, cloneable [`SpendLogHandle`] whose
 //! synchronous [`submit`](SpendLogHandle::submit) puts a record in a bounded queue. The task
-//! writes batches in one transaction each, retries failed batches with exponential backoff
-//! without ever dropping them, and [`shutdown`](SpendLogHandle::shutdown) flushes what is queued.
+//! writes batches in one transaction each, retries transient failures with capped exponential
+//! backoff, writes a batch the database rejects row by row (sanitizing, then dead-lettering the
+//! rows it still refuses, so one bad row never jams the queue), and
+//! [`shutdown`](SpendLogHandle::shutdown) flushes what is queued.
 //!
 //! # Example
 //!
@@ -31,7 +33,8 @@
 //!
 //! // From the request path (synchronous, never blocks):
 //! handle.submit(SpendRecord {
-//!     request_id: "req-1".into(),
+//!     request_id: "0198a8a0-0000-7000-8000-000000000001".into(),
+//!     client_request_id: Some("req-1".into()),
 //!     call_type: "acompletion".into(),
 //!     status: SpendStatus::Success,
 //!     model: "gpt-4o".into(),
@@ -53,12 +56,16 @@
 //!
 //! // When the server stops:
 //! handle.shutdown().await.expect("every record written");
-//! assert_eq!(records.recv().await.unwrap().request_id, "req-1");
+//! assert_eq!(
+//!     records.recv().await.unwrap().client_request_id.as_deref(),
+//!     Some("req-1")
+//! );
 //! assert_eq!(handle.stats().written, 1);
 //! # }
 //! ```
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -66,6 +73,7 @@ use std::time::SystemTime;
 use crate::record::SpendRecord;
 
 mod channel;
+mod dead_letter;
 mod error;
 mod filter;
 #[cfg(feature = "jsonl")]
@@ -77,8 +85,12 @@ mod sqlite;
 mod writer;
 
 pub use channel::ChannelSink;
+pub use dead_letter::DeadLetterEntry;
 pub use error::{SinkError, SinkErrorKind};
-pub use filter::{BlockSummaryRow, FilterError, SpendLogFilter, SpendLogQuery};
+pub use filter::{
+    BlockSummaryRow, DEFAULT_QUERY_LIMIT, FilterError, MAX_QUERY_LIMIT, SpendLogFilter,
+    SpendLogQuery,
+};
 #[cfg(feature = "jsonl")]
 pub use jsonl::JsonlSink;
 #[cfg(feature = "postgres")]
@@ -103,15 +115,29 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 ///   skipped, so a batch that is retried after an ambiguous failure (a timeout, a connection
 ///   lost during commit) is never duplicated. (The JSON lines sink can only promise this for
 ///   retried batches; see [`JsonlSink`]. The channel sink delivers what it is given.)
-/// - An error means the batch may not have been written; the [`SpendLogWriter`] retries it.
+/// - An error means the batch may not have been written; its [kind](SinkError::kind) tells
+///   the [`SpendLogWriter`] whether to retry it (transient) or write its rows one by one
+///   (permanent: the database rejected a value).
 pub trait SpendLogSink: Send + Sync + 'static {
     /// Writes `records` in one transaction.
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()>;
+
+    /// Where the [`SpendLogWriter`] puts records this sink will not take, unless it is told
+    /// otherwise ([`SpendLogWriter::dead_letter_path`]): beside the database file for SQLite
+    /// and JSON lines (`<file>.dead-letter.jsonl`), `spend_logs.dead-letter.jsonl` in the
+    /// working directory for PostgreSQL. `None` (the default): no dead-letter file.
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl<S: SpendLogSink + ?Sized> SpendLogSink for Arc<S> {
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         (**self).write_batch(records)
+    }
+
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (**self).dead_letter_path()
     }
 }
 
@@ -119,6 +145,17 @@ impl<S: SpendLogSink + ?Sized> SpendLogSink for Box<S> {
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         (**self).write_batch(records)
     }
+
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (**self).dead_letter_path()
+    }
+}
+
+/// `<file>.dead-letter.jsonl` beside `file`.
+fn beside(file: &std::path::Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".dead-letter.jsonl");
+    file.with_file_name(name)
 }
 
 /// Reads spend-log records back: backs a `GET /spend/logs` endpoint and block dashboards.
@@ -179,6 +216,6 @@ const DEFAULT_TABLE: &str = "LiteLLM_SpendLogs";
 
 /// The column list used by the SQL sinks' `INSERT` and `SELECT`, in [`SpendRecord`] field order.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-const COLUMNS: &str = "request_id, call_type, status, model, api_base, \"user\", api_key, spend, \
-     prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", \
+const COLUMNS: &str = "request_id, client_request_id, call_type, status, model, api_base, \"user\", \
+     api_key, spend, prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", \
      \"completionStartTime\", metadata";

@@ -22,21 +22,32 @@ type Param = Box<dyn ToSql + Send + Sync>;
 /// gateway replicas sharing one table.
 ///
 /// [`connect`](PostgresSink::connect) connects and creates the table (default
-/// `LiteLLM_SpendLogs`) and its indexes (on `"startTime"` and `status`) if they are missing,
-/// under a transaction-scoped advisory lock so replicas starting together do not race. Columns:
-/// `request_id` TEXT PRIMARY KEY, `call_type`, `status`, `model`, `api_base`, `"user"`,
-/// `api_key` TEXT, `spend` DOUBLE PRECISION, `prompt_tokens`, `completion_tokens`,
-/// `total_tokens` BIGINT, `"startTime"`, `"endTime"`, `"completionStartTime"` TIMESTAMPTZ
-/// (microsecond precision), `metadata` JSONB (so `metadata->'guardrail_information'` works in
-/// SQL).
+/// `LiteLLM_SpendLogs`, in the first schema of the connection's `search_path`) and its indexes
+/// (on `"startTime"`, `status`, `client_request_id`, `api_key` and `"user"`) if they are
+/// missing, under a transaction-scoped advisory lock so replicas starting together do not race.
+/// Columns: `request_id` TEXT PRIMARY KEY, `client_request_id`, `call_type`, `status`, `model`,
+/// `api_base`, `"user"`, `api_key` TEXT, `spend` DOUBLE PRECISION, `prompt_tokens`,
+/// `completion_tokens`, `total_tokens` BIGINT, `"startTime"`, `"endTime"`,
+/// `"completionStartTime"` TIMESTAMPTZ (microsecond precision), `metadata` JSONB (so
+/// `metadata->'guardrail_information'` works in SQL). A table created by an earlier version
+/// (without `client_request_id`) is migrated in place (`ADD COLUMN IF NOT EXISTS`); its rows
+/// keep their `request_id` and get a null `client_request_id`.
+///
+/// Errors are classified for the writer: connection failures (SQLSTATE class 08, a connection
+/// refused, reset or closed), serialization failures and deadlocks (40001, 40P01), and
+/// administrator shutdowns (57P01 to 57P03) are transient; data exceptions (class 22: a NUL
+/// byte, 22021; a value too long, 22001), constraint violations (class 23) and program limits
+/// (class 54: an index row too large) are [`SinkErrorKind::Rejected`].
 ///
 /// A batch is a single `INSERT ... SELECT FROM unnest(...) ON CONFLICT (request_id) DO NOTHING`
 /// statement: one round trip, atomic, and idempotent, so a retried batch (or the same record
 /// from two replicas) is stored once.
 ///
-/// The sink keeps one connection and reconnects transparently: an operation on a broken
-/// connection fails (and the writer retries it), and the next operation opens a new connection
-/// (re-creating the table if it was dropped). Every operation is bounded by the operation
+/// Writes use one connection, reconnected transparently: an operation on a broken connection
+/// fails (and the writer retries it), and the next operation opens a new connection
+/// (re-creating the table if it was dropped). Queries ([`SpendLogStore`]) use a pool of their
+/// own (default up to 4 connections, opened on demand), so a slow query never delays writes
+/// and writes never queue behind a dashboard. Every operation is bounded by the operation
 /// timeout (default 30 s); a timed-out connection is discarded.
 ///
 /// Connections are made without TLS (`NoTls`): use a URL with `sslmode=disable` or `prefer`
@@ -47,11 +58,18 @@ pub struct PostgresSink {
     connect_timeout: Duration,
     op_timeout: Duration,
     conn: Mutex<Option<Arc<Conn>>>,
+    reads: ReadPool,
 }
 
 struct Conn {
     client: Client,
     insert: Statement,
+}
+
+/// The query connections: at most `permits` at once, idle ones kept for reuse.
+struct ReadPool {
+    permits: tokio::sync::Semaphore,
+    idle: std::sync::Mutex<Vec<Client>>,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -71,6 +89,7 @@ pub struct PostgresSinkBuilder {
     table: String,
     connect_timeout: Duration,
     op_timeout: Duration,
+    read_pool_size: usize,
 }
 
 impl PostgresSinkBuilder {
@@ -90,6 +109,13 @@ impl PostgresSinkBuilder {
     /// the connection is discarded (default 30 s).
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
+        self
+    }
+
+    /// How many connections queries may use at once (default 4, at least 1); a query beyond
+    /// that waits (bounded by the operation timeout) for one to be free.
+    pub fn read_pool_size(mut self, size: usize) -> Self {
+        self.read_pool_size = size.max(1);
         self
     }
 
@@ -114,6 +140,10 @@ impl PostgresSinkBuilder {
             connect_timeout: self.connect_timeout,
             op_timeout: self.op_timeout,
             conn: Mutex::new(None),
+            reads: ReadPool {
+                permits: tokio::sync::Semaphore::new(self.read_pool_size),
+                idle: std::sync::Mutex::new(Vec::new()),
+            },
         })
     }
 }
@@ -132,6 +162,7 @@ impl PostgresSink {
             table: DEFAULT_TABLE.to_owned(),
             connect_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(30),
+            read_pool_size: 4,
         }
     }
 
@@ -163,8 +194,9 @@ impl PostgresSink {
         Ok(conn)
     }
 
-    async fn open(&self) -> Result<Conn, SinkError> {
-        let (mut client, connection) = self
+    /// A new connection (its driver task spawned).
+    async fn client(&self) -> Result<Client, SinkError> {
+        let (client, connection) = self
             .config
             .connect(NoTls)
             .await
@@ -174,13 +206,21 @@ impl PostgresSink {
                 tracing::warn!(error = %e, "spend log: PostgreSQL connection closed with an error");
             }
         });
+        Ok(client)
+    }
+
+    async fn open(&self) -> Result<Conn, SinkError> {
+        let mut client = self.client().await?;
 
         let t = quote_ident(&self.table);
-        let start_idx = quote_ident(&format!("{}_startTime_idx", self.table));
-        let status_idx = quote_ident(&format!("{}_status_idx", self.table));
+        let idx = |name: &str| quote_ident(&format!("{}_{name}_idx", self.table));
+        let (start_idx, status_idx) = (idx("startTime"), idx("status"));
+        let (client_idx, key_idx, user_idx) =
+            (idx("client_request_id"), idx("api_key"), idx("user"));
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {t} (
                 request_id TEXT PRIMARY KEY,
+                client_request_id TEXT,
                 call_type TEXT NOT NULL,
                 status TEXT NOT NULL,
                 model TEXT NOT NULL,
@@ -197,7 +237,10 @@ impl PostgresSink {
                 metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb
             );
             CREATE INDEX IF NOT EXISTS {start_idx} ON {t} (\"startTime\");
-            CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);"
+            CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);
+            CREATE INDEX IF NOT EXISTS {client_idx} ON {t} (client_request_id);
+            CREATE INDEX IF NOT EXISTS {key_idx} ON {t} (api_key);
+            CREATE INDEX IF NOT EXISTS {user_idx} ON {t} (\"user\");"
         );
         let schema_error = |e| pg_error(&format!("cannot create the table {}", self.table), e);
         let tx = client.transaction().await.map_err(schema_error)?;
@@ -209,6 +252,28 @@ impl PostgresSink {
         )
         .await
         .map_err(schema_error)?;
+        // A table from an earlier version lacks `client_request_id`. Checked first: `ALTER
+        // TABLE` takes an exclusive lock even when there is nothing to add, and every replica
+        // runs this on every reconnect.
+        let missing: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_class c
+                 WHERE c.oid = to_regclass($1)
+                   AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                       AND a.attname = 'client_request_id' AND NOT a.attisdropped)",
+                &[&t],
+            )
+            .await
+            .map_err(schema_error)?
+            .get(0);
+        if missing > 0 {
+            tracing::info!(table = %self.table, "spend log: adding client_request_id to an existing table");
+            tx.batch_execute(&format!(
+                "ALTER TABLE {t} ADD COLUMN client_request_id TEXT"
+            ))
+            .await
+            .map_err(schema_error)?;
+        }
         tx.batch_execute(&create).await.map_err(schema_error)?;
         tx.commit().await.map_err(schema_error)?;
 
@@ -216,8 +281,9 @@ impl PostgresSink {
             .prepare(&format!(
                 "INSERT INTO {t} ({COLUMNS})
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::float8[], $9::int8[], $10::int8[], $11::int8[],
-                     $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::jsonb[])
+                     $6::text[], $7::text[], $8::text[], $9::float8[], $10::int8[], $11::int8[],
+                     $12::int8[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+                     $16::jsonb[])
                  ON CONFLICT (request_id) DO NOTHING"
             ))
             .await
@@ -263,6 +329,65 @@ impl PostgresSink {
     }
 }
 
+impl PostgresSink {
+    /// Runs a query on a pooled read connection, bounded by the operation timeout (waiting for
+    /// a free connection included); a connection that failed or timed out is not reused.
+    async fn read<T>(
+        &self,
+        what: &str,
+        op: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, SinkError> {
+        let timeout = || {
+            SinkError::new(
+                SinkErrorKind::Timeout,
+                format!(
+                    "{what}: no answer from PostgreSQL within {:?}",
+                    self.op_timeout
+                ),
+            )
+        };
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let _permit = tokio::time::timeout_at(deadline, self.reads.permits.acquire())
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|_| SinkError::closed("the read pool is closed"))?;
+        let idle = self
+            .reads
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .filter(|c| !c.is_closed());
+        let client = match idle {
+            Some(client) => client,
+            None => tokio::time::timeout_at(deadline, self.client())
+                .await
+                .map_err(|_| timeout())??,
+        };
+        match tokio::time::timeout_at(deadline, op(&client)).await {
+            Ok(Ok(value)) => {
+                self.reads
+                    .idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(client);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                if !e.is_closed() && !client.is_closed() && e.code().is_some() {
+                    self.reads
+                        .idle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(client);
+                }
+                Err(pg_error(what, e))
+            }
+            Err(_) => Err(timeout()),
+        }
+    }
+}
+
 /// A stable 64-bit key for `pg_advisory_xact_lock` (FNV-1a of the table name).
 fn advisory_key(table: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -273,6 +398,7 @@ fn advisory_key(table: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
+/// Classifies a PostgreSQL error (see [`PostgresSink`]).
 fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
     let kind = match e.code() {
         Some(c)
@@ -283,6 +409,13 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
                 || *c == SqlState::TOO_MANY_CONNECTIONS =>
         {
             SinkErrorKind::Unavailable
+        }
+        Some(c)
+            if c.code().starts_with("22")
+                || c.code().starts_with("23")
+                || c.code().starts_with("54") =>
+        {
+            SinkErrorKind::Rejected
         }
         Some(c)
             if *c == SqlState::T_R_SERIALIZATION_FAILURE
@@ -299,7 +432,16 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
         }
         None => SinkErrorKind::Database,
     };
-    SinkError::new(kind, context).with_source(e)
+    // The server's message and code (not its detail, which may quote the row's values).
+    let message = match e.as_db_error() {
+        Some(db) => format!(
+            "{context}: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ),
+        None => context.to_owned(),
+    };
+    SinkError::new(kind, message).with_source(e)
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -307,6 +449,10 @@ fn to_i64(n: u64) -> i64 {
 }
 
 impl SpendLogSink for PostgresSink {
+    fn dead_letter_path(&self) -> Option<std::path::PathBuf> {
+        Some(std::path::PathBuf::from("spend_logs.dead-letter.jsonl"))
+    }
+
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             if records.is_empty() {
@@ -316,6 +462,7 @@ impl SpendLogSink for PostgresSink {
             let opt =
                 |f: fn(&SpendRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<_>>();
             let request_id = col(|r| r.request_id.clone());
+            let client_request_id = opt(|r| r.client_request_id.as_deref());
             let call_type = col(|r| r.call_type.clone());
             let status = records
                 .iter()
@@ -352,6 +499,7 @@ impl SpendLogSink for PostgresSink {
                         &conn.insert,
                         &[
                             &request_id,
+                            &client_request_id,
                             &call_type,
                             &status,
                             &model,
@@ -385,8 +533,15 @@ impl SpendLogStore for PostgresSink {
                 params.push(p);
                 conditions.push(cond.replace('?', &format!("${}", params.len())));
             };
-            if let Some(id) = &filter.request_id {
-                push("request_id = ?", Box::new(id.clone()));
+            for (condition, value) in [
+                ("request_id = ?", &filter.request_id),
+                ("client_request_id = ?", &filter.client_request_id),
+                ("api_key = ?", &filter.api_key),
+                ("\"user\" = ?", &filter.user_id),
+            ] {
+                if let Some(value) = value {
+                    push(condition, Box::new(value.clone()));
+                }
             }
             if let Some(start) = filter.start {
                 push("\"startTime\" >= ?", Box::new(start));
@@ -416,8 +571,8 @@ impl SpendLogStore for PostgresSink {
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
             let rows = self
-                .run("cannot query spend-log records", async |conn: &Conn| {
-                    conn.client.query(&sql, &refs).await
+                .read("cannot query spend-log records", async |client: &Client| {
+                    client.query(&sql, &refs).await
                 })
                 .await?;
             rows.iter().map(record_from_row).collect()
@@ -446,9 +601,9 @@ impl SpendLogStore for PostgresSink {
                 quote_ident(&self.table),
             );
             let rows = self
-                .run(
+                .read(
                     "cannot query the guardrail block summary",
-                    async |conn: &Conn| conn.client.query(&sql, &[&start, &end]).await,
+                    async |client: &Client| client.query(&sql, &[&start, &end]).await,
                 )
                 .await?;
             rows.iter()
@@ -472,27 +627,28 @@ fn record_from_row(row: &tokio_postgres::Row) -> Result<SpendRecord, SinkError> 
         Ok(u64::try_from(row.try_get::<_, i64>(i).map_err(decode)?).unwrap_or(0))
     };
     let request_id: String = row.try_get(0).map_err(decode)?;
-    let status: String = row.try_get(2).map_err(decode)?;
-    let metadata: String = row.try_get(14).map_err(decode)?;
+    let status: String = row.try_get(3).map_err(decode)?;
+    let metadata: String = row.try_get(15).map_err(decode)?;
     Ok(SpendRecord {
-        call_type: row.try_get(1).map_err(decode)?,
+        client_request_id: row.try_get(1).map_err(decode)?,
+        call_type: row.try_get(2).map_err(decode)?,
         status: status.parse::<SpendStatus>().map_err(|e| {
             SinkError::new(
                 SinkErrorKind::Encoding,
                 format!("stored record {request_id}: {e}"),
             )
         })?,
-        model: row.try_get(3).map_err(decode)?,
-        api_base: row.try_get(4).map_err(decode)?,
-        user: row.try_get(5).map_err(decode)?,
-        api_key: row.try_get(6).map_err(decode)?,
-        spend: row.try_get(7).map_err(decode)?,
-        prompt_tokens: tokens(8)?,
-        completion_tokens: tokens(9)?,
-        total_tokens: tokens(10)?,
-        start_time: row.try_get(11).map_err(decode)?,
-        end_time: row.try_get(12).map_err(decode)?,
-        completion_start_time: row.try_get(13).map_err(decode)?,
+        model: row.try_get(4).map_err(decode)?,
+        api_base: row.try_get(5).map_err(decode)?,
+        user: row.try_get(6).map_err(decode)?,
+        api_key: row.try_get(7).map_err(decode)?,
+        spend: row.try_get(8).map_err(decode)?,
+        prompt_tokens: tokens(9)?,
+        completion_tokens: tokens(10)?,
+        total_tokens: tokens(11)?,
+        start_time: row.try_get(12).map_err(decode)?,
+        end_time: row.try_get(13).map_err(decode)?,
+        completion_start_time: row.try_get(14).map_err(decode)?,
         metadata: serde_json::from_str(&metadata).map_err(|e| {
             SinkError::encoding(format!("stored record {request_id}: invalid metadata"), e)
         })?,

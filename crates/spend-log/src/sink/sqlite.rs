@@ -30,14 +30,26 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 ///
 /// A batch is one `BEGIN IMMEDIATE` transaction of `INSERT OR IGNORE`s, so a retried batch never
 /// duplicates a record. While another connection holds the write lock, a write waits up to the
-/// busy timeout (default 5 s) and then fails with [`SinkErrorKind::Busy`].
+/// busy timeout (default 5 s) and then fails with [`SinkErrorKind::Busy`] (transient: the
+/// writer retries). A row SQLite refuses (a constraint, a value too big) fails with
+/// [`SinkErrorKind::Rejected`].
 ///
-/// SQLite is blocking: the connection lives on a dedicated thread and every operation is sent
-/// to it, so no Tokio worker ever blocks. The thread ends when the last clone of the sink is
-/// dropped.
+/// The table also has `client_request_id` (the client's `x-request-id`) and indexes on it,
+/// `api_key` and `"user"` for the query filters. A table created by an earlier version (without
+/// `client_request_id`) is migrated in place when the sink opens: the column and indexes are
+/// added; existing rows keep their `request_id` and get a null `client_request_id`.
+///
+/// SQLite is blocking: the write connection lives on a dedicated thread and every write is sent
+/// to it, so no Tokio worker ever blocks. Queries ([`SpendLogStore`]) run on a second,
+/// read-only connection on a thread of its own (WAL mode lets it read while the writer
+/// writes), so a slow query never delays writes (`:memory:` databases, which only one
+/// connection can see, use the write connection). The threads end when the last clone of the
+/// sink is dropped.
 #[derive(Clone)]
 pub struct SqliteSink {
     jobs: std_mpsc::Sender<Job>,
+    /// The read connection's thread (`None` for `:memory:`, which only one connection sees).
+    reads: Option<std_mpsc::Sender<Job>>,
     table: String,
     path: PathBuf,
 }
@@ -101,8 +113,38 @@ impl SqliteSinkBuilder {
         ready_rx
             .await
             .map_err(|_| SinkError::closed("the SQLite thread exited while opening"))??;
+        let reads = if is_memory(&self.path) {
+            None
+        } else {
+            let (reads, rx) = std_mpsc::channel::<Job>();
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let path = self.path.clone();
+            std::thread::Builder::new()
+                .name("spend-log-sqlite-read".into())
+                .spawn(move || {
+                    let mut conn = match open_reader(&path, busy_timeout) {
+                        Ok(conn) => {
+                            let _ = ready_tx.send(Ok(()));
+                            conn
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    for job in rx {
+                        job(&mut conn);
+                    }
+                })
+                .map_err(|e| SinkError::io("cannot start the SQLite read thread", e))?;
+            ready_rx
+                .await
+                .map_err(|_| SinkError::closed("the SQLite read thread exited while opening"))??;
+            Some(reads)
+        };
         Ok(SqliteSink {
             jobs,
+            reads,
             table: self.table,
             path: self.path,
         })
@@ -135,21 +177,53 @@ impl SqliteSink {
         &self.path
     }
 
-    /// Runs `f` on the SQLite thread.
+    /// Runs `f` on the write connection's thread.
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, SinkError> + Send + 'static,
     ) -> Result<T, SinkError> {
+        Self::run(&self.jobs, f).await
+    }
+
+    /// Runs `f` on the read connection's thread (the write connection's for `:memory:`).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        Self::run(self.reads.as_ref().unwrap_or(&self.jobs), f).await
+    }
+
+    async fn run<T: Send + 'static>(
+        jobs: &std_mpsc::Sender<Job>,
+        f: impl FnOnce(&mut Connection) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
-            }))
-            .map_err(|_| SinkError::closed("the SQLite thread has exited"))?;
+        jobs.send(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }))
+        .map_err(|_| SinkError::closed("the SQLite thread has exited"))?;
         rx.await.map_err(|_| {
             SinkError::closed("the SQLite thread dropped an operation (it panicked)")
         })?
     }
+}
+
+fn is_memory(path: &Path) -> bool {
+    path == Path::new(":memory:") || path.as_os_str().is_empty()
+}
+
+/// The read-only connection for queries.
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, SinkError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_error(&format!("cannot open {} for reading", path.display()), e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| sql_error("cannot set the busy timeout", e))?;
+    Ok(conn)
 }
 
 fn open_connection(
@@ -172,9 +246,59 @@ fn open_connection(
     let t = quote_ident(table);
     let start_idx = quote_ident(&format!("{table}_startTime_idx"));
     let status_idx = quote_ident(&format!("{table}_status_idx"));
+    // One writer at a time creates or migrates the table (two gateways opening one file).
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
+    let created = create_or_migrate(&conn, table, &t, &start_idx, &status_idx);
+    let end = if created.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    conn.execute_batch(end)
+        .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
+    created?;
+    Ok(conn)
+}
+
+/// Creates the table and its indexes, or adds what an older table lacks.
+fn create_or_migrate(
+    conn: &Connection,
+    table: &str,
+    t: &str,
+    start_idx: &str,
+    status_idx: &str,
+) -> Result<(), SinkError> {
+    let fail = |e| sql_error(&format!("cannot create the table {table}"), e);
+    let existing: Vec<String> = {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info({})",
+                quote_literal(table)
+            ))
+            .map_err(fail)?;
+        stmt.query_map([], |row| row.get::<_, String>(0))
+            .map_err(fail)?
+            .collect::<Result<_, _>>()
+            .map_err(fail)?
+    };
+    if !existing.is_empty() && !existing.iter().any(|c| c == "client_request_id") {
+        tracing::info!(
+            table,
+            "spend log: adding client_request_id to an existing table"
+        );
+        conn.execute_batch(&format!(
+            "ALTER TABLE {t} ADD COLUMN client_request_id TEXT"
+        ))
+        .map_err(|e| sql_error(&format!("cannot migrate the table {table}"), e))?;
+    }
+    let client_idx = quote_ident(&format!("{table}_client_request_id_idx"));
+    let key_idx = quote_ident(&format!("{table}_api_key_idx"));
+    let user_idx = quote_ident(&format!("{table}_user_idx"));
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {t} (
             request_id TEXT PRIMARY KEY NOT NULL,
+            client_request_id TEXT,
             call_type TEXT NOT NULL,
             status TEXT NOT NULL,
             model TEXT NOT NULL,
@@ -191,14 +315,21 @@ fn open_connection(
             metadata TEXT NOT NULL DEFAULT '{{}}'
         );
         CREATE INDEX IF NOT EXISTS {start_idx} ON {t} (\"startTime\");
-        CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);"
+        CREATE INDEX IF NOT EXISTS {status_idx} ON {t} (status);
+        CREATE INDEX IF NOT EXISTS {client_idx} ON {t} (client_request_id);
+        CREATE INDEX IF NOT EXISTS {key_idx} ON {t} (api_key);
+        CREATE INDEX IF NOT EXISTS {user_idx} ON {t} (\"user\");"
     ))
-    .map_err(|e| sql_error(&format!("cannot create the table {table}"), e))?;
-    Ok(conn)
+    .map_err(fail)
+}
+
+/// Quotes an SQL string literal (`'text'`, inner quotes doubled).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// A record as SQLite values, built on the async side so the SQLite thread only inserts.
-struct Row([SqlValue; 15]);
+struct Row([SqlValue; 16]);
 
 fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
     let text = |s: &str| SqlValue::Text(s.to_owned());
@@ -208,6 +339,7 @@ fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
         .map_err(|e| SinkError::encoding("cannot serialize metadata", e))?;
     Ok(Row([
         text(&r.request_id),
+        opt(&r.client_request_id),
         text(&r.call_type),
         text(r.status.as_str()),
         text(&r.model),
@@ -227,20 +359,21 @@ fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpendRecord, SinkError>> {
-    let status: String = row.get(2)?;
+    let status: String = row.get(3)?;
     let tokens = |i: usize| -> rusqlite::Result<u64> {
         let n: i64 = row.get(i)?;
         Ok(u64::try_from(n).unwrap_or(0))
     };
-    let start: String = row.get(11)?;
-    let end: String = row.get(12)?;
-    let completion_start: Option<String> = row.get(13)?;
-    let metadata: String = row.get(14)?;
+    let start: String = row.get(12)?;
+    let end: String = row.get(13)?;
+    let completion_start: Option<String> = row.get(14)?;
+    let metadata: String = row.get(15)?;
     let request_id: String = row.get(0)?;
-    let (call_type, model): (String, String) = (row.get(1)?, row.get(3)?);
-    let (api_base, user, api_key) = (row.get(4)?, row.get(5)?, row.get(6)?);
-    let spend: f64 = row.get(7)?;
-    let (prompt_tokens, completion_tokens, total_tokens) = (tokens(8)?, tokens(9)?, tokens(10)?);
+    let client_request_id: Option<String> = row.get(1)?;
+    let (call_type, model): (String, String) = (row.get(2)?, row.get(4)?);
+    let (api_base, user, api_key) = (row.get(5)?, row.get(6)?, row.get(7)?);
+    let spend: f64 = row.get(8)?;
+    let (prompt_tokens, completion_tokens, total_tokens) = (tokens(9)?, tokens(10)?, tokens(11)?);
     let decode = move || -> Result<SpendRecord, SinkError> {
         let bad = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
             SinkError::encoding(format!("stored record {request_id}: invalid {what}"), e)
@@ -267,22 +400,39 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpendRecord, Sin
             completion_tokens,
             total_tokens,
             request_id,
+            client_request_id,
         })
     };
     Ok(decode())
 }
 
+/// Classifies an SQLite error: busy and locked are transient (another connection holds the
+/// lock), as are a database that cannot be opened and I/O failures (a full disk, an unmounted
+/// volume); a constraint, a value too big or of the wrong type is the row's fault
+/// ([`SinkErrorKind::Rejected`]); anything else is a database error.
 fn sql_error(context: &str, e: rusqlite::Error) -> SinkError {
     let kind = match e.sqlite_error_code() {
         Some(ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked) => SinkErrorKind::Busy,
         Some(ffi::ErrorCode::CannotOpen) => SinkErrorKind::Unavailable,
         Some(ffi::ErrorCode::SystemIoFailure | ffi::ErrorCode::DiskFull) => SinkErrorKind::Io,
-        _ => SinkErrorKind::Database,
+        Some(
+            ffi::ErrorCode::ConstraintViolation
+            | ffi::ErrorCode::TooBig
+            | ffi::ErrorCode::TypeMismatch,
+        ) => SinkErrorKind::Rejected,
+        _ => match e {
+            rusqlite::Error::ToSqlConversionFailure(_) => SinkErrorKind::Rejected,
+            _ => SinkErrorKind::Database,
+        },
     };
     SinkError::new(kind, context).with_source(e)
 }
 
 impl SpendLogSink for SqliteSink {
+    fn dead_letter_path(&self) -> Option<PathBuf> {
+        (!is_memory(&self.path)).then(|| super::beside(&self.path))
+    }
+
     fn write_batch<'a>(&'a self, records: &'a [SpendRecord]) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             if records.is_empty() {
@@ -290,7 +440,7 @@ impl SpendLogSink for SqliteSink {
             }
             let rows = records.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
             let sql = format!(
-                "INSERT OR IGNORE INTO {} ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                "INSERT OR IGNORE INTO {} ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 quote_ident(&self.table)
             );
             self.call(move |conn| {
@@ -343,9 +493,16 @@ impl SpendLogStore for SqliteSink {
         Box::pin(async move {
             let mut conditions = Vec::new();
             let mut params = Vec::new();
-            if let Some(id) = &filter.request_id {
-                conditions.push("request_id = ?".to_owned());
-                params.push(SqlValue::Text(id.clone()));
+            for (column, value) in [
+                ("request_id", &filter.request_id),
+                ("client_request_id", &filter.client_request_id),
+                ("api_key", &filter.api_key),
+                ("\"user\"", &filter.user_id),
+            ] {
+                if let Some(value) = value {
+                    conditions.push(format!("{column} = ?"));
+                    params.push(SqlValue::Text(value.clone()));
+                }
             }
             push_time_range(
                 "\"startTime\"",
@@ -371,7 +528,7 @@ impl SpendLogStore for SqliteSink {
                 quote_ident(&self.table),
                 where_clause(&conditions),
             );
-            self.call(move |conn| {
+            self.read(move |conn| {
                 let fail = |e| sql_error("cannot query spend-log records", e);
                 let mut stmt = conn.prepare_cached(&sql).map_err(fail)?;
                 let rows = stmt
@@ -410,7 +567,7 @@ impl SpendLogStore for SqliteSink {
                 quote_ident(&self.table),
                 where_clause(&conditions),
             );
-            self.call(move |conn| {
+            self.read(move |conn| {
                 let fail = |e| sql_error("cannot query the guardrail block summary", e);
                 let mut stmt = conn.prepare_cached(&sql).map_err(fail)?;
                 let rows = stmt

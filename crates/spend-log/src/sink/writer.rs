@@ -2,6 +2,7 @@
 //! a [`SpendLogHandle`] (the cheap, cloneable submit side).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -12,47 +13,65 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use super::dead_letter::{DeadLetter, Reason};
 use super::{SinkError, SinkErrorKind, SpendLogSink};
 use crate::record::SpendRecord;
 
-/// What [`SpendLogHandle::submit`] does with a record when the queue is full (the sink is slow
-/// or down and the queue has filled up).
+/// The least room in the hand-off to the dead-letter thread (it is the queue's capacity when
+/// that is larger).
+const DEAD_LETTER_HANDOFF_MIN: usize = 4096;
+
+/// What [`SpendLogHandle::submit`] does with a record when the queue is full (the database is
+/// slow or down and the queue has filled up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum QueueFullPolicy {
-    /// Keep the record until there is room (the default): it is held by a small task spawned
-    /// on the writer's runtime that waits for room in the queue, so `submit` still returns at
-    /// once and works from any thread, with or without a runtime. Nothing is lost, but while the
-    /// sink stays down the records waiting for room use memory without bound (they count in
-    /// [`SpendLogStats::pending`]). If the writer's runtime has shut down, the record cannot be
-    /// kept: it is counted as dropped and logged at error level.
+    /// Write the record to the dead-letter file (the default): nothing is lost and memory stays
+    /// bounded by the queue. The file is appended by a thread of its own through a bounded
+    /// hand-off (room for the queue's capacity, at least 4,096 records), so `submit` never
+    /// waits for the disk; if that hand-off is full too, or no
+    /// dead-letter file is configured, the record is dropped (counted and logged).
     #[default]
-    Wait,
+    DeadLetter,
     /// Drop the record: it is counted in [`SpendLogStats::dropped`] and logged at error level
-    /// (the first drop at once, then at most one summary per second). Memory stays bounded by
-    /// the queue capacity.
+    /// (the first drop at once, then at most one summary per second).
     Drop,
 }
 
-/// Counters of a [`SpendLogWriter`], from [`SpendLogHandle::stats`].
+/// Counters of a [`SpendLogWriter`], from [`SpendLogHandle::stats`]: plain atomics, cheap to
+/// read as often as a metrics exporter likes.
+///
+/// Every record handed to [`submit`](SpendLogHandle::submit) ends in exactly one of `written`,
+/// `dead_lettered` or `dropped`; until then it counts in `pending`:
+/// `queued == written + dead_lettered + dropped + pending`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SpendLogStats {
-    /// Records accepted by [`submit`](SpendLogHandle::submit) (into the queue, or waiting for
-    /// room under [`QueueFullPolicy::Wait`]).
+    /// Records handed to [`submit`](SpendLogHandle::submit).
     pub queued: u64,
     /// Records the sink has written (acknowledged; a record whose `request_id` was already
     /// stored still counts, since the sink skipped it on purpose).
     pub written: u64,
-    /// Records that will never be written: refused by `submit` (queue full under
-    /// [`QueueFullPolicy::Drop`], or the writer already shut down), or still unwritten when the
-    /// shutdown deadline passed or the writer's runtime stopped. Every drop is logged.
+    /// Of `written`, records stored only after [`SpendRecord::sanitized`] fixed what the database
+    /// rejected.
+    pub sanitized: u64,
+    /// Records written whole to the dead-letter file: rejected by the database even sanitized,
+    /// refused by a full queue (under [`QueueFullPolicy::DeadLetter`]), submitted after
+    /// shutdown, or still unwritten when the shutdown deadline passed.
+    pub dead_lettered: u64,
+    /// Records that will never be written anywhere: refused by a full queue under
+    /// [`QueueFullPolicy::Drop`], or that could not be dead-lettered (no dead-letter file, its
+    /// hand-off full, the file unwritable or at its size limit). Every drop is logged.
     pub dropped: u64,
-    /// Batch writes that failed (each is retried).
+    /// Write attempts that failed and were retried (a batch or a single row).
+    pub retried: u64,
+    /// Write attempts that failed, retried or not.
     pub failed_writes: u64,
-    /// Records accepted but not yet written: in the queue, waiting for room, or in the batch
-    /// being written or retried.
+    /// Records submitted but not yet written, dead-lettered or dropped: in the queue, in the
+    /// batch being written, or on their way to the dead-letter file.
     pub pending: u64,
+    /// Records in the queue now (at most the capacity).
+    pub queue_depth: u64,
 }
 
 /// Configuration of the batching spend-log writer; [`spawn`](SpendLogWriter::spawn) starts it.
@@ -60,10 +79,31 @@ pub struct SpendLogStats {
 /// The writer is a background task that owns a [`SpendLogSink`] and a bounded queue. It takes
 /// the records that are queued (up to [`max_batch_size`](SpendLogWriter::max_batch_size),
 /// waiting at most [`linger`](SpendLogWriter::linger) for a batch to fill) and writes them with
-/// one [`write_batch`](SpendLogSink::write_batch) call (one transaction). A failed batch is kept
-/// and retried with exponential backoff until it is written: a record is never dropped because
-/// the sink failed, and the sinks' `request_id` idempotency makes retries safe. Failures are
-/// logged (`warn`, then `error` once an outage lasts several attempts).
+/// one [`write_batch`](SpendLogSink::write_batch) call (one transaction). A failed write is
+/// handled by what the error says ([`SinkError`]):
+///
+/// - transient (the database is down, busy, or timed out): the batch is kept and retried with
+///   exponential backoff capped at the maximum, until it is written or shutdown's deadline
+///   passes. Nothing behind it is lost meanwhile: the queue is bounded, and what does not fit
+///   follows the [`QueueFullPolicy`].
+/// - permanent (the database rejected a value: a NUL byte, a value too long, a constraint): the
+///   batch is written row by row, so the other rows land; a rejected row is
+///   [sanitized](SpendRecord::sanitized) and retried once, and if it is still rejected (or
+///   there was nothing to sanitize) it is written whole to the dead-letter file with a warning.
+///   The queue never jams behind one bad row.
+/// - anything else (a schema or permission problem): retried a few times
+///   ([`other_error_attempts`](SpendLogWriter::other_error_attempts)), then handled as permanent.
+///
+/// The sinks' `request_id` idempotency makes every retry safe. Every wait is bounded: one write
+/// by [`write_timeout`](SpendLogWriter::write_timeout), a backoff by its maximum, shutdown by
+/// [`shutdown_timeout`](SpendLogWriter::shutdown_timeout).
+///
+/// The dead-letter file ([`dead_letter_path`](SpendLogWriter::dead_letter_path); by default
+/// the sink's suggestion, [`SpendLogSink::dead_letter_path`]) holds one JSON object per line:
+/// `{"dead_lettered_at": "<RFC 3339>", "reason": "rejected" | "queue_full" | "shutdown" |
+/// "shutdown_timeout" | "writer_stopped", "error": "<the last error>" | null, "record": {<the
+/// record, as the JSON lines sink writes it>}}`. It is created on the first record and grows up
+/// to [`dead_letter_max_bytes`](SpendLogWriter::dead_letter_max_bytes).
 ///
 /// ```
 /// use std::time::Duration;
@@ -72,13 +112,15 @@ pub struct SpendLogStats {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
+/// # let dir = std::env::temp_dir();
 /// let (sink, _records) = ChannelSink::new();
 /// let handle = SpendLogWriter::new()
 ///     .capacity(10_000)
 ///     .max_batch_size(256)
 ///     .linger(Duration::from_millis(20))
 ///     .retry_backoff(Duration::from_millis(50), Duration::from_secs(5))
-///     .queue_full_policy(QueueFullPolicy::Drop)
+///     .queue_full_policy(QueueFullPolicy::DeadLetter)
+///     .dead_letter_path(dir.join("spend_logs.dead-letter.jsonl"))
 ///     .shutdown_timeout(Duration::from_secs(10))
 ///     .spawn(sink);
 /// # handle.shutdown().await.unwrap();
@@ -94,6 +136,17 @@ pub struct SpendLogWriter {
     write_timeout: Duration,
     shutdown_timeout: Duration,
     policy: QueueFullPolicy,
+    other_error_attempts: u32,
+    dead_letter: DeadLetterSetting,
+    dead_letter_max_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+enum DeadLetterSetting {
+    /// The sink's suggestion.
+    Default,
+    Path(PathBuf),
+    Off,
 }
 
 impl Default for SpendLogWriter {
@@ -105,7 +158,8 @@ impl Default for SpendLogWriter {
 impl SpendLogWriter {
     /// The defaults: capacity 10,000, batches of up to 256 records, 20 ms linger, retry backoff
     /// from 50 ms doubling to 5 s, 30 s write timeout, 10 s shutdown timeout,
-    /// [`QueueFullPolicy::Wait`].
+    /// [`QueueFullPolicy::DeadLetter`], 3 attempts for unclassified errors, the sink's
+    /// dead-letter path, 1 GiB of dead letters at most.
     pub fn new() -> Self {
         SpendLogWriter {
             capacity: 10_000,
@@ -115,11 +169,15 @@ impl SpendLogWriter {
             backoff_max: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
-            policy: QueueFullPolicy::Wait,
+            policy: QueueFullPolicy::DeadLetter,
+            other_error_attempts: 3,
+            dead_letter: DeadLetterSetting::Default,
+            dead_letter_max_bytes: 1 << 30,
         }
     }
 
-    /// How many records the queue holds (at least 1).
+    /// How many records the queue holds (at least 1). Memory held while the database is down
+    /// is bounded by this many records (about 1 to 2 KiB each) plus one batch.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -132,13 +190,14 @@ impl SpendLogWriter {
     }
 
     /// How long the writer waits for a batch to fill after its first record arrives (zero:
-    /// write whatever is queued at once).
+    /// write whatever is queued at once). Also the most a record waits in memory before its
+    /// write begins while the database keeps up: the window lost to a crash (`SIGKILL`).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
     }
 
-    /// The delay before the first retry of a failed batch, doubling after each failure up to
+    /// The delay before the first retry of a failed write, doubling after each failure up to
     /// `max`.
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
@@ -146,14 +205,14 @@ impl SpendLogWriter {
         self
     }
 
-    /// How long one batch write may take before it counts as failed (and is retried).
+    /// How long one write may take before it counts as failed (transient: it is retried).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
         self
     }
 
     /// How long [`shutdown`](SpendLogHandle::shutdown) keeps writing and retrying before it
-    /// gives up on the records that are left.
+    /// dead-letters the records that are left.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -162,6 +221,33 @@ impl SpendLogWriter {
     /// What [`submit`](SpendLogHandle::submit) does when the queue is full.
     pub fn queue_full_policy(mut self, policy: QueueFullPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// How many times an error that is neither transient nor permanent (a schema or permission
+    /// problem) is tried before the batch is handled as rejected (at least 1).
+    pub fn other_error_attempts(mut self, attempts: u32) -> Self {
+        self.other_error_attempts = attempts.max(1);
+        self
+    }
+
+    /// The dead-letter file (JSON lines; created on the first record). By default, the sink's
+    /// [`dead_letter_path`](SpendLogSink::dead_letter_path).
+    pub fn dead_letter_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.dead_letter = DeadLetterSetting::Path(path.into());
+        self
+    }
+
+    /// No dead-letter file: what would go there is dropped (counted and logged).
+    pub fn without_dead_letter(mut self) -> Self {
+        self.dead_letter = DeadLetterSetting::Off;
+        self
+    }
+
+    /// The most bytes the dead-letter file may grow to (default 1 GiB); beyond that, records
+    /// that would go there are dropped (counted and logged).
+    pub fn dead_letter_max_bytes(mut self, bytes: u64) -> Self {
+        self.dead_letter_max_bytes = bytes;
         self
     }
 
@@ -178,22 +264,29 @@ impl SpendLogWriter {
     pub fn spawn_on<S: SpendLogSink>(self, sink: S, runtime: &Handle) -> SpendLogHandle {
         let (tx, rx) = mpsc::channel(self.capacity);
         let (done_tx, done_rx) = watch::channel(None);
+        let path = match &self.dead_letter {
+            DeadLetterSetting::Default => sink.dead_letter_path(),
+            DeadLetterSetting::Path(p) => Some(p.clone()),
+            DeadLetterSetting::Off => None,
+        };
+        let counters = Arc::new(Counters::default());
+        let dead_letter = path.map(|path| {
+            DeadLetter::start(
+                path,
+                self.capacity.max(DEAD_LETTER_HANDOFF_MIN),
+                self.dead_letter_max_bytes,
+                Arc::clone(&counters),
+            )
+        });
         let shared = Arc::new(Shared {
-            queued: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            failed_writes: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            waiting: AtomicU64::new(0),
+            counters,
             closed: AtomicBool::new(false),
             deadline: Mutex::new(None),
             wake: Notify::new(),
             batch_full: Notify::new(),
             max_batch_size: self.max_batch_size,
-            overflow: Mutex::new(Overflow::default()),
             policy: self.policy,
-            runtime: runtime.clone(),
-            drop_log: DropLog::new(),
+            dead_letter,
         });
         let worker = Worker {
             sink,
@@ -201,6 +294,7 @@ impl SpendLogWriter {
             batch: Vec::with_capacity(self.max_batch_size),
             shared: Arc::clone(&shared),
             config: self.clone(),
+            delay: self.backoff_initial,
         };
         runtime.spawn(async move {
             let result = worker.run().await;
@@ -238,6 +332,10 @@ impl fmt::Debug for SpendLogHandle {
         f.debug_struct("SpendLogHandle")
             .field("stats", &self.stats())
             .field("policy", &self.inner.shared.policy)
+            .field(
+                "dead_letter",
+                &self.inner.shared.dead_letter.as_ref().map(DeadLetter::path),
+            )
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -248,18 +346,17 @@ impl SpendLogHandle {
     /// no runtime on the calling thread, and can be called from `Drop` or `poll_frame`.
     ///
     /// The record goes into the queue if there is room. If the queue is full, the
-    /// [`QueueFullPolicy`] decides: `Wait` keeps it until there is room, `Drop` drops it (counted
-    /// and logged). After [`shutdown`](SpendLogHandle::shutdown) has begun, records are dropped
-    /// (counted and logged).
+    /// [`QueueFullPolicy`] decides (by default: to the dead-letter file). After
+    /// [`shutdown`](SpendLogHandle::shutdown) has begun, records go to the dead-letter file
+    /// (dropped if there is none).
     pub fn submit(&self, record: SpendRecord) {
         let shared = &self.inner.shared;
+        shared.counters.queued.fetch_add(1, Ordering::AcqRel);
+        shared.counters.pending.fetch_add(1, Ordering::AcqRel);
         if shared.closed.load(Ordering::Acquire) {
-            shared.reject(&record, "the writer is shut down");
+            shared.dead_letter(record, Reason::Shutdown, None);
             return;
         }
-        // Count before sending, so the writer never decrements `pending` below zero.
-        shared.queued.fetch_add(1, Ordering::AcqRel);
-        shared.pending.fetch_add(1, Ordering::AcqRel);
         match self.inner.tx.try_send(record) {
             Ok(()) => {
                 let queued = self.inner.tx.max_capacity() - self.inner.tx.capacity();
@@ -268,74 +365,62 @@ impl SpendLogHandle {
                 }
             }
             Err(TrySendError::Full(record)) => match shared.policy {
-                QueueFullPolicy::Wait => self.wait_for_room(record),
-                QueueFullPolicy::Drop => {
-                    shared.unaccept();
-                    shared.reject(&record, "the queue is full");
+                QueueFullPolicy::DeadLetter => {
+                    shared.dead_letter(record, Reason::QueueFull, None);
                 }
+                QueueFullPolicy::Drop => shared.drop_record(&record, "the queue is full"),
             },
             Err(TrySendError::Closed(record)) => {
-                shared.unaccept();
-                shared.reject(&record, "the writer has stopped");
+                shared.dead_letter(record, Reason::WriterStopped, None);
             }
         }
     }
 
-    fn wait_for_room(&self, record: SpendRecord) {
-        let shared = &self.inner.shared;
-        shared.waiting.fetch_add(1, Ordering::AcqRel);
-        let waiter = Waiter {
-            record: Some(record),
-            shared: Arc::clone(shared),
-        };
-        let tx = self.inner.tx.clone();
-        // If the runtime is gone the task is dropped unpolled, and `Waiter::drop` accounts for
-        // the record.
-        shared.runtime.spawn(async move {
-            let mut waiter = waiter;
-            if let Ok(permit) = tx.reserve().await {
-                if let Some(record) = waiter.record.take() {
-                    permit.send(record);
-                }
-            }
-        });
-    }
-
     /// A snapshot of the writer's counters.
     pub fn stats(&self) -> SpendLogStats {
-        let s = &self.inner.shared;
+        let c = &self.inner.shared.counters;
         SpendLogStats {
-            queued: s.queued.load(Ordering::Acquire),
-            written: s.written.load(Ordering::Acquire),
-            dropped: s.dropped.load(Ordering::Acquire),
-            failed_writes: s.failed_writes.load(Ordering::Acquire),
-            pending: s.pending.load(Ordering::Acquire),
+            queued: c.queued.load(Ordering::Acquire),
+            written: c.written.load(Ordering::Acquire),
+            sanitized: c.sanitized.load(Ordering::Acquire),
+            dead_lettered: c.dead_lettered.load(Ordering::Acquire),
+            dropped: c.dropped.load(Ordering::Acquire),
+            retried: c.retried.load(Ordering::Acquire),
+            failed_writes: c.failed_writes.load(Ordering::Acquire),
+            pending: c.pending.load(Ordering::Acquire),
+            queue_depth: (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,
         }
     }
 
     /// Records dropped so far (see [`SpendLogStats::dropped`]).
     pub fn dropped(&self) -> u64 {
-        self.inner.shared.dropped.load(Ordering::Acquire)
+        self.inner.shared.counters.dropped.load(Ordering::Acquire)
     }
 
-    /// Records accepted but not yet written (see [`SpendLogStats::pending`]).
+    /// Records submitted but not yet settled (see [`SpendLogStats::pending`]).
     pub fn pending(&self) -> u64 {
-        self.inner.shared.pending.load(Ordering::Acquire)
+        self.inner.shared.counters.pending.load(Ordering::Acquire)
     }
 
-    /// Whether shutdown has begun (new records are refused).
+    /// The dead-letter file, if there is one.
+    pub fn dead_letter_path(&self) -> Option<&Path> {
+        self.inner.shared.dead_letter.as_ref().map(DeadLetter::path)
+    }
+
+    /// Whether shutdown has begun (new records go to the dead-letter file).
     pub fn is_closed(&self) -> bool {
         self.inner.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Stops accepting records and writes everything already accepted (the queue, the records
-    /// waiting for room, the batch being retried), retrying failed writes until the configured
-    /// [`shutdown_timeout`](SpendLogWriter::shutdown_timeout) has passed.
+    /// Stops taking records into the queue and writes everything already queued (and the batch
+    /// being retried), retrying failed writes until the configured
+    /// [`shutdown_timeout`](SpendLogWriter::shutdown_timeout) has passed; then writes what is
+    /// left to the dead-letter file and waits until that file is flushed.
     ///
-    /// Returns `Ok(())` when every accepted record was written. Otherwise the records left are
-    /// counted as dropped, logged at error level, and the error says how many
-    /// ([`ShutdownError::unwritten`]). Every clone of the handle can call it; all get the same
-    /// result. Needs the writer's runtime to be running.
+    /// Returns `Ok(())` when every queued record was written to the sink. Otherwise the error
+    /// says how many were not ([`ShutdownError::unwritten`]): they are in the dead-letter file
+    /// (or, without one, dropped), counted and logged. Every clone of the handle can call it;
+    /// all get the same result. Needs the writer's runtime to be running.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         self.inner
             .shared
@@ -355,7 +440,7 @@ impl SpendLogHandle {
     }
 }
 
-/// [`SpendLogHandle::shutdown`] could not write every accepted record.
+/// [`SpendLogHandle::shutdown`] could not write every queued record to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownError {
     unwritten: u64,
@@ -363,8 +448,8 @@ pub struct ShutdownError {
 }
 
 impl ShutdownError {
-    /// How many accepted records were not written (they are counted in
-    /// [`SpendLogStats::dropped`]).
+    /// How many queued records were not written to the sink (they are in the dead-letter file,
+    /// or counted in [`SpendLogStats::dropped`]).
     pub fn unwritten(&self) -> u64 {
         self.unwritten
     }
@@ -374,7 +459,7 @@ impl fmt::Display for ShutdownError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "spend log shutdown: {} record(s) could not be written: {}",
+            "spend log shutdown: {} record(s) were not written to the database: {}",
             self.unwritten, self.reason
         )
     }
@@ -382,16 +467,36 @@ impl fmt::Display for ShutdownError {
 
 impl std::error::Error for ShutdownError {}
 
-/// State shared by the handles, the writer task and the tasks waiting for room.
+/// The counters, shared with the dead-letter thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) queued: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) sanitized: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) failed_writes: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) drop_log: DropLog,
+}
+
+impl Counters {
+    /// Records that will never be written anywhere.
+    pub(crate) fn lose(&self, request_id: &str, n: u64, reason: &'static str) {
+        if n == 0 {
+            return;
+        }
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        let total = self.dropped.fetch_add(n, Ordering::AcqRel) + n;
+        self.drop_log.record(request_id, n, reason, total);
+    }
+}
+
+/// State shared by the handles and the writer task.
 struct Shared {
-    queued: AtomicU64,
-    written: AtomicU64,
-    dropped: AtomicU64,
-    failed_writes: AtomicU64,
-    pending: AtomicU64,
-    /// Records held by tasks waiting for room (`QueueFullPolicy::Wait`).
-    waiting: AtomicU64,
-    /// Shutdown has begun: `submit` refuses records.
+    counters: Arc<Counters>,
+    /// Shutdown has begun: `submit` dead-letters records.
     closed: AtomicBool,
     /// When shutdown gives up; `Some` once shutdown has begun.
     deadline: Mutex<Option<Instant>>,
@@ -401,18 +506,8 @@ struct Shared {
     batch_full: Notify,
     /// The writer's largest batch.
     max_batch_size: usize,
-    /// Records whose waiting task found the queue closed; the writer takes them at the end.
-    overflow: Mutex<Overflow>,
     policy: QueueFullPolicy,
-    runtime: Handle,
-    drop_log: DropLog,
-}
-
-#[derive(Default)]
-struct Overflow {
-    records: Vec<SpendRecord>,
-    /// The writer has finished: nobody will take records from here any more.
-    finished: bool,
+    dead_letter: Option<DeadLetter>,
 }
 
 impl Shared {
@@ -430,92 +525,51 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Undoes the counting of a record `submit` could not queue after all.
-    fn unaccept(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// `submit` refused a record.
-    fn reject(&self, record: &SpendRecord, reason: &'static str) {
-        let total = self.dropped.fetch_add(1, Ordering::AcqRel) + 1;
-        self.drop_log.record(&record.request_id, reason, total);
-    }
-
-    /// Accepted records that will never be written.
-    fn lose(&self, n: usize, reason: &str) {
-        if n == 0 {
-            return;
+    /// Hands a record to the dead-letter file (dropping it if there is none or its hand-off is
+    /// full).
+    fn dead_letter(&self, record: SpendRecord, reason: Reason, error: Option<String>) {
+        match &self.dead_letter {
+            Some(dead_letter) => dead_letter.send(record, reason, error),
+            None => self
+                .counters
+                .lose(&record.request_id, 1, "no dead-letter file is configured"),
         }
-        let n = n as u64;
-        self.pending.fetch_sub(n, Ordering::AcqRel);
-        let total = self.dropped.fetch_add(n, Ordering::AcqRel) + n;
-        tracing::error!(
-            records = n,
-            dropped_total = total,
-            reason,
-            "spend log: records dropped"
-        );
+    }
+
+    fn drop_record(&self, record: &SpendRecord, reason: &'static str) {
+        self.counters.lose(&record.request_id, 1, reason);
     }
 
     fn written(&self, n: usize) {
         let n = n as u64;
-        self.written.fetch_add(n, Ordering::AcqRel);
-        self.pending.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// A waiting task could not queue its record: hand it to the writer, or count it lost.
-    fn overflow(&self, record: SpendRecord) {
-        let mut overflow = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
-        if overflow.finished {
-            drop(overflow);
-            self.lose(
-                1,
-                "the writer finished before a record waiting for room could be queued",
-            );
-        } else {
-            overflow.records.push(record);
-        }
+        self.counters.written.fetch_add(n, Ordering::AcqRel);
+        self.counters.pending.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
-/// Holds a record waiting for room; accounts for it however the wait ends.
-struct Waiter {
-    record: Option<SpendRecord>,
-    shared: Arc<Shared>,
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            self.shared.overflow(record);
-        }
-        // After the record is in the queue or in `overflow`, so the writer never sees
-        // `waiting == 0` with a record in flight.
-        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Rate-limits the error logs for refused records: the first is logged at once, then at most one
-/// summary per second (the writer task also reports what was not yet logged).
-struct DropLog {
+/// Rate-limits the error logs for dropped records: the first is logged at once, then at most
+/// one summary per second (the writer task also reports what was not yet logged).
+#[derive(Debug)]
+pub(crate) struct DropLog {
     start: std::time::Instant,
     /// Milliseconds since `start` of the last report, plus one (zero: never).
     last_report: AtomicU64,
     unreported: AtomicU64,
 }
 
-impl DropLog {
-    fn new() -> Self {
+impl Default for DropLog {
+    fn default() -> Self {
         DropLog {
             start: std::time::Instant::now(),
             last_report: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
         }
     }
+}
 
-    fn record(&self, request_id: &str, reason: &'static str, total: u64) {
-        self.unreported.fetch_add(1, Ordering::AcqRel);
+impl DropLog {
+    fn record(&self, request_id: &str, n: u64, reason: &'static str, total: u64) {
+        self.unreported.fetch_add(n, Ordering::AcqRel);
         self.report(Some(request_id), reason, total, false);
     }
 
@@ -546,8 +600,8 @@ impl DropLog {
 
     /// Reports drops not logged yet (called by the writer task).
     fn flush(&self, total: u64, force: bool) {
-        if self.has_unreported() {
-            self.report(None, "queue full or writer shut down", total, force);
+        if self.unreported.load(Ordering::Acquire) > 0 {
+            self.report(None, "see earlier errors", total, force);
         }
     }
 
@@ -563,24 +617,40 @@ struct Worker<S> {
     batch: Vec<SpendRecord>,
     shared: Arc<Shared>,
     config: SpendLogWriter,
+    /// The next backoff delay (reset after every success).
+    delay: Duration,
 }
 
-/// Shutdown's deadline passed while records were left; carries the last write error.
-struct Abandon(Option<SinkError>);
+/// Why a write gave up on its records.
+enum Outcome {
+    Written,
+    /// The shutdown deadline passed; carries the last error.
+    Deadline(Option<SinkError>),
+}
+
+/// How one failed attempt is handled.
+enum Next {
+    Retry,
+    /// Treat the records as rejected.
+    Reject,
+}
 
 impl<S: SpendLogSink> Worker<S> {
     async fn run(mut self) -> Result<(), ShutdownError> {
-        let result = match self.run_inner().await {
-            Ok(()) => Ok(()),
-            Err(Abandon(last_error)) => Err(self.abandon(last_error).await),
-        };
-        self.finish();
-        result
+        let unwritten = self.run_inner().await;
+        self.finish().await;
+        match unwritten {
+            None => Ok(()),
+            Some((n, reason)) => Err(ShutdownError {
+                unwritten: n,
+                reason,
+            }),
+        }
     }
 
-    async fn run_inner(&mut self) -> Result<(), Abandon> {
+    /// Writes until shutdown (or every handle is gone); returns what was not written.
+    async fn run_inner(&mut self) -> Option<(u64, String)> {
         let max = self.config.max_batch_size;
-        // Normal operation: batches from the queue until shutdown begins or every handle is gone.
         loop {
             if self.shared.deadline().is_some() {
                 break;
@@ -588,8 +658,8 @@ impl<S: SpendLogSink> Worker<S> {
             let received = {
                 let recv = std::pin::pin!(self.rx.recv_many(&mut self.batch, max));
                 let woken = std::pin::pin!(self.shared.wake.notified());
-                // While some refused records are not logged yet, wake up to report them.
-                let report_in = if self.shared.drop_log.has_unreported() {
+                // While some dropped records are not logged yet, wake up to report them.
+                let report_in = if self.shared.counters.drop_log.has_unreported() {
                     Duration::from_secs(1)
                 } else {
                     Duration::MAX
@@ -597,14 +667,12 @@ impl<S: SpendLogSink> Worker<S> {
                 match tokio::time::timeout(report_in, select(recv, woken)).await {
                     Ok(Either::Left((n, _))) => Some(n),
                     Ok(Either::Right(((), _))) => None,
-                    Err(_) => {
-                        self.shared
-                            .drop_log
-                            .flush(self.shared.dropped.load(Ordering::Acquire), false);
-                        None
-                    }
+                    Err(_) => None,
                 }
             };
+            if self.shared.counters.drop_log.has_unreported() {
+                self.flush_drop_log(false);
+            }
             match received {
                 None => continue,
                 Some(0) => break,
@@ -619,63 +687,45 @@ impl<S: SpendLogSink> Worker<S> {
                 let woken = std::pin::pin!(self.shared.wake.notified());
                 select(linger, select(full, woken)).await;
             }
-            while self.batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(record) => self.batch.push(record),
-                    Err(_) => break,
-                }
+            self.fill_batch();
+            if let Outcome::Deadline(error) = self.write_batch().await {
+                return Some(self.abandon(error));
             }
-            self.write_with_retry().await?;
         }
 
-        // Draining: write what is queued, without lingering, until nothing is left.
-        loop {
-            while self.batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(record) => self.batch.push(record),
-                    Err(_) => break,
-                }
-            }
-            if !self.batch.is_empty() {
-                self.write_with_retry().await?;
-                continue;
-            }
-            if self.shared.waiting.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-                break;
-            }
-            // Records waiting for room are about to be queued.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-
-        // Close the queue; a `submit` racing with shutdown may still have queued a record, and a
-        // waiting task may have found the queue closed (its record goes to `overflow`).
+        // Draining: close the queue (later submits go to the dead-letter file) and write what
+        // is queued, without lingering.
         self.rx.close();
         loop {
-            while self.batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(record) => self.batch.push(record),
-                    Err(_) => break,
-                }
-            }
+            self.fill_batch();
             if self.batch.is_empty() {
-                match self.take_overflow() {
-                    Some(true) => {}
-                    Some(false) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
-                    }
-                    None => return Ok(()),
-                }
+                return None;
             }
-            self.write_with_retry().await?;
+            if let Outcome::Deadline(error) = self.write_batch().await {
+                return Some(self.abandon(error));
+            }
         }
     }
 
-    /// One write of `self.batch`, bounded by the write timeout and, once shutdown has begun (even
+    fn fill_batch(&mut self) {
+        while self.batch.len() < self.config.max_batch_size {
+            match self.rx.try_recv() {
+                Ok(record) => self.batch.push(record),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn flush_drop_log(&self, force: bool) {
+        let total = self.shared.counters.dropped.load(Ordering::Acquire);
+        self.shared.counters.drop_log.flush(total, force);
+    }
+
+    /// One write of `records`, bounded by the write timeout and, once shutdown has begun (even
     /// while the write is in flight), by shutdown's deadline.
-    async fn attempt(&self) -> Result<(), SinkError> {
+    async fn attempt(&self, records: &[SpendRecord]) -> Result<(), SinkError> {
         let started = Instant::now();
-        let mut write = std::pin::pin!(self.sink.write_batch(&self.batch));
+        let mut write = std::pin::pin!(self.sink.write_batch(records));
         loop {
             let deadline = self.shared.deadline();
             let mut limit = started + self.config.write_timeout;
@@ -697,7 +747,7 @@ impl<S: SpendLogSink> Worker<S> {
                 Err(SinkError::new(
                     SinkErrorKind::Timeout,
                     format!(
-                        "writing a batch took longer than {:?}",
+                        "writing took longer than {:?}",
                         limit.saturating_duration_since(started)
                     ),
                 ))
@@ -705,38 +755,78 @@ impl<S: SpendLogSink> Worker<S> {
         }
     }
 
-    /// Moves records from `overflow` into the batch: `Some(true)` if it took some, `Some(false)`
-    /// if records are still on their way (waiting tasks), `None` when everything is done (and
-    /// then marks the writer finished).
-    fn take_overflow(&mut self) -> Option<bool> {
-        let mut overflow = self
-            .shared
-            .overflow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let take = overflow.records.len().min(self.config.max_batch_size);
-        self.batch.extend(overflow.records.drain(..take));
-        if !self.batch.is_empty() {
-            return Some(true);
+    /// Counts and logs a failed attempt and says what to do next: back off and retry, or treat
+    /// the records as rejected.
+    async fn failed(
+        &mut self,
+        error: &SinkError,
+        attempt: u32,
+        other_errors: &mut u32,
+        records: usize,
+    ) -> Next {
+        let counters = &self.shared.counters;
+        counters.failed_writes.fetch_add(1, Ordering::AcqRel);
+        let pending = counters.pending.load(Ordering::Acquire);
+        if error.is_permanent() {
+            tracing::warn!(
+                error = %error, kind = %error.kind(), records,
+                "spend log: the database rejected a write; writing its records one by one"
+            );
+            return Next::Reject;
         }
-        if self.shared.waiting.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-            overflow.finished = true;
-            return None;
+        if !error.is_transient() {
+            *other_errors += 1;
+            if *other_errors >= self.config.other_error_attempts {
+                tracing::error!(
+                    error = %error, kind = %error.kind(), attempt, records,
+                    "spend log: a write keeps failing with an error that is not transient; \
+                     handling its records as rejected"
+                );
+                return Next::Reject;
+            }
         }
-        Some(false)
+        counters.retried.fetch_add(1, Ordering::AcqRel);
+        let delay = self.delay;
+        if attempt <= 3 {
+            tracing::warn!(
+                error = %error, kind = %error.kind(), attempt, records, pending,
+                retry_in = ?delay, "spend log: a write failed; will retry"
+            );
+        } else {
+            tracing::error!(
+                error = %error, kind = %error.kind(), attempt, records, pending,
+                retry_in = ?delay, "spend log: writes keep failing; will retry"
+            );
+        }
+        self.flush_drop_log(false);
+        let wake_at = Instant::now() + delay;
+        match self.shared.deadline() {
+            Some(d) => tokio::time::sleep_until(wake_at.min(d)).await,
+            // Wake early when shutdown begins, to honour its deadline.
+            None => {
+                let _ = tokio::time::timeout_at(wake_at, self.shared.wake.notified()).await;
+            }
+        }
+        self.delay = delay.saturating_mul(2).min(self.config.backoff_max);
+        Next::Retry
     }
 
-    /// Writes `self.batch`, retrying with backoff until it succeeds or shutdown's deadline
-    /// passes.
-    async fn write_with_retry(&mut self) -> Result<(), Abandon> {
-        let mut delay = self.config.backoff_initial;
-        let mut attempt: u32 = 0;
+    fn deadline_passed(&self) -> bool {
+        self.shared.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Writes `self.batch`; a rejected batch is written row by row. On success the batch is
+    /// empty; at the deadline it holds what is left.
+    async fn write_batch(&mut self) -> Outcome {
+        let mut attempt = 0;
+        let mut other_errors = 0;
         let mut last_error = None;
         loop {
-            if self.shared.deadline().is_some_and(|d| Instant::now() >= d) {
-                return Err(Abandon(last_error));
+            if self.deadline_passed() {
+                return Outcome::Deadline(last_error);
             }
-            let error = match self.attempt().await {
+            let result = self.attempt(&self.batch).await;
+            let error = match result {
                 Ok(()) => {
                     let n = self.batch.len();
                     self.shared.written(n);
@@ -748,69 +838,99 @@ impl<S: SpendLogSink> Worker<S> {
                             "spend log: batch written after retrying"
                         );
                     }
-                    self.shared
-                        .drop_log
-                        .flush(self.shared.dropped.load(Ordering::Acquire), false);
-                    return Ok(());
+                    self.delay = self.config.backoff_initial;
+                    self.flush_drop_log(false);
+                    return Outcome::Written;
                 }
                 Err(e) => e,
             };
             attempt += 1;
-            self.shared.failed_writes.fetch_add(1, Ordering::AcqRel);
-            let pending = self.shared.pending.load(Ordering::Acquire);
-            if attempt <= 3 {
-                tracing::warn!(
-                    error = %error, kind = %error.kind(), attempt, records = self.batch.len(), pending,
-                    retry_in = ?delay, "spend log: writing a batch failed; will retry"
-                );
-            } else {
-                tracing::error!(
-                    error = %error, kind = %error.kind(), attempt, records = self.batch.len(), pending,
-                    retry_in = ?delay, "spend log: writing a batch keeps failing; will retry"
-                );
-            }
-            self.shared
-                .drop_log
-                .flush(self.shared.dropped.load(Ordering::Acquire), false);
+            let n = self.batch.len();
+            let next = self.failed(&error, attempt, &mut other_errors, n).await;
             last_error = Some(error);
-            let wake_at = Instant::now() + delay;
-            match self.shared.deadline() {
-                Some(d) => tokio::time::sleep_until(wake_at.min(d)).await,
-                // Wake early when shutdown begins, to honour its deadline.
-                None => {
-                    let _ = tokio::time::timeout_at(wake_at, self.shared.wake.notified()).await;
+            if let Next::Reject = next {
+                break;
+            }
+        }
+        // Row by row: the rows the database takes land; the others are sanitized or
+        // dead-lettered.
+        let rows = std::mem::take(&mut self.batch);
+        let mut rows = rows.into_iter();
+        while let Some(row) = rows.next() {
+            if let Outcome::Deadline(error) = self.write_row(row).await {
+                // `write_row` put its row back in the batch.
+                self.batch.extend(rows);
+                return Outcome::Deadline(error);
+            }
+        }
+        Outcome::Written
+    }
+
+    /// Writes one row: retried while the errors are transient, sanitized once if rejected, else
+    /// dead-lettered whole.
+    async fn write_row(&mut self, original: SpendRecord) -> Outcome {
+        let mut sanitized: Option<SpendRecord> = None;
+        let mut attempt = 0;
+        let mut other_errors = 0;
+        let mut last_error = None;
+        loop {
+            if self.deadline_passed() {
+                self.batch.push(original);
+                return Outcome::Deadline(last_error);
+            }
+            let row = sanitized.as_ref().unwrap_or(&original);
+            let result = self.attempt(std::slice::from_ref(row)).await;
+            let error = match result {
+                Ok(()) => {
+                    self.shared.written(1);
+                    if sanitized.is_some() {
+                        self.shared
+                            .counters
+                            .sanitized
+                            .fetch_add(1, Ordering::AcqRel);
+                        tracing::warn!(
+                            request_id = %original.request_id,
+                            error = ?last_error.as_ref().map(ToString::to_string),
+                            "spend log: the database rejected a record; it was stored sanitized \
+                             (metadata.sanitized)"
+                        );
+                    }
+                    self.delay = self.config.backoff_initial;
+                    return Outcome::Written;
+                }
+                Err(e) => e,
+            };
+            attempt += 1;
+            let next = self.failed(&error, attempt, &mut other_errors, 1).await;
+            last_error = Some(error);
+            if let Next::Retry = next {
+                continue;
+            }
+            if sanitized.is_none() {
+                if let Some(clean) = original.sanitized() {
+                    sanitized = Some(clean);
+                    other_errors = 0;
+                    continue;
                 }
             }
-            delay = delay.saturating_mul(2).min(self.config.backoff_max);
+            let error = last_error.as_ref().map(ToString::to_string);
+            tracing::warn!(
+                request_id = %original.request_id,
+                error = ?error,
+                dead_letter = ?self.shared.dead_letter.as_ref().map(DeadLetter::path),
+                "spend log: the database rejected a record; it goes to the dead-letter file"
+            );
+            self.shared.dead_letter(original, Reason::Rejected, error);
+            return Outcome::Written;
         }
     }
 
-    /// Shutdown's deadline passed: count and report everything left.
-    async fn abandon(&mut self, last_error: Option<SinkError>) -> ShutdownError {
+    /// Shutdown's deadline passed: dead-letter everything left; returns how many and why.
+    fn abandon(&mut self, last_error: Option<SinkError>) -> (u64, String) {
         self.rx.close();
-        let mut left = std::mem::take(&mut self.batch).len();
-        // Tasks waiting for room see the closed queue at once; give them a moment to hand over.
-        for _ in 0..100 {
-            while self.rx.try_recv().is_ok() {
-                left += 1;
-            }
-            if self.shared.waiting.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        while self.rx.try_recv().is_ok() {
-            left += 1;
-        }
-        {
-            let mut overflow = self
-                .shared
-                .overflow
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            left += overflow.records.len();
-            overflow.records.clear();
-            overflow.finished = true;
+        let mut left = std::mem::take(&mut self.batch);
+        while let Ok(record) = self.rx.try_recv() {
+            left.push(record);
         }
         let reason = match &last_error {
             Some(e) => format!(
@@ -822,48 +942,51 @@ impl<S: SpendLogSink> Worker<S> {
                 self.config.shutdown_timeout
             ),
         };
-        self.shared.lose(left, &reason);
-        ShutdownError {
-            unwritten: left as u64,
-            reason,
+        let n = left.len() as u64;
+        if n > 0 {
+            tracing::error!(
+                records = n,
+                dead_letter = ?self.shared.dead_letter.as_ref().map(DeadLetter::path),
+                reason,
+                "spend log: records not written at shutdown go to the dead-letter file"
+            );
         }
+        let error = last_error.map(|e| e.to_string());
+        for record in left {
+            self.shared
+                .dead_letter(record, Reason::ShutdownTimeout, error.clone());
+        }
+        (n, reason)
     }
 
-    /// Marks the writer finished (late waiting records count themselves as lost).
-    fn finish(&mut self) {
-        let mut overflow = self
-            .shared
-            .overflow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        overflow.finished = true;
-        drop(overflow);
-        self.shared
-            .drop_log
-            .flush(self.shared.dropped.load(Ordering::Acquire), true);
+    /// Waits (bounded) until the dead-letter file has everything handed to it, and reports
+    /// drops not logged yet.
+    async fn finish(&mut self) {
+        if let Some(dead_letter) = &self.shared.dead_letter {
+            dead_letter.flush(Duration::from_secs(5)).await;
+        }
+        self.flush_drop_log(true);
     }
 }
 
 impl<S> Drop for Worker<S> {
-    /// The task was cancelled (its runtime shut down) with records unwritten: count and log them.
+    /// The task ends (normally, or cancelled because its runtime shut down): whatever is still
+    /// queued goes to the dead-letter file.
     fn drop(&mut self) {
         self.rx.close();
-        let mut left = std::mem::take(&mut self.batch).len();
-        while self.rx.try_recv().is_ok() {
-            left += 1;
+        let left: Vec<SpendRecord> = std::mem::take(&mut self.batch)
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.rx.try_recv().ok()))
+            .collect();
+        if !left.is_empty() {
+            tracing::error!(
+                records = left.len(),
+                "spend log: the writer task stopped (its runtime shut down) before writing \
+                 these records; they go to the dead-letter file"
+            );
         }
-        let mut overflow = self
-            .shared
-            .overflow
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        left += overflow.records.len();
-        overflow.records.clear();
-        overflow.finished = true;
-        drop(overflow);
-        self.shared.lose(
-            left,
-            "the spend-log writer task stopped (its runtime shut down) before writing them",
-        );
+        for record in left {
+            self.shared.dead_letter(record, Reason::WriterStopped, None);
+        }
     }
 }

@@ -57,6 +57,7 @@ pub(crate) fn realistic_metadata() -> SpendMetadata {
 pub(crate) fn full_record(id: &str) -> SpendRecord {
     SpendRecord {
         request_id: id.to_owned(),
+        client_request_id: Some(format!("client-{id}")),
         call_type: "acompletion".to_owned(),
         status: SpendStatus::Failure,
         model: "gpt-4o-mini".to_owned(),
@@ -81,6 +82,7 @@ pub(crate) fn record(id: &str, start: &str, status: SpendStatus) -> SpendRecord 
     let start = t(start);
     SpendRecord {
         request_id: id.to_owned(),
+        client_request_id: None,
         call_type: "acompletion".to_owned(),
         status,
         model: "gpt-4o".to_owned(),

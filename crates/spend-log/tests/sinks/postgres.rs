@@ -16,6 +16,9 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::common::{eventually, full_record, guarded, record, t, written};
 
+/// The test server's URL: `None` (the test prints that it was skipped) when
+/// `GUARDRAIL_TOWER_TEST_PG_URL` is unset. When it is set, the tests run and fail if the server
+/// cannot be reached (every test connects first with [`client`], which panics).
 fn pg_url() -> Option<String> {
     match std::env::var("GUARDRAIL_TOWER_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -27,7 +30,13 @@ fn pg_url() -> Option<String> {
 }
 
 async fn client(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (client, connection) = match tokio_postgres::connect(url, NoTls).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GUARDRAIL_TOWER_TEST_PG_URL is set but the server cannot be reached: {e} \
+             (unset it to skip the PostgreSQL tests)"
+        ),
+    };
     tokio::spawn(connection);
     client
 }
@@ -129,8 +138,9 @@ async fn pg_round_trips_every_field_and_metadata_is_jsonb() {
             .map(|(_, t)| t.as_str())
             .unwrap()
     };
-    assert_eq!(types.len(), 15);
+    assert_eq!(types.len(), 16);
     assert_eq!(ty("request_id"), "text");
+    assert_eq!(ty("client_request_id"), "text");
     assert_eq!(ty("metadata"), "jsonb");
     assert_eq!(ty("startTime"), "timestamp with time zone");
     assert_eq!(ty("completionStartTime"), "timestamp with time zone");
@@ -145,7 +155,10 @@ async fn pg_round_trips_every_field_and_metadata_is_jsonb() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(indexes, 3, "primary key, startTime, status");
+    assert_eq!(
+        indexes, 6,
+        "primary key, startTime, status, client_request_id, api_key, user"
+    );
     drop_table(&db, &table).await;
 }
 
@@ -504,6 +517,187 @@ async fn pg_writes_survive_the_server_going_away() {
             .unwrap()
             .len(),
         1
+    );
+    drop_table(&db, &table).await;
+}
+
+/// A table from an earlier version (no `client_request_id`) is migrated in place.
+#[tokio::test]
+async fn pg_an_old_table_is_migrated_in_place() {
+    let Some(url) = pg_url() else { return };
+    let db = client(&url).await;
+    let table = fresh_table(&db, "migrate").await;
+    db.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (
+            request_id TEXT PRIMARY KEY, call_type TEXT NOT NULL, status TEXT NOT NULL,
+            model TEXT NOT NULL, api_base TEXT, \"user\" TEXT, api_key TEXT,
+            spend DOUBLE PRECISION NOT NULL DEFAULT 0, prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0, total_tokens BIGINT NOT NULL DEFAULT 0,
+            \"startTime\" TIMESTAMPTZ NOT NULL, \"endTime\" TIMESTAMPTZ NOT NULL,
+            \"completionStartTime\" TIMESTAMPTZ, metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb);
+         INSERT INTO \"{table}\" (request_id, call_type, status, model, total_tokens,
+             \"startTime\", \"endTime\", metadata)
+         VALUES ('client-chosen', 'acompletion', 'success', 'gpt-4o', 3,
+             '2026-11-20T10:00:00Z', '2026-11-20T10:00:01Z', '{{\"http_status\":200}}');"
+    ))
+    .await
+    .unwrap();
+    let sink = PostgresSink::builder(&url)
+        .table(&table)
+        .connect()
+        .await
+        .unwrap();
+    let old = sink
+        .query(&SpendLogFilter::new().request_id("client-chosen"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            old.len(),
+            old[0].client_request_id.clone(),
+            old[0].total_tokens
+        ),
+        (1, None, 3)
+    );
+    let new = full_record("0198a8a0-0000-7000-8000-000000000002");
+    sink.write_batch(std::slice::from_ref(&new)).await.unwrap();
+    let got = sink
+        .query(&SpendLogFilter::new().client_request_id(new.client_request_id.clone().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![new]);
+    // A second replica connecting finds nothing left to do.
+    let again = PostgresSink::builder(&url)
+        .table(&table)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(again.query(&SpendLogFilter::new()).await.unwrap().len(), 2);
+    drop_table(&db, &table).await;
+}
+
+/// Rows PostgreSQL rejects for good do not jam the queue: a NUL byte (22021 in text, 22P05 in
+/// JSONB) and an oversized value (54000: an index row over the B-tree limit) are stored
+/// sanitized; a row that breaks a constraint even sanitized (23514) goes whole to the
+/// dead-letter file, with a warning; the rows around and after them land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_rejected_rows_are_sanitized_or_dead_lettered_and_later_rows_land() {
+    let Some(url) = pg_url() else { return };
+    let db = client(&url).await;
+    let table = fresh_table(&db, "rejected").await;
+    let sink = Arc::new(
+        PostgresSink::builder(&url)
+            .table(&table)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{table}\" ADD CONSTRAINT no_banned CHECK (model <> 'banned-model')"
+    ))
+    .await
+    .unwrap();
+    let dead = crate::common::temp_dir("pg-dead-letter").join("dead.jsonl");
+    let handle = SpendLogWriter::new()
+        .max_batch_size(32)
+        .linger(Duration::from_millis(20))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .dead_letter_path(&dead)
+        .spawn(Arc::clone(&sink));
+
+    let at = "2026-11-21T10:00:00Z";
+    let mut nul_user = record("nul-user", at, SpendStatus::Success);
+    nul_user.user = Some("eve\0".into());
+    let mut nul_meta = record("nul-meta", at, SpendStatus::Failure);
+    nul_meta.metadata = crate::common::realistic_metadata();
+    nul_meta
+        .metadata
+        .error_information
+        .as_mut()
+        .unwrap()
+        .error_message = "upstream said \0 and stopped".into();
+    let mut huge = record("huge-user", at, SpendStatus::Success);
+    // Incompressible, so the index entry really is 100 kB.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    huge.user = Some(
+        (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect(),
+    );
+    let mut banned = record("banned", at, SpendStatus::Success);
+    banned.model = "banned-model".into();
+    for i in 0..10 {
+        handle.submit(record(&format!("ok-{i}"), at, SpendStatus::Success));
+    }
+    for r in [&nul_user, &nul_meta, &huge, &banned] {
+        handle.submit(r.clone());
+    }
+    for i in 10..20 {
+        handle.submit(record(&format!("ok-{i}"), at, SpendStatus::Success));
+    }
+    written(&handle, 23).await;
+    // The queue kept flowing: later rows land.
+    for i in 20..40 {
+        handle.submit(record(&format!("ok-{i}"), at, SpendStatus::Success));
+    }
+    written(&handle, 43).await;
+    handle.shutdown().await.unwrap();
+
+    let stats = handle.stats();
+    assert_eq!(
+        (
+            stats.written,
+            stats.sanitized,
+            stats.dead_lettered,
+            stats.dropped,
+            stats.pending
+        ),
+        (43, 3, 1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(count(&db, &table).await, 43);
+    let get = |id: &'static str| {
+        let sink = Arc::clone(&sink);
+        async move {
+            sink.query(&SpendLogFilter::new().request_id(id))
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+        }
+    };
+    let stored = get("nul-user").await;
+    assert_eq!(stored.user.as_deref(), Some("eve"));
+    assert!(stored.metadata.sanitized);
+    let stored = get("nul-meta").await;
+    assert_eq!(
+        stored.metadata.error_information.unwrap().error_message,
+        "upstream said  and stopped"
+    );
+    let stored = get("huge-user").await;
+    let user = stored.user.unwrap();
+    assert!(
+        user.len() <= 1000 && user.ends_with("…[truncated 99048 bytes]"),
+        "{}",
+        user.len()
+    );
+    let letters: Vec<guardrail_tower_spend_log::DeadLetterEntry> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].record, banned, "the original, whole");
+    assert_eq!(letters[0].reason, "rejected");
+    assert!(
+        letters[0].error.as_deref().unwrap().contains("no_banned"),
+        "{:?}",
+        letters[0].error
     );
     drop_table(&db, &table).await;
 }

@@ -85,7 +85,8 @@ async fn round_trips_every_field() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(indexes, 2);
+    // startTime, status, client_request_id, api_key, user.
+    assert_eq!(indexes, 5);
 }
 
 #[tokio::test]
@@ -313,4 +314,157 @@ async fn writes_survive_a_locked_database() {
     assert_eq!(count, 250);
     assert_eq!(ids.len(), 250);
     assert!(ids.contains("locked-99") && ids.contains("after-0") && ids.contains("before-49"));
+}
+
+/// A database written by an earlier version (no `client_request_id`, the client's id as the
+/// key) is migrated in place when the sink opens: old rows stay, new rows carry both ids.
+#[tokio::test]
+async fn an_old_table_is_migrated_in_place() {
+    let path = temp_dir("sqlite-migrate").join("spend.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE \"LiteLLM_SpendLogs\" (
+                request_id TEXT PRIMARY KEY NOT NULL, call_type TEXT NOT NULL,
+                status TEXT NOT NULL, model TEXT NOT NULL, api_base TEXT, \"user\" TEXT,
+                api_key TEXT, spend REAL NOT NULL DEFAULT 0,
+                prompt_tokens INTEGER NOT NULL DEFAULT 0,
+                completion_tokens INTEGER NOT NULL DEFAULT 0,
+                total_tokens INTEGER NOT NULL DEFAULT 0, \"startTime\" TEXT NOT NULL,
+                \"endTime\" TEXT NOT NULL, \"completionStartTime\" TEXT,
+                metadata TEXT NOT NULL DEFAULT '{}');
+             CREATE INDEX \"LiteLLM_SpendLogs_startTime_idx\" ON \"LiteLLM_SpendLogs\" (\"startTime\");
+             INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, status, model,
+                 prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", metadata)
+             VALUES ('client-chosen', 'acompletion', 'success', 'gpt-4o', 1, 2, 3,
+                 '2026-11-20T10:00:00.000Z', '2026-11-20T10:00:01.000Z', '{\"http_status\":200}');",
+        )
+        .unwrap();
+    }
+    let sink = SqliteSink::open(&path).await.unwrap();
+    let old = sink
+        .query(&SpendLogFilter::new().request_id("client-chosen"))
+        .await
+        .unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        (old[0].client_request_id.as_deref(), old[0].total_tokens),
+        (None, 3)
+    );
+    let new = full_record("0198a8a0-0000-7000-8000-000000000001");
+    sink.write_batch(std::slice::from_ref(&new)).await.unwrap();
+    let got = sink
+        .query(&SpendLogFilter::new().client_request_id(new.client_request_id.clone().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![new]);
+    // Opening again (a second gateway, a restart) finds nothing left to do.
+    drop(sink);
+    let again = SqliteSink::open(&path).await.unwrap();
+    assert_eq!(again.query(&SpendLogFilter::new()).await.unwrap().len(), 2);
+    let columns: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('LiteLLM_SpendLogs')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(columns, 16);
+}
+
+/// The database locked by another process under load from many tasks: writes wait (queue
+/// bounded), reads keep working on their own connection, and once the lock is gone every
+/// record is written once. With a queue smaller than the outage, what did not fit is in the
+/// dead-letter file: rows + dead letters == requests, and memory stayed at the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_under_load_loses_nothing_and_holds_a_bounded_queue() {
+    for (capacity, tasks, each) in [(4096, 8, 250), (64, 8, 100)] {
+        let dir = temp_dir("sqlite-locked-load");
+        let path = dir.join("spend.db");
+        let dead = dir.join("dead.jsonl");
+        let sink = SqliteSink::builder(&path)
+            .busy_timeout(Duration::from_millis(5))
+            .open()
+            .await
+            .unwrap();
+        let handle = SpendLogWriter::new()
+            .capacity(capacity)
+            .max_batch_size(64)
+            .linger(Duration::from_millis(2))
+            .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+            .dead_letter_path(&dead)
+            .spawn(sink.clone());
+        sink.write_batch(&[record("seed", "2026-11-21T09:00:00Z", SpendStatus::Success)])
+            .await
+            .unwrap();
+
+        let locker = Connection::open(&path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let submitters: Vec<_> = (0..tasks)
+            .map(|t| {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    for i in 0..each {
+                        handle.submit(record(
+                            &format!("load-{t}-{i}"),
+                            "2026-11-21T11:00:00Z",
+                            SpendStatus::Success,
+                        ));
+                        if i % 50 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for s in submitters {
+            s.await.unwrap();
+        }
+        let total = (tasks * each) as u64;
+        eventually("writes failing while locked", || {
+            let s = handle.stats();
+            s.queued == total && s.failed_writes >= 2
+        })
+        .await;
+        let stats = handle.stats();
+        assert_eq!(stats.written, 0, "{stats:?}");
+        assert!(stats.queue_depth <= capacity as u64, "{stats:?}");
+        assert!(stats.failed_writes >= 1, "{stats:?}");
+        // Reads go on while writes wait.
+        let seen = sink.query(&SpendLogFilter::new()).await.unwrap();
+        assert_eq!(seen.len(), 1);
+        locker.execute_batch("COMMIT").unwrap();
+
+        eventually("every record settled", || handle.stats().pending == 0).await;
+        handle.shutdown().await.unwrap();
+        let stats = handle.stats();
+        let rows: i64 = locker
+            .query_row(
+                "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE request_id LIKE 'load-%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let letters = std::fs::read_to_string(&dead)
+            .unwrap_or_default()
+            .lines()
+            .count() as u64;
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        assert_eq!(rows as u64, stats.written, "{stats:?}");
+        assert_eq!(letters, stats.dead_lettered);
+        assert_eq!(
+            rows as u64 + letters,
+            total,
+            "rows + dead letters == requests"
+        );
+        if capacity >= tasks * each {
+            assert_eq!((rows as u64, letters), (total, 0), "nothing overflowed");
+        } else {
+            assert!(letters > 0, "{stats:?}");
+        }
+        eprintln!(
+            "capacity {capacity}: {total} records while locked -> {rows} rows, {letters} dead letters"
+        );
+    }
 }
