@@ -55,6 +55,8 @@
 //! ```
 
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod keys;
 pub mod process;
 pub mod upstream;
