@@ -119,8 +119,11 @@ where
 {
     let refused = match &who {
         Who::Master(_) => None,
-        Who::Key(_) if master_only => Some(master_only_error(request.uri().path())),
-        Who::Key(key) => check_key(key).err(),
+        // A blocked or expired key is refused as such, before it is told the route is not
+        // for it.
+        Who::Key(key) => check_key(key)
+            .err()
+            .or_else(|| master_only.then(|| master_only_error(request.uri().path()))),
     };
     if let Some(error) = refused {
         return State::Refused { error: Some(error) };

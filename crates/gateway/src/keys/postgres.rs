@@ -70,7 +70,11 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> KeyStoreError {
                 || *c == SqlState::CANNOT_CONNECT_NOW
                 || *c == SqlState::TOO_MANY_CONNECTIONS
         }
-        None => true,
+        // No server error: the connection failed, broke, or was refused (or a value did not
+        // convert, which is not an outage).
+        None => {
+            e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+        }
     };
     let kind = if unavailable {
         KeyStoreErrorKind::Unavailable
@@ -378,7 +382,7 @@ impl KeyStore for PostgresKeyStore {
                             "INSERT INTO \"{TABLE}\" (token, key_name, key_alias, spend, \
                              expires, models, metadata, user_id, team_id, organization_id, \
                              blocked, created_at, created_by, updated_at, updated_by) VALUES \
-                             ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, \
+                             ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11, $12, $13, \
                              $14, $15) ON CONFLICT (token) DO NOTHING"
                         ),
                         &values.params(),
@@ -410,7 +414,7 @@ impl KeyStore for PostgresKeyStore {
                     .execute(
                         &format!(
                             "UPDATE \"{TABLE}\" SET key_name = $2, key_alias = $3, spend = $4, \
-                             expires = $5, models = $6, metadata = $7::jsonb, user_id = $8, \
+                             expires = $5, models = $6, metadata = $7::text::jsonb, user_id = $8, \
                              team_id = $9, organization_id = $10, blocked = $11, \
                              created_at = $12, created_by = $13, updated_at = $14, \
                              updated_by = $15 WHERE token = $1"
