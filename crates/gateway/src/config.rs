@@ -982,6 +982,7 @@ litellm_settings:
             config.warnings
         );
         assert!(config.warnings.iter().any(|w| w.contains("master_key")));
+        assert_eq!(config.master_key.as_deref(), Some("sk-1234"));
     }
 
     fn error(yaml: &str) -> ConfigError {
@@ -1053,6 +1054,113 @@ litellm_settings:
         assert_eq!(
             config.deployments[0].api_key.as_deref(),
             Some(path.as_str())
+        );
+    }
+
+    #[test]
+    fn every_secret_may_come_from_the_environment_and_debug_shows_none() {
+        // PATH is set in every test environment; its value stands in for a secret.
+        let path = std::env::var("PATH").expect("PATH is set");
+        let yaml = r#"
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/x, api_key: os.environ/PATH, api_base: os.environ/GT_UNUSED_BASE}
+guardrails:
+  - guardrail_name: remote
+    litellm_params:
+      guardrail: generic_guardrail_api
+      mode: pre_call
+      api_base: http://guard.internal:8080
+      api_key: os.environ/PATH
+      headers: {x-service-token: os.environ/PATH}
+  - guardrail_name: moderation
+    litellm_params: {guardrail: openai_moderation, mode: pre_call, api_key: os.environ/PATH}
+general_settings:
+  master_key: os.environ/PATH
+  spend_logs: postgres://gateway:db-password-SECRET@db.internal:5432/spend?password=db-password-SECRET
+"#;
+        let err = GatewayConfig::from_yaml(yaml).unwrap_err();
+        assert!(err.message().contains("GT_UNUSED_BASE is not set"), "{err}");
+        let config =
+            GatewayConfig::from_yaml(&yaml.replace("os.environ/GT_UNUSED_BASE", "http://up:1/v1"))
+                .unwrap();
+        assert_eq!(config.master_key.as_deref(), Some(path.as_str()));
+        assert_eq!(
+            config.deployments[0].api_key.as_deref(),
+            Some(path.as_str())
+        );
+        let debug = format!("{config:?} {:?}", config.deployments[0]);
+        assert!(!debug.contains(&path), "{debug}");
+        assert!(!debug.contains("db-password-SECRET"), "{debug}");
+        assert!(debug.contains("gateway:<redacted>@db.internal"), "{debug}");
+        assert!(
+            debug.contains("master_key: Some(\"<redacted>\")"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn access_settings() {
+        let config = GatewayConfig::from_yaml(
+            "general_settings:\n  master_key: sk-a-long-enough-master-key\n  user_api_key_cache_ttl: 0.5\n  allow_unauthenticated: true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.master_key.as_deref(),
+            Some("sk-a-long-enough-master-key")
+        );
+        assert_eq!(config.key_cache_ttl, Duration::from_millis(500));
+        assert!(config.allow_unauthenticated);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let config =
+            GatewayConfig::from_yaml("general_settings:\n  master_key: sk-short\n").unwrap();
+        assert!(
+            config.warnings[0].contains("shorter than 16"),
+            "{:?}",
+            config.warnings
+        );
+        assert_eq!(config.key_cache_ttl, DEFAULT_KEY_CACHE_TTL);
+        for (yaml, key) in [
+            (
+                "general_settings:\n  master_key: ''\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  master_key: 1234\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  master_key: ' sk-with-a-space-around '\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  user_api_key_cache_ttl: -1\n",
+                "general_settings.user_api_key_cache_ttl",
+            ),
+            (
+                "general_settings:\n  allow_unauthenticated: yes please\n",
+                "general_settings.allow_unauthenticated",
+            ),
+        ] {
+            let err = error(yaml);
+            assert_eq!((err.key(), err.line()), (key, Some(2)), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:p@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgresql://h/db?user=u&password=p&sslmode=disable"),
+            "postgresql://h/db?user=u&password=<redacted>&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p:q@h:5/d?x=1"),
+            "postgres://u:<redacted>@h:5/d?x=1"
         );
     }
 
