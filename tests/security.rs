@@ -334,11 +334,8 @@ async fn every_route_refuses_missing_wrong_revoked_expired_and_other_model_keys(
             let anthropic = *path == "/v1/messages";
             if case == "other model" {
                 assert_eq!(status, 403, "{case} {path}: {v}");
-                let message = if anthropic {
-                    &v["error"]["message"]
-                } else {
-                    &v["error"]["message"]
-                };
+                // Both shapes keep the message at error.message.
+                let message = &v["error"]["message"];
                 assert_eq!(
                     message,
                     "key not allowed to access model. This key can only access models=['other-model']. Tried to access guarded",

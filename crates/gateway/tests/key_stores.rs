@@ -90,7 +90,7 @@ async fn contract(store: &dyn KeyStore) {
     query.key_alias = Some("alias-b".into());
     assert_eq!(
         tokens(&store.list(&query).await.unwrap().keys),
-        [b.token.clone()]
+        std::slice::from_ref(&b.token)
     );
     let mut query = KeyQuery::new();
     query.sort_by = Some("key_alias; DROP TABLE x".into());

@@ -73,33 +73,33 @@ impl KeyRoutes {
             .with_state(self)
     }
 
-    fn keys(&self) -> Result<&Arc<KeyCache>, Response> {
+    fn keys(&self) -> Result<&Arc<KeyCache>, Error> {
         self.keys.as_ref().map_err(|reason| {
-            error(
-                Error::new(StatusCode::BAD_REQUEST, *reason).with_code("virtual_keys_unavailable"),
-            )
+            Error::new(StatusCode::BAD_REQUEST, *reason).with_code("virtual_keys_unavailable")
         })
     }
 }
 
-fn error(e: Error) -> Response {
-    e.to_response(CallType::Other).map(axum::body::Body::from)
+/// A handler's answer: the JSON, or the error in the OpenAI shape.
+fn respond(result: Result<Value, Error>) -> Response {
+    match result {
+        Ok(json) => axum::Json(json).into_response(),
+        Err(e) => e.to_response(CallType::Other).map(axum::body::Body::from),
+    }
 }
 
-fn bad(message: impl Into<String>, param: &'static str) -> Response {
-    error(Error::new(StatusCode::BAD_REQUEST, message.into()).with_param(param))
+fn bad(message: impl Into<String>, param: &'static str) -> Error {
+    Error::new(StatusCode::BAD_REQUEST, message.into()).with_param(param)
 }
 
-fn not_found(param: &'static str) -> Response {
-    error(
-        Error::new(StatusCode::NOT_FOUND, "Key not found in database")
-            .with_type("not_found_error")
-            .with_param(param)
-            .with_code("404"),
-    )
+fn not_found(param: &'static str) -> Error {
+    Error::new(StatusCode::NOT_FOUND, "Key not found in database")
+        .with_type("not_found_error")
+        .with_param(param)
+        .with_code("404")
 }
 
-fn store_error(e: KeyStoreError) -> Response {
+fn store_error(e: KeyStoreError) -> Error {
     match e.kind() {
         KeyStoreErrorKind::AliasTaken(alias) => bad(
             format!(
@@ -110,19 +110,15 @@ fn store_error(e: KeyStoreError) -> Response {
         KeyStoreErrorKind::Exists => bad("a key with this value already exists", "key"),
         KeyStoreErrorKind::Unavailable => {
             tracing::error!(error = %e, "key store unavailable");
-            error(
-                Error::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the key database is unavailable; nothing was changed",
-                )
-                .with_code("key_store_unavailable"),
+            Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key database is unavailable; nothing was changed",
             )
+            .with_code("key_store_unavailable")
         }
         _ => {
             tracing::error!(error = %e, "key store error");
-            error(Error::internal(
-                "the key database failed; see the gateway's log",
-            ))
+            Error::internal("the key database failed; see the gateway's log")
         }
     }
 }
@@ -164,15 +160,15 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-fn parse_fields(body: &Bytes) -> Result<Fields, Response> {
+fn parse_fields(body: &Bytes) -> Result<Fields, Error> {
     let object = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => object,
         Ok(_) => return Err(bad("the request body must be a JSON object", "body")),
-        Err(e) => return Err(error(Error::invalid_json(e))),
+        Err(e) => return Err(Error::invalid_json(e)),
     };
     let mut fields = Fields::default();
     for (name, value) in object {
-        let text = |param: &'static str| -> Result<Option<String>, Response> {
+        let text = |param: &'static str| -> Result<Option<String>, Error> {
             match &value {
                 Value::Null => Ok(None),
                 Value::String(s) if s.is_empty() || s.chars().any(char::is_control) => Err(bad(
@@ -187,7 +183,7 @@ fn parse_fields(body: &Bytes) -> Result<Fields, Response> {
                 _ => Err(bad(format!("'{param}' must be a string"), param)),
             }
         };
-        let list = |param: &'static str| -> Result<Option<Vec<String>>, Response> {
+        let list = |param: &'static str| -> Result<Option<Vec<String>>, Error> {
             match &value {
                 Value::Null => Ok(None),
                 Value::Array(items) => items
@@ -245,7 +241,7 @@ fn parse_fields(body: &Bytes) -> Result<Fields, Response> {
 
 impl KeyRoutes {
     /// Every guardrail a key would carry must be configured.
-    fn check_guardrails(&self, key: &VirtualKey) -> Result<(), Response> {
+    fn check_guardrails(&self, key: &VirtualKey) -> Result<(), Error> {
         match key
             .guardrails()
             .into_iter()
@@ -261,7 +257,7 @@ impl KeyRoutes {
 }
 
 /// Applies the given fields to a row (`now` for the expiry).
-fn apply(key: &mut VirtualKey, fields: Fields, now: SystemTime) -> Result<(), Response> {
+fn apply(key: &mut VirtualKey, fields: Fields, now: SystemTime) -> Result<(), Error> {
     if let Some(alias) = fields.key_alias {
         key.key_alias = Some(alias);
     }
@@ -304,29 +300,31 @@ fn apply(key: &mut VirtualKey, fields: Fields, now: SystemTime) -> Result<(), Re
     Ok(())
 }
 
+/// Reads a request body of at most 1 MiB.
+async fn body_of(body: axum::body::Body) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, 1 << 20).await.map_err(|_| {
+        bad(
+            "the request body is larger than 1 MiB or could not be read",
+            "body",
+        )
+    })
+}
+
 /// `POST /key/generate`.
 async fn generate(
     State(routes): State<KeyRoutes>,
     request: http::Request<axum::body::Body>,
 ) -> Response {
-    let keys = match routes.keys() {
-        Ok(keys) => keys,
-        Err(response) => return response,
-    };
+    respond(generate_key_row(&routes, request).await)
+}
+
+async fn generate_key_row(
+    routes: &KeyRoutes,
+    request: http::Request<axum::body::Body>,
+) -> Result<Value, Error> {
+    let keys = routes.keys()?;
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
-        Ok(body) => body,
-        Err(_) => {
-            return bad(
-                "the request body is larger than 1 MiB or could not be read",
-                "body",
-            );
-        }
-    };
-    let mut fields = match parse_fields(&body) {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+    let mut fields = parse_fields(&body_of(body).await?)?;
     let raw = match fields.key.take() {
         Some(key)
             if key.starts_with("sk-") && key.len() >= 16 && !key.contains(char::is_whitespace) =>
@@ -334,15 +332,12 @@ async fn generate(
             key
         }
         Some(_) => {
-            return bad(
+            return Err(bad(
                 "Invalid key format. LiteLLM Virtual Key must start with 'sk-' (and be at least 16 characters, without spaces).",
                 "key",
-            );
+            ));
         }
-        None => match generate_key() {
-            Ok(key) => key,
-            Err(e) => return store_error(e),
-        },
+        None => generate_key().map_err(store_error)?,
     };
     let duration = fields.duration.clone();
     if duration.as_deref() == Some("-1") {
@@ -351,20 +346,14 @@ async fn generate(
     let now = SystemTime::now();
     let mut key = VirtualKey::new(hash_key(&raw));
     key.key_name = Some(abbreviate(&raw));
-    if let Err(response) = apply(&mut key, fields, now) {
-        return response;
-    }
-    if let Err(response) = routes.check_guardrails(&key) {
-        return response;
-    }
+    apply(&mut key, fields, now)?;
+    routes.check_guardrails(&key)?;
     let actor = actor(caller_of(&parts.extensions).as_ref());
     key.created_at = Some(now);
     key.updated_at = Some(now);
     key.created_by = actor.clone();
     key.updated_by = actor;
-    if let Err(e) = keys.store().insert(&key).await {
-        return store_error(e);
-    }
+    keys.store().insert(&key).await.map_err(store_error)?;
     // A lookup of this key made before it existed may be cached as "unknown".
     keys.invalidate(&key.token);
     tracing::info!(
@@ -378,12 +367,12 @@ async fn generate(
     out.insert("token".into(), Value::from(key.token.clone()));
     out.insert("token_id".into(), Value::from(key.token.clone()));
     out.insert("duration".into(), duration.map_or(Value::Null, Value::from));
-    axum::Json(Value::Object(out)).into_response()
+    Ok(Value::Object(out))
 }
 
 type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn query_map(query: QueryMap) -> Result<HashMap<String, String>, Response> {
+fn query_map(query: QueryMap) -> Result<HashMap<String, String>, Error> {
     query
         .map(|Query(q)| q)
         .map_err(|e| bad(format!("invalid query string: {e}"), "query"))
@@ -391,23 +380,19 @@ fn query_map(query: QueryMap) -> Result<HashMap<String, String>, Response> {
 
 /// `GET /key/info?key=`.
 async fn info(State(routes): State<KeyRoutes>, query: QueryMap) -> Response {
-    let keys = match routes.keys() {
-        Ok(keys) => keys,
-        Err(response) => return response,
-    };
-    let query = match query_map(query) {
-        Ok(q) => q,
-        Err(response) => return response,
-    };
+    respond(key_info(&routes, query).await)
+}
+
+async fn key_info(routes: &KeyRoutes, query: QueryMap) -> Result<Value, Error> {
+    let keys = routes.keys()?;
+    let query = query_map(query)?;
     let Some(key) = query.get("key").filter(|k| !k.is_empty()) else {
-        return bad("'key' is required: the key or its hash", "key");
+        return Err(bad("'key' is required: the key or its hash", "key"));
     };
     match keys.store().get(&token_of(key)).await {
-        Ok(Some(row)) => {
-            axum::Json(json!({"key": key, "info": row.to_json(false)})).into_response()
-        }
-        Ok(None) => not_found("key"),
-        Err(e) => store_error(e),
+        Ok(Some(row)) => Ok(json!({"key": key, "info": row.to_json(false)})),
+        Ok(None) => Err(not_found("key")),
+        Err(e) => Err(store_error(e)),
     }
 }
 
@@ -416,46 +401,33 @@ async fn update(
     State(routes): State<KeyRoutes>,
     request: http::Request<axum::body::Body>,
 ) -> Response {
-    let keys = match routes.keys() {
-        Ok(keys) => keys,
-        Err(response) => return response,
-    };
+    respond(update_key(&routes, request).await)
+}
+
+async fn update_key(
+    routes: &KeyRoutes,
+    request: http::Request<axum::body::Body>,
+) -> Result<Value, Error> {
+    let keys = routes.keys()?;
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
-        Ok(body) => body,
-        Err(_) => {
-            return bad(
-                "the request body is larger than 1 MiB or could not be read",
-                "body",
-            );
-        }
-    };
-    let mut fields = match parse_fields(&body) {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+    let mut fields = parse_fields(&body_of(body).await?)?;
     let Some(name) = fields.key.take() else {
-        return bad("'key' is required: the key or its hash", "key");
+        return Err(bad("'key' is required: the key or its hash", "key"));
     };
     let token = token_of(&name);
-    let mut key = match keys.store().get(&token).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return not_found("key"),
-        Err(e) => return store_error(e),
-    };
+    let mut key = keys
+        .store()
+        .get(&token)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("key"))?;
     let now = SystemTime::now();
-    if let Err(response) = apply(&mut key, fields, now) {
-        return response;
-    }
-    if let Err(response) = routes.check_guardrails(&key) {
-        return response;
-    }
+    apply(&mut key, fields, now)?;
+    routes.check_guardrails(&key)?;
     key.updated_at = Some(now);
     key.updated_by = actor(caller_of(&parts.extensions).as_ref());
-    match keys.store().update(&key).await {
-        Ok(true) => {}
-        Ok(false) => return not_found("key"),
-        Err(e) => return store_error(e),
+    if !keys.store().update(&key).await.map_err(store_error)? {
+        return Err(not_found("key"));
     }
     keys.invalidate(&token);
     tracing::info!(
@@ -466,21 +438,22 @@ async fn update(
     let mut out = Map::new();
     out.insert("key".into(), Value::from(name));
     out.extend(key.to_json(false));
-    axum::Json(Value::Object(out)).into_response()
+    Ok(Value::Object(out))
 }
 
 /// `POST /key/delete`.
 async fn delete(State(routes): State<KeyRoutes>, body: Bytes) -> Response {
-    let keys = match routes.keys() {
-        Ok(keys) => keys,
-        Err(response) => return response,
-    };
-    let object = match serde_json::from_slice::<Value>(&body) {
+    respond(delete_keys(&routes, &body).await)
+}
+
+async fn delete_keys(routes: &KeyRoutes, body: &Bytes) -> Result<Value, Error> {
+    let keys = routes.keys()?;
+    let object = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => object,
-        Ok(_) => return bad("the request body must be a JSON object", "body"),
-        Err(e) => return error(Error::invalid_json(e)),
+        Ok(_) => return Err(bad("the request body must be a JSON object", "body")),
+        Err(e) => return Err(Error::invalid_json(e)),
     };
-    let names = |field: &str| -> Result<Option<Vec<String>>, Response> {
+    let names = |field: &str| -> Result<Option<Vec<String>>, Error> {
         match object.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) if items.is_empty() => Ok(None),
@@ -493,56 +466,50 @@ async fn delete(State(routes): State<KeyRoutes>, body: Bytes) -> Response {
             Some(_) => Err(bad(format!("'{field}' must be a list of strings"), "keys")),
         }
     };
-    let (given, selector) = match (names("keys"), names("key_aliases")) {
-        (Err(r), _) | (_, Err(r)) => return r,
-        (Ok(Some(keys)), _) => {
+    let (given, selector) = match (names("keys")?, names("key_aliases")?) {
+        (Some(keys), _) => {
             let tokens = keys.iter().map(|k| token_of(k)).collect();
             (keys, KeySelector::Tokens(tokens))
         }
-        (Ok(None), Ok(Some(aliases))) => (aliases.clone(), KeySelector::Aliases(aliases)),
-        (Ok(None), Ok(None)) => {
-            return bad(
+        (None, Some(aliases)) => (aliases.clone(), KeySelector::Aliases(aliases)),
+        (None, None) => {
+            return Err(bad(
                 "At least one of 'keys' or 'key_aliases' must be provided.",
                 "keys",
-            );
+            ));
         }
     };
-    match keys.store().delete(&selector).await {
-        Ok(DeleteOutcome { deleted, missing }) if missing.is_empty() => {
-            for token in &deleted {
-                keys.invalidate(token);
-            }
-            tracing::info!(count = deleted.len(), "virtual keys deleted");
-            axum::Json(json!({"deleted_keys": given})).into_response()
-        }
-        Ok(DeleteOutcome { missing, .. }) => error(
-            Error::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "Not all keys passed in were found ({} of {} not found); nothing was deleted",
-                    missing.len(),
-                    given.len()
-                ),
-            )
-            .with_type("not_found_error")
-            .with_param("keys")
-            .with_code("404"),
-        ),
-        Err(e) => store_error(e),
+    let DeleteOutcome { deleted, missing } =
+        keys.store().delete(&selector).await.map_err(store_error)?;
+    if !missing.is_empty() {
+        return Err(Error::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Not all keys passed in were found ({} of {} not found); nothing was deleted",
+                missing.len(),
+                given.len()
+            ),
+        )
+        .with_type("not_found_error")
+        .with_param("keys")
+        .with_code("404"));
     }
+    for token in &deleted {
+        keys.invalidate(token);
+    }
+    tracing::info!(count = deleted.len(), "virtual keys deleted");
+    Ok(json!({"deleted_keys": given}))
 }
 
 /// `GET /key/list`.
 async fn list(State(routes): State<KeyRoutes>, query: QueryMap) -> Response {
-    let keys = match routes.keys() {
-        Ok(keys) => keys,
-        Err(response) => return response,
-    };
-    let q = match query_map(query) {
-        Ok(q) => q,
-        Err(response) => return response,
-    };
-    let number = |name: &'static str, default: u64, max: u64| -> Result<u64, Response> {
+    respond(list_keys(&routes, query).await)
+}
+
+async fn list_keys(routes: &KeyRoutes, query: QueryMap) -> Result<Value, Error> {
+    let keys = routes.keys()?;
+    let q = query_map(query)?;
+    let number = |name: &'static str, default: u64, max: u64| -> Result<u64, Error> {
         match q.get(name) {
             None => Ok(default),
             Some(v) => v
@@ -552,37 +519,31 @@ async fn list(State(routes): State<KeyRoutes>, query: QueryMap) -> Response {
                 .ok_or_else(|| bad(format!("'{name}' must be an integer from 1 to {max}"), name)),
         }
     };
-    let page = match number("page", 1, 1_000_000) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let size = match number("size", 10, 100) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+    let page = number("page", 1, 1_000_000)?;
+    let size = number("size", 10, 100)?;
     let full = match q.get("return_full_object").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
-            return bad(
+            return Err(bad(
                 "'return_full_object' must be true or false",
                 "return_full_object",
-            );
+            ));
         }
     };
     let ascending = match q.get("sort_order").map(|s| s.to_ascii_lowercase()) {
         None => false,
         Some(s) if s == "desc" => false,
         Some(s) if s == "asc" => true,
-        Some(_) => return bad("'sort_order' must be asc or desc", "sort_order"),
+        Some(_) => return Err(bad("'sort_order' must be asc or desc", "sort_order")),
     };
     let sort_by = q.get("sort_by").cloned();
     if let Some(column) = &sort_by {
         if !KeyQuery::SORTABLE.contains(&column.as_str()) {
-            return bad(
+            return Err(bad(
                 format!("'sort_by' must be one of {}", KeyQuery::SORTABLE.join(", ")),
                 "sort_by",
-            );
+            ));
         }
     }
     let mut query = KeyQuery::new();
@@ -595,27 +556,22 @@ async fn list(State(routes): State<KeyRoutes>, query: QueryMap) -> Response {
     query.token = q.get("key_hash").cloned();
     query.sort_by = sort_by;
     query.ascending = ascending;
-    match keys.store().list(&query).await {
-        Ok(found) => {
-            let listed: Vec<Value> = found
-                .keys
-                .iter()
-                .map(|k| {
-                    if full {
-                        Value::Object(k.to_json(true))
-                    } else {
-                        Value::from(k.token.clone())
-                    }
-                })
-                .collect();
-            axum::Json(json!({
-                "keys": listed,
-                "total_count": found.total,
-                "current_page": page,
-                "total_pages": found.total.div_ceil(size),
-            }))
-            .into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    let found = keys.store().list(&query).await.map_err(store_error)?;
+    let listed: Vec<Value> = found
+        .keys
+        .iter()
+        .map(|k| {
+            if full {
+                Value::Object(k.to_json(true))
+            } else {
+                Value::from(k.token.clone())
+            }
+        })
+        .collect();
+    Ok(json!({
+        "keys": listed,
+        "total_count": found.total,
+        "current_page": page,
+        "total_pages": found.total.div_ceil(size),
+    }))
 }
