@@ -305,6 +305,16 @@ async fn every_route_refuses_missing_wrong_revoked_expired_and_other_model_keys(
             "/key/delete",
             Some(json!({"keys": [other_model]})),
         ),
+        (
+            Method::POST,
+            "/key/block",
+            Some(json!({"key": other_model})),
+        ),
+        (
+            Method::POST,
+            "/key/unblock",
+            Some(json!({"key": other_model})),
+        ),
     ];
     let cases: [(&str, Option<&str>, &str); 5] = [
         ("missing", None, "auth_error"),

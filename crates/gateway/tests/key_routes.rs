@@ -259,6 +259,116 @@ async fn generate_info_update_list_delete() {
         )
     );
 
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/unblock",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/block",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/key/block",
+            MASTER,
+            Some(json!({"key": "sk-nope"}))
+        )
+        .await
+        .0,
+        404
+    );
+
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/unblock",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/block",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/key/block",
+            MASTER,
+            Some(json!({"key": "sk-nope"}))
+        )
+        .await
+        .0,
+        404
+    );
+
     // List.
     let second = call(
         &gw,

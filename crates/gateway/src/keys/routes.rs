@@ -7,6 +7,7 @@
 //! | `GET /key/info?key=` | the key or its hash | `{"key", "info": {...}}` |
 //! | `POST /key/update` | `key` (the key or its hash) and the fields to change (`duration: "-1"`: never expires) | `{"key", ...the row}` |
 //! | `POST /key/delete` | `keys` (keys or hashes) or `key_aliases` | `{"deleted_keys": [...]}`; all or nothing |
+//! | `POST /key/block`, `POST /key/unblock` | `key` (the key or its hash) | the row |
 //! | `GET /key/list` | `page`, `size` (1 to 100), `user_id`, `team_id`, `organization_id`, `key_alias`, `key_hash`, `return_full_object`, `sort_by`, `sort_order` | `{"keys", "total_count", "current_page", "total_pages"}` |
 //!
 //! A field LiteLLM knows but this gateway does not enforce (`max_budget`, `tpm_limit`, ...)
@@ -62,7 +63,8 @@ impl KeyRoutes {
         }
     }
 
-    /// The router: `/key/generate`, `/key/info`, `/key/update`, `/key/delete`, `/key/list`.
+    /// The router: `/key/generate`, `/key/info`, `/key/update`, `/key/delete`, `/key/list`,
+    /// `/key/block`, `/key/unblock`.
     pub fn router(self) -> Router {
         Router::new()
             .route("/key/generate", post(generate))
@@ -70,6 +72,8 @@ impl KeyRoutes {
             .route("/key/update", post(update))
             .route("/key/delete", post(delete))
             .route("/key/list", get(list))
+            .route("/key/block", post(block))
+            .route("/key/unblock", post(unblock))
             .with_state(self)
     }
 
@@ -434,6 +438,64 @@ async fn update_key(
         key_alias = key.key_alias.as_deref().unwrap_or(""),
         key_name = key.key_name.as_deref().unwrap_or(""),
         "virtual key updated"
+    );
+    let mut out = Map::new();
+    out.insert("key".into(), Value::from(name));
+    out.extend(key.to_json(false));
+    Ok(Value::Object(out))
+}
+
+/// `POST /key/block`: `{"key": ...}`; the key is refused until unblocked.
+async fn block(
+    State(routes): State<KeyRoutes>,
+    request: http::Request<axum::body::Body>,
+) -> Response {
+    respond(set_blocked(&routes, request, true).await)
+}
+
+/// `POST /key/unblock`.
+async fn unblock(
+    State(routes): State<KeyRoutes>,
+    request: http::Request<axum::body::Body>,
+) -> Response {
+    respond(set_blocked(&routes, request, false).await)
+}
+
+async fn set_blocked(
+    routes: &KeyRoutes,
+    request: http::Request<axum::body::Body>,
+    blocked: bool,
+) -> Result<Value, Error> {
+    let keys = routes.keys()?;
+    let (parts, body) = request.into_parts();
+    let body = body_of(body).await?;
+    let name = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(object)) => match object.get("key") {
+            Some(Value::String(key)) if !key.is_empty() => key.clone(),
+            _ => return Err(bad("'key' is required: the key or its hash", "key")),
+        },
+        Ok(_) => return Err(bad("the request body must be a JSON object", "body")),
+        Err(e) => return Err(Error::invalid_json(e)),
+    };
+    let token = token_of(&name);
+    let mut key = keys
+        .store()
+        .get(&token)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("key"))?;
+    key.blocked = Some(blocked);
+    key.updated_at = Some(SystemTime::now());
+    key.updated_by = actor(caller_of(&parts.extensions).as_ref());
+    if !keys.store().update(&key).await.map_err(store_error)? {
+        return Err(not_found("key"));
+    }
+    keys.invalidate(&token);
+    tracing::info!(
+        key_alias = key.key_alias.as_deref().unwrap_or(""),
+        key_name = key.key_name.as_deref().unwrap_or(""),
+        blocked,
+        "virtual key blocked or unblocked"
     );
     let mut out = Map::new();
     out.insert("key".into(), Value::from(name));
