@@ -5,7 +5,8 @@
 #
 #   bash bench/instructions.sh
 #
-# For each target (bare, gw-none, gw-filter: the same as bench/run.sh), the proxy runs under
+# For each target (bare, gw-none, gw-filter, gw-master, gw-vkey: the same as bench/run.sh), the
+# proxy runs under
 # callgrind in front of the mock upstream (not under valgrind) on loopback, and serves N and then
 # 2N non-streaming chat requests (oha, concurrency 4) in two fresh runs; the difference of the
 # two instruction totals over N is the cost of one request, with start-up and shutdown cancelled
@@ -13,7 +14,7 @@
 #
 # Environment (all optional):
 #   BENCH_REQUESTS   N (default 1000)
-#   BENCH_TARGETS    subset of: bare gw-none gw-filter (default: all)
+#   BENCH_TARGETS    subset of: bare gw-none gw-filter gw-master gw-vkey (default: all)
 #   BENCH_PORT_BASE  first of two consecutive ports on 127.0.0.1 (default 18451)
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
@@ -21,7 +22,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${BENCH_REQUESTS:-1000}
-TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter}
+TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey}
+# gw-master: gw-none with a master key, every request sending it; gw-vkey: the same, every
+# request sending a virtual key generated at start (one /key/generate, the same in both runs).
+MASTER_KEY=sk-bench-master-key-0123456789
 PORT_BASE=${BENCH_PORT_BASE:-18451}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
@@ -34,7 +38,7 @@ die() {
 }
 [[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 10)) || die "BENCH_REQUESTS must be an integer from 10 (got '$N')"
 for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter) ;; *) die "unknown target '$t'" ;; esac
+    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey) ;; *) die "unknown target '$t'" ;; esac
 done
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
@@ -79,13 +83,24 @@ total() {
             sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" \
                 "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
             [[ $target == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
+            [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
             cmd=("$BIN/guardrail-gateway" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
             ;;
     esac
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &
     local pid=$!
     wait_port "$PROXY_PORT"
-    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" \
+    local auth=() key
+    case $target in
+        gw-master) auth=(-H "authorization: Bearer $MASTER_KEY") ;;
+        gw-vkey)
+            key=$(curl -sf -H "authorization: Bearer $MASTER_KEY" -H "content-type: application/json" \
+                -d '{"key_alias": "bench"}' "http://$HOST:$PROXY_PORT/key/generate" |
+                python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])') || die "cannot generate a virtual key"
+            auth=(-H "authorization: Bearer $key")
+            ;;
+    esac
+    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" "${auth[@]}" \
         -D "$ROOT/bench/chat.json" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
         die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
     grep -q '\[200\] '"$requests"' responses' "$WORK/oha.txt" ||

@@ -10,15 +10,19 @@
 #   gw-none    guardrail-gateway, no guardrails configured (all five layers present), spend log on SQLite
 #   gw-filter  guardrail-gateway, a content filter (20 blocked words + email, us_ssn, credit_card,
 #              us_phone, ipv4) in pre_call and post_call, spend log on SQLite
+#   gw-master  gw-none with a master key, every request authenticated with it
+#   gw-vkey    gw-none with a master key, every request authenticated with a virtual key
+#              (generated once at start; looked up in the key cache, refreshed every 5 s)
 # and prints one Markdown table (req/s, p50, p99, peak RSS of the measured process) plus the
-# ratios gw-none/bare and gw-filter/bare from the same run.
+# ratios gw-none/bare and gw-filter/bare, and gw-master/gw-none and gw-vkey/gw-none (the cost of
+# authentication), from the same run.
 #
 # Environment (all optional):
 #   BENCH_DURATION   seconds per measured run (default 10)
 #   BENCH_WARMUP     seconds of warm-up before each measured run (default 2; 0 to skip)
 #   BENCH_SCENARIOS  subset of: chat-c16 chat-c64 stream-c16 stream-c256 (default: all)
-#   BENCH_TARGETS    subset of: mock bare gw-none gw-filter (default: all)
-#   BENCH_PORT_BASE  first of four consecutive ports on 127.0.0.1 (default 18401)
+#   BENCH_TARGETS    subset of: mock bare gw-none gw-filter gw-master gw-vkey (default: all)
+#   BENCH_PORT_BASE  first of six consecutive ports on 127.0.0.1 (default 18401)
 #   BENCH_TOOL       oha | wrk (default: oha if installed or installable, else wrk)
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   BENCH_OUT        a file to copy the final table to
@@ -30,7 +34,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${BENCH_DURATION:-10}
 WARMUP=${BENCH_WARMUP:-2}
 SCENARIOS=${BENCH_SCENARIOS:-chat-c16 chat-c64 stream-c16 stream-c256}
-TARGETS=${BENCH_TARGETS:-mock bare gw-none gw-filter}
+TARGETS=${BENCH_TARGETS:-mock bare gw-none gw-filter gw-master gw-vkey}
 PORT_BASE=${BENCH_PORT_BASE:-18401}
 TOOL=${BENCH_TOOL:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -57,13 +61,18 @@ for s in $SCENARIOS; do
     case $s in chat-c16 | chat-c64 | stream-c16 | stream-c256) ;; *) die "unknown scenario '$s'" ;; esac
 done
 for t in $TARGETS; do
-    case $t in mock | bare | gw-none | gw-filter) ;; *) die "unknown target '$t'" ;; esac
+    case $t in mock | bare | gw-none | gw-filter | gw-master | gw-vkey) ;; *) die "unknown target '$t'" ;; esac
 done
 
 MOCK_PORT=$PORT_BASE
 BARE_PORT=$((PORT_BASE + 1))
 GW_NONE_PORT=$((PORT_BASE + 2))
 GW_FILTER_PORT=$((PORT_BASE + 3))
+GW_MASTER_PORT=$((PORT_BASE + 4))
+GW_VKEY_PORT=$((PORT_BASE + 5))
+MASTER_KEY=sk-bench-master-key-0123456789
+# The authorization header of the current target's requests (none for the others).
+AUTH=()
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-bench.XXXXXX")
 PIDS=()
@@ -157,10 +166,12 @@ ulimit -n 8192 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 cp "$ROOT/bench/chat.json" "$WORK/chat.json"
 sed '1s/^{/{"stream": true, "stream_options": {"include_usage": true}, /' "$ROOT/bench/chat.json" >"$WORK/stream.json"
 
-# Writes a gateway config: $1 file, $2 spend-log path, $3 "filter" for the content filter.
+# Writes a gateway config: $1 file, $2 spend-log path, $3 "filter" for the content filter,
+# "keys" for a master key.
 write_config() {
     local file=$1 db=$2 kind=$3
     sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$db|" "$ROOT/bench/gateway.yaml" >"$file"
+    [[ $kind == keys ]] && echo "  master_key: $MASTER_KEY" >>"$file"
     [[ $kind == filter ]] || return 0
     cat "$ROOT/bench/content-filter.yaml" >>"$file"
 }
@@ -217,7 +228,8 @@ peak_rss_mib() {
 # Starts the mock and, for a proxy target, the proxy in front of it; sets URL and MEASURED_PID.
 start_target() {
     local target=$1 tag=$2 port
-    for port in "$MOCK_PORT" "$BARE_PORT" "$GW_NONE_PORT" "$GW_FILTER_PORT"; do
+    AUTH=()
+    for port in "$MOCK_PORT" "$BARE_PORT" "$GW_NONE_PORT" "$GW_FILTER_PORT" "$GW_MASTER_PORT" "$GW_VKEY_PORT"; do
         ! port_in_use "$port" || die "port $port on $HOST is already in use (set BENCH_PORT_BASE)"
     done
     start "mock-$tag" "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT"
@@ -234,17 +246,28 @@ start_target() {
             port=$BARE_PORT
             wait_ready "$MEASURED_PID" "$port" || die "bare-proxy did not start: $(tail -n 5 "$WORK/bare-$tag.log")"
             ;;
-        gw-none | gw-filter)
-            port=$GW_NONE_PORT
+        gw-*)
             local kind=none
-            if [[ $target == gw-filter ]]; then
-                port=$GW_FILTER_PORT
-                kind=filter
-            fi
+            case $target in
+                gw-none) port=$GW_NONE_PORT ;;
+                gw-filter) port=$GW_FILTER_PORT kind=filter ;;
+                gw-master) port=$GW_MASTER_PORT kind=keys ;;
+                gw-vkey) port=$GW_VKEY_PORT kind=keys ;;
+            esac
             write_config "$WORK/$target-$tag.yaml" "$WORK/spend-$target-$tag.db" "$kind"
             start "$target-$tag" "$BIN/guardrail-gateway" serve --config "$WORK/$target-$tag.yaml" --listen "$HOST:$port"
             MEASURED_PID=$STARTED_PID
             wait_ready "$MEASURED_PID" "$port" health || die "the gateway did not start: $(tail -n 5 "$WORK/$target-$tag.log")"
+            if [[ $target == gw-master ]]; then
+                AUTH=(-H "authorization: Bearer $MASTER_KEY")
+            elif [[ $target == gw-vkey ]]; then
+                local key
+                key=$(curl -sf -H "authorization: Bearer $MASTER_KEY" -H "content-type: application/json" \
+                    -d '{"key_alias": "bench"}' "http://$HOST:$port/key/generate" |
+                    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])') ||
+                    die "cannot generate a virtual key: $(tail -n 5 "$WORK/$target-$tag.log")"
+                AUTH=(-H "authorization: Bearer $key")
+            fi
             ;;
     esac
     URL="http://$HOST:$port/v1/chat/completions"
@@ -258,7 +281,7 @@ start_target() {
 # and errors, not counting requests cut off by the deadline).
 run_load() {
     local url=$1 conc=$2 secs=$3 stream=$4 out=$5 body=$WORK/chat.json
-    local headers=(-H "content-type: application/json")
+    local headers=(-H "content-type: application/json" "${AUTH[@]}")
     if [[ $stream == true ]]; then
         body=$WORK/stream.json
         headers+=(-H "x-mock-events: $STREAM_EVENTS")
@@ -294,6 +317,7 @@ PY
             echo 'wrk.method = "POST"'
             echo "wrk.body = [==[$(cat "$body")]==]"
             echo 'wrk.headers["content-type"] = "application/json"'
+            ((${#AUTH[@]} == 0)) || echo "wrk.headers[\"authorization\"] = \"${AUTH[1]#authorization: }\""
             [[ $stream == true ]] && echo "wrk.headers[\"x-mock-events\"] = \"$STREAM_EVENTS\""
             cat <<'LUA'
 done = function(summary, latency, requests)
@@ -358,6 +382,8 @@ awk -F'\t' '
         name["bare"] = "(2) bare hyper proxy"
         name["gw-none"] = "(3) gateway, no guardrails"
         name["gw-filter"] = "(4) gateway, content filter + SQLite"
+        name["gw-master"] = "(5) gateway, no guardrails, master key"
+        name["gw-vkey"] = "(6) gateway, no guardrails, virtual key"
         print "| scenario | concurrency | target | req/s | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | failed |"
         print "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     }
@@ -368,8 +394,8 @@ awk -F'\t' '
     }
     END {
         print ""
-        print "| scenario | (3)/(2) req/s | (4)/(2) req/s | (3) added p99 ms | (4) added p99 ms |"
-        print "|---|---:|---:|---:|---:|"
+        print "| scenario | (3)/(2) req/s | (4)/(2) req/s | (3) added p99 ms | (4) added p99 ms | (5)/(3) req/s | (6)/(3) req/s |"
+        print "|---|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             s = order[i]
             line = "| " s
@@ -381,6 +407,10 @@ awk -F'\t' '
                 t = (j == 1 ? "gw-none" : "gw-filter")
                 line = line " | " ((s, "bare") in p99 && (s, t) in p99 ? sprintf("%+.2f", p99[s, t] - p99[s, "bare"]) : "n/a")
             }
+            for (j = 1; j <= 2; j++) {
+                t = (j == 1 ? "gw-master" : "gw-vkey")
+                line = line " | " ((s, "gw-none") in rps && (s, t) in rps && rps[s, "gw-none"] > 0 ? sprintf("%.3f", rps[s, t] / rps[s, "gw-none"]) : "n/a")
+            }
             print line " |"
         }
     }' "$RESULTS" >"$TABLE"
@@ -389,7 +419,7 @@ awk -F'\t' '
     echo
     echo "guardrail-gateway load benchmark: $TOOL, ${DURATION}s per run after ${WARMUP}s warm-up, loopback,"
     echo "$(nproc) cores shared by the load generator, the proxy and the mock; total $((SECONDS - started))s."
-    echo "peak RSS: VmHWM of the measured process (the mock for (1), the proxy for (2) to (4)), warm-up included."
+    echo "peak RSS: VmHWM of the measured process (the mock for (1), the proxy for (2) to (6)), warm-up included."
     echo "CPU µs/req: user + system CPU time of that process during the measured run, per successful request."
     echo "failed: non-2xx answers and transport errors (requests cut off by the deadline excluded)."
     echo

@@ -164,7 +164,8 @@ fn start_gateway(binary: &Path, upstream: &MockUpstream, spend_logs: &str, queue
             };
         }
     }
-    panic!("the gateway exited before listening");
+    let status = child.wait();
+    panic!("the gateway exited before listening: {status:?}");
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -88,12 +88,13 @@ impl RequestMeta {
     }
 
     /// Sets the request headers a guardrail may see. Credentials (`authorization`,
-    /// `x-api-key`, `api-key`, `cookie`, `proxy-authorization`) are removed.
+    /// `x-litellm-api-key`, `x-api-key`, `api-key`, `cookie`, `proxy-authorization`) are removed.
     pub fn with_headers(mut self, headers: &HeaderMap) -> Self {
         let mut headers = headers.clone();
         for name in [
             "authorization",
             "proxy-authorization",
+            "x-litellm-api-key",
             "x-api-key",
             "api-key",
             "cookie",

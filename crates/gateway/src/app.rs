@@ -1,6 +1,9 @@
-//! The gateway: the five layers in front of the upstream forwarder, per route.
+//! The gateway: the five layers in front of the upstream forwarder, per route, and access
+//! control in front of everything but the health probes.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +28,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::task::JoinSet;
-use tower::ServiceBuilder;
 use tower::timeout::TimeoutLayer;
+use tower::{Layer as _, ServiceBuilder};
 
+use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
+use crate::keys::routes::KeyRoutes;
+use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::upstream::Forward;
 
 /// A configured gateway, ready to serve.
@@ -36,6 +42,9 @@ pub struct Gateway {
     router: Router,
     writer: SpendLogHandle,
     grace: Duration,
+    keys: Option<Arc<KeyCache>>,
+    requires_keys: bool,
+    allow_unauthenticated: bool,
     warnings: Vec<String>,
     // Keeps the temporary spend-log file of a config without `spend_logs`.
     _temp: Option<tempfile::TempDir>,
@@ -44,6 +53,8 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
+            .field("requires_keys", &self.requires_keys)
+            .field("keys", &self.keys)
             .field("warnings", &self.warnings)
             .finish_non_exhaustive()
     }
@@ -66,21 +77,83 @@ impl Gateway {
         if let Some(path) = &config.spend_logs_dead_letter_path {
             settings = settings.dead_letter_path(path);
         }
-        let (writer, store, temp) = open_spend_logs(config.spend_logs.as_ref(), settings).await?;
+        let (writer, store, temp, key_store) =
+            open_spend_logs(config.spend_logs.as_ref(), settings).await?;
         if let Some(path) = writer.dead_letter_path() {
             tracing::info!(
                 path = %path.display(),
                 "spend log: records the database rejects go to this dead-letter file"
             );
         }
-        let router = router(&config, writer.clone(), store, HttpClient::new());
+        let keys = match (&config.master_key, key_store) {
+            (Some(_), Some(store)) => Some(Arc::new(KeyCache::new(store, config.key_cache_ttl))),
+            (Some(_), None) => {
+                tracing::warn!(
+                    "virtual keys are unavailable: the spend log is a JSON lines file, and keys \
+                     need a database (general_settings.spend_logs: sqlite://PATH or \
+                     postgres://...); only the master key is accepted"
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        if config.master_key.is_some() && temp.is_some() {
+            tracing::warn!(
+                "virtual keys are kept in a temporary SQLite file (general_settings.spend_logs \
+                 is not set): keys generated in this run are lost when it stops"
+            );
+        }
+        let router = router_with_keys(
+            &config,
+            writer.clone(),
+            store,
+            HttpClient::new(),
+            keys.clone(),
+        );
         Ok(Gateway {
             router,
             writer,
             grace: config.graceful_shutdown_timeout,
+            keys,
+            requires_keys: config.master_key.is_some(),
+            allow_unauthenticated: config.allow_unauthenticated,
             warnings: config.warnings,
             _temp: temp,
         })
+    }
+
+    /// Whether every route but the health probes needs a key (a master key is configured).
+    pub fn requires_keys(&self) -> bool {
+        self.requires_keys
+    }
+
+    /// The virtual keys' cache (and through it, their store), when virtual keys are on.
+    pub fn key_cache(&self) -> Option<&Arc<KeyCache>> {
+        self.keys.as_ref()
+    }
+
+    /// Whether the gateway may listen on `addr`: always with a master key; without one, only on
+    /// a loopback address, unless `allow_unauthenticated` (the `serve` flag) or
+    /// `general_settings.allow_unauthenticated` says otherwise. The error says what to do.
+    pub fn check_exposure(
+        &self,
+        addr: SocketAddr,
+        allow_unauthenticated: bool,
+    ) -> Result<(), String> {
+        if self.requires_keys
+            || addr.ip().is_loopback()
+            || allow_unauthenticated
+            || self.allow_unauthenticated
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {addr} without a master key: anyone who reaches it could call \
+             every model and read every spend log. Set general_settings.master_key (for example \
+             master_key: os.environ/LITELLM_MASTER_KEY), listen on a loopback address, or pass \
+             --allow-unauthenticated (or set general_settings.allow_unauthenticated: true) to \
+             run open on purpose"
+        ))
     }
 
     /// The routes, to serve or to nest in a larger axum app.
@@ -179,14 +252,36 @@ fn sink_error(e: impl std::fmt::Display) -> ConfigError {
     )
 }
 
+/// What `open_spend_logs` opens: the writer, the store for `/spend/logs`, the temporary
+/// directory of a config without `spend_logs`, and the key store (none for JSON lines).
+type Opened = (
+    SpendLogHandle,
+    Store,
+    Option<tempfile::TempDir>,
+    Option<Arc<dyn KeyStore>>,
+);
+
+fn key_store_error(e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::new(
+        "general_settings.spend_logs",
+        None,
+        format!("cannot open the key table: {e}"),
+    )
+}
+
 async fn open_spend_logs(
     target: Option<&SpendLogsTarget>,
     settings: SpendLogWriter,
-) -> Result<(SpendLogHandle, Store, Option<tempfile::TempDir>), ConfigError> {
+) -> Result<Opened, ConfigError> {
+    async fn sqlite_keys(path: &std::path::Path) -> Result<Arc<dyn KeyStore>, ConfigError> {
+        Ok(Arc::new(
+            SqliteKeyStore::open(path).await.map_err(key_store_error)?,
+        ))
+    }
     Ok(match target {
         Some(SpendLogsTarget::Sqlite(path)) => {
             let (w, s) = start_writer(SqliteSink::open(path).await.map_err(sink_error)?, settings);
-            (w, s, None)
+            (w, s, None, Some(sqlite_keys(path).await?))
         }
         Some(SpendLogsTarget::Postgres(url)) => {
             let sink = match PostgresSink::connect(url).await {
@@ -203,12 +298,15 @@ async fn open_spend_logs(
                 }
                 Err(e) => return Err(sink_error(e)),
             };
+            // Connected on first use: virtual-key requests fail (503) while the database is
+            // down; the master key keeps working.
+            let keys = PostgresKeyStore::new(url).map_err(key_store_error)?;
             let (w, s) = start_writer(sink, settings);
-            (w, s, None)
+            (w, s, None, Some(Arc::new(keys) as Arc<dyn KeyStore>))
         }
         Some(SpendLogsTarget::Jsonl(path)) => {
             let (w, s) = start_writer(JsonlSink::open(path).await.map_err(sink_error)?, settings);
-            (w, s, None)
+            (w, s, None, None)
         }
         None => {
             tracing::warn!(
@@ -216,11 +314,11 @@ async fn open_spend_logs(
                  SQLite file for this run only"
             );
             let dir = tempfile::tempdir().map_err(sink_error)?;
-            let sink = SqliteSink::open(dir.path().join("spend_logs.db"))
-                .await
-                .map_err(sink_error)?;
+            let path = dir.path().join("spend_logs.db");
+            let sink = SqliteSink::open(&path).await.map_err(sink_error)?;
+            let keys = sqlite_keys(&path).await?;
             let (w, s) = start_writer(sink, settings);
-            (w, s, Some(dir))
+            (w, s, Some(dir), Some(keys))
         }
     })
 }
@@ -233,16 +331,47 @@ fn start_writer<S: SpendLogSink + SpendLogStore>(
     (settings.spawn(sink.clone()), sink)
 }
 
-/// The gateway's routes: every LLM endpoint gets the whole stack, in this order (outermost
-/// first): spend log, error normalization, model guardrail merge, pre-call guardrails,
-/// post-call (streaming) guardrails, the upstream timeout, the forwarder.
+/// The LLM routes.
+const LLM_ROUTES: [&str; 4] = [
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+];
+
+/// The gateway's routes without virtual keys: [`router_with_keys`] with none. A configured
+/// master key is still required.
 pub fn router(
     config: &GatewayConfig,
     writer: SpendLogHandle,
     store: Arc<dyn SpendLogStore>,
     client: HttpClient,
 ) -> Router {
+    router_with_keys(config, writer, store, client, None)
+}
+
+/// The gateway's routes: every LLM endpoint gets the whole stack, in this order (outermost
+/// first): spend log, key authentication (with a master key), error normalization, model
+/// guardrail merge, pre-call guardrails, post-call (streaming) guardrails, the upstream
+/// timeout, the forwarder.
+///
+/// With `general_settings.master_key`, every route but the health probes (`/health`,
+/// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
+/// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`) the master key, the LLM routes the master
+/// key or a virtual key of `keys`, and any other path a valid key before its 404.
+pub fn router_with_keys(
+    config: &GatewayConfig,
+    writer: SpendLogHandle,
+    store: Arc<dyn SpendLogStore>,
+    client: HttpClient,
+    keys: Option<Arc<KeyCache>>,
+) -> Router {
     let guardrails = Guardrails::new(config.guardrails.iter().cloned());
+    let guardrail_names: Vec<String> = config
+        .guardrails
+        .iter()
+        .map(|g| g.name().to_owned())
+        .collect();
     let prices = config
         .deployments
         .iter()
@@ -254,13 +383,18 @@ pub fn router(
         .map(|d| (d.model_name.clone(), d.guardrails.clone()))
         .collect();
     let limit = config.max_request_body_bytes;
-    let stack = ServiceBuilder::new()
-        .layer(
-            SpendLogLayer::new(writer)
-                .prices(prices)
-                .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
-                .body_limit(limit),
-        )
+    let auth = config.master_key.as_deref().map(|master| {
+        let auth = Authenticator::new(master).known_guardrails(guardrail_names.iter().cloned());
+        match &keys {
+            Some(keys) => auth.keys(Arc::clone(keys)),
+            None => auth,
+        }
+    });
+    let spend_log = SpendLogLayer::new(writer)
+        .prices(prices)
+        .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
+        .body_limit(limit);
+    let inner = ServiceBuilder::new()
         .layer(ErrorNormalizeLayer::new())
         .layer(merge.body_limit(limit))
         .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
@@ -275,21 +409,65 @@ pub fn router(
             client,
             config.request_timeout,
         ));
-    let api = Router::new()
-        .route("/health", get(health))
+
+    let key_routes = match (&auth, &keys) {
+        (None, _) => KeyRoutes::unavailable(
+            "virtual keys need general_settings.master_key: without it no key is checked",
+        ),
+        (Some(_), None) => KeyRoutes::unavailable(
+            "virtual keys need a database: set general_settings.spend_logs to sqlite://PATH or postgres://...",
+        ),
+        (Some(_), Some(keys)) => KeyRoutes::new(Arc::clone(keys), guardrail_names),
+    };
+    let admin = Router::new()
         .route("/spend/logs", get(spend_logs))
         .route("/spend/logs/blocks", get(block_summary))
-        .with_state(store);
-    [
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/responses",
-        "/v1/messages",
-    ]
-    .into_iter()
-    .fold(api, |router, path| {
-        router.route(path, post_service(stack.clone()))
-    })
+        .with_state(store)
+        .merge(key_routes.router());
+    let admin = match &auth {
+        Some(auth) => admin.route_layer(RequireKeyLayer::master_only(auth.clone())),
+        None => admin,
+    };
+    let app = admin
+        .route("/health", get(health))
+        .route("/health/readiness", get(health))
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/liveness", get(liveliness));
+    match auth {
+        Some(auth) => {
+            let stack = ServiceBuilder::new()
+                .layer(spend_log)
+                .layer(KeyAuthLayer::new(auth.clone()).body_limit(limit))
+                .service(inner);
+            let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
+                router.route(path, post_service(stack.clone()))
+            });
+            app.fallback_service(RequireKeyLayer::any_key(auth).layer(tower::service_fn(not_found)))
+        }
+        None => {
+            let stack = ServiceBuilder::new().layer(spend_log).service(inner);
+            let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
+                router.route(path, post_service(stack.clone()))
+            });
+            app.fallback_service(tower::service_fn(not_found))
+        }
+    }
+}
+
+/// Any other path: 404 in the OpenAI shape.
+async fn not_found(request: http::Request<axum::body::Body>) -> Result<Response, Infallible> {
+    Ok(Error::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+    .with_code("not_found")
+    .to_response(CallType::Other)
+    .map(axum::body::Body::from))
+}
+
+/// `GET /health/liveliness`: LiteLLM's answer.
+async fn liveliness() -> Response {
+    axum::Json("I'm alive!").into_response()
 }
 
 async fn health() -> Response {

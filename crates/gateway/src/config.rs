@@ -25,7 +25,9 @@
 //!       stream_policy: exact               # | end_of_stream | {window: {chars, overlap}}
 //!                                          # | {buffer_all: {max_bytes, on_overflow}}
 //! general_settings:
-//!   spend_logs: sqlite://spend_logs.db     # | postgres://... | jsonl://path
+//!   master_key: os.environ/LITELLM_MASTER_KEY  # every route but the health probes needs a key
+//!   user_api_key_cache_ttl: 5              # seconds a virtual key lookup is cached
+//!   spend_logs: sqlite://spend_logs.db     # | postgres://... | jsonl://path (keys live here too)
 //!   spend_logs_dead_letter_path: /var/lib/gateway/spend.dead-letter.jsonl
 //!                                          # default: beside the SQLite/JSONL file, or
 //!                                          # ./spend_logs.dead-letter.jsonl for PostgreSQL
@@ -39,6 +41,12 @@
 //! Unknown keys are warnings. A config error (an unknown guardrail type, a guardrail name
 //! referenced but not defined, a bad regex, a missing environment variable) is a
 //! [`ConfigError`] naming the key and the line.
+//!
+//! Any string under `model_list[].litellm_params`, `guardrails[].litellm_params` and
+//! `general_settings` (keys, URLs, headers, the master key) may be `os.environ/NAME`: it is read
+//! from the environment when the config is loaded. Without `general_settings.master_key`, the
+//! `LITELLM_MASTER_KEY` environment variable is the master key, as in LiteLLM. `Debug` of every
+//! config type here redacts keys and database passwords.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -120,8 +128,8 @@ pub enum Provider {
     Anthropic,
 }
 
-/// One `model_list` entry.
-#[derive(Debug, Clone, PartialEq)]
+/// One `model_list` entry. `Debug` redacts the key.
+#[derive(Clone, PartialEq)]
 pub struct Deployment {
     /// What clients send as `model`.
     pub model_name: String,
@@ -139,8 +147,25 @@ pub struct Deployment {
     pub price: Option<ModelPrice>,
 }
 
-/// Where spend logs go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deployment")
+            .field("model_name", &self.model_name)
+            .field("provider", &self.provider)
+            .field("upstream_model", &self.upstream_model)
+            .field("api_base", &self.api_base)
+            .field("api_key", &self.api_key.as_ref().map(|_| REDACTED))
+            .field("guardrails", &self.guardrails)
+            .field("price", &self.price)
+            .finish()
+    }
+}
+
+/// What `Debug` prints in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// Where spend logs (and virtual keys) go. `Debug` redacts a PostgreSQL password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SpendLogsTarget {
     /// `sqlite://path`.
     Sqlite(PathBuf),
@@ -150,8 +175,49 @@ pub enum SpendLogsTarget {
     Jsonl(PathBuf),
 }
 
-/// A parsed configuration.
-#[derive(Debug)]
+impl fmt::Debug for SpendLogsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpendLogsTarget::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            SpendLogsTarget::Postgres(url) => {
+                f.debug_tuple("Postgres").field(&redact_url(url)).finish()
+            }
+            SpendLogsTarget::Jsonl(path) => f.debug_tuple("Jsonl").field(path).finish(),
+        }
+    }
+}
+
+/// `url` with its password (`user:PASSWORD@host`, or a `password=` parameter) replaced.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                out.replace_range(start..scheme_end + 3 + at, REDACTED);
+            }
+        }
+    }
+    if let Some(query) = out.find('?') {
+        let (head, params) = out.split_at(query + 1);
+        let params: Vec<String> = params
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={REDACTED}"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", params.join("&"));
+    }
+    out
+}
+
+/// The default of `general_settings.user_api_key_cache_ttl`.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// A parsed configuration. `Debug` redacts every key.
 pub struct GatewayConfig {
     /// The models.
     pub deployments: Vec<Deployment>,
@@ -178,8 +244,39 @@ pub struct GatewayConfig {
     pub max_request_body_bytes: usize,
     /// The stream policy for guardrails that set none (and have no span matcher).
     pub stream_policy: StreamPolicy,
+    /// `general_settings.master_key` (or the `LITELLM_MASTER_KEY` environment variable): with
+    /// it, every route but the health probes needs a key.
+    pub master_key: Option<String>,
+    /// `general_settings.allow_unauthenticated`: `serve` may listen on a non-loopback address
+    /// without a master key.
+    pub allow_unauthenticated: bool,
+    /// `general_settings.user_api_key_cache_ttl`: how long a virtual key lookup is cached (a
+    /// key deleted on another replica stops working within this time). Default
+    /// [`DEFAULT_KEY_CACHE_TTL`].
+    pub key_cache_ttl: Duration,
     /// Warnings (unknown keys, settings that are accepted but not enforced).
     pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("deployments", &self.deployments)
+            .field("guardrails", &self.guardrails)
+            .field("spend_logs", &self.spend_logs)
+            .field(
+                "store_prompts_in_spend_logs",
+                &self.store_prompts_in_spend_logs,
+            )
+            .field("request_timeout", &self.request_timeout)
+            .field("max_request_body_bytes", &self.max_request_body_bytes)
+            .field("stream_policy", &self.stream_policy)
+            .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 /// Finds the 1-based line of `key:` after the line containing `anchor` (or the first line with
@@ -283,6 +380,9 @@ const MODEL_PARAMS: &[&str] = &[
     "output_cost_per_token",
 ];
 const GENERAL: &[&str] = &[
+    "master_key",
+    "allow_unauthenticated",
+    "user_api_key_cache_ttl",
     "spend_logs",
     "spend_logs_dead_letter_path",
     "spend_logs_queue_size",
@@ -329,7 +429,7 @@ impl GatewayConfig {
                 ));
             }
         }
-        let general = match root.get("general_settings") {
+        let mut general = match root.get("general_settings") {
             Some(Value::Mapping(m)) => m.clone(),
             Some(Value::Null) | None => Mapping::new(),
             Some(_) => {
@@ -348,6 +448,20 @@ impl GatewayConfig {
                 ));
             }
         }
+        {
+            let mut value = Value::Mapping(general);
+            resolve_all(
+                &mut value,
+                "general_settings",
+                text,
+                "general_settings",
+                env,
+            )?;
+            general = match value {
+                Value::Mapping(m) => m,
+                _ => unreachable!("resolving keeps a mapping a mapping"),
+            };
+        }
         let guardrails = parse_guardrails(text, root.get("guardrails"), env, &mut warnings)?;
         let names: HashSet<&str> = guardrails.iter().map(ConfiguredGuardrail::name).collect();
         let deployments = parse_models(text, root.get("model_list"), &names, env, &mut warnings)?;
@@ -355,7 +469,6 @@ impl GatewayConfig {
             None => None,
             Some(url) => {
                 let line = line_of(text, Some("general_settings"), "spend_logs");
-                let url = resolve(&url, "general_settings.spend_logs", line, env)?;
                 Some(
                     parse_spend_logs(&url)
                         .map_err(|m| ConfigError::new("general_settings.spend_logs", line, m))?,
@@ -405,7 +518,62 @@ impl GatewayConfig {
         let graceful_shutdown_timeout = positive("graceful_shutdown_timeout")?
             .and_then(seconds)
             .unwrap_or(Duration::from_secs(30));
+        let general_line = |key: &str| line_of(text, Some("general_settings"), key);
+        let master_key = match general.get("master_key") {
+            None | Some(Value::Null) => env("LITELLM_MASTER_KEY").filter(|k| !k.is_empty()),
+            Some(Value::String(key)) if !key.trim().is_empty() => Some(key.clone()),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "general_settings.master_key",
+                    general_line("master_key"),
+                    "must be a non-empty string (or os.environ/NAME)",
+                ));
+            }
+        };
+        if let Some(key) = &master_key {
+            if key.trim() != key || key.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    "general_settings.master_key",
+                    general_line("master_key"),
+                    "must not have leading or trailing spaces or control characters",
+                ));
+            }
+            if key.len() < 16 {
+                warnings.push(format!(
+                    "line {}: general_settings.master_key is shorter than 16 characters: easy to guess",
+                    general_line("master_key").unwrap_or(0)
+                ));
+            }
+        }
+        let allow_unauthenticated = match general.get("allow_unauthenticated") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "general_settings.allow_unauthenticated",
+                    general_line("allow_unauthenticated"),
+                    "must be true or false",
+                ));
+            }
+        };
+        let key_cache_ttl = match general.get("user_api_key_cache_ttl") {
+            None | Some(Value::Null) => DEFAULT_KEY_CACHE_TTL,
+            Some(v) => v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "general_settings.user_api_key_cache_ttl",
+                        general_line("user_api_key_cache_ttl"),
+                        "must be a number of seconds from 0 to 86400",
+                    )
+                })?,
+        };
         Ok(GatewayConfig {
+            master_key,
+            allow_unauthenticated,
+            key_cache_ttl,
             deployments,
             guardrails,
             spend_logs,
@@ -1205,6 +1373,7 @@ litellm_settings:
             config.warnings
         );
         assert!(config.warnings.iter().any(|w| w.contains("master_key")));
+        assert_eq!(config.master_key.as_deref(), Some("sk-1234"));
     }
 
     fn error(yaml: &str) -> ConfigError {
@@ -1536,6 +1705,113 @@ guardrails:
                 "guardrails[0].litellm_params.api_key",
                 "environment variable AIM_KEY_UNSET is not set"
             )
+        );
+    }
+
+    #[test]
+    fn every_secret_may_come_from_the_environment_and_debug_shows_none() {
+        // PATH is set in every test environment; its value stands in for a secret.
+        let path = std::env::var("PATH").expect("PATH is set");
+        let yaml = r#"
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/x, api_key: os.environ/PATH, api_base: os.environ/GT_UNUSED_BASE}
+guardrails:
+  - guardrail_name: remote
+    litellm_params:
+      guardrail: generic_guardrail_api
+      mode: pre_call
+      api_base: http://guard.internal:8080
+      api_key: os.environ/PATH
+      headers: {x-service-token: os.environ/PATH}
+  - guardrail_name: moderation
+    litellm_params: {guardrail: openai_moderation, mode: pre_call, api_key: os.environ/PATH}
+general_settings:
+  master_key: os.environ/PATH
+  spend_logs: postgres://gateway:db-password-SECRET@db.internal:5432/spend?password=db-password-SECRET
+"#;
+        let err = GatewayConfig::from_yaml(yaml).unwrap_err();
+        assert!(err.message().contains("GT_UNUSED_BASE is not set"), "{err}");
+        let config =
+            GatewayConfig::from_yaml(&yaml.replace("os.environ/GT_UNUSED_BASE", "http://up:1/v1"))
+                .unwrap();
+        assert_eq!(config.master_key.as_deref(), Some(path.as_str()));
+        assert_eq!(
+            config.deployments[0].api_key.as_deref(),
+            Some(path.as_str())
+        );
+        let debug = format!("{config:?} {:?}", config.deployments[0]);
+        assert!(!debug.contains(&path), "{debug}");
+        assert!(!debug.contains("db-password-SECRET"), "{debug}");
+        assert!(debug.contains("gateway:<redacted>@db.internal"), "{debug}");
+        assert!(
+            debug.contains("master_key: Some(\"<redacted>\")"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn access_settings() {
+        let config = GatewayConfig::from_yaml(
+            "general_settings:\n  master_key: sk-a-long-enough-master-key\n  user_api_key_cache_ttl: 0.5\n  allow_unauthenticated: true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.master_key.as_deref(),
+            Some("sk-a-long-enough-master-key")
+        );
+        assert_eq!(config.key_cache_ttl, Duration::from_millis(500));
+        assert!(config.allow_unauthenticated);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let config =
+            GatewayConfig::from_yaml("general_settings:\n  master_key: sk-short\n").unwrap();
+        assert!(
+            config.warnings[0].contains("shorter than 16"),
+            "{:?}",
+            config.warnings
+        );
+        assert_eq!(config.key_cache_ttl, DEFAULT_KEY_CACHE_TTL);
+        for (yaml, key) in [
+            (
+                "general_settings:\n  master_key: ''\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  master_key: 1234\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  master_key: ' sk-with-a-space-around '\n",
+                "general_settings.master_key",
+            ),
+            (
+                "general_settings:\n  user_api_key_cache_ttl: -1\n",
+                "general_settings.user_api_key_cache_ttl",
+            ),
+            (
+                "general_settings:\n  allow_unauthenticated: yes please\n",
+                "general_settings.allow_unauthenticated",
+            ),
+        ] {
+            let err = error(yaml);
+            assert_eq!((err.key(), err.line()), (key, Some(2)), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:p@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgresql://h/db?user=u&password=p&sslmode=disable"),
+            "postgresql://h/db?user=u&password=<redacted>&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p:q@h:5/d?x=1"),
+            "postgres://u:<redacted>@h:5/d?x=1"
         );
     }
 

@@ -1,18 +1,25 @@
 //! `guardrail-gateway demo`: the gateway in front of the mock upstream, on loopback, in one
 //! process; a few requests; what the client saw; the spend-log rows they left.
 //!
-//! [`run`] starts a [`MockUpstream`] and a [`Gateway`] configured with three content-filter
-//! guardrails (a pre-call word block, a pre- and post-call email mask, and a post-call codename
-//! block attached to one model only), then sends:
+//! [`run`] starts a [`MockUpstream`] and a [`Gateway`] with a master key and four
+//! content-filter guardrails (a pre-call word block, a pre- and post-call email mask, a post-call
+//! codename block attached to one model only, and a word block attached to a virtual key only),
+//! then sends:
 //!
-//! 1. a clean chat request;
-//! 2. a chat request with a blocked word: a 400 `content_policy_violation`;
-//! 3. a chat request with an email address: masked before the model sees it, and the email in
+//! 1. a chat request without a key: a 401, nothing forwarded;
+//! 2. `POST /key/generate` with the master key: a virtual key for team-a, limited to two models
+//!    and carrying its own guardrail (the key is shown this once);
+//! 3. a request with that key for a model it may not call: a 403;
+//! 4. a request with that key that its guardrail blocks, although the request asks to switch
+//!    the guardrail off;
+//! 5. then, all with the virtual key: a clean chat request;
+//! 6. a chat request with a blocked word: a 400 `content_policy_violation`;
+//! 7. a chat request with an email address: masked before the model sees it, and the email in
 //!    the reply masked on the way back;
-//! 4. a streamed chat request whose reply contains the codename: a 200 stream cut by the
+//! 8. a streamed chat request whose reply contains the codename: a 200 stream cut by the
 //!    model-level guardrail, with an in-band error event and `[DONE]`;
-//! 5. the same on the Responses API: an `error` event and `response.failed`;
-//! 6. an Anthropic Messages stream through the email mask.
+//! 9. the same on the Responses API: an `error` event and `response.failed`;
+//! 10. an Anthropic Messages stream through the email mask.
 //!
 //! It prints each request and response, then `GET /spend/logs`: one row per request, each with
 //! its guardrail results. [`run_to`] writes the same report to any writer (the tests use it).
@@ -46,6 +53,9 @@ const WIDTH: usize = 78;
 
 /// Stream frames longer than this are shortened in the middle.
 const MAX_FRAME_LINE: usize = 300;
+
+/// The demo's master key.
+const MASTER_KEY: &str = "sk-demo-master-key-0123456789";
 
 /// The demo config: `{base}` is the mock's base URL, `{spend_logs}` the SQLite URL.
 fn config_yaml(base: &str, spend_logs: &str) -> String {
@@ -86,11 +96,29 @@ guardrails:
       mode: post_call
       default_on: false                 # runs only where a model attaches it
       blocked_words: [{{keyword: BLUEBIRD, action: BLOCK}}]
+  - guardrail_name: team-secrets
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: pre_call
+      default_on: false                 # runs only where a key attaches it
+      blocked_words: [{{keyword: project-x, action: BLOCK}}]
 
 general_settings:
-  spend_logs: "{spend_logs}"
+  master_key: {MASTER_KEY}        # every route but the health probes needs a key
+  spend_logs: "{spend_logs}"        # the spend log, and the virtual keys
 "#
     )
+}
+
+/// The key a scenario sends.
+#[derive(Clone, Copy, PartialEq)]
+enum Auth {
+    /// No key.
+    None,
+    /// The master key.
+    Master,
+    /// The virtual key generated in the demo.
+    Virtual,
 }
 
 /// One scenario: a titled request.
@@ -98,16 +126,67 @@ struct Scenario {
     title: &'static str,
     note: &'static str,
     path: &'static str,
+    auth: Auth,
     body: Value,
 }
 
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
+            title: "No key: refused",
+            note: "With a master key configured, every route but the health probes needs a key. \
+                   The request is answered 401 and never forwarded; it still leaves a spend-log \
+                   row.",
+            path: "/v1/chat/completions",
+            auth: Auth::None,
+            body: json!({
+                "model": "gpt-guarded",
+                "messages": [{"role": "user", "content": "Hello"}],
+            }),
+        },
+        Scenario {
+            title: "A virtual key, generated with the master key",
+            note: "Stored as its SHA-256 hash: the key itself is shown this once. It may call two \
+                   models, and it carries its own guardrail, team-secrets.",
+            path: "/key/generate",
+            auth: Auth::Master,
+            body: json!({
+                "key_alias": "team-a",
+                "models": ["gpt-guarded", "claude-guarded"],
+                "guardrails": ["team-secrets"],
+                "duration": "30d",
+                "user_id": "alice",
+                "team_id": "team-a",
+            }),
+        },
+        Scenario {
+            title: "The key asks for a model it may not call",
+            note: "A 403 with LiteLLM's message; nothing forwarded.",
+            path: "/v1/chat/completions",
+            auth: Auth::Virtual,
+            body: json!({
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "Hello"}],
+            }),
+        },
+        Scenario {
+            title: "The key's guardrail blocks, and the request cannot switch it off",
+            note: "team-secrets runs for every request made with this key; the body's attempt \
+                   to turn it off changes nothing.",
+            path: "/v1/chat/completions",
+            auth: Auth::Virtual,
+            body: json!({
+                "model": "gpt-guarded",
+                "messages": [{"role": "user", "content": "Summarize project-x for me"}],
+                "guardrails": {"team-secrets": false},
+            }),
+        },
+        Scenario {
             title: "A clean chat request",
             note: "The default_on guardrails and the model's own no-codenames run and allow it; the \
                    reply passes unchanged.",
             path: "/v1/chat/completions",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "gpt-guarded",
                 "messages": [{"role": "user", "content": "Hello, what can you do"}],
@@ -117,6 +196,7 @@ fn scenarios() -> Vec<Scenario> {
             title: "A blocked request (pre_call)",
             note: "block-words stops it before the model is called: a 400 the OpenAI SDKs parse.",
             path: "/v1/chat/completions",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "gpt-guarded",
                 "messages": [{"role": "user", "content": "Tell me the forbidden recipe"}],
@@ -127,6 +207,7 @@ fn scenarios() -> Vec<Scenario> {
             note: "pii-mask masks the address before the model sees it (the model echoes the \
                    masked text) and masks the address the model adds to its reply.",
             path: "/v1/chat/completions",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "gpt-guarded",
                 "messages": [{"role": "user", "content": "Hi, my email is jane@corp.com, can you confirm it"}],
@@ -137,6 +218,7 @@ fn scenarios() -> Vec<Scenario> {
             note: "no-codenames is attached to gpt-guarded only (default_on: false) and runs on \
                    streams too: the 200 is already sent, so the block arrives in-band, then [DONE].",
             path: "/v1/chat/completions",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "gpt-guarded",
                 "messages": [{"role": "user", "content": "Tell me about the project"}],
@@ -149,6 +231,7 @@ fn scenarios() -> Vec<Scenario> {
             note: "The Responses stream ends with its own error event and response.failed; the \
                    spend log records the guardrail result as it does for chat.",
             path: "/v1/responses",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "gpt-guarded",
                 "input": "Tell me about the project",
@@ -159,6 +242,7 @@ fn scenarios() -> Vec<Scenario> {
             title: "An Anthropic Messages stream through the email mask",
             note: "claude-guarded has no model-level guardrail; pii-mask masks the streamed reply.",
             path: "/v1/messages",
+            auth: Auth::Virtual,
             body: json!({
                 "model": "claude-guarded",
                 "max_tokens": 200,
@@ -182,9 +266,13 @@ async fn send(
     client: &HttpClient,
     method: Method,
     url: &str,
+    key: Option<&str>,
     body: Option<&Value>,
 ) -> Result<Seen, DemoError> {
     let mut request = Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
     let body = match body {
         Some(body) => {
             request = request.header("content-type", "application/json");
@@ -477,27 +565,76 @@ async fn scenarios_and_logs(
         text,
         "                  no-codenames   post_call            per model    BLOCK \"BLUEBIRD\""
     );
+    let _ = writeln!(
+        text,
+        "                  team-secrets   pre_call             per key      BLOCK \"project-x\""
+    );
+    let _ = writeln!(
+        text,
+        "  master key      {}  (general_settings.master_key)",
+        guardrail_gateway::keys::abbreviate(MASTER_KEY)
+    );
     out.write_all(text.as_bytes())?;
     out.flush()?;
 
     let mut request_ids = Vec::new();
+    let mut virtual_key: Option<String> = None;
     for (i, scenario) in scenarios().into_iter().enumerate() {
         let mut text = String::new();
         rule(&mut text, &format!("{}. {}", i + 1, scenario.title));
         wrap(&mut text, "", scenario.note);
-        let _ = writeln!(text, "\n> POST {}  {}", scenario.path, scenario.body);
-        let url = format!("{gateway_url}{}", scenario.path);
-        let seen = send(&client, Method::POST, &url, Some(&scenario.body)).await?;
-        let request_id = header(&seen.headers, "x-request-id").to_owned();
+        let key = match scenario.auth {
+            Auth::None => None,
+            Auth::Master => Some(MASTER_KEY.to_owned()),
+            Auth::Virtual => Some(
+                virtual_key
+                    .clone()
+                    .ok_or("the virtual key was not generated")?,
+            ),
+        };
+        let shown = key.as_deref().map_or_else(
+            || "(no key)".to_owned(),
+            |k| {
+                format!(
+                    "Authorization: Bearer {}",
+                    guardrail_gateway::keys::abbreviate(k)
+                )
+            },
+        );
         let _ = writeln!(
             text,
-            "< {}   x-request-id: {}   x-litellm-applied-guardrails: {}",
-            seen.status,
-            request_id,
-            header(&seen.headers, "x-litellm-applied-guardrails"),
+            "\n> POST {}  {shown}\n  {}",
+            scenario.path, scenario.body
         );
+        let url = format!("{gateway_url}{}", scenario.path);
+        let seen = send(
+            &client,
+            Method::POST,
+            &url,
+            key.as_deref(),
+            Some(&scenario.body),
+        )
+        .await?;
+        if scenario.path == "/key/generate" {
+            let made: Value = serde_json::from_slice(&seen.body)?;
+            let key = made
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("/key/generate answered {}", seen.status))?;
+            virtual_key = Some(key.to_owned());
+            let _ = writeln!(text, "< {}", seen.status);
+        } else {
+            let request_id = header(&seen.headers, "x-request-id").to_owned();
+            let _ = writeln!(
+                text,
+                "< {}   x-request-id: {}   x-litellm-applied-guardrails: {}",
+                seen.status,
+                request_id,
+                header(&seen.headers, "x-litellm-applied-guardrails"),
+            );
+            request_ids.push(request_id);
+        }
         print_body(&mut text, &seen);
-        request_ids.push(request_id);
         out.write_all(text.as_bytes())?;
         out.flush()?;
     }
@@ -529,7 +666,7 @@ async fn scenarios_and_logs(
     }
     let _ = writeln!(
         text,
-        "\nThe mock upstream received {} requests: the blocked request never reached it.",
+        "\nThe mock upstream received {} requests: the refused and blocked requests never reached it.",
         mock.request_count()
     );
     out.write_all(text.as_bytes())?;
@@ -547,7 +684,7 @@ async fn wait_for_spend_logs(
     let url = format!("{gateway_url}/spend/logs");
     let deadline = tokio::time::Instant::now() + SPEND_LOG_WAIT;
     loop {
-        let seen = send(client, Method::GET, &url, None).await?;
+        let seen = send(client, Method::GET, &url, Some(MASTER_KEY), None).await?;
         if seen.status != StatusCode::OK {
             return Err(format!(
                 "GET /spend/logs answered {}: {}",
@@ -574,37 +711,57 @@ mod tests {
         run_to(&mut out).await.expect("the demo succeeds");
         let report = String::from_utf8(out).unwrap();
 
-        // The header, six scenarios, the spend log.
+        // The header, ten scenarios, the spend log.
         let sections: Vec<&str> = report.split("\n── ").collect();
-        assert_eq!(sections.len(), 8, "{report}");
+        assert_eq!(sections.len(), 12, "{report}");
         // What the client saw, after the "< status" line.
         let seen = |n: usize| sections[n].split_once("\n< ").expect("a response line").1;
-        assert!(seen(1).starts_with("200 OK"), "{report}");
-        assert!(seen(1).contains("You said: Hello, what can you do."));
-        assert!(seen(2).starts_with("400 Bad Request"), "{report}");
-        assert!(seen(2).contains("\"code\": \"content_policy_violation\""));
-        assert!(seen(3).starts_with("200 OK"), "{report}");
-        assert!(!seen(3).contains("jane@corp.com"), "{report}");
-        assert!(!seen(3).contains("team@example.com"), "{report}");
-        assert!(seen(3).contains("[EMAIL_REDACTED]"), "{report}");
-        assert!(seen(4).starts_with("200 OK"), "{report}");
-        assert!(seen(4).contains("data: {\"error\""), "{report}");
-        assert!(seen(4).trim_end().ends_with("data: [DONE]"), "{report}");
-        assert!(seen(5).contains("event: error"), "{report}");
-        assert!(seen(5).contains("event: response.failed"), "{report}");
-        assert!(seen(5).contains("\"status\":\"failed\""), "{report}");
-        for n in [4, 5] {
+        assert!(seen(1).starts_with("401 Unauthorized"), "{report}");
+        assert!(seen(1).contains("No api key passed in."), "{report}");
+        assert!(seen(2).starts_with("200 OK"), "{report}");
+        assert!(seen(2).contains("\"key\": \"sk-"), "{report}");
+        assert!(seen(2).contains("\"key_alias\": \"team-a\""), "{report}");
+        assert!(seen(3).starts_with("403 Forbidden"), "{report}");
+        assert!(
+            seen(3).contains("key not allowed to access model"),
+            "{report}"
+        );
+        assert!(seen(4).starts_with("400 Bad Request"), "{report}");
+        assert!(seen(4).contains("team-secrets"), "{report}");
+        assert!(seen(5).starts_with("200 OK"), "{report}");
+        assert!(seen(5).contains("You said: Hello, what can you do."));
+        assert!(seen(6).starts_with("400 Bad Request"), "{report}");
+        assert!(seen(6).contains("\"code\": \"content_policy_violation\""));
+        assert!(seen(7).starts_with("200 OK"), "{report}");
+        assert!(!seen(7).contains("jane@corp.com"), "{report}");
+        assert!(!seen(7).contains("team@example.com"), "{report}");
+        assert!(seen(7).contains("[EMAIL_REDACTED]"), "{report}");
+        assert!(seen(8).starts_with("200 OK"), "{report}");
+        assert!(seen(8).contains("data: {\"error\""), "{report}");
+        assert!(seen(8).trim_end().ends_with("data: [DONE]"), "{report}");
+        assert!(seen(9).contains("event: error"), "{report}");
+        assert!(seen(9).contains("event: response.failed"), "{report}");
+        assert!(seen(9).contains("\"status\":\"failed\""), "{report}");
+        for n in [8, 9] {
             assert!(!seen(n).contains("BLUEBIRD"), "{report}");
         }
-        assert!(seen(6).contains("event: message_stop"), "{report}");
-        assert!(!seen(6).contains("team@example.com"), "{report}");
+        assert!(seen(10).contains("event: message_stop"), "{report}");
+        assert!(!seen(10).contains("team@example.com"), "{report}");
+        // The master key is never printed whole.
+        assert!(!report.contains(MASTER_KEY), "{report}");
 
-        // One spend-log row per request, each with its guardrail results.
-        let log = sections[7];
+        // One spend-log row per LLM request, each with its guardrail results.
+        let log = sections[11];
         assert!(!log.contains("(no spend-log row)"), "{report}");
-        for row in 1..=6 {
+        for row in 1..=9 {
             assert!(log.contains(&format!("\n#{row} ")), "{report}");
         }
+        assert!(log.contains("http=401"), "{report}");
+        assert!(log.contains("http=403"), "{report}");
+        assert!(
+            log.contains("team-secrets pre_call guardrail_intervened/block"),
+            "{report}"
+        );
         assert!(
             log.contains("no-codenames post_call guardrail_intervened/block"),
             "{report}"

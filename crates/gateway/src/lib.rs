@@ -2,14 +2,18 @@
 //! with a LiteLLM-style YAML file.
 //!
 //! ```text
-//! guardrail-gateway serve --config config.yaml [--listen 127.0.0.1:4000]
+//! guardrail-gateway serve --config config.yaml [--listen 127.0.0.1:4000] [--allow-unauthenticated]
 //! guardrail-gateway demo
 //! ```
 //!
 //! Routes: `POST /v1/chat/completions` (and `/chat/completions`), `POST /v1/responses`,
-//! `POST /v1/messages`, `GET /health`, `GET /spend/logs` (`request_id`, `start_date`,
-//! `end_date`, `status`, `limit`, `offset`) and `GET /spend/logs/blocks` (guardrail blocks per
-//! guardrail per day). Each LLM route composes, outermost first, `SpendLogLayer`,
+//! `POST /v1/messages`, the health probes (`GET /health`, `/health/liveliness`,
+//! `/health/liveness`, `/health/readiness`), `GET /spend/logs` (`request_id`, `start_date`,
+//! `end_date`, `status`, `limit`, `offset`), `GET /spend/logs/blocks` (guardrail blocks per
+//! guardrail per day) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
+//! `/key/delete`, `/key/list`: see [`keys::routes`]). With `general_settings.master_key`, every
+//! route but the health probes needs a key ([`auth`]). Each LLM route composes, outermost
+//! first, `SpendLogLayer`, [`KeyAuthLayer`](auth::KeyAuthLayer) (with a master key),
 //! `ErrorNormalizeLayer`, `ModelGuardrailMergeLayer`, `PreCallGuardrailLayer`,
 //! `StreamingGuardrailBodyLayer` and the upstream timeout in front of [`upstream::Forward`], a
 //! pooled client that forwards to the model's `api_base` with the deployment's model name and
@@ -73,6 +77,8 @@
 //! ```
 
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod keys;
 pub mod process;
 pub mod upstream;

@@ -39,6 +39,11 @@ enum Command {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: SocketAddr,
+        /// Listen on a non-loopback address without a master key: anyone who reaches the port
+        /// can call every model and read the spend logs. Without this flag (or
+        /// `general_settings.allow_unauthenticated: true`) `serve` refuses to.
+        #[arg(long)]
+        allow_unauthenticated: bool,
     },
     /// Run a self-contained demo on loopback (a mock upstream and the gateway) and print what
     /// clients see.
@@ -71,7 +76,7 @@ async fn shutdown_signal() {
     );
 }
 
-async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
+async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool) -> ExitCode {
     let text = match std::fs::read_to_string(&config) {
         Ok(text) => text,
         Err(e) => {
@@ -86,6 +91,18 @@ async fn serve(config: PathBuf, listen: SocketAddr) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = gateway.check_exposure(listen, allow_unauthenticated) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if !gateway.requires_keys() {
+        tracing::warn!(
+            %listen,
+            "NO MASTER KEY: this gateway runs OPEN. Every route answers without a key: anyone \
+             who can reach {listen} can call every model and read every spend log. Set \
+             general_settings.master_key to require keys."
+        );
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -138,7 +155,11 @@ async fn run(cli: Cli) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Serve {
+            config,
+            listen,
+            allow_unauthenticated,
+        } => serve(config, listen, allow_unauthenticated).await,
         Command::Demo => match demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

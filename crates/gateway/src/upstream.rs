@@ -44,6 +44,7 @@ const DROPPED: &[&str] = &[
     "host",
     "content-length",
     "authorization",
+    "x-litellm-api-key",
     "x-api-key",
     "api-key",
     "cookie",
@@ -238,9 +239,14 @@ impl Forward {
             Some(q) => format!("{url}?{q}"),
             None => url,
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| Error::internal(format!("invalid upstream URL '{url}': {e}")))?;
+        // The URL names an internal host: it goes in no error and no log line.
+        let uri: Uri = url.parse().map_err(|_| {
+            tracing::error!(
+                model,
+                "the upstream URL built from the model's api_base is invalid"
+            );
+            Error::internal(format!("the upstream URL of model '{model}' is invalid"))
+        })?;
         let body = rewrite_body(parsed, &d.upstream_model)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         for (name, value) in &parts.headers {

@@ -77,7 +77,8 @@ struct Line<'a> {
 
 enum Msg {
     Letter {
-        record: SpendRecord,
+        // Boxed: a record is large, and most messages in flight are letters anyway.
+        record: Box<SpendRecord>,
         reason: Reason,
         error: Option<String>,
     },
@@ -126,7 +127,7 @@ impl DeadLetter {
     /// Hands a record over without waiting; drops it (counted, logged) if the hand-off is full.
     pub(crate) fn send(&self, record: SpendRecord, reason: Reason, error: Option<String>) {
         let msg = Msg::Letter {
-            record,
+            record: Box::new(record),
             reason,
             error,
         };

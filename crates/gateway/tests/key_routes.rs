@@ -1,0 +1,629 @@
+//! The `/key/*` routes through the gateway's router: LiteLLM's request and response shapes, the
+//! refusals, and what a generated key can then do.
+
+use bytes::Bytes;
+use guardrail_gateway::app::Gateway;
+use guardrail_gateway::keys::hash_key;
+use guardrail_tower_testkit::mock::MockUpstream;
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const MASTER: &str = "sk-master-routes-0123456789";
+
+async fn gateway(spend_logs: &str, upstream: &MockUpstream) -> Gateway {
+    Gateway::from_config_str(&format!(
+        r#"
+model_list:
+  - model_name: gpt-a
+    litellm_params: {{model: openai/gpt-a, api_base: "{base}", api_key: sk-up}}
+  - model_name: gpt-b
+    litellm_params: {{model: openai/gpt-b, api_base: "{base}", api_key: sk-up}}
+guardrails:
+  - guardrail_name: no-secrets
+    litellm_params: {{guardrail: litellm_content_filter, mode: pre_call, blocked_words: [{{keyword: classified, action: BLOCK}}]}}
+general_settings:
+  master_key: {MASTER}
+  spend_logs: "{spend_logs}"
+"#,
+        base = upstream.base_url()
+    ))
+    .await
+    .unwrap()
+}
+
+async fn call(
+    gw: &Gateway,
+    method: Method,
+    uri: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+        ))
+        .unwrap();
+    let resp = gw.router().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn chat(model: &str, content: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+#[tokio::test]
+async fn generate_info_update_list_delete() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &format!("sqlite://{}", dir.path().join("s.db").display()),
+        &upstream,
+    )
+    .await;
+
+    let (status, made) = call(
+        &gw,
+        Method::POST,
+        "/key/generate",
+        MASTER,
+        Some(json!({
+            "key_alias": "team-a",
+            "duration": "30d",
+            "models": ["gpt-a"],
+            "metadata": {"owner": "alice"},
+            "guardrails": ["no-secrets"],
+            "user_id": "alice",
+            "team_id": "red",
+            // LiteLLM's defaults for what this gateway does not enforce are accepted.
+            "max_budget": null,
+            "tpm_limit": null,
+            "aliases": {},
+            "spend": 0,
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk-") && key.len() == 35, "{key}");
+    assert_eq!(made["token"], hash_key(&key));
+    assert_eq!(made["token_id"], hash_key(&key));
+    assert_eq!(made["key_name"], format!("sk-...{}", &key[key.len() - 4..]));
+    assert_eq!(made["key_alias"], "team-a");
+    assert_eq!(made["models"], json!(["gpt-a"]));
+    assert_eq!(
+        made["metadata"],
+        json!({"owner": "alice", "guardrails": ["no-secrets"]})
+    );
+    assert_eq!(made["guardrails"], json!(["no-secrets"]));
+    assert_eq!(made["user_id"], "alice");
+    assert_eq!(made["team_id"], "red");
+    assert_eq!(made["created_by"], "default_user_id");
+    assert_eq!(made["duration"], "30d");
+    let expires = humantime::parse_rfc3339(made["expires"].as_str().unwrap()).unwrap();
+    let days = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(days, 29);
+
+    // The key works, within what it allows.
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-a", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/v1/chat/completions",
+        &key,
+        Some(chat("gpt-a", "a classified plan")),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("content_policy_violation"))
+    );
+    // The master key carries no guardrail: the same text passes.
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            MASTER,
+            Some(chat("gpt-b", "a classified plan"))
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Info, by key and by hash; the hash is not shown back.
+    for name in [key.clone(), hash_key(&key)] {
+        let (status, info) = call(
+            &gw,
+            Method::GET,
+            &format!("/key/info?key={name}"),
+            MASTER,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["key"], name.as_str());
+        assert_eq!(info["info"]["key_alias"], "team-a");
+        assert!(info["info"].get("token").is_none());
+    }
+    let (status, v) = call(&gw, Method::GET, "/key/info?key=sk-nope", MASTER, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        v,
+        json!({"error": {"message": "Key not found in database", "type": "not_found_error", "param": "key", "code": "404"}})
+    );
+
+    // Update: other metadata keeps the key's guardrails; the new model list applies at once.
+    let (status, updated) = call(
+        &gw,
+        Method::POST,
+        "/key/update",
+        MASTER,
+        Some(json!({"key": key, "models": ["gpt-b"], "metadata": {"owner": "bob"}, "duration": "-1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["key"], key.as_str());
+    assert_eq!(
+        updated["metadata"],
+        json!({"owner": "bob", "guardrails": ["no-secrets"]})
+    );
+    assert_eq!(updated["expires"], Value::Null);
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-a", "hi"))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    // Blocking takes effect at once on this replica.
+    let (status, _) = call(
+        &gw,
+        Method::POST,
+        "/key/update",
+        MASTER,
+        Some(json!({"key": hash_key(&key), "blocked": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/v1/chat/completions",
+        &key,
+        Some(chat("gpt-b", "hi")),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["message"]),
+        (
+            401,
+            &json!(
+                "Authentication Error, Key is blocked. Update via `/key/unblock` if you're an admin."
+            )
+        )
+    );
+
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/unblock",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/block",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/key/block",
+            MASTER,
+            Some(json!({"key": "sk-nope"}))
+        )
+        .await
+        .0,
+        404
+    );
+
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/unblock",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/block",
+        MASTER,
+        Some(json!({"key": key})),
+    )
+    .await;
+    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            &key,
+            Some(chat("gpt-b", "hi"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/key/block",
+            MASTER,
+            Some(json!({"key": "sk-nope"}))
+        )
+        .await
+        .0,
+        404
+    );
+
+    // List.
+    let second = call(
+        &gw,
+        Method::POST,
+        "/key/generate",
+        MASTER,
+        Some(json!({"key_alias": "team-b", "team_id": "blue"})),
+    )
+    .await
+    .1;
+    let second = second["key"].as_str().unwrap().to_owned();
+    let (status, listed) = call(&gw, Method::GET, "/key/list?size=1&page=2", MASTER, None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed,
+        json!({"keys": [hash_key(&key)], "total_count": 2, "current_page": 2, "total_pages": 2})
+    );
+    let (_, listed) = call(
+        &gw,
+        Method::GET,
+        "/key/list?team_id=blue&return_full_object=true",
+        MASTER,
+        None,
+    )
+    .await;
+    assert_eq!(listed["keys"][0]["token"], hash_key(&second));
+    assert_eq!(listed["keys"][0]["key_alias"], "team-b");
+    assert_eq!(
+        call(&gw, Method::GET, "/key/list?size=101", MASTER, None)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        call(&gw, Method::GET, "/key/list?sort_by=token;--", MASTER, None)
+            .await
+            .0,
+        400
+    );
+
+    // Delete: all or nothing, then the key stops working at once.
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/delete",
+        MASTER,
+        Some(json!({"keys": [key, "sk-never-made"]})),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        call(
+            &gw,
+            Method::GET,
+            &format!("/key/info?key={key}"),
+            MASTER,
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/delete",
+        MASTER,
+        Some(json!({"key_aliases": ["team-a", "team-b"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, v),
+        (200, json!({"deleted_keys": ["team-a", "team-b"]}))
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/v1/chat/completions",
+        &second,
+        Some(chat("gpt-a", "hi")),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["type"]),
+        (401, &json!("token_not_found_in_db"))
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_the_field_named() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &format!("sqlite://{}", dir.path().join("s.db").display()),
+        &upstream,
+    )
+    .await;
+    let generate = |body: Value| call(&gw, Method::POST, "/key/generate", MASTER, Some(body));
+    for (body, param, needle) in [
+        (
+            json!({"max_budget": 10}),
+            "body",
+            "'max_budget' is not supported",
+        ),
+        (
+            json!({"gaurdrails": ["no-secrets"]}),
+            "body",
+            "'gaurdrails' is not supported",
+        ),
+        (
+            json!({"guardrails": ["nope"]}),
+            "guardrails",
+            "guardrail 'nope' is not configured",
+        ),
+        (
+            json!({"metadata": {"guardrails": ["nope"]}}),
+            "guardrails",
+            "guardrail 'nope' is not configured",
+        ),
+        (
+            json!({"duration": "soon"}),
+            "duration",
+            "invalid duration 'soon'",
+        ),
+        (json!({"models": "gpt-a"}), "models", "must be a list"),
+        (
+            json!({"key": "not-sk-prefixed-key"}),
+            "key",
+            "must start with 'sk-'",
+        ),
+        (json!({"key_alias": ""}), "key_alias", "non-empty"),
+        (json!({"blocked": "yes"}), "blocked", "true or false"),
+    ] {
+        let (status, v) = generate(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(generate(json!({"key_alias": "dup"})).await.0, 200);
+    let (status, v) = generate(json!({"key_alias": "dup"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "Key with alias 'dup' already exists. Unique key aliases across all keys are required."
+    );
+    // A key of one's own: it works, and cannot be made twice.
+    let (status, v) = generate(json!({"key": "sk-my-own-key-value-1234"})).await;
+    assert_eq!(
+        (status, &v["key"]),
+        (200, &json!("sk-my-own-key-value-1234"))
+    );
+    assert_eq!(
+        generate(json!({"key": "sk-my-own-key-value-1234"})).await.0,
+        400
+    );
+    let (status, v) = call(&gw, Method::POST, "/key/delete", MASTER, Some(json!({}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "At least one of 'keys' or 'key_aliases' must be provided."
+    );
+    let (status, v) = call(
+        &gw,
+        Method::POST,
+        "/key/update",
+        MASTER,
+        Some(json!({"key": "sk-nope", "models": []})),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["type"]),
+        (404, &json!("not_found_error"))
+    );
+    let req = Request::post("/key/generate")
+        .header("authorization", format!("Bearer {MASTER}"))
+        .body(axum::body::Body::from("{not json"))
+        .unwrap();
+    assert_eq!(gw.router().oneshot(req).await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn without_a_database_or_a_master_key_virtual_keys_are_unavailable() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &format!("jsonl://{}", dir.path().join("s.jsonl").display()),
+        &upstream,
+    )
+    .await;
+    let (status, v) = call(&gw, Method::POST, "/key/generate", MASTER, Some(json!({}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "virtual_keys_unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("need a database")
+    );
+    // The master key still works.
+    assert_eq!(
+        call(
+            &gw,
+            Method::POST,
+            "/v1/chat/completions",
+            MASTER,
+            Some(chat("gpt-a", "hi"))
+        )
+        .await
+        .0,
+        200
+    );
+
+    let open = Gateway::from_config_str(&format!(
+        "model_list:\n  - model_name: gpt-a\n    litellm_params: {{model: openai/gpt-a, api_base: \"{}\"}}\n",
+        upstream.base_url()
+    ))
+    .await
+    .unwrap();
+    assert!(!open.requires_keys());
+    let (status, v) = call(
+        &open,
+        Method::POST,
+        "/key/generate",
+        "anything",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("master_key"),
+        "{v}"
+    );
+    // Open: no key needed, and the routes answer as before.
+    let req = Request::get("/spend/logs")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(open.router().oneshot(req).await.unwrap().status(), 200);
+    // Non-loopback listening needs a master key or an explicit opt-in.
+    let public: std::net::SocketAddr = "0.0.0.0:4000".parse().unwrap();
+    let err = open.check_exposure(public, false).unwrap_err();
+    assert!(err.contains("--allow-unauthenticated"), "{err}");
+    assert!(open.check_exposure(public, true).is_ok());
+    assert!(
+        open.check_exposure("127.0.0.1:4000".parse().unwrap(), false)
+            .is_ok()
+    );
+    assert!(
+        open.check_exposure("[::1]:4000".parse().unwrap(), false)
+            .is_ok()
+    );
+    assert!(gw.check_exposure(public, false).is_ok());
+}
