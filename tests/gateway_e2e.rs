@@ -732,3 +732,96 @@ async fn pg_spend_logs_through_the_gateway() {
         entry("block-words", "pre_call", "guardrail_intervened", "block")
     );
 }
+
+#[tokio::test]
+async fn a_compressed_upstream_answer_is_decoded_and_checked() {
+    // An upstream that compresses although it is asked for `identity`: the gateway decodes
+    // gzip, br and deflate before the post-call guardrails read the text, so the email in
+    // the answer is masked, in a JSON body and in a stream, never passed through unread.
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    let asked: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = asked.clone();
+    let upstream = guardrail_tower_testkit::serve(tower::service_fn(
+        move |req: Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(
+                    req.headers()
+                        .get("accept-encoding")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let stream = serde_json::from_slice::<Value>(&body).unwrap()["stream"] == true;
+                let (content_type, plain) = if stream {
+                    (
+                        "text/event-stream",
+                        concat!(
+                            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"write to jane\"},\"finish_reason\":null}]}\n\n",
+                            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"@corp.com today\"},\"finish_reason\":\"stop\"}]}\n\n",
+                            "data: [DONE]\n\n"
+                        )
+                        .to_owned(),
+                    )
+                } else {
+                    (
+                        "application/json",
+                        json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "write to jane@corp.com today"}, "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+                        .to_string(),
+                    )
+                };
+                let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+                gz.write_all(plain.as_bytes()).unwrap();
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", content_type)
+                        .header("content-encoding", "gzip")
+                        .body(Full::new(Bytes::from(gz.finish().unwrap())))
+                        .unwrap(),
+                )
+            }
+        },
+    ))
+    .await;
+    let base = upstream.url("/v1");
+    let models = format!(
+        "  - model_name: gpt-gzip\n    litellm_params: {{model: openai/m, api_base: \"{base}\", api_key: sk-up}}\n"
+    );
+    let mut h = Harness::start_with(&models, "").await;
+
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-gzip", "hi", false),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-encoding").is_none());
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "write to [EMAIL_REDACTED] today"
+    );
+
+    let resp = send(post_json(
+        &h.url("/v1/chat/completions"),
+        &chat("gpt-gzip", "hi", true),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_data(resp.body());
+    assert_eq!(chat_text(&events), "write to [EMAIL_REDACTED] today");
+    assert!(resp.body().ends_with(b"data: [DONE]\n\n"));
+
+    // The upstream was asked for an uncompressed answer both times.
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [Some("identity".to_owned()), Some("identity".to_owned())]
+    );
+    let rows = h.spend_rows(2).await;
+    assert!(rows.iter().all(|r| r["status"] == "success"), "{rows:?}");
+}

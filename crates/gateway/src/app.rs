@@ -30,6 +30,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
 use tower::{Layer as _, ServiceBuilder};
+use tower_http::decompression::DecompressionLayer;
 
 use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
@@ -404,6 +405,9 @@ pub fn router_with_keys(
                 .body_limit(limit),
         )
         .layer(TimeoutLayer::new(config.request_timeout))
+        // The upstream is asked for `identity`; one that compresses anyway (gzip, br, deflate)
+        // is decoded here, so the post-call guardrails read the text.
+        .layer(DecompressionLayer::new())
         .service(Forward::new(
             &config.deployments,
             client,

@@ -30,7 +30,8 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus the
 /// client's own credentials (replaced by the upstream key) and `accept-encoding` (guardrails
-/// read the upstream body, so it must not be compressed).
+/// read the upstream body: the upstream is asked for `identity`, and what comes compressed
+/// anyway is decoded before the layers see it).
 const DROPPED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -262,6 +263,11 @@ impl Forward {
             );
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Without `accept-encoding` a server may pick any coding (RFC 9110 section 12.5.3).
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
