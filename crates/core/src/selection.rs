@@ -1,5 +1,6 @@
 //! Which guardrails run: specs, the per-request selection, and the one gate function.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -208,10 +209,26 @@ pub fn should_run(
 ///
 /// A selection can only add guardrails: nothing a client sends can switch off a `default_on`
 /// guardrail or a model-level one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Building one is linear in the number of names a body lists: past a few names, membership
+/// is a hash lookup (a body listing 100,000 names costs 100,000 lookups, not their square).
+#[derive(Debug, Clone, Default)]
 pub struct GuardrailSelection {
     names: Vec<Arc<str>>,
+    /// The names as a set, once there are more than [`SCAN_LIMIT`].
+    index: Option<HashSet<Arc<str>>>,
 }
+
+/// Up to this many names, a scan of the list beats hashing.
+const SCAN_LIMIT: usize = 8;
+
+impl PartialEq for GuardrailSelection {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+    }
+}
+
+impl Eq for GuardrailSelection {}
 
 impl GuardrailSelection {
     /// An empty selection.
@@ -272,10 +289,22 @@ impl GuardrailSelection {
                     self.insert(name);
                 }
             }
-            Some(object @ JsonView::Object(entries)) => {
+            Some(object @ JsonView::Object(entries)) if entries.len() <= SCAN_LIMIT => {
                 for (i, (name, _)) in entries.iter().enumerate() {
                     let first = entries[..i].iter().all(|(earlier, _)| earlier != name);
                     if first && object.get(name) != Some(&JsonView::Bool(false)) {
+                        self.insert(&**name);
+                    }
+                }
+            }
+            Some(JsonView::Object(entries)) => {
+                // A repeated key counts once, at its first place, with its last value.
+                let mut off: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
+                for (name, value) in entries {
+                    off.insert(name, *value == JsonView::Bool(false));
+                }
+                for (name, _) in entries {
+                    if off.remove(&**name) == Some(false) {
                         self.insert(&**name);
                     }
                 }
@@ -287,9 +316,22 @@ impl GuardrailSelection {
 
     /// Adds one name, unless present.
     pub fn insert(&mut self, name: impl AsRef<str> + Into<Arc<str>>) {
-        if !self.contains(name.as_ref()) {
-            self.names.push(name.into());
+        if self.contains(name.as_ref()) {
+            return;
         }
+        let name: Arc<str> = name.into();
+        match &mut self.index {
+            Some(index) => {
+                index.insert(name.clone());
+            }
+            None if self.names.len() >= SCAN_LIMIT => {
+                let mut index: HashSet<Arc<str>> = self.names.iter().cloned().collect();
+                index.insert(name.clone());
+                self.index = Some(index);
+            }
+            None => {}
+        }
+        self.names.push(name);
     }
 
     /// Adds names (a model's guardrails), deduplicated, keeping existing entries first.
@@ -305,7 +347,10 @@ impl GuardrailSelection {
 
     /// Whether `name` is selected.
     pub fn contains(&self, name: &str) -> bool {
-        self.names.iter().any(|n| &**n == name)
+        match &self.index {
+            Some(index) => index.contains(name),
+            None => self.names.iter().any(|n| &**n == name),
+        }
     }
 
     /// The selected names, in the order they were added.
@@ -431,6 +476,13 @@ mod tests {
             r#"{"guardrails": null, "metadata": "not an object"}"#,
             r#"["guardrails"]"#,
         ];
+        // Past the scan limit too: repeated keys, `false` entries, first place and last value.
+        let mut long = String::from(r#"{"guardrails": {"#);
+        for i in 0..40 {
+            long.push_str(&format!(r#""g{}": {}, "#, i % 25, i % 3 == 0));
+        }
+        long.push_str(r#""g0": true}, "metadata": {"guardrails": ["g24", "m", "g3"]}}"#);
+        let bodies = bodies.iter().copied().chain([long.as_str()]);
         for body in bodies {
             let value: Value = serde_json::from_str(body).unwrap();
             let view = JsonView::parse(body.as_bytes()).unwrap();
@@ -440,6 +492,19 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn many_names_keep_their_order_and_stay_unique() {
+        let mut s = GuardrailSelection::new();
+        s.merge((0..1000).map(|i| format!("g{}", i % 600)));
+        assert_eq!(s.names().count(), 600);
+        assert_eq!(s.names().nth(599), Some("g599"));
+        assert!(s.contains("g0") && s.contains("g599") && !s.contains("g600"));
+        let scanned = GuardrailSelection::from_body(&serde_json::json!({"guardrails": ["g0"]}));
+        let mut indexed = s.clone();
+        indexed.insert("x");
+        assert_ne!(scanned, indexed);
     }
 
     #[test]
