@@ -57,7 +57,8 @@ fn messages(n: usize) -> Bytes {
 }
 
 fn growth(c: &mut Criterion) {
-    let shapes: [(&str, fn(usize) -> Bytes); 3] = [
+    type Shape = (&'static str, fn(usize) -> Bytes);
+    let shapes: [Shape; 3] = [
         ("guardrails_list", guardrails_list),
         ("guardrails_object", guardrails_object),
         ("messages", messages),

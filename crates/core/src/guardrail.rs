@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::request::JsonBody;
+use crate::json_body::JsonBody;
 use crate::scope::{Caller, RequestState};
 use crate::text::Side;
 use crate::{CallType, GuardrailMode, RequestId};

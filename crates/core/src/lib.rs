@@ -55,6 +55,7 @@
 pub mod body;
 mod call;
 mod guardrail;
+mod json_body;
 mod log;
 mod order;
 mod report;

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::service::Merge;
+use crate::merge::Merge;
 
 pin_project! {
     /// The response future of [`ModelGuardrailMerge`](crate::ModelGuardrailMerge).

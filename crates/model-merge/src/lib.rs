@@ -62,12 +62,14 @@
 
 mod future;
 mod layer;
+mod merge;
 mod service;
 
 pub use future::ResponseFuture;
 pub use guardrail_tower_core::body::ResponseBody;
 pub use layer::ModelGuardrailMergeLayer;
-pub use service::{Merge, ModelGuardrailMerge};
+pub use merge::Merge;
+pub use service::ModelGuardrailMerge;
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{
-    BoxError, BufferedCall, Error, Layer, ParsedRequest, Prepare, Prepared, enter_layer, take_ready,
-};
+use guardrail_tower_core::{BoxError, BufferedCall, take_ready};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -13,6 +11,7 @@ use tower_service::Service;
 use crate::ModelGuardrailMergeLayer;
 use crate::future::ResponseFuture;
 use crate::layer::ModelMap;
+use crate::merge::Merge;
 
 /// Merges the requested model's guardrails into the request's guardrail selection. See the
 /// [crate docs](crate).
@@ -50,31 +49,6 @@ impl<S> ModelGuardrailMerge<S> {
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-}
-
-/// The merge step, run once the request is parsed.
-#[derive(Debug)]
-pub struct Merge {
-    models: ModelMap,
-}
-
-impl Prepare for Merge {
-    type Output = ();
-
-    fn prepare(self, request: &mut Request<Full<Bytes>>) -> Result<Prepared<()>, Error> {
-        enter_layer(request, Layer::ModelMerge)?;
-        let Some(parsed) = request.extensions_mut().get_mut::<ParsedRequest>() else {
-            return Ok(Prepared::new(()));
-        };
-        let names = parsed
-            .model()
-            .and_then(|model| self.models.get(model))
-            .cloned();
-        if let Some(names) = names {
-            parsed.selection_mut().merge(names.iter().cloned());
-        }
-        Ok(Prepared::new(()))
     }
 }
 

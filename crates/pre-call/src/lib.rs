@@ -15,6 +15,23 @@
 //! - The response carries `x-litellm-applied-guardrails` (the guardrails that ran) and
 //!   `x-guardrails-duration-ms` (the time they added).
 //!
+//! Where it sits: after the model merge (it reads the merged selection), before the streaming
+//! layer (which must see the request as the guardrails left it).
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │ ◀━━ this crate
+//!  │ StreamingGuardrailBodyLayer  checks the response         │
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
+//!
 //! # Example
 //!
 //! ```

@@ -10,7 +10,21 @@
 //! - [`json::JsonView`]: a borrowed view of a JSON document, parsed by `serde_json` itself.
 //! - [`BodyType`]: what a `content-type` says about a body.
 //!
-//! It knows nothing of guardrails or middleware; the layers build on it. A service that answers
+//! It knows nothing of guardrails or middleware; the layers build on it:
+//!
+//! ```text
+//!   guardrail-tower-sse        the SSE codec
+//!            ▲ used by
+//!   guardrail-tower-protocol   call types, text views, error shapes, usage          ◀━━ this crate
+//!            ▲ used by
+//!   guardrail-tower-core       guardrail trait, selection, runner, request context
+//!            ▲ used by
+//!   the five layers            error, model-merge, pre-call, streaming, spend-log
+//!            ▲ used by
+//!   guardrail-gateway          the gateway binary: config, routes, forwarder
+//! ```
+//!
+//! A service that answers
 //! in the endpoint's own error shape:
 //!
 //! ```

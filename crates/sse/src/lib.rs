@@ -15,6 +15,20 @@
 //! buffer, and that buffer is bounded: an event larger than the maximum is an error, not
 //! unbounded memory.
 //!
+//! Where it sits among the crates:
+//!
+//! ```text
+//!   guardrail-tower-sse        the SSE codec                                        ◀━━ this crate
+//!            ▲ used by
+//!   guardrail-tower-protocol   call types, text views, error shapes, usage
+//!            ▲ used by
+//!   guardrail-tower-core       guardrail trait, selection, runner, request context
+//!            ▲ used by
+//!   the five layers            error, model-merge, pre-call, streaming, spend-log
+//!            ▲ used by
+//!   guardrail-gateway          the gateway binary: config, routes, forwarder
+//! ```
+//!
 //! Reading the events of a streamed response from any tower service:
 //!
 //! ```

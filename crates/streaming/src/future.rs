@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use serde_json::Value;
 use tower_service::Service;
 
-use crate::service::{Capture, StreamContext};
+use crate::capture::{Capture, StreamContext};
 use crate::state::{Policy, StreamState};
 use crate::{GuardedBody, StreamingGuardrailBodyLayer};
 use guardrail_tower_protocol::json::JsonView;

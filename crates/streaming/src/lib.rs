@@ -16,7 +16,11 @@
 //!     could still need are held back, so blocked text never reaches the client and everything
 //!     else flows with no added delay. Masks are applied precisely, even across events.
 //!   - [`StreamPolicy::Window`]: events wait until the text they carry was checked; a check runs
-//!     each `chars` new characters (with `overlap` characters of context) and at the end.
+//!     each `chars` new characters and at the end, over all the text not yet released. The
+//!     last `overlap` characters of a window (never fewer than the longest match of a
+//!     deterministic guardrail) are held back and checked again with the next window, so
+//!     nothing released can become part of a later match; what is still held when the
+//!     upstream ends is checked before it goes.
 //!   - [`StreamPolicy::EndOfStream`]: events flow at once; one check of the whole text at the
 //!     end, and the final events (finish reason, usage, `[DONE]`, `response.completed`,
 //!     `message_stop`) wait until it passes. It can only block: text already sent cannot be
@@ -44,6 +48,22 @@
 //! of text and their events; end-of-stream keeps the whole text (it checks it at the end);
 //! buffer-all holds at most `max_bytes`; one SSE event is at most
 //! [`max_event_size`](StreamingGuardrailBodyLayer::max_event_size).
+//!
+//! Where it sits: innermost of the guardrail layers, next to the upstream client:
+//!
+//! ```text
+//!      request in                        response out
+//!           │                                  ▲
+//!  ┌────────▼──────────────────────────────────┴──────────────┐
+//!  │ SpendLogLayer                records the request         │
+//!  │ ErrorNormalizeLayer          shapes every error          │
+//!  │ ModelGuardrailMergeLayer     adds the model's guardrails │
+//!  │ PreCallGuardrailLayer        checks the request          │
+//!  │ StreamingGuardrailBodyLayer  checks the response         │ ◀━━ this crate
+//!  └────────┬──────────────────────────────────▲──────────────┘
+//!           ▼                                  │
+//!   upstream client service: hyper-util, reqwest, a mock, ...
+//! ```
 //!
 //! # Example
 //!
@@ -101,6 +121,7 @@
 //! ```
 
 mod body;
+mod capture;
 mod future;
 mod layer;
 mod service;

@@ -4,7 +4,7 @@
 //! with `POST` (else `404`), and have the body `{"messages": [{"role": string, "content":
 //! string}, ...]}` (else `422`, as Aim's FastAPI validation answers).
 //!
-//! [`Reply::Evaluate`](super::Reply::Evaluate) answers like Aim from the policy, looking at every
+//! [`Reply::Evaluate`] answers like Aim from the policy, looking at every
 //! message's content:
 //!
 //! - a blocked word (ASCII case-insensitive): `required_action.action_type: block_action` with

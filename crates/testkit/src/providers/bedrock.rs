@@ -12,7 +12,7 @@
 //! non-empty `content` list of `{"text": {"text": ...}}` blocks; else `400` with a
 //! `ValidationException` message.
 //!
-//! [`Reply::Evaluate`](super::Reply::Evaluate) answers like Bedrock from the policy:
+//! [`Reply::Evaluate`] answers like Bedrock from the policy:
 //!
 //! - a text containing a blocked word (ASCII case-insensitive): `GUARDRAIL_INTERVENED`, one
 //!   output with the blocked message for the source, and a `wordPolicy` assessment whose entry is

@@ -1,0 +1,92 @@
+//! What the layer takes from a request before the call: the guardrails that apply to its
+//! response, and the context to check it with.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use guardrail_tower_core::{
+    CallType, Error, GuardrailLog, GuardrailMode, GuardrailSelection, Guardrails, Layer,
+    ParsedRequest, Prepare, Prepared, RequestMeta, ResponseReport, enter_layer,
+};
+use http::HeaderValue;
+use http::Request;
+use http::header::ACCEPT_ENCODING;
+use http_body_util::Full;
+
+/// What the layer keeps from the request to check the response.
+#[derive(Debug)]
+pub(crate) struct StreamContext {
+    pub(crate) call_type: CallType,
+    pub(crate) selection: GuardrailSelection,
+    pub(crate) meta: Arc<RequestMeta>,
+    pub(crate) log: GuardrailLog,
+    pub(crate) report: Option<ResponseReport>,
+}
+
+/// Captures, once the request is parsed, what checking the response needs; `None` when the
+/// gate selects no post_call guardrail (the response then passes through untouched).
+#[derive(Debug)]
+pub(crate) struct Capture {
+    pub(crate) guardrails: Guardrails,
+}
+
+impl Prepare for Capture {
+    type Output = Option<StreamContext>;
+
+    fn prepare(
+        self,
+        request: &mut Request<Full<Bytes>>,
+    ) -> Result<Prepared<Option<StreamContext>>, Error> {
+        enter_layer(request, Layer::Streaming)?;
+        Ok(Prepared::new(self.capture(request)?))
+    }
+}
+
+impl Capture {
+    fn capture(self, request: &mut Request<Full<Bytes>>) -> Result<Option<StreamContext>, Error> {
+        let Some(parsed) = request.extensions().get::<ParsedRequest>() else {
+            return Ok(None);
+        };
+        if !self
+            .guardrails
+            .any_selected(GuardrailMode::PostCall, parsed.selection())
+        {
+            return Ok(None);
+        }
+        if !parsed.call_type().has_text_view() {
+            // A response no text view can read: refuse before the upstream is called.
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                format!(
+                    "post-call guardrails apply to this request, but responses of {} are not a \
+                     format they can read; refused (serve this route without guardrails to pass \
+                     it through)",
+                    request.uri().path()
+                ),
+            )
+            .with_code("unsupported_endpoint"));
+        }
+        let Some(meta) = RequestMeta::shared_from_request(request) else {
+            return Ok(None);
+        };
+        let context = StreamContext {
+            call_type: parsed.call_type(),
+            selection: parsed.selection().clone(),
+            meta,
+            log: GuardrailLog::new(),
+            report: request.extensions().get::<ResponseReport>().cloned(),
+        };
+        let log = match request.extensions().get::<GuardrailLog>() {
+            Some(log) => log.clone(),
+            None => {
+                request.extensions_mut().insert(context.log.clone());
+                context.log.clone()
+            }
+        };
+        // The guardrails read the response: ask for it uncompressed.
+        request
+            .headers_mut()
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        Ok(Some(StreamContext { log, ..context }))
+    }
+}
