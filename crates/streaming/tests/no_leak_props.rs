@@ -46,8 +46,26 @@ const BLOCK_MESSAGE: &str = "Content blocked: keyword 'forbidden' detected";
 /// Words the texts are made of: ASCII, accents, CJK, emoji (4-byte UTF-8) and a flag (two
 /// code points), so byte cuts land inside UTF-8 sequences. None contains either keyword.
 const WORDS: &[&str] = &[
-    "the", "report", "is", "ready,", "résumé", "naïve", "Zürich", "日本語", "テスト", "📝", "🇨🇭",
-    "ok", "fine.", "forbid", "den", "class", "ified", "a-b", "x_y", "42",
+    "the",
+    "report",
+    "is",
+    "ready,",
+    "résumé",
+    "naïve",
+    "Zürich",
+    "日本語",
+    "テスト",
+    "📝",
+    "🇨🇭",
+    "ok",
+    "fine.",
+    "forbid",
+    "den",
+    "class",
+    "ified",
+    "a-b",
+    "x_y",
+    "42",
 ];
 
 fn filter() -> ContentFilter {
@@ -314,7 +332,9 @@ struct Seen {
 fn read(shape: Shape, body: &str) -> Result<Seen, String> {
     let mut seen = Seen::default();
     if !body.ends_with("\n\n") {
-        return Err(format!("the body does not end with a whole event: {body:?}"));
+        return Err(format!(
+            "the body does not end with a whole event: {body:?}"
+        ));
     }
     for raw in body[..body.len() - 2].split("\n\n") {
         let mut name = None;
@@ -360,7 +380,11 @@ fn collect(shape: Shape, name: Option<&str>, v: &Value, seen: &mut Seen) {
         Shape::Chat => {
             for choice in v["choices"].as_array().into_iter().flatten() {
                 push_str(&mut seen.content, &choice["delta"]["content"]);
-                for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                for call in choice["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
                     push_str(&mut seen.args, &call["function"]["arguments"]);
                 }
             }
@@ -403,7 +427,8 @@ fn collect(shape: Shape, name: Option<&str>, v: &Value, seen: &mut Seen) {
             push_full(&mut seen.announced, &v["content_block"]["text"]);
             if let Some(input) = v["content_block"]["input"].as_object() {
                 if !input.is_empty() {
-                    seen.announced.push(Value::Object(input.clone()).to_string());
+                    seen.announced
+                        .push(Value::Object(input.clone()).to_string());
                 }
             }
         }
@@ -426,13 +451,13 @@ fn run(shape: Shape, policy: Policy, upstream: TestBody) -> (u16, String) {
             .unwrap(),
     )));
     let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([policy.guardrail()]));
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(move |_req: Request<Full<Bytes>>| {
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn(
+        move |_req: Request<Full<Bytes>>| {
             std::future::ready(Ok::<_, std::convert::Infallible>(
                 response.lock().unwrap().take().unwrap(),
             ))
-        }));
+        },
+    ));
     runtime().block_on(async move {
         let req = Request::post(shape.path())
             .body(Full::new(Bytes::from_static(
@@ -443,7 +468,10 @@ fn run(shape: Shape, policy: Policy, upstream: TestBody) -> (u16, String) {
         let status = response.status().as_u16();
         // A well-formed body never ends with an error frame: collecting it must succeed.
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(bytes.to_vec()).expect("UTF-8 body"))
+        (
+            status,
+            String::from_utf8(bytes.to_vec()).expect("UTF-8 body"),
+        )
     })
 }
 
@@ -876,8 +904,11 @@ fn every_offset_split_at_every_byte_never_leaks() {
                 let stream = case.stream(shape);
                 let every_byte: Vec<usize> = (1..stream.len()).collect();
                 for policy in case.policies() {
-                    let (status, body) =
-                        run(shape, policy, body::split_at(stream.as_bytes(), &every_byte));
+                    let (status, body) = run(
+                        shape,
+                        policy,
+                        body::split_at(stream.as_bytes(), &every_byte),
+                    );
                     assert!(
                         !body.replace(BLOCK_MESSAGE, "").contains(BLOCKED),
                         "{shape:?} {policy:?} at {at}: leaked in {body}"
