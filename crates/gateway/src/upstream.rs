@@ -30,7 +30,7 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus the
 /// client's own credentials (replaced by the upstream key) and `accept-encoding` (guardrails
-/// read the upstream body, so it must not be compressed).
+/// read the upstream body, so it must not be compressed: the gateway asks for `identity`).
 const DROPPED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -262,6 +262,13 @@ impl Forward {
             );
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // Without `accept-encoding` an upstream may pick any coding (RFC 9110 section 12.5.3):
+        // ask for none, since the guardrails read the body (one that comes encoded anyway is
+        // refused by the streaming layer, never passed unchecked).
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
