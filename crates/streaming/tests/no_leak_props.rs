@@ -15,6 +15,9 @@
 //! - the masked word never appears, and what the client reads equals masking the whole text at
 //!   once (summaries included).
 //!
+//! The JSON response each stream stands for gets the same verdict (blocked, or masked to the
+//! same texts).
+//!
 //! What the client read is extracted here field by field, independently of the protocol crate's
 //! text view, so a field the view forgot shows up as a leak.
 
@@ -444,9 +447,21 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs the layer over an upstream answering with `upstream`: the status and the body.
 fn run(shape: Shape, policy: Policy, upstream: TestBody) -> (u16, String) {
+    respond(shape, policy, "text/event-stream", true, upstream)
+}
+
+/// Runs the layer over an upstream answering with `upstream` as `content_type`, to a request
+/// with `stream` set or not.
+fn respond(
+    shape: Shape,
+    policy: Policy,
+    content_type: &str,
+    stream: bool,
+    upstream: TestBody,
+) -> (u16, String) {
     let response = Arc::new(Mutex::new(Some(
         Response::builder()
-            .header("content-type", "text/event-stream")
+            .header("content-type", content_type)
             .body(upstream)
             .unwrap(),
     )));
@@ -458,11 +473,11 @@ fn run(shape: Shape, policy: Policy, upstream: TestBody) -> (u16, String) {
             ))
         },
     ));
+    let request =
+        json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
     runtime().block_on(async move {
         let req = Request::post(shape.path())
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-            )))
+            .body(Full::new(Bytes::from(request.to_string())))
             .unwrap();
         let response = svc.oneshot(req).await.unwrap();
         let status = response.status().as_u16();
@@ -473,6 +488,118 @@ fn run(shape: Shape, policy: Policy, upstream: TestBody) -> (u16, String) {
             String::from_utf8(bytes.to_vec()).expect("UTF-8 body"),
         )
     })
+}
+
+/// The JSON response a stream of `content` and `args` stands for; `None` for an Anthropic
+/// tool call whose arguments are not JSON (its `input` must be an object).
+fn json_response(shape: Shape, content: &str, args: &str) -> Option<Value> {
+    Some(match shape {
+        Shape::Chat => {
+            json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": content, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "search", "arguments": args}}]}}]})
+        }
+        Shape::Responses => json!({"id": "resp_1", "object": "response", "created_at": 1,
+            "status": "completed", "model": "m", "output": [
+                {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                 "content": [{"type": "output_text", "annotations": [], "text": content}]},
+                {"id": "fc_1", "type": "function_call", "status": "completed", "call_id": "call_1",
+                 "name": "search", "arguments": args}]}),
+        Shape::Anthropic => {
+            let input: Value = serde_json::from_str(args).ok()?;
+            if !input.is_object() {
+                return None;
+            }
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                "content": [{"type": "text", "text": content},
+                            {"type": "tool_use", "id": "toolu_1", "name": "search", "input": input}],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 1, "output_tokens": 1}})
+        }
+    })
+}
+
+/// The (content, arguments) texts of a JSON response, by field.
+fn json_texts(shape: Shape, v: &Value) -> (String, Value) {
+    match shape {
+        Shape::Chat => {
+            let m = &v["choices"][0]["message"];
+            (
+                m["content"].as_str().unwrap_or_default().to_owned(),
+                m["tool_calls"][0]["function"]["arguments"].clone(),
+            )
+        }
+        Shape::Responses => (
+            v["output"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["output"][1]["arguments"].clone(),
+        ),
+        Shape::Anthropic => (
+            v["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["content"][1]["input"].clone(),
+        ),
+    }
+}
+
+/// The JSON response a stream stands for gets the same verdict as the stream: blocked (a 400
+/// in the endpoint's shape), or masked to the same texts.
+fn assert_json_verdict_is_the_stream_s(shape: Shape, case: &Case) -> Result<(), TestCaseError> {
+    let Some(body) = json_response(shape, &case.content, &case.args) else {
+        return Ok(());
+    };
+    let (status, got) = respond(
+        shape,
+        Policy::Exact,
+        "application/json",
+        false,
+        body::chunks([body.to_string()]),
+    );
+    let ctx = || {
+        format!(
+            "{shape:?}
+upstream: {body}
+client: {got}"
+        )
+    };
+    let f = filter();
+    let verdict = f.check_texts(&[case.content.as_str(), case.args.as_str()]);
+    let got: Value = serde_json::from_str(&got).unwrap();
+    match verdict.decision() {
+        Decision::Block { .. } => {
+            prop_assert_eq!((status, &got), (400, &buffered_block(shape)), "{}", ctx());
+            // And its stream is blocked too.
+            let (_, streamed) = run(shape, Policy::Exact, body::chunks([case.stream(shape)]));
+            let seen = read(shape, &streamed).unwrap();
+            check_block_ending(shape, &seen, BLOCK_MESSAGE, "content_policy_violation").map_err(
+                |e| {
+                    TestCaseError::fail(format!(
+                        "{e}
+{}",
+                        ctx()
+                    ))
+                },
+            )?;
+        }
+        Decision::Rewrite { texts } => {
+            prop_assert_eq!(status, 200, "{}", ctx());
+            let (content, args) = json_texts(shape, &got);
+            prop_assert_eq!(&content, &texts[0], "{}", ctx());
+            let want_args = match shape {
+                Shape::Anthropic => serde_json::from_str(&texts[1]).unwrap(),
+                _ => Value::from(texts[1].clone()),
+            };
+            prop_assert_eq!(&args, &want_args, "{}", ctx());
+            prop_assert!(!got.to_string().contains(MASKED), "{}", ctx());
+        }
+        _ => prop_assert!(false, "the word was inserted: {}", ctx()),
+    }
+    Ok(())
 }
 
 /// The error a block ends the stream with, in the endpoint's shape, checked exactly. Returns
@@ -870,6 +997,21 @@ proptest! {
     fn anthropic_a_masked_word_never_reaches_the_client(case in case(MASKED)) {
         for policy in case.policies() {
             assert_masked(Shape::Anthropic, &case, policy)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn a_json_response_gets_the_verdict_of_its_stream(
+        blocked in case(BLOCKED),
+        masked in case(MASKED),
+    ) {
+        for shape in [Shape::Chat, Shape::Responses, Shape::Anthropic] {
+            assert_json_verdict_is_the_stream_s(shape, &blocked)?;
+            assert_json_verdict_is_the_stream_s(shape, &masked)?;
         }
     }
 }
