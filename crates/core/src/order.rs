@@ -12,7 +12,7 @@
 //! | `PreCallGuardrailLayer` | the streaming layer | post-call guardrails would see the request before pre-call masking, and a pre-call block would not reach the streaming layer's record |
 //!
 //! `ErrorNormalizeLayer` works anywhere. A layer used twice (a global stack and a route's own)
-//! is fine.
+//! is fine: the order is checked where each layer first sees the request.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +114,10 @@ pub fn enter_layer<B>(request: &mut Request<B>, layer: Layer) -> Result<(), Erro
     let trail = request.extensions_mut().get_or_insert_default::<Trail>();
     let seen = trail.0;
     trail.0 |= layer.bit();
+    if seen & layer.bit() != 0 {
+        // Used again (a global stack and a route's own): its first place was checked.
+        return Ok(());
+    }
     let Some(inner) = layer.inner().iter().find(|l| seen & l.bit() != 0) else {
         return Ok(());
     };

@@ -601,8 +601,8 @@ fn decode_all(
     Ok((events, keys, texts, differs))
 }
 
-/// Re-encodes a buffered stream with the checked texts: each key's whole text goes in its
-/// first delta (later deltas carry none), and summary events repeat it.
+/// Re-encodes a buffered stream with the checked texts: each key's whole text goes in the first
+/// delta that carried text of it (later deltas carry none), and summary events repeat it.
 fn reencode(
     call_type: guardrail_tower_core::CallType,
     events: &[SseEvent],
@@ -633,7 +633,10 @@ fn reencode(
             };
             let found = keys.iter().position(|k| *k == key);
             *text = match (role, found) {
-                (Role::Delta, Some(j)) if !started[j] => {
+                // The first delta that carried text, not an announcement with none (`""` in
+                // `response.content_part.added`, `content_block_start`): clients that print
+                // only the delta events must read the text.
+                (Role::Delta, Some(j)) if !started[j] && !text.is_empty() => {
                     started[j] = true;
                     texts[j].clone()
                 }

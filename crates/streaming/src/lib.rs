@@ -27,7 +27,8 @@
 //!     masked.
 //!   - [`StreamPolicy::BufferAll`]: the whole stream is held and checked once before the
 //!     response head is sent, so a block is a plain **400 JSON error** (the status changes) and a
-//!     rewrite re-encodes the stream (each channel's masked text in its first delta). Past
+//!     rewrite re-encodes the stream (each channel's masked text in the first delta that
+//!     carried text of it, never in an empty announcement). Past
 //!     `max_bytes`, `on_overflow` either fails closed (an error response) or releases the stream
 //!     and checks it at the end.
 //!
@@ -38,7 +39,9 @@
 //!
 //! Non-text events, `[DONE]`, keep-alive comments and usage chunks pass through unchanged, byte
 //! for byte; an upstream error event passes through as is; an upstream that dies mid-stream
-//! makes the body fail (no fake `[DONE]`). A guardrail that is unreachable mid-stream follows its
+//! (reset, read timeout, an undecodable event) ends the stream as a block does: what was
+//! cleared, then the in-band error (`upstream_stream_error`) and the terminator; text still
+//! held unchecked is dropped. A guardrail that is unreachable mid-stream follows its
 //! `unreachable_fallback`. Every check appends to the guardrail log (exact-mode matching, which
 //! runs on every delta, logs one entry per guardrail per stream).
 //!

@@ -98,6 +98,47 @@ fn chat_response() {
 }
 
 #[test]
+fn chat_reasoning_and_audio_transcripts_are_text() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Response,
+        json!({
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "answer",
+                    "reasoning_content": "thought one", "reasoning": "thought two",
+                    "audio": {"id": "a", "data": "AAAA", "transcript": "spoken"}}}
+            ]
+        }),
+        &["answer", "thought one", "thought two", "spoken"],
+    );
+    // A `reasoning` that is not a string (a provider's settings object) is not text.
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({"messages": [{"role": "user", "content": "hi", "reasoning": {"effort": "low"}}]}),
+        &["hi"],
+    );
+    // The stream's deltas carry the same texts under the same keys.
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant",
+        "content": "ab", "reasoning_content": "cd", "audio": {"transcript": "ef"}}}]});
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
+        )
+    };
+    let stream = [
+        chunk(json!({"role": "assistant", "reasoning_content": "c"})),
+        chunk(json!({"reasoning_content": "d"})),
+        chunk(json!({"content": "a", "audio": {"transcript": "e"}})),
+        chunk(json!({"content": "b", "audio": {"transcript": "f"}})),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
+}
+
+#[test]
 fn responses_request() {
     roundtrip(
         CallType::Responses,

@@ -233,6 +233,12 @@ pub(crate) fn key(index: u64, kind: TextKind, sub: u64) -> TextKey {
 /// The sub-key of the legacy `function_call.arguments`, apart from every tool call's.
 pub(crate) const FUNCTION_CALL_SUB: u64 = u64::MAX;
 
+/// The `sub` of a chat message's `reasoning` string (its `reasoning_content` is sub 0).
+pub(crate) const REASONING_SUB: u64 = 1;
+
+/// The `sub` of a chat message's audio transcript (its content is sub 0).
+pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
+
 // JSON texts (an Anthropic `tool_use` input is an object; its text is its compact JSON, as a
 // stream sends it in `input_json_delta` pieces).
 
@@ -378,6 +384,18 @@ macro_rules! walker {
                 }
                 if let Some(refusal) = m.$get("refusal") {
                     opt_string(refusal, key(index, TextKind::Refusal, 0), role, &path.key("refusal"), emit, bad);
+                }
+                // Reasoning as OpenAI-compatible servers send it (DeepSeek, vLLM, LiteLLM's
+                // `reasoning_content`; OpenRouter's and Ollama's `reasoning` string).
+                if let Some(reasoning) = m.$get("reasoning_content") {
+                    opt_string(reasoning, key(index, TextKind::Reasoning, 0), role, &path.key("reasoning_content"), emit, bad);
+                }
+                if let Some(reasoning @ $E::String(..)) = m.$get("reasoning") {
+                    opt_string(reasoning, key(index, TextKind::Reasoning, REASONING_SUB), role, &path.key("reasoning"), emit, bad);
+                }
+                // The transcript of an audio answer.
+                if let Some(transcript) = m.$get("audio").and_then(|audio| audio.$get("transcript")) {
+                    opt_string(transcript, key(index, TextKind::Content, AUDIO_SUB), role, &path.key("audio").key("transcript"), emit, bad);
                 }
                 if let Some(calls) = m.$get("tool_calls") {
                     let path = path.key("tool_calls");

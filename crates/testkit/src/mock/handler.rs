@@ -149,7 +149,15 @@ pub(super) async fn handle(
                 &message,
             ));
         }
-        Route::Api(_) | Route::Embeddings | Route::Health => {}
+        Route::Api(_) | Route::Embeddings => {
+            if let Some(reply) = shared.next_scripted() {
+                let mut response = Response::new(MockBody::new(reply.chunks, None, Tail::End));
+                *response.status_mut() = reply.status;
+                *response.headers_mut() = reply.headers;
+                return Ok(response);
+            }
+        }
+        Route::Health => {}
     }
 
     let controls = match Controls::parse(&parts.headers) {

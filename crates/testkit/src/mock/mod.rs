@@ -74,6 +74,36 @@
 //! `never-end` acts as `hang`; on a streaming request `half-json` acts as `half-event`. Faults
 //! apply to every route listed above (`GET /health` included), not to unknown routes.
 //!
+//! # Scripted replies
+//!
+//! For shapes the computed reply never has (tool calls, a compressed or mislabelled body, an
+//! exact event sequence), a test queues a [`ScriptedReply`] with [`MockUpstream::push_reply`]:
+//! the next request to an API route (chat, Responses, messages, embeddings) is recorded as
+//! usual and answered with it, byte for byte, instead of the computed reply (control headers
+//! are then ignored). Replies are used once each, in the order they were queued.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use guardrail_tower_testkit::mock::{MockUpstream, ScriptedReply};
+//! use guardrail_tower_testkit::{post_json, send};
+//!
+//! let mock = MockUpstream::start().await?;
+//! mock.push_reply(
+//!     ScriptedReply::new(200)
+//!         .header("content-type", "text/plain")
+//!         .chunk("not JSON"),
+//! );
+//! let url = format!("{}/chat/completions", mock.base_url());
+//! let resp = send(post_json(&url, r#"{"messages":[]}"#)).await;
+//! assert_eq!((resp.headers()["content-type"].to_str().unwrap(), &resp.body()[..]), ("text/plain", &b"not JSON"[..]));
+//! // The next one gets the computed reply again.
+//! let resp = send(post_json(&url, r#"{"messages":[{"role":"user","content":"hi"}]}"#)).await;
+//! assert_eq!(resp.headers()["content-type"], "application/json");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Recorded requests
 //!
 //! Every request is recorded in arrival order (method, path, query, headers, body bytes) and
@@ -191,6 +221,71 @@ impl fmt::Display for Fault {
     }
 }
 
+/// A canned answer for the next API request: a status, headers and body chunks, each sent as
+/// its own frame. See [Scripted replies](self#scripted-replies).
+#[derive(Debug, Clone)]
+pub struct ScriptedReply {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) chunks: Vec<Bytes>,
+}
+
+impl ScriptedReply {
+    /// A reply with this status, no headers and an empty body.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status code.
+    pub fn new(status: u16) -> ScriptedReply {
+        ScriptedReply {
+            status: http::StatusCode::from_u16(status).expect("a valid status code"),
+            headers: HeaderMap::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// A 200 `application/json` reply of `value`, with its `content-length`.
+    pub fn json(value: &serde_json::Value) -> ScriptedReply {
+        let body = value.to_string();
+        ScriptedReply::new(200)
+            .header("content-type", "application/json")
+            .header("content-length", &body.len().to_string())
+            .chunk(body)
+    }
+
+    /// A 200 `text/event-stream` reply of these events (each a whole event, with its blank
+    /// line), one frame each.
+    pub fn sse<I, E>(events: I) -> ScriptedReply
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<Bytes>,
+    {
+        events.into_iter().fold(
+            ScriptedReply::new(200).header("content-type", "text/event-stream"),
+            ScriptedReply::chunk,
+        )
+    }
+
+    /// Adds a header.
+    ///
+    /// # Panics
+    ///
+    /// If `name` or `value` is not a valid header name or value.
+    pub fn header(mut self, name: &str, value: &str) -> ScriptedReply {
+        self.headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            http::HeaderValue::from_str(value).expect("a valid header value"),
+        );
+        self
+    }
+
+    /// Adds a body chunk, sent as its own frame.
+    pub fn chunk(mut self, bytes: impl Into<Bytes>) -> ScriptedReply {
+        self.chunks.push(bytes.into());
+        self
+    }
+}
+
 /// One request the mock received.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -224,6 +319,8 @@ struct Shared {
     recording: AtomicBool,
     count: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Replies queued by [`MockUpstream::push_reply`], oldest first.
+    scripted: Mutex<std::collections::VecDeque<ScriptedReply>>,
     /// Woken each time a request arrives (after it is counted).
     arrived: Notify,
     /// Changes (is closed) when the [`MockUpstream`] is dropped.
@@ -231,6 +328,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// The next scripted reply, if one is queued.
+    fn next_scripted(&self) -> Option<ScriptedReply> {
+        self.scripted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
     /// Counts (and records, if recording is on) one request; returns its 1-based number.
     fn record(&self, parts: &http::request::Parts, body: &Bytes) -> u64 {
         let number = if self.recording.load(Ordering::Relaxed) {
@@ -292,6 +397,7 @@ impl MockUpstream {
             recording: AtomicBool::new(true),
             count: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            scripted: Mutex::new(std::collections::VecDeque::new()),
             arrived: Notify::new(),
             shutdown: shutdown_rx,
         });
@@ -359,6 +465,15 @@ impl MockUpstream {
         } = self;
         drop(shutdown);
         let _ = accept.await;
+    }
+
+    /// Queues a reply for the next request to an API route, after those already queued.
+    pub fn push_reply(&self, reply: ScriptedReply) {
+        self.shared
+            .scripted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(reply);
     }
 
     /// Forgets the recorded requests (the count is kept).

@@ -1,0 +1,818 @@
+//! The no-bypass guarantees end to end, over real sockets: the gateway started from a config
+//! string in front of the mock upstream, driven with a real HTTP client.
+//!
+//! - A blocked word planted in every field the text view reads, in chat completions, Responses
+//!   and Anthropic requests, is blocked before the call: 400 with the exact body, nothing
+//!   forwarded.
+//! - The same word in the model's tool-call arguments (JSON responses and streams: chat
+//!   `tool_calls` argument deltas, Responses `function_call_arguments.delta`, Anthropic
+//!   `input_json_delta`) is blocked after the call.
+//! - A request whose `messages` has a shape the protocol does not allow is a 400 naming the
+//!   field, never forwarded, with one spend-log row.
+//! - A response the post-call guardrails cannot read (compressed, not an event stream) is a 502,
+//!   never an unchecked pass; the gateway asks upstreams for `identity`.
+//! - A route the gateway does not serve is refused, guardrails or not, and never forwarded.
+
+use std::path::PathBuf;
+
+use guardrail_gateway::app::Gateway;
+use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
+use guardrail_tower_testkit::mock::{MockUpstream, ScriptedReply};
+use guardrail_tower_testkit::{post_json, send};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// The mock upstream and a gateway in front of it, with one guardrail: the content filter
+/// blocking `forbidden`, `default_on`, before and after the call.
+struct Harness {
+    upstream: MockUpstream,
+    gateway: String,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let upstream = MockUpstream::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("spend.db");
+        let config = format!(
+            r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream}}
+  - model_name: claude
+    litellm_params: {{model: anthropic/claude-sonnet-4, api_base: "{origin}", api_key: sk-ant}}
+guardrails:
+  - guardrail_name: block-words
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: [pre_call, post_call]
+      default_on: true
+      blocked_words: [{{keyword: forbidden, action: BLOCK}}]
+general_settings:
+  spend_logs: "sqlite://{db}"
+  request_timeout: 5
+"#,
+            base = upstream.base_url(),
+            origin = upstream.origin(),
+            db = db.display(),
+        );
+        let gateway = Gateway::from_config_str(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            upstream,
+            gateway: url,
+            db,
+            _dir: dir,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// POSTs `body` to `path`: the status, the content type and the body.
+    async fn post(&self, path: &str, body: &Value) -> (u16, String, String) {
+        let resp = send(post_json(
+            &format!("{}{path}", self.gateway),
+            &body.to_string(),
+        ))
+        .await;
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (
+            resp.status().as_u16(),
+            content_type,
+            String::from_utf8(resp.body().to_vec()).unwrap(),
+        )
+    }
+
+    /// Stops the gateway (which flushes the spend log) and returns its rows, asserting there
+    /// are exactly `n`.
+    async fn spend_rows(&mut self, n: usize) -> Vec<Value> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        let store = SqliteSink::open(&self.db).await.unwrap();
+        let rows = store.query(&SpendLogFilter::new()).await.unwrap();
+        let rows = serde_json::to_value(rows).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        assert_eq!(rows.len(), n, "exactly one row per request: {rows:#?}");
+        rows
+    }
+}
+
+const MESSAGE: &str = "Content blocked: keyword 'forbidden' detected";
+
+/// The block, in the OpenAI shape.
+fn openai_block() -> Value {
+    json!({"error": {"message": MESSAGE, "type": "invalid_request_error", "param": null,
+                     "code": "content_policy_violation"}})
+}
+
+/// The block, in the Anthropic shape.
+fn anthropic_block() -> Value {
+    json!({"type": "error", "error": {"type": "invalid_request_error", "message": MESSAGE}})
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A tool-call round trip in chat messages, with `arguments` and the tool's `result`.
+fn chat_tool_round(arguments: &str, result: Value) -> Value {
+    json!([
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": result},
+    ])
+}
+
+#[tokio::test]
+async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
+    let mut h = Harness::start().await;
+    let chat = |messages: Value| json!({"model": "gpt", "messages": messages});
+    let hi = json!({"role": "user", "content": "hi"});
+    let chat_cases = [
+        (
+            "content string",
+            chat(json!([{"role": "user", "content": "a forbidden plan"}])),
+        ),
+        (
+            "content parts",
+            chat(json!([{"role": "user", "content": [
+            {"type": "text", "text": "look at this"},
+            {"type": "text", "text": "a forbidden plan"}]}])),
+        ),
+        (
+            "name",
+            chat(json!([{"role": "user", "name": "forbidden", "content": "hi"}])),
+        ),
+        (
+            "system message",
+            chat(json!([{"role": "system", "content": "a forbidden plan"}, hi])),
+        ),
+        (
+            "system message parts",
+            chat(
+                json!([{"role": "system", "content": [{"type": "text", "text": "a forbidden plan"}]}, hi]),
+            ),
+        ),
+        (
+            "developer message",
+            chat(json!([{"role": "developer", "content": "a forbidden plan"}, hi])),
+        ),
+        (
+            "tool message",
+            chat(chat_tool_round("{}", json!("a forbidden result"))),
+        ),
+        (
+            "tool message parts",
+            chat(chat_tool_round(
+                "{}",
+                json!([{"type": "text", "text": "a forbidden result"}]),
+            )),
+        ),
+        (
+            "tool-call arguments",
+            chat(chat_tool_round(r#"{"q": "forbidden"}"#, json!("ok"))),
+        ),
+        (
+            "legacy function_call arguments",
+            chat(json!([
+                {"role": "user", "content": "look it up"},
+                {"role": "assistant", "content": null,
+                 "function_call": {"name": "search", "arguments": "{\"q\": \"forbidden\"}"}},
+                {"role": "function", "name": "search", "content": "ok"},
+            ])),
+        ),
+        (
+            "assistant content",
+            chat(json!([hi, {"role": "assistant", "content": "a forbidden answer"}, hi])),
+        ),
+    ];
+    let responses = |fields: Value| {
+        let mut body = json!({"model": "gpt"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        body
+    };
+    let function_round = |arguments: &str, output: &str| {
+        json!({"input": [
+            {"role": "user", "content": "look it up"},
+            {"type": "function_call", "call_id": "call_1", "name": "search", "arguments": arguments},
+            {"type": "function_call_output", "call_id": "call_1", "output": output},
+        ]})
+    };
+    let responses_cases = [
+        (
+            "instructions",
+            responses(json!({"instructions": "a forbidden plan", "input": "hi"})),
+        ),
+        (
+            "input string",
+            responses(json!({"input": "a forbidden plan"})),
+        ),
+        (
+            "input message item",
+            responses(json!({"input": [{"role": "user", "content": "a forbidden plan"}]})),
+        ),
+        (
+            "input_text part",
+            responses(json!({"input": [{"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "a forbidden plan"}]}]})),
+        ),
+        (
+            "function_call arguments",
+            responses(function_round(r#"{"q": "forbidden"}"#, "ok")),
+        ),
+        (
+            "function_call_output",
+            responses(function_round("{}", "a forbidden result")),
+        ),
+    ];
+    let anthropic = |fields: Value| {
+        let mut body = json!({"model": "claude", "max_tokens": 16});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        body
+    };
+    let tool_round = |input: Value, result: Value| {
+        json!({"messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "search", "input": input}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": result}]},
+        ]})
+    };
+    let anthropic_cases = [
+        (
+            "system string",
+            anthropic(json!({"system": "a forbidden plan", "messages": [hi]})),
+        ),
+        (
+            "system blocks",
+            anthropic(
+                json!({"system": [{"type": "text", "text": "a forbidden plan"}], "messages": [hi]}),
+            ),
+        ),
+        (
+            "content string",
+            anthropic(json!({"messages": [{"role": "user", "content": "a forbidden plan"}]})),
+        ),
+        (
+            "text block",
+            anthropic(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "look"}, {"type": "text", "text": "a forbidden plan"}]}]})),
+        ),
+        (
+            "tool_use input",
+            anthropic(tool_round(json!({"q": "forbidden"}), json!("ok"))),
+        ),
+        (
+            "tool_result string",
+            anthropic(tool_round(json!({}), json!("a forbidden result"))),
+        ),
+        (
+            "tool_result blocks",
+            anthropic(tool_round(
+                json!({}),
+                json!([{"type": "text", "text": "a forbidden result"}]),
+            )),
+        ),
+    ];
+    let mut n = 0;
+    for (path, cases, want) in [
+        ("/v1/chat/completions", &chat_cases[..], openai_block()),
+        ("/v1/responses", &responses_cases[..], openai_block()),
+        ("/v1/messages", &anthropic_cases[..], anthropic_block()),
+    ] {
+        for (field, body) in cases {
+            let (status, _, got) = h.post(path, body).await;
+            assert_eq!(
+                (status, json_of(&got)),
+                (400, want.clone()),
+                "{path} {field}"
+            );
+            assert!(
+                h.upstream.requests().is_empty(),
+                "{path} {field}: forwarded"
+            );
+            n += 1;
+            // And the same request without the word goes through: the field is readable, the
+            // block was the word.
+            let clean: Value =
+                serde_json::from_str(&body.to_string().replace("forbidden", "fine")).unwrap();
+            let (status, _, got) = h.post(path, &clean).await;
+            assert_eq!(status, 200, "{path} {field} without the word: {got}");
+            assert_eq!(h.upstream.requests().len(), 1, "{path} {field}");
+            h.upstream.clear_requests();
+            n += 1;
+        }
+    }
+    let rows = h.spend_rows(n).await;
+    let blocked = rows
+        .iter()
+        .filter(|r| r["status"] == "failure" && r["metadata"]["http_status"] == 400)
+        .count();
+    assert_eq!(blocked, n / 2);
+}
+
+/// Chat completion chunks with these tool-call argument pieces.
+fn chat_tool_stream(pieces: &[&str]) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                       "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_1",
+               "type": "function", "function": {"name": "search", "arguments": ""}}]}),
+        Value::Null,
+    )];
+    for piece in pieces {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            Value::Null,
+        ));
+    }
+    events.push(chunk(json!({}), json!("tool_calls")));
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// The `data:` values of an SSE body, with their event names.
+fn events(body: &str) -> Vec<(Option<String>, String)> {
+    assert!(body.ends_with("\n\n"), "{body:?}");
+    body[..body.len() - 2]
+        .split("\n\n")
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .map(str::to_owned);
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap()
+                .to_owned();
+            (name, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_blocked_word_in_tool_call_arguments_is_blocked_after_the_call() {
+    let h = Harness::start().await;
+    let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "look it up"}]});
+    let chat_stream = json!({"model": "gpt", "stream": true,
+                             "messages": [{"role": "user", "content": "look it up"}]});
+
+    // Chat, JSON: tool-call arguments and legacy function_call arguments.
+    for message in [
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+               "function": {"name": "search", "arguments": "{\"q\": \"forbidden\"}"}}]}),
+        json!({"role": "assistant", "content": null,
+               "function_call": {"name": "search", "arguments": "{\"q\": \"forbidden\"}"}}),
+    ] {
+        h.upstream.push_reply(ScriptedReply::json(&json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})));
+        let (status, _, body) = h.post("/v1/chat/completions", &chat).await;
+        assert_eq!((status, json_of(&body)), (400, openai_block()), "{message}");
+    }
+
+    // Chat, streamed: the word split across two argument deltas.
+    h.upstream.push_reply(ScriptedReply::sse(chat_tool_stream(&[
+        "{\"q\": \"the for",
+        "bidden plan\"}",
+    ])));
+    let (status, content_type, body) = h.post("/v1/chat/completions", &chat_stream).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/event-stream"));
+    assert!(
+        body.ends_with(&format!("data: {}\n\ndata: [DONE]\n\n", openai_block())),
+        "{body}"
+    );
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    let args: String = events(&body)
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(args, "{\"q\": \"the ");
+
+    // Responses, JSON: a function_call output item.
+    let call = |arguments: &str, status: &str| {
+        json!({"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "search",
+               "arguments": arguments, "status": status})
+    };
+    h.upstream.push_reply(ScriptedReply::json(&json!({
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "completed",
+        "model": "gpt-4o-mini", "output": [call("{\"q\": \"forbidden\"}", "completed")],
+        "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}})));
+    let responses = json!({"model": "gpt", "input": "look it up"});
+    let (status, _, body) = h.post("/v1/responses", &responses).await;
+    assert_eq!((status, json_of(&body)), (400, openai_block()));
+
+    // Responses, streamed: response.function_call_arguments.delta.
+    let mut seq = 0;
+    let mut ev = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        format!("event: {name}\ndata: {data}\n\n")
+    };
+    let response = |status: &str, output: Value| {
+        json!({"id": "resp_1", "object": "response", "created_at": 1, "status": status,
+               "model": "gpt-4o-mini", "output": output})
+    };
+    let stream = vec![
+        ev(
+            "response.created",
+            json!({"response": response("in_progress", json!([]))}),
+        ),
+        ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": call("", "in_progress")}),
+        ),
+        ev(
+            "response.function_call_arguments.delta",
+            json!({"item_id": "fc_1", "output_index": 0, "delta": "{\"q\": \"the for"}),
+        ),
+        ev(
+            "response.function_call_arguments.delta",
+            json!({"item_id": "fc_1", "output_index": 0, "delta": "bidden plan\"}"}),
+        ),
+        ev(
+            "response.function_call_arguments.done",
+            json!({"item_id": "fc_1", "output_index": 0, "arguments": "{\"q\": \"the forbidden plan\"}"}),
+        ),
+        ev(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": call("{\"q\": \"the forbidden plan\"}", "completed")}),
+        ),
+        ev(
+            "response.completed",
+            json!({"response": response("completed", json!([call("{\"q\": \"the forbidden plan\"}", "completed")]))}),
+        ),
+    ];
+    h.upstream.push_reply(ScriptedReply::sse(stream));
+    let responses_stream = json!({"model": "gpt", "stream": true, "input": "look it up"});
+    let (status, _, body) = h.post("/v1/responses", &responses_stream).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    let got = events(&body);
+    let n = got.len();
+    assert_eq!(
+        got[n - 2],
+        (
+            Some("error".to_owned()),
+            json!({"type": "error", "code": "content_policy_violation", "message": MESSAGE,
+                   "param": null, "sequence_number": n - 2})
+            .to_string()
+        ),
+        "{body}"
+    );
+    let failed: Value = serde_json::from_str(&got[n - 1].1).unwrap();
+    assert_eq!(got[n - 1].0.as_deref(), Some("response.failed"));
+    assert_eq!(failed["response"]["status"], "failed");
+    assert_eq!(
+        failed["response"]["error"],
+        json!({"code": "content_policy_violation", "message": MESSAGE})
+    );
+
+    // Anthropic, JSON: tool_use input.
+    h.upstream.push_reply(ScriptedReply::json(&json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "search", "input": {"q": "forbidden"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 5}})));
+    let messages = json!({"model": "claude", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "look it up"}]});
+    let (status, _, body) = h.post("/v1/messages", &messages).await;
+    assert_eq!((status, json_of(&body)), (400, anthropic_block()));
+
+    // Anthropic, streamed: input_json_delta.
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    h.upstream.push_reply(ScriptedReply::sse([
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "content": [], "model": "claude-sonnet-4", "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "{\"q\": \"the for"}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "bidden plan\"}"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use",
+            "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ]));
+    let messages_stream = json!({"model": "claude", "max_tokens": 16, "stream": true,
+                                 "messages": [{"role": "user", "content": "look it up"}]});
+    let (status, _, body) = h.post("/v1/messages", &messages_stream).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(
+        body.ends_with(&format!("event: error\ndata: {}\n\n", anthropic_block())),
+        "{body}"
+    );
+    assert!(!body.contains("message_stop"), "{body}");
+    assert_eq!(h.upstream.request_count(), 7, "every one was forwarded");
+}
+
+#[tokio::test]
+async fn messages_of_the_wrong_shape_are_refused_before_any_guardrail_or_upstream() {
+    let mut h = Harness::start().await;
+    let cases = [
+        json!("a forbidden plan"),
+        json!({"role": "user", "content": "a forbidden plan"}),
+        Value::Null,
+        json!(42),
+    ];
+    for messages in &cases {
+        let body = json!({"model": "gpt", "messages": messages});
+        let (status, _, got) = h.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 400, "{messages}: {got}");
+        let got = json_of(&got);
+        assert_eq!(
+            got,
+            json!({"error": {"message": "'messages' must be an array", "type": "invalid_request_error",
+                             "param": "messages", "code": "invalid_request_shape"}}),
+            "{messages}"
+        );
+    }
+    // The same in the Anthropic shape on /v1/messages.
+    let body = json!({"model": "claude", "max_tokens": 16, "messages": "a forbidden plan"});
+    let (status, _, got) = h.post("/v1/messages", &body).await;
+    assert_eq!(
+        (status, json_of(&got)),
+        (
+            400,
+            json!({"type": "error", "error": {"type": "invalid_request_error",
+                                          "message": "'messages' must be an array"}})
+        )
+    );
+    assert_eq!(h.upstream.request_count(), 0, "nothing forwarded");
+    let rows = h.spend_rows(cases.len() + 1).await;
+    for row in &rows {
+        assert_eq!(row["status"], "failure", "{row}");
+        assert_eq!(row["metadata"]["http_status"], 400, "{row}");
+        // No guardrail ran: the request was refused before any.
+        assert_eq!(
+            row["metadata"]["guardrail_information"]
+                .as_array()
+                .map_or(0, Vec::len),
+            0,
+            "{row}"
+        );
+    }
+}
+
+/// `data` gzip-compressed, as an upstream that ignores `accept-encoding` would send it.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test]
+async fn compressed_responses_are_decoded_and_checked_and_unreadable_ones_are_a_502() {
+    let h = Harness::start().await;
+    let chat = |stream: bool| json!({"model": "gpt", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let compressed = |content_type: &str, body: &str| {
+        let bytes = gzip(body.as_bytes());
+        ScriptedReply::new(200)
+            .header("content-type", content_type)
+            .header("content-encoding", "gzip")
+            .header("content-length", &bytes.len().to_string())
+            .chunk(bytes)
+    };
+    let unreadable = |message: &str| {
+        json!({"error": {"message": message, "type": "bad_gateway_error", "param": null,
+                         "code": "unreadable_upstream_response"}})
+    };
+    // A gzip JSON response carrying the blocked word: decoded, checked, blocked.
+    let json_body = json!({"id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "a forbidden answer"}}]});
+    h.upstream
+        .push_reply(compressed("application/json", &json_body.to_string()));
+    let (status, _, body) = h.post("/v1/chat/completions", &chat(false)).await;
+    assert_eq!((status, json_of(&body)), (400, openai_block()));
+    // The gateway asked for no coding at all.
+    assert_eq!(
+        h.upstream.requests()[0].header("accept-encoding"),
+        Some("identity")
+    );
+
+    // A gzip stream: decoded and checked; the word never reaches the client.
+    let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a forbidden answer\"}}]}\n\ndata: [DONE]\n\n";
+    h.upstream
+        .push_reply(compressed("text/event-stream", stream));
+    let (status, _, body) = h.post("/v1/chat/completions", &chat(true)).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(
+        body.ends_with(&format!("data: {}\n\ndata: [DONE]\n\n", openai_block())),
+        "{body}"
+    );
+
+    // A stream whose content type is not an event stream.
+    for content_type in ["text/plain", "application/octet-stream"] {
+        h.upstream.push_reply(
+            ScriptedReply::new(200)
+                .header("content-type", content_type)
+                .chunk(stream),
+        );
+        let (status, _, body) = h.post("/v1/chat/completions", &chat(true)).await;
+        assert_eq!(
+            (status, json_of(&body)),
+            (
+                502,
+                unreadable(&format!(
+                    "the upstream response has a content type the post-call guardrails cannot read ({content_type})"
+                ))
+            )
+        );
+    }
+    // And none at all.
+    h.upstream.push_reply(ScriptedReply::new(200).chunk(stream));
+    let (status, _, body) = h.post("/v1/chat/completions", &chat(true)).await;
+    assert_eq!(
+        (status, json_of(&body)),
+        (
+            502,
+            unreadable(
+                "the upstream response has a content type the post-call guardrails cannot read (none)"
+            )
+        )
+    );
+    assert_eq!(h.upstream.request_count(), 5);
+}
+
+#[tokio::test]
+async fn a_route_the_gateway_does_not_serve_is_refused_and_never_forwarded() {
+    let h = Harness::start().await;
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"model": "gpt", "prompt": "a forbidden plan", "guardrails": ["block-words"]}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "gpt", "input": "a forbidden plan", "guardrails": ["block-words"]}),
+        ),
+        (
+            "/openai/v1/chat/completions",
+            json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}],
+                   "guardrails": ["block-words"]}),
+        ),
+    ] {
+        let (status, _, got) = h.post(path, &body).await;
+        assert_eq!(
+            (status, json_of(&got)),
+            (
+                404,
+                json!({"error": {"message": format!("no route for POST {path}"),
+                             "type": "not_found_error", "param": null, "code": "not_found"}})
+            ),
+            "{path}"
+        );
+    }
+    assert_eq!(h.upstream.request_count(), 0);
+}
+
+/// The layers as a library, over real sockets, on a route no text view knows (an image
+/// generation request): with guardrails selected it is refused before any call, by whichever
+/// layer they apply in; with none it passes through to the upstream.
+#[tokio::test]
+async fn a_route_no_text_view_knows_is_refused_when_guardrails_apply() {
+    use bytes::Bytes;
+    use guardrail_tower::core::{ConfiguredGuardrail, GuardrailMode, Guardrails};
+    use guardrail_tower::guardrails::{ContentFilter, ContentFilterConfig};
+    use guardrail_tower::model_merge::ModelGuardrailMergeLayer;
+    use guardrail_tower::pre_call::PreCallGuardrailLayer;
+    use guardrail_tower::streaming::StreamingGuardrailBodyLayer;
+    use http::Request;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{ServiceBuilder, service_fn};
+
+    let mock = MockUpstream::start().await.unwrap();
+    let origin = mock.origin();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let forward = service_fn(move |mut req: Request<Full<Bytes>>| {
+        *req.uri_mut() = format!("{origin}{}", req.uri().path()).parse().unwrap();
+        client.request(req)
+    });
+    let filter = || {
+        let config: ContentFilterConfig =
+            serde_yaml_ng::from_str("blocked_words: [{keyword: forbidden, action: BLOCK}]")
+                .unwrap();
+        ContentFilter::new(config).unwrap()
+    };
+    // Neither is on by default: a request selects them in its body.
+    let guardrails = Guardrails::new([
+        ConfiguredGuardrail::new("in-words", GuardrailMode::PreCall, filter()),
+        ConfiguredGuardrail::new("out-words", GuardrailMode::PostCall, filter()),
+    ]);
+    let server = guardrail_tower_testkit::serve(
+        ServiceBuilder::new()
+            .layer(ModelGuardrailMergeLayer::new())
+            .layer(PreCallGuardrailLayer::new(guardrails.clone()))
+            .layer(StreamingGuardrailBodyLayer::new(guardrails))
+            .service(forward),
+    )
+    .await;
+    let path = "/v1/images/generations";
+    let request = |guardrails: Value| {
+        json!({"model": "dall-e-3", "prompt": "a forbidden picture", "guardrails": guardrails})
+            .to_string()
+    };
+    let refused = |message: String| {
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null,
+                         "code": "unsupported_endpoint"}})
+    };
+    let cases = [
+        (
+            json!(["in-words"]),
+            refused(format!(
+                "guardrails apply to this request, but requests to {path} are not a format they \
+                 can read; refused (serve this route without guardrails to pass it through)"
+            )),
+        ),
+        (
+            json!(["out-words"]),
+            refused(format!(
+                "post-call guardrails apply to this request, but responses of {path} are not a \
+                 format they can read; refused (serve this route without guardrails to pass it \
+                 through)"
+            )),
+        ),
+    ];
+    for (selected, want) in cases {
+        let resp = send(post_json(&server.url(path), &request(selected.clone()))).await;
+        assert_eq!(resp.status(), 400, "{selected}");
+        let body: Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(body, want, "{selected}");
+        assert_eq!(mock.request_count(), 0, "{selected}: forwarded");
+    }
+    // No guardrail applies: a passthrough (the mock has no such route and says so).
+    let resp = send(post_json(&server.url(path), &request(json!([])))).await;
+    assert_eq!(resp.status(), 404);
+    let body: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        format!("Unknown request URL: POST {path}")
+    );
+    assert_eq!(mock.request_count(), 1);
+}
