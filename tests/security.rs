@@ -658,7 +658,13 @@ async fn two_replicas_on_one_postgres_honour_keys_created_and_deleted_on_the_oth
     let db = format!("{pg}{sep}options=-c%20search_path%3D{schema}");
     let upstream = MockUpstream::start().await.unwrap();
     // A short cache: a replica sees another's changes within 200 ms.
-    let config = access_config(&upstream, &db, None, 0.2);
+    // Records cut off when the test ends go to a dead-letter file here, not the working directory.
+    let dead_letters = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}  spend_logs_dead_letter_path: \"{}\"\n",
+        access_config(&upstream, &db, None, 0.2),
+        dead_letters.path().join("dead.jsonl").display()
+    );
     let (a, _stop_a, _task_a) = start(&config).await;
     let (b, _stop_b, _task_b) = start(&config).await;
     let call = |replica: &str, key: &str| {
