@@ -11,7 +11,7 @@
 //! limit fails wherever the chunks end).
 
 use bytes::Bytes;
-use guardrail_tower_core::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
+use guardrail_tower_sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
 
 use super::common::{Input, show, split};
 
