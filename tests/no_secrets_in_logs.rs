@@ -2,9 +2,6 @@
 //! (at any level) or in any spend-log row; nor the master key or a virtual key, whatever a
 //! client does with them (generate, use, use for a model the key may not call, revoke, reuse).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::MockUpstream;
@@ -17,33 +14,17 @@ mod support;
 
 use support::{config, start};
 
-/// Captures everything logged, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+#[path = "support/logs.rs"]
+mod logs;
 
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use logs::Captured;
 
 // The only test in this binary, with the capture as the global subscriber: every log line of
 // every task reaches it. (A thread-local subscriber misses callsites that a concurrent test had
 // already registered without one, which made this check flaky.)
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_never_appear_in_logs_or_spend_rows() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber)
-        .expect("the only subscriber in this binary");
+    let captured = Captured::install();
 
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +120,7 @@ async fn keys_never_appear_in_logs_or_spend_rows() {
     assert_eq!(keyed_rows.len(), keyed_requests, "one row per request");
 
     let rows_text = serde_json::to_string(&(&rows, &keyed_rows)).unwrap();
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("virtual key generated"),
         "the capture sees the key routes' logs"

@@ -3,9 +3,6 @@
 //! the signer's own traces included), no spend-log row and no client response, also when the
 //! services fail and quote them back.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use guardrail_gateway::app::Gateway;
 use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::MockUpstream;
@@ -20,32 +17,16 @@ const SECRET: &str = "sEcReT/aws+key/NEVER-LOGGED-0000000000";
 const TOKEN: &str = "SessionTokenNEVERLOGGED//0123456789";
 const AIM_KEY: &str = "aim-key-NEVER-LOGGED-77";
 
-/// Captures everything logged, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+#[path = "support/logs.rs"]
+mod logs;
 
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use logs::Captured;
 
 // The only test in this binary, with the capture as the global subscriber (see
 // no_secrets_in_logs.rs for why).
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_credentials_never_appear_in_logs_rows_or_responses() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber)
-        .expect("the only subscriber in this binary");
+    let captured = Captured::install();
 
     let upstream = MockUpstream::start().await.unwrap();
     let bedrock = BedrockMock::with_credentials(MockCredentials {
@@ -147,7 +128,7 @@ general_settings:
     assert!(calls.len() >= 4);
     assert!(calls.iter().all(|c| c.signature.is_ok()));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("guardrail failed to respond"),
         "the capture sees the gateway's logs"
