@@ -152,6 +152,7 @@ impl<S: SpendLogSink + ?Sized> SpendLogSink for Box<S> {
 }
 
 /// `<file>.dead-letter.jsonl` beside `file`.
+#[cfg(any(feature = "sqlite", feature = "jsonl"))]
 fn beside(file: &std::path::Path) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_os_string();
     name.push(".dead-letter.jsonl");
