@@ -357,8 +357,10 @@ pub fn router(
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
-/// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`) the master key, the LLM routes the master
-/// key or a virtual key of `keys`, and any other path a valid key before its 404.
+/// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`, `/guardrails/list`,
+/// `/guardrails/apply_guardrail`: see [`crate::guardrail_routes`]) the master key, the LLM
+/// routes the master key or a virtual key of `keys`, and any other path a valid key before its
+/// 404. The readiness probe is described in [`crate::health`].
 pub fn router_with_keys(
     config: &GatewayConfig,
     writer: SpendLogHandle,
@@ -367,6 +369,7 @@ pub fn router_with_keys(
     keys: Option<Arc<KeyCache>>,
 ) -> Router {
     let guardrails = Guardrails::new(config.guardrails.iter().cloned());
+    let guardrails_for_routes = guardrails.clone();
     let guardrail_names: Vec<String> = config
         .guardrails
         .iter()
@@ -390,6 +393,7 @@ pub fn router_with_keys(
             None => auth,
         }
     });
+    let health_writer = writer.clone();
     let spend_log = SpendLogLayer::new(writer)
         .prices(prices)
         .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
@@ -419,20 +423,35 @@ pub fn router_with_keys(
         ),
         (Some(_), Some(keys)) => KeyRoutes::new(Arc::clone(keys), guardrail_names),
     };
+    let health = crate::health::router(
+        match &config.spend_logs {
+            Some(SpendLogsTarget::Postgres(_)) => crate::health::Backend::Postgres,
+            Some(SpendLogsTarget::Jsonl(_)) => crate::health::Backend::Jsonl,
+            Some(SpendLogsTarget::Sqlite(_)) | None => crate::health::Backend::Sqlite,
+        },
+        Arc::clone(&store),
+        health_writer,
+        config
+            .guardrail_listing
+            .iter()
+            .map(|g| (g.guardrail_name.clone(), g.services.clone()))
+            .collect(),
+    );
     let admin = Router::new()
         .route("/spend/logs", get(spend_logs))
         .route("/spend/logs/blocks", get(block_summary))
         .with_state(store)
-        .merge(key_routes.router());
+        .merge(key_routes.router())
+        .merge(crate::guardrail_routes::router(
+            guardrails_for_routes,
+            config.guardrail_listing.clone(),
+            limit,
+        ));
     let admin = match &auth {
         Some(auth) => admin.route_layer(RequireKeyLayer::master_only(auth.clone())),
         None => admin,
     };
-    let app = admin
-        .route("/health", get(health))
-        .route("/health/readiness", get(health))
-        .route("/health/liveliness", get(liveliness))
-        .route("/health/liveness", get(liveliness));
+    let app = admin.route("/health", get(health_status)).merge(health);
     match auth {
         Some(auth) => {
             let stack = ServiceBuilder::new()
@@ -465,12 +484,7 @@ async fn not_found(request: http::Request<axum::body::Body>) -> Result<Response,
     .map(axum::body::Body::from))
 }
 
-/// `GET /health/liveliness`: LiteLLM's answer.
-async fn liveliness() -> Response {
-    axum::Json("I'm alive!").into_response()
-}
-
-async fn health() -> Response {
+async fn health_status() -> Response {
     axum::Json(json!({"status": "healthy"})).into_response()
 }
 

@@ -256,6 +256,8 @@ pub struct GatewayConfig {
     pub key_cache_ttl: Duration,
     /// Warnings (unknown keys, settings that are accepted but not enforced).
     pub warnings: Vec<String>,
+    /// The guardrails as `GET /guardrails/list` shows them (secrets masked).
+    pub guardrail_listing: Vec<crate::guardrail_routes::GuardrailListing>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -465,6 +467,7 @@ impl GatewayConfig {
         let guardrails = parse_guardrails(text, root.get("guardrails"), env, &mut warnings)?;
         let names: HashSet<&str> = guardrails.iter().map(ConfiguredGuardrail::name).collect();
         let deployments = parse_models(text, root.get("model_list"), &names, env, &mut warnings)?;
+        let guardrail_listing = crate::guardrail_routes::listing(root.get("guardrails"), env);
         let spend_logs = match string(&general, "spend_logs") {
             None => None,
             Some(url) => {
@@ -594,6 +597,7 @@ impl GatewayConfig {
                 .map_or(DEFAULT_BODY_LIMIT, |n| n as usize),
             stream_policy,
             warnings,
+            guardrail_listing,
         })
     }
 

@@ -10,7 +10,8 @@
 //! `POST /v1/messages`, the health probes (`GET /health`, `/health/liveliness`,
 //! `/health/liveness`, `/health/readiness`), `GET /spend/logs` (`request_id`, `start_date`,
 //! `end_date`, `status`, `limit`, `offset`), `GET /spend/logs/blocks` (guardrail blocks per
-//! guardrail per day) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
+//! guardrail per day), LiteLLM's guardrail routes (`GET /guardrails/list`,
+//! `POST /guardrails/apply_guardrail`: see [`guardrail_routes`]) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
 //! `/key/delete`, `/key/list`: see [`keys::routes`]). With `general_settings.master_key`, every
 //! route but the health probes needs a key ([`auth`]). Each LLM route composes, outermost
 //! first, `SpendLogLayer`, [`KeyAuthLayer`](auth::KeyAuthLayer) (with a master key),
@@ -79,6 +80,8 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod guardrail_routes;
+pub mod health;
 pub mod keys;
 pub mod process;
 pub mod upstream;
