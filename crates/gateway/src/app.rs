@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,11 +36,12 @@ use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
+use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
 use crate::upstream::Forward;
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
-    router: Router,
+    live: Arc<Reloader>,
     writer: SpendLogHandle,
     grace: Duration,
     keys: Option<Arc<KeyCache>>,
@@ -68,8 +70,27 @@ impl Gateway {
         Gateway::from_config(GatewayConfig::from_yaml(yaml)?).await
     }
 
+    /// Builds the gateway from a config file, which [`Gateway::reload_handle`] (`SIGHUP`,
+    /// `POST /config/reload`) reads again: see [`crate::reload`].
+    pub async fn from_config_file(path: impl Into<PathBuf>) -> Result<Gateway, ConfigError> {
+        let path = path.into();
+        let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+            ConfigError::new(
+                "config",
+                None,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Gateway::build(GatewayConfig::from_yaml(&text)?, Some(path)).await
+    }
+
     /// Builds the gateway from a parsed config: opens the spend-log sink and starts its writer.
+    /// Without a file, it cannot be reloaded.
     pub async fn from_config(config: GatewayConfig) -> Result<Gateway, ConfigError> {
+        Gateway::build(config, None).await
+    }
+
+    async fn build(config: GatewayConfig, path: Option<PathBuf>) -> Result<Gateway, ConfigError> {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -103,15 +124,15 @@ impl Gateway {
                  is not set): keys generated in this run are lost when it stops"
             );
         }
-        let router = router_with_keys(
-            &config,
-            writer.clone(),
+        let parts = Parts {
+            writer: writer.clone(),
             store,
-            HttpClient::new(),
-            keys.clone(),
-        );
+            client: HttpClient::new(),
+            keys: keys.clone(),
+        };
+        let live = Reloader::new(&config, path, parts, build_router);
         Ok(Gateway {
-            router,
+            live,
             writer,
             grace: config.graceful_shutdown_timeout,
             keys,
@@ -156,9 +177,19 @@ impl Gateway {
         ))
     }
 
-    /// The routes, to serve or to nest in a larger axum app.
+    /// The routes, to serve or to nest in a larger axum app. Each request is routed by the
+    /// routes live when it arrives (a reload swaps them: see [`crate::reload`]).
     pub fn router(&self) -> Router {
-        self.router.clone()
+        Router::new().fallback_service(LiveRouter {
+            reloader: Arc::clone(&self.live),
+        })
+    }
+
+    /// The handle that reloads the config file (see [`crate::reload`]).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            reloader: Arc::clone(&self.live),
+        }
     }
 
     /// The config warnings.
@@ -201,7 +232,9 @@ impl Gateway {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::warn!(error = %err, "could not set TCP_NODELAY");
                     }
-                    let service = TowerToHyperService::new(self.router.clone());
+                    let service = TowerToHyperService::new(LiveRouter {
+                        reloader: Arc::clone(&self.live),
+                    });
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -368,6 +401,24 @@ pub fn router_with_keys(
     client: HttpClient,
     keys: Option<Arc<KeyCache>>,
 ) -> Router {
+    let parts = Parts {
+        writer,
+        store,
+        client,
+        keys,
+    };
+    build_router(config, &parts, Router::new())
+}
+
+/// [`router_with_keys`], with `extra_admin` routes behind the master key (the reload route).
+pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: Router) -> Router {
+    let Parts {
+        writer,
+        store,
+        client,
+        keys,
+    } = parts;
+    let (writer, store, client) = (writer.clone(), Arc::clone(store), client.clone());
     let guardrails = Guardrails::new(config.guardrails.iter().cloned());
     let guardrails_for_routes = guardrails.clone();
     let guardrail_names: Vec<String> = config
@@ -442,6 +493,7 @@ pub fn router_with_keys(
         .route("/spend/logs/blocks", get(block_summary))
         .with_state(store)
         .merge(key_routes.router())
+        .merge(extra_admin)
         .merge(crate::guardrail_routes::router(
             guardrails_for_routes,
             config.guardrail_listing.clone(),

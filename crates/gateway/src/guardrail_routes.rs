@@ -55,7 +55,7 @@ pub struct GuardrailListing {
 /// `value` with every `os.environ/NAME` string read from `env` (unset: left as is).
 fn resolve_env(value: &Value, env: &dyn Fn(&str) -> Option<String>) -> Value {
     match value {
-        Value::String(s) => match s.strip_prefix("os.environ/").and_then(|name| env(name)) {
+        Value::String(s) => match s.strip_prefix("os.environ/").and_then(env) {
             Some(v) => Value::String(v),
             None => value.clone(),
         },
@@ -302,22 +302,15 @@ fn error(
 }
 
 /// The field `name` of `body`, which must be a string.
-fn string_field<'a>(body: &'a Value, name: &'static str) -> Result<&'a str, Response> {
-    match body.get(name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("'{name}' must be a string"),
-            Some(name),
-            "invalid_request",
-        )),
-        None => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("'{name}' is required"),
-            Some(name),
-            "invalid_request",
-        )),
-    }
+fn string_field<'a>(body: &'a Value, name: &'static str) -> Result<&'a str, Error> {
+    let message = match body.get(name) {
+        Some(Value::String(s)) => return Ok(s),
+        Some(_) => format!("'{name}' must be a string"),
+        None => format!("'{name}' is required"),
+    };
+    Err(Error::new(StatusCode::BAD_REQUEST, message)
+        .with_param(name)
+        .with_code("invalid_request"))
 }
 
 /// The mode and side `/guardrails/apply_guardrail` runs a guardrail in: its request mode
@@ -371,13 +364,14 @@ async fn apply(
                 .map(axum::body::Body::from);
         }
     };
-    let name = match string_field(&body, "guardrail_name") {
-        Ok(name) => name,
-        Err(response) => return response,
-    };
-    let text = match string_field(&body, "text") {
-        Ok(text) => text,
-        Err(response) => return response,
+    let (name, text) = match (
+        string_field(&body, "guardrail_name"),
+        string_field(&body, "text"),
+    ) {
+        (Ok(name), Ok(text)) => (name, text),
+        (Err(e), _) | (_, Err(e)) => {
+            return e.to_response(CallType::Other).map(axum::body::Body::from);
+        }
     };
     let Some(guardrail) = state.guardrails.get(name) else {
         return error(

@@ -84,4 +84,5 @@ pub mod guardrail_routes;
 pub mod health;
 pub mod keys;
 pub mod process;
+pub mod reload;
 pub mod upstream;

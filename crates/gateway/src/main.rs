@@ -77,14 +77,12 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool) -> ExitCode {
-    let text = match std::fs::read_to_string(&config) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    };
-    let gateway = match Gateway::from_config_str(&text).await {
+    if let Err(e) = std::fs::metadata(&config) {
+        eprintln!("error: cannot read {}: {e}", config.display());
+        return ExitCode::from(2);
+    }
+    // Read again on SIGHUP and POST /config/reload.
+    let gateway = match Gateway::from_config_file(&config).await {
         Ok(gateway) => gateway,
         Err(e) => {
             eprintln!("error: {}: {e}", config.display());
@@ -113,6 +111,7 @@ async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool)
     // The bound address (with `--listen 127.0.0.1:0`, the port the system chose).
     let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "guardrail-gateway listening");
+    guardrail_gateway::reload::spawn_sighup_listener(gateway.reload_handle());
     match gateway.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
