@@ -37,6 +37,7 @@ use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
+use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::Forward;
 
 /// A configured gateway, ready to serve.
@@ -449,16 +450,22 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         .prices(prices)
         .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
         .body_limit(limit);
+    // Each layer in a span of its own (`crate::telemetry`: free when traces are off).
     let inner = ServiceBuilder::new()
+        .layer(SpanLayer::new("error_normalize"))
         .layer(ErrorNormalizeLayer::new())
+        .layer(SpanLayer::new("model_guardrail_merge"))
         .layer(merge.body_limit(limit))
+        .layer(SpanLayer::new("pre_call_guardrails"))
         .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
+        .layer(SpanLayer::new("streaming_guardrails"))
         .layer(
             StreamingGuardrailBodyLayer::new(guardrails)
                 .policy(config.stream_policy)
                 .body_limit(limit),
         )
         .layer(TimeoutLayer::new(config.request_timeout))
+        .layer(SpanLayer::upstream())
         .service(Forward::new(
             &config.deployments,
             client,
@@ -507,7 +514,10 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
     match auth {
         Some(auth) => {
             let stack = ServiceBuilder::new()
+                .layer(RequestSpanLayer)
+                .layer(SpanLayer::new("spend_log"))
                 .layer(spend_log)
+                .layer(SpanLayer::new("key_auth"))
                 .layer(KeyAuthLayer::new(auth.clone()).body_limit(limit))
                 .service(inner);
             let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
@@ -516,7 +526,11 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
             app.fallback_service(RequireKeyLayer::any_key(auth).layer(tower::service_fn(not_found)))
         }
         None => {
-            let stack = ServiceBuilder::new().layer(spend_log).service(inner);
+            let stack = ServiceBuilder::new()
+                .layer(RequestSpanLayer)
+                .layer(SpanLayer::new("spend_log"))
+                .layer(spend_log)
+                .service(inner);
             let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
                 router.route(path, post_service(stack.clone()))
             });

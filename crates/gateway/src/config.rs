@@ -67,6 +67,8 @@ use guardrail_tower_guardrails::{
 use guardrail_tower_spend_log::ModelPrice;
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::telemetry::TracedGuardrail;
+
 /// A configuration error: what is wrong, which key, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -873,7 +875,11 @@ impl GuardrailParams<'_> {
 
     /// `guardrail` under this entry's name and modes.
     fn configured(&self, guardrail: impl Guardrail) -> ConfiguredGuardrail {
-        ConfiguredGuardrail::new(self.name.to_owned(), self.modes, guardrail)
+        ConfiguredGuardrail::new(
+            self.name.to_owned(),
+            self.modes,
+            TracedGuardrail::new(self.name, guardrail),
+        )
     }
 }
 
@@ -1117,7 +1123,11 @@ fn presidio(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError>
     let presidio = Presidio::new(config)
         .map_err(|e| p.invalid(or_env(e, ENV)))?
         .with_guardrail_name(p.name);
-    Ok(ConfiguredGuardrail::new(p.name.to_owned(), modes, presidio))
+    Ok(ConfiguredGuardrail::new(
+        p.name.to_owned(),
+        modes,
+        TracedGuardrail::new(p.name, presidio),
+    ))
 }
 
 /// `guardrail: lakera_v2`.

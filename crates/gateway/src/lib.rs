@@ -85,4 +85,5 @@ pub mod health;
 pub mod keys;
 pub mod process;
 pub mod reload;
+pub mod telemetry;
 pub mod upstream;
