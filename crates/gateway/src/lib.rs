@@ -19,7 +19,9 @@
 //! `StreamingGuardrailBodyLayer` and the upstream timeout in front of [`upstream::Forward`], a
 //! pooled client that forwards to the model's `api_base` with the deployment's model name and
 //! key. Streams pass through with no buffering beyond what the guardrail policy needs. SIGINT and
-//! SIGTERM shut down gracefully and flush the spend log.
+//! SIGTERM shut down gracefully and flush the spend log; SIGHUP (or `POST /config/reload`)
+//! reloads the config file ([`reload`]). The health probes are described in [`health`], the
+//! OpenTelemetry traces (`OTEL_EXPORTER_OTLP_ENDPOINT`) in [`telemetry`].
 //!
 //! ```text
 //!      request in                        response out
