@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,11 +37,13 @@ use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
+use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
+use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::Forward;
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
-    router: Router,
+    live: Arc<Reloader>,
     writer: SpendLogHandle,
     grace: Duration,
     keys: Option<Arc<KeyCache>>,
@@ -69,8 +72,27 @@ impl Gateway {
         Gateway::from_config(GatewayConfig::from_yaml(yaml)?).await
     }
 
+    /// Builds the gateway from a config file, which [`Gateway::reload_handle`] (`SIGHUP`,
+    /// `POST /config/reload`) reads again: see [`crate::reload`].
+    pub async fn from_config_file(path: impl Into<PathBuf>) -> Result<Gateway, ConfigError> {
+        let path = path.into();
+        let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+            ConfigError::new(
+                "config",
+                None,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Gateway::build(GatewayConfig::from_yaml(&text)?, Some(path)).await
+    }
+
     /// Builds the gateway from a parsed config: opens the spend-log sink and starts its writer.
+    /// Without a file, it cannot be reloaded.
     pub async fn from_config(config: GatewayConfig) -> Result<Gateway, ConfigError> {
+        Gateway::build(config, None).await
+    }
+
+    async fn build(config: GatewayConfig, path: Option<PathBuf>) -> Result<Gateway, ConfigError> {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -104,15 +126,15 @@ impl Gateway {
                  is not set): keys generated in this run are lost when it stops"
             );
         }
-        let router = router_with_keys(
-            &config,
-            writer.clone(),
+        let parts = Parts {
+            writer: writer.clone(),
             store,
-            HttpClient::new(),
-            keys.clone(),
-        );
+            client: HttpClient::new(),
+            keys: keys.clone(),
+        };
+        let live = Reloader::new(&config, path, parts, build_router);
         Ok(Gateway {
-            router,
+            live,
             writer,
             grace: config.graceful_shutdown_timeout,
             keys,
@@ -157,9 +179,19 @@ impl Gateway {
         ))
     }
 
-    /// The routes, to serve or to nest in a larger axum app.
+    /// The routes, to serve or to nest in a larger axum app. Each request is routed by the
+    /// routes live when it arrives (a reload swaps them: see [`crate::reload`]).
     pub fn router(&self) -> Router {
-        self.router.clone()
+        Router::new().fallback_service(LiveRouter {
+            reloader: Arc::clone(&self.live),
+        })
+    }
+
+    /// The handle that reloads the config file (see [`crate::reload`]).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            reloader: Arc::clone(&self.live),
+        }
     }
 
     /// The config warnings.
@@ -202,7 +234,9 @@ impl Gateway {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::warn!(error = %err, "could not set TCP_NODELAY");
                     }
-                    let service = TowerToHyperService::new(self.router.clone());
+                    let service = TowerToHyperService::new(LiveRouter {
+                        reloader: Arc::clone(&self.live),
+                    });
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -358,8 +392,10 @@ pub fn router(
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
-/// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`) the master key, the LLM routes the master
-/// key or a virtual key of `keys`, and any other path a valid key before its 404.
+/// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`, `/guardrails/list`,
+/// `/guardrails/apply_guardrail`: see [`crate::guardrail_routes`]) the master key, the LLM
+/// routes the master key or a virtual key of `keys`, and any other path a valid key before its
+/// 404. The readiness probe is described in [`crate::health`].
 pub fn router_with_keys(
     config: &GatewayConfig,
     writer: SpendLogHandle,
@@ -367,7 +403,26 @@ pub fn router_with_keys(
     client: HttpClient,
     keys: Option<Arc<KeyCache>>,
 ) -> Router {
+    let parts = Parts {
+        writer,
+        store,
+        client,
+        keys,
+    };
+    build_router(config, &parts, Router::new())
+}
+
+/// [`router_with_keys`], with `extra_admin` routes behind the master key (the reload route).
+pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: Router) -> Router {
+    let Parts {
+        writer,
+        store,
+        client,
+        keys,
+    } = parts;
+    let (writer, store, client) = (writer.clone(), Arc::clone(store), client.clone());
     let guardrails = Guardrails::new(config.guardrails.iter().cloned());
+    let guardrails_for_routes = guardrails.clone();
     let guardrail_names: Vec<String> = config
         .guardrails
         .iter()
@@ -391,20 +446,27 @@ pub fn router_with_keys(
             None => auth,
         }
     });
+    let health_writer = writer.clone();
     let spend_log = SpendLogLayer::new(writer)
         .prices(prices)
         .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
         .body_limit(limit);
+    // Each layer in a span of its own (`crate::telemetry`: free when traces are off).
     let inner = ServiceBuilder::new()
+        .layer(SpanLayer::new("error_normalize"))
         .layer(ErrorNormalizeLayer::new())
+        .layer(SpanLayer::new("model_guardrail_merge"))
         .layer(merge.body_limit(limit))
+        .layer(SpanLayer::new("pre_call_guardrails"))
         .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
+        .layer(SpanLayer::new("streaming_guardrails"))
         .layer(
             StreamingGuardrailBodyLayer::new(guardrails)
                 .policy(config.stream_policy)
                 .body_limit(limit),
         )
         .layer(TimeoutLayer::new(config.request_timeout))
+        .layer(SpanLayer::upstream())
         // The upstream is asked for `identity`; one that compresses anyway (gzip, br, deflate)
         // is decoded here, so the post-call guardrails read the text.
         .layer(DecompressionLayer::new())
@@ -423,24 +485,43 @@ pub fn router_with_keys(
         ),
         (Some(_), Some(keys)) => KeyRoutes::new(Arc::clone(keys), guardrail_names),
     };
+    let health = crate::health::router(
+        match &config.spend_logs {
+            Some(SpendLogsTarget::Postgres(_)) => crate::health::Backend::Postgres,
+            Some(SpendLogsTarget::Jsonl(_)) => crate::health::Backend::Jsonl,
+            Some(SpendLogsTarget::Sqlite(_)) | None => crate::health::Backend::Sqlite,
+        },
+        Arc::clone(&store),
+        health_writer,
+        config
+            .guardrail_listing
+            .iter()
+            .map(|g| (g.guardrail_name.clone(), g.services.clone()))
+            .collect(),
+    );
     let admin = Router::new()
         .route("/spend/logs", get(spend_logs))
         .route("/spend/logs/blocks", get(block_summary))
         .with_state(store)
-        .merge(key_routes.router());
+        .merge(key_routes.router())
+        .merge(extra_admin)
+        .merge(crate::guardrail_routes::router(
+            guardrails_for_routes,
+            config.guardrail_listing.clone(),
+            limit,
+        ));
     let admin = match &auth {
         Some(auth) => admin.route_layer(RequireKeyLayer::master_only(auth.clone())),
         None => admin,
     };
-    let app = admin
-        .route("/health", get(health))
-        .route("/health/readiness", get(health))
-        .route("/health/liveliness", get(liveliness))
-        .route("/health/liveness", get(liveliness));
+    let app = admin.route("/health", get(health_status)).merge(health);
     match auth {
         Some(auth) => {
             let stack = ServiceBuilder::new()
+                .layer(RequestSpanLayer)
+                .layer(SpanLayer::new("spend_log"))
                 .layer(spend_log)
+                .layer(SpanLayer::new("key_auth"))
                 .layer(KeyAuthLayer::new(auth.clone()).body_limit(limit))
                 .service(inner);
             let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
@@ -449,7 +530,11 @@ pub fn router_with_keys(
             app.fallback_service(RequireKeyLayer::any_key(auth).layer(tower::service_fn(not_found)))
         }
         None => {
-            let stack = ServiceBuilder::new().layer(spend_log).service(inner);
+            let stack = ServiceBuilder::new()
+                .layer(RequestSpanLayer)
+                .layer(SpanLayer::new("spend_log"))
+                .layer(spend_log)
+                .service(inner);
             let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
                 router.route(path, post_service(stack.clone()))
             });
@@ -469,12 +554,7 @@ async fn not_found(request: http::Request<axum::body::Body>) -> Result<Response,
     .map(axum::body::Body::from))
 }
 
-/// `GET /health/liveliness`: LiteLLM's answer.
-async fn liveliness() -> Response {
-    axum::Json("I'm alive!").into_response()
-}
-
-async fn health() -> Response {
+async fn health_status() -> Response {
     axum::Json(json!({"status": "healthy"})).into_response()
 }
 

@@ -67,6 +67,8 @@ use guardrail_tower_guardrails::{
 use guardrail_tower_spend_log::ModelPrice;
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::telemetry::TracedGuardrail;
+
 /// A configuration error: what is wrong, which key, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -256,6 +258,8 @@ pub struct GatewayConfig {
     pub key_cache_ttl: Duration,
     /// Warnings (unknown keys, settings that are accepted but not enforced).
     pub warnings: Vec<String>,
+    /// The guardrails as `GET /guardrails/list` shows them (secrets masked).
+    pub guardrail_listing: Vec<crate::guardrail_routes::GuardrailListing>,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -465,6 +469,7 @@ impl GatewayConfig {
         let guardrails = parse_guardrails(text, root.get("guardrails"), env, &mut warnings)?;
         let names: HashSet<&str> = guardrails.iter().map(ConfiguredGuardrail::name).collect();
         let deployments = parse_models(text, root.get("model_list"), &names, env, &mut warnings)?;
+        let guardrail_listing = crate::guardrail_routes::listing(root.get("guardrails"), env);
         let spend_logs = match string(&general, "spend_logs") {
             None => None,
             Some(url) => {
@@ -594,6 +599,7 @@ impl GatewayConfig {
                 .map_or(DEFAULT_BODY_LIMIT, |n| n as usize),
             stream_policy,
             warnings,
+            guardrail_listing,
         })
     }
 
@@ -869,7 +875,11 @@ impl GuardrailParams<'_> {
 
     /// `guardrail` under this entry's name and modes.
     fn configured(&self, guardrail: impl Guardrail) -> ConfiguredGuardrail {
-        ConfiguredGuardrail::new(self.name.to_owned(), self.modes, guardrail)
+        ConfiguredGuardrail::new(
+            self.name.to_owned(),
+            self.modes,
+            TracedGuardrail::new(self.name, guardrail),
+        )
     }
 }
 
@@ -1113,7 +1123,11 @@ fn presidio(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError>
     let presidio = Presidio::new(config)
         .map_err(|e| p.invalid(or_env(e, ENV)))?
         .with_guardrail_name(p.name);
-    Ok(ConfiguredGuardrail::new(p.name.to_owned(), modes, presidio))
+    Ok(ConfiguredGuardrail::new(
+        p.name.to_owned(),
+        modes,
+        TracedGuardrail::new(p.name, presidio),
+    ))
 }
 
 /// `guardrail: lakera_v2`.

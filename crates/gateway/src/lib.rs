@@ -10,7 +10,8 @@
 //! `POST /v1/messages`, the health probes (`GET /health`, `/health/liveliness`,
 //! `/health/liveness`, `/health/readiness`), `GET /spend/logs` (`request_id`, `start_date`,
 //! `end_date`, `status`, `limit`, `offset`), `GET /spend/logs/blocks` (guardrail blocks per
-//! guardrail per day) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
+//! guardrail per day), LiteLLM's guardrail routes (`GET /guardrails/list`,
+//! `POST /guardrails/apply_guardrail`: see [`guardrail_routes`]) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
 //! `/key/delete`, `/key/list`: see [`keys::routes`]). With `general_settings.master_key`, every
 //! route but the health probes needs a key ([`auth`]). Each LLM route composes, outermost
 //! first, `SpendLogLayer`, [`KeyAuthLayer`](auth::KeyAuthLayer) (with a master key),
@@ -18,7 +19,9 @@
 //! `StreamingGuardrailBodyLayer` and the upstream timeout in front of [`upstream::Forward`], a
 //! pooled client that forwards to the model's `api_base` with the deployment's model name and
 //! key. Streams pass through with no buffering beyond what the guardrail policy needs. SIGINT and
-//! SIGTERM shut down gracefully and flush the spend log.
+//! SIGTERM shut down gracefully and flush the spend log; SIGHUP (or `POST /config/reload`)
+//! reloads the config file ([`reload`]). The health probes are described in [`health`], the
+//! OpenTelemetry traces (`OTEL_EXPORTER_OTLP_ENDPOINT`) in [`telemetry`].
 //!
 //! ```text
 //!      request in                        response out
@@ -79,6 +82,10 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod guardrail_routes;
+pub mod health;
 pub mod keys;
 pub mod process;
+pub mod reload;
+pub mod telemetry;
 pub mod upstream;

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guardrail_gateway::app::Gateway;
+use guardrail_gateway::telemetry::{self, Telemetry};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 mod demo;
 
@@ -77,14 +81,12 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool) -> ExitCode {
-    let text = match std::fs::read_to_string(&config) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    };
-    let gateway = match Gateway::from_config_str(&text).await {
+    if let Err(e) = std::fs::metadata(&config) {
+        eprintln!("error: cannot read {}: {e}", config.display());
+        return ExitCode::from(2);
+    }
+    // Read again on SIGHUP and POST /config/reload.
+    let gateway = match Gateway::from_config_file(&config).await {
         Ok(gateway) => gateway,
         Err(e) => {
             eprintln!("error: {}: {e}", config.display());
@@ -113,6 +115,7 @@ async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool)
     // The bound address (with `--listen 127.0.0.1:0`, the port the system chose).
     let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "guardrail-gateway listening");
+    guardrail_gateway::reload::spawn_sighup_listener(gateway.reload_handle());
     match gateway.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -146,15 +149,40 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo => "warn",
         Command::Serve { .. } => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+    // The trace spans (`telemetry::TARGET`) go to the OTLP exporter only, never to the log.
+    let log_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_level))
+        .add_directive(
+            format!("{}=off", telemetry::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file or a collector gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(log_filter);
+    let otel = match (&cli.command, telemetry::OtelSettings::from_env()) {
+        (Command::Serve { .. }, Some(settings)) => {
+            match Telemetry::start(&settings, tokio::runtime::Handle::current()) {
+                Ok(started) => Some(started),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let (telemetry, otel_layer) = otel.unzip();
+    tracing_subscriber::registry()
+        .with(log)
+        .with(otel_layer)
         .init();
-    match cli.command {
+    if telemetry.is_some() {
+        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
+    }
+    let code = match cli.command {
         Command::Serve {
             config,
             listen,
@@ -167,5 +195,10 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    };
+    if let Some(telemetry) = telemetry {
+        // Exports the last batch; blocking, so off the async threads.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
+    code
 }

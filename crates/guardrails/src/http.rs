@@ -188,11 +188,14 @@ where
     /// The URI must be absolute (`http://` or `https://`). The `Host` header is set from it.
     pub fn request(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
     ) -> impl Future<Output = Result<Response<Incoming>, HttpError>> + Send + 'static
     where
         B: Unpin,
     {
+        if let Some(hook) = REQUEST_HOOK.get() {
+            hook(request.headers_mut());
+        }
         enum Pending {
             Sent(hyper_util::client::legacy::ResponseFuture),
             Refused(HttpError),
@@ -420,6 +423,16 @@ impl JsonPost {
     pub fn get_retries(&self) -> u32 {
         self.retries
     }
+}
+
+static REQUEST_HOOK: OnceLock<fn(&mut HeaderMap)> = OnceLock::new();
+
+/// Sets a function that sees the headers of every request an [`HttpClient`] sends, in the
+/// task that sends it, just before it is sent: a gateway adds its trace context
+/// (`traceparent`) to guardrail service calls with it. Set once per process; returns `false`
+/// (and changes nothing) when a hook is already set.
+pub fn set_request_hook(hook: fn(&mut HeaderMap)) -> bool {
+    REQUEST_HOOK.set(hook).is_ok()
 }
 
 /// One process-wide pooled client, created on first use.

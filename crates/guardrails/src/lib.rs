@@ -108,7 +108,7 @@ pub mod openai_moderation;
 #[cfg(feature = "http")]
 pub use generic_api::{GenericGuardrailApi, GenericGuardrailApiConfig};
 #[cfg(feature = "http")]
-pub use http::{ConfigError, HttpClient, shared_client};
+pub use http::{ConfigError, HttpClient, set_request_hook, shared_client};
 #[cfg(feature = "http")]
 pub use openai_moderation::{OpenAiModeration, OpenAiModerationConfig};
 

@@ -386,11 +386,15 @@ fn in_band_error(value: &Value) -> Error {
 pin_project! {
     /// The response body of [`SpendLog`](crate::SpendLog): the inner body, unchanged and
     /// undelayed, observed as it passes. The request's record is completed exactly once: when
-    /// the body ends (`None`, trailers, or a frame after which it reports its end), when it
-    /// fails, or when it is dropped before the end (the client went away).
+    /// the body ends (`None`, trailers, a frame after which it reports its end, or the last of
+    /// the bytes its exact size hint announced: a server stops polling there, and an inner
+    /// body need not say it ended), when it fails, or when it is dropped before the end (the
+    /// client went away).
     pub struct SpendLogBody<B> {
         #[pin]
         body: B,
+        // The bytes still to come when the body announced an exact length.
+        remaining: Option<u64>,
         recorder: Option<Recorder>,
         observer: Option<Observer>,
         call_type: CallType,
@@ -413,8 +417,10 @@ impl<B: Body> SpendLogBody<B> {
         call_type: CallType,
     ) -> Self {
         let ended = body.is_end_stream();
+        let remaining = body.size_hint().exact();
         let mut this = SpendLogBody {
             body,
+            remaining,
             recorder: Some(recorder),
             observer,
             call_type,
@@ -455,7 +461,14 @@ where
                     if let Some(observer) = this.observer.as_mut() {
                         observer.observe(data, recorder, *this.call_type);
                     }
-                    this.body.is_end_stream()
+                    let all_sent = match this.remaining.as_mut() {
+                        Some(remaining) => {
+                            *remaining = remaining.saturating_sub(data.len() as u64);
+                            *remaining == 0
+                        }
+                        None => false,
+                    };
+                    all_sent || this.body.is_end_stream()
                 }
                 // Trailers come last.
                 None => true,

@@ -28,6 +28,9 @@ pub struct TestBody {
     chunks: VecDeque<Bytes>,
     end: Option<End>,
     exact: Option<u64>,
+    // `is_end_stream()` stays false even after the last chunk (`http_body`'s default, which
+    // many bodies keep).
+    never_ends_early: bool,
     polls: Option<Arc<AtomicUsize>>,
     dropped: Option<Arc<AtomicBool>>,
 }
@@ -42,6 +45,7 @@ where
         chunks: chunks.into_iter().map(Into::into).collect(),
         end: Some(End::Eof),
         exact: None,
+        never_ends_early: false,
         polls: None,
         dropped: None,
     }
@@ -92,6 +96,14 @@ impl TestBody {
         self
     }
 
+    /// Reports an exact size but never `is_end_stream()` (as many bodies do, e.g.
+    /// tower-http's decompression body): a server stops after the announced bytes anyway.
+    pub fn exact_without_end(mut self) -> Self {
+        self = self.exact();
+        self.never_ends_early = true;
+        self
+    }
+
     /// Counts calls to `poll_frame` in `counter`.
     pub fn count_polls(mut self, counter: Arc<AtomicUsize>) -> Self {
         self.polls = Some(counter);
@@ -138,7 +150,10 @@ impl Body for TestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.exact.is_some() && self.chunks.is_empty() && matches!(self.end, Some(End::Eof) | None)
+        !self.never_ends_early
+            && self.exact.is_some()
+            && self.chunks.is_empty()
+            && matches!(self.end, Some(End::Eof) | None)
     }
 
     fn size_hint(&self) -> SizeHint {
