@@ -167,7 +167,7 @@ fn is_header_map(key: &str) -> bool {
 
 /// A config's `litellm_params` (or `guardrail_info`) with its secrets masked:
 ///
-/// - under a key that names a credential ([`is_secret_key`]: `api_key`, `aws_access_key_id`,
+/// - under a key that names a credential (`api_key`, `aws_access_key_id`,
 ///   `aws_secret_access_key`, `aws_session_token`, `password`, `Authorization`, ...) every
 ///   string or number becomes [`MASKED`], however deep;
 /// - under `headers` / `extra_headers`, every value becomes [`MASKED`] (the names stay);

@@ -1,6 +1,6 @@
 //! Hot reload: read the config file again, validate it whole, and swap it in atomically.
 //!
-//! A [`Gateway`](crate::app::Gateway) started from a file ([`Gateway::from_config_file`])
+//! A [`Gateway`](crate::app::Gateway) started from a file ([`Gateway::from_config_file`](crate::app::Gateway::from_config_file))
 //! reloads it on `SIGHUP` ([`spawn_sighup_listener`]; the binary does this) and on
 //! `POST /config/reload` (the master key only, when there is one). A reload reads the file,
 //! parses and builds everything it describes (models, guardrails with their word lists and
