@@ -148,6 +148,11 @@ impl GuardrailLog {
         applied_guardrails(&self.lock())
     }
 
+    /// [`applied_guardrails`](GuardrailLog::applied_guardrails) of a copy of the entries.
+    pub fn applied_of(entries: &[GuardrailLogEntry]) -> Vec<String> {
+        applied_guardrails(entries)
+    }
+
     /// Marks a detached run of `guardrails` as in flight until the returned guard is dropped
     /// (when the run has appended its entries, or was cancelled).
     pub fn detach(&self, guardrails: Vec<Arc<str>>) -> DetachedRun {

@@ -1393,7 +1393,10 @@ mod tests {
         let svc = entries.iter().find(|e| e.guardrail_name == "svc").unwrap();
         assert_eq!(svc.guardrail_response["fallback"], "monitor");
         assert_eq!(svc.guardrail_response["error_type"], "unreachable");
-        let masker = entries.iter().find(|e| e.guardrail_name == "masker").unwrap();
+        let masker = entries
+            .iter()
+            .find(|e| e.guardrail_name == "masker")
+            .unwrap();
         assert_eq!(
             masker.masked_entity_count,
             Some(BTreeMap::from([("MASKER".to_owned(), 1)]))

@@ -546,7 +546,11 @@ mod tests {
                 resp.into_body().collect().await.unwrap().to_bytes(),
                 r#"{"choices":[]}"#
             );
-            assert_eq!(up.bodies.lock().unwrap()[0].0, raw, "forwarded byte for byte");
+            assert_eq!(
+                up.bodies.lock().unwrap()[0].0,
+                raw,
+                "forwarded byte for byte"
+            );
             assert!(log.is_empty(), "the monitor has not answered yet");
             release.notify_one();
             log.settled().await;

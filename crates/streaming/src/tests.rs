@@ -1170,14 +1170,12 @@ async fn a_monitor_beside_an_enforcing_guardrail_checks_the_whole_stream_once() 
 #[tokio::test]
 async fn a_monitor_on_a_json_response_passes_it_byte_for_byte() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let json = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"the corner café"}}]}"#;
+    let json =
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"the corner café"}}]}"#;
     let run = run_with(
         "/v1/chat/completions",
         r#"{"model":"m","messages":[]}"#,
-        StreamingGuardrailBodyLayer::new(Guardrails::new([gated_monitor(
-            "café",
-            release.clone(),
-        )])),
+        StreamingGuardrailBodyLayer::new(Guardrails::new([gated_monitor("café", release.clone())])),
         Response::builder()
             .header("content-type", "application/json")
             .body(body::chunks([json]))
