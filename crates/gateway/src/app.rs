@@ -35,6 +35,7 @@ use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
+use crate::metrics::Metrics;
 use crate::upstream::Forward;
 
 /// A configured gateway, ready to serve.
@@ -359,6 +360,10 @@ pub fn router(
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
 /// (`/spend/logs`, `/spend/logs/blocks`, `/key/*`) the master key, the LLM routes the master
 /// key or a virtual key of `keys`, and any other path a valid key before its 404.
+///
+/// With `prometheus` on (see [`crate::metrics`]), `GET /metrics` serves the metrics, counted
+/// from every spend-log record; it needs the master key unless
+/// `require_auth_for_metrics_endpoint` is false.
 pub fn router_with_keys(
     config: &GatewayConfig,
     writer: SpendLogHandle,
@@ -390,7 +395,17 @@ pub fn router_with_keys(
             None => auth,
         }
     });
-    let spend_log = SpendLogLayer::new(writer)
+    let metrics = config
+        .prometheus
+        .then(|| Arc::new(Metrics::new(config, writer.clone())));
+    let mut spend_log = SpendLogLayer::new(writer);
+    if let Some(metrics) = &metrics {
+        let metrics = Arc::clone(metrics);
+        spend_log = spend_log.observer(move |record: &guardrail_tower_spend_log::SpendRecord| {
+            metrics.observe(record)
+        });
+    }
+    let spend_log = spend_log
         .prices(prices)
         .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
         .body_limit(limit);
@@ -428,6 +443,14 @@ pub fn router_with_keys(
         Some(auth) => admin.route_layer(RequireKeyLayer::master_only(auth.clone())),
         None => admin,
     };
+    let admin = match metrics {
+        Some(metrics) => admin.merge(metrics_routes(
+            metrics,
+            auth.as_ref()
+                .filter(|_| config.require_auth_for_metrics_endpoint),
+        )),
+        None => admin,
+    };
     let app = admin
         .route("/health", get(health))
         .route("/health/readiness", get(health))
@@ -452,6 +475,27 @@ pub fn router_with_keys(
             app.fallback_service(tower::service_fn(not_found))
         }
     }
+}
+
+/// `GET /metrics` (and `/metrics/`, LiteLLM's mount point): the Prometheus text format; behind
+/// the master key when `auth` is given.
+fn metrics_routes(metrics: Arc<Metrics>, auth: Option<&Authenticator>) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/metrics/", get(scrape))
+        .with_state(metrics);
+    match auth {
+        Some(auth) => routes.route_layer(RequireKeyLayer::master_only(auth.clone())),
+        None => routes,
+    }
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 /// Any other path: 404 in the OpenAI shape.

@@ -80,5 +80,6 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod process;
 pub mod upstream;

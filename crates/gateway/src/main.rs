@@ -44,6 +44,10 @@ enum Command {
         /// `general_settings.allow_unauthenticated: true`) `serve` refuses to.
         #[arg(long)]
         allow_unauthenticated: bool,
+        /// Serve Prometheus metrics on `GET /metrics` (as `litellm_settings.callbacks:
+        /// ["prometheus"]` does); behind the master key when there is one.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Run a self-contained demo on loopback (a mock upstream and the gateway) and print what
     /// clients see.
@@ -76,7 +80,12 @@ async fn shutdown_signal() {
     );
 }
 
-async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool) -> ExitCode {
+async fn serve(
+    config: PathBuf,
+    listen: SocketAddr,
+    allow_unauthenticated: bool,
+    metrics: bool,
+) -> ExitCode {
     let text = match std::fs::read_to_string(&config) {
         Ok(text) => text,
         Err(e) => {
@@ -84,7 +93,17 @@ async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool)
             return ExitCode::from(2);
         }
     };
-    let gateway = match Gateway::from_config_str(&text).await {
+    let parsed = match guardrail_gateway::config::GatewayConfig::from_yaml(&text) {
+        Ok(mut parsed) => {
+            parsed.prometheus |= metrics;
+            parsed
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let gateway = match Gateway::from_config(parsed).await {
         Ok(gateway) => gateway,
         Err(e) => {
             eprintln!("error: {}: {e}", config.display());
@@ -159,7 +178,8 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             listen,
             allow_unauthenticated,
-        } => serve(config, listen, allow_unauthenticated).await,
+            metrics,
+        } => serve(config, listen, allow_unauthenticated, metrics).await,
         Command::Demo => match demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
