@@ -475,6 +475,33 @@ async fn metrics_count_a_pass_a_block_a_stream_blocked_after_the_200_and_a_guard
         r#"litellm_request_total_latency_metric_count{requested_model="gpt-plain",model="gpt-4o-mini"}"#,
         4.0,
     );
+    // Every metric the shipped Grafana dashboard queries is there.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/grafana/guardrail-tower.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("litellm_") || w.starts_with("guardrail_tower_"))
+            {
+                queried += 1;
+                assert!(
+                    m.lines()
+                        .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' ']))),
+                    "the dashboard queries {name}, which the gateway does not export:\n{m}"
+                );
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
     // No key, request id or user is a label.
     assert!(!m.contains(MASTER) && !m.contains("hashed_api_key") && !m.contains("request_id"));
 
