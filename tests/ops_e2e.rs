@@ -494,8 +494,9 @@ async fn metrics_count_a_pass_a_block_a_stream_blocked_after_the_200_and_a_guard
             {
                 queried += 1;
                 assert!(
-                    m.lines()
-                        .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' ']))),
+                    m.lines().any(|l| l
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.starts_with(['{', ' ']))),
                     "the dashboard queries {name}, which the gateway does not export:\n{m}"
                 );
             }

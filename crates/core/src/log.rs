@@ -199,7 +199,7 @@ pub(crate) fn applied_guardrails(entries: &[GuardrailLogEntry]) -> Vec<String> {
     let mut applied: Vec<String> = Vec::new();
     for entry in entries {
         if entry.guardrail_status != GuardrailStatus::NotRun
-            && !applied.iter().any(|n| *n == entry.guardrail_name)
+            && !applied.contains(&entry.guardrail_name)
         {
             applied.push(entry.guardrail_name.clone());
         }

@@ -78,6 +78,7 @@ macro_rules! label_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[allow(clippy::enum_variant_names)]
         enum $name {
             $($variant),*
         }
@@ -498,17 +499,17 @@ impl Collector for SpendLogCollector {
         let gauges = [
             (
                 "guardrail_tower_spend_log_queue_depth",
-                "Spend-log records in the writer's queue",
+                "Spend-log records in the writer's queue.",
                 stats.queue_depth,
             ),
             (
                 "guardrail_tower_spend_log_pending",
-                "Spend-log records submitted and not yet written, dead-lettered or dropped",
+                "Spend-log records submitted and not yet written, dead-lettered or dropped.",
                 stats.pending,
             ),
             (
                 "guardrail_tower_spend_log_deferred",
-                "Spend-log records waiting for their request's monitor guardrails",
+                "Spend-log records waiting for their request's monitor guardrails.",
                 stats.deferred,
             ),
         ];
@@ -520,22 +521,22 @@ impl Collector for SpendLogCollector {
         let counters = [
             (
                 "guardrail_tower_spend_log_rows_written",
-                "Spend-log records the database has written",
+                "Spend-log records the database has written.",
                 stats.written,
             ),
             (
                 "guardrail_tower_spend_log_rows_dead_lettered",
-                "Spend-log records written to the dead-letter file",
+                "Spend-log records written to the dead-letter file.",
                 stats.dead_lettered,
             ),
             (
                 "guardrail_tower_spend_log_rows_dropped",
-                "Spend-log records lost (a full queue under the drop policy, or no dead-letter file)",
+                "Spend-log records lost (a full queue under the drop policy, or no dead-letter file).",
                 stats.dropped,
             ),
             (
                 "guardrail_tower_spend_log_write_retries",
-                "Spend-log writes that failed and were retried (a batch or a row)",
+                "Spend-log writes that failed and were retried (a batch or a row).",
                 stats.retried,
             ),
         ];
