@@ -35,9 +35,10 @@
 //! Everything is counted in one place: when the spend-log record of a request is complete
 //! (a [`SpendLogObserver`](guardrail_tower_spend_log::SpendLogObserver)), from its
 //! `guardrail_information` and its columns, so a metric and a spend-log row never disagree.
-//! Counting costs a few lookups in read-locked maps keyed by enums and shared names (no label
-//! string is built per request); the spend-log counters are read from the writer's atomics at
-//! scrape time.
+//! Counting costs one map lookup by model name, one by guardrail name per run, and atomic
+//! increments: the series of configured models and guardrails are created on first use and kept
+//! (no label set is built or hashed per request); the spend-log counters are read from the
+//! writer's atomics at scrape time.
 //!
 //! The exporter is [`prometheus_client`], the Prometheus project's own Rust client: typed label
 //! sets hashed in place, no global registry, the classic text format LiteLLM serves, and
@@ -47,7 +48,8 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use guardrail_tower_core::{GuardrailLogEntry, GuardrailMode, GuardrailStatus};
 use guardrail_tower_spend_log::{SpendLogHandle, SpendRecord, SpendStatus};
@@ -215,6 +217,38 @@ struct StreamBlockLabels {
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
+/// A configured guardrail: its name, and the series of its runs without error, created on first
+/// use and then incremented directly (no family lookup per run).
+struct GuardrailSlot {
+    name: Arc<str>,
+    /// `[status (success, intervened)][hook_type]`: the run counter and the latency histogram.
+    runs: [[OnceLock<(Counter, Histogram)>; 3]; 2],
+}
+
+/// A configured model (or `other`): its labels, and its series, created on first use.
+struct ModelSlot {
+    labels: ModelLabels,
+    series: OnceLock<ModelSeries>,
+    /// `litellm_proxy_total_requests_metric` with `status_code="200"`.
+    ok: OnceLock<Counter>,
+}
+
+struct ModelSeries {
+    latency: Histogram,
+    input: Counter,
+    output: Counter,
+    total: Counter,
+    spend: Counter<f64, AtomicU64>,
+}
+
+fn hook_index(hook: Hook) -> usize {
+    match hook {
+        Hook::PreCall => 0,
+        Hook::DuringCall => 1,
+        Hook::PostCall => 2,
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
@@ -223,11 +257,12 @@ fn latency_histogram() -> Histogram {
 /// [`Metrics::encode`] for `GET /metrics`.
 pub struct Metrics {
     registry: Registry,
-    /// Configured guardrail names, shared by every series that carries one.
-    guardrail_names: HashMap<Box<str>, Arc<str>>,
-    /// Configured model names: (requested_model, model) labels.
-    models: HashMap<Box<str>, (Arc<str>, Arc<str>)>,
-    other: Arc<str>,
+    /// The configured guardrails, by name.
+    guardrails: HashMap<Box<str>, GuardrailSlot>,
+    /// The configured models, by the name clients send.
+    models: HashMap<Box<str>, ModelSlot>,
+    /// Any other model.
+    other: ModelSlot,
     guardrail_requests: Family<GuardrailLabels, Counter>,
     guardrail_errors: Family<GuardrailErrorLabels, Counter>,
     guardrail_latency: HistogramFamily<GuardrailLatencyLabels>,
@@ -237,14 +272,14 @@ pub struct Metrics {
     input_tokens: Family<ModelLabels, Counter>,
     output_tokens: Family<ModelLabels, Counter>,
     total_tokens: Family<ModelLabels, Counter>,
-    spend: Family<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    spend: Family<SpendLabels, Counter<f64, AtomicU64>>,
     stream_blocks: Family<StreamBlockLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")
-            .field("guardrails", &self.guardrail_names.len())
+            .field("guardrails", &self.guardrails.len())
             .field("models", &self.models.len())
             .finish_non_exhaustive()
     }
@@ -253,21 +288,32 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// The metrics of a gateway with this config, reading the spend-log counters of `writer`.
     pub fn new(config: &GatewayConfig, writer: SpendLogHandle) -> Metrics {
-        let guardrail_names = config
+        let guardrails = config
             .guardrails
             .iter()
-            .map(|g| (Box::from(g.name()), Arc::from(g.name())))
+            .map(|g| {
+                let slot = GuardrailSlot {
+                    name: Arc::from(g.name()),
+                    runs: Default::default(),
+                };
+                (Box::from(g.name()), slot)
+            })
             .collect();
+        let model_slot = |requested: &str, model: &str| ModelSlot {
+            labels: ModelLabels {
+                requested_model: Arc::from(requested),
+                model: Arc::from(model),
+            },
+            series: OnceLock::new(),
+            ok: OnceLock::new(),
+        };
         let models = config
             .deployments
             .iter()
             .map(|d| {
                 (
                     Box::from(d.model_name.as_str()),
-                    (
-                        Arc::from(d.model_name.as_str()),
-                        Arc::from(d.upstream_model.as_str()),
-                    ),
+                    model_slot(&d.model_name, &d.upstream_model),
                 )
             })
             .collect();
@@ -275,9 +321,9 @@ impl Metrics {
             || -> HistogramFamily<_> { Family::new_with_constructor(latency_histogram) };
         let mut metrics = Metrics {
             registry: Registry::default(),
-            guardrail_names,
+            guardrails,
             models,
-            other: Arc::from("other"),
+            other: model_slot("other", "other"),
             guardrail_requests: Family::default(),
             guardrail_errors: Family::default(),
             guardrail_latency: Family::new_with_constructor(latency_histogram),
@@ -351,17 +397,24 @@ impl Metrics {
     }
 
     fn guardrail_name(&self, name: &str) -> Arc<str> {
-        self.guardrail_names
+        self.guardrails
             .get(name)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(name))
+            .map_or_else(|| Arc::from(name), |slot| slot.name.clone())
     }
 
-    fn model(&self, requested: &str) -> (Arc<str>, Arc<str>) {
-        self.models
-            .get(requested)
-            .cloned()
-            .unwrap_or_else(|| (self.other.clone(), self.other.clone()))
+    fn model_series<'a>(&self, slot: &'a ModelSlot) -> &'a ModelSeries {
+        slot.series.get_or_init(|| ModelSeries {
+            latency: self.request_latency.get_or_create(&slot.labels).clone(),
+            input: self.input_tokens.get_or_create(&slot.labels).clone(),
+            output: self.output_tokens.get_or_create(&slot.labels).clone(),
+            total: self.total_tokens.get_or_create(&slot.labels).clone(),
+            spend: self
+                .spend
+                .get_or_create(&SpendLabels {
+                    model: slot.labels.model.clone(),
+                })
+                .clone(),
+        })
     }
 
     /// Counts one completed request: its guardrail runs, its outcome, latency, tokens, spend.
@@ -369,14 +422,20 @@ impl Metrics {
         for entry in &record.metadata.guardrail_information {
             self.observe_guardrail(entry);
         }
-        let (requested_model, model) = self.model(&record.model);
+        let slot = self.models.get(&*record.model).unwrap_or(&self.other);
+        let requested_model = &slot.labels.requested_model;
         let http_status = record.metadata.http_status;
-        self.total_requests
-            .get_or_create(&RequestLabels {
-                requested_model: requested_model.clone(),
-                status_code: http_status,
-            })
-            .inc();
+        let request_labels = || RequestLabels {
+            requested_model: requested_model.clone(),
+            status_code: http_status,
+        };
+        if http_status == 200 {
+            slot.ok
+                .get_or_init(|| self.total_requests.get_or_create(&request_labels()).clone())
+                .inc();
+        } else {
+            self.total_requests.get_or_create(&request_labels()).inc();
+        }
         if record.status == SpendStatus::Failure {
             let class = record
                 .metadata
@@ -408,30 +467,17 @@ impl Metrics {
                 }
             }
         }
-        let labels = ModelLabels {
-            requested_model,
-            model: model.clone(),
-        };
+        let series = self.model_series(slot);
         if let Ok(latency) = record.end_time.duration_since(record.start_time) {
-            self.request_latency
-                .get_or_create(&labels)
-                .observe(latency.as_secs_f64());
+            series.latency.observe(latency.as_secs_f64());
         }
         if record.total_tokens > 0 {
-            self.input_tokens
-                .get_or_create(&labels)
-                .inc_by(record.prompt_tokens);
-            self.output_tokens
-                .get_or_create(&labels)
-                .inc_by(record.completion_tokens);
-            self.total_tokens
-                .get_or_create(&labels)
-                .inc_by(record.total_tokens);
+            series.input.inc_by(record.prompt_tokens);
+            series.output.inc_by(record.completion_tokens);
+            series.total.inc_by(record.total_tokens);
         }
         if record.spend > 0.0 && record.spend.is_finite() {
-            self.spend
-                .get_or_create(&SpendLabels { model })
-                .inc_by(record.spend);
+            series.spend.inc_by(record.spend);
         }
     }
 
@@ -450,8 +496,41 @@ impl Metrics {
             // Selected but not run: not an invocation.
             GuardrailStatus::NotRun => return,
         };
-        let guardrail_name = self.guardrail_name(&entry.guardrail_name);
         let hook_type = Hook::from(entry.guardrail_mode);
+        let duration = entry.duration.max(0.0);
+        if let Some(slot) = self.guardrails.get(&*entry.guardrail_name) {
+            let status_index = match status {
+                Status::Success => Some(0),
+                Status::Intervened => Some(1),
+                Status::Error => None,
+            };
+            if let Some(i) = status_index {
+                let (runs, latency) = slot.runs[i][hook_index(hook_type)].get_or_init(|| {
+                    let name = slot.name.clone();
+                    (
+                        self.guardrail_requests
+                            .get_or_create(&GuardrailLabels {
+                                guardrail_name: name.clone(),
+                                status,
+                                hook_type,
+                            })
+                            .clone(),
+                        self.guardrail_latency
+                            .get_or_create(&GuardrailLatencyLabels {
+                                guardrail_name: name,
+                                status,
+                                error_type,
+                                hook_type,
+                            })
+                            .clone(),
+                    )
+                });
+                latency.observe(duration);
+                runs.inc();
+                return;
+            }
+        }
+        let guardrail_name = self.guardrail_name(&entry.guardrail_name);
         self.guardrail_latency
             .get_or_create(&GuardrailLatencyLabels {
                 guardrail_name: guardrail_name.clone(),
@@ -459,7 +538,7 @@ impl Metrics {
                 error_type,
                 hook_type,
             })
-            .observe(entry.duration.max(0.0));
+            .observe(duration);
         if status == Status::Error {
             self.guardrail_errors
                 .get_or_create(&GuardrailErrorLabels {
