@@ -5,8 +5,9 @@
 #
 #   bash bench/instructions.sh
 #
-# For each target (bare, gw-none, gw-filter, gw-master, gw-vkey: the same as bench/run.sh), the
-# proxy runs under
+# For each target (bare, gw-none, gw-filter, gw-master, gw-vkey: the same as bench/run.sh;
+# gw-metrics and gw-filter-metrics: gw-none and gw-filter with Prometheus metrics on, `serve
+# --metrics`), the proxy runs under
 # callgrind in front of the mock upstream (not under valgrind) on loopback, and serves N and then
 # 2N non-streaming chat requests (oha, concurrency 4) in two fresh runs; the difference of the
 # two instruction totals over N is the cost of one request, with start-up and shutdown cancelled
@@ -14,7 +15,8 @@
 #
 # Environment (all optional):
 #   BENCH_REQUESTS   N (default 1000)
-#   BENCH_TARGETS    subset of: bare gw-none gw-filter gw-master gw-vkey (default: all)
+#   BENCH_TARGETS    subset of: bare gw-none gw-filter gw-master gw-vkey gw-metrics
+#                    gw-filter-metrics (default: all)
 #   BENCH_PORT_BASE  first of two consecutive ports on 127.0.0.1 (default 18451)
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
@@ -22,7 +24,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${BENCH_REQUESTS:-1000}
-TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey}
+TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey gw-metrics gw-filter-metrics}
 # gw-master: gw-none with a master key, every request sending it; gw-vkey: the same, every
 # request sending a virtual key generated at start (one /key/generate, the same in both runs).
 MASTER_KEY=sk-bench-master-key-0123456789
@@ -38,7 +40,7 @@ die() {
 }
 [[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 10)) || die "BENCH_REQUESTS must be an integer from 10 (got '$N')"
 for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey) ;; *) die "unknown target '$t'" ;; esac
+    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics) ;; *) die "unknown target '$t'" ;; esac
 done
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
@@ -82,9 +84,10 @@ total() {
         *)
             sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" \
                 "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
-            [[ $target == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
+            [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
             cmd=("$BIN/guardrail-gateway" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
+            [[ $target == gw-metrics || $target == gw-filter-metrics ]] && cmd+=(--metrics)
             ;;
     esac
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &

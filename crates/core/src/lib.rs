@@ -75,7 +75,9 @@ pub use guardrail_tower_protocol::{
     ResponsesStreamState, Usage, anthropic_type_for_status, openai_type_for_status, text,
 };
 pub use guardrail_tower_sse as sse;
-pub use log::{GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds};
+pub use log::{
+    DetachedRun, GuardrailAction, GuardrailLog, GuardrailLogEntry, GuardrailStatus, epoch_seconds,
+};
 pub use order::{Layer, enter_layer};
 pub use report::ResponseReport;
 pub use request::{
@@ -84,7 +86,7 @@ pub use request::{
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,
-    Resolved, RunFuture, StreamPolicy,
+    Resolved, RunFuture, StreamPolicy, run_detached,
 };
 pub use scope::{Caller, RequestState, StateKey};
 pub use selection::{

@@ -76,9 +76,28 @@ pub struct GuardrailLogEntry {
 
 /// The per-request guardrail log: append-only, shared by an `Arc`, so entries written by an
 /// inner layer reach the spend-log layer even when the inner layer then returns an error.
+///
+/// It also knows the checks that run detached from the request (monitor guardrails, see
+/// [`ConfiguredGuardrail::monitor`](crate::ConfiguredGuardrail::monitor)): they append their
+/// entries when they finish, possibly after the response; [`settled`](GuardrailLog::settled)
+/// waits for them.
 #[derive(Clone, Default)]
 pub struct GuardrailLog {
-    entries: Arc<Mutex<Vec<GuardrailLogEntry>>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: Mutex<Vec<GuardrailLogEntry>>,
+    /// The guardrails of the detached runs still in flight, one list per run.
+    detached: Mutex<Vec<(u64, Vec<Arc<str>>)>>,
+    next_run: std::sync::atomic::AtomicU64,
+    settled: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The locks are never held across user code, so poisoning cannot leave them half-written.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl GuardrailLog {
@@ -88,8 +107,7 @@ impl GuardrailLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<GuardrailLogEntry>> {
-        // The lock is never held across user code, so poisoning cannot leave it half-written.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.entries)
     }
 
     /// Appends an entry.
@@ -121,7 +139,91 @@ impl GuardrailLog {
 
     /// Whether two handles share one log.
     pub fn ptr_eq(&self, other: &GuardrailLog) -> bool {
-        Arc::ptr_eq(&self.entries, &other.entries)
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// LiteLLM's `applied_guardrails`: the names of the guardrails that ran (every entry but
+    /// `not_run` ones), each once, in the order they first ran.
+    pub fn applied_guardrails(&self) -> Vec<String> {
+        applied_guardrails(&self.lock())
+    }
+
+    /// [`applied_guardrails`](GuardrailLog::applied_guardrails) of a copy of the entries.
+    pub fn applied_of(entries: &[GuardrailLogEntry]) -> Vec<String> {
+        applied_guardrails(entries)
+    }
+
+    /// Marks a detached run of `guardrails` as in flight until the returned guard is dropped
+    /// (when the run has appended its entries, or was cancelled).
+    pub fn detach(&self, guardrails: Vec<Arc<str>>) -> DetachedRun {
+        let id = self
+            .inner
+            .next_run
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.inner.detached).push((id, guardrails));
+        DetachedRun {
+            log: self.clone(),
+            id,
+        }
+    }
+
+    /// The number of detached runs still in flight.
+    pub fn detached_in_flight(&self) -> usize {
+        lock(&self.inner.detached).len()
+    }
+
+    /// The guardrails of the detached runs still in flight.
+    pub fn detached_guardrails(&self) -> Vec<Arc<str>> {
+        lock(&self.inner.detached)
+            .iter()
+            .flat_map(|(_, names)| names.iter().cloned())
+            .collect()
+    }
+
+    /// Resolves once no detached run is in flight.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.detached_in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Unique names of the entries that ran, in order.
+pub(crate) fn applied_guardrails(entries: &[GuardrailLogEntry]) -> Vec<String> {
+    let mut applied: Vec<String> = Vec::new();
+    for entry in entries {
+        if entry.guardrail_status != GuardrailStatus::NotRun
+            && !applied.contains(&entry.guardrail_name)
+        {
+            applied.push(entry.guardrail_name.clone());
+        }
+    }
+    applied
+}
+
+/// A detached guardrail run in flight (see [`GuardrailLog::detach`]); dropping it marks the run
+/// finished.
+pub struct DetachedRun {
+    log: GuardrailLog,
+    id: u64,
+}
+
+impl fmt::Debug for DetachedRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetachedRun").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for DetachedRun {
+    fn drop(&mut self) {
+        lock(&self.log.inner.detached).retain(|(id, _)| *id != self.id);
+        self.log.inner.settled.notify_waiters();
     }
 }
 

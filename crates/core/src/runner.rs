@@ -100,6 +100,7 @@ pub struct ConfiguredGuardrail {
     on_error: Fallback,
     timeout: Option<Duration>,
     stream_policy: Option<StreamPolicy>,
+    monitor: bool,
 }
 
 impl ConfiguredGuardrail {
@@ -132,6 +133,7 @@ impl ConfiguredGuardrail {
             on_error: Fallback::FailClosed,
             timeout: None,
             stream_policy: None,
+            monitor: false,
         }
     }
 
@@ -164,6 +166,39 @@ impl ConfiguredGuardrail {
     pub fn stream_policy(mut self, policy: StreamPolicy) -> Self {
         self.stream_policy = Some(policy);
         self
+    }
+
+    /// Monitor mode (LiteLLM's `mode: logging_only`, or `monitor: true`): the guardrail runs
+    /// where its modes say and its verdict is logged, but it never blocks or rewrites.
+    ///
+    /// A block, a rewrite or a failure is recorded (`guardrail_intervened` or
+    /// `guardrail_failed_to_respond`, action `allow`, with what the guardrail said) and the text
+    /// passes unchanged. Nothing waits for it: on the request it runs beside the call (the
+    /// upstream is called at once and the response is not held), on a JSON response or a
+    /// stream it checks the whole text once it has arrived, holding back nothing. It runs
+    /// detached from the request (a task of its own, which needs a tokio runtime) and appends
+    /// its entry when it finishes; the spend-log layer waits for it before writing the record.
+    /// Give it a [`timeout`](Self::timeout) so a slow service cannot keep that record waiting.
+    ///
+    /// ```
+    /// use guardrail_tower_core::{guardrail_fn, ConfiguredGuardrail, GuardrailMode, Verdict};
+    ///
+    /// let trial = ConfiguredGuardrail::new(
+    ///     "new-policy",
+    ///     GuardrailMode::PreCall,
+    ///     guardrail_fn(|_| async { Ok(Verdict::block("would block")) }),
+    /// )
+    /// .monitor(true);
+    /// assert!(trial.is_monitor());
+    /// ```
+    pub fn monitor(mut self, monitor: bool) -> Self {
+        self.monitor = monitor;
+        self
+    }
+
+    /// Whether the guardrail only watches (see [`monitor`](Self::monitor)).
+    pub fn is_monitor(&self) -> bool {
+        self.monitor
     }
 
     /// The spec.
@@ -222,7 +257,9 @@ impl ConfiguredGuardrail {
     /// Interprets a finished check: the log entry, and what happens to the text.
     ///
     /// `input_len` is the number of texts checked; a rewrite with a different number is a
-    /// guardrail error.
+    /// guardrail error. For a [monitor](Self::monitor) guardrail the effect is always
+    /// [`Effect::Allow`]: a block or a rewrite is logged as `guardrail_intervened` with action
+    /// `allow`, a failure as `guardrail_failed_to_respond` with action `allow`.
     pub fn resolve(&self, mode: GuardrailMode, input_len: usize, check: Check) -> Resolved {
         let Check {
             result,
@@ -255,6 +292,20 @@ impl ConfiguredGuardrail {
                         masked,
                         Effect::Allow,
                     ),
+                    Decision::Block { message } if self.monitor => {
+                        tracing::info!(
+                            guardrail = self.name(),
+                            mode = mode.as_str(),
+                            "monitor: the guardrail would have blocked; the text passed"
+                        );
+                        (
+                            GuardrailStatus::GuardrailIntervened,
+                            GuardrailAction::Allow,
+                            detail.unwrap_or(Value::String(message)),
+                            masked,
+                            Effect::Allow,
+                        )
+                    }
                     Decision::Block { message } => (
                         GuardrailStatus::GuardrailIntervened,
                         GuardrailAction::Block,
@@ -262,6 +313,20 @@ impl ConfiguredGuardrail {
                         masked,
                         Effect::Block(Error::guardrail_blocked(self.name(), message)),
                     ),
+                    Decision::Rewrite { .. } if self.monitor => {
+                        tracing::info!(
+                            guardrail = self.name(),
+                            mode = mode.as_str(),
+                            "monitor: the guardrail would have rewritten the text; it passed unchanged"
+                        );
+                        (
+                            GuardrailStatus::GuardrailIntervened,
+                            GuardrailAction::Allow,
+                            detail.unwrap_or(Value::Null),
+                            masked,
+                            Effect::Allow,
+                        )
+                    }
                     Decision::Rewrite { texts } => (
                         GuardrailStatus::GuardrailIntervened,
                         GuardrailAction::Mask,
@@ -272,11 +337,17 @@ impl ConfiguredGuardrail {
                 }
             }
             Err(error) => {
-                let fallback = self.fallback_for(&error);
+                // A monitor never blocks: its failures pass the text, like fail_open.
+                let fallback = if self.monitor {
+                    Fallback::FailOpen
+                } else {
+                    self.fallback_for(&error)
+                };
                 let response = serde_json::json!({
                     "error": error.to_string(),
+                    "error_type": error_type(&error),
                     "unreachable": error.is_unreachable(),
-                    "fallback": fallback.as_str(),
+                    "fallback": if self.monitor { "monitor" } else { fallback.as_str() },
                 });
                 match fallback {
                     Fallback::FailOpen => {
@@ -358,6 +429,16 @@ impl ConfiguredGuardrail {
     }
 }
 
+/// How a guardrail failed, as logged in `guardrail_response.error_type` (and counted in the
+/// `error_type` label of LiteLLM's guardrail metrics): `unreachable`, `timeout` or `failed`.
+fn error_type(error: &GuardrailError) -> &'static str {
+    match error.kind() {
+        crate::GuardrailErrorKind::Unreachable => "unreachable",
+        crate::GuardrailErrorKind::Timeout => "timeout",
+        _ => "failed",
+    }
+}
+
 impl fmt::Debug for ConfiguredGuardrail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConfiguredGuardrail")
@@ -367,6 +448,7 @@ impl fmt::Debug for ConfiguredGuardrail {
             .field("on_error", &self.on_error)
             .field("timeout", &self.timeout)
             .field("stream_policy", &self.stream_policy)
+            .field("monitor", &self.monitor)
             .finish()
     }
 }
@@ -519,29 +601,66 @@ impl Guardrails {
     /// `log`. Sequential in configured order (each sees the text as the previous one left it),
     /// or concurrent (see [`Guardrails::concurrent`]).
     ///
-    /// Returns `None` without allocating when no guardrail is selected.
+    /// [Monitor](ConfiguredGuardrail::monitor) guardrails among them are started at once on the
+    /// original texts, detached from the returned future (see [`run_detached`]): nothing waits
+    /// for them. Returns `None` without allocating when no other guardrail is selected.
     pub fn run(
         &self,
         mode: GuardrailMode,
         selection: &GuardrailSelection,
         side: Side,
-        texts: Vec<String>,
+        mut texts: Vec<String>,
         meta: Arc<RequestMeta>,
         log: GuardrailLog,
     ) -> Option<RunFuture> {
-        let selected: Vec<usize> = self
+        let mut selected: Vec<usize> = self
             .list
             .iter()
             .enumerate()
             .filter(|(_, g)| g.spec().should_run(mode, selection))
             .map(|(i, _)| i)
             .collect();
+        let mut inline_monitors = None;
+        if selected.iter().any(|&i| self.list[i].monitor) {
+            let monitors: Vec<usize> = selected
+                .iter()
+                .copied()
+                .filter(|&i| self.list[i].monitor)
+                .collect();
+            selected.retain(|&i| !self.list[i].monitor);
+            let texts = if selected.is_empty() {
+                std::mem::take(&mut texts)
+            } else {
+                texts.clone()
+            };
+            inline_monitors = detached(
+                self.list.clone(),
+                monitors,
+                mode,
+                side,
+                texts,
+                meta.clone(),
+                log.clone(),
+            );
+        }
         if selected.is_empty() {
-            return None;
+            // Without a runtime to detach onto, the monitors are awaited here.
+            return inline_monitors.map(|fut| -> RunFuture {
+                Box::pin(async move {
+                    fut.await;
+                    Outcome::Allowed {
+                        rewritten: None,
+                        masked_entity_count: BTreeMap::new(),
+                    }
+                })
+            });
         }
         let list = self.list.clone();
         let concurrent = self.concurrent && selected.len() > 1;
         Some(Box::pin(async move {
+            if let Some(monitors) = inline_monitors {
+                monitors.await;
+            }
             // Checks cut short (the request ended: the client went away) still leave an entry.
             let mut in_flight = InFlight {
                 log: log.clone(),
@@ -607,6 +726,83 @@ impl Guardrails {
                 masked_entity_count: masked_total,
             }
         }))
+    }
+}
+
+/// Runs the [monitor](ConfiguredGuardrail::monitor) guardrails among `guardrails` on `texts`
+/// detached from the request: a task of its own on the current tokio runtime, which appends
+/// each one's entry to `log` when it finishes. Nothing waits for them; the log counts the run
+/// as in flight until then ([`GuardrailLog::detached_in_flight`], [`GuardrailLog::settled`]).
+/// Guardrails that are not monitors are ignored.
+///
+/// Returns whether a run was started: `false` when there is no monitor among `guardrails` or
+/// no runtime to run it on (then nothing runs, and a warning is logged).
+pub fn run_detached<'a>(
+    guardrails: impl IntoIterator<Item = &'a ConfiguredGuardrail>,
+    mode: GuardrailMode,
+    side: Side,
+    texts: Vec<String>,
+    meta: Arc<RequestMeta>,
+    log: GuardrailLog,
+) -> bool {
+    let list: Arc<[ConfiguredGuardrail]> = guardrails
+        .into_iter()
+        .filter(|g| g.monitor)
+        .cloned()
+        .collect();
+    if list.is_empty() {
+        return false;
+    }
+    let all = (0..list.len()).collect();
+    match detached(list, all, mode, side, texts, meta, log) {
+        None => true,
+        Some(_) => {
+            tracing::warn!("monitor guardrails not run: no tokio runtime to run them on");
+            false
+        }
+    }
+}
+
+/// Spawns the run of `list[indices]` on `texts`; without a runtime, returns the run to await.
+fn detached(
+    list: Arc<[ConfiguredGuardrail]>,
+    indices: Vec<usize>,
+    mode: GuardrailMode,
+    side: Side,
+    texts: Vec<String>,
+    meta: Arc<RequestMeta>,
+    log: GuardrailLog,
+) -> Option<BoxFuture<'static, ()>> {
+    let names = indices
+        .iter()
+        .map(|&i| list[i].spec().name_arc().clone())
+        .collect();
+    let run = log.detach(names);
+    let fut = Box::pin(async move {
+        // Dropped last: the run counts as in flight until its entries are in the log.
+        let _run = run;
+        let input = GuardrailInput::new(texts, side, mode, meta);
+        let n = input.texts().len();
+        let mut in_flight = InFlight {
+            log: log.clone(),
+            list: list.clone(),
+            mode,
+            checks: Vec::new(),
+        };
+        in_flight.start(&indices);
+        let checks = indices.iter().map(|&i| list[i].check(&input));
+        let results = futures_util::future::join_all(checks).await;
+        in_flight.done();
+        for (&i, check) in indices.iter().zip(results) {
+            log.push(list[i].resolve(mode, n, check).entry);
+        }
+    });
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(fut);
+            None
+        }
+        Err(_) => Some(fut),
     }
 }
 
@@ -1083,6 +1279,128 @@ mod tests {
             "cancelled: the request ended before the guardrail answered"
         );
         assert!(entries[0].duration >= 0.015, "{}", entries[0].duration);
+    }
+
+    #[tokio::test]
+    async fn a_monitor_is_not_awaited_and_logs_its_would_be_block() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        let monitor = ConfiguredGuardrail::new(
+            "trial",
+            GuardrailMode::PreCall,
+            guardrail_fn(move |input: GuardrailInput| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    Ok(if input.texts()[0].contains("bad") {
+                        Verdict::block("'bad' is not allowed")
+                    } else {
+                        Verdict::allow()
+                    })
+                }
+            }),
+        )
+        .default_on(true)
+        .monitor(true);
+        let g = Guardrails::new([monitor]);
+        let log = GuardrailLog::new();
+        // Only a monitor is selected: there is nothing to wait for.
+        let fut = g.run(
+            GuardrailMode::PreCall,
+            &GuardrailSelection::new(),
+            Side::Request,
+            vec!["bad".into()],
+            meta(),
+            log.clone(),
+        );
+        assert!(fut.is_none());
+        assert_eq!(log.detached_in_flight(), 1);
+        assert_eq!(log.detached_guardrails(), [Arc::<str>::from("trial")]);
+        assert!(log.is_empty());
+        release.notify_one();
+        log.settled().await;
+        assert_eq!(log.detached_in_flight(), 0);
+        assert_eq!(
+            statuses(&log),
+            [(
+                "trial".to_owned(),
+                GuardrailStatus::GuardrailIntervened,
+                GuardrailAction::Allow
+            )]
+        );
+        assert_eq!(log.entries()[0].guardrail_response, "'bad' is not allowed");
+        assert_eq!(log.applied_guardrails(), ["trial"]);
+    }
+
+    #[tokio::test]
+    async fn monitors_never_block_or_rewrite() {
+        let fail_closed = failing("svc", GuardrailErrorKind::Unreachable).monitor(true);
+        let g = Guardrails::new([
+            replace("masker", "cat", "dog").monitor(true),
+            block_on("blocker", "cat").monitor(true),
+            fail_closed,
+            block_on("enforced", "wolf"),
+        ]);
+        let log = GuardrailLog::new();
+        let outcome = g
+            .run(
+                GuardrailMode::PreCall,
+                &GuardrailSelection::new(),
+                Side::Request,
+                vec!["a cat".into()],
+                meta(),
+                log.clone(),
+            )
+            .expect("an enforcing guardrail is selected")
+            .await;
+        // The enforcing guardrail saw the original text, unmasked by the monitor.
+        assert!(matches!(
+            outcome,
+            Outcome::Allowed {
+                rewritten: None,
+                ..
+            }
+        ));
+        log.settled().await;
+        let mut got = statuses(&log);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                (
+                    "blocker".to_owned(),
+                    GuardrailStatus::GuardrailIntervened,
+                    GuardrailAction::Allow
+                ),
+                (
+                    "enforced".to_owned(),
+                    GuardrailStatus::Success,
+                    GuardrailAction::Allow
+                ),
+                (
+                    "masker".to_owned(),
+                    GuardrailStatus::GuardrailIntervened,
+                    GuardrailAction::Allow
+                ),
+                (
+                    "svc".to_owned(),
+                    GuardrailStatus::GuardrailFailedToRespond,
+                    GuardrailAction::Allow
+                ),
+            ]
+        );
+        let entries = log.entries();
+        let svc = entries.iter().find(|e| e.guardrail_name == "svc").unwrap();
+        assert_eq!(svc.guardrail_response["fallback"], "monitor");
+        assert_eq!(svc.guardrail_response["error_type"], "unreachable");
+        let masker = entries
+            .iter()
+            .find(|e| e.guardrail_name == "masker")
+            .unwrap();
+        assert_eq!(
+            masker.masked_entity_count,
+            Some(BTreeMap::from([("MASKER".to_owned(), 1)]))
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
+use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::Forward;
@@ -75,6 +76,16 @@ impl Gateway {
     /// Builds the gateway from a config file, which [`Gateway::reload_handle`] (`SIGHUP`,
     /// `POST /config/reload`) reads again: see [`crate::reload`].
     pub async fn from_config_file(path: impl Into<PathBuf>) -> Result<Gateway, ConfigError> {
+        Gateway::from_config_file_with_metrics(path, false).await
+    }
+
+    /// [`Gateway::from_config_file`], with Prometheus metrics on whatever the file says when
+    /// `metrics` is set (`serve --metrics`). Whether metrics are served is decided at start:
+    /// a reload keeps it, and keeps the counters.
+    pub async fn from_config_file_with_metrics(
+        path: impl Into<PathBuf>,
+        metrics: bool,
+    ) -> Result<Gateway, ConfigError> {
         let path = path.into();
         let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
             ConfigError::new(
@@ -83,7 +94,9 @@ impl Gateway {
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
-        Gateway::build(GatewayConfig::from_yaml(&text)?, Some(path)).await
+        let mut config = GatewayConfig::from_yaml(&text)?;
+        config.prometheus |= metrics;
+        Gateway::build(config, Some(path)).await
     }
 
     /// Builds the gateway from a parsed config: opens the spend-log sink and starts its writer.
@@ -126,11 +139,16 @@ impl Gateway {
                  is not set): keys generated in this run are lost when it stops"
             );
         }
+        // Counted from the first config on, across reloads.
+        let metrics = config
+            .prometheus
+            .then(|| Arc::new(Metrics::new(&config, writer.clone())));
         let parts = Parts {
             writer: writer.clone(),
             store,
             client: HttpClient::new(),
             keys: keys.clone(),
+            metrics,
         };
         let live = Reloader::new(&config, path, parts, build_router);
         Ok(Gateway {
@@ -396,6 +414,10 @@ pub fn router(
 /// `/guardrails/apply_guardrail`: see [`crate::guardrail_routes`]) the master key, the LLM
 /// routes the master key or a virtual key of `keys`, and any other path a valid key before its
 /// 404. The readiness probe is described in [`crate::health`].
+///
+/// With Prometheus metrics on (see [`crate::metrics`]), `GET /metrics` serves them, counted
+/// from every spend-log record; it needs the master key unless
+/// `require_auth_for_metrics_endpoint` is false.
 pub fn router_with_keys(
     config: &GatewayConfig,
     writer: SpendLogHandle,
@@ -403,11 +425,15 @@ pub fn router_with_keys(
     client: HttpClient,
     keys: Option<Arc<KeyCache>>,
 ) -> Router {
+    let metrics = config
+        .prometheus
+        .then(|| Arc::new(Metrics::new(config, writer.clone())));
     let parts = Parts {
         writer,
         store,
         client,
         keys,
+        metrics,
     };
     build_router(config, &parts, Router::new())
 }
@@ -419,6 +445,7 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         store,
         client,
         keys,
+        metrics: _,
     } = parts;
     let (writer, store, client) = (writer.clone(), Arc::clone(store), client.clone());
     let guardrails = Guardrails::new(config.guardrails.iter().cloned());
@@ -447,7 +474,15 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         }
     });
     let health_writer = writer.clone();
-    let spend_log = SpendLogLayer::new(writer)
+    let metrics = parts.metrics.clone();
+    let mut spend_log = SpendLogLayer::new(writer);
+    if let Some(metrics) = &metrics {
+        let metrics = Arc::clone(metrics);
+        spend_log = spend_log.observer(move |record: &guardrail_tower_spend_log::SpendRecord| {
+            metrics.observe(record)
+        });
+    }
+    let spend_log = spend_log
         .prices(prices)
         .store_prompts_in_spend_logs(config.store_prompts_in_spend_logs)
         .body_limit(limit);
@@ -514,6 +549,14 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         Some(auth) => admin.route_layer(RequireKeyLayer::master_only(auth.clone())),
         None => admin,
     };
+    let admin = match metrics {
+        Some(metrics) => admin.merge(metrics_routes(
+            metrics,
+            auth.as_ref()
+                .filter(|_| config.require_auth_for_metrics_endpoint),
+        )),
+        None => admin,
+    };
     let app = admin.route("/health", get(health_status)).merge(health);
     match auth {
         Some(auth) => {
@@ -541,6 +584,27 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
             app.fallback_service(tower::service_fn(not_found))
         }
     }
+}
+
+/// `GET /metrics` (and `/metrics/`, LiteLLM's mount point): the Prometheus text format; behind
+/// the master key when `auth` is given.
+fn metrics_routes(metrics: Arc<Metrics>, auth: Option<&Authenticator>) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/metrics/", get(scrape))
+        .with_state(metrics);
+    match auth {
+        Some(auth) => routes.route_layer(RequireKeyLayer::master_only(auth.clone())),
+        None => routes,
+    }
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 /// Any other path: 404 in the OpenAI shape.

@@ -17,7 +17,9 @@
 //!       guardrail: litellm_content_filter  # | generic_guardrail_api | openai_moderation | presidio
 //!                                          # | lakera_v2 | azure/text_moderations | azure/prompt_shield
 //!                                          # | bedrock | aim
-//!       mode: pre_call                     # or a list: [pre_call, post_call]; during_call
+//!       mode: pre_call                     # or a list: [pre_call, post_call]; during_call;
+//!                                          # logging_only: monitor on the request and response
+//!       monitor: false                     # true: log the verdict, never block or rewrite
 //!       default_on: true
 //!       blocked_words: [{keyword: "forbidden", action: BLOCK}]
 //!       unreachable_fallback: fail_open    # default fail_closed
@@ -36,6 +38,9 @@
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
 //!   max_request_body_bytes: 16777216
+//! litellm_settings:
+//!   callbacks: ["prometheus"]              # GET /metrics (also under success_callback)
+//!   require_auth_for_metrics_endpoint: true  # the default: with a master key, /metrics needs it
 //! ```
 //!
 //! Unknown keys are warnings. A config error (an unknown guardrail type, a guardrail name
@@ -256,6 +261,13 @@ pub struct GatewayConfig {
     /// key deleted on another replica stops working within this time). Default
     /// [`DEFAULT_KEY_CACHE_TTL`].
     pub key_cache_ttl: Duration,
+    /// `litellm_settings.callbacks` (or `success_callback`, `failure_callback`) lists
+    /// `prometheus`: serve LiteLLM's metrics on `GET /metrics` (see [`crate::metrics`]). The
+    /// `serve --metrics` flag sets it too.
+    pub prometheus: bool,
+    /// `litellm_settings.require_auth_for_metrics_endpoint` (default true, as in LiteLLM): with
+    /// a master key, `/metrics` needs it. `false` opens `/metrics` to anyone who can reach it.
+    pub require_auth_for_metrics_endpoint: bool,
     /// Warnings (unknown keys, settings that are accepted but not enforced).
     pub warnings: Vec<String>,
     /// The guardrails as `GET /guardrails/list` shows them (secrets masked).
@@ -278,6 +290,11 @@ impl fmt::Debug for GatewayConfig {
             .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
             .field("allow_unauthenticated", &self.allow_unauthenticated)
             .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("prometheus", &self.prometheus)
+            .field(
+                "require_auth_for_metrics_endpoint",
+                &self.require_auth_for_metrics_endpoint,
+            )
             .field("warnings", &self.warnings)
             .finish()
     }
@@ -575,7 +592,11 @@ impl GatewayConfig {
                     )
                 })?,
         };
+        let (prometheus, require_auth_for_metrics_endpoint) =
+            parse_litellm_settings(text, root.get("litellm_settings"))?;
         Ok(GatewayConfig {
+            prometheus,
+            require_auth_for_metrics_endpoint,
             master_key,
             allow_unauthenticated,
             key_cache_ttl,
@@ -624,15 +645,87 @@ fn parse_spend_logs(url: &str) -> Result<SpendLogsTarget, String> {
     ))
 }
 
-fn parse_mode(value: &Value) -> Result<GuardrailModes, String> {
-    let one = |v: &Value| -> Result<GuardrailMode, String> {
-        let s = v.as_str().ok_or("a mode must be a string")?;
-        s.parse::<GuardrailMode>().map_err(|e| e.to_string())
+/// `litellm_settings`: whether `prometheus` is among the callbacks, and
+/// `require_auth_for_metrics_endpoint` (default true). Other keys are LiteLLM's and ignored.
+fn parse_litellm_settings(text: &str, value: Option<&Value>) -> Result<(bool, bool), ConfigError> {
+    let settings = match value {
+        None | Some(Value::Null) => return Ok((false, true)),
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "litellm_settings",
+                line_of(text, None, "litellm_settings"),
+                "must be a mapping",
+            ));
+        }
     };
-    match value {
-        Value::Sequence(items) => items.iter().map(one).collect(),
-        v => Ok(one(v)?.into()),
+    let mut prometheus = false;
+    for key in ["callbacks", "success_callback", "failure_callback"] {
+        let names: Vec<&str> = match settings.get(key) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Sequence(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    format!("litellm_settings.{key}"),
+                    line_of(text, Some("litellm_settings"), key),
+                    "must be a list of callback names",
+                ));
+            }
+        };
+        prometheus |= names.contains(&"prometheus");
     }
+    let require_auth = match settings.get("require_auth_for_metrics_endpoint") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "litellm_settings.require_auth_for_metrics_endpoint",
+                line_of(
+                    text,
+                    Some("litellm_settings"),
+                    "require_auth_for_metrics_endpoint",
+                ),
+                "must be true or false",
+            ));
+        }
+    };
+    Ok((prometheus, require_auth))
+}
+
+/// A guardrail's `mode`: its modes, and whether it only watches. `logging_only` (LiteLLM's
+/// mode for guardrails that act only on what is logged) makes it a monitor: alone, on the
+/// request (`pre_call`) and the response (`post_call`); in a list, on the other modes listed.
+fn parse_mode(value: &Value) -> Result<(GuardrailModes, bool), String> {
+    let mut monitor = false;
+    let mut one = |v: &Value| -> Result<Option<GuardrailMode>, String> {
+        let s = v.as_str().ok_or("a mode must be a string")?;
+        if s == "logging_only" {
+            monitor = true;
+            return Ok(None);
+        }
+        s.parse::<GuardrailMode>().map(Some).map_err(|_| {
+            format!(
+                "unknown guardrail mode '{s}' (expected pre_call, during_call, post_call or logging_only)"
+            )
+        })
+    };
+    let mut modes = match value {
+        Value::Sequence(items) => {
+            let mut modes = GuardrailModes::empty();
+            for item in items {
+                if let Some(mode) = one(item)? {
+                    modes = modes.with(mode);
+                }
+            }
+            modes
+        }
+        v => one(v)?.map_or(GuardrailModes::empty(), GuardrailModes::from),
+    };
+    if monitor && modes.is_empty() {
+        modes = GuardrailModes::from([GuardrailMode::PreCall, GuardrailMode::PostCall]);
+    }
+    Ok((modes, monitor))
 }
 
 fn parse_fallback(value: &Value) -> Result<Fallback, String> {
@@ -809,6 +902,7 @@ const COMMON_GUARDRAIL_KEYS: &[&str] = &[
     "error_fallback",
     "timeout",
     "stream_policy",
+    "monitor",
 ];
 
 /// The `guardrail:` types this gateway supports, in the order listed in errors.
@@ -995,7 +1089,7 @@ fn parse_guardrails(
                 "is required",
             )
         })?;
-        let modes = match p.get("mode") {
+        let (modes, logging_only) = match p.get("mode") {
             Some(v) => parse_mode(v).map_err(|m| {
                 ConfigError::new(format!("{key}.litellm_params.mode"), at("mode"), m)
             })?,
@@ -1058,6 +1152,14 @@ fn parse_guardrails(
         }
         if let Some(v) = p.get("stream_policy") {
             g = g.stream_policy(parse_stream_policy(v).map_err(|m| bad("stream_policy", m))?);
+        }
+        let monitor = match p.get("monitor") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("monitor", "must be true or false".into())),
+        };
+        if monitor || logging_only {
+            g = g.monitor(true);
         }
         for k in map.keys().filter_map(Value::as_str) {
             if !["guardrail_name", "litellm_params", "guardrail_info"].contains(&k) {
@@ -1850,5 +1952,62 @@ general_settings:
             })
         );
         assert!(parse_stream_policy(&Value::from("sometimes")).is_err());
+    }
+
+    #[test]
+    fn logging_only_and_monitor_make_a_monitor() {
+        let modes = |g: &ConfiguredGuardrail| g.spec().modes().iter().collect::<Vec<_>>();
+        let filter = "      guardrail: litellm_content_filter\n      blocked_words: [{keyword: x, action: BLOCK}]\n";
+        let c = guardrail(&format!("{filter}      mode: logging_only\n")).unwrap();
+        let g = &c.guardrails[0];
+        assert!(g.is_monitor());
+        assert_eq!(modes(g), [GuardrailMode::PreCall, GuardrailMode::PostCall]);
+        let c = guardrail(&format!(
+            "{filter}      mode: [during_call, logging_only]\n"
+        ))
+        .unwrap();
+        assert!(c.guardrails[0].is_monitor());
+        assert_eq!(modes(&c.guardrails[0]), [GuardrailMode::DuringCall]);
+        let c = guardrail(&format!(
+            "{filter}      mode: post_call\n      monitor: true\n"
+        ))
+        .unwrap();
+        assert!(c.guardrails[0].is_monitor());
+        assert_eq!(modes(&c.guardrails[0]), [GuardrailMode::PostCall]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = guardrail(&format!("{filter}      mode: pre_call\n")).unwrap();
+        assert!(!c.guardrails[0].is_monitor());
+        let e = guardrail(&format!(
+            "{filter}      mode: pre_call\n      monitor: yes please\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), "guardrails[0].litellm_params.monitor");
+        let e = guardrail(&format!("{filter}      mode: shadow\n")).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "unknown guardrail mode 'shadow' (expected pre_call, during_call, post_call or logging_only)"
+        );
+    }
+
+    #[test]
+    fn prometheus_is_a_litellm_callback() {
+        let parse = |settings: &str| {
+            GatewayConfig::from_yaml(&format!("litellm_settings:\n{settings}")).unwrap()
+        };
+        for on in [
+            "  callbacks: [\"prometheus\"]\n",
+            "  success_callback: [\"langfuse\", \"prometheus\"]\n",
+            "  failure_callback: prometheus\n",
+        ] {
+            let c = parse(on);
+            assert!(c.prometheus, "{on}");
+            assert!(c.require_auth_for_metrics_endpoint);
+        }
+        let c = parse("  callbacks: [\"langfuse\"]\n  require_auth_for_metrics_endpoint: false\n");
+        assert!(!c.prometheus);
+        assert!(!c.require_auth_for_metrics_endpoint);
+        assert!(!GatewayConfig::from_yaml("").unwrap().prometheus);
+        let e = GatewayConfig::from_yaml("litellm_settings:\n  callbacks: 3\n").unwrap_err();
+        assert_eq!(e.key(), "litellm_settings.callbacks");
     }
 }

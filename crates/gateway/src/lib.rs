@@ -2,7 +2,7 @@
 //! with a LiteLLM-style YAML file.
 //!
 //! ```text
-//! guardrail-gateway serve --config config.yaml [--listen 127.0.0.1:4000] [--allow-unauthenticated]
+//! guardrail-gateway serve --config config.yaml [--listen 127.0.0.1:4000] [--allow-unauthenticated] [--metrics]
 //! guardrail-gateway demo
 //! ```
 //!
@@ -11,8 +11,10 @@
 //! `/health/liveness`, `/health/readiness`), `GET /spend/logs` (`request_id`, `start_date`,
 //! `end_date`, `status`, `limit`, `offset`), `GET /spend/logs/blocks` (guardrail blocks per
 //! guardrail per day), LiteLLM's guardrail routes (`GET /guardrails/list`,
-//! `POST /guardrails/apply_guardrail`: see [`guardrail_routes`]) and the virtual-key routes (`/key/generate`, `/key/info`, `/key/update`,
-//! `/key/delete`, `/key/list`: see [`keys::routes`]). With `general_settings.master_key`, every
+//! `POST /guardrails/apply_guardrail`: see [`guardrail_routes`]), the virtual-key routes
+//! (`/key/generate`, `/key/info`, `/key/update`, `/key/delete`, `/key/list`: see
+//! [`keys::routes`]), and with metrics on `GET /metrics` (LiteLLM's Prometheus metrics: see
+//! [`metrics`]). With `general_settings.master_key`, every
 //! route but the health probes needs a key ([`auth`]). Each LLM route composes, outermost
 //! first, `SpendLogLayer`, [`KeyAuthLayer`](auth::KeyAuthLayer) (with a master key),
 //! `ErrorNormalizeLayer`, `ModelGuardrailMergeLayer`, `PreCallGuardrailLayer`,
@@ -85,6 +87,7 @@ pub mod config;
 pub mod guardrail_routes;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod process;
 pub mod reload;
 pub mod telemetry;

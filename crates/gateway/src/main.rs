@@ -48,6 +48,10 @@ enum Command {
         /// `general_settings.allow_unauthenticated: true`) `serve` refuses to.
         #[arg(long)]
         allow_unauthenticated: bool,
+        /// Serve Prometheus metrics on `GET /metrics` (as `litellm_settings.callbacks:
+        /// ["prometheus"]` does); behind the master key when there is one.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Run a self-contained demo on loopback (a mock upstream and the gateway) and print what
     /// clients see.
@@ -80,13 +84,18 @@ async fn shutdown_signal() {
     );
 }
 
-async fn serve(config: PathBuf, listen: SocketAddr, allow_unauthenticated: bool) -> ExitCode {
+async fn serve(
+    config: PathBuf,
+    listen: SocketAddr,
+    allow_unauthenticated: bool,
+    metrics: bool,
+) -> ExitCode {
     if let Err(e) = std::fs::metadata(&config) {
         eprintln!("error: cannot read {}: {e}", config.display());
         return ExitCode::from(2);
     }
     // Read again on SIGHUP and POST /config/reload.
-    let gateway = match Gateway::from_config_file(&config).await {
+    let gateway = match Gateway::from_config_file_with_metrics(&config, metrics).await {
         Ok(gateway) => gateway,
         Err(e) => {
             eprintln!("error: {}: {e}", config.display());
@@ -187,7 +196,8 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             listen,
             allow_unauthenticated,
-        } => serve(config, listen, allow_unauthenticated).await,
+            metrics,
+        } => serve(config, listen, allow_unauthenticated, metrics).await,
         Command::Demo => match demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

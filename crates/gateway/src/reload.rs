@@ -56,6 +56,8 @@ pub(crate) struct Parts {
     pub(crate) store: Arc<dyn SpendLogStore>,
     pub(crate) client: HttpClient,
     pub(crate) keys: Option<Arc<KeyCache>>,
+    /// The Prometheus metrics, made once at start (their counters outlive a reload).
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The settings a running gateway keeps from its first config.

@@ -163,14 +163,19 @@ where
 
 /// Adds the applied-guardrails and duration headers when any guardrail ran.
 fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration) -> Response<B> {
-    if mark.log.len() <= mark.start {
+    if mark.log.len() <= mark.start && mark.log.detached_in_flight() == 0 {
         return response;
     }
     let entries = mark.log.entries();
+    // Monitors still running detached were applied too: their entries come later.
+    let detached = mark.log.detached_guardrails();
     let mut applied: Vec<&str> = Vec::new();
-    for entry in &entries[mark.start..] {
-        let name = entry.guardrail_name.as_str();
-        if entry.guardrail_status != GuardrailStatus::NotRun && !applied.contains(&name) {
+    let ran = entries[mark.start.min(entries.len())..]
+        .iter()
+        .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
+        .map(|e| e.guardrail_name.as_str());
+    for name in ran.chain(detached.iter().map(|n| &**n)) {
+        if !applied.contains(&name) {
             applied.push(name);
         }
     }

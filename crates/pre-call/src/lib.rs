@@ -524,6 +524,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_monitor_never_blocks_and_the_call_does_not_wait_for_it() {
+        for mode in [GuardrailMode::PreCall, GuardrailMode::DuringCall] {
+            let release = Arc::new(tokio::sync::Notify::new());
+            let gate = release.clone();
+            let monitor = ConfiguredGuardrail::new(
+                "trial",
+                mode,
+                guardrail_fn(move |input: GuardrailInput| {
+                    let gate = gate.clone();
+                    async move {
+                        // Answers only once the response is already out.
+                        gate.notified().await;
+                        Ok(if input.texts().iter().any(|t| t.contains("forbidden")) {
+                            Verdict::block("'forbidden' is not allowed")
+                        } else {
+                            Verdict::allow()
+                        })
+                    }
+                }),
+            )
+            .default_on(true)
+            .monitor(true);
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([monitor])))
+                .service(up.service());
+            let log = GuardrailLog::new();
+            let raw = r#"{"model":"m","messages":[{"role":"user","content":"this is forbidden"}]}"#;
+            let mut req = Request::post("/v1/chat/completions")
+                .body(Full::new(Bytes::from_static(raw.as_bytes())))
+                .unwrap();
+            req.extensions_mut().insert(log.clone());
+            let resp = svc.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{mode:?}");
+            assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "trial");
+            assert_eq!(
+                resp.into_body().collect().await.unwrap().to_bytes(),
+                r#"{"choices":[]}"#
+            );
+            assert_eq!(
+                up.bodies.lock().unwrap()[0].0,
+                raw,
+                "forwarded byte for byte"
+            );
+            assert!(log.is_empty(), "the monitor has not answered yet");
+            release.notify_one();
+            log.settled().await;
+            let entries = log.entries();
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].guardrail_mode, mode);
+            assert_eq!(
+                entries[0].guardrail_status,
+                GuardrailStatus::GuardrailIntervened
+            );
+            assert_eq!(entries[0].guardrail_action, GuardrailAction::Allow);
+            assert_eq!(entries[0].guardrail_response, "'forbidden' is not allowed");
+        }
+    }
+
+    #[tokio::test]
     async fn selection_from_the_body_enables_opt_in_guardrails() {
         let up = Upstream::default();
         let opt_in = keyword("opt-in", GuardrailMode::PreCall, "x").default_on(false);

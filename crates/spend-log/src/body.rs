@@ -392,7 +392,7 @@ pin_project! {
     /// client went away).
     pub struct SpendLogBody<B> {
         #[pin]
-        body: B,
+        body: Inner<B>,
         // The bytes still to come when the body announced an exact length.
         remaining: Option<u64>,
         recorder: Option<Recorder>,
@@ -402,9 +402,42 @@ pin_project! {
 
     impl<B> PinnedDrop for SpendLogBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(recorder) = this.project().recorder.take() {
+            let mut this = this.project();
+            if let Some(recorder) = this.recorder.take() {
+                // The inner body goes first: the layers inside may start their last checks
+                // (monitor guardrails on what arrived) as it drops, and the record waits for
+                // them.
+                this.body.set(Inner::Dropped);
                 recorder.finish(Ending::Disconnected);
             }
+        }
+    }
+}
+
+pin_project! {
+    /// The inner body, until it is dropped ahead of the record.
+    #[project = InnerProj]
+    enum Inner<B> {
+        Body {
+            #[pin]
+            body: B,
+        },
+        Dropped,
+    }
+}
+
+impl<B: Body> Inner<B> {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Body { body } => body.is_end_stream(),
+            Inner::Dropped => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Body { body } => body.size_hint(),
+            Inner::Dropped => SizeHint::with_exact(0),
         }
     }
 }
@@ -419,7 +452,7 @@ impl<B: Body> SpendLogBody<B> {
         let ended = body.is_end_stream();
         let remaining = body.size_hint().exact();
         let mut this = SpendLogBody {
-            body,
+            body: Inner::Body { body },
             remaining,
             recorder: Some(recorder),
             observer,
@@ -448,7 +481,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
-        let polled = ready!(this.body.as_mut().poll_frame(cx));
+        let polled = match this.body.as_mut().project() {
+            InnerProj::Body { body } => ready!(body.poll_frame(cx)),
+            InnerProj::Dropped => None,
+        };
         let Some(recorder) = this.recorder.as_mut() else {
             return Poll::Ready(polled);
         };
@@ -468,7 +504,7 @@ where
                         }
                         None => false,
                     };
-                    all_sent || this.body.is_end_stream()
+                    all_sent || this.body.as_ref().get_ref().is_end_stream()
                 }
                 // Trailers come last.
                 None => true,

@@ -112,15 +112,15 @@ pub mod sink;
 
 pub use body::SpendLogBody;
 pub use future::ResponseFuture;
-pub use layer::SpendLogLayer;
-pub use recorder::{ApiBase, ModelPrice, PriceTable};
+pub use layer::{DEFAULT_MONITOR_GRACE, SpendLogLayer};
+pub use recorder::{ApiBase, ModelPrice, PriceTable, SpendLogObserver};
 pub use service::SpendLog;
 
 pub use record::{ErrorInformation, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
 #[cfg(feature = "jsonl")]
 pub use sink::JsonlSink;
 pub use sink::{
-    BlockSummaryRow, ChannelSink, DEFAULT_QUERY_LIMIT, DeadLetterEntry, FilterError,
+    BlockSummaryRow, ChannelSink, DEFAULT_QUERY_LIMIT, DeadLetterEntry, Deferred, FilterError,
     MAX_QUERY_LIMIT, QueueFullPolicy, ShutdownError, SinkError, SinkErrorKind, SinkFuture,
     SpendLogFilter, SpendLogHandle, SpendLogQuery, SpendLogSink, SpendLogStats, SpendLogStore,
     SpendLogWriter,

@@ -103,7 +103,8 @@ pub struct SpendRecord {
 /// The `metadata` column of a spend-log record (a JSON object), typed: it is serialized
 /// straight from the guardrail log, with no intermediate JSON value per request.
 ///
-/// Stored as `{"guardrail_information": [...], "error_information": {...} | null,
+/// Stored as `{"guardrail_information": [...], "applied_guardrails": [...],
+/// "error_information": {...} | null,
 /// "http_status": 200, "stream": false}`, plus, when they apply, LiteLLM's
 /// `user_api_key_alias`, `user_api_key_user_id`, `user_api_key_team_id`, `user_api_key_org_id`
 /// (from the authenticated [`Caller`](guardrail_tower_core::Caller)) and `usage_estimated`.
@@ -119,6 +120,12 @@ pub struct SpendMetadata {
     /// Every guardrail run of the request, in order, with LiteLLM's field names.
     #[serde(default)]
     pub guardrail_information: Vec<GuardrailLogEntry>,
+    /// LiteLLM's `applied_guardrails`: the names of the guardrails that ran (every entry of
+    /// `guardrail_information` but `not_run` ones), each once, in the order they first ran;
+    /// the same list as the `x-litellm-applied-guardrails` response header, plus the post-call
+    /// guardrails that ran after the head was sent.
+    #[serde(default)]
+    pub applied_guardrails: Vec<String>,
     /// Why the request failed; `None` when it succeeded.
     #[serde(default)]
     pub error_information: Option<ErrorInformation>,

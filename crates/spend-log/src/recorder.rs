@@ -73,11 +73,55 @@ pub(crate) enum Ending {
     Disconnected,
 }
 
+/// Sees every spend-log record as it is completed, before it is queued (and before
+/// `guardrail_response`s are redacted): for metrics. Called once per request, on the task that
+/// finished it, so it must be cheap and must not block. Implemented for closures.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// use guardrail_tower_spend_log::{SpendLogObserver, SpendRecord, SpendStatus};
+///
+/// let failures = Arc::new(AtomicU64::new(0));
+/// let counted = failures.clone();
+/// let observer = move |record: &SpendRecord| {
+///     if record.status == SpendStatus::Failure {
+///         counted.fetch_add(1, Ordering::Relaxed);
+///     }
+/// };
+/// # fn takes(_: impl SpendLogObserver) {}
+/// # takes(observer);
+/// ```
+pub trait SpendLogObserver: Send + Sync + 'static {
+    /// Called with each completed record.
+    fn on_record(&self, record: &SpendRecord);
+}
+
+impl<F: Fn(&SpendRecord) + Send + Sync + 'static> SpendLogObserver for F {
+    fn on_record(&self, record: &SpendRecord) {
+        self(record)
+    }
+}
+
+/// An observer, shared.
+#[derive(Clone)]
+pub(crate) struct Observer(pub(crate) Arc<dyn SpendLogObserver>);
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpendLogObserver")
+    }
+}
+
 /// Settings shared by all requests.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) prices: PriceTable,
     pub(crate) store_prompts: bool,
+    pub(crate) observer: Option<Observer>,
+    /// How long a record waits for its request's detached (monitor) guardrails.
+    pub(crate) monitor_grace: std::time::Duration,
 }
 
 /// The record being built for one request.
@@ -228,18 +272,68 @@ impl Recorder {
         (usage, estimated)
     }
 
-    /// Completes the record and queues it.
+    /// Completes the record and queues it: at once, or, while monitor guardrails of the request
+    /// still run detached, once they have finished (at most `monitor_grace` later).
     pub(crate) fn finish(self, ending: Ending) {
+        let end_time = SystemTime::now();
+        if self.log.detached_in_flight() > 0 {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let deferred = self.writer.defer();
+                runtime.spawn(async move {
+                    let grace = self.settings.monitor_grace;
+                    if tokio::time::timeout(grace, self.log.settled())
+                        .await
+                        .is_err()
+                    {
+                        let running: Vec<String> = self
+                            .log
+                            .detached_guardrails()
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect();
+                        tracing::warn!(
+                            request_id = self.request_id.as_str(),
+                            guardrails = ?running,
+                            grace = ?grace,
+                            "monitor guardrails still running: the spend-log record is written \
+                             without their entries"
+                        );
+                    }
+                    let record = self.complete(ending, end_time);
+                    deferred.submit(record);
+                });
+                return;
+            }
+        }
         let writer = self.writer.clone();
-        writer.submit(self.build(ending));
+        writer.submit(self.complete(ending, end_time));
     }
 
-    fn build(self, ending: Ending) -> SpendRecord {
+    /// The record: built, shown to the observer, then redacted.
+    fn complete(self, ending: Ending, end_time: SystemTime) -> SpendRecord {
+        let settings = Arc::clone(&self.settings);
+        let mut record = self.build(ending, end_time);
+        if let Some(observer) = &settings.observer {
+            observer.0.on_record(&record);
+        }
+        if !settings.store_prompts {
+            for entry in &mut record.metadata.guardrail_information {
+                if !entry.guardrail_response.is_null() {
+                    entry.guardrail_response =
+                        Value::String("[redacted: set store_prompts_in_spend_logs to keep]".into());
+                }
+            }
+        }
+        record
+    }
+
+    fn build(self, ending: Ending, end_time: SystemTime) -> SpendRecord {
         let http_status = match &ending {
             Ending::ServiceError(err) => err.status().as_u16(),
             _ => self.status.unwrap_or(0),
         };
-        let mut guardrails = self.log.entries();
+        let guardrails = self.log.entries();
+        let applied_guardrails = guardrail_tower_core::GuardrailLog::applied_of(&guardrails);
         // The error this request ended with, most specific first.
         let error = match ending {
             Ending::ServiceError(err) => Some(error_info(&err)),
@@ -307,14 +401,6 @@ impl Recorder {
             .and_then(ParsedRequest::user)
             .map(str::to_owned)
             .or_else(|| from_caller(|c| &c.user_id));
-        if !self.settings.store_prompts {
-            for entry in &mut guardrails {
-                if !entry.guardrail_response.is_null() {
-                    entry.guardrail_response =
-                        Value::String("[redacted: set store_prompts_in_spend_logs to keep]".into());
-                }
-            }
-        }
         SpendRecord {
             request_id: self.request_id.as_str().to_owned(),
             client_request_id: self
@@ -332,10 +418,11 @@ impl Recorder {
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens,
             start_time: self.start_time,
-            end_time: SystemTime::now(),
+            end_time,
             completion_start_time: self.first_byte,
             metadata: SpendMetadata {
                 guardrail_information: guardrails,
+                applied_guardrails,
                 error_information: error,
                 http_status,
                 stream: request.is_some_and(ParsedRequest::stream),

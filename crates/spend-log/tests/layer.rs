@@ -120,7 +120,7 @@ async fn a_successful_json_request_writes_every_field() {
     assert!(r.end_time >= r.start_time);
     assert_eq!(
         meta(r),
-        json!({"guardrail_information": [], "error_information": null, "http_status": 200, "stream": false})
+        json!({"guardrail_information": [], "applied_guardrails": [], "error_information": null, "http_status": 200, "stream": false})
     );
 }
 
@@ -882,4 +882,158 @@ async fn a_stream_blocked_after_the_usage_event_records_the_upstream_usage() {
 /// A record's metadata as the JSON a store holds.
 fn meta(record: &SpendRecord) -> serde_json::Value {
     serde_json::to_value(&record.metadata).unwrap()
+}
+
+/// A monitor that would block `word`, answering once `release` is notified.
+fn gated_monitor(
+    name: &'static str,
+    mode: GuardrailMode,
+    word: &'static str,
+    release: Arc<tokio::sync::Notify>,
+) -> ConfiguredGuardrail {
+    ConfiguredGuardrail::new(
+        name,
+        mode,
+        guardrail_fn(move |input: guardrail_tower_core::GuardrailInput| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(if input.texts().iter().any(|t| t.contains(word)) {
+                    Verdict::block(format!("'{word}' is not allowed"))
+                } else {
+                    Verdict::allow()
+                })
+            }
+        }),
+    )
+    .default_on(true)
+    .monitor(true)
+}
+
+#[tokio::test]
+async fn the_record_waits_for_monitors_and_carries_their_would_be_blocks() {
+    let (handle, mut rx) = writer();
+    let (pre_release, post_release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let guardrails = Guardrails::new([
+        gated_monitor(
+            "pre-trial",
+            GuardrailMode::PreCall,
+            "hi",
+            pre_release.clone(),
+        ),
+        gated_monitor(
+            "post-trial",
+            GuardrailMode::PostCall,
+            "hello",
+            post_release.clone(),
+        ),
+    ]);
+    let observed = Arc::new(Mutex::new(Vec::new()));
+    let seen = observed.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            SpendLogLayer::new(handle.clone())
+                .store_prompts_in_spend_logs(true)
+                .observer(move |r: &SpendRecord| seen.lock().unwrap().push(r.clone())),
+        )
+        .layer(guardrail_tower_pre_call::PreCallGuardrailLayer::new(
+            guardrails.clone(),
+        ))
+        .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
+            guardrails,
+        ))
+        .service(upstream(json_response(CHAT_JSON)));
+    let resp = svc.oneshot(chat_request(false)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-litellm-applied-guardrails"],
+        "pre-trial,post-trial"
+    );
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        CHAT_JSON
+    );
+    // The response is complete; the record waits for the monitors.
+    assert_eq!(handle.stats().deferred, 1);
+    assert!(rx.try_recv().is_err());
+    assert!(observed.lock().unwrap().is_empty());
+    pre_release.notify_one();
+    post_release.notify_one();
+    let record = rx
+        .recv()
+        .await
+        .expect("the record, once the monitors answered");
+    assert_eq!(handle.stats().deferred, 0);
+    assert_eq!(record.status, SpendStatus::Success);
+    assert_eq!(
+        record.metadata.applied_guardrails,
+        ["pre-trial", "post-trial"]
+    );
+    let entries = meta(&record)["guardrail_information"].clone();
+    let mut got: Vec<(String, String, String, String, Value)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["guardrail_name"].as_str().unwrap().to_owned(),
+                e["guardrail_mode"].as_str().unwrap().to_owned(),
+                e["guardrail_status"].as_str().unwrap().to_owned(),
+                e["guardrail_action"].as_str().unwrap().to_owned(),
+                e["guardrail_response"].clone(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let row = |name: &str, mode: &str, word: &str| {
+        (
+            name.to_owned(),
+            mode.to_owned(),
+            "guardrail_intervened".to_owned(),
+            "allow".to_owned(),
+            json!(format!("'{word}' is not allowed")),
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            row("post-trial", "post_call", "hello"),
+            row("pre-trial", "pre_call", "hi")
+        ]
+    );
+    // The observer saw the same record, once.
+    assert_eq!(*observed.lock().unwrap(), [record]);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_record_still_waiting_for_its_monitors() {
+    let (handle, mut rx) = writer();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .layer(guardrail_tower_pre_call::PreCallGuardrailLayer::new(
+            Guardrails::new([gated_monitor(
+                "trial",
+                GuardrailMode::PreCall,
+                "hi",
+                release.clone(),
+            )]),
+        ))
+        .service(upstream(json_response(CHAT_JSON)));
+    let resp = svc.oneshot(chat_request(false)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    assert_eq!(handle.stats().deferred, 1);
+    let shutdown = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.shutdown().await }
+    });
+    release.notify_one();
+    shutdown.await.unwrap().unwrap();
+    let record = rx.try_recv().expect("written before the writer stopped");
+    assert_eq!(record.metadata.applied_guardrails, ["trial"]);
+    assert_eq!(handle.stats().written, 1);
 }

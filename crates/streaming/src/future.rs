@@ -95,7 +95,8 @@ where
     }
 }
 
-/// The selected post_call guardrails with the policy each gets on this stream.
+/// The selected post_call guardrails with the policy each gets on this stream. Monitors are
+/// not among them: they hold nothing back (see [`new_stream_state`]).
 fn stream_guards(
     config: &StreamingGuardrailBodyLayer,
     context: &StreamContext,
@@ -103,6 +104,7 @@ fn stream_guards(
     config
         .guardrails
         .selected(GuardrailMode::PostCall, &context.selection)
+        .filter(|g| !g.is_monitor())
         .map(|g| (g.clone(), config.effective_policy(g)))
         .collect()
 }
@@ -518,6 +520,13 @@ fn new_stream_state(
     context: StreamContext,
     guards: Vec<(ConfiguredGuardrail, StreamPolicy)>,
 ) -> StreamState {
+    // Monitors check the whole text once the stream has ended, detached: events flow past them.
+    let monitors = config
+        .guardrails
+        .selected(GuardrailMode::PostCall, &context.selection)
+        .filter(|g| g.is_monitor())
+        .cloned()
+        .collect();
     StreamState::new(
         context.call_type,
         guards
@@ -532,6 +541,7 @@ fn new_stream_state(
         context.report,
         config.max_event_size,
     )
+    .with_monitors(monitors)
 }
 
 /// A whole buffered stream: its events, the text of each key in order of first appearance,

@@ -280,6 +280,9 @@ pub(crate) struct StreamState {
     eof: bool,
     finished: bool,
     keeps_all_text: bool,
+    /// Monitor guardrails: they check every channel's whole text once, detached, when the
+    /// stream ends (however it ends), and hold nothing back.
+    monitors: Vec<ConfiguredGuardrail>,
 }
 
 impl StreamState {
@@ -332,7 +335,42 @@ impl StreamState {
             eof: false,
             finished: false,
             keeps_all_text,
+            monitors: Vec::new(),
         }
+    }
+
+    /// Adds monitor guardrails (see the `monitors` field); the stream then keeps its whole text.
+    pub(crate) fn with_monitors(mut self, monitors: Vec<ConfiguredGuardrail>) -> Self {
+        if !monitors.is_empty() {
+            self.keeps_all_text = true;
+        }
+        self.monitors = monitors;
+        self
+    }
+
+    /// Starts the monitors' detached check of the text that arrived (once).
+    fn run_monitors(&mut self) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let monitors = std::mem::take(&mut self.monitors);
+        let texts: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|c| !c.text.is_empty())
+            .map(|c| c.text.clone())
+            .collect();
+        if texts.is_empty() {
+            return;
+        }
+        guardrail_tower_core::run_detached(
+            &monitors,
+            GuardrailMode::PostCall,
+            Side::Response,
+            texts,
+            self.meta.clone(),
+            self.log.clone(),
+        );
     }
 
     /// Bytes held by this stream: the decoder's partial event, queued events and kept text.
@@ -748,6 +786,7 @@ impl StreamState {
             if self.queue.is_empty() {
                 self.maybe_log_exact();
                 self.finished = true;
+                self.run_monitors();
                 return if self.out.is_empty() {
                     Step::Finished
                 } else {
@@ -1060,6 +1099,7 @@ impl StreamState {
             report.set_in_band_error(err);
         }
         self.finished = true;
+        self.run_monitors();
     }
 
     /// The stream cannot be decoded further (an event over the size limit): end it with an
@@ -1111,6 +1151,7 @@ impl Drop for StreamState {
         if !self.finished {
             self.flush_exact_logs("the client went away before the stream ended");
         }
+        self.run_monitors();
     }
 }
 

@@ -1050,3 +1050,146 @@ async fn an_oversized_event_ends_the_stream_with_an_error_not_unbounded_memory()
     );
     assert!(error.ends_with("data: [DONE]\n\n"));
 }
+
+/// A monitor that would block `word`, answering only once `release` is notified.
+fn gated_monitor(word: &'static str, release: Arc<tokio::sync::Notify>) -> ConfiguredGuardrail {
+    ConfiguredGuardrail::new(
+        "trial",
+        GuardrailMode::PostCall,
+        guardrail_fn(move |input: GuardrailInput| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(if input.texts().iter().any(|t| t.contains(word)) {
+                    Verdict::block(format!("{word} is not allowed"))
+                } else {
+                    Verdict::allow()
+                })
+            }
+        }),
+    )
+    .default_on(true)
+    .monitor(true)
+}
+
+#[tokio::test]
+async fn a_monitor_holds_back_no_event_and_changes_no_byte() {
+    for (call_type, word) in [
+        (CallType::ChatCompletions, "café"),
+        (CallType::Responses, "résumé"),
+        (CallType::AnthropicMessages, "Zürich"),
+    ] {
+        let (path, stream) = fixture(call_type);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([gated_monitor(
+            word,
+            release.clone(),
+        )]));
+        // The upstream sends every event, then never ends: whatever a guardrail held back
+        // would never reach the client.
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(once(sse(per_event(stream).then_pending())));
+        let log = GuardrailLog::new();
+        let mut req = Request::post(path)
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"m","stream":true,"messages":[]}"#,
+            )))
+            .unwrap();
+        req.extensions_mut().insert(log.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while got.len() < stream.len() {
+            let frame = body.frame().await.expect("a frame").unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(String::from_utf8(got).unwrap(), stream, "{call_type:?}");
+        assert!(log.is_empty());
+        // The client goes away: the monitor checks what arrived, detached.
+        drop(body);
+        assert_eq!(log.detached_in_flight(), 1);
+        release.notify_one();
+        log.settled().await;
+        let entries = log.entries();
+        assert_eq!(entries.len(), 1, "{call_type:?}");
+        assert_eq!(entries[0].guardrail_name, "trial");
+        assert_eq!(entries[0].guardrail_mode, GuardrailMode::PostCall);
+        assert_eq!(
+            entries[0].guardrail_status,
+            GuardrailStatus::GuardrailIntervened
+        );
+        assert_eq!(entries[0].guardrail_action, GuardrailAction::Allow);
+        assert_eq!(
+            entries[0].guardrail_response,
+            format!("{word} is not allowed").as_str()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_monitor_beside_an_enforcing_guardrail_checks_the_whole_stream_once() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([
+        gated_monitor("corner", release.clone()),
+        words("masker", vec![("café", Some("[X]"))]),
+    ]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+    assert_eq!(run.status, 200);
+    // The enforcing guardrail masked; the monitor changed nothing.
+    assert_eq!(
+        streamed_text(CallType::ChatCompletions, &run.body),
+        original_text(CallType::ChatCompletions).replace("café", "[X]")
+    );
+    release.notify_one();
+    run.log.settled().await;
+    let got: Vec<_> = run
+        .log
+        .entries()
+        .into_iter()
+        .map(|e| (e.guardrail_name, e.guardrail_status, e.guardrail_action))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "masker".to_owned(),
+                GuardrailStatus::GuardrailIntervened,
+                GuardrailAction::Mask
+            ),
+            (
+                "trial".to_owned(),
+                GuardrailStatus::GuardrailIntervened,
+                GuardrailAction::Allow
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_monitor_on_a_json_response_passes_it_byte_for_byte() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let json =
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"the corner café"}}]}"#;
+    let run = run_with(
+        "/v1/chat/completions",
+        r#"{"model":"m","messages":[]}"#,
+        StreamingGuardrailBodyLayer::new(Guardrails::new([gated_monitor("café", release.clone())])),
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(body::chunks([json]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((run.status, run.body.as_str()), (200, json));
+    assert!(run.log.is_empty());
+    release.notify_one();
+    run.log.settled().await;
+    let entries = run.log.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].guardrail_status, entries[0].guardrail_action),
+        (GuardrailStatus::GuardrailIntervened, GuardrailAction::Allow)
+    );
+}

@@ -97,7 +97,9 @@ pub use jsonl::JsonlSink;
 pub use postgres::{PostgresSink, PostgresSinkBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteSink, SqliteSinkBuilder};
-pub use writer::{QueueFullPolicy, ShutdownError, SpendLogHandle, SpendLogStats, SpendLogWriter};
+pub use writer::{
+    Deferred, QueueFullPolicy, ShutdownError, SpendLogHandle, SpendLogStats, SpendLogWriter,
+};
 
 /// The boxed future returned by [`SpendLogSink`] and [`SpendLogStore`] methods.
 pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;

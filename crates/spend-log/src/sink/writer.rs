@@ -72,6 +72,10 @@ pub struct SpendLogStats {
     pub pending: u64,
     /// Records in the queue now (at most the capacity).
     pub queue_depth: u64,
+    /// Records not yet submitted because their request's monitor guardrails are still running
+    /// (see [`SpendLogLayer::monitor_grace`](crate::SpendLogLayer::monitor_grace));
+    /// [`shutdown`](SpendLogHandle::shutdown) waits for them.
+    pub deferred: u64,
 }
 
 /// Configuration of the batching spend-log writer; [`spawn`](SpendLogWriter::spawn) starts it.
@@ -282,6 +286,8 @@ impl SpendLogWriter {
             counters,
             closed: AtomicBool::new(false),
             deadline: Mutex::new(None),
+            deferred: AtomicU64::new(0),
+            undeferred: Notify::new(),
             wake: Notify::new(),
             batch_full: Notify::new(),
             max_batch_size: self.max_batch_size,
@@ -389,6 +395,18 @@ impl SpendLogHandle {
             failed_writes: c.failed_writes.load(Ordering::Acquire),
             pending: c.pending.load(Ordering::Acquire),
             queue_depth: (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,
+            deferred: self.inner.shared.deferred.load(Ordering::Acquire),
+        }
+    }
+
+    /// Promises a record that will be submitted later (when its request's detached guardrails
+    /// have finished): [`shutdown`](SpendLogHandle::shutdown) first waits for it (within the
+    /// shutdown timeout). Submit it with [`Deferred::submit`]; dropping the promise unsubmitted
+    /// releases it.
+    pub fn defer(&self) -> Deferred {
+        self.inner.shared.deferred.fetch_add(1, Ordering::AcqRel);
+        Deferred {
+            handle: Some(self.clone()),
         }
     }
 
@@ -422,6 +440,28 @@ impl SpendLogHandle {
     /// (or, without one, dropped), counted and logged. Every clone of the handle can call it;
     /// all get the same result. Needs the writer's runtime to be running.
     pub async fn shutdown(&self) -> Result<(), ShutdownError> {
+        // Records still waiting for their monitor guardrails come first (bounded).
+        let shared = &self.inner.shared;
+        let deferred = async {
+            loop {
+                let notified = shared.undeferred.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if shared.deferred.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(self.inner.shutdown_timeout, deferred)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deferred = shared.deferred.load(Ordering::Acquire),
+                "spend log: records still waiting for their monitor guardrails at shutdown"
+            );
+        }
         self.inner
             .shared
             .begin_shutdown(self.inner.shutdown_timeout);
@@ -437,6 +477,41 @@ impl SpendLogHandle {
                     .to_owned(),
             })
         })
+    }
+}
+
+/// A record promised to the writer by [`SpendLogHandle::defer`].
+pub struct Deferred {
+    handle: Option<SpendLogHandle>,
+}
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deferred").finish_non_exhaustive()
+    }
+}
+
+impl Deferred {
+    /// Submits the promised record (see [`SpendLogHandle::submit`]).
+    pub fn submit(mut self, record: SpendRecord) {
+        if let Some(handle) = self.handle.take() {
+            handle.submit(record);
+            release(&handle);
+        }
+    }
+}
+
+fn release(handle: &SpendLogHandle) {
+    let shared = &handle.inner.shared;
+    shared.deferred.fetch_sub(1, Ordering::AcqRel);
+    shared.undeferred.notify_waiters();
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            release(&handle);
+        }
     }
 }
 
@@ -500,6 +575,10 @@ struct Shared {
     closed: AtomicBool,
     /// When shutdown gives up; `Some` once shutdown has begun.
     deadline: Mutex<Option<Instant>>,
+    /// Records promised but not yet submitted ([`SpendLogHandle::defer`]).
+    deferred: AtomicU64,
+    /// Wakes a shutdown waiting for deferred records.
+    undeferred: Notify,
     /// Wakes the writer task when shutdown begins.
     wake: Notify,
     /// Ends the writer's linger: a full batch is queued.
