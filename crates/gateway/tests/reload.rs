@@ -580,3 +580,93 @@ async fn sighup_reloads_the_binary_and_an_invalid_config_is_logged_and_refused()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The value of one metric line of a scrape (`name{labels} value`), 0 when absent.
+fn metric(scrape: &str, line: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(url: &str) -> String {
+    let resp = client()
+        .request(
+            Request::get(format!("{url}/metrics"))
+                .header("authorization", format!("Bearer {MASTER}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_keep_counting_across_a_reload() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let base = upstream.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let db = format!("sqlite://{}", dir.path().join("spend.db").display());
+    let settings =
+        format!("  spend_logs: \"{db}\"\nlitellm_settings:\n  callbacks: [prometheus]\n");
+    write(&path, &config(&base, &["m1"], &["alpha"], &[], &settings)).await;
+    let served = serve(Gateway::from_config_file(&path).await.unwrap()).await;
+    let url = served.url("");
+    let blocks = "litellm_guardrail_requests_total{guardrail_name=\"block-words\",status=\"intervened\",hook_type=\"pre_call\"}";
+    let requests =
+        "litellm_proxy_total_requests_metric_total{requested_model=\"m1\",status_code=\"400\"}";
+
+    let send = |word: &'static str| {
+        let url = url.clone();
+        async move {
+            let body =
+                format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{word}"}}]}}"#);
+            call_json(
+                Method::POST,
+                &format!("{url}/v1/chat/completions"),
+                Some(MASTER),
+                Some(&body),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(send("alpha").await, 400);
+    // The row is written, then counted: wait for the scrape to show it.
+    let mut before = String::new();
+    for _ in 0..200 {
+        before = scrape(&url).await;
+        if metric(&before, blocks) >= 1.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metric(&before, blocks), 1.0, "{before}");
+
+    // A new word list: the counters go on from where they were.
+    write(&path, &config(&base, &["m1"], &["bravo"], &[], &settings)).await;
+    let (status, body) = reload(&url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(send("bravo").await, 400);
+    let mut after = String::new();
+    for _ in 0..200 {
+        after = scrape(&url).await;
+        if metric(&after, blocks) >= 2.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metric(&after, blocks), 2.0, "{after}");
+    assert_eq!(metric(&after, requests), 2.0, "{after}");
+}
