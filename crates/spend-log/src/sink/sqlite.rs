@@ -468,19 +468,24 @@ impl SpendLogSink for SqliteSink {
                 return Ok(());
             }
             let rows = records.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
-            let sql = format!(
-                "INSERT OR IGNORE INTO {} ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                quote_ident(&self.table)
-            );
+            let table = quote_ident(&self.table);
+            let statements = ROWS_PER_INSERT.map(|size| (size, insert_sql(&table, size)));
             self.call(move |conn| {
                 let fail = |e| sql_error("cannot write spend-log records", e);
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(fail)?;
-                {
-                    let mut insert = tx.prepare_cached(&sql).map_err(fail)?;
-                    for Row(values) in rows {
+                let mut rows = rows.into_iter();
+                let mut left = rows.len();
+                // Several rows per statement (one VDBE run, one bind pass), in chunks of 16,
+                // 8, 4, 2 and 1 rows: five cached statements cover any batch size.
+                for (size, sql) in &statements {
+                    let size = *size;
+                    while left >= size {
+                        let mut insert = tx.prepare_cached(sql).map_err(fail)?;
+                        let values = rows.by_ref().take(size).flat_map(|Row(values)| values);
                         insert.execute(params_from_iter(values)).map_err(fail)?;
+                        left -= size;
                     }
                 }
                 tx.commit().map_err(fail)
@@ -488,6 +493,19 @@ impl SpendLogSink for SqliteSink {
             .await
         })
     }
+}
+
+/// The row counts of the multi-row `INSERT`s a batch is written with, largest first (16 rows of
+/// 16 columns: 256 parameters, within SQLite's oldest limit of 999).
+const ROWS_PER_INSERT: [usize; 5] = [16, 8, 4, 2, 1];
+
+/// `INSERT OR IGNORE INTO table (...) VALUES (?, ...), ...` for `rows` rows.
+fn insert_sql(table: &str, rows: usize) -> String {
+    let one = format!("({})", ["?"; 16].join(", "));
+    format!(
+        "INSERT OR IGNORE INTO {table} ({COLUMNS}) VALUES {}",
+        vec![one; rows].join(", ")
+    )
 }
 
 /// Appends `<column> >= ?` / `<column> < ?` conditions (the stored RFC 3339 text sorts like the

@@ -120,7 +120,10 @@ fn indexes(db: &Connection) -> Vec<(String, bool)> {
         )
         .unwrap();
     stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?.contains(" WHERE ")))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?.contains(" WHERE "),
+        ))
     })
     .unwrap()
     .collect::<Result<_, _>>()
@@ -168,6 +171,49 @@ async fn a_duplicate_request_id_is_stored_once() {
             .unwrap(),
         vec![first]
     );
+}
+
+/// A batch goes in as multi-row inserts of 16, 8, 4, 2 and 1 rows: every size is written whole,
+/// each record once, in the order given (a repeated id keeps its first record, as one row at
+/// a time would).
+#[tokio::test]
+async fn batches_of_every_size_are_written_whole() {
+    let path = temp_dir("sqlite-batches").join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    let mut expected = 0;
+    for size in [1usize, 2, 3, 7, 15, 16, 17, 31, 32, 37, 100] {
+        let mut batch: Vec<SpendRecord> = (0..size)
+            .map(|i| {
+                let mut r = full_record(&format!("b{size}-{i}"));
+                r.model = format!("first-{i}");
+                r
+            })
+            .collect();
+        // The same id again, later in the batch: ignored.
+        let mut again = batch[0].clone();
+        again.model = "second".into();
+        batch.push(again);
+        sink.write_batch(&batch).await.unwrap();
+        expected += size;
+        let stored = sink
+            .query(&SpendLogFilter::new().request_id(format!("b{size}-0")))
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "batch of {size}");
+        assert_eq!(stored[0].model, "first-0", "batch of {size}");
+        let last = sink
+            .query(&SpendLogFilter::new().request_id(format!("b{size}-{}", size - 1)))
+            .await
+            .unwrap();
+        assert_eq!(last, vec![batch[size - 1].clone()], "batch of {size}");
+    }
+    let all: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM \"LiteLLM_SpendLogs\"", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(all, i64::try_from(expected).unwrap());
 }
 
 #[tokio::test]
