@@ -51,10 +51,13 @@ impl<'de> Deserialize<'de> for Counts {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a usage object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Counts, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Counts, A::Error> {
                 let mut counts = Counts::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match COUNT_KEYS.iter().position(|k| *k == key) {
+                while let Some(key) = map.next_key_seed(KeySeed)? {
+                    match key {
                         // A number, or anything else (which counts as absent, as `as_u64` says).
                         Some(i) => counts.0[i] = map.next_value::<Value>()?.as_u64(),
                         None => {
@@ -66,6 +69,30 @@ impl<'de> Deserialize<'de> for Counts {
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// A member name of a usage object as the index of the count it names (`None`: another
+/// member), read without allocating (an escaped name is decoded by the parser first).
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeySeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(COUNT_KEYS.iter().position(|k| *k == key))
     }
 }
 
