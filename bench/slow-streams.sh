@@ -7,7 +7,7 @@
 # Targets (BENCH_TARGETS, default "mock bare gw-filter"), each started fresh:
 #   mock       the mock upstream directly (the client's and the mock's own jitter)
 #   bare       the bare hyper proxy in front of the mock
-#   gw-filter  guardrail-gateway, stream_policy exact, the content filter of
+#   gw-filter  guardrail-gateway, stream_policy BENCH_POLICY (default exact), the content filter of
 #              bench/content-filter.yaml in pre_call and post_call, SQLite spend log
 # For each: BENCH_STREAMS (default 1000) concurrent streams, started evenly over BENCH_RAMP s
 # (default 5), each BENCH_SECONDS s long (default 30) at BENCH_RATE events a second (default
@@ -16,7 +16,7 @@
 # word against its schedule (p50, p99, p99.9). Then BENCH_IDLE (default 10000) keep-alive
 # connections, one GET /health each, left open: the target's RSS per connection.
 #
-# Needs open files for the streams and the idle connections (ulimit -n is raised to 65536 when
+# BENCH_IDLE=0 skips the idle connections. Needs open files for the streams and the idle connections (ulimit -n is raised to 65536 when
 # allowed). Environment (all optional): the variables above, BENCH_PORT_BASE (default 18501;
 # two ports), BENCH_SKIP_BUILD, CARGO_TARGET_DIR, BENCH_OUT.
 set -euo pipefail
@@ -28,6 +28,7 @@ SECONDS_EACH=${BENCH_SECONDS:-30}
 RATE=${BENCH_RATE:-30}
 RAMP=${BENCH_RAMP:-5}
 IDLE=${BENCH_IDLE:-10000}
+POLICY=${BENCH_POLICY:-exact}
 PORT_BASE=${BENCH_PORT_BASE:-18501}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
@@ -72,7 +73,7 @@ wait_port() {
 
 {
     sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml"
-    echo "  stream_policy: exact"
+    echo "  stream_policy: $POLICY"
     cat "$ROOT/bench/content-filter.yaml"
 } >"$WORK/gw-filter.yaml"
 
@@ -112,11 +113,14 @@ for target in $TARGETS; do
         --pid "$TARGET_PID") || die "$target: $line"
     echo "slow-streams: $target: $line" >&2
     stop_all
-    start "$target"
-    idle=$("$BIN/slow-streams" idle --url "$BASE/health" --connections "$IDLE" --pid "$TARGET_PID") ||
-        die "$target idle: $idle"
-    echo "slow-streams: $target: $idle" >&2
-    stop_all
+    idle="bytes_per_connection=0"
+    if ((IDLE > 0)); then
+        start "$target"
+        idle=$("$BIN/slow-streams" idle --url "$BASE/health" --connections "$IDLE" --pid "$TARGET_PID") ||
+            die "$target idle: $idle"
+        echo "slow-streams: $target: $idle" >&2
+        stop_all
+    fi
     awk -v t="$target" -v ok="$(field completed "$line")" -v bad="$(field failed "$line")" \
         -v rss="$(field peak_rss_mib "$line")" -v cpu="$(field cpu_s_per_1000_streams "$line")" \
         -v p50="$(field delay_p50_us "$line")" -v p99="$(field delay_p99_us "$line")" \
@@ -125,5 +129,5 @@ for target in $TARGETS; do
                 p50 / 1000, p99 / 1000, p999 / 1000, per / 1024 }' >>"$TABLE"
 done
 echo
-echo "$STREAMS streams × ${SECONDS_EACH} s at $RATE events/s (started over ${RAMP} s); $IDLE idle connections; $(nproc) cores."
+echo "$STREAMS streams × ${SECONDS_EACH} s at $RATE events/s (started over ${RAMP} s), gateway stream_policy $POLICY; $IDLE idle connections; $(nproc) cores."
 tee "${BENCH_OUT:-/dev/null}" <"$TABLE"

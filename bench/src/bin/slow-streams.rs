@@ -192,13 +192,21 @@ async fn one_stream(
     let mut body = response.into_body();
     let mut arrivals = Vec::with_capacity(usize::try_from(events).unwrap_or(0));
     let mut space = true;
+    // Bytes of an event not complete yet: a proxy (or TCP) may split an event across frames,
+    // so words are counted per whole event, when its last byte arrives.
+    let mut pending: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("body: {e}"))?;
         if let Some(data) = frame.data_ref() {
             let at = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-            for _ in 0..words_in(data, &mut space) {
+            pending.extend_from_slice(data);
+            let Some(end) = memchr::memmem::rfind(&pending, b"\n\n") else {
+                continue;
+            };
+            for _ in 0..words_in(&pending[..end], &mut space) {
                 arrivals.push(at);
             }
+            pending.drain(..end + 2);
         }
     }
     if arrivals.len() as u64 != events {
