@@ -71,10 +71,11 @@ wait_port() {
     die "nothing listens on $HOST:$1"
 }
 
+# The policy is the guardrail's own: a content filter without one runs exact whatever
+# general_settings.stream_policy says (it has a span matcher).
 {
     sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml"
-    echo "  stream_policy: $POLICY"
-    cat "$ROOT/bench/content-filter.yaml"
+    sed "s|^      default_on: true|      default_on: true\n      stream_policy: $POLICY|" "$ROOT/bench/content-filter.yaml"
 } >"$WORK/gw-filter.yaml"
 
 # start TARGET: the mock and TARGET; sets URL and TARGET_PID (the measured process).
