@@ -18,6 +18,13 @@
 #   BENCH_TARGETS    subset of: bare gw-none gw-filter gw-master gw-vkey gw-metrics
 #                    gw-filter-metrics (default: all)
 #   BENCH_PORT_BASE  first of two consecutive ports on 127.0.0.1 (default 18451)
+#   BENCH_BODY       the request body (default bench/chat.json)
+#   BENCH_GUARDRAILS the YAML appended to the gw-filter config (default bench/content-filter.yaml)
+#   BENCH_GATEWAY    the gateway binary to measure (default: the release build), e.g. a copy of an
+#                    earlier build, to compare two builds
+#   BENCH_WORKERS    Tokio worker threads of the proxy (TOKIO_WORKER_THREADS, default 1: with
+#                    more, idle workers' spinning and stealing enter the count, and it varies
+#                    with the machine's load by up to 20 %)
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
 set -euo pipefail
@@ -28,8 +35,11 @@ TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey gw-metrics gw-
 # gw-master: gw-none with a master key, every request sending it; gw-vkey: the same, every
 # request sending a virtual key generated at start (one /key/generate, the same in both runs).
 MASTER_KEY=sk-bench-master-key-0123456789
+BODY=${BENCH_BODY:-$ROOT/bench/chat.json}
+GUARDRAILS=${BENCH_GUARDRAILS:-$ROOT/bench/content-filter.yaml}
 PORT_BASE=${BENCH_PORT_BASE:-18451}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+GATEWAY=${BENCH_GATEWAY:-$BIN/guardrail-gateway}
 HOST=127.0.0.1
 MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
@@ -38,7 +48,7 @@ die() {
     echo "instructions: $*" >&2
     exit 1
 }
-[[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 10)) || die "BENCH_REQUESTS must be an integer from 10 (got '$N')"
+[[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 5)) || die "BENCH_REQUESTS must be an integer from 5 (got '$N')"
 for t in $TARGETS; do
     case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics) ;; *) die "unknown target '$t'" ;; esac
 done
@@ -84,13 +94,13 @@ total() {
         *)
             sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" \
                 "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
-            [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/$target.yaml"
+            [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$GUARDRAILS" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
-            cmd=("$BIN/guardrail-gateway" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
+            cmd=("$GATEWAY" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
             [[ $target == gw-metrics || $target == gw-filter-metrics ]] && cmd+=(--metrics)
             ;;
     esac
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &
+    TOKIO_WORKER_THREADS=${BENCH_WORKERS:-1} valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &
     local pid=$!
     wait_port "$PROXY_PORT"
     local auth=() key
@@ -104,7 +114,7 @@ total() {
             ;;
     esac
     timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" "${auth[@]}" \
-        -D "$ROOT/bench/chat.json" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
+        -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
         die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
     grep -q '\[200\] '"$requests"' responses' "$WORK/oha.txt" ||
         die "$target: not every request got a 200: $(grep -A3 'Status code' "$WORK/oha.txt")"

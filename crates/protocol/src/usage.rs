@@ -17,6 +17,85 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+/// The token counts of a `usage` object, read leniently as a `Value` map would be: a member
+/// that is not a non-negative integer counts as absent (not as an error), and when a member
+/// appears twice the last one counts.
+#[derive(Debug, Default)]
+struct Counts([Option<u64>; COUNT_KEYS.len()]);
+
+/// The members [`Counts`] keeps.
+const COUNT_KEYS: [&str; 7] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+];
+
+impl Counts {
+    fn get(&self, key: &str) -> Option<u64> {
+        COUNT_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|i| self.0[i])
+    }
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Counts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Counts, A::Error> {
+                let mut counts = Counts::default();
+                while let Some(key) = map.next_key_seed(KeySeed)? {
+                    match key {
+                        // A number, or anything else (which counts as absent, as `as_u64` says).
+                        Some(i) => counts.0[i] = map.next_value::<Value>()?.as_u64(),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(counts)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A member name of a usage object as the index of the count it names (`None`: another
+/// member), read without allocating (an escaped name is decoded by the parser first).
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeySeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(COUNT_KEYS.iter().position(|k| *k == key))
+    }
+}
+
 fn num(v: Option<&Value>) -> Option<u64> {
     v.and_then(Value::as_u64)
 }
@@ -63,6 +142,16 @@ impl Usage {
             .get("usage")
             .filter(|u| matches!(u, JsonView::Object(_)))?;
         Usage::from_counts(call_type, |key| usage.get(key).and_then(JsonView::as_u64))
+    }
+
+    /// A `usage` object's bytes (its raw JSON text) in the shape of `call_type`: the same
+    /// counts as [`from_usage_object`](Usage::from_usage_object) on the parsed object, read
+    /// without building a `Value` (only the count members are looked at; the others, such as
+    /// `prompt_tokens_details`, are skipped). `None` when the bytes are not a JSON object or
+    /// have no count.
+    pub fn from_usage_bytes(call_type: CallType, usage: &[u8]) -> Option<Usage> {
+        let counts = serde_json::from_slice::<Counts>(usage).ok()?;
+        Usage::from_counts(call_type, |key| counts.get(key))
     }
 
     /// A `usage` object in the shape of `call_type`.
@@ -173,6 +262,48 @@ mod tests {
 
     use super::*;
     use guardrail_tower_sse::SseDecoder;
+
+    #[test]
+    fn usage_bytes_read_as_the_parsed_object_does() {
+        let cases = [
+            r#"{"prompt_tokens":45,"completion_tokens":47,"total_tokens":92,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}"#,
+            r#"{"input_tokens":5,"output_tokens":6}"#,
+            r#"{"input_tokens":5,"cache_read_input_tokens":2,"cache_creation_input_tokens":1,"output_tokens":6}"#,
+            // The last of a repeated member counts; a float, a negative number, a string or an
+            // object is no count; an escaped name is the same name.
+            r#"{"prompt_tokens":1,"prompt_tokens":9,"completion_tokens":2.5,"total_tokens":-1}"#,
+            r#"{"prompt_tokens":"3","completion_tokens":{"n":1},"\u0074otal_tokens":7,"output_tokens":4}"#,
+            r#"{"unrelated":[1,2,{"prompt_tokens":3}]}"#,
+            r#"{}"#,
+            r#"[1]"#,
+            r#"null"#,
+            r#"{"prompt_tokens":1"#,
+        ];
+        for call_type in [
+            CallType::ChatCompletions,
+            CallType::Responses,
+            CallType::AnthropicMessages,
+        ] {
+            for case in cases {
+                let parsed = serde_json::from_str::<Value>(case)
+                    .ok()
+                    .and_then(|v| Usage::from_usage_object(call_type, &v));
+                assert_eq!(
+                    Usage::from_usage_bytes(call_type, case.as_bytes()),
+                    parsed,
+                    "{call_type:?} {case}"
+                );
+            }
+        }
+        assert_eq!(
+            Usage::from_usage_bytes(CallType::ChatCompletions, cases[3].as_bytes()),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 0,
+                total_tokens: 9
+            })
+        );
+    }
 
     #[test]
     fn from_bodies() {

@@ -75,8 +75,7 @@ impl Observer {
         };
         if let Some(usage) = scanner
             .usage()
-            .and_then(|u| serde_json::from_slice::<Value>(u).ok())
-            .and_then(|u| Usage::from_usage_object(call_type, &u))
+            .and_then(|u| Usage::from_usage_bytes(call_type, u))
         {
             recorder.usage = Some(usage);
         }

@@ -77,16 +77,57 @@ async fn round_trips_every_field() {
     assert_eq!(row.8, "content_policy_violation");
     assert_eq!((row.9, row.10), (400, 1));
     assert_eq!(row.11, ("real".to_owned(), "integer".to_owned()));
-    let indexes: i64 = db
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'LiteLLM_SpendLogs'
-               AND sql IS NOT NULL",
-            [],
-            |r| r.get(0),
+    assert_eq!(
+        indexes(&db),
+        vec![
+            ("LiteLLM_SpendLogs_api_key_idx".to_owned(), true),
+            ("LiteLLM_SpendLogs_client_request_id_idx".to_owned(), true),
+            ("LiteLLM_SpendLogs_startTime_idx".to_owned(), false),
+            ("LiteLLM_SpendLogs_user_idx".to_owned(), true),
+        ],
+        "startTime, and partial indexes on the lookup columns; none on status"
+    );
+    // Each lookup by equality uses its (partial) index.
+    for (column, index) in [
+        ("api_key", "api_key"),
+        ("client_request_id", "client_request_id"),
+        ("\"user\"", "user"),
+    ] {
+        let plan: String = db
+            .query_row(
+                &format!(
+                    "EXPLAIN QUERY PLAN SELECT * FROM \"LiteLLM_SpendLogs\" WHERE {column} = ?1 \
+                     ORDER BY \"startTime\" DESC LIMIT 10"
+                ),
+                ["x"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(
+            plan.contains(&format!("LiteLLM_SpendLogs_{index}_idx")),
+            "{column}: {plan}"
+        );
+    }
+}
+
+/// The indexes the spend-log table has (name, whether partial), by name; the primary key's
+/// automatic index is not listed.
+fn indexes(db: &Connection) -> Vec<(String, bool)> {
+    let mut stmt = db
+        .prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index'
+               AND tbl_name = 'LiteLLM_SpendLogs' AND sql IS NOT NULL ORDER BY name",
         )
         .unwrap();
-    // startTime, status, client_request_id, api_key, user.
-    assert_eq!(indexes, 5);
+    stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?.contains(" WHERE "),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
 }
 
 #[tokio::test]
@@ -130,6 +171,49 @@ async fn a_duplicate_request_id_is_stored_once() {
             .unwrap(),
         vec![first]
     );
+}
+
+/// A batch goes in as multi-row inserts of 16, 8, 4, 2 and 1 rows: every size is written whole,
+/// each record once, in the order given (a repeated id keeps its first record, as one row at
+/// a time would).
+#[tokio::test]
+async fn batches_of_every_size_are_written_whole() {
+    let path = temp_dir("sqlite-batches").join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    let mut expected = 0;
+    for size in [1usize, 2, 3, 7, 15, 16, 17, 31, 32, 37, 100] {
+        let mut batch: Vec<SpendRecord> = (0..size)
+            .map(|i| {
+                let mut r = full_record(&format!("b{size}-{i}"));
+                r.model = format!("first-{i}");
+                r
+            })
+            .collect();
+        // The same id again, later in the batch: ignored.
+        let mut again = batch[0].clone();
+        again.model = "second".into();
+        batch.push(again);
+        sink.write_batch(&batch).await.unwrap();
+        expected += size;
+        let stored = sink
+            .query(&SpendLogFilter::new().request_id(format!("b{size}-0")))
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "batch of {size}");
+        assert_eq!(stored[0].model, "first-0", "batch of {size}");
+        let last = sink
+            .query(&SpendLogFilter::new().request_id(format!("b{size}-{}", size - 1)))
+            .await
+            .unwrap();
+        assert_eq!(last, vec![batch[size - 1].clone()], "batch of {size}");
+    }
+    let all: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM \"LiteLLM_SpendLogs\"", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(all, i64::try_from(expected).unwrap());
 }
 
 #[tokio::test]
@@ -334,6 +418,9 @@ async fn an_old_table_is_migrated_in_place() {
                 \"endTime\" TEXT NOT NULL, \"completionStartTime\" TEXT,
                 metadata TEXT NOT NULL DEFAULT '{}');
              CREATE INDEX \"LiteLLM_SpendLogs_startTime_idx\" ON \"LiteLLM_SpendLogs\" (\"startTime\");
+             CREATE INDEX \"LiteLLM_SpendLogs_status_idx\" ON \"LiteLLM_SpendLogs\" (status);
+             CREATE INDEX \"LiteLLM_SpendLogs_api_key_idx\" ON \"LiteLLM_SpendLogs\" (api_key);
+             CREATE INDEX \"LiteLLM_SpendLogs_user_idx\" ON \"LiteLLM_SpendLogs\" (\"user\");
              INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, status, model,
                  prompt_tokens, completion_tokens, total_tokens, \"startTime\", \"endTime\", metadata)
              VALUES ('client-chosen', 'acompletion', 'success', 'gpt-4o', 1, 2, 3,
@@ -357,7 +444,7 @@ async fn an_old_table_is_migrated_in_place() {
         .query(&SpendLogFilter::new().client_request_id(new.client_request_id.clone().unwrap()))
         .await
         .unwrap();
-    assert_eq!(got, vec![new]);
+    assert_eq!(got, vec![new.clone()]);
     // Opening again (a second gateway, a restart) finds nothing left to do.
     drop(sink);
     let again = SqliteSink::open(&path).await.unwrap();
@@ -371,6 +458,22 @@ async fn an_old_table_is_migrated_in_place() {
         )
         .unwrap();
     assert_eq!(columns, 16);
+    // The status index of the earlier schema is gone, the full indexes are partial now.
+    assert_eq!(
+        indexes(&Connection::open(&path).unwrap()),
+        vec![
+            ("LiteLLM_SpendLogs_api_key_idx".to_owned(), true),
+            ("LiteLLM_SpendLogs_client_request_id_idx".to_owned(), true),
+            ("LiteLLM_SpendLogs_startTime_idx".to_owned(), false),
+            ("LiteLLM_SpendLogs_user_idx".to_owned(), true),
+        ]
+    );
+    // A lookup by user goes through the rebuilt (partial) index.
+    let by_user = again
+        .query(&SpendLogFilter::new().user_id(new.user.clone().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(by_user, vec![new]);
 }
 
 /// The database locked by another process under load from many tasks: writes wait (queue

@@ -1,5 +1,5 @@
-//! The mock's response body: prepared frames, an optional delay before each, then an end, an
-//! abort, or an endless stream.
+//! The mock's response body: prepared frames, an optional delay before each (or a fixed pace),
+//! then an end, an abort, or an endless stream.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -50,11 +50,37 @@ pub(super) struct MockBody {
     frames: VecDeque<Bytes>,
     /// Waited before each frame (and before the abort or each endless delta).
     delay: Option<Duration>,
+    /// A fixed schedule instead of `delay`: frame `i` (from 0) is due at `start + i * interval`.
+    pace: Option<Pace>,
     /// One timer, reset for each wait.
     sleep: Option<Pin<Box<Sleep>>>,
     /// Whether `sleep` is set for the frame being waited for.
     armed: bool,
     tail: Tail,
+}
+
+/// A fixed schedule: `sent` frames so far, frame `i` due at `start + i * interval`, so a slow
+/// poll does not push the later frames back (no drift, unlike a delay before each frame).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    start: Instant,
+    interval: Duration,
+    sent: u32,
+}
+
+impl Pace {
+    /// `per_second` frames a second, the first due now.
+    pub(super) fn per_second(per_second: u32) -> Pace {
+        Pace {
+            start: Instant::now(),
+            interval: Duration::from_secs(1) / per_second.max(1),
+            sent: 0,
+        }
+    }
+
+    fn due(&self) -> Instant {
+        self.start + self.interval * self.sent
+    }
 }
 
 impl MockBody {
@@ -63,10 +89,20 @@ impl MockBody {
         MockBody {
             frames: frames.into(),
             delay,
+            pace: None,
             sleep: None,
             armed: false,
             tail,
         }
+    }
+
+    /// The same body with its frames sent on `pace` (which replaces any delay).
+    pub(super) fn paced(mut self, pace: Option<Pace>) -> MockBody {
+        if pace.is_some() {
+            self.pace = pace;
+            self.delay = None;
+        }
+        self
     }
 
     /// One whole frame, sent at once.
@@ -75,7 +111,10 @@ impl MockBody {
     }
 
     fn wait(&mut self, cx: &mut Context<'_>, duration: Duration) -> Poll<()> {
-        let deadline = Instant::now() + duration;
+        self.wait_until(cx, Instant::now() + duration)
+    }
+
+    fn wait_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -101,12 +140,16 @@ impl Body for MockBody {
         if this.is_end_stream() {
             return Poll::Ready(None);
         }
-        let pause = match (&this.tail, this.frames.is_empty(), this.delay) {
-            (Tail::Abort, true, delay) => Some(delay.unwrap_or_default().max(ABORT_PAUSE)),
-            (_, _, delay) => delay,
-        };
-        if let Some(pause) = pause {
+        if matches!(this.tail, Tail::Abort) && this.frames.is_empty() {
+            let pause = this.delay.unwrap_or_default().max(ABORT_PAUSE);
             ready!(this.wait(cx, pause));
+        } else if let Some(pace) = this.pace {
+            ready!(this.wait_until(cx, pace.due()));
+            if let Some(pace) = &mut this.pace {
+                pace.sent = pace.sent.saturating_add(1);
+            }
+        } else if let Some(delay) = this.delay {
+            ready!(this.wait(cx, delay));
         }
         if let Some(frame) = this.frames.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(frame))));

@@ -9,9 +9,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::body::{MockBody, MockError, Tail};
+use super::body::{MockBody, MockError, Pace, Tail};
 use super::shapes::{Api, EndlessDeltas, Reply, SseWriter, embeddings_json};
-use super::{DELAY_HEADER, EVENTS_HEADER, FAULT_HEADER, Fault, Shared};
+use super::{DELAY_HEADER, EVENTS_HEADER, FAULT_HEADER, Fault, PACE_HEADER, Shared};
 
 /// The cadence of a `never-end` stream without `x-mock-delay-ms`.
 const NEVER_END_INTERVAL: Duration = Duration::from_millis(50);
@@ -63,6 +63,8 @@ impl Route {
 struct Controls {
     words: Option<usize>,
     delay: Option<Duration>,
+    /// Stream events per second, on a fixed schedule.
+    pace: Option<u32>,
     fault: Option<Fault>,
 }
 
@@ -84,6 +86,16 @@ impl Controls {
         let delay = number(headers, DELAY_HEADER)?
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
+        let pace = match number(headers, PACE_HEADER)? {
+            None => None,
+            Some(n @ 1..=1_000_000) => Some(u32::try_from(n).unwrap_or(1_000_000)),
+            Some(n) => return Err(format!("{PACE_HEADER} must be from 1 to 1000000, got {n}")),
+        };
+        if pace.is_some() && delay.is_some() {
+            return Err(format!(
+                "{PACE_HEADER} and {DELAY_HEADER} cannot be combined"
+            ));
+        }
         let fault = match headers.get(FAULT_HEADER) {
             None => None,
             Some(value) => Some(value.to_str().ok().and_then(Fault::from_name).ok_or_else(
@@ -99,6 +111,7 @@ impl Controls {
         Ok(Controls {
             words,
             delay,
+            pace,
             fault,
         })
     }
@@ -273,7 +286,7 @@ fn stream(reply: Reply, controls: &Controls) -> Response<MockBody> {
             Tail::End,
         ),
     };
-    let mut response = Response::new(body);
+    let mut response = Response::new(body.paced(controls.pace.map(Pace::per_second)));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

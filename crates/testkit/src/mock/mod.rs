@@ -56,6 +56,7 @@
 //! |---|---|
 //! | `x-mock-events: N` ([`EVENTS_HEADER`]) | pad the reply with filler words (or cut it) to exactly `N` words: `N` content deltas in a stream, `N` words of text in JSON |
 //! | `x-mock-delay-ms: D` ([`DELAY_HEADER`]) | wait `D` ms before each stream event (the head is sent at once), or before a whole response |
+//! | `x-mock-events-per-second: R` ([`PACE_HEADER`]) | send a stream's events on a fixed schedule, `R` a second (1 to 1,000,000): event `i` (from 0) at `i / R` seconds after the head, however late the reader polls, so a stream of `N` events lasts `(N - 1) / R` seconds; a model's pace for slow-stream benchmarks. Not with `x-mock-delay-ms`; no effect on a non-streaming response |
 //! | `x-mock-fault: F` ([`FAULT_HEADER`]) | inject the fault `F`, one of the [`Fault`]s below |
 //!
 //! An unparsable control header is a 400 from the mock, so a typo in a test is loud.
@@ -146,6 +147,10 @@ pub const EVENTS_HEADER: &str = "x-mock-events";
 /// The request header that makes the mock wait this many milliseconds before each stream
 /// event, or before a whole non-streaming response.
 pub const DELAY_HEADER: &str = "x-mock-delay-ms";
+
+/// The request header that paces a stream: this many events a second, on a fixed schedule (no
+/// drift: a late event does not delay the next ones).
+pub const PACE_HEADER: &str = "x-mock-events-per-second";
 
 /// The request header that injects a [`Fault`], by its [`Fault::as_str`] name.
 pub const FAULT_HEADER: &str = "x-mock-fault";

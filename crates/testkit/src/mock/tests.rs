@@ -516,6 +516,49 @@ async fn delay_header_spaces_the_events_and_each_event_is_a_frame() {
 }
 
 #[tokio::test]
+async fn pace_header_sends_events_on_a_fixed_schedule() {
+    let mock = MockUpstream::start().await.unwrap();
+    let started = Instant::now();
+    let answer = post(
+        &mock,
+        "/v1/chat/completions",
+        chat("one two", true),
+        &[(PACE_HEADER, "50"), (EVENTS_HEADER, "4")],
+    )
+    .await;
+    // role, 4 deltas, finish, [DONE]: 7 events, the first at once, the last 6 * 20 ms later.
+    assert!(started.elapsed() >= Duration::from_millis(6 * 20));
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.frames.len(), 7);
+    assert!(answer.frames.last().unwrap().starts_with(b"data: [DONE]"));
+
+    // A non-streaming response is not paced, and is otherwise the same.
+    let json = post(
+        &mock,
+        "/v1/chat/completions",
+        chat("one two", false),
+        &[(PACE_HEADER, "1")],
+    )
+    .await;
+    assert_eq!(json.status, StatusCode::OK);
+
+    for bad in [
+        vec![(PACE_HEADER, "0")],
+        vec![(PACE_HEADER, "fast")],
+        vec![(PACE_HEADER, "10"), (DELAY_HEADER, "5")],
+    ] {
+        let answer = post(&mock, "/v1/chat/completions", chat("x", true), &bad).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(
+            answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(PACE_HEADER)
+        );
+    }
+}
+
+#[tokio::test]
 async fn status_faults_answer_foreign_bodies() {
     let mock = MockUpstream::start().await.unwrap();
     let answer = post(
