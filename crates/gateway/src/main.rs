@@ -184,10 +184,13 @@ async fn run(cli: Cli) -> ExitCode {
         _ => None,
     };
     let (telemetry, otel_layer) = otel.unzip();
-    tracing_subscriber::registry()
-        .with(log)
-        .with(otel_layer)
-        .init();
+    let registry = tracing_subscriber::registry().with(log);
+    match otel_layer {
+        Some(otel_layer) => registry.with(otel_layer).init(),
+        // No exporter: no layer at all. An absent `Option` layer would still declare interest
+        // in every callsite, and every request would build its trace spans for nothing.
+        None => registry.init(),
+    }
     if telemetry.is_some() {
         tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)");
     }
