@@ -122,7 +122,9 @@ where
                 if *ended {
                     return Poll::Ready(None);
                 }
-                let failed = match ready!(body.as_mut().poll_frame(cx)) {
+                // Every arm that does not return or go round again is a failure: the inner
+                // body failed, or an event was too large.
+                match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
                             decoder.push(data);
@@ -131,24 +133,20 @@ where
                                     return Poll::Ready(Some(Ok(Frame::data(events))));
                                 }
                                 Ok(None) => continue,
-                                Err(()) => true,
+                                Err(()) => {}
                             }
                         }
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     },
-                    Some(Err(_)) => true,
+                    Some(Err(_)) => {}
                     None => {
                         *ended = true;
-                        match whole_events(decoder, responses.as_deref_mut(), true) {
-                            Ok(events) => {
-                                *tail = events;
-                                continue;
-                            }
-                            Err(()) => true,
+                        if let Ok(events) = whole_events(decoder, responses.as_deref_mut(), true) {
+                            *tail = events;
+                            continue;
                         }
                     }
-                };
-                debug_assert!(failed);
+                }
                 tracing::warn!(
                     call_type = call_type.as_str(),
                     "the upstream stream failed after the response head was sent"
