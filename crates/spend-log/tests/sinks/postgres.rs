@@ -57,6 +57,33 @@ async fn drop_table(client: &Client, table: &str) {
         .await;
 }
 
+/// The table's indexes by name, each with whether it is partial.
+async fn indexes(client: &Client, table: &str) -> Vec<(String, bool)> {
+    client
+        .query(
+            "SELECT indexname, indexdef LIKE '% WHERE %' FROM pg_indexes \
+             WHERE tablename = $1 ORDER BY indexname",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// What [`indexes`] gives for a table the sink created or migrated: the primary key,
+/// `startTime`, and partial indexes on the lookup columns; none on `status`.
+fn expected_indexes(table: &str) -> Vec<(String, bool)> {
+    vec![
+        (format!("{table}_api_key_idx"), true),
+        (format!("{table}_client_request_id_idx"), true),
+        (format!("{table}_pkey"), false),
+        (format!("{table}_startTime_idx"), false),
+        (format!("{table}_user_idx"), true),
+    ]
+}
+
 async fn count(client: &Client, table: &str) -> i64 {
     client
         .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
@@ -147,17 +174,27 @@ async fn pg_round_trips_every_field_and_metadata_is_jsonb() {
     assert_eq!(ty("spend"), "double precision");
     assert_eq!(ty("prompt_tokens"), "bigint");
     assert_eq!(ty("user"), "text");
-    let indexes: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
-            &[&table],
+    assert_eq!(
+        indexes(&db, &table).await,
+        expected_indexes(&table),
+        "primary key, startTime, and partial indexes on the lookup columns; none on status"
+    );
+    // A lookup by equality can use its partial index.
+    db.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let plan: String = db
+        .query(
+            &format!("EXPLAIN SELECT * FROM \"{table}\" WHERE api_key = 'k' LIMIT 10"),
+            &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(
-        indexes, 6,
-        "primary key, startTime, status, client_request_id, api_key, user"
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    db.batch_execute("RESET enable_seqscan").await.unwrap();
+    assert!(
+        plan.contains(&format!("{table}_api_key_idx")),
+        "the api_key lookup does not use its index: {plan}"
     );
     drop_table(&db, &table).await;
 }
@@ -535,6 +572,10 @@ async fn pg_an_old_table_is_migrated_in_place() {
             completion_tokens BIGINT NOT NULL DEFAULT 0, total_tokens BIGINT NOT NULL DEFAULT 0,
             \"startTime\" TIMESTAMPTZ NOT NULL, \"endTime\" TIMESTAMPTZ NOT NULL,
             \"completionStartTime\" TIMESTAMPTZ, metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb);
+         CREATE INDEX \"{table}_startTime_idx\" ON \"{table}\" (\"startTime\");
+         CREATE INDEX \"{table}_status_idx\" ON \"{table}\" (status);
+         CREATE INDEX \"{table}_api_key_idx\" ON \"{table}\" (api_key);
+         CREATE INDEX \"{table}_user_idx\" ON \"{table}\" (\"user\");
          INSERT INTO \"{table}\" (request_id, call_type, status, model, total_tokens,
              \"startTime\", \"endTime\", metadata)
          VALUES ('client-chosen', 'acompletion', 'success', 'gpt-4o', 3,
@@ -573,6 +614,8 @@ async fn pg_an_old_table_is_migrated_in_place() {
         .await
         .unwrap();
     assert_eq!(again.query(&SpendLogFilter::new()).await.unwrap().len(), 2);
+    // The status index of the earlier schema is gone, the full indexes are partial now.
+    assert_eq!(indexes(&db, &table).await, expected_indexes(&table));
     drop_table(&db, &table).await;
 }
 
