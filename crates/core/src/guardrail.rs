@@ -568,6 +568,14 @@ pub trait SpanMatcher: Send + Sync {
     /// (one that ends at the very end of `text`) must not be reported; it is reported once a
     /// following character settles it. Without `partial`, the end of `text` is the end.
     fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch>;
+
+    /// [`find`](SpanMatcher::find) with `partial` set and [`hold_back`](SpanMatcher::hold_back)
+    /// of the same `text`, in one call: how a stream checks each new stretch of text. The
+    /// default calls both; a matcher whose two answers share work overrides it (the content
+    /// filter folds the text and finds where it stops being final once, not twice).
+    fn find_partial(&self, text: &str) -> (Vec<SpanMatch>, usize) {
+        (self.find(text, true), self.hold_back(text))
+    }
 }
 
 /// A guardrail from a closure that takes the input (owned) and returns a future.

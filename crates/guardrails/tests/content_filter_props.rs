@@ -183,6 +183,12 @@ proptest! {
         // Everything a stream releases is final: every byte of a match of the whole text
         // that comes before the held-back suffix is in a match already.
         let released = k - filter.hold_back(&text[..k]);
+        // A stream's one call gives both answers, the same.
+        prop_assert_eq!(
+            filter.find_partial(&text[..k]),
+            (partial.clone(), k - released),
+            "find_partial of {:?}", &text[..k]
+        );
         for m in &full {
             let covered = (m.range.start..m.range.end.min(released))
                 .all(|b| partial.iter().any(|p| p.range.contains(&b)));

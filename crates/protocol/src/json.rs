@@ -189,7 +189,9 @@ impl<'de> Deserialize<'de> for JsonView<'de> {
                 Ok(JsonView::Array(items))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonView<'de>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                // serde_json gives no size hint: room for eight members (a stream event's
+                // top level has about ten) saves most of the regrowths from zero.
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
                 while let Some(Key(key)) = map.next_key()? {
                     entries.push((key, map.next_value()?));
                 }

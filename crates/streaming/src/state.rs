@@ -643,7 +643,13 @@ impl StreamState {
         let from = state.scan_from.max(ch.base);
         let end = ch.end();
         let region = ch.slice(from, end);
-        let found = matcher.find(region, !final_check);
+        // Mid-stream, the matches and how much of the region to hold back come from one call.
+        let (found, region_hold) = if final_check {
+            (matcher.find(region, false), None)
+        } else {
+            let (found, hold) = matcher.find_partial(region);
+            (found, Some(hold))
+        };
         let mut scan_from = from;
         let mut block = None;
         let mut masks = Vec::new();
@@ -677,6 +683,7 @@ impl StreamState {
             self.log.push(entry);
             return Err(err);
         }
+        let masked = !masks.is_empty();
         for (start, stop, text) in masks {
             ch.replace(gi, start, stop, text);
         }
@@ -686,7 +693,12 @@ impl StreamState {
             state.scan_from = end;
         } else {
             let tail = ch.slice(scan_from, end);
-            let hold = matcher.hold_back(tail).min(tail.len());
+            // A mask changed the text after the region's hold was measured: measure again.
+            let hold = match region_hold {
+                Some(hold) if !masked => hold,
+                _ => matcher.hold_back(tail),
+            }
+            .min(tail.len());
             let cleared = end - hold;
             state.cleared = state.cleared.max(cleared);
             state.scan_from = scan_from.max(cleared);

@@ -754,7 +754,24 @@ impl SpanMatcher for ContentFilter {
     /// that ends at the very end of `text` is therefore never reported, and everything before
     /// `text.len() - hold_back(text)` is final. `SpanMatch::message` is empty for masks.
     fn find(&self, text: &str, partial: bool) -> Vec<SpanMatch> {
-        let hits = self.hits(text, partial);
+        self.span_matches(self.hits(text, partial))
+    }
+
+    /// `find(text, true)` and `hold_back(text)` from one fold and one scan of `text`.
+    fn find_partial(&self, text: &str) -> (Vec<SpanMatch>, usize) {
+        let folded = fold_text(text);
+        let mut hits = Vec::new();
+        self.raw_hits(text, &folded, true, &mut hits);
+        let settled = self.settled_point(text, &folded, &hits);
+        hits.retain(|h| h.start < settled);
+        let hits = if hits.is_empty() { hits } else { resolve(hits) };
+        (self.span_matches(hits), text.len() - settled)
+    }
+}
+
+impl ContentFilter {
+    /// Resolved hits as the matches [`SpanMatcher::find`] reports.
+    fn span_matches(&self, hits: Vec<Hit>) -> Vec<SpanMatch> {
         if hits.is_empty() {
             return Vec::new();
         }
