@@ -24,26 +24,16 @@ DURATION=${BENCH_DURATION:-10}
 PORT_BASE=${BENCH_PORT_BASE:-18481}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
+NAME=growth
+. "$ROOT/bench/lib.sh"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 
-die() {
-    echo "growth: $*" >&2
-    exit 1
-}
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-growth.XXXXXX")
 PIDS=()
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
 trap 'stop_all; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 

@@ -41,13 +41,11 @@ PORT_BASE=${BENCH_PORT_BASE:-18451}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 GATEWAY=${BENCH_GATEWAY:-$BIN/guardrail-gateway}
 HOST=127.0.0.1
+NAME=instructions
+. "$ROOT/bench/lib.sh"
 MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
 
-die() {
-    echo "instructions: $*" >&2
-    exit 1
-}
 [[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 5)) || die "BENCH_REQUESTS must be an integer from 5 (got '$N')"
 for t in $TARGETS; do
     case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics) ;; *) die "unknown target '$t'" ;; esac
@@ -72,18 +70,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $HOST:$1 after 30 s"
-}
 
 "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
-wait_port "$MOCK_PORT"
+wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
 
 # total TARGET REQUESTS: callgrind's instruction total for the proxy serving REQUESTS requests.
 total() {
@@ -102,7 +92,7 @@ total() {
     esac
     TOKIO_WORKER_THREADS=${BENCH_WORKERS:-1} valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" "${cmd[@]}" >"$WORK/proxy.log" 2>&1 &
     local pid=$!
-    wait_port "$PROXY_PORT"
+    wait_port "$PROXY_PORT" || die "nothing listens on $HOST:$PROXY_PORT"
     local auth=() key
     case $target in
         gw-master) auth=(-H "authorization: Bearer $MASTER_KEY") ;;

@@ -43,15 +43,12 @@ OUT=${BENCH_OUT_DIR:-$ROOT/bench/results}
 PORT_BASE=${BENCH_PORT_BASE:-18461}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
+NAME=peers
+. "$ROOT/bench/lib.sh"
 MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
 UPSTREAM_KEY=sk-bench-not-a-real-key
 
-die() {
-    echo "peers: $*" >&2
-    exit 1
-}
-log() { echo "peers: $*" >&2; }
 for t in $TARGETS; do
     case $t in bare | gateway | litellm | portkey) ;; *) die "unknown target '$t'" ;; esac
 done
@@ -61,22 +58,6 @@ command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-peers.XXXXXX")
 PIDS=()
-stop_tree() {
-    local pid=$1 child i
-    for child in $(pgrep -P "$pid" 2>/dev/null); do stop_tree "$child"; done
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_tree "$pid"; done
-    PIDS=()
-}
 cleanup() {
     stop_all
     [[ ${BENCH_KEEP:-0} == 1 ]] && log "work directory kept: $WORK" || rm -rf "$WORK"
@@ -161,15 +142,6 @@ jq '.stream = true | .stream_options = {include_usage: true}' "$ROOT/bench/chat.
 jq '.stream = true | .messages[-1].content = "Tell me about the project, please."' \
     "$ROOT/bench/chat.json" >"$WORK/blocked-stream.json"
 
-wait_port() {
-    local i
-    for ((i = 0; i < 600; i++)); do
-        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 # start TARGET SCENARIO: starts the mock and TARGET; sets URL, HEADERS, TARGET_PID.
 start() {

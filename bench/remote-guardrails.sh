@@ -30,17 +30,14 @@ DURATION=${BENCH_DURATION:-5}
 PORT_BASE=${BENCH_PORT_BASE:-18471}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
+NAME=remote-guardrails
+. "$ROOT/bench/lib.sh"
 MOCK_PORT=$PORT_BASE
 GUARD_PORT=$((PORT_BASE + 1))
 GW_PORT=$((PORT_BASE + 2))
 UPSTREAM_DELAY_MS=100
 STREAM_EVENTS=50
 
-die() {
-    echo "remote-guardrails: $*" >&2
-    exit 1
-}
-log() { echo "remote-guardrails: $*" >&2; }
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
 command -v jq >/dev/null || die "jq is needed"
@@ -50,30 +47,9 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-remote.XXXXXX")
 PIDS=()
-stop_all() {
-    local pid i
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
 trap 'stop_all; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $HOST:$1"
-}
 
 # config MODE: the gateway config with the guardrail in MODE (none: no guardrail).
 config() {
@@ -103,9 +79,9 @@ start() {
     rm -f "$WORK"/spend.db*
     "$BIN/guardrail-gateway" serve --config "$WORK/gw.yaml" --listen "$HOST:$GW_PORT" >"$WORK/gw.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$MOCK_PORT"
-    wait_port "$GUARD_PORT"
-    wait_port "$GW_PORT"
+    wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
+    wait_port "$GUARD_PORT" || die "nothing listens on $HOST:$GUARD_PORT"
+    wait_port "$GW_PORT" || die "nothing listens on $HOST:$GW_PORT"
 }
 
 stats() { curl -sf "http://$HOST:$GUARD_PORT/stats"; }

@@ -20,7 +20,12 @@
 # Environment (all optional):
 #   BENCH_DURATION   seconds per measured run (default 10)
 #   BENCH_WARMUP     seconds of warm-up before each measured run (default 2; 0 to skip)
-#   BENCH_SCENARIOS  subset of: chat-c16 chat-c64 stream-c16 stream-c256 (default: all)
+#   BENCH_SCENARIOS  subset of: chat-c1 chat-c16 chat-c64 stream-c16 stream-c256 (default: all
+#                    but chat-c1, which is for the added latency of one request at a time)
+#   BENCH_ROUNDS     rounds (default 1): with R > 1 every scenario measures each target R times,
+#                    the targets alternating (bare, gw-none, ..., bare, gw-none, ...), and the
+#                    tables give the median of the R runs per target and the median of the R
+#                    per-round ratios
 #   BENCH_TARGETS    subset of: mock bare gw-none gw-filter gw-master gw-vkey (default: all)
 #   BENCH_PORT_BASE  first of six consecutive ports on 127.0.0.1 (default 18401)
 #   BENCH_TOOL       oha | wrk (default: oha if installed or installable, else wrk)
@@ -32,6 +37,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-1}
 WARMUP=${BENCH_WARMUP:-2}
 SCENARIOS=${BENCH_SCENARIOS:-chat-c16 chat-c64 stream-c16 stream-c256}
 TARGETS=${BENCH_TARGETS:-mock bare gw-none gw-filter gw-master gw-vkey}
@@ -56,9 +62,10 @@ check_range() {
 }
 check_range BENCH_DURATION "$DURATION" 1 600
 check_range BENCH_WARMUP "$WARMUP" 0 60
+check_range BENCH_ROUNDS "$ROUNDS" 1 9
 check_range BENCH_PORT_BASE "$PORT_BASE" 1024 65530
 for s in $SCENARIOS; do
-    case $s in chat-c16 | chat-c64 | stream-c16 | stream-c256) ;; *) die "unknown scenario '$s'" ;; esac
+    case $s in chat-c1 | chat-c16 | chat-c64 | stream-c16 | stream-c256) ;; *) die "unknown scenario '$s'" ;; esac
 done
 for t in $TARGETS; do
     case $t in mock | bare | gw-none | gw-filter | gw-master | gw-vkey) ;; *) die "unknown target '$t'" ;; esac
@@ -341,6 +348,7 @@ count=0
 for _ in $SCENARIOS; do
     for _ in $TARGETS; do count=$((count + 1)); done
 done
+count=$((count * ROUNDS))
 estimate=$((count * (DURATION + WARMUP + 2)))
 log "$TOOL ($TOOL_VERSION); $count measurements of ${WARMUP}s warm-up + ${DURATION}s; about ${estimate}s"
 ((estimate <= 300)) || log "warning: this run will take more than 5 minutes"
@@ -352,7 +360,7 @@ for scenario in $SCENARIOS; do
     conc=${scenario##*-c}
     stream=false
     [[ $scenario == stream-* ]] && stream=true
-    for target in $TARGETS; do
+    for round in $(seq "$ROUNDS"); do for target in $TARGETS; do
         tag=$scenario
         start_target "$target" "$tag"
         if ((WARMUP > 0)); then
@@ -367,16 +375,46 @@ for scenario in $SCENARIOS; do
         read -r ok secs p50 p99 failed <"$WORK/load-$target-$tag"
         awk -v s="$scenario" -v c="$conc" -v t="$target" -v ok="$ok" -v secs="$secs" \
             -v p50="$p50" -v p99="$p99" -v rss="$rss" -v failed="$failed" \
-            -v cpu=$((cpu1 - cpu0)) -v tck="$CLK_TCK" 'BEGIN {
-                printf "%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%d\n", s, c, t,
+            -v cpu=$((cpu1 - cpu0)) -v tck="$CLK_TCK" -v round="$round" 'BEGIN {
+                printf "%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%s\t%s\t%d\t%d\n", s, c, t,
                     (secs > 0 ? ok / secs : 0), p50 * 1000, p99 * 1000, rss,
-                    (ok > 0 ? sprintf("%.0f", cpu * 1e6 / tck / ok) : "n/a"), failed }' >>"$RESULTS"
+                    (ok > 0 ? sprintf("%.0f", cpu * 1e6 / tck / ok) : "n/a"), failed, round }' >>"$RESULTS"
         log "$(tail -n 1 "$RESULTS" | tr '\t' ' ') ($((SECONDS - started))s)"
-    done
+    done; done
 done
 
 TABLE=$WORK/table.md
-awk -F'\t' '
+awk -F'\t' -v rounds="$ROUNDS" '
+    # The median of the n values v[1..n] (sorted in place; n is small).
+    function median(v, n,    i, j, x) {
+        for (i = 2; i <= n; i++) {
+            x = v[i]
+            for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]
+            v[j + 1] = x
+        }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    # The median over the rounds of column c of target t in scenario s.
+    function med(s, t, c,    r, n, v, f) {
+        n = 0
+        for (r = 1; r <= rounds; r++) if ((s, t, r) in row) { split(row[s, t, r], f, "\t"); v[++n] = f[c] + 0 }
+        return n ? median(v, n) : ""
+    }
+    # The median over the rounds of (column c of t) / (column c of base), or, with diff set,
+    # of their difference; "n/a" when no round has both.
+    function ratio(s, t, base, c, diff,    r, n, v, a, b, x) {
+        n = 0
+        for (r = 1; r <= rounds; r++) {
+            if (!((s, t, r) in row) || !((s, base, r) in row)) continue
+            split(row[s, t, r], a, "\t"); split(row[s, base, r], b, "\t")
+            if (diff) v[++n] = a[c] - b[c]
+            else if (b[c] > 0) v[++n] = a[c] / b[c]
+        }
+        if (!n) return "n/a"
+        x = median(v, n)
+        if (diff) return sprintf(c == 5 ? "%+.3f" : "%+.2f", x)
+        return sprintf(base == "gw-none" ? "%.3f" : "%.2f", x)
+    }
     BEGIN {
         name["mock"] = "(1) mock upstream directly"
         name["bare"] = "(2) bare hyper proxy"
@@ -384,34 +422,35 @@ awk -F'\t' '
         name["gw-filter"] = "(4) gateway, content filter + SQLite"
         name["gw-master"] = "(5) gateway, no guardrails, master key"
         name["gw-vkey"] = "(6) gateway, no guardrails, virtual key"
-        print "| scenario | concurrency | target | req/s | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | failed |"
-        print "|---|---:|---|---:|---:|---:|---:|---:|---:|"
     }
     {
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, name[$3], $4, $5, $6, $7, $8, $9
+        row[$1, $3, $10] = $0; conc[$1] = $2
         if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
-        rps[$1, $3] = $4; p99[$1, $3] = $6
+        if (!(($1, $3) in tseen)) { tseen[$1, $3] = 1; targets[$1] = targets[$1] " " $3 }
     }
     END {
+        if (rounds > 1) print "Each figure: the median of " rounds " alternating runs (ratios and differences: the median of the per-round values)."
+        if (rounds > 1) print ""
+        print "| scenario | concurrency | target | req/s | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | failed |"
+        print "|---|---:|---|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= n; i++) {
+            s = order[i]; m = split(substr(targets[s], 2), ts, " ")
+            for (k = 1; k <= m; k++) {
+                t = ts[k]
+                printf "| %s | %s | %s | %.0f | %.2f | %.2f | %.1f | %.0f | %d |\n", s, conc[s], name[t],
+                    med(s, t, 4), med(s, t, 5), med(s, t, 6), med(s, t, 7), med(s, t, 8), med(s, t, 9)
+            }
+        }
         print ""
-        print "| scenario | (3)/(2) req/s | (4)/(2) req/s | (3) added p99 ms | (4) added p99 ms | (5)/(3) req/s | (6)/(3) req/s |"
-        print "|---|---:|---:|---:|---:|---:|---:|"
+        print "| scenario | (3)/(2) req/s | (4)/(2) req/s | (3) added p50 ms | (4) added p50 ms | (3) added p99 ms | (4) added p99 ms | (5)/(3) req/s | (6)/(3) req/s |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             s = order[i]
-            line = "| " s
-            for (j = 1; j <= 2; j++) {
-                t = (j == 1 ? "gw-none" : "gw-filter")
-                line = line " | " ((s, "bare") in rps && (s, t) in rps && rps[s, "bare"] > 0 ? sprintf("%.2f", rps[s, t] / rps[s, "bare"]) : "n/a")
-            }
-            for (j = 1; j <= 2; j++) {
-                t = (j == 1 ? "gw-none" : "gw-filter")
-                line = line " | " ((s, "bare") in p99 && (s, t) in p99 ? sprintf("%+.2f", p99[s, t] - p99[s, "bare"]) : "n/a")
-            }
-            for (j = 1; j <= 2; j++) {
-                t = (j == 1 ? "gw-master" : "gw-vkey")
-                line = line " | " ((s, "gw-none") in rps && (s, t) in rps && rps[s, "gw-none"] > 0 ? sprintf("%.3f", rps[s, t] / rps[s, "gw-none"]) : "n/a")
-            }
-            print line " |"
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s,
+                ratio(s, "gw-none", "bare", 4, 0), ratio(s, "gw-filter", "bare", 4, 0),
+                ratio(s, "gw-none", "bare", 5, 1), ratio(s, "gw-filter", "bare", 5, 1),
+                ratio(s, "gw-none", "bare", 6, 1), ratio(s, "gw-filter", "bare", 6, 1),
+                ratio(s, "gw-master", "gw-none", 4, 0), ratio(s, "gw-vkey", "gw-none", 4, 0)
         }
     }' "$RESULTS" >"$TABLE"
 

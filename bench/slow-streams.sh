@@ -32,13 +32,11 @@ POLICY=${BENCH_POLICY:-exact}
 PORT_BASE=${BENCH_PORT_BASE:-18501}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
+NAME=slow-streams
+. "$ROOT/bench/lib.sh"
 MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
 
-die() {
-    echo "slow-streams: $*" >&2
-    exit 1
-}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) > STREAMS * 2 + 100)) || die "ulimit -n is $(ulimit -n): too low for $STREAMS streams"
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
@@ -46,30 +44,9 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-slow.XXXXXX")
 PIDS=()
-stop_all() {
-    local pid i
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
 trap 'stop_all; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-    local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $HOST:$1"
-}
 
 # The policy is the guardrail's own: a content filter without one runs exact whatever
 # general_settings.stream_policy says (it has a span matcher).
@@ -83,7 +60,7 @@ start() {
     "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
     local mock=$!
     PIDS+=("$mock")
-    wait_port "$MOCK_PORT"
+    wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
     rm -f "$WORK"/spend.db*
     case $1 in
         mock)
@@ -96,7 +73,7 @@ start() {
     esac
     TARGET_PID=$!
     PIDS+=("$TARGET_PID")
-    wait_port "$PROXY_PORT"
+    wait_port "$PROXY_PORT" || die "nothing listens on $HOST:$PROXY_PORT"
     BASE=http://$HOST:$PROXY_PORT
 }
 

@@ -1,0 +1,47 @@
+# Helpers shared by the bench scripts: sourced, not run. A script sets NAME (its name in
+# messages) and HOST, keeps the processes it starts in the array PIDS, and then:
+#   . "$ROOT/bench/lib.sh"
+
+# die MESSAGE: prints "NAME: MESSAGE" and exits with 1.
+die() {
+    echo "$NAME: $*" >&2
+    exit 1
+}
+
+# log MESSAGE: prints "NAME: MESSAGE" to standard error.
+log() { echo "$NAME: $*" >&2; }
+
+# wait_port PORT [PID]: succeeds once something listens on HOST:PORT; fails after 60 s, or at
+# once if PID is given and has exited.
+wait_port() {
+    local i
+    for ((i = 0; i < 600; i++)); do
+        (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
+        if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then
+            return 1
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# stop_tree PID: stops PID's children (a server's workers), then PID: SIGTERM, up to 10 s to
+# exit, then SIGKILL.
+stop_tree() {
+    local pid=$1 child i
+    for child in $(pgrep -P "$pid" 2>/dev/null); do stop_tree "$child"; done
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# stop_all: stops every process in PIDS, and empties it.
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_tree "$pid"; done
+    PIDS=()
+}
