@@ -19,7 +19,7 @@ use tower_service::Service;
 
 use crate::guardrail::BoxError;
 use crate::runner::{Outcome, RunFuture};
-use crate::{BufferRequest, CallType, Error, ParsedRequest, set_buffered_body};
+use crate::{BufferRequest, CallType, Error, ParsedRequest};
 
 /// A layer's step between buffering the request and calling the inner service.
 ///
@@ -202,9 +202,9 @@ fn apply_rewrite(request: &mut Request<Full<Bytes>>, texts: &[String]) -> Result
     parsed
         .set_texts(texts)
         .map_err(|e| Error::internal(format!("could not apply the guardrail rewrite: {e}")))?;
-    let parsed = parsed.clone();
+    let bytes = parsed.bytes().clone();
     let (mut parts, _) = std::mem::take(request).into_parts();
-    let body = set_buffered_body(&mut parts, &parsed);
+    let body = crate::request::buffered_body(&mut parts, bytes);
     *request = Request::from_parts(parts, body);
     Ok(())
 }
