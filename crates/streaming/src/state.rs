@@ -1077,7 +1077,9 @@ impl StreamState {
                 };
                 keep = keep.min(need);
             }
-            if keep > ch.base + 4096 {
+            // Cut once a kilobyte is not needed: a long stream then keeps about that much text
+            // (with 4 KiB, each of thousands of open streams kept an 8 KiB buffer).
+            if keep > ch.base + 1024 {
                 let mut cut = keep - ch.base;
                 while !ch.text.is_char_boundary(cut) {
                     cut -= 1;

@@ -175,6 +175,13 @@ fn a_blocked_word_at_the_very_end_is_caught_at_the_end_of_the_stream() {
 }
 
 /// Splits `text` into deltas at `cuts` (char positions).
+/// The upstream body: `bytes` cut at the given points, each taken modulo the length (so any
+/// `usize` a strategy draws is a cut somewhere, not an out-of-range point ignored).
+fn split_anywhere(bytes: &[u8], cuts: &[usize]) -> TestBody {
+    let points: Vec<usize> = cuts.iter().map(|c| c % bytes.len()).collect();
+    body::split_at(bytes, &points)
+}
+
 fn deltas(text: &str, cuts: &[usize]) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
@@ -219,7 +226,7 @@ proptest! {
         ws.insert(at.min(ws.len()), "forbidden");
         let text = ws.join(" ");
         let stream = chat_stream(&deltas(&text, &cuts));
-        let out = runtime().block_on(run(body::split_at(stream.as_bytes(), &chunk_cuts)));
+        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
         let seen = client_text(&out);
         // The blocked word (on word boundaries) never appears; look-alikes may.
         let leaked = seen.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w.eq_ignore_ascii_case("forbidden"));
@@ -250,7 +257,36 @@ proptest! {
             _ => text.clone(),
         };
         let stream = chat_stream(&deltas(&text, &cuts));
-        let out = runtime().block_on(run(body::split_at(stream.as_bytes(), &chunk_cuts)));
+        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
+        prop_assert_eq!(client_text(&out), expected);
+        prop_assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Streams of several kilobytes, dozens of addresses among the words, cut into hundreds of
+    /// chunks: what the client reads is the whole text masked, as with short streams.
+    #[test]
+    fn long_streams_mask_as_the_whole_text(
+        words in proptest::collection::vec(0usize..WORDS.len(), 300..900),
+        emails in proptest::collection::vec((0usize..900, 0usize..3), 40..120),
+        cuts in proptest::collection::vec(any::<usize>(), 50..200),
+        chunk_cuts in proptest::collection::vec(any::<usize>(), 200..600),
+    ) {
+        let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
+        let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
+        for (at, which) in emails {
+            ws.insert(at.min(ws.len()), addresses[which]);
+        }
+        let text = ws.join(" ");
+        let expected = match filter().check_texts(&[text.as_str()]).decision() {
+            guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
+            _ => text.clone(),
+        };
+        let stream = chat_stream(&deltas(&text, &cuts));
+        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
         prop_assert_eq!(client_text(&out), expected);
         prop_assert!(out.ends_with("data: [DONE]\n\n"));
     }
