@@ -7,6 +7,7 @@
 # Targets (BENCH_TARGETS, default "mock bare gw-filter"), each started fresh:
 #   mock       the mock upstream directly (the client's and the mock's own jitter)
 #   bare       the bare hyper proxy in front of the mock
+#   gw-none    guardrail-gateway with no guardrail, SQLite spend log (the layers' own share)
 #   gw-filter  guardrail-gateway, stream_policy BENCH_POLICY (default exact), the content filter of
 #              bench/content-filter.yaml in pre_call and post_call, SQLite spend log
 # For each: BENCH_STREAMS (default 1000) concurrent streams, started evenly over BENCH_RAMP s
@@ -54,6 +55,7 @@ trap 'exit 130' INT TERM
     sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml"
     sed "s|^      default_on: true|      default_on: true\n      stream_policy: $POLICY|" "$ROOT/bench/content-filter.yaml"
 } >"$WORK/gw-filter.yaml"
+sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml" >"$WORK/gw-none.yaml"
 
 # start TARGET: the mock and TARGET; sets URL and TARGET_PID (the measured process).
 start() {
@@ -69,7 +71,7 @@ start() {
             return
             ;;
         bare) "$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT" >"$WORK/proxy.log" 2>&1 & ;;
-        gw-filter) "$BIN/guardrail-gateway" serve --config "$WORK/gw-filter.yaml" --listen "$HOST:$PROXY_PORT" >"$WORK/proxy.log" 2>&1 & ;;
+        gw-none | gw-filter) "$BIN/guardrail-gateway" serve --config "$WORK/$1.yaml" --listen "$HOST:$PROXY_PORT" >"$WORK/proxy.log" 2>&1 & ;;
     esac
     TARGET_PID=$!
     PIDS+=("$TARGET_PID")
