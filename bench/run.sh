@@ -47,12 +47,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 HOST=127.0.0.1
 STREAM_EVENTS=50
-
-die() {
-    echo "bench: $*" >&2
-    exit 1
-}
-log() { echo "bench: $*" >&2; }
+NAME=bench
+. "$ROOT/bench/lib.sh"
 
 # check_range NAME VALUE MIN MAX: VALUE must be an integer in MIN..MAX.
 check_range() {
@@ -84,24 +80,8 @@ AUTH=()
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-bench.XXXXXX")
 PIDS=()
 
-# Stops one process we started: SIGTERM, up to 5 s to exit, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop_pid "$pid"
-    done
-    PIDS=()
+    stop_all
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         log "logs and raw results kept in $WORK"
     else
@@ -212,14 +192,6 @@ start() {
     "$@" >"$WORK/$name.log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
-}
-
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop_pid "$pid"
-    done
-    PIDS=()
 }
 
 # User + system CPU time of a process, in clock ticks.

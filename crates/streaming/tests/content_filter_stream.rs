@@ -175,6 +175,32 @@ fn a_blocked_word_at_the_very_end_is_caught_at_the_end_of_the_stream() {
 }
 
 /// Splits `text` into deltas at `cuts` (char positions).
+/// The words (indices into [`WORDS`]) with addresses inserted (position, which one), streamed as
+/// deltas cut at `cuts` and an upstream body cut at `chunk_cuts`: the client reads the whole
+/// text masked, and the stream ends with `[DONE]`.
+fn streams_as_the_whole_text_masked(
+    words: &[usize],
+    emails: &[(usize, usize)],
+    cuts: &[usize],
+    chunk_cuts: &[usize],
+) -> Result<(), TestCaseError> {
+    let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
+    let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
+    for &(at, which) in emails {
+        ws.insert(at.min(ws.len()), addresses[which]);
+    }
+    let text = ws.join(" ");
+    let expected = match filter().check_texts(&[text.as_str()]).decision() {
+        guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
+        _ => text.clone(),
+    };
+    let stream = chat_stream(&deltas(&text, cuts));
+    let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), chunk_cuts)));
+    prop_assert_eq!(client_text(&out), expected);
+    prop_assert!(out.ends_with("data: [DONE]\n\n"));
+    Ok(())
+}
+
 /// The upstream body: `bytes` cut at the given points, each taken modulo the length (so any
 /// `usize` a strategy draws is a cut somewhere, not an out-of-range point ignored).
 fn split_anywhere(bytes: &[u8], cuts: &[usize]) -> TestBody {
@@ -246,20 +272,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..25),
         chunk_cuts in proptest::collection::vec(any::<usize>(), 0..12),
     ) {
-        let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
-        let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
-        for (at, which) in emails {
-            ws.insert(at.min(ws.len()), addresses[which]);
-        }
-        let text = ws.join(" ");
-        let expected = match filter().check_texts(&[text.as_str()]).decision() {
-            guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
-            _ => text.clone(),
-        };
-        let stream = chat_stream(&deltas(&text, &cuts));
-        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
-        prop_assert_eq!(client_text(&out), expected);
-        prop_assert!(out.ends_with("data: [DONE]\n\n"));
+        streams_as_the_whole_text_masked(&words, &emails, &cuts, &chunk_cuts)?;
     }
 }
 
@@ -275,20 +288,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 50..200),
         chunk_cuts in proptest::collection::vec(any::<usize>(), 200..600),
     ) {
-        let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
-        let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
-        for (at, which) in emails {
-            ws.insert(at.min(ws.len()), addresses[which]);
-        }
-        let text = ws.join(" ");
-        let expected = match filter().check_texts(&[text.as_str()]).decision() {
-            guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
-            _ => text.clone(),
-        };
-        let stream = chat_stream(&deltas(&text, &cuts));
-        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
-        prop_assert_eq!(client_text(&out), expected);
-        prop_assert!(out.ends_with("data: [DONE]\n\n"));
+        streams_as_the_whole_text_masked(&words, &emails, &cuts, &chunk_cuts)?;
     }
 }
 
