@@ -50,7 +50,7 @@ impl JsonBody {
         self.value.get_or_init(|| {
             // The bytes were parsed by the same serde_json parser when the request was read
             // (`JsonView` accepts exactly what `Value` does), so this cannot fail.
-            Arc::new(serde_json::from_slice(&self.bytes).unwrap_or(Value::Null))
+            Arc::new(guardrail_tower_protocol::json::from_slice(&self.bytes).unwrap_or(Value::Null))
         })
     }
 }

@@ -123,7 +123,7 @@ impl Usage {
         struct Body {
             usage: Option<Counts>,
         }
-        let c = crate::json::from_utf8_once::<Body>(body).ok()?.usage?;
+        let c = crate::json::from_slice::<Body>(body).ok()?.usage?;
         Usage::from_counts(call_type, |key| match key {
             "prompt_tokens" => c.prompt_tokens,
             "completion_tokens" => c.completion_tokens,
@@ -150,7 +150,7 @@ impl Usage {
     /// `prompt_tokens_details`, are skipped). `None` when the bytes are not a JSON object or
     /// have no count.
     pub fn from_usage_bytes(call_type: CallType, usage: &[u8]) -> Option<Usage> {
-        let counts = crate::json::from_utf8_once::<Counts>(usage).ok()?;
+        let counts = crate::json::from_slice::<Counts>(usage).ok()?;
         Usage::from_counts(call_type, |key| counts.get(key))
     }
 
