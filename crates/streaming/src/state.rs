@@ -1242,7 +1242,7 @@ fn exact_entry(
 /// Parses an event's data as JSON (for the rare events that need the full value: usage, the
 /// announced response, an upstream error).
 pub(crate) fn data_value(event: &SseEvent) -> Option<Value> {
-    serde_json::from_slice(event.data()?).ok()
+    guardrail_tower_protocol::json::from_slice(event.data()?).ok()
 }
 
 /// The error an upstream error event stands for (passed through to the client as it came).

@@ -199,7 +199,7 @@ impl CallType {
         event: &SseEvent,
         mut f: impl FnMut(usize, TextKey, Role, &mut String),
     ) -> Option<Bytes> {
-        let mut data: Value = serde_json::from_slice(event.data()?).ok()?;
+        let mut data: Value = crate::json::from_slice(event.data()?).ok()?;
         let kind = data
             .get("type")
             .and_then(Value::as_str)
