@@ -29,13 +29,8 @@ NAME=growth
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-growth.XXXXXX")
-PIDS=()
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
+build_release
+work_dir growth
 
 # The filter: 1,000 keywords (made-up words that no English text contains) and every prebuilt
 # pattern; the prompts: common words, seeded, so every run sends the same bytes.

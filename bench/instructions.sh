@@ -53,22 +53,9 @@ done
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
+build_release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-instructions.XXXXXX")
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+work_dir instructions
 
 
 "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &

@@ -45,3 +45,28 @@ stop_all() {
     for pid in "${PIDS[@]}"; do stop_tree "$pid"; done
     PIDS=()
 }
+
+# build_release: builds the release binaries the scripts run, unless BENCH_SKIP_BUILD=1.
+build_release() {
+    [[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && return 0
+    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
+}
+
+# work_dir NAME: sets WORK to a new temporary directory and empties PIDS; on exit, Ctrl-C
+# included, every process in PIDS is stopped and WORK removed (kept with BENCH_KEEP=1).
+work_dir() {
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-$1.XXXXXX")
+    PIDS=()
+    trap remove_work EXIT
+    trap 'exit 130' INT TERM
+}
+
+# remove_work: what work_dir runs on exit.
+remove_work() {
+    stop_all
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        log "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}

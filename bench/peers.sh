@@ -56,14 +56,7 @@ PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-peers.XXXXXX")
-PIDS=()
-cleanup() {
-    stop_all
-    [[ ${BENCH_KEEP:-0} == 1 ]] && log "work directory kept: $WORK" || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+work_dir peers
 
 # ---------------------------------------------------------------------------------------------
 # Installs (each once, into the cache)
@@ -96,9 +89,7 @@ install_portkey() {
     fi
 }
 
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
+build_release
 AVAILABLE=()
 for t in $TARGETS; do
     case $t in

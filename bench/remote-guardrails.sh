@@ -41,14 +41,9 @@ STREAM_EVENTS=50
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
 command -v jq >/dev/null || die "jq is needed"
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
+build_release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-remote.XXXXXX")
-PIDS=()
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
+work_dir remote
 
 
 # config MODE: the gateway config with the guardrail in MODE (none: no guardrail).

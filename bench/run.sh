@@ -77,27 +77,13 @@ MASTER_KEY=sk-bench-master-key-0123456789
 # The authorization header of the current target's requests (none for the others).
 AUTH=()
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-    stop_all
-    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-        log "logs and raw results kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+work_dir bench
 
 # ---------------------------------------------------------------------------------------------
 # Build and tools
 
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    log "building release binaries into $TARGET_DIR"
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
+[[ ${BENCH_SKIP_BUILD:-0} == 1 ]] || log "building release binaries into $TARGET_DIR"
+build_release
 for b in guardrail-gateway mock-upstream bare-proxy; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing (build it or unset BENCH_SKIP_BUILD)"
 done

@@ -40,13 +40,8 @@ PROXY_PORT=$((PORT_BASE + 1))
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) > STREAMS * 2 + 100)) || die "ulimit -n is $(ulimit -n): too low for $STREAMS streams"
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release --quiet -p guardrail-gateway -p guardrail-tower-bench)
-fi
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/guardrail-slow.XXXXXX")
-PIDS=()
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
+build_release
+work_dir slow
 
 
 # The policy is the guardrail's own: a content filter without one runs exact whatever

@@ -194,34 +194,11 @@ fn streams_as_the_whole_text_masked(
         guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
         _ => text.clone(),
     };
-    let stream = chat_stream(&deltas(&text, cuts));
-    let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), chunk_cuts)));
+    let stream = chat_stream(&body::deltas(&text, cuts));
+    let out = runtime().block_on(run(body::split_anywhere(stream.as_bytes(), chunk_cuts)));
     prop_assert_eq!(client_text(&out), expected);
     prop_assert!(out.ends_with("data: [DONE]\n\n"));
     Ok(())
-}
-
-/// The upstream body: `bytes` cut at the given points, each taken modulo the length (so any
-/// `usize` a strategy draws is a cut somewhere, not an out-of-range point ignored).
-fn split_anywhere(bytes: &[u8], cuts: &[usize]) -> TestBody {
-    let points: Vec<usize> = cuts.iter().map(|c| c % bytes.len()).collect();
-    body::split_at(bytes, &points)
-}
-
-fn deltas(text: &str, cuts: &[usize]) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut out = Vec::new();
-    let mut last = 0;
-    for p in points.into_iter().chain([chars.len()]) {
-        if p > last {
-            out.push(chars[last..p].iter().collect());
-            last = p;
-        }
-    }
-    out
 }
 
 const WORDS: &[&str] = &[
@@ -251,8 +228,8 @@ proptest! {
         let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
         ws.insert(at.min(ws.len()), "forbidden");
         let text = ws.join(" ");
-        let stream = chat_stream(&deltas(&text, &cuts));
-        let out = runtime().block_on(run(split_anywhere(stream.as_bytes(), &chunk_cuts)));
+        let stream = chat_stream(&body::deltas(&text, &cuts));
+        let out = runtime().block_on(run(body::split_anywhere(stream.as_bytes(), &chunk_cuts)));
         let seen = client_text(&out);
         // The blocked word (on word boundaries) never appears; look-alikes may.
         let leaked = seen.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w.eq_ignore_ascii_case("forbidden"));

@@ -689,23 +689,6 @@ fn buffered_block(shape: Shape) -> Value {
     }
 }
 
-/// `text` cut into deltas at `cuts` (character positions, taken modulo the length).
-fn deltas(text: &str, cuts: &[usize]) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut out = Vec::new();
-    let mut last = 0;
-    for p in points.into_iter().chain([chars.len()]) {
-        if p > last {
-            out.push(chars[last..p].iter().collect());
-            last = p;
-        }
-    }
-    out
-}
-
 /// `text` with ` word ` inserted at character offset `at` (modulo the length + 1).
 fn insert(text: &str, at: usize, word: &str) -> String {
     let at = at % (text.chars().count() + 1);
@@ -809,8 +792,8 @@ impl Case {
     fn stream(&self, shape: Shape) -> String {
         stream(
             shape,
-            &deltas(&self.content, &self.content_cuts),
-            &deltas(&self.args, &self.args_cuts),
+            &body::deltas(&self.content, &self.content_cuts),
+            &body::deltas(&self.args, &self.args_cuts),
         )
     }
 

@@ -69,6 +69,32 @@ pub fn split_at(bytes: &[u8], points: &[usize]) -> TestBody {
     chunks(out)
 }
 
+/// `bytes` split at the given points taken modulo its length, so that any `usize` a property
+/// test draws is a cut somewhere (with [`split_at`], an out-of-range point is no cut at all).
+pub fn split_anywhere(bytes: &[u8], points: &[usize]) -> TestBody {
+    let len = bytes.len().max(1);
+    let points: Vec<usize> = points.iter().map(|p| p % len).collect();
+    split_at(bytes, &points)
+}
+
+/// `text` cut into pieces (stream deltas) at `cuts`: character positions taken modulo the
+/// number of characters plus one; no piece is empty.
+pub fn deltas(text: &str, cuts: &[usize]) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for p in points.into_iter().chain([chars.len()]) {
+        if p > last {
+            out.push(chars[last..p].iter().collect());
+            last = p;
+        }
+    }
+    out
+}
+
 impl TestBody {
     /// Ends with these trailers instead of EOF.
     pub fn with_trailers(mut self, trailers: HeaderMap) -> Self {
