@@ -1,7 +1,5 @@
 //! Shared fixtures.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use guardrail_tower_spend_log::{SpendLogHandle, SpendMetadata, SpendRecord, SpendStatus, rfc3339};
@@ -129,16 +127,11 @@ pub(crate) fn guarded(id: &str, start: &str, entries: &[(&str, &str)]) -> SpendR
 }
 
 /// A fresh, empty directory for one test.
-pub(crate) fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "guardrail-spend-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub(crate) fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("guardrail-spend-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Waits (up to 10 s) until `cond` holds.

@@ -9,7 +9,8 @@ use crate::common::{full_record, guarded, record, t, temp_dir};
 
 #[tokio::test]
 async fn appends_one_valid_json_object_per_line() {
-    let path = temp_dir("jsonl-lines").join("spend.jsonl");
+    let dir = temp_dir("jsonl-lines");
+    let path = dir.path().join("spend.jsonl");
     let sink = JsonlSink::open(&path).await.unwrap();
     let a = full_record("a");
     let b = record("b", "2026-11-21T13:00:00Z", SpendStatus::Success);
@@ -41,7 +42,8 @@ async fn appends_one_valid_json_object_per_line() {
 
 #[tokio::test]
 async fn query_filters_orders_and_deduplicates() {
-    let path = temp_dir("jsonl-query").join("spend.jsonl");
+    let dir = temp_dir("jsonl-query");
+    let path = dir.path().join("spend.jsonl");
     let sink = JsonlSink::open(&path).await.unwrap();
     let records = vec![
         record("r1", "2026-11-20T10:00:00Z", SpendStatus::Success),
@@ -82,7 +84,8 @@ async fn query_filters_orders_and_deduplicates() {
 
 #[tokio::test]
 async fn block_summary_and_the_writer() {
-    let path = temp_dir("jsonl-blocks").join("spend.jsonl");
+    let dir = temp_dir("jsonl-blocks");
+    let path = dir.path().join("spend.jsonl");
     let sink = JsonlSink::open(&path).await.unwrap();
     let handle = SpendLogWriter::new().spawn(sink.clone());
     handle.submit(guarded(

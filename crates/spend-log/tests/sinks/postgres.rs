@@ -640,7 +640,8 @@ async fn pg_rejected_rows_are_sanitized_or_dead_lettered_and_later_rows_land() {
     ))
     .await
     .unwrap();
-    let dead = crate::common::temp_dir("pg-dead-letter").join("dead.jsonl");
+    let dead_dir = crate::common::temp_dir("pg-dead-letter");
+    let dead = dead_dir.path().join("dead.jsonl");
     let handle = SpendLogWriter::new()
         .max_batch_size(32)
         .linger(Duration::from_millis(20))

@@ -13,7 +13,8 @@ use crate::common::{eventually, full_record, guarded, record, t, temp_dir, writt
 
 #[tokio::test]
 async fn round_trips_every_field() {
-    let path = temp_dir("sqlite-roundtrip").join("spend.db");
+    let dir = temp_dir("sqlite-roundtrip");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::open(&path).await.unwrap();
     assert_eq!(sink.table(), "LiteLLM_SpendLogs");
     let full = full_record("req-full");
@@ -132,7 +133,8 @@ fn indexes(db: &Connection) -> Vec<(String, bool)> {
 
 #[tokio::test]
 async fn a_duplicate_request_id_is_stored_once() {
-    let path = temp_dir("sqlite-dup").join("spend.db");
+    let dir = temp_dir("sqlite-dup");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::builder(&path)
         .table("spend_dup")
         .open()
@@ -178,7 +180,8 @@ async fn a_duplicate_request_id_is_stored_once() {
 /// a time would).
 #[tokio::test]
 async fn batches_of_every_size_are_written_whole() {
-    let path = temp_dir("sqlite-batches").join("spend.db");
+    let dir = temp_dir("sqlite-batches");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::open(&path).await.unwrap();
     let mut expected = 0;
     for size in [1usize, 2, 3, 7, 15, 16, 17, 31, 32, 37, 100] {
@@ -218,7 +221,8 @@ async fn batches_of_every_size_are_written_whole() {
 
 #[tokio::test]
 async fn query_filters_by_id_time_status_and_pages_newest_first() {
-    let path = temp_dir("sqlite-query").join("spend.db");
+    let dir = temp_dir("sqlite-query");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::open(&path).await.unwrap();
     let records: Vec<SpendRecord> = vec![
         record("q1", "2026-11-20T10:00:00Z", SpendStatus::Success),
@@ -274,7 +278,8 @@ async fn query_filters_by_id_time_status_and_pages_newest_first() {
 
 #[tokio::test]
 async fn block_summary_counts_blocks_per_guardrail_per_day() {
-    let path = temp_dir("sqlite-blocks").join("spend.db");
+    let dir = temp_dir("sqlite-blocks");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::open(&path).await.unwrap();
     sink.write_batch(&[
         guarded(
@@ -326,7 +331,8 @@ async fn block_summary_counts_blocks_per_guardrail_per_day() {
 /// while records keep flowing: every record ends up written, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_a_locked_database() {
-    let path = temp_dir("sqlite-locked").join("spend.db");
+    let dir = temp_dir("sqlite-locked");
+    let path = dir.path().join("spend.db");
     let sink = SqliteSink::builder(&path)
         .busy_timeout(Duration::from_millis(5))
         .open()
@@ -404,7 +410,8 @@ async fn writes_survive_a_locked_database() {
 /// key) is migrated in place when the sink opens: old rows stay, new rows carry both ids.
 #[tokio::test]
 async fn an_old_table_is_migrated_in_place() {
-    let path = temp_dir("sqlite-migrate").join("spend.db");
+    let dir = temp_dir("sqlite-migrate");
+    let path = dir.path().join("spend.db");
     {
         let old = Connection::open(&path).unwrap();
         old.execute_batch(
@@ -484,8 +491,8 @@ async fn an_old_table_is_migrated_in_place() {
 async fn a_database_locked_under_load_loses_nothing_and_holds_a_bounded_queue() {
     for (capacity, tasks, each) in [(4096, 8, 250), (64, 8, 100)] {
         let dir = temp_dir("sqlite-locked-load");
-        let path = dir.join("spend.db");
-        let dead = dir.join("dead.jsonl");
+        let path = dir.path().join("spend.db");
+        let dead = dir.path().join("dead.jsonl");
         let sink = SqliteSink::builder(&path)
             .busy_timeout(Duration::from_millis(5))
             .open()

@@ -214,7 +214,7 @@ async fn queue_full_with_drop_policy_counts_what_did_not_fit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_sends_what_does_not_fit_to_the_dead_letter_file() {
     let dir = temp_dir("writer-overflow");
-    let path = dir.join("spend.dead-letter.jsonl");
+    let path = dir.path().join("spend.dead-letter.jsonl");
     let sink = MemSink::new();
     sink.set_open(false);
     let handle = fast()
@@ -285,7 +285,7 @@ async fn queue_full_sends_what_does_not_fit_to_the_dead_letter_file() {
 #[tokio::test]
 async fn a_rejected_row_is_sanitized_or_dead_lettered_and_the_queue_keeps_flowing() {
     let dir = temp_dir("writer-rejected");
-    let path = dir.join("dead.jsonl");
+    let path = dir.path().join("dead.jsonl");
     let sink = MemSink::new();
     let handle = fast()
         .max_batch_size(50)
@@ -350,7 +350,7 @@ async fn a_rejected_row_is_sanitized_or_dead_lettered_and_the_queue_keeps_flowin
 #[tokio::test]
 async fn an_unclassified_error_is_tried_a_few_times_then_dead_lettered() {
     let dir = temp_dir("writer-other");
-    let path = dir.join("dead.jsonl");
+    let path = dir.path().join("dead.jsonl");
     let sink = MemSink::new();
     *sink.fail_kind.lock().unwrap() = Some(SinkErrorKind::Database);
     let handle = fast()
@@ -451,7 +451,7 @@ async fn shutdown_retries_a_failing_sink_until_it_recovers() {
 #[tokio::test]
 async fn shutdown_dead_letters_what_a_dead_sink_never_took() {
     let dir = temp_dir("writer-shutdown");
-    let path = dir.join("dead.jsonl");
+    let path = dir.path().join("dead.jsonl");
     let sink = MemSink::new();
     sink.fail_forever.store(true, Ordering::SeqCst);
     let handle = fast()
