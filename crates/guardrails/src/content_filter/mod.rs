@@ -458,19 +458,32 @@ impl ContentFilter {
     /// The matches in `text`: sorted, not overlapping, resolved as documented; with `partial`,
     /// only those that no further text can change.
     fn hits(&self, text: &str, partial: bool) -> Vec<Hit> {
+        self.hits_and_settled(text, partial, false).0
+    }
+
+    /// [`Self::hits`], and with `partial` where the text stops being final
+    /// ([`Self::settled_point`]; `text.len()` without `partial`). The point is found only when
+    /// some hit needs it, unless `always_settle` asks for it (a stream's hold-back).
+    fn hits_and_settled(
+        &self,
+        text: &str,
+        partial: bool,
+        always_settle: bool,
+    ) -> (Vec<Hit>, usize) {
         let folded = fold_text(text);
         let mut hits = Vec::new();
         self.raw_hits(text, &folded, partial, &mut hits);
-        if hits.is_empty() {
-            return hits;
-        }
-        if partial {
+        let mut settled = text.len();
+        if partial && (always_settle || !hits.is_empty()) {
             // Only matches that no further text can change take part, and they end before
             // anything that may still change starts (see `settled_point`).
-            let settled = self.settled_point(text, &folded, &hits);
+            settled = self.settled_point(text, &folded, &hits);
             hits.retain(|h| h.start < settled);
         }
-        resolve(hits)
+        if !hits.is_empty() {
+            hits = resolve(hits);
+        }
+        (hits, settled)
     }
 
     /// With more text to come: where the text stops being final. Matches that start at
@@ -759,12 +772,7 @@ impl SpanMatcher for ContentFilter {
 
     /// `find(text, true)` and `hold_back(text)` from one fold and one scan of `text`.
     fn find_partial(&self, text: &str) -> (Vec<SpanMatch>, usize) {
-        let folded = fold_text(text);
-        let mut hits = Vec::new();
-        self.raw_hits(text, &folded, true, &mut hits);
-        let settled = self.settled_point(text, &folded, &hits);
-        hits.retain(|h| h.start < settled);
-        let hits = if hits.is_empty() { hits } else { resolve(hits) };
+        let (hits, settled) = self.hits_and_settled(text, true, true);
         (self.span_matches(hits), text.len() - settled)
     }
 }
