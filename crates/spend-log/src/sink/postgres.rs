@@ -270,8 +270,8 @@ impl PostgresSink {
             .map_err(schema_error)?;
         }
         tx.batch_execute(&create).await.map_err(schema_error)?;
-        for (name, column) in PARTIAL_INDEXES {
-            let index = quote_ident(&format!("{}_{name}_idx", self.table));
+        for (name, column) in super::PARTIAL_INDEXES {
+            let index = idx(name);
             // The index's definition, if it exists (NULL otherwise).
             let definition: Option<String> = tx
                 .query_one("SELECT pg_get_indexdef(to_regclass($1))", &[&index])
@@ -459,16 +459,6 @@ fn pg_error(context: &str, e: tokio_postgres::Error) -> SinkError {
     };
     SinkError::new(kind, message).with_source(e)
 }
-
-/// The columns with an index of their own besides `"startTime"`, as in the SQLite sink: each is
-/// only looked up by equality, so its index is partial (`WHERE column IS NOT NULL`) and a row
-/// without the value (no `x-request-id`, no key, no user) costs no index entry. The `status`
-/// index of earlier versions is dropped: two values, no query faster with it, every insert paid.
-const PARTIAL_INDEXES: [(&str, &str); 3] = [
-    ("client_request_id", "client_request_id"),
-    ("api_key", "api_key"),
-    ("user", "\"user\""),
-];
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)

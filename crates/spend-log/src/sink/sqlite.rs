@@ -262,15 +262,6 @@ fn open_connection(
     Ok(conn)
 }
 
-/// The columns with an index of their own besides `"startTime"`: each is only ever looked up by
-/// equality, so its index is partial (`WHERE column IS NOT NULL`): a row without the value (no
-/// `x-request-id`, no key, no user) costs no index entry, and `column = ?` still uses it.
-const PARTIAL_INDEXES: [(&str, &str); 3] = [
-    ("client_request_id", "client_request_id"),
-    ("api_key", "api_key"),
-    ("user", "\"user\""),
-];
-
 /// Creates the table and its indexes, or brings an older table up to date: adds
 /// `client_request_id`, drops the `status` index (two values: no query is faster with it, and
 /// every insert paid for it), and replaces full indexes on the lookup columns by partial ones.
@@ -324,7 +315,7 @@ fn create_or_migrate(conn: &Connection, table: &str, t: &str) -> Result<(), Sink
         quote_ident(&format!("{table}_status_idx"))
     ))
     .map_err(fail)?;
-    for (name, column) in PARTIAL_INDEXES {
+    for (name, column) in super::PARTIAL_INDEXES {
         let index = format!("{table}_{name}_idx");
         let sql: Option<String> = conn
             .query_row(
