@@ -177,6 +177,20 @@ async fn gated_upstream(
     .await
 }
 
+/// The status of a chat request to model `m1` at `url` whose message is `word`, with the
+/// master key.
+async fn status_of_word(url: &str, word: &str) -> u16 {
+    let body = format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{word}"}}]}}"#);
+    call_json(
+        Method::POST,
+        &format!("{url}/v1/chat/completions"),
+        Some(MASTER),
+        Some(&body),
+    )
+    .await
+    .0
+}
+
 async fn reload(url: &str) -> (u16, Value) {
     call_json(
         Method::POST,
@@ -384,18 +398,7 @@ async fn an_invalid_or_refused_config_keeps_the_running_one() {
     let url = served.url("");
     let blocked = |word: &'static str| {
         let url = url.clone();
-        async move {
-            let body =
-                format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{word}"}}]}}"#);
-            call_json(
-                Method::POST,
-                &format!("{url}/v1/chat/completions"),
-                Some(MASTER),
-                Some(&body),
-            )
-            .await
-            .0 == 400
-        }
+        async move { status_of_word(&url, word).await == 400 }
     };
     assert!(blocked("alpha").await);
 
@@ -539,22 +542,7 @@ async fn sighup_reloads_the_binary_and_an_invalid_config_is_logged_and_refused()
         .unwrap()
         .to_owned();
     let url = format!("http://{addr}");
-    let status_of = |word: &'static str| {
-        let url = url.clone();
-        async move {
-            let body =
-                format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{word}"}}]}}"#);
-            call_json(
-                Method::POST,
-                &format!("{url}/v1/chat/completions"),
-                Some(MASTER),
-                Some(&body),
-            )
-            .await
-            .0
-        }
-    };
-    assert_eq!(status_of("bravo").await, 200);
+    assert_eq!(status_of_word(&url, "bravo").await, 200);
 
     let pid = child.id().to_string();
     let hup = || {
@@ -565,8 +553,8 @@ async fn sighup_reloads_the_binary_and_an_invalid_config_is_logged_and_refused()
     hup();
     let line = next_with(&mut lines, "config reloaded").await;
     assert!(line.contains("guardrails=2"), "{line}");
-    assert_eq!(status_of("bravo").await, 400);
-    assert_eq!(status_of("alpha").await, 200);
+    assert_eq!(status_of_word(&url, "bravo").await, 400);
+    assert_eq!(status_of_word(&url, "alpha").await, 200);
 
     write(&path, "guardrails: 7\n").await;
     hup();
@@ -575,7 +563,7 @@ async fn sighup_reloads_the_binary_and_an_invalid_config_is_logged_and_refused()
         line.contains("guardrails") && line.contains("must be a list"),
         "{line}"
     );
-    assert_eq!(status_of("bravo").await, 400);
+    assert_eq!(status_of_word(&url, "bravo").await, 400);
 
     child.kill().unwrap();
     child.wait().unwrap();
@@ -627,22 +615,7 @@ async fn metrics_keep_counting_across_a_reload() {
     let requests =
         "litellm_proxy_total_requests_metric_total{requested_model=\"m1\",status_code=\"400\"}";
 
-    let send = |word: &'static str| {
-        let url = url.clone();
-        async move {
-            let body =
-                format!(r#"{{"model":"m1","messages":[{{"role":"user","content":"{word}"}}]}}"#);
-            call_json(
-                Method::POST,
-                &format!("{url}/v1/chat/completions"),
-                Some(MASTER),
-                Some(&body),
-            )
-            .await
-            .0
-        }
-    };
-    assert_eq!(send("alpha").await, 400);
+    assert_eq!(status_of_word(&url, "alpha").await, 400);
     // The row is written, then counted: wait for the scrape to show it.
     let mut before = String::new();
     for _ in 0..200 {
@@ -658,7 +631,7 @@ async fn metrics_keep_counting_across_a_reload() {
     write(&path, &config(&base, &["m1"], &["bravo"], &[], &settings)).await;
     let (status, body) = reload(&url).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(send("bravo").await, 400);
+    assert_eq!(status_of_word(&url, "bravo").await, 400);
     let mut after = String::new();
     for _ in 0..200 {
         after = scrape(&url).await;
