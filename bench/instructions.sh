@@ -7,7 +7,8 @@
 #
 # For each target (bare, gw-none, gw-filter, gw-master, gw-vkey: the same as bench/run.sh;
 # gw-metrics and gw-filter-metrics: gw-none and gw-filter with Prometheus metrics on, `serve
-# --metrics`), the proxy runs under
+# --metrics`; gw-remote: gw-none with one Generic Guardrail API pre_call check per request,
+# against bench/src/bin/guard-mock.rs answering at once), the proxy runs under
 # callgrind in front of the mock upstream (not under valgrind) on loopback, and serves N and then
 # 2N non-streaming chat requests (oha, concurrency 4) in two fresh runs; the difference of the
 # two instruction totals over N is the cost of one request, with start-up and shutdown cancelled
@@ -16,22 +17,27 @@
 # Environment (all optional):
 #   BENCH_REQUESTS   N (default 1000)
 #   BENCH_TARGETS    subset of: bare gw-none gw-filter gw-master gw-vkey gw-metrics
-#                    gw-filter-metrics (default: all)
+#                    gw-filter-metrics gw-remote (default: all)
 #   BENCH_PORT_BASE  first of two consecutive ports on 127.0.0.1 (default 18451)
 #   BENCH_BODY       the request body (default bench/chat.json)
+#   BENCH_EVENTS     E: every request asks for a stream of E content events instead (the body
+#                    with "stream": true, and x-mock-events: E), so the figure is per stream
 #   BENCH_GUARDRAILS the YAML appended to the gw-filter config (default bench/content-filter.yaml)
 #   BENCH_GATEWAY    the gateway binary to measure (default: the release build), e.g. a copy of an
 #                    earlier build, to compare two builds
 #   BENCH_WORKERS    Tokio worker threads of the proxy (TOKIO_WORKER_THREADS, default 1: with
 #                    more, idle workers' spinning and stealing enter the count, and it varies
 #                    with the machine's load by up to 20 %)
+#   BENCH_PROFILE    a directory: keeps each target's callgrind files there, as
+#                    TARGET.REQUESTS.callgrind (for callgrind_annotate; the difference of a
+#                    function's figures in the two files, over N, is its cost per request)
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${BENCH_REQUESTS:-1000}
-TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey gw-metrics gw-filter-metrics}
+TARGETS=${BENCH_TARGETS:-bare gw-none gw-filter gw-master gw-vkey gw-metrics gw-filter-metrics gw-remote}
 # gw-master: gw-none with a master key, every request sending it; gw-vkey: the same, every
 # request sending a virtual key generated at start (one /key/generate, the same in both runs).
 MASTER_KEY=sk-bench-master-key-0123456789
@@ -45,10 +51,11 @@ NAME=instructions
 . "$ROOT/bench/lib.sh"
 MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
+GUARD_PORT=$((PORT_BASE + 2))
 
 [[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 5)) || die "BENCH_REQUESTS must be an integer from 5 (got '$N')"
 for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics) ;; *) die "unknown target '$t'" ;; esac
+    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics | gw-remote) ;; *) die "unknown target '$t'" ;; esac
 done
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
@@ -56,11 +63,25 @@ command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or 
 build_release
 
 work_dir instructions
+STREAM=()
+if [[ -n ${BENCH_EVENTS:-} ]]; then
+    [[ $BENCH_EVENTS =~ ^[0-9]{1,5}$ ]] || die "BENCH_EVENTS must be a number of events (got '$BENCH_EVENTS')"
+    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["stream"] = True; json.dump(b, open(sys.argv[2], "w"))' \
+        "$BODY" "$WORK/stream.json"
+    BODY=$WORK/stream.json
+    STREAM=(-H "x-mock-events: $BENCH_EVENTS")
+fi
 
 
 "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
+if [[ " $TARGETS " == *" gw-remote "* ]]; then
+    "$BIN/guard-mock" --listen "$HOST:$GUARD_PORT" --latency-ms 0 >"$WORK/guard.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$GUARD_PORT" || die "nothing listens on $HOST:$GUARD_PORT"
+fi
+[[ -z ${BENCH_PROFILE:-} ]] || mkdir -p "$BENCH_PROFILE"
 
 # total TARGET REQUESTS: callgrind's instruction total for the proxy serving REQUESTS requests.
 total() {
@@ -73,6 +94,15 @@ total() {
                 "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
             [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$GUARDRAILS" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
+            [[ $target == gw-remote ]] && cat >>"$WORK/$target.yaml" <<EOF
+guardrails:
+  - guardrail_name: remote
+    litellm_params:
+      guardrail: generic_guardrail_api
+      api_base: http://$HOST:$GUARD_PORT
+      mode: pre_call
+      default_on: true
+EOF
             cmd=("$GATEWAY" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
             [[ $target == gw-metrics || $target == gw-filter-metrics ]] && cmd+=(--metrics)
             ;;
@@ -90,7 +120,7 @@ total() {
             auth=(-H "authorization: Bearer $key")
             ;;
     esac
-    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" "${auth[@]}" \
+    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" "${auth[@]}" "${STREAM[@]}" \
         -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
         die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
     grep -q '\[200\] '"$requests"' responses' "$WORK/oha.txt" ||
@@ -98,6 +128,7 @@ total() {
     kill -INT "$pid"
     wait "$pid" || true
     awk '/^(summary|totals):/ { print $2; exit }' "$WORK"/callgrind.*
+    [[ -z ${BENCH_PROFILE:-} ]] || cp "$WORK"/callgrind.* "$BENCH_PROFILE/$target.$requests.callgrind"
 }
 
 printf '| target | instructions per request |\n|---|---:|\n'

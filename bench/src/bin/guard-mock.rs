@@ -38,7 +38,7 @@ struct Args {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:18409")]
     listen: SocketAddr,
-    /// How long each check takes, in milliseconds.
+    /// How long each check takes, in milliseconds (0: answer at once).
     #[arg(long, default_value_t = 5)]
     latency_ms: u64,
 }
@@ -66,7 +66,10 @@ async fn handle(
         );
         (StatusCode::OK, body)
     } else if path.ends_with("/beta/litellm_basic_guardrail_api") {
-        tokio::time::sleep(latency).await;
+        // At 0 ms the answer comes at once (a zero sleep would still wait for a timer tick).
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         counts.requests.fetch_add(1, Ordering::Relaxed);
         (StatusCode::OK, r#"{"action":"NONE"}"#.to_owned())
     } else {

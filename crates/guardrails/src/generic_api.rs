@@ -103,6 +103,7 @@
 //! request's guardrail log (the spend-log row), never to the client, whose error only names the
 //! guardrail.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -357,7 +358,7 @@ fn endpoint_url(api_base: &str) -> String {
 }
 
 /// Turns the service's answer into a verdict (without its detail), or says why it cannot.
-fn interpret(answer: &Value, input: &GuardrailInput, sent: &Sent) -> Result<Verdict, String> {
+fn interpret(answer: &Value, input: &GuardrailInput, sent: &Sent<'_>) -> Result<Verdict, String> {
     let Value::Object(fields) = answer else {
         return Err(format!("{}, not a JSON object", kind_of(answer)));
     };
@@ -472,10 +473,11 @@ enum ToolCallAt {
 
 /// The request structure sent with a request-side check, kept to apply the answer's
 /// structural rewrites.
-struct Sent {
-    /// The request body with the texts being checked written into it; `None` on the response
-    /// side, without a JSON object body, or when the texts do not fit the body's text view.
-    body: Option<Value>,
+struct Sent<'a> {
+    /// The request body with the texts being checked written into it (the request's own body,
+    /// borrowed, while they are its texts); `None` on the response side, without a JSON object
+    /// body, or when the texts do not fit the body's text view.
+    body: Option<Cow<'a, Value>>,
     /// The body field holding the messages (`messages`, or `input` for Responses), when it is
     /// an array.
     key: Option<&'static str>,
@@ -483,8 +485,8 @@ struct Sent {
     tool_calls: Vec<ToolCallAt>,
 }
 
-impl Sent {
-    fn new(input: &GuardrailInput) -> Sent {
+impl<'a> Sent<'a> {
+    fn new(input: &'a GuardrailInput) -> Sent<'a> {
         let none = Sent {
             body: None,
             key: None,
@@ -498,16 +500,20 @@ impl Sent {
             return none;
         };
         let call_type = meta.call_type();
-        let mut body = original.clone();
         // The texts may no longer be the body's own (an earlier guardrail masked them): the
         // structure sent is the body with these texts, never the original.
-        if call_type.texts(Side::Request, &body) != input.texts()
-            && call_type
+        let body = if has_texts(call_type, original, input.texts()) {
+            Cow::Borrowed(original)
+        } else {
+            let mut body = original.clone();
+            if call_type
                 .set_texts(Side::Request, &mut body, input.texts())
                 .is_err()
-        {
-            return none;
-        }
+            {
+                return none;
+            }
+            Cow::Owned(body)
+        };
         let key = messages_key(call_type).filter(|k| body.get(*k).is_some_and(Value::is_array));
         let tool_calls = key
             .and_then(|k| body.get(k))
@@ -555,7 +561,7 @@ impl Sent {
             });
         };
         let call_type = input.meta().call_type();
-        let mut rebuilt = body.clone();
+        let mut rebuilt = Value::clone(body);
         if let Some(messages) = messages {
             let sent = self.messages().map_or(0, Vec::len);
             if messages.len() != sent {
@@ -615,7 +621,7 @@ impl Sent {
             ));
         }
         // Only text may differ: the sent body with the new texts must be the rebuilt one.
-        let mut expected = body.clone();
+        let mut expected = Value::clone(body);
         if call_type
             .set_texts(Side::Request, &mut expected, &texts)
             .is_err()
@@ -653,7 +659,7 @@ struct WireRequest<'a> {
 impl<'a> WireRequest<'a> {
     fn new(
         input: &'a GuardrailInput,
-        sent: &'a Sent,
+        sent: &'a Sent<'a>,
         additional_params: &'a Value,
         extra_headers: &[String],
     ) -> Self {
@@ -687,6 +693,16 @@ impl<'a> WireRequest<'a> {
             model: input.model(),
         }
     }
+}
+
+/// Whether `texts` are exactly the texts of `body` (compared in place, nothing copied).
+fn has_texts(call_type: CallType, body: &Value, texts: &[String]) -> bool {
+    let (mut count, mut same) = (0, true);
+    call_type.for_each_text(Side::Request, body, |text| {
+        same &= texts.get(count).is_some_and(|t| t == text);
+        count += 1;
+    });
+    same && count == texts.len()
 }
 
 /// LiteLLM's `request_data`: the caller's `user_api_key_*` metadata, and the end user the

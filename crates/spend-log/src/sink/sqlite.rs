@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, ffi, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, ffi, params_from_iter};
 use tokio::sync::oneshot;
 
 use super::{
@@ -54,6 +55,8 @@ pub struct SqliteSink {
     /// The read connection's thread (`None` for `:memory:`, which only one connection sees).
     reads: Option<std_mpsc::Sender<Job>>,
     table: String,
+    /// The multi-row `INSERT`s a batch is written with (see [`ROWS_PER_INSERT`]), made once.
+    inserts: Arc<[(usize, String)]>,
     path: PathBuf,
 }
 
@@ -145,9 +148,13 @@ impl SqliteSinkBuilder {
                 .map_err(|_| SinkError::closed("the SQLite read thread exited while opening"))??;
             Some(reads)
         };
+        let table = quote_ident(&self.table);
         Ok(SqliteSink {
             jobs,
             reads,
+            inserts: ROWS_PER_INSERT
+                .map(|size| (size, insert_sql(&table, size)))
+                .into(),
             table: self.table,
             path: self.path,
         })
@@ -459,31 +466,46 @@ impl SpendLogSink for SqliteSink {
                 return Ok(());
             }
             let rows = records.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
-            let table = quote_ident(&self.table);
-            let statements = ROWS_PER_INSERT.map(|size| (size, insert_sql(&table, size)));
+            let statements = Arc::clone(&self.inserts);
             self.call(move |conn| {
-                let fail = |e| sql_error("cannot write spend-log records", e);
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(fail)?;
-                let mut rows = rows.into_iter();
-                let mut left = rows.len();
-                // Several rows per statement (one VDBE run, one bind pass), in chunks of 16,
-                // 8, 4, 2 and 1 rows: five cached statements cover any batch size.
-                for (size, sql) in &statements {
-                    let size = *size;
-                    while left >= size {
-                        let mut insert = tx.prepare_cached(sql).map_err(fail)?;
-                        let values = rows.by_ref().take(size).flat_map(|Row(values)| values);
-                        insert.execute(params_from_iter(values)).map_err(fail)?;
-                        left -= size;
+                immediate_transaction(conn, |conn| {
+                    let mut rows = rows.into_iter();
+                    let mut left = rows.len();
+                    // Several rows per statement (one VDBE run, one bind pass), in chunks of
+                    // 16, 8, 4, 2 and 1 rows: five cached statements cover any batch size.
+                    for (size, sql) in statements.iter() {
+                        let size = *size;
+                        while left >= size {
+                            let mut insert = conn.prepare_cached(sql)?;
+                            let values = rows.by_ref().take(size).flat_map(|Row(values)| values);
+                            insert.execute(params_from_iter(values))?;
+                            left -= size;
+                        }
                     }
-                }
-                tx.commit().map_err(fail)
+                    Ok(())
+                })
+                .map_err(|e| sql_error("cannot write spend-log records", e))
             })
             .await
         })
     }
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction: committed when `f` succeeds, rolled back when
+/// it or the commit fails. `BEGIN` and `COMMIT` are cached statements (rusqlite's `Transaction`
+/// parses both anew for every batch, a few thousand instructions each time).
+fn immediate_transaction(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let done = f(conn).and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if done.is_err() && !conn.is_autocommit() {
+        // The error is the one to report; a rollback that fails too leaves nothing to add (the
+        // next `BEGIN` would fail and say why).
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
 }
 
 /// The row counts of the multi-row `INSERT`s a batch is written with, largest first (16 rows of

@@ -578,3 +578,44 @@ async fn a_database_locked_under_load_loses_nothing_and_holds_a_bounded_queue() 
         );
     }
 }
+
+/// A batch the database refuses part-way (here a trigger rejects its third row, after the
+/// first two were inserted by one statement) leaves nothing behind, and the sink writes the
+/// next batch: the failed transaction was rolled back, not left open.
+#[tokio::test]
+async fn a_batch_refused_part_way_is_rolled_back_and_the_next_one_written() {
+    let dir = temp_dir("sqlite-rollback");
+    let path = dir.path().join("spend.db");
+    let sink = SqliteSink::open(&path).await.unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON \"LiteLLM_SpendLogs\"
+             WHEN NEW.request_id = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
+        )
+        .unwrap();
+    let at = "2026-11-21T10:00:00Z";
+    let err = sink
+        .write_batch(&[
+            record("first", at, SpendStatus::Success),
+            record("second", at, SpendStatus::Success),
+            record("poison", at, SpendStatus::Success),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::Rejected, "{err}");
+
+    sink.write_batch(&[record("next", at, SpendStatus::Success)])
+        .await
+        .unwrap();
+    let ids: Vec<String> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT request_id FROM \"LiteLLM_SpendLogs\" ORDER BY request_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids, ["next"]);
+}
