@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::json_body::JsonBody;
+use crate::json_body::{JsonBody, TextSpan};
 use crate::scope::{Caller, RequestState};
 use crate::text::Side;
 use crate::{CallType, GuardrailMode, RequestId};
@@ -128,6 +128,33 @@ impl RequestMeta {
     /// The parsed request body, if it was JSON.
     pub fn body(&self) -> Option<&Value> {
         self.body.as_deref().map(|body| &**body.value())
+    }
+
+    /// The request body's JSON text as the client sent it: `None` for a body a guardrail
+    /// rewrote or one built as a `Value`. A guardrail that sends parts of the request on (the
+    /// Generic Guardrail API's messages) can copy them from here instead of building and
+    /// writing out the parsed body; [`body_has_texts`](Self::body_has_texts) says whether the
+    /// texts it checks are still the body's own.
+    pub fn body_bytes(&self) -> Option<&[u8]> {
+        let body = self.body.as_deref()?;
+        (body.texts.is_some() && !body.bytes.is_empty()).then_some(&body.bytes[..])
+    }
+
+    /// Whether `texts` are exactly the guardrail texts of [`body_bytes`](Self::body_bytes)
+    /// (not, say, texts an earlier guardrail masked); compared in place, nothing copied.
+    pub fn body_has_texts(&self, texts: &[String]) -> bool {
+        let Some((body, spans)) = self
+            .body
+            .as_deref()
+            .and_then(|body| Some((body, body.texts.as_ref()?)))
+        else {
+            return false;
+        };
+        spans.len() == texts.len()
+            && spans.iter().zip(texts).all(|(span, text)| match span {
+                TextSpan::Bytes(range) => body.bytes.get(range.clone()) == Some(text.as_bytes()),
+                TextSpan::Unescaped(own) => own == text,
+            })
     }
 
     /// The request headers, without credentials.

@@ -109,6 +109,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use guardrail_tower_core::json::JsonView;
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     CallType, Guardrail, GuardrailError, GuardrailInput, RequestMeta, Verdict,
@@ -116,6 +117,7 @@ use guardrail_tower_core::{
 use http::HeaderMap;
 use http::header::HeaderValue;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::http::{
@@ -307,7 +309,8 @@ impl GenericGuardrailApi {
 
     /// The JSON request body for `input` (see the [module docs](self)).
     pub fn request_body(&self, input: &GuardrailInput) -> Value {
-        let sent = Sent::new(input);
+        let mut written = None;
+        let sent = Sent::new(input, &mut written);
         let wire = WireRequest::new(input, &sent, &self.additional_params, &self.extra_headers);
         serde_json::to_value(&wire).unwrap_or(Value::Null)
     }
@@ -325,7 +328,8 @@ impl fmt::Debug for GenericGuardrailApi {
 
 impl Guardrail for GenericGuardrailApi {
     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
-        let sent = Sent::new(input);
+        let mut written = None;
+        let sent = Sent::new(input, &mut written);
         let wire = WireRequest::new(input, &sent, &self.additional_params, &self.extra_headers);
         let body = serde_json::to_vec(&wire).map_err(|e| {
             GuardrailError::failed(format!("could not encode the guardrail request: {e}"))
@@ -405,13 +409,12 @@ fn interpret(answer: &Value, input: &GuardrailInput, sent: &Sent<'_>) -> Result<
             };
             // A structural rewrite: what differs from what was sent.
             let messages = list(fields, "structured_messages")?
-                .filter(|m| sent.messages().is_none_or(|sent| sent != *m));
+                .filter(|m| sent.messages().is_none_or(|sent| sent != **m));
             let tool_calls = list(fields, "tool_calls")?.filter(|calls| {
                 calls.len() != sent.tool_calls.len()
-                    || calls
-                        .iter()
-                        .zip(&sent.tool_calls)
-                        .any(|(call, at)| sent.tool_call(*at) != Some(call))
+                    || calls.iter().zip(&sent.tool_calls).any(|(call, (_, text))| {
+                        serde_json::from_str::<Value>(text.get()).ok().as_ref() != Some(call)
+                    })
             });
             let derived = if messages.is_some() || tool_calls.is_some() {
                 Some(sent.apply(input, messages, tool_calls)?)
@@ -471,76 +474,179 @@ enum ToolCallAt {
     Block { message: usize, index: usize },
 }
 
-/// The request structure sent with a request-side check, kept to apply the answer's
-/// structural rewrites.
+/// What a check sends of the request's own body (its messages, tools, tool calls, images,
+/// trace id and end user), borrowed from a JSON text of the body: the client's bytes as they
+/// came when they say exactly what the parsed body says, else the parsed body written out (see
+/// [`Sent::of`]). Kept to compare with and apply the answer's structural rewrites.
 struct Sent<'a> {
-    /// The request body with the texts being checked written into it (the request's own body,
-    /// borrowed, while they are its texts); `None` on the response side, without a JSON object
-    /// body, or when the texts do not fit the body's text view.
-    body: Option<Cow<'a, Value>>,
     /// The body field holding the messages (`messages`, or `input` for Responses), when it is
-    /// an array.
+    /// an array and this is a request-side check.
     key: Option<&'static str>,
-    /// The tool calls in the messages, in the order sent.
-    tool_calls: Vec<ToolCallAt>,
+    /// The messages as sent (JSON text).
+    messages: Option<&'a RawValue>,
+    /// The request's `tools`, unless absent or `null` (request side).
+    tools: Option<&'a RawValue>,
+    /// Image URLs in the messages.
+    images: Option<Vec<String>>,
+    /// The tool calls in the messages, in the order sent, with their JSON text.
+    tool_calls: Vec<(ToolCallAt, Box<RawValue>)>,
+    /// The client's `litellm_trace_id` (at the top level, or in `metadata`), if not empty.
+    trace_id: Option<String>,
+    /// The body's `user`, if a non-empty string.
+    user: Option<String>,
+}
+
+/// The members of a request body a check reads, borrowed from its JSON text. A member named
+/// twice fails the parse: the check then reads the parsed body, where the last one counts.
+#[derive(Deserialize)]
+struct BodyMembers<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    input: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    tools: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    litellm_trace_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    metadata: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
+}
+
+/// A member that is present, `null` included (`Option`'s own deserializer reads `null` as
+/// absent, where `Value::get` finds it).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A JSON text the parsed body was written out to, for a check whose body cannot be sent
+/// from the client's bytes; `structure` is false when the checked texts do not fit the body
+/// (its messages and tools are then not sent).
+struct WrittenBody {
+    bytes: Vec<u8>,
+    structure: bool,
 }
 
 impl<'a> Sent<'a> {
-    fn new(input: &'a GuardrailInput) -> Sent<'a> {
-        let none = Sent {
-            body: None,
-            key: None,
-            tool_calls: Vec::new(),
-        };
-        if input.side() != Side::Request {
-            return none;
-        }
-        let meta = input.meta();
-        let Some(original) = meta.body().filter(|b| b.is_object()) else {
-            return none;
-        };
-        let call_type = meta.call_type();
-        // The texts may no longer be the body's own (an earlier guardrail masked them): the
-        // structure sent is the body with these texts, never the original.
-        let body = if has_texts(call_type, original, input.texts()) {
-            Cow::Borrowed(original)
-        } else {
-            let mut body = original.clone();
-            if call_type
-                .set_texts(Side::Request, &mut body, input.texts())
-                .is_err()
-            {
-                return none;
-            }
-            Cow::Owned(body)
-        };
-        let key = messages_key(call_type).filter(|k| body.get(*k).is_some_and(Value::is_array));
-        let tool_calls = key
-            .and_then(|k| body.get(k))
-            .map(tool_calls_in)
-            .unwrap_or_default();
+    /// Nothing from the body.
+    fn none() -> Sent<'a> {
         Sent {
-            body: Some(body),
-            key,
-            tool_calls,
+            key: None,
+            messages: None,
+            tools: None,
+            images: None,
+            tool_calls: Vec::new(),
+            trace_id: None,
+            user: None,
         }
     }
 
-    fn messages(&self) -> Option<&Vec<Value>> {
-        self.body.as_ref()?.get(self.key?)?.as_array()
+    /// The check's view of the body: from the client's bytes when the texts checked are
+    /// still the body's own and no member the check reads, nor any key inside the messages
+    /// and tools, is repeated (so the bytes say what the parsed body says); otherwise `None`,
+    /// and [`written`](Sent::written) says what to read instead.
+    fn of(input: &'a GuardrailInput) -> Option<Sent<'a>> {
+        let meta = input.meta();
+        let bytes = meta.body_bytes()?;
+        if input.side() == Side::Request && !meta.body_has_texts(input.texts()) {
+            return None;
+        }
+        Sent::read(input, bytes, true, true)
     }
 
-    fn tool_call(&self, at: ToolCallAt) -> Option<&Value> {
-        let messages = self.body.as_ref()?.get(self.key?)?;
-        match at {
-            ToolCallAt::Chat { message, index } => {
-                messages.get(message)?.get("tool_calls")?.get(index)
-            }
-            ToolCallAt::Item { message } => messages.get(message),
-            ToolCallAt::Block { message, index } => {
-                messages.get(message)?.get("content")?.get(index)
-            }
+    /// The parsed body written out, with the checked texts in it for a request-side check
+    /// (an earlier guardrail may have masked them: what is sent is the body with these texts,
+    /// never the original); `None` without a JSON object body.
+    fn written(input: &GuardrailInput) -> Option<WrittenBody> {
+        let meta = input.meta();
+        let original = meta.body().filter(|b| b.is_object())?;
+        let write = |body: &Value, structure| {
+            Some(WrittenBody {
+                bytes: serde_json::to_vec(body).ok()?,
+                structure,
+            })
+        };
+        match sent_body(input) {
+            Some(body) => write(&body, true),
+            None => write(original, false),
         }
+    }
+
+    /// The check's view of the body: [`of`](Sent::of) the client's bytes, or else of the
+    /// parsed body [`written`](Sent::written) out into `written`.
+    fn new(input: &'a GuardrailInput, written: &'a mut Option<WrittenBody>) -> Sent<'a> {
+        if let Some(sent) = Sent::of(input) {
+            return sent;
+        }
+        *written = Sent::written(input);
+        written
+            .as_ref()
+            .and_then(|w| Sent::read(input, &w.bytes, w.structure, false))
+            .unwrap_or_else(Sent::none)
+    }
+
+    /// Reads `bytes`, a JSON text of the body; `None` when it repeats a member the check
+    /// reads, or (with `check_repeats`) a key inside the messages or tools.
+    fn read(
+        input: &GuardrailInput,
+        bytes: &'a [u8],
+        structure: bool,
+        check_repeats: bool,
+    ) -> Option<Sent<'a>> {
+        let members: BodyMembers<'a> = serde_json::from_slice(bytes).ok()?;
+        let view = |raw: &'a RawValue| JsonView::parse(raw.get().as_bytes()).ok();
+        let string = |view: Option<&JsonView<'_>>| {
+            view.and_then(JsonView::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let mut sent = Sent::none();
+        sent.trace_id = match members.litellm_trace_id {
+            Some(id) => string(view(id).as_ref()),
+            None => members
+                .metadata
+                .and_then(view)
+                .and_then(|metadata| string(metadata.get("litellm_trace_id"))),
+        };
+        sent.user = string(members.user.and_then(view).as_ref());
+        if input.side() != Side::Request || !structure {
+            return Some(sent);
+        }
+        if let Some(tools) = members.tools.filter(|t| t.get() != "null") {
+            if check_repeats && view(tools).is_none_or(|t| repeats_a_key(&t)) {
+                return None;
+            }
+            sent.tools = Some(tools);
+        }
+        let key = messages_key(input.meta().call_type());
+        let raw = key.and_then(|key| match key {
+            "input" => members.input,
+            _ => members.messages,
+        });
+        let Some((key, raw)) = key.zip(raw).filter(|(_, m)| m.get().starts_with('[')) else {
+            return Some(sent);
+        };
+        let messages = view(raw)?;
+        if check_repeats && repeats_a_key(&messages) {
+            return None;
+        }
+        sent.key = Some(key);
+        sent.messages = Some(raw);
+        sent.images = images_in(&messages);
+        sent.tool_calls = tool_calls_in(&messages)
+            .into_iter()
+            .filter_map(|at| {
+                let call = tool_call(&messages, at)?;
+                Some((at, RawValue::from_string(call.to_json_string()).ok()?))
+            })
+            .collect();
+        Some(sent)
+    }
+
+    /// The messages sent, parsed (to compare with an answer's `structured_messages`).
+    fn messages(&self) -> Option<Vec<Value>> {
+        serde_json::from_str(self.messages?.get()).ok()
     }
 
     /// The texts of the request rebuilt with the rewritten messages and tool calls, read with
@@ -551,7 +657,8 @@ impl<'a> Sent<'a> {
         messages: Option<&Vec<Value>>,
         tool_calls: Option<&Vec<Value>>,
     ) -> Result<Vec<String>, String> {
-        let (Some(body), Some(key)) = (&self.body, self.key) else {
+        let (Some(body), Some(key)) = (sent_body(input).filter(|_| self.key.is_some()), self.key)
+        else {
             return Err(if input.side() == Side::Response {
                 "a `structured_messages`/`tool_calls` rewrite, which cannot be applied to a \
                  response (none was sent)"
@@ -561,9 +668,9 @@ impl<'a> Sent<'a> {
             });
         };
         let call_type = input.meta().call_type();
-        let mut rebuilt = Value::clone(body);
+        let mut rebuilt = Value::clone(&body);
         if let Some(messages) = messages {
-            let sent = self.messages().map_or(0, Vec::len);
+            let sent = body.get(key).and_then(Value::as_array).map_or(0, Vec::len);
             if messages.len() != sent {
                 return Err(format!(
                     "{} `structured_messages` for {sent} sent: a rewrite may change text, not \
@@ -589,7 +696,7 @@ impl<'a> Sent<'a> {
                 ));
             }
             let messages = &mut rebuilt[key];
-            for (call, at) in calls.iter().zip(&self.tool_calls) {
+            for (call, (at, _)) in calls.iter().zip(&self.tool_calls) {
                 let slot = match *at {
                     ToolCallAt::Chat { message, index } => messages
                         .get_mut(message)
@@ -621,7 +728,7 @@ impl<'a> Sent<'a> {
             ));
         }
         // Only text may differ: the sent body with the new texts must be the rebuilt one.
-        let mut expected = Value::clone(body);
+        let mut expected = Value::clone(&body);
         if call_type
             .set_texts(Side::Request, &mut expected, &texts)
             .is_err()
@@ -637,6 +744,47 @@ impl<'a> Sent<'a> {
     }
 }
 
+/// The request body with the checked texts written in, for a request-side check (the body
+/// itself, borrowed, while they are its own texts); `None` on the response side, without a
+/// JSON object body, or when the texts do not fit the body's text view.
+fn sent_body(input: &GuardrailInput) -> Option<Cow<'_, Value>> {
+    if input.side() != Side::Request {
+        return None;
+    }
+    let meta = input.meta();
+    let original = meta.body().filter(|b| b.is_object())?;
+    let call_type = meta.call_type();
+    if has_texts(call_type, original, input.texts()) {
+        return Some(Cow::Borrowed(original));
+    }
+    let mut body = original.clone();
+    call_type
+        .set_texts(Side::Request, &mut body, input.texts())
+        .ok()?;
+    Some(Cow::Owned(body))
+}
+
+/// Whether an object anywhere in `view` names a key twice.
+fn repeats_a_key(view: &JsonView<'_>) -> bool {
+    match view {
+        JsonView::Array(items) => items.iter().any(repeats_a_key),
+        JsonView::Object(entries) => {
+            let repeated = if entries.len() <= 16 {
+                entries
+                    .iter()
+                    .enumerate()
+                    .any(|(i, (key, _))| entries[..i].iter().any(|(k, _)| k == key))
+            } else {
+                let mut keys: Vec<&str> = entries.iter().map(|(k, _)| &**k).collect();
+                keys.sort_unstable();
+                keys.windows(2).any(|w| w[0] == w[1])
+            };
+            repeated || entries.iter().any(|(_, value)| repeats_a_key(value))
+        }
+        _ => false,
+    }
+}
+
 /// The request body sent to the service, borrowing from the input. Field order follows
 /// LiteLLM's `GenericGuardrailAPIRequest`; `None` is serialized as `null`, never omitted.
 #[derive(Serialize)]
@@ -644,15 +792,15 @@ struct WireRequest<'a> {
     input_type: &'static str,
     litellm_call_id: &'a str,
     litellm_trace_id: &'a str,
-    structured_messages: Option<&'a Value>,
-    images: Option<Vec<String>>,
-    tools: Option<&'a Value>,
+    structured_messages: Option<&'a RawValue>,
+    images: Option<&'a [String]>,
+    tools: Option<&'a RawValue>,
     texts: &'a [String],
     request_data: Map<String, Value>,
     request_headers: Option<Map<String, Value>>,
     litellm_version: Option<&'a str>,
     additional_provider_specific_params: &'a Value,
-    tool_calls: Option<Vec<&'a Value>>,
+    tool_calls: Option<Vec<&'a RawValue>>,
     model: Option<&'a str>,
 }
 
@@ -664,32 +812,23 @@ impl<'a> WireRequest<'a> {
         extra_headers: &[String],
     ) -> Self {
         let meta = input.meta();
-        let body = meta.body().filter(|b| b.is_object());
-        let messages = sent.key.and_then(|k| sent.body.as_ref()?.get(k));
-        let tool_calls: Vec<&Value> = sent
-            .tool_calls
-            .iter()
-            .filter_map(|at| sent.tool_call(*at))
-            .collect();
         WireRequest {
             input_type: input.side().as_str(),
             litellm_call_id: input.request_id(),
-            litellm_trace_id: body
-                .and_then(trace_id_in)
+            litellm_trace_id: sent
+                .trace_id
+                .as_deref()
                 .unwrap_or_else(|| input.request_id()),
-            structured_messages: messages,
-            images: messages.and_then(images_in),
-            tools: sent
-                .body
-                .as_ref()
-                .and_then(|b| b.get("tools"))
-                .filter(|t| !t.is_null()),
+            structured_messages: sent.messages,
+            images: sent.images.as_deref(),
+            tools: sent.tools,
             texts: input.texts(),
-            request_data: caller_metadata(meta),
+            request_data: caller_metadata(meta, sent.user.as_deref()),
             request_headers: sanitized_headers(meta, extra_headers),
             litellm_version: None,
             additional_provider_specific_params: additional_params,
-            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+            tool_calls: (!sent.tool_calls.is_empty())
+                .then(|| sent.tool_calls.iter().map(|(_, call)| &**call).collect()),
             model: input.model(),
         }
     }
@@ -707,18 +846,13 @@ fn has_texts(call_type: CallType, body: &Value, texts: &[String]) -> bool {
 
 /// LiteLLM's `request_data`: the caller's `user_api_key_*` metadata, and the end user the
 /// request names.
-fn caller_metadata(meta: &RequestMeta) -> Map<String, Value> {
+fn caller_metadata(meta: &RequestMeta, user: Option<&str>) -> Map<String, Value> {
     let mut out = match meta.caller().map(serde_json::to_value) {
         Some(Ok(Value::Object(map))) => map,
         _ => Map::new(),
     };
     out.retain(|_, v| !v.is_null());
-    if let Some(user) = meta
-        .body()
-        .and_then(|b| b.get("user"))
-        .and_then(Value::as_str)
-        .filter(|u| !u.is_empty())
-    {
+    if let Some(user) = user {
         out.insert("user_api_key_end_user_id".to_owned(), Value::from(user));
     }
     out
@@ -733,42 +867,46 @@ fn messages_key(call_type: CallType) -> Option<&'static str> {
     }
 }
 
+/// The items of an array (none for anything else).
+fn items<'v, 'a>(view: &'v JsonView<'a>) -> &'v [JsonView<'a>] {
+    match view {
+        JsonView::Array(items) => items,
+        _ => &[],
+    }
+}
+
 /// The content parts of each message (or, for Responses input items, the item itself).
-fn parts(messages: &Value) -> impl Iterator<Item = &Value> {
-    messages
-        .as_array()
-        .into_iter()
-        .flatten()
+fn parts<'v, 'a>(messages: &'v JsonView<'a>) -> impl Iterator<Item = &'v JsonView<'a>> {
+    items(messages)
+        .iter()
         .flat_map(|message| match message.get("content") {
-            Some(Value::Array(parts)) => parts.iter().collect::<Vec<_>>(),
+            Some(JsonView::Array(parts)) => parts.iter().collect::<Vec<_>>(),
             _ => vec![message],
         })
 }
 
 /// Image URLs in the messages: chat `image_url` parts, Responses `input_image` parts, Anthropic
 /// `image` blocks (a `url` source, or a `data:` URL for a base64 source).
-fn images_in(messages: &Value) -> Option<Vec<String>> {
+fn images_in(messages: &JsonView<'_>) -> Option<Vec<String>> {
+    let text = |view: Option<&JsonView<'_>>| view.and_then(JsonView::as_str).map(str::to_owned);
     let mut images = Vec::new();
     for part in parts(messages) {
-        let url = match part.get("type").and_then(Value::as_str) {
+        let url = match part.get("type").and_then(JsonView::as_str) {
             Some("image_url") => match part.get("image_url") {
-                Some(Value::String(url)) => Some(url.clone()),
-                Some(obj) => obj.get("url").and_then(Value::as_str).map(str::to_owned),
+                Some(JsonView::String(url)) => Some(url.to_string()),
+                Some(obj) => text(obj.get("url")),
                 None => None,
             },
-            Some("input_image") => part
-                .get("image_url")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            Some("input_image") => text(part.get("image_url")),
             Some("image") => part.get("source").and_then(|source| {
-                match source.get("type").and_then(Value::as_str) {
-                    Some("url") => source.get("url").and_then(Value::as_str).map(str::to_owned),
+                match source.get("type").and_then(JsonView::as_str) {
+                    Some("url") => text(source.get("url")),
                     Some("base64") => {
                         let media = source
                             .get("media_type")
-                            .and_then(Value::as_str)
+                            .and_then(JsonView::as_str)
                             .unwrap_or("application/octet-stream");
-                        let data = source.get("data").and_then(Value::as_str)?;
+                        let data = source.get("data").and_then(JsonView::as_str)?;
                         Some(format!("data:{media};base64,{data}"))
                     }
                     _ => None,
@@ -783,18 +921,18 @@ fn images_in(messages: &Value) -> Option<Vec<String>> {
 
 /// Where the tool calls are in the messages: chat `tool_calls`, Responses `function_call`
 /// items, Anthropic `tool_use` blocks, in message order.
-fn tool_calls_in(messages: &Value) -> Vec<ToolCallAt> {
+fn tool_calls_in(messages: &JsonView<'_>) -> Vec<ToolCallAt> {
     let mut calls = Vec::new();
-    for (m, message) in messages.as_array().into_iter().flatten().enumerate() {
-        if let Some(Value::Array(tool_calls)) = message.get("tool_calls") {
+    for (m, message) in items(messages).iter().enumerate() {
+        if let Some(JsonView::Array(tool_calls)) = message.get("tool_calls") {
             calls.extend((0..tool_calls.len()).map(|index| ToolCallAt::Chat { message: m, index }));
         }
-        if message.get("type").and_then(Value::as_str) == Some("function_call") {
+        if message.get("type").and_then(JsonView::as_str) == Some("function_call") {
             calls.push(ToolCallAt::Item { message: m });
         }
-        if let Some(Value::Array(content)) = message.get("content") {
+        if let Some(JsonView::Array(content)) = message.get("content") {
             calls.extend(content.iter().enumerate().filter_map(|(index, part)| {
-                (part.get("type").and_then(Value::as_str) == Some("tool_use"))
+                (part.get("type").and_then(JsonView::as_str) == Some("tool_use"))
                     .then_some(ToolCallAt::Block { message: m, index })
             }));
         }
@@ -802,12 +940,14 @@ fn tool_calls_in(messages: &Value) -> Vec<ToolCallAt> {
     calls
 }
 
-/// A `litellm_trace_id` the client sent, at the top level or in `metadata`.
-fn trace_id_in(body: &Value) -> Option<&str> {
-    body.get("litellm_trace_id")
-        .or_else(|| body.get("metadata")?.get("litellm_trace_id"))
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
+/// The tool call at `at` in the messages.
+fn tool_call<'v, 'a>(messages: &'v JsonView<'a>, at: ToolCallAt) -> Option<&'v JsonView<'a>> {
+    let message = |m: usize| items(messages).get(m);
+    match at {
+        ToolCallAt::Chat { message: m, index } => items(message(m)?.get("tool_calls")?).get(index),
+        ToolCallAt::Item { message: m } => message(m),
+        ToolCallAt::Block { message: m, index } => items(message(m)?.get("content")?).get(index),
+    }
 }
 
 /// The client's headers as LiteLLM sends them: allowlisted values, `"[present]"` for the rest.
@@ -945,7 +1085,8 @@ mod tests {
 
     fn interpret_for(answer: Value, texts: &[&str]) -> Result<Verdict, String> {
         let input = chat_input(texts);
-        let sent = Sent::new(&input);
+        let mut written = None;
+        let sent = Sent::new(&input, &mut written);
         interpret(&answer, &input, &sent)
     }
 
@@ -1003,6 +1144,8 @@ mod tests {
             {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function"}]},
             {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"}
         ]);
+        let text = messages.to_string();
+        let messages = JsonView::parse(text.as_bytes()).unwrap();
         assert_eq!(
             images_in(&messages).unwrap(),
             [
@@ -1026,7 +1169,8 @@ mod tests {
                 ToolCallAt::Item { message: 2 },
             ]
         );
-        assert_eq!(images_in(&json!([{"role": "user", "content": "x"}])), None);
+        let text = json!([{"role": "user", "content": "x"}]).to_string();
+        assert_eq!(images_in(&JsonView::parse(text.as_bytes()).unwrap()), None);
     }
 
     #[test]

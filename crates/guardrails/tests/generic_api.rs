@@ -278,12 +278,21 @@ async fn through_pre_call(
     path: &str,
     body: &Value,
 ) -> (u16, Value, Option<Value>) {
+    through_pre_call_raw(guardrails, path, &body.to_string()).await
+}
+
+/// [`through_pre_call`] with the body's JSON text as the client writes it.
+async fn through_pre_call_raw(
+    guardrails: Guardrails,
+    path: &str,
+    body: &str,
+) -> (u16, Value, Option<Value>) {
     let (upstream, seen) = recording_upstream();
     let svc = ServiceBuilder::new()
         .layer(PreCallGuardrailLayer::new(guardrails))
         .service(upstream);
     let mut req = Request::post(path)
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
     *req.headers_mut() = planted_headers();
     req.headers_mut()
@@ -379,6 +388,110 @@ async fn a_chat_request_is_sent_field_by_field_with_no_secret() {
     let everything = got.everything().replace(&format!("blue-{SECRET}"), "");
     assert!(!everything.contains(SECRET), "{everything}");
     assert!(!everything.contains("sk-"), "{everything}");
+}
+
+/// The wire request without the fields that differ between two checks of one body (the call
+/// id, the trace id when it is the call id, and the headers and caller only the request through
+/// the layer has).
+fn comparable(mut wire: Value) -> Value {
+    if wire["litellm_trace_id"] == wire["litellm_call_id"] {
+        wire["litellm_trace_id"] = Value::Null;
+    }
+    for field in ["litellm_call_id", "request_headers"] {
+        wire[field] = Value::Null;
+    }
+    wire["request_data"] = wire["request_data"]["user_api_key_end_user_id"].clone();
+    wire
+}
+
+/// A check of a request the layer read (the guardrail copies the messages, tools and tool
+/// calls from the client's bytes) sends what a check of the same body as a parsed `Value`
+/// sends, for every API, whatever the spacing and escapes of the client's JSON.
+#[tokio::test]
+async fn the_client_s_bytes_and_the_parsed_body_send_the_same_request() {
+    let cases = [
+        ("/v1/chat/completions", CallType::ChatCompletions, planted_chat_body().to_string()),
+        (
+            "/v1/chat/completions",
+            CallType::ChatCompletions,
+            // Spacing, escaped text and names, a number in exponent form, a null tools.
+            "{ \"model\" : \"gpt-4o\", \"tools\": null, \"temperature\": 1e0,\n \"messages\" : [\n\t{\"role\":\"user\", \"c\\u006fntent\": \"caf\\u00e9 \\\"quoted\\\" \\ud83d\\ude00\", \"name\": \"\\u0041da\"} ],\n \"litellm_trace_id\": null, \"metadata\": {\"litellm_trace_id\": \"unused\"}, \"user\": \"\" }".to_owned(),
+        ),
+        (
+            "/v1/messages",
+            CallType::AnthropicMessages,
+            json!({"model": "claude", "max_tokens": 10, "system": "be brief", "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "look", "input": {"q": "it"}}
+                ]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a cat"}]}
+            ], "metadata": {"user_id": "u-9"}})
+            .to_string(),
+        ),
+        (
+            "/v1/responses",
+            CallType::Responses,
+            json!({"model": "gpt-4o", "instructions": "be brief", "user": "u-3", "input": [
+                {"role": "user", "content": [
+                    {"type": "input_text", "text": "Oslo weather?"},
+                    {"type": "input_image", "image_url": "https://img.example/o.png"}
+                ]},
+                {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{\"city\":\"Oslo\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "rain"}
+            ], "tools": [{"type": "function", "name": "weather", "description": "the weather"}]})
+            .to_string(),
+        ),
+    ];
+    for (path, call_type, body) in cases {
+        let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
+        let api = guard(config(server.url("")));
+        let (status, _, upstream) = through_pre_call_raw(pre_call(api.clone()), path, &body).await;
+        assert_eq!(status, 200, "{body}");
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(upstream.as_ref(), Some(&parsed));
+        let got = log.lock().unwrap()[0].body.clone();
+        let texts: Vec<String> = serde_json::from_value(got["texts"].clone()).unwrap();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let input = input(
+            call_type,
+            Side::Request,
+            Some(parsed),
+            &HeaderMap::new(),
+            &texts,
+        );
+        let mut from_value = api.request_body(&input);
+        from_value["model"] = got["model"].clone();
+        assert_eq!(comparable(got), comparable(from_value), "{body}");
+    }
+}
+
+/// A key a message names twice: the service gets the messages as the text view read them (the
+/// last value counts, as for the upstream's parser), not the client's bytes with both.
+#[tokio::test]
+async fn a_key_repeated_in_the_messages_is_sent_once_with_its_last_value() {
+    for body in [
+        r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "first", "content": "last"}]}"#,
+        r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "first"}], "messages": [{"role": "user", "content": "last"}]}"#,
+        r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "first", "text": "last"}]}]}"#,
+    ] {
+        let (server, log) = service(vec![Reply::Json(json!({"action": "NONE"}))]).await;
+        let api = guard(config(server.url("")));
+        let (status, _, _) =
+            through_pre_call_raw(pre_call(api), "/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{body}");
+        let got = log.lock().unwrap()[0].clone();
+        assert_eq!(got.body["texts"], json!(["last"]), "{body}");
+        let raw = String::from_utf8_lossy(&got.raw).into_owned();
+        assert!(!raw.contains("first"), "{body}: {raw}");
+        assert!(
+            got.body["structured_messages"].to_string().contains("last"),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
