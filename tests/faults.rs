@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::SpendLogHandle;
 use guardrail_tower_testkit::TestServer;
 use guardrail_tower_testkit::mock::MockUpstream;
@@ -71,15 +71,7 @@ struct Harness {
     tag: String,
     sent: Mutex<Vec<String>>,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    _running: RunningGateway,
 }
 
 impl Harness {
@@ -117,20 +109,17 @@ general_settings:
         );
         let gateway = Gateway::from_config_str(&config).await.unwrap();
         let spend = gateway.spend_log().clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let running = gateway
+            .spawn(TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
         Harness {
             upstream,
-            gateway: format!("http://{addr}"),
+            gateway: running.url(""),
             spend,
             tag: format!("{tag}-{}-{}", std::process::id(), unique()),
             sent: Mutex::new(Vec::new()),
             _dir: dir,
-            stop: Some(stop),
+            _running: running,
         }
     }
 

@@ -5,14 +5,13 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::{PostgresSink, SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::{client, post_json, send};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 /// A running mock upstream and gateway.
 struct Harness {
@@ -21,16 +20,7 @@ struct Harness {
     config: String,
     db: PathBuf,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    running: Option<RunningGateway>,
 }
 
 const GUARDRAILS: &str = r#"
@@ -100,8 +90,7 @@ general_settings:
             config,
             db: dir.path().join("spend.db"),
             _dir: dir,
-            stop: None,
-            server: None,
+            running: None,
         };
         harness.serve().await;
         harness
@@ -111,12 +100,9 @@ general_settings:
     async fn serve(&mut self) {
         let gateway = Gateway::from_config_str(&self.config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.gateway = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        self.stop = Some(stop);
-        self.server = Some(tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        })));
+        let running = gateway.spawn(listener).unwrap();
+        self.gateway = running.url("");
+        self.running = Some(running);
     }
 
     async fn start() -> Harness {
@@ -130,11 +116,8 @@ general_settings:
     /// Stops the gateway and waits until it has shut down: in-flight requests finished, the
     /// spend log flushed.
     async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
         }
     }
 

@@ -15,12 +15,11 @@
 
 use std::path::PathBuf;
 
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::{MockUpstream, ScriptedReply};
 use guardrail_tower_testkit::{post_json, send};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 /// The mock upstream and a gateway in front of it, with one guardrail: the content filter
 /// blocking `forbidden`, `default_on`, before and after the call.
@@ -29,16 +28,7 @@ struct Harness {
     gateway: String,
     db: PathBuf,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    running: Option<RunningGateway>,
 }
 
 impl Harness {
@@ -69,19 +59,15 @@ general_settings:
             db = db.display(),
         );
         let gateway = Gateway::from_config_str(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let running = gateway
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
         Harness {
             upstream,
-            gateway: url,
+            gateway: running.url(""),
             db,
             _dir: dir,
-            stop: Some(stop),
-            server: Some(server),
+            running: Some(running),
         }
     }
 
@@ -107,11 +93,8 @@ general_settings:
     /// Stops the gateway (which flushes the spend log) and returns its rows, asserting there
     /// are exactly `n`.
     async fn spend_rows(&mut self, n: usize) -> Vec<Value> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
         }
         let store = SqliteSink::open(&self.db).await.unwrap();
         let rows = store.query(&SpendLogFilter::new()).await.unwrap();

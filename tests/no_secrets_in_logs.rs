@@ -29,7 +29,7 @@ async fn keys_never_appear_in_logs_or_spend_rows() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let (url, stop, task) = start(&config(&upstream, &db)).await;
+    let (url, running) = start(&config(&upstream, &db)).await;
     for content in ["hello", "forbidden", "restricted"] {
         let body = json!({"model": "guarded", "messages": [{"role": "user", "content": content}]})
             .to_string();
@@ -47,8 +47,7 @@ async fn keys_never_appear_in_logs_or_spend_rows() {
         Some("Bearer sk-upstream-SECRET-1234")
     );
     // Stopping the gateway flushes its spend log; then every row is in the file.
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     let store = SqliteSink::open(&db).await.unwrap();
     let rows = store.query(&SpendLogFilter::new()).await.unwrap();
     let rows: Vec<Value> = serde_json::from_value(serde_json::to_value(rows).unwrap()).unwrap();
@@ -60,7 +59,7 @@ async fn keys_never_appear_in_logs_or_spend_rows() {
         "{}  master_key: {MASTER}\n",
         config(&upstream, &dir.path().join("k.db"))
     );
-    let (kurl, kstop, ktask) = start(&keyed).await;
+    let (kurl, krunning) = start(&keyed).await;
     let admin = |method: &str, path: &str, body: Value| {
         Request::builder()
             .method(method)
@@ -111,8 +110,7 @@ async fn keys_never_appear_in_logs_or_spend_rows() {
     send(req).await;
     keyed_requests += 1;
     // Stopping flushes the spend log: then every row is in the file.
-    let _ = kstop.send(());
-    ktask.await.unwrap().unwrap();
+    krunning.stop().await.unwrap();
     let store = SqliteSink::open(dir.path().join("k.db")).await.unwrap();
     let keyed_rows = store.query(&SpendLogFilter::new()).await.unwrap();
     let keyed_rows: Vec<Value> =

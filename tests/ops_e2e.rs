@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::{EMAIL_SENTENCE, MockUpstream, SECRET_SENTENCE};
 use guardrail_tower_testkit::{post_json, send};
@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 const MASTER: &str = "sk-master-0123456789abcdef";
 
@@ -26,8 +25,7 @@ struct Gw {
     router: axum::Router,
     db: PathBuf,
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    running: Option<RunningGateway>,
 }
 
 impl Gw {
@@ -54,20 +52,16 @@ general_settings:
         );
         let gateway = Gateway::from_config_str(&config).await.unwrap();
         let router = gateway.router();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let running = gateway
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
         Gw {
             _upstream: upstream,
-            url,
+            url: running.url(""),
             router,
             db,
             _dir: dir,
-            stop: Some(stop),
-            server: Some(server),
+            running: Some(running),
         }
     }
 
@@ -98,11 +92,8 @@ general_settings:
 
     /// Stops the gateway (which flushes the spend log) and returns its rows, oldest first.
     async fn rows(&mut self, n: usize) -> Vec<Value> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
         }
         let store = SqliteSink::open(&self.db).await.unwrap();
         let rows = store.query(&SpendLogFilter::new()).await.unwrap();
@@ -114,14 +105,6 @@ general_settings:
         rows.reverse();
         assert_eq!(rows.len(), n, "one row per request: {rows:#?}");
         rows
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

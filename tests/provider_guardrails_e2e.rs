@@ -5,7 +5,7 @@
 //! guardrail's entry; Presidio's placeholders make the round trip; a provider missing a key
 //! fails at start-up naming it.
 
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::SpendLogHandle;
 use guardrail_tower_testkit::mock::MockUpstream;
 use guardrail_tower_testkit::providers::azure::AzureContentSafetyMock;
@@ -23,7 +23,7 @@ struct Gw {
     upstream: MockUpstream,
     spend_log: SpendLogHandle,
     _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _running: RunningGateway,
 }
 
 impl Gw {
@@ -47,18 +47,15 @@ general_settings:
         );
         let gateway = Gateway::from_config_str(&config).await.unwrap();
         let spend_log = gateway.spend_log().clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let running = gateway
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
         Gw {
-            url,
+            url: running.url(""),
             upstream,
             spend_log,
             _dir: dir,
-            _stop: stop,
+            _running: running,
         }
     }
 

@@ -76,15 +76,10 @@ general_settings:
     );
     let gateway = Gateway::from_config_str(&config).await.unwrap();
     let debug = format!("{gateway:?}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/v1/chat/completions",
-        listener.local_addr().unwrap()
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = gateway
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let url = running.url("/v1/chat/completions");
 
     let chat = |content: &str, stream: bool| {
         json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": content}]})
@@ -108,8 +103,7 @@ general_settings:
     assert_eq!(failed.status(), 500, "Aim fails closed");
     bodies.push(failed);
 
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     let rows = SqliteSink::open(dir.path().join("spend.db"))
         .await
         .unwrap()

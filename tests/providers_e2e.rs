@@ -3,7 +3,7 @@
 //! what the client sees (status, body, SSE frames), what the provider received, and the one
 //! spend-log row the request left (read after the gateway's shutdown flushed it).
 
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower::spend_log::{SpendLogFilter, SpendLogStore, SqliteSink};
 use guardrail_tower_testkit::mock::{EVENTS_HEADER, MockUpstream};
 use guardrail_tower_testkit::providers::aim::{API_KEY, AimMock};
@@ -19,8 +19,7 @@ struct Gateway1 {
     upstream: MockUpstream,
     url: String,
     dir: tempfile::TempDir,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    running: RunningGateway,
 }
 
 impl Gateway1 {
@@ -42,18 +41,14 @@ general_settings:
             db = dir.path().join("spend.db").display(),
         );
         let gateway = Gateway::from_config_str(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let running = gateway
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
         Gateway1 {
             upstream,
-            url,
+            url: running.url(""),
             dir,
-            stop,
-            task,
+            running,
         }
     }
 
@@ -63,8 +58,7 @@ general_settings:
 
     /// Stops the gateway (which flushes the spend log) and returns every row, newest first.
     async fn finish(self) -> Vec<Value> {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
+        self.running.stop().await.unwrap();
         let store = SqliteSink::open(self.dir.path().join("spend.db"))
             .await
             .unwrap();

@@ -71,12 +71,10 @@ general_settings:
         db = dir.path().join("spend.db").display(),
     );
     let gateway = Gateway::from_config_str(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = gateway
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let url = running.url("");
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/check_sdks.py");
     let output = tokio::time::timeout(
@@ -94,8 +92,7 @@ general_settings:
     .await
     .expect("the SDK script finished in time")
     .unwrap();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert!(
         output.status.success(),
         "{}",

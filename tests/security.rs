@@ -27,7 +27,7 @@ use support::{config, start};
 async fn clients_cannot_switch_default_on_or_model_level_guardrails_off() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (url, _stop, _task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    let (url, _running) = start(&config(&upstream, &dir.path().join("s.db"))).await;
     for content in ["forbidden", "restricted"] {
         let body = json!({
             "model": "guarded",
@@ -63,7 +63,7 @@ async fn clients_cannot_switch_default_on_or_model_level_guardrails_off() {
 async fn an_oversized_body_is_refused_before_it_is_read() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (url, _stop, _task) = start(&config(&upstream, &dir.path().join("s.db"))).await;
+    let (url, _running) = start(&config(&upstream, &dir.path().join("s.db"))).await;
     // Claim 1 GB and send only the head: the answer must come without the body.
     let addr = url.strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -256,7 +256,7 @@ async fn every_route_refuses_missing_wrong_revoked_expired_and_other_model_keys(
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let (url, _stop, _task) = start(&access_config(
+    let (url, _running) = start(&access_config(
         &upstream,
         &format!("sqlite://{}", db.display()),
         None,
@@ -448,7 +448,7 @@ async fn no_client_credential_reaches_the_upstream_or_a_guardrail_service() {
     let recorder = Recorder::default();
     let service = recorder.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (url, _stop, _task) = start(&access_config(
+    let (url, _running) = start(&access_config(
         &upstream,
         &format!("sqlite://{}", dir.path().join("s.db").display()),
         Some(&service.url("")),
@@ -560,7 +560,7 @@ async fn no_client_credential_reaches_the_upstream_or_a_guardrail_service() {
 async fn a_key_s_guardrail_blocks_and_the_request_cannot_switch_it_off() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (url, _stop, _task) = start(&access_config(
+    let (url, _running) = start(&access_config(
         &upstream,
         &format!("sqlite://{}", dir.path().join("s.db").display()),
         None,
@@ -665,8 +665,8 @@ async fn two_replicas_on_one_postgres_honour_keys_created_and_deleted_on_the_oth
         access_config(&upstream, &db, None, 0.2),
         dead_letters.path().join("dead.jsonl").display()
     );
-    let (a, _stop_a, _task_a) = start(&config).await;
-    let (b, _stop_b, _task_b) = start(&config).await;
+    let (a, _running_a) = start(&config).await;
+    let (b, _running_b) = start(&config).await;
     let call = |replica: &str, key: &str| {
         send(request(
             Method::POST,

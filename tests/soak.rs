@@ -200,12 +200,10 @@ general_settings:
     );
     let gateway = Gateway::from_config_str(&config).await.unwrap();
     let spend = gateway.spend_log().clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = gateway
+        .spawn(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let url = running.url("");
 
     let tally = Arc::new(Tally::default());
     let tag = format!("soak-{}", std::process::id());
@@ -361,11 +359,9 @@ general_settings:
         assert_eq!(rows.as_array().map(Vec::len), Some(1), "{id}: {rows}");
     }
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), server)
+    tokio::time::timeout(Duration::from_secs(15), running.stop())
         .await
         .expect("the gateway shut down in time")
-        .unwrap()
         .unwrap();
     assert_eq!(spend.stats().dropped, 0);
 }

@@ -1,24 +1,16 @@
 //! A gateway on loopback for the security tests, configured with a default_on and a
 //! model-level guardrail.
 
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use guardrail_tower_testkit::mock::MockUpstream;
 
-pub(crate) async fn start(
-    config: &str,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
+/// The gateway of `config` on `127.0.0.1:0`: its URL, and the handle that stops it (when
+/// dropped, too).
+pub(crate) async fn start(config: &str) -> (String, RunningGateway) {
     let gateway = Gateway::from_config_str(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    (url, stop, task)
+    let running = gateway.spawn(listener).unwrap();
+    (running.url(""), running)
 }
 
 pub(crate) fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {

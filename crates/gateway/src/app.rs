@@ -295,6 +295,75 @@ impl Gateway {
         }
         Ok(())
     }
+
+    /// [`Gateway::serve`] on `listener` in a task of its own, until the returned handle stops
+    /// it: for tests, and for a program that runs the gateway beside other work.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use guardrail_gateway::app::Gateway;
+    ///
+    /// let gateway = Gateway::from_config_str("model_list: []").await?;
+    /// let running = gateway.spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
+    /// println!("serving on {}", running.url("/v1/chat/completions"));
+    /// running.stop().await?; // in-flight requests finished, the spend log flushed
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn(self, listener: tokio::net::TcpListener) -> std::io::Result<RunningGateway> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningGateway {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// A gateway serving in a task of its own, from [`Gateway::spawn`]. Dropping the handle stops
+/// the gateway (gracefully, without waiting for it); [`stop`](RunningGateway::stop) stops it
+/// and waits until it has shut down.
+#[derive(Debug)]
+pub struct RunningGateway {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningGateway {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDRESS` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting connections and waits until the in-flight requests finished (within the
+    /// grace period) and the spend log is flushed: what [`Gateway::serve`] returns.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 fn sink_error(e: impl std::fmt::Display) -> ConfigError {

@@ -510,18 +510,13 @@ pub(crate) async fn run_to(out: &mut (dyn Write + Send)) -> Result<(), DemoError
     let spend_logs = format!("sqlite://{}", db.display());
     let gateway = Gateway::from_config_str(&config_yaml(&mock.base_url(), &spend_logs)).await?;
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-    let gateway_url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let running = gateway.spawn(listener)?;
+    let gateway_url = running.url("");
 
     let result = scenarios_and_logs(out, &mock, &gateway_url, &spend_logs).await;
 
-    let _ = stop.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(e.into()),
+    match tokio::time::timeout(Duration::from_secs(5), running.stop()).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err("the gateway did not shut down within 5 s".into()),
     }

@@ -657,8 +657,8 @@ impl<'a> Sent<'a> {
         messages: Option<&Vec<Value>>,
         tool_calls: Option<&Vec<Value>>,
     ) -> Result<Vec<String>, String> {
-        let (Some(body), Some(key)) = (sent_body(input).filter(|_| self.key.is_some()), self.key)
-        else {
+        // The body as sent, with the checked texts in it (built only now: rewrites are rare).
+        let Some((key, body)) = self.key.zip(sent_body(input)) else {
             return Err(if input.side() == Side::Response {
                 "a `structured_messages`/`tool_calls` rewrite, which cannot be applied to a \
                  response (none was sent)"

@@ -2,63 +2,19 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use guardrail_gateway::app::Gateway;
+use guardrail_gateway::app::{Gateway, RunningGateway};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-/// A running gateway; stops (gracefully) when dropped.
-pub struct Served {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Served {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops accepting, lets in-flight requests finish, flushes the spend log.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// Serves `gateway` on `127.0.0.1:0`.
-pub async fn serve(gateway: Gateway) -> Served {
+/// Serves `gateway` on `127.0.0.1:0` (stopped when the handle is dropped).
+pub async fn serve(gateway: Gateway) -> RunningGateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async move {
-        let _ = stopped.await;
-    }));
-    Served {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    gateway.spawn(listener).unwrap()
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
