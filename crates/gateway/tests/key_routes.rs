@@ -58,6 +58,16 @@ async fn call(
     )
 }
 
+/// POSTs `body` (JSON) to `uri` with `key`: the status and the answer as JSON.
+async fn post(gw: &Gateway, uri: &str, key: &str, body: Value) -> (u16, Value) {
+    call(gw, Method::POST, uri, key, Some(body)).await
+}
+
+/// GETs `uri` with `key`: the status and the answer as JSON.
+async fn get(gw: &Gateway, uri: &str, key: &str) -> (u16, Value) {
+    call(gw, Method::GET, uri, key, None).await
+}
+
 fn chat(model: &str, content: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}]})
 }
@@ -72,12 +82,11 @@ async fn generate_info_update_list_delete() {
     )
     .await;
 
-    let (status, made) = call(
+    let (status, made) = post(
         &gw,
-        Method::POST,
         "/key/generate",
         MASTER,
-        Some(json!({
+        json!({
             "key_alias": "team-a",
             "duration": "30d",
             "models": ["gpt-a"],
@@ -90,7 +99,7 @@ async fn generate_info_update_list_delete() {
             "tpm_limit": null,
             "aliases": {},
             "spend": 0,
-        })),
+        }),
     )
     .await;
     assert_eq!(status, 200, "{made}");
@@ -120,35 +129,22 @@ async fn generate_info_update_list_delete() {
 
     // The key works, within what it allows.
     assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-a", "hi"))
-        )
-        .await
-        .0,
+        post(&gw, "/v1/chat/completions", &key, chat("gpt-a", "hi"))
+            .await
+            .0,
         200
     );
     assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
+        post(&gw, "/v1/chat/completions", &key, chat("gpt-b", "hi"))
+            .await
+            .0,
         403
     );
-    let (status, v) = call(
+    let (status, v) = post(
         &gw,
-        Method::POST,
         "/v1/chat/completions",
         &key,
-        Some(chat("gpt-a", "a classified plan")),
+        chat("gpt-a", "a classified plan"),
     )
     .await;
     assert_eq!(
@@ -157,12 +153,11 @@ async fn generate_info_update_list_delete() {
     );
     // The master key carries no guardrail: the same text passes.
     assert_eq!(
-        call(
+        post(
             &gw,
-            Method::POST,
             "/v1/chat/completions",
             MASTER,
-            Some(chat("gpt-b", "a classified plan"))
+            chat("gpt-b", "a classified plan")
         )
         .await
         .0,
@@ -171,20 +166,13 @@ async fn generate_info_update_list_delete() {
 
     // Info, by key and by hash; the hash is not shown back.
     for name in [key.clone(), hash_key(&key)] {
-        let (status, info) = call(
-            &gw,
-            Method::GET,
-            &format!("/key/info?key={name}"),
-            MASTER,
-            None,
-        )
-        .await;
+        let (status, info) = get(&gw, &format!("/key/info?key={name}"), MASTER).await;
         assert_eq!(status, 200, "{info}");
         assert_eq!(info["key"], name.as_str());
         assert_eq!(info["info"]["key_alias"], "team-a");
         assert!(info["info"].get("token").is_none());
     }
-    let (status, v) = call(&gw, Method::GET, "/key/info?key=sk-nope", MASTER, None).await;
+    let (status, v) = get(&gw, "/key/info?key=sk-nope", MASTER).await;
     assert_eq!(status, 404);
     assert_eq!(
         v,
@@ -192,12 +180,11 @@ async fn generate_info_update_list_delete() {
     );
 
     // Update: other metadata keeps the key's guardrails; the new model list applies at once.
-    let (status, updated) = call(
+    let (status, updated) = post(
         &gw,
-        Method::POST,
         "/key/update",
         MASTER,
-        Some(json!({"key": key, "models": ["gpt-b"], "metadata": {"owner": "bob"}, "duration": "-1"})),
+        json!({"key": key, "models": ["gpt-b"], "metadata": {"owner": "bob"}, "duration": "-1"}),
     )
     .await;
     assert_eq!(status, 200, "{updated}");
@@ -208,47 +195,27 @@ async fn generate_info_update_list_delete() {
     );
     assert_eq!(updated["expires"], Value::Null);
     assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-a", "hi"))
-        )
-        .await
-        .0,
+        post(&gw, "/v1/chat/completions", &key, chat("gpt-a", "hi"))
+            .await
+            .0,
         403
     );
     assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
+        post(&gw, "/v1/chat/completions", &key, chat("gpt-b", "hi"))
+            .await
+            .0,
         200
     );
     // Blocking takes effect at once on this replica.
-    let (status, _) = call(
+    let (status, _) = post(
         &gw,
-        Method::POST,
         "/key/update",
         MASTER,
-        Some(json!({"key": hash_key(&key), "blocked": true})),
+        json!({"key": hash_key(&key), "blocked": true}),
     )
     .await;
     assert_eq!(status, 200);
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/v1/chat/completions",
-        &key,
-        Some(chat("gpt-b", "hi")),
-    )
-    .await;
+    let (status, v) = post(&gw, "/v1/chat/completions", &key, chat("gpt-b", "hi")).await;
     assert_eq!(
         (status, &v["error"]["message"]),
         (
@@ -259,198 +226,72 @@ async fn generate_info_update_list_delete() {
         )
     );
 
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/key/unblock",
-        MASTER,
-        Some(json!({"key": key})),
-    )
-    .await;
-    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
-        200
-    );
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/key/block",
-        MASTER,
-        Some(json!({"key": key})),
-    )
-    .await;
-    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/key/block",
-            MASTER,
-            Some(json!({"key": "sk-nope"}))
-        )
-        .await
-        .0,
-        404
-    );
-
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/key/unblock",
-        MASTER,
-        Some(json!({"key": key})),
-    )
-    .await;
-    assert_eq!((status, &v["blocked"]), (200, &json!(false)));
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
-        200
-    );
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/key/block",
-        MASTER,
-        Some(json!({"key": key})),
-    )
-    .await;
-    assert_eq!((status, &v["blocked"]), (200, &json!(true)));
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            &key,
-            Some(chat("gpt-b", "hi"))
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/key/block",
-            MASTER,
-            Some(json!({"key": "sk-nope"}))
-        )
-        .await
-        .0,
-        404
-    );
+    // Unblocking and blocking again, twice: each works from the state the other left.
+    for _ in 0..2 {
+        let (status, v) = post(&gw, "/key/unblock", MASTER, json!({"key": key})).await;
+        assert_eq!((status, &v["blocked"]), (200, &json!(false)));
+        let (status, _) = post(&gw, "/v1/chat/completions", &key, chat("gpt-b", "hi")).await;
+        assert_eq!(status, 200);
+        let (status, v) = post(&gw, "/key/block", MASTER, json!({"key": key})).await;
+        assert_eq!((status, &v["blocked"]), (200, &json!(true)));
+        let (status, _) = post(&gw, "/v1/chat/completions", &key, chat("gpt-b", "hi")).await;
+        assert_eq!(status, 401);
+        let (status, _) = post(&gw, "/key/block", MASTER, json!({"key": "sk-nope"})).await;
+        assert_eq!(status, 404);
+    }
 
     // List.
-    let second = call(
+    let second = post(
         &gw,
-        Method::POST,
         "/key/generate",
         MASTER,
-        Some(json!({"key_alias": "team-b", "team_id": "blue"})),
+        json!({"key_alias": "team-b", "team_id": "blue"}),
     )
     .await
     .1;
     let second = second["key"].as_str().unwrap().to_owned();
-    let (status, listed) = call(&gw, Method::GET, "/key/list?size=1&page=2", MASTER, None).await;
+    let (status, listed) = get(&gw, "/key/list?size=1&page=2", MASTER).await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(
         listed,
         json!({"keys": [hash_key(&key)], "total_count": 2, "current_page": 2, "total_pages": 2})
     );
-    let (_, listed) = call(
+    let (_, listed) = get(
         &gw,
-        Method::GET,
         "/key/list?team_id=blue&return_full_object=true",
         MASTER,
-        None,
     )
     .await;
     assert_eq!(listed["keys"][0]["token"], hash_key(&second));
     assert_eq!(listed["keys"][0]["key_alias"], "team-b");
-    assert_eq!(
-        call(&gw, Method::GET, "/key/list?size=101", MASTER, None)
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        call(&gw, Method::GET, "/key/list?sort_by=token;--", MASTER, None)
-            .await
-            .0,
-        400
-    );
+    assert_eq!(get(&gw, "/key/list?size=101", MASTER).await.0, 400);
+    assert_eq!(get(&gw, "/key/list?sort_by=token;--", MASTER).await.0, 400);
 
     // Delete: all or nothing, then the key stops working at once.
-    let (status, v) = call(
+    let (status, v) = post(
         &gw,
-        Method::POST,
         "/key/delete",
         MASTER,
-        Some(json!({"keys": [key, "sk-never-made"]})),
+        json!({"keys": [key, "sk-never-made"]}),
     )
     .await;
     assert_eq!(status, 404, "{v}");
     assert_eq!(
-        call(
-            &gw,
-            Method::GET,
-            &format!("/key/info?key={key}"),
-            MASTER,
-            None
-        )
-        .await
-        .0,
+        get(&gw, &format!("/key/info?key={key}"), MASTER).await.0,
         200
     );
-    let (status, v) = call(
+    let (status, v) = post(
         &gw,
-        Method::POST,
         "/key/delete",
         MASTER,
-        Some(json!({"key_aliases": ["team-a", "team-b"]})),
+        json!({"key_aliases": ["team-a", "team-b"]}),
     )
     .await;
     assert_eq!(
         (status, v),
         (200, json!({"deleted_keys": ["team-a", "team-b"]}))
     );
-    let (status, v) = call(
-        &gw,
-        Method::POST,
-        "/v1/chat/completions",
-        &second,
-        Some(chat("gpt-a", "hi")),
-    )
-    .await;
+    let (status, v) = post(&gw, "/v1/chat/completions", &second, chat("gpt-a", "hi")).await;
     assert_eq!(
         (status, &v["error"]["type"]),
         (401, &json!("token_not_found_in_db"))
@@ -466,7 +307,7 @@ async fn bad_requests_are_refused_with_the_field_named() {
         &upstream,
     )
     .await;
-    let generate = |body: Value| call(&gw, Method::POST, "/key/generate", MASTER, Some(body));
+    let generate = |body: Value| post(&gw, "/key/generate", MASTER, body);
     for (body, param, needle) in [
         (
             json!({"max_budget": 10}),
@@ -527,18 +368,17 @@ async fn bad_requests_are_refused_with_the_field_named() {
         generate(json!({"key": "sk-my-own-key-value-1234"})).await.0,
         400
     );
-    let (status, v) = call(&gw, Method::POST, "/key/delete", MASTER, Some(json!({}))).await;
+    let (status, v) = post(&gw, "/key/delete", MASTER, json!({})).await;
     assert_eq!(status, 400);
     assert_eq!(
         v["error"]["message"],
         "At least one of 'keys' or 'key_aliases' must be provided."
     );
-    let (status, v) = call(
+    let (status, v) = post(
         &gw,
-        Method::POST,
         "/key/update",
         MASTER,
-        Some(json!({"key": "sk-nope", "models": []})),
+        json!({"key": "sk-nope", "models": []}),
     )
     .await;
     assert_eq!(
@@ -561,7 +401,7 @@ async fn without_a_database_or_a_master_key_virtual_keys_are_unavailable() {
         &upstream,
     )
     .await;
-    let (status, v) = call(&gw, Method::POST, "/key/generate", MASTER, Some(json!({}))).await;
+    let (status, v) = post(&gw, "/key/generate", MASTER, json!({})).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["code"], "virtual_keys_unavailable");
     assert!(
@@ -572,15 +412,9 @@ async fn without_a_database_or_a_master_key_virtual_keys_are_unavailable() {
     );
     // The master key still works.
     assert_eq!(
-        call(
-            &gw,
-            Method::POST,
-            "/v1/chat/completions",
-            MASTER,
-            Some(chat("gpt-a", "hi"))
-        )
-        .await
-        .0,
+        post(&gw, "/v1/chat/completions", MASTER, chat("gpt-a", "hi"))
+            .await
+            .0,
         200
     );
 
@@ -591,14 +425,7 @@ async fn without_a_database_or_a_master_key_virtual_keys_are_unavailable() {
     .await
     .unwrap();
     assert!(!open.requires_keys());
-    let (status, v) = call(
-        &open,
-        Method::POST,
-        "/key/generate",
-        "anything",
-        Some(json!({})),
-    )
-    .await;
+    let (status, v) = post(&open, "/key/generate", "anything", json!({})).await;
     assert_eq!(status, 400);
     assert!(
         v["error"]["message"]
