@@ -1016,46 +1016,84 @@ fn aim(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
     Ok(p.configured(guardrail))
 }
 
+/// One entry of a top-level list of named mappings (`model_list`, `guardrails`).
+struct NamedEntry<'a> {
+    /// Where it is, for errors: `section[i]`.
+    key: String,
+    map: &'a Mapping,
+    name: String,
+    /// What [`line_of`] looks for to find the entry's lines: `name_field: name` when the text
+    /// has it so, else the name.
+    anchor: String,
+}
+
+/// The entries of the top-level list `section` (absent or `null`: none); each must be a
+/// mapping with a `name_field`. `what` names an entry in errors.
+fn named_entries<'a>(
+    text: &str,
+    value: Option<&'a Value>,
+    section: &str,
+    name_field: &str,
+    what: &str,
+) -> Result<Vec<NamedEntry<'a>>, ConfigError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            return Err(ConfigError::new(
+                section,
+                line_of(text, None, section),
+                "must be a list",
+            ));
+        }
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{section}[{i}]");
+        let map = item.as_mapping().ok_or_else(|| {
+            ConfigError::new(
+                &key,
+                line_of(text, None, section),
+                format!("each {what} must be a mapping"),
+            )
+        })?;
+        let name = string(map, name_field).ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.{name_field}"),
+                line_of(text, None, section),
+                "is required",
+            )
+        })?;
+        let anchor = format!("{name_field}: {name}");
+        let anchor = if text.contains(&anchor) {
+            anchor
+        } else {
+            name.clone()
+        };
+        entries.push(NamedEntry {
+            key,
+            map,
+            name,
+            anchor,
+        });
+    }
+    Ok(entries)
+}
+
 fn parse_guardrails(
     text: &str,
     value: Option<&Value>,
     env: Env<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ConfiguredGuardrail>, ConfigError> {
-    let items = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items,
-        Some(_) => {
-            return Err(ConfigError::new(
-                "guardrails",
-                line_of(text, None, "guardrails"),
-                "must be a list",
-            ));
-        }
-    };
     let mut out: Vec<ConfiguredGuardrail> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let key = format!("guardrails[{i}]");
-        let map = item.as_mapping().ok_or_else(|| {
-            ConfigError::new(
-                &key,
-                line_of(text, None, "guardrails"),
-                "each guardrail must be a mapping",
-            )
-        })?;
-        let name = string(map, "guardrail_name").ok_or_else(|| {
-            ConfigError::new(
-                format!("{key}.guardrail_name"),
-                line_of(text, None, "guardrails"),
-                "is required",
-            )
-        })?;
-        let anchor = format!("guardrail_name: {name}");
-        let anchor = if text.contains(&anchor) {
-            anchor
-        } else {
-            name.clone()
-        };
+    for entry in named_entries(text, value, "guardrails", "guardrail_name", "guardrail")? {
+        let NamedEntry {
+            key,
+            map,
+            name,
+            anchor,
+        } = entry;
         let at = |k: &str| line_of(text, Some(&anchor), k);
         if out.iter().any(|g| g.name() == name) {
             return Err(ConfigError::new(
@@ -1265,40 +1303,14 @@ fn parse_models(
     env: Env<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Deployment>, ConfigError> {
-    let items = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items,
-        Some(_) => {
-            return Err(ConfigError::new(
-                "model_list",
-                line_of(text, None, "model_list"),
-                "must be a list",
-            ));
-        }
-    };
     let mut out: Vec<Deployment> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let key = format!("model_list[{i}]");
-        let map = item.as_mapping().ok_or_else(|| {
-            ConfigError::new(
-                &key,
-                line_of(text, None, "model_list"),
-                "each model must be a mapping",
-            )
-        })?;
-        let model_name = string(map, "model_name").ok_or_else(|| {
-            ConfigError::new(
-                format!("{key}.model_name"),
-                line_of(text, None, "model_list"),
-                "is required",
-            )
-        })?;
-        let anchor = format!("model_name: {model_name}");
-        let anchor = if text.contains(&anchor) {
-            anchor
-        } else {
-            model_name.clone()
-        };
+    for entry in named_entries(text, value, "model_list", "model_name", "model")? {
+        let NamedEntry {
+            key,
+            map,
+            name: model_name,
+            anchor,
+        } = entry;
         let at = |k: &str| line_of(text, Some(&anchor), k);
         let mut params = match map.get("litellm_params") {
             Some(Value::Mapping(m)) => Value::Mapping(m.clone()),
@@ -1494,6 +1506,45 @@ litellm_settings:
 
     fn error(yaml: &str) -> ConfigError {
         GatewayConfig::from_yaml(yaml).unwrap_err()
+    }
+
+    #[test]
+    fn lists_of_models_and_guardrails_are_lists_of_named_mappings() {
+        for (yaml, key, line, message) in [
+            ("model_list: {a: 1}\n", "model_list", 1, "must be a list"),
+            ("guardrails: x\n", "guardrails", 1, "must be a list"),
+            (
+                "model_list:\n  - 1\n",
+                "model_list[0]",
+                1,
+                "each model must be a mapping",
+            ),
+            (
+                "\nguardrails:\n  - [a]\n",
+                "guardrails[0]",
+                2,
+                "each guardrail must be a mapping",
+            ),
+            (
+                "model_list:\n  - model_name: a\n    litellm_params: {model: openai/a}\n  - litellm_params: {model: openai/b}\n",
+                "model_list[1].model_name",
+                1,
+                "is required",
+            ),
+            (
+                "guardrails:\n  - litellm_params: {guardrail: litellm_content_filter}\n",
+                "guardrails[0].guardrail_name",
+                1,
+                "is required",
+            ),
+        ] {
+            let e = error(yaml);
+            assert_eq!(
+                (e.key(), e.line(), e.message()),
+                (key, Some(line), message),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]
