@@ -1246,12 +1246,10 @@ fn or_env(
 /// `guardrail: presidio`. `output_parse_pii` and `apply_to_output` add `post_call` to the
 /// modes, as in LiteLLM (the response must be restored or masked).
 fn presidio(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
+    use guardrail_tower_guardrails::presidio::{ANALYZER_API_BASE_ENV, ANONYMIZER_API_BASE_ENV};
     const ENV: &[(&str, &str)] = &[
-        ("presidio_analyzer_api_base", "PRESIDIO_ANALYZER_API_BASE"),
-        (
-            "presidio_anonymizer_api_base",
-            "PRESIDIO_ANONYMIZER_API_BASE",
-        ),
+        ("presidio_analyzer_api_base", ANALYZER_API_BASE_ENV),
+        ("presidio_anonymizer_api_base", ANONYMIZER_API_BASE_ENV),
     ];
     let config: PresidioConfig =
         p.settings_from(&with_env_default(p.params, ENV, p.env), "Presidio")?;
@@ -1272,10 +1270,8 @@ fn presidio(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError>
 
 /// `guardrail: lakera_v2`.
 fn lakera_v2(p: &GuardrailParams<'_>) -> Result<ConfiguredGuardrail, ConfigError> {
-    const ENV: &[(&str, &str)] = &[
-        ("api_key", "LAKERA_API_KEY"),
-        ("api_base", "LAKERA_API_BASE"),
-    ];
+    use guardrail_tower_guardrails::lakera::{API_BASE_ENV, API_KEY_ENV};
+    const ENV: &[(&str, &str)] = &[("api_key", API_KEY_ENV), ("api_base", API_BASE_ENV)];
     let config: LakeraV2Config =
         p.settings_from(&with_env_default(p.params, ENV, p.env), "Lakera")?;
     let lakera = LakeraV2::new(config).map_err(|e| p.invalid(or_env(e, ENV)))?;

@@ -88,39 +88,55 @@ pub(crate) fn service_addrs(
     params: &Value,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<ServiceAddr> {
-    let param = |key: &str| params.get(key).and_then(Value::as_str).map(str::to_owned);
-    let or_env = |key: &str, var: &str| param(key).or_else(|| env(var));
+    use guardrail_tower_guardrails::{aim, bedrock, lakera, openai_moderation, presidio};
+    // A parameter, else the first of `vars` set (the guardrails read both the same way: an
+    // empty value counts as unset).
+    let set = |v: String| (!v.trim().is_empty()).then_some(v);
+    let param = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .and_then(set)
+    };
+    let or_env = |key: &str, vars: &[&str]| {
+        param(key).or_else(|| vars.iter().find_map(|v| env(v).and_then(set)))
+    };
     let urls: Vec<Option<String>> = match kind {
         "litellm_content_filter" => Vec::new(),
         "generic_guardrail_api" | "azure/text_moderations" | "azure/prompt_shield" => {
             vec![param("api_base")]
         }
-        "openai_moderation" => vec![Some(
-            param("api_base").unwrap_or_else(|| "https://api.openai.com/v1".into()),
-        )],
+        "openai_moderation" => {
+            vec![Some(param("api_base").unwrap_or_else(|| {
+                openai_moderation::DEFAULT_API_BASE.into()
+            }))]
+        }
         "presidio" => vec![
-            or_env("presidio_analyzer_api_base", "PRESIDIO_ANALYZER_API_BASE"),
+            or_env(
+                "presidio_analyzer_api_base",
+                &[presidio::ANALYZER_API_BASE_ENV],
+            ),
             or_env(
                 "presidio_anonymizer_api_base",
-                "PRESIDIO_ANONYMIZER_API_BASE",
+                &[presidio::ANONYMIZER_API_BASE_ENV],
             ),
         ],
         "lakera_v2" => vec![Some(
-            or_env("api_base", "LAKERA_API_BASE").unwrap_or_else(|| "https://api.lakera.ai".into()),
+            or_env("api_base", &[lakera::API_BASE_ENV])
+                .unwrap_or_else(|| lakera::DEFAULT_API_BASE.into()),
         )],
         "aim" => vec![Some(
-            or_env("api_base", "AIM_API_BASE").unwrap_or_else(|| "https://api.aim.security".into()),
+            or_env("api_base", &[aim::API_BASE_ENV])
+                .unwrap_or_else(|| aim::DEFAULT_API_BASE.into()),
         )],
-        "bedrock" => vec![Some(param("aws_bedrock_runtime_endpoint").unwrap_or_else(
-            || {
-                let region = param("aws_region_name")
-                    .or_else(|| env("AWS_REGION"))
-                    .or_else(|| env("AWS_DEFAULT_REGION"))
-                    .or_else(|| env("AWS_REGION_NAME"))
-                    .unwrap_or_else(|| "us-west-2".into());
-                format!("https://bedrock-runtime.{region}.amazonaws.com")
-            },
-        ))],
+        "bedrock" => vec![Some(
+            or_env("aws_bedrock_runtime_endpoint", &[bedrock::ENDPOINT_ENV]).unwrap_or_else(|| {
+                let region = or_env("aws_region_name", &bedrock::REGION_ENV)
+                    .unwrap_or_else(|| bedrock::DEFAULT_REGION.into());
+                bedrock::regional_endpoint(&region)
+            }),
+        )],
         _ => Vec::new(),
     };
     let mut out: Vec<ServiceAddr> = urls
@@ -391,5 +407,33 @@ mod tests {
             [addr("a", 1), addr("b", 2)]
         );
         assert!(service_addrs("litellm_content_filter", &json!({}), &env).is_empty());
+
+        // The endpoint the Bedrock guardrail calls when AWS_BEDROCK_RUNTIME_ENDPOINT is set
+        // (the listing named the regional endpoint instead); an empty variable is unset.
+        let env = |name: &str| match name {
+            "AWS_BEDROCK_RUNTIME_ENDPOINT" => {
+                Some("https://vpce-1.bedrock.example:8443".to_owned())
+            }
+            "AWS_REGION" => Some(String::new()),
+            "AWS_DEFAULT_REGION" => Some("ap-south-1".to_owned()),
+            "AIM_API_BASE" => Some("http://aim.internal:9000".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            service_addrs("bedrock", &json!({}), &env),
+            [addr("vpce-1.bedrock.example", 8443)]
+        );
+        assert_eq!(
+            service_addrs(
+                "bedrock",
+                &json!({"aws_bedrock_runtime_endpoint": ""}),
+                &|n: &str| { env(n).filter(|_| n != "AWS_BEDROCK_RUNTIME_ENDPOINT") }
+            ),
+            [addr("bedrock-runtime.ap-south-1.amazonaws.com", 443)]
+        );
+        assert_eq!(
+            service_addrs("aim", &json!({}), &env),
+            [addr("aim.internal", 9000)]
+        );
     }
 }

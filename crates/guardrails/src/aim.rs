@@ -123,6 +123,12 @@ use crate::support::{env_var, kind_of, process_env, scrub};
 /// The default `api_base`.
 pub const DEFAULT_API_BASE: &str = "https://api.aim.security";
 
+/// The environment variable an unset `api_key` is read from.
+pub const API_KEY_ENV: &str = "AIM_API_KEY";
+
+/// The environment variable an unset `api_base` is read from.
+pub const API_BASE_ENV: &str = "AIM_API_BASE";
+
 /// The path appended to `api_base`.
 pub const ANALYZE_PATH: &str = "/fw/v1/analyze";
 
@@ -212,7 +218,7 @@ impl AimGuardrail {
         let api_key = config
             .api_key
             .filter(|k| !k.trim().is_empty())
-            .or_else(|| env_var(env, "AIM_API_KEY"))
+            .or_else(|| env_var(env, API_KEY_ENV))
             .ok_or_else(|| ConfigError::new("api_key", "is required (or set AIM_API_KEY)"))?;
         let mut auth = HeaderValue::try_from(format!("Bearer {api_key}")).map_err(|_| {
             ConfigError::new("api_key", "not a valid header value (control characters?)")
@@ -221,7 +227,7 @@ impl AimGuardrail {
         let base = config
             .api_base
             .filter(|b| !b.trim().is_empty())
-            .or_else(|| env_var(env, "AIM_API_BASE"))
+            .or_else(|| env_var(env, API_BASE_ENV))
             .unwrap_or_else(|| DEFAULT_API_BASE.to_owned());
         let url = format!("{}{ANALYZE_PATH}", base.trim().trim_end_matches('/'));
         let uri = parse_base_url("api_base", &url)?;

@@ -112,6 +112,17 @@ use crate::support::{REDACTED, env_var, kind_of, process_env, scrub, string_or_n
 /// The region used when neither the config nor the environment names one (LiteLLM's default).
 pub const DEFAULT_REGION: &str = "us-west-2";
 
+/// The environment variables an unset `aws_region_name` is read from, the first one set.
+pub const REGION_ENV: [&str; 3] = ["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_REGION_NAME"];
+
+/// The environment variable an unset `aws_bedrock_runtime_endpoint` is read from.
+pub const ENDPOINT_ENV: &str = "AWS_BEDROCK_RUNTIME_ENDPOINT";
+
+/// The Bedrock runtime endpoint of an AWS region (without `aws_bedrock_runtime_endpoint`).
+pub fn regional_endpoint(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
 /// The default overall timeout of one call, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
 
@@ -301,9 +312,7 @@ impl BedrockGuardrail {
             ));
         }
         let region = match non_empty(config.aws_region_name)
-            .or_else(|| env_var(env, "AWS_REGION"))
-            .or_else(|| env_var(env, "AWS_DEFAULT_REGION"))
-            .or_else(|| env_var(env, "AWS_REGION_NAME"))
+            .or_else(|| REGION_ENV.iter().find_map(|var| env_var(env, var)))
         {
             Some(region) => region,
             None => {
@@ -331,12 +340,9 @@ impl BedrockGuardrail {
         )?;
         let (endpoint_key, endpoint) = match non_empty(config.aws_bedrock_runtime_endpoint) {
             Some(endpoint) => ("aws_bedrock_runtime_endpoint", endpoint),
-            None => match env_var(env, "AWS_BEDROCK_RUNTIME_ENDPOINT") {
+            None => match env_var(env, ENDPOINT_ENV) {
                 Some(endpoint) => ("aws_bedrock_runtime_endpoint", endpoint),
-                None => (
-                    "aws_region_name",
-                    format!("https://bedrock-runtime.{region}.amazonaws.com"),
-                ),
+                None => ("aws_region_name", regional_endpoint(&region)),
             },
         };
         let url = format!(

@@ -78,6 +78,12 @@ use crate::support::{
 /// The default `api_base`.
 pub const DEFAULT_API_BASE: &str = "https://api.lakera.ai";
 
+/// The environment variable a gateway reads an unset `api_key` from (LiteLLM's).
+pub const API_KEY_ENV: &str = "LAKERA_API_KEY";
+
+/// The environment variable a gateway reads an unset `api_base` from (LiteLLM's).
+pub const API_BASE_ENV: &str = "LAKERA_API_BASE";
+
 /// The path appended to `api_base`.
 pub const GUARD_PATH: &str = "/v2/guard";
 

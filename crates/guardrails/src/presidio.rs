@@ -106,6 +106,14 @@ use crate::support::{CharOffsets, context_len, kind_of, timeout_or};
 /// The default `presidio_language`.
 pub const DEFAULT_LANGUAGE: &str = "en";
 
+/// The environment variable a gateway reads an unset `presidio_analyzer_api_base` from
+/// (LiteLLM's).
+pub const ANALYZER_API_BASE_ENV: &str = "PRESIDIO_ANALYZER_API_BASE";
+
+/// The environment variable a gateway reads an unset `presidio_anonymizer_api_base` from
+/// (LiteLLM's).
+pub const ANONYMIZER_API_BASE_ENV: &str = "PRESIDIO_ANONYMIZER_API_BASE";
+
 /// The default timeout of one call, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
 
