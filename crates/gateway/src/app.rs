@@ -24,7 +24,6 @@ use guardrail_tower_spend_log::{
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ServerBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -232,7 +231,8 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
-        let builder = ServerBuilder::new(TokioExecutor::new());
+        // Tells connections still deciding their protocol that the server is stopping.
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -255,19 +255,19 @@ impl Gateway {
                     let service = TowerToHyperService::new(LiveRouter {
                         reloader: Arc::clone(&self.live),
                     });
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        let _ = connection.await;
-                    });
+                    connections.spawn(serve_connection(
+                        stream,
+                        service,
+                        graceful.watcher(),
+                        stopping_rx.clone(),
+                    ));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = &mut shutdown => break,
             }
         }
         drop(listener);
+        let _ = stopping.send(true);
         let in_flight = connections.len();
         tracing::info!(
             connections = in_flight,
@@ -363,6 +363,72 @@ impl Drop for RunningGateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// HTTP/2 with prior knowledge (h2c) opens with this preface; anything else is HTTP/1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one connection: HTTP/2 when it opens with the HTTP/2 preface, else HTTP/1, decided by
+/// peeking at its first bytes. (hyper-util's `auto` builder decides by reading them and
+/// replaying them to hyper, whose first read then returns only those few bytes; hyper reserves
+/// a further 8 KiB before its second read, so every HTTP/1 connection's read buffer grew to
+/// 16 KiB and stayed there: 8 KiB more per keep-alive connection and open stream.)
+///
+/// `watcher` makes the connection part of the graceful shutdown once it is served; while it is
+/// still waiting for its first bytes, `stopping` ends it.
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let http2 = tokio::select! {
+        http2 = opens_http2(&stream) => match http2 {
+            Ok(http2) => http2,
+            // Reset before sending anything.
+            Err(_) => return,
+        },
+        _ = stopping.wait_for(|stopping| *stopping) => return,
+    };
+    let io = TokioIo::new(stream);
+    if http2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service);
+        let _ = watcher.watch(connection).await;
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let _ = watcher.watch(connection).await;
+    }
+}
+
+/// Whether the connection opens with the HTTP/2 preface, peeked (the bytes stay in the socket).
+/// HTTP/1 is known from the first byte that differs (the first one, for every method); a
+/// preface split across packets is peeked again a few times, for at most about a second.
+async fn opens_http2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if wait > Duration::from_millis(512) {
+            // Not a whole preface in a second: HTTP/1, which refuses it.
+            return Ok(false);
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
     }
 }
 
@@ -739,5 +805,55 @@ async fn block_summary(State(store): State<Store>, RawQuery(query): RawQuery) ->
     match store.block_summary(filter.start, filter.end).await {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => internal(format!("spend log query failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{H2_PREFACE, opens_http2};
+
+    /// What `opens_http2` says of a connection whose client writes `parts`, 20 ms apart.
+    async fn opens_http2_with(parts: &[&[u8]]) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for part in parts {
+                client.write_all(&part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        let http2 = opens_http2(&server).await.unwrap();
+        drop(writer.await.unwrap());
+        http2
+    }
+
+    #[tokio::test]
+    async fn the_protocol_is_told_from_the_first_bytes_without_taking_them() {
+        assert!(opens_http2_with(&[H2_PREFACE]).await);
+        // A preface split across packets is waited for.
+        assert!(opens_http2_with(&[&H2_PREFACE[..5], &H2_PREFACE[5..16], &H2_PREFACE[16..]]).await);
+        assert!(!opens_http2_with(&[b"POST /v1/chat/completions HTTP/1.1\r\n"]).await);
+        assert!(!opens_http2_with(&[b"PRI * HTTP/1.1\r\n\r\n"]).await);
+        // The bytes stay in the socket for the server to read.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(!opens_http2(&server).await.unwrap());
+        let mut buf = [0u8; 64];
+        let n = server.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
     }
 }
