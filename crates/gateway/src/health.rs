@@ -89,18 +89,17 @@ pub(crate) fn service_addrs(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<ServiceAddr> {
     use guardrail_tower_guardrails::{aim, bedrock, lakera, openai_moderation, presidio};
-    // A parameter, else the first of `vars` set (the guardrails read both the same way: an
-    // empty value counts as unset).
-    let set = |v: String| (!v.trim().is_empty()).then_some(v);
+    // A parameter, else the first of `vars` set, read as the guardrails read them: a blank
+    // parameter and an empty variable count as unset.
     let param = |key: &str| {
         params
             .get(key)
             .and_then(Value::as_str)
+            .filter(|v| !v.trim().is_empty())
             .map(str::to_owned)
-            .and_then(set)
     };
     let or_env = |key: &str, vars: &[&str]| {
-        param(key).or_else(|| vars.iter().find_map(|v| env(v).and_then(set)))
+        param(key).or_else(|| vars.iter().find_map(|v| env(v).filter(|v| !v.is_empty())))
     };
     let urls: Vec<Option<String>> = match kind {
         "litellm_content_filter" => Vec::new(),

@@ -594,7 +594,7 @@ impl<'a> Sent<'a> {
         structure: bool,
         check_repeats: bool,
     ) -> Option<Sent<'a>> {
-        let members: BodyMembers<'a> = serde_json::from_slice(bytes).ok()?;
+        let members: BodyMembers<'a> = guardrail_tower_core::json::from_slice(bytes).ok()?;
         let view = |raw: &'a RawValue| JsonView::parse(raw.get().as_bytes()).ok();
         let string = |view: Option<&JsonView<'_>>| {
             view.and_then(JsonView::as_str)
