@@ -84,7 +84,7 @@ requests_for() {
 
 peak_rss() {
     local body=$1 mock=$PORT_BASE gw=$((PORT_BASE + 1)) i
-    sed -e "s|MOCK_ADDR|$HOST:$mock|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml" >"$WORK/gw.yaml"
+    gateway_yaml "$HOST:$mock" "$WORK/spend.db" >"$WORK/gw.yaml"
     cat "$WORK/filter.yaml" >>"$WORK/gw.yaml"
     rm -f "$WORK"/spend.db*
     "$BIN/mock-upstream" --listen "$HOST:$mock" >"$WORK/mock.log" 2>&1 &

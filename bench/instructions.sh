@@ -90,19 +90,10 @@ total() {
     case $target in
         bare) cmd=("$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT") ;;
         *)
-            sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" \
-                "$ROOT/bench/gateway.yaml" >"$WORK/$target.yaml"
+            gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/$target.yaml"
             [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$GUARDRAILS" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
-            [[ $target == gw-remote ]] && cat >>"$WORK/$target.yaml" <<EOF
-guardrails:
-  - guardrail_name: remote
-    litellm_params:
-      guardrail: generic_guardrail_api
-      api_base: http://$HOST:$GUARD_PORT
-      mode: pre_call
-      default_on: true
-EOF
+            [[ $target == gw-remote ]] && remote_guardrail_yaml "$HOST:$GUARD_PORT" pre_call >>"$WORK/$target.yaml"
             cmd=("$GATEWAY" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
             [[ $target == gw-metrics || $target == gw-filter-metrics ]] && cmd+=(--metrics)
             ;;

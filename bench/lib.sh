@@ -1,5 +1,6 @@
-# Helpers shared by the bench scripts: sourced, not run. A script sets NAME (its name in
-# messages) and HOST, keeps the processes it starts in the array PIDS, and then:
+# Helpers shared by the bench scripts: sourced, not run. A script sets ROOT (the repository),
+# NAME (its name in messages) and HOST, keeps the processes it starts in the array PIDS, and
+# then:
 #   . "$ROOT/bench/lib.sh"
 
 # die MESSAGE: prints "NAME: MESSAGE" and exits with 1.
@@ -44,6 +45,28 @@ stop_all() {
     local pid
     for pid in "${PIDS[@]}"; do stop_tree "$pid"; done
     PIDS=()
+}
+
+# gateway_yaml MOCK DB: prints bench/gateway.yaml (the gateway-without-guardrails config) for
+# the mock upstream at MOCK (HOST:PORT) and the SQLite spend log at DB.
+gateway_yaml() {
+    sed -e "s|MOCK_ADDR|$1|" -e "s|SPEND_DB|$2|" "$ROOT/bench/gateway.yaml"
+}
+
+# remote_guardrail_yaml GUARD MODE [POLICY]: prints a `guardrails:` section with one default-on
+# Generic Guardrail API guardrail (the service at GUARD, HOST:PORT) in MODE, with
+# stream_policy POLICY when given.
+remote_guardrail_yaml() {
+    cat <<EOF
+guardrails:
+  - guardrail_name: remote
+    litellm_params:
+      guardrail: generic_guardrail_api
+      api_base: http://$1
+      mode: $2
+      default_on: true
+EOF
+    [[ -z ${3:-} ]] || echo "      stream_policy: $3"
 }
 
 # build_release: builds the release binaries the scripts run, unless BENCH_SKIP_BUILD=1.

@@ -103,7 +103,7 @@ done
 # Configs and requests
 
 WORDS=$(sed -n 's/.*{keyword: \([a-z]*\), action: BLOCK}.*/\1/p' "$ROOT/bench/content-filter.yaml")
-sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml" >"$WORK/gateway.yaml"
+gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gateway.yaml"
 cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gateway.yaml"
 {
     cat <<EOF

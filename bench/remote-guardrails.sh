@@ -50,20 +50,11 @@ work_dir remote
 
 # config MODE: the gateway config with the guardrail in MODE (none: no guardrail).
 config() {
-    sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml"
+    gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db"
     [[ $1 == none ]] && return
-    local mode=$1 policy=""
-    [[ $mode == post_call ]] && policy="      stream_policy: {window: {chars: 200, overlap: 20}}"
-    cat <<EOF
-guardrails:
-  - guardrail_name: remote
-    litellm_params:
-      guardrail: generic_guardrail_api
-      api_base: http://$HOST:$GUARD_PORT
-      mode: $mode
-      default_on: true
-$policy
-EOF
+    local policy=""
+    [[ $1 == post_call ]] && policy="{window: {chars: 200, overlap: 20}}"
+    remote_guardrail_yaml "$HOST:$GUARD_PORT" "$1" "$policy"
 }
 
 # start LATENCY MODE: the mock, the guard mock, the gateway.

@@ -143,7 +143,7 @@ sed '1s/^{/{"stream": true, "stream_options": {"include_usage": true}, /' "$ROOT
 # "keys" for a master key.
 write_config() {
     local file=$1 db=$2 kind=$3
-    sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$db|" "$ROOT/bench/gateway.yaml" >"$file"
+    gateway_yaml "$HOST:$MOCK_PORT" "$db" >"$file"
     [[ $kind == keys ]] && echo "  master_key: $MASTER_KEY" >>"$file"
     [[ $kind == filter ]] || return 0
     cat "$ROOT/bench/content-filter.yaml" >>"$file"

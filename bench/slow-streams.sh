@@ -47,10 +47,10 @@ work_dir slow
 # The policy is the guardrail's own: a content filter without one runs exact whatever
 # general_settings.stream_policy says (it has a span matcher).
 {
-    sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml"
+    gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db"
     sed "s|^      default_on: true|      default_on: true\n      stream_policy: $POLICY|" "$ROOT/bench/content-filter.yaml"
 } >"$WORK/gw-filter.yaml"
-sed -e "s|MOCK_ADDR|$HOST:$MOCK_PORT|" -e "s|SPEND_DB|$WORK/spend.db|" "$ROOT/bench/gateway.yaml" >"$WORK/gw-none.yaml"
+gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gw-none.yaml"
 
 # start TARGET: the mock and TARGET; sets URL and TARGET_PID (the measured process).
 start() {
