@@ -609,13 +609,7 @@ async fn a_batch_refused_part_way_is_rolled_back_and_the_next_one_written() {
     sink.write_batch(&[record("next", at, SpendStatus::Success)])
         .await
         .unwrap();
-    let ids: Vec<String> = Connection::open(&path)
-        .unwrap()
-        .prepare("SELECT request_id FROM \"LiteLLM_SpendLogs\" ORDER BY request_id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows = sink.query(&SpendLogFilter::new()).await.unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
     assert_eq!(ids, ["next"]);
 }
