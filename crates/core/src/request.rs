@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body::Body;
@@ -584,12 +584,17 @@ where
     }
 }
 
-/// The body read so far: the first chunk kept as is (no copy in the common one-chunk case),
-/// later ones appended to one buffer.
+/// The body read so far: the first chunk kept until a second arrives, later ones appended to
+/// one buffer.
+///
+/// The body is always copied into an allocation of its own: a chunk from hyper is a slice of
+/// the connection's read buffer, and the parsed request lives as long as the response (a
+/// stream's spend-log record and guardrails keep it), so keeping the slice would pin the whole
+/// read buffer (8 KiB or more) for the stream's life while hyper allocates a new one.
 #[derive(Default)]
 struct Collected {
     first: Option<Bytes>,
-    rest: Option<BytesMut>,
+    rest: Option<Vec<u8>>,
 }
 
 impl Collected {
@@ -599,11 +604,11 @@ impl Collected {
         }
         match (&self.first, &mut self.rest) {
             (None, _) => self.first = Some(data),
-            (Some(_), Some(rest)) => rest.put_slice(&data),
+            (Some(_), Some(rest)) => rest.extend_from_slice(&data),
             (Some(first), None) => {
-                let mut rest = BytesMut::with_capacity((first.len() + data.len()) * 2);
-                rest.put_slice(first);
-                rest.put_slice(&data);
+                let mut rest = Vec::with_capacity((first.len() + data.len()) * 2);
+                rest.extend_from_slice(first);
+                rest.extend_from_slice(&data);
                 self.rest = Some(rest);
             }
         }
@@ -611,8 +616,13 @@ impl Collected {
 
     fn take(&mut self) -> Bytes {
         match (self.rest.take(), self.first.take()) {
-            (Some(rest), _) => rest.freeze(),
-            (None, first) => first.unwrap_or_default(),
+            // Without the spare capacity the doubling left.
+            (Some(mut rest), _) => {
+                rest.shrink_to_fit();
+                Bytes::from(rest)
+            }
+            (None, Some(first)) => Bytes::copy_from_slice(&first),
+            (None, None) => Bytes::new(),
         }
     }
 }
@@ -669,6 +679,36 @@ mod tests {
             req.headers()[CONTENT_LENGTH],
             parsed.bytes().len().to_string()
         );
+    }
+
+    #[tokio::test]
+    async fn the_body_does_not_pin_the_connections_read_buffer() {
+        // hyper hands a body over as slices of the connection's read buffer; the parsed request
+        // lives as long as a stream does, so it must hold a copy of the body's bytes only, not
+        // the buffer they were cut from.
+        let json = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut read_buffer = bytes::BytesMut::with_capacity(8192);
+        read_buffer.extend_from_slice(json);
+        read_buffer.extend_from_slice(b"GET /health HTTP/1.1\r\n\r\n");
+        let read_buffer = read_buffer.freeze();
+        let whole = read_buffer.as_ptr_range();
+        for chunks in [vec![json.len()], vec![10, json.len() - 10]] {
+            let mut at = 0;
+            let frames = chunks.into_iter().map(|len| {
+                at += len;
+                Ok::<_, std::io::Error>(Frame::data(read_buffer.slice(at - len..at)))
+            });
+            let frames: Vec<_> = frames.collect();
+            let req = Request::post("/v1/chat/completions")
+                .body(StreamBody::new(futures_util::stream::iter(frames)))
+                .unwrap();
+            let req = BufferRequest::new(req, 1024).await.unwrap();
+            let bytes = req.extensions().get::<ParsedRequest>().unwrap().bytes();
+            assert_eq!(&bytes[..], json);
+            assert!(!whole.contains(&bytes.as_ptr()), "the body is a slice of the buffer");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert!(!whole.contains(&body.as_ptr()));
+        }
     }
 
     #[tokio::test]
