@@ -705,7 +705,10 @@ mod tests {
             let req = BufferRequest::new(req, 1024).await.unwrap();
             let bytes = req.extensions().get::<ParsedRequest>().unwrap().bytes();
             assert_eq!(&bytes[..], json);
-            assert!(!whole.contains(&bytes.as_ptr()), "the body is a slice of the buffer");
+            assert!(
+                !whole.contains(&bytes.as_ptr()),
+                "the body is a slice of the buffer"
+            );
             let body = req.into_body().collect().await.unwrap().to_bytes();
             assert!(!whole.contains(&body.as_ptr()));
         }

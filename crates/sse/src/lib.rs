@@ -84,7 +84,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use memchr::memchr2;
 
 /// The default maximum size of one event: 1 MiB.
@@ -169,6 +169,31 @@ impl SseEvent {
     /// not dispatch it.
     pub fn is_empty(&self) -> bool {
         self.data.is_none()
+    }
+
+    /// Copies the event's bytes into an allocation of its own.
+    ///
+    /// A decoded event is a slice of the chunk it arrived in (no copy), and a chunk from
+    /// hyper is a slice of the connection's read buffer: an event kept while more of the
+    /// stream is read (held back by a guardrail until the next event shows a word is whole)
+    /// keeps that whole buffer alive, and the connection allocates another. After `detach` the
+    /// event holds its own bytes only. Fields joined from several lines already have theirs.
+    pub fn detach(&mut self) {
+        let raw = Bytes::copy_from_slice(&self.raw);
+        let (start, end) = (
+            self.raw.as_ptr() as usize,
+            self.raw.as_ptr() as usize + self.raw.len(),
+        );
+        for field in [&mut self.event, &mut self.data, &mut self.id]
+            .into_iter()
+            .flatten()
+        {
+            let at = field.as_ptr() as usize;
+            if !field.is_empty() && at >= start && at + field.len() <= end {
+                *field = raw.slice(at - start..at - start + field.len());
+            }
+        }
+        self.raw = raw;
     }
 }
 
@@ -325,7 +350,8 @@ impl SseDecoder {
                     self.input.split_to(end)
                 } else {
                     self.pending.put_slice(&self.input[..end]);
-                    self.input.advance(end);
+                    // `split_to`, not `advance`: at the end it leaves no reference to the chunk.
+                    drop(self.input.split_to(end));
                     self.pending.split().freeze()
                 };
                 if counted_len(&raw, self.event_skip_lf) > self.max_event_size {
@@ -341,13 +367,15 @@ impl SseDecoder {
                 let lead = usize::from(self.event_skip_lf && first == Some(&b'\n'));
                 if self.pending.len() + available - lead > self.max_event_size {
                     self.pending.clear();
-                    self.input.clear();
+                    self.input = Bytes::new();
                     return Err(SseError::EventTooLarge {
                         limit: self.max_event_size,
                     });
                 }
                 self.pending.put_slice(&self.input);
-                self.input.clear();
+                // Not `clear`, which keeps a reference to the chunk (and the buffer it was cut
+                // from) while the decoder waits for the rest of the event.
+                self.input = Bytes::new();
                 Ok(None)
             }
         }
@@ -618,6 +646,49 @@ mod tests {
                 std::str::from_utf8(events[0].data().unwrap()).unwrap(),
                 "{\"content\":\"caf\u{e9} \u{2615} \u{1F600}\"}"
             );
+        }
+    }
+
+    #[test]
+    fn a_waiting_decoder_keeps_no_reference_to_the_chunks() {
+        // A partial event is copied aside; the chunks it came in (slices of a connection's
+        // read buffer, in hyper) are not kept while the decoder waits for its end.
+        let mut decoder = SseDecoder::new();
+        let stream = b"data: one\n\ndata: tw";
+        for (chunk, rest) in [(&stream[..], &b"o\n\ndata: thr"[..]), (b"ee\n", b"\n")] {
+            let chunk = Bytes::from(chunk.to_vec());
+            decoder.push(chunk.clone());
+            while decoder.next_event().unwrap().is_some() {}
+            assert!(chunk.is_unique(), "the decoder still holds the chunk");
+            let rest = Bytes::from(rest.to_vec());
+            decoder.push(rest.clone());
+            assert!(decoder.next_event().unwrap().is_some());
+            while decoder.next_event().unwrap().is_some() {}
+            assert!(rest.is_unique(), "the decoder still holds the chunk");
+        }
+    }
+
+    #[test]
+    fn a_detached_event_holds_its_own_bytes_only() {
+        let chunk = Bytes::from(
+            b"event: e\nid: 7\ndata: one\ndata: two\n\nevent: x\ndata: single\n\nrest".to_vec(),
+        );
+        let whole = chunk.as_ptr_range();
+        let mut decoder = SseDecoder::new();
+        decoder.push(chunk.clone());
+        for _ in 0..2 {
+            let event = decoder.next_event().unwrap().unwrap();
+            let mut detached = event.clone();
+            detached.detach();
+            assert_eq!(detached, event);
+            let fields = [detached.raw().as_ptr()]
+                .into_iter()
+                .chain(detached.event.iter().map(|b| b.as_ptr()))
+                .chain(detached.data_bytes().map(|b| b.as_ptr()))
+                .chain(detached.id.iter().map(|b| b.as_ptr()));
+            for at in fields {
+                assert!(!whole.contains(&at), "{detached:?} points into the chunk");
+            }
         }
     }
 

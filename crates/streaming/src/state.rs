@@ -227,6 +227,8 @@ struct Held {
     ends: Vec<usize>,
     terminal: bool,
     sequence_number: Option<u64>,
+    /// The event holds its own bytes ([`SseEvent::detach`]).
+    detached: bool,
 }
 
 impl Held {
@@ -383,6 +385,12 @@ impl StreamState {
                 .map(|h| h.event.raw().len())
                 .sum::<usize>()
             + self.channels.iter().map(|c| c.text.len()).sum::<usize>()
+    }
+
+    /// The events held back, oldest first.
+    #[cfg(test)]
+    pub(crate) fn held_events(&self) -> impl Iterator<Item = &SseEvent> {
+        self.queue.iter().map(|h| &h.event)
     }
 
     /// Feeds a chunk from the upstream.
@@ -574,6 +582,7 @@ impl StreamState {
             ends,
             terminal,
             sequence_number,
+            detached: false,
         });
         for idx in new_text {
             self.on_text(idx)?;
@@ -787,7 +796,10 @@ impl StreamState {
                     }
                     Step::Progress
                 }
-                std::task::Poll::Pending => Step::Waiting,
+                std::task::Poll::Pending => {
+                    self.detach_held();
+                    Step::Waiting
+                }
             };
         }
         if let Some(job) = self.jobs.pop_front() {
@@ -813,7 +825,20 @@ impl StreamState {
             ));
             return Step::Progress;
         }
+        self.detach_held();
         Step::NeedInput
+    }
+
+    /// The events still held wait for more of the stream (or a check): each gets bytes of its
+    /// own, so that none keeps the upstream connection's read buffer it was cut from alive.
+    fn detach_held(&mut self) {
+        for held in self.queue.iter_mut().rev() {
+            if held.detached {
+                break;
+            }
+            held.event.detach();
+            held.detached = true;
+        }
     }
 
     fn start(&mut self, job: Job) {

@@ -1019,6 +1019,58 @@ async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
 }
 
 #[tokio::test]
+async fn held_events_do_not_pin_the_upstream_read_buffer() {
+    // hyper hands the body over as slices of the connection's read buffer; an event held back
+    // (exact mode holds each word until the next event shows it is whole) must not keep that
+    // buffer alive while the stream waits for more.
+    let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
+        "r".into(),
+        CallType::ChatCompletions,
+    ));
+    let mut state = crate::state::StreamState::new(
+        CallType::ChatCompletions,
+        vec![(
+            words("g", vec![("forbidden", None)]),
+            crate::state::Policy::Exact,
+        )],
+        meta,
+        GuardrailLog::new(),
+        None,
+        1 << 20,
+    );
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut out = String::new();
+    for word in ["lorem", " ipsum", " dolor"] {
+        let event = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n"
+        );
+        let mut read_buffer = bytes::BytesMut::with_capacity(8192);
+        read_buffer.extend_from_slice(event.as_bytes());
+        read_buffer.extend_from_slice(b"unread");
+        let read_buffer = read_buffer.freeze();
+        state.push(read_buffer.slice(..event.len()));
+        while let crate::state::Step::Progress = state.step(&mut cx) {
+            out.extend(
+                state
+                    .out
+                    .drain(..)
+                    .map(|b| String::from_utf8(b.to_vec()).unwrap()),
+            );
+        }
+        let held: Vec<_> = state.held_events().collect();
+        assert!(!held.is_empty(), "the last word waits for the next event");
+        let whole = read_buffer.as_ptr_range();
+        for event in held {
+            assert!(!whole.contains(&event.raw().as_ptr()));
+            assert!(!whole.contains(&event.data_bytes().unwrap().as_ptr()));
+        }
+    }
+    // What was released is the stream as it arrived, word by word.
+    assert!(out.contains("\"content\":\"lorem\""), "{out}");
+}
+
+#[tokio::test]
 async fn no_post_call_guardrail_means_untouched_passthrough() {
     let opt_in = words("g", vec![("corner", None)]).default_on(false);
     let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([opt_in]));
