@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::json_body::{JsonBody, TextSpan};
@@ -89,19 +90,39 @@ impl RequestMeta {
 
     /// Sets the request headers a guardrail may see. Credentials (`authorization`,
     /// `x-litellm-api-key`, `x-api-key`, `api-key`, `cookie`, `proxy-authorization`) are removed.
+    ///
+    /// The values are copied into one buffer of their own: hyper's header values are slices
+    /// of the connection's read buffer, and these facts live as long as the response (a
+    /// stream's guardrails keep them), which would keep that whole buffer alive.
     pub fn with_headers(mut self, headers: &HeaderMap) -> Self {
-        let mut headers = headers.clone();
-        for name in [
+        const CREDENTIALS: [&str; 6] = [
             "authorization",
             "proxy-authorization",
             "x-litellm-api-key",
             "x-api-key",
             "api-key",
             "cookie",
-        ] {
-            headers.remove(name);
+        ];
+        let kept = || {
+            headers
+                .iter()
+                .filter(|(name, _)| !CREDENTIALS.contains(&name.as_str()))
+        };
+        let mut bytes = Vec::with_capacity(kept().map(|(_, v)| v.len()).sum());
+        for (_, value) in kept() {
+            bytes.extend_from_slice(value.as_bytes());
         }
-        self.headers = headers;
+        let bytes = Bytes::from(bytes);
+        let mut copy = HeaderMap::with_capacity(headers.len());
+        let mut at = 0;
+        for (name, value) in kept() {
+            let mut owned = HeaderValue::from_maybe_shared(bytes.slice(at..at + value.len()))
+                .expect("the bytes of a valid header value");
+            owned.set_sensitive(value.is_sensitive());
+            at += value.len();
+            copy.append(name.clone(), owned);
+        }
+        self.headers = copy;
         self
     }
 
@@ -675,5 +696,65 @@ impl<G: Guardrail> ErasedGuardrail for G {
 
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         Guardrail::span_matcher(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_copied_without_credentials_and_without_the_read_buffer() {
+        // hyper's header values are slices of the connection's read buffer: the facts a
+        // stream's guardrails keep must not keep that buffer alive.
+        let read_buffer = Bytes::from(
+            b"application/json|Bearer sk-secret|trace-1|abc|sk-other|a=b|x".repeat(100),
+        );
+        let value = |at: usize, len: usize| {
+            let mut v = HeaderValue::from_maybe_shared(read_buffer.slice(at..at + len)).unwrap();
+            if at == 34 {
+                v.set_sensitive(true);
+            }
+            v
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", value(0, 16));
+        headers.insert("authorization", value(17, 16));
+        headers.append("x-trace", value(34, 7));
+        headers.append("x-trace", value(42, 3));
+        headers.insert("x-api-key", value(46, 8));
+        headers.insert("cookie", value(55, 3));
+        headers.insert("x-empty", value(61, 0));
+        let meta = RequestMeta::new("r".into(), CallType::ChatCompletions).with_headers(&headers);
+        let kept: Vec<(&str, &[u8])> = meta
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("content-type", &b"application/json"[..]),
+                ("x-trace", b"trace-1"),
+                ("x-trace", b"abc"),
+                ("x-empty", b""),
+            ]
+        );
+        let trace: Vec<bool> = meta
+            .headers()
+            .get_all("x-trace")
+            .iter()
+            .map(HeaderValue::is_sensitive)
+            .collect();
+        assert_eq!(trace, [true, false]);
+        let whole = read_buffer.as_ptr_range();
+        for value in meta.headers().values() {
+            assert!(!whole.contains(&value.as_bytes().as_ptr()));
+        }
+        drop(headers);
+        assert!(
+            read_buffer.is_unique(),
+            "the facts keep the read buffer alive"
+        );
     }
 }
