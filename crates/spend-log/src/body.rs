@@ -569,9 +569,12 @@ mod tests {
         (text(scanner.usage()), text(scanner.error()))
     }
 
-    /// A body with decoys: `usage` inside strings, nested `usage` objects, escaped quotes and
-    /// brackets in strings, scalars of every kind, then the real top-level `usage`.
+    /// A body with decoys: `usage` inside strings, nested `usage` objects, member names with
+    /// escapes (one of them `usage`, written with escapes, before the last) or longer than any
+    /// name kept, escaped quotes and brackets in strings, scalars of every kind, then the real
+    /// top-level `usage`.
     const BODY: &str = r#" {"id":"c-1","object":"chat.completion","n":-1.5e3,"ok":true,"none":null,
+        "us\"age\\":{"usage":1},"a_member_name_longer_than_usage":[{"usage":2}],"\u0075sag\u0065":{"prompt_tokens":0},
         "choices":[{"index":0,"message":{"role":"assistant","content":"say \"usage\":{\"prompt_tokens\":99} ]}{ \\"},
         "usage":{"prompt_tokens":98}}],"meta":{"usage":{"total_tokens":97}},
         "usage" : {"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,"details":{"cached":[1,2]}} ,
