@@ -375,7 +375,8 @@ impl StreamState {
         );
     }
 
-    /// Bytes held by this stream: the decoder's partial event, queued events and kept text.
+    /// Bytes held by this stream: the decoder's partial event, queued events and the buffers of
+    /// kept text.
     #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> usize {
         self.decoder.buffered_len()
@@ -384,7 +385,11 @@ impl StreamState {
                 .iter()
                 .map(|h| h.event.raw().len())
                 .sum::<usize>()
-            + self.channels.iter().map(|c| c.text.len()).sum::<usize>()
+            + self
+                .channels
+                .iter()
+                .map(|c| c.text.capacity())
+                .sum::<usize>()
     }
 
     /// The events held back, oldest first.
@@ -1102,9 +1107,10 @@ impl StreamState {
                 };
                 keep = keep.min(need);
             }
-            // Cut once a kilobyte is not needed: a long stream then keeps about that much text
-            // (with 4 KiB, each of thousands of open streams kept an 8 KiB buffer).
-            if keep > ch.base + 1024 {
+            // Cut once 256 bytes are not needed: a long stream then keeps a buffer of about
+            // twice that (with 4 KiB, each of thousands of open streams kept an 8 KiB buffer;
+            // with 1 KiB, 2 KiB). A cut moves only the few bytes still needed.
+            if keep > ch.base + 256 {
                 let mut cut = keep - ch.base;
                 while !ch.text.is_char_boundary(cut) {
                     cut -= 1;

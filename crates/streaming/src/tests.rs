@@ -1014,8 +1014,9 @@ async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
         }
         max_held = max_held.max(state.held_bytes());
     }
-    // 240 KB of text went through; what is held stays at a few KB.
-    assert!(max_held < 16 * 1024, "held {max_held} bytes");
+    // 240 KB of text went through; what is held stays under a kilobyte (thousands of streams
+    // are open at once).
+    assert!(max_held < 1024, "held {max_held} bytes");
 }
 
 #[tokio::test]
