@@ -18,17 +18,25 @@ pub enum BodyType {
 impl BodyType {
     /// Classifies a `content-type` value by its media type (parameters and case ignored).
     pub fn of(content_type: Option<&HeaderValue>) -> BodyType {
+        // Compared without case and without a lowercase copy: this runs for every request and
+        // response.
         let Some(essence) = content_type
             .and_then(|ct| ct.to_str().ok())
             .and_then(|ct| ct.split(';').next())
-            .map(|e| e.trim().to_ascii_lowercase())
+            .map(str::trim)
             .filter(|e| !e.is_empty())
         else {
             return BodyType::Unspecified;
         };
-        if essence == "text/event-stream" {
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        let suffix = essence
+            .len()
+            .checked_sub(5)
+            .and_then(|at| essence.get(at..));
+        if is("text/event-stream") {
             BodyType::EventStream
-        } else if essence == "application/json" || essence.ends_with("+json") {
+        } else if is("application/json") || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        {
             BodyType::Json
         } else {
             BodyType::Other
@@ -50,6 +58,11 @@ mod tests {
             of("text/event-stream; charset=utf-8"),
             BodyType::EventStream
         );
+        assert_eq!(of("APPLICATION/VND.API+JSON ; q=1"), BodyType::Json);
+        assert_eq!(of("Text/Event-Stream"), BodyType::EventStream);
+        assert_eq!(of("text/event-streams"), BodyType::Other);
+        assert_eq!(of("application/json5"), BodyType::Other);
+        assert_eq!(of("json"), BodyType::Other);
         assert_eq!(of("text/html"), BodyType::Other);
         assert_eq!(of(" ; x=y"), BodyType::Unspecified);
         assert_eq!(BodyType::of(None), BodyType::Unspecified);
