@@ -116,8 +116,9 @@ impl RequestMeta {
         let mut copy = HeaderMap::with_capacity(headers.len());
         let mut at = 0;
         for (name, value) in kept() {
+            // A value built unchecked with bytes a header may not hold is kept as it is.
             let mut owned = HeaderValue::from_maybe_shared(bytes.slice(at..at + value.len()))
-                .expect("the bytes of a valid header value");
+                .unwrap_or_else(|_| value.clone());
             owned.set_sensitive(value.is_sensitive());
             at += value.len();
             copy.append(name.clone(), owned);

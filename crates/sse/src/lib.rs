@@ -13,7 +13,9 @@
 //! When an event lies within one chunk (the common case) its raw bytes and its data are slices
 //! of that chunk: no copy. Only an event spread over several chunks is copied, once, into one
 //! buffer, and that buffer is bounded: an event larger than the maximum is an error, not
-//! unbounded memory.
+//! unbounded memory. A slice keeps the whole chunk alive (from hyper, a connection's read
+//! buffer): a caller that keeps an event while more of the stream is read gives it bytes of its
+//! own with [`SseEvent::detach`]. The decoder itself keeps no chunk while it waits.
 //!
 //! Where it sits among the crates:
 //!
