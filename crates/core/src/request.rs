@@ -557,7 +557,7 @@ where
                     match ready!(body.as_mut().poll_frame(cx)) {
                         Some(Ok(frame)) => {
                             if let Ok(mut data) = frame.into_data() {
-                                collected.push(data.copy_to_bytes(data.remaining()));
+                                collected.push(&data.copy_to_bytes(data.remaining()));
                             }
                         }
                         Some(Err(err)) => {
@@ -584,46 +584,25 @@ where
     }
 }
 
-/// The body read so far: the first chunk kept until a second arrives, later ones appended to
-/// one buffer.
+/// The body read so far, in one buffer of its own.
 ///
-/// The body is always copied into an allocation of its own: a chunk from hyper is a slice of
-/// the connection's read buffer, and the parsed request lives as long as the response (a
-/// stream's spend-log record and guardrails keep it), so keeping the slice would pin the whole
-/// read buffer (8 KiB or more) for the stream's life while hyper allocates a new one.
+/// The body is always copied: a chunk from hyper is a slice of the connection's read buffer,
+/// and the parsed request lives as long as the response (a stream's spend-log record and
+/// guardrails keep it), so keeping the slice would pin the whole read buffer (8 KiB or more)
+/// for the stream's life while hyper allocates a new one.
 #[derive(Default)]
-struct Collected {
-    first: Option<Bytes>,
-    rest: Option<Vec<u8>>,
-}
+struct Collected(Vec<u8>);
 
 impl Collected {
-    fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        match (&self.first, &mut self.rest) {
-            (None, _) => self.first = Some(data),
-            (Some(_), Some(rest)) => rest.extend_from_slice(&data),
-            (Some(first), None) => {
-                let mut rest = Vec::with_capacity((first.len() + data.len()) * 2);
-                rest.extend_from_slice(first);
-                rest.extend_from_slice(&data);
-                self.rest = Some(rest);
-            }
-        }
+    fn push(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
     }
 
     fn take(&mut self) -> Bytes {
-        match (self.rest.take(), self.first.take()) {
-            // Without the spare capacity the doubling left.
-            (Some(mut rest), _) => {
-                rest.shrink_to_fit();
-                Bytes::from(rest)
-            }
-            (None, Some(first)) => Bytes::copy_from_slice(&first),
-            (None, None) => Bytes::new(),
-        }
+        let mut body = std::mem::take(&mut self.0);
+        // Without the spare capacity the growth left (a body in one chunk has none).
+        body.shrink_to_fit();
+        Bytes::from(body)
     }
 }
 
