@@ -135,7 +135,9 @@ pin_project! {
             #[pin]
             fut: S::Future,
             beside: Option<RunFuture>,
-            held: Option<S::Response>,
+            // Boxed: only a call with a guardrail beside it holds a response, and inline the
+            // slot made every layer's future (each nesting the next) larger by a response.
+            held: Option<Box<S::Response>>,
         },
     }
 }
@@ -339,7 +341,7 @@ where
                                     .expect("BufferedCall polled after completion");
                                 return Poll::Ready(Ok(CallOutcome::Called(response, output)));
                             }
-                            *held = Some(response);
+                            *held = Some(Box::new(response));
                             *this.waiting_since = Some(Instant::now());
                         }
                     }
@@ -377,7 +379,7 @@ where
                                 .output
                                 .take()
                                 .expect("BufferedCall polled after completion");
-                            return Poll::Ready(Ok(CallOutcome::Called(response, output)));
+                            return Poll::Ready(Ok(CallOutcome::Called(*response, output)));
                         }
                     }
                     return Poll::Pending;
@@ -404,4 +406,69 @@ where
 pub fn take_ready<S: Clone>(service: &mut S) -> S {
     let clone = service.clone();
     std::mem::replace(service, clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// A service whose response is 4 KiB inline (as a response with its body nested through
+    /// several layers can be large), and whose future is small.
+    #[derive(Clone)]
+    struct LargeResponse;
+
+    type Large = [u8; 4096];
+
+    impl Service<Request<Full<Bytes>>> for LargeResponse {
+        type Response = Large;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Large, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
+            Box::pin(std::future::ready(Ok([7; 4096])))
+        }
+    }
+
+    struct Keep;
+
+    impl Prepare for Keep {
+        type Output = ();
+
+        fn prepare(self, _request: &mut Request<Full<Bytes>>) -> Result<Prepared<()>, Error> {
+            Ok(Prepared::new(()))
+        }
+    }
+
+    #[test]
+    fn the_slot_for_a_held_response_does_not_grow_the_future() {
+        // Each layer's future holds the next one's, so a response kept inline for the rare
+        // call with a guardrail beside it made every future of the stack larger by a response.
+        let size = std::mem::size_of::<BufferedCall<Full<Bytes>, LargeResponse, Keep>>();
+        assert!(
+            size < std::mem::size_of::<Large>(),
+            "BufferedCall is {size} bytes for a 4,096-byte response"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_response_passes_through() {
+        let request = Request::builder()
+            .uri("/v1/chat/completions")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            )))
+            .unwrap();
+        let call = BufferedCall::new(request, 1 << 20, LargeResponse, Keep);
+        match call.await {
+            Ok(CallOutcome::Called(response, ())) => assert_eq!(response, [7; 4096]),
+            Ok(CallOutcome::Refused(error, ..)) => panic!("refused: {error}"),
+        }
+    }
 }

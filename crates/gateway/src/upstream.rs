@@ -62,10 +62,18 @@ struct Target {
 /// Forwards each request to the upstream of its `model`, with the deployment's model name and
 /// key. Streaming responses pass through as they arrive; a response body that goes silent for
 /// the idle limit fails (see [`IdleTimeout`]).
+///
+/// Cheap to clone (one reference count): every layer above it clones the stack it wraps for
+/// each request.
 #[derive(Clone, Debug)]
 pub struct Forward {
+    inner: Arc<ForwardInner>,
+}
+
+#[derive(Debug)]
+struct ForwardInner {
     client: HttpClient,
-    targets: Arc<HashMap<String, Target>>,
+    targets: HashMap<String, Target>,
     idle: Duration,
 }
 
@@ -176,9 +184,11 @@ impl Forward {
             })
             .collect();
         Forward {
-            client,
-            targets: Arc::new(targets),
-            idle,
+            inner: Arc::new(ForwardInner {
+                client,
+                targets,
+                idle,
+            }),
         }
     }
 
@@ -194,8 +204,8 @@ impl Forward {
         let model = parsed.model().ok_or_else(|| {
             Error::new(StatusCode::BAD_REQUEST, "the request has no 'model'").with_param("model")
         })?;
-        let target = self.targets.get(model).ok_or_else(|| {
-            let mut known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+        let target = self.inner.targets.get(model).ok_or_else(|| {
+            let mut known: Vec<&str> = self.inner.targets.keys().map(String::as_str).collect();
             known.sort_unstable();
             Error::new(
                 StatusCode::BAD_REQUEST,
@@ -362,8 +372,8 @@ impl Service<Request<Full<Bytes>>> for Forward {
             Ok(prepared) => prepared,
             Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
         };
-        let pending = self.client.request(request);
-        let idle = self.idle;
+        let pending = self.inner.client.request(request);
+        let idle = self.inner.idle;
         Box::pin(async move {
             let mut response = pending.await?.map(|body| IdleTimeout::new(body, idle));
             clean_response(&mut response, api_base);
@@ -375,6 +385,13 @@ impl Service<Request<Full<Bytes>>> for Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_is_one_pointer() {
+        // Every layer above clones the stack it wraps for each request (the instance polled
+        // ready goes into the request's future); the client and the deployments are shared.
+        assert_eq!(std::mem::size_of::<Forward>(), std::mem::size_of::<usize>());
+    }
 
     fn parsed(body: &str) -> ParsedRequest {
         ParsedRequest::parse(
