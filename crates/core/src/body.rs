@@ -30,18 +30,24 @@ pin_project! {
         Stream {
             #[pin]
             body: B,
-            call_type: CallType,
-            // Events are released whole: a stream that fails mid-event never leaves the
-            // client half an event in front of the error event.
-            decoder: SseDecoder,
-            // What a Responses API stream announced, to end it with a well-formed
-            // `response.failed`.
-            responses: Option<Box<ResponsesStreamState>>,
-            report: Option<ResponseReport>,
-            tail: Option<Bytes>,
-            ended: bool,
+            // Boxed: every layer's body nests the next one's, and a variant holding the
+            // decoder inline made each level of every response (streamed or not) larger by it.
+            state: Box<StreamState>,
         },
     }
+}
+
+/// What [`Kind::Stream`] keeps besides the inner body.
+struct StreamState {
+    call_type: CallType,
+    // Events are released whole: a stream that fails mid-event never leaves the client half
+    // an event in front of the error event.
+    decoder: SseDecoder,
+    // What a Responses API stream announced, to end it with a well-formed `response.failed`.
+    responses: Option<Box<ResponsesStreamState>>,
+    report: Option<ResponseReport>,
+    tail: Option<Bytes>,
+    ended: bool,
 }
 
 impl<B> ResponseBody<B> {
@@ -82,12 +88,14 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Stream {
                 body,
-                call_type,
-                decoder: SseDecoder::new(),
-                responses,
-                report,
-                tail: None,
-                ended: false,
+                state: Box::new(StreamState {
+                    call_type,
+                    decoder: SseDecoder::new(),
+                    responses,
+                    report,
+                    tail: None,
+                    ended: false,
+                }),
             },
         }
     }
@@ -107,15 +115,15 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Stream {
-                mut body,
-                call_type,
-                decoder,
-                responses,
-                report,
-                tail,
-                ended,
-            } => loop {
+            KindProj::Stream { mut body, state } => loop {
+                let StreamState {
+                    call_type,
+                    decoder,
+                    responses,
+                    report,
+                    tail,
+                    ended,
+                } = &mut **state;
                 if let Some(tail) = tail.take() {
                     return Poll::Ready(Some(Ok(Frame::data(tail))));
                 }
@@ -167,9 +175,9 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
-            Kind::Stream {
-                body, tail, ended, ..
-            } => tail.is_none() && (*ended || body.is_end_stream()),
+            Kind::Stream { body, state } => {
+                state.tail.is_none() && (state.ended || body.is_end_stream())
+            }
         }
     }
 
@@ -225,9 +233,9 @@ impl<B> fmt::Debug for ResponseBody<B> {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
             Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
-            Kind::Stream { call_type, .. } => f
+            Kind::Stream { state, .. } => f
                 .debug_struct("ResponseBody::Stream")
-                .field("call_type", call_type)
+                .field("call_type", &state.call_type)
                 .finish_non_exhaustive(),
         }
     }
@@ -244,6 +252,19 @@ mod tests {
     use http_body_util::{BodyExt, Full, StreamBody};
 
     use super::*;
+
+    #[test]
+    fn each_level_adds_a_pointer_not_a_decoder() {
+        // Layers nest their bodies (the gateway's responses are four `ResponseBody` levels
+        // deep) and the response climbs the stack by value: a level is the inner body and a
+        // pointer to the stream state, whatever variant it is in.
+        type Inner = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+        let one = std::mem::size_of::<ResponseBody<Inner>>();
+        let four =
+            std::mem::size_of::<ResponseBody<ResponseBody<ResponseBody<ResponseBody<Inner>>>>>();
+        assert!(one <= 48, "one level: {one} bytes");
+        assert!(four <= 96, "four levels: {four} bytes");
+    }
 
     #[tokio::test]
     async fn full_and_inner() {
