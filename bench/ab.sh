@@ -52,14 +52,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 work_dir ab
 BODY=$ROOT/bench/chat.json
-STREAM=()
-if [[ -n ${BENCH_EVENTS:-} ]]; then
-    [[ $BENCH_EVENTS =~ ^[0-9]{1,5}$ ]] || die "BENCH_EVENTS must be a number of events (got '$BENCH_EVENTS')"
-    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["stream"] = True; json.dump(b, open(sys.argv[2], "w"))' \
-        "$BODY" "$WORK/stream.json"
-    BODY=$WORK/stream.json
-    STREAM=(-H "x-mock-events: $BENCH_EVENTS")
-fi
+stream_request
 gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gateway.yaml"
 [[ ${BENCH_CONFIG:-none} == filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gateway.yaml"
 

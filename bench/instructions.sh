@@ -63,14 +63,7 @@ command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or 
 build_release
 
 work_dir instructions
-STREAM=()
-if [[ -n ${BENCH_EVENTS:-} ]]; then
-    [[ $BENCH_EVENTS =~ ^[0-9]{1,5}$ ]] || die "BENCH_EVENTS must be a number of events (got '$BENCH_EVENTS')"
-    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["stream"] = True; json.dump(b, open(sys.argv[2], "w"))' \
-        "$BODY" "$WORK/stream.json"
-    BODY=$WORK/stream.json
-    STREAM=(-H "x-mock-events: $BENCH_EVENTS")
-fi
+stream_request
 
 
 "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &

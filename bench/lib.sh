@@ -69,6 +69,19 @@ EOF
     [[ -z ${3:-} ]] || echo "      stream_policy: $3"
 }
 
+# stream_request: with BENCH_EVENTS=E set, points BODY at a copy of it in WORK with
+# "stream": true, and sets STREAM to the header asking the mock for E content events (so
+# every request is a stream of E events); without it, leaves BODY and sets STREAM empty.
+stream_request() {
+    STREAM=()
+    [[ -n ${BENCH_EVENTS:-} ]] || return 0
+    [[ $BENCH_EVENTS =~ ^[0-9]{1,5}$ ]] || die "BENCH_EVENTS must be a number of events (got '$BENCH_EVENTS')"
+    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["stream"] = True; json.dump(b, open(sys.argv[2], "w"))' \
+        "$BODY" "$WORK/stream.json"
+    BODY=$WORK/stream.json
+    STREAM=(-H "x-mock-events: $BENCH_EVENTS")
+}
+
 # build_release: builds the release binaries the scripts run, unless BENCH_SKIP_BUILD=1.
 build_release() {
     [[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && return 0
