@@ -81,13 +81,18 @@ pin_project! {
     /// An upstream body that fails when the upstream sends nothing for `idle` while it is being
     /// waited on. The wait is measured only while the body is polled, so a client that reads
     /// slowly never trips it; an upstream that stalls mid-stream does.
+    ///
+    /// The timer is not moved for every frame: a wait records when it began, and the timer,
+    /// armed for an earlier wait's end, is moved on only when it fires before the current
+    /// wait's end. A stream of many events costs a clock read per wait, not a timer update.
     pub struct IdleTimeout<B> {
         #[pin]
         body: B,
         #[pin]
         sleep: Sleep,
         idle: Duration,
-        waiting: bool,
+        // When the current wait for a frame began; `None` between waits.
+        waiting_since: Option<Instant>,
     }
 }
 
@@ -98,7 +103,7 @@ impl<B> IdleTimeout<B> {
             body,
             sleep: tokio::time::sleep(idle),
             idle,
-            waiting: false,
+            waiting_since: None,
         }
     }
 }
@@ -116,16 +121,23 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        if !*this.waiting {
-            this.sleep.as_mut().reset(Instant::now() + *this.idle);
-            *this.waiting = true;
-        }
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            *this.waiting = false;
+            *this.waiting_since = None;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        ready!(this.sleep.poll(cx));
-        *this.waiting = false;
+        let since = *this.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = since + *this.idle;
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            // The timer was set for an earlier wait (it never ends later than this one): move
+            // it on to this wait's end and poll it again, which registers the waker.
+            if this.sleep.deadline() < deadline {
+                this.sleep.as_mut().reset(deadline);
+                continue;
+            }
+            break;
+        }
+        *this.waiting_since = None;
         Poll::Ready(Some(Err(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
@@ -385,6 +397,76 @@ impl Service<Request<Full<Bytes>>> for Forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that sends a frame after each of `gaps` (tokio time), then ends.
+    fn paced(gaps: Vec<Duration>) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let frames = futures_util::stream::unfold(gaps.into_iter(), |mut gaps| async move {
+            let gap = gaps.next()?;
+            tokio::time::sleep(gap).await;
+            Some((Ok(Frame::data(Bytes::from_static(b"x"))), gaps))
+        });
+        http_body_util::StreamBody::new(frames)
+    }
+
+    /// Reads `body` to its end or first error, waiting `pause` between frames; the number of
+    /// frames read and the error, if any.
+    async fn read<B: Body<Data = Bytes, Error = BoxError>>(
+        body: B,
+        pause: Duration,
+    ) -> (usize, Option<String>) {
+        use http_body_util::BodyExt;
+        let mut body = std::pin::pin!(body);
+        let mut frames = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(_) => frames += 1,
+                Err(e) => return (frames, Some(e.to_string())),
+            }
+            tokio::time::sleep(pause).await;
+        }
+        (frames, None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_lets_a_steady_stream_run_past_the_limit() {
+        // Twenty frames 60 ms apart: 1.2 s in all, each wait under the 100 ms limit.
+        let body = IdleTimeout::new(
+            paced(vec![Duration::from_millis(60); 20]),
+            Duration::from_millis(100),
+        );
+        assert_eq!(read(body, Duration::ZERO).await, (20, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_stream_that_stalls() {
+        let started = Instant::now();
+        let gaps = vec![
+            Duration::from_millis(60),
+            Duration::from_millis(60),
+            Duration::from_millis(150),
+        ];
+        let body = IdleTimeout::new(paced(gaps), Duration::from_millis(100));
+        assert_eq!(
+            read(body, Duration::ZERO).await,
+            (
+                2,
+                Some("the upstream sent nothing for 100 ms mid-response".to_owned())
+            )
+        );
+        // At the end of the stalled wait, not later: 120 ms of frames, then 100 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(220));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_does_not_count_a_slow_reader() {
+        // The upstream is quick; the reader waits 500 ms between frames (five times the
+        // limit): only time spent waiting on the upstream counts.
+        let body = IdleTimeout::new(
+            paced(vec![Duration::from_millis(10); 5]),
+            Duration::from_millis(100),
+        );
+        assert_eq!(read(body, Duration::from_millis(500)).await, (5, None));
+    }
 
     #[test]
     fn forward_is_one_pointer() {
