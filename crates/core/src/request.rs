@@ -556,8 +556,8 @@ where
                 loop {
                     match ready!(body.as_mut().poll_frame(cx)) {
                         Some(Ok(frame)) => {
-                            if let Ok(mut data) = frame.into_data() {
-                                collected.push(&data.copy_to_bytes(data.remaining()));
+                            if let Ok(data) = frame.into_data() {
+                                collected.push(data);
                             }
                         }
                         Some(Err(err)) => {
@@ -594,8 +594,15 @@ where
 struct Collected(Vec<u8>);
 
 impl Collected {
-    fn push(&mut self, data: &[u8]) {
-        self.0.extend_from_slice(data);
+    /// Copies `data` in, chunk by chunk (no intermediate `Bytes` for a buffer in pieces).
+    fn push(&mut self, mut data: impl Buf) {
+        self.0.reserve(data.remaining());
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let len = chunk.len();
+            self.0.extend_from_slice(chunk);
+            data.advance(len);
+        }
     }
 
     fn take(&mut self) -> Bytes {
