@@ -129,13 +129,12 @@ where
         let deadline = since + *this.idle;
         loop {
             ready!(this.sleep.as_mut().poll(cx));
+            if this.sleep.deadline() >= deadline {
+                break;
+            }
             // The timer was set for an earlier wait (it never ends later than this one): move
             // it on to this wait's end and poll it again, which registers the waker.
-            if this.sleep.deadline() < deadline {
-                this.sleep.as_mut().reset(deadline);
-                continue;
-            }
-            break;
+            this.sleep.as_mut().reset(deadline);
         }
         *this.waiting_since = None;
         Poll::Ready(Some(Err(Box::new(std::io::Error::new(
