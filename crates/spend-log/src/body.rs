@@ -547,6 +547,9 @@ impl<B> fmt::Debug for SpendLogBody<B> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
     use super::{JsonScanner, has_usage};
 
     #[test]
@@ -666,5 +669,80 @@ mod tests {
         assert!(scanner.value.capacity() <= super::MAX_MEMBER * 2);
         scanner.push(br#""usage":{"total_tokens":4}}"#);
         assert_eq!(scanner.usage(), Some(&br#"{"total_tokens":4}"#[..]));
+    }
+
+    /// Long strings (past the inline search, into `memchr2`) with escaped quotes and
+    /// backslashes on both sides of the boundary, split at every byte.
+    #[test]
+    fn long_strings_with_escapes_split_at_every_byte() {
+        let long = format!(
+            "{}\\\"{}\\\\\\\"usage\\\":{{}}{}",
+            "x".repeat(30),
+            "y".repeat(40),
+            "z".repeat(70)
+        );
+        let body = format!(
+            r#"{{"a":"{long}","b":[{{"c":"{long}"}}],"usage":{{"total_tokens":1,"s":"{long}"}}}}"#
+        );
+        let usage = format!(r#"{{"total_tokens":1,"s":"{long}"}}"#);
+        let bytes = body.as_bytes();
+        assert_eq!(scan(&[bytes]).0.as_deref(), Some(&*usage));
+        for at in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(scan(&[a, b]).0.as_deref(), Some(&*usage), "split at {at}");
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let text = prop_oneof![
+            "[a-z\"\\\\{}\\[\\]:, ]{0,8}",
+            "[a-z\"\\\\{}\\[\\] \u{e9}\u{1F600}]{30,80}",
+            Just("usage".to_owned()),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            // Exact in binary, so the comparison is not about float parsing.
+            (-4096i32..4096).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            text.clone().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((text.clone(), inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Against serde_json on generated documents (decoys in strings, nested `usage`
+        /// members, long strings, non-ASCII), written compact or pretty, split at two points:
+        /// the scanner's `usage` is the document's top-level `usage`, byte for byte.
+        #[test]
+        fn agrees_with_serde_json(
+            members in prop::collection::vec(("usage|error|[a-z]{1,20}", json_value()), 0..8),
+            pretty in any::<bool>(),
+            cuts in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        ) {
+            let document = Value::Object(members.into_iter().collect());
+            let bytes = if pretty {
+                serde_json::to_vec_pretty(&document).unwrap()
+            } else {
+                serde_json::to_vec(&document).unwrap()
+            };
+            let (mut first, mut second) = (cuts.0.index(bytes.len() + 1), cuts.1.index(bytes.len() + 1));
+            if first > second {
+                std::mem::swap(&mut first, &mut second);
+            }
+            let mut scanner = JsonScanner::default();
+            scanner.push(&bytes[..first]);
+            scanner.push(&bytes[first..second]);
+            scanner.push(&bytes[second..]);
+            let found = |raw: Option<&[u8]>| raw.map(|raw| serde_json::from_slice::<Value>(raw).unwrap());
+            prop_assert_eq!(found(scanner.usage()), document.get("usage").cloned());
+            prop_assert_eq!(found(scanner.error()), document.get("error").cloned());
+        }
     }
 }
