@@ -323,7 +323,10 @@ impl StreamState {
                     exact: ExactLog::default(),
                 })
                 .collect(),
-            queue: VecDeque::new(),
+            // Exact checking holds one event (a trailing partial word) and the one arriving:
+            // room for two rather than the four a first push reserves (an entry is 224 bytes,
+            // kept for the whole stream).
+            queue: VecDeque::with_capacity(2),
             out: VecDeque::new(),
             jobs: VecDeque::new(),
             running: None,
@@ -462,6 +465,14 @@ impl StreamState {
     fn channel(&mut self, key: TextKey) -> usize {
         if let Some(i) = self.channels.iter().position(|c| c.key == key) {
             return i;
+        }
+        if self.channels.is_empty() {
+            // Most streams carry one text: room for one channel, not the four a first push
+            // reserves (kept for the whole stream, in the state and in each guardrail's).
+            self.channels.reserve_exact(1);
+            for guard in &mut self.guards {
+                guard.channels.reserve_exact(1);
+            }
         }
         self.channels.push(Channel {
             key,
