@@ -341,6 +341,36 @@ impl ParsedRequest {
         }
     }
 
+    /// How many characters the request's guardrail texts hold in all: what
+    /// [`texts`](ParsedRequest::texts) would give, counted without copying them.
+    pub fn text_chars(&self) -> u64 {
+        let Some(json) = &self.json else {
+            return 0;
+        };
+        let chars: usize = match &json.texts {
+            Some(spans) => spans
+                .iter()
+                .map(|span| match span {
+                    TextSpan::Bytes(range) => {
+                        let bytes = &json.bytes[range.clone()];
+                        std::str::from_utf8(bytes).map_or_else(
+                            |_| String::from_utf8_lossy(bytes).chars().count(),
+                            |text| text.chars().count(),
+                        )
+                    }
+                    TextSpan::Unescaped(text) => text.chars().count(),
+                })
+                .sum(),
+            None => self
+                .call_type
+                .texts(Side::Request, json.value())
+                .iter()
+                .map(|text| text.chars().count())
+                .sum(),
+        };
+        chars as u64
+    }
+
     /// Replaces the guardrail texts and re-serializes the body.
     pub fn set_texts(&mut self, texts: &[String]) -> Result<(), SetTextsError> {
         let Some(json) = &self.json else {
@@ -645,6 +675,35 @@ mod tests {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap()
+    }
+
+    /// The count agrees with the texts themselves: plain, escaped (an unescaped copy) and
+    /// non-ASCII strings, several messages and parts, and a body rewritten as a `Value`.
+    #[test]
+    fn text_chars_counts_what_texts_gives() {
+        let body = r#"{"model":"m","messages":[{"role":"system","content":"caf\u00e9 \"q\" \ud83d\ude00"},
+            {"role":"user","content":[{"type":"text","text":"naïve ☕"},{"type":"text","text":"x"}]},
+            {"role":"assistant","content":"plain ascii"}]}"#;
+        let mut parsed = ParsedRequest::parse(
+            CallType::ChatCompletions,
+            Bytes::from_static(body.as_bytes()),
+            None,
+        )
+        .unwrap();
+        let count = |parsed: &ParsedRequest| -> u64 {
+            parsed
+                .texts()
+                .iter()
+                .map(|t| t.chars().count() as u64)
+                .sum()
+        };
+        assert_eq!(parsed.texts().len(), 4);
+        assert_eq!(parsed.text_chars(), 10 + 7 + 1 + 11);
+        assert_eq!(parsed.text_chars(), count(&parsed));
+        let rewritten = ["\u{e9}\u{e9}", "x", "", "\u{2615}"].map(String::from);
+        parsed.set_texts(&rewritten).unwrap();
+        assert_eq!(parsed.text_chars(), 4);
+        assert_eq!(parsed.text_chars(), count(&parsed));
     }
 
     #[tokio::test]

@@ -135,9 +135,9 @@ pub(crate) struct Recorder {
     caller: Option<Arc<Caller>>,
     start_time: SystemTime,
     pub(crate) first_byte: Option<SystemTime>,
-    /// The parsed request (a handle: its bytes are shared, not copied), for model, user,
-    /// stream and, when a usage estimate is needed, the request's text.
-    request: Option<ParsedRequest>,
+    /// What the record needs of the request: model, user, stream and, for a usage estimate,
+    /// how much text it had.
+    request: Option<RequestFacts>,
     pub(crate) log: GuardrailLog,
     pub(crate) report: ResponseReport,
     pub(crate) status: Option<u16>,
@@ -230,9 +230,9 @@ impl Recorder {
         }
     }
 
-    /// Keeps the parsed request (model, user, stream, and its text for a usage estimate).
+    /// Keeps what the record needs of the parsed request.
     pub(crate) fn set_request(&mut self, parsed: &ParsedRequest) {
-        self.request = Some(parsed.clone());
+        self.request = Some(RequestFacts::of(parsed));
     }
 
     /// The usage to record, and whether it is (partly) an estimate.
@@ -258,8 +258,7 @@ impl Recorder {
         let sent_upstream = delivered > 0 || self.first_byte.is_some() && self.status == Some(200);
         if usage.prompt_tokens == 0 && sent_upstream {
             if let Some(request) = &self.request {
-                let chars: usize = request.texts().iter().map(|t| t.chars().count()).sum();
-                let prompt = estimate_tokens(chars as u64);
+                let prompt = estimate_tokens(request.text_chars());
                 if prompt > 0 {
                     usage.prompt_tokens = prompt;
                     estimated = true;
@@ -394,11 +393,11 @@ impl Recorder {
         let from_caller = |f: fn(&Caller) -> &Option<String>| caller.and_then(|c| f(c).clone());
         let request = self.request.as_ref();
         let model = request
-            .and_then(ParsedRequest::model)
+            .and_then(RequestFacts::model)
             .unwrap_or_default()
             .to_owned();
         let user = request
-            .and_then(ParsedRequest::user)
+            .and_then(RequestFacts::user)
             .map(str::to_owned)
             .or_else(|| from_caller(|c| &c.user_id));
         SpendRecord {
@@ -425,7 +424,7 @@ impl Recorder {
                 applied_guardrails,
                 error_information: error,
                 http_status,
-                stream: request.is_some_and(ParsedRequest::stream),
+                stream: request.is_some_and(RequestFacts::stream),
                 user_api_key_alias: from_caller(|c| &c.key_alias),
                 user_api_key_user_id: from_caller(|c| &c.user_id),
                 user_api_key_team_id: from_caller(|c| &c.team_id),
@@ -433,6 +432,65 @@ impl Recorder {
                 usage_estimated,
                 sanitized: false,
             },
+        }
+    }
+}
+
+/// What a record needs of the request.
+///
+/// A stream's record is written when the stream ends, minutes after the request: it keeps
+/// only the facts (the request's text counted at once), not the parsed request, whose body
+/// would otherwise stay in memory for the stream's whole life, however large the prompt. A
+/// request answered at once keeps the parsed request (a handle), and its text is counted only
+/// if a usage estimate needs it.
+#[derive(Debug)]
+enum RequestFacts {
+    Parsed(ParsedRequest),
+    Stream {
+        model: Option<String>,
+        user: Option<String>,
+        text_chars: u64,
+    },
+}
+
+impl RequestFacts {
+    fn of(parsed: &ParsedRequest) -> Self {
+        if parsed.stream() {
+            RequestFacts::Stream {
+                model: parsed.model().map(str::to_owned),
+                user: parsed.user().map(str::to_owned),
+                text_chars: parsed.text_chars(),
+            }
+        } else {
+            RequestFacts::Parsed(parsed.clone())
+        }
+    }
+
+    fn model(&self) -> Option<&str> {
+        match self {
+            RequestFacts::Parsed(parsed) => parsed.model(),
+            RequestFacts::Stream { model, .. } => model.as_deref(),
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match self {
+            RequestFacts::Parsed(parsed) => parsed.user(),
+            RequestFacts::Stream { user, .. } => user.as_deref(),
+        }
+    }
+
+    fn stream(&self) -> bool {
+        match self {
+            RequestFacts::Parsed(parsed) => parsed.stream(),
+            RequestFacts::Stream { .. } => true,
+        }
+    }
+
+    fn text_chars(&self) -> u64 {
+        match self {
+            RequestFacts::Parsed(parsed) => parsed.text_chars(),
+            RequestFacts::Stream { text_chars, .. } => *text_chars,
         }
     }
 }
@@ -458,6 +516,10 @@ fn error_info(err: &Error) -> ErrorInformation {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
@@ -471,6 +533,71 @@ mod tests {
         anthropic.insert("x-api-key", "sk-test-123".parse().unwrap());
         assert_eq!(hashed_key(&anthropic), Some(hash));
         assert_eq!(hashed_key(&HeaderMap::new()), None);
+    }
+
+    /// The owner of a request body, which says when it is dropped.
+    struct Tracked(&'static [u8], Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Tracked {
+        fn as_ref(&self) -> &[u8] {
+            self.0
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn parsed(body: &'static str, dropped: &Arc<AtomicBool>) -> ParsedRequest {
+        let bytes = Bytes::from_owner(Tracked(body.as_bytes(), Arc::clone(dropped)));
+        ParsedRequest::parse(CallType::ChatCompletions, bytes, None).unwrap()
+    }
+
+    /// A stream's record is written when the stream ends: what it keeps of the request must
+    /// not hold the body (the prompt) in memory all that time.
+    #[test]
+    fn a_stream_keeps_the_facts_of_its_request_not_its_body() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let request = parsed(
+            r#"{"model":"m","stream":true,"user":"u","messages":[{"role":"user","content":"caf\u00e9 ☕ 1234"}]}"#,
+            &dropped,
+        );
+        let facts = RequestFacts::of(&request);
+        drop(request);
+        assert!(dropped.load(Ordering::SeqCst), "the body is still held");
+        assert_eq!(
+            (
+                facts.model(),
+                facts.user(),
+                facts.stream(),
+                facts.text_chars()
+            ),
+            (Some("m"), Some("u"), true, 11)
+        );
+
+        // A request answered at once keeps the parsed request (a handle, no copy) until its
+        // record is written.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let request = parsed(
+            r#"{"model":"m","messages":[{"role":"user","content":"hello"}]}"#,
+            &dropped,
+        );
+        let facts = RequestFacts::of(&request);
+        drop(request);
+        assert!(!dropped.load(Ordering::SeqCst));
+        assert_eq!(
+            (
+                facts.model(),
+                facts.user(),
+                facts.stream(),
+                facts.text_chars()
+            ),
+            (Some("m"), None, false, 5)
+        );
+        drop(facts);
+        assert!(dropped.load(Ordering::SeqCst));
     }
 
     #[test]
