@@ -82,6 +82,19 @@ impl RequestMeta {
         self
     }
 
+    /// These facts without the request body, for a holder that outlives the request and whose
+    /// guardrails do not read the body ([`Guardrail::reads_request_body`]); the same facts when
+    /// there is no body.
+    pub fn without_body(self: &Arc<Self>) -> Arc<Self> {
+        if self.body.is_none() {
+            return Arc::clone(self);
+        }
+        Arc::new(RequestMeta {
+            body: None,
+            ..RequestMeta::clone(self)
+        })
+    }
+
     /// Sets the request body, built into a `Value` only if a guardrail reads it.
     pub(crate) fn with_json_body(mut self, body: Option<Arc<JsonBody>>) -> Self {
         self.body = body;
@@ -559,6 +572,14 @@ pub trait Guardrail: Send + Sync + 'static {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         None
     }
+
+    /// Whether a check reads the request's body ([`RequestMeta::body`],
+    /// [`RequestMeta::body_bytes`]) beyond the texts it is given. `true` (the default) unless the
+    /// guardrail says otherwise: a stream whose post-call guardrails all answer `false` does not
+    /// keep the request body (the prompt, however large) for the whole of the stream.
+    fn reads_request_body(&self) -> bool {
+        true
+    }
 }
 
 /// What a [`SpanMatcher`] does with a match.
@@ -681,6 +702,7 @@ pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Verdict, GuardrailError>>;
     fn provider(&self) -> &str;
     fn span_matcher(&self) -> Option<&dyn SpanMatcher>;
+    fn reads_request_body(&self) -> bool;
 }
 
 impl<G: Guardrail> ErasedGuardrail for G {
@@ -698,11 +720,35 @@ impl<G: Guardrail> ErasedGuardrail for G {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         Guardrail::span_matcher(self)
     }
+
+    fn reads_request_body(&self) -> bool {
+        Guardrail::reads_request_body(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_body_drops_only_the_body() {
+        let body: Arc<Value> = Arc::new(serde_json::json!({"messages": []}));
+        let meta = Arc::new(
+            RequestMeta::new(RequestId::generate(), CallType::ChatCompletions)
+                .with_model(Some("m".into()))
+                .with_stream(true)
+                .with_body(Some(body)),
+        );
+        let bare = meta.without_body();
+        assert!(meta.body().is_some());
+        assert!(bare.body().is_none() && bare.body_bytes().is_none());
+        assert_eq!(
+            (bare.request_id(), bare.model(), bare.is_stream()),
+            (meta.request_id(), Some("m"), true)
+        );
+        // Nothing to drop: the same facts, not a copy.
+        assert!(Arc::ptr_eq(&bare.without_body(), &bare));
+    }
 
     #[test]
     fn headers_are_copied_without_credentials_and_without_the_read_buffer() {

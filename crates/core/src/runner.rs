@@ -221,6 +221,11 @@ impl ConfiguredGuardrail {
         self.guardrail.span_matcher()
     }
 
+    /// See [`Guardrail::reads_request_body`].
+    pub fn reads_request_body(&self) -> bool {
+        self.guardrail.reads_request_body()
+    }
+
     /// The streaming policy set on this guardrail, if any.
     pub fn configured_stream_policy(&self) -> Option<StreamPolicy> {
         self.stream_policy

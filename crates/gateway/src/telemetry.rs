@@ -571,4 +571,8 @@ impl<G: Guardrail> Guardrail for TracedGuardrail<G> {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         self.inner.span_matcher()
     }
+
+    fn reads_request_body(&self) -> bool {
+        self.inner.reads_request_body()
+    }
 }

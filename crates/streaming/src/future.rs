@@ -521,12 +521,23 @@ fn new_stream_state(
     guards: Vec<(ConfiguredGuardrail, StreamPolicy)>,
 ) -> StreamState {
     // Monitors check the whole text once the stream has ended, detached: events flow past them.
-    let monitors = config
+    let monitors: Vec<ConfiguredGuardrail> = config
         .guardrails
         .selected(GuardrailMode::PostCall, &context.selection)
         .filter(|g| g.is_monitor())
         .cloned()
         .collect();
+    // The stream's state lives as long as the stream: when none of its guardrails reads the
+    // request body, its facts are kept without it (the prompt is not held for minutes).
+    let mut meta = context.meta;
+    let reads_body = guards
+        .iter()
+        .map(|(g, _)| g)
+        .chain(&monitors)
+        .any(ConfiguredGuardrail::reads_request_body);
+    if !reads_body {
+        meta = meta.without_body();
+    }
     StreamState::new(
         context.call_type,
         guards
@@ -536,7 +547,7 @@ fn new_stream_state(
                 (g, policy)
             })
             .collect(),
-        context.meta,
+        meta,
         context.log,
         context.report,
         config.max_event_size,

@@ -115,6 +115,10 @@ impl Guardrail for Words {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         Some(self)
     }
+
+    fn reads_request_body(&self) -> bool {
+        false
+    }
 }
 
 fn words(
@@ -1245,4 +1249,63 @@ async fn a_monitor_on_a_json_response_passes_it_byte_for_byte() {
         (entries[0].guardrail_status, entries[0].guardrail_action),
         (GuardrailStatus::GuardrailIntervened, GuardrailAction::Allow)
     );
+}
+
+/// A monitor that records whether its check saw the request body, and says whether it reads it.
+struct SeesBody {
+    reads: bool,
+    saw: Arc<Mutex<Vec<bool>>>,
+}
+
+impl Guardrail for SeesBody {
+    async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+        self.saw
+            .lock()
+            .unwrap()
+            .push(input.meta().body_bytes().is_some());
+        Ok(Verdict::allow())
+    }
+
+    fn reads_request_body(&self) -> bool {
+        self.reads
+    }
+}
+
+/// A stream's state lives as long as the stream: it keeps the request body only when one of
+/// its guardrails reads it (the prompt is not held for minutes otherwise), and a guardrail
+/// that reads it still finds it at the end of the stream.
+#[tokio::test]
+async fn a_stream_keeps_the_request_body_only_for_a_guardrail_that_reads_it() {
+    for (reads, beside_a_reader) in [(true, false), (false, false), (false, true)] {
+        let saw = Arc::new(Mutex::new(Vec::new()));
+        let monitor = |name, reads| {
+            ConfiguredGuardrail::new(
+                name,
+                GuardrailMode::PostCall,
+                SeesBody {
+                    reads,
+                    saw: Arc::clone(&saw),
+                },
+            )
+            .default_on(true)
+            .monitor(true)
+        };
+        let mut guardrails = vec![
+            monitor("seer", reads),
+            words("masker", vec![("café", Some("[X]"))]),
+        ];
+        if beside_a_reader {
+            guardrails.push(monitor("reader", true));
+        }
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new(guardrails));
+        let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
+        assert_eq!(run.status, 200);
+        run.log.settled().await;
+        let expected = if beside_a_reader {
+            vec![true, true]
+        } else {
+            vec![reads]
+        };
+        assert_eq!(*saw.lock().unwrap(), expected, "reads: {reads}");
+    }
 }

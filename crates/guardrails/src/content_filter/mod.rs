@@ -818,4 +818,9 @@ impl Guardrail for ContentFilter {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher> {
         Some(self)
     }
+
+    /// Only the texts it is given.
+    fn reads_request_body(&self) -> bool {
+        false
+    }
 }
