@@ -317,58 +317,46 @@ impl ParsedRequest {
 
     /// The request's guardrail texts.
     pub fn texts(&self) -> Vec<String> {
-        let Some(json) = &self.json else {
-            return Vec::new();
-        };
-        match &json.texts {
-            Some(spans) => spans
-                .iter()
-                .map(|span| match span {
-                    // A borrowed JSON string: valid UTF-8, so this copies without replacing
-                    // (`from_utf8` checks a word at a time over ASCII; `from_utf8_lossy` byte
-                    // by byte).
-                    TextSpan::Bytes(range) => {
-                        let bytes = &json.bytes[range.clone()];
-                        std::str::from_utf8(bytes).map_or_else(
-                            |_| String::from_utf8_lossy(bytes).into_owned(),
-                            str::to_owned,
-                        )
-                    }
-                    TextSpan::Unescaped(text) => text.clone(),
-                })
-                .collect(),
-            None => self.call_type.texts(Side::Request, json.value()),
-        }
+        let spans = self.json.as_ref().and_then(|json| json.texts.as_ref());
+        let mut texts = Vec::with_capacity(spans.map_or(0, Vec::len));
+        self.each_text(|text| texts.push(text.into_owned()));
+        texts
     }
 
     /// How many characters the request's guardrail texts hold in all: what
     /// [`texts`](ParsedRequest::texts) would give, counted without copying them.
     pub fn text_chars(&self) -> u64 {
+        let mut chars = 0;
+        self.each_text(|text| chars += text.chars().count() as u64);
+        chars
+    }
+
+    /// Hands each guardrail text to `f`, borrowed where the body holds it as it is.
+    fn each_text(&self, mut f: impl FnMut(Cow<'_, str>)) {
         let Some(json) = &self.json else {
-            return 0;
+            return;
         };
-        let chars: usize = match &json.texts {
-            Some(spans) => spans
-                .iter()
-                .map(|span| match span {
-                    TextSpan::Bytes(range) => {
-                        let bytes = &json.bytes[range.clone()];
-                        std::str::from_utf8(bytes).map_or_else(
-                            |_| String::from_utf8_lossy(bytes).chars().count(),
-                            |text| text.chars().count(),
-                        )
-                    }
-                    TextSpan::Unescaped(text) => text.chars().count(),
-                })
-                .sum(),
-            None => self
-                .call_type
-                .texts(Side::Request, json.value())
-                .iter()
-                .map(|text| text.chars().count())
-                .sum(),
-        };
-        chars as u64
+        match &json.texts {
+            Some(spans) => {
+                for span in spans {
+                    f(match span {
+                        // A borrowed JSON string: valid UTF-8 (`from_utf8` checks a word at a
+                        // time over ASCII; `from_utf8_lossy` byte by byte).
+                        TextSpan::Bytes(range) => {
+                            let bytes = &json.bytes[range.clone()];
+                            std::str::from_utf8(bytes)
+                                .map_or_else(|_| String::from_utf8_lossy(bytes), Cow::Borrowed)
+                        }
+                        TextSpan::Unescaped(text) => Cow::Borrowed(text),
+                    });
+                }
+            }
+            None => {
+                for text in self.call_type.texts(Side::Request, json.value()) {
+                    f(Cow::Owned(text));
+                }
+            }
+        }
     }
 
     /// Replaces the guardrail texts and re-serializes the body.
