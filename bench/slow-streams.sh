@@ -17,6 +17,8 @@
 # word against its schedule (p50, p99, p99.9). Then BENCH_IDLE (default 10000) keep-alive
 # connections, one GET /health each, left open: the target's RSS per connection.
 #
+# BENCH_BODY is the request body (default bench/chat.json; "stream": true is set by the client),
+# e.g. a long prompt: what a stream keeps of its request shows in the peak RSS.
 # BENCH_IDLE=0 skips the idle connections. Needs open files for the streams and the idle connections (ulimit -n is raised to 65536 when
 # allowed). Environment (all optional): the variables above, BENCH_PORT_BASE (default 18501;
 # two ports), BENCH_SKIP_BUILD, CARGO_TARGET_DIR, BENCH_OUT.
@@ -30,6 +32,7 @@ RATE=${BENCH_RATE:-30}
 RAMP=${BENCH_RAMP:-5}
 IDLE=${BENCH_IDLE:-10000}
 POLICY=${BENCH_POLICY:-exact}
+BODY=${BENCH_BODY:-$ROOT/bench/chat.json}
 PORT_BASE=${BENCH_PORT_BASE:-18501}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
@@ -84,7 +87,7 @@ TABLE=$WORK/table.md
 for target in $TARGETS; do
     start "$target"
     line=$("$BIN/slow-streams" streams --url "$BASE/v1/chat/completions" --streams "$STREAMS" \
-        --rate "$RATE" --seconds "$SECONDS_EACH" --ramp "$RAMP" --body "$ROOT/bench/chat.json" \
+        --rate "$RATE" --seconds "$SECONDS_EACH" --ramp "$RAMP" --body "$BODY" \
         --pid "$TARGET_PID") || die "$target: $line"
     echo "slow-streams: $target: $line" >&2
     stop_all
