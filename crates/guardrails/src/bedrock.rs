@@ -464,6 +464,11 @@ impl Guardrail for BedrockGuardrail {
     fn provider(&self) -> &str {
         "bedrock"
     }
+
+    /// Only the texts it is given.
+    fn reads_request_body(&self) -> bool {
+        false
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

@@ -206,6 +206,11 @@ impl Guardrail for OpenAiModeration {
     fn provider(&self) -> &str {
         "openai_moderation"
     }
+
+    /// Only the texts it is given.
+    fn reads_request_body(&self) -> bool {
+        false
+    }
 }
 
 /// `api_base` turned into the moderations endpoint (see the module docs).

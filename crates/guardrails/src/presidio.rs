@@ -558,6 +558,11 @@ impl Guardrail for Presidio {
     fn provider(&self) -> &str {
         "presidio"
     }
+
+    /// Only the texts it is given (and the request's state, for the placeholders it restores).
+    fn reads_request_body(&self) -> bool {
+        false
+    }
 }
 
 /// `{base}/{path}`: `http://` is added to a base without a scheme (as LiteLLM does).

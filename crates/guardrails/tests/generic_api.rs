@@ -1227,3 +1227,10 @@ async fn a_failing_service_s_url_status_and_body_are_in_the_log_entry() {
     assert!(error.contains("500"), "{error}");
     assert!(error.contains("db password hunter2"), "{error}");
 }
+
+/// The service is sent the request's messages with a response: a stream checked by it keeps
+/// the request body to the end.
+#[test]
+fn the_generic_api_reads_the_request_body() {
+    assert!(guard(GenericGuardrailApiConfig::new("http://127.0.0.1:9")).reads_request_body());
+}
