@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body::Body;
@@ -612,15 +612,10 @@ where
 struct Collected(Vec<u8>);
 
 impl Collected {
-    /// Copies `data` in, chunk by chunk (no intermediate `Bytes` for a buffer in pieces).
-    fn push(&mut self, mut data: impl Buf) {
-        self.0.reserve(data.remaining());
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            let len = chunk.len();
-            self.0.extend_from_slice(chunk);
-            data.advance(len);
-        }
+    /// Copies `data` in, chunk by chunk (no intermediate `Bytes` for a buffer in pieces):
+    /// `Vec`'s `BufMut::put` reserves once and copies each chunk.
+    fn push(&mut self, data: impl Buf) {
+        self.0.put(data);
     }
 
     fn take(&mut self) -> Bytes {
