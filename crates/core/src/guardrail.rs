@@ -83,16 +83,23 @@ impl RequestMeta {
     }
 
     /// These facts without the request body, for a holder that outlives the request and whose
-    /// guardrails do not read the body ([`Guardrail::reads_request_body`]); the same facts when
-    /// there is no body.
-    pub fn without_body(self: &Arc<Self>) -> Arc<Self> {
-        if self.body.is_none() {
-            return Arc::clone(self);
+    /// guardrails do not read the body ([`Guardrail::reads_request_body`]). The facts are
+    /// copied only when they are shared and there is a body to drop.
+    pub fn without_body(mut self: Arc<Self>) -> Arc<Self> {
+        if self.body.is_some() {
+            Arc::make_mut(&mut self).body = None;
         }
-        Arc::new(RequestMeta {
-            body: None,
-            ..RequestMeta::clone(self)
-        })
+        self
+    }
+
+    /// These facts without the request headers, for a holder that outlives the request and whose
+    /// guardrails do not read them ([`Guardrail::reads_request_headers`]). The facts are copied
+    /// only when they are shared and there are headers to drop.
+    pub fn without_headers(mut self: Arc<Self>) -> Arc<Self> {
+        if self.headers.capacity() > 0 {
+            Arc::make_mut(&mut self).headers = HeaderMap::new();
+        }
+        self
     }
 
     /// Sets the request body, built into a `Value` only if a guardrail reads it.
@@ -580,6 +587,13 @@ pub trait Guardrail: Send + Sync + 'static {
     fn reads_request_body(&self) -> bool {
         true
     }
+
+    /// Whether a check reads the request's headers ([`RequestMeta::headers`]). `true` (the
+    /// default) unless the guardrail says otherwise: a stream whose post-call guardrails all
+    /// answer `false` does not keep a copy of the headers for the whole of the stream.
+    fn reads_request_headers(&self) -> bool {
+        true
+    }
 }
 
 /// What a [`SpanMatcher`] does with a match.
@@ -703,6 +717,7 @@ pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
     fn provider(&self) -> &str;
     fn span_matcher(&self) -> Option<&dyn SpanMatcher>;
     fn reads_request_body(&self) -> bool;
+    fn reads_request_headers(&self) -> bool;
 }
 
 impl<G: Guardrail> ErasedGuardrail for G {
@@ -724,6 +739,10 @@ impl<G: Guardrail> ErasedGuardrail for G {
     fn reads_request_body(&self) -> bool {
         Guardrail::reads_request_body(self)
     }
+
+    fn reads_request_headers(&self) -> bool {
+        Guardrail::reads_request_headers(self)
+    }
 }
 
 #[cfg(test)]
@@ -731,23 +750,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_body_drops_only_the_body() {
+    fn without_body_and_without_headers_drop_only_those() {
         let body: Arc<Value> = Arc::new(serde_json::json!({"messages": []}));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-trace", HeaderValue::from_static("t-1"));
         let meta = Arc::new(
             RequestMeta::new(RequestId::generate(), CallType::ChatCompletions)
                 .with_model(Some("m".into()))
                 .with_stream(true)
-                .with_body(Some(body)),
+                .with_body(Some(body))
+                .with_headers(&headers),
         );
-        let bare = meta.without_body();
-        assert!(meta.body().is_some());
-        assert!(bare.body().is_none() && bare.body_bytes().is_none());
-        assert_eq!(
-            (bare.request_id(), bare.model(), bare.is_stream()),
-            (meta.request_id(), Some("m"), true)
-        );
-        // Nothing to drop: the same facts, not a copy.
-        assert!(Arc::ptr_eq(&bare.without_body(), &bare));
+        let facts = |m: &RequestMeta| {
+            (
+                m.request_id().clone(),
+                m.model().map(str::to_owned),
+                m.is_stream(),
+            )
+        };
+        // Shared facts are copied: the other holder keeps its body and headers.
+        let bodiless = Arc::clone(&meta).without_body();
+        assert!(meta.body().is_some() && meta.headers().contains_key("x-trace"));
+        assert!(bodiless.body().is_none() && bodiless.body_bytes().is_none());
+        assert_eq!(bodiless.headers()["x-trace"], "t-1");
+        assert_eq!(facts(&bodiless), facts(&meta));
+        let headerless = Arc::clone(&meta).without_headers();
+        assert!(headerless.headers().is_empty() && headerless.body().is_some());
+        assert_eq!(facts(&headerless), facts(&meta));
+        // Unshared facts are changed in place; nothing to drop: the same facts, not a copy.
+        let at = Arc::as_ptr(&bodiless);
+        let neither = bodiless.without_headers();
+        assert_eq!(Arc::as_ptr(&neither), at);
+        assert!(neither.headers().is_empty() && neither.body().is_none());
+        assert_eq!(facts(&neither), facts(&meta));
+        let kept = Arc::clone(&neither);
+        assert!(Arc::ptr_eq(
+            &kept.without_body().without_headers(),
+            &neither
+        ));
     }
 
     #[test]

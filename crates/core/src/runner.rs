@@ -226,6 +226,11 @@ impl ConfiguredGuardrail {
         self.guardrail.reads_request_body()
     }
 
+    /// See [`Guardrail::reads_request_headers`].
+    pub fn reads_request_headers(&self) -> bool {
+        self.guardrail.reads_request_headers()
+    }
+
     /// The streaming policy set on this guardrail, if any.
     pub fn configured_stream_policy(&self) -> Option<StreamPolicy> {
         self.stream_policy

@@ -575,4 +575,8 @@ impl<G: Guardrail> Guardrail for TracedGuardrail<G> {
     fn reads_request_body(&self) -> bool {
         self.inner.reads_request_body()
     }
+
+    fn reads_request_headers(&self) -> bool {
+        self.inner.reads_request_headers()
+    }
 }

@@ -376,6 +376,16 @@ impl Guardrail for AzureTextModeration {
     fn provider(&self) -> &str {
         "azure/text_moderations"
     }
+
+    /// Only the texts it is given.
+    fn reads_request_body(&self) -> bool {
+        false
+    }
+
+    /// Nor the request's headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 impl AzureTextModeration {
@@ -581,6 +591,11 @@ impl Guardrail for AzurePromptShield {
 
     fn provider(&self) -> &str {
         "azure/prompt_shield"
+    }
+
+    /// The texts and, for their roles, the request body; not the headers.
+    fn reads_request_headers(&self) -> bool {
+        false
     }
 }
 

@@ -469,6 +469,11 @@ impl Guardrail for BedrockGuardrail {
     fn reads_request_body(&self) -> bool {
         false
     }
+
+    /// Nor the request's headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

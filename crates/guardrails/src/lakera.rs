@@ -286,6 +286,11 @@ impl Guardrail for LakeraV2 {
     fn provider(&self) -> &str {
         "lakera_v2"
     }
+
+    /// The texts and, for their roles, the request body; not the headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 impl LakeraV2 {

@@ -211,6 +211,11 @@ impl Guardrail for OpenAiModeration {
     fn reads_request_body(&self) -> bool {
         false
     }
+
+    /// Nor the request's headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 /// `api_base` turned into the moderations endpoint (see the module docs).

@@ -563,6 +563,11 @@ impl Guardrail for Presidio {
     fn reads_request_body(&self) -> bool {
         false
     }
+
+    /// Nor the request's headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 /// `{base}/{path}`: `http://` is added to a base without a scheme (as LiteLLM does).

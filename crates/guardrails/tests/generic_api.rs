@@ -1228,9 +1228,10 @@ async fn a_failing_service_s_url_status_and_body_are_in_the_log_entry() {
     assert!(error.contains("db password hunter2"), "{error}");
 }
 
-/// The service is sent the request's messages with a response: a stream checked by it keeps
-/// the request body to the end.
+/// The service is sent the request's messages and headers with a response: a stream checked
+/// by it keeps the request body and headers to the end.
 #[test]
-fn the_generic_api_reads_the_request_body() {
-    assert!(guard(GenericGuardrailApiConfig::new("http://127.0.0.1:9")).reads_request_body());
+fn the_generic_api_reads_the_request_body_and_headers() {
+    let guard = guard(GenericGuardrailApiConfig::new("http://127.0.0.1:9"));
+    assert!(guard.reads_request_body() && guard.reads_request_headers());
 }

@@ -573,10 +573,12 @@ async fn a_presidio_that_is_down_follows_the_fallbacks() {
     let _: Value = closed.log[0].guardrail_response.clone();
 }
 
-/// Presidio reads the texts and the request's state (its placeholders), not the request body: a
-/// stream it checks does not keep the body (the restore across windows above still works).
+/// Presidio reads the texts and the request's state (its placeholders), not the request body
+/// or headers: a stream it checks does not keep them (the restore across windows above still
+/// works).
 #[test]
-fn presidio_does_not_read_the_request_body() {
+fn presidio_does_not_read_the_request_body_or_headers() {
     let config = PresidioConfig::new("http://127.0.0.1:9", "http://127.0.0.1:9");
-    assert!(!presidio(config).reads_request_body());
+    let presidio = presidio(config);
+    assert!(!presidio.reads_request_body() && !presidio.reads_request_headers());
 }

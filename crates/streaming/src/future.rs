@@ -527,16 +527,23 @@ fn new_stream_state(
         .filter(|g| g.is_monitor())
         .cloned()
         .collect();
-    // The stream's state lives as long as the stream: when none of its guardrails reads the
-    // request body, its facts are kept without it (the prompt is not held for minutes).
+    // The stream's state lives as long as the stream: what none of its guardrails reads of the
+    // request (the body, the prompt however large; the headers) is not kept for minutes.
     let mut meta = context.meta;
-    let reads_body = guards
-        .iter()
-        .map(|(g, _)| g)
-        .chain(&monitors)
-        .any(ConfiguredGuardrail::reads_request_body);
+    let (reads_body, reads_headers) = guards.iter().map(|(g, _)| g).chain(&monitors).fold(
+        (false, false),
+        |(body, headers), g| {
+            (
+                body || g.reads_request_body(),
+                headers || g.reads_request_headers(),
+            )
+        },
+    );
     if !reads_body {
         meta = meta.without_body();
+    }
+    if !reads_headers {
+        meta = meta.without_headers();
     }
     StreamState::new(
         context.call_type,

@@ -119,6 +119,10 @@ impl Guardrail for Words {
     fn reads_request_body(&self) -> bool {
         false
     }
+
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
 
 fn words(
@@ -1251,61 +1255,86 @@ async fn a_monitor_on_a_json_response_passes_it_byte_for_byte() {
     );
 }
 
-/// A monitor that records whether its check saw the request body, and says whether it reads it.
-struct SeesBody {
-    reads: bool,
-    saw: Arc<Mutex<Vec<bool>>>,
+/// A monitor that records whether its check saw the request body and the request's headers,
+/// and says whether it reads them.
+struct SeesRequest {
+    reads_body: bool,
+    reads_headers: bool,
+    saw: Arc<Mutex<Vec<(bool, bool)>>>,
 }
 
-impl Guardrail for SeesBody {
+impl Guardrail for SeesRequest {
     async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
-        self.saw
-            .lock()
-            .unwrap()
-            .push(input.meta().body_bytes().is_some());
+        let meta = input.meta();
+        self.saw.lock().unwrap().push((
+            meta.body_bytes().is_some(),
+            meta.headers().contains_key("x-trace"),
+        ));
         Ok(Verdict::allow())
     }
 
     fn reads_request_body(&self) -> bool {
-        self.reads
+        self.reads_body
+    }
+
+    fn reads_request_headers(&self) -> bool {
+        self.reads_headers
     }
 }
 
-/// A stream's state lives as long as the stream: it keeps the request body only when one of
-/// its guardrails reads it (the prompt is not held for minutes otherwise), and a guardrail
-/// that reads it still finds it at the end of the stream.
+/// A stream's state lives as long as the stream: it keeps the request body (the prompt) and the
+/// request's headers only when one of its guardrails reads them, and a guardrail that reads them
+/// still finds them at the end of the stream.
 #[tokio::test]
-async fn a_stream_keeps_the_request_body_only_for_a_guardrail_that_reads_it() {
-    for (reads, beside_a_reader) in [(true, false), (false, false), (false, true)] {
+async fn a_stream_keeps_the_request_body_and_headers_only_for_a_guardrail_that_reads_them() {
+    // (reads_body, reads_headers) of the monitor under test, whether a monitor that reads both
+    // runs beside it, and what the monitor under test must see.
+    let cases = [
+        ((true, true), false, (true, true)),
+        ((true, false), false, (true, false)),
+        ((false, true), false, (false, true)),
+        ((false, false), false, (false, false)),
+        ((false, false), true, (true, true)),
+    ];
+    for ((reads_body, reads_headers), beside_a_reader, expected) in cases {
         let saw = Arc::new(Mutex::new(Vec::new()));
-        let monitor = |name, reads| {
+        let monitor = |name, reads_body, reads_headers, saw| {
             ConfiguredGuardrail::new(
                 name,
                 GuardrailMode::PostCall,
-                SeesBody {
-                    reads,
-                    saw: Arc::clone(&saw),
+                SeesRequest {
+                    reads_body,
+                    reads_headers,
+                    saw,
                 },
             )
             .default_on(true)
             .monitor(true)
         };
         let mut guardrails = vec![
-            monitor("seer", reads),
+            monitor("seer", reads_body, reads_headers, Arc::clone(&saw)),
             words("masker", vec![("café", Some("[X]"))]),
         ];
         if beside_a_reader {
-            guardrails.push(monitor("reader", true));
+            guardrails.push(monitor("reader", true, true, Arc::default()));
         }
         let layer = StreamingGuardrailBodyLayer::new(Guardrails::new(guardrails));
-        let run = run_stream(CallType::ChatCompletions, layer, per_event(CHAT)).await;
-        assert_eq!(run.status, 200);
-        run.log.settled().await;
-        let expected = if beside_a_reader {
-            vec![true, true]
-        } else {
-            vec![reads]
-        };
-        assert_eq!(*saw.lock().unwrap(), expected, "reads: {reads}");
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(once(sse(per_event(CHAT))));
+        let log = GuardrailLog::new();
+        let mut req = Request::post("/v1/chat/completions")
+            .header("x-trace", "t-1")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"m","stream":true,"messages":[]}"#,
+            )))
+            .unwrap();
+        req.extensions_mut().insert(log.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        log.settled().await;
+        let case = (reads_body, reads_headers, beside_a_reader);
+        assert_eq!(*saw.lock().unwrap(), vec![expected], "{case:?}");
     }
 }

@@ -823,4 +823,9 @@ impl Guardrail for ContentFilter {
     fn reads_request_body(&self) -> bool {
         false
     }
+
+    /// Nor the request's headers.
+    fn reads_request_headers(&self) -> bool {
+        false
+    }
 }
