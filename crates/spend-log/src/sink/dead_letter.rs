@@ -6,10 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::writer::Counters;
 use crate::record::{SpendRecord, rfc3339};
@@ -87,7 +88,7 @@ enum Msg {
 
 /// The submit side of the dead-letter thread. The thread ends when this is dropped.
 pub(crate) struct DeadLetter {
-    tx: SyncSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     path: PathBuf,
     counters: Arc<Counters>,
 }
@@ -101,7 +102,10 @@ impl DeadLetter {
         max_bytes: u64,
         counters: Arc<Counters>,
     ) -> DeadLetter {
-        let (tx, rx) = sync_channel(capacity.max(1));
+        // tokio's bounded channel allocates its slots as they fill (std's `sync_channel` would
+        // allocate and touch room for every record up front: half a MiB of resident memory for
+        // the default capacity, in every gateway, to hold nothing).
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let thread = Thread {
             path: path.clone(),
             file: None,
@@ -137,7 +141,7 @@ impl DeadLetter {
                 record,
                 "the dead-letter file is not keeping up (its hand-off is full)",
             ),
-            Err(TrySendError::Disconnected(Msg::Letter { record, .. })) => {
+            Err(TrySendError::Closed(Msg::Letter { record, .. })) => {
                 (record, "the dead-letter thread has stopped")
             }
             Err(_) => return,
@@ -148,11 +152,9 @@ impl DeadLetter {
     /// Waits (at most `bound`) until everything handed over so far is in the file.
     pub(crate) async fn flush(&self, bound: Duration) {
         let (ack, done) = tokio::sync::oneshot::channel();
-        let tx = self.tx.clone();
-        // `send` waits for room: off the runtime's threads.
-        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok());
+        // Waits for room in the hand-off, then for the thread's answer, within `bound`.
         let _ = tokio::time::timeout(bound, async {
-            if sent.await.unwrap_or(false) {
+            if self.tx.send(Msg::Flush(ack)).await.is_ok() {
                 let _ = done.await;
             }
         })
@@ -171,11 +173,11 @@ struct Thread {
 }
 
 impl Thread {
-    fn run(mut self, rx: Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut buf = Vec::new();
         let mut letters: Vec<(String, Reason)> = Vec::new();
         let mut acks = Vec::new();
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = rx.blocking_recv() {
             // Take what is waiting too: one write per burst.
             let mut next = Some(first);
             while let Some(msg) = next.take() {
