@@ -199,6 +199,22 @@ async fn run_with(
     }
 }
 
+/// A streaming chat request to `path` with `headers`, carrying a guardrail log (returned too).
+fn stream_request(path: &str, headers: &[(&str, &str)]) -> (Request<Full<Bytes>>, GuardrailLog) {
+    let mut builder = Request::post(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut req = builder
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","stream":true,"messages":[]}"#,
+        )))
+        .unwrap();
+    let log = GuardrailLog::new();
+    req.extensions_mut().insert(log.clone());
+    (req, log)
+}
+
 fn sse(body: TestBody) -> Response<TestBody> {
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -1151,13 +1167,7 @@ async fn a_monitor_holds_back_no_event_and_changes_no_byte() {
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(once(sse(per_event(stream).then_pending())));
-        let log = GuardrailLog::new();
-        let mut req = Request::post(path)
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"m","stream":true,"messages":[]}"#,
-            )))
-            .unwrap();
-        req.extensions_mut().insert(log.clone());
+        let (req, log) = stream_request(path, &[]);
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
@@ -1322,14 +1332,7 @@ async fn a_stream_keeps_the_request_body_and_headers_only_for_a_guardrail_that_r
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(once(sse(per_event(CHAT))));
-        let log = GuardrailLog::new();
-        let mut req = Request::post("/v1/chat/completions")
-            .header("x-trace", "t-1")
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"m","stream":true,"messages":[]}"#,
-            )))
-            .unwrap();
-        req.extensions_mut().insert(log.clone());
+        let (req, log) = stream_request("/v1/chat/completions", &[("x-trace", "t-1")]);
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
