@@ -102,9 +102,9 @@ impl DeadLetter {
         max_bytes: u64,
         counters: Arc<Counters>,
     ) -> DeadLetter {
-        // tokio's bounded channel allocates its slots as they fill (std's `sync_channel` would
-        // allocate and touch room for every record up front: half a MiB of resident memory for
-        // the default capacity, in every gateway, to hold nothing).
+        // tokio's bounded channel allocates its slots as records arrive; std's `sync_channel`
+        // allocates room for every record up front (480 KB for the default capacity, in every
+        // gateway, to hold nothing in the usual case).
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let thread = Thread {
             path: path.clone(),
