@@ -179,12 +179,8 @@ async fn run_with(
     response: Response<TestBody>,
 ) -> Run {
     let svc = ServiceBuilder::new().layer(layer).service(once(response));
-    let log = GuardrailLog::new();
     let report = ResponseReport::new();
-    let mut req = Request::post(path)
-        .body(Full::new(Bytes::copy_from_slice(request_body.as_bytes())))
-        .unwrap();
-    req.extensions_mut().insert(log.clone());
+    let (mut req, log) = request(path, request_body, &[]);
     req.extensions_mut().insert(report.clone());
     let resp = svc.oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
@@ -199,16 +195,21 @@ async fn run_with(
     }
 }
 
-/// A streaming chat request to `path` with `headers`, carrying a guardrail log (returned too).
-fn stream_request(path: &str, headers: &[(&str, &str)]) -> (Request<Full<Bytes>>, GuardrailLog) {
+/// The body of a streaming chat request.
+const STREAM_REQUEST: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
+
+/// A request to `path` with `body` and `headers`, carrying a guardrail log (returned too).
+fn request(
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (Request<Full<Bytes>>, GuardrailLog) {
     let mut builder = Request::post(path);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
     let mut req = builder
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"m","stream":true,"messages":[]}"#,
-        )))
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
         .unwrap();
     let log = GuardrailLog::new();
     req.extensions_mut().insert(log.clone());
@@ -238,13 +239,7 @@ async fn run_stream(
     body: TestBody,
 ) -> Run {
     let (path, _) = fixture(call_type);
-    run_with(
-        path,
-        r#"{"model":"m","stream":true,"messages":[]}"#,
-        layer,
-        sse(body),
-    )
-    .await
+    run_with(path, STREAM_REQUEST, layer, sse(body)).await
 }
 
 /// The text a client reads from an SSE body, per call type.
@@ -1167,7 +1162,7 @@ async fn a_monitor_holds_back_no_event_and_changes_no_byte() {
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(once(sse(per_event(stream).then_pending())));
-        let (req, log) = stream_request(path, &[]);
+        let (req, log) = request(path, STREAM_REQUEST, &[]);
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
@@ -1332,7 +1327,11 @@ async fn a_stream_keeps_the_request_body_and_headers_only_for_a_guardrail_that_r
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(once(sse(per_event(CHAT))));
-        let (req, log) = stream_request("/v1/chat/completions", &[("x-trace", "t-1")]);
+        let (req, log) = request(
+            "/v1/chat/completions",
+            STREAM_REQUEST,
+            &[("x-trace", "t-1")],
+        );
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
