@@ -203,26 +203,34 @@ fn whole_events(
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     loop {
+        // Framed only: the fields are split out for the Responses tracker alone.
         let event = if finish {
-            decoder.finish()
+            decoder.finish_raw()
         } else {
-            decoder.next_event()
+            decoder.next_raw()
         };
         let Some(event) = event.map_err(|_| ())? else {
             break;
         };
-        if let (Some(state), Some(data)) = (responses.as_deref_mut(), event.data()) {
-            state.observe(data);
-        }
+        let event = match responses.as_deref_mut() {
+            Some(state) => {
+                let event = event.parse();
+                if let Some(data) = event.data() {
+                    state.observe(data);
+                }
+                event.raw().clone()
+            }
+            None => event.into_raw(),
+        };
         match (&mut first, &mut joined) {
-            (None, _) => first = Some(event.raw().clone()),
+            (None, _) => first = Some(event),
             (Some(first), None) => {
-                let mut buf = BytesMut::with_capacity(first.len() + event.raw().len());
+                let mut buf = BytesMut::with_capacity(first.len() + event.len());
                 buf.extend_from_slice(first);
-                buf.extend_from_slice(event.raw());
+                buf.extend_from_slice(&event);
                 joined = Some(buf);
             }
-            (Some(_), Some(buf)) => buf.extend_from_slice(event.raw()),
+            (Some(_), Some(buf)) => buf.extend_from_slice(&event),
         }
     }
     Ok(joined.map(BytesMut::freeze).or(first))

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
@@ -8,6 +9,7 @@ use guardrail_tower_core::sse::SseDecoder;
 use guardrail_tower_core::{CallType, Error, Usage};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
+use memchr::memmem;
 use pin_project_lite::pin_project;
 use serde_json::Value;
 
@@ -37,7 +39,13 @@ impl Observer {
             Observer::Json(scanner) => scanner.push(data),
             Observer::Sse { decoder } => {
                 decoder.push(data.clone());
-                while let Ok(Some(event)) = decoder.next_event() {
+                while let Ok(Some(raw)) = decoder.next_raw() {
+                    // Most events are content deltas the log has no use for: only one that
+                    // may name its type, report usage or carry an error is split into fields.
+                    if !may_matter(raw.fields()) {
+                        continue;
+                    }
+                    let event = raw.parse();
                     let Some(bytes) = event.data() else { continue };
                     let kind = event.event_type();
                     let interesting = matches!(
@@ -50,7 +58,7 @@ impl Observer {
                                 | "message_start"
                                 | "message_delta"
                         )
-                    ) || bytes.starts_with(b"{\"error\"")
+                    ) || ERROR.find(bytes).is_some()
                         || has_usage(bytes);
                     if !interesting {
                         continue;
@@ -353,8 +361,29 @@ impl JsonScanner {
 
 /// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
 /// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
+/// Whether an event (its fields as they arrived) may be one [`Observer`] reads. Cheaper than
+/// splitting the fields, and never `false` for an event that matters: an event of one `data:`
+/// line (every event of a chat stream) has no type, and matters only if its data mentions
+/// `"usage"` or `"error"`; any other event is read.
+fn may_matter(fields: &[u8]) -> bool {
+    let Some(data) = fields.strip_prefix(b"data:") else {
+        return true;
+    };
+    let end = memchr::memchr2(b'\r', b'\n', data).unwrap_or(data.len());
+    let (data, rest) = data.split_at(end);
+    if !rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+        return true;
+    }
+    USAGE.find(data).is_some() || ERROR.find(data).is_some()
+}
+
+static USAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static ERROR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+
 fn has_usage(data: &[u8]) -> bool {
-    let Some(at) = memchr::memmem::find(data, b"\"usage\"") else {
+    let Some(at) = USAGE.find(data) else {
         return false;
     };
     let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();

@@ -249,6 +249,55 @@ async fn a_body_error_writes_one_failure() {
 }
 
 #[tokio::test]
+async fn an_upstream_error_event_in_a_stream_is_a_failure_however_it_is_spaced() {
+    let content = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"an \\\"error\\\" is a word\"}}]}\n\n";
+    let errors = [
+        "data: {\"error\":{\"message\":\"overloaded\",\"code\":\"server_error\"}}\n\n",
+        "data: { \"error\" : { \"message\": \"overloaded\", \"code\": \"server_error\" } }\n\n",
+        "data:{\"id\":\"x\",\"error\":{\"message\":\"overloaded\",\"code\":\"server_error\"}}\r\n\r\n",
+    ];
+    for error in errors {
+        for with_error in [false, true] {
+            let (handle, rx) = writer();
+            let mut events = vec![content.to_owned()];
+            if with_error {
+                events.push(error.to_owned());
+            }
+            events.push("data: [DONE]\n\n".to_owned());
+            let response = Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body::chunks(events.clone()))
+                .unwrap();
+            let svc = ServiceBuilder::new()
+                .layer(SpendLogLayer::new(handle.clone()))
+                .service(upstream(response));
+            let out = svc
+                .oneshot(chat_request(true))
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(out, events.concat(), "passed through unchanged");
+            let records = records(handle, rx).await;
+            assert_eq!(records.len(), 1);
+            let r = &records[0];
+            if with_error {
+                assert_eq!(r.status, SpendStatus::Failure, "{error}");
+                assert_eq!(meta(r)["error_information"]["error_code"], "server_error");
+                assert_eq!(meta(r)["error_information"]["error_message"], "overloaded");
+            } else {
+                // A delta whose text says "error" is content, not an error.
+                assert_eq!(r.status, SpendStatus::Success);
+                assert_eq!(meta(r)["error_information"], Value::Null);
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_mid_stream_writes_one_failure() {
     let (handle, rx) = writer();
     let response = Response::builder()

@@ -213,6 +213,56 @@ impl fmt::Debug for SseEvent {
     }
 }
 
+/// One event's bytes, framed but not yet parsed into fields: what
+/// [`SseDecoder::next_raw`] returns to a caller that passes most events on as they are and
+/// reads only a few (parse those with [`RawEvent::parse`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    raw: Bytes,
+    /// Where the event's fields begin: past a `\n` that completed the previous event's `\r\n`,
+    /// and past the stream's byte-order mark.
+    start: usize,
+    complete: bool,
+}
+
+impl RawEvent {
+    /// The event's bytes as they arrived, including the blank line that ended it (the same
+    /// bytes as [`SseEvent::raw`] once parsed).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The event's bytes, taken.
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
+    /// The bytes from the event's first field on, without what belongs to the line end of the
+    /// event before it or to the stream's byte-order mark: the text to look for a field in.
+    pub fn fields(&self) -> &[u8] {
+        &self.raw[self.start..]
+    }
+
+    /// Whether the event ended with a blank line (see [`SseEvent::is_complete`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The event's fields.
+    pub fn parse(self) -> SseEvent {
+        parse_fields(self.raw, self.start, self.complete)
+    }
+}
+
+impl fmt::Debug for RawEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawEvent")
+            .field("raw", &String::from_utf8_lossy(&self.raw))
+            .field("complete", &self.complete)
+            .finish()
+    }
+}
+
 /// Where the scanner is within the current event.
 #[derive(Debug, Clone, Copy)]
 struct ScanState {
@@ -336,6 +386,13 @@ impl SseDecoder {
 
     /// The next complete event, if the chunks so far complete one.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        Ok(self.next_raw()?.map(RawEvent::parse))
+    }
+
+    /// The next complete event, framed but not parsed: for a caller that passes events on
+    /// byte for byte and reads few of them, the fields of the others are never split out.
+    /// Events and errors are those of [`SseDecoder::next_event`].
+    pub fn next_raw(&mut self) -> Result<Option<RawEvent>, SseError> {
         if self.input.is_empty() {
             return Ok(None);
         }
@@ -361,7 +418,7 @@ impl SseDecoder {
                         limit: self.max_event_size,
                     });
                 }
-                Ok(Some(self.parse(raw, true)))
+                Ok(Some(self.framed(raw, true)))
             }
             None => {
                 // A `\n` that completes the previous event's `\r\n` is not this event's.
@@ -387,99 +444,114 @@ impl SseDecoder {
     /// final, incomplete event (a stream whose last event has no trailing blank line), then
     /// `None`. Call it until it returns `None`.
     pub fn finish(&mut self) -> Result<Option<SseEvent>, SseError> {
-        if let Some(event) = self.next_event()? {
+        Ok(self.finish_raw()?.map(RawEvent::parse))
+    }
+
+    /// [`SseDecoder::finish`], framed but not parsed (see [`SseDecoder::next_raw`]).
+    pub fn finish_raw(&mut self) -> Result<Option<RawEvent>, SseError> {
+        if let Some(event) = self.next_raw()? {
             return Ok(Some(event));
         }
         if self.pending.is_empty() {
             return Ok(None);
         }
         let raw = self.pending.split().freeze();
-        Ok(Some(self.parse(raw, false)))
+        Ok(Some(self.framed(raw, false)))
     }
 
-    fn parse(&mut self, raw: Bytes, complete: bool) -> SseEvent {
-        let mut pos = 0;
+    /// `raw` as an event: where its fields start depends on the decoder's state.
+    fn framed(&mut self, raw: Bytes, complete: bool) -> RawEvent {
+        let mut start = 0;
         if self.event_skip_lf && raw.first() == Some(&b'\n') {
-            pos = 1;
+            start = 1;
         }
         if self.at_start {
             self.at_start = false;
-            if raw[pos..].starts_with(BOM) {
-                pos += BOM.len();
+            if raw[start..].starts_with(BOM) {
+                start += BOM.len();
             }
         }
-        let mut event = None;
-        let mut id = None;
-        let mut retry = None;
-        let mut data: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
-        while pos < raw.len() {
-            let (line_end, next) = match memchr2(b'\r', b'\n', &raw[pos..]) {
-                Some(off) => {
-                    let end = pos + off;
-                    let next = if raw[end] == b'\r' && raw.get(end + 1) == Some(&b'\n') {
-                        end + 2
-                    } else {
-                        end + 1
-                    };
-                    (end, next)
-                }
-                None => (raw.len(), raw.len()),
-            };
-            if line_end == pos {
-                break;
-            }
-            let line = &raw[pos..line_end];
-            if line[0] != b':' {
-                let (name, value_start) = match memchr::memchr(b':', line) {
-                    Some(colon) => {
-                        let mut start = pos + colon + 1;
-                        if raw.get(start) == Some(&b' ') && start < line_end {
-                            start += 1;
-                        }
-                        (&line[..colon], start)
-                    }
-                    None => (line, line_end),
-                };
-                let value = raw.slice(value_start..line_end);
-                match name {
-                    b"data" => match (&mut joined, &data) {
-                        (Some(buf), _) => {
-                            buf.put_u8(b'\n');
-                            buf.put_slice(&value);
-                        }
-                        (None, Some(first)) => {
-                            let mut buf = BytesMut::with_capacity(first.len() + value.len() + 16);
-                            buf.put_slice(first);
-                            buf.put_u8(b'\n');
-                            buf.put_slice(&value);
-                            joined = Some(buf);
-                        }
-                        (None, None) => data = Some(value),
-                    },
-                    b"event" => event = Some(value),
-                    b"id" if !value.contains(&0) => id = Some(value),
-                    b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                        retry = std::str::from_utf8(&value)
-                            .ok()
-                            .and_then(|v| v.parse().ok());
-                    }
-                    _ => {}
-                }
-            }
-            pos = next;
-        }
-        if let Some(buf) = joined {
-            data = Some(buf.freeze());
-        }
-        SseEvent {
+        RawEvent {
             raw,
-            event,
-            data,
-            id,
-            retry,
+            start,
             complete,
         }
+    }
+}
+
+/// Splits an event's fields out of `raw`, from `pos` on.
+fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
+    let mut event = None;
+    let mut id = None;
+    let mut retry = None;
+    let mut data: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while pos < raw.len() {
+        let (line_end, next) = match memchr2(b'\r', b'\n', &raw[pos..]) {
+            Some(off) => {
+                let end = pos + off;
+                let next = if raw[end] == b'\r' && raw.get(end + 1) == Some(&b'\n') {
+                    end + 2
+                } else {
+                    end + 1
+                };
+                (end, next)
+            }
+            None => (raw.len(), raw.len()),
+        };
+        if line_end == pos {
+            break;
+        }
+        let line = &raw[pos..line_end];
+        if line[0] != b':' {
+            let (name, value_start) = match memchr::memchr(b':', line) {
+                Some(colon) => {
+                    let mut start = pos + colon + 1;
+                    if raw.get(start) == Some(&b' ') && start < line_end {
+                        start += 1;
+                    }
+                    (&line[..colon], start)
+                }
+                None => (line, line_end),
+            };
+            let value = raw.slice(value_start..line_end);
+            match name {
+                b"data" => match (&mut joined, &data) {
+                    (Some(buf), _) => {
+                        buf.put_u8(b'\n');
+                        buf.put_slice(&value);
+                    }
+                    (None, Some(first)) => {
+                        let mut buf = BytesMut::with_capacity(first.len() + value.len() + 16);
+                        buf.put_slice(first);
+                        buf.put_u8(b'\n');
+                        buf.put_slice(&value);
+                        joined = Some(buf);
+                    }
+                    (None, None) => data = Some(value),
+                },
+                b"event" => event = Some(value),
+                b"id" if !value.contains(&0) => id = Some(value),
+                b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                    retry = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|v| v.parse().ok());
+                }
+                _ => {}
+            }
+        }
+        pos = next;
+    }
+    if let Some(buf) = joined {
+        data = Some(buf.freeze());
+    }
+    SseEvent {
+        raw,
+        event,
+        data,
+        id,
+        retry,
+        complete,
     }
 }
 

@@ -57,6 +57,35 @@ fn decode(chunks: impl IntoIterator<Item = Bytes>) -> Decoded {
     while let Some(event) = decoder.finish().unwrap() {
         events.push(event);
     }
+    summarize(&events)
+}
+
+/// [`decode`] through the framing-only calls, each event parsed afterwards: the raw bytes of
+/// every event, and its fields once parsed, must be those `next_event` gives.
+fn decode_raw(chunks: impl IntoIterator<Item = Bytes>) -> Decoded {
+    let mut decoder = SseDecoder::new();
+    let mut events: Vec<SseEvent> = Vec::new();
+    let mut keep = |event: guardrail_tower_sse::RawEvent| {
+        let raw = event.raw().clone();
+        let complete = event.is_complete();
+        let parsed = event.parse();
+        assert_eq!(parsed.raw(), &raw);
+        assert_eq!(parsed.is_complete(), complete);
+        events.push(parsed);
+    };
+    for chunk in chunks {
+        decoder.push(chunk);
+        while let Some(event) = decoder.next_raw().unwrap() {
+            keep(event);
+        }
+    }
+    while let Some(event) = decoder.finish_raw().unwrap() {
+        keep(event);
+    }
+    summarize(&events)
+}
+
+fn summarize(events: &[SseEvent]) -> Decoded {
     let raw = events.iter().flat_map(|e| e.raw().to_vec()).collect();
     // Field-less events (comments, keep-alives, a stray line end) only pass through: the raw
     // bytes cover them.
@@ -142,6 +171,35 @@ fn every_single_split_point() {
                 &format!("{name}: split at {i}"),
             );
         }
+    }
+}
+
+#[test]
+fn framing_alone_gives_the_same_events_at_every_split_point() {
+    let mut streams = variants();
+    // A byte-order mark and a `\r\n` split between events are where an event's fields start
+    // after its first byte.
+    for (name, stream) in variants() {
+        let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+        with_bom.extend_from_slice(&stream);
+        streams.push((format!("{name}/bom"), with_bom));
+    }
+    for (name, stream) in streams {
+        let reference = decode([Bytes::from(stream.clone())]);
+        assert!(!reference.0.is_empty(), "{name}");
+        for i in 0..=stream.len() {
+            assert_same(
+                &decode_raw(split_at(&stream, &[i])),
+                &reference,
+                &format!("{name}: split at {i}"),
+            );
+        }
+        let bytes = stream.iter().map(|b| Bytes::copy_from_slice(&[*b]));
+        assert_same(
+            &decode_raw(bytes),
+            &reference,
+            &format!("{name}: byte by byte"),
+        );
     }
 }
 
