@@ -87,7 +87,10 @@ total() {
             [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$GUARDRAILS" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
             [[ $target == gw-remote ]] && remote_guardrail_yaml "$HOST:$GUARD_PORT" pre_call >>"$WORK/$target.yaml"
-            cmd=("$GATEWAY" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT")
+            # --transparent-huge-pages: without it the gateway starts itself again (execve) to
+            # have THP off from its first allocation, and callgrind does not follow an execve.
+            # Huge pages change no instruction count.
+            cmd=("$GATEWAY" serve --config "$WORK/$target.yaml" --listen "$HOST:$PROXY_PORT" --transparent-huge-pages)
             [[ $target == gw-metrics || $target == gw-filter-metrics ]] && cmd+=(--metrics)
             ;;
     esac

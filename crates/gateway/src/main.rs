@@ -28,7 +28,8 @@ struct Cli {
     command: Command,
     /// Let the kernel back the heap with transparent huge pages. Off by default: where THP is
     /// enabled (`always` or `madvise`), it doubles the gateway's resident memory for no
-    /// measurable gain (see BENCHMARKS.md).
+    /// measurable gain (see BENCHMARKS.md). To keep it off from the first allocation, the
+    /// gateway then starts itself again once, in the same process, with THP off.
     #[arg(long, global = true)]
     transparent_huge_pages: bool,
 }
@@ -136,9 +137,9 @@ async fn serve(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Before the runtime's threads and the allocator's arenas exist.
+    // Before the runtime's threads exist: the program starts again with THP off when it was on.
     if !cli.transparent_huge_pages {
-        guardrail_gateway::process::disable_transparent_huge_pages();
+        guardrail_gateway::process::disable_transparent_huge_pages_from_start();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,12 +10,51 @@
 /// MiB holds several times that. Measured under load with the content filter
 /// (`BENCHMARKS.md`): 52 MiB peak RSS with THP, 24 MiB without, at the same CPU per request.
 ///
-/// Call it first thing in `main`, before the runtime and the allocator's arenas are set up: it
-/// does not split huge pages that already exist.
+/// It does not split huge pages that already exist, such as those of the allocator's first
+/// arena, set up before `main`: [`disable_transparent_huge_pages_from_start`] avoids those.
 pub fn disable_transparent_huge_pages() -> bool {
     #[cfg(target_os = "linux")]
     {
         nix::sys::prctl::set_thp_disable(true).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// [`disable_transparent_huge_pages`] from the process's first allocation on: if THP was on,
+/// turns it off and starts this program again in the same process (`execve` of
+/// `/proc/self/exe` with the same arguments and environment: same PID, and the setting survives
+/// `execve`), so the new image never had a huge page. Returns (without restarting) when THP was
+/// already off, which the restarted image finds; returns whether THP is off.
+///
+/// Why the restart: Rust's runtime allocates before `main` (the main thread's handle, the
+/// arguments), and mimalloc sets up its first arena for that, with huge pages where THP is on.
+/// Turning THP off in `main` left those pages: 4 MiB of huge pages at start, most of it unused
+/// (measured in `BENCHMARKS.md`), in every gateway. If the restart fails (no `/proc`), the
+/// process goes on with THP off from then on, as before.
+///
+/// Call it first thing in `main`, before any thread is started.
+pub fn disable_transparent_huge_pages_from_start() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStringExt as _;
+
+        if nix::sys::prctl::get_thp_disable() == Ok(true) {
+            return true;
+        }
+        if !disable_transparent_huge_pages() {
+            return false;
+        }
+        let args: Result<Vec<std::ffi::CString>, _> = std::env::args_os()
+            .map(|a| std::ffi::CString::new(a.into_vec()))
+            .collect();
+        if let Ok(args) = args {
+            // Returns only if the program could not be started again.
+            let _ = nix::unistd::execv(c"/proc/self/exe", &args);
+        }
+        true
     }
     #[cfg(not(target_os = "linux"))]
     {

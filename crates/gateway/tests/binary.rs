@@ -108,12 +108,34 @@ fn serve_opts_out_of_transparent_huge_pages_unless_asked() {
     let mut default = serve(&[]);
     let mut asked = serve(&["--transparent-huge-pages"]);
     let (off, kept) = (thp_enabled(default.id()), thp_enabled(asked.id()));
+    let (default_huge, asked_huge) = (anon_huge_kib(default.id()), anon_huge_kib(asked.id()));
     for child in [&mut default, &mut asked] {
         child.kill().unwrap();
         child.wait().unwrap();
     }
     assert_eq!(off, "0");
     assert_eq!(kept, "1");
+    // Not one huge page, not even from the allocations made before `main` (the program starts
+    // itself again with THP off; before that, mimalloc's first arena kept 4 MiB of them).
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if mode.contains("[never]") || mode.is_empty() {
+        eprintln!("THP is off on this machine ({mode:?}): huge pages not checked");
+    }
+    assert_eq!(
+        default_huge, 0,
+        "huge pages at start (THP {mode:?}; with --transparent-huge-pages: {asked_huge} KiB)"
+    );
+}
+
+/// The `AnonHugePages` of `/proc/PID/smaps_rollup`, in KiB.
+fn anon_huge_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("the kernel reports AnonHugePages")
 }
 
 // ---------------------------------------------------------------------------------------------
