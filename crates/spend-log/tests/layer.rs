@@ -51,6 +51,27 @@ fn upstream(
     })
 }
 
+/// An upstream response streaming `body` as server-sent events.
+fn event_stream(body: TestBody) -> Response<TestBody> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+/// A streaming chat request through the spend-log layer alone, answered with `response`: the
+/// body the client receives.
+async fn stream_through_log(
+    handle: &SpendLogHandle,
+    response: Response<TestBody>,
+) -> Result<Bytes, BoxError> {
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(upstream(response));
+    let body = svc.oneshot(chat_request(true)).await.unwrap().into_body();
+    Ok(body.collect().await?.to_bytes())
+}
+
 fn chat_request(stream: bool) -> Request<Full<Bytes>> {
     let body = json!({"model": "gpt-guarded", "stream": stream, "user": "alice", "messages": [{"role": "user", "content": "hi"}]});
     Request::post("/v1/chat/completions")
@@ -219,21 +240,10 @@ async fn trailers_end_the_request() {
 #[tokio::test]
 async fn a_body_error_writes_one_failure() {
     let (handle, rx) = writer();
-    let response = Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body::chunks(["data: {\"choices\":[]}\n\n"]).then_error("upstream reset mid-stream"))
-        .unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(SpendLogLayer::new(handle.clone()))
-        .service(upstream(response));
-    let result = svc
-        .oneshot(chat_request(true))
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await;
-    assert!(result.is_err());
+    let response = event_stream(
+        body::chunks(["data: {\"choices\":[]}\n\n"]).then_error("upstream reset mid-stream"),
+    );
+    assert!(stream_through_log(&handle, response).await.is_err());
     let records = records(handle, rx).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, SpendStatus::Failure);
@@ -264,22 +274,8 @@ async fn an_upstream_error_event_in_a_stream_is_a_failure_however_it_is_spaced()
                 events.push(error.to_owned());
             }
             events.push("data: [DONE]\n\n".to_owned());
-            let response = Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body::chunks(events.clone()))
-                .unwrap();
-            let svc = ServiceBuilder::new()
-                .layer(SpendLogLayer::new(handle.clone()))
-                .service(upstream(response));
-            let out = svc
-                .oneshot(chat_request(true))
-                .await
-                .unwrap()
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes();
+            let response = event_stream(body::chunks(events.clone()));
+            let out = stream_through_log(&handle, response).await.unwrap();
             assert_eq!(out, events.concat(), "passed through unchanged");
             let records = records(handle, rx).await;
             assert_eq!(records.len(), 1);
@@ -300,15 +296,10 @@ async fn an_upstream_error_event_in_a_stream_is_a_failure_however_it_is_spaced()
 #[tokio::test]
 async fn a_client_that_goes_away_mid_stream_writes_one_failure() {
     let (handle, rx) = writer();
-    let response = Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(
-            body::chunks([
-                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
-            ])
+    let response = event_stream(
+        body::chunks(["data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n"])
             .then_pending(),
-        )
-        .unwrap();
+    );
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .service(upstream(response));
@@ -404,15 +395,12 @@ async fn usage_is_read_from_each_kind_of_stream() {
     ];
     for (path, stream, (prompt, completion, total)) in cases {
         let (handle, rx) = writer();
-        let response = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(body::chunks(
-                stream
-                    .split_inclusive("\n\n")
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>(),
-            ))
-            .unwrap();
+        let response = event_stream(body::chunks(
+            stream
+                .split_inclusive("\n\n")
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        ));
         let svc = ServiceBuilder::new()
             .layer(SpendLogLayer::new(handle.clone()))
             .service(upstream(response));
@@ -569,15 +557,12 @@ async fn an_in_band_block_after_the_200_is_a_failure_with_its_guardrail() {
     )
     .default_on(true);
     let stream = include_str!("../../protocol/testdata/openai_chat.sse");
-    let response = Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body::chunks(
-            stream
-                .split_inclusive("\n\n")
-                .map(str::to_owned)
-                .collect::<Vec<_>>(),
-        ))
-        .unwrap();
+    let response = event_stream(body::chunks(
+        stream
+            .split_inclusive("\n\n")
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    ));
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .layer(guardrail_tower_streaming::StreamingGuardrailBodyLayer::new(
@@ -822,10 +807,7 @@ fn chat_stream(texts: &[&str], usage: Option<(u64, u64)>) -> Response<TestBody> 
         ));
     }
     events.push("data: [DONE]\n\n".to_owned());
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(body::chunks(events))
-        .unwrap()
+    event_stream(body::chunks(events))
 }
 
 /// The text deltas a client read from a chat stream.
