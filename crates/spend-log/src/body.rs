@@ -359,8 +359,6 @@ impl JsonScanner {
     }
 }
 
-/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
-/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
 /// Whether an event (its fields as they arrived) may be one [`Observer`] reads. Cheaper than
 /// splitting the fields, and never `false` for an event that matters: an event of one `data:`
 /// line (every event of a chat stream) has no type, and matters only if its data mentions
@@ -382,6 +380,8 @@ static USAGE: LazyLock<memmem::Finder<'static>> =
 static ERROR: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"error\""));
 
+/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
+/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
 fn has_usage(data: &[u8]) -> bool {
     let Some(at) = USAGE.find(data) else {
         return false;

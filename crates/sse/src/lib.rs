@@ -10,6 +10,8 @@
 //! across chunks is never cut.
 //!
 //! Each event keeps its raw bytes, so an event that is not changed is passed on byte for byte.
+//! A caller that passes most events on and reads few takes them framed but not parsed
+//! ([`SseDecoder::next_raw`]) and splits out the fields of those it reads ([`RawEvent::parse`]).
 //! When an event lies within one chunk (the common case) its raw bytes and its data are slices
 //! of that chunk: no copy. Only an event spread over several chunks is copied, once, into one
 //! buffer, and that buffer is bounded: an event larger than the maximum is an error, not
