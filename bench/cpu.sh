@@ -55,15 +55,6 @@ stream_request
 PIDS+=($!)
 wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
 
-# load REQUESTS: oha against the proxy; fails unless every request got a 200.
-load() {
-    oha --no-tui -n "$1" -c "$CONCURRENCY" -m POST -H "content-type: application/json" "${STREAM[@]}" \
-        -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
-        die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
-    grep -q '\[200\] '"$1"' responses' "$WORK/oha.txt" ||
-        die "not every request got a 200: $(grep -A3 'Status code' "$WORK/oha.txt")"
-}
-
 # start TARGET: starts the proxy; sets PROXY to its pid.
 start() {
     rm -f "$WORK"/spend.db*
@@ -78,7 +69,7 @@ start() {
     PROXY=$!
     PIDS+=("$PROXY")
     wait_port "$PROXY_PORT" "$PROXY" || die "$1 did not start: $(tail -n 3 "$WORK/proxy.log")"
-    load 2000
+    post_all "$1" 2000 "$CONCURRENCY"
 }
 
 # sample: the proxy's user and system clock ticks and all its threads' context switches.
@@ -94,7 +85,7 @@ printf '| target | req/s | user µs | system µs | context switches |\n|---|---:
 for target in $TARGETS; do
     start "$target"
     read -r u0 s0 c0 <<<"$(sample)"
-    load "$N"
+    post_all "$target" "$N" "$CONCURRENCY"
     read -r u1 s1 c1 <<<"$(sample)"
     rps=$(awk '/Requests\/sec/ { print $2 }' "$WORK/oha.txt")
     stop_tree "$PROXY"
@@ -111,7 +102,7 @@ for target in $TARGETS; do
     strace -c -f -p "$PROXY" -o "$WORK/strace.txt" 2>/dev/null &
     tracer=$!
     sleep 0.5
-    load "$N"
+    post_all "$target" "$N" "$CONCURRENCY"
     kill -INT "$tracer"
     wait "$tracer" 2>/dev/null || true
     calls=$(awk -v n="$N" 'NR > 2 && $4 ~ /^[0-9]+$/ && $NF != "total" { printf "%s %.2f\n", $NF, $4 / n }' "$WORK/strace.txt" |

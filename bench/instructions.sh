@@ -107,11 +107,7 @@ total() {
             auth=(-H "authorization: Bearer $key")
             ;;
     esac
-    timeout 300 oha --no-tui -n "$requests" -c 4 -m POST -H "content-type: application/json" "${auth[@]}" "${STREAM[@]}" \
-        -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
-        die "oha failed: $(tail -n 3 "$WORK/oha.txt")"
-    grep -q '\[200\] '"$requests"' responses' "$WORK/oha.txt" ||
-        die "$target: not every request got a 200: $(grep -A3 'Status code' "$WORK/oha.txt")"
+    post_all "$target" "$requests" 4 "${auth[@]}"
     kill -INT "$pid"
     wait "$pid" || true
     awk '/^(summary|totals):/ { print $2; exit }' "$WORK"/callgrind.*

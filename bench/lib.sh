@@ -82,6 +82,19 @@ stream_request() {
     STREAM=(-H "x-mock-events: $BENCH_EVENTS")
 }
 
+# post_all WHAT N CONCURRENCY [OHA ARGS...]: N chat requests (BODY, with STREAM's header when
+# set) from oha at CONCURRENCY to the proxy on HOST:PROXY_PORT, its output in WORK/oha.txt;
+# dies (naming WHAT) unless every request got a 200. Bounded by a 300 s timeout.
+post_all() {
+    local what=$1 n=$2 concurrency=$3
+    shift 3
+    timeout 300 oha --no-tui -n "$n" -c "$concurrency" -m POST -H "content-type: application/json" "$@" "${STREAM[@]}" \
+        -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 ||
+        die "$what: oha failed: $(tail -n 3 "$WORK/oha.txt")"
+    grep -q '\[200\] '"$n"' responses' "$WORK/oha.txt" ||
+        die "$what: not every request got a 200: $(grep -A3 'Status code' "$WORK/oha.txt")"
+}
+
 # build_release: builds the release binaries the scripts run, unless BENCH_SKIP_BUILD=1.
 build_release() {
     [[ ${BENCH_SKIP_BUILD:-0} == 1 ]] && return 0
