@@ -497,18 +497,23 @@ impl StreamState {
             let view;
             let read = match event.data() {
                 None => Default::default(),
-                Some(data) => match JsonView::parse(data) {
-                    Ok(parsed) => {
-                        view = parsed;
-                        self.call_type
-                            .read_event(event.event_type(), &view)
-                            .map_err(|e| {
-                                Error::upstream_unavailable(format!(
-                                    "the upstream stream has an event the guardrails cannot read: {e}"
-                                ))
-                            })?
-                    }
-                    Err(_) => self.call_type.read_non_json_event(data),
+                // Most events are plain chat chunks, read without building a view.
+                Some(data) => match self.call_type.read_common_event(data) {
+                    Some(read) => read,
+                    None => match JsonView::parse(data) {
+                        Ok(parsed) => {
+                            view = parsed;
+                            self.call_type
+                                .read_event(event.event_type(), &view)
+                                .map_err(|e| {
+                                    Error::upstream_unavailable(format!(
+                                        "the upstream stream has an event the guardrails \
+                                         cannot read: {e}"
+                                    ))
+                                })?
+                        }
+                        Err(_) => self.call_type.read_non_json_event(data),
+                    },
                 },
             };
             terminal = read.terminal;

@@ -7,7 +7,10 @@
 //! bodies and stream events share the per-protocol pieces (a chat message and a chat `delta`
 //! are read by the same code, so are a Responses output item and the item a stream announces).
 //! So a text that a JSON response carries in a field is read from the same field of a stream
-//! event, and what a guardrail checks is what the upstream or the client reads.
+//! event, and what a guardrail checks is what the upstream or the client reads. The one
+//! exception is [`CallType::read_common_event`]: the plain chat chunk most streams are made of
+//! (`content` deltas only) is read in one pass without a view, and every other event is left
+//! to the walkers; a property test holds its reads equal to theirs.
 //!
 //! What is read, per wire format:
 //!
@@ -32,6 +35,7 @@ use serde_json::Value;
 use crate::json::JsonView;
 use crate::{CallType, Error, Usage};
 
+mod chunk;
 mod walk;
 
 pub mod stream;

@@ -1,0 +1,347 @@
+//! The chat chunk most streams are made of, read straight from its bytes.
+//!
+//! Nearly every event of a chat completions stream is the same small object: an id, a model,
+//! some bookkeeping, and one choice whose `delta` carries at most a piece of `content`.
+//! [`CallType::read_event`] reads any event through a [`JsonView`](crate::json::JsonView) tree;
+//! this reader gets what that one shape carries in one `serde_json` pass with no tree, and gives
+//! up (returns `None`) at anything else, so the general reader reads it:
+//!
+//! - a `delta` field other than `role` and `content` that is not `null` (tool calls,
+//!   refusals, reasoning, audio, a `name`, anything unknown), or a `content` that is not a
+//!   string or `null`;
+//! - a choice's legacy `text` that is not `null`, an `index` that is not a non-negative integer
+//!   or `null`, a `delta` or a choice that is not an object, `choices` that is not an array or
+//!   `null`, a top-level value that is not an object;
+//! - any member it reads written twice (the general reader takes the last, as an upstream's
+//!   client does);
+//! - anything `serde_json` does not accept.
+//!
+//! When it returns `Some`, the result equals `read_event`'s for the same data (a property test
+//! holds the two equal over generated and damaged chunks).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::stream::{End, EventRead};
+use super::walk::key;
+use super::{Role, TextKind};
+use crate::CallType;
+
+impl CallType {
+    /// Reads a stream event of the common chat chunk shape straight from its data, without
+    /// building a view: its `content` deltas, the choices it finishes, and whether it carries
+    /// usage or an error. `None` when the event has any other shape (tool calls, refusals,
+    /// reasoning, a member written twice, data that is not JSON, another call type): read it
+    /// with [`CallType::read_event`]. When this returns `Some`, `read_event` returns the same.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::CallType;
+    /// use guardrail_tower_protocol::text::{Role, TextKind};
+    ///
+    /// let data = br#"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#;
+    /// let read = CallType::ChatCompletions.read_common_event(data).unwrap();
+    /// let (key, role, text) = &read.texts[0];
+    /// assert_eq!((key.kind, *role, &**text), (TextKind::Content, Role::Delta, "Hel"));
+    ///
+    /// // A tool call is read by the general reader.
+    /// let data = br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#;
+    /// assert!(CallType::ChatCompletions.read_common_event(data).is_none());
+    /// ```
+    pub fn read_common_event(self, data: &[u8]) -> Option<EventRead<'_>> {
+        if !matches!(self, CallType::ChatCompletions | CallType::Other) {
+            return None;
+        }
+        let text = std::str::from_utf8(data).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let read = de.deserialize_map(ChunkVisitor).ok()?;
+        de.end().ok()?;
+        Some(read)
+    }
+}
+
+/// Why the reader gave up; never shown (the general reader reads the event instead).
+fn not_common<E: de::Error>() -> E {
+    E::custom("not the common chunk shape")
+}
+
+/// Marks a member as read, giving up when it is written twice.
+fn once<E: de::Error>(seen: &mut bool) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(not_common());
+    }
+    Ok(())
+}
+
+/// Whether a member's value is anything but `null` (the value is checked and skipped).
+fn non_null<'de, A: MapAccess<'de>>(map: &mut A) -> Result<bool, A::Error> {
+    Ok(map.next_value::<Option<IgnoredAny>>()?.is_some())
+}
+
+/// An object member's name, as its position in a list of names the reader knows (escapes
+/// decoded, so `"\u0063ontent"` is `content`), or `None` for any other name.
+struct Name(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Name {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|name| *name == v))
+    }
+}
+
+/// The chunk: `choices`, `error` and `usage` are read, every other member skipped.
+struct ChunkVisitor;
+
+impl<'de> Visitor<'de> for ChunkVisitor {
+    type Value = EventRead<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a chat completion chunk")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventRead<'de>, A::Error> {
+        const NAMES: &[&str] = &["choices", "error", "usage"];
+        let mut out = EventRead::default();
+        let mut seen = [false; 3];
+        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen[0])?;
+                    map.next_value_seed(Choices(&mut out))?;
+                }
+                Some(1) => {
+                    once(&mut seen[1])?;
+                    out.upstream_error = non_null(&mut map)?;
+                }
+                Some(2) => {
+                    once(&mut seen[2])?;
+                    out.has_usage = non_null(&mut map)?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `choices`: `null`, or an array of choices, each read into the event.
+struct Choices<'r, 'de>(&'r mut EventRead<'de>);
+
+impl<'de> DeserializeSeed<'de> for Choices<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Choices<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of choices or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut position = 0;
+        while seq
+            .next_element_seed(Choice {
+                out: self.0,
+                position,
+            })?
+            .is_some()
+        {
+            position += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One choice: its `content` delta is text at its `index` (its position when it has none),
+/// and a `finish_reason` that is not `null` ends its texts.
+struct Choice<'r, 'de> {
+    out: &'r mut EventRead<'de>,
+    position: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for Choice<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Choice<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a choice")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const NAMES: &[&str] = &["index", "delta", "text", "finish_reason"];
+        let mut seen = [false; 4];
+        let (mut index, mut content, mut finished) = (None, None, false);
+        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen[0])?;
+                    index = map.next_value::<Option<u64>>()?;
+                }
+                Some(1) => {
+                    once(&mut seen[1])?;
+                    content = map.next_value_seed(DeltaContent)?;
+                }
+                Some(2) => {
+                    once(&mut seen[2])?;
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                Some(3) => {
+                    once(&mut seen[3])?;
+                    finished = non_null(&mut map)?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let index = index.unwrap_or(self.position);
+        if let Some(content) = content {
+            let text_key = key(index, TextKind::Content, 0);
+            self.out.texts.push((text_key, Role::Delta, content));
+        }
+        if finished {
+            self.out.ends.push(End::Index(index));
+        }
+        Ok(())
+    }
+}
+
+/// A choice's `delta`: `null`, or an object whose only members other than `null` are `role`
+/// and a string `content`; its value is that content.
+struct DeltaContent;
+
+impl<'de> DeserializeSeed<'de> for DeltaContent {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DeltaContent {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a delta or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const NAMES: &[&str] = &["content", "role"];
+        let mut seen = false;
+        let mut content = None;
+        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen)?;
+                    content = map.next_value_seed(OptionalText)?;
+                }
+                Some(_) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                // Every other field of a delta may be text the general reader reads.
+                None => {
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+            }
+        }
+        Ok(content)
+    }
+}
+
+/// A string (borrowed unless it has escapes) or `null`.
+struct OptionalText;
+
+impl<'de> DeserializeSeed<'de> for OptionalText {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptionalText {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+use std::borrow::Cow;
+
+use proptest::prelude::*;
+
+use super::super::stream::{End, EventRead};
+use super::super::{Role, TextKey, TextKind};
+use crate::CallType;
+use crate::json::JsonView;
+
+/// What the general reader makes of `data`: `None` when it is not JSON.
+fn general(call_type: CallType, data: &[u8]) -> Option<Result<EventRead<'static>, String>> {
+    let view = JsonView::parse(data).ok()?;
+    Some(
+        call_type
+            .read_event(None, &view)
+            .map(owned)
+            .map_err(|e| e.to_string()),
+    )
+}
+
+fn owned(read: EventRead<'_>) -> EventRead<'static> {
+    EventRead {
+        texts: read
+            .texts
+            .into_iter()
+            .map(|(k, r, t)| (k, r, Cow::Owned(t.into_owned())))
+            .collect(),
+        ends: read.ends,
+        terminal: read.terminal,
+        has_usage: read.has_usage,
+        announces_response: read.announces_response,
+        upstream_error: read.upstream_error,
+        sequence_number: read.sequence_number,
+    }
+}
+
+/// The common reader's result for `data`, after checking that it agrees with the general one
+/// whenever it reads the event at all.
+fn common(call_type: CallType, data: &str) -> Option<EventRead<'static>> {
+    let fast = call_type.read_common_event(data.as_bytes()).map(owned);
+    if let Some(fast) = &fast {
+        assert_eq!(
+            general(call_type, data.as_bytes()),
+            Some(Ok(fast.clone())),
+            "the readers disagree on {data}"
+        );
+    }
+    fast
+}
+
+fn content(index: u64, text: &str) -> (TextKey, Role, Cow<'static, str>) {
+    let key = TextKey {
+        index,
+        kind: TextKind::Content,
+        sub: 0,
+    };
+    (key, Role::Delta, Cow::Owned(text.to_owned()))
+}
+
+#[test]
+fn the_chunks_streams_are_made_of_are_read_without_a_view() {
+    let head = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","service_tier":"default","system_fingerprint":"fp","choices":["#;
+    let cases: &[(&str, EventRead<'static>)] = &[
+        (
+            r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]}"#,
+            EventRead {
+                texts: vec![content(0, "")],
+                ..EventRead::default()
+            },
+        ),
+        (
+            r#"{"index":0,"delta":{"content":"Hello \"there\"\n"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+            EventRead {
+                texts: vec![content(0, "Hello \"there\"\n")],
+                ..EventRead::default()
+            },
+        ),
+        (
+            r#"{"index":1,"delta":{},"logprobs":null,"finish_reason":"stop"}]}"#,
+            EventRead {
+                ends: vec![End::Index(1)],
+                ..EventRead::default()
+            },
+        ),
+        (
+            r#"{"delta":{"content":"a"}},{"delta":{"content":"b"},"finish_reason":"length"}]}"#,
+            EventRead {
+                texts: vec![content(0, "a"), content(1, "b")],
+                ends: vec![End::Index(1)],
+                ..EventRead::default()
+            },
+        ),
+        (
+            r#"],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+            EventRead {
+                has_usage: true,
+                ..EventRead::default()
+            },
+        ),
+    ];
+    for (rest, want) in cases {
+        let data = format!("{head}{rest}");
+        for call_type in [CallType::ChatCompletions, CallType::Other] {
+            assert_eq!(common(call_type, &data).as_ref(), Some(want), "{data}");
+        }
+    }
+    // An error event, escaped member names and a BOM-free document with spaces.
+    let read = common(
+        CallType::ChatCompletions,
+        r#" { "error" : { "message" : "overloaded" } , "ch\u006fices" : [ { "d\u0065lta" : { "c\u006fntent" : "x" } } ] } "#,
+    )
+    .unwrap();
+    assert!(read.upstream_error);
+    assert_eq!(read.texts, vec![content(0, "x")]);
+}
+
+#[test]
+fn every_other_shape_is_left_to_the_general_reader() {
+    let left = [
+        // Text the common shape does not carry.
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":[{"type":"text","text":"x"}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"audio":{"transcript":"x"}}}]}"#,
+        r#"{"choices":[{"index":0,"text":"legacy"}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"annotations":[]}}]}"#,
+        // Members written twice: the general reader takes the last one.
+        r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":"a"},"delta":{"content":"b"}}]}"#,
+        r#"{"choices":[],"choices":[{"delta":{"content":"b"}}]}"#,
+        r#"{"choices":[{"index":0,"index":1,"delta":{"content":"a"}}]}"#,
+        r#"{"usage":null,"usage":{"total_tokens":1},"choices":[]}"#,
+        r#"{"choices":[{"delta":{"content":"a","c\u006fntent":"b"}}]}"#,
+        // Shapes the general reader refuses or reads differently.
+        r#"{"choices":{"0":{"delta":{"content":"a"}}}}"#,
+        r#"{"choices":[["index",{"content":"a"}]]}"#,
+        r#"{"choices":[{"delta":["a"]}]}"#,
+        r#"{"choices":[{"delta":{"content":5}}]}"#,
+        r#"{"choices":[{"index":"0","delta":{"content":"a"}}]}"#,
+        r#"{"choices":[{"index":-1,"delta":{"content":"a"}}]}"#,
+        r#"{"choices":[{"index":1.0,"delta":{"content":"a"}}]}"#,
+        r#"[{"choices":[{"delta":{"content":"a"}}]}]"#,
+        // Not JSON, or not all of it.
+        r#"{"choices":[{"delta":{"content":"a"}}]} x"#,
+        r#"{"choices":[{"delta":{"content":"a"}}]"#,
+        "[DONE]",
+    ];
+    for data in left {
+        assert_eq!(
+            common(CallType::ChatCompletions, data),
+            None,
+            "read by the common reader: {data}"
+        );
+    }
+    let chunk = r#"{"choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+    for call_type in [
+        CallType::Responses,
+        CallType::AnthropicMessages,
+        CallType::TextCompletions,
+        CallType::Embeddings,
+    ] {
+        assert_eq!(call_type.read_common_event(chunk.as_bytes()), None);
+    }
+    // Invalid UTF-8 inside a string.
+    assert_eq!(
+        CallType::ChatCompletions
+            .read_common_event(b"{\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}"),
+        None
+    );
+}
+
+/// A member of a generated chunk: its name, and the member written as JSON (the name escaped
+/// one time in five).
+fn member(
+    names: &'static [&'static str],
+    value: BoxedStrategy<String>,
+) -> BoxedStrategy<(&'static str, String)> {
+    (proptest::sample::select(names), 0..5u8, value)
+        .prop_map(|(name, escape, value)| {
+            let written = if escape == 0 {
+                // The first letter as a \u escape.
+                let mut chars = name.chars();
+                let first = chars.next().unwrap();
+                format!("\\u{:04x}{}", first as u32, chars.as_str())
+            } else {
+                name.to_owned()
+            };
+            (name, format!("\"{written}\":{value}"))
+        })
+        .boxed()
+}
+
+/// An object of generated members; a name is written twice in one object in eight.
+fn object(members: BoxedStrategy<(&'static str, String)>) -> BoxedStrategy<String> {
+    (proptest::collection::vec(members, 0..5), 0..8u8)
+        .prop_map(|(members, twice)| {
+            let mut names = Vec::new();
+            let mut kept = Vec::new();
+            for (name, member) in members {
+                if twice == 0 || !names.contains(&name) {
+                    names.push(name);
+                    kept.push(member);
+                }
+            }
+            format!("{{{}}}", kept.join(","))
+        })
+        .boxed()
+}
+
+fn one_of(values: &'static [&'static str]) -> BoxedStrategy<String> {
+    proptest::sample::select(values)
+        .prop_map(str::to_owned)
+        .boxed()
+}
+
+fn delta() -> BoxedStrategy<String> {
+    let content = prop_oneof![
+        6 => one_of(&["null", "\"\"", "\"word \"", "\"esc\\\"aped\\n\"", "\"\\u00e9t\\u00e9\""]),
+        1 => one_of(&["5", "[{\"type\":\"text\",\"text\":\"p\"}]"]),
+    ];
+    let other = prop_oneof![
+        2 => one_of(&["null"]),
+        1 => one_of(&["\"x\"", "[]", "{}", "{\"transcript\":\"t\"}"]),
+    ];
+    let members = prop_oneof![
+        6 => member(&["content"], content.boxed()),
+        2 => member(&["role"], one_of(&["\"assistant\"", "null", "1"])),
+        1 => member(
+            &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name", "annotations"],
+            other.boxed(),
+        ),
+    ]
+    .boxed();
+    prop_oneof![6 => object(members), 1 => one_of(&["null", "[]", "\"d\""])].boxed()
+}
+
+fn choice() -> BoxedStrategy<String> {
+    let members = prop_oneof![
+        6 => member(&["delta"], delta()),
+        2 => member(&["index"], one_of(&["0", "1", "2", "null", "18446744073709551615"])),
+        1 => member(&["index"], one_of(&["\"1\"", "-1", "1.5"])),
+        2 => member(&["finish_reason"], one_of(&["null", "\"stop\"", "\"length\"", "0"])),
+        1 => member(&["text"], one_of(&["null", "\"t\""])),
+        1 => member(&["logprobs", "message"], one_of(&["null", "{\"content\":\"m\"}"])),
+    ]
+    .boxed();
+    prop_oneof![8 => object(members), 1 => one_of(&["null", "[]", "\"c\""])].boxed()
+}
+
+fn chunk() -> BoxedStrategy<String> {
+    let choices = prop_oneof![
+        6 => proptest::collection::vec(choice(), 0..3).prop_map(|c| format!("[{}]", c.join(","))),
+        1 => one_of(&["null", "{}", "\"c\""]),
+    ]
+    .boxed();
+    let members = prop_oneof![
+        6 => member(&["choices"], choices),
+        1 => member(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""])),
+        1 => member(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"])),
+    ]
+    .boxed();
+    prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Whatever the chunk, damaged or not, the common reader either leaves it to the general
+    /// reader or reads exactly what the general reader does (`common` asserts it).
+    #[test]
+    fn the_common_reader_agrees_with_the_general_one(
+        data in chunk(),
+        spaces in any::<bool>(),
+        cut in any::<usize>(),
+    ) {
+        let data = if spaces { data.replace(',', " ,\n ").replace(':', " : ") } else { data };
+        for call_type in [CallType::ChatCompletions, CallType::Other] {
+            common(call_type, &data);
+            // A cut anywhere leaves a document the general reader rejects, or another one.
+            let mut at = cut % (data.len() + 1);
+            while !data.is_char_boundary(at) {
+                at -= 1;
+            }
+            common(call_type, &data[..at]);
+        }
+    }
+}
+
+#[test]
+fn the_generator_reaches_both_readers() {
+    // The property above is only worth something if generated chunks take both ways.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut read, mut left) = (0, 0);
+    for _ in 0..2048 {
+        let data = chunk().new_tree(&mut runner).unwrap().current();
+        match common(CallType::ChatCompletions, &data) {
+            Some(r) if r.has_text() => read += 1,
+            Some(_) => {}
+            None => {
+                left += 1;
+            }
+        }
+    }
+    assert!(read > 100 && left > 100, "read {read}, left {left}");
+}
