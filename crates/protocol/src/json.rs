@@ -145,6 +145,31 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// An object member's name as its position in `names` (`None`: another name), read without
+/// allocating; an escaped name is decoded by the parser first, so `"\u0075sage"` is `usage`.
+/// For `MapAccess::next_key_seed` in readers that pick a few members out of an object.
+pub(crate) struct MemberName(pub(crate) &'static [&'static str]);
+
+impl<'de> de::DeserializeSeed<'de> for MemberName {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for MemberName {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|known| *known == name))
+    }
+}
+
 /// `serde_json::from_slice`, accepting and rejecting the same documents, with the document's
 /// UTF-8 checked once, a word at a time over ASCII, instead of string by string (fewer
 /// instructions for any document with strings); a document that fails the check is parsed from

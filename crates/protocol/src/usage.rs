@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::CallType;
-use crate::json::JsonView;
+use crate::json::{JsonView, MemberName};
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl<'de> Deserialize<'de> for Counts {
                 mut map: A,
             ) -> Result<Counts, A::Error> {
                 let mut counts = Counts::default();
-                while let Some(key) = map.next_key_seed(KeySeed)? {
+                while let Some(key) = map.next_key_seed(MemberName(&COUNT_KEYS))? {
                     match key {
                         // A number, or anything else (which counts as absent, as `as_u64` says).
                         Some(i) => counts.0[i] = map.next_value::<Value>()?.as_u64(),
@@ -69,30 +69,6 @@ impl<'de> Deserialize<'de> for Counts {
             }
         }
         d.deserialize_map(Visit)
-    }
-}
-
-/// A member name of a usage object as the index of the count it names (`None`: another
-/// member), read without allocating (an escaped name is decoded by the parser first).
-struct KeySeed;
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
-    type Value = Option<usize>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for KeySeed {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(COUNT_KEYS.iter().position(|k| *k == key))
     }
 }
 

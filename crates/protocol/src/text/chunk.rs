@@ -28,6 +28,7 @@ use super::stream::{End, EventRead};
 use super::walk::key;
 use super::{Role, TextKind};
 use crate::CallType;
+use crate::json::MemberName;
 
 impl CallType {
     /// Reads a stream event of the common chat chunk shape straight from its data, without
@@ -79,30 +80,6 @@ fn non_null<'de, A: MapAccess<'de>>(map: &mut A) -> Result<bool, A::Error> {
     Ok(map.next_value::<Option<IgnoredAny>>()?.is_some())
 }
 
-/// An object member's name, as its position in a list of names the reader knows (escapes
-/// decoded, so `"\u0063ontent"` is `content`), or `None` for any other name.
-struct Name(&'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for Name {
-    type Value = Option<usize>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for Name {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a member name")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|name| *name == v))
-    }
-}
-
 /// The chunk: `choices`, `error` and `usage` are read, every other member skipped.
 struct ChunkVisitor;
 
@@ -117,7 +94,7 @@ impl<'de> Visitor<'de> for ChunkVisitor {
         const NAMES: &[&str] = &["choices", "error", "usage"];
         let mut out = EventRead::default();
         let mut seen = [false; 3];
-        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
             match name {
                 Some(0) => {
                     once(&mut seen[0])?;
@@ -211,7 +188,7 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
         const NAMES: &[&str] = &["index", "delta", "text", "finish_reason"];
         let mut seen = [false; 4];
         let (mut index, mut content, mut finished) = (None, None, false);
-        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
             match name {
                 Some(0) => {
                     once(&mut seen[0])?;
@@ -283,7 +260,7 @@ impl<'de> Visitor<'de> for DeltaContent {
         const NAMES: &[&str] = &["content", "role"];
         let mut seen = false;
         let mut content = None;
-        while let Some(name) = map.next_key_seed(Name(NAMES))? {
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
             match name {
                 Some(0) => {
                     once(&mut seen)?;
