@@ -56,8 +56,15 @@ const DROPPED: &[&str] = &[
 #[derive(Debug)]
 struct Target {
     deployment: Deployment,
-    auth: HeaderMap,
+    /// The upstream key's header, marked sensitive.
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// The upstream URL of each route's requests without a query string, parsed once: the
+    /// path after `/v1` (OpenAI-compatible) or the messages route (Anthropic), and the URL.
+    uris: Vec<(&'static str, Uri)>,
 }
+
+/// The paths, after `/v1`, of the routes forwarded to an OpenAI-compatible upstream.
+const OPENAI_SUFFIXES: [&str; 2] = ["/chat/completions", "/responses"];
 
 /// Forwards each request to the upstream of its `model`, with the deployment's model name and
 /// key. Streaming responses pass through as they arrive; a response body that goes silent for
@@ -170,26 +177,33 @@ impl Forward {
         let targets = deployments
             .iter()
             .map(|d| {
-                let mut auth = HeaderMap::new();
-                if let Some(key) = &d.api_key {
+                let auth = d.api_key.as_ref().and_then(|key| {
                     let value = match d.provider {
                         Provider::OpenAi => HeaderValue::from_str(&format!("Bearer {key}")),
                         Provider::Anthropic => HeaderValue::from_str(key),
                     };
-                    if let Ok(mut value) = value {
-                        value.set_sensitive(true);
-                        let name = match d.provider {
-                            Provider::OpenAi => header::AUTHORIZATION,
-                            Provider::Anthropic => HeaderName::from_static("x-api-key"),
-                        };
-                        auth.insert(name, value);
-                    }
-                }
+                    let mut value = value.ok()?;
+                    value.set_sensitive(true);
+                    let name = match d.provider {
+                        Provider::OpenAi => header::AUTHORIZATION,
+                        Provider::Anthropic => HeaderName::from_static("x-api-key"),
+                    };
+                    Some((name, value))
+                });
+                let suffixes: &[&'static str] = match d.provider {
+                    Provider::OpenAi => &OPENAI_SUFFIXES,
+                    Provider::Anthropic => &["/messages"],
+                };
+                let uris = suffixes
+                    .iter()
+                    .filter_map(|suffix| Some((*suffix, upstream_url(d, suffix).parse().ok()?)))
+                    .collect();
                 (
                     d.model_name.clone(),
                     Target {
                         deployment: d.clone(),
                         auth,
+                        uris,
                     },
                 )
             })
@@ -247,28 +261,26 @@ impl Forward {
             .with_code("unsupported_endpoint"));
         }
         let path = parts.uri.path();
-        let url = match d.provider {
-            Provider::OpenAi => {
-                let suffix = path.strip_prefix("/v1").unwrap_or(path);
-                format!("{}{suffix}", d.api_base)
-            }
-            Provider::Anthropic => {
-                let base = d.api_base.strip_suffix("/v1").unwrap_or(&d.api_base);
-                format!("{base}/v1/messages")
+        let suffix = path.strip_prefix("/v1").unwrap_or(path);
+        let known = target.uris.iter().find(|(s, _)| *s == suffix);
+        let uri = match (known, parts.uri.query()) {
+            (Some((_, uri)), None) => uri.clone(),
+            (_, query) => {
+                let url = upstream_url(d, suffix);
+                let url = match query {
+                    Some(q) => format!("{url}?{q}"),
+                    None => url,
+                };
+                // The URL names an internal host: it goes in no error and no log line.
+                url.parse().map_err(|_| {
+                    tracing::error!(
+                        model,
+                        "the upstream URL built from the model's api_base is invalid"
+                    );
+                    Error::internal(format!("the upstream URL of model '{model}' is invalid"))
+                })?
             }
         };
-        let url = match parts.uri.query() {
-            Some(q) => format!("{url}?{q}"),
-            None => url,
-        };
-        // The URL names an internal host: it goes in no error and no log line.
-        let uri: Uri = url.parse().map_err(|_| {
-            tracing::error!(
-                model,
-                "the upstream URL built from the model's api_base is invalid"
-            );
-            Error::internal(format!("the upstream URL of model '{model}' is invalid"))
-        })?;
         let body = rewrite_body(parsed, &d.upstream_model)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         for (name, value) in &parts.headers {
@@ -276,7 +288,9 @@ impl Forward {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.extend(target.auth.clone());
+        if let Some((name, value)) = &target.auth {
+            headers.insert(name.clone(), value.clone());
+        }
         if d.provider == Provider::Anthropic && !headers.contains_key("anthropic-version") {
             headers.insert(
                 HeaderName::from_static("anthropic-version"),
@@ -294,6 +308,17 @@ impl Forward {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         Ok((request, d.api_base.clone()))
+    }
+}
+
+/// The upstream URL of a request whose path, after `/v1`, is `suffix` (without its query).
+fn upstream_url(d: &Deployment, suffix: &str) -> String {
+    match d.provider {
+        Provider::OpenAi => format!("{}{suffix}", d.api_base),
+        Provider::Anthropic => {
+            let base = d.api_base.strip_suffix("/v1").unwrap_or(&d.api_base);
+            format!("{base}/v1/messages")
+        }
     }
 }
 
@@ -424,6 +449,91 @@ mod tests {
             tokio::time::sleep(pause).await;
         }
         (frames, None)
+    }
+
+    fn deployment(provider: Provider, api_base: &str) -> Deployment {
+        Deployment {
+            model_name: "m".into(),
+            provider,
+            upstream_model: "m".into(),
+            api_base: api_base.into(),
+            api_key: Some("sk-upstream".into()),
+            guardrails: Vec::new(),
+            price: None,
+        }
+    }
+
+    /// The upstream request `Forward` makes of a client request to `path`.
+    fn prepared(d: Deployment, path: &str) -> Request<Full<Bytes>> {
+        let forward = Forward::new(&[d], HttpClient::new(), Duration::from_secs(1));
+        let body = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        let route = path.split('?').next().unwrap();
+        let call_type = CallType::of(&http::Method::POST, route);
+        let parsed = ParsedRequest::parse(call_type, body.clone(), None).unwrap();
+        let mut request = Request::post(path)
+            .header(header::AUTHORIZATION, "Bearer sk-client")
+            .header("x-trace", "t1")
+            .body(Full::new(body))
+            .unwrap();
+        request.extensions_mut().insert(parsed);
+        forward.prepare(request).unwrap().0
+    }
+
+    #[test]
+    fn the_upstream_url_keeps_the_base_path_and_the_query() {
+        let openai = || deployment(Provider::OpenAi, "http://up.internal:8080/openai/v1");
+        let cases = [
+            (
+                openai(),
+                "/v1/chat/completions",
+                "http://up.internal:8080/openai/v1/chat/completions",
+            ),
+            (
+                openai(),
+                "/chat/completions",
+                "http://up.internal:8080/openai/v1/chat/completions",
+            ),
+            (
+                openai(),
+                "/v1/chat/completions?api-version=2024-10-21",
+                "http://up.internal:8080/openai/v1/chat/completions?api-version=2024-10-21",
+            ),
+            (
+                openai(),
+                "/v1/responses",
+                "http://up.internal:8080/openai/v1/responses",
+            ),
+            (
+                deployment(Provider::Anthropic, "https://api.anthropic.example/v1"),
+                "/v1/messages",
+                "https://api.anthropic.example/v1/messages",
+            ),
+            (
+                deployment(Provider::Anthropic, "https://api.anthropic.example"),
+                "/v1/messages?beta=true",
+                "https://api.anthropic.example/v1/messages?beta=true",
+            ),
+        ];
+        for (d, path, want) in cases {
+            let anthropic = d.provider == Provider::Anthropic;
+            let request = prepared(d, path);
+            assert_eq!(request.uri().to_string(), want, "{path}");
+            let headers = request.headers();
+            // The client's key never reaches the upstream; the deployment's does, once.
+            let (name, value) = if anthropic {
+                ("x-api-key", "sk-upstream")
+            } else {
+                ("authorization", "Bearer sk-upstream")
+            };
+            assert_eq!(headers.get_all(name).iter().collect::<Vec<_>>(), [value]);
+            assert!(headers[name].is_sensitive());
+            if anthropic {
+                assert!(headers.get(header::AUTHORIZATION).is_none());
+                assert_eq!(headers["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
+            }
+            assert_eq!(headers["x-trace"], "t1");
+            assert_eq!(headers[header::ACCEPT_ENCODING], "identity");
+        }
     }
 
     #[tokio::test(start_paused = true)]
