@@ -10,7 +10,7 @@ use guardrail_tower_sse::SseDecoder;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::{CallType, Error, ResponseReport};
+use crate::{CallType, Error, ResponseReport, StreamWatch};
 
 pin_project! {
     /// Either the inner service's body, untouched, a complete body the layer wrote itself (an
@@ -46,6 +46,9 @@ struct StreamState {
     // What a Responses API stream announced, to end it with a well-formed `response.failed`.
     responses: Option<Box<ResponsesStreamState>>,
     report: Option<ResponseReport>,
+    // Reads usage and upstream error events into `report` for the spend log, unless a layer
+    // inside this one already does.
+    watch: Option<StreamWatch>,
     tail: Option<Bytes>,
     ended: bool,
 }
@@ -82,9 +85,20 @@ impl<B> ResponseBody<B> {
     /// the endpoint and its terminator, recorded in `report` for the spend log. The client
     /// never gets a cut body nor half an event. At a clean end, a last event without its
     /// blank line is released as it came.
+    ///
+    /// Unless a layer inside already reads the stream for `report` (it is marked observed),
+    /// this body does, with a [`StreamWatch`] over the events it frames anyway: the spend log
+    /// then needs no framing of its own.
     pub fn stream(body: B, call_type: CallType, report: Option<ResponseReport>) -> Self {
         let responses = (call_type == CallType::Responses)
             .then(|| Box::new(ResponsesStreamState::new("resp_interrupted", None)));
+        let watch = report
+            .as_ref()
+            .filter(|report| !report.is_observed())
+            .map(|report| {
+                report.set_observed();
+                StreamWatch::new(call_type)
+            });
         ResponseBody {
             kind: Kind::Stream {
                 body,
@@ -93,6 +107,7 @@ impl<B> ResponseBody<B> {
                     decoder: SseDecoder::new(),
                     responses,
                     report,
+                    watch,
                     tail: None,
                     ended: false,
                 }),
@@ -121,9 +136,11 @@ where
                     decoder,
                     responses,
                     report,
+                    watch,
                     tail,
                     ended,
                 } = &mut **state;
+                let mut watch = watch.as_mut().zip(report.as_ref());
                 if let Some(tail) = tail.take() {
                     return Poll::Ready(Some(Ok(Frame::data(tail))));
                 }
@@ -136,7 +153,8 @@ where
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
                             decoder.push(data);
-                            match whole_events(decoder, responses.as_deref_mut(), false) {
+                            match whole_events(decoder, responses.as_deref_mut(), &mut watch, false)
+                            {
                                 Ok(Some(events)) => {
                                     return Poll::Ready(Some(Ok(Frame::data(events))));
                                 }
@@ -149,7 +167,9 @@ where
                     Some(Err(_)) => {}
                     None => {
                         *ended = true;
-                        if let Ok(events) = whole_events(decoder, responses.as_deref_mut(), true) {
+                        let events =
+                            whole_events(decoder, responses.as_deref_mut(), &mut watch, true);
+                        if let Ok(events) = events {
                             *tail = events;
                             continue;
                         }
@@ -194,10 +214,12 @@ where
 }
 
 /// The raw bytes of the whole events `decoder` holds (with `finish`, also a last event without
-/// its blank line), observed by the Responses tracker; `Err` when an event is too large.
+/// its blank line), observed by the Responses tracker and the watch; `Err` when an event is too
+/// large.
 fn whole_events(
     decoder: &mut SseDecoder,
     mut responses: Option<&mut ResponsesStreamState>,
+    watch: &mut Option<(&mut StreamWatch, &ResponseReport)>,
     finish: bool,
 ) -> Result<Option<Bytes>, ()> {
     let mut first: Option<Bytes> = None;
@@ -218,9 +240,17 @@ fn whole_events(
                 if let Some(data) = event.data() {
                     state.observe(data);
                 }
+                if let Some((watch, report)) = watch {
+                    watch.observe(&event, report);
+                }
                 event.raw().clone()
             }
-            None => event.into_raw(),
+            None => {
+                if let Some((watch, report)) = watch {
+                    watch.observe_raw(&event, report);
+                }
+                event.into_raw()
+            }
         };
         match (&mut first, &mut joined) {
             (None, _) => first = Some(event),

@@ -63,6 +63,7 @@ mod request;
 mod runner;
 mod scope;
 mod selection;
+mod watch;
 
 pub use call::{BufferedCall, CallOutcome, Prepare, Prepared, take_ready};
 pub use guardrail::{
@@ -92,3 +93,4 @@ pub use scope::{Caller, RequestState, StateKey};
 pub use selection::{
     GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec, UnknownMode, should_run,
 };
+pub use watch::{StreamWatch, upstream_error_event};

@@ -1,15 +1,13 @@
 use std::fmt;
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use guardrail_tower_core::sse::SseDecoder;
-use guardrail_tower_core::{CallType, Error, Usage};
+use guardrail_tower_core::{CallType, Error, StreamWatch, Usage};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem;
 use pin_project_lite::pin_project;
 use serde_json::Value;
 
@@ -19,8 +17,11 @@ use crate::recorder::{Ending, Recorder};
 pub(crate) enum Observer {
     /// A JSON body: scanned incrementally for its top-level `usage` (and `error`) members.
     Json(Box<JsonScanner>),
-    /// An SSE stream: decoded incrementally for usage events and in-band errors.
-    Sse { decoder: Box<SseDecoder> },
+    /// An SSE stream: framed incrementally, its events read for usage and in-band errors.
+    Sse {
+        decoder: Box<SseDecoder>,
+        watch: StreamWatch,
+    },
 }
 
 impl Observer {
@@ -28,50 +29,20 @@ impl Observer {
         Observer::Json(Box::default())
     }
 
-    pub(crate) fn sse() -> Self {
+    pub(crate) fn sse(call_type: CallType) -> Self {
         Observer::Sse {
             decoder: Box::new(SseDecoder::new()),
+            watch: StreamWatch::new(call_type),
         }
     }
 
-    fn observe(&mut self, data: &Bytes, recorder: &mut Recorder, call_type: CallType) {
+    fn observe(&mut self, data: &Bytes, recorder: &mut Recorder) {
         match self {
             Observer::Json(scanner) => scanner.push(data),
-            Observer::Sse { decoder } => {
+            Observer::Sse { decoder, watch } => {
                 decoder.push(data.clone());
-                while let Ok(Some(raw)) = decoder.next_raw() {
-                    // Most events are content deltas the log has no use for: only one that
-                    // may name its type, report usage or carry an error is split into fields.
-                    if !may_matter(raw.fields()) {
-                        continue;
-                    }
-                    let event = raw.parse();
-                    let Some(bytes) = event.data() else { continue };
-                    let kind = event.event_type();
-                    let interesting = matches!(
-                        kind,
-                        Some(
-                            "error"
-                                | "response.completed"
-                                | "response.incomplete"
-                                | "response.failed"
-                                | "message_start"
-                                | "message_delta"
-                        )
-                    ) || ERROR.find(bytes).is_some()
-                        || has_usage(bytes);
-                    if !interesting {
-                        continue;
-                    }
-                    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-                        continue;
-                    };
-                    Usage::update_from_event(&mut recorder.usage, call_type, kind, &value);
-                    let is_error = kind == Some("error")
-                        || (kind.is_none() && value.get("error").is_some_and(|e| !e.is_null()));
-                    if is_error {
-                        recorder.report.set_in_band_error(in_band_error(&value));
-                    }
+                while let Ok(Some(event)) = decoder.next_raw() {
+                    watch.observe_raw(&event, &recorder.report);
                 }
             }
         }
@@ -359,58 +330,6 @@ impl JsonScanner {
     }
 }
 
-/// Whether an event (its fields as they arrived) may be one [`Observer`] reads. Cheaper than
-/// splitting the fields, and never `false` for an event that matters: an event of one `data:`
-/// line (every event of a chat stream) has no type, and matters only if its data mentions
-/// `"usage"` or `"error"`; any other event is read.
-fn may_matter(fields: &[u8]) -> bool {
-    let Some(data) = fields.strip_prefix(b"data:") else {
-        return true;
-    };
-    let end = memchr::memchr2(b'\r', b'\n', data).unwrap_or(data.len());
-    let (data, rest) = data.split_at(end);
-    if !rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-        return true;
-    }
-    USAGE.find(data).is_some() || ERROR.find(data).is_some()
-}
-
-static USAGE: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-static ERROR: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
-
-/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
-/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
-fn has_usage(data: &[u8]) -> bool {
-    let Some(at) = USAGE.find(data) else {
-        return false;
-    };
-    let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
-    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
-    !rest.starts_with(b"null")
-}
-
-fn in_band_error(value: &Value) -> Error {
-    let error = value.get("error").unwrap_or(value);
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("error event in the stream");
-    let mut err = Error::new(StatusCode::BAD_GATEWAY, message.to_owned());
-    if let Some(code) = error
-        .get("code")
-        .and_then(Value::as_str)
-        .or_else(|| value.get("code").and_then(Value::as_str))
-    {
-        err = err.with_code(code.to_owned());
-        if code == guardrail_tower_core::CONTENT_POLICY_VIOLATION {
-            err = err.with_class(guardrail_tower_core::ErrorClass::PolicyBlock);
-        }
-    }
-    err
-}
-
 pin_project! {
     /// The response body of [`SpendLog`](crate::SpendLog): the inner body, unchanged and
     /// undelayed, observed as it passes. The request's record is completed exactly once: when
@@ -523,7 +442,7 @@ where
                         recorder.first_byte = Some(SystemTime::now());
                     }
                     if let Some(observer) = this.observer.as_mut() {
-                        observer.observe(data, recorder, *this.call_type);
+                        observer.observe(data, recorder);
                     }
                     let all_sent = match this.remaining.as_mut() {
                         Some(remaining) => {
@@ -579,18 +498,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::{JsonScanner, has_usage};
-
-    #[test]
-    fn usage_null_is_not_usage() {
-        assert!(!has_usage(
-            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
-        ));
-        assert!(!has_usage(br#"{"usage" : null}"#));
-        assert!(!has_usage(br#"{"choices":[]}"#));
-        assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
-        assert!(has_usage(br#"{"usage" :{"total_tokens":3}}"#));
-    }
+    use super::JsonScanner;
 
     fn scan(chunks: &[&[u8]]) -> (Option<String>, Option<String>) {
         let mut scanner = JsonScanner::default();

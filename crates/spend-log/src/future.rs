@@ -83,9 +83,9 @@ where
     }
 }
 
-fn observer_for<B>(response: &Response<B>) -> Option<Observer> {
+fn observer_for<B>(response: &Response<B>, call_type: CallType) -> Option<Observer> {
     match BodyType::of(response.headers().get(CONTENT_TYPE)) {
-        BodyType::EventStream => Some(Observer::sse()),
+        BodyType::EventStream => Some(Observer::sse(call_type)),
         BodyType::Json => Some(Observer::json()),
         _ => None,
     }
@@ -160,7 +160,7 @@ fn wrap<B: Body<Data = Bytes>>(
     let observer = if recorder.report.is_observed() {
         None
     } else {
-        observer_for(&response)
+        observer_for(&response, call_type)
     };
     let (mut parts, body) = response.into_parts();
     parts

@@ -24,7 +24,7 @@ use guardrail_tower_core::{
     BoxFuture, CallType, Check, ConfiguredGuardrail, Effect, Error, GuardrailAction,
     GuardrailInput, GuardrailLog, GuardrailLogEntry, GuardrailMode, GuardrailStatus, RequestMeta,
     ResponseReport, ResponsesStreamState, SpanAction, StreamPolicy, StreamWindow, Usage,
-    epoch_seconds,
+    epoch_seconds, upstream_error_event,
 };
 use guardrail_tower_protocol::json::JsonView;
 use guardrail_tower_protocol::text::stream::End;
@@ -583,7 +583,7 @@ impl StreamState {
                 }
                 if upstream_error {
                     if let Some(report) = &self.report {
-                        report.set_in_band_error(upstream_error_of(&value));
+                        report.set_in_band_error(upstream_error_event(&value));
                     }
                 }
             }
@@ -1293,19 +1293,6 @@ pub(crate) fn data_value(event: &SseEvent) -> Option<Value> {
 }
 
 /// The error an upstream error event stands for (passed through to the client as it came).
-fn upstream_error_of(value: &Value) -> Error {
-    let error = value.get("error").unwrap_or(value);
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("the upstream sent an error event");
-    let mut err = Error::upstream_unavailable(message.to_owned());
-    if let Some(code) = error.get("code").and_then(Value::as_str) {
-        err = err.with_code(code.to_owned());
-    }
-    err
-}
-
 #[cfg(test)]
 mod tests {
     use super::changes;

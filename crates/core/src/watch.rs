@@ -1,0 +1,165 @@
+//! What the spend log needs from an event stream as it passes: the usage it reports and the
+//! upstream's own error events, read by whichever layer frames the stream.
+
+use std::sync::LazyLock;
+
+use guardrail_tower_sse::{RawEvent, SseEvent};
+use http::StatusCode;
+use memchr::memmem;
+use serde_json::Value;
+
+use crate::{CONTENT_POLICY_VIOLATION, CallType, Error, ErrorClass, ResponseReport, Usage};
+
+/// Reads a stream's usage and the upstream's in-band error events into a [`ResponseReport`].
+///
+/// Every layer that frames a stream into events can read it: the streaming guardrail layer,
+/// the error layer (which releases whole events), or the spend-log layer itself when no layer
+/// inside it does. The first to see the response marks the report observed
+/// ([`ResponseReport::set_observed`]) and the others leave the stream alone, so one stream is
+/// framed for the log once, and the log reads the same usage and errors whichever layer read
+/// them.
+///
+/// ```
+/// use bytes::Bytes;
+/// use guardrail_tower_core::sse::SseDecoder;
+/// use guardrail_tower_core::{CallType, ResponseReport, StreamWatch};
+///
+/// let report = ResponseReport::new();
+/// let mut watch = StreamWatch::new(CallType::ChatCompletions);
+/// let mut decoder = SseDecoder::new();
+/// decoder.push(Bytes::from_static(
+///     b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+///       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+/// ));
+/// while let Some(event) = decoder.next_raw().unwrap() {
+///     watch.observe_raw(&event, &report);
+/// }
+/// assert_eq!(report.usage().unwrap().total_tokens, 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamWatch {
+    call_type: CallType,
+    usage: Option<Usage>,
+}
+
+impl StreamWatch {
+    /// A watch over a stream of `call_type`.
+    pub fn new(call_type: CallType) -> Self {
+        StreamWatch {
+            call_type,
+            usage: None,
+        }
+    }
+
+    /// Reads one framed event. Most events are content deltas the log has no use for: only one
+    /// that may name its type, report usage or carry an error is split into fields.
+    pub fn observe_raw(&mut self, event: &RawEvent, report: &ResponseReport) {
+        if may_matter(event.fields()) {
+            self.observe(&event.clone().parse(), report);
+        }
+    }
+
+    /// Reads one parsed event.
+    pub fn observe(&mut self, event: &SseEvent, report: &ResponseReport) {
+        let Some(bytes) = event.data() else { return };
+        let kind = event.event_type();
+        let interesting = matches!(
+            kind,
+            Some(
+                "error"
+                    | "response.completed"
+                    | "response.incomplete"
+                    | "response.failed"
+                    | "message_start"
+                    | "message_delta"
+            )
+        ) || ERROR.find(bytes).is_some()
+            || has_usage(bytes);
+        if !interesting {
+            return;
+        }
+        let Ok(value) = crate::json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        let before = self.usage;
+        Usage::update_from_event(&mut self.usage, self.call_type, kind, &value);
+        if let Some(usage) = self.usage.filter(|_| self.usage != before) {
+            report.set_usage(usage);
+        }
+        let is_error = kind == Some("error")
+            || (kind.is_none() && value.get("error").is_some_and(|e| !e.is_null()));
+        if is_error {
+            report.set_in_band_error(upstream_error_event(&value));
+        }
+    }
+}
+
+/// The error an upstream's in-band error event (`{"error": {...}}`, or an `error` event of the
+/// Responses or Anthropic API) stands for in the spend log: its message and code as the
+/// upstream wrote them, 502, and a policy block when the code is `content_policy_violation` (an
+/// upstream's own content filter), so the log counts it with the guardrails' blocks.
+pub fn upstream_error_event(value: &Value) -> Error {
+    let error = value.get("error").unwrap_or(value);
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("error event in the stream");
+    let mut err = Error::new(StatusCode::BAD_GATEWAY, message.to_owned());
+    if let Some(code) = error
+        .get("code")
+        .and_then(Value::as_str)
+        .or_else(|| value.get("code").and_then(Value::as_str))
+    {
+        err = err.with_code(code.to_owned());
+        if code == CONTENT_POLICY_VIOLATION {
+            err = err.with_class(ErrorClass::PolicyBlock);
+        }
+    }
+    err
+}
+
+/// Whether an event may matter to the log: anything but a single `data:` line, or data that
+/// mentions `"usage"` or `"error"`.
+fn may_matter(fields: &[u8]) -> bool {
+    let Some(data) = fields.strip_prefix(b"data:") else {
+        return true;
+    };
+    let end = memchr::memchr2(b'\r', b'\n', data).unwrap_or(data.len());
+    let (data, rest) = data.split_at(end);
+    if !rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+        return true;
+    }
+    USAGE.find(data).is_some() || ERROR.find(data).is_some()
+}
+
+static USAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static ERROR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+
+/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
+/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
+fn has_usage(data: &[u8]) -> bool {
+    let Some(at) = USAGE.find(data) else {
+        return false;
+    };
+    let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+    !rest.starts_with(b"null")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_usage;
+
+    #[test]
+    fn usage_null_is_not_usage() {
+        assert!(!has_usage(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
+        assert!(!has_usage(br#"{"usage" : null}"#));
+        assert!(!has_usage(br#"{"choices":[]}"#));
+        assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(has_usage(br#"{"usage" :{"total_tokens":3}}"#));
+    }
+}
