@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::{Error, Usage};
 
 /// A per-request report of what the response body carried, written by the layer that reads the
-/// body (the streaming guardrail layer decodes every event anyway) and read by the spend-log
-/// layer when the request ends, so the same SSE bytes are not walked twice.
+/// body (the streaming guardrail layer decodes every event anyway, the error layer frames every
+/// stream; see [`StreamWatch`](crate::StreamWatch)) and read by the spend-log layer when the
+/// request ends, so the same SSE bytes are not walked twice.
 ///
 /// The spend-log layer inserts one into the request extensions; a layer that finds one there
 /// fills it and marks the response as observed.

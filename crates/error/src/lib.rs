@@ -37,6 +37,12 @@
 //! chat completions, Responses, completions and embeddings; Anthropic
 //! `{"type": "error", "error": {"type", "message"}}` for `/v1/messages`.
 //!
+//! A successful event stream passes through one whole event at a time: if the upstream cuts it
+//! after the head was sent, the client gets the endpoint's in-band error event and terminator,
+//! never half an event. Behind a spend-log layer, the events it frames are also read for the log
+//! (usage, the upstream's own error events), unless a layer inside already reads them, so the
+//! spend-log layer frames nothing itself.
+//!
 //! Each failure is reported to an [`OnFailure`] hook with its [`ErrorClass`]: a policy block is
 //! reported as a policy block, never as an upstream or internal failure.
 //!

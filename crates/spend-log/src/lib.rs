@@ -39,8 +39,11 @@
 //! so a guardrail block on `/v1/responses` is recorded exactly like one on
 //! `/v1/chat/completions`. The body is read as it passes, never copied or delayed; usage comes
 //! from the JSON body (a scanner that keeps only its top-level `usage`, whatever the body's
-//! size) or the streamed usage events (or from the streaming guardrail layer, which decodes
-//! the stream anyway). A stream that ends early (blocked after the 200, failed, abandoned)
+//! size) or the streamed usage events. A stream is framed for the log once, by the innermost
+//! layer that frames it anyway: the streaming guardrail layer (with a post-call guardrail), else
+//! the error layer (which releases whole events), else this layer; each reads the same usage
+//! and upstream error events ([`StreamWatch`](guardrail_tower_core::StreamWatch)) into the
+//! request's [`ResponseReport`](guardrail_tower_core::ResponseReport). A stream that ends early (blocked after the 200, failed, abandoned)
 //! before the upstream's usage event records an estimate from the text delivered, marked
 //! `usage_estimated` (see [`SpendMetadata`]).
 //!
