@@ -118,7 +118,7 @@ impl Gateway {
         if let Some(path) = writer.dead_letter_path() {
             // Created on the first record the database will not take: a file that cannot be
             // written then would lose that record. Said now, not at the first outage.
-            if let Err(e) = can_append_to(path) {
+            if let Err(e) = writer.check_dead_letter() {
                 return Err(ConfigError::new(
                     "general_settings.spend_logs_dead_letter_path",
                     None,
@@ -470,39 +470,6 @@ fn key_store_error(e: impl std::fmt::Display) -> ConfigError {
         None,
         format!("cannot open the key table: {e}"),
     )
-}
-
-/// Whether a file can be appended to at `path`, without creating anything: the file itself if
-/// it exists, else its nearest existing ancestor, which must be a directory (the dead-letter
-/// writer creates the missing ones) that this process may write in.
-fn can_append_to(path: &std::path::Path) -> std::io::Result<()> {
-    use nix::unistd::{AccessFlags, access};
-    let mut at = path;
-    loop {
-        match std::fs::metadata(at) {
-            Ok(meta) => {
-                if at == path && meta.is_dir() {
-                    return Err(std::io::Error::other("it is a directory"));
-                }
-                if at != path && !meta.is_dir() {
-                    return Err(std::io::Error::other(format!(
-                        "{} is not a directory",
-                        at.display()
-                    )));
-                }
-                return access(at, AccessFlags::W_OK).map_err(std::io::Error::from);
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound && at != std::path::Path::new(".") =>
-            {
-                at = match at.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => parent,
-                    _ => std::path::Path::new("."),
-                };
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 async fn open_spend_logs(

@@ -425,6 +425,36 @@ impl SpendLogHandle {
         self.inner.shared.dead_letter.as_ref().map(DeadLetter::path)
     }
 
+    /// Checks, without creating anything, that the dead-letter file can be written: the file if
+    /// it exists, else its nearest existing ancestor, which must be a directory this process may
+    /// write in (the missing ones are created with the first record). The file is only created
+    /// when the sink first refuses a record, so a path that cannot be written would otherwise
+    /// surface at the first outage, losing its records: call this at start and refuse to run on
+    /// an error. `Ok` when there is no dead-letter file.
+    ///
+    /// ```
+    /// use guardrail_tower_spend_log::{ChannelSink, SpendLogWriter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // A path under a file, not a directory: no record could ever be written there.
+    /// let file = std::env::temp_dir().join(format!("not-a-dir-{}", std::process::id()));
+    /// std::fs::write(&file, b"").unwrap();
+    /// let (sink, _records) = ChannelSink::new();
+    /// let handle = SpendLogWriter::new()
+    ///     .dead_letter_path(file.join("dead.jsonl"))
+    ///     .spawn(sink);
+    /// assert!(handle.check_dead_letter().is_err());
+    /// # std::fs::remove_file(&file).unwrap();
+    /// # }
+    /// ```
+    pub fn check_dead_letter(&self) -> std::io::Result<()> {
+        match self.dead_letter_path() {
+            Some(path) => can_append_to(path),
+            None => Ok(()),
+        }
+    }
+
     /// Whether shutdown has begun (new records go to the dead-letter file).
     pub fn is_closed(&self) -> bool {
         self.inner.shared.closed.load(Ordering::Acquire)
@@ -1066,6 +1096,37 @@ impl<S> Drop for Worker<S> {
         }
         for record in left {
             self.shared.dead_letter(record, Reason::WriterStopped, None);
+        }
+    }
+}
+
+/// Whether a file can be appended to at `path`, without creating anything: the file itself if
+/// it exists, else its nearest existing ancestor, which must be a directory (the dead-letter
+/// writer creates the missing ones) that this process may write in.
+fn can_append_to(path: &Path) -> std::io::Result<()> {
+    use nix::unistd::{AccessFlags, access};
+    let mut at = path;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) => {
+                if at == path && meta.is_dir() {
+                    return Err(std::io::Error::other("it is a directory"));
+                }
+                if at != path && !meta.is_dir() {
+                    return Err(std::io::Error::other(format!(
+                        "{} is not a directory",
+                        at.display()
+                    )));
+                }
+                return access(at, AccessFlags::W_OK).map_err(std::io::Error::from);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && at != Path::new(".") => {
+                at = match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => Path::new("."),
+                };
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -550,3 +550,33 @@ async fn dropping_every_handle_still_writes_what_was_queued() {
     drop(handle);
     eventually("100 rows", || sink.ids().len() == 100).await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_path_is_checked_without_creating_anything() {
+    let dir = temp_dir("dead-letter-check");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let check = |path: Option<std::path::PathBuf>| {
+        let writer = match path {
+            Some(path) => fast().dead_letter_path(path),
+            None => fast().without_dead_letter(),
+        };
+        writer.spawn(MemSink::new()).check_dead_letter()
+    };
+    // Writable: a file that exists, or one whose missing directories the writer creates.
+    assert!(check(Some(file.clone())).is_ok());
+    assert!(check(Some(dir.path().join("not/yet/dead.jsonl"))).is_ok());
+    assert!(check(None).is_ok());
+    // Never writable: a directory, or a path under a file.
+    let err = check(Some(dir.path().to_owned())).unwrap_err();
+    assert_eq!(err.to_string(), "it is a directory");
+    assert!(check(Some(file.join("dead.jsonl"))).is_err());
+    assert!(check(Some(file.join("deeper/dead.jsonl"))).is_err());
+    // Nothing was created by checking.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a-file"]);
+}
