@@ -140,6 +140,20 @@ fn summary(record: &SpendRecord) -> Value {
     })
 }
 
+/// A content delta whose text says "error" and "usage": content, neither an error nor usage.
+macro_rules! delta {
+    () => {
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"an \\\"error\\\" and its usage\"}}]}\n\n"
+    };
+}
+
+/// An Anthropic stream's first event, with the input tokens.
+macro_rules! message_start {
+    () => {
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n"
+    };
+}
+
 #[tokio::test]
 async fn every_reader_of_a_stream_logs_the_same_usage_and_errors() {
     let chat = "/v1/chat/completions";
@@ -158,7 +172,7 @@ async fn every_reader_of_a_stream_logs_the_same_usage_and_errors() {
             // An upstream's own content filter, in-band after the 200: a policy block.
             chat,
             concat!(
-                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"an \\\"error\\\" and its usage\"}}]}\n\n",
+                delta!(),
                 "data: {\"error\":{\"message\":\"flagged by the provider\",\"type\":\"invalid_request_error\",\"code\":\"content_policy_violation\"}}\n\n",
                 "data: [DONE]\n\n",
             ),
@@ -169,7 +183,7 @@ async fn every_reader_of_a_stream_logs_the_same_usage_and_errors() {
             // The code beside the error object, as some servers send it.
             chat,
             concat!(
-                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"an \\\"error\\\" and its usage\"}}]}\n\n",
+                delta!(),
                 "data: {\"error\":{\"message\":\"overloaded\"},\"code\":\"server_error\"}\n\n",
                 "data: [DONE]\n\n",
             ),
@@ -179,7 +193,7 @@ async fn every_reader_of_a_stream_logs_the_same_usage_and_errors() {
         (
             "/v1/messages",
             concat!(
-                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+                message_start!(),
                 "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
                 "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello\"}}\n\n",
                 "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
@@ -191,7 +205,7 @@ async fn every_reader_of_a_stream_logs_the_same_usage_and_errors() {
         (
             "/v1/messages",
             concat!(
-                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+                message_start!(),
                 "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
             ),
             json!({"status": "failure", "tokens": [7, 1, 8],

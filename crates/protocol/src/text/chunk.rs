@@ -98,7 +98,7 @@ impl<'de> Visitor<'de> for ChunkVisitor {
             match name {
                 Some(0) => {
                     once(&mut seen[0])?;
-                    map.next_value_seed(Choices(&mut out))?;
+                    map.next_value_seed(OrNull(Choices(&mut out)))?;
                 }
                 Some(1) => {
                     once(&mut seen[1])?;
@@ -117,14 +117,14 @@ impl<'de> Visitor<'de> for ChunkVisitor {
     }
 }
 
-/// `choices`: `null`, or an array of choices, each read into the event.
+/// `choices` (when not `null`): an array of choices, each read into the event.
 struct Choices<'r, 'de>(&'r mut EventRead<'de>);
 
 impl<'de> DeserializeSeed<'de> for Choices<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_option(self)
+        deserializer.deserialize_seq(self)
     }
 }
 
@@ -132,19 +132,7 @@ impl<'de> Visitor<'de> for Choices<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of choices or null")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
+        f.write_str("an array of choices")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -196,7 +184,7 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
                 }
                 Some(1) => {
                     once(&mut seen[1])?;
-                    content = map.next_value_seed(DeltaContent)?;
+                    content = map.next_value_seed(OrNull(DeltaContent))?.flatten();
                 }
                 Some(2) => {
                     once(&mut seen[2])?;
@@ -225,15 +213,15 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
     }
 }
 
-/// A choice's `delta`: `null`, or an object whose only members other than `null` are `role`
-/// and a string `content`; its value is that content.
+/// A choice's `delta` (when not `null`): an object whose only members other than `null` are
+/// `role` and a string `content`; its value is that content.
 struct DeltaContent;
 
 impl<'de> DeserializeSeed<'de> for DeltaContent {
     type Value = Option<Cow<'de, str>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_option(self)
+        deserializer.deserialize_map(self)
     }
 }
 
@@ -241,19 +229,7 @@ impl<'de> Visitor<'de> for DeltaContent {
     type Value = Option<Cow<'de, str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a delta or null")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
+        f.write_str("a delta")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -264,7 +240,7 @@ impl<'de> Visitor<'de> for DeltaContent {
             match name {
                 Some(0) => {
                     once(&mut seen)?;
-                    content = map.next_value_seed(OptionalText)?;
+                    content = map.next_value_seed(OrNull(Text))?;
                 }
                 Some(_) => {
                     map.next_value::<IgnoredAny>()?;
@@ -281,22 +257,49 @@ impl<'de> Visitor<'de> for DeltaContent {
     }
 }
 
-/// A string (borrowed unless it has escapes) or `null`.
-struct OptionalText;
+/// A string, borrowed unless it has escapes.
+struct Text;
 
-impl<'de> DeserializeSeed<'de> for OptionalText {
-    type Value = Option<Cow<'de, str>>;
+impl<'de> DeserializeSeed<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+/// `null` (`None`), or what `S` reads.
+struct OrNull<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_option(self)
     }
 }
 
-impl<'de> Visitor<'de> for OptionalText {
-    type Value = Option<Cow<'de, str>>;
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or null")
+        f.write_str("null or a value")
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -308,15 +311,7 @@ impl<'de> Visitor<'de> for OptionalText {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(v.to_owned())))
+        self.0.deserialize(deserializer).map(Some)
     }
 }
 
