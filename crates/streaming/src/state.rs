@@ -1292,7 +1292,6 @@ pub(crate) fn data_value(event: &SseEvent) -> Option<Value> {
     guardrail_tower_protocol::json::from_slice(event.data()?).ok()
 }
 
-/// The error an upstream error event stands for (passed through to the client as it came).
 #[cfg(test)]
 mod tests {
     use super::changes;
