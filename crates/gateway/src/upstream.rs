@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,7 +91,9 @@ pin_project! {
     ///
     /// The timer is not moved for every frame: a wait records when it began, and the timer,
     /// armed for an earlier wait's end, is moved on only when it fires before the current
-    /// wait's end. A stream of many events costs a clock read per wait, not a timer update.
+    /// wait's end. Nor is it polled at every wait: while it holds the task's waker and its
+    /// deadline has not come, it has nothing to say. A stream of many events costs a clock read
+    /// per wait, not a timer update or a timer poll.
     pub struct IdleTimeout<B> {
         #[pin]
         body: B,
@@ -100,6 +102,9 @@ pin_project! {
         idle: Duration,
         // When the current wait for a frame began; `None` between waits.
         waiting_since: Option<Instant>,
+        // The waker the timer holds since it was last polled; `None` before the first poll
+        // and once it fired (firing takes the waker).
+        armed: Option<Waker>,
     }
 }
 
@@ -111,6 +116,7 @@ impl<B> IdleTimeout<B> {
             sleep: tokio::time::sleep(idle),
             idle,
             waiting_since: None,
+            armed: None,
         }
     }
 }
@@ -132,10 +138,26 @@ where
             *this.waiting_since = None;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let since = *this.waiting_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let since = *this.waiting_since.get_or_insert(now);
         let deadline = since + *this.idle;
+        let holds_waker = this
+            .armed
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if holds_waker && now < this.sleep.deadline() {
+            // The timer will wake this task at its deadline; the body, when it has a frame.
+            return Poll::Pending;
+        }
         loop {
-            ready!(this.sleep.as_mut().poll(cx));
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                match this.armed {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    armed => *armed = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            *this.armed = None;
             if this.sleep.deadline() >= deadline {
                 break;
             }
@@ -575,6 +597,51 @@ mod tests {
             Duration::from_millis(100),
         );
         assert_eq!(read(body, Duration::from_millis(500)).await, (5, None));
+    }
+
+    /// A waker that counts its wakes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn wakes(w: &Arc<Wakes>) -> usize {
+        w.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_wakes_the_task_that_polled_last_at_the_limit_and_not_before() {
+        // An upstream that never sends: the timer alone ends the wait.
+        let silent = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, std::io::Error>,
+        >());
+        let mut body = std::pin::pin!(IdleTimeout::new(silent, Duration::from_millis(100)));
+        let (a, b) = (Arc::new(Wakes(0.into())), Arc::new(Wakes(0.into())));
+        let (wa, wb) = (Waker::from(Arc::clone(&a)), Waker::from(Arc::clone(&b)));
+        let mut poll = |waker: &Waker| body.as_mut().poll_frame(&mut Context::from_waker(waker));
+        // Polled again and again before the limit (as a task woken for other reasons is).
+        for _ in 0..5 {
+            assert!(poll(&wa).is_pending());
+        }
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(poll(&wa).is_pending());
+        // Then by another task: the timer must wake that one.
+        assert!(poll(&wb).is_pending());
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert!(poll(&wb).is_pending());
+        assert_eq!((wakes(&a), wakes(&b)), (0, 0), "nothing before the limit");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!((wakes(&a), wakes(&b)), (0, 1));
+        match poll(&wb) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(
+                e.to_string(),
+                "the upstream sent nothing for 100 ms mid-response"
+            ),
+            other => panic!("expected the idle timeout, got {other:?}"),
+        }
     }
 
     #[test]
