@@ -35,6 +35,7 @@ use tower_http::decompression::DecompressionLayer;
 
 use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
+use crate::drain::drained;
 use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
@@ -390,8 +391,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// a further 8 KiB before its second read, so every HTTP/1 connection's read buffer grew to
 /// 16 KiB and stayed there: 8 KiB more per keep-alive connection and open stream.)
 ///
-/// `watcher` makes the connection part of the graceful shutdown once it is served; while it is
-/// still waiting for its first bytes, `stopping` ends it.
+/// `watcher` makes the connection part of the graceful shutdown once it is served, and
+/// `stopping` drains it (see [`Drained`](crate::drain::Drained)); while it is still waiting for
+/// its first bytes, `stopping` ends it.
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,
@@ -417,10 +419,10 @@ async fn serve_connection<S>(
     if http2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, service);
-        let _ = watcher.watch(connection).await;
+        let _ = drained(connection, watcher, stopping).await;
     } else {
         let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-        let _ = watcher.watch(connection).await;
+        let _ = drained(connection, watcher, stopping).await;
     }
 }
 

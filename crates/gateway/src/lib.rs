@@ -84,6 +84,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+mod drain;
 pub mod guardrail_routes;
 pub mod health;
 pub mod keys;

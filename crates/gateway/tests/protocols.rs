@@ -94,3 +94,27 @@ async fn a_connection_that_sends_nothing_does_not_hold_up_shutdown() {
         .unwrap();
     drop(silent);
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve(gateway(&upstream, &dir).await).await;
+    let url = running.url("/v1/chat/completions");
+    let http1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let http2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    for client in [&http1, &http2] {
+        let resp = client.request(chat(&url, "hello")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    // Both clients keep their connection open and idle. The grace period is 30 s: an idle
+    // connection is told to close at once, not waited for.
+    tokio::time::timeout(Duration::from_secs(5), running.stop())
+        .await
+        .expect("the gateway stopped without waiting for idle keep-alive connections")
+        .unwrap();
+    drop((http1, http2));
+}
