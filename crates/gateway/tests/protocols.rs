@@ -44,16 +44,25 @@ fn chat(url: &str, content: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// An HTTP/1.1 client and an HTTP/2 client with prior knowledge (h2c), each keeping its
+/// connection alive between requests.
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn clients() -> (HttpClient, HttpClient) {
+    let http1 = Client::builder(TokioExecutor::new()).build_http();
+    let http2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    (http1, http2)
+}
+
 #[tokio::test]
 async fn http1_and_http2_with_prior_knowledge_are_both_served() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let running = serve(gateway(&upstream, &dir).await).await;
     let url = running.url("/v1/chat/completions");
-    let http1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let http2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let (http1, http2) = clients();
     for (client, version) in [(http1, Version::HTTP_11), (http2, Version::HTTP_2)] {
         // Two requests each, so the second reuses the connection.
         for (content, status) in [("hello", 200), ("a forbidden plan", 400)] {
@@ -101,10 +110,7 @@ async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let running = serve(gateway(&upstream, &dir).await).await;
     let url = running.url("/v1/chat/completions");
-    let http1 = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let http2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let (http1, http2) = clients();
     for client in [&http1, &http2] {
         let resp = client.request(chat(&url, "hello")).await.unwrap();
         assert_eq!(resp.status(), 200);
