@@ -56,10 +56,7 @@ stream_request
 gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gateway.yaml"
 [[ ${BENCH_CONFIG:-none} == filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gateway.yaml"
 
-"$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-wait_port "$MOCK_PORT" "$MOCK_PID" || die "the mock upstream did not start: $(tail -n 5 "$WORK/mock.log")"
+start_mock
 
 # load SECONDS: runs oha against the gateway; prints its requests per second.
 load() {

@@ -51,9 +51,7 @@ build_release
 work_dir cpu
 stream_request
 
-"$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
+start_mock
 
 # start TARGET: starts the proxy; sets PROXY to its pid.
 start() {
@@ -89,7 +87,7 @@ for target in $TARGETS; do
     read -r u1 s1 c1 <<<"$(sample)"
     rps=$(awk '/Requests\/sec/ { print $2 }' "$WORK/oha.txt")
     stop_tree "$PROXY"
-    PIDS=("${PIDS[0]}")
+    PIDS=("$MOCK_PID")
     awk -v t="$target" -v r="$rps" -v n="$N" -v k="$TICK" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dc=$((c1 - c0)) \
         'BEGIN { printf "| %s | %.0f | %.1f | %.1f | %.2f |\n", t, r, du / k / n * 1e6, ds / k / n * 1e6, dc / n }'
 done
@@ -109,5 +107,5 @@ for target in $TARGETS; do
         sort -k2 -rn | awk '$2 >= 0.01 { printf "%s%s %s", sep, $1, $2; sep = ", " }')
     printf '| %s | %s |\n' "$target" "$calls"
     stop_tree "$PROXY"
-    PIDS=("${PIDS[0]}")
+    PIDS=("$MOCK_PID")
 done

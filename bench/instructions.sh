@@ -66,9 +66,7 @@ work_dir instructions
 stream_request
 
 
-"$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-wait_port "$MOCK_PORT" || die "nothing listens on $HOST:$MOCK_PORT"
+start_mock
 if [[ " $TARGETS " == *" gw-remote "* ]]; then
     "$BIN/guard-mock" --listen "$HOST:$GUARD_PORT" --latency-ms 0 >"$WORK/guard.log" 2>&1 &
     PIDS+=($!)

@@ -82,6 +82,16 @@ stream_request() {
     STREAM=(-H "x-mock-events: $BENCH_EVENTS")
 }
 
+# start_mock: starts the mock upstream on HOST:MOCK_PORT (its output in WORK/mock.log) and waits
+# until it listens; sets MOCK_PID and adds it to PIDS. Dies, with the mock's last lines, if it
+# does not start.
+start_mock() {
+    "$BIN/mock-upstream" --listen "$HOST:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
+    MOCK_PID=$!
+    PIDS+=("$MOCK_PID")
+    wait_port "$MOCK_PORT" "$MOCK_PID" || die "the mock upstream did not start: $(tail -n 5 "$WORK/mock.log")"
+}
+
 # post_all WHAT N CONCURRENCY [OHA ARGS...]: N chat requests (BODY, with STREAM's header when
 # set) from oha at CONCURRENCY to the proxy on HOST:PROXY_PORT, its output in WORK/oha.txt;
 # dies (naming WHAT) unless every request got a 200. Bounded by a 300 s timeout.
