@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for Counts {
                 while let Some(key) = map.next_key_seed(MemberName(&COUNT_KEYS))? {
                     match key {
                         // A number, or anything else (which counts as absent, as `as_u64` says).
-                        Some(i) => counts.0[i] = map.next_value::<Value>()?.as_u64(),
+                        Some(i) => counts.0[i] = map.next_value_seed(Count)?,
                         None => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -69,6 +69,64 @@ impl<'de> Deserialize<'de> for Counts {
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// One count, read as `Value::as_u64` would read the parsed value: a non-negative integer is
+/// the count; anything else (a negative or fractional number, a string, `null`, an object or
+/// array, which are skipped) is no count. Unlike parsing a `Value`, it builds nothing.
+struct Count;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count {
+    type Value = Option<u64>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Option<u64>, E> {
+        Ok(u64::try_from(v).ok())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
     }
 }
 
@@ -249,6 +307,9 @@ mod tests {
             // object is no count; an escaped name is the same name.
             r#"{"prompt_tokens":1,"prompt_tokens":9,"completion_tokens":2.5,"total_tokens":-1}"#,
             r#"{"prompt_tokens":"3","completion_tokens":{"n":1},"\u0074otal_tokens":7,"output_tokens":4}"#,
+            r#"{"prompt_tokens":true,"completion_tokens":[1,{"a":[2]}],"total_tokens":null,"input_tokens":0}"#,
+            r#"{"prompt_tokens":-0,"completion_tokens":1e2,"total_tokens":18446744073709551615}"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":"","output_tokens":[]}"#,
             r#"{"unrelated":[1,2,{"prompt_tokens":3}]}"#,
             r#"{}"#,
             r#"[1]"#,

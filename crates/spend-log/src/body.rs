@@ -95,11 +95,17 @@ const MAX_KEY: usize = 16;
 /// parsed by `serde_json` at the end, so a malformed value is simply not used. A document that
 /// is not an object has no usage. When a member appears twice, the last one counts (as in the
 /// JSON parsers clients use).
+///
+/// It is on the path of every non-streamed response, so it skips rather than steps: a string
+/// is searched for its closing quote at once, a run of bytes that cannot change the nesting
+/// (digits, letters, `:` and `,` inside a value) is passed over in one loop, and a member name
+/// is compared where it lies in the chunk (copied only when a chunk ends inside it).
 #[derive(Debug, Default)]
 pub(crate) struct JsonScanner {
     state: ScanState,
-    /// The current member's name, while it is short enough to be one we want.
-    key: Vec<u8>,
+    /// The current member's name (its first [`MAX_KEY`] bytes, escapes not decoded).
+    key: [u8; MAX_KEY],
+    key_len: usize,
     key_too_long: bool,
     /// Which member the current value belongs to, if it is one we keep.
     capturing: Option<Member>,
@@ -140,6 +146,72 @@ enum ScanState {
     Done,
 }
 
+/// What a byte means to [`JsonScanner::scan_value`] outside strings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Cannot change the nesting or end a value below the top level: digits, letters, `:`,
+    /// `,` and whitespace inside a value, anything else.
+    Plain,
+    Quote,
+    Open,
+    Close,
+    /// `,` or whitespace: ends a scalar at the top level.
+    Delimiter,
+}
+
+const CLASSES: [Class; 256] = {
+    let mut table = [Class::Plain; 256];
+    table[b'"' as usize] = Class::Quote;
+    table[b'{' as usize] = Class::Open;
+    table[b'[' as usize] = Class::Open;
+    table[b'}' as usize] = Class::Close;
+    table[b']' as usize] = Class::Close;
+    table[b',' as usize] = Class::Delimiter;
+    table[b' ' as usize] = Class::Delimiter;
+    table[b'\t' as usize] = Class::Delimiter;
+    table[b'\n' as usize] = Class::Delimiter;
+    table[b'\r' as usize] = Class::Delimiter;
+    // Not JSON whitespace, but `u8::is_ascii_whitespace` (which the top-level states use).
+    table[0x0C] = Class::Delimiter;
+    table
+};
+
+/// The first `"` or `\` in `bytes`. Most strings of a response (member names, ids, short
+/// values) are short, and `memchr2` costs more to set up than they take to search, so the
+/// first [`INLINE`] bytes are searched a word at a time here and only what follows by
+/// `memchr2`.
+#[inline]
+fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    /// How far the word-at-a-time search goes before `memchr2` takes over.
+    const INLINE: usize = 64;
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    let mut words = bytes[..bytes.len().min(INLINE)].chunks_exact(8);
+    let mut at = 0;
+    for word in words.by_ref() {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let (q, b) = (word ^ QUOTES, word ^ BACKSLASHES);
+        // The high bit of each byte that was zero (a match), and possibly of bytes above a
+        // match (a borrow); the lowest set bit is always the first match.
+        let found = (q.wrapping_sub(ONES) & !q | b.wrapping_sub(ONES) & !b) & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if let Some(i) = words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+    {
+        return Some(at + i);
+    }
+    at += words.remainder().len();
+    memchr::memchr2(b'"', b'\\', &bytes[at..]).map(|i| at + i)
+}
+
 impl JsonScanner {
     /// The raw text of the last complete top-level `usage` member, if any.
     pub(crate) fn usage(&self) -> Option<&[u8]> {
@@ -155,12 +227,17 @@ impl JsonScanner {
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         let mut i = 0;
         while i < chunk.len() {
-            if self.state == ScanState::Done {
-                return;
-            }
-            if self.state == ScanState::Value {
-                i += self.scan_value(&chunk[i..]);
-                continue;
+            match self.state {
+                ScanState::Done => return,
+                ScanState::Value => {
+                    i += self.scan_value(&chunk[i..]);
+                    continue;
+                }
+                ScanState::Key => {
+                    i += self.scan_key(&chunk[i..]);
+                    continue;
+                }
+                _ => {}
             }
             let b = chunk[i];
             i += 1;
@@ -174,7 +251,7 @@ impl JsonScanner {
                 },
                 ScanState::BeforeKey => match b {
                     b'"' => {
-                        self.key.clear();
+                        self.key_len = 0;
                         self.key_too_long = false;
                         self.escaped = false;
                         self.state = ScanState::Key;
@@ -184,19 +261,6 @@ impl JsonScanner {
                     b if b.is_ascii_whitespace() => {}
                     _ => self.state = ScanState::Done,
                 },
-                ScanState::Key => {
-                    if self.escaped {
-                        self.escaped = false;
-                        self.push_key(b);
-                    } else if b == b'\\' {
-                        self.escaped = true;
-                        self.push_key(b);
-                    } else if b == b'"' {
-                        self.state = ScanState::AfterKey;
-                    } else {
-                        self.push_key(b);
-                    }
-                }
                 ScanState::AfterKey => match b {
                     b':' => self.state = ScanState::BeforeValue,
                     b if b.is_ascii_whitespace() => {}
@@ -222,14 +286,47 @@ impl JsonScanner {
                     b if b.is_ascii_whitespace() => {}
                     _ => self.state = ScanState::Done,
                 },
-                ScanState::Value | ScanState::Done => unreachable!("handled above"),
+                ScanState::Key | ScanState::Value | ScanState::Done => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
 
-    fn push_key(&mut self, b: u8) {
-        if self.key.len() < MAX_KEY {
-            self.key.push(b);
+    /// Scans member-name bytes from the start of `chunk`; returns how many it consumed (all of
+    /// them, or up to and including the closing quote).
+    fn scan_key(&mut self, chunk: &[u8]) -> usize {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.escaped {
+                // The escaped byte is kept as it is; `member` decodes the escapes.
+                self.escaped = false;
+                self.push_key(&chunk[i..=i]);
+                i += 1;
+                continue;
+            }
+            let Some(at) = quote_or_backslash(&chunk[i..]) else {
+                self.push_key(&chunk[i..]);
+                return chunk.len();
+            };
+            self.push_key(&chunk[i..i + at]);
+            i += at;
+            if chunk[i] == b'"' {
+                self.state = ScanState::AfterKey;
+                return i + 1;
+            }
+            self.escaped = true;
+            self.push_key(b"\\");
+            i += 1;
+        }
+        i
+    }
+
+    fn push_key(&mut self, bytes: &[u8]) {
+        let end = self.key_len + bytes.len();
+        if end <= MAX_KEY {
+            self.key[self.key_len..end].copy_from_slice(bytes);
+            self.key_len = end;
         } else {
             self.key_too_long = true;
         }
@@ -241,18 +338,21 @@ impl JsonScanner {
         if self.key_too_long {
             return None;
         }
-        let name: std::borrow::Cow<'_, str> = if self.key.contains(&b'\\') {
-            let mut quoted = Vec::with_capacity(self.key.len() + 2);
+        let key = &self.key[..self.key_len];
+        let decoded;
+        let name = if key.contains(&b'\\') {
+            let mut quoted = Vec::with_capacity(key.len() + 2);
             quoted.push(b'"');
-            quoted.extend_from_slice(&self.key);
+            quoted.extend_from_slice(key);
             quoted.push(b'"');
-            serde_json::from_slice::<String>(&quoted).ok()?.into()
+            decoded = serde_json::from_slice::<String>(&quoted).ok()?;
+            decoded.as_bytes()
         } else {
-            std::str::from_utf8(&self.key).ok()?.into()
+            key
         };
-        match &*name {
-            "usage" => Some(Member::Usage),
-            "error" => Some(Member::Error),
+        match name {
+            b"usage" => Some(Member::Usage),
+            b"error" => Some(Member::Error),
             _ => None,
         }
     }
@@ -263,52 +363,50 @@ impl JsonScanner {
         let mut end = None;
         let mut i = 0;
         while i < chunk.len() {
-            let b = chunk[i];
             if self.in_string {
-                // Skip to the next quote or backslash at once.
                 if self.escaped {
                     self.escaped = false;
-                } else if let Some(at) = memchr::memchr2(b'"', b'\\', &chunk[i..]) {
-                    i += at;
-                    if chunk[i] == b'\\' {
-                        self.escaped = true;
-                    } else {
-                        self.in_string = false;
-                        if self.depth == 0 {
-                            end = Some(i + 1);
-                            break;
-                        }
-                    }
-                } else {
+                    i += 1;
+                    continue;
+                }
+                // Skip to the next quote or backslash at once.
+                let Some(at) = quote_or_backslash(&chunk[i..]) else {
                     break;
+                };
+                i += at;
+                if chunk[i] == b'\\' {
+                    self.escaped = true;
+                } else {
+                    self.in_string = false;
+                    if self.depth == 0 {
+                        end = Some(i + 1);
+                        break;
+                    }
                 }
                 i += 1;
                 continue;
             }
-            match b {
-                b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
-                b'}' | b']' if self.depth > 0 => {
+            match CLASSES[usize::from(chunk[i])] {
+                Class::Plain => {}
+                Class::Quote => self.in_string = true,
+                Class::Open => self.depth += 1,
+                Class::Close if self.depth > 0 => {
                     self.depth -= 1;
                     if self.depth == 0 {
                         end = Some(i + 1);
                         break;
                     }
                 }
-                // A scalar ends at the delimiter after it, which belongs to the object.
-                b',' | b'}' | b']' if self.depth == 0 => {
+                // A scalar ends at the delimiter after it (a `,` or `}` belongs to the object).
+                Class::Close | Class::Delimiter if self.depth == 0 => {
                     end = Some(i);
                     break;
                 }
-                b if b.is_ascii_whitespace() && self.depth == 0 => {
-                    end = Some(i);
-                    break;
-                }
-                _ => {}
+                Class::Close | Class::Delimiter => {}
             }
             i += 1;
         }
-        let consumed = end.unwrap_or(chunk.len()).min(chunk.len());
+        let consumed = end.unwrap_or(chunk.len());
         if self.capturing.is_some() && !self.value_too_long {
             if self.value.len() + consumed > MAX_MEMBER {
                 self.value_too_long = true;
@@ -318,10 +416,13 @@ impl JsonScanner {
             }
         }
         if end.is_some() {
-            let value = std::mem::take(&mut self.value);
             match self.capturing.take() {
-                Some(Member::Usage) if !self.value_too_long => self.usage = Some(value),
-                Some(Member::Error) if !self.value_too_long => self.error = Some(value),
+                Some(Member::Usage) if !self.value_too_long => {
+                    self.usage = Some(std::mem::take(&mut self.value));
+                }
+                Some(Member::Error) if !self.value_too_long => {
+                    self.error = Some(std::mem::take(&mut self.value));
+                }
                 _ => {}
             }
             self.state = ScanState::AfterValue;
@@ -627,6 +728,44 @@ mod tests {
         for at in 0..=bytes.len() {
             let (a, b) = bytes.split_at(at);
             assert_eq!(scan(&[a, b]).0.as_deref(), Some(&*usage), "split at {at}");
+        }
+    }
+
+    /// The word-at-a-time search finds the first quote or backslash wherever it is (in a
+    /// word, in the tail, past the inline part), next to bytes that differ from them by one
+    /// bit or by the high bit (the trick's borrows), and nothing where there is none.
+    #[test]
+    fn the_string_search_finds_the_first_quote_or_backslash() {
+        let fillers = [
+            b'x',
+            b'"' ^ 0x80,
+            b'\\' ^ 0x80,
+            b'"' ^ 1,
+            b'\\' ^ 1,
+            0x00,
+            0xFF,
+            0x21,
+        ];
+        for len in 0..150 {
+            for filler in fillers {
+                let mut bytes = vec![filler; len];
+                assert_eq!(
+                    super::quote_or_backslash(&bytes),
+                    None,
+                    "{len} of {filler:#x}"
+                );
+                for at in 0..len {
+                    for found in [b'"', b'\\'] {
+                        bytes[at] = found;
+                        if at + 1 < len {
+                            // A later match does not hide the first.
+                            bytes[len - 1] = b'"';
+                        }
+                        assert_eq!(super::quote_or_backslash(&bytes), Some(at), "{len} {at}");
+                        bytes.fill(filler);
+                    }
+                }
+            }
         }
     }
 
