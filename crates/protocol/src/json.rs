@@ -175,6 +175,62 @@ impl Visitor<'_> for MemberName {
     }
 }
 
+/// Any JSON value, checked as strictly as parsing it into a `Value` (or a [`JsonView`]) checks
+/// it, and kept nowhere. `serde::de::IgnoredAny` is laxer with `serde_json`: it passes over
+/// numbers and escapes without decoding them, so it accepts `1e400` and a lone surrogate such
+/// as `"\ud800"`, which a whole-document parse refuses. The readers that pick a few members
+/// out of a document skip the others with this, so that they accept exactly the documents the
+/// general readers accept.
+pub(crate) struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Skip, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
 /// `serde_json::from_slice`, accepting and rejecting the same documents, with the document's
 /// UTF-8 checked once, a word at a time over ASCII, instead of string by string (fewer
 /// instructions for any document with strings); a document that fails the check is parsed from

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::CallType;
-use crate::json::{JsonView, MemberName};
+use crate::json::{JsonView, MemberName, Skip};
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ pub struct Usage {
 /// that is not a non-negative integer counts as absent (not as an error), and when a member
 /// appears twice the last one counts.
 #[derive(Debug, Default)]
-struct Counts([Option<u64>; COUNT_KEYS.len()]);
+pub(crate) struct Counts([Option<u64>; COUNT_KEYS.len()]);
 
 /// The members [`Counts`] keeps.
 const COUNT_KEYS: [&str; 7] = [
@@ -35,6 +35,12 @@ const COUNT_KEYS: [&str; 7] = [
 ];
 
 impl Counts {
+    /// The usage these counts make in the shape of `call_type` (as
+    /// [`Usage::from_usage_object`] on the parsed object).
+    pub(crate) fn usage(&self, call_type: CallType) -> Option<Usage> {
+        Usage::from_counts(call_type, |key| self.get(key))
+    }
+
     fn get(&self, key: &str) -> Option<u64> {
         COUNT_KEYS
             .iter()
@@ -61,7 +67,7 @@ impl<'de> Deserialize<'de> for Counts {
                         // A number, or anything else (which counts as absent, as `as_u64` says).
                         Some(i) => counts.0[i] = map.next_value_seed(Count)?,
                         None => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
+                            map.next_value::<Skip>()?;
                         }
                     }
                 }
@@ -117,15 +123,12 @@ impl<'de> serde::de::Visitor<'de> for Count {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
         Ok(None)
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Skip>()?.is_some() {}
         Ok(None)
     }
 }
@@ -310,6 +313,11 @@ mod tests {
             r#"{"prompt_tokens":true,"completion_tokens":[1,{"a":[2]}],"total_tokens":null,"input_tokens":0}"#,
             r#"{"prompt_tokens":-0,"completion_tokens":1e2,"total_tokens":18446744073709551615}"#,
             r#"{"prompt_tokens":18446744073709551616,"completion_tokens":"","output_tokens":[]}"#,
+            // What a whole-document parse refuses in a member skipped or a count: so does
+            // this reader (no usage), though `IgnoredAny` would let it through.
+            r#"{"prompt_tokens":1,"x":1e400}"#,
+            r#"{"prompt_tokens":1,"completion_tokens":["\ud800"]}"#,
+            r#"{"prompt_tokens":1,"total_tokens":-1e400}"#,
             r#"{"unrelated":[1,2,{"prompt_tokens":3}]}"#,
             r#"{}"#,
             r#"[1]"#,

@@ -14,21 +14,33 @@
 //!   `null`, a top-level value that is not an object;
 //! - any member it reads written twice (the general reader takes the last, as an upstream's
 //!   client does);
-//! - anything `serde_json` does not accept.
+//! - anything `serde_json` does not accept as a value (the members it skips are checked as a
+//!   whole-document parse checks them: numbers in range, no lone surrogates).
 //!
 //! When it returns `Some`, the result equals `read_event`'s for the same data (a property test
 //! holds the two equal over generated and damaged chunks).
+//!
+//! A whole chat completion response is read the same way: one choice or more whose `message`
+//! carries at most a string `content`, and the `usage` counts
+//! ([`CallType::response_texts_and_usage`] tries this reader first). It gives up at a
+//! `message` member that may hold text other than `content` (`name`, `refusal`, reasoning,
+//! `audio`, `tool_calls`, `function_call`) when it is not `null`, a `content` that is not a
+//! string or `null`, a choice's legacy `text`, a `usage` that is not an object or `null`, a
+//! member it reads written twice, a shape the general reader refuses, and anything `serde_json`
+//! does not accept. Members the general reader does not read (`role`, `annotations`,
+//! `logprobs`, unknown ones) are skipped, as it skips them.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::stream::{End, EventRead};
 use super::walk::key;
 use super::{Role, TextKind};
-use crate::CallType;
-use crate::json::MemberName;
+use crate::json::{MemberName, Skip};
+use crate::usage::Counts;
+use crate::{CallType, Usage};
 
 impl CallType {
     /// Reads a stream event of the common chat chunk shape straight from its data, without
@@ -62,6 +74,23 @@ impl CallType {
     }
 }
 
+impl CallType {
+    /// Reads a chat completion response of the common shape (see the module's documentation)
+    /// straight from its bytes: its texts in document order and its usage, as
+    /// [`CallType::response_texts_and_usage`] returns them. `None` for any other shape or call
+    /// type, and for bytes that are not JSON.
+    pub(crate) fn read_common_response(self, body: &[u8]) -> Option<(Vec<String>, Option<Usage>)> {
+        if self != CallType::ChatCompletions {
+            return None;
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let (texts, counts) = de.deserialize_map(ResponseVisitor).ok()?;
+        de.end().ok()?;
+        Some((texts, counts.and_then(|counts| counts.usage(self))))
+    }
+}
+
 /// Why the reader gave up; never shown (the general reader reads the event instead).
 fn not_common<E: de::Error>() -> E {
     E::custom("not the common chunk shape")
@@ -77,7 +106,7 @@ fn once<E: de::Error>(seen: &mut bool) -> Result<(), E> {
 
 /// Whether a member's value is anything but `null` (the value is checked and skipped).
 fn non_null<'de, A: MapAccess<'de>>(map: &mut A) -> Result<bool, A::Error> {
-    Ok(map.next_value::<Option<IgnoredAny>>()?.is_some())
+    Ok(map.next_value::<Option<Skip>>()?.is_some())
 }
 
 /// The chunk: `choices`, `error` and `usage` are read, every other member skipped.
@@ -109,7 +138,7 @@ impl<'de> Visitor<'de> for ChunkVisitor {
                     out.has_usage = non_null(&mut map)?;
                 }
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -197,7 +226,7 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
                     finished = non_null(&mut map)?;
                 }
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -243,13 +272,171 @@ impl<'de> Visitor<'de> for DeltaContent {
                     content = map.next_value_seed(OrNull(Text))?;
                 }
                 Some(_) => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
                 // Every other field of a delta may be text the general reader reads.
                 None => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }
+                }
+            }
+        }
+        Ok(content)
+    }
+}
+
+/// A whole response: `choices` and `usage` are read, every other member skipped.
+struct ResponseVisitor;
+
+impl<'de> Visitor<'de> for ResponseVisitor {
+    type Value = (Vec<String>, Option<Counts>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a chat completion")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const NAMES: &[&str] = &["choices", "usage"];
+        let mut texts = Vec::new();
+        let mut counts = None;
+        let mut seen = [false; 2];
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen[0])?;
+                    map.next_value_seed(OrNull(Messages(&mut texts)))?;
+                }
+                Some(_) => {
+                    once(&mut seen[1])?;
+                    counts = map.next_value::<Option<Counts>>()?;
+                }
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok((texts, counts))
+    }
+}
+
+/// A response's `choices` (when not `null`): each choice's `message` content, in order.
+struct Messages<'r>(&'r mut Vec<String>);
+
+impl<'de> DeserializeSeed<'de> for Messages<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Messages<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of choices")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(content) = seq.next_element_seed(ResponseChoice)? {
+            self.0.extend(content);
+        }
+        Ok(())
+    }
+}
+
+/// One choice of a response: its `message`'s content, if any; a legacy `text` that is not
+/// `null` is left to the general reader.
+struct ResponseChoice;
+
+impl<'de> DeserializeSeed<'de> for ResponseChoice {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ResponseChoice {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a choice")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const NAMES: &[&str] = &["message", "text"];
+        let mut seen = [false; 2];
+        let mut content = None;
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen[0])?;
+                    content = map.next_value_seed(OrNull(MessageContent))?.flatten();
+                }
+                Some(_) => {
+                    once(&mut seen[1])?;
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(content)
+    }
+}
+
+/// A response's `message` (when not `null`): an object whose members that may hold text are
+/// `null`, but for a string `content`; its value is that content.
+struct MessageContent;
+
+impl<'de> DeserializeSeed<'de> for MessageContent {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessageContent {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // The members the general reader reads text from (`chat_message`), `content` first.
+        const NAMES: &[&str] = &[
+            "content",
+            "name",
+            "refusal",
+            "reasoning_content",
+            "reasoning",
+            "audio",
+            "tool_calls",
+            "function_call",
+        ];
+        let mut seen = false;
+        let mut content = None;
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen)?;
+                    content = map.next_value_seed(OrNull(Text))?.map(Cow::into_owned);
+                }
+                Some(_) => {
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                // `role`, `annotations` and anything unknown: not read by the general reader.
+                None => {
+                    map.next_value::<Skip>()?;
                 }
             }
         }

@@ -356,7 +356,9 @@ impl CallType {
     }
 
     /// The guardrail texts and the token usage of a response body given as bytes, from one
-    /// strict parse through a borrowed view.
+    /// strict parse: the common chat completion (one or more choices whose `message` holds at
+    /// most a string `content`) straight from the bytes, any other body through a borrowed
+    /// view. The two ways accept the same bodies and read the same texts and usage.
     ///
     /// ```
     /// use guardrail_tower_protocol::CallType;
@@ -371,6 +373,11 @@ impl CallType {
         self,
         body: &[u8],
     ) -> Result<(Vec<String>, Option<Usage>), ReadError> {
+        // The common chat completion, read in one pass without a view; anything else (and
+        // every error) through the view.
+        if let Some(read) = self.read_common_response(body) {
+            return Ok(read);
+        }
         let view = JsonView::parse(body).map_err(ReadError::Json)?;
         let usage = Usage::from_response_view(self, &view);
         let mut texts = Vec::new();
