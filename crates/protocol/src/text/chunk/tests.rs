@@ -274,6 +274,25 @@ fn not_a_value() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// The generated document with spaces and line ends around its punctuation, or as it is.
+fn spaced(data: String, spaces: bool) -> String {
+    if spaces {
+        data.replace(',', " ,\n ").replace(':', " : ")
+    } else {
+        data
+    }
+}
+
+/// The document cut at a point picked by `cut` (on a character boundary): a document the
+/// general reader rejects, or another one.
+fn cut_at(data: &str, cut: usize) -> &str {
+    let mut at = cut % (data.len() + 1);
+    while !data.is_char_boundary(at) {
+        at -= 1;
+    }
+    &data[..at]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -285,15 +304,10 @@ proptest! {
         spaces in any::<bool>(),
         cut in any::<usize>(),
     ) {
-        let data = if spaces { data.replace(',', " ,\n ").replace(':', " : ") } else { data };
+        let data = spaced(data, spaces);
         for call_type in [CallType::ChatCompletions, CallType::Other] {
             common(call_type, &data);
-            // A cut anywhere leaves a document the general reader rejects, or another one.
-            let mut at = cut % (data.len() + 1);
-            while !data.is_char_boundary(at) {
-                at -= 1;
-            }
-            common(call_type, &data[..at]);
+            common(call_type, cut_at(&data, cut));
         }
     }
 }
@@ -510,13 +524,9 @@ proptest! {
         spaces in any::<bool>(),
         cut in any::<usize>(),
     ) {
-        let body = if spaces { body.replace(',', " ,\n ").replace(':', " : ") } else { body };
+        let body = spaced(body, spaces);
         common_response(&body);
-        let mut at = cut % (body.len() + 1);
-        while !body.is_char_boundary(at) {
-            at -= 1;
-        }
-        common_response(&body[..at]);
+        common_response(cut_at(&body, cut));
     }
 }
 
