@@ -84,6 +84,7 @@ pub use report::ResponseReport;
 pub use request::{
     BufferRequest, ClientRequestId, DEFAULT_BODY_LIMIT, GATEWAY_ONLY_KEYS, ParsedRequest,
     RequestId, X_LITELLM_CALL_ID, X_REQUEST_ID, call_type_of, set_buffered_body,
+    set_content_length,
 };
 pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,

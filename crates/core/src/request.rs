@@ -450,10 +450,25 @@ pub fn set_buffered_body(parts: &mut http::request::Parts, parsed: &ParsedReques
 /// [`set_buffered_body`] with the bytes.
 pub(crate) fn buffered_body(parts: &mut http::request::Parts, bytes: Bytes) -> Full<Bytes> {
     parts.headers.remove(TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    set_content_length(&mut parts.headers, bytes.len());
     Full::new(bytes)
+}
+
+/// Sets `content-length` to `len`, unless it already says exactly that: one value, `len` in
+/// decimal. A request is buffered by several layers in turn, each making its length match the
+/// bytes it forwards, and a new header value is an allocation; the client's own header is
+/// usually right already. Any other value, several values, or a length written otherwise
+/// (`010`, `+10`) is replaced.
+pub fn set_content_length(headers: &mut HeaderMap, len: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(len);
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        if value.as_bytes() == digits.as_bytes() {
+            return;
+        }
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 pin_project! {
@@ -707,6 +722,43 @@ mod tests {
             req.headers()[CONTENT_LENGTH],
             parsed.bytes().len().to_string()
         );
+    }
+
+    /// The client's `content-length` is kept when it is exactly the length (the same value, not
+    /// a new one), and replaced by the length otherwise: absent, wrong, written with a leading
+    /// zero or a sign, or given twice.
+    #[test]
+    fn content_length_is_kept_when_it_is_the_length_and_replaced_otherwise() {
+        let mut headers = HeaderMap::new();
+        set_content_length(&mut headers, 42);
+        assert_eq!(headers[CONTENT_LENGTH], "42");
+        let client = HeaderValue::from_static("42");
+        headers.insert(CONTENT_LENGTH, client.clone());
+        set_content_length(&mut headers, 42);
+        assert_eq!(headers.get_all(CONTENT_LENGTH).iter().count(), 1);
+        // The same value: a static one stays static (a new one would not be).
+        assert!(std::ptr::eq(
+            headers[CONTENT_LENGTH].as_bytes().as_ptr(),
+            client.as_bytes().as_ptr()
+        ));
+        for written in [
+            &["41"][..],
+            &["042"],
+            &["+42"],
+            &["42 "],
+            &["42", "42"],
+            &["4", "2"],
+        ] {
+            let mut headers = HeaderMap::new();
+            for value in written {
+                headers.append(CONTENT_LENGTH, HeaderValue::from_static(value));
+            }
+            set_content_length(&mut headers, 42);
+            let values: Vec<_> = headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(values, ["42"], "{written:?}");
+        }
+        set_content_length(&mut headers, 0);
+        assert_eq!(headers[CONTENT_LENGTH], "0");
     }
 
     #[tokio::test]

@@ -319,7 +319,7 @@ impl Forward {
                 HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
             );
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        guardrail_tower_core::set_content_length(&mut headers, body.len());
         // Without `accept-encoding` a server may pick any coding (RFC 9110 section 12.5.3).
         headers.insert(
             header::ACCEPT_ENCODING,

@@ -12,7 +12,7 @@ use guardrail_tower_core::{
     GuardrailMode, Outcome, RunFuture, StreamPolicy, Usage,
 };
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Request, Response, StatusCode, response};
+use http::{Request, Response, StatusCode, response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -164,9 +164,7 @@ fn body_failed<ResB>(
 }
 
 fn with_body<ResB>(mut parts: response::Parts, bytes: Bytes) -> Response<GuardedBody<ResB>> {
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    guardrail_tower_core::set_content_length(&mut parts.headers, bytes.len());
     Response::from_parts(parts, GuardedBody::full(bytes))
 }
 
