@@ -152,6 +152,17 @@ where
                 match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
+                            // Whole `data:` events that neither the Responses tracker nor the
+                            // log reads (most chunks of a chat stream) pass as they are: framing
+                            // them would give the same bytes and leave the decoder as it is.
+                            if responses.is_none()
+                                && decoder.is_whole_data_events(&data)
+                                && watch
+                                    .as_ref()
+                                    .is_none_or(|(w, _)| w.ignores_data_events(&data))
+                            {
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
                             decoder.push(data);
                             match whole_events(decoder, responses.as_deref_mut(), &mut watch, false)
                             {
@@ -326,6 +337,73 @@ mod tests {
             .chain(std::iter::once(Err(std::io::Error::other("reset"))))
             .collect();
         StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn chunks(chunks: Vec<String>) -> impl Body<Data = Bytes, Error = std::io::Error> + use<> {
+        StreamBody::new(futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok(Frame::data(Bytes::from(c))))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Chunks of whole `data:` events pass unframed; the bytes are the upstream's, and the log
+    /// still gets the usage and an in-band error, whether they come in a chunk of their own,
+    /// after other events in one chunk, or split across chunks.
+    #[tokio::test]
+    async fn whole_data_events_pass_and_the_log_still_reads_usage_and_errors() {
+        let delta = |t: &str| {
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n")
+        };
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
+        let error = "data: {\"error\":{\"message\":\"filtered\",\"code\":\"content_policy_violation\"}}\n\n";
+        let cases: Vec<Vec<String>> = vec![
+            // One event a chunk, the usage on its own.
+            vec![
+                delta("a"),
+                delta("b"),
+                delta("c"),
+                usage.into(),
+                "data: [DONE]\n\n".into(),
+            ],
+            // The usage after a delta in one chunk.
+            vec![delta("a"), delta("b") + usage, "data: [DONE]\n\n".into()],
+            // The usage cut in two, then whole events again.
+            vec![
+                delta("a"),
+                usage[..20].into(),
+                usage[20..].to_owned() + &delta("b"),
+                delta("c"),
+            ],
+        ];
+        for case in cases {
+            let report = ResponseReport::new();
+            let body = ResponseBody::stream(
+                chunks(case.clone()),
+                CallType::ChatCompletions,
+                Some(report.clone()),
+            );
+            let got = body.collect().await.unwrap().to_bytes();
+            assert_eq!(got, case.concat(), "{case:?}");
+            assert_eq!(report.usage().map(|u| u.total_tokens), Some(5), "{case:?}");
+            assert!(report.in_band_error().is_none());
+        }
+        for case in [
+            vec![delta("a"), delta("b"), error.to_owned()],
+            vec![delta("a"), delta("b") + error],
+        ] {
+            let report = ResponseReport::new();
+            let body = ResponseBody::stream(
+                chunks(case.clone()),
+                CallType::ChatCompletions,
+                Some(report.clone()),
+            );
+            let got = body.collect().await.unwrap().to_bytes();
+            assert_eq!(got, case.concat());
+            let error = report.in_band_error().expect("the in-band error is read");
+            assert_eq!(error.code(), Some("content_policy_violation"));
+        }
     }
 
     #[tokio::test]

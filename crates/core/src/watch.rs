@@ -59,6 +59,16 @@ impl StreamWatch {
         }
     }
 
+    /// Whether none of the events of `chunk` matters to the log, given that they are each a
+    /// single `data:` line ([`SseDecoder::is_whole_data_events`]): such an event matters only
+    /// when its data mentions `"usage"` or `"error"`, so a chunk that mentions neither can pass
+    /// without being framed into events.
+    ///
+    /// [`SseDecoder::is_whole_data_events`]: crate::sse::SseDecoder::is_whole_data_events
+    pub fn ignores_data_events(&self, chunk: &[u8]) -> bool {
+        USAGE.find(chunk).is_none() && ERROR.find(chunk).is_none()
+    }
+
     /// Reads one parsed event.
     pub fn observe(&mut self, event: &SseEvent, report: &ResponseReport) {
         let Some(bytes) = event.data() else { return };

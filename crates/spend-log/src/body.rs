@@ -40,6 +40,10 @@ impl Observer {
         match self {
             Observer::Json(scanner) => scanner.push(data),
             Observer::Sse { decoder, watch } => {
+                // Whole `data:` events that mention neither usage nor an error are not framed.
+                if decoder.is_whole_data_events(data) && watch.ignores_data_events(data) {
+                    return;
+                }
                 decoder.push(data.clone());
                 while let Ok(Some(event)) = decoder.next_raw() {
                     watch.observe_raw(&event, &recorder.report);

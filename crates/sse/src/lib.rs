@@ -381,6 +381,56 @@ impl SseDecoder {
         }
     }
 
+    /// Whether `chunk`, pushed now, would be framed into events that are each a single
+    /// `data:` line and that together are the whole chunk, byte for byte: the decoder holds
+    /// nothing (no part of an event, no `\r` whose `\n` may follow, not at the stream's start,
+    /// where a byte-order mark may lead), the chunk has no `\r`, every event in it is
+    /// `data:…\n\n`, and the chunk is within the event size limit. A caller that passes events
+    /// on byte for byte and reads only some `data:` events (a log reading usage, say) may then
+    /// pass the chunk on as it is, without pushing it: the decoder is left exactly as framing
+    /// those events would leave it. Most chunks of a chat stream are such events; this costs a
+    /// search for `\r` and one for each line end, framing costs several times that.
+    ///
+    /// ```
+    /// use guardrail_tower_sse::SseDecoder;
+    /// use bytes::Bytes;
+    ///
+    /// let mut decoder = SseDecoder::new();
+    /// // The stream's first event is framed (it may begin with a byte-order mark).
+    /// decoder.push(Bytes::from_static(b"data: {\"n\":1}\n\n"));
+    /// assert!(decoder.next_raw()?.is_some());
+    /// assert!(decoder.is_whole_data_events(b"data: {\"n\":2}\n\ndata: {\"n\":3}\n\n"));
+    /// assert!(!decoder.is_whole_data_events(b"event: ping\ndata: {}\n\n"));
+    /// assert!(!decoder.is_whole_data_events(b"data: {\"n\":4}\n"));
+    /// # Ok::<(), guardrail_tower_sse::SseError>(())
+    /// ```
+    pub fn is_whole_data_events(&self, chunk: &[u8]) -> bool {
+        if self.at_start
+            || self.next_skip_lf
+            || !self.pending.is_empty()
+            || !self.input.is_empty()
+            || chunk.is_empty()
+            || chunk.len() > self.max_event_size
+            || memchr::memchr(b'\r', chunk).is_some()
+        {
+            return false;
+        }
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let Some(line) = rest.strip_prefix(b"data:") else {
+                return false;
+            };
+            let Some(end) = memchr::memchr(b'\n', line) else {
+                return false;
+            };
+            if line.get(end + 1) != Some(&b'\n') {
+                return false;
+            }
+            rest = &line[end + 2..];
+        }
+        true
+    }
+
     /// The bytes held for an incomplete event, plus those not yet scanned.
     pub fn buffered_len(&self) -> usize {
         self.pending.len() + self.input.len()

@@ -2,7 +2,7 @@
 //! the same events, in `\n`, `\r\n` and `\r` line-end variants.
 
 use bytes::Bytes;
-use guardrail_tower_sse::{SseDecoder, SseEvent};
+use guardrail_tower_sse::{RawEvent, SseDecoder, SseEvent};
 use proptest::prelude::*;
 
 const CORPUS: [(&str, &str); 3] = [
@@ -233,5 +233,133 @@ proptest! {
         let split = decode(split_at(&data, &points));
         prop_assert!(split.0 == whole.0, "events differ");
         prop_assert!(split.1 == data, "raw bytes differ");
+    }
+}
+
+/// Events of every kind for generated streams: single `data:` lines (the kind a chunk may pass
+/// without framing) among typed events, comments, several data lines, `\r` line ends, stray
+/// blank lines and an event cut short.
+const EVENTS: [&str; 13] = [
+    "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    // A byte-order mark is skipped at the stream's start only; anywhere else it is part of
+    // the field name.
+    "\u{feff}data: bom\n\n",
+    "data:x\n\n",
+    "data:\n\n",
+    "data: [DONE]\n\n",
+    "event: message_delta\ndata: {}\n\n",
+    ": keep-alive\n\n",
+    "data: a\ndata: b\n\n",
+    "data: crlf\r\n\r\n",
+    "data: cr\r\r",
+    "\n",
+    "id: 7\ndata: i\n\n",
+    "data: no blank line\n",
+];
+
+/// An event's raw bytes and the fields a reader sees in it.
+fn framed(event: RawEvent) -> (Bytes, Vec<u8>) {
+    (event.raw().clone(), event.fields().to_vec())
+}
+
+/// Decodes `chunks` twice: framing every chunk, and passing as they are the chunks
+/// [`SseDecoder::is_whole_data_events`] accepts. A chunk passed must be exactly what framing
+/// makes of it (single `data:` line events that join to the chunk), and every event framed
+/// after it the same in both, fields included (the decoder's state unchanged by the chunks
+/// passed). Returns how many chunks were passed.
+fn passing_whole_chunks_agrees(chunks: &[Bytes]) -> usize {
+    let (mut framing, mut passing) = (SseDecoder::new(), SseDecoder::new());
+    let (mut all, mut passed) = (Vec::new(), Vec::new());
+    let mut count = 0;
+    for chunk in chunks {
+        let whole = passing.is_whole_data_events(chunk);
+        framing.push(chunk.clone());
+        let mut events = Vec::new();
+        while let Some(event) = framing.next_raw().unwrap() {
+            events.push(framed(event));
+        }
+        if whole {
+            count += 1;
+            let raw: Vec<u8> = events.iter().flat_map(|(raw, _)| raw.to_vec()).collect();
+            assert_eq!(raw, chunk.to_vec(), "passed {chunk:?}");
+            for (event, _) in &events {
+                let lines = event.iter().filter(|&&b| b == b'\n').count();
+                assert!(
+                    event.starts_with(b"data:") && event.ends_with(b"\n\n") && lines == 2,
+                    "{event:?} in a chunk passed"
+                );
+            }
+            passed.extend(events.iter().cloned());
+        } else {
+            passing.push(chunk.clone());
+            while let Some(event) = passing.next_raw().unwrap() {
+                passed.push(framed(event));
+            }
+        }
+        all.extend(events);
+    }
+    while let Some(event) = framing.finish_raw().unwrap() {
+        all.push(framed(event));
+    }
+    while let Some(event) = passing.finish_raw().unwrap() {
+        passed.push(framed(event));
+    }
+    assert_eq!(all, passed);
+    count
+}
+
+#[test]
+fn chunks_of_whole_data_events_pass_in_the_corpus() {
+    let mut passed = 0;
+    for (_, stream) in variants() {
+        // One chunk per event, as upstreams write them, and splits anywhere.
+        let text = Bytes::from(stream);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for end in memchr::memmem::find_iter(&text, b"\n\n") {
+            chunks.push(text.slice(start..end + 2));
+            start = end + 2;
+        }
+        chunks.push(text.slice(start..));
+        passed += passing_whole_chunks_agrees(&chunks);
+        passing_whole_chunks_agrees(&split_at(&text, &[7, 100, 101, 350]));
+    }
+    assert!(passed > 20, "{passed} chunks passed");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Generated streams of every kind of event, with a byte-order mark or not, cut into
+    /// chunks of whole events or anywhere.
+    #[test]
+    fn passing_whole_data_events_agrees_with_framing(
+        events in proptest::collection::vec(0..EVENTS.len(), 1..24),
+        bom in any::<bool>(),
+        per_chunk in proptest::collection::vec(1usize..4, 1..24),
+        points in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let mut stream = Vec::new();
+        if bom {
+            stream.extend_from_slice(b"\xEF\xBB\xBF");
+        }
+        let mut bounds = Vec::new();
+        for (i, &e) in events.iter().enumerate() {
+            stream.extend_from_slice(EVENTS[e].as_bytes());
+            if i + 1 >= per_chunk.iter().take(bounds.len() + 1).sum::<usize>() {
+                bounds.push(stream.len());
+            }
+        }
+        let stream = Bytes::from(stream);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for end in bounds.into_iter().chain([stream.len()]) {
+            if end > start {
+                chunks.push(stream.slice(start..end));
+                start = end;
+            }
+        }
+        passing_whole_chunks_agrees(&chunks);
+        passing_whole_chunks_agrees(&split_at(&stream, &points));
     }
 }
