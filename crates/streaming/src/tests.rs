@@ -747,6 +747,40 @@ async fn non_text_events_pass_untouched() {
     assert_eq!((run.status, run.body.as_str()), (500, "{\"error\":\"x\"}"));
 }
 
+/// An event whose data `serde_json` refuses may still be read by a client: JavaScript's and
+/// Python's parsers take `1e400` as infinity and keep a lone surrogate. Its text would go out
+/// unchecked, so the stream ends there with the in-band error; `[DONE]` and empty data pass.
+#[tokio::test]
+async fn stream_events_whose_data_is_not_json_fail_closed() {
+    let head = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"all \"}}]}\n\n";
+    for bad in [
+        r#"data: {"created":1e400,"choices":[{"index":0,"delta":{"content":"x marks the spot"}}]}"#,
+        r#"data: {"id":"\ud800","choices":[{"index":0,"delta":{"content":"x marks the spot"}}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{"content":"x marks the spot","refusal":null}}],"n":-1e999}"#,
+        "data: x marks the spot",
+    ] {
+        let stream = format!("{head}{bad}\n\ndata: [DONE]\n\n");
+        let layer =
+            StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+        let run = run_stream(CallType::ChatCompletions, layer, per_event(&stream)).await;
+        assert_eq!(run.status, 200);
+        assert!(!run.body.contains("marks the spot"), "{bad}: {}", run.body);
+        let (released, tail) = split_error(CallType::ChatCompletions, &run.body);
+        // What was cleared goes out (the trailing space is held for a word that may follow).
+        assert_eq!(
+            streamed_text(CallType::ChatCompletions, &released),
+            "all",
+            "{bad}"
+        );
+        assert!(tail.contains("its data is not JSON"), "{bad}: {tail}");
+        assert!(tail.ends_with("data: [DONE]\n\n"), "{bad}: {tail}");
+    }
+    let stream = format!("{head}data:\n\ndata:  \n\ndata: [DONE]\n\n");
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let run = run_stream(CallType::ChatCompletions, layer, per_event(&stream)).await;
+    assert_eq!(run.body, stream);
+}
+
 #[tokio::test]
 async fn responses_the_guardrails_cannot_read_fail_closed() {
     // A body in another content type, with none, or compressed: a client may still read the
