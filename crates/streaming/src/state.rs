@@ -512,17 +512,14 @@ impl StreamState {
                                     ))
                                 })?
                         }
-                        // `[DONE]` and empty data carry no text. Anything else a client may
-                        // still parse (`1e400` and lone surrogates are refused here and read
-                        // by JavaScript's and Python's parsers; text is text): refused, never
+                        // Data that is not JSON and may still hold text: refused, never
                         // passed unchecked.
-                        Err(_) if !carries_no_text(data) => {
-                            return Err(Error::upstream_unavailable(
+                        Err(_) => self.call_type.read_non_json_event(data).ok_or_else(|| {
+                            Error::upstream_unavailable(
                                 "the upstream stream has an event the guardrails cannot read: \
                                  its data is not JSON",
-                            ));
-                        }
-                        Err(_) => self.call_type.read_non_json_event(data),
+                            )
+                        })?,
                     },
                 },
             };
@@ -1300,13 +1297,6 @@ fn exact_entry(
 /// announced response, an upstream error).
 pub(crate) fn data_value(event: &SseEvent) -> Option<Value> {
     guardrail_tower_protocol::json::from_slice(event.data()?).ok()
-}
-
-/// Data that is not JSON and carries no text: the `[DONE]` that ends a chat stream, or
-/// nothing (blank).
-fn carries_no_text(data: &[u8]) -> bool {
-    let data = data.trim_ascii();
-    data.is_empty() || data == b"[DONE]"
 }
 
 #[cfg(test)]

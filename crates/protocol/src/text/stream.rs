@@ -84,8 +84,7 @@ fn kind_of<'a>(event_type: Option<&'a str>, view: &'a JsonView<'_>) -> Option<&'
 
 impl CallType {
     /// Reads one event whose data parsed as `view` (`event_type` is its `event:` field).
-    /// Events whose data is not JSON (keep-alive comments, `[DONE]`) carry no text; see
-    /// [`CallType::read_non_json_event`].
+    /// Events whose data is not JSON are read by [`CallType::read_non_json_event`].
     ///
     /// A text field of a shape no client would read as text, or a `*.delta` event or delta
     /// type this view does not know, is an error: the stream cannot be checked past it.
@@ -178,17 +177,23 @@ impl CallType {
         Ok(out)
     }
 
-    /// Reads an event whose data is not JSON: `[DONE]` ends a chat or completions stream;
-    /// anything else carries nothing.
-    pub fn read_non_json_event(self, data: &[u8]) -> EventRead<'static> {
-        EventRead {
+    /// Reads an event whose data is not JSON: `[DONE]` (which ends a chat or completions
+    /// stream) and blank data carry no text. Anything else is `None`: a client may still read
+    /// text in it (JavaScript's and Python's parsers take `1e400` as infinity and keep a lone
+    /// surrogate, which `serde_json` refuses; plain text is text), so it cannot be checked.
+    pub fn read_non_json_event(self, data: &[u8]) -> Option<EventRead<'static>> {
+        let trimmed = data.trim_ascii();
+        if !trimmed.is_empty() && trimmed != b"[DONE]" {
+            return None;
+        }
+        Some(EventRead {
             terminal: data == b"[DONE]"
                 && matches!(
                     self,
                     CallType::ChatCompletions | CallType::TextCompletions | CallType::Other
                 ),
             ..EventRead::default()
-        }
+        })
     }
 
     /// The event with its texts rewritten: `f` gets the position (in the order

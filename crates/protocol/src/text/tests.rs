@@ -567,7 +567,8 @@ fn read_stream(call_type: CallType, stream: &str) -> StreamTexts {
     for event in decode(stream) {
         let Some(data) = event.data() else { continue };
         let Ok(view) = JsonView::parse(data) else {
-            out.terminals += usize::from(call_type.read_non_json_event(data).terminal);
+            let read = call_type.read_non_json_event(data);
+            out.terminals += usize::from(read.expect("[DONE] or blank").terminal);
             continue;
         };
         let read = call_type
