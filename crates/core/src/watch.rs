@@ -66,7 +66,7 @@ impl StreamWatch {
     ///
     /// [`SseDecoder::is_whole_data_events`]: crate::sse::SseDecoder::is_whole_data_events
     pub fn ignores_data_events(&self, chunk: &[u8]) -> bool {
-        USAGE.find(chunk).is_none() && ERROR.find(chunk).is_none()
+        !mentions_usage_or_error(chunk)
     }
 
     /// Reads one parsed event.
@@ -139,7 +139,11 @@ fn may_matter(fields: &[u8]) -> bool {
     if !rest.iter().all(|b| matches!(b, b'\r' | b'\n')) {
         return true;
     }
-    USAGE.find(data).is_some() || ERROR.find(data).is_some()
+    mentions_usage_or_error(data)
+}
+
+fn mentions_usage_or_error(bytes: &[u8]) -> bool {
+    USAGE.find(bytes).is_some() || ERROR.find(bytes).is_some()
 }
 
 static USAGE: LazyLock<memmem::Finder<'static>> =

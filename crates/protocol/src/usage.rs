@@ -122,14 +122,12 @@ impl<'de> serde::de::Visitor<'de> for Count {
         Ok(None)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-        while map.next_entry::<Skip, Skip>()?.is_some() {}
-        Ok(None)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Option<u64>, A::Error> {
+        Skip.visit_map(map).map(|_| None)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-        while seq.next_element::<Skip>()?.is_some() {}
-        Ok(None)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Option<u64>, A::Error> {
+        Skip.visit_seq(seq).map(|_| None)
     }
 }
 

@@ -101,9 +101,9 @@ const MAX_KEY: usize = 16;
 /// JSON parsers clients use).
 ///
 /// It is on the path of every non-streamed response, so it skips rather than steps: a string
-/// is searched for its closing quote at once, a run of bytes that cannot change the nesting
-/// (digits, letters, `:` and `,` inside a value) is passed over in one loop, and a member name
-/// is compared where it lies in the chunk (copied only when a chunk ends inside it).
+/// (a member name or a value) is searched for its closing quote or next backslash at once,
+/// bytes outside strings are classified by a table, and a member name is kept in a fixed
+/// array (no allocation) and compared as bytes.
 #[derive(Debug, Default)]
 pub(crate) struct JsonScanner {
     state: ScanState,
@@ -182,8 +182,7 @@ const CLASSES: [Class; 256] = {
 
 /// The first `"` or `\` in `bytes`. Most strings of a response (member names, ids, short
 /// values) are short, and `memchr2` costs more to set up than they take to search, so the
-/// first [`INLINE`] bytes are searched a word at a time here and only what follows by
-/// `memchr2`.
+/// first 64 bytes are searched a word at a time here and only what follows by `memchr2`.
 #[inline]
 fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     /// How far the word-at-a-time search goes before `memchr2` takes over.

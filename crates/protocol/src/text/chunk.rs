@@ -66,15 +66,9 @@ impl CallType {
         if !matches!(self, CallType::ChatCompletions | CallType::Other) {
             return None;
         }
-        let text = std::str::from_utf8(data).ok()?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let read = de.deserialize_map(ChunkVisitor).ok()?;
-        de.end().ok()?;
-        Some(read)
+        read_object(data, ChunkVisitor)
     }
-}
 
-impl CallType {
     /// Reads a chat completion response of the common shape (see the module's documentation)
     /// straight from its bytes: its texts in document order and its usage, as
     /// [`CallType::response_texts_and_usage`] returns them. `None` for any other shape or call
@@ -83,12 +77,19 @@ impl CallType {
         if self != CallType::ChatCompletions {
             return None;
         }
-        let text = std::str::from_utf8(body).ok()?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let (texts, counts) = de.deserialize_map(ResponseVisitor).ok()?;
-        de.end().ok()?;
+        let (texts, counts) = read_object(body, ResponseVisitor)?;
         Some((texts, counts.and_then(|counts| counts.usage(self))))
     }
+}
+
+/// A whole document read as one object by `visitor`; `None` when it is not UTF-8, not JSON,
+/// has anything after the object, or the visitor gives up.
+fn read_object<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Option<V::Value> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = de.deserialize_map(visitor).ok()?;
+    de.end().ok()?;
+    Some(value)
 }
 
 /// Why the reader gave up; never shown (the general reader reads the event instead).

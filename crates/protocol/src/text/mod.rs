@@ -7,10 +7,12 @@
 //! bodies and stream events share the per-protocol pieces (a chat message and a chat `delta`
 //! are read by the same code, so are a Responses output item and the item a stream announces).
 //! So a text that a JSON response carries in a field is read from the same field of a stream
-//! event, and what a guardrail checks is what the upstream or the client reads. The one
-//! exception is [`CallType::read_common_event`]: the plain chat chunk most streams are made of
-//! (`content` deltas only) is read in one pass without a view, and every other event is left
-//! to the walkers; a property test holds its reads equal to theirs.
+//! event, and what a guardrail checks is what the upstream or the client reads. The two
+//! exceptions are the plain chat chunk most streams are made of (`content` deltas only,
+//! [`CallType::read_common_event`]) and the plain chat completion (a string `content` per
+//! choice, tried first by [`CallType::response_texts_and_usage`]): each is read in one pass
+//! without a view, and anything else is left to the walkers; a property test each holds their
+//! reads equal to the walkers'.
 //!
 //! What is read, per wire format:
 //!
