@@ -266,7 +266,7 @@ impl Recorder {
             }
         }
         if estimated {
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         }
         (usage, estimated)
     }
