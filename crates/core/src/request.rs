@@ -156,7 +156,9 @@ impl fmt::Display for RequestId {
 ///
 /// Parsing validates the whole body and reads `model`, `stream`, `user` and the guardrail
 /// selection through a borrowed view, without building a `serde_json::Value`; guardrail texts
-/// are read the same way. The `Value` ([`ParsedRequest::json`]) is built only when asked for.
+/// are read the same way. The common chat request (string contents, no guardrail selection)
+/// is read in one pass without the view ([`CallType::read_common_request`]), with the same
+/// result. The `Value` ([`ParsedRequest::json`]) is built only when asked for.
 #[derive(Clone, Debug)]
 pub struct ParsedRequest {
     call_type: CallType,
@@ -219,7 +221,33 @@ impl ParsedRequest {
             gateway_only_keys: false,
             shared_meta: OnceLock::new(),
         };
-        if is_json && !empty {
+        // Where the texts lie (cheap: no copy), so a guardrail needs no second parse. A text
+        // borrowed from the input is a range of it; one that had escapes (so was decoded into
+        // a string of its own) is kept as it is.
+        let base = bytes.as_ptr() as usize;
+        let input = base..base + bytes.len();
+        let span = |text: Cow<'_, str>| {
+            let at = text.as_ptr() as usize;
+            match text {
+                Cow::Borrowed(s) if input.contains(&at) || (s.is_empty() && at == input.end) => {
+                    let start = at - base;
+                    TextSpan::Bytes(start..start + s.len())
+                }
+                text => TextSpan::Unescaped(text.into_owned()),
+            }
+        };
+        // The common chat request (string contents, no guardrail selection) in one pass
+        // without a tree; any other body through the view.
+        if let Some(read) = is_json
+            .then(|| call_type.read_common_request(&bytes))
+            .flatten()
+        {
+            parsed.model = read.model.map(Cow::into_owned);
+            parsed.stream = read.stream;
+            parsed.user = read.user.map(Cow::into_owned);
+            let texts = read.texts.into_iter().map(span).collect();
+            parsed.json = Some(Arc::new(JsonBody::validated(bytes.clone(), texts)));
+        } else if is_json && !empty {
             let view = JsonView::parse(&bytes).map_err(Error::invalid_json)?;
             let text = |v: Option<&JsonView<'_>>| v.and_then(JsonView::as_str).map(str::to_owned);
             let metadata = view.get("metadata");
@@ -230,24 +258,8 @@ impl ParsedRequest {
             parsed.selection = GuardrailSelection::from_view(&view);
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
-            // Note where the texts lie (cheap: no copy), so a guardrail needs no second parse.
-            // A text borrowed from the input is a range of it; one that had escapes (so lies
-            // in the view, not the input) is kept as it is.
-            let base = bytes.as_ptr() as usize;
-            let input = base..base + bytes.len();
             let mut texts = Vec::new();
-            let read = call_type.read_texts(Side::Request, &view, |_, text| {
-                let at = text.as_ptr() as usize;
-                texts.push(match text {
-                    Cow::Borrowed(s)
-                        if input.contains(&at) || (s.is_empty() && at == input.end) =>
-                    {
-                        let start = at - base;
-                        TextSpan::Bytes(start..start + s.len())
-                    }
-                    text => TextSpan::Unescaped(text.into_owned()),
-                });
-            });
+            let read = call_type.read_texts(Side::Request, &view, |_, text| texts.push(span(text)));
             if let (true, Err(shape)) = (strict, read) {
                 return Err(shape.to_request_error());
             }

@@ -1,4 +1,5 @@
-//! The chat chunk most streams are made of, read straight from its bytes.
+//! The chat chunk most streams are made of, read straight from its bytes; and the common chat
+//! completion response and request.
 //!
 //! Nearly every event of a chat completions stream is the same small object: an id, a model,
 //! some bookkeeping, and one choice whose `delta` carries at most a piece of `content`.
@@ -29,11 +30,20 @@
 //! member it reads written twice, a shape the general reader refuses, and anything `serde_json`
 //! does not accept. Members the general reader does not read (`role`, `annotations`,
 //! `logprobs`, unknown ones) are skipped, as it skips them.
+//!
+//! A chat completion request is read the same way ([`CallType::read_common_request`], tried
+//! first by the gateway's request parser): `messages` whose messages carry at most a string
+//! `content` (the same message reader), and the `model`, `stream`, `user` and
+//! `metadata.user_id` the gateway reads. It gives up at a `tools` that is not `null`, a
+//! guardrail selection (`guardrails`, `metadata.guardrails`), `litellm_metadata`, a missing
+//! `messages`, a message that is not an object, a member it reads written twice, and anything
+//! the general path refuses; so a request whose shape is wrong gets the general path's error.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::stream::{End, EventRead};
 use super::walk::key;
@@ -80,6 +90,46 @@ impl CallType {
         let (texts, counts) = read_object(body, ResponseVisitor)?;
         Some((texts, counts.and_then(|counts| counts.usage(self))))
     }
+
+    /// Reads a chat completion request of the common shape (see the module's documentation)
+    /// straight from its bytes: its `model`, `stream` and `user`, and its guardrail texts in
+    /// the order [`CallType::read_texts`] gives them. `None` for any other shape or call type,
+    /// for a request that selects guardrails (`guardrails`, `metadata.guardrails`) or carries
+    /// `litellm_metadata`, and for bytes that are not JSON: read those through a view.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::CallType;
+    ///
+    /// let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}],"user":"u1"}"#;
+    /// let read = CallType::ChatCompletions.read_common_request(body).unwrap();
+    /// assert_eq!((read.model.as_deref(), read.user.as_deref()), (Some("gpt-4o"), Some("u1")));
+    /// assert_eq!(read.texts, ["Hi"]);
+    ///
+    /// // Content parts are read by the general reader.
+    /// let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}]}"#;
+    /// assert!(CallType::ChatCompletions.read_common_request(body).is_none());
+    /// ```
+    pub fn read_common_request(self, body: &[u8]) -> Option<CommonRequest<'_>> {
+        if self != CallType::ChatCompletions {
+            return None;
+        }
+        read_object(body, RequestVisitor)
+    }
+}
+
+/// What a chat completion request of the common shape holds for the gateway, read by
+/// [`CallType::read_common_request`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommonRequest<'a> {
+    /// `model`, when it is a string.
+    pub model: Option<Cow<'a, str>>,
+    /// Whether `stream` is `true`.
+    pub stream: bool,
+    /// `user` when it is a string, else `metadata.user_id` when that is one.
+    pub user: Option<Cow<'a, str>>,
+    /// The guardrail texts (each message's `content`), in order; borrowed from the body unless
+    /// they had escapes.
+    pub texts: Vec<Cow<'a, str>>,
 }
 
 /// A whole document read as one object by `visitor`; `None` when it is not UTF-8, not JSON,
@@ -310,7 +360,13 @@ impl<'de> Visitor<'de> for ResponseVisitor {
                 }
                 Some(_) => {
                     once(&mut seen[1])?;
-                    counts = map.next_value::<Option<Counts>>()?;
+                    // Taken as text and read by `Counts::read` (by hand when plain). `RawValue`
+                    // passes over the value as laxly as `IgnoredAny` does, so a usage the
+                    // plain reader leaves is parsed strictly, and the whole read fails with it.
+                    counts = map
+                        .next_value::<Option<&RawValue>>()?
+                        .map(|raw| Counts::read(raw.get().as_bytes()).map_err(de::Error::custom))
+                        .transpose()?;
                 }
                 None => {
                     map.next_value::<Skip>()?;
@@ -374,7 +430,10 @@ impl<'de> Visitor<'de> for ResponseChoice {
             match name {
                 Some(0) => {
                     once(&mut seen[0])?;
-                    content = map.next_value_seed(OrNull(MessageContent))?.flatten();
+                    content = map
+                        .next_value_seed(OrNull(MessageContent))?
+                        .flatten()
+                        .map(Cow::into_owned);
                 }
                 Some(_) => {
                     once(&mut seen[1])?;
@@ -391,12 +450,12 @@ impl<'de> Visitor<'de> for ResponseChoice {
     }
 }
 
-/// A response's `message` (when not `null`): an object whose members that may hold text are
-/// `null`, but for a string `content`; its value is that content.
+/// A response's `message` (when not `null`) or a request's message: an object whose members
+/// that may hold text are `null`, but for a string `content`; its value is that content.
 struct MessageContent;
 
 impl<'de> DeserializeSeed<'de> for MessageContent {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -404,7 +463,7 @@ impl<'de> DeserializeSeed<'de> for MessageContent {
 }
 
 impl<'de> Visitor<'de> for MessageContent {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a message")
@@ -428,7 +487,7 @@ impl<'de> Visitor<'de> for MessageContent {
             match name {
                 Some(0) => {
                     once(&mut seen)?;
-                    content = map.next_value_seed(OrNull(Text))?.map(Cow::into_owned);
+                    content = map.next_value_seed(OrNull(Text))?;
                 }
                 Some(_) => {
                     if non_null(&mut map)? {
@@ -443,6 +502,248 @@ impl<'de> Visitor<'de> for MessageContent {
         }
         Ok(content)
     }
+}
+
+/// The `Visitor` methods for numbers and `null`, each giving `$value`: for the seeds that read
+/// one kind of value out of any.
+macro_rules! skip_numbers_and_null {
+    ($value:expr) => {
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// A whole chat completion request: `messages`, `model`, `stream`, `user` and `metadata` are
+/// read, every other member skipped; a member that selects guardrails or may hold text the
+/// general reader reads (`tools`) gives up.
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = CommonRequest<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a chat completion request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const NAMES: &[&str] = &[
+            "messages",
+            "model",
+            "stream",
+            "user",
+            "metadata",
+            "tools",
+            "guardrails",
+            "litellm_metadata",
+        ];
+        let mut out = CommonRequest::default();
+        let mut seen = [false; 5];
+        let mut user_id = None;
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+            match name {
+                Some(i @ 0..5) => {
+                    once(&mut seen[i])?;
+                    match i {
+                        0 => map.next_value_seed(RequestMessages(&mut out.texts))?,
+                        1 => out.model = map.next_value_seed(StringOrNone)?,
+                        2 => out.stream = map.next_value_seed(IsTrue)?,
+                        3 => out.user = map.next_value_seed(StringOrNone)?,
+                        _ => user_id = map.next_value_seed(Metadata)?,
+                    }
+                }
+                // `tools` (unless `null`) holds descriptions the general reader reads.
+                Some(5) => {
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                // A guardrail selection, or keys the gateway removes before forwarding.
+                Some(_) => return Err(not_common()),
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        // `messages` is required: its absence is an error the general reader reports.
+        if !seen[0] {
+            return Err(not_common());
+        }
+        if out.user.is_none() {
+            out.user = user_id;
+        }
+        Ok(out)
+    }
+}
+
+/// A request's `messages`: an array of messages, each with at most a string `content` among
+/// the members the general reader reads text from.
+struct RequestMessages<'r, 'de>(&'r mut Vec<Cow<'de, str>>);
+
+impl<'de> DeserializeSeed<'de> for RequestMessages<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestMessages<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(content) = seq.next_element_seed(MessageContent)? {
+            self.0.extend(content);
+        }
+        Ok(())
+    }
+}
+
+/// A request's `metadata`: its `user_id` when the metadata is an object and that is a string;
+/// a `guardrails` member in it gives up. Any other value is skipped.
+struct Metadata;
+
+impl<'de> DeserializeSeed<'de> for Metadata {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Metadata {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        const NAMES: &[&str] = &["user_id", "guardrails"];
+        let mut seen = false;
+        let mut user_id = None;
+        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+            match name {
+                Some(0) => {
+                    once(&mut seen)?;
+                    user_id = map.next_value_seed(StringOrNone)?;
+                }
+                Some(_) => return Err(not_common()),
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(user_id)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Skip.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    skip_numbers_and_null!(None);
+}
+
+/// Any value: the string, when it is one (borrowed unless it had escapes), else `None`.
+struct StringOrNone;
+
+impl<'de> DeserializeSeed<'de> for StringOrNone {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StringOrNone {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Skip.visit_map(map).map(|_| None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Skip.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    skip_numbers_and_null!(None);
+}
+
+/// Any value: whether it is `true`.
+struct IsTrue;
+
+impl<'de> DeserializeSeed<'de> for IsTrue {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsTrue {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok(v)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        Skip.visit_map(map).map(|_| false)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        Skip.visit_seq(seq).map(|_| false)
+    }
+
+    skip_numbers_and_null!(false);
 }
 
 /// A string, borrowed unless it has escapes.

@@ -42,6 +42,8 @@ mod walk;
 
 pub mod stream;
 
+pub use chunk::CommonRequest;
+
 #[cfg(test)]
 mod tests;
 

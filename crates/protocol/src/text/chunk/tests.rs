@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::super::stream::{End, EventRead};
 use super::super::{Role, Side, TextKey, TextKind};
+use super::CommonRequest;
 use crate::json::JsonView;
 use crate::{CallType, Usage};
 
@@ -538,6 +539,210 @@ fn the_response_generator_reaches_both_readers() {
         let body = response().new_tree(&mut runner).unwrap().current();
         match common_response(&body) {
             Some((texts, _)) if !texts.is_empty() => read += 1,
+            Some(_) => {}
+            None => left += 1,
+        }
+    }
+    assert!(read > 100 && left > 100, "read {read}, left {left}");
+}
+
+/// What the general path (a view, then the walker) makes of a request body, as the gateway's
+/// request parser reads it: `None` when the view or the walker refuses it, and `Err` when it
+/// selects guardrails or carries a key the gateway removes (the common reader must leave
+/// those).
+fn general_request(body: &str) -> Option<Result<CommonRequest<'static>, ()>> {
+    let view = JsonView::parse(body.as_bytes()).ok()?;
+    let text = |v: Option<&JsonView<'_>>| {
+        v.and_then(JsonView::as_str)
+            .map(|s| Cow::Owned(s.to_owned()))
+    };
+    let metadata = view.get("metadata");
+    let mut texts = Vec::new();
+    CallType::ChatCompletions
+        .read_texts(Side::Request, &view, |_, t| {
+            texts.push(Cow::Owned(t.into_owned()))
+        })
+        .ok()?;
+    if ["guardrails", "litellm_metadata"]
+        .iter()
+        .any(|k| view.get(k).is_some())
+        || metadata.and_then(|m| m.get("guardrails")).is_some()
+    {
+        return Some(Err(()));
+    }
+    Some(Ok(CommonRequest {
+        model: text(view.get("model")),
+        stream: view.get("stream") == Some(&JsonView::Bool(true)),
+        user: text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id")))),
+        texts,
+    }))
+}
+
+/// The common reader's result for a request body, after checking that it agrees with the
+/// general path whenever it reads the body at all.
+fn common_request(body: &str) -> Option<CommonRequest<'static>> {
+    let fast = CallType::ChatCompletions
+        .read_common_request(body.as_bytes())
+        .map(|read| CommonRequest {
+            model: read.model.map(|m| Cow::Owned(m.into_owned())),
+            stream: read.stream,
+            user: read.user.map(|u| Cow::Owned(u.into_owned())),
+            texts: read
+                .texts
+                .into_iter()
+                .map(|t| Cow::Owned(t.into_owned()))
+                .collect(),
+        });
+    if let Some(fast) = &fast {
+        assert_eq!(
+            general_request(body),
+            Some(Ok(fast.clone())),
+            "the readers disagree on {body}"
+        );
+    }
+    fast
+}
+
+#[test]
+fn the_common_request_is_read_without_a_view() {
+    let bench = include_str!("../../../../../bench/chat.json");
+    let read = common_request(bench).expect("the bench's request is of the common shape");
+    assert_eq!(read.model.as_deref(), Some("bench-model"));
+    assert_eq!(read.user.as_deref(), Some("bench-user-42"));
+    assert!(!read.stream);
+    assert_eq!(read.texts.len(), 4);
+    assert!(read.texts[0].starts_with("You are a helpful assistant"));
+    // Borrowed from the body where it holds them as they are; decoded where escaped.
+    let body = r#"{"model":"m","stream":true,"metadata":{"user_id":"u"},"tools":null,"messages":[
+        {"role":"system","content":"plain"},{"role":"user","content":"caf\u00e9","name":null},
+        {"role":"assistant","content":null,"refusal":null},{"role":"tool","content":""}]}"#;
+    let read = CallType::ChatCompletions
+        .read_common_request(body.as_bytes())
+        .unwrap();
+    assert!(matches!(read.texts[0], Cow::Borrowed("plain")));
+    assert!(matches!(&read.texts[1], Cow::Owned(t) if t == "café"));
+    assert_eq!(read.texts.len(), 3);
+    assert_eq!((read.stream, read.user.as_deref()), (true, Some("u")));
+    common_request(body);
+    // `user` first, then `metadata.user_id` (Anthropic's place for it), wherever they stand.
+    for body in [
+        r#"{"metadata":{"user_id":"b"},"user":"a","messages":[]}"#,
+        r#"{"user":"a","metadata":{"user_id":"b"},"messages":[]}"#,
+        r#"{"user":null,"metadata":{"user_id":"b"},"messages":[]}"#,
+    ] {
+        let want = if body.contains(r#""user":"a""#) {
+            "a"
+        } else {
+            "b"
+        };
+        assert_eq!(
+            common_request(body).unwrap().user.as_deref(),
+            Some(want),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn every_other_request_is_left_to_the_general_reader() {
+    let left = [
+        // Content parts, a name, tool calls, tool definitions: texts the walker reads.
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"a","name":"n"}]}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}]}]}"#,
+        r#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"description":"d"}}]}"#,
+        // A guardrail selection, LiteLLM's metadata.
+        r#"{"model":"m","messages":[],"guardrails":["g"]}"#,
+        r#"{"model":"m","messages":[],"guardrails":null}"#,
+        r#"{"model":"m","messages":[],"metadata":{"guardrails":["g"]}}"#,
+        r#"{"model":"m","messages":[],"litellm_metadata":{}}"#,
+        // What the general path refuses: no messages, a message that is not an object.
+        r#"{"model":"m"}"#,
+        r#"{"model":"m","messages":[null]}"#,
+        r#"{"model":"m","messages":{}}"#,
+        // A member it reads written twice; not JSON; skipped values JSON refuses.
+        r#"{"model":"a","model":"b","messages":[]}"#,
+        r#"{"model":"m","messages":[{"content":"a","content":"b"}]}"#,
+        r#"{"model":"m","messages":[]"#,
+        r#"{"model":"m","messages":[],"temperature":1e400}"#,
+        r#"{"model":"m","messages":[],"metadata":{"x":"\ud800"}}"#,
+        r#"[]"#,
+    ];
+    for body in left {
+        assert_eq!(
+            common_request(body),
+            None,
+            "read by the common reader: {body}"
+        );
+    }
+    let chat = r#"{"model":"m","messages":[]}"#;
+    assert!(common_request(chat).is_some());
+    for call_type in [
+        CallType::Responses,
+        CallType::AnthropicMessages,
+        CallType::TextCompletions,
+        CallType::Embeddings,
+        CallType::Other,
+    ] {
+        assert_eq!(call_type.read_common_request(chat.as_bytes()), None);
+    }
+}
+
+fn request() -> BoxedStrategy<String> {
+    let messages = prop_oneof![
+        8 => proptest::collection::vec(message(), 0..4).prop_map(|m| format!("[{}]", m.join(","))),
+        1 => one_of(&["null", "{}", "\"m\""]),
+    ]
+    .boxed();
+    let metadata = one_of(&[
+        "{\"user_id\":\"u\"}",
+        "{\"user_id\":5,\"tags\":[\"t\"]}",
+        "{\"user_id\":\"a\",\"user_id\":\"b\"}",
+        "{\"guardrails\":[\"g\"]}",
+        "{\"x\":1e400,\"user_id\":\"u\"}",
+        "null",
+        "\"m\"",
+        "[1]",
+    ]);
+    let members = prop_oneof![
+        8 => member(&["messages"], messages),
+        3 => member(&["model", "user"], one_of(&["\"gpt\"", "\"esc\\u00e9\"", "null", "5", "{}", "[\"x\"]"])),
+        2 => member(&["stream"], one_of(&["true", "false", "null", "\"true\"", "1"])),
+        3 => member(&["metadata"], metadata),
+        1 => member(&["tools"], one_of(&["null", "[]", "[{\"type\":\"function\",\"function\":{\"description\":\"d\"}}]"])),
+        1 => member(&["guardrails", "litellm_metadata"], one_of(&["null", "[\"g\"]", "{}"])),
+        2 => member(&["temperature", "max_tokens", "n"], not_a_value()),
+    ]
+    .boxed();
+    prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Whatever the request, damaged or not, the common reader either leaves it to the general
+    /// path or reads exactly the model, stream flag, user and texts the general path does
+    /// (`common_request` asserts it).
+    #[test]
+    fn the_common_request_reader_agrees_with_the_general_one(
+        body in request(),
+        spaces in any::<bool>(),
+        cut in any::<usize>(),
+    ) {
+        let body = spaced(body, spaces);
+        common_request(&body);
+        common_request(cut_at(&body, cut));
+    }
+}
+
+#[test]
+fn the_request_generator_reaches_both_readers() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut read, mut left) = (0, 0);
+    for _ in 0..4096 {
+        let body = request().new_tree(&mut runner).unwrap().current();
+        match common_request(&body) {
+            Some(read_body) if !read_body.texts.is_empty() => read += 1,
             Some(_) => {}
             None => left += 1,
         }
