@@ -9,7 +9,9 @@
 #
 # For each target (bare, gw-none, gw-filter: as in bench/run.sh), in front of the mock upstream:
 # start the proxy, warm up (2,000 requests), read its CPU times and context switches (every
-# thread's), serve N requests with oha, read them again, and print the difference per request.
+# thread's), serve N requests with oha, read them again, and print the difference per request;
+# beside it the mock's CPU time, the rest of the machine's (the load generator: run it on an
+# otherwise idle machine) and the time the cores stood idle, and the proxy's time by thread.
 #
 # Environment (all optional):
 #   BENCH_REQUESTS    N (default 40000)
@@ -70,27 +72,55 @@ start() {
     post_all "$1" 2000 "$CONCURRENCY"
 }
 
-# sample: the proxy's user and system clock ticks and all its threads' context switches.
+# sample: the proxy's user and system clock ticks, all its threads' context switches, the mock's
+# clock ticks, and the machine's busy and idle ticks (all cores, from /proc/stat).
 sample() {
-    local ticks switches
+    local ticks switches mock machine
     ticks=$(awk '{ print $14, $15 }' "/proc/$PROXY/stat")
     switches=$(cat /proc/"$PROXY"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }')
-    echo "$ticks $switches"
+    mock=$(awk '{ print $14 + $15 }' "/proc/$MOCK_PID/stat")
+    machine=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
+    echo "$ticks $switches $mock $machine"
+}
+
+# threads: each of the proxy's threads' name and user + system clock ticks, one per line.
+threads() {
+    local t
+    for t in /proc/"$PROXY"/task/*; do
+        # The name is in parentheses and may hold spaces: the figures are counted from the end.
+        awk '{ n = $0; sub(/^[0-9]+ \(/, "", n); sub(/\) .*$/, "", n); gsub(/ /, "_", n); m = split($0, f, ") "); split(f[m], g, " "); print n, g[12] + g[13] }' "$t/stat" 2>/dev/null || true
+    done
 }
 
 TICK=$(getconf CLK_TCK)
-printf '| target | req/s | user µs | system µs | context switches |\n|---|---:|---:|---:|---:|\n'
+THREADS=()
+# Per request: the proxy's user and system time and context switches; the mock's CPU time; the
+# rest of the machine's busy time (the load generator, mostly); and the time both cores stood
+# idle (a proxy that is CPU-bound leaves none: idle time is waiting, not work).
+printf '| target | req/s | user µs | system µs | context switches | mock µs | load generator and rest µs | idle µs |\n|---|---:|---:|---:|---:|---:|---:|---:|\n'
 for target in $TARGETS; do
     start "$target"
-    read -r u0 s0 c0 <<<"$(sample)"
+    threads >"$WORK/threads.0"
+    read -r u0 s0 c0 m0 b0 i0 <<<"$(sample)"
     post_all "$target" "$N" "$CONCURRENCY"
-    read -r u1 s1 c1 <<<"$(sample)"
+    read -r u1 s1 c1 m1 b1 i1 <<<"$(sample)"
+    threads >"$WORK/threads.1"
+    # The proxy's CPU time by thread name (Tokio's workers, the spend log's SQLite thread...).
+    awk -v n="$N" -v k="$TICK" 'NR == FNR { a[$1] += $2; next } { b[$1] += $2 }
+        END { for (t in b) if (b[t] - a[t] > 0) printf "%s %.1f µs; ", t, (b[t] - a[t]) / k / n * 1e6 }' \
+        "$WORK/threads.0" "$WORK/threads.1" >"$WORK/threads.txt"
     rps=$(awk '/Requests\/sec/ { print $2 }' "$WORK/oha.txt")
     stop_tree "$PROXY"
     PIDS=("$MOCK_PID")
     awk -v t="$target" -v r="$rps" -v n="$N" -v k="$TICK" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dc=$((c1 - c0)) \
-        'BEGIN { printf "| %s | %.0f | %.1f | %.1f | %.2f |\n", t, r, du / k / n * 1e6, ds / k / n * 1e6, dc / n }'
+        -v dm=$((m1 - m0)) -v db=$((b1 - b0)) -v di=$((i1 - i0)) \
+        'BEGIN { f = 1e6 / k / n; printf "| %s | %.0f | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f |\n", t, r, du * f, ds * f, dc / n, dm * f, (db - du - ds - dm) * f, di * f }'
+    THREADS+=("$target: $(cat "$WORK/threads.txt")")
 done
+
+echo
+echo 'CPU time by thread (user + system per request):'
+printf -- '- %s\n' "${THREADS[@]}"
 
 [[ ${BENCH_STRACE:-0} == 1 ]] || exit 0
 echo

@@ -520,20 +520,21 @@ where
 {
     /// Starts buffering `request` with a body limit of `limit` bytes.
     pub fn new(mut request: Request<B>, limit: usize) -> Self {
-        RequestId::get_or_insert(&mut request);
-        ClientRequestId::get_or_insert(&mut request);
-        request
-            .extensions_mut()
-            .get_or_insert_default::<RequestState>();
+        let extensions = request.extensions();
+        // Parsed by an earlier layer: only its bytes are needed (a reference count, where
+        // cloning the whole parsed request cost each later layer about a thousand instructions),
+        // and that layer noted the ids, so the client's header is not read again.
+        let parsed = extensions.get::<ParsedRequest>().map(|p| p.bytes.clone());
+        if parsed.is_none() || extensions.get::<RequestId>().is_none() {
+            RequestId::get_or_insert(&mut request);
+            ClientRequestId::get_or_insert(&mut request);
+            request
+                .extensions_mut()
+                .get_or_insert_default::<RequestState>();
+        }
         let call_type = call_type_of(&request);
         let (mut parts, body) = request.into_parts();
-        // Parsed by an earlier layer: only its bytes are needed (a reference count, where
-        // cloning the whole parsed request cost each later layer about a thousand instructions).
-        if let Some(bytes) = parts
-            .extensions
-            .get::<ParsedRequest>()
-            .map(|p| p.bytes.clone())
-        {
+        if let Some(bytes) = parsed {
             let body = buffered_body(&mut parts, bytes);
             return BufferRequest::done(Ok(Request::from_parts(parts, body)));
         }
