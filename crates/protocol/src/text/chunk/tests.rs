@@ -313,22 +313,31 @@ proptest! {
     }
 }
 
-#[test]
-fn the_generator_reaches_both_readers() {
-    // The property above is only worth something if generated chunks take both ways.
+/// Checks that `generator`'s documents take both ways: read by the common reader with some
+/// text (`read` gives `Some(true)`), and left to the general reader (`None`). The properties
+/// are only worth something if they do.
+fn reaches_both_readers(generator: BoxedStrategy<String>, read: impl Fn(&str) -> Option<bool>) {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut read, mut left) = (0, 0);
+    let (mut with_text, mut left) = (0, 0);
     for _ in 0..4096 {
-        let data = chunk().new_tree(&mut runner).unwrap().current();
-        match common(CallType::ChatCompletions, &data) {
-            Some(r) if r.has_text() => read += 1,
-            Some(_) => {}
-            None => {
-                left += 1;
-            }
+        let document = generator.new_tree(&mut runner).unwrap().current();
+        match read(&document) {
+            Some(true) => with_text += 1,
+            Some(false) => {}
+            None => left += 1,
         }
     }
-    assert!(read > 100 && left > 100, "read {read}, left {left}");
+    assert!(
+        with_text > 100 && left > 100,
+        "read {with_text}, left {left}"
+    );
+}
+
+#[test]
+fn the_generator_reaches_both_readers() {
+    reaches_both_readers(chunk(), |data| {
+        common(CallType::ChatCompletions, data).map(|read| read.has_text())
+    });
 }
 
 #[test]
@@ -529,21 +538,27 @@ proptest! {
         common_response(&body);
         common_response(cut_at(&body, cut));
     }
+
+    /// Whatever the request, damaged or not, the common reader either leaves it to the general
+    /// path or reads exactly the model, stream flag, user and texts the general path does
+    /// (`common_request` asserts it).
+    #[test]
+    fn the_common_request_reader_agrees_with_the_general_one(
+        body in request(),
+        spaces in any::<bool>(),
+        cut in any::<usize>(),
+    ) {
+        let body = spaced(body, spaces);
+        common_request(&body);
+        common_request(cut_at(&body, cut));
+    }
 }
 
 #[test]
 fn the_response_generator_reaches_both_readers() {
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut read, mut left) = (0, 0);
-    for _ in 0..4096 {
-        let body = response().new_tree(&mut runner).unwrap().current();
-        match common_response(&body) {
-            Some((texts, _)) if !texts.is_empty() => read += 1,
-            Some(_) => {}
-            None => left += 1,
-        }
-    }
-    assert!(read > 100 && left > 100, "read {read}, left {left}");
+    reaches_both_readers(response(), |body| {
+        common_response(body).map(|(texts, _)| !texts.is_empty())
+    });
 }
 
 /// What the general path (a view, then the walker) makes of a request body, as the gateway's
@@ -717,35 +732,9 @@ fn request() -> BoxedStrategy<String> {
     prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2048))]
-
-    /// Whatever the request, damaged or not, the common reader either leaves it to the general
-    /// path or reads exactly the model, stream flag, user and texts the general path does
-    /// (`common_request` asserts it).
-    #[test]
-    fn the_common_request_reader_agrees_with_the_general_one(
-        body in request(),
-        spaces in any::<bool>(),
-        cut in any::<usize>(),
-    ) {
-        let body = spaced(body, spaces);
-        common_request(&body);
-        common_request(cut_at(&body, cut));
-    }
-}
-
 #[test]
 fn the_request_generator_reaches_both_readers() {
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut read, mut left) = (0, 0);
-    for _ in 0..4096 {
-        let body = request().new_tree(&mut runner).unwrap().current();
-        match common_request(&body) {
-            Some(read_body) if !read_body.texts.is_empty() => read += 1,
-            Some(_) => {}
-            None => left += 1,
-        }
-    }
-    assert!(read > 100 && left > 100, "read {read}, left {left}");
+    reaches_both_readers(request(), |body| {
+        common_request(body).map(|read| !read.texts.is_empty())
+    });
 }
