@@ -453,16 +453,19 @@ fn the_common_response_is_read_without_a_view() {
         );
     }
     let chat = r#"{"choices":[{"message":{"content":"a"}}]}"#;
-    for call_type in [
-        CallType::Responses,
-        CallType::AnthropicMessages,
-        CallType::TextCompletions,
-        CallType::Embeddings,
-        CallType::Other,
-    ] {
+    for call_type in NOT_CHAT {
         assert_eq!(call_type.read_common_response(chat.as_bytes()), None);
     }
 }
+
+/// The call types whose documents the response and request readers leave.
+const NOT_CHAT: [CallType; 5] = [
+    CallType::Responses,
+    CallType::AnthropicMessages,
+    CallType::TextCompletions,
+    CallType::Embeddings,
+    CallType::Other,
+];
 
 fn message() -> BoxedStrategy<String> {
     let content = prop_oneof![
@@ -692,13 +695,7 @@ fn every_other_request_is_left_to_the_general_reader() {
     }
     let chat = r#"{"model":"m","messages":[]}"#;
     assert!(common_request(chat).is_some());
-    for call_type in [
-        CallType::Responses,
-        CallType::AnthropicMessages,
-        CallType::TextCompletions,
-        CallType::Embeddings,
-        CallType::Other,
-    ] {
+    for call_type in NOT_CHAT {
         assert_eq!(call_type.read_common_request(chat.as_bytes()), None);
     }
 }
