@@ -73,13 +73,14 @@ start() {
 }
 
 # sample: the proxy's user and system clock ticks, all its threads' context switches, the mock's
-# clock ticks, and the machine's busy and idle ticks (all cores, from /proc/stat).
+# clock ticks, and the machine's busy, idle and stolen ticks (all cores, from /proc/stat; stolen:
+# taken by the hypervisor of a virtual machine).
 sample() {
     local ticks switches mock machine
     ticks=$(awk '{ print $14, $15 }' "/proc/$PROXY/stat")
     switches=$(cat /proc/"$PROXY"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }')
     mock=$(awk '{ print $14 + $15 }' "/proc/$MOCK_PID/stat")
-    machine=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
+    machine=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6, $9 }' /proc/stat)
     echo "$ticks $switches $mock $machine"
 }
 
@@ -96,14 +97,15 @@ TICK=$(getconf CLK_TCK)
 THREADS=()
 # Per request: the proxy's user and system time and context switches; the mock's CPU time; the
 # rest of the machine's busy time (the load generator, mostly); and the time both cores stood
-# idle (a proxy that is CPU-bound leaves none: idle time is waiting, not work).
-printf '| target | req/s | user µs | system µs | context switches | mock µs | load generator and rest µs | idle µs |\n|---|---:|---:|---:|---:|---:|---:|---:|\n'
+# idle (a proxy that is CPU-bound leaves none: idle time is waiting, not work); and the time the
+# hypervisor took from both (on a virtual machine: while it is not zero, the run is not steady).
+printf '| target | req/s | user µs | system µs | context switches | mock µs | load generator and rest µs | idle µs | stolen µs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for target in $TARGETS; do
     start "$target"
     threads >"$WORK/threads.0"
-    read -r u0 s0 c0 m0 b0 i0 <<<"$(sample)"
+    read -r u0 s0 c0 m0 b0 i0 t0 <<<"$(sample)"
     post_all "$target" "$N" "$CONCURRENCY"
-    read -r u1 s1 c1 m1 b1 i1 <<<"$(sample)"
+    read -r u1 s1 c1 m1 b1 i1 t1 <<<"$(sample)"
     threads >"$WORK/threads.1"
     # The proxy's CPU time by thread name (Tokio's workers, the spend log's SQLite thread...).
     awk -v n="$N" -v k="$TICK" 'NR == FNR { a[$1] += $2; next } { b[$1] += $2 }
@@ -113,8 +115,8 @@ for target in $TARGETS; do
     stop_tree "$PROXY"
     PIDS=("$MOCK_PID")
     awk -v t="$target" -v r="$rps" -v n="$N" -v k="$TICK" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dc=$((c1 - c0)) \
-        -v dm=$((m1 - m0)) -v db=$((b1 - b0)) -v di=$((i1 - i0)) \
-        'BEGIN { f = 1e6 / k / n; printf "| %s | %.0f | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f |\n", t, r, du * f, ds * f, dc / n, dm * f, (db - du - ds - dm) * f, di * f }'
+        -v dm=$((m1 - m0)) -v db=$((b1 - b0)) -v di=$((i1 - i0)) -v dt=$((t1 - t0)) \
+        'BEGIN { f = 1e6 / k / n; printf "| %s | %.0f | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f |\n", t, r, du * f, ds * f, dc / n, dm * f, (db - du - ds - dm) * f, di * f, dt * f }'
     THREADS+=("$target: $(cat "$WORK/threads.txt")")
 done
 
