@@ -171,6 +171,8 @@ pub struct ParsedRequest {
     gateway_only_keys: bool,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
+    /// The same without the headers ([`RequestMeta::shared_from_request_without_headers`]).
+    shared_meta_without_headers: OnceLock<Arc<RequestMeta>>,
 }
 
 impl ParsedRequest {
@@ -220,6 +222,7 @@ impl ParsedRequest {
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
             shared_meta: OnceLock::new(),
+            shared_meta_without_headers: OnceLock::new(),
         };
         // Where the texts lie (cheap: no copy), so a guardrail needs no second parse. A text
         // borrowed from the input is a range of it; one that had escapes (so was decoded into
@@ -395,16 +398,20 @@ impl ParsedRequest {
         }));
         // The facts a guardrail sees include the body: the next layer builds them anew.
         self.shared_meta = OnceLock::new();
+        self.shared_meta_without_headers = OnceLock::new();
         Ok(())
     }
 
     /// The facts a guardrail may see about this request.
     pub fn meta(&self, request_id: RequestId, headers: &HeaderMap) -> RequestMeta {
+        self.meta_without_headers(request_id).with_headers(headers)
+    }
+
+    fn meta_without_headers(&self, request_id: RequestId) -> RequestMeta {
         RequestMeta::new(request_id, self.call_type)
             .with_model(self.model.clone())
             .with_stream(self.stream)
             .with_json_body(self.json.clone())
-            .with_headers(headers)
     }
 }
 
@@ -413,7 +420,7 @@ impl RequestMeta {
     /// [`RequestId`] in its extensions; `None` when the request was not parsed.
     pub fn from_request<B>(request: &Request<B>) -> Option<RequestMeta> {
         let parsed = request.extensions().get::<ParsedRequest>()?;
-        Some(Self::of_parsed(parsed, request))
+        Some(Self::of_parsed(parsed, request, true))
     }
 
     /// [`RequestMeta::from_request`], built once per request and shared: the pre-call and the
@@ -424,20 +431,39 @@ impl RequestMeta {
         let parsed = request.extensions().get::<ParsedRequest>()?;
         let meta = parsed
             .shared_meta
-            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request)));
+            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request, true)));
+        Some(Arc::clone(meta))
+    }
+
+    /// [`RequestMeta::shared_from_request`] for guardrails none of which reads the headers
+    /// ([`Guardrail::reads_request_headers`](crate::Guardrail::reads_request_headers)): the
+    /// same facts with no headers, so they are not copied (a few thousand instructions a
+    /// request). The facts with the headers serve too, when a layer has built them already.
+    pub fn shared_from_request_without_headers<B>(
+        request: &Request<B>,
+    ) -> Option<Arc<RequestMeta>> {
+        let parsed = request.extensions().get::<ParsedRequest>()?;
+        if let Some(meta) = parsed.shared_meta.get() {
+            return Some(Arc::clone(meta));
+        }
+        let meta = parsed
+            .shared_meta_without_headers
+            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request, false)));
         Some(Arc::clone(meta))
     }
 
     /// The facts of `request`, whose extensions hold `parsed`.
-    fn of_parsed<B>(parsed: &ParsedRequest, request: &Request<B>) -> RequestMeta {
+    fn of_parsed<B>(parsed: &ParsedRequest, request: &Request<B>, headers: bool) -> RequestMeta {
         let extensions = request.extensions();
         let request_id = extensions
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(RequestId::generate);
-        let mut meta = parsed
-            .meta(request_id, request.headers())
-            .with_caller(extensions.get::<Arc<Caller>>().cloned());
+        let mut meta = parsed.meta_without_headers(request_id);
+        if headers {
+            meta = meta.with_headers(request.headers());
+        }
+        meta = meta.with_caller(extensions.get::<Arc<Caller>>().cloned());
         if let Some(state) = extensions.get::<RequestState>() {
             meta = meta.with_state(state.clone());
         }
@@ -1064,6 +1090,35 @@ mod tests {
             rewritten.body().unwrap()["messages"][0]["content"],
             "my email is [EMAIL]"
         );
+    }
+
+    /// Guardrails that read no headers get the same facts without them, shared too; once the
+    /// facts with the headers exist, those serve.
+    #[test]
+    fn shared_meta_without_headers_copies_none() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let parsed =
+            ParsedRequest::parse(CallType::ChatCompletions, Bytes::from_static(body), None)
+                .unwrap();
+        let mut request = Request::post("/v1/chat/completions")
+            .header("x-team", "red")
+            .body(())
+            .unwrap();
+        let id = RequestId::get_or_insert(&mut request);
+        request.extensions_mut().insert(parsed);
+
+        let bare = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        assert!(bare.headers().is_empty());
+        assert_eq!((bare.request_id(), bare.model()), (&id, Some("m")));
+        assert_eq!(bare.body().unwrap()["messages"][0]["content"], "hi");
+        let again = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        assert!(Arc::ptr_eq(&bare, &again));
+
+        let full = RequestMeta::shared_from_request(&request).unwrap();
+        assert_eq!(full.headers().get("x-team").unwrap(), "red");
+        assert_eq!(full.request_id(), &id);
+        let served = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        assert!(Arc::ptr_eq(&full, &served));
     }
 
     #[tokio::test]

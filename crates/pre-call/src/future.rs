@@ -97,7 +97,17 @@ impl Prepare for Checks {
             // A route no text view knows: the guardrails that apply could read nothing.
             return Err(unreadable_route(request.uri().path()));
         }
-        let Some(meta) = RequestMeta::shared_from_request(request) else {
+        // The headers are copied for the guardrails only when one of those that run reads them.
+        let reads_headers = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
+            .into_iter()
+            .flat_map(|mode| self.guardrails.selected(mode, selection))
+            .any(|g| g.reads_request_headers());
+        let meta = if reads_headers {
+            RequestMeta::shared_from_request(request)
+        } else {
+            RequestMeta::shared_from_request_without_headers(request)
+        };
+        let Some(meta) = meta else {
             return Ok(Prepared::new(mark));
         };
         let run = |mode| {

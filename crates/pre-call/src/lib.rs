@@ -183,6 +183,60 @@ mod tests {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
     }
 
+    /// Records whether its checks saw the request's `x-trace` header, and says whether it
+    /// reads headers.
+    struct SeesHeaders {
+        reads: bool,
+        saw: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl guardrail_tower_core::Guardrail for SeesHeaders {
+        async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+            let seen = input.meta().headers().contains_key("x-trace");
+            self.saw.lock().unwrap().push(seen);
+            Ok(Verdict::allow())
+        }
+
+        fn reads_request_headers(&self) -> bool {
+            self.reads
+        }
+    }
+
+    /// The request's headers reach the checks when one of the guardrails that run reads them,
+    /// every check of the request then seeing them; otherwise they are not copied at all.
+    #[tokio::test]
+    async fn headers_are_copied_only_for_a_guardrail_that_reads_them() {
+        // (reads of the first guardrail, of the second if any) and what both checks see.
+        let cases = [
+            (vec![false], vec![false]),
+            (vec![true], vec![true]),
+            (vec![false, false], vec![false, false]),
+            (vec![false, true], vec![true, true]),
+        ];
+        for (reads, expected) in cases {
+            let saw = Arc::new(Mutex::new(Vec::new()));
+            let guardrails = reads.iter().enumerate().map(|(i, &reads)| {
+                let name = ["first", "second"][i];
+                let check = SeesHeaders {
+                    reads,
+                    saw: Arc::clone(&saw),
+                };
+                ConfiguredGuardrail::new(name, GuardrailMode::PreCall, check).default_on(true)
+            });
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new(guardrails)))
+                .service(up.service());
+            let mut request = chat("hello");
+            request
+                .headers_mut()
+                .insert("x-trace", http::HeaderValue::from_static("t-1"));
+            let resp = svc.oneshot(request).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(*saw.lock().unwrap(), expected, "reads {reads:?}");
+        }
+    }
+
     #[tokio::test]
     async fn block_answers_400_and_the_upstream_sees_nothing() {
         let up = Upstream::default();

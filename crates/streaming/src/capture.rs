@@ -66,7 +66,17 @@ impl Capture {
             )
             .with_code("unsupported_endpoint"));
         }
-        let Some(meta) = RequestMeta::shared_from_request(request) else {
+        // The headers are copied for the guardrails only when one of them reads them.
+        let reads_headers = self
+            .guardrails
+            .selected(GuardrailMode::PostCall, parsed.selection())
+            .any(|g| g.reads_request_headers());
+        let meta = if reads_headers {
+            RequestMeta::shared_from_request(request)
+        } else {
+            RequestMeta::shared_from_request_without_headers(request)
+        };
+        let Some(meta) = meta else {
             return Ok(None);
         };
         let context = StreamContext {
