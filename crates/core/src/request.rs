@@ -420,7 +420,7 @@ impl RequestMeta {
     /// [`RequestId`] in its extensions; `None` when the request was not parsed.
     pub fn from_request<B>(request: &Request<B>) -> Option<RequestMeta> {
         let parsed = request.extensions().get::<ParsedRequest>()?;
-        Some(Self::of_parsed(parsed, request, true))
+        Some(Self::of_parsed(parsed, request, true, None))
     }
 
     /// [`RequestMeta::from_request`], built once per request and shared: the pre-call and the
@@ -429,9 +429,15 @@ impl RequestMeta {
     /// caller saw; rewriting the texts ([`ParsedRequest::set_texts`]) starts over.
     pub fn shared_from_request<B>(request: &Request<B>) -> Option<Arc<RequestMeta>> {
         let parsed = request.extensions().get::<ParsedRequest>()?;
-        let meta = parsed
-            .shared_meta
-            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request, true)));
+        let meta = parsed.shared_meta.get_or_init(|| {
+            // The same request id as the facts without the headers, if those came first (a
+            // generated one, when the request has none, is generated once).
+            let id = parsed
+                .shared_meta_without_headers
+                .get()
+                .map(|meta| meta.request_id().clone());
+            Arc::new(Self::of_parsed(parsed, request, true, id))
+        });
         Some(Arc::clone(meta))
     }
 
@@ -448,16 +454,21 @@ impl RequestMeta {
         }
         let meta = parsed
             .shared_meta_without_headers
-            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request, false)));
+            .get_or_init(|| Arc::new(Self::of_parsed(parsed, request, false, None)));
         Some(Arc::clone(meta))
     }
 
-    /// The facts of `request`, whose extensions hold `parsed`.
-    fn of_parsed<B>(parsed: &ParsedRequest, request: &Request<B>, headers: bool) -> RequestMeta {
+    /// The facts of `request`, whose extensions hold `parsed`: with a copy of its headers or
+    /// none, and with `id` or else the request's own id (one generated if it has none).
+    fn of_parsed<B>(
+        parsed: &ParsedRequest,
+        request: &Request<B>,
+        headers: bool,
+        id: Option<RequestId>,
+    ) -> RequestMeta {
         let extensions = request.extensions();
-        let request_id = extensions
-            .get::<RequestId>()
-            .cloned()
+        let request_id = id
+            .or_else(|| extensions.get::<RequestId>().cloned())
             .unwrap_or_else(RequestId::generate);
         let mut meta = parsed.meta_without_headers(request_id);
         if headers {
@@ -1119,6 +1130,16 @@ mod tests {
         assert_eq!(full.request_id(), &id);
         let served = RequestMeta::shared_from_request_without_headers(&request).unwrap();
         assert!(Arc::ptr_eq(&full, &served));
+
+        // A request with no id gets one generated, the same in both.
+        let parsed =
+            ParsedRequest::parse(CallType::ChatCompletions, Bytes::from_static(body), None)
+                .unwrap();
+        let mut request = Request::post("/v1/chat/completions").body(()).unwrap();
+        request.extensions_mut().insert(parsed);
+        let bare = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        let full = RequestMeta::shared_from_request(&request).unwrap();
+        assert_eq!(bare.request_id(), full.request_id());
     }
 
     #[tokio::test]
