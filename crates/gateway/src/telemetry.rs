@@ -384,6 +384,14 @@ impl<B> fmt::Debug for TracedBody<B> {
 // ---------------------------------------------------------------------------------------------
 // Layer spans
 
+/// Whether anything listens for the layer spans ([`SpanLayer`]): the OpenTelemetry layer, when
+/// the process's subscriber has it. The gateway asks when it builds its stack (after the
+/// subscriber is installed, and again at each reload) and leaves the span wrappers out when
+/// nothing listens.
+pub fn layer_spans_enabled() -> bool {
+    tracing::enabled!(kind: tracing::metadata::Kind::SPAN, target: TARGET, tracing::Level::INFO)
+}
+
 /// A span around the layer (or service) it wraps: named `name`, a child of the current span,
 /// from the call to the response head. [`SpanLayer::upstream`] also sends the span's context
 /// upstream (`traceparent`).
