@@ -38,7 +38,8 @@
 //! and have no guardrail span.
 //!
 //! Without telemetry the spans are never created: their target ([`TARGET`]) is off for the
-//! log output, and with no exporter no one listens for them.
+//! log output, and with no exporter no one listens for them; the layer span wrappers are then
+//! left out of the stack altogether ([`layer_spans_enabled`]).
 
 use std::fmt;
 use std::future::Future;
