@@ -52,7 +52,7 @@ impl Counts {
     }
 
     /// The counts of a `usage` object of the plain shape every provider sends, read by hand:
-    /// members whose names are printable ASCII without escapes and whose values are
+    /// members whose names are ASCII without escapes or control characters and whose values are
     /// non-negative integers (digits only, within `u64`) or objects of such members (the
     /// `*_details`), with any JSON whitespace. That shape is a subset of JSON this reader checks
     /// completely, so its counts are those `serde_json` reads. `None` for anything else (a
@@ -129,7 +129,8 @@ impl<'de> Deserialize<'de> for Counts {
 }
 
 /// Where the string that `rest` starts inside ends (the index of its closing quote), if every
-/// byte before it is ASCII and neither a backslash nor a control character. Eight bytes at a
+/// byte before it is ASCII and neither a backslash nor below 0x20 (which JSON allows only
+/// escaped). Eight bytes at a
 /// time: the names of a usage object are 10 to 30 bytes, and byte by byte they were most of
 /// the reader's work.
 fn plain_string_len(rest: &[u8]) -> Option<usize> {
@@ -643,6 +644,41 @@ mod tests {
                 prop_assert!(value.is_some(), "the plain reader read what serde_json refuses: {}", text);
                 for (i, key) in COUNT_KEYS.iter().enumerate() {
                     prop_assert_eq!(counts.0[i], value.and_then(|o| o.get(*key)).and_then(Value::as_u64), "{} in {}", key, text);
+                }
+            }
+        }
+    }
+
+    /// The word-at-a-time search agrees with a byte-by-byte one for every byte at every
+    /// position, before and after a closing quote, in strings longer and shorter than a word:
+    /// the zero-byte tests' borrows (a byte one away from a quote, a backslash or 0x20) and the
+    /// high bit included.
+    #[test]
+    fn the_plain_string_search_agrees_with_a_byte_by_byte_one() {
+        let reference = |rest: &[u8]| {
+            rest.iter()
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+                .filter(|&at| rest[at] == b'"')
+        };
+        for len in 0..20 {
+            for at in 0..=len {
+                for byte in 0..=u8::MAX {
+                    let mut rest = vec![b'a'; len];
+                    rest.push(b'"');
+                    rest.extend_from_slice(b"bc\\d");
+                    rest[at] = byte;
+                    assert_eq!(
+                        plain_string_len(&rest),
+                        reference(&rest),
+                        "{byte:#04x} at {at} of {len}"
+                    );
+                    // Cut before the closing quote: no end.
+                    let cut = &rest[..at.max(1).min(len)];
+                    assert_eq!(
+                        plain_string_len(cut),
+                        reference(cut),
+                        "cut {byte:#04x} at {at}"
+                    );
                 }
             }
         }
