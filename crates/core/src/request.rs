@@ -171,7 +171,7 @@ pub struct ParsedRequest {
     gateway_only_keys: bool,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
-    /// The same without the headers ([`RequestMeta::shared_from_request_without_headers`]).
+    /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
     shared_meta_without_headers: OnceLock<Arc<RequestMeta>>,
 }
 
@@ -441,13 +441,19 @@ impl RequestMeta {
         Some(Arc::clone(meta))
     }
 
-    /// [`RequestMeta::shared_from_request`] for guardrails none of which reads the headers
-    /// ([`Guardrail::reads_request_headers`](crate::Guardrail::reads_request_headers)): the
-    /// same facts with no headers, so they are not copied (a few thousand instructions a
-    /// request). The facts with the headers serve too, when a layer has built them already.
-    pub fn shared_from_request_without_headers<B>(
+    /// [`RequestMeta::shared_from_request`] for guardrails that read the request's headers
+    /// (`reads_headers`: one of them answers `true` to
+    /// [`Guardrail::reads_request_headers`](crate::Guardrail::reads_request_headers)) or not.
+    /// For guardrails that do not, the same facts with no headers, so they are not copied (a
+    /// few thousand instructions a request), shared in turn; the facts with the headers serve
+    /// too, when a layer has built them already.
+    pub fn shared_from_request_for<B>(
         request: &Request<B>,
+        reads_headers: bool,
     ) -> Option<Arc<RequestMeta>> {
+        if reads_headers {
+            return Self::shared_from_request(request);
+        }
         let parsed = request.extensions().get::<ParsedRequest>()?;
         if let Some(meta) = parsed.shared_meta.get() {
             return Some(Arc::clone(meta));
@@ -1118,17 +1124,17 @@ mod tests {
         let id = RequestId::get_or_insert(&mut request);
         request.extensions_mut().insert(parsed);
 
-        let bare = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        let bare = RequestMeta::shared_from_request_for(&request, false).unwrap();
         assert!(bare.headers().is_empty());
         assert_eq!((bare.request_id(), bare.model()), (&id, Some("m")));
         assert_eq!(bare.body().unwrap()["messages"][0]["content"], "hi");
-        let again = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        let again = RequestMeta::shared_from_request_for(&request, false).unwrap();
         assert!(Arc::ptr_eq(&bare, &again));
 
         let full = RequestMeta::shared_from_request(&request).unwrap();
         assert_eq!(full.headers().get("x-team").unwrap(), "red");
         assert_eq!(full.request_id(), &id);
-        let served = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        let served = RequestMeta::shared_from_request_for(&request, false).unwrap();
         assert!(Arc::ptr_eq(&full, &served));
 
         // A request with no id gets one generated, the same in both.
@@ -1137,7 +1143,7 @@ mod tests {
                 .unwrap();
         let mut request = Request::post("/v1/chat/completions").body(()).unwrap();
         request.extensions_mut().insert(parsed);
-        let bare = RequestMeta::shared_from_request_without_headers(&request).unwrap();
+        let bare = RequestMeta::shared_from_request_for(&request, false).unwrap();
         let full = RequestMeta::shared_from_request(&request).unwrap();
         assert_eq!(bare.request_id(), full.request_id());
     }

@@ -102,12 +102,7 @@ impl Prepare for Checks {
             .into_iter()
             .flat_map(|mode| self.guardrails.selected(mode, selection))
             .any(|g| g.reads_request_headers());
-        let meta = if reads_headers {
-            RequestMeta::shared_from_request(request)
-        } else {
-            RequestMeta::shared_from_request_without_headers(request)
-        };
-        let Some(meta) = meta else {
+        let Some(meta) = RequestMeta::shared_from_request_for(request, reads_headers) else {
             return Ok(Prepared::new(mark));
         };
         let run = |mode| {

@@ -71,12 +71,7 @@ impl Capture {
             .guardrails
             .selected(GuardrailMode::PostCall, parsed.selection())
             .any(|g| g.reads_request_headers());
-        let meta = if reads_headers {
-            RequestMeta::shared_from_request(request)
-        } else {
-            RequestMeta::shared_from_request_without_headers(request)
-        };
-        let Some(meta) = meta else {
+        let Some(meta) = RequestMeta::shared_from_request_for(request, reads_headers) else {
             return Ok(None);
         };
         let context = StreamContext {
