@@ -317,34 +317,46 @@ impl Usage {
         Usage::from_usage_object(call_type, body.get("usage")?)
     }
 
-    /// The usage in a complete response body's bytes, read through a typed view of its
-    /// `usage` object only (the rest of the body is skipped, not built into a `Value`).
+    /// The usage in a complete response body's bytes: what [`from_response`](Usage::from_response)
+    /// gives for the parsed body, read without building a `Value` (the other members are
+    /// checked as a parse checks them and kept nowhere; the counts are read by hand when the
+    /// `usage` object is plain). `None` when the bytes are not one JSON document.
     pub fn from_response_bytes(call_type: CallType, body: &[u8]) -> Option<Usage> {
-        #[derive(Deserialize)]
-        struct Counts {
-            prompt_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
-            input_tokens: Option<u64>,
-            output_tokens: Option<u64>,
-            total_tokens: Option<u64>,
-            cache_read_input_tokens: Option<u64>,
-            cache_creation_input_tokens: Option<u64>,
+        /// The top-level `usage` member's text (the last one, if repeated, as a `Value` keeps
+        /// it), every other member skipped.
+        struct UsageMember;
+
+        impl<'de> serde::de::Visitor<'de> for UsageMember {
+            type Value = Option<&'de serde_json::value::RawValue>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a response object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut usage = None;
+                while let Some(name) = map.next_key_seed(MemberName(&["usage"]))? {
+                    match name {
+                        Some(_) => usage = map.next_value()?,
+                        None => {
+                            map.next_value::<Skip>()?;
+                        }
+                    }
+                }
+                Ok(usage)
+            }
         }
-        #[derive(Deserialize)]
-        struct Body {
-            usage: Option<Counts>,
-        }
-        let c = crate::json::from_slice::<Body>(body).ok()?.usage?;
-        Usage::from_counts(call_type, |key| match key {
-            "prompt_tokens" => c.prompt_tokens,
-            "completion_tokens" => c.completion_tokens,
-            "input_tokens" => c.input_tokens,
-            "output_tokens" => c.output_tokens,
-            "total_tokens" => c.total_tokens,
-            "cache_read_input_tokens" => c.cache_read_input_tokens,
-            "cache_creation_input_tokens" => c.cache_creation_input_tokens,
-            _ => None,
-        })
+
+        let text = std::str::from_utf8(body).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let usage = serde::Deserializer::deserialize_map(&mut de, UsageMember).ok()?;
+        de.end().ok()?;
+        // `RawValue` passes over the usage as laxly as `IgnoredAny`; `Counts::read` is strict.
+        let counts = Counts::read(usage?.get().as_bytes()).ok()?;
+        Usage::from_counts(call_type, |key| counts.get(key))
     }
 
     /// The usage in a response body already parsed as a borrowed view.
@@ -612,7 +624,13 @@ mod tests {
                     .collect();
                 let mut text = format!("{ws}{{{}}}{ws}", body.join(","));
                 match damage {
-                    0 => text.truncate(text.len() / 2),
+                    0 => {
+                        let mut half = text.len() / 2;
+                        while !text.is_char_boundary(half) {
+                            half -= 1;
+                        }
+                        text.truncate(half);
+                    }
                     1 => text.push('x'),
                     2 => text.push_str("{}"),
                     _ => {}
@@ -793,6 +811,30 @@ mod tests {
                 "{body}"
             );
         }
+        // Counts that are not integers, a usage that is not an object, a repeated usage (the
+        // last counts), and what a whole-document parse refuses, in the usage or beside it.
+        let raw = [
+            r#"{"usage":{"prompt_tokens":2.5,"completion_tokens":3}}"#,
+            r#"{"usage":5}"#,
+            r#"{"usage":{"prompt_tokens":1},"id":"x","usage":{"prompt_tokens":2}}"#,
+            r#"{"x":1e400,"usage":{"prompt_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":"\ud800"}}"#,
+            r#"{"usage":{"prompt_tokens":1}} x"#,
+            r#"[{"usage":{"prompt_tokens":1}}]"#,
+        ];
+        for body in raw {
+            let parsed = serde_json::from_str::<Value>(body).ok();
+            assert_eq!(
+                Usage::from_response_bytes(CallType::ChatCompletions, body.as_bytes()),
+                parsed.and_then(|v| Usage::from_response(CallType::ChatCompletions, &v)),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            Usage::from_response_bytes(CallType::ChatCompletions, raw[2].as_bytes())
+                .map(|u| u.prompt_tokens),
+            Some(2)
+        );
     }
 
     fn from_stream(call_type: CallType, stream: &str) -> Option<Usage> {
