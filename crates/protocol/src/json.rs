@@ -175,6 +175,30 @@ impl Visitor<'_> for MemberName {
     }
 }
 
+/// The `Visitor` methods for numbers and `null`, each giving `$value`: for the visitors that
+/// keep nothing of those ([`Skip`], and the seeds that read one kind of value out of any).
+macro_rules! skip_numbers_and_null {
+    ($value:expr) => {
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+pub(crate) use skip_numbers_and_null;
+
 /// Any JSON value, checked as strictly as parsing it into a `Value` (or a [`JsonView`]) checks
 /// it, and kept nowhere. `serde::de::IgnoredAny` is laxer with `serde_json`: it passes over
 /// numbers and escapes without decoding them, so it accepts `1e400` and a lone surrogate such
@@ -200,25 +224,11 @@ impl<'de> Visitor<'de> for Skip {
         Ok(Skip)
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
         Ok(Skip)
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
-        Ok(Skip)
-    }
+    skip_numbers_and_null!(Skip);
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
         while seq.next_element::<Skip>()?.is_some() {}
@@ -229,6 +239,17 @@ impl<'de> Visitor<'de> for Skip {
         while map.next_entry::<Skip, Skip>()?.is_some() {}
         Ok(Skip)
     }
+}
+
+/// A whole document read as one object by `visitor`, as strictly as `serde_json` reads it;
+/// `None` when it is not UTF-8, not JSON, has anything after the object, or the visitor gives
+/// up. For the readers that pick a few members out of a document.
+pub(crate) fn read_object<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Option<V::Value> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = de.deserialize_map(visitor).ok()?;
+    de.end().ok()?;
+    Some(value)
 }
 
 /// `serde_json::from_slice`, accepting and rejecting the same documents, with the document's

@@ -48,7 +48,7 @@ use serde_json::value::RawValue;
 use super::stream::{End, EventRead};
 use super::walk::key;
 use super::{Role, TextKind};
-use crate::json::{MemberName, Skip};
+use crate::json::{MemberName, Skip, read_object, skip_numbers_and_null};
 use crate::usage::Counts;
 use crate::{CallType, Usage};
 
@@ -130,16 +130,6 @@ pub struct CommonRequest<'a> {
     /// The guardrail texts (each message's `content`), in order; borrowed from the body unless
     /// they had escapes.
     pub texts: Vec<Cow<'a, str>>,
-}
-
-/// A whole document read as one object by `visitor`; `None` when it is not UTF-8, not JSON,
-/// has anything after the object, or the visitor gives up.
-fn read_object<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Option<V::Value> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = de.deserialize_map(visitor).ok()?;
-    de.end().ok()?;
-    Some(value)
 }
 
 /// Why the reader gave up; never shown (the general reader reads the event instead).
@@ -356,7 +346,7 @@ impl<'de> Visitor<'de> for ResponseVisitor {
             match name {
                 Some(0) => {
                     once(&mut seen[0])?;
-                    map.next_value_seed(OrNull(Messages(&mut texts)))?;
+                    map.next_value_seed(OrNull(EachText(ResponseChoice, &mut texts)))?;
                 }
                 Some(_) => {
                     once(&mut seen[1])?;
@@ -377,10 +367,14 @@ impl<'de> Visitor<'de> for ResponseVisitor {
     }
 }
 
-/// A response's `choices` (when not `null`): each choice's `message` content, in order.
-struct Messages<'r>(&'r mut Vec<String>);
+/// An array whose elements `S` reads, each giving at most one text, collected in order: a
+/// response's `choices` ([`ResponseChoice`]) and a request's `messages` ([`MessageContent`]).
+struct EachText<'r, S, T>(S, &'r mut Vec<T>);
 
-impl<'de> DeserializeSeed<'de> for Messages<'_> {
+impl<'de, S, T> DeserializeSeed<'de> for EachText<'_, S, T>
+where
+    S: DeserializeSeed<'de, Value = Option<T>> + Copy,
+{
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -388,16 +382,19 @@ impl<'de> DeserializeSeed<'de> for Messages<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Messages<'_> {
+impl<'de, S, T> Visitor<'de> for EachText<'_, S, T>
+where
+    S: DeserializeSeed<'de, Value = Option<T>> + Copy,
+{
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of choices")
+        f.write_str("an array")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(content) = seq.next_element_seed(ResponseChoice)? {
-            self.0.extend(content);
+        while let Some(text) = seq.next_element_seed(self.0)? {
+            self.1.extend(text);
         }
         Ok(())
     }
@@ -405,6 +402,7 @@ impl<'de> Visitor<'de> for Messages<'_> {
 
 /// One choice of a response: its `message`'s content, if any; a legacy `text` that is not
 /// `null` is left to the general reader.
+#[derive(Clone, Copy)]
 struct ResponseChoice;
 
 impl<'de> DeserializeSeed<'de> for ResponseChoice {
@@ -452,6 +450,7 @@ impl<'de> Visitor<'de> for ResponseChoice {
 
 /// A response's `message` (when not `null`) or a request's message: an object whose members
 /// that may hold text are `null`, but for a string `content`; its value is that content.
+#[derive(Clone, Copy)]
 struct MessageContent;
 
 impl<'de> DeserializeSeed<'de> for MessageContent {
@@ -504,28 +503,6 @@ impl<'de> Visitor<'de> for MessageContent {
     }
 }
 
-/// The `Visitor` methods for numbers and `null`, each giving `$value`: for the seeds that read
-/// one kind of value out of any.
-macro_rules! skip_numbers_and_null {
-    ($value:expr) => {
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok($value)
-        }
-    };
-}
-
 /// A whole chat completion request: `messages`, `model`, `stream`, `user` and `metadata` are
 /// read, every other member skipped; a member that selects guardrails or may hold text the
 /// general reader reads (`tools`) gives up.
@@ -557,7 +534,9 @@ impl<'de> Visitor<'de> for RequestVisitor {
                 Some(i @ 0..5) => {
                     once(&mut seen[i])?;
                     match i {
-                        0 => map.next_value_seed(RequestMessages(&mut out.texts))?,
+                        // Each message with at most a string `content` among the members the
+                        // general reader reads text from.
+                        0 => map.next_value_seed(EachText(MessageContent, &mut out.texts))?,
                         1 => out.model = map.next_value_seed(StringOrNone)?,
                         2 => out.stream = map.next_value_seed(IsTrue)?,
                         3 => out.user = map.next_value_seed(StringOrNone)?,
@@ -585,33 +564,6 @@ impl<'de> Visitor<'de> for RequestVisitor {
             out.user = user_id;
         }
         Ok(out)
-    }
-}
-
-/// A request's `messages`: an array of messages, each with at most a string `content` among
-/// the members the general reader reads text from.
-struct RequestMessages<'r, 'de>(&'r mut Vec<Cow<'de, str>>);
-
-impl<'de> DeserializeSeed<'de> for RequestMessages<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RequestMessages<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of messages")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(content) = seq.next_element_seed(MessageContent)? {
-            self.0.extend(content);
-        }
-        Ok(())
     }
 }
 
