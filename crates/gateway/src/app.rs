@@ -110,7 +110,9 @@ impl Gateway {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let mut settings = SpendLogWriter::new().capacity(config.spend_logs_queue_size);
+        let mut settings = SpendLogWriter::new()
+            .capacity(config.spend_logs_queue_size)
+            .linger(config.spend_logs_linger);
         if let Some(path) = &config.spend_logs_dead_letter_path {
             settings = settings.dead_letter_path(path);
         }

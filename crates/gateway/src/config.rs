@@ -34,6 +34,8 @@
 //!                                          # default: beside the SQLite/JSONL file, or
 //!                                          # ./spend_logs.dead-letter.jsonl for PostgreSQL
 //!   spend_logs_queue_size: 10000           # records held in memory while the database is slow
+//!   proxy_batch_write_at: 0.02             # seconds a spend-log record waits for its batch to
+//!                                          # fill (LiteLLM's name; default 20 ms)
 //!   graceful_shutdown_timeout: 30          # seconds in-flight requests get after SIGTERM
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
@@ -221,6 +223,12 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// How long the spend-log writer waits for a batch to fill without `proxy_batch_write_at`.
+pub const DEFAULT_SPEND_LOGS_LINGER: Duration = Duration::from_millis(20);
+
+/// The longest `proxy_batch_write_at` the gateway takes.
+pub const MAX_SPEND_LOGS_LINGER: Duration = Duration::from_secs(60);
+
 /// The default of `general_settings.user_api_key_cache_ttl`.
 pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -241,6 +249,10 @@ pub struct GatewayConfig {
     pub spend_logs_dead_letter_path: Option<PathBuf>,
     /// How many records the spend-log queue holds (default 10,000).
     pub spend_logs_queue_size: usize,
+    /// `general_settings.proxy_batch_write_at`: how long the spend-log writer waits for a batch
+    /// to fill after its first record (default 20 ms). Longer means fewer, larger transactions,
+    /// and more records lost if the process is killed without a graceful shutdown.
+    pub spend_logs_linger: Duration,
     /// How long in-flight requests may run after a shutdown signal before they are cut
     /// (default 30 s).
     pub graceful_shutdown_timeout: Duration,
@@ -407,6 +419,7 @@ const GENERAL: &[&str] = &[
     "spend_logs",
     "spend_logs_dead_letter_path",
     "spend_logs_queue_size",
+    "proxy_batch_write_at",
     "graceful_shutdown_timeout",
     "store_prompts_in_spend_logs",
     "request_timeout",
@@ -537,6 +550,21 @@ impl GatewayConfig {
         let spend_logs_queue_size = positive("spend_logs_queue_size")?
             .and_then(Value::as_u64)
             .map_or(10_000, |n| n as usize);
+        let spend_logs_linger = match positive("proxy_batch_write_at")?.and_then(seconds) {
+            None => DEFAULT_SPEND_LOGS_LINGER,
+            Some(linger) if linger <= MAX_SPEND_LOGS_LINGER => linger,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "general_settings.proxy_batch_write_at",
+                    line_of(text, Some("general_settings"), "proxy_batch_write_at"),
+                    format!(
+                        "must be at most {} seconds: a record waits this long before it is \
+                         written, and is lost if the gateway is killed meanwhile",
+                        MAX_SPEND_LOGS_LINGER.as_secs()
+                    ),
+                ));
+            }
+        };
         let graceful_shutdown_timeout = positive("graceful_shutdown_timeout")?
             .and_then(seconds)
             .unwrap_or(Duration::from_secs(30));
@@ -605,6 +633,7 @@ impl GatewayConfig {
             spend_logs,
             spend_logs_dead_letter_path,
             spend_logs_queue_size,
+            spend_logs_linger,
             graceful_shutdown_timeout,
             store_prompts_in_spend_logs: general
                 .get("store_prompts_in_spend_logs")
@@ -1502,6 +1531,40 @@ litellm_settings:
 
     fn error(yaml: &str) -> ConfigError {
         GatewayConfig::from_yaml(yaml).unwrap_err()
+    }
+
+    #[test]
+    fn proxy_batch_write_at_sets_how_long_a_spend_log_batch_fills() {
+        let linger = |general: &str| {
+            GatewayConfig::from_yaml(&format!("general_settings:\n{general}"))
+                .map(|c| c.spend_logs_linger)
+        };
+        assert_eq!(
+            linger("  spend_logs_queue_size: 5\n").unwrap(),
+            DEFAULT_SPEND_LOGS_LINGER
+        );
+        assert_eq!(
+            linger("  proxy_batch_write_at: 0.5\n").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            linger("  proxy_batch_write_at: 60\n").unwrap(),
+            MAX_SPEND_LOGS_LINGER
+        );
+        for (value, message) in [
+            ("0", "must be a positive number"),
+            ("-1", "must be a positive number"),
+            ("soon", "must be a positive number"),
+            ("61", "must be at most 60 seconds"),
+        ] {
+            let e = linger(&format!(
+                "  spend_logs_queue_size: 5\n  proxy_batch_write_at: {value}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "general_settings.proxy_batch_write_at", "{value}");
+            assert_eq!(e.line, Some(3), "{value}");
+            assert!(e.message.contains(message), "{value}: {}", e.message);
+        }
     }
 
     #[test]

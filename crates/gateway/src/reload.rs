@@ -66,6 +66,7 @@ struct Fixed {
     spend_logs: Option<SpendLogsTarget>,
     dead_letter: Option<PathBuf>,
     queue_size: usize,
+    linger: std::time::Duration,
     key_cache_ttl: std::time::Duration,
     grace: std::time::Duration,
     allow_unauthenticated: bool,
@@ -78,6 +79,7 @@ impl Fixed {
             spend_logs: config.spend_logs.clone(),
             dead_letter: config.spend_logs_dead_letter_path.clone(),
             queue_size: config.spend_logs_queue_size,
+            linger: config.spend_logs_linger,
             key_cache_ttl: config.key_cache_ttl,
             grace: config.graceful_shutdown_timeout,
             allow_unauthenticated: config.allow_unauthenticated,
@@ -114,6 +116,9 @@ impl Fixed {
         }
         if self.queue_size != new.queue_size {
             warnings.push(kept("spend_logs_queue_size"));
+        }
+        if self.linger != new.linger {
+            warnings.push(kept("proxy_batch_write_at"));
         }
         if self.key_cache_ttl != new.key_cache_ttl {
             warnings.push(kept("user_api_key_cache_ttl"));
