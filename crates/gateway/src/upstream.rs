@@ -305,8 +305,9 @@ impl Forward {
         };
         let body = rewrite_body(parsed, &d.upstream_model)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        let options = connection_options(&parts.headers);
         for (name, value) in &parts.headers {
-            if !DROPPED.contains(&name.as_str()) {
+            if !DROPPED.contains(&name.as_str()) && !options.contains(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -397,19 +398,42 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
     Ok(out.into())
 }
 
-/// Removes connection-level headers from an upstream response.
+/// Removes connection-level headers from an upstream response: the hop-by-hop headers (RFC
+/// 9110 section 7.6.1) and any header its `Connection` names.
 fn clean_response<B>(response: &mut Response<B>, api_base: String) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "trailer",
-    ] {
-        response.headers_mut().remove(name);
+    let headers = response.headers_mut();
+    // One pass over the names, no lookups, for the response that has none of them.
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        for name in connection_options(headers) {
+            headers.remove(name);
+        }
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
     response.extensions_mut().insert(ApiBase(api_base));
+}
+
+/// The hop-by-hop headers an upstream response may carry.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+];
+
+/// The headers a message's `Connection` header names (RFC 9110 section 7.6.1): like the
+/// hop-by-hop headers, they belong to one connection and are not forwarded.
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// The future of [`Forward`].
@@ -499,6 +523,86 @@ mod tests {
             .unwrap();
         request.extensions_mut().insert(parsed);
         forward.prepare(request).unwrap().0
+    }
+
+    #[test]
+    fn headers_the_client_connection_names_are_not_forwarded() {
+        let forward = Forward::new(
+            &[deployment(Provider::OpenAi, "http://up.internal/v1")],
+            HttpClient::new(),
+            Duration::from_secs(1),
+        );
+        let body = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        let call_type = CallType::of(&http::Method::POST, "/v1/chat/completions");
+        let mut request = Request::post("/v1/chat/completions")
+            .header(header::CONNECTION, "keep-alive, X-Hop")
+            .header(header::CONNECTION, "x-other-hop")
+            .header("x-hop", "for the next hop only")
+            .header("x-other-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-trace", "t1")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ParsedRequest::parse(call_type, body, None).unwrap());
+        let (forwarded, _) = forward.prepare(request).unwrap();
+        let mut names: Vec<&str> = forwarded.headers().keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept-encoding",
+                "authorization",
+                "content-length",
+                "x-trace"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_upstream_response_loses_its_connection_headers() {
+        let response = |headers: &[(&str, &str)]| {
+            let mut builder = Response::builder();
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let mut response = builder.body(()).unwrap();
+            clean_response(&mut response, "http://up.internal".into());
+            assert_eq!(
+                response.extensions().get::<ApiBase>().map(|b| b.0.as_str()),
+                Some("http://up.internal")
+            );
+            let mut kept: Vec<String> = response
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect();
+            kept.sort_unstable();
+            kept
+        };
+        assert_eq!(
+            response(&[
+                ("connection", "close, X-Upstream-Hop"),
+                ("x-upstream-hop", "internal"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "h2c"),
+                ("trailer", "x-checksum"),
+                ("content-type", "application/json"),
+                ("x-request-id", "r1"),
+            ]),
+            ["content-type: application/json", "x-request-id: r1"]
+        );
+        // Nothing to remove: the headers stay as they are.
+        assert_eq!(
+            response(&[
+                ("content-type", "text/event-stream"),
+                ("x-upstream-hop", "1")
+            ]),
+            ["content-type: text/event-stream", "x-upstream-hop: 1"]
+        );
     }
 
     #[test]
