@@ -547,9 +547,44 @@ impl GatewayConfig {
                 )),
             }
         };
-        let spend_logs_queue_size = positive("spend_logs_queue_size")?
-            .and_then(Value::as_u64)
-            .map_or(10_000, |n| n as usize);
+        // A whole number above zero, or the key's error: never a silent default.
+        let count = |key: &str| -> Result<Option<usize>, ConfigError> {
+            match general.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("general_settings.{key}"),
+                            line_of(text, Some("general_settings"), key),
+                            "must be a whole number above zero",
+                        )
+                    }),
+            }
+        };
+        let spend_logs_queue_size = count("spend_logs_queue_size")?.unwrap_or(10_000);
+        let max_request_body_bytes = count("max_request_body_bytes")?.unwrap_or(DEFAULT_BODY_LIMIT);
+        let request_timeout = positive("request_timeout")?
+            .and_then(seconds)
+            .unwrap_or(Duration::from_secs(600));
+        let store_prompts_in_spend_logs = match general.get("store_prompts_in_spend_logs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "general_settings.store_prompts_in_spend_logs",
+                    line_of(
+                        text,
+                        Some("general_settings"),
+                        "store_prompts_in_spend_logs",
+                    ),
+                    "must be true or false",
+                ));
+            }
+        };
         let spend_logs_linger = match positive("proxy_batch_write_at")?.and_then(seconds) {
             None => DEFAULT_SPEND_LOGS_LINGER,
             Some(linger) if linger <= MAX_SPEND_LOGS_LINGER => linger,
@@ -635,18 +670,9 @@ impl GatewayConfig {
             spend_logs_queue_size,
             spend_logs_linger,
             graceful_shutdown_timeout,
-            store_prompts_in_spend_logs: general
-                .get("store_prompts_in_spend_logs")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            request_timeout: general
-                .get("request_timeout")
-                .and_then(seconds)
-                .unwrap_or(Duration::from_secs(600)),
-            max_request_body_bytes: general
-                .get("max_request_body_bytes")
-                .and_then(Value::as_u64)
-                .map_or(DEFAULT_BODY_LIMIT, |n| n as usize),
+            store_prompts_in_spend_logs,
+            request_timeout,
+            max_request_body_bytes,
             stream_policy,
             warnings,
             guardrail_listing,
@@ -1531,6 +1557,40 @@ litellm_settings:
 
     fn error(yaml: &str) -> ConfigError {
         GatewayConfig::from_yaml(yaml).unwrap_err()
+    }
+
+    #[test]
+    fn numbers_and_flags_of_general_settings_are_checked_not_defaulted() {
+        for (key, value, message) in [
+            ("spend_logs_queue_size", "1.5", "a whole number above zero"),
+            ("spend_logs_queue_size", "0", "a whole number above zero"),
+            ("spend_logs_queue_size", "lots", "a whole number above zero"),
+            ("max_request_body_bytes", "-1", "a whole number above zero"),
+            (
+                "max_request_body_bytes",
+                "16MB",
+                "a whole number above zero",
+            ),
+            ("request_timeout", "-5", "a positive number"),
+            ("request_timeout", "ten", "a positive number"),
+            ("store_prompts_in_spend_logs", "\"yes\"", "true or false"),
+        ] {
+            let e = error(&format!(
+                "general_settings:\n  spend_logs: sqlite://s.db\n  {key}: {value}\n"
+            ));
+            assert_eq!(e.key, format!("general_settings.{key}"), "{key}: {value}");
+            assert_eq!(e.line, Some(3), "{key}: {value}");
+            assert!(e.message.contains(message), "{key}: {value}: {}", e.message);
+        }
+        let config = GatewayConfig::from_yaml(
+            "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
+             request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n",
+        )
+        .unwrap();
+        assert_eq!(config.spend_logs_queue_size, 50);
+        assert_eq!(config.max_request_body_bytes, 1024);
+        assert_eq!(config.request_timeout, Duration::from_millis(2500));
+        assert!(config.store_prompts_in_spend_logs);
     }
 
     #[test]
