@@ -31,6 +31,11 @@
 #   BENCH_PROFILE    a directory: keeps each target's callgrind files there, as
 #                    TARGET.REQUESTS.callgrind (for callgrind_annotate; the difference of a
 #                    function's figures in the two files, over N, is its cost per request)
+#   BENCH_BATCH_WRITE_AT  seconds: the gateway configs get general_settings.proxy_batch_write_at
+#                    (how long the spend-log writer waits for a batch to fill; default 20 ms).
+#                    Under callgrind the gateway serves a few hundred requests a second, so
+#                    20 ms gathers about 8 records a transaction, where a loaded gateway fills
+#                    its 256-record batches; 2 gives batches of that size here too
 #   BENCH_SKIP_BUILD 1 to use already built binaries
 #   CARGO_TARGET_DIR where the release binaries are built (default: ./target)
 set -euo pipefail
@@ -57,6 +62,7 @@ GUARD_PORT=$((PORT_BASE + 2))
 for t in $TARGETS; do
     case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics | gw-remote) ;; *) die "unknown target '$t'" ;; esac
 done
+[[ -z ${BENCH_BATCH_WRITE_AT:-} || $BENCH_BATCH_WRITE_AT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_BATCH_WRITE_AT must be a number of seconds (got '$BENCH_BATCH_WRITE_AT')"
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
 PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
 command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
@@ -82,6 +88,7 @@ total() {
         bare) cmd=("$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT") ;;
         *)
             gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/$target.yaml"
+            [[ -z ${BENCH_BATCH_WRITE_AT:-} ]] || echo "  proxy_batch_write_at: $BENCH_BATCH_WRITE_AT" >>"$WORK/$target.yaml"
             [[ $target == gw-filter || $target == gw-filter-metrics ]] && cat "$GUARDRAILS" >>"$WORK/$target.yaml"
             [[ $target == gw-master || $target == gw-vkey ]] && echo "  master_key: $MASTER_KEY" >>"$WORK/$target.yaml"
             [[ $target == gw-remote ]] && remote_guardrail_yaml "$HOST:$GUARD_PORT" pre_call >>"$WORK/$target.yaml"
