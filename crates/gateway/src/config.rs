@@ -35,7 +35,7 @@
 //!                                          # ./spend_logs.dead-letter.jsonl for PostgreSQL
 //!   spend_logs_queue_size: 10000           # records held in memory while the database is slow
 //!   proxy_batch_write_at: 0.02             # seconds a spend-log record waits for its batch to
-//!                                          # fill (LiteLLM's name; default 20 ms)
+//!                                          # fill (LiteLLM's name; default 20 ms, at most 60)
 //!   graceful_shutdown_timeout: 30          # seconds in-flight requests get after SIGTERM
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
@@ -226,7 +226,8 @@ pub fn redact_url(url: &str) -> String {
 /// How long the spend-log writer waits for a batch to fill without `proxy_batch_write_at`.
 pub const DEFAULT_SPEND_LOGS_LINGER: Duration = Duration::from_millis(20);
 
-/// The longest `proxy_batch_write_at` the gateway takes.
+/// The longest the spend-log writer waits for a batch: a longer `proxy_batch_write_at` is
+/// capped to it, with a warning.
 pub const MAX_SPEND_LOGS_LINGER: Duration = Duration::from_secs(60);
 
 /// The default of `general_settings.user_api_key_cache_ttl`.
@@ -585,19 +586,21 @@ impl GatewayConfig {
                 ));
             }
         };
+        // LiteLLM configs may ask for minutes; a record waits that long and is lost if the
+        // gateway is killed meanwhile, so the wait is capped, with a warning.
         let spend_logs_linger = match positive("proxy_batch_write_at")?.and_then(seconds) {
             None => DEFAULT_SPEND_LOGS_LINGER,
             Some(linger) if linger <= MAX_SPEND_LOGS_LINGER => linger,
-            Some(_) => {
-                return Err(ConfigError::new(
-                    "general_settings.proxy_batch_write_at",
-                    line_of(text, Some("general_settings"), "proxy_batch_write_at"),
-                    format!(
-                        "must be at most {} seconds: a record waits this long before it is \
-                         written, and is lost if the gateway is killed meanwhile",
-                        MAX_SPEND_LOGS_LINGER.as_secs()
-                    ),
+            Some(linger) => {
+                warnings.push(format!(
+                    "line {}: general_settings.proxy_batch_write_at is {} s; the spend log waits \
+                     at most {} s for a batch, so it writes every {} s",
+                    line_of(text, Some("general_settings"), "proxy_batch_write_at").unwrap_or(0),
+                    linger.as_secs_f64(),
+                    MAX_SPEND_LOGS_LINGER.as_secs(),
+                    MAX_SPEND_LOGS_LINGER.as_secs(),
                 ));
+                MAX_SPEND_LOGS_LINGER
             }
         };
         let graceful_shutdown_timeout = positive("graceful_shutdown_timeout")?
@@ -1611,11 +1614,21 @@ litellm_settings:
             linger("  proxy_batch_write_at: 60\n").unwrap(),
             MAX_SPEND_LOGS_LINGER
         );
+        // A LiteLLM config's minutes are capped, with a warning.
+        let config =
+            GatewayConfig::from_yaml("general_settings:\n  proxy_batch_write_at: 300\n").unwrap();
+        assert_eq!(config.spend_logs_linger, MAX_SPEND_LOGS_LINGER);
+        assert_eq!(
+            config.warnings,
+            [
+                "line 2: general_settings.proxy_batch_write_at is 300 s; the spend log waits at \
+              most 60 s for a batch, so it writes every 60 s"
+            ]
+        );
         for (value, message) in [
             ("0", "must be a positive number"),
             ("-1", "must be a positive number"),
             ("soon", "must be a positive number"),
-            ("61", "must be at most 60 seconds"),
         ] {
             let e = linger(&format!(
                 "  spend_logs_queue_size: 5\n  proxy_batch_write_at: {value}\n"
