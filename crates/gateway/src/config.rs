@@ -361,6 +361,25 @@ fn string(map: &Mapping, key: &str) -> Option<String> {
     }
 }
 
+/// The `true` or `false` of `section.key`, `default` when it is absent or null.
+fn flag(
+    text: &str,
+    map: &Mapping,
+    section: &str,
+    key: &str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ConfigError::new(
+            format!("{section}.{key}"),
+            line_of(text, Some(section), key),
+            "must be true or false",
+        )),
+    }
+}
+
 fn seconds(value: &Value) -> Option<Duration> {
     value
         .as_f64()
@@ -571,21 +590,13 @@ impl GatewayConfig {
         let request_timeout = positive("request_timeout")?
             .and_then(seconds)
             .unwrap_or(Duration::from_secs(600));
-        let store_prompts_in_spend_logs = match general.get("store_prompts_in_spend_logs") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ConfigError::new(
-                    "general_settings.store_prompts_in_spend_logs",
-                    line_of(
-                        text,
-                        Some("general_settings"),
-                        "store_prompts_in_spend_logs",
-                    ),
-                    "must be true or false",
-                ));
-            }
-        };
+        let store_prompts_in_spend_logs = flag(
+            text,
+            &general,
+            "general_settings",
+            "store_prompts_in_spend_logs",
+            false,
+        )?;
         // LiteLLM configs may ask for minutes; a record waits that long and is lost if the
         // gateway is killed meanwhile, so the wait is capped, with a warning.
         let spend_logs_linger = match positive("proxy_batch_write_at")?.and_then(seconds) {
@@ -633,17 +644,13 @@ impl GatewayConfig {
                 ));
             }
         }
-        let allow_unauthenticated = match general.get("allow_unauthenticated") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ConfigError::new(
-                    "general_settings.allow_unauthenticated",
-                    general_line("allow_unauthenticated"),
-                    "must be true or false",
-                ));
-            }
-        };
+        let allow_unauthenticated = flag(
+            text,
+            &general,
+            "general_settings",
+            "allow_unauthenticated",
+            false,
+        )?;
         let key_cache_ttl = match general.get("user_api_key_cache_ttl") {
             None | Some(Value::Null) => DEFAULT_KEY_CACHE_TTL,
             Some(v) => v
@@ -733,21 +740,13 @@ fn parse_litellm_settings(text: &str, value: Option<&Value>) -> Result<(bool, bo
         };
         prometheus |= names.contains(&"prometheus");
     }
-    let require_auth = match settings.get("require_auth_for_metrics_endpoint") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ConfigError::new(
-                "litellm_settings.require_auth_for_metrics_endpoint",
-                line_of(
-                    text,
-                    Some("litellm_settings"),
-                    "require_auth_for_metrics_endpoint",
-                ),
-                "must be true or false",
-            ));
-        }
-    };
+    let require_auth = flag(
+        text,
+        settings,
+        "litellm_settings",
+        "require_auth_for_metrics_endpoint",
+        true,
+    )?;
     Ok((prometheus, require_auth))
 }
 
@@ -1577,6 +1576,7 @@ litellm_settings:
             ("request_timeout", "-5", "a positive number"),
             ("request_timeout", "ten", "a positive number"),
             ("store_prompts_in_spend_logs", "\"yes\"", "true or false"),
+            ("allow_unauthenticated", "1", "true or false"),
         ] {
             let e = error(&format!(
                 "general_settings:\n  spend_logs: sqlite://s.db\n  {key}: {value}\n"
@@ -1585,6 +1585,10 @@ litellm_settings:
             assert_eq!(e.line, Some(3), "{key}: {value}");
             assert!(e.message.contains(message), "{key}: {value}: {}", e.message);
         }
+        let e = error("litellm_settings:\n  require_auth_for_metrics_endpoint: \"no\"\n");
+        assert_eq!(e.key, "litellm_settings.require_auth_for_metrics_endpoint");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("true or false"), "{}", e.message);
         let config = GatewayConfig::from_yaml(
             "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
              request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n",
