@@ -380,11 +380,12 @@ fn flag(
     }
 }
 
+/// A positive number of seconds that a `Duration` holds (`1e300` does not: no panic, `None`).
 fn seconds(value: &Value) -> Option<Duration> {
     value
         .as_f64()
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
 /// Resolves every `os.environ/NAME` string inside a value, in place.
@@ -556,15 +557,16 @@ impl GatewayConfig {
                 )?))
             }
         };
-        let positive = |key: &str| -> Result<Option<&Value>, ConfigError> {
+        let duration = |key: &str| -> Result<Option<Duration>, ConfigError> {
             match general.get(key) {
-                None => Ok(None),
-                Some(v) if v.as_f64().is_some_and(|n| n > 0.0) => Ok(Some(v)),
-                Some(_) => Err(ConfigError::new(
-                    format!("general_settings.{key}"),
-                    line_of(text, Some("general_settings"), key),
-                    "must be a positive number",
-                )),
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => seconds(v).map(Some).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("general_settings.{key}"),
+                        line_of(text, Some("general_settings"), key),
+                        "must be a positive number of seconds",
+                    )
+                }),
             }
         };
         // A whole number above zero, or the key's error: never a silent default.
@@ -587,9 +589,7 @@ impl GatewayConfig {
         };
         let spend_logs_queue_size = count("spend_logs_queue_size")?.unwrap_or(10_000);
         let max_request_body_bytes = count("max_request_body_bytes")?.unwrap_or(DEFAULT_BODY_LIMIT);
-        let request_timeout = positive("request_timeout")?
-            .and_then(seconds)
-            .unwrap_or(Duration::from_secs(600));
+        let request_timeout = duration("request_timeout")?.unwrap_or(Duration::from_secs(600));
         let store_prompts_in_spend_logs = flag(
             text,
             &general,
@@ -599,7 +599,7 @@ impl GatewayConfig {
         )?;
         // LiteLLM configs may ask for minutes; a record waits that long and is lost if the
         // gateway is killed meanwhile, so the wait is capped, with a warning.
-        let spend_logs_linger = match positive("proxy_batch_write_at")?.and_then(seconds) {
+        let spend_logs_linger = match duration("proxy_batch_write_at")? {
             None => DEFAULT_SPEND_LOGS_LINGER,
             Some(linger) if linger <= MAX_SPEND_LOGS_LINGER => linger,
             Some(linger) => {
@@ -614,9 +614,8 @@ impl GatewayConfig {
                 MAX_SPEND_LOGS_LINGER
             }
         };
-        let graceful_shutdown_timeout = positive("graceful_shutdown_timeout")?
-            .and_then(seconds)
-            .unwrap_or(Duration::from_secs(30));
+        let graceful_shutdown_timeout =
+            duration("graceful_shutdown_timeout")?.unwrap_or(Duration::from_secs(30));
         let general_line = |key: &str| line_of(text, Some("general_settings"), key);
         let master_key = match general.get("master_key") {
             None | Some(Value::Null) => env("LITELLM_MASTER_KEY").filter(|k| !k.is_empty()),
@@ -1575,6 +1574,12 @@ litellm_settings:
             ),
             ("request_timeout", "-5", "a positive number"),
             ("request_timeout", "ten", "a positive number"),
+            ("request_timeout", "1e300", "a positive number of seconds"),
+            (
+                "graceful_shutdown_timeout",
+                "1e20",
+                "a positive number of seconds",
+            ),
             ("store_prompts_in_spend_logs", "\"yes\"", "true or false"),
             ("allow_unauthenticated", "1", "true or false"),
         ] {
@@ -1974,6 +1979,9 @@ guardrails:
         let e = error_with_env(&format!("{BEDROCK}      aws_profile_name: prod\n"), env);
         assert_eq!(e.key(), "guardrails[0].litellm_params.aws_profile_name");
         let e = error_with_env(&format!("{BEDROCK}      timeout: soon\n"), env);
+        assert_eq!(e.key(), "guardrails[0].litellm_params.timeout", "{e}");
+        // Too large for a duration: an error, not a panic at start-up.
+        let e = error_with_env(&format!("{BEDROCK}      timeout: 1e300\n"), env);
         assert_eq!(e.key(), "guardrails[0].litellm_params.timeout", "{e}");
     }
 
