@@ -230,6 +230,9 @@ pub const DEFAULT_SPEND_LOGS_LINGER: Duration = Duration::from_millis(20);
 /// capped to it, with a warning.
 pub const MAX_SPEND_LOGS_LINGER: Duration = Duration::from_secs(60);
 
+/// The most records `general_settings.spend_logs_queue_size` may hold.
+pub const MAX_SPEND_LOGS_QUEUE: usize = 10_000_000;
+
 /// The default of `general_settings.user_api_key_cache_ttl`.
 pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -587,7 +590,19 @@ impl GatewayConfig {
                     }),
             }
         };
-        let spend_logs_queue_size = count("spend_logs_queue_size")?.unwrap_or(10_000);
+        let spend_logs_queue_size = match count("spend_logs_queue_size")? {
+            None => 10_000,
+            Some(n) if n <= MAX_SPEND_LOGS_QUEUE => n,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "general_settings.spend_logs_queue_size",
+                    line_of(text, Some("general_settings"), "spend_logs_queue_size"),
+                    format!(
+                        "must be at most {MAX_SPEND_LOGS_QUEUE} (a queued record takes 1 to 2 KiB)"
+                    ),
+                ));
+            }
+        };
         let max_request_body_bytes = count("max_request_body_bytes")?.unwrap_or(DEFAULT_BODY_LIMIT);
         let request_timeout = duration("request_timeout")?.unwrap_or(Duration::from_secs(600));
         let store_prompts_in_spend_logs = flag(
@@ -1566,6 +1581,11 @@ litellm_settings:
             ("spend_logs_queue_size", "1.5", "a whole number above zero"),
             ("spend_logs_queue_size", "0", "a whole number above zero"),
             ("spend_logs_queue_size", "lots", "a whole number above zero"),
+            (
+                "spend_logs_queue_size",
+                "10000000000000000000",
+                "at most 10000000",
+            ),
             ("max_request_body_bytes", "-1", "a whole number above zero"),
             (
                 "max_request_body_bytes",
