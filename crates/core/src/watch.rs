@@ -142,8 +142,11 @@ fn may_matter(fields: &[u8]) -> bool {
     mentions_usage_or_error(data)
 }
 
+/// Whether `bytes` may carry usage or an error: a `"usage"` key whose value is not `null`, or
+/// any `"error"`. OpenAI sends `"usage":null` in every chunk of a stream that asked for usage
+/// (`stream_options.include_usage`), and those chunks pass without being framed.
 fn mentions_usage_or_error(bytes: &[u8]) -> bool {
-    USAGE.find(bytes).is_some() || ERROR.find(bytes).is_some()
+    has_usage(bytes) || ERROR.find(bytes).is_some()
 }
 
 static USAGE: LazyLock<memmem::Finder<'static>> =
@@ -151,20 +154,22 @@ static USAGE: LazyLock<memmem::Finder<'static>> =
 static ERROR: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"error\""));
 
-/// Whether a chat chunk carries usage: a `"usage"` key whose value is not `null` (OpenAI-style
-/// servers send `"usage":null` in every chunk, and parsing each of them fully is wasted work).
+/// Whether a chat chunk (or several) carries usage: a `"usage"` key whose value is not `null`
+/// (OpenAI-style servers send `"usage":null` in every chunk, and parsing each of them fully is
+/// wasted work). Every mention counts: a later one may hold the usage (a second event of the
+/// same chunk, or the same key written twice, where the last one wins).
 fn has_usage(data: &[u8]) -> bool {
-    let Some(at) = USAGE.find(data) else {
-        return false;
-    };
-    let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
-    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
-    !rest.starts_with(b"null")
+    USAGE.find_iter(data).any(|at| {
+        let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
+        let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+        !rest.starts_with(b"null")
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::has_usage;
+    use super::{StreamWatch, has_usage};
+    use crate::CallType;
 
     #[test]
     fn usage_null_is_not_usage() {
@@ -175,5 +180,26 @@ mod tests {
         assert!(!has_usage(br#"{"choices":[]}"#));
         assert!(has_usage(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
         assert!(has_usage(br#"{"usage" :{"total_tokens":3}}"#));
+        // A later mention counts: the same key twice, or a second event of one chunk.
+        assert!(has_usage(br#"{"usage":null,"usage":{"total_tokens":3}}"#));
+        assert!(has_usage(
+            b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n"
+        ));
+    }
+
+    #[test]
+    fn chunks_whose_usage_is_null_pass_unframed() {
+        let watch = StreamWatch::new(CallType::ChatCompletions);
+        let chunk = |body: &str| format!("data: {body}\n\n").into_bytes();
+        assert!(watch.ignores_data_events(&chunk(
+            r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":null}"#
+        )));
+        assert!(!watch.ignores_data_events(&chunk(
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
+        )));
+        assert!(
+            !watch
+                .ignores_data_events(&chunk(r#"{"error":{"message":"overloaded"},"usage":null}"#))
+        );
     }
 }
