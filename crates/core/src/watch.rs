@@ -88,6 +88,26 @@ impl StreamWatch {
         if !interesting {
             return;
         }
+        // A chunk of the APIs whose usage is the top-level `usage` (chat, completions, ...), with
+        // no error and no escape (so no key is spelled another way): the usage read from the
+        // bytes, as the parsed chunk would give it, without building a `Value`. It is the last
+        // chunk of every stream that asks for usage.
+        if kind.is_none()
+            && !matches!(
+                self.call_type,
+                CallType::Responses | CallType::AnthropicMessages
+            )
+            && ERROR.find(bytes).is_none()
+            && memchr::memchr(b'\\', bytes).is_none()
+        {
+            if let Some(usage) = Usage::from_response_bytes(self.call_type, bytes) {
+                if self.usage != Some(usage) {
+                    self.usage = Some(usage);
+                    report.set_usage(usage);
+                }
+            }
+            return;
+        }
         let Ok(value) = crate::json::from_slice::<Value>(bytes) else {
             return;
         };
@@ -168,8 +188,10 @@ fn has_usage(data: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::{StreamWatch, has_usage};
-    use crate::CallType;
+    use crate::{CallType, ResponseReport};
 
     #[test]
     fn usage_null_is_not_usage() {
@@ -185,6 +207,36 @@ mod tests {
         assert!(has_usage(
             b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n"
         ));
+    }
+
+    #[test]
+    fn a_chat_chunk_usage_read_from_bytes_is_the_parsed_chunk_usage() {
+        use crate::sse::SseDecoder;
+        let datas = [
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+            r#"{"usage":null,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":"1","completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"created":1e400}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}} trailing"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2"#,
+            r#"{"choices":[{"delta":{"usage":{"prompt_tokens":9}}}]}"#,
+            r#"[{"usage":{"prompt_tokens":1}}]"#,
+            r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#,
+        ];
+        for data in datas {
+            let expected = serde_json::from_str::<Value>(data)
+                .ok()
+                .and_then(|v| crate::Usage::from_response(CallType::ChatCompletions, &v));
+            let mut decoder = SseDecoder::new();
+            decoder.push(bytes::Bytes::from(format!("data: {data}\n\n")));
+            let event = decoder.next_event().unwrap().unwrap();
+            let report = ResponseReport::new();
+            StreamWatch::new(CallType::ChatCompletions).observe(&event, &report);
+            assert_eq!(report.usage(), expected, "{data}");
+        }
     }
 
     #[test]
