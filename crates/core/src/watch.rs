@@ -73,6 +73,7 @@ impl StreamWatch {
     pub fn observe(&mut self, event: &SseEvent, report: &ResponseReport) {
         let Some(bytes) = event.data() else { return };
         let kind = event.event_type();
+        let mentions_error = ERROR.find(bytes).is_some();
         let interesting = matches!(
             kind,
             Some(
@@ -83,39 +84,42 @@ impl StreamWatch {
                     | "message_start"
                     | "message_delta"
             )
-        ) || ERROR.find(bytes).is_some()
+        ) || mentions_error
             || has_usage(bytes);
         if !interesting {
             return;
         }
+        let before = self.usage;
         // A chunk of the APIs whose usage is the top-level `usage` (chat, completions, ...), with
         // no error and no escape (so no key is spelled another way): the usage read from the
         // bytes, as the parsed chunk would give it, without building a `Value`. It is the last
         // chunk of every stream that asks for usage.
-        if kind.is_none()
+        let value = if kind.is_none()
             && !matches!(
                 self.call_type,
                 CallType::Responses | CallType::AnthropicMessages
             )
-            && ERROR.find(bytes).is_none()
+            && !mentions_error
             && memchr::memchr(b'\\', bytes).is_none()
         {
             if let Some(usage) = Usage::from_response_bytes(self.call_type, bytes) {
-                if self.usage != Some(usage) {
-                    self.usage = Some(usage);
-                    report.set_usage(usage);
-                }
+                self.usage = Some(usage);
             }
-            return;
-        }
-        let Ok(value) = crate::json::from_slice::<Value>(bytes) else {
-            return;
+            None
+        } else {
+            let Ok(value) = crate::json::from_slice::<Value>(bytes) else {
+                return;
+            };
+            Usage::update_from_event(&mut self.usage, self.call_type, kind, &value);
+            Some(value)
         };
-        let before = self.usage;
-        Usage::update_from_event(&mut self.usage, self.call_type, kind, &value);
         if let Some(usage) = self.usage.filter(|_| self.usage != before) {
             report.set_usage(usage);
         }
+        // No `Value`: the chunk was read from its bytes, and it mentions no error.
+        let Some(value) = value else {
+            return;
+        };
         let is_error = kind == Some("error")
             || (kind.is_none() && value.get("error").is_some_and(|e| !e.is_null()));
         if is_error {
