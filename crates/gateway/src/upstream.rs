@@ -28,20 +28,16 @@ use crate::config::{Deployment, Provider};
 /// The Anthropic API version sent when the client sent none.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus the
-/// client's own credentials (replaced by the upstream key) and `accept-encoding` (guardrails
-/// read the upstream body: the upstream is asked for `identity`, and what comes compressed
-/// anyway is decoded before the layers see it).
+/// Request headers never forwarded besides the hop-by-hop ones ([`HOP_BY_HOP`] and those the
+/// request's `Connection` names): the ones for this hop of a request only (`te`, the proxy's own
+/// credentials), the client's own credentials (replaced by the upstream key), `host` and
+/// `content-length` (set for the upstream request), and `accept-encoding` (guardrails read the
+/// upstream body: the upstream is asked for `identity`, and what comes compressed anyway is
+/// decoded before the layers see it).
 const DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
     "host",
     "content-length",
     "authorization",
@@ -307,7 +303,10 @@ impl Forward {
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         let options = connection_options(&parts.headers);
         for (name, value) in &parts.headers {
-            if !DROPPED.contains(&name.as_str()) && !options.contains(name) {
+            if !HOP_BY_HOP.contains(name)
+                && !DROPPED.contains(&name.as_str())
+                && !options.contains(name)
+            {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -414,7 +413,8 @@ fn clean_response<B>(response: &mut Response<B>, api_base: String) {
     response.extensions_mut().insert(ApiBase(api_base));
 }
 
-/// The hop-by-hop headers an upstream response may carry.
+/// The headers that belong to one connection (RFC 9110 section 7.6.1), dropped from the
+/// request and from the upstream's response.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
