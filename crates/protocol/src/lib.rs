@@ -53,6 +53,7 @@ mod body_type;
 mod call_type;
 mod error;
 pub mod json;
+mod plain;
 pub mod text;
 mod usage;
 

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::CallType;
 use crate::json::{JsonView, MemberName, Skip};
+use crate::plain::Plain;
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +53,7 @@ impl Counts {
     }
 
     /// The counts of a `usage` object of the plain shape every provider sends, read by hand:
-    /// members whose names are ASCII without escapes or control characters and whose values are
+    /// members whose names have no escapes or control characters and whose values are
     /// non-negative integers (digits only, within `u64`) or objects of such members (the
     /// `*_details`), with any JSON whitespace. That shape is a subset of JSON this reader checks
     /// completely, so its counts are those `serde_json` reads. `None` for anything else (a
@@ -60,35 +61,28 @@ impl Counts {
     /// bytes with `serde_json`, which decides. Reading the usual 230-byte object through
     /// `serde_json` cost about 4,000 instructions, a sixth of the spend log's work per request.
     pub(crate) fn read_plain(bytes: &[u8]) -> Option<Counts> {
-        let mut reader = PlainReader { bytes, at: 0 };
+        let mut reader = Plain::new(bytes)?;
         let mut counts = Counts::default();
-        if reader.next()? != b'{' {
-            return None;
-        }
-        if reader.next()? != b'}' {
-            reader.at -= 1;
-            loop {
-                let name = reader.name()?;
-                let value = match reader.value_start()? {
-                    b'0'..=b'9' => Some(reader.integer()?),
-                    b'{' => {
-                        reader.details()?;
-                        None
-                    }
-                    _ => return None,
-                };
-                if let Some(i) = count_index(name) {
-                    counts.0[i] = value;
+        reader.object(|reader, name| {
+            let value = match reader.peek()? {
+                b'0'..=b'9' => Some(reader.u64()?),
+                b'{' => {
+                    // The `*_details`: integers only.
+                    reader.object(|reader, _| {
+                        reader.peek()?.is_ascii_digit().then_some(())?;
+                        reader.u64().map(drop)
+                    })?;
+                    None
                 }
-                match reader.next()? {
-                    b',' => {}
-                    b'}' => break,
-                    _ => return None,
-                }
+                _ => return None,
+            };
+            if let Some(i) = count_index(name.as_bytes()) {
+                counts.0[i] = value;
             }
-        }
-        reader.skip_whitespace();
-        (reader.at == bytes.len()).then_some(counts)
+            Some(())
+        })?;
+        reader.end()?;
+        Some(counts)
     }
 
     fn get(&self, key: &str) -> Option<u64> {
@@ -125,40 +119,6 @@ impl<'de> Deserialize<'de> for Counts {
     }
 }
 
-/// Where the string that `rest` starts inside ends (the index of its closing quote), if every
-/// byte before it is ASCII and neither a backslash nor below 0x20 (which JSON allows only
-/// escaped). Eight bytes at a
-/// time: the names of a usage object are 10 to 30 bytes, and byte by byte they were most of
-/// the reader's work.
-fn plain_string_len(rest: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Set in a byte's high bit where the byte is zero; bits above the first such byte may be
-    // set wrongly (a borrow), the lowest one never is.
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let mut at = 0;
-    while let Some(word) = rest.get(at..at + 8) {
-        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        let special = zero(w ^ (ONES * u64::from(b'"')))
-            | zero(w ^ (ONES * u64::from(b'\\')))
-            | w.wrapping_sub(ONES * 0x20) & !w & HIGH
-            | w & HIGH;
-        if special != 0 {
-            at += special.trailing_zeros() as usize / 8;
-            return (rest[at] == b'"').then_some(at);
-        }
-        at += 8;
-    }
-    for (i, &b) in rest[at..].iter().enumerate() {
-        match b {
-            b'"' => return Some(at + i),
-            b'\\' | 0..0x20 | 0x80.. => return None,
-            _ => {}
-        }
-    }
-    None
-}
-
 /// The index of a count member's name in [`COUNT_KEYS`] (a match: faster than comparing the
 /// name with each; a test holds the two lists equal).
 fn count_index(name: &[u8]) -> Option<usize> {
@@ -172,84 +132,6 @@ fn count_index(name: &[u8]) -> Option<usize> {
         b"cache_creation_input_tokens" => 6,
         _ => return None,
     })
-}
-
-/// The reader of [`Counts::read_plain`]: `None` from any method means "not the plain shape".
-struct PlainReader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> PlainReader<'a> {
-    fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
-            self.at += 1;
-        }
-    }
-
-    /// The next byte after any whitespace, consumed.
-    fn next(&mut self) -> Option<u8> {
-        self.skip_whitespace();
-        let byte = *self.bytes.get(self.at)?;
-        self.at += 1;
-        Some(byte)
-    }
-
-    /// After a member's name: the `:`, and the first byte of the value (not consumed).
-    fn value_start(&mut self) -> Option<u8> {
-        if self.next()? != b':' {
-            return None;
-        }
-        self.skip_whitespace();
-        self.bytes.get(self.at).copied()
-    }
-
-    /// A nested object (`prompt_tokens_details`) whose members are all integers.
-    fn details(&mut self) -> Option<()> {
-        self.at += 1;
-        if self.next()? == b'}' {
-            return Some(());
-        }
-        self.at -= 1;
-        loop {
-            self.name()?;
-            if !self.value_start()?.is_ascii_digit() {
-                return None;
-            }
-            self.integer()?;
-            match self.next()? {
-                b',' => {}
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-
-    /// A member name: a string of ASCII without a backslash or a control character.
-    fn name(&mut self) -> Option<&'a [u8]> {
-        if self.next()? != b'"' {
-            return None;
-        }
-        let rest = &self.bytes[self.at..];
-        let len = plain_string_len(rest)?;
-        self.at += len + 1;
-        Some(&rest[..len])
-    }
-
-    /// A non-negative integer written as JSON allows (no leading zero), within `u64`. A
-    /// fraction or an exponent after it is caught by the caller, which expects `,` or `}`.
-    fn integer(&mut self) -> Option<u64> {
-        let start = self.at;
-        let mut value: u64 = 0;
-        while let Some(digit @ b'0'..=b'9') = self.bytes.get(self.at) {
-            value = value
-                .checked_mul(10)?
-                .checked_add(u64::from(digit - b'0'))?;
-            self.at += 1;
-        }
-        let leading_zero = self.bytes[start] == b'0' && self.at - start > 1;
-        (!leading_zero).then_some(value)
-    }
 }
 
 /// One count, read as `Value::as_u64` would read the parsed value: a non-negative integer is
@@ -657,41 +539,6 @@ mod tests {
                 prop_assert!(value.is_some(), "the plain reader read what serde_json refuses: {}", text);
                 for (i, key) in COUNT_KEYS.iter().enumerate() {
                     prop_assert_eq!(counts.0[i], value.and_then(|o| o.get(*key)).and_then(Value::as_u64), "{} in {}", key, text);
-                }
-            }
-        }
-    }
-
-    /// The word-at-a-time search agrees with a byte-by-byte one for every byte at every
-    /// position, before and after a closing quote, in strings longer and shorter than a word:
-    /// the zero-byte tests' borrows (a byte one away from a quote, a backslash or 0x20) and the
-    /// high bit included.
-    #[test]
-    fn the_plain_string_search_agrees_with_a_byte_by_byte_one() {
-        let reference = |rest: &[u8]| {
-            rest.iter()
-                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
-                .filter(|&at| rest[at] == b'"')
-        };
-        for len in 0..20 {
-            for at in 0..=len {
-                for byte in 0..=u8::MAX {
-                    let mut rest = vec![b'a'; len];
-                    rest.push(b'"');
-                    rest.extend_from_slice(b"bc\\d");
-                    rest[at] = byte;
-                    assert_eq!(
-                        plain_string_len(&rest),
-                        reference(&rest),
-                        "{byte:#04x} at {at} of {len}"
-                    );
-                    // Cut before the closing quote: no end.
-                    let cut = &rest[..at.max(1).min(len)];
-                    assert_eq!(
-                        plain_string_len(cut),
-                        reference(cut),
-                        "cut {byte:#04x} at {at}"
-                    );
                 }
             }
         }

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::super::stream::{End, EventRead};
 use super::super::{Role, Side, TextKey, TextKind};
 use super::CommonRequest;
-use crate::json::JsonView;
+use crate::json::{JsonView, read_object};
 use crate::{CallType, Usage};
 
 /// What the general reader makes of `data`: `None` when it is not JSON.
@@ -38,6 +38,13 @@ fn owned(read: EventRead<'_>) -> EventRead<'static> {
 /// The common reader's result for `data`, after checking that it agrees with the general one
 /// whenever it reads the event at all.
 fn common(call_type: CallType, data: &str) -> Option<EventRead<'static>> {
+    if let Some(plain) = super::read_plain_event(data.as_bytes()) {
+        assert_eq!(
+            read_object(data.as_bytes(), super::ChunkVisitor).map(owned),
+            Some(owned(plain)),
+            "the plain reader disagrees with the visitor on {data}"
+        );
+    }
     let fast = call_type.read_common_event(data.as_bytes()).map(owned);
     if let Some(fast) = &fast {
         assert_eq!(
@@ -177,9 +184,18 @@ fn member(
     names: &'static [&'static str],
     value: BoxedStrategy<String>,
 ) -> BoxedStrategy<(&'static str, String)> {
+    member_escaped(names, value, true)
+}
+
+/// A member of a generated chunk, its name escaped one time in five when `escape` says.
+fn member_escaped(
+    names: &'static [&'static str],
+    value: BoxedStrategy<String>,
+    escape: bool,
+) -> BoxedStrategy<(&'static str, String)> {
     (proptest::sample::select(names), 0..5u8, value)
-        .prop_map(|(name, escape, value)| {
-            let written = if escape == 0 {
+        .prop_map(move |(name, one_in_five, value)| {
+            let written = if escape && one_in_five == 0 {
                 // The first letter as a \u escape.
                 let mut chars = name.chars();
                 let first = chars.next().unwrap();
@@ -215,7 +231,7 @@ fn one_of(values: &'static [&'static str]) -> BoxedStrategy<String> {
         .boxed()
 }
 
-fn delta() -> BoxedStrategy<String> {
+fn delta(escape: bool) -> BoxedStrategy<String> {
     let content = prop_oneof![
         6 => one_of(&["null", "\"\"", "\"word \"", "\"esc\\\"aped\\n\"", "\"\\u00e9t\\u00e9\""]),
         1 => one_of(&["5", "[{\"type\":\"text\",\"text\":\"p\"}]"]),
@@ -225,41 +241,45 @@ fn delta() -> BoxedStrategy<String> {
         1 => one_of(&["\"x\"", "[]", "{}", "{\"transcript\":\"t\"}"]),
     ];
     let members = prop_oneof![
-        6 => member(&["content"], content.boxed()),
-        2 => member(&["role"], one_of(&["\"assistant\"", "null", "1"])),
-        1 => member(
+        6 => member_escaped(&["content"], content.boxed(), escape),
+        2 => member_escaped(&["role"], one_of(&["\"assistant\"", "null", "1"]), escape),
+        1 => member_escaped(
             &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name", "annotations"],
-            other.boxed(),
-        ),
+            other.boxed(), escape),
     ]
     .boxed();
     prop_oneof![6 => object(members), 1 => one_of(&["null", "[]", "\"d\""])].boxed()
 }
 
-fn choice() -> BoxedStrategy<String> {
+fn choice(escape: bool) -> BoxedStrategy<String> {
     let members = prop_oneof![
-        6 => member(&["delta"], delta()),
-        2 => member(&["index"], one_of(&["0", "1", "2", "null", "18446744073709551615"])),
-        1 => member(&["index"], one_of(&["\"1\"", "-1", "1.5"])),
-        2 => member(&["finish_reason"], one_of(&["null", "\"stop\"", "\"length\"", "0"])),
-        1 => member(&["text"], one_of(&["null", "\"t\""])),
-        1 => member(&["logprobs", "message"], one_of(&["null", "{\"content\":\"m\"}"])),
+        6 => member_escaped(&["delta"], delta(escape), escape),
+        2 => member_escaped(&["index"], one_of(&["0", "1", "2", "null", "18446744073709551615"]), escape),
+        1 => member_escaped(&["index"], one_of(&["\"1\"", "-1", "1.5"]), escape),
+        2 => member_escaped(&["finish_reason"], one_of(&["null", "\"stop\"", "\"length\"", "0"]), escape),
+        1 => member_escaped(&["text"], one_of(&["null", "\"t\""]), escape),
+        1 => member_escaped(&["logprobs", "message"], one_of(&["null", "{\"content\":\"m\"}"]), escape),
     ]
     .boxed();
     prop_oneof![8 => object(members), 1 => one_of(&["null", "[]", "\"c\""])].boxed()
 }
 
 fn chunk() -> BoxedStrategy<String> {
+    chunk_with(true)
+}
+
+/// A generated chunk, whose names are escaped now and then when `escape` says.
+fn chunk_with(escape: bool) -> BoxedStrategy<String> {
     let choices = prop_oneof![
-        6 => proptest::collection::vec(choice(), 0..3).prop_map(|c| format!("[{}]", c.join(","))),
+        6 => proptest::collection::vec(choice(escape), 0..3).prop_map(|c| format!("[{}]", c.join(","))),
         1 => one_of(&["null", "{}", "\"c\""]),
     ]
     .boxed();
     let members = prop_oneof![
-        8 => member(&["choices"], choices),
-        1 => member(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""])),
-        1 => member(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"])),
-        1 => member(&["created", "system_fingerprint"], not_a_value()),
+        8 => member_escaped(&["choices"], choices, escape),
+        1 => member_escaped(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""]), escape),
+        1 => member_escaped(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"]), escape),
+        1 => member_escaped(&["created", "system_fingerprint"], not_a_value(), escape),
     ]
     .boxed();
     prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
@@ -338,6 +358,91 @@ fn the_generator_reaches_both_readers() {
     reaches_both_readers(chunk(), |data| {
         common(CallType::ChatCompletions, data).map(|read| read.has_text())
     });
+}
+
+/// The generated chunks take both ways through the plain reader too: read by hand, and left
+/// to the visitor (an escaped name, a float, a lone surrogate...).
+#[test]
+fn the_generator_reaches_the_plain_reader_and_past_it() {
+    reaches_both_readers(chunk_with(false), |data| {
+        common(CallType::ChatCompletions, data);
+        super::read_plain_event(data.as_bytes()).map(|read| read.has_text())
+    });
+}
+
+/// The chunks streams are made of, read by hand: the bench's, with escapes and non-ASCII text
+/// in the content, with usage, with an error; and what the hand reader leaves to the visitor,
+/// which reads it.
+#[test]
+fn plain_chunks_are_read_by_hand() {
+    let read = |data: &str| super::read_plain_event(data.as_bytes()).map(owned);
+    let chunk = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796492003,"model":"m","service_tier":"default","system_fingerprint":"fp_mock","choices":[{"index":0,"delta":{"content":" said:"},"logprobs":null,"finish_reason":null}]}"#;
+    assert_eq!(
+        read(chunk),
+        Some(EventRead {
+            texts: vec![content(0, " said:")],
+            ..EventRead::default()
+        })
+    );
+    let escaped = r#"{"choices":[{"index":1,"delta":{"role":"assistant","content":"line\n\"q\" \u00e9t\u00e9 \ud83d\ude00 ü"},"finish_reason":"stop"}],"usage":{"total_tokens":3}}"#;
+    assert_eq!(
+        read(escaped),
+        Some(EventRead {
+            texts: vec![content(1, "line\n\"q\" été 😀 ü")],
+            ends: vec![End::Index(1)],
+            has_usage: true,
+            ..EventRead::default()
+        })
+    );
+    let error = r#" {"error": {"message": "overloaded", "code": 529}} "#;
+    assert_eq!(
+        read(error),
+        Some(EventRead {
+            upstream_error: true,
+            ..EventRead::default()
+        })
+    );
+    for (left, why) in [
+        (
+            r#"{"choices":[{"delta":{"content":"a"}}],"\u0069d":"x"}"#,
+            "an escaped name",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a"}}],"id":"x\ty"}"#,
+            "an escape in a skipped string",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-0.5}]}}]}"#,
+            "a float",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a\ud800"}}]}"#,
+            "a lone surrogate",
+        ),
+        (
+            r#"{"created":12345678901234567890,"choices":[]}"#,
+            "an integer of 20 digits",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a"}}]} x"#,
+            "something after the object",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+            "content twice",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a","refusal":"no"}}]}"#,
+            "a refusal",
+        ),
+        (
+            "{\"choices\":[{\"delta\":{\"content\":\"a\tb\"}}]}",
+            "a raw tab in a string",
+        ),
+    ] {
+        assert_eq!(read(left), None, "{why}: {left}");
+        common(CallType::ChatCompletions, left);
+    }
 }
 
 #[test]

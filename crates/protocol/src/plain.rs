@@ -1,0 +1,307 @@
+//! A reader of plain JSON, by hand: the subset of JSON that providers write their chunks,
+//! responses and usage objects in, read without `serde_json`'s visitor machinery.
+//!
+//! The readers that pick a few members out of a document (the chat chunk, the usage counts)
+//! first try this one, and fall back to their `serde_json` reader, which decides, at anything
+//! outside the subset. Every method returns `None` for "not plain": the caller gives up, never
+//! errs. What it accepts, it checks completely, so a document it reads is one `serde_json`
+//! accepts, with the same values:
+//!
+//! - strings without escapes or control characters (the document is UTF-8, checked once by
+//!   [`Plain::new`]); [`Plain::text`] also takes strings with escapes, decoded by `serde_json`;
+//! - integers of at most 19 digits (no fraction, no exponent: `serde_json` reads a longer one as
+//!   a float, or refuses it when it overflows one);
+//! - `true`, `false`, `null`, and objects and arrays of such values, nested at most
+//!   [`MAX_DEPTH`] deep (`serde_json` refuses documents nested more than 128 deep);
+//! - JSON whitespace between tokens.
+//!
+//! Member names are compared as written: a name with an escape is not plain.
+
+use std::borrow::Cow;
+
+/// The deepest nesting [`Plain::skip`] passes over.
+const MAX_DEPTH: u32 = 64;
+
+/// A cursor over a JSON document that reads the plain subset (see the module's documentation).
+pub(crate) struct Plain<'a> {
+    text: &'a str,
+    at: usize,
+    depth: u32,
+}
+
+impl<'a> Plain<'a> {
+    /// A cursor at the start of `bytes`; `None` when they are not UTF-8.
+    pub(crate) fn new(bytes: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        Some(Plain {
+            text,
+            at: 0,
+            depth: 0,
+        })
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after any whitespace, not consumed.
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.bytes().get(self.at).copied()
+    }
+
+    /// Consumes `byte`, after any whitespace.
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// The end of the document: only whitespace is left.
+    pub(crate) fn end(mut self) -> Option<()> {
+        self.skip_whitespace();
+        (self.at == self.text.len()).then_some(())
+    }
+
+    /// A string without escapes, borrowed.
+    pub(crate) fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let len = plain_string_len(&self.bytes()[start..])?;
+        self.at = start + len + 1;
+        // Both ends are ASCII quotes, so character boundaries.
+        Some(&self.text[start..start + len])
+    }
+
+    /// A string, borrowed when it has no escapes, else decoded by `serde_json` (which refuses
+    /// a lone surrogate or an unknown escape: not plain).
+    pub(crate) fn text(&mut self) -> Option<Cow<'a, str>> {
+        self.skip_whitespace();
+        let start = self.at;
+        if let Some(text) = self.string() {
+            return Some(Cow::Borrowed(text));
+        }
+        self.at = start;
+        self.eat(b'"')?;
+        let bytes = self.bytes();
+        loop {
+            let next = self.at + plain_string_end(bytes.get(self.at..)?)?;
+            match bytes[next] {
+                b'"' => {
+                    self.at = next + 1;
+                    break;
+                }
+                // The escaped byte is never the closing quote; what it means is checked below.
+                b'\\' => self.at = next + 2,
+                _ => return None,
+            }
+        }
+        let quoted = self.text.get(start..self.at)?;
+        serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+    }
+
+    /// Consumes `null` when it comes next; whether it did.
+    pub(crate) fn null(&mut self) -> Option<bool> {
+        self.skip_whitespace();
+        let null = self.bytes()[self.at..].starts_with(b"null");
+        if null {
+            self.at += 4;
+        }
+        Some(null)
+    }
+
+    /// Any plain value, skipped: whether it was anything but `null`.
+    pub(crate) fn non_null(&mut self) -> Option<bool> {
+        if self.null()? {
+            return Some(false);
+        }
+        self.skip()?;
+        Some(true)
+    }
+
+    /// A non-negative integer within `u64`, written as JSON allows (no sign, no leading zero).
+    /// What follows it is checked by the caller (a fraction or an exponent is not a `,`).
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.skip_whitespace();
+        let bytes = self.bytes();
+        let start = self.at;
+        let mut value: u64 = 0;
+        while let Some(digit @ b'0'..=b'9') = bytes.get(self.at) {
+            value = value
+                .checked_mul(10)?
+                .checked_add(u64::from(digit - b'0'))?;
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        (digits == 1 || (digits > 1 && bytes[start] != b'0')).then_some(value)
+    }
+
+    /// An integer of at most 19 digits, skipped.
+    fn integer(&mut self) -> Option<()> {
+        if self.bytes()[self.at] == b'-' {
+            self.at += 1;
+        }
+        let start = self.at;
+        let bytes = self.bytes();
+        while let Some(b'0'..=b'9') = bytes.get(self.at) {
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        (digits == 1 || (2..=19).contains(&digits) && bytes[start] != b'0').then_some(())
+    }
+
+    /// An object: calls `member` with each member's name, the cursor at its value, which
+    /// `member` must read.
+    pub(crate) fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let name = self.string()?;
+            self.eat(b':')?;
+            member(self, name)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array: calls `element` with the cursor at each element, which `element` must read.
+    pub(crate) fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Any plain value, skipped.
+    pub(crate) fn skip(&mut self) -> Option<()> {
+        let literal = |this: &mut Self, word: &[u8]| {
+            this.bytes()[this.at..]
+                .starts_with(word)
+                .then(|| this.at += word.len())
+        };
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' if self.depth >= MAX_DEPTH => None,
+            b'{' => {
+                self.depth += 1;
+                self.object(|this, _| this.skip())?;
+                self.depth -= 1;
+                Some(())
+            }
+            b'[' => {
+                self.depth += 1;
+                self.array(Self::skip)?;
+                self.depth -= 1;
+                Some(())
+            }
+            b't' => literal(self, b"true"),
+            b'f' => literal(self, b"false"),
+            b'n' => literal(self, b"null"),
+            b'-' | b'0'..=b'9' => self.integer(),
+            _ => None,
+        }
+    }
+}
+
+/// Where the string that `rest` starts inside ends (the index of its closing quote), if no byte
+/// before it is a backslash or below 0x20 (which JSON allows only escaped).
+fn plain_string_len(rest: &[u8]) -> Option<usize> {
+    let at = plain_string_end(rest)?;
+    (rest[at] == b'"').then_some(at)
+}
+
+/// The index of the first quote, backslash or byte below 0x20 in `rest`, if any. Eight bytes
+/// at a time: names and values are mostly 5 to 30 bytes, and byte by byte they were most of a
+/// reader's work. Bytes above 0x7f pass (the document's UTF-8 is checked as a whole).
+fn plain_string_end(rest: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Set in a byte's high bit where the byte is zero; bits above the first such byte may be
+    // set wrongly (a borrow), the lowest one never is.
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let mut at = 0;
+    while let Some(word) = rest.get(at..at + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A quote, a backslash, or a byte below 0x20 (one that borrows when 0x20 is taken
+        // from it and has no high bit of its own).
+        let special = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        if special != 0 {
+            return Some(at + special.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    rest[at..]
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | 0..0x20))
+        .map(|i| at + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time search agrees with a byte-by-byte one for every byte at every
+    /// position, before and after a closing quote, in strings longer and shorter than a word:
+    /// the zero-byte tests' borrows (a byte one away from a quote, a backslash or 0x20) and the
+    /// high bit included.
+    #[test]
+    fn the_plain_string_search_agrees_with_a_byte_by_byte_one() {
+        let reference = |rest: &[u8]| {
+            rest.iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .filter(|&at| rest[at] == b'"')
+        };
+        for len in 0..20 {
+            for at in 0..=len {
+                for byte in 0..=u8::MAX {
+                    let mut rest = vec![b'a'; len];
+                    rest.push(b'"');
+                    rest.extend_from_slice(b"bc\\d");
+                    rest[at] = byte;
+                    assert_eq!(
+                        plain_string_len(&rest),
+                        reference(&rest),
+                        "{byte:#04x} at {at} of {len}"
+                    );
+                    // Cut before the closing quote: no end.
+                    let cut = &rest[..at.max(1).min(len)];
+                    assert_eq!(
+                        plain_string_len(cut),
+                        reference(cut),
+                        "cut {byte:#04x} at {at}"
+                    );
+                }
+            }
+        }
+    }
+}
