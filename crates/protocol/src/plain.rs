@@ -9,8 +9,8 @@
 //!
 //! - strings without escapes or control characters (the document is UTF-8, checked once by
 //!   [`Plain::new`]); [`Plain::text`] also takes strings with escapes, decoded by `serde_json`;
-//! - integers of at most 19 digits (no fraction, no exponent: `serde_json` reads a longer one as
-//!   a float, or refuses it when it overflows one);
+//! - numbers whose integer part has at most 19 digits and whose exponent is at most 250 either
+//!   way (`serde_json` refuses a number that overflows an `f64`);
 //! - `true`, `false`, `null`, and objects and arrays of such values, nested at most
 //!   [`MAX_DEPTH`] deep (`serde_json` refuses documents nested more than 128 deep);
 //! - JSON whitespace between tokens.
@@ -140,18 +140,45 @@ impl<'a> Plain<'a> {
         (digits == 1 || (digits > 1 && bytes[start] != b'0')).then_some(value)
     }
 
-    /// An integer of at most 19 digits, skipped.
-    fn integer(&mut self) -> Option<()> {
-        if self.bytes()[self.at] == b'-' {
+    /// A number, skipped: an integer part of at most 19 digits, any fraction, and an exponent
+    /// of at most 250 either way, so that its value is within what `serde_json` reads (a
+    /// float overflowing `f64` is an error there; one too small to tell from 0 is 0).
+    fn number(&mut self) -> Option<()> {
+        let bytes = self.bytes();
+        let digits = |this: &mut Self| {
+            let start = this.at;
+            while let Some(b'0'..=b'9') = bytes.get(this.at) {
+                this.at += 1;
+            }
+            this.at - start
+        };
+        if bytes[self.at] == b'-' {
             self.at += 1;
         }
         let start = self.at;
-        let bytes = self.bytes();
-        while let Some(b'0'..=b'9') = bytes.get(self.at) {
-            self.at += 1;
+        let whole = digits(self);
+        if !(whole == 1 || (2..=19).contains(&whole) && bytes[start] != b'0') {
+            return None;
         }
-        let digits = self.at - start;
-        (digits == 1 || (2..=19).contains(&digits) && bytes[start] != b'0').then_some(())
+        if bytes.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = bytes.get(self.at) {
+                self.at += 1;
+            }
+            let start = self.at;
+            let len = digits(self);
+            let exponent = self.text[start..self.at].parse::<u32>().ok();
+            if len == 0 || len > 3 || exponent? > 250 {
+                return None;
+            }
+        }
+        Some(())
     }
 
     /// An object: calls `member` with each member's name, the cursor at its value, which
@@ -225,7 +252,7 @@ impl<'a> Plain<'a> {
             b't' => literal(self, b"true"),
             b'f' => literal(self, b"false"),
             b'n' => literal(self, b"null"),
-            b'-' | b'0'..=b'9' => self.integer(),
+            b'-' | b'0'..=b'9' => self.number(),
             _ => None,
         }
     }
@@ -244,23 +271,26 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
 fn plain_string_end(rest: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Set in a byte's high bit where the byte is zero; bits above the first such byte may be
-    // set wrongly (a borrow), the lowest one never is.
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let mut at = 0;
-    while let Some(word) = rest.get(at..at + 8) {
+    let mut words = rest.chunks_exact(8);
+    for (i, word) in words.by_ref().enumerate() {
         let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        // A quote, a backslash, or a byte below 0x20 (one that borrows when 0x20 is taken
-        // from it and has no high bit of its own).
-        let special = zero(w ^ (ONES * u64::from(b'"')))
-            | zero(w ^ (ONES * u64::from(b'\\')))
-            | w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // The high bit of a byte is set where the byte is below 0x20 (it borrows when 0x20 is
+        // taken from it, and has no high bit of its own), or is a quote or a backslash (zero
+        // after the xor); bits above the first such byte may be set wrongly (a borrow), the
+        // lowest one never is.
+        let special = (w.wrapping_sub(ONES * 0x20) & !w
+            | quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash)
+            & HIGH;
         if special != 0 {
-            return Some(at + special.trailing_zeros() as usize / 8);
+            return Some(i * 8 + special.trailing_zeros() as usize / 8);
         }
-        at += 8;
     }
-    rest[at..]
+    let at = rest.len() - words.remainder().len();
+    words
+        .remainder()
         .iter()
         .position(|&b| matches!(b, b'"' | b'\\' | 0..0x20))
         .map(|i| at + i)

@@ -62,6 +62,14 @@ impl Counts {
     /// `serde_json` cost about 4,000 instructions, a sixth of the spend log's work per request.
     pub(crate) fn read_plain(bytes: &[u8]) -> Option<Counts> {
         let mut reader = Plain::new(bytes)?;
+        let counts = Counts::read_plain_value(&mut reader)?;
+        reader.end()?;
+        Some(counts)
+    }
+
+    /// The counts of the plain `usage` object at `reader`'s cursor, as
+    /// [`read_plain`](Counts::read_plain) reads a whole one.
+    pub(crate) fn read_plain_value(reader: &mut Plain<'_>) -> Option<Counts> {
         let mut counts = Counts::default();
         reader.object(|reader, name| {
             let value = match reader.peek()? {
@@ -81,7 +89,6 @@ impl Counts {
             }
             Some(())
         })?;
-        reader.end()?;
         Some(counts)
     }
 

@@ -178,17 +178,9 @@ fn every_other_shape_is_left_to_the_general_reader() {
     );
 }
 
-/// A member of a generated chunk: its name, and the member written as JSON (the name escaped
-/// one time in five).
+/// A member of a generated document: its name, and the member written as JSON (the name
+/// escaped one time in five when `escape` says).
 fn member(
-    names: &'static [&'static str],
-    value: BoxedStrategy<String>,
-) -> BoxedStrategy<(&'static str, String)> {
-    member_escaped(names, value, true)
-}
-
-/// A member of a generated chunk, its name escaped one time in five when `escape` says.
-fn member_escaped(
     names: &'static [&'static str],
     value: BoxedStrategy<String>,
     escape: bool,
@@ -241,9 +233,9 @@ fn delta(escape: bool) -> BoxedStrategy<String> {
         1 => one_of(&["\"x\"", "[]", "{}", "{\"transcript\":\"t\"}"]),
     ];
     let members = prop_oneof![
-        6 => member_escaped(&["content"], content.boxed(), escape),
-        2 => member_escaped(&["role"], one_of(&["\"assistant\"", "null", "1"]), escape),
-        1 => member_escaped(
+        6 => member(&["content"], content.boxed(), escape),
+        2 => member(&["role"], one_of(&["\"assistant\"", "null", "1"]), escape),
+        1 => member(
             &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name", "annotations"],
             other.boxed(), escape),
     ]
@@ -253,12 +245,12 @@ fn delta(escape: bool) -> BoxedStrategy<String> {
 
 fn choice(escape: bool) -> BoxedStrategy<String> {
     let members = prop_oneof![
-        6 => member_escaped(&["delta"], delta(escape), escape),
-        2 => member_escaped(&["index"], one_of(&["0", "1", "2", "null", "18446744073709551615"]), escape),
-        1 => member_escaped(&["index"], one_of(&["\"1\"", "-1", "1.5"]), escape),
-        2 => member_escaped(&["finish_reason"], one_of(&["null", "\"stop\"", "\"length\"", "0"]), escape),
-        1 => member_escaped(&["text"], one_of(&["null", "\"t\""]), escape),
-        1 => member_escaped(&["logprobs", "message"], one_of(&["null", "{\"content\":\"m\"}"]), escape),
+        6 => member(&["delta"], delta(escape), escape),
+        2 => member(&["index"], one_of(&["0", "1", "2", "null", "18446744073709551615"]), escape),
+        1 => member(&["index"], one_of(&["\"1\"", "-1", "1.5"]), escape),
+        2 => member(&["finish_reason"], one_of(&["null", "\"stop\"", "\"length\"", "0"]), escape),
+        1 => member(&["text"], one_of(&["null", "\"t\""]), escape),
+        1 => member(&["logprobs", "message"], one_of(&["null", "{\"content\":\"m\"}"]), escape),
     ]
     .boxed();
     prop_oneof![8 => object(members), 1 => one_of(&["null", "[]", "\"c\""])].boxed()
@@ -276,10 +268,10 @@ fn chunk_with(escape: bool) -> BoxedStrategy<String> {
     ]
     .boxed();
     let members = prop_oneof![
-        8 => member_escaped(&["choices"], choices, escape),
-        1 => member_escaped(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""]), escape),
-        1 => member_escaped(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"]), escape),
-        1 => member_escaped(&["created", "system_fingerprint"], not_a_value(), escape),
+        8 => member(&["choices"], choices, escape),
+        1 => member(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""]), escape),
+        1 => member(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"]), escape),
+        1 => member(&["created", "system_fingerprint"], not_a_value(), escape),
     ]
     .boxed();
     prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
@@ -289,7 +281,7 @@ fn chunk_with(escape: bool) -> BoxedStrategy<String> {
 /// a whole-document parse refuses (a number out of range, lone surrogates).
 fn not_a_value() -> BoxedStrategy<String> {
     prop_oneof![
-        6 => one_of(&["1", "1.5e-400", "123456789012345678901234567890", "\"fp\""]),
+        6 => one_of(&["1", "0.25", "-2.5E+3", "1e250", "1.5e-400", "123456789012345678901234567890", "\"fp\""]),
         1 => one_of(&["1e400", "-1e400", "\"\\ud800\"", "[\"\\udc00x\"]", "{\"a\":1e999}"]),
     ]
     .boxed()
@@ -394,6 +386,14 @@ fn plain_chunks_are_read_by_hand() {
             ..EventRead::default()
         })
     );
+    let logprobs = r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.0125,"top_logprobs":[]},{"logprob":-1.5E-7},{"logprob":12e+2}]}}]}"#;
+    assert_eq!(
+        read(logprobs),
+        Some(EventRead {
+            texts: vec![content(0, "a")],
+            ..EventRead::default()
+        })
+    );
     let error = r#" {"error": {"message": "overloaded", "code": 529}} "#;
     assert_eq!(
         read(error),
@@ -412,8 +412,12 @@ fn plain_chunks_are_read_by_hand() {
             "an escape in a skipped string",
         ),
         (
-            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-0.5}]}}]}"#,
-            "a float",
+            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-5e-300}]}}]}"#,
+            "an exponent above 250",
+        ),
+        (
+            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-.5}]}}]}"#,
+            "a number without its integer part",
         ),
         (
             r#"{"choices":[{"delta":{"content":"a\ud800"}}]}"#,
@@ -489,6 +493,19 @@ fn general_response(body: &str) -> Option<(Vec<String>, Option<Usage>)> {
 /// The common reader's result for a response body, after checking that it agrees with the
 /// general one whenever it reads the body at all.
 fn common_response(body: &str) -> Option<(Vec<String>, Option<Usage>)> {
+    if let Some((texts, counts)) = super::read_plain_response(body.as_bytes()) {
+        let (want_texts, want_counts) = read_object(body.as_bytes(), super::ResponseVisitor)
+            .unwrap_or_else(|| panic!("the plain reader read what the visitor refuses: {body}"));
+        assert_eq!(texts, want_texts, "the plain reader disagrees on {body}");
+        let usage = |counts: Option<crate::usage::Counts>| {
+            counts.and_then(|c| c.usage(CallType::ChatCompletions))
+        };
+        assert_eq!(
+            usage(counts),
+            usage(want_counts),
+            "the plain reader disagrees on {body}"
+        );
+    }
     let fast = CallType::ChatCompletions.read_common_response(body.as_bytes());
     if let Some(fast) = &fast {
         assert_eq!(
@@ -572,7 +589,7 @@ const NOT_CHAT: [CallType; 5] = [
     CallType::Other,
 ];
 
-fn message() -> BoxedStrategy<String> {
+fn message(escape: bool) -> BoxedStrategy<String> {
     let content = prop_oneof![
         6 => one_of(&["null", "\"\"", "\"word \"", "\"esc\\\"aped\\n\"", "\"\\u00e9t\\u00e9\""]),
         1 => one_of(&["5", "[{\"type\":\"text\",\"text\":\"p\"}]", "\"\\ud800\""]),
@@ -582,31 +599,35 @@ fn message() -> BoxedStrategy<String> {
         1 => one_of(&["\"x\"", "[]", "{}", "{\"transcript\":\"t\"}", "[{\"function\":{\"arguments\":\"a\"}}]"]),
     ];
     let members = prop_oneof![
-        6 => member(&["content"], content.boxed()),
-        2 => member(&["role", "annotations"], one_of(&["\"assistant\"", "null", "[]", "1e400"])),
+        6 => member(&["content"], content.boxed(), escape),
+        2 => member(&["role", "annotations"], one_of(&["\"assistant\"", "null", "[]", "1e400"]), escape),
         1 => member(
             &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name"],
-            other.boxed(),
-        ),
+            other.boxed(), escape),
     ]
     .boxed();
     prop_oneof![6 => object(members), 1 => one_of(&["null", "[]", "\"m\""])].boxed()
 }
 
-fn response_choice() -> BoxedStrategy<String> {
+fn response_choice(escape: bool) -> BoxedStrategy<String> {
     let members = prop_oneof![
-        6 => member(&["message"], message()),
-        2 => member(&["index"], one_of(&["0", "1", "null", "\"1\"", "-1"])),
-        2 => member(&["finish_reason", "logprobs"], one_of(&["null", "\"stop\"", "{}"])),
-        1 => member(&["text", "delta"], one_of(&["null", "\"t\"", "{\"content\":\"d\"}"])),
+        6 => member(&["message"], message(escape), escape),
+        2 => member(&["index"], one_of(&["0", "1", "null", "\"1\"", "-1"]), escape),
+        2 => member(&["finish_reason", "logprobs"], one_of(&["null", "\"stop\"", "{}"]), escape),
+        1 => member(&["text", "delta"], one_of(&["null", "\"t\"", "{\"content\":\"d\"}"]), escape),
     ]
     .boxed();
     prop_oneof![8 => object(members), 1 => one_of(&["null", "[]", "\"c\""])].boxed()
 }
 
 fn response() -> BoxedStrategy<String> {
+    response_with(true)
+}
+
+/// A generated response, whose names are escaped now and then when `escape` says.
+fn response_with(escape: bool) -> BoxedStrategy<String> {
     let choices = prop_oneof![
-        6 => proptest::collection::vec(response_choice(), 0..3).prop_map(|c| format!("[{}]", c.join(","))),
+        6 => proptest::collection::vec(response_choice(escape), 0..3).prop_map(|c| format!("[{}]", c.join(","))),
         1 => one_of(&["null", "{}", "\"c\""]),
     ]
     .boxed();
@@ -621,10 +642,10 @@ fn response() -> BoxedStrategy<String> {
         "5",
     ]);
     let members = prop_oneof![
-        8 => member(&["choices"], choices),
-        2 => member(&["usage"], usage),
-        1 => member(&["id", "model", "object", "error"], one_of(&["\"chatcmpl-1\"", "null", "{}"])),
-        1 => member(&["created", "system_fingerprint"], not_a_value()),
+        8 => member(&["choices"], choices, escape),
+        2 => member(&["usage"], usage, escape),
+        1 => member(&["id", "model", "object", "error"], one_of(&["\"chatcmpl-1\"", "null", "{}"]), escape),
+        1 => member(&["created", "system_fingerprint"], not_a_value(), escape),
     ]
     .boxed();
     prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
@@ -669,6 +690,15 @@ fn the_response_generator_reaches_both_readers() {
     });
 }
 
+/// The generated responses take both ways through the plain reader too.
+#[test]
+fn the_response_generator_reaches_the_plain_reader_and_past_it() {
+    reaches_both_readers(response_with(false), |body| {
+        common_response(body);
+        super::read_plain_response(body.as_bytes()).map(|(texts, _)| !texts.is_empty())
+    });
+}
+
 /// What the general path (a view, then the walker) makes of a request body, as the gateway's
 /// request parser reads it: `None` when the view or the walker refuses it, and `Err` when it
 /// selects guardrails or carries a key the gateway removes (the common reader must leave
@@ -704,6 +734,13 @@ fn general_request(body: &str) -> Option<Result<CommonRequest<'static>, ()>> {
 /// The common reader's result for a request body, after checking that it agrees with the
 /// general path whenever it reads the body at all.
 fn common_request(body: &str) -> Option<CommonRequest<'static>> {
+    if let Some(plain) = super::read_plain_request(body.as_bytes()) {
+        assert_eq!(
+            read_object(body.as_bytes(), super::RequestVisitor),
+            Some(plain),
+            "the plain reader disagrees with the visitor on {body}"
+        );
+    }
     let fast = CallType::ChatCompletions
         .read_common_request(body.as_bytes())
         .map(|read| CommonRequest {
@@ -806,8 +843,13 @@ fn every_other_request_is_left_to_the_general_reader() {
 }
 
 fn request() -> BoxedStrategy<String> {
+    request_with(true)
+}
+
+/// A generated request, whose names are escaped now and then when `escape` says.
+fn request_with(escape: bool) -> BoxedStrategy<String> {
     let messages = prop_oneof![
-        8 => proptest::collection::vec(message(), 0..4).prop_map(|m| format!("[{}]", m.join(","))),
+        8 => proptest::collection::vec(message(escape), 0..4).prop_map(|m| format!("[{}]", m.join(","))),
         1 => one_of(&["null", "{}", "\"m\""]),
     ]
     .boxed();
@@ -822,13 +864,13 @@ fn request() -> BoxedStrategy<String> {
         "[1]",
     ]);
     let members = prop_oneof![
-        8 => member(&["messages"], messages),
-        3 => member(&["model", "user"], one_of(&["\"gpt\"", "\"esc\\u00e9\"", "null", "5", "{}", "[\"x\"]"])),
-        2 => member(&["stream"], one_of(&["true", "false", "null", "\"true\"", "1"])),
-        3 => member(&["metadata"], metadata),
-        1 => member(&["tools"], one_of(&["null", "[]", "[{\"type\":\"function\",\"function\":{\"description\":\"d\"}}]"])),
-        1 => member(&["guardrails", "litellm_metadata"], one_of(&["null", "[\"g\"]", "{}"])),
-        2 => member(&["temperature", "max_tokens", "n"], not_a_value()),
+        8 => member(&["messages"], messages, escape),
+        3 => member(&["model", "user"], one_of(&["\"gpt\"", "\"esc\\u00e9\"", "null", "5", "{}", "[\"x\"]"]), escape),
+        2 => member(&["stream"], one_of(&["true", "false", "null", "\"true\"", "1"]), escape),
+        3 => member(&["metadata"], metadata, escape),
+        1 => member(&["tools"], one_of(&["null", "[]", "[{\"type\":\"function\",\"function\":{\"description\":\"d\"}}]"]), escape),
+        1 => member(&["guardrails", "litellm_metadata"], one_of(&["null", "[\"g\"]", "{}"]), escape),
+        2 => member(&["temperature", "max_tokens", "n"], not_a_value(), escape),
     ]
     .boxed();
     prop_oneof![10 => object(members), 1 => one_of(&["[]", "\"s\"", "null"])].boxed()
@@ -838,5 +880,14 @@ fn request() -> BoxedStrategy<String> {
 fn the_request_generator_reaches_both_readers() {
     reaches_both_readers(request(), |body| {
         common_request(body).map(|read| !read.texts.is_empty())
+    });
+}
+
+/// The generated requests take both ways through the plain reader too.
+#[test]
+fn the_request_generator_reaches_the_plain_reader_and_past_it() {
+    reaches_both_readers(request_with(false), |body| {
+        common_request(body);
+        super::read_plain_request(body.as_bytes()).map(|read| !read.texts.is_empty())
     });
 }
