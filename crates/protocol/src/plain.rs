@@ -40,6 +40,11 @@ impl<'a> Plain<'a> {
         })
     }
 
+    /// Where the cursor is: the index of the next byte to read.
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
@@ -268,12 +273,12 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
 /// The index of the first quote, backslash or byte below 0x20 in `rest`, if any. Eight bytes
 /// at a time: names and values are mostly 5 to 30 bytes, and byte by byte they were most of a
 /// reader's work. Bytes above 0x7f pass (the document's UTF-8 is checked as a whole).
-fn plain_string_end(rest: &[u8]) -> Option<usize> {
+pub(crate) fn plain_string_end(rest: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let mut words = rest.chunks_exact(8);
-    for (i, word) in words.by_ref().enumerate() {
-        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+    let mut tail = rest;
+    while let Some((word, next)) = tail.split_first_chunk::<8>() {
+        let w = u64::from_le_bytes(*word);
         let quote = w ^ (ONES * u64::from(b'"'));
         let backslash = w ^ (ONES * u64::from(b'\\'));
         // The high bit of a byte is set where the byte is below 0x20 (it borrows when 0x20 is
@@ -285,15 +290,13 @@ fn plain_string_end(rest: &[u8]) -> Option<usize> {
             | backslash.wrapping_sub(ONES) & !backslash)
             & HIGH;
         if special != 0 {
-            return Some(i * 8 + special.trailing_zeros() as usize / 8);
+            return Some(rest.len() - tail.len() + special.trailing_zeros() as usize / 8);
         }
+        tail = next;
     }
-    let at = rest.len() - words.remainder().len();
-    words
-        .remainder()
-        .iter()
+    tail.iter()
         .position(|&b| matches!(b, b'"' | b'\\' | 0..0x20))
-        .map(|i| at + i)
+        .map(|i| rest.len() - tail.len() + i)
 }
 
 #[cfg(test)]

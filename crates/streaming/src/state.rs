@@ -28,7 +28,7 @@ use guardrail_tower_core::{
 };
 use guardrail_tower_protocol::json::JsonView;
 use guardrail_tower_protocol::text::stream::End;
-use guardrail_tower_protocol::text::{Role, TextKey};
+use guardrail_tower_protocol::text::{ChunkReader, Role, TextKey};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -266,6 +266,8 @@ pub(crate) enum Step {
 pub(crate) struct StreamState {
     call_type: CallType,
     decoder: SseDecoder,
+    /// Reads the chunks, each from its content string when it is the last one but for that.
+    chunks: ChunkReader,
     channels: Vec<Channel>,
     guards: Vec<Guard>,
     queue: VecDeque<Held>,
@@ -312,6 +314,7 @@ impl StreamState {
         StreamState {
             call_type,
             decoder: SseDecoder::with_max_event_size(max_event_size),
+            chunks: ChunkReader::default(),
             channels: Vec::new(),
             guards: guards
                 .into_iter()
@@ -498,7 +501,7 @@ impl StreamState {
             let read = match event.data() {
                 None => Default::default(),
                 // Most events are plain chat chunks, read without building a view.
-                Some(data) => match self.call_type.read_common_event(data) {
+                Some(data) => match self.chunks.read(self.call_type, data) {
                     Some(read) => read,
                     None => match JsonView::parse(data) {
                         Ok(parsed) => {

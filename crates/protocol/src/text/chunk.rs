@@ -52,9 +52,9 @@ use serde_json::value::RawValue;
 
 use super::stream::{End, EventRead};
 use super::walk::key;
-use super::{Role, TextKind};
+use super::{Role, TextKey, TextKind};
 use crate::json::{MemberName, Skip, read_object, skip_numbers_and_null};
-use crate::plain::Plain;
+use crate::plain::{Plain, plain_string_end};
 use crate::usage::Counts;
 use crate::{CallType, Usage};
 
@@ -124,6 +124,113 @@ impl CallType {
     }
 }
 
+/// Reads the events of one stream as [`CallType::read_common_event`] does, remembering the
+/// last chunk it read by hand: the chunks of a chat completions stream are the same bytes but
+/// for the piece of `content` each carries (the same id, timestamp, model and bookkeeping), so
+/// a chunk whose bytes before and after its content string are those of the last one is the
+/// same chunk with another string in that place, and only that string is read (about 250
+/// instructions instead of 3,800 for the bench's chunks).
+///
+/// That holds because JSON is read left to right: the bytes before the string put a reader in
+/// the same place as they did in the last chunk (inside the content string), the string ends at
+/// its first unescaped quote, which must be where the same closing bytes begin, and those bytes
+/// then read as they did. So what it returns is what `read_common_event` returns for the same
+/// data. A member whose value changes from chunk to chunk (OpenAI's `obfuscation` padding) makes
+/// every chunk a new one, read in full.
+///
+/// ```
+/// use guardrail_tower_protocol::CallType;
+/// use guardrail_tower_protocol::text::ChunkReader;
+///
+/// let mut reader = ChunkReader::default();
+/// for (data, text) in [
+///     (&br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#[..], "Hel"),
+///     (br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo \"you\""},"finish_reason":null}]}"#, "lo \"you\""),
+/// ] {
+///     let read = reader.read(CallType::ChatCompletions, data).unwrap();
+///     assert_eq!(read, CallType::ChatCompletions.read_common_event(data).unwrap());
+///     assert_eq!(read.texts[0].2, text);
+/// }
+/// ```
+#[derive(Debug, Default)]
+pub struct ChunkReader {
+    /// The last chunk read by hand that had exactly one content string (empty when the last
+    /// one did not), and the indexes of that string's opening and closing quotes.
+    last: Vec<u8>,
+    open: usize,
+    close: usize,
+    /// What that chunk read as, but for its text: the text's key, and the rest.
+    key: Option<TextKey>,
+    ends: Vec<End>,
+    has_usage: bool,
+    upstream_error: bool,
+}
+
+impl ChunkReader {
+    /// The event `data` holds, as [`CallType::read_common_event`] reads it.
+    pub fn read<'a>(&mut self, call_type: CallType, data: &'a [u8]) -> Option<EventRead<'a>> {
+        if !matches!(call_type, CallType::ChatCompletions | CallType::Other) {
+            return None;
+        }
+        if let Some(read) = self.read_like_last(data) {
+            return Some(read);
+        }
+        self.last.clear();
+        let mut at = ContentAt::None;
+        let Some(read) = read_plain_event_at(data, &mut at) else {
+            return read_object(data, ChunkVisitor);
+        };
+        if let (ContentAt::One(open, close), [(key, _, _)]) = (at, &read.texts[..]) {
+            self.last.extend_from_slice(data);
+            (self.open, self.close) = (open, close);
+            self.key = Some(*key);
+            self.ends.clone_from(&read.ends);
+            self.has_usage = read.has_usage;
+            self.upstream_error = read.upstream_error;
+        }
+        Some(read)
+    }
+
+    /// The event, when `data` is the last chunk with another content string.
+    fn read_like_last<'a>(&self, data: &'a [u8]) -> Option<EventRead<'a>> {
+        let key = self.key.filter(|_| !self.last.is_empty())?;
+        let (before, after) = (&self.last[..=self.open], &self.last[self.close..]);
+        if data.len() < before.len() + after.len()
+            || !data.starts_with(before)
+            || !data.ends_with(after)
+        {
+            return None;
+        }
+        let close = data.len() - after.len();
+        let string = &data[before.len()..close];
+        // One string: no quote before `close` but escaped ones, no control character.
+        let mut escaped = false;
+        let mut i = 0;
+        while let Some(at) = plain_string_end(string.get(i..)?) {
+            if string[i + at] != b'\\' {
+                return None;
+            }
+            escaped = true;
+            i += at + 2;
+        }
+        let text = std::str::from_utf8(string).ok()?;
+        let content = if escaped {
+            // Both ends are quotes, so character boundaries of UTF-8 checked above.
+            let quoted = std::str::from_utf8(&data[before.len() - 1..=close]).ok()?;
+            Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
+        } else {
+            Cow::Borrowed(text)
+        };
+        Some(EventRead {
+            texts: vec![(key, Role::Delta, content)],
+            ends: self.ends.clone(),
+            has_usage: self.has_usage,
+            upstream_error: self.upstream_error,
+            ..EventRead::default()
+        })
+    }
+}
+
 /// What a chat completion request of the common shape holds for the gateway, read by
 /// [`CallType::read_common_request`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,6 +252,21 @@ pub struct CommonRequest<'a> {
 /// the plain subset (an escape in a name or a skipped string, a float, ...) as at anything
 /// the visitor gives up at: the visitor then reads the data.
 fn read_plain_event(data: &[u8]) -> Option<EventRead<'_>> {
+    read_plain_event_at(data, &mut ContentAt::default())
+}
+
+/// Where the one `content` string of a chunk lies in its data: the indexes of its opening and
+/// closing quotes. `Many` when the chunk has more than one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ContentAt {
+    #[default]
+    None,
+    One(usize, usize),
+    Many,
+}
+
+/// [`read_plain_event`], noting where the chunk's content string lies.
+fn read_plain_event_at<'a>(data: &'a [u8], at: &mut ContentAt) -> Option<EventRead<'a>> {
     let mut chunk = Plain::new(data)?;
     let mut out = EventRead::default();
     let mut seen = [false; 3];
@@ -154,7 +276,7 @@ fn read_plain_event(data: &[u8]) -> Option<EventRead<'_>> {
             if !chunk.null()? {
                 let mut position = 0;
                 chunk.array(|choice| {
-                    read_plain_choice(choice, &mut out, position)?;
+                    read_plain_choice(choice, &mut out, position, at)?;
                     position += 1;
                     Some(())
                 })?;
@@ -182,6 +304,7 @@ fn read_plain_choice<'a>(
     choice: &mut Plain<'a>,
     out: &mut EventRead<'a>,
     position: u64,
+    at: &mut ContentAt,
 ) -> Option<()> {
     let mut seen = [false; 4];
     let (mut index, mut content, mut finished) = (None, None, false);
@@ -198,7 +321,7 @@ fn read_plain_choice<'a>(
             "delta" => {
                 plain_once(&mut seen[1])?;
                 if !choice.null()? {
-                    content = read_plain_delta(choice)?;
+                    content = read_plain_delta(choice, at)?;
                 }
             }
             "text" => {
@@ -227,14 +350,20 @@ fn read_plain_choice<'a>(
 }
 
 /// A choice's `delta` object, as [`DeltaContent`] reads it: its `content`.
-fn read_plain_delta<'a>(delta: &mut Plain<'a>) -> Option<Option<Cow<'a, str>>> {
+fn read_plain_delta<'a>(delta: &mut Plain<'a>, at: &mut ContentAt) -> Option<Option<Cow<'a, str>>> {
     let mut seen = false;
     let mut content = None;
     delta.object(|delta, name| match name {
         "content" => {
             plain_once(&mut seen)?;
             if !delta.null()? {
+                let open = delta.position();
                 content = Some(delta.text()?);
+                let close = delta.position() - 1;
+                *at = match at {
+                    ContentAt::None => ContentAt::One(open, close),
+                    _ => ContentAt::Many,
+                };
             }
             Some(())
         }

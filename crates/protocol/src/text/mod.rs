@@ -42,7 +42,7 @@ mod walk;
 
 pub mod stream;
 
-pub use chunk::CommonRequest;
+pub use chunk::{ChunkReader, CommonRequest};
 
 #[cfg(test)]
 mod tests;

@@ -449,6 +449,106 @@ fn plain_chunks_are_read_by_hand() {
     }
 }
 
+/// Content strings put in place of a chunk's content, between its quotes: strings JSON allows
+/// (plain, escaped, non-ASCII)...
+const CONTENTS: [&[u8]; 7] = [
+    b"",
+    b"x",
+    b"a longer piece of text, with punctuation.",
+    b"esc\\\"aped\\n",
+    b"\\u00e9t\\u00e9 \\ud83d\\ude00",
+    b"\xc3\xa9t\xc3\xa9",
+    b"a\\\\",
+];
+
+/// ... and bytes that are not one JSON string there: a lone surrogate, an unknown escape, a
+/// quote that ends the string early, a backslash that escapes the closing quote, a raw tab,
+/// bytes that are not UTF-8.
+const NOT_CONTENTS: [&[u8]; 7] = [
+    b"\\ud800",
+    b"\\x",
+    b"a\"b",
+    b"a\"}, \"b",
+    b"a\\",
+    b"a\tb",
+    b"\xff",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// A chunk that is the last one with another content string reads as it reads alone, and
+    /// the reader reads it from the string alone when that is a JSON string.
+    #[test]
+    fn a_chunk_like_the_last_one_reads_as_it_reads_alone(
+        data in chunk_with(false),
+        spaces in any::<bool>(),
+        content in 0..CONTENTS.len() + NOT_CONTENTS.len(),
+    ) {
+        let data = spaced(data, spaces);
+        let alone = |data: &[u8]| CallType::ChatCompletions.read_common_event(data).map(owned);
+        let mut reader = super::ChunkReader::default();
+        prop_assert_eq!(reader.read(CallType::ChatCompletions, data.as_bytes()).map(owned), alone(data.as_bytes()));
+        let mut at = super::ContentAt::None;
+        let read = super::read_plain_event_at(data.as_bytes(), &mut at);
+        let (Some(read), super::ContentAt::One(open, close)) = (read, at) else {
+            return Ok(());
+        };
+        let (string, valid) = match CONTENTS.get(content) {
+            Some(string) => (*string, true),
+            None => (NOT_CONTENTS[content - CONTENTS.len()], false),
+        };
+        let mut next = data.as_bytes()[..=open].to_vec();
+        next.extend_from_slice(string);
+        next.extend_from_slice(&data.as_bytes()[close..]);
+        // Remembered only when the chunk had one text.
+        let remembered = read.texts.len() == 1;
+        prop_assert_eq!(reader.read_like_last(&next).is_some(), remembered && valid, "{}", String::from_utf8_lossy(&next));
+        prop_assert_eq!(reader.read(CallType::ChatCompletions, &next).map(owned), alone(&next));
+    }
+}
+
+/// The reader takes each chunk of a stream as it comes: the first one (a role), the pieces of
+/// content (read from their strings), one that differs (the finish), and a chunk that differs
+/// only in a member between the two (not read from its string).
+#[test]
+fn the_chunks_of_a_stream_are_read_from_their_content_strings() {
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796492003,"model":"m","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#
+        )
+    };
+    let stream = [
+        chunk(r#"{"role":"assistant","content":""}"#, "null"),
+        chunk(r#"{"content":"Hel"}"#, "null"),
+        chunk(r#"{"content":"lo\n"}"#, "null"),
+        chunk(r#"{"content":" \"you\""}"#, "null"),
+        chunk(r#"{"content":"!"}"#, r#""stop""#),
+        chunk(r#"{}"#, r#""stop""#),
+    ];
+    let mut reader = super::ChunkReader::default();
+    let mut from_string = Vec::new();
+    for data in &stream {
+        from_string.push(reader.read_like_last(data.as_bytes()).is_some());
+        assert_eq!(
+            reader
+                .read(CallType::ChatCompletions, data.as_bytes())
+                .map(owned),
+            CallType::ChatCompletions
+                .read_common_event(data.as_bytes())
+                .map(owned),
+            "{data}"
+        );
+    }
+    assert_eq!(from_string, [false, false, true, true, false, false]);
+    let texts: Vec<_> = stream
+        .iter()
+        .filter_map(|data| reader.read(CallType::ChatCompletions, data.as_bytes()))
+        .flat_map(|read| read.texts.into_iter().map(|(_, _, text)| text.into_owned()))
+        .collect();
+    assert_eq!(texts, ["", "Hel", "lo\n", " \"you\"", "!"]);
+}
+
 #[test]
 fn a_member_skipped_is_checked_as_the_general_reader_checks_it() {
     for value in [
