@@ -7,8 +7,9 @@
 //! errs. What it accepts, it checks completely, so a document it reads is one `serde_json`
 //! accepts, with the same values:
 //!
-//! - strings without escapes or control characters (the document is UTF-8, checked once by
-//!   [`Plain::new`]); [`Plain::text`] also takes strings with escapes, decoded by `serde_json`;
+//! - strings without control characters (the document is UTF-8, checked once by
+//!   [`Plain::new`]): a member name without escapes, a skipped string with any escape but a
+//!   `\u` escape of a surrogate, and for [`Plain::text`] any string `serde_json` decodes;
 //! - numbers whose integer part has at most 19 digits and whose exponent is at most 250 either
 //!   way (`serde_json` refuses a number that overflows an `f64`);
 //! - `true`, `false`, `null`, and objects and arrays of such values, nested at most
@@ -107,6 +108,39 @@ impl<'a> Plain<'a> {
         }
         let quoted = self.text.get(start..self.at)?;
         serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+    }
+
+    /// A string, skipped: its escapes are checked as `serde_json` checks them, but for the
+    /// `\\u` escapes of surrogates, which are not plain (`serde_json` refuses a lone one).
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        let bytes = self.bytes();
+        loop {
+            let at = self.at + plain_string_end(bytes.get(self.at..)?)?;
+            match bytes[at] {
+                b'"' => {
+                    self.at = at + 1;
+                    return Some(());
+                }
+                b'\\' => match bytes.get(at + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at = at + 2,
+                    b'u' => {
+                        let hex = self.text.get(at + 2..at + 6)?;
+                        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return None;
+                        }
+                        let unit = u32::from_str_radix(hex, 16).ok()?;
+                        if (0xD800..0xE000).contains(&unit) {
+                            return None;
+                        }
+                        self.at = at + 6;
+                    }
+                    _ => return None,
+                },
+                // A control character.
+                _ => return None,
+            }
+        }
     }
 
     /// Consumes `null` when it comes next; whether it did.
@@ -240,7 +274,7 @@ impl<'a> Plain<'a> {
                 .then(|| this.at += word.len())
         };
         match self.peek()? {
-            b'"' => self.string().map(drop),
+            b'"' => self.skip_string(),
             b'{' | b'[' if self.depth >= MAX_DEPTH => None,
             b'{' => {
                 self.depth += 1;

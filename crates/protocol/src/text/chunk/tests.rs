@@ -270,7 +270,7 @@ fn chunk_with(escape: bool) -> BoxedStrategy<String> {
     let members = prop_oneof![
         8 => member(&["choices"], choices, escape),
         1 => member(&["usage", "error"], one_of(&["null", "{}", "{\"total_tokens\":2}", "\"e\""]), escape),
-        1 => member(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null"]), escape),
+        1 => member(&["id", "model", "type", "object"], one_of(&["\"chatcmpl-1\"", "\"message\"", "null", "\"esc\\\"aped\\n\\u00e9\\/\""]), escape),
         1 => member(&["created", "system_fingerprint"], not_a_value(), escape),
     ]
     .boxed();
@@ -282,7 +282,7 @@ fn chunk_with(escape: bool) -> BoxedStrategy<String> {
 fn not_a_value() -> BoxedStrategy<String> {
     prop_oneof![
         6 => one_of(&["1", "0.25", "-2.5E+3", "1e250", "1.5e-400", "123456789012345678901234567890", "\"fp\""]),
-        1 => one_of(&["1e400", "-1e400", "\"\\ud800\"", "[\"\\udc00x\"]", "{\"a\":1e999}"]),
+        1 => one_of(&["1e400", "-1e400", "\"\\ud800\"", "[\"\\udc00x\"]", "{\"a\":1e999}", "\"\\x\"", "\"\\u00g0\"", "\"a\\\""]),
     ]
     .boxed()
 }
@@ -408,8 +408,8 @@ fn plain_chunks_are_read_by_hand() {
             "an escaped name",
         ),
         (
-            r#"{"choices":[{"delta":{"content":"a"}}],"id":"x\ty"}"#,
-            "an escape in a skipped string",
+            r#"{"choices":[{"delta":{"content":"a"}}],"id":"x\ud83d\ude00"}"#,
+            "a surrogate escaped in a skipped string",
         ),
         (
             r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-5e-300}]}}]}"#,
