@@ -231,6 +231,9 @@ pub(super) struct PatternRule {
     pub(super) max_chars: usize,
     /// Sorted, disjoint, inclusive ranges of the characters a match can contain.
     alphabet: Vec<(char, char)>,
+    /// The ASCII characters of [`alphabet`](Self::alphabet), one bit each: most text is ASCII,
+    /// and a bit test is cheaper than a search of the ranges (a stream asks for every event).
+    ascii_alphabet: u128,
     /// Byte sets every match has a byte of (see [`needed_sets`]).
     pub(super) needs: Vec<ByteSet>,
     validator: Option<Validator>,
@@ -293,6 +296,7 @@ impl PatternRule {
             regex,
             action,
             max_chars,
+            ascii_alphabet: ascii_bits(&alphabet),
             alphabet,
             needs,
             validator: None,
@@ -391,6 +395,9 @@ impl PatternRule {
     }
 
     fn in_alphabet(&self, c: char) -> bool {
+        if c.is_ascii() {
+            return self.ascii_alphabet >> u32::from(c) & 1 == 1;
+        }
         self.alphabet
             .binary_search_by(|&(lo, hi)| {
                 if hi < c {
@@ -403,6 +410,17 @@ impl PatternRule {
             })
             .is_ok()
     }
+}
+
+/// The ASCII characters of sorted, disjoint, inclusive `ranges`, as bits of a `u128`.
+fn ascii_bits(ranges: &[(char, char)]) -> u128 {
+    let mut bits = 0u128;
+    for &(lo, hi) in ranges {
+        for c in u32::from(lo)..=u32::from(hi).min(127) {
+            bits |= 1 << c;
+        }
+    }
+    bits
 }
 
 /// Collects the characters any match of `hir` can contain.
@@ -802,5 +820,32 @@ mod tests {
         assert_eq!(rule.unsettled_from("zz ab1"), 3);
         assert_eq!(rule.unsettled_from("zz ab1 "), 7);
         assert_eq!(rule.unsettled_from("aaaaaaaaa"), 4);
+    }
+
+    /// The bits of the ASCII alphabet say what a search of the ranges says, for every
+    /// character up to U+0200, for a custom pattern and every prebuilt one.
+    #[test]
+    fn the_ascii_alphabet_agrees_with_the_ranges() {
+        let custom = PatternRule::new(
+            0,
+            "x".into(),
+            r"[a-f0-9_\-]+@\w",
+            false,
+            FilterAction::Mask,
+            "",
+            256,
+        )
+        .unwrap();
+        let mut rules = vec![custom];
+        for (i, p) in PREBUILT.iter().enumerate() {
+            rules.push(PatternRule::prebuilt(i, p, FilterAction::Mask, "").unwrap());
+        }
+        for rule in &rules {
+            assert_ne!(rule.ascii_alphabet, 0, "{}", rule.name);
+            for c in (0..0x200).filter_map(char::from_u32) {
+                let in_ranges = rule.alphabet.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+                assert_eq!(rule.in_alphabet(c), in_ranges, "{c:?} for {}", rule.name);
+            }
+        }
     }
 }
