@@ -92,27 +92,15 @@ impl<'a> Plain<'a> {
             return Some(Cow::Borrowed(text));
         }
         self.at = start;
-        self.eat(b'"')?;
-        let bytes = self.bytes();
-        loop {
-            let next = self.at + plain_string_end(bytes.get(self.at..)?)?;
-            match bytes[next] {
-                b'"' => {
-                    self.at = next + 1;
-                    break;
-                }
-                // The escaped byte is never the closing quote; what it means is checked below.
-                b'\\' => self.at = next + 2,
-                _ => return None,
-            }
-        }
+        self.pass_string(true)?;
         let quoted = self.text.get(start..self.at)?;
         serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
     }
 
-    /// A string, skipped: its escapes are checked as `serde_json` checks them, but for the
-    /// `\\u` escapes of surrogates, which are not plain (`serde_json` refuses a lone one).
-    fn skip_string(&mut self) -> Option<()> {
+    /// Passes over a string with its escapes, checked as `serde_json` checks them but for the
+    /// `\\u` escapes of surrogates: any of those with `surrogates` (the caller decodes the
+    /// string, which checks them), none without (`serde_json` refuses a lone one; not plain).
+    fn pass_string(&mut self, surrogates: bool) -> Option<()> {
         self.eat(b'"')?;
         let bytes = self.bytes();
         loop {
@@ -130,7 +118,7 @@ impl<'a> Plain<'a> {
                             return None;
                         }
                         let unit = u32::from_str_radix(hex, 16).ok()?;
-                        if (0xD800..0xE000).contains(&unit) {
+                        if !surrogates && (0xD800..0xE000).contains(&unit) {
                             return None;
                         }
                         self.at = at + 6;
@@ -274,7 +262,7 @@ impl<'a> Plain<'a> {
                 .then(|| this.at += word.len())
         };
         match self.peek()? {
-            b'"' => self.skip_string(),
+            b'"' => self.pass_string(false),
             b'{' | b'[' if self.depth >= MAX_DEPTH => None,
             b'{' => {
                 self.depth += 1;

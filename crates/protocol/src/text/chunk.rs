@@ -351,25 +351,37 @@ fn read_plain_choice<'a>(
 
 /// A choice's `delta` object, as [`DeltaContent`] reads it: its `content`.
 fn read_plain_delta<'a>(delta: &mut Plain<'a>, at: &mut ContentAt) -> Option<Option<Cow<'a, str>>> {
+    read_plain_content(delta, at, |member, name| match name {
+        "role" => member.skip(),
+        // Every other field of a delta may be text the general reader reads.
+        _ => (!member.non_null()?).then_some(()),
+    })
+}
+
+/// An object's `content` (a string or `null`, once), noting where it lies; `other` reads each
+/// other member.
+fn read_plain_content<'a>(
+    object: &mut Plain<'a>,
+    at: &mut ContentAt,
+    other: impl Fn(&mut Plain<'a>, &str) -> Option<()>,
+) -> Option<Option<Cow<'a, str>>> {
     let mut seen = false;
     let mut content = None;
-    delta.object(|delta, name| match name {
-        "content" => {
-            plain_once(&mut seen)?;
-            if !delta.null()? {
-                let open = delta.position();
-                content = Some(delta.text()?);
-                let close = delta.position() - 1;
-                *at = match at {
-                    ContentAt::None => ContentAt::One(open, close),
-                    _ => ContentAt::Many,
-                };
-            }
-            Some(())
+    object.object(|member, name| {
+        if name != "content" {
+            return other(member, name);
         }
-        "role" => delta.skip(),
-        // Every other field of a delta may be text the general reader reads.
-        _ => (!delta.non_null()?).then_some(()),
+        plain_once(&mut seen)?;
+        if !member.null()? {
+            let open = member.position();
+            content = Some(member.text()?);
+            let close = member.position() - 1;
+            *at = match at {
+                ContentAt::None => ContentAt::One(open, close),
+                _ => ContentAt::Many,
+            };
+        }
+        Some(())
     })?;
     Some(content)
 }
@@ -428,22 +440,12 @@ fn read_plain_response_choice(choice: &mut Plain<'_>) -> Option<Option<String>> 
 
 /// A response's message or a request's, as [`MessageContent`] reads it: its `content`.
 fn read_plain_message<'a>(message: &mut Plain<'a>) -> Option<Option<Cow<'a, str>>> {
-    let mut seen = false;
-    let mut content = None;
-    message.object(|message, name| match name {
-        "content" => {
-            plain_once(&mut seen)?;
-            if !message.null()? {
-                content = Some(message.text()?);
-            }
-            Some(())
-        }
+    read_plain_content(message, &mut ContentAt::None, |member, name| match name {
         // The members the general reader reads text from.
         "name" | "refusal" | "reasoning_content" | "reasoning" | "audio" | "tool_calls"
-        | "function_call" => (!message.non_null()?).then_some(()),
-        _ => message.skip(),
-    })?;
-    Some(content)
+        | "function_call" => (!member.non_null()?).then_some(()),
+        _ => member.skip(),
+    })
 }
 
 /// A whole request read by hand when it is plain JSON, as [`RequestVisitor`] reads it (about
