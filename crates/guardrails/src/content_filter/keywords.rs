@@ -82,6 +82,10 @@ pub(super) struct Keywords {
     wild: Vec<Wild>,
     /// The longest keyword, in chars.
     pub(super) max_chars: usize,
+    /// The ASCII characters (folded) a keyword of the automaton can begin with, one bit each:
+    /// where the text may still begin a keyword is asked at every event of a stream, from each
+    /// of its last characters, and most of them begin none.
+    ascii_starts: u128,
 }
 
 /// The case folding applied to keywords and text: ASCII lower case, and for other characters
@@ -204,6 +208,10 @@ impl Keywords {
         } else {
             Engine::Nfa(build_nfa(&patterns))
         };
+        let ascii_starts = match &engine {
+            Engine::Dfa(a) => ascii_starts(a),
+            Engine::Nfa(a) => ascii_starts(a),
+        };
         let prefilter = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostFirst)
             .builder()
@@ -216,6 +224,7 @@ impl Keywords {
             targets,
             wild,
             max_chars,
+            ascii_starts,
         })
     }
 
@@ -263,8 +272,8 @@ impl Keywords {
     /// `text.len()` when there is none.
     pub(super) fn pending_from(&self, text: &str) -> usize {
         let mut from = match &self.engine {
-            Engine::Dfa(a) => pending_from(a, self.max_chars, text),
-            Engine::Nfa(a) => pending_from(a, self.max_chars, text),
+            Engine::Dfa(a) => pending_from(a, self.max_chars, self.ascii_starts, text),
+            Engine::Nfa(a) => pending_from(a, self.max_chars, self.ascii_starts, text),
         };
         for w in &self.wild {
             from = from.min(w.pending_from(text));
@@ -487,7 +496,20 @@ fn scan<A: Automaton>(
     }
 }
 
-fn pending_from<A: Automaton>(a: &A, max_chars: usize, text: &str) -> usize {
+/// The ASCII characters, folded, whose step from the anchored start state does not lead to the
+/// dead state (every character when there is no anchored start).
+fn ascii_starts<A: Automaton>(a: &A) -> u128 {
+    let Ok(start) = a.start_state(Anchored::Yes) else {
+        return u128::MAX;
+    };
+    (0..128u8)
+        .filter(|&b| !a.is_dead(step(a, Anchored::Yes, start, char::from(b))))
+        .fold(0, |bits, b| bits | 1 << b)
+}
+
+/// Where the end of `text` may still begin a keyword of `a` (see [`Keywords::pending_from`]);
+/// `ascii_starts` is [`ascii_starts`] of `a`.
+fn pending_from<A: Automaton>(a: &A, max_chars: usize, ascii_starts: u128, text: &str) -> usize {
     let Ok(start_sid) = a.start_state(Anchored::Yes) else {
         return 0;
     };
@@ -497,7 +519,11 @@ fn pending_from<A: Automaton>(a: &A, max_chars: usize, text: &str) -> usize {
         .rev()
         .nth(max_chars.saturating_sub(1))
         .map_or(0, |(i, _)| i);
-    for (offset, _) in text[first..].char_indices() {
+    for (offset, c) in text[first..].char_indices() {
+        if c.is_ascii() && ascii_starts >> u32::from(fold(c)) & 1 == 0 {
+            // No keyword begins with it.
+            continue;
+        }
         let p = first + offset;
         let mut sid = start_sid;
         let mut alive = true;
@@ -527,6 +553,42 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+
+    /// Skipping the characters no keyword begins with changes no answer: where the text may
+    /// still begin a keyword is the same with the start bits as with every bit set, at every
+    /// cut of texts with keyword beginnings, case changes, non-ASCII and none at all.
+    #[test]
+    fn the_start_bits_change_no_pending_point() {
+        let kw = keywords(&["confidential", "Bluebird", "straße", "a.b", "x"]);
+        let bits: Vec<char> = (0..128u8)
+            .map(char::from)
+            .filter(|&c| kw.ascii_starts >> u32::from(c) & 1 == 1)
+            .collect();
+        assert_eq!(bits, ['A', 'B', 'C', 'S', 'X', 'a', 'b', 'c', 's', 'x']);
+        let pending = |text: &str, starts: u128| match &kw.engine {
+            Engine::Dfa(a) => pending_from(a, kw.max_chars, starts, text),
+            Engine::Nfa(a) => pending_from(a, kw.max_chars, starts, text),
+        };
+        for text in [
+            "this is CONFIDENT",
+            "a blue",
+            "über die Stra",
+            "xx a.",
+            "nothing here to see",
+            "",
+        ] {
+            for (cut, _) in text.char_indices().chain([(text.len(), ' ')]) {
+                let text = &text[..cut];
+                assert_eq!(
+                    pending(text, kw.ascii_starts),
+                    pending(text, u128::MAX),
+                    "{text:?}"
+                );
+            }
+        }
+        assert_eq!(pending("this is CONFIDENT", kw.ascii_starts), 8);
+        assert_eq!(pending("nothing here to see", kw.ascii_starts), 19);
     }
 
     fn matches(kw: &Keywords, text: &str) -> Vec<(usize, usize, usize)> {
