@@ -1,8 +1,8 @@
 //! A reader of plain JSON, by hand: the subset of JSON that providers write their chunks,
 //! responses and usage objects in, read without `serde_json`'s visitor machinery.
 //!
-//! The readers that pick a few members out of a document (the chat chunk, the usage counts)
-//! first try this one, and fall back to their `serde_json` reader, which decides, at anything
+//! The readers that pick a few members out of a document (the chat chunk, the chat response
+//! and request, the usage counts) first try this one, and fall back to their `serde_json` reader, which decides, at anything
 //! outside the subset. Every method returns `None` for "not plain": the caller gives up, never
 //! errs. What it accepts, it checks completely, so a document it reads is one `serde_json`
 //! accepts, with the same values:
@@ -13,7 +13,8 @@
 //! - numbers whose integer part has at most 19 digits and whose exponent is at most 250 either
 //!   way (`serde_json` refuses a number that overflows an `f64`);
 //! - `true`, `false`, `null`, and objects and arrays of such values, nested at most
-//!   [`MAX_DEPTH`] deep (`serde_json` refuses documents nested more than 128 deep);
+//!   [`MAX_DEPTH`] deep below a member a reader skips (`serde_json` refuses documents nested
+//!   more than 128 deep);
 //! - JSON whitespace between tokens.
 //!
 //! Member names are compared as written: a name with an escape is not plain.
