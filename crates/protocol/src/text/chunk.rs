@@ -154,17 +154,22 @@ impl CallType {
 /// ```
 #[derive(Debug, Default)]
 pub struct ChunkReader {
-    /// The last chunk read by hand that had exactly one content string (empty when the last
-    /// one did not), and the indexes of that string's opening and closing quotes.
+    /// The bytes of the last chunk read by hand that had exactly one content string, before
+    /// and after that string: up to its opening quote, then from its closing quote (empty when
+    /// the last chunk had none, or more than [`MAX_REMEMBERED`] bytes of them).
     last: Vec<u8>,
-    open: usize,
-    close: usize,
+    /// Where in `last` the bytes after the string begin.
+    split: usize,
     /// What that chunk read as, but for its text: the text's key, and the rest.
     key: Option<TextKey>,
     ends: Vec<End>,
     has_usage: bool,
     upstream_error: bool,
 }
+
+/// The most bytes [`ChunkReader`] keeps of a chunk (all but its content string): chat chunks
+/// have a few hundred; a stream that sends more keeps nothing.
+const MAX_REMEMBERED: usize = 4096;
 
 impl ChunkReader {
     /// The event `data` holds, as [`CallType::read_common_event`] reads it.
@@ -180,9 +185,12 @@ impl ChunkReader {
         let Some(read) = read_plain_event_at(data, &mut at) else {
             return read_object(data, ChunkVisitor);
         };
-        if let (ContentAt::One(open, close), [(key, _, _)]) = (at, &read.texts[..]) {
-            self.last.extend_from_slice(data);
-            (self.open, self.close) = (open, close);
+        if let (ContentAt::One(open, close), [(key, _, _)]) = (at, &read.texts[..])
+            && open + 1 + data.len() - close <= MAX_REMEMBERED
+        {
+            self.last.extend_from_slice(&data[..=open]);
+            self.last.extend_from_slice(&data[close..]);
+            self.split = open + 1;
             self.key = Some(*key);
             self.ends.clone_from(&read.ends);
             self.has_usage = read.has_usage;
@@ -194,7 +202,7 @@ impl ChunkReader {
     /// The event, when `data` is the last chunk with another content string.
     fn read_like_last<'a>(&self, data: &'a [u8]) -> Option<EventRead<'a>> {
         let key = self.key.filter(|_| !self.last.is_empty())?;
-        let (before, after) = (&self.last[..=self.open], &self.last[self.close..]);
+        let (before, after) = self.last.split_at(self.split);
         if data.len() < before.len() + after.len()
             || !data.starts_with(before)
             || !data.ends_with(after)

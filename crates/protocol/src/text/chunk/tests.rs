@@ -549,6 +549,39 @@ fn the_chunks_of_a_stream_are_read_from_their_content_strings() {
     assert_eq!(texts, ["", "Hel", "lo\n", " \"you\"", "!"]);
 }
 
+/// The reader keeps the bytes around a chunk's content, not the content: a long piece of
+/// content is remembered around as a short one is, and a chunk whose other bytes are too many
+/// to keep is read in full, each time, as it reads alone.
+#[test]
+fn the_reader_keeps_what_surrounds_the_content_within_a_bound() {
+    let chunk = |id: &str, content: &str| {
+        format!(r#"{{"id":"{id}","choices":[{{"index":0,"delta":{{"content":"{content}"}}}}]}}"#)
+    };
+    let long = "x".repeat(64 * 1024);
+    for (id, remembered) in [("c1".to_owned(), true), ("i".repeat(5000), false)] {
+        let mut reader = super::ChunkReader::default();
+        for content in [long.as_str(), "a", long.as_str()] {
+            let data = chunk(&id, content);
+            assert_eq!(
+                reader
+                    .read(CallType::ChatCompletions, data.as_bytes())
+                    .map(owned),
+                CallType::ChatCompletions
+                    .read_common_event(data.as_bytes())
+                    .map(owned)
+            );
+            assert!(reader.last.len() <= 4096);
+        }
+        let data = chunk(&id, "b");
+        assert_eq!(
+            reader.read_like_last(data.as_bytes()).is_some(),
+            remembered,
+            "{}",
+            id.len()
+        );
+    }
+}
+
 #[test]
 fn a_member_skipped_is_checked_as_the_general_reader_checks_it() {
     for value in [
