@@ -530,15 +530,7 @@ fn the_chunks_of_a_stream_are_read_from_their_content_strings() {
     let mut from_string = Vec::new();
     for data in &stream {
         from_string.push(reader.read_like_last(data.as_bytes()).is_some());
-        assert_eq!(
-            reader
-                .read(CallType::ChatCompletions, data.as_bytes())
-                .map(owned),
-            CallType::ChatCompletions
-                .read_common_event(data.as_bytes())
-                .map(owned),
-            "{data}"
-        );
+        read_as_alone(&mut reader, data);
     }
     assert_eq!(from_string, [false, false, true, true, false, false]);
     let texts: Vec<_> = stream
@@ -547,6 +539,19 @@ fn the_chunks_of_a_stream_are_read_from_their_content_strings() {
         .flat_map(|read| read.texts.into_iter().map(|(_, _, text)| text.into_owned()))
         .collect();
     assert_eq!(texts, ["", "Hel", "lo\n", " \"you\"", "!"]);
+}
+
+/// Reads `data` with `reader`, checking that it reads as the chunk reads alone.
+fn read_as_alone(reader: &mut super::ChunkReader, data: &str) {
+    assert_eq!(
+        reader
+            .read(CallType::ChatCompletions, data.as_bytes())
+            .map(owned),
+        CallType::ChatCompletions
+            .read_common_event(data.as_bytes())
+            .map(owned),
+        "{data}"
+    );
 }
 
 /// The reader keeps the bytes around a chunk's content, not the content: a long piece of
@@ -561,15 +566,7 @@ fn the_reader_keeps_what_surrounds_the_content_within_a_bound() {
     for (id, remembered) in [("c1".to_owned(), true), ("i".repeat(5000), false)] {
         let mut reader = super::ChunkReader::default();
         for content in [long.as_str(), "a", long.as_str()] {
-            let data = chunk(&id, content);
-            assert_eq!(
-                reader
-                    .read(CallType::ChatCompletions, data.as_bytes())
-                    .map(owned),
-                CallType::ChatCompletions
-                    .read_common_event(data.as_bytes())
-                    .map(owned)
-            );
+            read_as_alone(&mut reader, &chunk(&id, content));
             assert!(reader.last.len() <= 4096);
         }
         let data = chunk(&id, "b");
