@@ -498,11 +498,12 @@ impl GatewayConfig {
                 ));
             }
         };
+        let general_line = |key: &str| line_of(text, Some("general_settings"), key);
         for key in general.keys().filter_map(Value::as_str) {
             if !GENERAL.contains(&key) {
                 warnings.push(format!(
                     "line {}: general_settings.{key} is not supported by guardrail-gateway and is ignored",
-                    line_of(text, Some("general_settings"), key).unwrap_or(0)
+                    general_line(key).unwrap_or(0)
                 ));
             }
         }
@@ -527,7 +528,7 @@ impl GatewayConfig {
         let spend_logs = match string(&general, "spend_logs") {
             None => None,
             Some(url) => {
-                let line = line_of(text, Some("general_settings"), "spend_logs");
+                let line = general_line("spend_logs");
                 Some(
                     parse_spend_logs(&url)
                         .map_err(|m| ConfigError::new("general_settings.spend_logs", line, m))?,
@@ -539,7 +540,7 @@ impl GatewayConfig {
             Some(v) => parse_stream_policy(v).map_err(|m| {
                 ConfigError::new(
                     "general_settings.stream_policy",
-                    line_of(text, Some("general_settings"), "stream_policy"),
+                    general_line("stream_policy"),
                     m,
                 )
             })?,
@@ -566,7 +567,7 @@ impl GatewayConfig {
                 Some(v) => seconds(v).map(Some).ok_or_else(|| {
                     ConfigError::new(
                         format!("general_settings.{key}"),
-                        line_of(text, Some("general_settings"), key),
+                        general_line(key),
                         "must be a positive number of seconds",
                     )
                 }),
@@ -584,7 +585,7 @@ impl GatewayConfig {
                     .ok_or_else(|| {
                         ConfigError::new(
                             format!("general_settings.{key}"),
-                            line_of(text, Some("general_settings"), key),
+                            general_line(key),
                             "must be a whole number above zero",
                         )
                     }),
@@ -596,7 +597,7 @@ impl GatewayConfig {
             Some(_) => {
                 return Err(ConfigError::new(
                     "general_settings.spend_logs_queue_size",
-                    line_of(text, Some("general_settings"), "spend_logs_queue_size"),
+                    general_line("spend_logs_queue_size"),
                     format!(
                         "must be at most {MAX_SPEND_LOGS_QUEUE} (a queued record takes 1 to 2 KiB)"
                     ),
@@ -621,7 +622,7 @@ impl GatewayConfig {
                 warnings.push(format!(
                     "line {}: general_settings.proxy_batch_write_at is {} s; the spend log waits \
                      at most {} s for a batch, so it writes every {} s",
-                    line_of(text, Some("general_settings"), "proxy_batch_write_at").unwrap_or(0),
+                    general_line("proxy_batch_write_at").unwrap_or(0),
                     linger.as_secs_f64(),
                     MAX_SPEND_LOGS_LINGER.as_secs(),
                     MAX_SPEND_LOGS_LINGER.as_secs(),
@@ -631,7 +632,6 @@ impl GatewayConfig {
         };
         let graceful_shutdown_timeout =
             duration("graceful_shutdown_timeout")?.unwrap_or(Duration::from_secs(30));
-        let general_line = |key: &str| line_of(text, Some("general_settings"), key);
         let master_key = match general.get("master_key") {
             None | Some(Value::Null) => env("LITELLM_MASTER_KEY").filter(|k| !k.is_empty()),
             Some(Value::String(key)) if !key.trim().is_empty() => Some(key.clone()),
