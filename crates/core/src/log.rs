@@ -48,6 +48,17 @@ pub enum GuardrailAction {
     Mask,
 }
 
+impl GuardrailAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailAction::Allow => "allow",
+            GuardrailAction::Block => "block",
+            GuardrailAction::Mask => "mask",
+        }
+    }
+}
+
 /// One guardrail run, with the field names LiteLLM uses in `guardrail_information`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardrailLogEntry {

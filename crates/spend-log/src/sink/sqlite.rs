@@ -358,13 +358,12 @@ fn quote_literal(text: &str) -> String {
 /// A record as SQLite values, built on the async side so the SQLite thread only inserts.
 struct Row([SqlValue; 16]);
 
-fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
+fn to_row(r: &SpendRecord) -> Row {
     let text = |s: &str| SqlValue::Text(s.to_owned());
     let opt = |s: &Option<String>| s.as_deref().map_or(SqlValue::Null, text);
     let int = |n: u64| SqlValue::Integer(i64::try_from(n).unwrap_or(i64::MAX));
-    let metadata = serde_json::to_string(&r.metadata)
-        .map_err(|e| SinkError::encoding("cannot serialize metadata", e))?;
-    Ok(Row([
+    let metadata = r.metadata.to_json();
+    Row([
         text(&r.request_id),
         opt(&r.client_request_id),
         text(&r.call_type),
@@ -382,7 +381,7 @@ fn to_row(r: &SpendRecord) -> Result<Row, SinkError> {
         r.completion_start_time
             .map_or(SqlValue::Null, |t| SqlValue::Text(rfc3339::format(t))),
         SqlValue::Text(metadata),
-    ]))
+    ])
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpendRecord, SinkError>> {
@@ -465,7 +464,7 @@ impl SpendLogSink for SqliteSink {
             if records.is_empty() {
                 return Ok(());
             }
-            let rows = records.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
+            let rows = records.iter().map(to_row).collect::<Vec<_>>();
             let statements = Arc::clone(&self.inserts);
             self.call(move |conn| {
                 immediate_transaction(conn, |conn| {
