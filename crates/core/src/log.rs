@@ -138,6 +138,12 @@ impl GuardrailLog {
         self.lock().clone()
     }
 
+    /// Hands the entries so far to `f` without copying them, under the log's lock: `f` must not
+    /// use this log (it would wait for itself).
+    pub fn with_entries<R>(&self, f: impl FnOnce(&[GuardrailLogEntry]) -> R) -> R {
+        f(&self.lock())
+    }
+
     /// The number of entries so far.
     pub fn len(&self) -> usize {
         self.lock().len()

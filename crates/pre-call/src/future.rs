@@ -171,21 +171,23 @@ fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration
     if mark.log.len() <= mark.start && mark.log.detached_in_flight() == 0 {
         return response;
     }
-    let entries = mark.log.entries();
     // Monitors still running detached were applied too: their entries come later.
     let detached = mark.log.detached_guardrails();
-    let mut applied: Vec<&str> = Vec::new();
-    let ran = entries[mark.start.min(entries.len())..]
-        .iter()
-        .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
-        .map(|e| e.guardrail_name.as_str());
-    for name in ran.chain(detached.iter().map(|n| &**n)) {
-        if !applied.contains(&name) {
-            applied.push(name);
+    let applied = mark.log.with_entries(|entries| {
+        let mut applied: Vec<&str> = Vec::new();
+        let ran = entries[mark.start.min(entries.len())..]
+            .iter()
+            .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
+            .map(|e| e.guardrail_name.as_str());
+        for name in ran.chain(detached.iter().map(|n| &**n)) {
+            if !applied.contains(&name) {
+                applied.push(name);
+            }
         }
-    }
+        applied.join(",")
+    });
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&applied.join(",")) {
+    if let Ok(value) = HeaderValue::from_str(&applied) {
         headers.insert(APPLIED_GUARDRAILS, value);
     }
     let millis = format!("{:.3}", guardrail_time.as_secs_f64() * 1000.0);

@@ -249,7 +249,11 @@ fn push_entry(out: &mut String, entry: &GuardrailLogEntry) {
 /// A JSON string: copied between quotes when nothing in it needs escaping (`serde_json`
 /// escapes `"`, `\` and the characters below U+0020), else escaped by `serde_json`.
 fn push_string(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the compiler makes it a vector loop.
+    let plain = !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
         out.push('"');
         out.push_str(s);
         out.push('"');
@@ -258,27 +262,14 @@ fn push_string(out: &mut String, s: &str) {
     }
 }
 
-/// A number as `serde_json` writes an `f64`: the shortest text that reads back as the same
-/// number, and `null` for a NaN or an infinity.
+/// A number as `serde_json` writes an `f64` (with the same formatter): the shortest text that
+/// reads back as the same number, and `null` for a NaN or an infinity.
 fn push_f64(out: &mut String, value: f64) {
-    use serde_json::ser::Formatter as _;
-    if !value.is_finite() {
+    if value.is_finite() {
+        out.push_str(zmij::Buffer::new().format_finite(value));
+    } else {
         out.push_str("null");
-        return;
     }
-    let mut buf = [0u8; 32];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    if serde_json::ser::CompactFormatter
-        .write_f64(&mut cursor, value)
-        .is_ok()
-    {
-        let len = usize::try_from(cursor.position()).unwrap_or(0);
-        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
-            out.push_str(text);
-            return;
-        }
-    }
-    push_serialized(out, &value);
 }
 
 /// Anything else, through `serde_json` (error information, a guardrail's structured response,
