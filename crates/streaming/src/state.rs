@@ -13,6 +13,7 @@
 //! cannot read) ends it the same way: what was cleared goes out, nothing else does, then the
 //! endpoint's in-band error event and terminator.
 
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -222,7 +223,7 @@ enum HeldText {
 #[derive(Debug)]
 struct Held {
     event: SseEvent,
-    texts: Vec<HeldText>,
+    texts: SmallVec<[HeldText; 1]>,
     /// Channels whose text ends with this event.
     ends: Vec<usize>,
     terminal: bool,
@@ -493,7 +494,7 @@ impl StreamState {
     }
 
     fn on_event(&mut self, event: SseEvent) -> Result<(), Error> {
-        let mut texts = Vec::new();
+        let mut texts = SmallVec::new();
         let mut ends = Vec::new();
         let (terminal, sequence_number, needs_value);
         {
@@ -598,7 +599,7 @@ impl StreamState {
                 }
             }
         }
-        let mut new_text: Vec<usize> = Vec::new();
+        let mut new_text: SmallVec<[usize; 2]> = SmallVec::new();
         for t in &texts {
             if let HeldText::Delta { channel, .. } = t {
                 if !new_text.contains(channel) {

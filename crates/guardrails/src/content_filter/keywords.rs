@@ -6,6 +6,8 @@
 //! into the automaton with the plain keywords; each anchor occurrence is then checked against
 //! the whole keyword around it.
 
+use std::cell::RefCell;
+
 use aho_corasick::automaton::Automaton;
 use aho_corasick::{Anchored, Input, MatchKind, StartKind, dfa, nfa, packed};
 
@@ -261,10 +263,19 @@ impl Keywords {
     /// text is its folded pattern in the text's ASCII lower case, which the prefilter finds
     /// (a wildcard keyword's match always holds its anchor).
     fn may_occur(&self, text: &str, ascii: bool) -> bool {
-        match &self.prefilter {
-            Some(prefilter) if ascii => prefilter.find(text.to_ascii_lowercase()).is_some(),
-            _ => true,
-        }
+        let Some(prefilter) = self.prefilter.as_ref().filter(|_| ascii) else {
+            return true;
+        };
+        LOWER.with_borrow_mut(|lower| {
+            lower.clear();
+            lower.extend_from_slice(text.as_bytes());
+            lower.make_ascii_lowercase();
+            let found = prefilter.find(&lower[..]).is_some();
+            if lower.capacity() > KEEP_LOWER {
+                *lower = Vec::new();
+            }
+            found
+        })
     }
 
     /// The earliest position from which the end of `text` is the beginning of some keyword
@@ -281,6 +292,15 @@ impl Keywords {
         from
     }
 }
+
+thread_local! {
+    /// The prefilter's lower-case copy of a text, one buffer per thread, reused: a stream asks
+    /// once per event.
+    static LOWER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A [`LOWER`] buffer grown past this by a long text is dropped, not kept for the thread's life.
+const KEEP_LOWER: usize = 64 * 1024;
 
 /// The first longest run of literal elements.
 fn longest_literal_run(elems: &[Elem]) -> std::ops::Range<usize> {
@@ -597,6 +617,19 @@ mod tests {
             out.push((k, s, e))
         });
         out
+    }
+
+    #[test]
+    fn the_prefilter_buffer_is_reused_and_not_kept_large() {
+        let kw = keywords(&["secret"]);
+        assert!(kw.prefilter.is_some());
+        assert!(kw.may_occur("a SECRET here", true));
+        assert!(!kw.may_occur("nothing here", true));
+        assert!(LOWER.with_borrow(|lower| lower.capacity()) > 0);
+        let long = format!("{} Secret", "x".repeat(200 * 1024));
+        assert!(kw.may_occur(&long, true));
+        assert_eq!(LOWER.with_borrow(|lower| lower.capacity()), 0);
+        assert!(!kw.may_occur(&long.replace("Secret", "public"), true));
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl ChunkReader {
             Cow::Borrowed(std::str::from_utf8(string).ok()?)
         };
         Some(EventRead {
-            texts: vec![(key, Role::Delta, content)],
+            texts: smallvec::smallvec![(key, Role::Delta, content)],
             ends: self.ends.clone(),
             has_usage: self.has_usage,
             upstream_error: self.upstream_error,

@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use guardrail_tower_sse::SseEvent;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use super::walk::Path;
 use super::{Role, ShapeError, TextKey, first_problem, view, write};
@@ -54,8 +55,9 @@ impl End {
 /// What one stream event carries for the guardrails and the spend log.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct EventRead<'a> {
-    /// Its texts in order, each new ([`Role::Delta`]) or complete ([`Role::Full`]).
-    pub texts: Vec<(TextKey, Role, Cow<'a, str>)>,
+    /// Its texts in order, each new ([`Role::Delta`]) or complete ([`Role::Full`]). Most
+    /// events carry one, kept inline.
+    pub texts: SmallVec<[(TextKey, Role, Cow<'a, str>); 1]>,
     /// The texts that end with it.
     pub ends: Vec<End>,
     /// The stream's text ends with it (`[DONE]`, `response.completed`, `message_stop`).
@@ -181,7 +183,7 @@ impl CallType {
     /// stream) and blank data carry no text. Anything else is `None`: a client may still read
     /// text in it (JavaScript's and Python's parsers take `1e400` as infinity and keep a lone
     /// surrogate, which `serde_json` refuses; plain text is text), so it cannot be checked.
-    pub fn read_non_json_event(self, data: &[u8]) -> Option<EventRead<'static>> {
+    pub fn read_non_json_event<'a>(self, data: &[u8]) -> Option<EventRead<'a>> {
         let trimmed = data.trim_ascii();
         if !trimmed.is_empty() && trimmed != b"[DONE]" {
             return None;

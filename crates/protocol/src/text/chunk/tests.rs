@@ -72,14 +72,14 @@ fn the_chunks_streams_are_made_of_are_read_without_a_view() {
         (
             r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]}"#,
             EventRead {
-                texts: vec![content(0, "")],
+                texts: smallvec::smallvec![content(0, "")],
                 ..EventRead::default()
             },
         ),
         (
             r#"{"index":0,"delta":{"content":"Hello \"there\"\n"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
             EventRead {
-                texts: vec![content(0, "Hello \"there\"\n")],
+                texts: smallvec::smallvec![content(0, "Hello \"there\"\n")],
                 ..EventRead::default()
             },
         ),
@@ -93,7 +93,7 @@ fn the_chunks_streams_are_made_of_are_read_without_a_view() {
         (
             r#"{"delta":{"content":"a"}},{"delta":{"content":"b"},"finish_reason":"length"}]}"#,
             EventRead {
-                texts: vec![content(0, "a"), content(1, "b")],
+                texts: smallvec::smallvec![content(0, "a"), content(1, "b")],
                 ends: vec![End::Index(1)],
                 ..EventRead::default()
             },
@@ -119,7 +119,7 @@ fn the_chunks_streams_are_made_of_are_read_without_a_view() {
     )
     .unwrap();
     assert!(read.upstream_error);
-    assert_eq!(read.texts, vec![content(0, "x")]);
+    assert_eq!(read.texts[..], [content(0, "x")]);
 }
 
 #[test]
@@ -372,7 +372,7 @@ fn plain_chunks_are_read_by_hand() {
     assert_eq!(
         read(chunk),
         Some(EventRead {
-            texts: vec![content(0, " said:")],
+            texts: smallvec::smallvec![content(0, " said:")],
             ..EventRead::default()
         })
     );
@@ -380,7 +380,7 @@ fn plain_chunks_are_read_by_hand() {
     assert_eq!(
         read(escaped),
         Some(EventRead {
-            texts: vec![content(1, "line\n\"q\" été 😀 ü")],
+            texts: smallvec::smallvec![content(1, "line\n\"q\" été 😀 ü")],
             ends: vec![End::Index(1)],
             has_usage: true,
             ..EventRead::default()
@@ -390,7 +390,7 @@ fn plain_chunks_are_read_by_hand() {
     assert_eq!(
         read(logprobs),
         Some(EventRead {
-            texts: vec![content(0, "a")],
+            texts: smallvec::smallvec![content(0, "a")],
             ..EventRead::default()
         })
     );
