@@ -711,6 +711,10 @@ impl StreamState {
             }
         }
         if let Some((message, entity)) = block {
+            // The text before the block may still go out: with the masks found before it.
+            for (start, stop, text) in masks {
+                ch.replace(gi, start, stop, text);
+            }
             guard.exact.time += started.elapsed();
             let err = Error::guardrail_blocked(guard.g.name(), message.clone());
             let entry = exact_entry(
@@ -1020,7 +1024,7 @@ impl StreamState {
         }
         // The new text of each delta as the client gets it (masked), and the complete text a
         // summary must repeat, by position.
-        let mut replaced: Vec<Option<String>> = Vec::with_capacity(held.texts.len());
+        let mut replaced: SmallVec<[Option<String>; 1]> = SmallVec::with_capacity(held.texts.len());
         for t in &held.texts {
             replaced.push(match *t {
                 HeldText::Delta {

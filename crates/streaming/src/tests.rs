@@ -591,6 +591,43 @@ async fn exact_mask_rewrites_events_and_summaries() {
     }
 }
 
+/// A mask and a block found in one scan (one event, or one chunk of events): the text released
+/// before the block carries the mask, never the masked word.
+#[tokio::test]
+async fn a_mask_before_a_block_in_one_scan_is_applied_to_what_is_released() {
+    let chunk = |text: &str| {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}}}}]}}\n\n",
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    let layer = || {
+        StreamingGuardrailBodyLayer::new(Guardrails::new([words(
+            "g",
+            vec![("MASKME", Some("[M]")), ("BLOCKME", None)],
+        )]))
+    };
+    for events in [
+        vec![chunk("one MASKME two BLOCKME three")],
+        vec![chunk("one MASKME tw"), chunk("o BLOCKME three")],
+    ] {
+        let stream = events.concat() + "data: [DONE]\n\n";
+        for body in [body::chunks([stream.clone()]), per_event(&stream)] {
+            let run = run_stream(CallType::ChatCompletions, layer(), body).await;
+            assert_eq!(run.status, 200);
+            assert!(!run.body.contains("MASKME"), "{}", run.body);
+            let (released, error) = split_error(CallType::ChatCompletions, &run.body);
+            assert_eq!(
+                streamed_text(CallType::ChatCompletions, &released),
+                "one [M] two ",
+                "{}",
+                run.body
+            );
+            assert!(error.contains("blocked word: BLOCKME"), "{error}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn split_at_every_byte_gives_the_same_output() {
     for call_type in ALL {
