@@ -12,6 +12,8 @@
 //! - A response the post-call guardrails cannot read (compressed, not an event stream) is a 502,
 //!   never an unchecked pass; the gateway asks upstreams for `identity`.
 //! - A route the gateway does not serve is refused, guardrails or not, and never forwarded.
+//! - A stream event with an address to mask before a blocked word: the text released before the
+//!   in-band error has the address masked.
 
 use std::path::PathBuf;
 
@@ -798,4 +800,69 @@ async fn a_route_no_text_view_knows_is_refused_when_guardrails_apply() {
         format!("Unknown request URL: POST {path}")
     );
     assert_eq!(mock.request_count(), 1);
+}
+
+/// The content filter in exact mode, masking e-mail addresses and blocking a word, on a stream
+/// whose one event holds both: the text the client gets before the in-band error has the
+/// address masked (it went out as it was when the mask and the block were found in one scan).
+#[tokio::test]
+async fn a_masked_address_before_a_blocked_word_in_one_event_goes_out_masked() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let config = format!(
+        r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream}}
+guardrails:
+  - guardrail_name: filter
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: post_call
+      default_on: true
+      blocked_words: [{{keyword: forbidden, action: BLOCK}}]
+      patterns: [{{pattern_type: prebuilt, pattern_name: email, action: MASK}}]
+"#,
+        base = upstream.base_url(),
+    );
+    let running = Gateway::from_config_str(&config)
+        .await
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let chunk = |text: &str| {
+        json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+    };
+    upstream.push_reply(ScriptedReply::sse([
+        format!(
+            "data: {}\n\n",
+            chunk("Write to jane.doe@example.com about the forbidden plan.")
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ]));
+    let request = json!({"model": "gpt", "stream": true,
+                         "messages": [{"role": "user", "content": "hi"}]});
+    let resp = send(post_json(
+        &running.url("/v1/chat/completions"),
+        &request.to_string(),
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = String::from_utf8(resp.body().to_vec()).unwrap();
+    assert!(!body.contains("jane.doe"), "{body}");
+    let text: String = events(&body)
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "Write to [EMAIL_REDACTED] about the ");
+    assert!(
+        body.ends_with(&format!("data: {}\n\ndata: [DONE]\n\n", openai_block())),
+        "{body}"
+    );
+    running.stop().await.unwrap();
 }
