@@ -242,6 +242,37 @@ proptest! {
         prop_assert!(seen.trim_end() == before.trim_end(), "{:?} vs {:?}", seen, before);
     }
 
+    /// Addresses before a blocked word, the stream cut anywhere (so an address and the word
+    /// often share an event, or a chunk of events scanned at once): the client reads the text
+    /// up to the word with every address masked.
+    #[test]
+    fn a_block_releases_the_text_before_it_masked(
+        words in proptest::collection::vec(0usize..WORDS.len(), 0..20),
+        emails in proptest::collection::vec((0usize..20, 0usize..3), 1..3),
+        cuts in proptest::collection::vec(any::<usize>(), 0..25),
+        chunk_cuts in proptest::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
+        let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
+        for &(at, which) in &emails {
+            ws.insert(at.min(ws.len()), addresses[which]);
+        }
+        ws.push("forbidden");
+        ws.push("tail");
+        let text = ws.join(" ");
+        let before = ws[..ws.len() - 2].join(" ");
+        let masked = match filter().check_texts(&[before.as_str()]).decision() {
+            guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
+            _ => before.clone(),
+        };
+        let stream = chat_stream(&body::deltas(&text, &cuts));
+        let out = runtime().block_on(run(body::split_anywhere(stream.as_bytes(), &chunk_cuts)));
+        let seen = client_text(&out);
+        prop_assert!(!seen.contains('@'), "an address went out: {:?}", seen);
+        prop_assert!(out.contains("Content blocked: keyword 'forbidden' detected"));
+        prop_assert_eq!(seen.trim_end(), masked.trim_end());
+    }
+
     #[test]
     fn streamed_masking_equals_masking_the_whole_text(
         words in proptest::collection::vec(0usize..WORDS.len(), 1..30),
