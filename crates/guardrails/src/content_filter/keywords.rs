@@ -533,7 +533,40 @@ fn pending_from<A: Automaton>(a: &A, max_chars: usize, ascii_starts: u128, text:
     let Ok(start_sid) = a.start_state(Anchored::Yes) else {
         return 0;
     };
-    // Only the last `max_chars` characters can begin an unfinished keyword.
+    // Only the last `max_chars` characters can begin an unfinished keyword. When they are
+    // ASCII (most text), they are the last `max_chars` bytes: stepped byte by byte, with no
+    // character decoding (the automaton folds ASCII case itself, and `ascii_starts` holds
+    // both cases).
+    let bytes = text.as_bytes();
+    let tail = bytes.len().saturating_sub(max_chars);
+    if bytes[tail..].is_ascii() {
+        for p in tail..bytes.len() {
+            if ascii_starts >> bytes[p] & 1 == 0 {
+                // No keyword begins with it.
+                continue;
+            }
+            let mut sid = start_sid;
+            let alive = bytes[p..].iter().all(|b| {
+                sid = a.next_state(Anchored::Yes, sid, *b);
+                !a.is_dead(sid)
+            });
+            if alive {
+                return p;
+            }
+        }
+        return text.len();
+    }
+    pending_from_chars(a, start_sid, max_chars, ascii_starts, text)
+}
+
+/// [`pending_from`] character by character (a tail with non-ASCII characters).
+fn pending_from_chars<A: Automaton>(
+    a: &A,
+    start_sid: aho_corasick::automaton::StateID,
+    max_chars: usize,
+    ascii_starts: u128,
+    text: &str,
+) -> usize {
     let first = text
         .char_indices()
         .rev()
@@ -573,6 +606,49 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+
+    /// The byte-by-byte path for ASCII tails gives the character-by-character path's answer
+    /// at every cut of texts with keyword beginnings, case changes, words that end within the
+    /// tail and non-ASCII before the tail.
+    #[test]
+    fn the_ascii_tail_path_agrees_with_the_character_path() {
+        let kw = keywords(&["confidential", "Bluebird", "straße", "a.b", "x", "wire tap"]);
+        let by_chars = |text: &str| match &kw.engine {
+            Engine::Dfa(a) => pending_from_chars(
+                a,
+                a.start_state(Anchored::Yes).unwrap(),
+                kw.max_chars,
+                kw.ascii_starts,
+                text,
+            ),
+            Engine::Nfa(a) => pending_from_chars(
+                a,
+                a.start_state(Anchored::Yes).unwrap(),
+                kw.max_chars,
+                kw.ascii_starts,
+                text,
+            ),
+        };
+        let mut checked = 0;
+        for text in [
+            "the CONFIDENTIAL report of the blueBI",
+            "no keyword here at all, none",
+            "ends with conf",
+            "ends with a.",
+            "über die Straße, the wire t",
+            "Grüße: the Confidentia",
+            "xxxxxxxxxxxxxxxxx",
+            "a",
+            "",
+        ] {
+            for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let text = &text[..cut];
+                assert_eq!(kw.pending_from(text), by_chars(text), "{text:?}");
+                checked += usize::from(text.len() >= kw.max_chars);
+            }
+        }
+        assert!(checked > 50);
     }
 
     /// Skipping the characters no keyword begins with changes no answer: where the text may

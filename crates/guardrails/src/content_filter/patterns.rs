@@ -384,6 +384,24 @@ impl PatternRule {
     /// it starts within the last `max_chars` characters, in the trailing run of characters a
     /// match can contain.
     pub(super) fn unsettled_from(&self, text: &str) -> usize {
+        // Byte by byte while the bytes are ASCII (then each is a character); from the first
+        // non-ASCII byte, character by character.
+        let bytes = text.as_bytes();
+        let mut from = bytes.len();
+        for (n, &b) in bytes.iter().rev().enumerate() {
+            if !b.is_ascii() {
+                return self.unsettled_from_chars(text);
+            }
+            if n >= self.max_chars || self.ascii_alphabet >> b & 1 == 0 {
+                break;
+            }
+            from -= 1;
+        }
+        from
+    }
+
+    /// [`unsettled_from`](PatternRule::unsettled_from), character by character.
+    fn unsettled_from_chars(&self, text: &str) -> usize {
         let mut from = text.len();
         for (n, (i, c)) in text.char_indices().rev().enumerate() {
             if n >= self.max_chars || !self.in_alphabet(c) {
@@ -820,6 +838,51 @@ mod tests {
         assert_eq!(rule.unsettled_from("zz ab1"), 3);
         assert_eq!(rule.unsettled_from("zz ab1 "), 7);
         assert_eq!(rule.unsettled_from("aaaaaaaaa"), 4);
+    }
+
+    /// The byte-by-byte walk gives the character walk's answer at every cut of ASCII texts and
+    /// of texts with non-ASCII characters in the trailing run, for every prebuilt pattern and
+    /// one with a short limit.
+    #[test]
+    fn the_ascii_walk_agrees_with_the_character_walk() {
+        let mut rules = vec![
+            PatternRule::new(
+                0,
+                "x".into(),
+                r"ab[0-9]{1,3}",
+                false,
+                FilterAction::Mask,
+                "",
+                256,
+            )
+            .unwrap(),
+        ];
+        for (i, p) in PREBUILT.iter().enumerate() {
+            rules.push(PatternRule::prebuilt(i, p, FilterAction::Mask, "").unwrap());
+        }
+        let texts = [
+            "mail jane.doe@example.com or call 555-123-4567 from 10.0.0.1",
+            "card 4111 1111 1111 1111, ssn 078-05-1120",
+            "ab123ab1 zz ab12345",
+            "Grüße an jürgen@exämple.de, 電話 ５５５-１２３４",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ];
+        let mut checked = 0;
+        for rule in &rules {
+            for text in texts {
+                for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                    let text = &text[..cut];
+                    assert_eq!(
+                        rule.unsettled_from(text),
+                        rule.unsettled_from_chars(text),
+                        "{text:?} for {}",
+                        rule.name
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000);
     }
 
     /// The bits of the ASCII alphabet say what a search of the ranges says, for every
