@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ffi, params_from_iter};
 use tokio::sync::oneshot;
 
@@ -355,33 +355,99 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A record as SQLite values, built on the async side so the SQLite thread only inserts.
-struct Row([SqlValue; 16]);
+/// Records as SQLite values, built on the async side so the SQLite thread only inserts: the
+/// text of every value of every record in one buffer (one allocation a batch, where a value
+/// each cost an allocation, a copy and a free), the values as ranges of it.
+struct Rows {
+    text: String,
+    cells: Vec<Cell>,
+}
 
-fn to_row(r: &SpendRecord) -> Row {
-    let text = |s: &str| SqlValue::Text(s.to_owned());
-    let opt = |s: &Option<String>| s.as_deref().map_or(SqlValue::Null, text);
-    let int = |n: u64| SqlValue::Integer(i64::try_from(n).unwrap_or(i64::MAX));
-    let metadata = r.metadata.to_json();
-    Row([
-        text(&r.request_id),
-        opt(&r.client_request_id),
-        text(&r.call_type),
-        text(r.status.as_str()),
-        text(&r.model),
-        opt(&r.api_base),
-        opt(&r.user),
-        opt(&r.api_key),
-        SqlValue::Real(r.spend),
-        int(r.prompt_tokens),
-        int(r.completion_tokens),
-        int(r.total_tokens),
-        SqlValue::Text(rfc3339::format(r.start_time)),
-        SqlValue::Text(rfc3339::format(r.end_time)),
-        r.completion_start_time
-            .map_or(SqlValue::Null, |t| SqlValue::Text(rfc3339::format(t))),
-        SqlValue::Text(metadata),
-    ])
+/// One value of a [`Rows`]: text as a range of [`Rows::text`].
+#[derive(Clone, Copy)]
+enum Cell {
+    Null,
+    Text(usize, usize),
+    Integer(i64),
+    Real(f64),
+}
+
+/// The columns of a row, in [`COLUMNS`]' order.
+const ROW_CELLS: usize = 16;
+
+impl Rows {
+    fn new(records: &[SpendRecord]) -> Rows {
+        let mut rows = Rows {
+            text: String::with_capacity(records.len() * 512),
+            cells: Vec::with_capacity(records.len() * ROW_CELLS),
+        };
+        for r in records {
+            rows.push(r);
+        }
+        rows
+    }
+
+    fn push(&mut self, r: &SpendRecord) {
+        let int = |n: u64| Cell::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let before = self.cells.len();
+        self.text(&r.request_id);
+        self.optional(r.client_request_id.as_deref());
+        self.text(&r.call_type);
+        self.text(r.status.as_str());
+        self.text(&r.model);
+        self.optional(r.api_base.as_deref());
+        self.optional(r.user.as_deref());
+        self.optional(r.api_key.as_deref());
+        self.cells.push(Cell::Real(r.spend));
+        self.cells.push(int(r.prompt_tokens));
+        self.cells.push(int(r.completion_tokens));
+        self.cells.push(int(r.total_tokens));
+        self.written(|out| rfc3339::write(r.start_time, out));
+        self.written(|out| rfc3339::write(r.end_time, out));
+        match r.completion_start_time {
+            Some(t) => self.written(|out| rfc3339::write(t, out)),
+            None => self.cells.push(Cell::Null),
+        }
+        self.written(|out| r.metadata.write_json(out));
+        debug_assert_eq!(self.cells.len() - before, ROW_CELLS);
+    }
+
+    fn text(&mut self, s: &str) {
+        self.written(|out| out.push_str(s));
+    }
+
+    fn optional(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.text(s),
+            None => self.cells.push(Cell::Null),
+        }
+    }
+
+    /// A text value: what `write` appends to the buffer.
+    fn written(&mut self, write: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        write(&mut self.text);
+        self.cells.push(Cell::Text(start, self.text.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.cells.len() / ROW_CELLS
+    }
+
+    /// The values of the rows from `row` on, `rows` of them, as SQLite binds them (the text
+    /// borrowed from the buffer).
+    fn values(&self, row: usize, rows: usize) -> impl Iterator<Item = ToSqlOutput<'_>> {
+        self.cells[row * ROW_CELLS..(row + rows) * ROW_CELLS]
+            .iter()
+            .map(|cell| {
+                ToSqlOutput::Borrowed(match *cell {
+                    Cell::Null => ValueRef::Null,
+                    Cell::Text(start, end) => ValueRef::Text(&self.text.as_bytes()[start..end]),
+                    Cell::Integer(n) => ValueRef::Integer(n),
+                    Cell::Real(x) => ValueRef::Real(x),
+                })
+            })
+    }
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpendRecord, SinkError>> {
@@ -464,20 +530,19 @@ impl SpendLogSink for SqliteSink {
             if records.is_empty() {
                 return Ok(());
             }
-            let rows = records.iter().map(to_row).collect::<Vec<_>>();
+            let rows = Rows::new(records);
             let statements = Arc::clone(&self.inserts);
             self.call(move |conn| {
                 immediate_transaction(conn, |conn| {
-                    let mut rows = rows.into_iter();
-                    let mut left = rows.len();
+                    let (mut at, mut left) = (0, rows.len());
                     // Several rows per statement (one VDBE run, one bind pass), in chunks of
                     // 16, 8, 4, 2 and 1 rows: five cached statements cover any batch size.
                     for (size, sql) in statements.iter() {
                         let size = *size;
                         while left >= size {
                             let mut insert = conn.prepare_cached(sql)?;
-                            let values = rows.by_ref().take(size).flat_map(|Row(values)| values);
-                            insert.execute(params_from_iter(values))?;
+                            insert.execute(params_from_iter(rows.values(at, size)))?;
+                            at += size;
                             left -= size;
                         }
                     }
