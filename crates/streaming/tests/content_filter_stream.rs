@@ -184,21 +184,31 @@ fn streams_as_the_whole_text_masked(
     cuts: &[usize],
     chunk_cuts: &[usize],
 ) -> Result<(), TestCaseError> {
-    let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
-    let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
-    for &(at, which) in emails {
-        ws.insert(at.min(ws.len()), addresses[which]);
-    }
-    let text = ws.join(" ");
-    let expected = match filter().check_texts(&[text.as_str()]).decision() {
-        guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
-        _ => text.clone(),
-    };
+    let text = with_addresses(words, emails).join(" ");
+    let expected = masked(&text);
     let stream = chat_stream(&body::deltas(&text, cuts));
     let out = runtime().block_on(run(body::split_anywhere(stream.as_bytes(), chunk_cuts)));
     prop_assert_eq!(client_text(&out), expected);
     prop_assert!(out.ends_with("data: [DONE]\n\n"));
     Ok(())
+}
+
+/// The words (indices into [`WORDS`]) with addresses inserted (position, which one).
+fn with_addresses(words: &[usize], emails: &[(usize, usize)]) -> Vec<&'static str> {
+    let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
+    let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
+    for &(at, which) in emails {
+        ws.insert(at.min(ws.len()), addresses[which]);
+    }
+    ws
+}
+
+/// `text` as the filter masks it whole.
+fn masked(text: &str) -> String {
+    match filter().check_texts(&[text]).decision() {
+        guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
+        _ => text.to_owned(),
+    }
 }
 
 const WORDS: &[&str] = &[
@@ -252,25 +262,17 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..25),
         chunk_cuts in proptest::collection::vec(any::<usize>(), 0..12),
     ) {
-        let addresses = ["jane@corp.com", "a.b+c@example.org", "x@y.io"];
-        let mut ws: Vec<&str> = words.iter().map(|i| WORDS[*i]).collect();
-        for &(at, which) in &emails {
-            ws.insert(at.min(ws.len()), addresses[which]);
-        }
-        ws.push("forbidden");
-        ws.push("tail");
+        let mut ws = with_addresses(&words, &emails);
+        let before = ws.join(" ");
+        ws.extend(["forbidden", "tail"]);
         let text = ws.join(" ");
-        let before = ws[..ws.len() - 2].join(" ");
-        let masked = match filter().check_texts(&[before.as_str()]).decision() {
-            guardrail_tower_core::Decision::Rewrite { texts } => texts[0].clone(),
-            _ => before.clone(),
-        };
         let stream = chat_stream(&body::deltas(&text, &cuts));
         let out = runtime().block_on(run(body::split_anywhere(stream.as_bytes(), &chunk_cuts)));
         let seen = client_text(&out);
         prop_assert!(!seen.contains('@'), "an address went out: {:?}", seen);
         prop_assert!(out.contains("Content blocked: keyword 'forbidden' detected"));
-        prop_assert_eq!(seen.trim_end(), masked.trim_end());
+        let want = masked(&before);
+        prop_assert_eq!(seen.trim_end(), want.trim_end());
     }
 
     #[test]

@@ -822,9 +822,9 @@ mod tests {
         assert!(card_spans("3782 822463 10005", Brand::Visa).is_empty());
     }
 
-    #[test]
-    fn alphabet_suffix() {
-        let rule = PatternRule::new(
+    /// A custom pattern with a short limit (5 characters).
+    fn short_rule() -> PatternRule {
+        PatternRule::new(
             0,
             "x".into(),
             r"ab[0-9]{1,3}",
@@ -833,7 +833,12 @@ mod tests {
             "",
             256,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn alphabet_suffix() {
+        let rule = short_rule();
         assert_eq!(rule.max_chars, 5);
         assert_eq!(rule.unsettled_from("zz ab1"), 3);
         assert_eq!(rule.unsettled_from("zz ab1 "), 7);
@@ -845,18 +850,7 @@ mod tests {
     /// one with a short limit.
     #[test]
     fn the_ascii_walk_agrees_with_the_character_walk() {
-        let mut rules = vec![
-            PatternRule::new(
-                0,
-                "x".into(),
-                r"ab[0-9]{1,3}",
-                false,
-                FilterAction::Mask,
-                "",
-                256,
-            )
-            .unwrap(),
-        ];
+        let mut rules = vec![short_rule()];
         for (i, p) in PREBUILT.iter().enumerate() {
             rules.push(PatternRule::prebuilt(i, p, FilterAction::Mask, "").unwrap());
         }
