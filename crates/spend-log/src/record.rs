@@ -408,7 +408,7 @@ pub mod rfc3339 {
         out
     }
 
-    /// Appends a time's text to `out` (as [`format`] gives it).
+    /// Appends a time's text to `out` (as [`format`](fn@format) gives it).
     pub fn write(t: SystemTime, out: &mut String) {
         match t.duration_since(SystemTime::UNIX_EPOCH) {
             // Three per record: written by hand (about a tenth of the formatter machinery's
