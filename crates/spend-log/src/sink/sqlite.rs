@@ -578,7 +578,7 @@ const ROWS_PER_INSERT: [usize; 5] = [16, 8, 4, 2, 1];
 
 /// `INSERT OR IGNORE INTO table (...) VALUES (?, ...), ...` for `rows` rows.
 fn insert_sql(table: &str, rows: usize) -> String {
-    let one = format!("({})", ["?"; 16].join(", "));
+    let one = format!("({})", ["?"; ROW_CELLS].join(", "));
     format!(
         "INSERT OR IGNORE INTO {table} ({COLUMNS}) VALUES {}",
         vec![one; rows].join(", ")
