@@ -13,7 +13,6 @@
 //! cannot read) ends it the same way: what was cleared goes out, nothing else does, then the
 //! endpoint's in-band error event and terminator.
 
-use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,6 +30,7 @@ use guardrail_tower_protocol::json::JsonView;
 use guardrail_tower_protocol::text::stream::End;
 use guardrail_tower_protocol::text::{ChunkReader, Role, TextKey};
 use serde_json::Value;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 /// How one guardrail checks this stream.
@@ -710,11 +710,12 @@ impl StreamState {
                 }
             }
         }
+        // Masks go in first: at a block, the text before it may still go out, masked.
+        let masked = !masks.is_empty();
+        for (start, stop, text) in masks {
+            ch.replace(gi, start, stop, text);
+        }
         if let Some((message, entity)) = block {
-            // The text before the block may still go out: with the masks found before it.
-            for (start, stop, text) in masks {
-                ch.replace(gi, start, stop, text);
-            }
             guard.exact.time += started.elapsed();
             let err = Error::guardrail_blocked(guard.g.name(), message.clone());
             let entry = exact_entry(
@@ -727,10 +728,6 @@ impl StreamState {
             guard.exact.logged = true;
             self.log.push(entry);
             return Err(err);
-        }
-        let masked = !masks.is_empty();
-        for (start, stop, text) in masks {
-            ch.replace(gi, start, stop, text);
         }
         if final_check {
             state.cleared = end;
