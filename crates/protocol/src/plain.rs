@@ -297,7 +297,7 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
 /// before it: about 0.5 instructions a byte, against 2 for the words. Bytes above 0x7f pass
 /// (the document's UTF-8 is checked as a whole).
 #[inline]
-fn plain_string_end(rest: &[u8]) -> Option<usize> {
+pub(crate) fn plain_string_end(rest: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let head = &rest[..rest.len().min(INLINE)];

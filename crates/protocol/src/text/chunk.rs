@@ -54,7 +54,7 @@ use super::stream::{End, EventRead};
 use super::walk::key;
 use super::{Role, TextKey, TextKind};
 use crate::json::{MemberName, Skip, read_object, skip_numbers_and_null};
-use crate::plain::Plain;
+use crate::plain::{Plain, plain_string_end};
 use crate::usage::Counts;
 use crate::{CallType, Usage};
 
@@ -211,11 +211,25 @@ impl ChunkReader {
         {
             return None;
         }
-        // From the opening quote (the last byte of `before`) to the closing one: one string,
-        // read as the chunk's reader reads it, that ends exactly there.
-        let mut string = Plain::new(&data[before.len() - 1..=data.len() - after.len()])?;
-        let content = string.text()?;
-        string.end()?;
+        let close = data.len() - after.len();
+        let string = &data[before.len()..close];
+        // One string: no quote before `close` but escaped ones, no control character.
+        let mut escaped = false;
+        let mut i = 0;
+        while let Some(at) = plain_string_end(string.get(i..)?) {
+            if string[i + at] != b'\\' {
+                return None;
+            }
+            escaped = true;
+            i += at + 2;
+        }
+        let content = if escaped {
+            // With its quotes, for `serde_json` to decode.
+            let quoted = std::str::from_utf8(&data[before.len() - 1..=close]).ok()?;
+            Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
+        } else {
+            Cow::Borrowed(std::str::from_utf8(string).ok()?)
+        };
         Some(EventRead {
             texts: smallvec::smallvec![(key, Role::Delta, content)],
             ends: self.ends.clone(),
