@@ -169,7 +169,7 @@ pub use error::ContentFilterError;
 use keywords::Keywords;
 use needs::Search;
 use normalize::{Folded, fold_text};
-use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT, Scratch};
+use patterns::{PREBUILT, PatternRule, REGEX_SIZE_LIMIT, Scratch, Tails};
 
 /// The `guardrail_provider` of this guardrail, as LiteLLM names it.
 pub const PROVIDER: &str = "litellm_content_filter";
@@ -196,6 +196,8 @@ struct Inner {
     /// The byte sets the patterns need, to skip the patterns a text cannot match before any
     /// regex runs. `None` with more than [`SET_STACK`] patterns.
     needs: Option<PatternNeeds>,
+    /// Every pattern's trailing run in one walk. `None` without patterns or with more than 64.
+    tails: Option<Tails>,
     max_match_chars: usize,
 }
 
@@ -381,6 +383,7 @@ impl ContentFilter {
             None
         };
         let needs = PatternNeeds::new(&patterns);
+        let tails = Tails::new(&patterns);
         let max_match_chars = patterns
             .iter()
             .map(|p| p.max_chars)
@@ -395,6 +398,7 @@ impl ContentFilter {
                 patterns,
                 set,
                 needs,
+                tails,
                 max_match_chars,
             }),
         })
@@ -602,6 +606,12 @@ impl ContentFilter {
         let mut from = text.len();
         if let Some(kw) = &inner.keywords {
             from = from.min(folded.original(kw.pending_from(ftext)));
+        }
+        // Text with nothing folded is what every pattern reads: one walk for all of them.
+        if let Some(tails) = inner.tails.as_ref().filter(|_| !folded.changed()) {
+            if let Some(unsettled) = tails.unsettled_from(text) {
+                return from.min(unsettled);
+            }
         }
         for p in &inner.patterns {
             let unsettled = if p.prebuilt {

@@ -430,6 +430,82 @@ impl PatternRule {
     }
 }
 
+/// [`PatternRule::unsettled_from`] of every pattern in one walk back over the text, where
+/// each pattern took a walk of its own: a stream asks after every event, and a tail of a few
+/// ASCII bytes is then a handful of bit operations instead of one loop per pattern.
+#[derive(Debug)]
+pub(super) struct Tails {
+    /// Per ASCII byte, bit `i` set: pattern `i`'s alphabet holds it.
+    takes: [u64; 128],
+    /// `(max_chars, patterns)` by ascending `max_chars`: at that many characters back and
+    /// beyond, those patterns can no longer begin a match.
+    limits: Vec<(usize, u64)>,
+    /// A bit for each pattern.
+    all: u64,
+}
+
+impl Tails {
+    /// `None` without patterns or with more than 64 (one bit each).
+    pub(super) fn new<'a>(patterns: impl IntoIterator<Item = &'a PatternRule>) -> Option<Tails> {
+        let mut takes = [0u64; 128];
+        let mut limits: Vec<(usize, u64)> = Vec::new();
+        let mut count = 0;
+        for (i, p) in patterns.into_iter().enumerate() {
+            if i == 64 {
+                return None;
+            }
+            count = i + 1;
+            let bit = 1u64 << i;
+            for (b, t) in takes.iter_mut().enumerate() {
+                if p.ascii_alphabet >> b & 1 == 1 {
+                    *t |= bit;
+                }
+            }
+            match limits.iter_mut().find(|(max, _)| *max == p.max_chars) {
+                Some((_, bits)) => *bits |= bit,
+                None => limits.push((p.max_chars, bit)),
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        limits.sort_unstable_by_key(|&(max, _)| max);
+        Some(Tails {
+            takes,
+            limits,
+            all: u64::MAX >> (64 - count),
+        })
+    }
+
+    /// The least [`PatternRule::unsettled_from`] of the patterns for `text`, when the walk
+    /// back meets only ASCII bytes; `None` when it meets another (then ask each pattern: its
+    /// alphabet may hold the character).
+    pub(super) fn unsettled_from(&self, text: &str) -> Option<usize> {
+        let bytes = text.as_bytes();
+        let mut alive = self.all;
+        let mut limits = self.limits.iter().peekable();
+        let mut from = bytes.len();
+        for (n, &b) in bytes.iter().rev().enumerate() {
+            if !b.is_ascii() {
+                return None;
+            }
+            while let Some(&&(max, bits)) = limits.peek() {
+                if max > n {
+                    break;
+                }
+                alive &= !bits;
+                limits.next();
+            }
+            alive &= self.takes[usize::from(b)];
+            if alive == 0 {
+                break;
+            }
+            from -= 1;
+        }
+        Some(from)
+    }
+}
+
 /// The ASCII characters of sorted, disjoint, inclusive `ranges`, as bits of a `u128`.
 fn ascii_bits(ranges: &[(char, char)]) -> u128 {
     let mut bits = 0u128;
@@ -877,6 +953,46 @@ mod tests {
             }
         }
         assert!(checked > 1000);
+    }
+
+    /// The one walk for all patterns gives the least of the patterns' own walks at every cut
+    /// of texts that end in runs of each pattern's characters (and runs longer than a short
+    /// limit), and leaves texts with non-ASCII in the run to the patterns.
+    #[test]
+    fn one_walk_for_all_patterns_agrees_with_a_walk_each() {
+        let mut rules = vec![short_rule()];
+        for (i, p) in PREBUILT.iter().enumerate() {
+            rules.push(PatternRule::prebuilt(i, p, FilterAction::Mask, "").unwrap());
+        }
+        let texts = [
+            "mail jane.doe@example.com or call 555-123-4567 from 10.0.0.1",
+            "card 4111 1111 1111 1111, ssn 078-05-1120 (555) 123-4567",
+            "ab123ab1 zz ab12345 +1 555.123.4567",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0",
+        ];
+        // Every pattern on its own, the short one with each prebuilt, and all together.
+        let mut sets: Vec<Vec<&PatternRule>> = rules.iter().map(|r| vec![r]).collect();
+        sets.extend(rules[1..].iter().map(|r| vec![&rules[0], r]));
+        sets.push(rules.iter().collect());
+        let mut checked = 0;
+        for set in &sets {
+            let tails = Tails::new(set.iter().copied()).unwrap();
+            for text in texts {
+                for cut in 0..=text.len() {
+                    let text = &text[..cut];
+                    let each = set.iter().map(|r| r.unsettled_from(text)).min().unwrap();
+                    assert_eq!(tails.unsettled_from(text), Some(each), "{text:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 2000);
+        let tails = Tails::new(&rules).unwrap();
+        assert_eq!(tails.unsettled_from("mail jürgen"), None);
+        assert!(Tails::new(std::iter::repeat_n(&rules[0], 65)).is_none());
+        assert!(Tails::new(&[]).is_none());
+        assert!(Tails::new(std::iter::repeat_n(&rules[0], 64)).is_some());
     }
 
     /// The bits of the ASCII alphabet say what a search of the ranges says, for every
