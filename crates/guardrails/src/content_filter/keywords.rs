@@ -88,6 +88,84 @@ pub(super) struct Keywords {
     /// where the text may still begin a keyword is asked at every event of a stream, from each
     /// of its last characters, and most of them begin none.
     ascii_starts: u128,
+    /// With the DFA: where an ASCII tail begins a keyword, from the state it leaves the
+    /// unanchored automaton in (see [`Depths`]).
+    depths: Option<Depths>,
+}
+
+/// How long a keyword beginning each state of the unanchored DFA stands for. With standard
+/// match semantics, the state a text leaves that automaton in is the longest end of the text
+/// that begins a keyword (the Aho-Corasick property), and its length is the state's distance
+/// from the start (a byte deepens a state by one at most, and the keyword's own path takes one
+/// per byte). So where more text may still complete a keyword is one step per byte of the
+/// tail and a lookup, where walking each position of the tail anchored took a walk each.
+#[derive(Debug)]
+struct Depths {
+    start: aho_corasick::automaton::StateID,
+    /// State identifiers are multiples of the DFA's stride (a power of two): shifted by this,
+    /// they index [`depth`](Self::depth).
+    shift: u32,
+    depth: Vec<u16>,
+}
+
+impl Depths {
+    /// A breadth-first walk of the unanchored DFA from its start: each state's distance. `None`
+    /// where the automaton is not what that needs (a dead state reachable, a stride that is not
+    /// a power of two, keywords longer than `u16` bytes).
+    fn new(a: &dfa::DFA) -> Option<Depths> {
+        let start = a.start_state(Anchored::No).ok()?;
+        let mut seen = std::collections::HashMap::from([(start, 0u16)]);
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(sid) = queue.pop_front() {
+            let next_depth = seen[&sid].checked_add(1)?;
+            for byte in 0..=u8::MAX {
+                let next = a.next_state(Anchored::No, sid, byte);
+                if a.is_dead(next) {
+                    return None;
+                }
+                seen.entry(next).or_insert_with(|| {
+                    queue.push_back(next);
+                    next_depth
+                });
+            }
+        }
+        let stride = seen
+            .keys()
+            .map(|sid| sid.as_usize())
+            .fold(0, |a, b| gcd(a, b));
+        let shift = match stride {
+            0 => 0,
+            s if s.is_power_of_two() => s.trailing_zeros(),
+            _ => return None,
+        };
+        let len = seen.keys().map(|sid| sid.as_usize() >> shift).max()? + 1;
+        let mut depth = vec![0; len];
+        for (sid, d) in seen {
+            depth[sid.as_usize() >> shift] = d;
+        }
+        Some(Depths {
+            start,
+            shift,
+            depth,
+        })
+    }
+
+    /// [`pending_from`] for a text whose last `max_chars` bytes are ASCII; `None` otherwise.
+    fn pending_from(&self, a: &dfa::DFA, max_chars: usize, text: &str) -> Option<usize> {
+        let bytes = text.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(max_chars)..];
+        if !tail.is_ascii() {
+            return None;
+        }
+        let sid = tail
+            .iter()
+            .fold(self.start, |sid, &b| a.next_state(Anchored::No, sid, b));
+        Some(bytes.len() - usize::from(self.depth[sid.as_usize() >> self.shift]))
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The case folding applied to keywords and text: ASCII lower case, and for other characters
@@ -214,6 +292,10 @@ impl Keywords {
             Engine::Dfa(a) => ascii_starts(a),
             Engine::Nfa(a) => ascii_starts(a),
         };
+        let depths = match &engine {
+            Engine::Dfa(a) => Depths::new(a),
+            Engine::Nfa(_) => None,
+        };
         let prefilter = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostFirst)
             .builder()
@@ -227,6 +309,7 @@ impl Keywords {
             wild,
             max_chars,
             ascii_starts,
+            depths,
         })
     }
 
@@ -283,7 +366,11 @@ impl Keywords {
     /// `text.len()` when there is none.
     pub(super) fn pending_from(&self, text: &str) -> usize {
         let mut from = match &self.engine {
-            Engine::Dfa(a) => pending_from(a, self.max_chars, self.ascii_starts, text),
+            Engine::Dfa(a) => self
+                .depths
+                .as_ref()
+                .and_then(|d| d.pending_from(a, self.max_chars, text))
+                .unwrap_or_else(|| pending_from(a, self.max_chars, self.ascii_starts, text)),
             Engine::Nfa(a) => pending_from(a, self.max_chars, self.ascii_starts, text),
         };
         for w in &self.wild {
@@ -649,6 +736,47 @@ mod tests {
             }
         }
         assert!(checked > 50);
+    }
+
+    /// The state depths give the anchored walk's answer at every cut of texts made of keyword
+    /// beginnings, overlapping keywords (one's end the next one's beginning), case changes and
+    /// plain words, for keyword sets with prefixes of each other, and do not answer for a
+    /// non-ASCII tail.
+    #[test]
+    fn the_state_depths_agree_with_the_anchored_walk() {
+        let sets: [&[&str]; 4] = [
+            &["confidential", "Bluebird", "a.b", "x", "wire tap"],
+            &["abcab", "bca", "cab", "b", "abcabcabd"],
+            &["pass", "password", "assword", "sword", "words"],
+            &["aaaa", "aab", "ab"],
+        ];
+        let mut checked = 0;
+        for words in sets {
+            let kw = keywords(words);
+            let Engine::Dfa(a) = &kw.engine else {
+                panic!("a small set gets the DFA");
+            };
+            let depths = kw.depths.as_ref().expect("a DFA has depths");
+            for text in [
+                "the CONFIDENTIAL report of the blueBI",
+                "abcabcabcabdabcabcab cab ca",
+                "my PassWords and swordfish passwor",
+                "aaaaaaab aaaaaaa baaa",
+                "ends with conf, the wire t",
+            ] {
+                for cut in 0..=text.len() {
+                    let text = &text[..cut];
+                    assert_eq!(
+                        depths.pending_from(a, kw.max_chars, text),
+                        Some(pending_from(a, kw.max_chars, kw.ascii_starts, text)),
+                        "{text:?} with {words:?}"
+                    );
+                    checked += 1;
+                }
+            }
+            assert_eq!(depths.pending_from(a, kw.max_chars, "the blueß"), None);
+        }
+        assert!(checked > 400);
     }
 
     /// Skipping the characters no keyword begins with changes no answer: where the text may
