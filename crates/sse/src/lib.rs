@@ -225,6 +225,8 @@ pub struct RawEvent {
     /// and past the stream's byte-order mark.
     start: usize,
     complete: bool,
+    /// The scanner saw one line before the blank line that ended the event.
+    one_line: bool,
 }
 
 impl RawEvent {
@@ -252,8 +254,35 @@ impl RawEvent {
 
     /// The event's fields.
     pub fn parse(self) -> SseEvent {
+        if self.one_line {
+            if let Some(data) = one_data_line(&self.raw, self.start) {
+                return SseEvent {
+                    data: Some(self.raw.slice(data)),
+                    raw: self.raw,
+                    event: None,
+                    id: None,
+                    retry: None,
+                    complete: true,
+                };
+            }
+        }
         parse_fields(self.raw, self.start, self.complete)
     }
+}
+
+/// Where the value is in a complete event of one line that the scanner framed, when that line
+/// is a `data:` field and it and the blank line after it each end in a lone `\n`: most events
+/// of a stream. The line is then everything from `start` but the last two bytes, with no
+/// search for its end or its colon.
+fn one_data_line(raw: &[u8], start: usize) -> Option<std::ops::Range<usize>> {
+    let end = raw.len().checked_sub(2)?;
+    // The byte before `\n\n` is the line's own (a `\r` there would be part of its line end).
+    if end <= start || raw[end..] != *b"\n\n" || raw[end - 1] == b'\r' {
+        return None;
+    }
+    let rest = raw[start..end].strip_prefix(b"data:")?;
+    let value = end - rest.len() + usize::from(rest.first() == Some(&b' '));
+    Some(value..end)
 }
 
 impl fmt::Debug for RawEvent {
@@ -272,6 +301,9 @@ struct ScanState {
     line_empty: bool,
     /// The last byte was a `\r` line end; a `\n` right after it belongs to it.
     after_cr: bool,
+    /// Lines ended so far in the event, the blank line aside (counted up to two: one is what
+    /// [`RawEvent::parse`] looks for).
+    lines: u8,
 }
 
 impl ScanState {
@@ -279,6 +311,7 @@ impl ScanState {
         ScanState {
             line_empty: true,
             after_cr: after_bare_cr,
+            lines: 0,
         }
     }
 }
@@ -311,6 +344,7 @@ fn scan(buf: &[u8], state: &mut ScanState) -> Option<usize> {
             return Some(pos + 1);
         }
         state.line_empty = true;
+        state.lines = (state.lines + 1).min(2);
         state.after_cr = buf[pos] == b'\r';
         i = pos + 1;
     }
@@ -527,6 +561,7 @@ impl SseDecoder {
             raw,
             start,
             complete,
+            one_line: complete && self.state.lines == 1,
         }
     }
 }
@@ -659,6 +694,62 @@ pub fn encode_event(event: Option<&str>, data: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event of one `data:` line (the shortcut) parses to what the full parser gives, fed
+    /// whole and byte by byte, and so do the events next to it in shape that must not take the
+    /// shortcut: other fields, comments, several lines, `\r` line ends, a final event without
+    /// its blank line, a byte-order mark and a `\n` left over from the previous `\r\n`.
+    #[test]
+    fn the_one_data_line_shortcut_parses_as_the_full_parser_does() {
+        let streams: [&[u8]; 14] = [
+            b"data: {\"a\":1}\n\n",
+            b"data:{\"a\":1}\n\n",
+            b"data:\n\n",
+            b"data: \n\n",
+            b"data:  two spaces\n\n",
+            b"data: x\r\n\n",
+            b"data: x\r\n\r\n",
+            b"data: x\r\r",
+            b"event: ping\n\n",
+            b": comment\n\n",
+            b"data: a\ndata: b\n\n",
+            b"\xEF\xBB\xBFdata: bom\n\n",
+            b"data: a\r\r\ndata: after crlf\n\n",
+            b"dat: x\n\ndata: last",
+        ];
+        let mut shortcuts = 0;
+        for stream in streams {
+            for whole in [true, false] {
+                let mut decoder = SseDecoder::new();
+                let mut events = Vec::new();
+                let chunks: Vec<&[u8]> = if whole {
+                    vec![stream]
+                } else {
+                    stream.chunks(1).collect()
+                };
+                for chunk in chunks {
+                    decoder.push(Bytes::copy_from_slice(chunk));
+                    while let Some(event) = decoder.next_raw().unwrap() {
+                        events.push(event);
+                    }
+                }
+                while let Some(event) = decoder.finish_raw().unwrap() {
+                    events.push(event);
+                }
+                assert!(!events.is_empty());
+                for event in events {
+                    let full = parse_fields(event.raw.clone(), event.start, event.complete);
+                    shortcuts += usize::from(
+                        event.one_line && one_data_line(&event.raw, event.start).is_some(),
+                    );
+                    assert_eq!(event.parse(), full, "{:?}", String::from_utf8_lossy(stream));
+                }
+            }
+        }
+        // Whole and byte by byte: the first five events, the one after the `\r\n`, the one
+        // after the byte-order mark.
+        assert_eq!(shortcuts, 2 * 7);
+    }
 
     fn decode_chunks(chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut decoder = SseDecoder::new();
