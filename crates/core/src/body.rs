@@ -254,7 +254,7 @@ fn whole_events(
                 if let Some((watch, report)) = watch {
                     watch.observe(&event, report);
                 }
-                event.raw().clone()
+                event.into_raw()
             }
             None => {
                 if let Some((watch, report)) = watch {

@@ -120,15 +120,53 @@ impl fmt::Display for SseError {
 impl std::error::Error for SseError {}
 
 /// One decoded event.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Its fields are places in its bytes, not handles of their own on them: moving an event,
+/// copying it into an allocation of its own ([`SseEvent::detach`]) and taking its bytes back
+/// ([`SseEvent::into_raw`]) touch one handle.
+#[derive(Clone)]
 pub struct SseEvent {
     raw: Bytes,
-    event: Option<Bytes>,
-    data: Option<Bytes>,
-    id: Option<Bytes>,
+    event: Option<Span>,
+    data: Option<Data>,
+    id: Option<Span>,
     retry: Option<u64>,
     complete: bool,
 }
+
+/// A field's value: `raw[start..end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn of(self, raw: &[u8]) -> &[u8] {
+        &raw[self.start..self.end]
+    }
+}
+
+/// The `data:` value: one line's, in place, or several lines' joined in a buffer of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    Line(Span),
+    Joined(Bytes),
+}
+
+impl PartialEq for SseEvent {
+    /// Events are equal when their bytes and fields are, wherever the fields are kept.
+    fn eq(&self, other: &SseEvent) -> bool {
+        self.raw == other.raw
+            && self.event() == other.event()
+            && self.data() == other.data()
+            && self.id() == other.id()
+            && self.retry == other.retry
+            && self.complete == other.complete
+    }
+}
+
+impl Eq for SseEvent {}
 
 impl SseEvent {
     /// The event's bytes as they arrived, including the blank line that ended it.
@@ -136,26 +174,41 @@ impl SseEvent {
         &self.raw
     }
 
+    /// The event's bytes, taken (the same as [`raw`](SseEvent::raw), without a handle more).
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
+    fn event(&self) -> Option<&[u8]> {
+        self.event.map(|span| span.of(&self.raw))
+    }
+
     /// The `event:` field, if present and valid UTF-8.
     pub fn event_type(&self) -> Option<&str> {
-        self.event
-            .as_deref()
-            .and_then(|e| std::str::from_utf8(e).ok())
+        self.event().and_then(|e| std::str::from_utf8(e).ok())
     }
 
     /// The `data:` lines joined with `\n`, if there was any `data:` field.
     pub fn data(&self) -> Option<&[u8]> {
-        self.data.as_deref()
+        match &self.data {
+            None => None,
+            Some(Data::Line(span)) => Some(span.of(&self.raw)),
+            Some(Data::Joined(joined)) => Some(joined),
+        }
     }
 
-    /// The data as shared bytes.
-    pub fn data_bytes(&self) -> Option<&Bytes> {
-        self.data.as_ref()
+    /// The data as shared bytes: a slice of the event's bytes, or the lines joined.
+    pub fn data_bytes(&self) -> Option<Bytes> {
+        match &self.data {
+            None => None,
+            Some(Data::Line(span)) => Some(self.raw.slice(span.start..span.end)),
+            Some(Data::Joined(joined)) => Some(joined.clone()),
+        }
     }
 
     /// The `id:` field, if present.
     pub fn id(&self) -> Option<&[u8]> {
-        self.id.as_deref()
+        self.id.map(|span| span.of(&self.raw))
     }
 
     /// The `retry:` field, if present and a number.
@@ -183,31 +236,17 @@ impl SseEvent {
     /// keeps that whole buffer alive, and the connection allocates another. After `detach` the
     /// event holds its own bytes only. Fields joined from several lines already have theirs.
     pub fn detach(&mut self) {
-        let raw = Bytes::copy_from_slice(&self.raw);
-        let (start, end) = (
-            self.raw.as_ptr() as usize,
-            self.raw.as_ptr() as usize + self.raw.len(),
-        );
-        for field in [&mut self.event, &mut self.data, &mut self.id]
-            .into_iter()
-            .flatten()
-        {
-            let at = field.as_ptr() as usize;
-            if !field.is_empty() && at >= start && at + field.len() <= end {
-                *field = raw.slice(at - start..at - start + field.len());
-            }
-        }
-        self.raw = raw;
+        self.raw = Bytes::copy_from_slice(&self.raw);
     }
 }
 
 impl fmt::Debug for SseEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
         f.debug_struct("SseEvent")
-            .field("event", &text(&self.event))
-            .field("data", &text(&self.data))
-            .field("id", &text(&self.id))
+            .field("event", &text(self.event()))
+            .field("data", &text(self.data()))
+            .field("id", &text(self.id()))
             .field("retry", &self.retry)
             .field("complete", &self.complete)
             .field("raw_len", &self.raw.len())
@@ -257,7 +296,10 @@ impl RawEvent {
         if self.one_line {
             if let Some(data) = one_data_line(&self.raw, self.start) {
                 return SseEvent {
-                    data: Some(self.raw.slice(data)),
+                    data: Some(Data::Line(Span {
+                        start: data.start,
+                        end: data.end,
+                    })),
                     raw: self.raw,
                     event: None,
                     id: None,
@@ -571,7 +613,7 @@ fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
     let mut event = None;
     let mut id = None;
     let mut retry = None;
-    let mut data: Option<Bytes> = None;
+    let mut data: Option<Span> = None;
     let mut joined: Option<BytesMut> = None;
     while pos < raw.len() {
         let (line_end, next) = match memchr2(b'\r', b'\n', &raw[pos..]) {
@@ -601,37 +643,41 @@ fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
                 }
                 None => (line, line_end),
             };
-            let value = raw.slice(value_start..line_end);
+            let span = Span {
+                start: value_start,
+                end: line_end,
+            };
+            let value = span.of(&raw);
             match name {
-                b"data" => match (&mut joined, &data) {
+                b"data" => match (&mut joined, data) {
                     (Some(buf), _) => {
                         buf.put_u8(b'\n');
-                        buf.put_slice(&value);
+                        buf.put_slice(value);
                     }
                     (None, Some(first)) => {
+                        let first = first.of(&raw);
                         let mut buf = BytesMut::with_capacity(first.len() + value.len() + 16);
                         buf.put_slice(first);
                         buf.put_u8(b'\n');
-                        buf.put_slice(&value);
+                        buf.put_slice(value);
                         joined = Some(buf);
                     }
-                    (None, None) => data = Some(value),
+                    (None, None) => data = Some(span),
                 },
-                b"event" => event = Some(value),
-                b"id" if !value.contains(&0) => id = Some(value),
+                b"event" => event = Some(span),
+                b"id" if !value.contains(&0) => id = Some(span),
                 b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                    retry = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|v| v.parse().ok());
+                    retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
                 }
                 _ => {}
             }
         }
         pos = next;
     }
-    if let Some(buf) = joined {
-        data = Some(buf.freeze());
-    }
+    let data = match joined {
+        Some(buf) => Some(Data::Joined(buf.freeze())),
+        None => data.map(Data::Line),
+    };
     SseEvent {
         raw,
         event,
@@ -900,9 +946,9 @@ mod tests {
             assert_eq!(detached, event);
             let fields = [detached.raw().as_ptr()]
                 .into_iter()
-                .chain(detached.event.iter().map(|b| b.as_ptr()))
-                .chain(detached.data_bytes().map(|b| b.as_ptr()))
-                .chain(detached.id.iter().map(|b| b.as_ptr()));
+                .chain(detached.event().map(<[u8]>::as_ptr))
+                .chain(detached.data().map(<[u8]>::as_ptr))
+                .chain(detached.id().map(<[u8]>::as_ptr));
             for at in fields {
                 assert!(!whole.contains(&at), "{detached:?} points into the chunk");
             }

@@ -1049,7 +1049,7 @@ impl StreamState {
             });
         }
         if replaced.iter().all(Option::is_none) {
-            self.out.push_back(held.event.raw().clone());
+            self.out.push_back(held.event.into_raw());
             return;
         }
         let rewritten = self.call_type.rewrite_event(&held.event, |i, _, _, text| {
