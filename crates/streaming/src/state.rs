@@ -284,6 +284,10 @@ pub(crate) struct StreamState {
     text_ended: bool,
     eof: bool,
     finished: bool,
+    /// Something changed since the last [`release`](Self::release) (an event arrived, the
+    /// stream ended, a check came back): held events may have become releasable. A body polled
+    /// while it waits would otherwise ask the same question of the same front event each time.
+    changed: bool,
     keeps_all_text: bool,
     /// Monitor guardrails: they check every channel's whole text once, detached, when the
     /// stream ends (however it ends), and hold nothing back.
@@ -343,6 +347,7 @@ impl StreamState {
             text_ended: false,
             eof: false,
             finished: false,
+            changed: false,
             keeps_all_text,
             monitors: Vec::new(),
         }
@@ -411,6 +416,7 @@ impl StreamState {
             return;
         }
         self.decoder.push(chunk);
+        self.changed = true;
         self.take_events(SseDecoder::next_event);
     }
 
@@ -420,6 +426,7 @@ impl StreamState {
             return;
         }
         self.eof = true;
+        self.changed = true;
         // At the end, a last event without its blank line counts too.
         if !self.take_events(SseDecoder::finish) {
             return;
@@ -817,13 +824,14 @@ impl StreamState {
                 Step::Progress
             };
         }
-        if self.release() {
+        if std::mem::take(&mut self.changed) && self.release() {
             return Step::Progress;
         }
         if let Some((_, fut)) = &mut self.running {
             return match fut.as_mut().poll(cx) {
                 std::task::Poll::Ready(check) => {
                     let (job, _) = self.running.take().expect("a check is running");
+                    self.changed = true;
                     if let Err(err) = self.on_check(job, check) {
                         self.block(err);
                     }

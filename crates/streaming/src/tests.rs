@@ -1109,6 +1109,56 @@ async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
     assert!(max_held < 1024, "held {max_held} bytes");
 }
 
+/// A window check that comes back releases what it cleared at once: the client does not wait
+/// for the upstream's next chunk (a model pausing, a stream at its end but for `[DONE]`).
+#[test]
+fn a_window_check_releases_its_events_without_more_input() {
+    let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
+        "r".into(),
+        CallType::ChatCompletions,
+    ));
+    let mut state = crate::state::StreamState::new(
+        CallType::ChatCompletions,
+        vec![(
+            words("g", vec![("forbidden", None)]),
+            crate::state::Policy::Window {
+                chars: 10,
+                holdback: 0,
+            },
+        )],
+        meta,
+        GuardrailLog::new(),
+        None,
+        1 << 20,
+    );
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let event = |word: &str| {
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n")
+    };
+    // The first event fills a window (12 characters): checked and released before the second
+    // arrives. The second (9) waits for its window to fill.
+    for (word, released) in [
+        ("twelve chars", event("twelve chars")),
+        (" and more", String::new()),
+    ] {
+        state.push(Bytes::from(event(word)));
+        let step = loop {
+            match state.step(&mut cx) {
+                crate::state::Step::Progress => continue,
+                step => break step,
+            }
+        };
+        assert!(matches!(step, crate::state::Step::NeedInput));
+        let out: String = state
+            .out
+            .drain(..)
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
+        assert_eq!(out, released, "after {word:?}");
+    }
+}
+
 #[tokio::test]
 async fn held_events_do_not_pin_the_upstream_read_buffer() {
     // hyper hands the body over as slices of the connection's read buffer; an event held back
