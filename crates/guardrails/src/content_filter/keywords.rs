@@ -17,6 +17,11 @@ use super::config::FilterAction;
 /// (smaller), as `AhoCorasick` chooses by default.
 const DFA_MAX_KEYWORDS: usize = 100;
 
+/// ASCII texts up to this long are searched by walking the DFA byte by byte, without the
+/// prefilter: a stream's exact mode searches a few words at each event, where the prefilter's
+/// lower-case copy and set-up cost more than the walk (about six instructions a byte).
+const SHORT_TEXT: usize = 64;
+
 /// The wildcard of a keyword: zero or one character, not a line break.
 pub(super) const WILDCARD: char = '*';
 
@@ -148,6 +153,25 @@ impl Depths {
             shift,
             depth,
         })
+    }
+
+    /// Walks all of the ASCII `text` through the unanchored DFA: calls `found(pattern, start,
+    /// end)` for each occurrence, as the overlapping search reports them (by end, then in the
+    /// automaton's order), and returns [`pending_from`] of the text, from the state it ends in
+    /// (the longest end of the text that begins a keyword is no longer than a keyword, so it
+    /// is the same as for the last `max_chars` bytes alone).
+    fn walk(&self, a: &dfa::DFA, text: &[u8], found: &mut dyn FnMut(usize, usize, usize)) -> usize {
+        let mut sid = self.start;
+        for (i, &b) in text.iter().enumerate() {
+            sid = a.next_state(Anchored::No, sid, b);
+            if a.is_match(sid) {
+                for k in 0..a.match_len(sid) {
+                    let pid = a.match_pattern(sid, k);
+                    found(pid.as_usize(), i + 1 - a.pattern_len(pid), i + 1);
+                }
+            }
+        }
+        text.len() - usize::from(self.depth[sid.as_usize() >> self.shift])
     }
 
     /// [`pending_from`] for a text whose last `max_chars` bytes are ASCII; `None` otherwise.
@@ -317,16 +341,17 @@ impl Keywords {
     /// boundaries, overlapping ones included (a wildcard keyword may report several matches
     /// at one start). With `partial`, the end of `text` is not a boundary, and a wildcard
     /// keyword is reported only where the text already holds all of it.
+    ///
+    /// Returns [`pending_from`](Keywords::pending_from) of `text` when the search found it on
+    /// the way: a short ASCII text is walked through the DFA byte by byte, with no prefilter,
+    /// and the state it ends in tells where a keyword may still begin (see [`Depths`]).
     pub(super) fn for_each_match(
         &self,
         text: &str,
         ascii: bool,
         partial: bool,
         f: &mut dyn FnMut(usize, usize, usize),
-    ) {
-        if !self.may_occur(text, ascii) {
-            return;
-        }
+    ) -> Option<usize> {
         let mut found = |pid: usize, start: usize, end: usize| match self.targets[pid].0 {
             Target::Literal(k) => {
                 if on_boundaries(text, start, end, partial) {
@@ -335,10 +360,23 @@ impl Keywords {
             }
             Target::Anchor(w) => self.wild[w].around(text, start, end, partial, f),
         };
+        if ascii && text.len() <= SHORT_TEXT {
+            if let (Engine::Dfa(a), Some(depths)) = (&self.engine, &self.depths) {
+                let mut from = depths.walk(a, text.as_bytes(), &mut found);
+                for w in &self.wild {
+                    from = from.min(w.pending_from(text));
+                }
+                return Some(from);
+            }
+        }
+        if !self.may_occur(text, ascii) {
+            return None;
+        }
         match &self.engine {
             Engine::Dfa(a) => scan(a, &self.targets, text, ascii, &mut found),
             Engine::Nfa(a) => scan(a, &self.targets, text, ascii, &mut found),
         }
+        None
     }
 
     /// False only when no keyword occurs anywhere in `text`, in any case, word boundaries
@@ -777,6 +815,72 @@ mod tests {
             assert_eq!(depths.pending_from(a, kw.max_chars, "the blueß"), None);
         }
         assert!(checked > 400);
+    }
+
+    /// The byte walk of short texts reports the overlapping search's matches, in its order,
+    /// and where a keyword may still begin, for keyword sets with prefixes of each other and
+    /// wildcards, at every cut of ASCII texts, partial or not.
+    #[test]
+    fn the_short_text_walk_agrees_with_the_search() {
+        let sets: [&[&str]; 4] = [
+            &["confidential", "Bluebird", "a.b", "x", "wire tap"],
+            &["abcab", "bca", "cab", "b", "abcabcabd"],
+            &["pass", "password", "assword", "sword", "words"],
+            &["wire*tap", "c*t", "aab", "ab"],
+        ];
+        let mut walked = 0;
+        for words in sets {
+            let kw = keywords(words);
+            assert!(matches!(kw.engine, Engine::Dfa(_)) && kw.depths.is_some());
+            for text in [
+                "the CONFIDENTIAL report of the blueBI x a.b wire tap",
+                "abcabcabcabdabcabcab cab ca b bca",
+                "my PassWords and swordfish passwor",
+                "aab ab wire-tap, wiretap cat cut c t aaab",
+                "ends with conf, the wire t",
+            ] {
+                for cut in 0..=text.len() {
+                    let text = &text[..cut];
+                    for partial in [false, true] {
+                        let mut searched = Vec::new();
+                        let mut f = |k, s, e| searched.push((k, s, e));
+                        let mut found =
+                            |pid: usize, start: usize, end: usize| match kw.targets[pid].0 {
+                                Target::Literal(k) => {
+                                    if on_boundaries(text, start, end, partial) {
+                                        f(k, start, end);
+                                    }
+                                }
+                                Target::Anchor(w) => {
+                                    kw.wild[w].around(text, start, end, partial, &mut f)
+                                }
+                            };
+                        let Engine::Dfa(a) = &kw.engine else {
+                            unreachable!()
+                        };
+                        scan(a, &kw.targets, text, true, &mut found);
+                        let mut got = Vec::new();
+                        let pending = kw.for_each_match(text, true, partial, &mut |k, s, e| {
+                            got.push((k, s, e))
+                        });
+                        assert_eq!(got, searched, "{text:?} with {words:?}");
+                        let mut want = pending_from(a, kw.max_chars, kw.ascii_starts, text);
+                        for w in &kw.wild {
+                            want = want.min(w.pending_from(text));
+                        }
+                        assert_eq!(pending, Some(want), "{text:?} with {words:?}");
+                        walked += 1;
+                    }
+                }
+            }
+            // Past the short length, the prefiltered search, and no pending point.
+            let long = "a".repeat(SHORT_TEXT + 1);
+            assert_eq!(
+                kw.for_each_match(&long, true, true, &mut |_, _, _| {}),
+                None
+            );
+        }
+        assert!(walked > 1000);
     }
 
     /// Skipping the characters no keyword begins with changes no answer: where the text may

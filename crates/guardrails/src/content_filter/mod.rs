@@ -476,12 +476,12 @@ impl ContentFilter {
     ) -> (Vec<Hit>, usize) {
         let folded = fold_text(text);
         let mut hits = Vec::new();
-        self.raw_hits(text, &folded, partial, &mut hits);
+        let pending = self.raw_hits(text, &folded, partial, &mut hits);
         let mut settled = text.len();
         if partial && (always_settle || !hits.is_empty()) {
             // Only matches that no further text can change take part, and they end before
             // anything that may still change starts (see `settled_point`).
-            settled = self.settled_point(text, &folded, &hits);
+            settled = self.settled_point(text, &folded, &hits, pending);
             hits.retain(|h| h.start < settled);
         }
         if !hits.is_empty() {
@@ -495,8 +495,14 @@ impl ContentFilter {
     /// reaches into that part must wait too (it may merge with, or hide a `BLOCK` in, what is
     /// still coming), and so on for matches that reach into it. Every match that starts before
     /// the point returned ends before it.
-    fn settled_point(&self, text: &str, folded: &Folded<'_>, hits: &[Hit]) -> usize {
-        let mut settled = self.settled_before(text, folded);
+    fn settled_point(
+        &self,
+        text: &str,
+        folded: &Folded<'_>,
+        hits: &[Hit],
+        pending: Option<usize>,
+    ) -> usize {
+        let mut settled = self.settled_before(text, folded, pending);
         while let Some(start) = hits
             .iter()
             .filter(|h| h.start < settled && h.end > settled)
@@ -508,12 +514,21 @@ impl ContentFilter {
         settled
     }
 
-    /// Every match of every rule, in offsets of `text`, unresolved (they may overlap).
-    fn raw_hits(&self, text: &str, folded: &Folded<'_>, partial: bool, hits: &mut Vec<Hit>) {
+    /// Every match of every rule, in offsets of `text`, unresolved (they may overlap). Returns
+    /// where the folded text may still begin a keyword when the keyword search found it on
+    /// the way (see [`Keywords::for_each_match`]), for [`Self::settled_before`].
+    fn raw_hits(
+        &self,
+        text: &str,
+        folded: &Folded<'_>,
+        partial: bool,
+        hits: &mut Vec<Hit>,
+    ) -> Option<usize> {
         let inner = &*self.inner;
         let ftext = folded.text();
+        let mut pending = None;
         if let Some(kw) = &inner.keywords {
-            kw.for_each_match(ftext, folded.is_ascii(), partial, &mut |k, start, end| {
+            pending = kw.for_each_match(ftext, folded.is_ascii(), partial, &mut |k, start, end| {
                 hits.push(Hit {
                     start: folded.original(start),
                     end: folded.original(end),
@@ -523,7 +538,7 @@ impl ContentFilter {
             });
         }
         if inner.patterns.is_empty() {
-            return;
+            return pending;
         }
         let mut scratch = Scratch::default();
         if folded.changed() {
@@ -549,7 +564,7 @@ impl ContentFilter {
                     });
                 });
             }
-            return;
+            return pending;
         }
         let mut scan = |i: usize| {
             let p = &inner.patterns[i];
@@ -597,15 +612,18 @@ impl ContentFilter {
                 .filter(|&i| may_match(i))
                 .for_each(scan),
         }
+        pending
     }
 
     /// With more text to come: matches that start here or later may still change.
-    fn settled_before(&self, text: &str, folded: &Folded<'_>) -> usize {
+    /// `pending`: where the folded text may still begin a keyword, when already known.
+    fn settled_before(&self, text: &str, folded: &Folded<'_>, pending: Option<usize>) -> usize {
         let inner = &*self.inner;
         let ftext = folded.text();
         let mut from = text.len();
         if let Some(kw) = &inner.keywords {
-            from = from.min(folded.original(kw.pending_from(ftext)));
+            let pending = pending.unwrap_or_else(|| kw.pending_from(ftext));
+            from = from.min(folded.original(pending));
         }
         // Text with nothing folded is what every pattern reads: one walk for all of them.
         if let Some(tails) = inner.tails.as_ref().filter(|_| !folded.changed()) {
@@ -761,12 +779,12 @@ impl SpanMatcher for ContentFilter {
     /// prose that is usually the last partial word, so a guarded stream adds almost no delay.
     fn hold_back(&self, text: &str) -> usize {
         let folded = fold_text(text);
-        if self.settled_before(text, &folded) == text.len() {
+        if self.settled_before(text, &folded, None) == text.len() {
             return 0;
         }
         let mut hits = Vec::new();
-        self.raw_hits(text, &folded, true, &mut hits);
-        text.len() - self.settled_point(text, &folded, &hits)
+        let pending = self.raw_hits(text, &folded, true, &mut hits);
+        text.len() - self.settled_point(text, &folded, &hits, pending)
     }
 
     /// The matches in `text`, resolved as the [module documentation](self) describes.
