@@ -118,35 +118,45 @@ impl Depths {
     /// where the automaton is not what that needs (a dead state reachable, a stride that is not
     /// a power of two, keywords longer than `u16` bytes).
     fn new(a: &dfa::DFA) -> Option<Depths> {
+        const UNSEEN: u16 = u16::MAX;
         let start = a.start_state(Anchored::No).ok()?;
-        let mut seen = std::collections::HashMap::from([(start, 0u16)]);
+        // By state identifier while walking (identifiers index the DFA's transition table, so
+        // this is at most half its size, and only while the filter is built).
+        let mut by_id = vec![UNSEEN; start.as_usize() + 1];
+        by_id[start.as_usize()] = 0;
         let mut queue = std::collections::VecDeque::from([start]);
+        let mut ids = vec![start.as_usize()];
         while let Some(sid) = queue.pop_front() {
-            let next_depth = seen[&sid].checked_add(1)?;
+            let next_depth = by_id[sid.as_usize()].checked_add(1)?;
+            if next_depth == UNSEEN {
+                return None;
+            }
             for byte in 0..=u8::MAX {
                 let next = a.next_state(Anchored::No, sid, byte);
                 if a.is_dead(next) {
                     return None;
                 }
-                seen.entry(next).or_insert_with(|| {
+                let id = next.as_usize();
+                if id >= by_id.len() {
+                    by_id.resize(id + 1, UNSEEN);
+                }
+                if by_id[id] == UNSEEN {
+                    by_id[id] = next_depth;
+                    ids.push(id);
                     queue.push_back(next);
-                    next_depth
-                });
+                }
             }
         }
-        let stride = seen
-            .keys()
-            .map(|sid| sid.as_usize())
-            .fold(0, |a, b| gcd(a, b));
+        let stride = ids.iter().fold(0, |a, &b| gcd(a, b));
         let shift = match stride {
             0 => 0,
             s if s.is_power_of_two() => s.trailing_zeros(),
             _ => return None,
         };
-        let len = seen.keys().map(|sid| sid.as_usize() >> shift).max()? + 1;
+        let len = ids.iter().map(|id| id >> shift).max()? + 1;
         let mut depth = vec![0; len];
-        for (sid, d) in seen {
-            depth[sid.as_usize() >> shift] = d;
+        for id in ids {
+            depth[id >> shift] = by_id[id];
         }
         Some(Depths {
             start,
