@@ -89,9 +89,22 @@ pub(super) enum Search {
     Table(u128),
 }
 
+/// Below this many bytes, a plain loop over the bytes beats `memchr`'s dispatch and set-up (a
+/// stream's exact mode asks about a few words at each event).
+const SHORT_HAY: usize = 32;
+
 impl Search {
     /// Whether `hay` contains a member.
     pub(super) fn occurs_in(self, hay: &[u8]) -> bool {
+        if hay.len() < SHORT_HAY {
+            return match self {
+                Search::One(a) => hay.iter().any(|&b| b == a),
+                Search::Two(a, b) => hay.iter().any(|&x| x == a || x == b),
+                Search::Three(a, b, c) => hay.iter().any(|&x| x == a || x == b || x == c),
+                Search::Range(lo, width) => hay.iter().any(|&b| b.wrapping_sub(lo) <= width),
+                Search::Table(bits) => hay.iter().any(|&b| b < 0x80 && bits >> b & 1 == 1),
+            };
+        }
         match self {
             Search::One(a) => memchr::memchr(a, hay).is_some(),
             Search::Two(a, b) => memchr::memchr2(a, b, hay).is_some(),
@@ -284,15 +297,28 @@ mod tests {
         ] {
             assert_eq!(set.search().occurs_in(hay), want, "{set:?}");
         }
-        // The vectorized range test, at every position around its 64-byte chunks.
+        // Each kind of search, short (the plain loop) and long (memchr, the vectorized range
+        // test around its 64-byte chunks), with a member at every position and none.
         let digits = ByteSet::range(u32::from(b'0'), u32::from(b'9')).unwrap();
-        for len in [0, 1, 63, 64, 65, 130] {
-            let mut hay = vec![b'x'; len];
-            assert!(!digits.search().occurs_in(&hay));
-            for at in 0..len {
-                hay[at] = b'7';
-                assert!(digits.search().occurs_in(&hay), "len {len}, digit at {at}");
-                hay[at] = b'x';
+        let three = ByteSet::single(b'@')
+            .union(ByteSet::single(b'#'))
+            .union(ByteSet::single(b'7'));
+        let table = ByteSet::single(b'@').union(digits);
+        for set in [
+            digits,
+            ByteSet::single(b'7'),
+            ByteSet::single(b'@').union(ByteSet::single(b'7')),
+            three,
+            table,
+        ] {
+            for len in [0, 1, 2, 31, 32, 33, 63, 64, 65, 130] {
+                let mut hay = vec![b'x'; len];
+                assert!(!set.search().occurs_in(&hay), "{set:?}");
+                for at in 0..len {
+                    hay[at] = b'7';
+                    assert!(set.search().occurs_in(&hay), "{set:?}, len {len}, at {at}");
+                    hay[at] = b'x';
+                }
             }
         }
         // Non-ASCII bytes are never members.
