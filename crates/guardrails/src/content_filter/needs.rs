@@ -98,7 +98,7 @@ impl Search {
     pub(super) fn occurs_in(self, hay: &[u8]) -> bool {
         if hay.len() < SHORT_HAY {
             return match self {
-                Search::One(a) => hay.iter().any(|&b| b == a),
+                Search::One(a) => hay.contains(&a),
                 Search::Two(a, b) => hay.iter().any(|&x| x == a || x == b),
                 Search::Three(a, b, c) => hay.iter().any(|&x| x == a || x == b || x == c),
                 Search::Range(lo, width) => hay.iter().any(|&b| b.wrapping_sub(lo) <= width),
