@@ -95,10 +95,13 @@ const SHORT_HAY: usize = 32;
 
 impl Search {
     /// Whether `hay` contains a member.
+    // `hay.contains(&a)` goes through the standard library's word-at-a-time search: measured,
+    // about 140 instructions more per stream event than the plain loop on a few words.
+    #[allow(clippy::manual_contains)]
     pub(super) fn occurs_in(self, hay: &[u8]) -> bool {
         if hay.len() < SHORT_HAY {
             return match self {
-                Search::One(a) => hay.contains(&a),
+                Search::One(a) => hay.iter().any(|&b| b == a),
                 Search::Two(a, b) => hay.iter().any(|&x| x == a || x == b),
                 Search::Three(a, b, c) => hay.iter().any(|&x| x == a || x == b || x == c),
                 Search::Range(lo, width) => hay.iter().any(|&b| b.wrapping_sub(lo) <= width),
