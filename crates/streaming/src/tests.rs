@@ -1078,27 +1078,37 @@ async fn backpressure_the_upstream_is_read_only_as_the_client_reads() {
     assert!(max_lookahead(CHAT, layer).await <= 4);
 }
 
-#[tokio::test]
-async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
+/// A chat stream's state with one guardrail blocking `forbidden` under `policy`, driven by hand
+/// (push a chunk, step until it needs input).
+fn one_guardrail_state(policy: crate::state::Policy) -> crate::state::StreamState {
     let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
         "r".into(),
         CallType::ChatCompletions,
     ));
-    let g = words("g", vec![("forbidden", None)]);
-    let mut state = crate::state::StreamState::new(
+    crate::state::StreamState::new(
         CallType::ChatCompletions,
-        vec![(g, crate::state::Policy::Exact)],
+        vec![(words("g", vec![("forbidden", None)]), policy)],
         meta,
         GuardrailLog::new(),
         None,
         1 << 20,
-    );
-    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lorem ipsum \"}}]}\n\n";
+    )
+}
+
+/// A chat chunk with one piece of content.
+fn chat_chunk(content: &str) -> String {
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}}}}]}}\n\n")
+}
+
+#[tokio::test]
+async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
+    let mut state = one_guardrail_state(crate::state::Policy::Exact);
+    let event = chat_chunk("lorem ipsum ");
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     let mut max_held = 0;
     for _ in 0..20_000 {
-        state.push(Bytes::from_static(event.as_bytes()));
+        state.push(Bytes::from(event.clone()));
         while let crate::state::Step::Progress = state.step(&mut cx) {
             state.out.clear();
         }
@@ -1113,36 +1123,19 @@ async fn exact_mode_memory_stays_bounded_on_a_long_stream() {
 /// for the upstream's next chunk (a model pausing, a stream at its end but for `[DONE]`).
 #[test]
 fn a_window_check_releases_its_events_without_more_input() {
-    let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
-        "r".into(),
-        CallType::ChatCompletions,
-    ));
-    let mut state = crate::state::StreamState::new(
-        CallType::ChatCompletions,
-        vec![(
-            words("g", vec![("forbidden", None)]),
-            crate::state::Policy::Window {
-                chars: 10,
-                holdback: 0,
-            },
-        )],
-        meta,
-        GuardrailLog::new(),
-        None,
-        1 << 20,
-    );
+    let mut state = one_guardrail_state(crate::state::Policy::Window {
+        chars: 10,
+        holdback: 0,
+    });
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
-    let event = |word: &str| {
-        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n")
-    };
     // The first event fills a window (12 characters): checked and released before the second
     // arrives. The second (9) waits for its window to fill.
     for (word, released) in [
-        ("twelve chars", event("twelve chars")),
+        ("twelve chars", chat_chunk("twelve chars")),
         (" and more", String::new()),
     ] {
-        state.push(Bytes::from(event(word)));
+        state.push(Bytes::from(chat_chunk(word)));
         let step = loop {
             match state.step(&mut cx) {
                 crate::state::Step::Progress => continue,
@@ -1164,28 +1157,12 @@ async fn held_events_do_not_pin_the_upstream_read_buffer() {
     // hyper hands the body over as slices of the connection's read buffer; an event held back
     // (exact mode holds each word until the next event shows it is whole) must not keep that
     // buffer alive while the stream waits for more.
-    let meta = Arc::new(guardrail_tower_core::RequestMeta::new(
-        "r".into(),
-        CallType::ChatCompletions,
-    ));
-    let mut state = crate::state::StreamState::new(
-        CallType::ChatCompletions,
-        vec![(
-            words("g", vec![("forbidden", None)]),
-            crate::state::Policy::Exact,
-        )],
-        meta,
-        GuardrailLog::new(),
-        None,
-        1 << 20,
-    );
+    let mut state = one_guardrail_state(crate::state::Policy::Exact);
     let waker = futures_util::task::noop_waker();
     let mut cx = std::task::Context::from_waker(&waker);
     let mut out = String::new();
     for word in ["lorem", " ipsum", " dolor"] {
-        let event = format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n"
-        );
+        let event = chat_chunk(word);
         let mut read_buffer = bytes::BytesMut::with_capacity(8192);
         read_buffer.extend_from_slice(event.as_bytes());
         read_buffer.extend_from_slice(b"unread");
