@@ -191,10 +191,8 @@ impl Depths {
         if !tail.is_ascii() {
             return None;
         }
-        let sid = tail
-            .iter()
-            .fold(self.start, |sid, &b| a.next_state(Anchored::No, sid, b));
-        Some(bytes.len() - usize::from(self.depth[sid.as_usize() >> self.shift]))
+        // The walk's answer is an offset into the tail.
+        Some(bytes.len() - tail.len() + self.walk(a, tail, &mut |_, _, _| {}))
     }
 }
 
