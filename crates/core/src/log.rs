@@ -177,6 +177,26 @@ impl GuardrailLog {
         applied_guardrails(entries)
     }
 
+    /// The same names, borrowed: those of `entries` that ran, then `also` (guardrails known to
+    /// have been applied whose entries are not there yet, such as detached monitors), each
+    /// once, in the order they first appear.
+    pub fn applied_names<'a>(
+        entries: &'a [GuardrailLogEntry],
+        also: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'a str> {
+        let mut applied: Vec<&str> = Vec::new();
+        let ran = entries
+            .iter()
+            .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
+            .map(|e| e.guardrail_name.as_str());
+        for name in ran.chain(also) {
+            if !applied.contains(&name) {
+                applied.push(name);
+            }
+        }
+        applied
+    }
+
     /// Marks a detached run of `guardrails` as in flight until the returned guard is dropped
     /// (when the run has appended its entries, or was cancelled).
     pub fn detach(&self, guardrails: Vec<Arc<str>>) -> DetachedRun {
@@ -220,15 +240,10 @@ impl GuardrailLog {
 
 /// Unique names of the entries that ran, in order.
 pub(crate) fn applied_guardrails(entries: &[GuardrailLogEntry]) -> Vec<String> {
-    let mut applied: Vec<String> = Vec::new();
-    for entry in entries {
-        if entry.guardrail_status != GuardrailStatus::NotRun
-            && !applied.contains(&entry.guardrail_name)
-        {
-            applied.push(entry.guardrail_name.clone());
-        }
-    }
-    applied
+    GuardrailLog::applied_names(entries, [])
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A detached guardrail run in flight (see [`GuardrailLog::detach`]); dropping it marks the run

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
-    BoxError, BufferedCall, CallOutcome, Error, GuardrailLog, GuardrailMode, GuardrailStatus,
-    Guardrails, Layer, ParsedRequest, Prepare, Prepared, RequestMeta, enter_layer,
+    BoxError, BufferedCall, CallOutcome, Error, GuardrailLog, GuardrailMode, Guardrails, Layer,
+    ParsedRequest, Prepare, Prepared, RequestMeta, enter_layer,
 };
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -174,17 +174,11 @@ fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration
     // Monitors still running detached were applied too: their entries come later.
     let detached = mark.log.detached_guardrails();
     let applied = mark.log.with_entries(|entries| {
-        let mut applied: Vec<&str> = Vec::new();
-        let ran = entries[mark.start.min(entries.len())..]
-            .iter()
-            .filter(|e| e.guardrail_status != GuardrailStatus::NotRun)
-            .map(|e| e.guardrail_name.as_str());
-        for name in ran.chain(detached.iter().map(|n| &**n)) {
-            if !applied.contains(&name) {
-                applied.push(name);
-            }
-        }
-        applied.join(",")
+        GuardrailLog::applied_names(
+            &entries[mark.start.min(entries.len())..],
+            detached.iter().map(|n| &**n),
+        )
+        .join(",")
     });
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&applied) {
