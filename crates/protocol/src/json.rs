@@ -16,6 +16,13 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// Whether `s` is written in JSON as it is, between quotes: it has no quote, backslash or
+/// character below U+0020, the characters a JSON writer (`serde_json` among them) escapes.
+/// The search the hand reader uses for a string's end.
+pub fn is_plain_string(s: &str) -> bool {
+    crate::plain::plain_string_end(s.as_bytes()).is_none()
+}
+
 /// A JSON value borrowing from the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JsonView<'a> {

@@ -248,11 +248,7 @@ fn push_entry(out: &mut String, entry: &GuardrailLogEntry) {
 /// A JSON string: copied between quotes when nothing in it needs escaping (`serde_json`
 /// escapes `"`, `\` and the characters below U+0020), else escaped by `serde_json`.
 fn push_string(out: &mut String, s: &str) {
-    // No early exit: the compiler makes it a vector loop.
-    let plain = !s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    if guardrail_tower_core::json::is_plain_string(s) {
         out.push('"');
         out.push_str(s);
         out.push('"');
