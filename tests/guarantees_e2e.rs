@@ -23,8 +23,8 @@ use guardrail_tower_testkit::mock::{MockUpstream, ScriptedReply};
 use guardrail_tower_testkit::{post_json, send};
 use serde_json::{Value, json};
 
-/// The mock upstream and a gateway in front of it, with one guardrail: the content filter
-/// blocking `forbidden`, `default_on`, before and after the call.
+/// The mock upstream and a gateway in front of it, with one guardrail: by default the content
+/// filter blocking `forbidden`, `default_on`, before and after the call.
 struct Harness {
     upstream: MockUpstream,
     gateway: String,
@@ -33,8 +33,23 @@ struct Harness {
     running: Option<RunningGateway>,
 }
 
+/// [`Harness::start`]'s guardrail.
+const BLOCK_WORDS: &str = r#"
+  - guardrail_name: block-words
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: [pre_call, post_call]
+      default_on: true
+      blocked_words: [{keyword: forbidden, action: BLOCK}]
+"#;
+
 impl Harness {
     async fn start() -> Harness {
+        Harness::with_guardrails(BLOCK_WORDS).await
+    }
+
+    /// The gateway with `guardrails` (YAML list items) instead.
+    async fn with_guardrails(guardrails: &str) -> Harness {
         let upstream = MockUpstream::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("spend.db");
@@ -46,12 +61,7 @@ model_list:
   - model_name: claude
     litellm_params: {{model: anthropic/claude-sonnet-4, api_base: "{origin}", api_key: sk-ant}}
 guardrails:
-  - guardrail_name: block-words
-    litellm_params:
-      guardrail: litellm_content_filter
-      mode: [pre_call, post_call]
-      default_on: true
-      blocked_words: [{{keyword: forbidden, action: BLOCK}}]
+{guardrails}
 general_settings:
   spend_logs: "sqlite://{db}"
   request_timeout: 5
@@ -807,33 +817,23 @@ async fn a_route_no_text_view_knows_is_refused_when_guardrails_apply() {
 /// address masked (it went out as it was when the mask and the block were found in one scan).
 #[tokio::test]
 async fn a_masked_address_before_a_blocked_word_in_one_event_goes_out_masked() {
-    let upstream = MockUpstream::start().await.unwrap();
-    let config = format!(
+    let mut h = Harness::with_guardrails(
         r#"
-model_list:
-  - model_name: gpt
-    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{base}", api_key: sk-upstream}}
-guardrails:
   - guardrail_name: filter
     litellm_params:
       guardrail: litellm_content_filter
       mode: post_call
       default_on: true
-      blocked_words: [{{keyword: forbidden, action: BLOCK}}]
-      patterns: [{{pattern_type: prebuilt, pattern_name: email, action: MASK}}]
+      blocked_words: [{keyword: forbidden, action: BLOCK}]
+      patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]
 "#,
-        base = upstream.base_url(),
-    );
-    let running = Gateway::from_config_str(&config)
-        .await
-        .unwrap()
-        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .unwrap();
+    )
+    .await;
     let chunk = |text: &str| {
         json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
     };
-    upstream.push_reply(ScriptedReply::sse([
+    h.upstream.push_reply(ScriptedReply::sse([
         format!(
             "data: {}\n\n",
             chunk("Write to jane.doe@example.com about the forbidden plan.")
@@ -842,13 +842,8 @@ guardrails:
     ]));
     let request = json!({"model": "gpt", "stream": true,
                          "messages": [{"role": "user", "content": "hi"}]});
-    let resp = send(post_json(
-        &running.url("/v1/chat/completions"),
-        &request.to_string(),
-    ))
-    .await;
-    assert_eq!(resp.status(), 200);
-    let body = String::from_utf8(resp.body().to_vec()).unwrap();
+    let (status, _, body) = h.post("/v1/chat/completions", &request).await;
+    assert_eq!(status, 200);
     assert!(!body.contains("jane.doe"), "{body}");
     let text: String = events(&body)
         .iter()
@@ -864,5 +859,6 @@ guardrails:
         body.ends_with(&format!("data: {}\n\ndata: [DONE]\n\n", openai_block())),
         "{body}"
     );
-    running.stop().await.unwrap();
+    // The stop flushes the spend log: the blocked stream is one row.
+    h.spend_rows(1).await;
 }
