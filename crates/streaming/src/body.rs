@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -95,6 +95,17 @@ impl<B> GuardedBody<B> {
     }
 }
 
+#[cfg(test)]
+impl<B> GuardedBody<B> {
+    /// The events a guarded stream holds back, oldest first.
+    pub(crate) fn held_events(&self) -> Vec<&guardrail_tower_core::sse::SseEvent> {
+        match &self.kind {
+            Kind::Sse { state, .. } => state.held_events().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl<B> Body for GuardedBody<B>
 where
     B: Body<Data = Bytes>,
@@ -142,7 +153,13 @@ where
                         continue;
                     }
                 };
-                match ready!(polled) {
+                let Poll::Ready(polled) = polled else {
+                    // The stream waits for its upstream: what it holds must not pin the
+                    // upstream's read buffer meanwhile.
+                    state.detach_held();
+                    return Poll::Pending;
+                };
+                match polled {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(mut data) => {
                             let chunk = data.copy_to_bytes(data.remaining());

@@ -868,13 +868,14 @@ impl StreamState {
             ));
             return Step::Progress;
         }
-        self.detach_held();
         Step::NeedInput
     }
 
-    /// The events still held wait for more of the stream (or a check): each gets bytes of its
-    /// own, so that none keeps the upstream connection's read buffer it was cut from alive.
-    fn detach_held(&mut self) {
+    /// The events still held wait for more of the stream (a check, or an upstream with nothing
+    /// ready): each gets bytes of its own, so that none keeps the upstream connection's read
+    /// buffer it was cut from alive. Not before: when the next chunk is ready, the held events
+    /// usually go out with it, and a copy would be work for nothing.
+    pub(crate) fn detach_held(&mut self) {
         for held in self.queue.iter_mut().rev() {
             if held.detached {
                 break;
