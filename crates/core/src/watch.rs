@@ -169,8 +169,35 @@ fn may_matter(fields: &[u8]) -> bool {
 /// Whether `bytes` may carry usage or an error: a `"usage"` key whose value is not `null`, or
 /// any `"error"`. OpenAI sends `"usage":null` in every chunk of a stream that asked for usage
 /// (`stream_options.include_usage`), and those chunks pass without being framed.
+///
+/// One search for both words (a vectorized search for several strings at once), where a
+/// search for each went over every chunk twice.
 fn mentions_usage_or_error(bytes: &[u8]) -> bool {
-    has_usage(bytes) || ERROR.find(bytes).is_some()
+    let Some(searcher) = USAGE_OR_ERROR.as_ref() else {
+        return has_usage(bytes) || ERROR.find(bytes).is_some();
+    };
+    // Mentions found one after another, not overlapping: one that overlaps another begins at
+    // its closing quote, so that one is followed by a letter (not `null`) and already counts.
+    searcher
+        .find_iter(bytes)
+        .any(|m| m.pattern().as_usize() == 1 || usage_is_not_null(&bytes[m.end()..]))
+}
+
+/// `"usage"` (pattern 0) and `"error"` (pattern 1), for [`mentions_usage_or_error`]; `None`
+/// where the CPU has none of the vector instructions the searcher needs.
+static USAGE_OR_ERROR: LazyLock<Option<aho_corasick::packed::Searcher>> = LazyLock::new(|| {
+    aho_corasick::packed::Config::new()
+        .builder()
+        .add(b"\"usage\"")
+        .add(b"\"error\"")
+        .build()
+});
+
+/// Whether what follows a `"usage"` key is a value other than `null`.
+fn usage_is_not_null(rest: &[u8]) -> bool {
+    let rest = rest.trim_ascii_start();
+    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+    !rest.starts_with(b"null")
 }
 
 static USAGE: LazyLock<memmem::Finder<'static>> =
@@ -183,19 +210,65 @@ static ERROR: LazyLock<memmem::Finder<'static>> =
 /// wasted work). Every mention counts: a later one may hold the usage (a second event of the
 /// same chunk, or the same key written twice, where the last one wins).
 fn has_usage(data: &[u8]) -> bool {
-    USAGE.find_iter(data).any(|at| {
-        let rest = data[at + b"\"usage\"".len()..].trim_ascii_start();
-        let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
-        !rest.starts_with(b"null")
-    })
+    USAGE
+        .find_iter(data)
+        .any(|at| usage_is_not_null(&data[at + b"\"usage\"".len()..]))
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
 
-    use super::{StreamWatch, has_usage};
+    use super::{ERROR, StreamWatch, USAGE_OR_ERROR, has_usage, mentions_usage_or_error};
     use crate::{CallType, ResponseReport};
+
+    /// The one search for both words answers as a search for each, at every cut of chunks
+    /// with usage (null or not, spaced or not, twice), errors in keys and in strings, words
+    /// glued together, escapes, and neither, short and long.
+    #[test]
+    fn one_search_for_usage_and_error_answers_as_two() {
+        assert!(USAGE_OR_ERROR.is_some());
+        let filler = r#"{"choices":[{"index":0,"delta":{"content":" the usage of error"}}]}"#;
+        let texts = [
+            format!(r#"{filler}"usage":null"#),
+            format!(r#"{filler},"usage" : null, "usage":{{"total_tokens":3}}"#),
+            format!(r#"{filler},"usage":nul"#),
+            r#"{"usage"error"}"#.to_owned(),
+            r#"{"usage":null,"x":""error""}"#.to_owned(),
+            r#""usage""usage":null"usage"  :  {}"#.to_owned(),
+            format!(
+                r#"data: {filler}{0}data: {filler}{0}data: {{"error":{{"message":"x"}}}}{0}"#,
+                "
+
+"
+            ),
+            format!(
+                "data: {filler}
+
+"
+            )
+            .repeat(8),
+            r#"{"err":"or","use":"age"}"#.to_owned(),
+        ];
+        let mut answers = [0, 0];
+        for text in &texts {
+            let text = text.as_bytes();
+            for end in 0..=text.len() {
+                for start in [0, 1, 7] {
+                    let part = &text[start.min(end)..end];
+                    let two = has_usage(part) || ERROR.find(part).is_some();
+                    assert_eq!(
+                        mentions_usage_or_error(part),
+                        two,
+                        "{:?}",
+                        String::from_utf8_lossy(part)
+                    );
+                    answers[usize::from(two)] += 1;
+                }
+            }
+        }
+        assert!(answers[0] > 1000 && answers[1] > 200, "{answers:?}");
+    }
 
     #[test]
     fn usage_null_is_not_usage() {
