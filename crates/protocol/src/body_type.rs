@@ -18,8 +18,13 @@ pub enum BodyType {
 impl BodyType {
     /// Classifies a `content-type` value by its media type (parameters and case ignored).
     pub fn of(content_type: Option<&HeaderValue>) -> BodyType {
-        // Compared without case and without a lowercase copy: this runs for every request and
-        // response.
+        // The values nearly every request and response carry, as written, before the general
+        // case (compared without case and without a lowercase copy).
+        match content_type.map(HeaderValue::as_bytes) {
+            Some(b"application/json") => return BodyType::Json,
+            Some(b"text/event-stream") => return BodyType::EventStream,
+            _ => {}
+        }
         let Some(essence) = content_type
             .and_then(|ct| ct.to_str().ok())
             .and_then(|ct| ct.split(';').next())
