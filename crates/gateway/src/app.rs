@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
 use tower::{Layer as _, ServiceBuilder};
-use tower_http::decompression::DecompressionLayer;
+use tower_http::decompression::{DecompressionBody, DecompressionLayer};
 
 use crate::auth::{Authenticator, KeyAuthLayer, RequireKeyLayer};
 use crate::config::{ConfigError, GatewayConfig, SpendLogsTarget};
@@ -41,7 +41,7 @@ use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
-use crate::upstream::Forward;
+use crate::upstream::{ContentCoded, Forward};
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
@@ -663,8 +663,16 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         .option_layer(spans.then(SpanLayer::upstream))
         // The upstream body boxed: each layer above wraps the body and hands the response up by
         // value, and the decoder states kept inline made every response (and every future
-        // holding one) about 500 bytes larger. One allocation a request instead.
-        .map_response(|response: http::Response<_>| response.map(UnsyncBoxBody::new))
+        // holding one) about 500 bytes larger. One allocation a request instead. A response
+        // the upstream did not encode is boxed without the decoding body around it, which
+        // would only pass each frame on.
+        .map_response(|mut response: http::Response<DecompressionBody<_>>| {
+            let coded = response.extensions_mut().remove::<ContentCoded>().is_some();
+            response.map(|body| match coded {
+                true => UnsyncBoxBody::new(body),
+                false => UnsyncBoxBody::new(body.into_inner()),
+            })
+        })
         // The upstream is asked for `identity`; one that compresses anyway (gzip, br, deflate)
         // is decoded here, so the post-call guardrails read the text.
         .layer(DecompressionLayer::new())

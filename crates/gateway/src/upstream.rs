@@ -410,8 +410,19 @@ fn clean_response<B>(response: &mut Response<B>, api_base: String) {
             headers.remove(name);
         }
     }
-    response.extensions_mut().insert(ApiBase(api_base));
+    let coded = response.headers().contains_key(header::CONTENT_ENCODING);
+    let extensions = response.extensions_mut();
+    extensions.insert(ApiBase(api_base));
+    if coded {
+        extensions.insert(ContentCoded);
+    }
 }
+
+/// Marks a response the upstream sent with a `content-encoding` (although it was asked for
+/// `identity`): the gateway decodes its body. Every other response's body skips the decoding
+/// layer, which would only pass its frames on.
+#[derive(Debug, Clone, Copy)]
+pub struct ContentCoded;
 
 /// The headers that belong to one connection (RFC 9110 section 7.6.1), dropped from the
 /// request and from the upstream's response.
