@@ -323,7 +323,8 @@ where
             }
             response.map(|body| TracedBody {
                 body,
-                span: Some(span),
+                // A span nothing records is not entered at every frame.
+                span: (!span.is_disabled()).then_some(span),
             })
         }))
     }
