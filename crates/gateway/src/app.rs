@@ -668,9 +668,12 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         // would only pass each frame on.
         .map_response(|mut response: http::Response<DecompressionBody<_>>| {
             let coded = response.extensions_mut().remove::<ContentCoded>().is_some();
-            response.map(|body| match coded {
-                true => UnsyncBoxBody::new(body),
-                false => UnsyncBoxBody::new(body.into_inner()),
+            response.map(|body| {
+                if coded {
+                    UnsyncBoxBody::new(body)
+                } else {
+                    UnsyncBoxBody::new(body.into_inner())
+                }
             })
         })
         // The upstream is asked for `identity`; one that compresses anyway (gzip, br, deflate)

@@ -1224,10 +1224,7 @@ async fn held_events_do_not_pin_the_upstream_read_buffer() {
     }
     // What was released is the stream as it arrived, but for the events within the longest
     // word's reach of the end (" dolor sit"), still held.
-    let expected: String = ["lorem", " ipsum"]
-        .into_iter()
-        .map(chat_chunk)
-        .collect();
+    let expected: String = ["lorem", " ipsum"].into_iter().map(chat_chunk).collect();
     assert_eq!(out, expected);
 }
 
