@@ -123,6 +123,9 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    // Small enough to be inlined where it is called: a body that only passes the inner one's
+    // frames on (most layers, for most responses) then costs no call of its own per frame.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -130,78 +133,11 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Stream { mut body, state } => loop {
-                let StreamState {
-                    call_type,
-                    decoder,
-                    responses,
-                    report,
-                    watch,
-                    tail,
-                    ended,
-                } = &mut **state;
-                let mut watch = watch.as_mut().zip(report.as_ref());
-                if let Some(tail) = tail.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(tail))));
-                }
-                if *ended {
-                    return Poll::Ready(None);
-                }
-                // Every arm that does not return or go round again is a failure: the inner
-                // body failed, or an event was too large.
-                match ready!(body.as_mut().poll_frame(cx)) {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => {
-                            // Whole `data:` events that neither the Responses tracker nor the
-                            // log reads (most chunks of a chat stream) pass as they are: framing
-                            // them would give the same bytes and leave the decoder as it is.
-                            if responses.is_none()
-                                && decoder.is_whole_data_events(&data)
-                                && watch
-                                    .as_ref()
-                                    .is_none_or(|(w, _)| w.ignores_data_events(&data))
-                            {
-                                return Poll::Ready(Some(Ok(Frame::data(data))));
-                            }
-                            decoder.push(data);
-                            match whole_events(decoder, responses.as_deref_mut(), &mut watch, false)
-                            {
-                                Ok(Some(events)) => {
-                                    return Poll::Ready(Some(Ok(Frame::data(events))));
-                                }
-                                Ok(None) => continue,
-                                Err(()) => {}
-                            }
-                        }
-                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                    },
-                    Some(Err(_)) => {}
-                    None => {
-                        *ended = true;
-                        let events =
-                            whole_events(decoder, responses.as_deref_mut(), &mut watch, true);
-                        if let Ok(events) = events {
-                            *tail = events;
-                            continue;
-                        }
-                    }
-                }
-                tracing::warn!(
-                    call_type = call_type.as_str(),
-                    "the upstream stream failed after the response head was sent"
-                );
-                *ended = true;
-                let error = Error::stream_interrupted();
-                let state = responses.as_deref().cloned().unwrap_or_default();
-                let mut events = error.stream_events(*call_type, &state);
-                if let Some(report) = report {
-                    report.set_in_band_error(error);
-                }
-                *tail = Some(events.copy_to_bytes(events.remaining()));
-            },
+            KindProj::Stream { body, state } => poll_stream(body, state, cx),
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
@@ -212,6 +148,7 @@ where
         }
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
@@ -221,6 +158,85 @@ where
             // It may end with events the inner body did not send.
             Kind::Stream { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// [`ResponseBody::poll_frame`] of a stream passed through ([`ResponseBody::stream`]).
+#[inline(never)]
+fn poll_stream<B>(
+    mut body: Pin<&mut B>,
+    state: &mut StreamState,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: Body<Data = Bytes>,
+{
+    loop {
+        let StreamState {
+            call_type,
+            decoder,
+            responses,
+            report,
+            watch,
+            tail,
+            ended,
+        } = &mut *state;
+        let mut watch = watch.as_mut().zip(report.as_ref());
+        if let Some(tail) = tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        }
+        if *ended {
+            return Poll::Ready(None);
+        }
+        // Every arm that does not return or go round again is a failure: the inner
+        // body failed, or an event was too large.
+        match ready!(body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    // Whole `data:` events that neither the Responses tracker nor the
+                    // log reads (most chunks of a chat stream) pass as they are: framing
+                    // them would give the same bytes and leave the decoder as it is.
+                    if responses.is_none()
+                        && decoder.is_whole_data_events(&data)
+                        && watch
+                            .as_ref()
+                            .is_none_or(|(w, _)| w.ignores_data_events(&data))
+                    {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    decoder.push(data);
+                    match whole_events(decoder, responses.as_deref_mut(), &mut watch, false) {
+                        Ok(Some(events)) => {
+                            return Poll::Ready(Some(Ok(Frame::data(events))));
+                        }
+                        Ok(None) => continue,
+                        Err(()) => {}
+                    }
+                }
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            },
+            Some(Err(_)) => {}
+            None => {
+                *ended = true;
+                let events = whole_events(decoder, responses.as_deref_mut(), &mut watch, true);
+                if let Ok(events) = events {
+                    *tail = events;
+                    continue;
+                }
+            }
+        }
+        tracing::warn!(
+            call_type = call_type.as_str(),
+            "the upstream stream failed after the response head was sent"
+        );
+        *ended = true;
+        let error = Error::stream_interrupted();
+        let state = responses.as_deref().cloned().unwrap_or_default();
+        let mut events = error.stream_events(*call_type, &state);
+        if let Some(report) = report {
+            report.set_in_band_error(error);
+        }
+        *tail = Some(events.copy_to_bytes(events.remaining()));
     }
 }
 

@@ -114,6 +114,9 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    // Small enough to be inlined where it is called: a body passed through costs no call of
+    // its own per frame; a guarded stream's step is out of line.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,85 +125,16 @@ where
             KindProj::Passthrough { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Sse {
-                mut body,
+                body,
                 boxed,
                 state,
                 replay,
                 trailers,
-            } => loop {
-                if let Some(bytes) = state.out.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                match state.step(cx) {
-                    Step::Progress => continue,
-                    Step::Waiting => return Poll::Pending,
-                    Step::Finished => {
-                        body.set(None);
-                        *boxed = None;
-                        return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
-                    }
-                    Step::NeedInput => {}
-                }
-                if let Some(chunk) = replay.pop_front() {
-                    state.push(chunk);
-                    continue;
-                }
-                let polled = match (body.as_mut().as_pin_mut(), boxed.as_mut()) {
-                    (Some(inner), _) => inner.poll_frame(cx),
-                    (None, Some(inner)) => inner.as_mut().poll_frame(cx),
-                    (None, None) => {
-                        state.push_eof();
-                        continue;
-                    }
-                };
-                let Poll::Ready(polled) = polled else {
-                    // The stream waits for its upstream: what it holds must not pin the
-                    // upstream's read buffer meanwhile.
-                    state.detach_held();
-                    return Poll::Pending;
-                };
-                match polled {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(mut data) => {
-                            let chunk = data.copy_to_bytes(data.remaining());
-                            state.push(chunk);
-                            let ended = match (body.as_ref().as_pin_ref(), boxed.as_ref()) {
-                                (Some(b), _) => b.is_end_stream(),
-                                (None, Some(b)) => b.is_end_stream(),
-                                (None, None) => true,
-                            };
-                            if ended {
-                                state.push_eof();
-                                body.set(None);
-                                *boxed = None;
-                            }
-                        }
-                        Err(frame) => {
-                            if let Ok(t) = frame.into_trailers() {
-                                *trailers = Some(t);
-                            }
-                        }
-                    },
-                    Some(Err(err)) => {
-                        // After the head, a failure ends the stream as a block does: the
-                        // endpoint's in-band error event and its terminator, not a cut body.
-                        let err: BoxError = err.into();
-                        tracing::warn!(error = %err, "the upstream stream failed after the response head was sent");
-                        state.upstream_failed(Error::stream_interrupted());
-                        body.set(None);
-                        *boxed = None;
-                        continue;
-                    }
-                    None => {
-                        state.push_eof();
-                        body.set(None);
-                        *boxed = None;
-                    }
-                }
-            },
+            } => poll_sse(body, boxed, state, replay, trailers, cx),
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Passthrough { body } => body.is_end_stream(),
@@ -218,6 +152,93 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Sse { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// [`GuardedBody::poll_frame`] of a guarded stream.
+#[inline(never)]
+fn poll_sse<B>(
+    mut body: Pin<&mut Option<B>>,
+    boxed: &mut Option<Pin<Box<B>>>,
+    state: &mut StreamState,
+    replay: &mut VecDeque<Bytes>,
+    trailers: &mut Option<HeaderMap>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        if let Some(bytes) = state.out.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        match state.step(cx) {
+            Step::Progress => continue,
+            Step::Waiting => return Poll::Pending,
+            Step::Finished => {
+                body.set(None);
+                *boxed = None;
+                return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            Step::NeedInput => {}
+        }
+        if let Some(chunk) = replay.pop_front() {
+            state.push(chunk);
+            continue;
+        }
+        let polled = match (body.as_mut().as_pin_mut(), boxed.as_mut()) {
+            (Some(inner), _) => inner.poll_frame(cx),
+            (None, Some(inner)) => inner.as_mut().poll_frame(cx),
+            (None, None) => {
+                state.push_eof();
+                continue;
+            }
+        };
+        let Poll::Ready(polled) = polled else {
+            // The stream waits for its upstream: what it holds must not pin the
+            // upstream's read buffer meanwhile.
+            state.detach_held();
+            return Poll::Pending;
+        };
+        match polled {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    state.push(chunk);
+                    let ended = match (body.as_ref().as_pin_ref(), boxed.as_ref()) {
+                        (Some(b), _) => b.is_end_stream(),
+                        (None, Some(b)) => b.is_end_stream(),
+                        (None, None) => true,
+                    };
+                    if ended {
+                        state.push_eof();
+                        body.set(None);
+                        *boxed = None;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        *trailers = Some(t);
+                    }
+                }
+            },
+            Some(Err(err)) => {
+                // After the head, a failure ends the stream as a block does: the
+                // endpoint's in-band error event and its terminator, not a cut body.
+                let err: BoxError = err.into();
+                tracing::warn!(error = %err, "the upstream stream failed after the response head was sent");
+                state.upstream_failed(Error::stream_interrupted());
+                body.set(None);
+                *boxed = None;
+                continue;
+            }
+            None => {
+                state.push_eof();
+                body.set(None);
+                *boxed = None;
+            }
         }
     }
 }
