@@ -36,8 +36,15 @@ impl Observer {
         }
     }
 
-    fn observe(&mut self, data: &Bytes, recorder: &mut Recorder) {
+    /// Reads the next chunk of the body; `whole`: it is all the body has left to send (its
+    /// exact length said so).
+    fn observe(&mut self, data: &Bytes, whole: bool, recorder: &mut Recorder) {
         match self {
+            // An error's `error` member is read by the forward scan; a success's usage may be
+            // found from the end when the document is in one piece.
+            Observer::Json(scanner) if whole && recorder.status.unwrap_or(200) < 400 => {
+                scanner.push_whole(data)
+            }
             Observer::Json(scanner) => scanner.push(data),
             Observer::Sse { decoder, watch } => {
                 // Whole `data:` events that mention neither usage nor an error are not framed.
@@ -119,7 +126,7 @@ pub(crate) struct JsonScanner {
     depth: usize,
     in_string: bool,
     escaped: bool,
-    usage: Option<Vec<u8>>,
+    usage: Option<Bytes>,
     error: Option<Vec<u8>>,
 }
 
@@ -224,6 +231,28 @@ impl JsonScanner {
     /// The raw text of the last complete top-level `error` member, if any.
     pub(crate) fn error(&self) -> Option<&[u8]> {
         self.error.as_deref()
+    }
+
+    /// Reads what is left of the document, all of it in `doc`: its `usage` found from the end
+    /// when nothing but whitespace came before ([`usage_from_end`]; the member is the last in
+    /// an OpenAI response, so the walk passes over a few hundred bytes where the scan passes
+    /// over the whole document), else scanned as [`push`](JsonScanner::push) scans.
+    pub(crate) fn push_whole(&mut self, doc: &Bytes) {
+        if self.state == ScanState::Start {
+            match usage_from_end(doc) {
+                FromEnd::Usage(usage) => {
+                    self.usage = Some(doc.slice_ref(usage));
+                    self.state = ScanState::Done;
+                    return;
+                }
+                FromEnd::Absent => {
+                    self.state = ScanState::Done;
+                    return;
+                }
+                FromEnd::Unknown => {}
+            }
+        }
+        self.push(doc);
     }
 
     /// Scans the next chunk of the document.
@@ -341,23 +370,7 @@ impl JsonScanner {
         if self.key_too_long {
             return None;
         }
-        let key = &self.key[..self.key_len];
-        let decoded;
-        let name = if key.contains(&b'\\') {
-            let mut quoted = Vec::with_capacity(key.len() + 2);
-            quoted.push(b'"');
-            quoted.extend_from_slice(key);
-            quoted.push(b'"');
-            decoded = serde_json::from_slice::<String>(&quoted).ok()?;
-            decoded.as_bytes()
-        } else {
-            key
-        };
-        match name {
-            b"usage" => Some(Member::Usage),
-            b"error" => Some(Member::Error),
-            _ => None,
-        }
+        member_named(&self.key[..self.key_len])
     }
 
     /// Scans value bytes from the start of `chunk`; returns how many it consumed (all of them,
@@ -421,7 +434,7 @@ impl JsonScanner {
         if end.is_some() {
             match self.capturing.take() {
                 Some(Member::Usage) if !self.value_too_long => {
-                    self.usage = Some(std::mem::take(&mut self.value));
+                    self.usage = Some(Bytes::from(std::mem::take(&mut self.value)));
                 }
                 Some(Member::Error) if !self.value_too_long => {
                     self.error = Some(std::mem::take(&mut self.value));
@@ -432,6 +445,187 @@ impl JsonScanner {
         }
         consumed
     }
+}
+
+/// The member a name (as written, escapes not decoded) stands for, if it is one we keep: escapes
+/// are decoded, so `"\u0075sage"` is `usage` too; a name longer than [`MAX_KEY`] bytes as
+/// written is none of them.
+fn member_named(key: &[u8]) -> Option<Member> {
+    if key.len() > MAX_KEY {
+        return None;
+    }
+    let decoded;
+    let name = if key.contains(&b'\\') {
+        let mut quoted = Vec::with_capacity(key.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(key);
+        quoted.push(b'"');
+        decoded = serde_json::from_slice::<String>(&quoted).ok()?;
+        decoded.as_bytes()
+    } else {
+        key
+    };
+    match name {
+        b"usage" => Some(Member::Usage),
+        b"error" => Some(Member::Error),
+        _ => None,
+    }
+}
+
+/// What [`usage_from_end`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum FromEnd<'a> {
+    /// The value of the last top-level `usage` member, as written.
+    Usage(&'a [u8]),
+    /// The document is an object without a top-level `usage` member.
+    Absent,
+    /// The walk met what it does not read (not an object, not JSON, a value too large to
+    /// keep): the forward scan decides.
+    Unknown,
+}
+
+/// The top-level `usage` member of a whole JSON document, found by walking its members
+/// backward from the closing brace: each member's value passed over whole (a string to its
+/// opening quote, an object or array to its opening bracket, strings inside skipped), then
+/// its name read. The last `usage` member is the first one met, the one the forward scan
+/// keeps. For a valid JSON document the answer is the forward scan's; for anything the walk
+/// does not expect, it says it does not know.
+fn usage_from_end(doc: &[u8]) -> FromEnd<'_> {
+    let Some(open) = doc
+        .iter()
+        .position(|&b| !(b.is_ascii_whitespace() || matches!(b, 0xEF | 0xBB | 0xBF)))
+    else {
+        return FromEnd::Unknown;
+    };
+    let close = back_over_space(doc, doc.len());
+    if doc[open] != b'{' || close <= open + 1 || doc[close - 1] != b'}' {
+        return FromEnd::Unknown;
+    }
+    // One past the last byte of the member to read next.
+    let mut end = back_over_space(doc, close - 1);
+    if end == open + 1 {
+        return FromEnd::Absent;
+    }
+    loop {
+        let Some(start) = value_start(doc, end).filter(|&start| start > open) else {
+            return FromEnd::Unknown;
+        };
+        let colon = back_over_space(doc, start);
+        if colon <= open + 1 || doc[colon - 1] != b':' {
+            return FromEnd::Unknown;
+        }
+        let name_end = back_over_space(doc, colon - 1);
+        if doc[name_end - 1] != b'"' {
+            return FromEnd::Unknown;
+        }
+        let Some(name_start) = string_start(doc, name_end - 1).filter(|&at| at > open) else {
+            return FromEnd::Unknown;
+        };
+        if member_named(&doc[name_start + 1..name_end - 1]) == Some(Member::Usage) {
+            return if end - start > MAX_MEMBER {
+                FromEnd::Unknown
+            } else {
+                FromEnd::Usage(&doc[start..end])
+            };
+        }
+        let before = back_over_space(doc, name_start) - 1;
+        match doc[before] {
+            b',' if before > open => end = back_over_space(doc, before),
+            b'{' if before == open => return FromEnd::Absent,
+            _ => return FromEnd::Unknown,
+        }
+    }
+}
+
+/// `at` moved back over whitespace: one past the last byte before `at` that is not.
+fn back_over_space(doc: &[u8], mut at: usize) -> usize {
+    while at > 0 && doc[at - 1].is_ascii_whitespace() {
+        at -= 1;
+    }
+    at
+}
+
+/// Where the value that ends just before `end` starts: a string at its opening quote, an
+/// object or array at its opening bracket, a scalar after the delimiter before it.
+fn value_start(doc: &[u8], end: usize) -> Option<usize> {
+    match doc[end.checked_sub(1)?] {
+        b'"' => string_start(doc, end - 1),
+        b'}' | b']' => {
+            let mut depth = 0usize;
+            let mut at = end;
+            while at > 0 {
+                at -= 1;
+                match doc[at] {
+                    b'}' | b']' => depth += 1,
+                    b'{' | b'[' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at);
+                        }
+                    }
+                    b'"' => at = string_start(doc, at)?,
+                    _ => {}
+                }
+            }
+            None
+        }
+        _ => {
+            let start = doc[..end]
+                .iter()
+                .rposition(|&b| {
+                    matches!(b, b',' | b':' | b'[' | b'{' | b'"' | b'}' | b']')
+                        || b.is_ascii_whitespace()
+                })
+                .map_or(0, |at| at + 1);
+            (start < end).then_some(start)
+        }
+    }
+}
+
+/// The opening quote of the string whose closing quote is at `close`: the nearest quote before
+/// it that is not escaped (not after an odd run of backslashes).
+fn string_start(doc: &[u8], close: usize) -> Option<usize> {
+    let mut end = close;
+    loop {
+        let quote = last_quote(&doc[..end])?;
+        let backslashes = doc[..quote]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        end = quote;
+    }
+}
+
+/// The last `"` in `bytes`. The strings a backward walk passes are mostly short (names, ids,
+/// numbers' neighbours), so the last 64 bytes are searched a word at a time and only what
+/// comes before by `memrchr`.
+#[inline]
+fn last_quote(bytes: &[u8]) -> Option<usize> {
+    /// How far the word-at-a-time search goes before `memrchr` takes over.
+    const INLINE: usize = 64;
+    const LOW: u64 = u64::from_ne_bytes([0x7F; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    let mut end = bytes.len();
+    let stop = end.saturating_sub(INLINE);
+    while end >= stop + 8 {
+        let word = u64::from_le_bytes(bytes[end - 8..end].try_into().expect("eight bytes"));
+        let x = word ^ QUOTES;
+        // The high bit of each byte that was a quote (zero after the xor), and of no other:
+        // no carry crosses a byte, so the highest set bit is the last quote.
+        let found = !((x & LOW).wrapping_add(LOW) | x | LOW);
+        if found != 0 {
+            return Some(end - 8 + (63 - found.leading_zeros() as usize) / 8);
+        }
+        end -= 8;
+    }
+    if end < 8 {
+        return bytes[..end].iter().rposition(|&b| b == b'"');
+    }
+    memchr::memrchr(b'"', &bytes[..end])
 }
 
 pin_project! {
@@ -546,7 +740,8 @@ where
                         recorder.first_byte = Some(SystemTime::now());
                     }
                     if let Some(observer) = this.observer.as_mut() {
-                        observer.observe(data, recorder);
+                        let whole = *this.remaining == Some(data.len() as u64);
+                        observer.observe(data, whole, recorder);
                     }
                     let all_sent = match this.remaining.as_mut() {
                         Some(remaining) => {
@@ -602,7 +797,9 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use super::JsonScanner;
+    use bytes::Bytes;
+
+    use super::{FromEnd, JsonScanner, usage_from_end};
 
     fn scan(chunks: &[&[u8]]) -> (Option<String>, Option<String>) {
         let mut scanner = JsonScanner::default();
@@ -696,6 +893,86 @@ mod tests {
         // Cut off inside the value: incomplete, not used.
         assert_eq!(scan(&[br#"{"usage":{"total_tokens":1"#]).0, None);
         assert_eq!(scan(&[b""]).0, None);
+    }
+
+    /// The walk from the end finds what the scan finds, and says so only when it read the
+    /// document: the decoys of [`BODY`], escaped quotes after runs of backslashes, names with
+    /// escapes, repeated members, whitespace everywhere a document may have it.
+    #[test]
+    fn the_walk_from_the_end_finds_the_usage_the_scan_finds() {
+        let found = |doc: &str| match usage_from_end(doc.as_bytes()) {
+            FromEnd::Usage(usage) => Some(String::from_utf8(usage.to_vec()).unwrap()),
+            other => panic!("{other:?} for {doc}"),
+        };
+        assert_eq!(found(BODY).as_deref(), Some(USAGE));
+        for doc in [
+            r#"{"usage":7}"#,
+            r#"{"a":1,"\u0075sage":{"total_tokens":2}}"#,
+            r#"{"usage":{"total_tokens":1},"usage":{"total_tokens":2}}"#,
+            r#"{"usage":{"s":"\\","t":"\\\"]}"},"b":"\\\\","c":"\"x\\"}"#,
+            "\u{feff}\n {\n \"usage\" :\t{ \"total_tokens\" : [ 1 , {} ] } \r\n, \"z\": [ ] \n}\n",
+            r#"{"usage":null,"n":-1.5e-3,"t":true,"f":false}"#,
+            r#"{"usage":"{\"total_tokens\":1}"}"#,
+            // The members before the last `usage` are not read (the scan passes over a
+            // leading comma too).
+            r#"{,"usage":1}"#,
+        ] {
+            assert_eq!(found(doc), scan(&[doc.as_bytes()]).0, "{doc}");
+        }
+        for doc in [
+            "{}",
+            " { } ",
+            r#"{"data":{"usage":{"total_tokens":1}},"usage_x":1}"#,
+            r#"{"a":"\"usage\":{}"}"#,
+        ] {
+            assert_eq!(usage_from_end(doc.as_bytes()), FromEnd::Absent, "{doc}");
+            assert_eq!(scan(&[doc.as_bytes()]).0, None, "{doc}");
+        }
+        // Not objects, not JSON, cut off, trailing bytes: the forward scan decides.
+        for doc in [
+            "",
+            "  ",
+            r#"[{"usage":{"total_tokens":1}}]"#,
+            r#""usage""#,
+            r#"{"usage":{"total_tokens":1}"#,
+            r#"{"usage":{"total_tokens":1}} x"#,
+            r#"x{"usage":{"total_tokens":1}}"#,
+            r#"{:1}"#,
+            r#"{"a":1,:1}"#,
+            r#"{"usage":}"#,
+            r#"{"usage":{"pad":"]"}"#,
+        ] {
+            assert_eq!(usage_from_end(doc.as_bytes()), FromEnd::Unknown, "{doc}");
+        }
+        let huge = format!(
+            r#"{{"usage":{{"pad":"{}"}}}}"#,
+            "x".repeat(super::MAX_MEMBER)
+        );
+        assert_eq!(usage_from_end(huge.as_bytes()), FromEnd::Unknown);
+    }
+
+    /// A document in one piece is read from the end, with the same answer as the scan; one
+    /// that the walk does not read, and one after a first chunk, is scanned.
+    #[test]
+    fn a_whole_document_is_read_from_the_end_else_scanned() {
+        let whole = |first: &[u8], doc: &str| {
+            let mut scanner = JsonScanner::default();
+            scanner.push(first);
+            scanner.push_whole(&Bytes::copy_from_slice(doc.as_bytes()));
+            scanner
+                .usage()
+                .map(|u| String::from_utf8(u.to_vec()).unwrap())
+        };
+        assert_eq!(whole(b"", BODY).as_deref(), Some(USAGE));
+        assert_eq!(whole(b"  ", BODY).as_deref(), Some(USAGE));
+        let (head, tail) = BODY.split_at(40);
+        assert_eq!(whole(head.as_bytes(), tail).as_deref(), Some(USAGE));
+        assert_eq!(
+            whole(b"", r#"{"usage":{"total_tokens":1}} x"#).as_deref(),
+            Some(r#"{"total_tokens":1}"#),
+            "trailing bytes: scanned, as before"
+        );
+        assert_eq!(whole(b"", r#"{"data":{"usage":1}}"#), None);
     }
 
     #[test]
@@ -822,6 +1099,12 @@ mod tests {
             let found = |raw: Option<&[u8]>| raw.map(|raw| serde_json::from_slice::<Value>(raw).unwrap());
             prop_assert_eq!(found(scanner.usage()), document.get("usage").cloned());
             prop_assert_eq!(found(scanner.error()), document.get("error").cloned());
+            // In one piece, read from the end: the same usage, and the walk always reads a
+            // valid document to its answer.
+            let mut whole = JsonScanner::default();
+            whole.push_whole(&Bytes::from(bytes.clone()));
+            prop_assert_eq!(found(whole.usage()), document.get("usage").cloned());
+            prop_assert_ne!(usage_from_end(&bytes), FromEnd::Unknown);
         }
     }
 }
