@@ -39,7 +39,8 @@
 //! so a guardrail block on `/v1/responses` is recorded exactly like one on
 //! `/v1/chat/completions`. The body is read as it passes, never copied or delayed; usage comes
 //! from the JSON body (a scanner that keeps only its top-level `usage`, whatever the body's
-//! size) or the streamed usage events. A stream is framed for the log once, by the innermost
+//! size; a body that arrives in one frame has its members walked back from the end, where
+//! providers write `usage`) or the streamed usage events. A stream is framed for the log once, by the innermost
 //! layer that frames it anyway: the streaming guardrail layer (with a post-call guardrail), else
 //! the error layer (which releases whole events), else this layer; each reads the same usage
 //! and upstream error events ([`StreamWatch`](guardrail_tower_core::StreamWatch)) into the
