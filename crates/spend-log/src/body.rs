@@ -489,7 +489,9 @@ enum FromEnd<'a> {
 /// opening quote, an object or array to its opening bracket, strings inside skipped), then
 /// its name read. The last `usage` member is the first one met, the one the forward scan
 /// keeps. For a valid JSON document the answer is the forward scan's; for anything the walk
-/// does not expect, it says it does not know.
+/// does not expect, it says it does not know. It reads only what it walks: the members before
+/// the last `usage` are not looked at, so `doc` must be the whole document (a prefix cut after
+/// a nested `usage` object would show that object as a top-level member).
 fn usage_from_end(doc: &[u8]) -> FromEnd<'_> {
     let Some(open) = doc
         .iter()
@@ -965,6 +967,12 @@ mod tests {
         };
         assert_eq!(whole(b"", BODY).as_deref(), Some(USAGE));
         assert_eq!(whole(b"  ", BODY).as_deref(), Some(USAGE));
+        // Read from the end, the usage is a slice of the frame, not a copy the scan made.
+        let doc = Bytes::from_static(BODY.as_bytes());
+        let mut scanner = JsonScanner::default();
+        scanner.push_whole(&doc);
+        let usage = scanner.usage().unwrap();
+        assert!(doc.as_ptr_range().contains(&usage.as_ptr()));
         let (head, tail) = BODY.split_at(40);
         assert_eq!(whole(head.as_bytes(), tail).as_deref(), Some(USAGE));
         assert_eq!(

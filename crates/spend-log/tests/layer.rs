@@ -758,6 +758,37 @@ async fn without_a_caller_the_bearer_key_is_hashed_and_no_caller_fields_are_writ
 
 /// A JSON response far above any buffer the layer could keep: the usage after 6 MiB of
 /// content is still read.
+/// A JSON body of a known length is read from its end only when one frame holds all of it:
+/// cut after a nested `usage` object, the first of two frames would look, walked from its end,
+/// like a document whose last member is that `usage`.
+#[tokio::test]
+async fn usage_is_read_from_the_end_only_of_a_body_in_one_frame() {
+    const NESTED: &str = r#"{"choices":[{"usage":{"total_tokens":9}}"#;
+    const REST: &str = r#"],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+    for frames in [
+        vec![format!("{NESTED}{REST}")],
+        vec![NESTED.into(), REST.into()],
+    ] {
+        let (handle, rx) = writer();
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .body(body::chunks(frames.clone()).exact())
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(SpendLogLayer::new(handle.clone()))
+            .service(upstream(response));
+        let resp = svc.oneshot(chat_request(false)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        let records = records(handle, rx).await;
+        let r = &records[0];
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+            (1, 2, 3),
+            "{frames:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn usage_is_read_from_a_6_mib_json_response() {
     let (handle, rx) = writer();
