@@ -375,6 +375,10 @@ enum Cell {
 /// The columns of a row, in [`COLUMNS`]' order.
 const ROW_CELLS: usize = 16;
 
+/// The most text a row is guessed to hold when a batch's buffer is sized (a row with two
+/// guardrail entries holds about 1,150 bytes; rows with stored prompts, more).
+const ROW_GUESS_MAX: usize = 4096;
+
 impl Rows {
     fn new(records: &[SpendRecord]) -> Rows {
         let mut rows = Rows {
@@ -388,9 +392,10 @@ impl Rows {
         // The first row's size stands for the others' (one gateway's rows are alike: the same
         // members, the same guardrails' entries), with a quarter more: the buffer is allocated
         // about once, where a fixed guess of 512 bytes a row grew it, copying it, once or
-        // twice a batch for rows with guardrail entries.
-        rows.text
-            .reserve(rest.len() * (rows.text.len() + rows.text.len() / 4));
+        // twice a batch for rows with guardrail entries. Not beyond `ROW_GUESS_MAX` a row: a
+        // first row with a stored prompt of a megabyte says nothing about the others.
+        let per_row = (rows.text.len() + rows.text.len() / 4).min(ROW_GUESS_MAX);
+        rows.text.reserve(rest.len() * per_row);
         for r in rest {
             rows.push(r);
         }
@@ -737,6 +742,42 @@ mod tests {
     fn substr_of_stored_time_is_the_utc_day() {
         let t = rfc3339::parse("2026-11-21T23:59:59.999Z").unwrap();
         assert_eq!(&rfc3339::format(t)[..10], utc_day(t));
+    }
+
+    /// A batch's buffer is sized from its first row, within a bound: a first row with a huge
+    /// value does not make the buffer that row's size times the batch.
+    #[test]
+    fn a_batch_buffer_is_sized_from_its_first_row_within_a_bound() {
+        let record = |user: String| SpendRecord {
+            request_id: "r".into(),
+            client_request_id: None,
+            call_type: "acompletion".into(),
+            status: SpendStatus::Success,
+            model: "m".into(),
+            api_base: None,
+            user: Some(user),
+            api_key: None,
+            spend: 0.0,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+            start_time: SystemTime::UNIX_EPOCH,
+            end_time: SystemTime::UNIX_EPOCH,
+            completion_start_time: None,
+            metadata: crate::SpendMetadata::default(),
+        };
+        let mut batch = vec![record("u".repeat(1024 * 1024))];
+        batch.extend((0..255).map(|_| record("u".into())));
+        let rows = Rows::new(&batch);
+        assert_eq!(rows.len(), 256);
+        // The first row's own growth doubles to 2 MiB; the 255 others get `ROW_GUESS_MAX` each
+        // (without the bound they would get 1.25 MiB each: 320 MiB).
+        assert!(rows.text.capacity() <= 2 * 1024 * 1024 + 255 * ROW_GUESS_MAX);
+        // Rows like the first: one allocation, no growth.
+        let batch: Vec<_> = (0..256).map(|_| record("u".repeat(900))).collect();
+        let rows = Rows::new(&batch);
+        let first_row = rows.text.len() / 256;
+        assert!(rows.text.capacity() <= 1024.max(first_row) + 255 * (first_row + first_row / 4));
     }
 
     #[tokio::test]
