@@ -800,6 +800,7 @@ mod tests {
     use serde_json::Value;
 
     use bytes::Bytes;
+    use serde_json::json;
 
     use super::{FromEnd, JsonScanner, usage_from_end};
 
@@ -1081,6 +1082,19 @@ mod tests {
     }
 
     proptest! {
+        /// Any bytes, JSON's punctuation dense among them, and any cut of a valid document:
+        /// the walk from the end answers without panicking (it runs in `poll_frame`).
+        #[test]
+        fn the_walk_from_the_end_takes_any_bytes(
+            bytes in prop::collection::vec(prop::sample::select(&b"{}[]\":,\\ \nu0e1"[..]), 0..48),
+            document in json_value(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let _ = usage_from_end(&bytes);
+            let whole = serde_json::to_vec(&json!({"usage": document, "x": 1})).unwrap();
+            let _ = usage_from_end(&whole[..cut.index(whole.len() + 1)]);
+        }
+
         /// Against serde_json on generated documents (decoys in strings, nested `usage`
         /// members, long strings, non-ASCII), written compact or pretty, split at two points:
         /// the scanner's `usage` is the document's top-level `usage`, byte for byte.
