@@ -501,10 +501,11 @@ mod rfc3339_opt {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record() -> SpendRecord {
+    /// A successful record with every optional field empty, for tests to adjust.
+    pub(crate) fn record() -> SpendRecord {
         SpendRecord {
             request_id: "r".into(),
             client_request_id: None,

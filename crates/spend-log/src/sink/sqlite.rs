@@ -749,22 +749,8 @@ mod tests {
     #[test]
     fn a_batch_buffer_is_sized_from_its_first_row_within_a_bound() {
         let record = |user: String| SpendRecord {
-            request_id: "r".into(),
-            client_request_id: None,
-            call_type: "acompletion".into(),
-            status: SpendStatus::Success,
-            model: "m".into(),
-            api_base: None,
             user: Some(user),
-            api_key: None,
-            spend: 0.0,
-            prompt_tokens: 1,
-            completion_tokens: 2,
-            total_tokens: 3,
-            start_time: SystemTime::UNIX_EPOCH,
-            end_time: SystemTime::UNIX_EPOCH,
-            completion_start_time: None,
-            metadata: crate::SpendMetadata::default(),
+            ..crate::record::tests::record()
         };
         let mut batch = vec![record("u".repeat(1024 * 1024))];
         batch.extend((0..255).map(|_| record("u".into())));
