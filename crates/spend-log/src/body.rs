@@ -42,7 +42,7 @@ impl Observer {
         match self {
             // An error's `error` member is read by the forward scan; a success's usage may be
             // found from the end when the document is in one piece.
-            Observer::Json(scanner) if whole && recorder.status.unwrap_or(200) < 400 => {
+            Observer::Json(scanner) if whole && error_status(recorder).is_none() => {
                 scanner.push_whole(data)
             }
             Observer::Json(scanner) => scanner.push(data),
@@ -69,8 +69,10 @@ impl Observer {
         {
             recorder.usage = Some(usage);
         }
-        let status = recorder.status.unwrap_or(200);
-        if status < 400 || recorder.response_error.is_some() {
+        let Some(status) = error_status(recorder) else {
+            return;
+        };
+        if recorder.response_error.is_some() {
             return;
         }
         let Some(error) = scanner
@@ -88,6 +90,13 @@ impl Observer {
             recorder.response_error = Some(Error::new(status, message.to_owned()));
         }
     }
+}
+
+/// The response's status when it is an error's (400 and up): its body's `error` member is then
+/// read, by the forward scan ([`Observer::observe`] and [`Observer::finish`] ask this one
+/// function, so a body is never read from its end when its error is wanted).
+fn error_status(recorder: &Recorder) -> Option<u16> {
+    recorder.status.filter(|&status| status >= 400)
 }
 
 /// The most bytes of one captured member value (`usage`, `error`): a real `usage` object is a
