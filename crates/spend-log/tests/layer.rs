@@ -769,24 +769,52 @@ async fn usage_is_read_from_the_end_only_of_a_body_in_one_frame() {
         vec![format!("{NESTED}{REST}")],
         vec![NESTED.into(), REST.into()],
     ] {
-        let (handle, rx) = writer();
-        let response = Response::builder()
-            .header("content-type", "application/json")
-            .body(body::chunks(frames.clone()).exact())
-            .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(SpendLogLayer::new(handle.clone()))
-            .service(upstream(response));
-        let resp = svc.oneshot(chat_request(false)).await.unwrap();
-        resp.into_body().collect().await.unwrap();
-        let records = records(handle, rx).await;
-        let r = &records[0];
+        let r = record_of_json(StatusCode::OK, frames.clone()).await;
         assert_eq!(
             (r.prompt_tokens, r.completion_tokens, r.total_tokens),
             (1, 2, 3),
             "{frames:?}"
         );
     }
+}
+
+/// An upstream's JSON error, with no layer inside to report it, is read from the body: in one
+/// frame of a known length (never read from its end, which reads only the usage) and in two.
+#[tokio::test]
+async fn an_upstream_json_error_is_recorded_in_one_frame_or_two() {
+    const ERROR: &str =
+        r#"{"error":{"message":"slow down","type":"rate_limit_error"},"usage":null}"#;
+    for frames in [
+        vec![ERROR.to_owned()],
+        vec![ERROR[..12].into(), ERROR[12..].into()],
+    ] {
+        let r = record_of_json(StatusCode::TOO_MANY_REQUESTS, frames.clone()).await;
+        assert_eq!(r.status, SpendStatus::Failure, "{frames:?}");
+        assert_eq!(
+            meta(&r)["error_information"]["error_message"],
+            "slow down",
+            "{frames:?}"
+        );
+        assert_eq!(meta(&r)["http_status"], 429, "{frames:?}");
+    }
+}
+
+/// The one record of a chat request answered with a JSON body of `frames`, its length known.
+async fn record_of_json(status: StatusCode, frames: Vec<String>) -> SpendRecord {
+    let (handle, rx) = writer();
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body::chunks(frames).exact())
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(upstream(response));
+    let resp = svc.oneshot(chat_request(false)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    let mut records = records(handle, rx).await;
+    assert_eq!(records.len(), 1);
+    records.remove(0)
 }
 
 #[tokio::test]
