@@ -163,12 +163,13 @@ fn wrap<B: Body<Data = Bytes>>(
         observer_for(&response, call_type)
     };
     let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .insert(X_LITELLM_CALL_ID, recorder.request_id_header());
-    parts
-        .headers
-        .insert(X_REQUEST_ID, recorder.client_request_id_header());
+    // `x-request-id` echoes the client's id, else repeats the gateway's: one value, shared.
+    let call_id = recorder.request_id_header();
+    let request_id = recorder
+        .client_request_id_header()
+        .unwrap_or_else(|| call_id.clone());
+    parts.headers.insert(X_LITELLM_CALL_ID, call_id);
+    parts.headers.insert(X_REQUEST_ID, request_id);
     Response::from_parts(
         parts,
         SpendLogBody::new(body, recorder, observer, call_type),

@@ -222,12 +222,12 @@ impl Recorder {
         self.request_id.to_header_value()
     }
 
-    /// The `x-request-id` response header: the client's own id echoed, else the gateway's.
-    pub(crate) fn client_request_id_header(&self) -> http::HeaderValue {
-        match &self.client_request_id {
-            Some(id) => id.to_header_value(),
-            None => self.request_id.to_header_value(),
-        }
+    /// The client's own id, to echo in the `x-request-id` response header (without one, the
+    /// header repeats [`request_id_header`](Self::request_id_header)).
+    pub(crate) fn client_request_id_header(&self) -> Option<http::HeaderValue> {
+        self.client_request_id
+            .as_ref()
+            .map(ClientRequestId::to_header_value)
     }
 
     /// Keeps what the record needs of the parsed request.
