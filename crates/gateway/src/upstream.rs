@@ -89,7 +89,8 @@ pin_project! {
     /// armed for an earlier wait's end, is moved on only when it fires before the current
     /// wait's end. Nor is it polled at every wait: while it holds the task's waker and its
     /// deadline has not come, it has nothing to say. A stream of many events costs a clock read
-    /// per wait, not a timer update or a timer poll.
+    /// per wait (not per poll: a wait polled again reads the timer's state instead), not a timer
+    /// update or a timer poll.
     pub struct IdleTimeout<B> {
         #[pin]
         body: B,
@@ -134,13 +135,19 @@ where
             *this.waiting_since = None;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let now = Instant::now();
-        let since = *this.waiting_since.get_or_insert(now);
-        let deadline = since + *this.idle;
         let holds_waker = this
             .armed
             .as_ref()
             .is_some_and(|waker| waker.will_wake(cx.waker()));
+        // Polled again within a wait (the task was woken for something else, such as the
+        // client's socket): the timer holds this task's waker and has not fired, so it has
+        // nothing to say, and the clock need not be read.
+        if holds_waker && this.waiting_since.is_some() && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        let since = *this.waiting_since.get_or_insert(now);
+        let deadline = since + *this.idle;
         if holds_waker && now < this.sleep.deadline() {
             // The timer will wake this task at its deadline; the body, when it has a frame.
             return Poll::Pending;
