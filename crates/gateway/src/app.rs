@@ -560,7 +560,8 @@ pub fn router(
 /// The gateway's routes: every LLM endpoint gets the whole stack, in this order (outermost
 /// first): spend log, key authentication (with a master key), error normalization, model
 /// guardrail merge, pre-call guardrails, post-call (streaming) guardrails, the upstream
-/// timeout, the forwarder.
+/// timeout, the forwarder. A config without guardrails leaves the three guardrail layers out
+/// (none of them would have anything to do).
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
@@ -646,19 +647,7 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
     // futures they wrap, a clone).
     let spans = crate::telemetry::layer_spans_enabled();
     let span = |name| spans.then(|| SpanLayer::new(name));
-    let inner = ServiceBuilder::new()
-        .option_layer(span("error_normalize"))
-        .layer(ErrorNormalizeLayer::new())
-        .option_layer(span("model_guardrail_merge"))
-        .layer(merge.body_limit(limit))
-        .option_layer(span("pre_call_guardrails"))
-        .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
-        .option_layer(span("streaming_guardrails"))
-        .layer(
-            StreamingGuardrailBodyLayer::new(guardrails)
-                .policy(config.stream_policy)
-                .body_limit(limit),
-        )
+    let upstream = ServiceBuilder::new()
         .layer(TimeoutLayer::new(config.request_timeout))
         .option_layer(spans.then(SpanLayer::upstream))
         // The upstream body boxed: each layer above wraps the body and hands the response up by
@@ -684,7 +673,9 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
             client,
             config.request_timeout,
         ));
-
+    let error_normalize = ServiceBuilder::new()
+        .option_layer(span("error_normalize"))
+        .layer(ErrorNormalizeLayer::new());
     let key_routes = match (&auth, &keys) {
         (None, _) => KeyRoutes::unavailable(
             "virtual keys need general_settings.master_key: without it no key is checked",
@@ -732,31 +723,66 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         None => admin,
     };
     let app = admin.route("/health", get(health_status)).merge(health);
-    match auth {
-        Some(auth) => {
-            let stack = ServiceBuilder::new()
-                .layer(RequestSpanLayer)
-                .option_layer(span("spend_log"))
-                .layer(spend_log)
-                .option_layer(span("key_auth"))
-                .layer(KeyAuthLayer::new(auth.clone()).body_limit(limit))
-                .service(inner);
-            let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
-                router.route(path, post_service(stack.clone()))
-            });
-            app.fallback_service(RequireKeyLayer::any_key(auth).layer(tower::service_fn(not_found)))
-        }
-        None => {
-            let stack = ServiceBuilder::new()
-                .layer(RequestSpanLayer)
-                .option_layer(span("spend_log"))
-                .layer(spend_log)
-                .service(inner);
-            let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
-                router.route(path, post_service(stack.clone()))
-            });
-            app.fallback_service(tower::service_fn(not_found))
-        }
+    // The LLM routes over `inner` (error normalization and what it wraps): the spend log
+    // outermost, then key authentication with a master key. A macro, as the two stacks below
+    // are different types.
+    macro_rules! llm_routes {
+        ($inner:expr) => {
+            match auth {
+                Some(auth) => {
+                    let stack = ServiceBuilder::new()
+                        .layer(RequestSpanLayer)
+                        .option_layer(span("spend_log"))
+                        .layer(spend_log)
+                        .option_layer(span("key_auth"))
+                        .layer(KeyAuthLayer::new(auth.clone()).body_limit(limit))
+                        .service($inner);
+                    let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
+                        router.route(path, post_service(stack.clone()))
+                    });
+                    app.fallback_service(
+                        RequireKeyLayer::any_key(auth).layer(tower::service_fn(not_found)),
+                    )
+                }
+                None => {
+                    let stack = ServiceBuilder::new()
+                        .layer(RequestSpanLayer)
+                        .option_layer(span("spend_log"))
+                        .layer(spend_log)
+                        .service($inner);
+                    let app = LLM_ROUTES.into_iter().fold(app, |router, path| {
+                        router.route(path, post_service(stack.clone()))
+                    });
+                    app.fallback_service(tower::service_fn(not_found))
+                }
+            }
+        };
+    }
+    if config.guardrails.is_empty() {
+        // No guardrail is configured, so none can apply to any request: a model's guardrails
+        // and a key's name configured ones (the config and the keys are refused otherwise),
+        // and a name a request asks for selects nothing. The three guardrail layers are left
+        // out rather than left idle: idle, they cost about 8,000 instructions a request (the
+        // moves of their futures, the re-wrap of the buffered request, their body levels).
+        // What they would have checked (the body limit, JSON on the LLM routes) the spend log
+        // checks with the same code; a stream that fails midway still ends with its in-band
+        // error event, which error normalization writes. A reload that adds a guardrail
+        // builds the routes again, with them.
+        llm_routes!(error_normalize.service(upstream))
+    } else {
+        let inner = error_normalize
+            .option_layer(span("model_guardrail_merge"))
+            .layer(merge.body_limit(limit))
+            .option_layer(span("pre_call_guardrails"))
+            .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
+            .option_layer(span("streaming_guardrails"))
+            .layer(
+                StreamingGuardrailBodyLayer::new(guardrails)
+                    .policy(config.stream_policy)
+                    .body_limit(limit),
+            )
+            .service(upstream);
+        llm_routes!(inner)
     }
 }
 

@@ -643,3 +643,120 @@ async fn metrics_keep_counting_across_a_reload() {
     assert_eq!(metric(&after, blocks), 2.0, "{after}");
     assert_eq!(metric(&after, requests), 2.0, "{after}");
 }
+
+/// A config without guardrails leaves the three guardrail layers out of the stack (none of them
+/// would have anything to do). What the gateway guarantees does not depend on them: a body it
+/// cannot read is refused and logged, a guardrail a request names selects nothing and is not
+/// forwarded, a stream the upstream cuts still ends with the endpoint's error event; and a reload
+/// that adds a guardrail puts the layers back for the requests that follow.
+#[tokio::test]
+async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let base = upstream.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let db = format!("sqlite://{}", dir.path().join("spend.db").display());
+    let settings = format!("  spend_logs: \"{db}\"\n  max_request_body_bytes: 4096\n");
+    let plain = format!(
+        "model_list:\n  - model_name: m1\n    litellm_params: {{model: openai/m1, api_base: \"{base}\", api_key: sk-up}}\ngeneral_settings:\n  master_key: {MASTER}\n{settings}"
+    );
+    write(&path, &plain).await;
+    let served = serve(Gateway::from_config_file(&path).await.unwrap()).await;
+    let url = served.url("");
+    let chat_url = format!("{url}/v1/chat/completions");
+    let send =
+        |content_type: &'static str, extra: Option<(&'static str, &'static str)>, body: String| {
+            let mut req = Request::post(chat_url.clone())
+                .header("authorization", format!("Bearer {MASTER}"))
+                .header("content-type", content_type);
+            if let Some((name, value)) = extra {
+                req = req.header(name, value);
+            }
+            let req = req.body(Full::new(Bytes::from(body))).unwrap();
+            async move {
+                let resp = client().request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+
+    // No guardrail: the word passes, and a guardrail the request names selects nothing and
+    // stays out of what the upstream gets.
+    assert_eq!(status_of_word(&url, "alpha").await, 200);
+    let named = json!({"model": "m1", "guardrails": ["block-words"], "messages": [{"role": "user", "content": "alpha"}]});
+    let (status, body) = send("application/json", None, named.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let forwarded = upstream.requests().last().unwrap().json().unwrap();
+    assert_eq!(forwarded.get("guardrails"), None, "{forwarded}");
+    assert_eq!(forwarded["messages"][0]["content"], "alpha");
+
+    // What the guardrail layers would have refused, the spend log's reading of the request
+    // refuses with the same code: not JSON, too large, compressed.
+    let (status, body) = send("text/plain", None, "alpha".into()).await;
+    assert_eq!(status, 415, "{body}");
+    assert!(
+        body.contains("\"code\":\"unsupported_media_type\""),
+        "{body}"
+    );
+    let large = json!({"model": "m1", "messages": [{"role": "user", "content": "a".repeat(5000)}]});
+    let (status, body) = send("application/json", None, large.to_string()).await;
+    assert_eq!(status, 413, "{body}");
+    let gzip = Some(("content-encoding", "gzip"));
+    let (status, body) = send("application/json", gzip, "\u{1f}\u{8b}".into()).await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("compressed request bodies"), "{body}");
+    assert_eq!(
+        upstream.request_count(),
+        2,
+        "nothing refused reached the upstream"
+    );
+
+    // A stream the upstream cuts midway ends with the error event and the terminator.
+    let cut = Some((
+        guardrail_tower_testkit::mock::FAULT_HEADER,
+        "drop-mid-stream",
+    ));
+    let stream =
+        json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let (status, body) = send("application/json", cut, stream.to_string()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with(
+            "data: {\"error\":{\"message\":\"the upstream stopped sending the stream before it ended\",\"type\":\"bad_gateway_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}\n\ndata: [DONE]\n\n"
+        ),
+        "{body}"
+    );
+
+    // A reload with a guardrail: the layers are back, and the word is blocked.
+    write(
+        &path,
+        &config(&base, &["m1"], &["alpha"], &["zulu"], &settings),
+    )
+    .await;
+    let (status, body) = reload(&url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of_word(&url, "alpha").await, 400);
+    assert_eq!(status_of_word(&url, "bravo").await, 200);
+
+    // Every request left its row (newest first), the refused ones and the cut stream as
+    // failures.
+    served.stop().await.unwrap();
+    let store = guardrail_tower_spend_log::SqliteSink::open(dir.path().join("spend.db"))
+        .await
+        .unwrap();
+    let rows = guardrail_tower_spend_log::SpendLogStore::query(
+        &store,
+        &guardrail_tower_spend_log::SpendLogFilter::new(),
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "success", "failure", "failure", "failure", "failure", "failure", "success", "success"
+        ],
+        "{rows:#?}"
+    );
+}
