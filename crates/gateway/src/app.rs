@@ -560,8 +560,9 @@ pub fn router(
 /// The gateway's routes: every LLM endpoint gets the whole stack, in this order (outermost
 /// first): spend log, key authentication (with a master key), error normalization, model
 /// guardrail merge, pre-call guardrails, post-call (streaming) guardrails, the upstream
-/// timeout, the forwarder. A config without guardrails leaves the three guardrail layers out
-/// (none of them would have anything to do).
+/// timeout, the forwarder. A layer that could have nothing to do is left out: a config without
+/// guardrails leaves out the three guardrail layers, one whose models have no guardrails of
+/// their own the model-merge layer.
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
@@ -770,9 +771,7 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         // builds the routes again, with them.
         llm_routes!(error_normalize.service(upstream))
     } else {
-        let inner = error_normalize
-            .option_layer(span("model_guardrail_merge"))
-            .layer(merge.body_limit(limit))
+        let guarded = ServiceBuilder::new()
             .option_layer(span("pre_call_guardrails"))
             .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
             .option_layer(span("streaming_guardrails"))
@@ -782,7 +781,17 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
                     .body_limit(limit),
             )
             .service(upstream);
-        llm_routes!(inner)
+        // The merge layer only when a model has guardrails of its own: without, it would
+        // merge nothing into any request (about 2,900 instructions a request).
+        if config.deployments.iter().any(|d| !d.guardrails.is_empty()) {
+            let merged = ServiceBuilder::new()
+                .option_layer(span("model_guardrail_merge"))
+                .layer(merge.body_limit(limit))
+                .service(guarded);
+            llm_routes!(error_normalize.service(merged))
+        } else {
+            llm_routes!(error_normalize.service(guarded))
+        }
     }
 }
 

@@ -648,7 +648,8 @@ async fn metrics_keep_counting_across_a_reload() {
 /// would have anything to do). What the gateway guarantees does not depend on them: a body it
 /// cannot read is refused and logged, a guardrail a request names selects nothing and is not
 /// forwarded, a stream the upstream cuts still ends with the endpoint's error event; and a reload
-/// that adds a guardrail puts the layers back for the requests that follow.
+/// that adds a guardrail puts the layers back for the requests that follow (the model-merge
+/// layer only once a model has guardrails of its own).
 #[tokio::test]
 async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -739,6 +740,19 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     assert_eq!(status_of_word(&url, "alpha").await, 400);
     assert_eq!(status_of_word(&url, "bravo").await, 200);
 
+    // A model's own guardrail, not on by default: the merge layer (left out while no model
+    // had guardrails) is back with it, for that model only.
+    let model_level = format!(
+        "model_list:\n  - model_name: m1\n    litellm_params: {{model: openai/m1, api_base: \"{base}\", api_key: sk-up, guardrails: [per-model]}}\n  - model_name: m2\n    litellm_params: {{model: openai/m2, api_base: \"{base}\", api_key: sk-up}}\nguardrails:\n  - guardrail_name: per-model\n    litellm_params:\n      guardrail: litellm_content_filter\n      mode: pre_call\n      blocked_words: [{{keyword: charlie, action: BLOCK}}]\ngeneral_settings:\n  master_key: {MASTER}\n{settings}"
+    );
+    write(&path, &model_level).await;
+    let (status, body) = reload(&url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of_word(&url, "charlie").await, 400);
+    let other = json!({"model": "m2", "messages": [{"role": "user", "content": "charlie"}]});
+    let (status, body) = send("application/json", None, other.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+
     // Every request left its row (newest first), the refused ones and the cut stream as
     // failures.
     served.stop().await.unwrap();
@@ -755,7 +769,8 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     assert_eq!(
         statuses,
         [
-            "success", "failure", "failure", "failure", "failure", "failure", "success", "success"
+            "success", "failure", "success", "failure", "failure", "failure", "failure", "failure",
+            "success", "success"
         ],
         "{rows:#?}"
     );
