@@ -171,11 +171,13 @@ async fn one_trace_per_request_with_a_span_per_layer_and_guardrail_and_tracepare
     let seen = Arc::new(Mutex::new(Vec::new()));
     let service = guardrail_service(Arc::clone(&seen)).await;
     let dir = tempfile::tempdir().unwrap();
+    // The model names a guardrail of its own (one that is on by default anyway), so that the
+    // model-merge layer is in the stack: a config without any leaves it out.
     let config = format!(
         r#"
 model_list:
   - model_name: m
-    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
+    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up, guardrails: [remote-check]}}
 guardrails:
   - guardrail_name: block-words
     litellm_params:
