@@ -658,28 +658,35 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     let path = dir.path().join("gateway.yaml");
     let db = format!("sqlite://{}", dir.path().join("spend.db").display());
     let settings = format!("  spend_logs: \"{db}\"\n  max_request_body_bytes: 4096\n");
+    let origin = upstream.origin();
     let plain = format!(
-        "model_list:\n  - model_name: m1\n    litellm_params: {{model: openai/m1, api_base: \"{base}\", api_key: sk-up}}\ngeneral_settings:\n  master_key: {MASTER}\n{settings}"
+        "model_list:\n  - model_name: m1\n    litellm_params: {{model: openai/m1, api_base: \"{base}\", api_key: sk-up}}\n  - model_name: a1\n    litellm_params: {{model: anthropic/a1, api_base: \"{origin}\", api_key: sk-ant}}\ngeneral_settings:\n  master_key: {MASTER}\n{settings}"
     );
     write(&path, &plain).await;
     let served = serve(Gateway::from_config_file(&path).await.unwrap()).await;
     let url = served.url("");
-    let chat_url = format!("{url}/v1/chat/completions");
+    // A POST of `body` to `path` with the master key: the status and the whole body.
+    let to = |path: &str,
+              content_type: &'static str,
+              extra: Option<(&'static str, &'static str)>,
+              body: String| {
+        let mut req = Request::post(format!("{url}{path}"))
+            .header("authorization", format!("Bearer {MASTER}"))
+            .header("content-type", content_type);
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        async move {
+            let resp = client().request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
     let send =
         |content_type: &'static str, extra: Option<(&'static str, &'static str)>, body: String| {
-            let mut req = Request::post(chat_url.clone())
-                .header("authorization", format!("Bearer {MASTER}"))
-                .header("content-type", content_type);
-            if let Some((name, value)) = extra {
-                req = req.header(name, value);
-            }
-            let req = req.body(Full::new(Bytes::from(body))).unwrap();
-            async move {
-                let resp = client().request(req).await.unwrap();
-                let status = resp.status().as_u16();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                (status, String::from_utf8_lossy(&body).into_owned())
-            }
+            to("/v1/chat/completions", content_type, extra, body)
         };
 
     // No guardrail: the word passes, and a guardrail the request names selects nothing and
@@ -729,6 +736,42 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
         "{body}"
     );
 
+    // The Responses API's and Anthropic's streams end with their own error events.
+    let responses = json!({"model": "m1", "stream": true, "input": "hello"});
+    let (status, body) = to(
+        "/v1/responses",
+        "application/json",
+        cut,
+        responses.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let failed = body
+        .rsplit_once("event: response.failed\ndata: ")
+        .map(|(_, e)| e);
+    let failed: Value =
+        serde_json::from_str(failed.unwrap_or_else(|| panic!("{body}")).trim()).unwrap();
+    assert_eq!(failed["response"]["status"], "failed", "{body}");
+    assert_eq!(
+        failed["response"]["error"]["code"], "upstream_stream_error",
+        "{body}"
+    );
+    let messages = json!({"model": "a1", "stream": true, "max_tokens": 10, "messages": [{"role": "user", "content": "hello"}]});
+    let (status, body) = to(
+        "/v1/messages",
+        "application/json",
+        cut,
+        messages.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.ends_with(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the upstream stopped sending the stream before it ended\"}}\n\n"
+        ),
+        "{body}"
+    );
+
     // A reload with a guardrail: the layers are back, and the word is blocked.
     write(
         &path,
@@ -770,7 +813,7 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
         statuses,
         [
             "success", "failure", "success", "failure", "failure", "failure", "failure", "failure",
-            "success", "success"
+            "failure", "failure", "success", "success"
         ],
         "{rows:#?}"
     );
