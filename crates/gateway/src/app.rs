@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post_service};
-use guardrail_tower_core::{CallType, Error, Guardrails};
+use guardrail_tower_core::{CallType, Error, GuardrailMode, Guardrails};
 use guardrail_tower_error::ErrorNormalizeLayer;
 use guardrail_tower_guardrails::HttpClient;
 use guardrail_tower_model_merge::ModelGuardrailMergeLayer;
@@ -562,7 +562,7 @@ pub fn router(
 /// guardrail merge, pre-call guardrails, post-call (streaming) guardrails, the upstream
 /// timeout, the forwarder. A layer that could have nothing to do is left out: a config without
 /// guardrails leaves out the three guardrail layers, one whose models have no guardrails of
-/// their own the model-merge layer.
+/// their own the model-merge layer, one without a `post_call` guardrail the streaming layer.
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
@@ -725,7 +725,7 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
     };
     let app = admin.route("/health", get(health_status)).merge(health);
     // The LLM routes over `inner` (error normalization and what it wraps): the spend log
-    // outermost, then key authentication with a master key. A macro, as each of the three
+    // outermost, then key authentication with a master key. A macro, as each of the five
     // stacks below is a type of its own (a layer left out through `Either` would leave a level
     // in every response that costs about half of what leaving it out saves).
     macro_rules! llm_routes {
@@ -772,26 +772,44 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
         // builds the routes again, with them.
         llm_routes!(error_normalize.service(upstream))
     } else {
-        let guarded = ServiceBuilder::new()
+        let pre_call = ServiceBuilder::new()
             .option_layer(span("pre_call_guardrails"))
-            .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit))
-            .option_layer(span("streaming_guardrails"))
-            .layer(
-                StreamingGuardrailBodyLayer::new(guardrails)
-                    .policy(config.stream_policy)
-                    .body_limit(limit),
-            )
-            .service(upstream);
+            .layer(PreCallGuardrailLayer::new(guardrails.clone()).body_limit(limit));
         // The merge layer only when a model has guardrails of its own: without, it would
         // merge nothing into any request (about 2,900 instructions a request).
-        if config.deployments.iter().any(|d| !d.guardrails.is_empty()) {
-            let merged = ServiceBuilder::new()
-                .option_layer(span("model_guardrail_merge"))
-                .layer(merge.body_limit(limit))
-                .service(guarded);
-            llm_routes!(error_normalize.service(merged))
+        let model_guardrails = config.deployments.iter().any(|d| !d.guardrails.is_empty());
+        macro_rules! merged {
+            ($guarded:expr) => {
+                if model_guardrails {
+                    let merged = ServiceBuilder::new()
+                        .option_layer(span("model_guardrail_merge"))
+                        .layer(merge.body_limit(limit))
+                        .service($guarded);
+                    llm_routes!(error_normalize.service(merged))
+                } else {
+                    llm_routes!(error_normalize.service($guarded))
+                }
+            };
+        }
+        // The streaming layer only when a guardrail runs on responses (`post_call`, monitors
+        // included): without, it would check nothing in any response.
+        let post_call = config
+            .guardrails
+            .iter()
+            .any(|g| g.spec().modes().contains(GuardrailMode::PostCall));
+        if post_call {
+            merged!(
+                pre_call
+                    .option_layer(span("streaming_guardrails"))
+                    .layer(
+                        StreamingGuardrailBodyLayer::new(guardrails)
+                            .policy(config.stream_policy)
+                            .body_limit(limit),
+                    )
+                    .service(upstream)
+            )
         } else {
-            llm_routes!(error_normalize.service(guarded))
+            merged!(pre_call.service(upstream))
         }
     }
 }

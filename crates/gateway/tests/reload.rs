@@ -649,7 +649,8 @@ async fn metrics_keep_counting_across_a_reload() {
 /// cannot read is refused and logged, a guardrail a request names selects nothing and is not
 /// forwarded, a stream the upstream cuts still ends with the endpoint's error event; and a reload
 /// that adds a guardrail puts the layers back for the requests that follow (the model-merge
-/// layer only once a model has guardrails of its own).
+/// layer only once a model has guardrails of its own, the streaming layer only while a
+/// guardrail runs on responses).
 #[tokio::test]
 async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -795,6 +796,16 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     let other = json!({"model": "m2", "messages": [{"role": "user", "content": "charlie"}]});
     let (status, body) = send("application/json", None, other.to_string()).await;
     assert_eq!(status, 200, "{body}");
+    // No guardrail runs on responses there, so the streaming layer is left out too: a stream
+    // passes whole.
+    let stream = json!({"model": "m2", "stream": true, "messages": [{"role": "user", "content": "charlie"}]});
+    let (status, body) = send("application/json", None, stream.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.ends_with("data: [DONE]\n\n") && !body.contains("error"),
+        "{body}"
+    );
+    assert!(body.contains("charlie"), "{body}");
 
     // Every request left its row (newest first), the refused ones and the cut stream as
     // failures.
@@ -812,8 +823,8 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     assert_eq!(
         statuses,
         [
-            "success", "failure", "success", "failure", "failure", "failure", "failure", "failure",
-            "failure", "failure", "success", "success"
+            "success", "success", "failure", "success", "failure", "failure", "failure", "failure",
+            "failure", "failure", "failure", "success", "success"
         ],
         "{rows:#?}"
     );
