@@ -171,8 +171,9 @@ async fn one_trace_per_request_with_a_span_per_layer_and_guardrail_and_tracepare
     let seen = Arc::new(Mutex::new(Vec::new()));
     let service = guardrail_service(Arc::clone(&seen)).await;
     let dir = tempfile::tempdir().unwrap();
-    // The model names a guardrail of its own (one that is on by default anyway), so that the
-    // model-merge layer is in the stack: a config without any leaves it out.
+    // The model names a guardrail of its own (one that is on by default anyway), and a
+    // `post_call` guardrail that no request selects is configured, so that the model-merge and
+    // streaming layers are in the stack: a config without either leaves the layer out.
     let config = format!(
         r#"
 model_list:
@@ -191,6 +192,11 @@ guardrails:
       mode: pre_call
       default_on: true
       api_base: "{service}"
+  - guardrail_name: replies
+    litellm_params:
+      guardrail: litellm_content_filter
+      mode: post_call
+      blocked_words: [{{keyword: forbidden, action: BLOCK}}]
 general_settings:
   master_key: {MASTER}
   spend_logs: "sqlite://{db}"
