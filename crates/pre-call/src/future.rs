@@ -193,17 +193,13 @@ fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration
 /// instructions a request.
 fn millis_header(duration: Duration) -> HeaderValue {
     let micros = (duration.as_nanos() + 500) / 1000;
-    let mut whole = itoa::Buffer::new();
-    let mut fraction = itoa::Buffer::new();
+    let mut digits = itoa::Buffer::new();
+    let mut text = String::with_capacity(24);
+    text.push_str(digits.format(micros / 1000));
+    text.push('.');
     // A thousand added, then its digit dropped: the fraction with its leading zeros.
-    let fraction = &fraction.format(micros % 1000 + 1000)[1..];
-    let mut text = [0u8; 48];
-    let whole = whole.format(micros / 1000).as_bytes();
-    text[..whole.len()].copy_from_slice(whole);
-    text[whole.len()] = b'.';
-    let len = whole.len() + 1 + fraction.len();
-    text[whole.len() + 1..len].copy_from_slice(fraction.as_bytes());
-    HeaderValue::from_bytes(&text[..len]).expect("digits and a point are a valid header value")
+    text.push_str(&digits.format(micros % 1000 + 1000)[1..]);
+    HeaderValue::try_from(text).expect("digits and a point are a valid header value")
 }
 
 #[cfg(test)]
