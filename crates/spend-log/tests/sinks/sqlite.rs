@@ -613,3 +613,24 @@ async fn a_batch_refused_part_way_is_rolled_back_and_the_next_one_written() {
     let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
     assert_eq!(ids, ["next"]);
 }
+
+/// The workspace builds its bundled SQLite with `SQLITE_DEFAULT_MEMSTATUS=0`
+/// (`.cargo/config.toml`): without it every SQLite allocation takes a global mutex to keep
+/// statistics nothing reads (about 600 instructions a spend-log row, BENCHMARKS.md). The sink's
+/// connections and this one share the one library linked into the binary.
+#[test]
+fn the_bundled_sqlite_keeps_no_memory_statistics() {
+    let db = Connection::open_in_memory().unwrap();
+    let options: Vec<String> = db
+        .prepare("SELECT compile_options FROM pragma_compile_options")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "SQLite was built without SQLITE_DEFAULT_MEMSTATUS=0 (LIBSQLITE3_FLAGS in \
+         .cargo/config.toml, or overridden by the environment): {options:?}"
+    );
+}
