@@ -782,6 +782,66 @@ mod tests {
         .unwrap()
     }
 
+    /// The forwarded `content-length` is one value, the forwarded body's length, whatever the
+    /// client sent (none, the right one, one written otherwise, a wrong one, two), with the body
+    /// as received, with the model renamed, and with a gateway key removed.
+    #[test]
+    fn the_forwarded_content_length_is_the_forwarded_body_s() {
+        let mut renamed = deployment(Provider::OpenAi, "http://up.internal/v1");
+        renamed.upstream_model = "a-longer-upstream-name".into();
+        let plain = r#"{"model":"m","messages":[]}"#;
+        let cases: [(&str, &[&str], bool); 7] = [
+            (plain, &[], false),
+            (plain, &["27"], false),
+            (plain, &["027"], false),
+            (plain, &["99"], false),
+            (plain, &["27", "27"], false),
+            (plain, &["27"], true),
+            (
+                r#"{"model":"m","guardrails":["g"],"messages":[]}"#,
+                &["44"],
+                false,
+            ),
+        ];
+        for (body, lengths, rename) in cases {
+            let d = if rename {
+                renamed.clone()
+            } else {
+                deployment(Provider::OpenAi, "http://up.internal/v1")
+            };
+            let forward = Forward::new(&[d], HttpClient::new(), Duration::from_secs(1));
+            let bytes = Bytes::from_static(body.as_bytes());
+            let call_type = CallType::of(&http::Method::POST, "/v1/chat/completions");
+            let mut request = Request::post("/v1/chat/completions");
+            for length in lengths {
+                request = request.header(header::CONTENT_LENGTH, *length);
+            }
+            let mut request = request.body(Full::new(bytes.clone())).unwrap();
+            request
+                .extensions_mut()
+                .insert(ParsedRequest::parse(call_type, bytes, None).unwrap());
+            let (forwarded, _) = forward.prepare(request).unwrap();
+            let (parts, sent) = forwarded.into_parts();
+            let sent_len = http_body::Body::size_hint(&sent).exact().unwrap();
+            assert_eq!(
+                sent_len == body.len() as u64,
+                !rename && !body.contains("guardrails"),
+                "{body}"
+            );
+            let values: Vec<&str> = parts
+                .headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(
+                values,
+                [sent_len.to_string()],
+                "{body} {lengths:?} {rename}"
+            );
+        }
+    }
+
     #[test]
     fn model_is_spliced_in_place() {
         let body = "{ \"model\" : \"gpt-guarded\",\n \"messages\": [{\"role\":\"user\",\"content\":\"model: x\"}] }";
