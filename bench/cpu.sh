@@ -55,20 +55,9 @@ stream_request
 
 start_mock
 
-# start TARGET: starts the proxy; sets PROXY to its pid.
+# start TARGET: starts the proxy (start_proxy: sets PROXY to its pid) and warms it up.
 start() {
-    rm -f "$WORK"/spend.db*
-    case $1 in
-        bare) "$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT" >"$WORK/proxy.log" 2>&1 & ;;
-        *)
-            gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gw.yaml"
-            [[ $1 == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gw.yaml"
-            "$GATEWAY" serve --config "$WORK/gw.yaml" --listen "$HOST:$PROXY_PORT" >"$WORK/proxy.log" 2>&1 &
-            ;;
-    esac
-    PROXY=$!
-    PIDS+=("$PROXY")
-    wait_port "$PROXY_PORT" "$PROXY" || die "$1 did not start: $(tail -n 3 "$WORK/proxy.log")"
+    start_proxy "$1"
     post_all "$1" 2000 "$CONCURRENCY"
 }
 

@@ -53,6 +53,25 @@ gateway_yaml() {
     sed -e "s|MOCK_ADDR|$1|" -e "s|SPEND_DB|$2|" "$ROOT/bench/gateway.yaml"
 }
 
+# start_proxy TARGET: starts TARGET's proxy on HOST:PROXY_PORT in front of the mock on
+# HOST:MOCK_PORT: for bare, BIN's bare-proxy; for gw-none and gw-filter, GATEWAY with
+# bench/gateway.yaml (gw-filter: with bench/content-filter.yaml appended) and a fresh SQLite
+# spend log in WORK. Sets PROXY to its pid and adds it to PIDS; dies if it does not start.
+start_proxy() {
+    rm -f "$WORK"/spend.db*
+    case $1 in
+        bare) "$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT" >"$WORK/proxy.log" 2>&1 & ;;
+        *)
+            gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gw.yaml"
+            [[ $1 == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gw.yaml"
+            "$GATEWAY" serve --config "$WORK/gw.yaml" --listen "$HOST:$PROXY_PORT" >"$WORK/proxy.log" 2>&1 &
+            ;;
+    esac
+    PROXY=$!
+    PIDS+=("$PROXY")
+    wait_port "$PROXY_PORT" "$PROXY" || die "$1 did not start: $(tail -n 3 "$WORK/proxy.log")"
+}
+
 # remote_guardrail_yaml GUARD MODE [POLICY]: prints a `guardrails:` section with one default-on
 # Generic Guardrail API guardrail (the service at GUARD, HOST:PORT) in MODE, with
 # stream_policy POLICY when given.

@@ -63,18 +63,7 @@ start_mock
 
 printf '| target | req/s | idle µs | waited µs | of which the proxy / the mock / the load generator waited | what ran on the other core meanwhile | the proxy'"'"'s longest stretch on a core |\n|---|---:|---:|---:|---|---|---:|\n'
 for target in $TARGETS; do
-    rm -f "$WORK"/spend.db*
-    case $target in
-        bare) "$BIN/bare-proxy" --listen "$HOST:$PROXY_PORT" --upstream "http://$HOST:$MOCK_PORT" >"$WORK/proxy.log" 2>&1 & ;;
-        *)
-            gateway_yaml "$HOST:$MOCK_PORT" "$WORK/spend.db" >"$WORK/gw.yaml"
-            [[ $target == gw-filter ]] && cat "$ROOT/bench/content-filter.yaml" >>"$WORK/gw.yaml"
-            "$GATEWAY" serve --config "$WORK/gw.yaml" --listen "$HOST:$PROXY_PORT" >"$WORK/proxy.log" 2>&1 &
-            ;;
-    esac
-    PROXY=$!
-    PIDS+=("$PROXY")
-    wait_port "$PROXY_PORT" "$PROXY" || die "$target did not start: $(tail -n 3 "$WORK/proxy.log")"
+    start_proxy "$target"
     post_all "$target" 2000 "$CONCURRENCY"
     # The load runs a second longer than the recording on each side, so every recorded
     # moment is under load.
