@@ -88,15 +88,18 @@ def main():
         )
         if not spans:
             continue
-        covered_to = s
+        # The stretches of this idle time during which at least one thread waited on the other
+        # core (the union of the waits: several threads often wait at once).
+        union = []
         for a, b, r in spans:
             waited_by[r] += b - a
-            a = max(a, covered_to)
-            if b > a:
-                waited_total += b - a
-                covered_to = b
-        # What the other core ran while a thread queued behind it and this one was idle.
-        for a, b, _ in spans:
+            if union and a <= union[-1][1]:
+                union[-1][1] = max(union[-1][1], b)
+            else:
+                union.append([a, b])
+        for a, b in union:
+            waited_total += b - a
+            # What the other core ran meanwhile.
             for run, x, y in overlapping(runs, run_starts, core, a, b):
                 ran_meanwhile[run[3]] += y - x
     ran_total = sum(ran_meanwhile.values()) or 1.0
@@ -106,9 +109,11 @@ def main():
     proxy_longest = max(
         (r[1] - r[0] for r in runs if r[4] == "proxy"), default=0.0
     )
-    us = lambda seconds: seconds * per_request  # noqa: E731
+    def us(seconds):
+        return seconds * per_request
+
     print(
-        f"| {target} | {rps:.0f} | {us(idle_total) * 1e0:.1f} | {us(waited_total):.1f} | "
+        f"| {target} | {rps:.0f} | {us(idle_total):.1f} | {us(waited_total):.1f} | "
         f"{us(waited_by['proxy']):.1f} / {us(waited_by['mock']):.1f} / "
         f"{us(waited_by['load generator']):.1f} | {busiest} | {proxy_longest * 1e3:.2f} ms |"
     )
