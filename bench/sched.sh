@@ -23,6 +23,8 @@
 #   BENCH_TARGETS     subset of: bare gw-none gw-filter (default: all three)
 #   BENCH_SECONDS     seconds recorded per target (default 2)
 #   BENCH_CONCURRENCY concurrent requests (default 16)
+#   BENCH_EVENTS      E: every request asks for a stream of E content events instead (the body
+#                     with "stream": true, and x-mock-events: E)
 #   BENCH_PORT_BASE   first of two consecutive ports on 127.0.0.1 (default 18521)
 #   BENCH_GATEWAY     the gateway binary to measure (default: the release build)
 #   BENCH_KEEP        1 keeps the work directory (perf.data and `perf sched timehist` output)
@@ -58,7 +60,7 @@ perf sched record -a -o /dev/null -- true >/dev/null 2>&1 ||
 build_release
 
 work_dir sched
-STREAM=()
+stream_request
 start_mock
 
 printf '| target | req/s | idle µs | waited µs | of which the proxy / the mock / the load generator waited | what ran on the other core meanwhile | the proxy'"'"'s longest stretch on a core |\n|---|---:|---:|---:|---|---|---:|\n'
@@ -68,7 +70,7 @@ for target in $TARGETS; do
     # The load runs a second longer than the recording on each side, so every recorded
     # moment is under load.
     timeout 300 oha --no-tui -z "$((SECONDS_RECORDED + 2))s" -c "$CONCURRENCY" -m POST -H "content-type: application/json" \
-        -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 &
+        "${STREAM[@]}" -D "$BODY" "http://$HOST:$PROXY_PORT/v1/chat/completions" >"$WORK/oha.txt" 2>&1 &
     LOAD=$!
     sleep 1
     perf sched record -a -o "$WORK/$target.data" -- sleep "$SECONDS_RECORDED" >/dev/null 2>"$WORK/perf.log" ||
