@@ -66,11 +66,10 @@ def main():
     longest_wait = max((w[1] - w[0] for w in waits), default=0.0)
     longest_run = max((r[1] - r[0] for r in runs), default=0.0)
 
-    def overlapping(items, starts, core, s, e):
-        # Items are (start, end, core, ...); none lasts longer than the longest of its kind, so
-        # the search starts that far before `s`.
-        span = longest_wait if items is waits else longest_run
-        i = bisect.bisect_left(starts, s - span)
+    def overlapping(items, starts, longest, core, s, e):
+        # Items are (start, end, core, ...), sorted by start, with `starts` their starts; none
+        # lasts longer than `longest`, so the search starts that far before `s`.
+        i = bisect.bisect_left(starts, s - longest)
         for item in items[i:]:
             if item[0] >= e:
                 break
@@ -84,7 +83,7 @@ def main():
     for core, s, e in idle:
         idle_total += e - s
         spans = sorted(
-            (a, b, w[3]) for w, a, b in overlapping(waits, wait_starts, core, s, e)
+            (a, b, w[3]) for w, a, b in overlapping(waits, wait_starts, longest_wait, core, s, e)
         )
         if not spans:
             continue
@@ -100,7 +99,7 @@ def main():
         for a, b in union:
             waited_total += b - a
             # What the other core ran meanwhile.
-            for run, x, y in overlapping(runs, run_starts, core, a, b):
+            for run, x, y in overlapping(runs, run_starts, longest_run, core, a, b):
                 ran_meanwhile[run[3]] += y - x
     ran_total = sum(ran_meanwhile.values()) or 1.0
     busiest = ", ".join(
@@ -109,6 +108,7 @@ def main():
     proxy_longest = max(
         (r[1] - r[0] for r in runs if r[4] == "proxy"), default=0.0
     )
+
     def us(seconds):
         return seconds * per_request
 
