@@ -298,6 +298,68 @@ async fn generate_info_update_list_delete() {
     );
 }
 
+/// The spend log sits outside key authentication (so that it records refusals too) and learns
+/// who called from the response: a virtual key's row has the key's hash, alias, user and team;
+/// a master-key row the master key's alias and user, not a hash of it; no row has a key.
+#[tokio::test]
+async fn each_spend_row_names_the_key_that_made_the_request() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let gw = gateway(&format!("sqlite://{}", db.display()), &upstream).await;
+    let (status, made) = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"key_alias": "team-a", "user_id": "alice", "team_id": "red"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let (status, v) = post(&gw, "/v1/chat/completions", &key, chat("gpt-a", "hi")).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post(&gw, "/v1/chat/completions", MASTER, chat("gpt-b", "hello")).await;
+    assert_eq!(status, 200, "{v}");
+    // A blocked key is refused, and its row still names it.
+    let (status, v) = post(&gw, "/key/block", MASTER, json!({"key": key})).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = post(&gw, "/v1/chat/completions", &key, chat("gpt-a", "again")).await;
+    assert_eq!(status, 401, "{v}");
+    gw.spend_log().shutdown().await.unwrap();
+
+    let store = guardrail_tower_spend_log::SqliteSink::open(&db)
+        .await
+        .unwrap();
+    let rows = guardrail_tower_spend_log::SpendLogStore::query(
+        &store,
+        &guardrail_tower_spend_log::SpendLogFilter::new(),
+    )
+    .await
+    .unwrap();
+    // Newest first.
+    let [blocked, master, by_key] = &rows[..] else {
+        panic!("{rows:#?}")
+    };
+    for (row, model, status) in [(by_key, "gpt-a", "success"), (blocked, "gpt-a", "failure")] {
+        assert_eq!(row.model, model);
+        assert_eq!(row.status.as_str(), status);
+        assert_eq!(row.api_key.as_deref(), Some(hash_key(&key).as_str()));
+        assert_eq!(row.user.as_deref(), Some("alice"));
+        let meta = serde_json::to_value(&row.metadata).unwrap();
+        assert_eq!(meta["user_api_key_alias"], "team-a", "{meta}");
+        assert_eq!(meta["user_api_key_user_id"], "alice", "{meta}");
+        assert_eq!(meta["user_api_key_team_id"], "red", "{meta}");
+    }
+    assert_eq!(master.model, "gpt-b");
+    assert_eq!(master.api_key.as_deref(), Some("litellm_proxy_master_key"));
+    assert_eq!(master.user.as_deref(), Some("default_user_id"));
+    let meta = serde_json::to_value(&master.metadata).unwrap();
+    assert_eq!(meta["user_api_key_user_id"], "default_user_id", "{meta}");
+    assert!(meta.get("user_api_key_alias").is_none(), "{meta}");
+    let everything = format!("{rows:?}");
+    assert!(!everything.contains(&key) && !everything.contains(MASTER));
+}
+
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_field_named() {
     let upstream = MockUpstream::start().await.unwrap();

@@ -1,12 +1,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BodyType, BoxError, BufferRequest, CallType, Error, ParsedRequest, X_LITELLM_CALL_ID,
+    BodyType, BoxError, BufferRequest, CallType, Caller, Error, ParsedRequest, X_LITELLM_CALL_ID,
     X_REQUEST_ID,
 };
 use http::header::CONTENT_TYPE;
@@ -152,6 +153,9 @@ fn wrap<B: Body<Data = Bytes>>(
     let mut recorder = recorder.take().expect("polled after completion");
     recorder.status = Some(response.status().as_u16());
     recorder.response_error = response.extensions().get::<Error>().cloned();
+    if let Some(caller) = response.extensions().get::<Arc<Caller>>() {
+        recorder.learn_caller(caller);
+    }
     recorder.api_base = response
         .extensions()
         .get::<ApiBase>()

@@ -11,7 +11,8 @@
 //!   `x-request-id` response header (the gateway's id when the client sent none), so reusing
 //!   or forging one never merges, replaces or hides a record.
 //! - who called: with an authenticated [`Caller`](guardrail_tower_core::Caller) in the
-//!   extensions, its key hash (`api_key`) and LiteLLM's `user_api_key_alias`,
+//!   request's extensions (an authentication layer outside this one) or the response's (one
+//!   inside, as in the gateway), its key hash (`api_key`) and LiteLLM's `user_api_key_alias`,
 //!   `user_api_key_user_id`, `user_api_key_team_id`, `user_api_key_org_id` in the metadata;
 //!   without one, the SHA-256 of the bearer key (never the key).
 //! - start time, call type; model, user and stream flag from the body.

@@ -217,6 +217,20 @@ impl Recorder {
         }
     }
 
+    /// Who called, as an authentication layer inside this one found it (it puts the caller in
+    /// the response's extensions): a caller already in the request's extensions wins. The
+    /// caller's key hash replaces the one taken from the request's headers (the master key
+    /// records its alias, never its hash).
+    pub(crate) fn learn_caller(&mut self, caller: &Arc<Caller>) {
+        if self.caller.is_some() {
+            return;
+        }
+        if let Some(hash) = &caller.api_key_hash {
+            self.api_key = Some(hash.clone());
+        }
+        self.caller = Some(Arc::clone(caller));
+    }
+
     /// The gateway's request id, for the `x-litellm-call-id` response header.
     pub(crate) fn request_id_header(&self) -> http::HeaderValue {
         self.request_id.to_header_value()

@@ -729,6 +729,46 @@ async fn an_authenticated_caller_is_recorded_with_litellm_names() {
     assert_eq!(records[1].user.as_deref(), Some("user-7"));
 }
 
+/// An authentication layer inside the spend log (the gateway's order: the log outermost, so it
+/// records refusals too) hands the caller back in the response's extensions; the record takes it
+/// from there, and its key hash wins over the hash of the bearer key.
+#[tokio::test]
+async fn a_caller_found_by_an_inner_layer_is_recorded_from_the_response() {
+    let (handle, rx) = writer();
+    let caller = Arc::new(
+        guardrail_tower_core::Caller::with_key_hash("litellm_proxy_master_key")
+            .key_alias("ci-key")
+            .user_id("user-7")
+            .team_id("team-3"),
+    );
+    let found = Arc::clone(&caller);
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .map_response(move |mut resp: Response<TestBody>| {
+            resp.extensions_mut().insert(Arc::clone(&found));
+            resp
+        })
+        .service(json_upstream(CHAT_JSON));
+    let body = json!({"model": "gpt-guarded", "messages": [{"role": "user", "content": "hi"}]});
+    let req = Request::post("/v1/chat/completions")
+        .header("authorization", "Bearer sk-live-secret")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let records = records(handle, rx).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.api_key.as_deref(), Some("litellm_proxy_master_key"));
+    assert_eq!(r.user.as_deref(), Some("user-7"));
+    let m = meta(r);
+    assert_eq!(m["user_api_key_alias"], "ci-key");
+    assert_eq!(m["user_api_key_user_id"], "user-7");
+    assert_eq!(m["user_api_key_team_id"], "team-3");
+    assert!(m.get("user_api_key_org_id").is_none(), "{m}");
+}
+
 #[tokio::test]
 async fn without_a_caller_the_bearer_key_is_hashed_and_no_caller_fields_are_written() {
     let (handle, rx) = writer();
