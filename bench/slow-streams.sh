@@ -91,7 +91,7 @@ for target in $TARGETS; do
         --pid "$TARGET_PID") || die "$target: $line"
     echo "slow-streams: $target: $line" >&2
     stop_all
-    idle="bytes_per_connection=0"
+    idle="" # BENCH_IDLE=0: the column says "not measured", not 0
     if ((IDLE > 0)); then
         start "$target"
         idle=$("$BIN/slow-streams" idle --url "$BASE/health" --connections "$IDLE" --pid "$TARGET_PID") ||
@@ -103,8 +103,9 @@ for target in $TARGETS; do
         -v rss="$(field peak_rss_mib "$line")" -v cpu="$(field cpu_s_per_1000_streams "$line")" \
         -v p50="$(field delay_p50_us "$line")" -v p99="$(field delay_p99_us "$line")" \
         -v p999="$(field delay_p999_us "$line")" -v per="$(field bytes_per_connection "$idle")" 'BEGIN {
-            printf "| %s | %s / %s | %s | %s | %.2f | %.2f | %.2f | %.1f |\n", t, ok, bad, rss, cpu,
-                p50 / 1000, p99 / 1000, p999 / 1000, per / 1024 }' >>"$TABLE"
+            idle = per == "" ? "not measured" : sprintf("%.1f", per / 1024)
+            printf "| %s | %s / %s | %s | %s | %.2f | %.2f | %.2f | %s |\n", t, ok, bad, rss, cpu,
+                p50 / 1000, p99 / 1000, p999 / 1000, idle }' >>"$TABLE"
 done
 echo
 echo "$STREAMS streams × ${SECONDS_EACH} s at $RATE events/s (started over ${RAMP} s), gateway stream_policy $POLICY; $IDLE idle connections; $(nproc) cores."
