@@ -1,6 +1,8 @@
 //! The `/key/*` routes through the gateway's router: LiteLLM's request and response shapes, the
 //! refusals, and what a generated key can then do.
 
+mod support;
+
 use bytes::Bytes;
 use guardrail_gateway::app::Gateway;
 use guardrail_gateway::keys::hash_key;
@@ -8,6 +10,7 @@ use guardrail_tower_testkit::mock::MockUpstream;
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use support::spend_rows;
 use tower::ServiceExt;
 
 const MASTER: &str = "sk-master-routes-0123456789";
@@ -327,15 +330,7 @@ async fn each_spend_row_names_the_key_that_made_the_request() {
     assert_eq!(status, 401, "{v}");
     gw.spend_log().shutdown().await.unwrap();
 
-    let store = guardrail_tower_spend_log::SqliteSink::open(&db)
-        .await
-        .unwrap();
-    let rows = guardrail_tower_spend_log::SpendLogStore::query(
-        &store,
-        &guardrail_tower_spend_log::SpendLogFilter::new(),
-    )
-    .await
-    .unwrap();
+    let rows = spend_rows(&db).await;
     // Newest first.
     let [blocked, master, by_key] = &rows[..] else {
         panic!("{rows:#?}")

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use support::{call_json, serve};
+use support::{call_json, serve, spend_rows};
 use tokio::sync::mpsc;
 
 const MASTER: &str = "sk-master-reload-0123456789";
@@ -810,15 +810,7 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     // Every request left its row (newest first), the refused ones and the cut stream as
     // failures.
     served.stop().await.unwrap();
-    let store = guardrail_tower_spend_log::SqliteSink::open(dir.path().join("spend.db"))
-        .await
-        .unwrap();
-    let rows = guardrail_tower_spend_log::SpendLogStore::query(
-        &store,
-        &guardrail_tower_spend_log::SpendLogFilter::new(),
-    )
-    .await
-    .unwrap();
+    let rows = spend_rows(&dir.path().join("spend.db")).await;
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(
         statuses,

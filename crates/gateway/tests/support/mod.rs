@@ -61,3 +61,16 @@ pub async fn call_json(
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
     (status, value)
 }
+
+/// Every row of the SQLite spend log at `path`, newest first (after the writer has stopped).
+pub async fn spend_rows(path: &std::path::Path) -> Vec<guardrail_tower_spend_log::SpendRecord> {
+    let store = guardrail_tower_spend_log::SqliteSink::open(path)
+        .await
+        .unwrap();
+    guardrail_tower_spend_log::SpendLogStore::query(
+        &store,
+        &guardrail_tower_spend_log::SpendLogFilter::new(),
+    )
+    .await
+    .unwrap()
+}
