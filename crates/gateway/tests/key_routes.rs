@@ -302,8 +302,9 @@ async fn generate_info_update_list_delete() {
 }
 
 /// The spend log sits outside key authentication (so that it records refusals too) and learns
-/// who called from the response: a virtual key's row has the key's hash, alias, user and team;
-/// a master-key row the master key's alias and user, not a hash of it; no row has a key.
+/// who called from it: a virtual key's row has the key's hash, alias, user and team, whether the
+/// request was answered, refused or left by its client before the response; a master-key row
+/// has the master key's alias and user, not a hash of it; no row has a key.
 #[tokio::test]
 async fn each_spend_row_names_the_key_that_made_the_request() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -323,6 +324,19 @@ async fn each_spend_row_names_the_key_that_made_the_request() {
     assert_eq!(status, 200, "{v}");
     let (status, v) = post(&gw, "/v1/chat/completions", MASTER, chat("gpt-b", "hello")).await;
     assert_eq!(status, 200, "{v}");
+    // A client that leaves before the response: its row names the key too.
+    let slow = Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("x-mock-delay-ms", "5000")
+        .body(axum::body::Body::from(chat("gpt-a", "slow").to_string()))
+        .unwrap();
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        gw.router().oneshot(slow),
+    )
+    .await;
+    assert!(gone.is_err(), "the mock answered before the client left");
     // A blocked key is refused, and its row still names it.
     let (status, v) = post(&gw, "/key/block", MASTER, json!({"key": key})).await;
     assert_eq!(status, 200, "{v}");
@@ -332,12 +346,22 @@ async fn each_spend_row_names_the_key_that_made_the_request() {
 
     let rows = spend_rows(&db).await;
     // Newest first.
-    let [blocked, master, by_key] = &rows[..] else {
+    let [blocked, left, master, by_key] = &rows[..] else {
         panic!("{rows:#?}")
     };
-    for (row, model, status) in [(by_key, "gpt-a", "success"), (blocked, "gpt-a", "failure")] {
+    for (row, model, status, error) in [
+        (by_key, "gpt-a", "success", None),
+        (left, "gpt-a", "failure", Some("client_disconnected")),
+        (blocked, "gpt-a", "failure", Some("auth_error")),
+    ] {
         assert_eq!(row.model, model);
         assert_eq!(row.status.as_str(), status);
+        let error_type = row
+            .metadata
+            .error_information
+            .as_ref()
+            .map(|e| e.error_type.as_str());
+        assert_eq!(error_type, error, "{row:#?}");
         assert_eq!(row.api_key.as_deref(), Some(hash_key(&key).as_str()));
         assert_eq!(row.user.as_deref(), Some("alice"));
         let meta = serde_json::to_value(&row.metadata).unwrap();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use guardrail_tower_core::{
-    CallType, Caller, ClientRequestId, Error, ErrorClass, GuardrailAction, GuardrailLog,
-    ParsedRequest, RequestId, ResponseReport, Usage,
+    CallType, Caller, CallerSlot, ClientRequestId, Error, ErrorClass, GuardrailAction,
+    GuardrailLog, ParsedRequest, RequestId, ResponseReport, Usage,
 };
 use http::HeaderMap;
 use serde::Deserialize;
@@ -133,6 +133,9 @@ pub(crate) struct Recorder {
     call_type: CallType,
     api_key: Option<String>,
     caller: Option<Arc<Caller>>,
+    /// Where an authentication layer inside this one leaves the caller (when the request had
+    /// none).
+    caller_slot: Option<CallerSlot>,
     start_time: SystemTime,
     pub(crate) first_byte: Option<SystemTime>,
     /// What the record needs of the request: model, user, stream and, for a usage estimate,
@@ -188,6 +191,7 @@ impl Recorder {
         call_type: CallType,
         headers: &HeaderMap,
         caller: Option<Arc<Caller>>,
+        caller_slot: Option<CallerSlot>,
         log: GuardrailLog,
         report: ResponseReport,
     ) -> Self {
@@ -205,6 +209,7 @@ impl Recorder {
             call_type,
             api_key,
             caller,
+            caller_slot,
             start_time: SystemTime::now(),
             first_byte: None,
             request: None,
@@ -217,8 +222,8 @@ impl Recorder {
         }
     }
 
-    /// Who called, as an authentication layer inside this one found it (it puts the caller in
-    /// the response's extensions): a caller already in the request's extensions wins. The
+    /// Who called, as an authentication layer inside this one found it (in the response's
+    /// extensions, or in the [`CallerSlot`] when the request ends): a caller already known wins. The
     /// caller's key hash replaces the one taken from the request's headers (the master key
     /// records its alias, never its hash).
     pub(crate) fn learn_caller(&mut self, caller: &Arc<Caller>) {
@@ -340,7 +345,10 @@ impl Recorder {
         record
     }
 
-    fn build(self, ending: Ending, end_time: SystemTime) -> SpendRecord {
+    fn build(mut self, ending: Ending, end_time: SystemTime) -> SpendRecord {
+        if let Some(caller) = self.caller_slot.take().and_then(|slot| slot.get().cloned()) {
+            self.learn_caller(&caller);
+        }
         let http_status = match &ending {
             Ending::ServiceError(err) => err.status().as_u16(),
             _ => self.status.unwrap_or(0),

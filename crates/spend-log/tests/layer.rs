@@ -769,6 +769,36 @@ async fn a_caller_found_by_an_inner_layer_is_recorded_from_the_response() {
     assert!(m.get("user_api_key_org_id").is_none(), "{m}");
 }
 
+/// An authentication layer inside the spend log fills the `CallerSlot` the log put in the
+/// request: the record names the caller even when the client leaves before any response.
+#[tokio::test]
+async fn a_caller_left_in_the_slot_is_recorded_when_the_client_leaves_first() {
+    let (handle, rx) = writer();
+    let svc = ServiceBuilder::new()
+        .layer(SpendLogLayer::new(handle.clone()))
+        .service(service_fn(|req: Request<Full<Bytes>>| async move {
+            let slot = req
+                .extensions()
+                .get::<guardrail_tower_core::CallerSlot>()
+                .expect("the spend log leaves a slot when no caller is known");
+            slot.set(&Arc::new(
+                guardrail_tower_core::Caller::with_key_hash("h-1").key_alias("ci-key"),
+            ));
+            // The upstream never answers.
+            std::future::pending::<Result<Response<TestBody>, BoxError>>().await
+        }));
+    let gone =
+        tokio::time::timeout(Duration::from_millis(50), svc.oneshot(chat_request(false))).await;
+    assert!(gone.is_err());
+    let records = records(handle, rx).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.api_key.as_deref(), Some("h-1"));
+    assert_eq!(meta(r)["user_api_key_alias"], "ci-key");
+    let error = r.metadata.error_information.as_ref().unwrap();
+    assert_eq!(error.error_type, "client_disconnected");
+}
+
 #[tokio::test]
 async fn without_a_caller_the_bearer_key_is_hashed_and_no_caller_fields_are_written() {
     let (handle, rx) = writer();

@@ -5,7 +5,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
-use guardrail_tower_core::{BoxError, BufferRequest, CallType, Caller, Error, ParsedRequest};
+use guardrail_tower_core::{
+    BoxError, BufferRequest, CallType, Caller, CallerSlot, Error, ParsedRequest,
+};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
@@ -112,6 +114,10 @@ where
     B::Error: Into<BoxError>,
 {
     *caller = Some(Arc::clone(who.caller()));
+    // A spend log outside this layer learns the caller here, however the request ends.
+    if let Some(slot) = request.extensions().get::<CallerSlot>() {
+        slot.set(who.caller());
+    }
     if let Who::Key(key) = &who {
         if let Err(error) = check_key(key) {
             return State::Refused { error: Some(error) };
