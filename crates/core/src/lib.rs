@@ -90,7 +90,7 @@ pub use runner::{
     Check, ConfiguredGuardrail, DuplicateGuardrail, Effect, Fallback, Guardrails, Outcome,
     Resolved, RunFuture, StreamPolicy, run_detached,
 };
-pub use scope::{Caller, CallerSlot, RequestState, StateKey};
+pub use scope::{Caller, RequestState, StateKey};
 pub use selection::{
     GuardrailMode, GuardrailModes, GuardrailSelection, GuardrailSpec, UnknownMode, should_run,
 };

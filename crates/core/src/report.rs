@@ -1,14 +1,16 @@
-//! What a response turned out to be, shared between layers by handle.
+//! What a response turned out to be, and who asked for it, shared between layers by handle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use crate::{Error, Usage};
+use crate::{Caller, Error, Usage};
 
 /// A per-request report of what the response body carried, written by the layer that reads the
 /// body (the streaming guardrail layer decodes every event anyway, the error layer frames every
 /// stream; see [`StreamWatch`](crate::StreamWatch)) and read by the spend-log layer when the
-/// request ends, so the same SSE bytes are not walked twice.
+/// request ends, so the same SSE bytes are not walked twice; and of who called, written by an
+/// authentication layer inside the spend log ([`set_caller`](Self::set_caller)), so the record
+/// names the caller however the request ends (the client gone before the response too).
 ///
 /// The spend-log layer inserts one into the request extensions; a layer that finds one there
 /// fills it and marks the response as observed.
@@ -20,6 +22,8 @@ pub struct ResponseReport {
 #[derive(Debug, Default)]
 struct Shared {
     report: Mutex<ReportInner>,
+    /// Who called, once an authentication layer said so (the first caller set stays).
+    caller: OnceLock<Arc<Caller>>,
     /// Characters of response text released to the client (counted on every event: an atomic,
     /// not the lock).
     delivered_chars: AtomicU64,
@@ -36,6 +40,17 @@ impl ResponseReport {
     /// An empty report.
     pub fn new() -> Self {
         ResponseReport::default()
+    }
+
+    /// Records who called, as an authentication layer established it; a report that already
+    /// names a caller keeps it.
+    pub fn set_caller(&self, caller: &Arc<Caller>) {
+        let _ = self.inner.caller.set(Arc::clone(caller));
+    }
+
+    /// Who called, once an authentication layer said so.
+    pub fn caller(&self) -> Option<&Arc<Caller>> {
+        self.inner.caller.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, ReportInner> {

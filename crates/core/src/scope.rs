@@ -1,12 +1,11 @@
-//! What lives for exactly one request besides its body: who is calling ([`Caller`], and the
-//! [`CallerSlot`] through which a layer outside authentication learns it) and the
+//! What lives for exactly one request besides its body: who is calling ([`Caller`]) and the
 //! state a guardrail keeps between its checks of that request ([`RequestState`]).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,42 +88,6 @@ impl Caller {
     pub fn org_id(mut self, org_id: impl Into<String>) -> Self {
         self.org_id = Some(org_id.into());
         self
-    }
-}
-
-/// Where an authentication layer tells a layer that wraps it (the spend log) who called,
-/// however the request ends: with the response, with an error, or with the client gone before
-/// either. The outer layer inserts one into the request extensions and reads it when the request
-/// ends; the authentication layer that finds one fills it with the [`Caller`] it established.
-/// The first caller set stays.
-///
-/// ```
-/// use std::sync::Arc;
-/// use guardrail_tower_core::{Caller, CallerSlot};
-///
-/// let slot = CallerSlot::new();
-/// let seen_by_the_outer_layer = slot.clone();
-/// slot.set(&Arc::new(Caller::with_key_hash("5e88…").key_alias("team-a")));
-/// let caller = seen_by_the_outer_layer.get().unwrap();
-/// assert_eq!(caller.key_alias.as_deref(), Some("team-a"));
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<OnceLock<Arc<Caller>>>);
-
-impl CallerSlot {
-    /// An empty slot.
-    pub fn new() -> Self {
-        CallerSlot::default()
-    }
-
-    /// Fills the slot; one already filled keeps its caller.
-    pub fn set(&self, caller: &Arc<Caller>) {
-        let _ = self.0.set(Arc::clone(caller));
-    }
-
-    /// The caller, once an authentication layer set it.
-    pub fn get(&self) -> Option<&Arc<Caller>> {
-        self.0.get()
     }
 }
 

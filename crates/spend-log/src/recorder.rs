@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use guardrail_tower_core::{
-    CallType, Caller, CallerSlot, ClientRequestId, Error, ErrorClass, GuardrailAction,
-    GuardrailLog, ParsedRequest, RequestId, ResponseReport, Usage,
+    CallType, Caller, ClientRequestId, Error, ErrorClass, GuardrailAction, GuardrailLog,
+    ParsedRequest, RequestId, ResponseReport, Usage,
 };
 use http::HeaderMap;
 use serde::Deserialize;
@@ -133,9 +133,6 @@ pub(crate) struct Recorder {
     call_type: CallType,
     api_key: Option<String>,
     caller: Option<Arc<Caller>>,
-    /// Where an authentication layer inside this one leaves the caller (when the request had
-    /// none).
-    caller_slot: Option<CallerSlot>,
     start_time: SystemTime,
     pub(crate) first_byte: Option<SystemTime>,
     /// What the record needs of the request: model, user, stream and, for a usage estimate,
@@ -191,7 +188,6 @@ impl Recorder {
         call_type: CallType,
         headers: &HeaderMap,
         caller: Option<Arc<Caller>>,
-        caller_slot: Option<CallerSlot>,
         log: GuardrailLog,
         report: ResponseReport,
     ) -> Self {
@@ -209,7 +205,6 @@ impl Recorder {
             call_type,
             api_key,
             caller,
-            caller_slot,
             start_time: SystemTime::now(),
             first_byte: None,
             request: None,
@@ -223,9 +218,9 @@ impl Recorder {
     }
 
     /// Who called, as an authentication layer inside this one found it (in the response's
-    /// extensions, or in the [`CallerSlot`] when the request ends): a caller already known wins. The
-    /// caller's key hash replaces the one taken from the request's headers (the master key
-    /// records its alias, never its hash).
+    /// extensions, or in the [`ResponseReport`] when the request ends): a caller already known
+    /// wins. The caller's key hash replaces the one taken from the request's headers (the
+    /// master key records its alias, never its hash).
     pub(crate) fn learn_caller(&mut self, caller: &Arc<Caller>) {
         if self.caller.is_some() {
             return;
@@ -346,7 +341,7 @@ impl Recorder {
     }
 
     fn build(mut self, ending: Ending, end_time: SystemTime) -> SpendRecord {
-        if let Some(caller) = self.caller_slot.take().and_then(|slot| slot.get().cloned()) {
+        if let Some(caller) = self.report.caller().cloned() {
             self.learn_caller(&caller);
         }
         let http_status = match &ending {

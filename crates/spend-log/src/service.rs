@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BoxError, BufferRequest, Caller, CallerSlot, ClientRequestId, GuardrailLog, RequestId,
-    ResponseReport, take_ready,
+    BoxError, BufferRequest, Caller, ClientRequestId, GuardrailLog, RequestId, ResponseReport,
+    take_ready,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -90,17 +90,6 @@ where
             }
         };
         let caller = extensions.get::<Arc<Caller>>().cloned();
-        // Without a caller yet, a slot for an authentication layer inside this one to fill: the
-        // record names the caller even when the client leaves before the response.
-        let caller_slot = match (&caller, extensions.get::<CallerSlot>()) {
-            (Some(_), _) => None,
-            (None, Some(slot)) => Some(slot.clone()),
-            (None, None) => {
-                let slot = CallerSlot::new();
-                extensions.insert(slot.clone());
-                Some(slot)
-            }
-        };
         let recorder = Recorder::new(
             self.config.writer.clone(),
             self.config.settings.clone(),
@@ -109,7 +98,6 @@ where
             call_type,
             request.headers(),
             caller,
-            caller_slot,
             log,
             report,
         );

@@ -769,19 +769,20 @@ async fn a_caller_found_by_an_inner_layer_is_recorded_from_the_response() {
     assert!(m.get("user_api_key_org_id").is_none(), "{m}");
 }
 
-/// An authentication layer inside the spend log fills the `CallerSlot` the log put in the
-/// request: the record names the caller even when the client leaves before any response.
+/// An authentication layer inside the spend log names the caller in the `ResponseReport` the log
+/// put in the request: the record names the caller even when the client leaves before any
+/// response.
 #[tokio::test]
-async fn a_caller_left_in_the_slot_is_recorded_when_the_client_leaves_first() {
+async fn a_caller_named_in_the_report_is_recorded_when_the_client_leaves_first() {
     let (handle, rx) = writer();
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .service(service_fn(|req: Request<Full<Bytes>>| async move {
-            let slot = req
+            let report = req
                 .extensions()
-                .get::<guardrail_tower_core::CallerSlot>()
-                .expect("the spend log leaves a slot when no caller is known");
-            slot.set(&Arc::new(
+                .get::<guardrail_tower_core::ResponseReport>()
+                .expect("the spend log leaves a report in the request");
+            report.set_caller(&Arc::new(
                 guardrail_tower_core::Caller::with_key_hash("h-1").key_alias("ci-key"),
             ));
             // The upstream never answers.

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{
-    BoxError, BufferRequest, CallType, Caller, CallerSlot, Error, ParsedRequest,
+    BoxError, BufferRequest, CallType, Caller, Error, ParsedRequest, ResponseReport,
 };
 use http::{Request, Response};
 use http_body::Body;
@@ -115,8 +115,8 @@ where
 {
     *caller = Some(Arc::clone(who.caller()));
     // A spend log outside this layer learns the caller here, however the request ends.
-    if let Some(slot) = request.extensions().get::<CallerSlot>() {
-        slot.set(who.caller());
+    if let Some(report) = request.extensions().get::<ResponseReport>() {
+        report.set_caller(who.caller());
     }
     if let Who::Key(key) = &who {
         if let Err(error) = check_key(key) {
