@@ -10,8 +10,10 @@
 //!   (once: later layers reuse it), refuses a model the key does not allow (403), merges the
 //!   key's guardrails into the request's guardrail selection (nothing the client sends can take
 //!   them out), removes the client's credentials from the request, and puts an `Arc<Caller>` in
-//!   the request extensions (for guardrails) and in the response extensions (for the spend log,
-//!   which wraps this layer). A refused request gets LiteLLM's error, in the endpoint's shape,
+//!   the request extensions (for guardrails), in the response extensions, and in the request's
+//!   [`ResponseReport`](guardrail_tower_core::ResponseReport) when there is one (for the spend
+//!   log, which wraps this layer: it names the caller even when the client leaves before the
+//!   response). A refused request gets LiteLLM's error, in the endpoint's shape,
 //!   and is never forwarded.
 //! - [`RequireKeyLayer`] guards the other routes: admin routes (`/spend/logs`, `/key/*`) take
 //!   the master key only, other routes any valid key. It passes the request through untouched.
