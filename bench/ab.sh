@@ -45,8 +45,7 @@ for n in "$ROUNDS" "$CONCURRENCY" "$DURATION" "$WARMUP"; do
 done
 ((ROUNDS >= 1 && DURATION >= 1 && CONCURRENCY >= 1)) || die "rounds, duration and concurrency must be at least 1"
 case ${BENCH_CONFIG:-none} in none | filter) ;; *) die "BENCH_CONFIG is none or filter (got '$BENCH_CONFIG')" ;; esac
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+need_oha
 build_release
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 

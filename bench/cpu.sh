@@ -42,11 +42,8 @@ PROXY_PORT=$((PORT_BASE + 1))
 
 [[ $N =~ ^[0-9]{1,7}$ ]] && ((N >= 100)) || die "BENCH_REQUESTS must be an integer from 100 (got '$N')"
 [[ $CONCURRENCY =~ ^[0-9]{1,4}$ ]] && ((CONCURRENCY >= 1)) || die "BENCH_CONCURRENCY must be a positive integer"
-for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter) ;; *) die "unknown target '$t'" ;; esac
-done
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+check_targets $PROXY_TARGETS
+need_oha
 [[ ${BENCH_STRACE:-0} != 1 ]] || command -v strace >/dev/null || die "BENCH_STRACE=1 needs strace"
 build_release
 

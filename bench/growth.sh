@@ -26,9 +26,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 HOST=127.0.0.1
 NAME=growth
 . "$ROOT/bench/lib.sh"
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
+need_oha
 build_release
 work_dir growth
 

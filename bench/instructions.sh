@@ -59,13 +59,10 @@ PROXY_PORT=$((PORT_BASE + 1))
 GUARD_PORT=$((PORT_BASE + 2))
 
 [[ $N =~ ^[0-9]{1,6}$ ]] && ((N >= 5)) || die "BENCH_REQUESTS must be an integer from 5 (got '$N')"
-for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter | gw-master | gw-vkey | gw-metrics | gw-filter-metrics | gw-remote) ;; *) die "unknown target '$t'" ;; esac
-done
+check_targets bare gw-none gw-filter gw-master gw-vkey gw-metrics gw-filter-metrics gw-remote
 [[ -z ${BENCH_BATCH_WRITE_AT:-} || $BENCH_BATCH_WRITE_AT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_BATCH_WRITE_AT must be a number of seconds (got '$BENCH_BATCH_WRITE_AT')"
 command -v valgrind >/dev/null || die "valgrind is needed (apt-get install valgrind)"
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+need_oha
 build_release
 
 work_dir instructions

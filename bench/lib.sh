@@ -47,11 +47,28 @@ stop_all() {
     PIDS=()
 }
 
+# need_oha: puts cargo's bin directory on PATH and dies unless the load generator oha is there.
+need_oha() {
+    PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
+    command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+}
+
+# check_targets ALLOWED...: dies unless every target of TARGETS is one of ALLOWED.
+check_targets() {
+    local t
+    for t in $TARGETS; do
+        [[ " $* " == *" $t "* ]] || die "unknown target '$t' (one of: $*)"
+    done
+}
+
 # gateway_yaml MOCK DB: prints bench/gateway.yaml (the gateway-without-guardrails config) for
 # the mock upstream at MOCK (HOST:PORT) and the SQLite spend log at DB.
 gateway_yaml() {
     sed -e "s|MOCK_ADDR|$1|" -e "s|SPEND_DB|$2|" "$ROOT/bench/gateway.yaml"
 }
+
+# The targets start_proxy knows.
+PROXY_TARGETS="bare gw-none gw-filter"
 
 # start_proxy TARGET: starts TARGET's proxy on HOST:PROXY_PORT in front of the mock on
 # HOST:MOCK_PORT: for bare, BIN's bare-proxy; for gw-none and gw-filter, GATEWAY with

@@ -49,11 +49,8 @@ MOCK_PORT=$PORT_BASE
 PROXY_PORT=$((PORT_BASE + 1))
 UPSTREAM_KEY=sk-bench-not-a-real-key
 
-for t in $TARGETS; do
-    case $t in bare | gateway | litellm | portkey) ;; *) die "unknown target '$t'" ;; esac
-done
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
+check_targets bare gateway litellm portkey
+need_oha
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 
 work_dir peers

@@ -40,8 +40,7 @@ GW_PORT=$((PORT_BASE + 2))
 UPSTREAM_DELAY_MS=100
 STREAM_EVENTS=50
 
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha)"
+need_oha
 command -v jq >/dev/null || die "jq is needed"
 build_release
 

@@ -63,9 +63,7 @@ check_range BENCH_PORT_BASE "$PORT_BASE" 1024 65530
 for s in $SCENARIOS; do
     case $s in chat-c1 | chat-c16 | chat-c64 | stream-c16 | stream-c256) ;; *) die "unknown scenario '$s'" ;; esac
 done
-for t in $TARGETS; do
-    case $t in mock | bare | gw-none | gw-filter | gw-master | gw-vkey) ;; *) die "unknown target '$t'" ;; esac
-done
+check_targets mock bare gw-none gw-filter gw-master gw-vkey
 
 MOCK_PORT=$PORT_BASE
 BARE_PORT=$((PORT_BASE + 1))

@@ -48,11 +48,8 @@ PROXY_PORT=$((PORT_BASE + 1))
 
 [[ $SECONDS_RECORDED =~ ^[1-9][0-9]?$ ]] || die "BENCH_SECONDS must be a whole number of seconds from 1 to 99 (got '$SECONDS_RECORDED')"
 [[ $CONCURRENCY =~ ^[0-9]{1,4}$ ]] && ((CONCURRENCY >= 1)) || die "BENCH_CONCURRENCY must be a positive integer"
-for t in $TARGETS; do
-    case $t in bare | gw-none | gw-filter) ;; *) die "unknown target '$t'" ;; esac
-done
-PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
-command -v oha >/dev/null || die "oha is needed (cargo install --locked oha, or run bench/run.sh once)"
+check_targets $PROXY_TARGETS
+need_oha
 command -v perf >/dev/null || die "perf is needed (Debian: apt-get install linux-perf)"
 command -v python3 >/dev/null || die "python3 is needed"
 perf sched record -a -o /dev/null -- true >/dev/null 2>&1 ||
