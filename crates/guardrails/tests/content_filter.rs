@@ -354,8 +354,51 @@ fn non_ascii_keywords_are_case_insensitive() {
         "die STRASSE, die [KEYWORD_REDACTED], die [KEYWORD_REDACTED], die [KEYWORD_REDACTED]; \
          [KEYWORD_REDACTED] und [KEYWORD_REDACTED]"
     );
+    // Accents fold away, on the keyword as on the text.
     let filter = keywords(&[("ΟΔΟΣ", FilterAction::Mask)]);
-    assert_eq!(found(&filter, "η οδος, η Οδός"), ["οδος"]);
+    assert_eq!(found(&filter, "η οδος, η Οδός"), ["οδος", "Οδός"]);
+    let filter = keywords(&[("Οδός", FilterAction::Mask)]);
+    assert_eq!(found(&filter, "η οδος, η ΟΔΟΣ"), ["οδος", "ΟΔΟΣ"]);
+}
+
+/// Letters of other scripts and styles that look like Latin ones, accents, and accents typed as
+/// marks after a letter do not hide a keyword: the text is read with them folded, the match
+/// is masked as written, and the block names the keyword as configured.
+#[test]
+fn look_alike_letters_and_accents_do_not_hide_a_keyword() {
+    let filter = keywords(&[("confidential", FilterAction::Block)]);
+    for text in [
+        "the c\u{03BF}nfid\u{0435}nti\u{0430}l plan", // Greek omicron, Cyrillic е and а
+        "the CОNFIDЕNTIАL plan",                      // Cyrillic О, Е, А
+        "the cönfidéntiâl plan",
+        "the confidentia\u{0301}l plan",
+        "the c\u{0336}o\u{0336}n\u{0336}fidential plan",
+        "the 𝐜𝐨𝐧𝐟𝐢𝐝𝐞𝐧𝐭𝐢𝐚𝐥 plan",
+        "the 𝓬𝓸𝓷𝓯𝓲𝓭𝓮𝓷𝓽𝓲𝓪𝓵 plan",
+        "the ⓒⓞⓝⓕⓘⓓⓔⓝⓣⓘⓐⓛ plan",
+        "the ᴄᴏɴꜰɪᴅᴇɴᴛɪᴀʟ plan",
+    ] {
+        assert_eq!(
+            block_message(&filter, text),
+            "Content blocked: keyword 'confidential' detected",
+            "{text}"
+        );
+    }
+    let filter = keywords(&[("confidential", FilterAction::Mask)]);
+    assert_eq!(
+        masked(&filter, "a cönfide\u{0301}ntiаl b"),
+        "a [KEYWORD_REDACTED] b"
+    );
+    // A keyword written with look-alikes or accents matches the plain word, and the other way.
+    let filter = keywords(&[("cаfé", FilterAction::Mask)]);
+    assert_eq!(
+        found(&filter, "cafe, café, CAFE\u{0301}, cafés"),
+        ["cafe", "café", "CAFE\u{0301}"]
+    );
+    // Letters that only look alike in other scripts' words stay words of those scripts: a
+    // Cyrillic word is not an ASCII one unless every letter of it is a look-alike.
+    let filter = keywords(&[("cop", FilterAction::Mask)]);
+    assert_eq!(found(&filter, "сор, сорт, coр"), ["сор", "coр"]);
 }
 
 #[test]
@@ -822,6 +865,19 @@ fn empty_keyword_is_an_error() {
         ..Default::default()
     });
     assert_eq!(err.to_string(), "blocked_words[1]: keyword is empty");
+    // A keyword of nothing but characters the text is read without (zero-width, accents) would
+    // match everywhere: empty too.
+    for keyword in ["\u{200B}", "\u{0301}\u{0301}", " \u{FEFF} "] {
+        let err = error(ContentFilterConfig {
+            blocked_words: vec![BlockedWord::new(keyword, FilterAction::Block)],
+            ..Default::default()
+        });
+        assert_eq!(
+            err.to_string(),
+            "blocked_words[0]: keyword is empty",
+            "{keyword:?}"
+        );
+    }
     let path = testdata("empty_keyword.yaml");
     let err = error(ContentFilterConfig {
         blocked_words_file: Some(path.clone()),

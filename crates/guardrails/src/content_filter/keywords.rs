@@ -220,6 +220,17 @@ pub(super) fn fold(c: char) -> char {
     }
 }
 
+/// A keyword as the text it matches is read: each character folded as the text's are (look-alike
+/// letters and digits as ASCII, invisible characters and diacritical marks dropped; see
+/// `normalize`), then case-folded ([`fold`]). `*` stays a wildcard.
+pub(super) fn fold_keyword(keyword: &str) -> String {
+    keyword
+        .chars()
+        .filter_map(super::normalize::fold_char)
+        .map(fold)
+        .collect()
+}
+
 /// A letter, digit or `_` (Unicode): a keyword edge that is one must not touch one.
 pub(super) fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
@@ -262,7 +273,7 @@ impl Keywords {
         let mut wild = Vec::new();
         let mut list = Vec::with_capacity(entries.len());
         for (k, (keyword, action, description)) in entries.into_iter().enumerate() {
-            let folded: Vec<char> = keyword.chars().map(fold).collect();
+            let folded: Vec<char> = fold_keyword(&keyword).chars().collect();
             if folded.contains(&WILDCARD) {
                 let elems: Vec<Elem> = folded
                     .iter()

@@ -54,11 +54,15 @@
 //!
 //! Keywords and prebuilt patterns read the text with look-alike and invisible characters
 //! folded: decimal digits of every script (`１２３`, `١٢٣`, `१२३`) as ASCII digits, fullwidth
-//! forms (`＠`, `ｓｅｃｒｅｔ`) as ASCII, no-break and other Unicode spaces as a space, Unicode
-//! hyphens, en dashes and the minus sign as `-`; zero-width spaces and joiners, the soft hyphen,
-//! the word joiner, bidi controls, variation selectors, tag characters and the byte order mark
-//! are skipped. A match is masked in the text as written (invisible characters inside it
-//! included). Custom regexes read the text as written.
+//! forms (`＠`, `ｓｅｃｒｅｔ`) as ASCII, letters that look like a Latin letter as that letter
+//! (Cyrillic `а`, Greek `ο`, mathematical `𝐜`, circled `ⓒ`, small capital `ᴄ`: Unicode's
+//! confusables and compatibility forms), letters with accents as the letter without (`é`, `ö`,
+//! `ł`), no-break and other Unicode spaces as a space, Unicode hyphens, en dashes and the minus
+//! sign as `-`; zero-width spaces and joiners, the soft hyphen, the word joiner, bidi controls,
+//! variation selectors, tag characters, the byte order mark and combining diacritical marks
+//! (an accent typed after a letter, or a stack of them) are skipped. Keywords are read the same
+//! way, so `café` matches `cafe` and `CAFÉ`. A match is masked in the text as written (invisible
+//! characters and marks inside it included). Custom regexes read the text as written.
 //!
 //! - **Keywords** match case-insensitively (ASCII case, and the single-character Unicode
 //!   lower case of other letters, so `Straße` matches `STRAẞE`) and on word boundaries: where
@@ -145,6 +149,7 @@
 mod config;
 mod error;
 mod keywords;
+mod look_alikes;
 mod needs;
 mod normalize;
 mod patterns;
@@ -297,16 +302,17 @@ impl ContentFilter {
         // Keywords: configured ones, then the file's; the last definition of a keyword wins.
         let mut words: Vec<(String, BlockedWord)> = Vec::new();
         let mut add = |word: BlockedWord, location: String| -> Result<(), ContentFilterError> {
-            if word.keyword.trim().is_empty() {
+            // Compared, and checked for something to match, as the text is read: folded.
+            let key = keywords::fold_keyword(&word.keyword);
+            if key.trim().is_empty() {
                 return Err(ContentFilterError::EmptyKeyword { location });
             }
-            if !keywords::has_literal(&word.keyword) {
+            if !keywords::has_literal(&key) {
                 return Err(ContentFilterError::WildcardOnlyKeyword {
                     location,
                     keyword: word.keyword,
                 });
             }
-            let key: String = word.keyword.chars().map(keywords::fold).collect();
             match words.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = word,
                 None => words.push((key, word)),

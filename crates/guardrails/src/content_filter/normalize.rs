@@ -1,23 +1,28 @@
 //! The text the keywords and prebuilt patterns read: the input with look-alike and invisible
-//! characters folded, so that `１２３-４５-６７８９` is an SSN and `con\u{200B}fidential` is the
-//! keyword `confidential`. Matches found in the folded text are mapped back to byte offsets of
-//! the original, which is what gets masked.
+//! characters folded, so that `１２３-４５-６７８９` is an SSN and `con\u{200B}fidential` and
+//! `cοnfidential` (a Greek omicron) are the keyword `confidential`. Matches found in the folded
+//! text are mapped back to byte offsets of the original, which is what gets masked.
 //!
 //! Folded, one character to at most one character:
 //!
 //! - decimal digits of every script (Unicode `Nd`: Arabic-Indic, Devanagari, fullwidth,
 //!   mathematical, ...) become the ASCII digit of the same value;
 //! - fullwidth ASCII forms (`U+FF01..=U+FF5E`: `＠`, `Ａ`, `－`) become ASCII;
+//! - letters that look like a Latin letter, and letters with accents, become that ASCII letter
+//!   in lower case (`а`, `ο`, `𝐜`, `ⓒ`, `ᴄ`, `é`; see `look_alikes`);
 //! - space separators (no-break, en/em/thin/narrow spaces, ideographic space) become `' '`;
 //! - hyphens and number dashes (`U+2010..=U+2013`, minus sign, small hyphen-minus) become `'-'`;
 //! - invisible format characters (zero-width space/joiners, soft hyphen, word joiner, bidi
-//!   controls, variation selectors, tag characters, byte order mark) are dropped.
+//!   controls, variation selectors, tag characters, byte order mark) are dropped, and so are
+//!   combining diacritical marks.
 //!
 //! ASCII text is never copied: it is its own folded form.
 
 use std::sync::OnceLock;
 
 use regex_syntax::hir::{Class, HirKind};
+
+use super::look_alikes;
 
 /// A text as the matchers read it.
 #[derive(Debug)]
@@ -99,6 +104,16 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
 
 /// What `c` folds to; `None` drops it.
 pub(super) fn fold_char(c: char) -> Option<char> {
+    let f = fold_non_letter(c)?;
+    if f != c || c.is_ascii() {
+        return Some(f);
+    }
+    Some(look_alikes::latin_letter(c).unwrap_or(c))
+}
+
+/// [`fold_char`] but for the letters that look like a Latin one: invisible characters and
+/// diacritical marks dropped, spaces, hyphens, fullwidth forms and digits folded.
+pub(super) fn fold_non_letter(c: char) -> Option<char> {
     let cp = u32::from(c);
     if cp < 0x80 {
         return Some(c);
@@ -122,6 +137,13 @@ pub(super) fn fold_char(c: char) -> Option<char> {
         | 0xFEFF
         | 0xFFA0
         | 0xE0000..=0xE0FFF => None,
+        // Combining diacritical marks (the blocks of the marks that go on Latin, Greek and
+        // Cyrillic letters, and on symbols): an accent typed after a letter, or a stack of
+        // them, splits no word. The marks of other scripts' own blocks (Devanagari's vowel
+        // signs, Arabic's harakat, Hebrew's points) are part of their words and stay.
+        0x0300..=0x036F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F => {
+            None
+        }
         // Space separators.
         0x00A0 | 0x1680 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000 => Some(' '),
         // Hyphens and dashes used between digit groups (not the em dash of prose).
@@ -200,7 +222,7 @@ mod tests {
         let text = "é １２\u{200B}３ a\u{00A0}b";
         let folded = fold_text(text);
         assert!(folded.changed());
-        assert_eq!(folded.text(), "é 123 a b");
+        assert_eq!(folded.text(), "e 123 a b");
         // "123" in the folded text is "１２\u{200B}３" in the original.
         let start = folded.text().find("123").unwrap();
         let (s, e) = (folded.original(start), folded.original(start + 3));
@@ -210,10 +232,41 @@ mod tests {
 
     #[test]
     fn nothing_to_fold_borrows() {
-        for text in ["plain ascii", "déjà vu — ça va ✓", "日本語のテキスト"] {
+        for text in ["plain ascii", "— ✓ € ½", "日本語のテキスト", "नमस्ते दुनिया"]
+        {
             assert!(!fold_text(text).changed(), "{text}");
         }
         assert_eq!(fold_text("ｃｏｎｆｉｄｅｎｔｉａｌ").text(), "confidential");
         assert_eq!(fold_text("a\u{2013}b\u{2014}c").text(), "a-b\u{2014}c");
+    }
+
+    /// Letters that look like Latin ones read as those, whatever their script, style or
+    /// accents; accents typed as marks after a letter are dropped.
+    #[test]
+    fn look_alike_letters_and_accents_fold_to_ascii() {
+        for (text, folded) in [
+            // Greek omicron, Cyrillic е and а.
+            ("c\u{03BF}nfid\u{0435}nti\u{0430}l", "confidential"),
+            // Cyrillic capitals; a Greek capital iota as `I`.
+            ("\u{0421}\u{041E}\u{0420}\u{0415}", "cope"),
+            ("\u{0399}NVOICE", "iNVOICE"),
+            ("cönfidéntiâl", "confidential"),
+            ("confidentia\u{0301}l", "confidential"),
+            ("c\u{0336}o\u{0336}n\u{0336}", "con"),
+            ("𝐜𝐨𝐧𝐟𝐢𝐝𝐞𝐧𝐭𝐢𝐚𝐥", "confidential"),
+            ("ⓒⓞⓝⓕⓘⓓⓔⓝⓣⓘⓐⓛ", "confidential"),
+            ("ᴄᴏɴꜰɪᴅᴇɴᴛɪᴀʟ", "confidential"),
+            ("łódź", "lodz"),
+            // The Kelvin sign and the long s read as their lower case.
+            ("\u{212A}ey \u{017F}ecret", "key secret"),
+        ] {
+            assert_eq!(fold_text(text).text(), folded, "{text}");
+        }
+        // Offsets map back to the letters and marks as written.
+        let text = "a confide\u{0301}ntial b";
+        let folded = fold_text(text);
+        let start = folded.text().find("confidential").unwrap();
+        let (s, e) = (folded.original(start), folded.original(start + 12));
+        assert_eq!(&text[s..e], "confide\u{0301}ntial");
     }
 }
