@@ -1,4 +1,5 @@
-//! Content filter throughput: 1,000 keywords and every prebuilt pattern on a ~4 KiB prompt.
+//! Content filter throughput: 1,000 keywords and every prebuilt pattern on a ~4 KiB prompt, in
+//! English and in three other scripts.
 #![allow(missing_docs)]
 
 use std::hint::black_box;
@@ -15,6 +16,25 @@ about data retention. Several people asked whether the staging environment could
 between teams, and we agreed to revisit the topic once the load tests are finished. The \
 support backlog is shrinking, but response times on weekends are still too long, so we will \
 trial a rotating on-call schedule next month. ";
+
+/// Prose in other scripts, for the folding of non-ASCII text: French (accents), Russian
+/// (Cyrillic, many letters of which look like Latin ones) and Japanese (nothing to fold).
+const FRENCH: &str = "La réunion de planification trimestrielle a porté sur la migration du \
+service de facturation vers le nouveau cluster, le plan de recrutement de l'équipe plateforme \
+et les questions ouvertes sur la conservation des données. ";
+const RUSSIAN: &str = "На квартальном совещании обсудили перенос сервиса биллинга в новый \
+кластер, план найма для команды платформы и открытые вопросы о хранении данных. ";
+const JAPANESE: &str = "四半期の計画会議では、請求サービスの新しいクラスターへの移行、\
+プラットフォームチームの採用計画、データ保持に関する未解決の問題について話し合いました。";
+
+/// `paragraph` repeated to ~4 KiB.
+fn repeated(paragraph: &str) -> String {
+    let mut text = String::new();
+    while text.len() < 4096 {
+        text.push_str(paragraph);
+    }
+    text
+}
 
 /// A ~4 KiB prompt; with `pii`, a few PII items spread through it.
 fn prompt(pii: bool) -> String {
@@ -101,6 +121,21 @@ fn bench(c: &mut Criterion) {
     group.bench_function("find_no_match", |b| {
         b.iter(|| black_box(filter.find(black_box(&clean[0]), false)))
     });
+    group.finish();
+
+    let mut group = c.benchmark_group("content_filter_4k_1000kw_all_prebuilt_non_ascii");
+    for (name, paragraph) in [
+        ("french", FRENCH),
+        ("russian", RUSSIAN),
+        ("japanese", JAPANESE),
+    ] {
+        let text = [repeated(paragraph)];
+        assert!(filter.find(&text[0], false).is_empty(), "{name}");
+        group.throughput(Throughput::Bytes(text[0].len() as u64));
+        group.bench_function(format!("check_{name}"), |b| {
+            b.iter(|| black_box(filter.check_texts(black_box(&text))))
+        });
+    }
     group.finish();
 }
 

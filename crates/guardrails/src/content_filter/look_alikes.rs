@@ -14,21 +14,47 @@
 //! other folding are in the table (digits, fullwidth forms and invisible characters are folded
 //! first, see `normalize`).
 //!
-//! The test `the_table_is_unicode_s_confusables` checks the table against the three crates and, with
-//! `GUARDRAIL_TOWER_REGENERATE=1`, writes it again (after an update of `unicode-security`).
+//! The test `the_table_is_unicode_s_confusables` checks the table against the three crates and,
+//! with `GUARDRAIL_TOWER_REGENERATE=1`, writes it again (after an update of one of them).
 
 /// The ASCII letter (lower case) `c` is read as, if it is a look-alike of one.
+#[inline]
 pub(super) fn latin_letter(c: char) -> Option<char> {
     let cp = u32::from(c);
-    let i = LOOK_ALIKES
-        .binary_search_by_key(&cp, |&(from, _)| from)
-        .ok()?;
-    Some(char::from(LOOK_ALIKES[i].1))
+    let page = (cp >> 8) as usize;
+    if page >= PAGES {
+        return None;
+    }
+    // Most pages (CJK, Hangul, Indic scripts) have no entry: nothing to search.
+    let entries = &LOOK_ALIKES[usize::from(PAGE_START[page])..usize::from(PAGE_START[page + 1])];
+    let i = entries.binary_search_by_key(&cp, |&(from, _)| from).ok()?;
+    Some(char::from(entries[i].1))
+}
+
+/// The 256-code-point pages the table covers (every entry is below `0x20000`).
+const PAGES: usize = 0x200;
+
+/// Where each page's entries start in [`LOOK_ALIKES`] (page `p`'s are
+/// `PAGE_START[p]..PAGE_START[p + 1]`).
+static PAGE_START: [u16; PAGES + 1] = page_starts();
+
+const fn page_starts() -> [u16; PAGES + 1] {
+    let mut starts = [0; PAGES + 1];
+    let (mut page, mut i) = (0, 0);
+    while page <= PAGES {
+        while i < LOOK_ALIKES.len() && (LOOK_ALIKES[i].0 >> 8) < page as u32 {
+            i += 1;
+        }
+        starts[page] = i as u16;
+        page += 1;
+    }
+    assert!(i == LOOK_ALIKES.len(), "an entry is beyond the pages");
+    starts
 }
 
 /// `(code point, ASCII letter)`, sorted by code point.
 #[rustfmt::skip]
-static LOOK_ALIKES: [(u32, u8); 2471] = [
+const LOOK_ALIKES: [(u32, u8); 2471] = [
     (0x00A1, b'i'), (0x00A2, b'c'), (0x00A5, b'y'), (0x00AA, b'a'), (0x00BA, b'o'), (0x00C0, b'a'), (0x00C1, b'a'), (0x00C2, b'a'),
     (0x00C3, b'a'), (0x00C4, b'a'), (0x00C5, b'a'), (0x00C7, b'c'), (0x00C8, b'e'), (0x00C9, b'e'), (0x00CA, b'e'), (0x00CB, b'e'),
     (0x00CC, b'i'), (0x00CD, b'i'), (0x00CE, b'i'), (0x00CF, b'i'), (0x00D0, b'd'), (0x00D1, b'n'), (0x00D2, b'o'), (0x00D3, b'o'),
@@ -425,9 +451,9 @@ mod tests {
                 "/src/content_filter/look_alikes.rs"
             );
             let source = std::fs::read_to_string(path).unwrap();
-            let start = source.find("static LOOK_ALIKES").unwrap();
+            let start = source.find("const LOOK_ALIKES").unwrap();
             let end = start + source[start..].find("];\n").unwrap() + 3;
-            let mut rows = format!("static LOOK_ALIKES: [(u32, u8); {}] = [\n", table.len());
+            let mut rows = format!("const LOOK_ALIKES: [(u32, u8); {}] = [\n", table.len());
             for chunk in table.chunks(8) {
                 let row: Vec<String> = chunk
                     .iter()
