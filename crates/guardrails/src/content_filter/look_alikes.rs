@@ -54,7 +54,7 @@ const fn page_starts() -> [u16; PAGES + 1] {
 
 /// `(code point, ASCII letter)`, sorted by code point.
 #[rustfmt::skip]
-const LOOK_ALIKES: [(u32, u8); 2471] = [
+static LOOK_ALIKES: [(u32, u8); 2471] = [
     (0x00A1, b'i'), (0x00A2, b'c'), (0x00A5, b'y'), (0x00AA, b'a'), (0x00BA, b'o'), (0x00C0, b'a'), (0x00C1, b'a'), (0x00C2, b'a'),
     (0x00C3, b'a'), (0x00C4, b'a'), (0x00C5, b'a'), (0x00C7, b'c'), (0x00C8, b'e'), (0x00C9, b'e'), (0x00CA, b'e'), (0x00CB, b'e'),
     (0x00CC, b'i'), (0x00CD, b'i'), (0x00CE, b'i'), (0x00CF, b'i'), (0x00D0, b'd'), (0x00D1, b'n'), (0x00D2, b'o'), (0x00D3, b'o'),
@@ -451,9 +451,9 @@ mod tests {
                 "/src/content_filter/look_alikes.rs"
             );
             let source = std::fs::read_to_string(path).unwrap();
-            let start = source.find("const LOOK_ALIKES").unwrap();
+            let start = source.find("static LOOK_ALIKES").unwrap();
             let end = start + source[start..].find("];\n").unwrap() + 3;
-            let mut rows = format!("const LOOK_ALIKES: [(u32, u8); {}] = [\n", table.len());
+            let mut rows = format!("static LOOK_ALIKES: [(u32, u8); {}] = [\n", table.len());
             for chunk in table.chunks(8) {
                 let row: Vec<String> = chunk
                     .iter()
