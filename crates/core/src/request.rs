@@ -355,12 +355,12 @@ impl ParsedRequest {
             Some(spans) => {
                 for span in spans {
                     f(match span {
-                        // A borrowed JSON string: valid UTF-8 (`from_utf8` checks a word at a
-                        // time over ASCII; `from_utf8_lossy` byte by byte).
+                        // A borrowed JSON string: valid UTF-8 (checked by SIMD;
+                        // `from_utf8_lossy` goes byte by byte).
                         TextSpan::Bytes(range) => {
                             let bytes = &json.bytes[range.clone()];
-                            std::str::from_utf8(bytes)
-                                .map_or_else(|_| String::from_utf8_lossy(bytes), Cow::Borrowed)
+                            guardrail_tower_protocol::utf8(bytes)
+                                .map_or_else(|| String::from_utf8_lossy(bytes), Cow::Borrowed)
                         }
                         TextSpan::Unescaped(text) => Cow::Borrowed(text),
                     });

@@ -252,7 +252,7 @@ impl<'de> Visitor<'de> for Skip {
 /// `None` when it is not UTF-8, not JSON, has anything after the object, or the visitor gives
 /// up. For the readers that pick a few members out of a document.
 pub(crate) fn read_object<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) -> Option<V::Value> {
-    let text = std::str::from_utf8(bytes).ok()?;
+    let text = crate::utf8(bytes)?;
     let mut de = serde_json::Deserializer::from_str(text);
     let value = de.deserialize_map(visitor).ok()?;
     de.end().ok()?;
@@ -260,13 +260,13 @@ pub(crate) fn read_object<'de, V: Visitor<'de>>(bytes: &'de [u8], visitor: V) ->
 }
 
 /// `serde_json::from_slice`, accepting and rejecting the same documents, with the document's
-/// UTF-8 checked once, a word at a time over ASCII, instead of string by string (fewer
+/// UTF-8 checked once ([`utf8`](crate::utf8)), instead of string by string (fewer
 /// instructions for any document with strings); a document that fails the check is parsed from
 /// the bytes, so the error is `serde_json`'s own, with its position.
 pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(bytes),
+    match crate::utf8(bytes) {
+        Some(text) => serde_json::from_str(text),
+        None => serde_json::from_slice(bytes),
     }
 }
 

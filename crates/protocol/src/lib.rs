@@ -64,3 +64,12 @@ pub use error::{
     openai_type_for_status,
 };
 pub use usage::Usage;
+
+/// `bytes` as text when they are UTF-8, as strictly as [`std::str::from_utf8`] checks them, but
+/// by SIMD (`simdutf8`): a few times fewer instructions a byte on the documents every request
+/// and response is checked as (about one a byte for the standard library's word-at-a-time
+/// check over ASCII).
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
+}

@@ -34,7 +34,7 @@ pub(crate) struct Plain<'a> {
 impl<'a> Plain<'a> {
     /// A cursor at the start of `bytes`; `None` when they are not UTF-8.
     pub(crate) fn new(bytes: &'a [u8]) -> Option<Self> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = crate::utf8(bytes)?;
         Some(Plain {
             text,
             at: 0,

@@ -225,10 +225,10 @@ impl ChunkReader {
         }
         let content = if escaped {
             // With its quotes, for `serde_json` to decode.
-            let quoted = std::str::from_utf8(&data[before.len() - 1..=close]).ok()?;
+            let quoted = crate::utf8(&data[before.len() - 1..=close])?;
             Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
         } else {
-            Cow::Borrowed(std::str::from_utf8(string).ok()?)
+            Cow::Borrowed(crate::utf8(string)?)
         };
         Some(EventRead {
             texts: smallvec::smallvec![(key, Role::Delta, content)],
