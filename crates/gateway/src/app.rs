@@ -562,7 +562,8 @@ pub fn router(
 /// guardrail merge, pre-call guardrails, post-call (streaming) guardrails, the upstream
 /// timeout, the forwarder. A layer that could have nothing to do is left out: a config without
 /// guardrails leaves out the three guardrail layers, one whose models have no guardrails of
-/// their own the model-merge layer, one without a `post_call` guardrail the streaming layer.
+/// their own the model-merge layer, one without a `pre_call` or `during_call` guardrail the
+/// pre-call layer, one without a `post_call` guardrail the streaming layer.
 ///
 /// With `general_settings.master_key`, every route but the health probes (`/health`,
 /// `/health/liveliness`, `/health/liveness`, `/health/readiness`) needs a key: the admin routes
@@ -791,25 +792,31 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
                 }
             };
         }
-        // The streaming layer only when a guardrail runs on responses (`post_call`, monitors
-        // included): without, it would check nothing in any response.
-        let post_call = config
-            .guardrails
-            .iter()
-            .any(|g| g.spec().modes().contains(GuardrailMode::PostCall));
-        if post_call {
-            merged!(
-                pre_call
-                    .option_layer(span("streaming_guardrails"))
-                    .layer(
-                        StreamingGuardrailBodyLayer::new(guardrails)
-                            .policy(config.stream_policy)
-                            .body_limit(limit),
-                    )
-                    .service(upstream)
-            )
-        } else {
-            merged!(pre_call.service(upstream))
+        // The pre-call layer only when a guardrail runs on requests (`pre_call` or
+        // `during_call`), the streaming layer only when one runs on responses (`post_call`,
+        // monitors included): without, each would check nothing in any request or response.
+        // A model's or a key's guardrails are configured ones, so this holds for them too.
+        let runs_in = |modes: &[GuardrailMode]| {
+            config
+                .guardrails
+                .iter()
+                .any(|g| modes.iter().any(|&m| g.spec().modes().contains(m)))
+        };
+        let on_requests = runs_in(&[GuardrailMode::PreCall, GuardrailMode::DuringCall]);
+        let on_responses = runs_in(&[GuardrailMode::PostCall]);
+        let streaming = ServiceBuilder::new()
+            .option_layer(span("streaming_guardrails"))
+            .layer(
+                StreamingGuardrailBodyLayer::new(guardrails)
+                    .policy(config.stream_policy)
+                    .body_limit(limit),
+            );
+        match (on_requests, on_responses) {
+            (true, true) => merged!(pre_call.layer(streaming).service(upstream)),
+            (true, false) => merged!(pre_call.service(upstream)),
+            (false, true) => merged!(streaming.service(upstream)),
+            // Guardrails with no mode to run in: none can run, as with none configured.
+            (false, false) => llm_routes!(error_normalize.service(upstream)),
         }
     }
 }

@@ -22,7 +22,8 @@
 //! pooled client that forwards to the model's `api_base` with the deployment's model name and
 //! key. A layer the config gives nothing to do is left out of the routes: the three guardrail
 //! layers when no guardrail is configured, the model-merge layer when no model has guardrails
-//! of its own, the streaming layer when no guardrail runs on responses. Streams pass through
+//! of its own, the pre-call layer when no guardrail runs on requests, the streaming layer when
+//! none runs on responses. Streams pass through
 //! with no buffering beyond what the guardrail policy needs.
 //! SIGINT and SIGTERM shut down gracefully and flush the spend log; SIGHUP (or
 //! `POST /config/reload`) reloads the config file ([`reload`]). The health probes are described

@@ -807,6 +807,59 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     );
     assert!(body.contains("charlie"), "{body}");
 
+    // Guardrails on responses only: the pre-call layer is left out. The word reaches the
+    // upstream as sent, and the reply that repeats it is blocked, whole or streamed; what the
+    // pre-call layer would have refused is still refused before the upstream.
+    let post_only = format!(
+        "model_list:\n  - model_name: m1\n    litellm_params: {{model: openai/m1, api_base: \"{base}\", api_key: sk-up}}\nguardrails:\n  - guardrail_name: replies\n    litellm_params:\n      guardrail: litellm_content_filter\n      mode: post_call\n      default_on: true\n      blocked_words: [{{keyword: delta, action: BLOCK}}]\ngeneral_settings:\n  master_key: {MASTER}\n{settings}"
+    );
+    write(&path, &post_only).await;
+    let (status, body) = reload(&url).await;
+    assert_eq!(status, 200, "{body}");
+    let before = upstream.request_count();
+    let delta = json!({"model": "m1", "messages": [{"role": "user", "content": "delta"}]});
+    let (status, body) = send("application/json", None, delta.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("Content blocked: keyword 'delta' detected"),
+        "{body}"
+    );
+    let forwarded = upstream.requests().last().unwrap().json().unwrap();
+    assert_eq!(forwarded["messages"][0]["content"], "delta");
+    let stream =
+        json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "delta"}]});
+    let (status, body) = send("application/json", None, stream.to_string()).await;
+    assert_eq!(status, 200);
+    let (sent, error) = body
+        .split_once("data: {\"error\"")
+        .unwrap_or_else(|| panic!("{body}"));
+    // What the client read before the block: the words before the keyword, not the keyword.
+    let read: String = sent
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(read.trim_end(), "You said:", "{body}");
+    assert!(
+        error.contains("Content blocked: keyword 'delta' detected")
+            && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
+    let (status, body) = send("text/plain", None, "delta".into()).await;
+    assert_eq!(status, 415, "{body}");
+    let (status, body) = send("application/json", None, large.to_string()).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        upstream.request_count(),
+        before + 2,
+        "nothing refused reached the upstream"
+    );
+
     // Every request left its row (newest first), the refused ones and the cut stream as
     // failures.
     served.stop().await.unwrap();
@@ -815,8 +868,9 @@ async fn without_guardrails_the_guarantees_hold_and_a_reload_adds_the_layers() {
     assert_eq!(
         statuses,
         [
-            "success", "success", "failure", "success", "failure", "failure", "failure", "failure",
-            "failure", "failure", "failure", "success", "success"
+            "failure", "failure", "failure", "failure", "success", "success", "failure", "success",
+            "failure", "failure", "failure", "failure", "failure", "failure", "failure", "success",
+            "success"
         ],
         "{rows:#?}"
     );
