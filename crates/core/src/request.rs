@@ -1052,6 +1052,39 @@ mod tests {
         assert_eq!(parsed.json(), Some(&value));
     }
 
+    /// Texts beyond the messages, which only the general reader collects (a predicted output,
+    /// tool descriptions), are found however the request is read.
+    #[test]
+    fn texts_outside_the_messages_are_found() {
+        for (body, want) in [
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "prediction": {"type": "content", "content": "predicted"}}"#,
+                &["hi", "predicted"][..],
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "prediction": {"type": "content", "content": "predicted"},
+                    "tools": [{"type": "function", "function": {"name": "f", "description": "doc"}}]}"#,
+                &["hi", "doc", "predicted"][..],
+            ),
+            // A member name with an escape: not for the hand reader, but for the visitor.
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "pr\u0065diction": {"type": "content", "content": "predicted"}}"#,
+                &["hi", "predicted"][..],
+            ),
+        ] {
+            let parsed = ParsedRequest::parse(
+                CallType::ChatCompletions,
+                Bytes::from_static(body.as_bytes()),
+                None,
+            )
+            .unwrap();
+            assert_eq!(parsed.texts(), want, "{body}");
+        }
+    }
+
     #[test]
     fn set_texts_reserializes() {
         let mut parsed = ParsedRequest::parse(

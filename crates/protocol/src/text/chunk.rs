@@ -505,7 +505,8 @@ fn read_plain_request(body: &[u8]) -> Option<CommonRequest<'_>> {
                     request.skip()?;
                 }
             }
-            "tools" => {
+            // Texts the hand reader does not collect: the general reader does.
+            "tools" | "prediction" => {
                 if request.non_null()? {
                     return None;
                 }
@@ -912,7 +913,7 @@ impl<'de> Visitor<'de> for MessageContent {
 
 /// A whole chat completion request: `messages`, `model`, `stream`, `user` and `metadata` are
 /// read, every other member skipped; a member that selects guardrails or may hold text the
-/// general reader reads (`tools`) gives up.
+/// general reader reads (`tools`, `prediction`) gives up.
 struct RequestVisitor;
 
 impl<'de> Visitor<'de> for RequestVisitor {
@@ -930,6 +931,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
             "user",
             "metadata",
             "tools",
+            "prediction",
             "guardrails",
             "litellm_metadata",
         ];
@@ -950,8 +952,9 @@ impl<'de> Visitor<'de> for RequestVisitor {
                         _ => user_id = map.next_value_seed(Metadata)?,
                     }
                 }
-                // `tools` (unless `null`) holds descriptions the general reader reads.
-                Some(5) => {
+                // `tools` and `prediction` (unless `null`) hold texts the general reader reads:
+                // descriptions, a predicted output.
+                Some(5 | 6) => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }

@@ -125,6 +125,8 @@ pub enum TextKind {
     Instructions,
     /// A tool definition's `description`.
     ToolDescription,
+    /// A chat request's predicted output (`prediction.content`).
+    Prediction,
 }
 
 /// Which text a piece of text belongs to: in a response, a choice (chat), an output item and

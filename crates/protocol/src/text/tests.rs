@@ -79,6 +79,35 @@ fn chat_request() {
     );
 }
 
+/// A predicted output is text the model is given: read, and rewritten, as a string or as text
+/// parts.
+#[test]
+fn chat_request_prediction() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "rewrite this"}],
+            "prediction": {"type": "content", "content": "predicted text"}
+        }),
+        &["rewrite this", "predicted text"],
+    );
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "rewrite this"}],
+            "prediction": {"type": "content", "content": [
+                {"type": "text", "text": "first part"},
+                {"type": "text", "text": "second part"}
+            ]}
+        }),
+        &["rewrite this", "first part", "second part"],
+    );
+}
+
 #[test]
 fn chat_response() {
     roundtrip(
@@ -427,6 +456,21 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             ChatCompletions,
             r#"{"messages": [], "tools": [{"function": {"description": ["forbidden"]}}]}"#,
             "tools[0].function.description",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "prediction": "forbidden"}"#,
+            "prediction",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "prediction": {"content": {"text": "forbidden"}}}"#,
+            "prediction.content",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "prediction": {"content": [{"type": "image_url", "text": "forbidden"}]}}"#,
+            "prediction.content[0].type",
         ),
         (Responses, r#"{"input": 7}"#, "input"),
         (Responses, r#"{"input": {"content": "forbidden"}}"#, "input"),

@@ -461,6 +461,47 @@ macro_rules! walker {
                 }
             }
 
+            /// A chat request's predicted output (`{"type": "content", "content": ...}`): text
+            /// the model is given, a string or text parts.
+            fn prediction<'v>(p: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if matches!(p, $E::Null) {
+                    return;
+                }
+                if !matches!(p, $E::Object(..)) {
+                    bad(path, MUST_BE_OBJECT);
+                    return;
+                }
+                let Some(content) = p.$get("content") else {
+                    return;
+                };
+                let path = path.key("content");
+                match content {
+                    $E::String(s) => emit(key(0, TextKind::Prediction, 0), Role::Full, $slot(s)),
+                    $E::Null => {}
+                    $E::Array(parts) => {
+                        for (j, part) in parts.$iter().enumerate() {
+                            let path = path.index(j);
+                            if !matches!(part, $E::Object(..)) {
+                                bad(&path, MUST_BE_OBJECT);
+                                continue;
+                            }
+                            let (kind, present) = $kind(part.get("type"));
+                            match chat_part_kind(kind, present) {
+                                Part::Text | Part::Untyped => match part.$get("text") {
+                                    Some(text) => string(text, key(0, TextKind::Prediction, j as u64), Role::Full, &path.key("text"), emit, bad),
+                                    None => bad(&path.key("text"), REQUIRED),
+                                },
+                                Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                                // A prediction holds text parts only: anything else may carry
+                                // text this gateway cannot find.
+                                _ => bad(&path.key("type"), UNKNOWN_PART),
+                            }
+                        }
+                    }
+                    _ => bad(&path, CONTENT_SHAPE),
+                }
+            }
+
             /// Tool definitions: their descriptions are text the model reads.
             fn tools<'v>(tools: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 let $E::Array(tools) = tools else {
@@ -716,6 +757,9 @@ macro_rules! walker {
                         }
                         if let Some(t) = root.$get("tools") {
                             tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                        if let Some(p) = root.$get("prediction") {
+                            prediction(p, &root_path.key("prediction"), emit, bad);
                         }
                     }
                     CallType::Responses => {
