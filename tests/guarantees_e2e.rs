@@ -206,6 +206,18 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             "assistant content",
             chat(json!([hi, {"role": "assistant", "content": "a forbidden answer"}, hi])),
         ),
+        (
+            "tool description",
+            json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "description": "a forbidden tool"}}]}),
+        ),
+        (
+            "predicted output",
+            json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": "a forbidden draft"}}),
+        ),
+        (
+            "predicted output parts",
+            json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": [{"type": "text", "text": "a forbidden draft"}]}}),
+        ),
     ];
     let responses = |fields: Value| {
         let mut body = json!({"model": "gpt"});
