@@ -211,6 +211,18 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "description": "a forbidden tool"}}]}),
         ),
         (
+            "tool parameter description",
+            json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}}]}),
+        ),
+        (
+            "tool parameter enum",
+            json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string", "enum": ["forbidden"]}}}}}]}),
+        ),
+        (
+            "response format schema",
+            json!({"model": "gpt", "messages": [hi], "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string", "description": "a forbidden field"}}}}}}),
+        ),
+        (
             "predicted output",
             json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": "a forbidden draft"}}),
         ),
@@ -259,6 +271,20 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             "function_call_output",
             responses(function_round("{}", "a forbidden result")),
         ),
+        (
+            "tool parameter schema",
+            responses(
+                json!({"input": "hi", "tools": [{"type": "function", "name": "search",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}]}),
+            ),
+        ),
+        (
+            "text.format schema",
+            responses(
+                json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "answer",
+            "schema": {"type": "object", "properties": {"a": {"type": "string", "enum": ["forbidden"]}}}}}}),
+            ),
+        ),
     ];
     let anthropic = |fields: Value| {
         let mut body = json!({"model": "claude", "max_tokens": 16});
@@ -275,6 +301,11 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
         ]})
     };
     let anthropic_cases = [
+        (
+            "tool input_schema",
+            anthropic(json!({"messages": [hi], "tools": [{"name": "search",
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}]})),
+        ),
         (
             "system string",
             anthropic(json!({"system": "a forbidden plan", "messages": [hi]})),

@@ -506,7 +506,7 @@ fn read_plain_request(body: &[u8]) -> Option<CommonRequest<'_>> {
                 }
             }
             // Texts the hand reader does not collect: the general reader does.
-            "tools" | "prediction" => {
+            "tools" | "prediction" | "response_format" => {
                 if request.non_null()? {
                     return None;
                 }
@@ -913,7 +913,7 @@ impl<'de> Visitor<'de> for MessageContent {
 
 /// A whole chat completion request: `messages`, `model`, `stream`, `user` and `metadata` are
 /// read, every other member skipped; a member that selects guardrails or may hold text the
-/// general reader reads (`tools`, `prediction`) gives up.
+/// general reader reads (`tools`, `prediction`, `response_format`) gives up.
 struct RequestVisitor;
 
 impl<'de> Visitor<'de> for RequestVisitor {
@@ -932,6 +932,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
             "metadata",
             "tools",
             "prediction",
+            "response_format",
             "guardrails",
             "litellm_metadata",
         ];
@@ -952,9 +953,9 @@ impl<'de> Visitor<'de> for RequestVisitor {
                         _ => user_id = map.next_value_seed(Metadata)?,
                     }
                 }
-                // `tools` and `prediction` (unless `null`) hold texts the general reader reads:
-                // descriptions, a predicted output.
-                Some(5 | 6) => {
+                // `tools`, `prediction` and `response_format` (unless `null`) hold texts the
+                // general reader reads: descriptions, schemas, a predicted output.
+                Some(5..=7) => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }

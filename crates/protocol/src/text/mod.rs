@@ -127,6 +127,9 @@ pub enum TextKind {
     ToolDescription,
     /// A chat request's predicted output (`prediction.content`).
     Prediction,
+    /// A text of a JSON Schema the model is given (a tool's parameters, a response format): a
+    /// `description`, a `title`, a string of an `enum`, `const`, `default` or `examples`.
+    Schema,
 }
 
 /// Which text a piece of text belongs to: in a response, a choice (chat), an output item and

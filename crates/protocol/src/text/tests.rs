@@ -108,6 +108,81 @@ fn chat_request_prediction() {
     );
 }
 
+/// The JSON Schemas a model is given are read at every depth: their descriptions, titles and
+/// the strings of their enums, consts, defaults and examples, not their member names or types.
+#[test]
+fn schemas_the_model_reads_are_text() {
+    let parameters = json!({
+        "type": "object",
+        "title": "search input",
+        "properties": {
+            "q": {"type": "string", "description": "the query"},
+            "mode": {"type": "string", "enum": ["fast", "deep"], "default": "fast"},
+            "filters": {"type": "array", "items": {"type": "object", "properties": {
+                "field": {"type": "string", "description": "a field", "examples": ["title"]}
+            }}},
+            "description": {"type": "string", "const": "fixed"}
+        }
+    });
+    let texts = [
+        "search input",
+        "the query",
+        "fast",
+        "deep",
+        "fast",
+        "a field",
+        "title",
+        "fixed",
+    ];
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "search", "description": "look up", "parameters": parameters}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "description": "the answer's shape", "schema": {
+                "type": "object", "properties": {"verdict": {"type": "string", "description": "yes or no"}}
+            }}}
+        }),
+        &[
+            &["hi", "look up"][..],
+            &texts[..],
+            &["the answer's shape", "yes or no"][..],
+        ]
+        .concat(),
+    );
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({
+            "model": "m",
+            "input": "hi",
+            "tools": [{"type": "function", "name": "search", "description": "look up", "parameters": parameters}],
+            "text": {"format": {"type": "json_schema", "name": "answer", "description": "the answer's shape", "schema": {
+                "type": "object", "properties": {"verdict": {"type": "string", "description": "yes or no"}}
+            }}}
+        }),
+        &[
+            &["hi", "look up"][..],
+            &texts[..],
+            &["the answer's shape", "yes or no"][..],
+        ]
+        .concat(),
+    );
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({
+            "model": "m",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": "search", "description": "look up", "input_schema": parameters}]
+        }),
+        &[&["hi", "look up"][..], &texts[..]].concat(),
+    );
+}
+
 #[test]
 fn chat_response() {
     roundtrip(
@@ -461,6 +536,21 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             ChatCompletions,
             r#"{"messages": [], "prediction": "forbidden"}"#,
             "prediction",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "tools": [{"function": {"parameters": {"properties": {"q": {"description": "ok", "description": "forbidden"}}}}}]}"#,
+            "tools[0].function.parameters.properties.q.description",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "response_format": "forbidden"}"#,
+            "response_format",
+        ),
+        (
+            Responses,
+            r#"{"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"title": "a", "title": "forbidden"}}}}"#,
+            "text.format.schema.title",
         ),
         (
             ChatCompletions,

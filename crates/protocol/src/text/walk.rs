@@ -20,9 +20,15 @@ pub(crate) enum Path<'a> {
     Root,
     Key(&'a Path<'a>, &'static str),
     Index(&'a Path<'a>, usize),
+    /// A member a document names (a JSON Schema's property).
+    Member(&'a Path<'a>, &'a str),
 }
 
 impl<'a> Path<'a> {
+    pub(crate) fn member<'b>(&'b self, name: &'b str) -> Path<'b> {
+        Path::Member(self, name)
+    }
+
     pub(crate) fn key(&'a self, key: &'static str) -> Path<'a> {
         Path::Key(self, key)
     }
@@ -39,6 +45,8 @@ impl std::fmt::Display for Path<'_> {
             Path::Key(Path::Root, key) => f.write_str(key),
             Path::Key(parent, key) => write!(f, "{parent}.{key}"),
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Path::Member(Path::Root, name) => f.write_str(name),
+            Path::Member(parent, name) => write!(f, "{parent}.{name}"),
         }
     }
 }
@@ -56,6 +64,8 @@ pub(crate) const UNKNOWN_BLOCK: &str = "is not a content block type this gateway
 pub(crate) const UNKNOWN_DELTA: &str = "is not a delta type this gateway can read";
 pub(crate) const UNKNOWN_EVENT: &str = "is a text event type this gateway cannot read";
 pub(crate) const TYPE_MUST_BE_STRING: &str = "must be a string naming the type";
+pub(crate) const NAMED_TWICE: &str =
+    "is named twice in its object: which of the two a model reads is its parser's choice";
 pub(crate) const PROMPT_SHAPE: &str =
     "must be a string, an array of strings, or an array of token ids";
 pub(crate) const REWRITE_NOT_JSON: &str =
@@ -502,6 +512,64 @@ macro_rules! walker {
                 }
             }
 
+            /// A JSON Schema the model is given (a tool's parameters, a response format): the
+            /// texts it reads in it, at every depth: `description` and `title` strings, and every
+            /// string of a `const`, `default`, `enum` or `examples` value (`literal`). An object
+            /// that names a member twice is refused (which of the two a model reads is its
+            /// parser's choice); member names are not read.
+            fn schema<'v>(s: $V, index: u64, literal: bool, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match s {
+                    $E::String(text) if literal => emit(key(index, TextKind::Schema, 0), Role::Full, $slot(text)),
+                    $E::Array(items) => {
+                        for (i, item) in items.$iter().enumerate() {
+                            schema(item, index, literal, &path.index(i), emit, bad);
+                        }
+                    }
+                    $E::Object(members) => {
+                        let mut names = std::collections::HashSet::new();
+                        for (name, value) in members.$iter() {
+                            let name: &str = name.as_ref();
+                            let path = path.member(name);
+                            if !names.insert(name) {
+                                bad(&path, NAMED_TWICE);
+                                return;
+                            }
+                            let literal = literal || matches!(name, "const" | "default" | "enum" | "examples");
+                            match value {
+                                $E::String(text) if literal || matches!(name, "description" | "title") => {
+                                    emit(key(index, TextKind::Schema, 0), Role::Full, $slot(text))
+                                }
+                                _ => schema(value, index, literal, &path, emit, bad),
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+
+            /// A chat request's `response_format` (`{"type": "json_schema", "json_schema":
+            /// {"description", "schema"}}`) or a Responses request's `text.format` (`{"type":
+            /// "json_schema", "description", "schema"}`): the schema the answer follows, which
+            /// the model reads.
+            fn response_format<'v>(f: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(f, $E::Object(..)) {
+                    if !matches!(f, $E::Null) {
+                        bad(path, MUST_BE_OBJECT);
+                    }
+                    return;
+                }
+                let nested = f.get("json_schema").is_some();
+                let (f, path) = match f.$get("json_schema") {
+                    Some(inner) if nested => (inner, path.key("json_schema")),
+                    _ => (f, *path),
+                };
+                if !matches!(f, $E::Object(..)) {
+                    bad(&path, MUST_BE_OBJECT);
+                    return;
+                }
+                schema(f, u64::MAX, false, &path, emit, bad);
+            }
+
             /// Tool definitions: their descriptions are text the model reads.
             fn tools<'v>(tools: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 let $E::Array(tools) = tools else {
@@ -520,14 +588,25 @@ macro_rules! walker {
                     // do not.
                     if let Some(function) = tool.$get("function") {
                         if let $E::Object(..) = function {
+                            let path = path.key("function");
                             if let Some(description) = function.$get("description") {
-                                opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("function").key("description"), emit, bad);
+                                opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
+                            }
+                            if let Some(parameters) = function.$get("parameters") {
+                                schema(parameters, i as u64, false, &path.key("parameters"), emit, bad);
                             }
                         }
                         continue;
                     }
                     if let Some(description) = tool.$get("description") {
                         opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
+                    }
+                    // Responses' `parameters`, Anthropic's `input_schema`.
+                    if let Some(parameters) = tool.$get("parameters") {
+                        schema(parameters, i as u64, false, &path.key("parameters"), emit, bad);
+                    }
+                    if let Some(input_schema) = tool.$get("input_schema") {
+                        schema(input_schema, i as u64, false, &path.key("input_schema"), emit, bad);
                     }
                 }
             }
@@ -761,6 +840,9 @@ macro_rules! walker {
                         if let Some(p) = root.$get("prediction") {
                             prediction(p, &root_path.key("prediction"), emit, bad);
                         }
+                        if let Some(f) = root.$get("response_format") {
+                            response_format(f, &root_path.key("response_format"), emit, bad);
+                        }
                     }
                     CallType::Responses => {
                         if let Some(instructions) = root.$get("instructions") {
@@ -790,6 +872,18 @@ macro_rules! walker {
                         }
                         if let Some(t) = root.$get("tools") {
                             tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                        if let Some(text) = root.$get("text") {
+                            let path = root_path.key("text");
+                            match text {
+                                $E::Object(..) => {
+                                    if let Some(format) = text.$get("format") {
+                                        response_format(format, &path.key("format"), emit, bad);
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, MUST_BE_OBJECT),
+                            }
                         }
                     }
                     CallType::AnthropicMessages => {
