@@ -83,29 +83,27 @@ fn chat_request() {
 /// parts.
 #[test]
 fn chat_request_prediction() {
-    roundtrip(
-        CallType::ChatCompletions,
-        Side::Request,
-        json!({
-            "model": "m",
-            "messages": [{"role": "user", "content": "rewrite this"}],
-            "prediction": {"type": "content", "content": "predicted text"}
-        }),
-        &["rewrite this", "predicted text"],
-    );
-    roundtrip(
-        CallType::ChatCompletions,
-        Side::Request,
-        json!({
-            "model": "m",
-            "messages": [{"role": "user", "content": "rewrite this"}],
-            "prediction": {"type": "content", "content": [
-                {"type": "text", "text": "first part"},
-                {"type": "text", "text": "second part"}
-            ]}
-        }),
-        &["rewrite this", "first part", "second part"],
-    );
+    for (content, want) in [
+        (
+            json!("predicted text"),
+            &["rewrite this", "predicted text"][..],
+        ),
+        (
+            json!([{"type": "text", "text": "first part"}, {"type": "text", "text": "second part"}]),
+            &["rewrite this", "first part", "second part"][..],
+        ),
+    ] {
+        roundtrip(
+            CallType::ChatCompletions,
+            Side::Request,
+            json!({
+                "model": "m",
+                "messages": [{"role": "user", "content": "rewrite this"}],
+                "prediction": {"type": "content", "content": content}
+            }),
+            want,
+        );
+    }
 }
 
 /// The JSON Schemas a model is given are read at every depth: their descriptions, titles and
@@ -134,6 +132,18 @@ fn schemas_the_model_reads_are_text() {
         "title",
         "fixed",
     ];
+    // The answer's schema: chat nests it under `json_schema`, Responses does not.
+    let answer = json!({"name": "answer", "description": "the answer's shape", "schema": {
+        "type": "object", "properties": {"verdict": {"type": "string", "description": "yes or no"}}
+    }});
+    let mut answer_format = answer.clone();
+    answer_format["type"] = json!("json_schema");
+    let with_answer = [
+        &["hi", "look up"][..],
+        &texts[..],
+        &["the answer's shape", "yes or no"][..],
+    ]
+    .concat();
     roundtrip(
         CallType::ChatCompletions,
         Side::Request,
@@ -141,16 +151,9 @@ fn schemas_the_model_reads_are_text() {
             "model": "m",
             "messages": [{"role": "user", "content": "hi"}],
             "tools": [{"type": "function", "function": {"name": "search", "description": "look up", "parameters": parameters}}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "description": "the answer's shape", "schema": {
-                "type": "object", "properties": {"verdict": {"type": "string", "description": "yes or no"}}
-            }}}
+            "response_format": {"type": "json_schema", "json_schema": answer}
         }),
-        &[
-            &["hi", "look up"][..],
-            &texts[..],
-            &["the answer's shape", "yes or no"][..],
-        ]
-        .concat(),
+        &with_answer,
     );
     roundtrip(
         CallType::Responses,
@@ -159,16 +162,9 @@ fn schemas_the_model_reads_are_text() {
             "model": "m",
             "input": "hi",
             "tools": [{"type": "function", "name": "search", "description": "look up", "parameters": parameters}],
-            "text": {"format": {"type": "json_schema", "name": "answer", "description": "the answer's shape", "schema": {
-                "type": "object", "properties": {"verdict": {"type": "string", "description": "yes or no"}}
-            }}}
+            "text": {"format": answer_format}
         }),
-        &[
-            &["hi", "look up"][..],
-            &texts[..],
-            &["the answer's shape", "yes or no"][..],
-        ]
-        .concat(),
+        &with_answer,
     );
     roundtrip(
         CallType::AnthropicMessages,
