@@ -43,7 +43,7 @@ pub enum JsonView<'a> {
 impl<'a> JsonView<'a> {
     /// Parses a whole document.
     ///
-    /// The document's UTF-8 is checked once, a word at a time over ASCII, rather than by
+    /// The document's UTF-8 is checked once ([`utf8`](crate::utf8)), rather than by
     /// `serde_json` string by string; a document that fails the check is parsed from the bytes,
     /// so the error is `serde_json`'s own, with its position.
     pub fn parse(bytes: &'a [u8]) -> serde_json::Result<JsonView<'a>> {

@@ -558,10 +558,10 @@ macro_rules! walker {
                     }
                     return;
                 }
-                let nested = f.get("json_schema").is_some();
+                // Chat nests the schema's object under `json_schema`; Responses does not.
                 let (f, path) = match f.$get("json_schema") {
-                    Some(inner) if nested => (inner, path.key("json_schema")),
-                    _ => (f, *path),
+                    Some(inner) => (inner, path.key("json_schema")),
+                    None => (f, *path),
                 };
                 if !matches!(f, $E::Object(..)) {
                     bad(&path, MUST_BE_OBJECT);
