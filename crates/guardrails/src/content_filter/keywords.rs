@@ -262,9 +262,11 @@ fn on_boundaries(text: &str, start: usize, end: usize, partial: bool) -> bool {
 }
 
 impl Keywords {
-    /// Compiles the keywords: `(keyword, action, description)`, already deduplicated, each with
-    /// a character other than `*` and whitespace.
-    pub(super) fn new(entries: Vec<(String, FilterAction, Option<String>)>) -> Option<Keywords> {
+    /// Compiles the keywords: `(keyword, its fold_keyword, action, description)`, already
+    /// deduplicated by the fold, each with a character other than `*` and whitespace.
+    pub(super) fn new(
+        entries: Vec<(String, String, FilterAction, Option<String>)>,
+    ) -> Option<Keywords> {
         if entries.is_empty() {
             return None;
         }
@@ -272,8 +274,8 @@ impl Keywords {
         let mut targets = Vec::with_capacity(entries.len());
         let mut wild = Vec::new();
         let mut list = Vec::with_capacity(entries.len());
-        for (k, (keyword, action, description)) in entries.into_iter().enumerate() {
-            let folded: Vec<char> = fold_keyword(&keyword).chars().collect();
+        for (k, (keyword, folded, action, description)) in entries.into_iter().enumerate() {
+            let folded: Vec<char> = folded.chars().collect();
             if folded.contains(&WILDCARD) {
                 let elems: Vec<Elem> = folded
                     .iter()
@@ -746,7 +748,7 @@ mod tests {
         Keywords::new(
             words
                 .iter()
-                .map(|w| (w.to_string(), FilterAction::Block, None))
+                .map(|w| (w.to_string(), fold_keyword(w), FilterAction::Block, None))
                 .collect(),
         )
         .unwrap()

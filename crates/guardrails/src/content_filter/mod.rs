@@ -333,7 +333,7 @@ impl ContentFilter {
         let keywords = Keywords::new(
             words
                 .into_iter()
-                .map(|(_, w)| (w.keyword, w.action, w.description))
+                .map(|(key, w)| (w.keyword, key, w.action, w.description))
                 .collect(),
         );
 
