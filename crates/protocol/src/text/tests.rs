@@ -119,7 +119,11 @@ fn schemas_the_model_reads_are_text() {
             "filters": {"type": "array", "items": {"type": "object", "properties": {
                 "field": {"type": "string", "description": "a field", "examples": ["title"]}
             }}},
-            "description": {"type": "string", "const": "fixed"}
+            "description": {"type": "string", "const": "fixed"},
+            "notes": {"type": "string", "description": ["first line", "second line"]},
+            "meta": {"type": "object", "description": {"text": "an object"}, "properties": {
+                "title": "a schema written as a string"
+            }}
         }
     });
     let texts = [
@@ -131,6 +135,10 @@ fn schemas_the_model_reads_are_text() {
         "a field",
         "title",
         "fixed",
+        "first line",
+        "second line",
+        "an object",
+        "a schema written as a string",
     ];
     // The answer's schema: chat nests it under `json_schema`, Responses does not.
     let answer = json!({"name": "answer", "description": "the answer's shape", "schema": {

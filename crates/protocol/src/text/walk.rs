@@ -513,16 +513,20 @@ macro_rules! walker {
             }
 
             /// A JSON Schema the model is given (a tool's parameters, a response format): the
-            /// texts it reads in it, at every depth: `description` and `title` strings, and every
-            /// string of a `const`, `default`, `enum` or `examples` value (`literal`). An object
+            /// texts it reads in it, at every depth. Read: a `description` or `title` string, and
+            /// every string under a `description` or `title` that is not one (a model is shown
+            /// what it is given, schema or not) or under a `const`, `default`, `enum` or
+            /// `examples` (`literal`). The members of a `properties`, `patternProperties`,
+            /// `$defs`, `definitions` or `dependentSchemas` object are named schemas
+            /// (`named`): a property called `description` is a schema, not a text. An object
             /// that names a member twice is refused (which of the two a model reads is its
             /// parser's choice); member names are not read.
-            fn schema<'v>(s: $V, index: u64, literal: bool, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+            fn schema<'v>(s: $V, index: u64, literal: bool, named: bool, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 match s {
                     $E::String(text) if literal => emit(key(index, TextKind::Schema, 0), Role::Full, $slot(text)),
                     $E::Array(items) => {
                         for (i, item) in items.$iter().enumerate() {
-                            schema(item, index, literal, &path.index(i), emit, bad);
+                            schema(item, index, literal, false, &path.index(i), emit, bad);
                         }
                     }
                     $E::Object(members) => {
@@ -534,13 +538,17 @@ macro_rules! walker {
                                 bad(&path, NAMED_TWICE);
                                 return;
                             }
-                            let literal = literal || matches!(name, "const" | "default" | "enum" | "examples");
-                            match value {
-                                $E::String(text) if literal || matches!(name, "description" | "title") => {
-                                    emit(key(index, TextKind::Schema, 0), Role::Full, $slot(text))
-                                }
-                                _ => schema(value, index, literal, &path, emit, bad),
-                            }
+                            // A named schema written as a string is shown to the model too.
+                            let (literal, named) = if named {
+                                (literal || matches!(value, $E::String(..)), false)
+                            } else {
+                                (
+                                    literal
+                                        || matches!(name, "description" | "title" | "const" | "default" | "enum" | "examples"),
+                                    matches!(name, "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas"),
+                                )
+                            };
+                            schema(value, index, literal, named, &path, emit, bad);
                         }
                     }
                     _ => {}
@@ -567,7 +575,7 @@ macro_rules! walker {
                     bad(&path, MUST_BE_OBJECT);
                     return;
                 }
-                schema(f, u64::MAX, false, &path, emit, bad);
+                schema(f, u64::MAX, false, false, &path, emit, bad);
             }
 
             /// Tool definitions: their descriptions are text the model reads.
@@ -593,7 +601,7 @@ macro_rules! walker {
                                 opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
                             }
                             if let Some(parameters) = function.$get("parameters") {
-                                schema(parameters, i as u64, false, &path.key("parameters"), emit, bad);
+                                schema(parameters, i as u64, false, false, &path.key("parameters"), emit, bad);
                             }
                         }
                         continue;
@@ -603,10 +611,10 @@ macro_rules! walker {
                     }
                     // Responses' `parameters`, Anthropic's `input_schema`.
                     if let Some(parameters) = tool.$get("parameters") {
-                        schema(parameters, i as u64, false, &path.key("parameters"), emit, bad);
+                        schema(parameters, i as u64, false, false, &path.key("parameters"), emit, bad);
                     }
                     if let Some(input_schema) = tool.$get("input_schema") {
-                        schema(input_schema, i as u64, false, &path.key("input_schema"), emit, bad);
+                        schema(input_schema, i as u64, false, false, &path.key("input_schema"), emit, bad);
                     }
                 }
             }
