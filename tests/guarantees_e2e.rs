@@ -223,6 +223,10 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": ["a forbidden query"]}}}}}]}),
         ),
         (
+            "tool parameters as a string",
+            json!({"model": "gpt", "messages": [hi], "tools": [{"type": "function", "function": {"name": "search", "parameters": "a forbidden schema"}}]}),
+        ),
+        (
             "response format schema",
             json!({"model": "gpt", "messages": [hi], "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string", "description": "a forbidden field"}}}}}}),
         ),

@@ -555,6 +555,13 @@ macro_rules! walker {
                 }
             }
 
+            /// A tool's parameters or input schema: [`schema`], every string of it read when it
+            /// is not an object (no schema, but what the model is shown).
+            fn tool_schema<'v>(s: $V, index: u64, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let literal = !matches!(s, $E::Object(..));
+                schema(s, index, literal, false, path, emit, bad);
+            }
+
             /// A chat request's `response_format` (`{"type": "json_schema", "json_schema":
             /// {"description", "schema"}}`) or a Responses request's `text.format` (`{"type":
             /// "json_schema", "description", "schema"}`): the schema the answer follows, which
@@ -601,7 +608,7 @@ macro_rules! walker {
                                 opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
                             }
                             if let Some(parameters) = function.$get("parameters") {
-                                schema(parameters, i as u64, false, false, &path.key("parameters"), emit, bad);
+                                tool_schema(parameters, i as u64, &path.key("parameters"), emit, bad);
                             }
                         }
                         continue;
@@ -611,10 +618,10 @@ macro_rules! walker {
                     }
                     // Responses' `parameters`, Anthropic's `input_schema`.
                     if let Some(parameters) = tool.$get("parameters") {
-                        schema(parameters, i as u64, false, false, &path.key("parameters"), emit, bad);
+                        tool_schema(parameters, i as u64, &path.key("parameters"), emit, bad);
                     }
                     if let Some(input_schema) = tool.$get("input_schema") {
-                        schema(input_schema, i as u64, false, false, &path.key("input_schema"), emit, bad);
+                        tool_schema(input_schema, i as u64, &path.key("input_schema"), emit, bad);
                     }
                 }
             }
