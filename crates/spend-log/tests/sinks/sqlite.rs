@@ -614,12 +614,15 @@ async fn a_batch_refused_part_way_is_rolled_back_and_the_next_one_written() {
     assert_eq!(ids, ["next"]);
 }
 
-/// The workspace builds its bundled SQLite with `SQLITE_DEFAULT_MEMSTATUS=0`
-/// (`.cargo/config.toml`): without it every SQLite allocation takes a global mutex to keep
-/// statistics nothing reads (about 600 instructions a spend-log row, BENCHMARKS.md). The sink's
-/// connections and this one share the one library linked into the binary.
+/// The workspace builds its bundled SQLite with `SQLITE_DEFAULT_MEMSTATUS=0` and
+/// `SQLITE_DEFAULT_LOOKASIDE=1200,100` (`.cargo/config.toml`). Without the first, every SQLite
+/// allocation takes a global mutex to keep statistics nothing reads (about 600 instructions a
+/// spend-log row); without the second, a batch's 16-row `INSERT` binds more short text values
+/// than the default lookaside has slots, and each of the rest is a `malloc` and a `free` (about
+/// 800 instructions a row; BENCHMARKS.md). The sink's connections and this one share the one
+/// library linked into the binary.
 #[test]
-fn the_bundled_sqlite_keeps_no_memory_statistics() {
+fn the_bundled_sqlite_is_built_with_the_workspace_options() {
     let db = Connection::open_in_memory().unwrap();
     let options: Vec<String> = db
         .prepare("SELECT compile_options FROM pragma_compile_options")
@@ -628,9 +631,11 @@ fn the_bundled_sqlite_keeps_no_memory_statistics() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert!(
-        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
-        "SQLite was built without SQLITE_DEFAULT_MEMSTATUS=0 (LIBSQLITE3_FLAGS in \
-         .cargo/config.toml, or overridden by the environment): {options:?}"
-    );
+    for option in ["DEFAULT_MEMSTATUS=0", "DEFAULT_LOOKASIDE=1200,100"] {
+        assert!(
+            options.iter().any(|o| o == option),
+            "SQLite was built without SQLITE_{option} (LIBSQLITE3_FLAGS in .cargo/config.toml, \
+             or overridden by the environment): {options:?}"
+        );
+    }
 }
