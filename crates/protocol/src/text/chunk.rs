@@ -24,20 +24,24 @@
 //! A whole chat completion response is read the same way: one choice or more whose `message`
 //! carries at most a string `content`, and the `usage` counts
 //! ([`CallType::response_texts_and_usage`] tries this reader first). It gives up at a
-//! `message` member that may hold text other than `content` (`name`, `refusal`, reasoning,
-//! `audio`, `tool_calls`, `function_call`) when it is not `null`, a `content` that is not a
-//! string or `null`, a choice's legacy `text`, a `usage` that is not an object or `null`, a
-//! member it reads written twice, a shape the general reader refuses, and anything `serde_json`
-//! does not accept. Members the general reader does not read (`role`, `annotations`,
-//! `logprobs`, unknown ones) are skipped, as it skips them.
+//! `message` member other than `content` that is not `null`, unless it is one known to hold no
+//! text (`role`, `annotations`, `tool_call_id`: the general reader reads `name`, `refusal`,
+//! reasoning, `thinking_blocks`, `audio`, `tool_calls`, `function_call`, and a member nobody
+//! here knows may hold text too), a `content` that is not a string or `null`, a choice's legacy
+//! `text`, a `usage` that is not an object or `null`, a member it reads written twice, a shape
+//! the general reader refuses, and anything `serde_json` does not accept. A choice's and the
+//! response's other members (`logprobs`, `finish_reason`, `id`, ...) are skipped, as the
+//! general reader skips them.
 //!
 //! A chat completion request is read the same way ([`CallType::read_common_request`], tried
 //! first by the gateway's request parser): `messages` whose messages carry at most a string
 //! `content` (the same message reader), and the `model`, `stream`, `user` and
-//! `metadata.user_id` the gateway reads. It gives up at a `tools` that is not `null`, a
-//! guardrail selection (`guardrails`, `metadata.guardrails`), `litellm_metadata`, a missing
-//! `messages`, a message that is not an object, a member it reads written twice, and anything
-//! the general path refuses; so a request whose shape is wrong gets the general path's error.
+//! `metadata.user_id` the gateway reads, skipping the members known to hold no text (sampling,
+//! limits, output options). It gives up at any other member that is not `null` (`tools`,
+//! `functions`, `prediction`, `response_format`, one nobody here knows), a guardrail selection
+//! (`guardrails`, `metadata.guardrails`), `litellm_metadata`, a missing `messages`, a message
+//! that is not an object, a member it reads written twice, and anything the general path
+//! refuses; so a request whose shape is wrong gets the general path's error.
 //!
 //! Each of the three is first read by hand ([`Plain`]) when the document is plain JSON (no
 //! escape in a name or a skipped string, numbers `serde_json` reads without overflowing), with
@@ -448,15 +452,70 @@ fn read_plain_response_choice(choice: &mut Plain<'_>) -> Option<Option<String>> 
     Some(content)
 }
 
+/// The members of a chat message (a request's or a response's) that [`MessageContent`] and
+/// [`read_plain_message`] know: `content`, then the ones that hold no text the general reader
+/// reads, which they skip. Any other member that is not `null` gives up, so a member is
+/// skipped only when it is known to hold no text: one the general reader reads (`name`,
+/// `refusal`, reasoning, `thinking_blocks`, `audio`, `tool_calls`, `function_call`) or one
+/// nobody here knows goes to the general reader.
+const MESSAGE_MEMBERS: &[&str] = &["content", "role", "annotations", "tool_call_id"];
+
 /// A response's message or a request's, as [`MessageContent`] reads it: its `content`.
 fn read_plain_message<'a>(message: &mut Plain<'a>) -> Option<Option<Cow<'a, str>>> {
-    read_plain_content(message, &mut ContentAt::None, |member, name| match name {
-        // The members the general reader reads text from.
-        "name" | "refusal" | "reasoning_content" | "reasoning" | "audio" | "tool_calls"
-        | "function_call" => (!member.non_null()?).then_some(()),
-        _ => member.skip(),
+    read_plain_content(message, &mut ContentAt::None, |member, name| {
+        if MESSAGE_MEMBERS[1..].contains(&name) {
+            member.skip()
+        } else {
+            (!member.non_null()?).then_some(())
+        }
     })
 }
+
+/// The top-level members of a chat completion request that [`RequestVisitor`] and
+/// [`read_plain_request`] know: the five they read (`messages`, `model`, `stream`, `user`,
+/// `metadata`), two that select guardrails or that the gateway removes (they give up at
+/// those), then the ones that hold no text a guardrail reads (sampling, limits, output
+/// options), which they skip. Any other member that is not `null` gives up: `tools`,
+/// `functions`, `prediction` and `response_format` hold texts the general reader reads, and a
+/// member nobody here knows may.
+const REQUEST_MEMBERS: &[&str] = &[
+    "messages",
+    "model",
+    "stream",
+    "user",
+    "metadata",
+    "guardrails",
+    "litellm_metadata",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "top_p",
+    "n",
+    "stop",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "seed",
+    "tool_choice",
+    "function_call",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "verbosity",
+    "modalities",
+    "audio",
+    "service_tier",
+    "store",
+    "prompt_cache_key",
+    "safety_identifier",
+    "web_search_options",
+    "top_k",
+];
+
+/// Where the members [`REQUEST_MEMBERS`] lists as holding no text start.
+const REQUEST_NO_TEXT: usize = 7;
 
 /// A whole request read by hand when it is plain JSON, as [`RequestVisitor`] reads it (about
 /// 6,000 instructions for the bench's 1,200-byte request through the visitor).
@@ -505,14 +564,15 @@ fn read_plain_request(body: &[u8]) -> Option<CommonRequest<'_>> {
                     request.skip()?;
                 }
             }
-            // Texts the hand reader does not collect: the general reader does.
-            "tools" | "prediction" | "response_format" => {
+            "guardrails" | "litellm_metadata" => return None,
+            _ if REQUEST_MEMBERS[REQUEST_NO_TEXT..].contains(&name) => request.skip()?,
+            // Texts the hand reader does not collect (`tools`, `prediction`, ...), or a
+            // member it does not know: the general reader reads them.
+            _ => {
                 if request.non_null()? {
                     return None;
                 }
             }
-            "guardrails" | "litellm_metadata" => return None,
-            _ => request.skip()?,
         }
         Some(())
     })?;
@@ -877,33 +937,23 @@ impl<'de> Visitor<'de> for MessageContent {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // The members the general reader reads text from (`chat_message`), `content` first.
-        const NAMES: &[&str] = &[
-            "content",
-            "name",
-            "refusal",
-            "reasoning_content",
-            "reasoning",
-            "audio",
-            "tool_calls",
-            "function_call",
-        ];
         let mut seen = false;
         let mut content = None;
-        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+        while let Some(name) = map.next_key_seed(MemberName(MESSAGE_MEMBERS))? {
             match name {
                 Some(0) => {
                     once(&mut seen)?;
                     content = map.next_value_seed(OrNull(Text))?;
                 }
+                // `role`, `annotations`, `tool_call_id`: no text.
                 Some(_) => {
+                    map.next_value::<Skip>()?;
+                }
+                // A member the general reader reads text from, or one nobody here knows.
+                None => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }
-                }
-                // `role`, `annotations` and anything unknown: not read by the general reader.
-                None => {
-                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -912,8 +962,10 @@ impl<'de> Visitor<'de> for MessageContent {
 }
 
 /// A whole chat completion request: `messages`, `model`, `stream`, `user` and `metadata` are
-/// read, every other member skipped; a member that selects guardrails or may hold text the
-/// general reader reads (`tools`, `prediction`, `response_format`) gives up.
+/// read, and the members known to hold no text ([`REQUEST_MEMBERS`]) skipped; a member that
+/// selects guardrails gives up, and so does any other that is not `null` (`tools`,
+/// `functions`, `prediction`, `response_format`, an unknown one), which the general reader
+/// reads.
 struct RequestVisitor;
 
 impl<'de> Visitor<'de> for RequestVisitor {
@@ -924,22 +976,10 @@ impl<'de> Visitor<'de> for RequestVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        const NAMES: &[&str] = &[
-            "messages",
-            "model",
-            "stream",
-            "user",
-            "metadata",
-            "tools",
-            "prediction",
-            "response_format",
-            "guardrails",
-            "litellm_metadata",
-        ];
         let mut out = CommonRequest::default();
         let mut seen = [false; 5];
         let mut user_id = None;
-        while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
+        while let Some(name) = map.next_key_seed(MemberName(REQUEST_MEMBERS))? {
             match name {
                 Some(i @ 0..5) => {
                     once(&mut seen[i])?;
@@ -953,17 +993,18 @@ impl<'de> Visitor<'de> for RequestVisitor {
                         _ => user_id = map.next_value_seed(Metadata)?,
                     }
                 }
-                // `tools`, `prediction` and `response_format` (unless `null`) hold texts the
-                // general reader reads: descriptions, schemas, a predicted output.
-                Some(5..=7) => {
+                // A guardrail selection, or keys the gateway removes before forwarding.
+                Some(5 | 6) => return Err(not_common()),
+                // Sampling, limits, output options: no text.
+                Some(_) => {
+                    map.next_value::<Skip>()?;
+                }
+                // `tools`, `functions`, `prediction`, `response_format` (unless `null`) hold
+                // texts the general reader reads; a member nobody here knows may.
+                None => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }
-                }
-                // A guardrail selection, or keys the gateway removes before forwarding.
-                Some(_) => return Err(not_common()),
-                None => {
-                    map.next_value::<Skip>()?;
                 }
             }
         }

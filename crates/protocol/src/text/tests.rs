@@ -246,6 +246,78 @@ fn chat_reasoning_and_audio_transcripts_are_text() {
     assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
 }
 
+/// What a chat request gives the model beyond its messages and `tools[].function`: a custom
+/// tool's description, the legacy `functions`, and LiteLLM's `thinking_blocks` (on a request's
+/// messages, a response's message and a stream's deltas).
+#[test]
+fn chat_custom_tools_legacy_functions_and_thinking_blocks_are_text() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "sure", "thinking_blocks": [
+                    {"type": "thinking", "thinking": "first thought", "signature": "s"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "thinking", "thinking": "second thought", "signature": "t"}
+                ]},
+                {"role": "user", "content": "go on"}
+            ],
+            "tools": [
+                {"type": "custom", "custom": {"name": "sql", "description": "runs a query",
+                    "format": {"type": "text"}}},
+                {"type": "function", "function": {"name": "f", "description": "calls f"}}
+            ],
+            "functions": [
+                {"name": "legacy", "description": "an old definition", "parameters": {
+                    "type": "object", "properties": {"q": {"type": "string", "description": "the query"}}
+                }},
+                {"name": "bare"}
+            ]
+        }),
+        &[
+            "hi",
+            "sure",
+            "first thought",
+            "second thought",
+            "go on",
+            "runs a query",
+            "calls f",
+            "an old definition",
+            "the query",
+        ],
+    );
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Response,
+        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "answer",
+        "reasoning_content": "thought", "thinking_blocks": [
+            {"type": "thinking", "thinking": "thought", "signature": "s"}
+        ]}}]}),
+        &["answer", "thought", "thought"],
+    );
+    // A stream's deltas carry each block's text under the same key.
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ab",
+        "thinking_blocks": [{"type": "thinking", "thinking": "cd"}]}}]});
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
+        )
+    };
+    let stream = [
+        chunk(json!({"role": "assistant", "thinking_blocks": [{"type": "thinking", "thinking": "c"}]})),
+        chunk(json!({"thinking_blocks": [{"type": "thinking", "thinking": "d", "signature": "s"}]})),
+        chunk(json!({"content": "a"})),
+        chunk(json!({"content": "b"})),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
+}
+
 #[test]
 fn responses_request() {
     roundtrip(
@@ -540,6 +612,41 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             ChatCompletions,
             r#"{"messages": [], "prediction": "forbidden"}"#,
             "prediction",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "tools": [{"type": "function", "function": "forbidden"}]}"#,
+            "tools[0].function",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "tools": [{"type": "custom", "custom": ["forbidden"]}]}"#,
+            "tools[0].custom",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "functions": {"description": "forbidden"}}"#,
+            "functions",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [], "functions": ["forbidden"]}"#,
+            "functions[0]",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "thinking_blocks": "forbidden"}]}"#,
+            "messages[0].thinking_blocks",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "thinking_blocks": [{"type": "thought", "thinking": "forbidden"}]}]}"#,
+            "messages[0].thinking_blocks[0].type",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "thinking_blocks": [{"thinking": "forbidden"}]}]}"#,
+            "messages[0].thinking_blocks[0].type",
         ),
         (
             ChatCompletions,

@@ -246,6 +246,9 @@ pub(crate) const FUNCTION_CALL_SUB: u64 = u64::MAX;
 /// The `sub` of a chat message's `reasoning` string (its `reasoning_content` is sub 0).
 pub(crate) const REASONING_SUB: u64 = 1;
 
+/// The `sub` of a chat message's first thinking block (`thinking_blocks[j]` is this plus `j`).
+pub(crate) const THINKING_SUB: u64 = 2;
+
 /// The `sub` of a chat message's audio transcript (its content is sub 0).
 pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
 
@@ -402,6 +405,37 @@ macro_rules! walker {
                 }
                 if let Some(reasoning @ $E::String(..)) = m.$get("reasoning") {
                     opt_string(reasoning, key(index, TextKind::Reasoning, REASONING_SUB), role, &path.key("reasoning"), emit, bad);
+                }
+                // LiteLLM's Anthropic-style `thinking_blocks`, on its messages and deltas: the
+                // `thinking` of each is reasoning text (a redacted block's `data` is opaque).
+                if let Some(blocks) = m.$get("thinking_blocks") {
+                    let path = path.key("thinking_blocks");
+                    match blocks {
+                        $E::Array(blocks) => {
+                            for (j, block) in blocks.$iter().enumerate() {
+                                let path = path.index(j);
+                                if !matches!(block, $E::Object(..)) {
+                                    bad(&path, MUST_BE_OBJECT);
+                                    continue;
+                                }
+                                let (kind, present) = $kind(block.get("type"));
+                                match anthropic_block_kind(kind, present) {
+                                    Block::Thinking => {
+                                        if let Some(thinking) = block.$get("thinking") {
+                                            let k = key(index, TextKind::Reasoning, THINKING_SUB + j as u64);
+                                            string(thinking, k, role, &path.key("thinking"), emit, bad);
+                                        }
+                                    }
+                                    Block::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                                    Block::Untyped => bad(&path.key("type"), REQUIRED),
+                                    _ if kind == Some("redacted_thinking") => {}
+                                    _ => bad(&path.key("type"), UNKNOWN_BLOCK),
+                                }
+                            }
+                        }
+                        $E::Null => {}
+                        _ => bad(&path, MUST_BE_ARRAY),
+                    }
                 }
                 // The transcript of an audio answer.
                 if let Some(transcript) = m.$get("audio").and_then(|audio| audio.$get("transcript")) {
@@ -585,6 +619,24 @@ macro_rules! walker {
                 schema(f, u64::MAX, false, false, &path, emit, bad);
             }
 
+            /// A function's definition (a chat tool's `function`, a custom tool's `custom`, an
+            /// entry of the legacy `functions`): its description and its parameters' schema,
+            /// which the model reads.
+            fn function_definition<'v>(d: $V, index: u64, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if !matches!(d, $E::Object(..)) {
+                    if !matches!(d, $E::Null) {
+                        bad(path, MUST_BE_OBJECT);
+                    }
+                    return;
+                }
+                if let Some(description) = d.$get("description") {
+                    opt_string(description, key(index, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
+                }
+                if let Some(parameters) = d.$get("parameters") {
+                    tool_schema(parameters, index, &path.key("parameters"), emit, bad);
+                }
+            }
+
             /// Tool definitions: their descriptions are text the model reads.
             fn tools<'v>(tools: $V, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 let $E::Array(tools) = tools else {
@@ -599,18 +651,14 @@ macro_rules! walker {
                         bad(&path, MUST_BE_OBJECT);
                         continue;
                     }
-                    // Chat nests the definition under `function`; Responses and Anthropic
-                    // do not.
+                    // Chat nests the definition under `function` (a custom tool's under
+                    // `custom`); Responses and Anthropic do not.
                     if let Some(function) = tool.$get("function") {
-                        if let $E::Object(..) = function {
-                            let path = path.key("function");
-                            if let Some(description) = function.$get("description") {
-                                opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
-                            }
-                            if let Some(parameters) = function.$get("parameters") {
-                                tool_schema(parameters, i as u64, &path.key("parameters"), emit, bad);
-                            }
-                        }
+                        function_definition(function, i as u64, &path.key("function"), emit, bad);
+                        continue;
+                    }
+                    if let Some(custom) = tool.$get("custom") {
+                        function_definition(custom, i as u64, &path.key("custom"), emit, bad);
                         continue;
                     }
                     if let Some(description) = tool.$get("description") {
@@ -851,6 +899,20 @@ macro_rules! walker {
                         }
                         if let Some(t) = root.$get("tools") {
                             tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                        // The legacy `functions`, which OpenAI still accepts: the definitions
+                        // `tools[].function` replaced.
+                        if let Some(functions) = root.$get("functions") {
+                            let path = root_path.key("functions");
+                            match functions {
+                                $E::Array(functions) => {
+                                    for (i, function) in functions.$iter().enumerate() {
+                                        function_definition(function, i as u64, &path.index(i), emit, bad);
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, MUST_BE_ARRAY),
+                            }
                         }
                         if let Some(p) = root.$get("prediction") {
                             prediction(p, &root_path.key("prediction"), emit, bad);

@@ -688,6 +688,8 @@ fn the_common_response_is_read_without_a_view() {
         r#"{"choices":[{"message":{"content":null,"refusal":"no"}}]}"#,
         r#"{"choices":[{"message":{"content":[{"type":"text","text":"p"}]}}]}"#,
         r#"{"choices":[{"message":{"content":"a","reasoning_content":"r"}}]}"#,
+        r#"{"choices":[{"message":{"content":"a","thinking_blocks":[{"type":"thinking","thinking":"t"}]}}]}"#,
+        r#"{"choices":[{"message":{"content":"a","provider_specific_fields":{"x":"y"}}}]}"#,
         r#"{"choices":[{"text":"legacy"}]}"#,
         r#"{"choices":[{"message":{"content":"a"}}],"usage":5}"#,
         r#"{"choices":[{"message":{"content":"a","content":"b"}}]}"#,
@@ -732,7 +734,8 @@ fn message(escape: bool) -> BoxedStrategy<String> {
         6 => member(&["content"], content.boxed(), escape),
         2 => member(&["role", "annotations"], one_of(&["\"assistant\"", "null", "[]", "1e400"]), escape),
         1 => member(
-            &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name"],
+            &["refusal", "reasoning_content", "reasoning", "tool_calls", "function_call", "audio", "name",
+                "thinking_blocks", "tool_call_id", "extra"],
             other.boxed(), escape),
     ]
     .boxed();
@@ -941,6 +944,15 @@ fn every_other_request_is_left_to_the_general_reader() {
         r#"{"model":"m","messages":[{"role":"user","content":"a","name":"n"}]}"#,
         r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}]}]}"#,
         r#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"description":"d"}}]}"#,
+        r#"{"model":"m","messages":[],"tools":[{"type":"custom","custom":{"description":"d"}}]}"#,
+        r#"{"model":"m","messages":[],"functions":[{"name":"f","description":"d"}]}"#,
+        r#"{"model":"m","messages":[],"prediction":{"type":"content","content":"p"}}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":"a","thinking_blocks":[{"type":"thinking","thinking":"t"}]}]}"#,
+        // Members nobody here knows, which may hold text: an upstream's own (vLLM's
+        // `documents` and `chat_template`), a message's.
+        r#"{"model":"m","messages":[],"documents":[{"text":"d"}]}"#,
+        r#"{"model":"m","messages":[],"chat_template":"t"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"a","extra":"x"}]}"#,
         // A guardrail selection, LiteLLM's metadata.
         r#"{"model":"m","messages":[],"guardrails":["g"]}"#,
         r#"{"model":"m","messages":[],"guardrails":null}"#,
@@ -967,6 +979,13 @@ fn every_other_request_is_left_to_the_general_reader() {
     }
     let chat = r#"{"model":"m","messages":[]}"#;
     assert!(common_request(chat).is_some());
+    // Members known to hold no text, and unknown ones that are `null`, are skipped.
+    let read = common_request(
+        r#"{"model":"m","temperature":0.5,"stop":["x"],"tool_choice":"auto","extra":null,
+            "messages":[{"role":"tool","tool_call_id":"c","content":"out","annotations":[],"extra":null}]}"#,
+    )
+    .expect("read by the common reader");
+    assert_eq!(read.texts, ["out"]);
     for call_type in NOT_CHAT {
         assert_eq!(call_type.read_common_request(chat.as_bytes()), None);
     }
@@ -998,7 +1017,8 @@ fn request_with(escape: bool) -> BoxedStrategy<String> {
         3 => member(&["model", "user"], one_of(&["\"gpt\"", "\"esc\\u00e9\"", "null", "5", "{}", "[\"x\"]"]), escape),
         2 => member(&["stream"], one_of(&["true", "false", "null", "\"true\"", "1"]), escape),
         3 => member(&["metadata"], metadata, escape),
-        1 => member(&["tools"], one_of(&["null", "[]", "[{\"type\":\"function\",\"function\":{\"description\":\"d\"}}]"]), escape),
+        1 => member(&["tools", "functions"], one_of(&["null", "[]", "[{\"type\":\"function\",\"function\":{\"description\":\"d\"}}]", "[{\"description\":\"d\"}]"]), escape),
+        1 => member(&["documents", "chat_template", "prediction"], one_of(&["null", "\"t\"", "[{\"text\":\"t\"}]", "{\"content\":\"t\"}"]), escape),
         1 => member(&["guardrails", "litellm_metadata"], one_of(&["null", "[\"g\"]", "{}"]), escape),
         2 => member(&["temperature", "max_tokens", "n"], not_a_value(), escape),
     ]
