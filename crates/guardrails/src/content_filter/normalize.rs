@@ -12,11 +12,14 @@
 //!   in lower case (`а`, `ο`, `𝐜`, `ⓒ`, `ᴄ`, `é`; see `look_alikes`);
 //! - space separators (no-break, en/em/thin/narrow spaces, ideographic space) become `' '`;
 //! - hyphens and number dashes (`U+2010..=U+2013`, minus sign, small hyphen-minus) become `'-'`;
-//! - invisible format characters (zero-width space/joiners, soft hyphen, word joiner, bidi
-//!   controls, variation selectors, tag characters, byte order mark) are dropped, and so are
-//!   combining diacritical marks.
+//! - invisible characters are dropped: Unicode's default-ignorable code points (zero-width
+//!   space and joiners, soft hyphen, word joiner, bidi controls, variation selectors, tag
+//!   characters, byte order mark, Hangul fillers, ...) and the control characters but the
+//!   whitespace ones (`U+0000..=U+0008`, `U+000E..=U+001F`, `U+007F..=U+009F` but `U+0085`);
+//!   and so are combining diacritical marks.
 //!
-//! ASCII text is never copied: it is its own folded form.
+//! ASCII text with no control character (tab, line feeds and carriage returns aside) is never
+//! copied: it is its own folded form.
 
 use std::sync::OnceLock;
 
@@ -72,7 +75,7 @@ impl Folded<'_> {
 
 /// Folds `text`; allocates only when a character changes.
 pub(super) fn fold_text(text: &str) -> Folded<'_> {
-    if text.is_ascii() {
+    if is_plain_ascii(text) {
         return Folded::Same { text, ascii: true };
     }
     let same = Folded::Same { text, ascii: false };
@@ -102,6 +105,15 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
     }
 }
 
+/// Whether `text` is ASCII with no control character but whitespace (`\t`, `\n`, `\x0b`,
+/// `\x0c`, `\r`): nothing in it folds. One pass with no early exit, which the compiler
+/// vectorizes (about as fast as `str::is_ascii`).
+fn is_plain_ascii(text: &str) -> bool {
+    !text.bytes().fold(false, |any, b| {
+        any | (b >= 0x7f || (b < 0x20 && !(0x09..=0x0d).contains(&b)))
+    })
+}
+
 /// What `c` folds to; `None` drops it.
 pub(super) fn fold_char(c: char) -> Option<char> {
     let f = fold_non_letter(c)?;
@@ -116,10 +128,13 @@ pub(super) fn fold_char(c: char) -> Option<char> {
 pub(super) fn fold_non_letter(c: char) -> Option<char> {
     let cp = u32::from(c);
     if cp < 0x80 {
-        return Some(c);
+        // Control characters but whitespace, and delete: nothing a reader sees.
+        return (!matches!(cp, 0x00..=0x08 | 0x0E..=0x1F | 0x7F)).then_some(c);
     }
     match cp {
-        // Invisible format characters (default-ignorable code points used to split words).
+        // Unicode's default-ignorable code points (`Default_Ignorable_Code_Point`: zero-width
+        // characters, joiners, bidi controls, fillers, variation selectors, tags), which
+        // render as nothing and split words; a test holds this list to Unicode's.
         0x00AD
         | 0x034F
         | 0x061C
@@ -130,13 +145,17 @@ pub(super) fn fold_non_letter(c: char) -> Option<char> {
         | 0x180B..=0x180F
         | 0x200B..=0x200F
         | 0x202A..=0x202E
-        | 0x2060..=0x2064
-        | 0x2066..=0x206F
+        | 0x2060..=0x206F
         | 0x3164
         | 0xFE00..=0xFE0F
         | 0xFEFF
         | 0xFFA0
+        | 0xFFF0..=0xFFF8
+        | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A
         | 0xE0000..=0xE0FFF => None,
+        // C1 control characters but next line (`U+0085`, whitespace).
+        0x80..=0x84 | 0x86..=0x9F => None,
         // Combining diacritical marks (the blocks of the marks that go on Latin, Greek and
         // Cyrillic letters, and on symbols): an accent typed after a letter, or a stack of
         // them, splits no word. The marks of other scripts' own blocks (Devanagari's vowel
@@ -268,5 +287,62 @@ mod tests {
         let start = folded.text().find("confidential").unwrap();
         let (s, e) = (folded.original(start), folded.original(start + 12));
         assert_eq!(&text[s..e], "confide\u{0301}ntial");
+    }
+
+    /// A code point of a Unicode property, as the regex engine's own tables have it.
+    fn has_property(property: &str) -> impl Fn(char) -> bool {
+        let hir = regex_syntax::parse(&format!(r"\p{{{property}}}")).unwrap();
+        let HirKind::Class(Class::Unicode(class)) = hir.kind() else {
+            panic!("\\p{{{property}}} is not a class");
+        };
+        let ranges: Vec<(char, char)> = class.iter().map(|r| (r.start(), r.end())).collect();
+        move |c| ranges.iter().any(|&(start, end)| start <= c && c <= end)
+    }
+
+    /// What is dropped is exactly what a reader does not see: Unicode's default-ignorable code
+    /// points, the control characters but whitespace, and the combining diacritical marks of
+    /// the blocks of marks that go on Latin, Greek and Cyrillic letters and on symbols.
+    #[test]
+    fn the_characters_dropped_are_unicode_s_invisible_ones() {
+        let ignorable = has_property("Default_Ignorable_Code_Point");
+        let control = has_property("Cc");
+        let marks = [
+            0x0300..=0x036F,
+            0x1AB0..=0x1AFF,
+            0x1DC0..=0x1DFF,
+            0x20D0..=0x20FF,
+            0xFE20..=0xFE2F,
+        ];
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let invisible = ignorable(c)
+                || control(c) && !c.is_whitespace()
+                || marks.iter().any(|m| m.contains(&u32::from(c)));
+            assert_eq!(
+                fold_non_letter(c).is_none(),
+                invisible,
+                "U+{:04X}: dropped {}, invisible {invisible}",
+                u32::from(c),
+                fold_non_letter(c).is_none()
+            );
+        }
+        // A control character or an invisible one inside a word, or around it.
+        for text in [
+            "confid\u{1}ential",
+            "confid\u{7f}ential",
+            "confid\u{9f}ential",
+            "confid\u{1D173}ential",
+            "confid\u{FFF0}ential",
+            "confid\u{2065}ential",
+            "\u{1BCA0}confidential\u{1b}",
+        ] {
+            let folded = fold_text(text);
+            assert_eq!(folded.text(), "confidential", "{text:?}");
+            assert!(folded.is_ascii());
+        }
+        // Whitespace controls stay, and ASCII text with them borrows.
+        for text in ["a\tb\nc\rd\u{b}e\u{c}f", "plain"] {
+            assert!(!fold_text(text).changed(), "{text:?}");
+        }
+        assert_eq!(fold_text("a\u{85}b").text(), "a\u{85}b");
     }
 }
