@@ -238,6 +238,24 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             "predicted output parts",
             json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": [{"type": "text", "text": "a forbidden draft"}]}}),
         ),
+        (
+            "custom tool description",
+            json!({"model": "gpt", "messages": [hi], "tools": [{"type": "custom", "custom": {"name": "sql", "description": "a forbidden tool"}}]}),
+        ),
+        (
+            "legacy functions description",
+            json!({"model": "gpt", "messages": [hi], "functions": [{"name": "search", "description": "a forbidden tool"}]}),
+        ),
+        (
+            "legacy functions parameter description",
+            json!({"model": "gpt", "messages": [hi], "functions": [{"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}]}),
+        ),
+        (
+            "thinking blocks",
+            chat(
+                json!([hi, {"role": "assistant", "content": "ok", "thinking_blocks": [{"type": "thinking", "thinking": "a forbidden thought", "signature": "s"}]}, hi]),
+            ),
+        ),
     ];
     let responses = |fields: Value| {
         let mut body = json!({"model": "gpt"});
