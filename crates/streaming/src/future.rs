@@ -609,6 +609,12 @@ fn decode_all(
                         texts.push(text.into_owned());
                     }
                 },
+                // The complete text of a key no delta brought (an item only its `.done`
+                // event carries): new text, as in a stream read event by event.
+                Role::Full if !keys.contains(&key) => {
+                    keys.push(key);
+                    texts.push(text.into_owned());
+                }
                 Role::Full => fulls.push((key, text.into_owned())),
             }
         }

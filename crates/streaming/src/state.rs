@@ -542,6 +542,14 @@ impl StreamState {
             for (key, role, text) in &read.texts {
                 let idx = self.channel(*key);
                 let ch = &mut self.channels[idx];
+                // A complete text for a key that has had no text yet is new text, checked as a
+                // delta is: the text of an item only its `.done` event carries (an MCP call's
+                // output, a web search's query). Repeated as the deltas' text, it would be
+                // replaced by what they brought: nothing.
+                let role = match role {
+                    Role::Full if ch.end() == 0 && !ch.ended => Role::Delta,
+                    role => *role,
+                };
                 match role {
                     Role::Delta if text.is_empty() => {}
                     Role::Delta => {

@@ -1478,3 +1478,51 @@ async fn a_stream_keeps_the_request_body_and_headers_only_for_a_guardrail_that_r
         assert_eq!(*saw.lock().unwrap(), vec![expected], "{case:?}");
     }
 }
+
+/// A Responses item whose text only its `output_item.done` event carries (an MCP call's
+/// output: no delta event brings it) is new text, checked as deltas are, under every policy:
+/// passed as it is when clean, blocked when not. It was replaced by what the deltas had
+/// brought, nothing, so every MCP tool output of a guarded stream reached the client empty.
+#[tokio::test]
+async fn a_text_only_a_done_event_carries_is_checked_and_kept() {
+    let stream = |output: &str| {
+        format!(
+            concat!(
+                "event: response.output_item.added\ndata: {{\"type\":\"response.output_item.added\",\"output_index\":0,",
+                "\"item\":{{\"type\":\"mcp_call\",\"id\":\"m\",\"name\":\"t\",\"server_label\":\"s\",\"arguments\":\"\"}}}}\n\n",
+                "event: response.output_item.done\ndata: {{\"type\":\"response.output_item.done\",\"output_index\":0,",
+                "\"item\":{{\"type\":\"mcp_call\",\"id\":\"m\",\"name\":\"t\",\"server_label\":\"s\",\"arguments\":\"\",\"output\":\"{}\"}}}}\n\n",
+            ),
+            output
+        )
+    };
+    let policies = [
+        StreamPolicy::Exact,
+        StreamPolicy::DEFAULT_WINDOW,
+        StreamPolicy::BufferAll {
+            max_bytes: 1 << 20,
+            on_overflow: Fallback::FailClosed,
+        },
+    ];
+    for policy in policies {
+        let layer = || {
+            StreamingGuardrailBodyLayer::new(Guardrails::new([
+                words("g", vec![("secret", None)]).stream_policy(policy)
+            ]))
+        };
+        let clean = stream("the tool said hello");
+        let run = run_stream(CallType::Responses, layer(), per_event(&clean)).await;
+        assert_eq!(
+            (run.status, run.body.as_str()),
+            (200, clean.as_str()),
+            "{policy:?}"
+        );
+        let run = run_stream(CallType::Responses, layer(), per_event(&stream("a secret"))).await;
+        assert!(!run.body.contains("a secret"), "{policy:?}: {}", run.body);
+        assert!(
+            run.body.contains("blocked word: secret"),
+            "{policy:?}: {}",
+            run.body
+        );
+    }
+}
