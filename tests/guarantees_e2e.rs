@@ -305,6 +305,60 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             ),
         ),
         (
+            "prompt variable",
+            responses(
+                json!({"input": "hi", "prompt": {"id": "pmpt_1", "variables": {"topic": "a forbidden plan"}}}),
+            ),
+        ),
+        (
+            "prompt variable input_text",
+            responses(
+                json!({"input": "hi", "prompt": {"id": "pmpt_1", "variables": {"topic": {"type": "input_text", "text": "a forbidden plan"}}}}),
+            ),
+        ),
+        (
+            "mcp server description",
+            responses(
+                json!({"input": "hi", "tools": [{"type": "mcp", "server_label": "s", "server_url": "https://mcp.example", "server_description": "a forbidden server"}]}),
+            ),
+        ),
+        (
+            "mcp_list_tools description",
+            responses(
+                json!({"input": [{"type": "mcp_list_tools", "id": "t", "server_label": "s", "tools": [{"name": "t", "description": "a forbidden tool", "input_schema": {}}]}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "file_search_call results",
+            responses(
+                json!({"input": [{"type": "file_search_call", "id": "f", "status": "completed", "queries": ["q"], "results": [{"file_id": "a", "text": "a forbidden passage"}]}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "web_search_call query",
+            responses(
+                json!({"input": [{"type": "web_search_call", "id": "w", "status": "completed", "action": {"type": "search", "query": "forbidden"}}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "local_shell_call command",
+            responses(
+                json!({"input": [{"type": "local_shell_call", "id": "l", "call_id": "c", "status": "completed", "action": {"type": "exec", "command": ["echo", "forbidden"]}}, {"type": "local_shell_call_output", "call_id": "c", "output": "ok"}]}),
+            ),
+        ),
+        (
+            "code_interpreter_call logs",
+            responses(
+                json!({"input": [{"type": "code_interpreter_call", "id": "ci", "code": "print(1)", "container_id": "x", "status": "completed", "outputs": [{"type": "logs", "logs": "a forbidden log"}]}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "mcp_approval_response reason",
+            responses(
+                json!({"input": [{"type": "mcp_approval_response", "approval_request_id": "a", "approve": false, "reason": "a forbidden reason"}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
             "text.format schema",
             responses(
                 json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "answer",

@@ -318,6 +318,93 @@ fn chat_custom_tools_legacy_functions_and_thinking_blocks_are_text() {
     assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
 }
 
+/// What the Responses API gives the model besides messages: a stored prompt's variables, an
+/// MCP server's description, the tools an MCP server lists, and the tool items of earlier turns
+/// (a web search's query, a file search's queries and results, a shell command, a code
+/// interpreter's logs, the reason a tool call was declined). The same items in a response.
+#[test]
+fn responses_tool_items_and_prompt_variables_are_text() {
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({
+            "model": "m",
+            "prompt": {"id": "pmpt_1", "variables": {
+                "city": "Lisbon", "note": {"type": "input_text", "text": "a note"},
+                "photo": {"type": "input_image", "image_url": "https://x/y.png"}
+            }},
+            "tools": [{"type": "mcp", "server_label": "s", "server_url": "https://mcp",
+                "server_description": "a weather server"}],
+            "input": [
+                {"type": "web_search_call", "id": "w", "status": "completed",
+                    "action": {"type": "search", "query": "weather lisbon", "queries": ["rain lisbon"]}},
+                {"type": "file_search_call", "id": "f", "status": "completed",
+                    "queries": ["policy"], "results": [{"file_id": "a", "text": "the policy says"}, {"file_id": "b"}]},
+                {"type": "local_shell_call", "id": "l", "call_id": "c", "status": "completed",
+                    "action": {"type": "exec", "command": ["ls", "-la"]}},
+                {"type": "code_interpreter_call", "id": "ci", "code": "print(1)", "container_id": "x",
+                    "outputs": [{"type": "logs", "logs": "1"}, {"type": "image", "url": "https://x"}]},
+                {"type": "mcp_list_tools", "id": "t", "server_label": "s",
+                    "tools": [{"name": "forecast", "description": "gives a forecast", "input_schema": {}}]},
+                {"type": "mcp_approval_response", "approval_request_id": "a", "approve": false,
+                    "reason": "not now"},
+                {"role": "user", "content": "hi"}
+            ]
+        }),
+        &[
+            "weather lisbon",
+            "rain lisbon",
+            "policy",
+            "the policy says",
+            "ls",
+            "-la",
+            "print(1)",
+            "1",
+            "gives a forecast",
+            "not now",
+            "hi",
+            "a weather server",
+            "Lisbon",
+            "a note",
+        ],
+    );
+    roundtrip(
+        CallType::Responses,
+        Side::Response,
+        json!({"object": "response", "output": [
+            {"type": "web_search_call", "id": "w", "status": "completed",
+                "action": {"type": "search", "query": "weather lisbon"}},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "sunny"}]}
+        ]}),
+        &["weather lisbon", "sunny"],
+    );
+    // A stream brings a search's query only in the item's `.done` event; `response.completed`
+    // repeats it.
+    let body = json!({"output": [{"type": "web_search_call", "id": "w",
+        "action": {"type": "search", "query": "weather lisbon"}}]});
+    let event = |kind: &str, data: Value| format!("event: {kind}\ndata: {data}\n\n");
+    let stream = [
+        event("response.output_item.added", json!({"type": "response.output_item.added", "output_index": 0,
+            "item": {"type": "web_search_call", "id": "w", "status": "in_progress"}})),
+        event("response.output_item.done", json!({"type": "response.output_item.done", "output_index": 0,
+            "item": {"type": "web_search_call", "id": "w", "status": "completed",
+                "action": {"type": "search", "query": "weather lisbon"}}})),
+        event("response.completed", json!({"type": "response.completed", "response": {"output": [
+            {"type": "web_search_call", "id": "w", "action": {"type": "search", "query": "weather lisbon"}}
+        ]}})),
+    ]
+    .concat();
+    let read = read_stream(CallType::Responses, &stream);
+    assert_eq!(read.fulls.len(), 2, "{stream}");
+    for (key, full) in &read.fulls {
+        assert_eq!(
+            (key.kind, full.as_str()),
+            (TextKind::Arguments, "weather lisbon")
+        );
+    }
+    assert_eq!(body_texts(CallType::Responses, &body).len(), 1);
+}
+
 #[test]
 fn responses_request() {
     roundtrip(
@@ -637,6 +724,36 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             ChatCompletions,
             r#"{"messages": [{"role": "assistant", "thinking_blocks": "forbidden"}]}"#,
             "messages[0].thinking_blocks",
+        ),
+        (
+            Responses,
+            r#"{"input": "hi", "prompt": {"id": "p", "variables": {"x": ["forbidden"]}}}"#,
+            "prompt.variables.x",
+        ),
+        (
+            Responses,
+            r#"{"input": "hi", "prompt": {"id": "p", "variables": {"x": {"type": "input_txt", "text": "forbidden"}}}}"#,
+            "prompt.variables.x.type",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "web_search_call", "action": "forbidden"}]}"#,
+            "input[0].action",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "file_search_call", "results": {"text": "forbidden"}}]}"#,
+            "input[0].results",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "local_shell_call", "action": {"command": "forbidden"}}]}"#,
+            "input[0].action.command",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "mcp_list_tools", "tools": [{"description": ["forbidden"]}]}]}"#,
+            "input[0].tools[0].description",
         ),
         (
             ChatCompletions,

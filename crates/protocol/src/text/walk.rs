@@ -66,6 +66,7 @@ pub(crate) const UNKNOWN_EVENT: &str = "is a text event type this gateway cannot
 pub(crate) const TYPE_MUST_BE_STRING: &str = "must be a string naming the type";
 pub(crate) const NAMED_TWICE: &str =
     "is named twice in its object: which of the two a model reads is its parser's choice";
+pub(crate) const VARIABLE_SHAPE: &str = "must be a string or an input part";
 pub(crate) const PROMPT_SHAPE: &str =
     "must be a string, an array of strings, or an array of token ids";
 pub(crate) const REWRITE_NOT_JSON: &str =
@@ -164,7 +165,12 @@ pub(crate) enum Item {
     Reasoning,
     McpCall,
     McpApprovalRequest,
+    McpApprovalResponse,
+    McpListTools,
     CodeInterpreterCall,
+    WebSearchCall,
+    FileSearchCall,
+    LocalShellCall,
     NoText,
     Unknown,
     BadType,
@@ -182,17 +188,14 @@ pub(crate) fn responses_item_kind(kind: Option<&str>, present: bool) -> Item {
         Some("reasoning") => Item::Reasoning,
         Some("mcp_call") => Item::McpCall,
         Some("mcp_approval_request") => Item::McpApprovalRequest,
+        Some("mcp_approval_response") => Item::McpApprovalResponse,
+        Some("mcp_list_tools") => Item::McpListTools,
         Some("code_interpreter_call") => Item::CodeInterpreterCall,
+        Some("web_search_call") => Item::WebSearchCall,
+        Some("file_search_call") => Item::FileSearchCall,
+        Some("local_shell_call") => Item::LocalShellCall,
         Some(
-            "item_reference"
-            | "web_search_call"
-            | "file_search_call"
-            | "computer_call"
-            | "computer_call_output"
-            | "image_generation_call"
-            | "local_shell_call"
-            | "mcp_list_tools"
-            | "mcp_approval_response",
+            "item_reference" | "computer_call" | "computer_call_output" | "image_generation_call",
         ) => Item::NoText,
         Some(_) => Item::Unknown,
     }
@@ -664,6 +667,10 @@ macro_rules! walker {
                     if let Some(description) = tool.$get("description") {
                         opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
                     }
+                    // What an MCP server is for (Responses' `mcp` tool), given to the model.
+                    if let Some(description) = tool.$get("server_description") {
+                        opt_string(description, key(i as u64, TextKind::ToolDescription, 1), Role::Full, &path.key("server_description"), emit, bad);
+                    }
                     // Responses' `parameters`, Anthropic's `input_schema`.
                     if let Some(parameters) = tool.$get("parameters") {
                         tool_schema(parameters, i as u64, &path.key("parameters"), emit, bad);
@@ -710,6 +717,64 @@ macro_rules! walker {
                     Item::CodeInterpreterCall => {
                         if let Some(code) = item.$get("code") {
                             opt_string(code, key(index, TextKind::Arguments, 0), role, &path.key("code"), emit, bad);
+                        }
+                        // What the code printed, which the model reads next.
+                        if let Some(outputs) = item.$get("outputs") {
+                            strings_of(outputs, Some("logs"), key(index, TextKind::Content, 0), role, &path.key("outputs"), emit, bad);
+                        }
+                    }
+                    // The model's search query, and the results a file search gives it.
+                    Item::WebSearchCall => {
+                        if let Some(action) = item.$get("action") {
+                            let path = path.key("action");
+                            match action {
+                                $E::Object(..) => {
+                                    if let Some(query) = action.$get("query") {
+                                        opt_string(query, key(index, TextKind::Arguments, 0), role, &path.key("query"), emit, bad);
+                                    }
+                                    if let Some(queries) = action.$get("queries") {
+                                        strings_of(queries, None, key(index, TextKind::Arguments, 1), role, &path.key("queries"), emit, bad);
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, MUST_BE_OBJECT),
+                            }
+                        }
+                    }
+                    Item::FileSearchCall => {
+                        if let Some(queries) = item.$get("queries") {
+                            strings_of(queries, None, key(index, TextKind::Arguments, 0), role, &path.key("queries"), emit, bad);
+                        }
+                        if let Some(results) = item.$get("results") {
+                            strings_of(results, Some("text"), key(index, TextKind::Content, 0), role, &path.key("results"), emit, bad);
+                        }
+                    }
+                    // The command the model runs.
+                    Item::LocalShellCall => {
+                        if let Some(action) = item.$get("action") {
+                            let path = path.key("action");
+                            match action {
+                                $E::Object(..) => {
+                                    if let Some(command) = action.$get("command") {
+                                        strings_of(command, None, key(index, TextKind::Arguments, 0), role, &path.key("command"), emit, bad);
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, MUST_BE_OBJECT),
+                            }
+                        }
+                    }
+                    // The tools an MCP server lists: their descriptions (as a tool
+                    // definition's are).
+                    Item::McpListTools => {
+                        if let Some(tools) = item.$get("tools") {
+                            strings_of(tools, Some("description"), key(index, TextKind::ToolDescription, 0), role, &path.key("tools"), emit, bad);
+                        }
+                    }
+                    // Why the user declined a tool call: the model reads it.
+                    Item::McpApprovalResponse => {
+                        if let Some(reason) = item.$get("reason") {
+                            opt_string(reason, key(index, TextKind::Content, 0), role, &path.key("reason"), emit, bad);
                         }
                     }
                     Item::ToolOutput => {
@@ -764,6 +829,34 @@ macro_rules! walker {
                     Part::NoText => {}
                     Part::Unknown => bad(&path.key("type"), UNKNOWN_PART),
                     Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                }
+            }
+
+            /// An array of strings (`member` `None`) or of objects whose `member` is a string or
+            /// `null`: the `j`th under `first`'s key with `sub` increased by `j`, so each has a
+            /// key of its own (a stream's `.done` event repeats each apart).
+            fn strings_of<'v>(array: $V, member: Option<&'static str>, first: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                match array {
+                    $E::Array(items) => {
+                        for (j, item) in items.$iter().enumerate() {
+                            let path = path.index(j);
+                            let k = key(first.index, first.kind, first.sub + j as u64);
+                            match member {
+                                None => string(item, k, role, &path, emit, bad),
+                                Some(member) => {
+                                    if !matches!(item, $E::Object(..)) {
+                                        bad(&path, MUST_BE_OBJECT);
+                                        continue;
+                                    }
+                                    if let Some(text) = item.$get(member) {
+                                        opt_string(text, k, role, &path.key(member), emit, bad);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    $E::Null => {}
+                    _ => bad(path, MUST_BE_ARRAY),
                 }
             }
 
@@ -949,6 +1042,34 @@ macro_rules! walker {
                         }
                         if let Some(t) = root.$get("tools") {
                             tools(t, &root_path.key("tools"), emit, bad);
+                        }
+                        // A stored prompt's variables: text the prompt is filled with.
+                        if let Some(prompt) = root.$get("prompt") {
+                            let path = root_path.key("prompt");
+                            match prompt {
+                                $E::Object(..) => {
+                                    if let Some(variables) = prompt.$get("variables") {
+                                        let path = path.key("variables");
+                                        match variables {
+                                            $E::Object(members) => {
+                                                for (j, (name, value)) in members.$iter().enumerate() {
+                                                    let name: &str = name.as_ref();
+                                                    let path = path.member(name);
+                                                    match value {
+                                                        $E::String(s) => emit(key(u64::MAX, TextKind::Content, j as u64), role, $slot(s)),
+                                                        $E::Object(..) => responses_part(value, u64::MAX, j as u64, role, &path, emit, bad),
+                                                        _ => bad(&path, VARIABLE_SHAPE),
+                                                    }
+                                                }
+                                            }
+                                            $E::Null => {}
+                                            _ => bad(&path, MUST_BE_OBJECT),
+                                        }
+                                    }
+                                }
+                                $E::Null => {}
+                                _ => bad(&path, MUST_BE_OBJECT),
+                            }
                         }
                         if let Some(text) = root.$get("text") {
                             let path = root_path.key("text");
