@@ -420,6 +420,34 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
                 json!([{"type": "text", "text": "a forbidden result"}]),
             )),
         ),
+        (
+            "document title",
+            anthropic(
+                json!({"messages": [{"role": "user", "content": [{"type": "document", "title": "a forbidden file",
+            "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}]}]}),
+            ),
+        ),
+        (
+            "document context",
+            anthropic(
+                json!({"messages": [{"role": "user", "content": [{"type": "document", "context": "a forbidden note",
+            "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}]}]}),
+            ),
+        ),
+        (
+            "search_result title",
+            anthropic(
+                json!({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "https://example.com",
+            "title": "a forbidden page", "content": [{"type": "text", "text": "text"}]}]}]}),
+            ),
+        ),
+        (
+            "tool input_examples",
+            anthropic(
+                json!({"messages": [hi], "tools": [{"name": "search", "input_schema": {"type": "object"},
+            "input_examples": [{"q": "forbidden"}]}]}),
+            ),
+        ),
     ];
     let mut n = 0;
     for (path, cases, want) in [

@@ -505,6 +505,46 @@ fn anthropic_request() {
     );
 }
 
+/// What else an Anthropic request gives the model: a document's title and context, a search
+/// result's title, the titles of a web search's results, and a tool's example inputs.
+#[test]
+fn anthropic_titles_contexts_and_tool_examples_are_text() {
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({"model": "claude", "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "document", "title": "the doc", "context": "about it",
+                    "source": {"type": "text", "media_type": "text/plain", "data": "doc text"}},
+                {"type": "search_result", "source": "https://x", "title": "a result",
+                    "content": [{"type": "text", "text": "result text"}]}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+                {"type": "web_search_tool_result", "tool_use_id": "s", "content": [
+                    {"type": "web_search_result", "url": "https://a", "title": "page a", "encrypted_content": "e"},
+                    {"type": "web_search_result", "url": "https://b", "title": "page b", "encrypted_content": "e"}
+                ]},
+                {"type": "web_search_tool_result", "tool_use_id": "s",
+                    "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"}}
+            ]}
+        ],
+        "tools": [{"name": "f", "input_schema": {}, "input_examples": [{"q": "an example", "n": 1}]}]}),
+        &[
+            "the doc",
+            "about it",
+            "doc text",
+            "a result",
+            "result text",
+            "{\"query\":\"q\"}",
+            "page a",
+            "page b",
+            "an example",
+        ],
+    );
+}
+
 #[test]
 fn anthropic_response() {
     roundtrip(
@@ -754,6 +794,16 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             Responses,
             r#"{"input": [{"type": "mcp_list_tools", "tools": [{"description": ["forbidden"]}]}]}"#,
             "input[0].tools[0].description",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "user", "content": [{"type": "document", "title": ["forbidden"], "source": {"type": "text", "data": "x"}}]}]}"#,
+            "messages[0].content[0].title",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "assistant", "content": [{"type": "web_search_tool_result", "content": [{"title": 1}]}]}]}"#,
+            "messages[0].content[0].content[0].title",
         ),
         (
             ChatCompletions,

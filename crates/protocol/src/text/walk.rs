@@ -210,6 +210,7 @@ pub(crate) enum Block {
     Thinking,
     Document,
     SearchResult,
+    WebSearchResult,
     NoText,
     Unknown,
     Untyped,
@@ -226,10 +227,10 @@ pub(crate) fn anthropic_block_kind(kind: Option<&str>, present: bool) -> Block {
         Some("thinking") => Block::Thinking,
         Some("document") => Block::Document,
         Some("search_result") => Block::SearchResult,
+        Some("web_search_tool_result") => Block::WebSearchResult,
         Some(
             "image"
             | "redacted_thinking"
-            | "web_search_tool_result"
             | "web_fetch_tool_result"
             | "code_execution_tool_result"
             | "container_upload",
@@ -678,6 +679,10 @@ macro_rules! walker {
                     if let Some(input_schema) = tool.$get("input_schema") {
                         tool_schema(input_schema, i as u64, &path.key("input_schema"), emit, bad);
                     }
+                    // Anthropic's example inputs of a tool: every string in them.
+                    if let Some(examples) = tool.$get("input_examples") {
+                        schema(examples, i as u64, true, false, &path.key("input_examples"), emit, bad);
+                    }
                 }
             }
 
@@ -931,6 +936,12 @@ macro_rules! walker {
                         }
                     }
                     Block::Document => {
+                        // A document's title and context are given to the model with it.
+                        for member in ["title", "context"] {
+                            if let Some(text) = block.$get(member) {
+                                opt_string(text, key(index, TextKind::Content, sub), role, &path.key(member), emit, bad);
+                            }
+                        }
                         if let Some(source) = block.$get("source") {
                             let path = path.key("source");
                             if !matches!(source, $E::Object(..)) {
@@ -955,8 +966,18 @@ macro_rules! walker {
                         }
                     }
                     Block::SearchResult => {
+                        if let Some(title) = block.$get("title") {
+                            opt_string(title, key(index, TextKind::Content, sub), role, &path.key("title"), emit, bad);
+                        }
                         if let Some(content) = block.$get("content") {
                             anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
+                        }
+                    }
+                    // A web search's results: their pages' content is encrypted, their titles
+                    // are text the model reads (an error is an object, with none).
+                    Block::WebSearchResult => {
+                        if let Some(content @ $E::Array(..)) = block.$get("content") {
+                            strings_of(content, Some("title"), key(index, TextKind::Content, sub), role, &path.key("content"), emit, bad);
                         }
                     }
                     Block::NoText => {}
