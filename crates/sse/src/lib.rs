@@ -132,6 +132,8 @@ pub struct SseEvent {
     id: Option<Span>,
     retry: Option<u64>,
     complete: bool,
+    /// A line was neither a comment nor one of the four fields.
+    unknown: bool,
 }
 
 /// A field's value: `raw[start..end]`.
@@ -163,6 +165,7 @@ impl PartialEq for SseEvent {
             && self.id() == other.id()
             && self.retry == other.retry
             && self.complete == other.complete
+            && self.unknown == other.unknown
     }
 }
 
@@ -220,6 +223,14 @@ impl SseEvent {
     /// end of the stream).
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Whether a line of the event is neither a comment (`:`) nor a `data`, `event`, `id` or
+    /// `retry` field: a line of some other name, or of no colon at all (a JSON document sent as
+    /// an event stream). A client that follows the standard ignores such a line; one that does
+    /// not may show it, and nothing reads its text, so a guarded stream refuses it.
+    pub fn has_unknown_fields(&self) -> bool {
+        self.unknown
     }
 
     /// Whether the event has no `data:` (comments, keep-alives, lone fields): a browser would
@@ -305,6 +316,7 @@ impl RawEvent {
                     id: None,
                     retry: None,
                     complete: true,
+                    unknown: false,
                 };
             }
         }
@@ -616,6 +628,7 @@ fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
     let mut retry = None;
     let mut data: Option<Span> = None;
     let mut joined: Option<BytesMut> = None;
+    let mut unknown = false;
     while pos < raw.len() {
         let (line_end, next) = match memchr2(b'\r', b'\n', &raw[pos..]) {
             Some(off) => {
@@ -670,7 +683,8 @@ fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
                 b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                     retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
                 }
-                _ => {}
+                b"id" | b"retry" => {}
+                _ => unknown = true,
             }
         }
         pos = next;
@@ -686,6 +700,7 @@ fn parse_fields(raw: Bytes, mut pos: usize, complete: bool) -> SseEvent {
         id,
         retry,
         complete,
+        unknown,
     }
 }
 
@@ -871,6 +886,21 @@ mod tests {
         assert_eq!(e.retry(), Some(3000));
         assert_eq!(e.event_type(), Some("e"));
         assert_eq!(e.data(), Some(&b"\nno-space\n two-spaces"[..]));
+        // `unknown: x` is a field of no known name: a client ignores it, and it is flagged.
+        assert!(e.has_unknown_fields());
+        assert!(!events[0].has_unknown_fields());
+        // A line with no colon is a field too (named by the whole line); a bad `retry` or an
+        // `id` with a NUL is a known field ignored.
+        for (raw, unknown) in [
+            (&b"{\"choices\":[]}\n\n"[..], true),
+            (b"data: x\nevent\n\n", false),
+            (b"retry: 1s\nid: a\0b\ndata: x\n\n", false),
+            (b"data: x\n\n", false),
+            (b": note: x\n\n", false),
+        ] {
+            let events = decode_chunks(&[raw]);
+            assert_eq!(events[0].has_unknown_fields(), unknown, "{raw:?}");
+        }
     }
 
     #[test]

@@ -587,14 +587,28 @@ fn decode_all(
     let mut fulls: Vec<(TextKey, String)> = Vec::new();
     let mut usage = None;
     for event in &events {
+        if event.has_unknown_fields() {
+            return Err(crate::state::unknown_fields());
+        }
         let Some(data) = event.data() else { continue };
-        let Ok(view) = JsonView::parse(data) else {
-            continue;
+        let view;
+        let read = match JsonView::parse(data) {
+            Ok(parsed) => {
+                view = parsed;
+                context
+                    .call_type
+                    .read_event(event.event_type(), &view)
+                    .map_err(|e| invalid(&e))?
+            }
+            // Data that is not JSON and may still hold text: refused, as event by event
+            // (`[DONE]` and empty data are read as what they are).
+            Err(_) => context.call_type.read_non_json_event(data).ok_or_else(|| {
+                Error::upstream_unavailable(
+                    "the upstream stream has an event the guardrails cannot read: its data is \
+                     not JSON",
+                )
+            })?,
         };
-        let read = context
-            .call_type
-            .read_event(event.event_type(), &view)
-            .map_err(|e| invalid(&e))?;
         if read.has_usage {
             if let Some(value) = crate::state::data_value(event) {
                 Usage::update_from_event(&mut usage, context.call_type, event.event_type(), &value);

@@ -219,6 +219,15 @@ enum HeldText {
     Full { channel: usize, differs: bool },
 }
 
+/// The error of a stream with a line that is no server-sent-events field
+/// ([`SseEvent::has_unknown_fields`]): text nothing reads, refused rather than passed on.
+pub(crate) fn unknown_fields() -> Error {
+    Error::upstream_unavailable(
+        "the upstream stream has a line the guardrails cannot read: it is not a server-sent \
+         events field (data, event, id, retry) or a comment",
+    )
+}
+
 /// An event waiting to be released.
 #[derive(Debug)]
 struct Held {
@@ -503,6 +512,9 @@ impl StreamState {
     }
 
     fn on_event(&mut self, event: SseEvent) -> Result<(), Error> {
+        if event.has_unknown_fields() {
+            return Err(unknown_fields());
+        }
         let mut texts = SmallVec::new();
         let mut ends = Vec::new();
         let (terminal, sequence_number, needs_value);

@@ -1526,3 +1526,44 @@ async fn a_text_only_a_done_event_carries_is_checked_and_kept() {
         );
     }
 }
+
+/// A stream line that is no server-sent-events field (a JSON document sent as an event stream,
+/// a field of another name) and an event whose data is not JSON hold text nothing reads: under
+/// every policy the client gets none of it, and the stream ends with the in-band error.
+#[tokio::test]
+async fn lines_and_data_the_guardrails_cannot_read_never_pass() {
+    let head = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"all \"}}]}\n\n";
+    let cases = [
+        (
+            "{\"choices\":[{\"message\":{\"content\":\"marks the spot\"}}]}\n\n",
+            "not a server-sent events field",
+        ),
+        ("note: marks the spot\n\n", "not a server-sent events field"),
+        ("data: marks the spot\n\n", "not JSON"),
+    ];
+    let policies = [
+        StreamPolicy::Exact,
+        StreamPolicy::DEFAULT_WINDOW,
+        StreamPolicy::EndOfStream,
+        StreamPolicy::BufferAll {
+            max_bytes: 1 << 20,
+            on_overflow: Fallback::FailClosed,
+        },
+    ];
+    for (bad, error) in cases {
+        for policy in policies {
+            let stream = format!("{head}{bad}data: [DONE]\n\n");
+            let layer =
+                StreamingGuardrailBodyLayer::new(Guardrails::new([
+                    words("g", vec![("x", None)]).stream_policy(policy)
+                ]));
+            let run = run_stream(CallType::ChatCompletions, layer, per_event(&stream)).await;
+            assert!(
+                !run.body.contains("marks the spot"),
+                "{policy:?} {bad}: {}",
+                run.body
+            );
+            assert!(run.body.contains(error), "{policy:?} {bad}: {}", run.body);
+        }
+    }
+}
