@@ -251,6 +251,12 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             json!({"model": "gpt", "messages": [hi], "functions": [{"name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}]}),
         ),
         (
+            "reasoning details",
+            chat(
+                json!([hi, {"role": "assistant", "content": "ok", "reasoning_details": [{"type": "reasoning.text", "text": "a forbidden thought", "index": 0}]}, hi]),
+            ),
+        ),
+        (
             "thinking blocks",
             chat(
                 json!([hi, {"role": "assistant", "content": "ok", "thinking_blocks": [{"type": "thinking", "thinking": "a forbidden thought", "signature": "s"}]}, hi]),

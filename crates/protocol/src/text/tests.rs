@@ -318,6 +318,39 @@ fn chat_custom_tools_legacy_functions_and_thinking_blocks_are_text() {
     assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
 }
 
+/// OpenRouter's `reasoning_details`: its reasoning text and summaries are reasoning, in a
+/// message and in a stream's deltas (entries at their `index`); an encrypted entry has none.
+#[test]
+fn chat_reasoning_details_are_text() {
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Response,
+        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "answer",
+        "reasoning_details": [
+            {"type": "reasoning.summary", "summary": "in short", "index": 0},
+            {"type": "reasoning.encrypted", "data": "opaque", "index": 1},
+            {"type": "reasoning.text", "text": "at length", "index": 2}
+        ]}}]}),
+        &["answer", "in short", "at length"],
+    );
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ab",
+        "reasoning_details": [{"type": "reasoning.text", "text": "cd", "index": 0}]}}]});
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
+        )
+    };
+    let stream = [
+        chunk(json!({"role": "assistant", "reasoning_details": [{"type": "reasoning.text", "text": "c", "index": 0}]})),
+        chunk(json!({"reasoning_details": [{"type": "reasoning.text", "text": "d", "index": 0}]})),
+        chunk(json!({"content": "ab"})),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
+}
+
 /// What the Responses API gives the model besides messages: a stored prompt's variables, an
 /// MCP server's description, the tools an MCP server lists, and the tool items of earlier turns
 /// (a web search's query, a file search's queries and results, a shell command, a code
@@ -764,6 +797,11 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             ChatCompletions,
             r#"{"messages": [{"role": "assistant", "thinking_blocks": "forbidden"}]}"#,
             "messages[0].thinking_blocks",
+        ),
+        (
+            ChatCompletions,
+            r#"{"messages": [{"role": "assistant", "reasoning_details": [{"type": "reasoning.thought", "text": "forbidden"}]}]}"#,
+            "messages[0].reasoning_details[0].type",
         ),
         (
             Responses,

@@ -253,6 +253,10 @@ pub(crate) const REASONING_SUB: u64 = 1;
 /// The `sub` of a chat message's first thinking block (`thinking_blocks[j]` is this plus `j`).
 pub(crate) const THINKING_SUB: u64 = 2;
 
+/// The `sub` of a chat message's first `reasoning_details` entry (entry `i` is this plus its
+/// `index`), apart from its thinking blocks'.
+pub(crate) const REASONING_DETAILS_SUB: u64 = 1 << 32;
+
 /// The `sub` of a chat message's audio transcript (its content is sub 0).
 pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
 
@@ -434,6 +438,43 @@ macro_rules! walker {
                                     Block::Untyped => bad(&path.key("type"), REQUIRED),
                                     _ if kind == Some("redacted_thinking") => {}
                                     _ => bad(&path.key("type"), UNKNOWN_BLOCK),
+                                }
+                            }
+                        }
+                        $E::Null => {}
+                        _ => bad(&path, MUST_BE_ARRAY),
+                    }
+                }
+                // OpenRouter's `reasoning_details`: reasoning text and summaries (an encrypted
+                // entry's `data` is opaque), each at its `index`.
+                if let Some(details) = m.$get("reasoning_details") {
+                    let path = path.key("reasoning_details");
+                    match details {
+                        $E::Array(details) => {
+                            for (j, detail) in details.$iter().enumerate() {
+                                let path = path.index(j);
+                                if !matches!(detail, $E::Object(..)) {
+                                    bad(&path, MUST_BE_OBJECT);
+                                    continue;
+                                }
+                                let at = $index(&*detail, "index").unwrap_or(j as u64);
+                                let k = key(index, TextKind::Reasoning, REASONING_DETAILS_SUB + at);
+                                let (kind, present) = $kind(detail.get("type"));
+                                match kind {
+                                    Some("reasoning.text") => {
+                                        if let Some(text) = detail.$get("text") {
+                                            opt_string(text, k, role, &path.key("text"), emit, bad);
+                                        }
+                                    }
+                                    Some("reasoning.summary") => {
+                                        if let Some(summary) = detail.$get("summary") {
+                                            opt_string(summary, k, role, &path.key("summary"), emit, bad);
+                                        }
+                                    }
+                                    Some("reasoning.encrypted") => {}
+                                    Some(_) => bad(&path.key("type"), UNKNOWN_PART),
+                                    None if present => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                                    None => bad(&path.key("type"), REQUIRED),
                                 }
                             }
                         }
