@@ -417,70 +417,41 @@ macro_rules! walker {
                 // LiteLLM's Anthropic-style `thinking_blocks`, on its messages and deltas: the
                 // `thinking` of each is reasoning text (a redacted block's `data` is opaque).
                 if let Some(blocks) = m.$get("thinking_blocks") {
-                    let path = path.key("thinking_blocks");
-                    match blocks {
-                        $E::Array(blocks) => {
-                            for (j, block) in blocks.$iter().enumerate() {
-                                let path = path.index(j);
-                                if !matches!(block, $E::Object(..)) {
-                                    bad(&path, MUST_BE_OBJECT);
-                                    continue;
-                                }
-                                let (kind, present) = $kind(block.get("type"));
-                                match anthropic_block_kind(kind, present) {
-                                    Block::Thinking => {
-                                        if let Some(thinking) = block.$get("thinking") {
-                                            let k = key(index, TextKind::Reasoning, THINKING_SUB + j as u64);
-                                            string(thinking, k, role, &path.key("thinking"), emit, bad);
-                                        }
-                                    }
-                                    Block::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
-                                    Block::Untyped => bad(&path.key("type"), REQUIRED),
-                                    _ if kind == Some("redacted_thinking") => {}
-                                    _ => bad(&path.key("type"), UNKNOWN_BLOCK),
+                    each_object(blocks, &path.key("thinking_blocks"), bad, &mut |block, j, path, bad| {
+                        let (kind, present) = $kind(block.get("type"));
+                        match anthropic_block_kind(kind, present) {
+                            Block::Thinking => {
+                                if let Some(thinking) = block.$get("thinking") {
+                                    let k = key(index, TextKind::Reasoning, THINKING_SUB + j as u64);
+                                    string(thinking, k, role, &path.key("thinking"), emit, bad);
                                 }
                             }
+                            Block::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                            Block::Untyped => bad(&path.key("type"), REQUIRED),
+                            _ if kind == Some("redacted_thinking") => {}
+                            _ => bad(&path.key("type"), UNKNOWN_BLOCK),
                         }
-                        $E::Null => {}
-                        _ => bad(&path, MUST_BE_ARRAY),
-                    }
+                    });
                 }
                 // OpenRouter's `reasoning_details`: reasoning text and summaries (an encrypted
                 // entry's `data` is opaque), each at its `index`.
                 if let Some(details) = m.$get("reasoning_details") {
-                    let path = path.key("reasoning_details");
-                    match details {
-                        $E::Array(details) => {
-                            for (j, detail) in details.$iter().enumerate() {
-                                let path = path.index(j);
-                                if !matches!(detail, $E::Object(..)) {
-                                    bad(&path, MUST_BE_OBJECT);
-                                    continue;
-                                }
-                                let at = $index(&*detail, "index").unwrap_or(j as u64);
-                                let k = key(index, TextKind::Reasoning, REASONING_DETAILS_SUB + at);
-                                let (kind, present) = $kind(detail.get("type"));
-                                match kind {
-                                    Some("reasoning.text") => {
-                                        if let Some(text) = detail.$get("text") {
-                                            opt_string(text, k, role, &path.key("text"), emit, bad);
-                                        }
-                                    }
-                                    Some("reasoning.summary") => {
-                                        if let Some(summary) = detail.$get("summary") {
-                                            opt_string(summary, k, role, &path.key("summary"), emit, bad);
-                                        }
-                                    }
-                                    Some("reasoning.encrypted") => {}
-                                    Some(_) => bad(&path.key("type"), UNKNOWN_PART),
-                                    None if present => bad(&path.key("type"), TYPE_MUST_BE_STRING),
-                                    None => bad(&path.key("type"), REQUIRED),
-                                }
-                            }
+                    each_object(details, &path.key("reasoning_details"), bad, &mut |detail, j, path, bad| {
+                        let at = $index(&*detail, "index").unwrap_or(j as u64);
+                        let k = key(index, TextKind::Reasoning, REASONING_DETAILS_SUB + at);
+                        let (kind, present) = $kind(detail.get("type"));
+                        let member = match kind {
+                            Some("reasoning.text") => "text",
+                            Some("reasoning.summary") => "summary",
+                            Some("reasoning.encrypted") => return,
+                            Some(_) => return bad(&path.key("type"), UNKNOWN_PART),
+                            None if present => return bad(&path.key("type"), TYPE_MUST_BE_STRING),
+                            None => return bad(&path.key("type"), REQUIRED),
+                        };
+                        if let Some(text) = detail.$get(member) {
+                            opt_string(text, k, role, &path.key(member), emit, bad);
                         }
-                        $E::Null => {}
-                        _ => bad(&path, MUST_BE_ARRAY),
-                    }
+                    });
                 }
                 // The transcript of an audio answer.
                 if let Some(transcript) = m.$get("audio").and_then(|audio| audio.$get("transcript")) {
@@ -882,22 +853,36 @@ macro_rules! walker {
             /// `null`: the `j`th under `first`'s key with `sub` increased by `j`, so each has a
             /// key of its own (a stream's `.done` event repeats each apart).
             fn strings_of<'v>(array: $V, member: Option<&'static str>, first: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                let k = |j: usize| key(first.index, first.kind, first.sub + j as u64);
+                match (member, array) {
+                    (None, $E::Array(items)) => {
+                        for (j, item) in items.$iter().enumerate() {
+                            string(item, k(j), role, &path.index(j), emit, bad);
+                        }
+                    }
+                    (Some(member), array) => each_object(array, path, bad, &mut |item, j, path, bad| {
+                        if let Some(text) = item.$get(member) {
+                            opt_string(text, k(j), role, &path.key(member), emit, bad);
+                        }
+                    }),
+                    (None, $E::Null) => {}
+                    (None, _) => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            /// Each object of an array, with its position and path (`null`: none); an array
+            /// member that is not an object, or anything but an array, is refused.
+            // `'v` names the documents' lifetime in the walkers whose node type has one.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn each_object<'v>(array: $V, path: &Path<'_>, bad: Bad<'_>, f: &mut dyn FnMut($V, usize, &Path<'_>, Bad<'_>)) {
                 match array {
                     $E::Array(items) => {
                         for (j, item) in items.$iter().enumerate() {
                             let path = path.index(j);
-                            let k = key(first.index, first.kind, first.sub + j as u64);
-                            match member {
-                                None => string(item, k, role, &path, emit, bad),
-                                Some(member) => {
-                                    if !matches!(item, $E::Object(..)) {
-                                        bad(&path, MUST_BE_OBJECT);
-                                        continue;
-                                    }
-                                    if let Some(text) = item.$get(member) {
-                                        opt_string(text, k, role, &path.key(member), emit, bad);
-                                    }
-                                }
+                            if matches!(item, $E::Object(..)) {
+                                f(item, j, &path, bad);
+                            } else {
+                                bad(&path, MUST_BE_OBJECT);
                             }
                         }
                     }
