@@ -742,21 +742,14 @@ macro_rules! walker {
                     }
                     // The model's search query, and the results a file search gives it.
                     Item::WebSearchCall => {
-                        if let Some(action) = item.$get("action") {
-                            let path = path.key("action");
-                            match action {
-                                $E::Object(..) => {
-                                    if let Some(query) = action.$get("query") {
-                                        opt_string(query, key(index, TextKind::Arguments, 0), role, &path.key("query"), emit, bad);
-                                    }
-                                    if let Some(queries) = action.$get("queries") {
-                                        strings_of(queries, None, key(index, TextKind::Arguments, 1), role, &path.key("queries"), emit, bad);
-                                    }
-                                }
-                                $E::Null => {}
-                                _ => bad(&path, MUST_BE_OBJECT),
+                        object_at(item, "action", path, bad, &mut |action, path, bad| {
+                            if let Some(query) = action.$get("query") {
+                                opt_string(query, key(index, TextKind::Arguments, 0), role, &path.key("query"), emit, bad);
                             }
-                        }
+                            if let Some(queries) = action.$get("queries") {
+                                strings_of(queries, None, key(index, TextKind::Arguments, 1), role, &path.key("queries"), emit, bad);
+                            }
+                        });
                     }
                     Item::FileSearchCall => {
                         if let Some(queries) = item.$get("queries") {
@@ -768,18 +761,11 @@ macro_rules! walker {
                     }
                     // The command the model runs.
                     Item::LocalShellCall => {
-                        if let Some(action) = item.$get("action") {
-                            let path = path.key("action");
-                            match action {
-                                $E::Object(..) => {
-                                    if let Some(command) = action.$get("command") {
-                                        strings_of(command, None, key(index, TextKind::Arguments, 0), role, &path.key("command"), emit, bad);
-                                    }
-                                }
-                                $E::Null => {}
-                                _ => bad(&path, MUST_BE_OBJECT),
+                        object_at(item, "action", path, bad, &mut |action, path, bad| {
+                            if let Some(command) = action.$get("command") {
+                                strings_of(command, None, key(index, TextKind::Arguments, 0), role, &path.key("command"), emit, bad);
                             }
-                        }
+                        });
                     }
                     // The tools an MCP server lists: their descriptions (as a tool
                     // definition's are).
@@ -867,6 +853,21 @@ macro_rules! walker {
                     }),
                     (None, $E::Null) => {}
                     (None, _) => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            /// `f` on `object`'s member `name`, with its path, when it is an object; `null` or
+            /// absent: nothing; anything else is refused.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn object_at<'v>(object: $V, name: &'static str, path: &Path<'_>, bad: Bad<'_>, f: &mut dyn FnMut($V, &Path<'_>, Bad<'_>)) {
+                let Some(member) = object.$get(name) else {
+                    return;
+                };
+                let path = path.key(name);
+                if matches!(member, $E::Object(..)) {
+                    f(member, &path, bad);
+                } else if !matches!(member, $E::Null) {
+                    bad(&path, MUST_BE_OBJECT);
                 }
             }
 
