@@ -169,6 +169,8 @@ pub struct ParsedRequest {
     user: Option<String>,
     selection: GuardrailSelection,
     gateway_only_keys: bool,
+    /// The field that gives text as token ids ([`CallType::token_ids_field`]).
+    token_ids: Option<&'static str>,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
     /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
@@ -221,6 +223,7 @@ impl ParsedRequest {
             user: None,
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
+            token_ids: None,
             shared_meta: OnceLock::new(),
             shared_meta_without_headers: OnceLock::new(),
         };
@@ -259,6 +262,7 @@ impl ParsedRequest {
             parsed.user =
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
+            parsed.token_ids = call_type.token_ids_field(&view);
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
@@ -276,6 +280,13 @@ impl ParsedRequest {
     /// The call type.
     pub fn call_type(&self) -> CallType {
         self.call_type
+    }
+
+    /// The field that gives text as token ids, which no guardrail can read (a text
+    /// completion's `prompt`, an embedding's `input`): the pre-call layer refuses such a
+    /// request when a guardrail applies to it.
+    pub fn token_ids_field(&self) -> Option<&'static str> {
+        self.token_ids
     }
 
     /// The body as it is forwarded.

@@ -97,6 +97,10 @@ impl Prepare for Checks {
             // A route no text view knows: the guardrails that apply could read nothing.
             return Err(unreadable_route(request.uri().path()));
         }
+        if let Some(field) = parsed.token_ids_field() {
+            // Text written as token ids: the guardrails that apply could read none of it.
+            return Err(unreadable_token_ids(field));
+        }
         // The headers are copied for the guardrails only when one of those that run reads them.
         let reads_headers = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
             .into_iter()
@@ -139,6 +143,20 @@ pub(crate) fn unreadable_route(path: &str) -> Error {
         ),
     )
     .with_code("unsupported_endpoint")
+}
+
+/// The error of a request whose text is token ids ([`ParsedRequest::token_ids_field`]) while
+/// guardrails apply to it.
+pub(crate) fn unreadable_token_ids(field: &'static str) -> Error {
+    Error::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "guardrails apply to this request, but its '{field}' is token ids, which no \
+             guardrail can read; send the text instead"
+        ),
+    )
+    .with_param(field)
+    .with_code("unreadable_content")
 }
 
 impl<B, S, ResB> Future for ResponseFuture<B, S>

@@ -258,6 +258,89 @@ mod tests {
         assert_eq!(up.calls(), 0);
     }
 
+    /// A text completion's prompt or an embedding's input written as token ids holds text no
+    /// guardrail can read: with a guardrail that applies it is a 400 naming the field, and the
+    /// upstream sees nothing; the same text as a string is read and blocked; with no guardrail
+    /// that applies, token ids pass.
+    #[tokio::test]
+    async fn token_ids_no_guardrail_can_read_are_refused() {
+        let post = |path: &str, body: serde_json::Value| {
+            Request::post(path)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap()
+        };
+        let layer = |default_on: bool| {
+            PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "words",
+                GuardrailMode::PreCall,
+                "forbidden",
+            )
+            .default_on(default_on)]))
+        };
+        for (path, field, tokens) in [
+            (
+                "/v1/completions",
+                "prompt",
+                serde_json::json!([35, 24406, 3197]),
+            ),
+            (
+                "/v1/completions",
+                "prompt",
+                serde_json::json!(["hi", [35, 24406]]),
+            ),
+            (
+                "/v1/embeddings",
+                "input",
+                serde_json::json!([[35, 24406], [3197]]),
+            ),
+        ] {
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(layer(true))
+                .service(up.service());
+            let resp = svc
+                .oneshot(post(path, serde_json::json!({"model": "m", field: tokens})))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 400, "{path} {tokens}");
+            let body = body_json(resp).await;
+            assert_eq!(body["error"]["param"], field, "{body}");
+            assert_eq!(body["error"]["code"], "unreadable_content", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("token ids, which no guardrail can read"),
+                "{body}"
+            );
+            assert_eq!(up.calls(), 0, "{path} {tokens}");
+            // Text is read.
+            let resp = status_of_text(layer(true), path, field).await;
+            assert_eq!(resp, 400, "{path}: text");
+            // No guardrail applies: nothing to refuse.
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(layer(false))
+                .service(up.service());
+            let resp = svc
+                .oneshot(post(path, serde_json::json!({"model": "m", field: tokens})))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path} {tokens}: no guardrail applies");
+            assert_eq!(up.calls(), 1);
+        }
+
+        async fn status_of_text(layer: PreCallGuardrailLayer, path: &str, field: &str) -> u16 {
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new().layer(layer).service(up.service());
+            let body = serde_json::json!({"model": "m", field: ["a forbidden plan"]});
+            let request = Request::post(path)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            svc.oneshot(request).await.unwrap().status().as_u16()
+        }
+    }
+
     #[tokio::test]
     async fn block_shapes_follow_the_endpoint() {
         let up = Upstream::default();

@@ -326,6 +326,33 @@ impl CallType {
         }
     }
 
+    /// The field of a request that gives text as token ids, which no guardrail can read: a
+    /// text completion's `prompt` or an embedding's `input` that is an array of numbers or
+    /// holds one (`[1, 2]`, `[[1, 2], "text"]`). `None` for any other request.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"model": "m", "prompt": [[9906, 1917], "hi"]}"#)?;
+    /// assert_eq!(CallType::TextCompletions.token_ids_field(&view), Some("prompt"));
+    /// let view = JsonView::parse(br#"{"model": "m", "prompt": ["hi"]}"#)?;
+    /// assert_eq!(CallType::TextCompletions.token_ids_field(&view), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn token_ids_field(self, view: &JsonView<'_>) -> Option<&'static str> {
+        let field = match self {
+            CallType::TextCompletions => "prompt",
+            CallType::Embeddings => "input",
+            _ => return None,
+        };
+        let JsonView::Array(items) = view.get(field)? else {
+            return None;
+        };
+        items
+            .iter()
+            .any(|item| matches!(item, JsonView::Number(..) | JsonView::Array(..)))
+            .then_some(field)
+    }
+
     /// The guardrail texts of a body given as bytes, in document order (lenient, as
     /// [`CallType::texts`]), read through a borrowed view instead of a `serde_json::Value`.
     ///
