@@ -602,12 +602,10 @@ fn decode_all(
             }
             // Data that is not JSON and may still hold text: refused, as event by event
             // (`[DONE]` and empty data are read as what they are).
-            Err(_) => context.call_type.read_non_json_event(data).ok_or_else(|| {
-                Error::upstream_unavailable(
-                    "the upstream stream has an event the guardrails cannot read: its data is \
-                     not JSON",
-                )
-            })?,
+            Err(_) => context
+                .call_type
+                .read_non_json_event(data)
+                .ok_or_else(crate::state::non_json_data)?,
         };
         if read.has_usage {
             if let Some(value) = crate::state::data_value(event) {

@@ -228,6 +228,14 @@ pub(crate) fn unknown_fields() -> Error {
     )
 }
 
+/// The error of a stream event whose data is not JSON (and not `[DONE]` or empty): it may
+/// still hold text, so it is refused rather than passed on unchecked.
+pub(crate) fn non_json_data() -> Error {
+    Error::upstream_unavailable(
+        "the upstream stream has an event the guardrails cannot read: its data is not JSON",
+    )
+}
+
 /// An event waiting to be released.
 #[derive(Debug)]
 struct Held {
@@ -539,12 +547,10 @@ impl StreamState {
                         }
                         // Data that is not JSON and may still hold text: refused, never
                         // passed unchecked.
-                        Err(_) => self.call_type.read_non_json_event(data).ok_or_else(|| {
-                            Error::upstream_unavailable(
-                                "the upstream stream has an event the guardrails cannot read: \
-                                 its data is not JSON",
-                            )
-                        })?,
+                        Err(_) => self
+                            .call_type
+                            .read_non_json_event(data)
+                            .ok_or_else(non_json_data)?,
                     },
                 },
             };
