@@ -335,6 +335,12 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             ),
         ),
         (
+            "mcp_list_tools input schema",
+            responses(
+                json!({"input": [{"type": "mcp_list_tools", "id": "t", "server_label": "s", "tools": [{"name": "t", "input_schema": {"type": "object", "properties": {"q": {"type": "string", "description": "a forbidden query"}}}}]}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
             "file_search_call results",
             responses(
                 json!({"input": [{"type": "file_search_call", "id": "f", "status": "completed", "queries": ["q"], "results": [{"file_id": "a", "text": "a forbidden passage"}]}, {"role": "user", "content": "hi"}]}),

@@ -1524,6 +1524,16 @@ async fn a_text_only_a_done_event_carries_is_checked_and_kept() {
             "{policy:?}: {}",
             run.body
         );
+        // Several texts in one `.done` event (the tools an MCP server lists, their schemas)
+        // each pass as they are, not merged.
+        let listed = concat!(
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,",
+            "\"item\":{\"type\":\"mcp_list_tools\",\"id\":\"t\",\"server_label\":\"s\",\"tools\":[",
+            "{\"name\":\"a\",\"description\":\"tool a\",\"input_schema\":{\"properties\":{\"x\":{\"description\":\"x of a\"}}}},",
+            "{\"name\":\"b\",\"description\":\"tool b\",\"input_schema\":{\"properties\":{\"y\":{\"description\":\"y of b\"}}}}]}}\n\n",
+        );
+        let run = run_stream(CallType::Responses, layer(), per_event(listed)).await;
+        assert_eq!((run.status, run.body.as_str()), (200, listed), "{policy:?}");
     }
 }
 

@@ -378,7 +378,9 @@ fn responses_tool_items_and_prompt_variables_are_text() {
                 {"type": "code_interpreter_call", "id": "ci", "code": "print(1)", "container_id": "x",
                     "outputs": [{"type": "logs", "logs": "1"}, {"type": "image", "url": "https://x"}]},
                 {"type": "mcp_list_tools", "id": "t", "server_label": "s",
-                    "tools": [{"name": "forecast", "description": "gives a forecast", "input_schema": {}}]},
+                    "tools": [{"name": "forecast", "description": "gives a forecast", "input_schema": {
+                        "type": "object", "properties": {"city": {"type": "string", "description": "a city"}}
+                    }}]},
                 {"type": "mcp_approval_response", "approval_request_id": "a", "approve": false,
                     "reason": "not now"},
                 {"role": "user", "content": "hi"}
@@ -394,6 +396,7 @@ fn responses_tool_items_and_prompt_variables_are_text() {
             "print(1)",
             "1",
             "gives a forecast",
+            "a city",
             "not now",
             "hi",
             "a weather server",
@@ -436,6 +439,21 @@ fn responses_tool_items_and_prompt_variables_are_text() {
         );
     }
     assert_eq!(body_texts(CallType::Responses, &body).len(), 1);
+    // The tools an MCP server lists, only in the item's `.done` event: each text under a key
+    // of its own, the schemas' too, so the event's texts are not merged into one.
+    let item = json!({"type": "mcp_list_tools", "id": "t", "server_label": "s", "tools": [
+        {"name": "a", "description": "tool a", "input_schema": {"properties": {"x": {"description": "x of a"}}}},
+        {"name": "b", "description": "tool b", "input_schema": {"properties": {"y": {"description": "y of b"}}}}
+    ]});
+    let stream = event(
+        "response.output_item.done",
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+    );
+    let read = read_stream(CallType::Responses, &stream);
+    let keys: std::collections::BTreeSet<TextKey> = read.fulls.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys.len(), 4, "{:?}", read.fulls);
+    let texts: Vec<&str> = read.fulls.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["tool a", "x of a", "tool b", "y of b"]);
 }
 
 #[test]

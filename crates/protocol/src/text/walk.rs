@@ -570,13 +570,18 @@ macro_rules! walker {
             /// `$defs`, `definitions` or `dependentSchemas` object are named schemas
             /// (`named`): a property called `description` is a schema, not a text. An object
             /// that names a member twice is refused (which of the two a model reads is its
-            /// parser's choice); member names are not read.
-            fn schema<'v>(s: $V, index: u64, literal: bool, named: bool, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+            /// parser's choice); member names are not read. Each text has a key of its own: `sub`
+            /// counts from `next` (a stream's `.done` event repeats each apart).
+            #[allow(clippy::too_many_arguments)]
+            fn schema<'v>(s: $V, index: u64, next: &mut u64, literal: bool, named: bool, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 match s {
-                    $E::String(text) if literal => emit(key(index, TextKind::Schema, 0), Role::Full, $slot(text)),
+                    $E::String(text) if literal => {
+                        emit(key(index, TextKind::Schema, *next), Role::Full, $slot(text));
+                        *next += 1;
+                    }
                     $E::Array(items) => {
                         for (i, item) in items.$iter().enumerate() {
-                            schema(item, index, literal, false, &path.index(i), emit, bad);
+                            schema(item, index, next, literal, false, &path.index(i), emit, bad);
                         }
                     }
                     $E::Object(members) => {
@@ -598,7 +603,7 @@ macro_rules! walker {
                                     matches!(name, "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas"),
                                 )
                             };
-                            schema(value, index, literal, named, &path, emit, bad);
+                            schema(value, index, next, literal, named, &path, emit, bad);
                         }
                     }
                     _ => {}
@@ -607,9 +612,9 @@ macro_rules! walker {
 
             /// A tool's parameters or input schema: [`schema`], every string of it read when it
             /// is not an object (no schema, but what the model is shown).
-            fn tool_schema<'v>(s: $V, index: u64, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+            fn tool_schema<'v>(s: $V, index: u64, next: &mut u64, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 let literal = !matches!(s, $E::Object(..));
-                schema(s, index, literal, false, path, emit, bad);
+                schema(s, index, next, literal, false, path, emit, bad);
             }
 
             /// A chat request's `response_format` (`{"type": "json_schema", "json_schema":
@@ -632,7 +637,7 @@ macro_rules! walker {
                     bad(&path, MUST_BE_OBJECT);
                     return;
                 }
-                schema(f, u64::MAX, false, false, &path, emit, bad);
+                schema(f, u64::MAX, &mut 0, false, false, &path, emit, bad);
             }
 
             /// A function's definition (a chat tool's `function`, a custom tool's `custom`, an
@@ -649,7 +654,7 @@ macro_rules! walker {
                     opt_string(description, key(index, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
                 }
                 if let Some(parameters) = d.$get("parameters") {
-                    tool_schema(parameters, index, &path.key("parameters"), emit, bad);
+                    tool_schema(parameters, index, &mut 0, &path.key("parameters"), emit, bad);
                 }
             }
 
@@ -685,15 +690,16 @@ macro_rules! walker {
                         opt_string(description, key(i as u64, TextKind::ToolDescription, 1), Role::Full, &path.key("server_description"), emit, bad);
                     }
                     // Responses' `parameters`, Anthropic's `input_schema`.
+                    let next = &mut 0;
                     if let Some(parameters) = tool.$get("parameters") {
-                        tool_schema(parameters, i as u64, &path.key("parameters"), emit, bad);
+                        tool_schema(parameters, i as u64, next, &path.key("parameters"), emit, bad);
                     }
                     if let Some(input_schema) = tool.$get("input_schema") {
-                        tool_schema(input_schema, i as u64, &path.key("input_schema"), emit, bad);
+                        tool_schema(input_schema, i as u64, next, &path.key("input_schema"), emit, bad);
                     }
                     // Anthropic's example inputs of a tool: every string in them.
                     if let Some(examples) = tool.$get("input_examples") {
-                        schema(examples, i as u64, true, false, &path.key("input_examples"), emit, bad);
+                        schema(examples, i as u64, next, true, false, &path.key("input_examples"), emit, bad);
                     }
                 }
             }
@@ -767,11 +773,19 @@ macro_rules! walker {
                             }
                         });
                     }
-                    // The tools an MCP server lists: their descriptions (as a tool
-                    // definition's are).
+                    // The tools an MCP server lists: their descriptions and input schemas, as a
+                    // tool definition's (where an MCP server may hide instructions).
                     Item::McpListTools => {
                         if let Some(tools) = item.$get("tools") {
-                            strings_of(tools, Some("description"), key(index, TextKind::ToolDescription, 0), role, &path.key("tools"), emit, bad);
+                            let next = &mut 0;
+                            each_object(tools, &path.key("tools"), bad, &mut |tool, j, path, bad| {
+                                if let Some(description) = tool.$get("description") {
+                                    opt_string(description, key(index, TextKind::ToolDescription, j as u64), role, &path.key("description"), emit, bad);
+                                }
+                                if let Some(input_schema) = tool.$get("input_schema") {
+                                    tool_schema(input_schema, index, next, &path.key("input_schema"), emit, bad);
+                                }
+                            });
                         }
                     }
                     // Why the user declined a tool call: the model reads it.
