@@ -341,6 +341,12 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             ),
         ),
         (
+            "computer_call typed text",
+            responses(
+                json!({"input": [{"type": "computer_call", "id": "cc", "call_id": "c", "status": "completed", "action": {"type": "type", "text": "forbidden"}, "pending_safety_checks": []}, {"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot", "image_url": "data:image/png;base64,AA=="}}]}),
+            ),
+        ),
+        (
             "file_search_call results",
             responses(
                 json!({"input": [{"type": "file_search_call", "id": "f", "status": "completed", "queries": ["q"], "results": [{"file_id": "a", "text": "a forbidden passage"}]}, {"role": "user", "content": "hi"}]}),

@@ -383,6 +383,10 @@ fn responses_tool_items_and_prompt_variables_are_text() {
                     }}]},
                 {"type": "mcp_approval_response", "approval_request_id": "a", "approve": false,
                     "reason": "not now"},
+                {"type": "computer_call", "id": "cc", "call_id": "c2", "status": "completed",
+                    "action": {"type": "type", "text": "typed text"}, "pending_safety_checks": []},
+                {"type": "computer_call", "id": "cd", "call_id": "c3", "status": "completed",
+                    "action": {"type": "click", "x": 1, "y": 2, "button": "left"}, "pending_safety_checks": []},
                 {"role": "user", "content": "hi"}
             ]
         }),
@@ -398,6 +402,7 @@ fn responses_tool_items_and_prompt_variables_are_text() {
             "gives a forecast",
             "a city",
             "not now",
+            "typed text",
             "hi",
             "a weather server",
             "Lisbon",

@@ -171,6 +171,7 @@ pub(crate) enum Item {
     WebSearchCall,
     FileSearchCall,
     LocalShellCall,
+    ComputerCall,
     NoText,
     Unknown,
     BadType,
@@ -194,9 +195,8 @@ pub(crate) fn responses_item_kind(kind: Option<&str>, present: bool) -> Item {
         Some("web_search_call") => Item::WebSearchCall,
         Some("file_search_call") => Item::FileSearchCall,
         Some("local_shell_call") => Item::LocalShellCall,
-        Some(
-            "item_reference" | "computer_call" | "computer_call_output" | "image_generation_call",
-        ) => Item::NoText,
+        Some("computer_call") => Item::ComputerCall,
+        Some("item_reference" | "computer_call_output" | "image_generation_call") => Item::NoText,
         Some(_) => Item::Unknown,
     }
 }
@@ -770,6 +770,14 @@ macro_rules! walker {
                         object_at(item, "action", path, bad, &mut |action, path, bad| {
                             if let Some(command) = action.$get("command") {
                                 strings_of(command, None, key(index, TextKind::Arguments, 0), role, &path.key("command"), emit, bad);
+                            }
+                        });
+                    }
+                    // What a computer-use model types (its other actions hold no text).
+                    Item::ComputerCall => {
+                        object_at(item, "action", path, bad, &mut |action, path, bad| {
+                            if let Some(text) = action.$get("text") {
+                                opt_string(text, key(index, TextKind::Arguments, 0), role, &path.key("text"), emit, bad);
                             }
                         });
                     }
