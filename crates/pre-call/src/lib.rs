@@ -264,20 +264,30 @@ mod tests {
     /// that applies, token ids pass.
     #[tokio::test]
     async fn token_ids_no_guardrail_can_read_are_refused() {
-        let post = |path: &str, body: serde_json::Value| {
-            Request::post(path)
+        /// Sends `body` to `path` through a layer whose one guardrail is on by default or not:
+        /// the status, the body, and how many requests the upstream saw.
+        async fn send(
+            default_on: bool,
+            path: &str,
+            body: serde_json::Value,
+        ) -> (u16, serde_json::Value, usize) {
+            let guardrail = keyword("words", GuardrailMode::PreCall, "forbidden");
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([
+                    guardrail.default_on(default_on)
+                ])))
+                .service(up.service());
+            let request = Request::post(path)
                 .body(Full::new(Bytes::from(body.to_string())))
-                .unwrap()
-        };
-        let layer = |default_on: bool| {
-            PreCallGuardrailLayer::new(Guardrails::new([keyword(
-                "words",
-                GuardrailMode::PreCall,
-                "forbidden",
-            )
-            .default_on(default_on)]))
-        };
-        for (path, field, tokens) in [
+                .unwrap();
+            let resp = svc.oneshot(request).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            (status, body, up.calls())
+        }
+        let cases = [
             (
                 "/v1/completions",
                 "prompt",
@@ -293,51 +303,24 @@ mod tests {
                 "input",
                 serde_json::json!([[35, 24406], [3197]]),
             ),
-        ] {
-            let up = Upstream::default();
-            let svc = ServiceBuilder::new()
-                .layer(layer(true))
-                .service(up.service());
-            let resp = svc
-                .oneshot(post(path, serde_json::json!({"model": "m", field: tokens})))
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 400, "{path} {tokens}");
-            let body = body_json(resp).await;
+        ];
+        for (path, field, tokens) in cases {
+            let tokens = serde_json::json!({"model": "m", field: tokens});
+            let (status, body, calls) = send(true, path, tokens.clone()).await;
+            assert_eq!((status, calls), (400, 0), "{path} {tokens}: {body}");
             assert_eq!(body["error"]["param"], field, "{body}");
             assert_eq!(body["error"]["code"], "unreadable_content", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
             assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("token ids, which no guardrail can read"),
-                "{body}"
+                message.contains("token ids, which no guardrail can read"),
+                "{message}"
             );
-            assert_eq!(up.calls(), 0, "{path} {tokens}");
-            // Text is read.
-            let resp = status_of_text(layer(true), path, field).await;
-            assert_eq!(resp, 400, "{path}: text");
+            // The same field as text is read (and blocked).
+            let text = serde_json::json!({"model": "m", field: ["a forbidden plan"]});
+            assert_eq!(send(true, path, text).await.0, 400, "{path}: text");
             // No guardrail applies: nothing to refuse.
-            let up = Upstream::default();
-            let svc = ServiceBuilder::new()
-                .layer(layer(false))
-                .service(up.service());
-            let resp = svc
-                .oneshot(post(path, serde_json::json!({"model": "m", field: tokens})))
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{path} {tokens}: no guardrail applies");
-            assert_eq!(up.calls(), 1);
-        }
-
-        async fn status_of_text(layer: PreCallGuardrailLayer, path: &str, field: &str) -> u16 {
-            let up = Upstream::default();
-            let svc = ServiceBuilder::new().layer(layer).service(up.service());
-            let body = serde_json::json!({"model": "m", field: ["a forbidden plan"]});
-            let request = Request::post(path)
-                .body(Full::new(Bytes::from(body.to_string())))
-                .unwrap();
-            svc.oneshot(request).await.unwrap().status().as_u16()
+            let (status, _, calls) = send(false, path, tokens).await;
+            assert_eq!((status, calls), (200, 1), "{path}: no guardrail applies");
         }
     }
 
