@@ -458,46 +458,20 @@ macro_rules! walker {
                     opt_string(transcript, key(index, TextKind::Content, AUDIO_SUB), role, &path.key("audio").key("transcript"), emit, bad);
                 }
                 if let Some(calls) = m.$get("tool_calls") {
-                    let path = path.key("tool_calls");
-                    match calls {
-                        $E::Array(calls) => {
-                            for (j, call) in calls.$iter().enumerate() {
-                                let path = path.index(j);
-                                if !matches!(call, $E::Object(..)) {
-                                    bad(&path, MUST_BE_OBJECT);
-                                    continue;
-                                }
-                                let sub = $index(&*call, "index").unwrap_or(j as u64);
-                                if let Some(function) = call.$get("function") {
-                                    let path = path.key("function");
-                                    match function {
-                                        $E::Object(..) => {
-                                            if let Some(arguments) = function.$get("arguments") {
-                                                opt_string(arguments, key(index, TextKind::Arguments, sub), role, &path.key("arguments"), emit, bad);
-                                            }
-                                        }
-                                        $E::Null => {}
-                                        _ => bad(&path, MUST_BE_OBJECT),
-                                    }
-                                }
+                    each_object(calls, &path.key("tool_calls"), bad, &mut |call, j, path, bad| {
+                        let sub = $index(&*call, "index").unwrap_or(j as u64);
+                        object_at(call, "function", path, bad, &mut |function, path, bad| {
+                            if let Some(arguments) = function.$get("arguments") {
+                                opt_string(arguments, key(index, TextKind::Arguments, sub), role, &path.key("arguments"), emit, bad);
                             }
-                        }
-                        $E::Null => {}
-                        _ => bad(&path, MUST_BE_ARRAY),
-                    }
+                        });
+                    });
                 }
-                if let Some(call) = m.$get("function_call") {
-                    let path = path.key("function_call");
-                    match call {
-                        $E::Object(..) => {
-                            if let Some(arguments) = call.$get("arguments") {
-                                opt_string(arguments, key(index, TextKind::Arguments, FUNCTION_CALL_SUB), role, &path.key("arguments"), emit, bad);
-                            }
-                        }
-                        $E::Null => {}
-                        _ => bad(&path, MUST_BE_OBJECT),
+                object_at(m, "function_call", path, bad, &mut |call, path, bad| {
+                    if let Some(arguments) = call.$get("arguments") {
+                        opt_string(arguments, key(index, TextKind::Arguments, FUNCTION_CALL_SUB), role, &path.key("arguments"), emit, bad);
                     }
-                }
+                });
             }
 
             fn chat_part<'v>(part: $V, index: u64, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
@@ -879,17 +853,21 @@ macro_rules! walker {
             }
 
             /// `f` on `object`'s member `name`, with its path, when it is an object; `null` or
-            /// absent: nothing; anything else is refused.
+            /// absent: nothing; anything else is refused ([`if_object`]).
             #[allow(clippy::extra_unused_lifetimes)]
             fn object_at<'v>(object: $V, name: &'static str, path: &Path<'_>, bad: Bad<'_>, f: &mut dyn FnMut($V, &Path<'_>, Bad<'_>)) {
-                let Some(member) = object.$get(name) else {
-                    return;
-                };
-                let path = path.key(name);
-                if matches!(member, $E::Object(..)) {
-                    f(member, &path, bad);
-                } else if !matches!(member, $E::Null) {
-                    bad(&path, MUST_BE_OBJECT);
+                if let Some(member) = object.$get(name) {
+                    if_object(member, &path.key(name), bad, f);
+                }
+            }
+
+            /// `f` on `value` when it is an object; `null`: nothing; anything else is refused.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn if_object<'v>(value: $V, path: &Path<'_>, bad: Bad<'_>, f: &mut dyn FnMut($V, &Path<'_>, Bad<'_>)) {
+                if matches!(value, $E::Object(..)) {
+                    f(value, path, bad);
+                } else if !matches!(value, $E::Null) {
+                    bad(path, MUST_BE_OBJECT);
                 }
             }
 
@@ -1115,43 +1093,29 @@ macro_rules! walker {
                         }
                         // A stored prompt's variables: text the prompt is filled with.
                         if let Some(prompt) = root.$get("prompt") {
-                            let path = root_path.key("prompt");
-                            match prompt {
-                                $E::Object(..) => {
-                                    if let Some(variables) = prompt.$get("variables") {
-                                        let path = path.key("variables");
-                                        match variables {
-                                            $E::Object(members) => {
-                                                for (j, (name, value)) in members.$iter().enumerate() {
-                                                    let name: &str = name.as_ref();
-                                                    let path = path.member(name);
-                                                    match value {
-                                                        $E::String(s) => emit(key(u64::MAX, TextKind::Content, j as u64), role, $slot(s)),
-                                                        $E::Object(..) => responses_part(value, u64::MAX, j as u64, role, &path, emit, bad),
-                                                        _ => bad(&path, VARIABLE_SHAPE),
-                                                    }
-                                                }
-                                            }
-                                            $E::Null => {}
-                                            _ => bad(&path, MUST_BE_OBJECT),
+                            if_object(prompt, &root_path.key("prompt"), bad, &mut |prompt, path, bad| {
+                                object_at(prompt, "variables", path, bad, &mut |variables, path, bad| {
+                                    let $E::Object(members) = variables else {
+                                        return;
+                                    };
+                                    for (j, (name, value)) in members.$iter().enumerate() {
+                                        let name: &str = name.as_ref();
+                                        let path = path.member(name);
+                                        match value {
+                                            $E::String(s) => emit(key(u64::MAX, TextKind::Content, j as u64), role, $slot(s)),
+                                            $E::Object(..) => responses_part(value, u64::MAX, j as u64, role, &path, emit, bad),
+                                            _ => bad(&path, VARIABLE_SHAPE),
                                         }
                                     }
-                                }
-                                $E::Null => {}
-                                _ => bad(&path, MUST_BE_OBJECT),
-                            }
+                                });
+                            });
                         }
                         if let Some(text) = root.$get("text") {
-                            let path = root_path.key("text");
-                            match text {
-                                $E::Object(..) => {
-                                    if let Some(format) = text.$get("format") {
-                                        response_format(format, &path.key("format"), emit, bad);
-                                    }
+                            if_object(text, &root_path.key("text"), bad, &mut |text, path, bad| {
+                                if let Some(format) = text.$get("format") {
+                                    response_format(format, &path.key("format"), emit, bad);
                                 }
-                                $E::Null => {}
-                                _ => bad(&path, MUST_BE_OBJECT),
-                            }
+                            });
                         }
                     }
                     CallType::AnthropicMessages => {
