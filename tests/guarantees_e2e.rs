@@ -365,6 +365,30 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             ),
         ),
         (
+            "shell_call command",
+            responses(
+                json!({"input": [{"type": "shell_call", "id": "s", "call_id": "c", "status": "completed", "action": {"commands": ["ls", "echo forbidden"]}}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "shell_call_output stderr",
+            responses(
+                json!({"input": [{"type": "shell_call_output", "call_id": "c", "output": [{"stdout": "", "stderr": "a forbidden error", "outcome": {"type": "exit", "exit_code": 1}}]}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "apply_patch_call diff",
+            responses(
+                json!({"input": [{"type": "apply_patch_call", "id": "p", "call_id": "c", "status": "completed", "operation": {"type": "create_file", "path": "a.txt", "diff": "+a forbidden line"}}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
+            "apply_patch_call_output",
+            responses(
+                json!({"input": [{"type": "apply_patch_call_output", "call_id": "c", "status": "completed", "output": "a forbidden result"}, {"role": "user", "content": "hi"}]}),
+            ),
+        ),
+        (
             "code_interpreter_call logs",
             responses(
                 json!({"input": [{"type": "code_interpreter_call", "id": "ci", "code": "print(1)", "container_id": "x", "status": "completed", "outputs": [{"type": "logs", "logs": "a forbidden log"}]}, {"role": "user", "content": "hi"}]}),
@@ -729,6 +753,115 @@ async fn a_blocked_word_in_tool_call_arguments_is_blocked_after_the_call() {
     );
     assert!(!body.contains("message_stop"), "{body}");
     assert_eq!(h.upstream.request_count(), 7, "every one was forwarded");
+}
+
+/// A coding agent's patch, streamed as `response.apply_patch_call_operation_diff.delta` events,
+/// and its shell commands (`response.shell_call_command.*`): checked as they arrive, passed
+/// byte for byte when clean, and ended with the in-band error when the word arrives split
+/// across two deltas.
+#[tokio::test]
+async fn a_streamed_patch_and_shell_command_are_checked() {
+    let h = Harness::start().await;
+    let ev = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let stream = |first: &str, second: &str| {
+        let diff = format!("{first}{second}");
+        let patch = |diff: &str, status: &str| {
+            json!({"type": "apply_patch_call", "id": "p", "call_id": "c1",
+            "status": status, "operation": {"type": "create_file", "path": "a.txt", "diff": diff}})
+        };
+        let shell = json!({"type": "shell_call", "id": "s", "call_id": "c2", "status": "completed",
+            "action": {"commands": ["ls"]}});
+        let response = |status: &str, output: Value| {
+            json!({"id": "resp_1", "object": "response",
+            "created_at": 1, "status": status, "model": "gpt-4o-mini", "output": output})
+        };
+        vec![
+            ev(
+                json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", json!([]))}),
+            ),
+            ev(
+                json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": patch("", "in_progress")}),
+            ),
+            ev(
+                json!({"type": "response.apply_patch_call_operation_diff.delta", "sequence_number": 2, "item_id": "p", "output_index": 0, "delta": first}),
+            ),
+            ev(
+                json!({"type": "response.apply_patch_call_operation_diff.delta", "sequence_number": 3, "item_id": "p", "output_index": 0, "delta": second}),
+            ),
+            ev(
+                json!({"type": "response.apply_patch_call_operation_diff.done", "sequence_number": 4, "item_id": "p", "output_index": 0, "diff": diff}),
+            ),
+            ev(
+                json!({"type": "response.output_item.done", "sequence_number": 5, "output_index": 0, "item": patch(&diff, "completed")}),
+            ),
+            ev(
+                json!({"type": "response.output_item.added", "sequence_number": 6, "output_index": 1,
+                "item": {"type": "shell_call", "id": "s", "call_id": "c2", "status": "in_progress"}}),
+            ),
+            ev(
+                json!({"type": "response.shell_call_command.added", "sequence_number": 7, "output_index": 1, "command_index": 0, "command": ""}),
+            ),
+            ev(
+                json!({"type": "response.shell_call_command.delta", "sequence_number": 8, "output_index": 1, "command_index": 0, "delta": "ls"}),
+            ),
+            ev(
+                json!({"type": "response.shell_call_command.done", "sequence_number": 9, "output_index": 1, "command_index": 0, "command": "ls"}),
+            ),
+            ev(
+                json!({"type": "response.output_item.done", "sequence_number": 10, "output_index": 1, "item": shell}),
+            ),
+            ev(json!({"type": "response.completed", "sequence_number": 11,
+                "response": response("completed", json!([patch(&diff, "completed"), shell]))})),
+        ]
+    };
+    let request = json!({"model": "gpt", "stream": true, "input": "write the file",
+                         "tools": [{"type": "apply_patch"}, {"type": "shell"}]});
+
+    let clean = stream("+a line", " of text");
+    h.upstream.push_reply(ScriptedReply::sse(clean.clone()));
+    let (status, _, body) = h.post("/v1/responses", &request).await;
+    assert_eq!(
+        (status, body),
+        (200, clean.concat()),
+        "passed byte for byte"
+    );
+
+    h.upstream
+        .push_reply(ScriptedReply::sse(stream("+a line for", "bidden here")));
+    let (status, _, body) = h.post("/v1/responses", &request).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    let got = events(&body);
+    let n = got.len();
+    assert_eq!(got[n - 2].0.as_deref(), Some("error"), "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&got[n - 2].1).unwrap()["code"],
+        "content_policy_violation"
+    );
+    assert_eq!(got[n - 1].0.as_deref(), Some("response.failed"), "{body}");
+    assert!(!body.contains("response.completed"), "{body}");
+
+    // A command, written in two deltas, is checked too.
+    let mut commands = stream("+a", " line");
+    commands[8] = ev(
+        json!({"type": "response.shell_call_command.delta", "sequence_number": 8, "output_index": 1, "command_index": 0, "delta": "echo forb"}),
+    );
+    commands.insert(9, ev(json!({"type": "response.shell_call_command.delta", "sequence_number": 9, "output_index": 1, "command_index": 0, "delta": "idden"})));
+    h.upstream.push_reply(ScriptedReply::sse(commands));
+    let (status, _, body) = h.post("/v1/responses", &request).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(!body.contains("response.completed"), "{body}");
+    assert_eq!(
+        events(&body).last().unwrap().0.as_deref(),
+        Some("response.failed"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -131,13 +131,19 @@ impl CallType {
                     "response.function_call_arguments.done"
                     | "response.custom_tool_call_input.done"
                     | "response.mcp_call_arguments.done"
-                    | "response.code_interpreter_call_code.done" => {
+                    | "response.code_interpreter_call_code.done"
+                    | "response.apply_patch_call_operation_diff.done" => {
                         out.ends.push(End::Key(TextKey {
                             index: output,
                             kind: Arguments,
                             sub: 0,
                         }))
                     }
+                    "response.shell_call_command.done" => out.ends.push(End::Key(TextKey {
+                        index: output,
+                        kind: Arguments,
+                        sub: index("command_index"),
+                    })),
                     "response.output_item.done" => out.ends.push(End::Index(output)),
                     "response.completed" | "response.incomplete" | "response.failed" => {
                         out.terminal = true;

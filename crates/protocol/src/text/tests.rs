@@ -461,6 +461,84 @@ fn responses_tool_items_and_prompt_variables_are_text() {
     assert_eq!(texts, ["tool a", "x of a", "tool b", "y of b"]);
 }
 
+/// A coding agent's tools (the shell tool and `apply_patch`): the commands, what they printed,
+/// the patch and its file, and what applying it said, in a request; in a response; and in a
+/// stream, whose deltas add up to the response's texts.
+#[test]
+fn responses_shell_and_apply_patch_items_are_text() {
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({"model": "m", "tools": [{"type": "shell"}, {"type": "apply_patch"}], "input": [
+            {"type": "shell_call", "id": "s", "call_id": "c1", "status": "completed",
+                "action": {"commands": ["ls", "cat notes.txt"], "timeout_ms": 1000}},
+            {"type": "shell_call_output", "call_id": "c1", "max_output_length": 100, "output": [
+                {"stdout": "notes.txt", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}},
+                {"stdout": "the notes", "stderr": "a warning", "outcome": {"type": "timeout"}}
+            ]},
+            {"type": "apply_patch_call", "id": "p", "call_id": "c2", "status": "completed",
+                "operation": {"type": "update_file", "path": "notes.txt", "diff": "-old\n+new"}},
+            {"type": "apply_patch_call", "id": "q", "call_id": "c3", "status": "completed",
+                "operation": {"type": "delete_file", "path": "old.txt"}},
+            {"type": "apply_patch_call_output", "call_id": "c2", "status": "completed", "output": "patched"},
+            {"type": "apply_patch_call_output", "call_id": "c3", "status": "failed", "output": null},
+            {"role": "user", "content": "hi"}
+        ]}),
+        &[
+            "ls",
+            "cat notes.txt",
+            "notes.txt",
+            "",
+            "the notes",
+            "a warning",
+            "-old\n+new",
+            "notes.txt",
+            "old.txt",
+            "patched",
+            "hi",
+        ],
+    );
+    let body = json!({"object": "response", "output": [
+        {"type": "shell_call", "id": "s", "call_id": "c1", "status": "completed",
+            "action": {"commands": ["ls -la", "pwd"]}},
+        {"type": "apply_patch_call", "id": "p", "call_id": "c2", "status": "completed",
+            "operation": {"type": "create_file", "path": "a.txt", "diff": "+hello world"}}
+    ]});
+    roundtrip(
+        CallType::Responses,
+        Side::Response,
+        body.clone(),
+        &["ls -la", "pwd", "+hello world", "a.txt"],
+    );
+    let event = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let stream = [
+        event(json!({"type": "response.output_item.added", "output_index": 0,
+            "item": {"type": "shell_call", "id": "s", "call_id": "c1", "status": "in_progress"}})),
+        event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 0, "command": "ls"})),
+        event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 0, "delta": " -la"})),
+        event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 0, "command": "ls -la"})),
+        event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 1, "command": ""})),
+        event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 1, "delta": "pwd"})),
+        event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 1, "command": "pwd"})),
+        event(json!({"type": "response.output_item.done", "output_index": 0, "item": body["output"][0]})),
+        event(json!({"type": "response.output_item.added", "output_index": 1,
+            "item": {"type": "apply_patch_call", "id": "p", "call_id": "c2", "status": "in_progress",
+                "operation": {"type": "create_file", "path": "a.txt", "diff": ""}}})),
+        event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": "+hello"})),
+        event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": " world"})),
+        event(json!({"type": "response.apply_patch_call_operation_diff.done", "output_index": 1, "diff": "+hello world"})),
+        event(json!({"type": "response.output_item.done", "output_index": 1, "item": body["output"][1]})),
+        event(json!({"type": "response.completed", "response": body})),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::Responses, &body, &stream);
+}
+
 #[test]
 fn responses_request() {
     roundtrip(
@@ -855,6 +933,31 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             Responses,
             r#"{"input": [{"type": "mcp_list_tools", "tools": [{"description": ["forbidden"]}]}]}"#,
             "input[0].tools[0].description",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "shell_call", "action": {"commands": "forbidden"}}]}"#,
+            "input[0].action.commands",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "shell_call_output", "output": [{"stdout": ["forbidden"]}]}]}"#,
+            "input[0].output[0].stdout",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "shell_call_output", "output": "forbidden"}]}"#,
+            "input[0].output",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "apply_patch_call", "operation": "forbidden"}]}"#,
+            "input[0].operation",
+        ),
+        (
+            Responses,
+            r#"{"input": [{"type": "apply_patch_call", "operation": {"type": "update_file", "diff": {"text": "forbidden"}}}]}"#,
+            "input[0].operation.diff",
         ),
         (
             AnthropicMessages,

@@ -171,6 +171,9 @@ pub(crate) enum Item {
     WebSearchCall,
     FileSearchCall,
     LocalShellCall,
+    ShellCall,
+    ShellCallOutput,
+    ApplyPatchCall,
     ComputerCall,
     NoText,
     Unknown,
@@ -182,9 +185,12 @@ pub(crate) fn responses_item_kind(kind: Option<&str>, present: bool) -> Item {
         None if present => Item::BadType,
         None | Some("message") => Item::Message,
         Some("function_call") => Item::FunctionCall,
-        Some("function_call_output" | "custom_tool_call_output" | "local_shell_call_output") => {
-            Item::ToolOutput
-        }
+        Some(
+            "function_call_output"
+            | "custom_tool_call_output"
+            | "local_shell_call_output"
+            | "apply_patch_call_output",
+        ) => Item::ToolOutput,
         Some("custom_tool_call") => Item::CustomToolCall,
         Some("reasoning") => Item::Reasoning,
         Some("mcp_call") => Item::McpCall,
@@ -195,6 +201,9 @@ pub(crate) fn responses_item_kind(kind: Option<&str>, present: bool) -> Item {
         Some("web_search_call") => Item::WebSearchCall,
         Some("file_search_call") => Item::FileSearchCall,
         Some("local_shell_call") => Item::LocalShellCall,
+        Some("shell_call") => Item::ShellCall,
+        Some("shell_call_output") => Item::ShellCallOutput,
+        Some("apply_patch_call") => Item::ApplyPatchCall,
         Some("computer_call") => Item::ComputerCall,
         Some("item_reference" | "computer_call_output" | "image_generation_call") => Item::NoText,
         Some(_) => Item::Unknown,
@@ -744,6 +753,40 @@ macro_rules! walker {
                         object_at(item, "action", path, bad, &mut |action, path, bad| {
                             if let Some(command) = action.$get("command") {
                                 strings_of(command, None, key(index, TextKind::Arguments, 0), role, &path.key("command"), emit, bad);
+                            }
+                        });
+                    }
+                    // The commands of the shell tool, each under a key of its own (the stream's
+                    // `command_index`).
+                    Item::ShellCall => {
+                        object_at(item, "action", path, bad, &mut |action, path, bad| {
+                            if let Some(commands) = action.$get("commands") {
+                                strings_of(commands, None, key(index, TextKind::Arguments, 0), role, &path.key("commands"), emit, bad);
+                            }
+                        });
+                    }
+                    // What each command printed, which the model reads next: command `j`'s
+                    // standard output under sub `2j`, its standard error under `2j + 1`.
+                    Item::ShellCallOutput => {
+                        if let Some(output) = item.$get("output") {
+                            each_object(output, &path.key("output"), bad, &mut |entry, j, path, bad| {
+                                for (name, sub) in [("stdout", 2 * j as u64), ("stderr", 2 * j as u64 + 1)] {
+                                    if let Some(text) = entry.$get(name) {
+                                        opt_string(text, key(index, TextKind::Content, sub), role, &path.key(name), emit, bad);
+                                    }
+                                }
+                            });
+                        }
+                    }
+                    // The patch the model writes (streamed as `operation.diff`), and the file's
+                    // path.
+                    Item::ApplyPatchCall => {
+                        object_at(item, "operation", path, bad, &mut |operation, path, bad| {
+                            if let Some(diff) = operation.$get("diff") {
+                                opt_string(diff, key(index, TextKind::Arguments, 0), role, &path.key("diff"), emit, bad);
+                            }
+                            if let Some(file) = operation.$get("path") {
+                                opt_string(file, key(index, TextKind::Arguments, 1), role, &path.key("path"), emit, bad);
                             }
                         });
                     }
@@ -1303,6 +1346,13 @@ macro_rules! walker {
                                 delta(root, "delta", key(output, TextKind::Reasoning, sub), &root_path.key("delta"), emit, bad)
                             }
                             "response.reasoning_text.delta" => delta(root, "delta", key(output, TextKind::ReasoningContent, content), &root_path.key("delta"), emit, bad),
+                            "response.apply_patch_call_operation_diff.delta" => delta(root, "delta", key(output, TextKind::Arguments, 0), &root_path.key("delta"), emit, bad),
+                            // A shell command as it is written: announced, then its deltas.
+                            "response.shell_call_command.added" | "response.shell_call_command.delta" => {
+                                let command = $index(&*root, "command_index").unwrap_or(0);
+                                let name = if kind.ends_with("added") { "command" } else { "delta" };
+                                delta(root, name, key(output, TextKind::Arguments, command), &root_path.key(name), emit, bad)
+                            }
                             "response.output_item.added" | "response.output_item.done" => {
                                 let role = if kind.ends_with("added") { d } else { f };
                                 if let Some(item) = root.$get("item") {
@@ -1331,6 +1381,11 @@ macro_rules! walker {
                             "response.function_call_arguments.done" | "response.mcp_call_arguments.done" => full(root, "arguments", key(output, TextKind::Arguments, 0), emit, bad),
                             "response.custom_tool_call_input.done" => full(root, "input", key(output, TextKind::Arguments, 0), emit, bad),
                             "response.code_interpreter_call_code.done" => full(root, "code", key(output, TextKind::Arguments, 0), emit, bad),
+                            "response.apply_patch_call_operation_diff.done" => full(root, "diff", key(output, TextKind::Arguments, 0), emit, bad),
+                            "response.shell_call_command.done" => {
+                                let command = $index(&*root, "command_index").unwrap_or(0);
+                                full(root, "command", key(output, TextKind::Arguments, command), emit, bad)
+                            }
                             "response.reasoning_summary_text.done" => {
                                 let sub = $index(&*root, "summary_index").unwrap_or(0);
                                 full(root, "text", key(output, TextKind::Reasoning, sub), emit, bad)
