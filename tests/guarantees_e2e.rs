@@ -912,6 +912,110 @@ async fn messages_of_the_wrong_shape_are_refused_before_any_guardrail_or_upstrea
     }
 }
 
+/// Log probabilities carry the response's text a second time, as tokens, where no guardrail
+/// reads it (a blocked word's tokens would reach the client beside the block, a masked address
+/// unmasked): a request that asks for them is a 400 before the upstream while a post-call
+/// guardrail applies, and an upstream that sends them unasked is refused like any response the
+/// guardrails cannot read.
+#[tokio::test]
+async fn log_probabilities_are_refused_where_post_call_guardrails_read_the_text() {
+    let h = Harness::start().await;
+    let refused = |param: &str| {
+        let message = format!(
+            "post-call guardrails apply to this request, but '{param}' asks for log \
+             probabilities: the response's tokens would repeat its text unchecked; ask without them"
+        );
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                         "code": "unreadable_content"}})
+    };
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (path, body, param) in [
+        (
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true})),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true, "top_logprobs": 3, "stream": true})),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"top_logprobs": 3})),
+            "top_logprobs",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt", "input": "hi", "include": ["message.output_text.logprobs"]}),
+            "include",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt", "input": "hi", "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+    ] {
+        let (status, _, got) = h.post(path, &body).await;
+        assert_eq!((status, json_of(&got)), (400, refused(param)), "{body}");
+    }
+    assert_eq!(h.upstream.request_count(), 0, "nothing forwarded");
+    // Asking for none passes.
+    let (status, _, _) = h
+        .post(
+            "/v1/chat/completions",
+            &chat(json!({"logprobs": false, "top_logprobs": null})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(h.upstream.request_count(), 1);
+
+    // An upstream that sends them unasked: the chunk with the first half of the word and its
+    // token ends the stream with the in-band error; neither half reaches the client.
+    let chunk = |content: &str| {
+        let data = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null,
+                "logprobs": {"content": [{"token": content, "logprob": -0.1, "bytes": null, "top_logprobs": []}]}}]});
+        format!("data: {data}\n\n")
+    };
+    h.upstream.push_reply(ScriptedReply::sse([
+        chunk("the forb"),
+        chunk("idden plan"),
+        "data: [DONE]\n\n".to_owned(),
+    ]));
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat(json!({"stream": true})))
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("forb") && !body.contains("idden"), "{body}");
+    assert!(body.contains("choices[0].logprobs"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    // The same in a JSON response: refused whole.
+    h.upstream.push_reply(ScriptedReply::json(&json!({"id": "c", "object": "chat.completion",
+        "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "an answer"},
+            "logprobs": {"content": [{"token": "an", "logprob": -0.1, "bytes": null, "top_logprobs": []}]}}]})));
+    let (status, _, body) = h.post("/v1/chat/completions", &chat(json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.contains("an answer"), "{body}");
+    let error = &json_of(&body)["error"];
+    assert_eq!(
+        (error["code"].as_str(), error["type"].as_str()),
+        (Some("upstream_error"), Some("bad_gateway_error")),
+        "{body}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("logprobs"),
+        "{body}"
+    );
+}
+
 /// `data` gzip-compressed, as an upstream that ignores `accept-encoding` would send it.
 fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write as _;

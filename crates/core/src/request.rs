@@ -171,6 +171,8 @@ pub struct ParsedRequest {
     gateway_only_keys: bool,
     /// The field that gives text as token ids ([`CallType::token_ids_field`]).
     token_ids: Option<&'static str>,
+    /// The field that asks for log probabilities ([`CallType::logprobs_field`]).
+    logprobs: Option<&'static str>,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
     /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
@@ -224,6 +226,7 @@ impl ParsedRequest {
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
             token_ids: None,
+            logprobs: None,
             shared_meta: OnceLock::new(),
             shared_meta_without_headers: OnceLock::new(),
         };
@@ -263,6 +266,7 @@ impl ParsedRequest {
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
             parsed.token_ids = call_type.token_ids_field(&view);
+            parsed.logprobs = call_type.logprobs_field(&view);
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
@@ -287,6 +291,15 @@ impl ParsedRequest {
     /// request when a guardrail applies to it.
     pub fn token_ids_field(&self) -> Option<&'static str> {
         self.token_ids
+    }
+
+    /// The field that asks for log probabilities ([`CallType::logprobs_field`]): the
+    /// streaming layer refuses such a request when a post-call guardrail applies to it, since
+    /// the tokens would repeat the response's text beside it, unchecked. (The common chat
+    /// request read without a tree has none: a `logprobs` or `top_logprobs` that is not `null`
+    /// sends a request to the general reader.)
+    pub fn logprobs_field(&self) -> Option<&'static str> {
+        self.logprobs
     }
 
     /// The body as it is forwarded.

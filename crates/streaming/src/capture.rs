@@ -66,6 +66,19 @@ impl Capture {
             )
             .with_code("unsupported_endpoint"));
         }
+        if let Some(field) = parsed.logprobs_field() {
+            // The tokens would repeat the response's text beside it, where no guardrail reads.
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                format!(
+                    "post-call guardrails apply to this request, but '{field}' asks for log \
+                     probabilities: the response's tokens would repeat its text unchecked; \
+                     ask without them"
+                ),
+            )
+            .with_param(field)
+            .with_code("unreadable_content"));
+        }
         // The headers are copied for the guardrails only when one of them reads them.
         let reads_headers = self
             .guardrails

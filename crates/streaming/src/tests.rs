@@ -908,6 +908,41 @@ async fn the_layer_asks_for_an_uncompressed_response_only_when_it_reads_it() {
     }
 }
 
+/// A request that asks for log probabilities is refused before the upstream while a post-call
+/// guardrail applies (the tokens would repeat the text beside it, unchecked), and passes to
+/// the upstream when none does.
+#[tokio::test]
+async fn log_probabilities_are_refused_only_where_a_guardrail_reads_the_response() {
+    for (guardrails, want) in [
+        (Guardrails::new([words("g", vec![("x", None)])]), (400, 0)),
+        (Guardrails::new([]), (200, 1)),
+    ] {
+        let calls = Arc::new(Mutex::new(0));
+        let count = calls.clone();
+        let upstream = service_fn(move |_: Request<Full<Bytes>>| {
+            *count.lock().unwrap() += 1;
+            async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(StreamingGuardrailBodyLayer::new(guardrails))
+            .service(upstream);
+        let (req, _) = request(
+            "/v1/chat/completions",
+            r#"{"model":"m","stream":true,"logprobs":true,"messages":[]}"#,
+            &[],
+        );
+        let resp = svc.oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!((status, *calls.lock().unwrap()), want);
+        if status == 400 {
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"]["param"], "logprobs");
+            assert_eq!(body["error"]["code"], "unreadable_content");
+        }
+    }
+}
+
 #[tokio::test]
 async fn upstream_error_events_pass_through_as_is() {
     let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";

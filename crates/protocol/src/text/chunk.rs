@@ -348,6 +348,12 @@ fn read_plain_choice<'a>(
                 plain_once(&mut seen[3])?;
                 finished = choice.non_null()?;
             }
+            // The tokens of the text, which the general reader refuses.
+            "logprobs" => {
+                if choice.non_null()? {
+                    return None;
+                }
+            }
             _ => choice.skip()?,
         }
         Some(())
@@ -447,6 +453,8 @@ fn read_plain_response_choice(choice: &mut Plain<'_>) -> Option<Option<String>> 
             plain_once(&mut seen[1])?;
             (!choice.non_null()?).then_some(())
         }
+        // The tokens of the text, which the general reader refuses.
+        "logprobs" => (!choice.non_null()?).then_some(()),
         _ => choice.skip(),
     })?;
     Some(content)
@@ -496,8 +504,6 @@ const REQUEST_MEMBERS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
-    "logprobs",
-    "top_logprobs",
     "seed",
     "tool_choice",
     "function_call",
@@ -711,7 +717,7 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        const NAMES: &[&str] = &["index", "delta", "text", "finish_reason"];
+        const NAMES: &[&str] = &["index", "delta", "text", "finish_reason", "logprobs"];
         let mut seen = [false; 4];
         let (mut index, mut content, mut finished) = (None, None, false);
         while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
@@ -734,7 +740,13 @@ impl<'de> Visitor<'de> for Choice<'_, 'de> {
                     once(&mut seen[3])?;
                     finished = non_null(&mut map)?;
                 }
-                _ => {
+                // The tokens of the text, which the general reader refuses.
+                Some(_) => {
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                None => {
                     map.next_value::<Skip>()?;
                 }
             }
@@ -889,7 +901,7 @@ impl<'de> Visitor<'de> for ResponseChoice {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        const NAMES: &[&str] = &["message", "text"];
+        const NAMES: &[&str] = &["message", "text", "logprobs"];
         let mut seen = [false; 2];
         let mut content = None;
         while let Some(name) = map.next_key_seed(MemberName(NAMES))? {
@@ -901,8 +913,14 @@ impl<'de> Visitor<'de> for ResponseChoice {
                         .flatten()
                         .map(Cow::into_owned);
                 }
-                Some(_) => {
+                Some(1) => {
                     once(&mut seen[1])?;
+                    if non_null(&mut map)? {
+                        return Err(not_common());
+                    }
+                }
+                // The tokens of the text, which the general reader refuses.
+                Some(_) => {
                     if non_null(&mut map)? {
                         return Err(not_common());
                     }

@@ -28,6 +28,11 @@
 //! a content part, item or block type this view does not know, is refused by the strict reader
 //! ([`CallType::read_texts`]) with a [`ShapeError`] naming the field: nothing can reach the
 //! upstream that a guardrail could not read.
+//!
+//! Log probabilities repeat a response's text as tokens, where no guardrail reads them: a
+//! choice's `logprobs` and a Responses text part's or text event's that is not `null` or empty
+//! is refused the same way, and [`CallType::logprobs_field`] names the field of a request that
+//! asks for them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -351,6 +356,50 @@ impl CallType {
             .iter()
             .any(|item| matches!(item, JsonView::Number(..) | JsonView::Array(..)))
             .then_some(field)
+    }
+
+    /// The field of a request that asks for log probabilities: a chat completion's `logprobs`
+    /// (`true`) or `top_logprobs`, a text completion's `logprobs`, a Responses request's
+    /// `top_logprobs` or an `include` of `message.output_text.logprobs`. The response then
+    /// carries its text's tokens beside the text, where no guardrail reads them: a post-call
+    /// guardrail's block or mask would not hold. `None` for any other request, and where the
+    /// field asks for none (`false`, `null`, `0` top log probabilities; a text completion's
+    /// `logprobs: 0` asks for the chosen tokens).
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"model": "m", "logprobs": true, "messages": []}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.logprobs_field(&view), Some("logprobs"));
+    /// let view = JsonView::parse(br#"{"model": "m", "include": ["message.output_text.logprobs"]}"#)?;
+    /// assert_eq!(CallType::Responses.logprobs_field(&view), Some("include"));
+    /// let view = JsonView::parse(br#"{"model": "m", "logprobs": false, "messages": []}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.logprobs_field(&view), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn logprobs_field(self, view: &JsonView<'_>) -> Option<&'static str> {
+        // `0` top log probabilities is none; a text completion's `logprobs: 0` still gives
+        // the chosen tokens.
+        let asks = |name: &'static str, zero_is_none: bool| match view.get(name)? {
+            JsonView::Null | JsonView::Bool(false) => None,
+            JsonView::Number(n) if zero_is_none && n.as_u64() == Some(0) => None,
+            _ => Some(name),
+        };
+        match self {
+            CallType::ChatCompletions => {
+                asks("logprobs", false).or_else(|| asks("top_logprobs", true))
+            }
+            CallType::TextCompletions => asks("logprobs", false),
+            CallType::Responses => asks("top_logprobs", true).or_else(|| {
+                let JsonView::Array(items) = view.get("include")? else {
+                    return None;
+                };
+                items
+                    .iter()
+                    .any(|item| item.as_str() == Some("message.output_text.logprobs"))
+                    .then_some("include")
+            }),
+            _ => None,
+        }
     }
 
     /// The guardrail texts of a body given as bytes, in document order (lenient, as

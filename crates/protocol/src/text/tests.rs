@@ -539,6 +539,117 @@ fn responses_shell_and_apply_patch_items_are_text() {
     assert_stream_is_body(CallType::Responses, &body, &stream);
 }
 
+/// Log probabilities in a response repeat its text as tokens: a chat or completion choice's
+/// and a Responses text part's or text event's are refused (`null` or an empty list passes),
+/// and a request that asks for them is named.
+#[test]
+fn log_probabilities_are_refused_and_asking_for_them_is_named() {
+    let token = json!([{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}]);
+    let check = |call_type: CallType, body: &Value| {
+        let bytes = body.to_string();
+        let view = JsonView::parse(bytes.as_bytes()).unwrap();
+        call_type
+            .read_texts(Side::Response, &view, |_, _| {})
+            .map_err(|e| e.param().to_owned())
+    };
+    for (call_type, body, path) in [
+        (
+            CallType::ChatCompletions,
+            json!({"choices": [{"index": 0, "message": {"content": "a"}, "logprobs": {"content": token}}]}),
+            "choices[0].logprobs",
+        ),
+        (
+            CallType::TextCompletions,
+            json!({"choices": [{"index": 0, "text": "a", "logprobs": {"tokens": ["a"], "token_logprobs": [-0.1]}}]}),
+            "choices[0].logprobs",
+        ),
+        (
+            CallType::Responses,
+            json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "a", "logprobs": token}]}]}),
+            "output[0].content[0].logprobs",
+        ),
+    ] {
+        assert_eq!(check(call_type, &body), Err(path.to_owned()), "{body}");
+    }
+    for (call_type, body) in [
+        (
+            CallType::ChatCompletions,
+            json!({"choices": [{"index": 0, "message": {"content": "a"}, "logprobs": null}]}),
+        ),
+        (
+            CallType::Responses,
+            json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "a", "logprobs": []}]}]}),
+        ),
+    ] {
+        assert_eq!(check(call_type, &body), Ok(()), "{body}");
+    }
+    for kind in ["response.output_text.delta", "response.output_text.done"] {
+        let data = json!({"type": kind, "output_index": 0, "content_index": 0, "delta": "a",
+                          "text": "a", "logprobs": token});
+        let data = data.to_string();
+        let view = JsonView::parse(data.as_bytes()).unwrap();
+        assert!(
+            CallType::Responses.read_event(Some(kind), &view).is_err(),
+            "{kind}"
+        );
+        let data = json!({"type": kind, "output_index": 0, "content_index": 0, "delta": "a",
+                          "text": "a", "logprobs": []});
+        let data = data.to_string();
+        let view = JsonView::parse(data.as_bytes()).unwrap();
+        assert!(
+            CallType::Responses.read_event(Some(kind), &view).is_ok(),
+            "{kind}"
+        );
+    }
+    for (call_type, body, want) in [
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": true}"#,
+            Some("logprobs"),
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": false, "top_logprobs": 2}"#,
+            Some("top_logprobs"),
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": false, "top_logprobs": 0}"#,
+            None,
+        ),
+        (CallType::ChatCompletions, r#"{"logprobs": null}"#, None),
+        (
+            CallType::TextCompletions,
+            r#"{"logprobs": 0}"#,
+            Some("logprobs"),
+        ),
+        (CallType::TextCompletions, r#"{"logprobs": null}"#, None),
+        (
+            CallType::Responses,
+            r#"{"top_logprobs": 5}"#,
+            Some("top_logprobs"),
+        ),
+        (
+            CallType::Responses,
+            r#"{"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]}"#,
+            Some("include"),
+        ),
+        (
+            CallType::Responses,
+            r#"{"include": ["reasoning.encrypted_content"]}"#,
+            None,
+        ),
+        (CallType::AnthropicMessages, r#"{"logprobs": true}"#, None),
+    ] {
+        let view = JsonView::parse(body.as_bytes()).unwrap();
+        assert_eq!(
+            call_type.logprobs_field(&view),
+            want,
+            "{call_type:?} {body}"
+        );
+    }
+}
+
 #[test]
 fn responses_request() {
     roundtrip(

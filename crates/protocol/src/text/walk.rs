@@ -63,6 +63,9 @@ pub(crate) const UNKNOWN_ITEM: &str = "is not an item type this gateway can read
 pub(crate) const UNKNOWN_BLOCK: &str = "is not a content block type this gateway can read";
 pub(crate) const UNKNOWN_DELTA: &str = "is not a delta type this gateway can read";
 pub(crate) const UNKNOWN_EVENT: &str = "is a text event type this gateway cannot read";
+pub(crate) const LOGPROBS: &str = "holds the text's tokens, which no guardrail reads (they would \
+     repeat what a guardrail blocks or masks): log probabilities are refused where guardrails \
+     read the text";
 pub(crate) const TYPE_MUST_BE_STRING: &str = "must be a string naming the type";
 pub(crate) const NAMED_TWICE: &str =
     "is named twice in its object: which of the two a model reads is its parser's choice";
@@ -860,10 +863,13 @@ macro_rules! walker {
                 }
                 let (kind, present) = $kind(part.get("type"));
                 match responses_part_kind(kind, present) {
-                    Part::Text | Part::Untyped => match part.$get("text") {
-                        Some(text) => string(text, key(index, TextKind::Content, sub), role, &path.key("text"), emit, bad),
-                        None => bad(&path.key("text"), REQUIRED),
-                    },
+                    Part::Text | Part::Untyped => {
+                        no_logprobs(part, path, bad);
+                        match part.$get("text") {
+                            Some(text) => string(text, key(index, TextKind::Content, sub), role, &path.key("text"), emit, bad),
+                            None => bad(&path.key("text"), REQUIRED),
+                        }
+                    }
                     Part::Refusal => match part.$get("refusal") {
                         Some(text) => string(text, key(index, TextKind::Refusal, sub), role, &path.key("refusal"), emit, bad),
                         None => bad(&path.key("refusal"), REQUIRED),
@@ -892,6 +898,18 @@ macro_rules! walker {
                     }),
                     (None, $E::Null) => {}
                     (None, _) => bad(path, MUST_BE_ARRAY),
+                }
+            }
+
+            /// An object's `logprobs` (a chat or completion choice's, a Responses text part's or
+            /// text event's): absent, `null` or empty, or refused. The tokens repeat the text
+            /// apart from it, so a guardrail's block or mask would not hold.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn no_logprobs<'v>(object: $V, path: &Path<'_>, bad: Bad<'_>) {
+                match object.$get("logprobs") {
+                    None | Some($E::Null) => {}
+                    Some($E::Array(tokens)) if tokens.is_empty() => {}
+                    Some(_) => bad(&path.key("logprobs"), LOGPROBS),
                 }
             }
 
@@ -1267,6 +1285,7 @@ macro_rules! walker {
                         continue;
                     }
                     let index = $index(&*choice, "index").unwrap_or(i as u64);
+                    no_logprobs(choice, &path, bad);
                     if call_type == CallType::TextCompletions {
                         if let Some(text) = choice.$get("text") {
                             opt_string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad);
@@ -1336,7 +1355,10 @@ macro_rules! walker {
                         let content = $index(&*root, "content_index").unwrap_or(0);
                         let kind = kind.unwrap_or("");
                         match kind {
-                            "response.output_text.delta" => delta(root, "delta", key(output, TextKind::Content, content), &root_path.key("delta"), emit, bad),
+                            "response.output_text.delta" => {
+                                no_logprobs(root, &root_path, bad);
+                                delta(root, "delta", key(output, TextKind::Content, content), &root_path.key("delta"), emit, bad)
+                            }
                             "response.refusal.delta" => delta(root, "delta", key(output, TextKind::Refusal, content), &root_path.key("delta"), emit, bad),
                             "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" | "response.mcp_call_arguments.delta" | "response.code_interpreter_call_code.delta" => {
                                 delta(root, "delta", key(output, TextKind::Arguments, 0), &root_path.key("delta"), emit, bad)
@@ -1376,7 +1398,10 @@ macro_rules! walker {
                                     }
                                 }
                             }
-                            "response.output_text.done" => full(root, "text", key(output, TextKind::Content, content), emit, bad),
+                            "response.output_text.done" => {
+                                no_logprobs(root, &root_path, bad);
+                                full(root, "text", key(output, TextKind::Content, content), emit, bad)
+                            }
                             "response.refusal.done" => full(root, "refusal", key(output, TextKind::Refusal, content), emit, bad),
                             "response.function_call_arguments.done" | "response.mcp_call_arguments.done" => full(root, "arguments", key(output, TextKind::Arguments, 0), emit, bad),
                             "response.custom_tool_call_input.done" => full(root, "input", key(output, TextKind::Arguments, 0), emit, bad),

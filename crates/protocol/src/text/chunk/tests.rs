@@ -386,9 +386,9 @@ fn plain_chunks_are_read_by_hand() {
             ..EventRead::default()
         })
     );
-    let logprobs = r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.0125,"top_logprobs":[]},{"logprob":-1.5E-7},{"logprob":12e+2}]}}]}"#;
+    let numbers = r#"{"choices":[{"index":0,"delta":{"content":"a"},"scores":{"content":[{"token":"a","logprob":-0.0125,"top_logprobs":[]},{"logprob":-1.5E-7},{"logprob":12e+2}]}}]}"#;
     assert_eq!(
-        read(logprobs),
+        read(numbers),
         Some(EventRead {
             texts: smallvec::smallvec![content(0, "a")],
             ..EventRead::default()
@@ -412,11 +412,11 @@ fn plain_chunks_are_read_by_hand() {
             "a surrogate escaped in a skipped string",
         ),
         (
-            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-5e-300}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"},"scores":{"content":[{"logprob":-5e-300}]}}]}"#,
             "an exponent above 250",
         ),
         (
-            r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"logprob":-.5}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"},"scores":{"content":[{"logprob":-.5}]}}]}"#,
             "a number without its integer part",
         ),
         (
@@ -447,6 +447,21 @@ fn plain_chunks_are_read_by_hand() {
         assert_eq!(read(left), None, "{why}: {left}");
         common(CallType::ChatCompletions, left);
     }
+    // Log probabilities repeat the text as tokens: both readers give up, and the general
+    // reader refuses them.
+    let logprobs = r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.0125,"top_logprobs":[]}]}}]}"#;
+    assert_eq!(read(logprobs), None);
+    assert_eq!(
+        read_object(logprobs.as_bytes(), super::ChunkVisitor).map(owned),
+        None
+    );
+    let refused = general(CallType::ChatCompletions, logprobs.as_bytes())
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.starts_with("'choices[0].logprobs' holds the text's tokens"),
+        "{refused}"
+    );
 }
 
 /// Content strings put in place of a chunk's content, between its quotes: strings JSON allows
