@@ -912,18 +912,23 @@ async fn messages_of_the_wrong_shape_are_refused_before_any_guardrail_or_upstrea
     }
 }
 
-/// Log probabilities carry the response's text a second time, as tokens, where no guardrail
-/// reads it (a blocked word's tokens would reach the client beside the block, a masked address
-/// unmasked): a request that asks for them is a 400 before the upstream while a post-call
-/// guardrail applies, and an upstream that sends them unasked is refused like any response the
-/// guardrails cannot read.
+/// Log probabilities and spoken audio carry the response's text a second time, as tokens or
+/// sound, where no guardrail reads it (a blocked word's tokens would reach the client beside
+/// the block, a masked address unmasked): a request that asks for them is a 400 before the
+/// upstream while a post-call guardrail applies, and an upstream that sends them unasked is
+/// refused like any response the guardrails cannot read.
 #[tokio::test]
-async fn log_probabilities_are_refused_where_post_call_guardrails_read_the_text() {
+async fn log_probabilities_and_audio_are_refused_where_post_call_guardrails_read_the_text() {
     let h = Harness::start().await;
     let refused = |param: &str| {
+        let what = if param == "audio" || param == "modalities" {
+            "spoken audio"
+        } else {
+            "log probabilities"
+        };
         let message = format!(
-            "post-call guardrails apply to this request, but '{param}' asks for log \
-             probabilities: the response's tokens would repeat its text unchecked; ask without them"
+            "post-call guardrails apply to this request, but '{param}' asks for {what}, which \
+             would repeat the response's text where no guardrail reads it; ask without it"
         );
         json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
                          "code": "unreadable_content"}})
@@ -961,6 +966,18 @@ async fn log_probabilities_are_refused_where_post_call_guardrails_read_the_text(
             json!({"model": "gpt", "input": "hi", "top_logprobs": 2}),
             "top_logprobs",
         ),
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}),
+            ),
+            "audio",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"modalities": ["text", "audio"]})),
+            "modalities",
+        ),
     ] {
         let (status, _, got) = h.post(path, &body).await;
         assert_eq!((status, json_of(&got)), (400, refused(param)), "{body}");
@@ -970,7 +987,7 @@ async fn log_probabilities_are_refused_where_post_call_guardrails_read_the_text(
     let (status, _, _) = h
         .post(
             "/v1/chat/completions",
-            &chat(json!({"logprobs": false, "top_logprobs": null})),
+            &chat(json!({"logprobs": false, "top_logprobs": null, "modalities": ["text"], "audio": null})),
         )
         .await;
     assert_eq!(status, 200);
@@ -1014,6 +1031,27 @@ async fn log_probabilities_are_refused_where_post_call_guardrails_read_the_text(
         error["message"].as_str().unwrap().contains("logprobs"),
         "{body}"
     );
+
+    // Spoken audio sent unasked, in a stream: refused at its first chunk, before the
+    // transcript's word is complete.
+    let chunk = |transcript: &str| {
+        let data = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": null,
+                "delta": {"audio": {"id": "audio_1", "data": "UklGRg==", "transcript": transcript}}}]});
+        format!("data: {data}\n\n")
+    };
+    h.upstream.push_reply(ScriptedReply::sse([
+        chunk("the forb"),
+        chunk("idden plan"),
+        "data: [DONE]\n\n".to_owned(),
+    ]));
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat(json!({"stream": true})))
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("UklGRg") && !body.contains("forb"), "{body}");
+    assert!(body.contains("choices[0].delta.audio.data"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
 }
 
 /// `data` gzip-compressed, as an upstream that ignores `accept-encoding` would send it.

@@ -171,8 +171,9 @@ pub struct ParsedRequest {
     gateway_only_keys: bool,
     /// The field that gives text as token ids ([`CallType::token_ids_field`]).
     token_ids: Option<&'static str>,
-    /// The field that asks for log probabilities ([`CallType::logprobs_field`]).
-    logprobs: Option<&'static str>,
+    /// The field that asks for output beside the text that repeats it, and what it asks for
+    /// ([`ParsedRequest::unread_output_field`]).
+    unread_output: Option<(&'static str, &'static str)>,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
     /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
@@ -226,7 +227,7 @@ impl ParsedRequest {
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
             token_ids: None,
-            logprobs: None,
+            unread_output: None,
             shared_meta: OnceLock::new(),
             shared_meta_without_headers: OnceLock::new(),
         };
@@ -266,7 +267,14 @@ impl ParsedRequest {
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
             parsed.token_ids = call_type.token_ids_field(&view);
-            parsed.logprobs = call_type.logprobs_field(&view);
+            parsed.unread_output = call_type
+                .logprobs_field(&view)
+                .map(|field| (field, "log probabilities"))
+                .or_else(|| {
+                    call_type
+                        .audio_output_field(&view)
+                        .map(|field| (field, "spoken audio"))
+                });
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
@@ -293,13 +301,15 @@ impl ParsedRequest {
         self.token_ids
     }
 
-    /// The field that asks for log probabilities ([`CallType::logprobs_field`]): the
-    /// streaming layer refuses such a request when a post-call guardrail applies to it, since
-    /// the tokens would repeat the response's text beside it, unchecked. (The common chat
-    /// request read without a tree has none: a `logprobs` or `top_logprobs` that is not `null`
-    /// sends a request to the general reader.)
-    pub fn logprobs_field(&self) -> Option<&'static str> {
-        self.logprobs
+    /// The field that asks for output that repeats the response's text beside it, where no
+    /// guardrail reads it, and what it asks for: log probabilities
+    /// ([`CallType::logprobs_field`]) or spoken audio ([`CallType::audio_output_field`]). The
+    /// streaming layer refuses such a request when a post-call guardrail applies to it. (The
+    /// common chat request read without a tree asks for neither: a `logprobs`,
+    /// `top_logprobs`, `audio` or `modalities` that is not `null` sends a request to the
+    /// general reader.)
+    pub fn unread_output_field(&self) -> Option<(&'static str, &'static str)> {
+        self.unread_output
     }
 
     /// The body as it is forwarded.

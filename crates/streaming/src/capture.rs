@@ -66,14 +66,15 @@ impl Capture {
             )
             .with_code("unsupported_endpoint"));
         }
-        if let Some(field) = parsed.logprobs_field() {
-            // The tokens would repeat the response's text beside it, where no guardrail reads.
+        if let Some((field, what)) = parsed.unread_output_field() {
+            // Log probabilities' tokens or spoken audio would repeat the response's text beside
+            // it, where no guardrail reads.
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 format!(
-                    "post-call guardrails apply to this request, but '{field}' asks for log \
-                     probabilities: the response's tokens would repeat its text unchecked; \
-                     ask without them"
+                    "post-call guardrails apply to this request, but '{field}' asks for {what}, \
+                     which would repeat the response's text where no guardrail reads it; ask \
+                     without it"
                 ),
             )
             .with_param(field)

@@ -510,8 +510,6 @@ const REQUEST_MEMBERS: &[&str] = &[
     "parallel_tool_calls",
     "reasoning_effort",
     "verbosity",
-    "modalities",
-    "audio",
     "service_tier",
     "store",
     "prompt_cache_key",

@@ -32,7 +32,8 @@
 //! Log probabilities repeat a response's text as tokens, where no guardrail reads them: a
 //! choice's `logprobs` and a Responses text part's or text event's that is not `null` or empty
 //! is refused the same way, and [`CallType::logprobs_field`] names the field of a request that
-//! asks for them.
+//! asks for them. So is an answer's spoken audio (a chat message's or delta's `audio.data`),
+//! which speaks the text its transcript gives ([`CallType::audio_output_field`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -400,6 +401,35 @@ impl CallType {
             }),
             _ => None,
         }
+    }
+
+    /// The field of a request that asks for spoken audio: a chat completion's `audio` (not
+    /// `null`), or `modalities` with `"audio"`. The audio speaks the response's text, where no
+    /// guardrail hears it (the transcript beside it is read): a post-call guardrail's block in
+    /// a stream or mask would not hold. `None` for any other request.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.audio_output_field(&view), Some("audio"));
+    /// let view = JsonView::parse(br#"{"modalities": ["text"]}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.audio_output_field(&view), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn audio_output_field(self, view: &JsonView<'_>) -> Option<&'static str> {
+        if self != CallType::ChatCompletions {
+            return None;
+        }
+        if !matches!(view.get("audio"), None | Some(JsonView::Null)) {
+            return Some("audio");
+        }
+        let JsonView::Array(modalities) = view.get("modalities")? else {
+            return None;
+        };
+        modalities
+            .iter()
+            .any(|m| m.as_str() == Some("audio"))
+            .then_some("modalities")
     }
 
     /// The guardrail texts of a body given as bytes, in document order (lenient, as

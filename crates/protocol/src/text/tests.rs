@@ -214,7 +214,7 @@ fn chat_reasoning_and_audio_transcripts_are_text() {
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "answer",
                     "reasoning_content": "thought one", "reasoning": "thought two",
-                    "audio": {"id": "a", "data": "AAAA", "transcript": "spoken"}}}
+                    "audio": {"id": "a", "expires_at": 1, "transcript": "spoken"}}}
             ]
         }),
         &["answer", "thought one", "thought two", "spoken"],
@@ -541,9 +541,9 @@ fn responses_shell_and_apply_patch_items_are_text() {
 
 /// Log probabilities in a response repeat its text as tokens: a chat or completion choice's
 /// and a Responses text part's or text event's are refused (`null` or an empty list passes),
-/// and a request that asks for them is named.
+/// and a request that asks for them is named. So is spoken audio, which speaks its transcript.
 #[test]
-fn log_probabilities_are_refused_and_asking_for_them_is_named() {
+fn log_probabilities_and_audio_are_refused_and_asking_for_them_is_named() {
     let token = json!([{"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": []}]);
     let check = |call_type: CallType, body: &Value| {
         let bytes = body.to_string();
@@ -648,6 +648,45 @@ fn log_probabilities_are_refused_and_asking_for_them_is_named() {
             "{call_type:?} {body}"
         );
     }
+    // Spoken audio: asked for, and refused in a message or a delta (its transcript is read).
+    for (call_type, body, want) in [
+        (
+            CallType::ChatCompletions,
+            r#"{"audio": {"voice": "alloy"}}"#,
+            Some("audio"),
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"modalities": ["audio", "text"]}"#,
+            Some("modalities"),
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"modalities": ["text"], "audio": null}"#,
+            None,
+        ),
+        (
+            CallType::Responses,
+            r#"{"audio": {"voice": "alloy"}}"#,
+            None,
+        ),
+    ] {
+        let view = JsonView::parse(body.as_bytes()).unwrap();
+        assert_eq!(
+            call_type.audio_output_field(&view),
+            want,
+            "{call_type:?} {body}"
+        );
+    }
+    let spoken = json!({"choices": [{"index": 0, "message": {"content": null,
+        "audio": {"id": "a", "data": "UklGRg==", "transcript": "hello"}}}]});
+    assert_eq!(
+        check(CallType::ChatCompletions, &spoken),
+        Err("choices[0].message.audio.data".to_owned())
+    );
+    let transcript = json!({"choices": [{"index": 0, "message": {"content": null,
+        "audio": {"id": "a", "transcript": "hello"}}}]});
+    assert_eq!(check(CallType::ChatCompletions, &transcript), Ok(()));
 }
 
 #[test]

@@ -63,6 +63,9 @@ pub(crate) const UNKNOWN_ITEM: &str = "is not an item type this gateway can read
 pub(crate) const UNKNOWN_BLOCK: &str = "is not a content block type this gateway can read";
 pub(crate) const UNKNOWN_DELTA: &str = "is not a delta type this gateway can read";
 pub(crate) const UNKNOWN_EVENT: &str = "is a text event type this gateway cannot read";
+pub(crate) const AUDIO_DATA: &str = "speaks the text, where no guardrail hears it (its \
+     transcript is read; a block or a mask would not hold for the audio): spoken answers are \
+     refused where guardrails read the text";
 pub(crate) const LOGPROBS: &str = "holds the text's tokens, which no guardrail reads (they would \
      repeat what a guardrail blocks or masks): log probabilities are refused where guardrails \
      read the text";
@@ -465,9 +468,15 @@ macro_rules! walker {
                         }
                     });
                 }
-                // The transcript of an audio answer.
-                if let Some(transcript) = m.$get("audio").and_then(|audio| audio.$get("transcript")) {
-                    opt_string(transcript, key(index, TextKind::Content, AUDIO_SUB), role, &path.key("audio").key("transcript"), emit, bad);
+                // The transcript of an audio answer; the audio itself speaks it where no
+                // guardrail hears, so it is refused.
+                if let Some(audio) = m.$get("audio") {
+                    if !matches!(audio.$get("data"), None | Some($E::Null)) {
+                        bad(&path.key("audio").key("data"), AUDIO_DATA);
+                    }
+                    if let Some(transcript) = audio.$get("transcript") {
+                        opt_string(transcript, key(index, TextKind::Content, AUDIO_SUB), role, &path.key("audio").key("transcript"), emit, bad);
+                    }
                 }
                 if let Some(calls) = m.$get("tool_calls") {
                     each_object(calls, &path.key("tool_calls"), bad, &mut |call, j, path, bad| {
