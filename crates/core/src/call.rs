@@ -288,7 +288,7 @@ where
                     request,
                     inner,
                 } => {
-                    let outcome = ready!(before.as_mut().poll(cx));
+                    let outcome = ready!(Pin::new(before).poll(cx));
                     stop_waiting(this.waiting_since, this.guardrail_time);
                     let mut request = request
                         .take()
@@ -346,7 +346,7 @@ where
                         }
                     }
                     if let Some(check) = beside {
-                        if let Poll::Ready(outcome) = check.as_mut().poll(cx) {
+                        if let Poll::Ready(outcome) = Pin::new(check).poll(cx) {
                             *beside = None;
                             if held.is_some() {
                                 stop_waiting(this.waiting_since, this.guardrail_time);

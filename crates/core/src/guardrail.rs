@@ -565,6 +565,15 @@ pub trait Guardrail: Send + Sync + 'static {
         input: &GuardrailInput,
     ) -> impl Future<Output = Result<Verdict, GuardrailError>> + Send;
 
+    /// The answer at once, for a guardrail that decides without waiting (local matching):
+    /// the runner then makes no future for the check. `None` (the default) sends the check to
+    /// [`Guardrail::check`]. An answer here must be the one `check` would give, and must not
+    /// block: no timeout applies to it.
+    fn check_now(&self, input: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>> {
+        let _ = input;
+        None
+    }
+
     /// The implementation's name, logged as `guardrail_provider`.
     fn provider(&self) -> &str {
         "custom"
@@ -714,6 +723,7 @@ pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
         &'a self,
         input: &'a GuardrailInput,
     ) -> BoxFuture<'a, Result<Verdict, GuardrailError>>;
+    fn check_now(&self, input: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>>;
     fn provider(&self) -> &str;
     fn span_matcher(&self) -> Option<&dyn SpanMatcher>;
     fn reads_request_body(&self) -> bool;
@@ -726,6 +736,10 @@ impl<G: Guardrail> ErasedGuardrail for G {
         input: &'a GuardrailInput,
     ) -> BoxFuture<'a, Result<Verdict, GuardrailError>> {
         Box::pin(Guardrail::check(self, input))
+    }
+
+    fn check_now(&self, input: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>> {
+        Guardrail::check_now(self, input)
     }
 
     fn provider(&self) -> &str {

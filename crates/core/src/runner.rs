@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -243,6 +246,20 @@ impl ConfiguredGuardrail {
         } else {
             self.on_error
         }
+    }
+
+    /// Runs one check at once when the guardrail answers without waiting
+    /// ([`Guardrail::check_now`]), and records when; `None` when it must be awaited
+    /// ([`ConfiguredGuardrail::check`]).
+    pub fn check_now(&self, input: &GuardrailInput) -> Option<Check> {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let result = self.guardrail.check_now(input)?;
+        Some(Check {
+            result,
+            started_at,
+            duration: start.elapsed(),
+        })
     }
 
     /// Runs one check (with the timeout), and records when.
@@ -509,8 +526,105 @@ pub enum Outcome {
     Blocked(Error),
 }
 
-/// The future of [`Guardrails::run`].
-pub type RunFuture = BoxFuture<'static, Outcome>;
+/// The future of [`Guardrails::run`]: ready at once when every guardrail the run checked
+/// answered without waiting ([`Guardrail::check_now`]: local matching), else boxed.
+pub struct RunFuture(RunState);
+
+enum RunState {
+    Ready(Option<Outcome>),
+    Pending(BoxFuture<'static, Outcome>),
+}
+
+impl RunFuture {
+    /// A run that has its outcome.
+    pub fn ready(outcome: Outcome) -> Self {
+        RunFuture(RunState::Ready(Some(outcome)))
+    }
+
+    /// A run that waits for `future`.
+    pub fn new(future: impl Future<Output = Outcome> + Send + 'static) -> Self {
+        RunFuture(RunState::Pending(Box::pin(future)))
+    }
+}
+
+impl Future for RunFuture {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.get_mut().0 {
+            RunState::Ready(outcome) => {
+                Poll::Ready(outcome.take().expect("RunFuture polled after completion"))
+            }
+            RunState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for RunFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            RunState::Ready(Some(_)) => "ready",
+            RunState::Ready(None) => "done",
+            RunState::Pending(_) => "pending",
+        };
+        f.debug_tuple("RunFuture").field(&state).finish()
+    }
+}
+
+/// Where a run stands: whether a guardrail rewrote the texts, and what they masked.
+#[derive(Default)]
+struct Settled {
+    rewritten: bool,
+    masked: BTreeMap<String, u64>,
+}
+
+impl Settled {
+    /// Applies one resolved check (the guardrail at `selected[pos]`): logs its entry, counts
+    /// what it masked and takes its rewrite. A block logs the guardrails after it as not run
+    /// and is the run's outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        resolved: Resolved,
+        list: &[ConfiguredGuardrail],
+        selected: &[usize],
+        pos: usize,
+        mode: GuardrailMode,
+        side: Side,
+        input: &mut GuardrailInput,
+        log: &GuardrailLog,
+    ) -> Option<Outcome> {
+        let Resolved { entry, effect } = resolved;
+        if let Some(masked) = &entry.masked_entity_count {
+            for (k, v) in masked {
+                *self.masked.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        log.push(entry);
+        match effect {
+            Effect::Allow => None,
+            Effect::Rewrite(new) => {
+                self.rewritten = true;
+                *input = GuardrailInput::new(new, side, mode, input.meta_arc());
+                None
+            }
+            Effect::Block(err) => {
+                for &j in &selected[pos + 1..] {
+                    log.push(list[j].not_run_entry(mode));
+                }
+                Some(Outcome::Blocked(err))
+            }
+        }
+    }
+
+    /// The outcome of a run that no guardrail blocked.
+    fn allowed(self, input: GuardrailInput) -> Outcome {
+        Outcome::Allowed {
+            rewritten: self.rewritten.then(|| input.into_texts()),
+            masked_entity_count: self.masked,
+        }
+    }
+}
 
 /// The ordered list of configured guardrails a layer runs. Cheap to clone.
 #[derive(Clone, Default)]
@@ -655,8 +769,8 @@ impl Guardrails {
         }
         if selected.is_empty() {
             // Without a runtime to detach onto, the monitors are awaited here.
-            return inline_monitors.map(|fut| -> RunFuture {
-                Box::pin(async move {
+            return inline_monitors.map(|fut| {
+                RunFuture::new(async move {
                     fut.await;
                     Outcome::Allowed {
                         rewritten: None,
@@ -666,8 +780,32 @@ impl Guardrails {
             });
         }
         let list = self.list.clone();
-        let concurrent = self.concurrent && selected.len() > 1;
-        Some(Box::pin(async move {
+        let mut input = GuardrailInput::new(texts, side, mode, meta);
+        let mut run = Settled::default();
+        // The guardrails that answer at once (local matching) run here, without a future, up
+        // to the first that must be awaited.
+        let mut start = 0;
+        if inline_monitors.is_none() {
+            while let Some(&i) = selected.get(start) {
+                let g = &list[i];
+                let n = input.texts().len();
+                let Some(check) = g.check_now(&input) else {
+                    break;
+                };
+                let resolved = g.resolve(mode, n, check);
+                if let Some(blocked) = run.apply(
+                    resolved, &list, &selected, start, mode, side, &mut input, &log,
+                ) {
+                    return Some(RunFuture::ready(blocked));
+                }
+                start += 1;
+            }
+            if start == selected.len() {
+                return Some(RunFuture::ready(run.allowed(input)));
+            }
+        }
+        let concurrent = self.concurrent && selected.len() - start > 1 && !run.rewritten;
+        Some(RunFuture::new(async move {
             if let Some(monitors) = inline_monitors {
                 monitors.await;
             }
@@ -678,10 +816,10 @@ impl Guardrails {
                 mode,
                 checks: Vec::new(),
             };
-            let mut input = GuardrailInput::new(texts, side, mode, meta);
+            let rest = &selected[start..];
             let mut first_results = if concurrent {
-                in_flight.start(&selected);
-                let checks = selected.iter().map(|&i| {
+                in_flight.start(rest);
+                let checks = rest.iter().map(|&i| {
                     let g = &list[i];
                     let input = &input;
                     async move { g.check(input).await }
@@ -695,14 +833,12 @@ impl Guardrails {
             .into_iter()
             .map(Some)
             .collect::<Vec<_>>();
-            let mut rewritten = false;
-            let mut masked_total = BTreeMap::new();
-            for (pos, &i) in selected.iter().enumerate() {
+            for (k, &i) in rest.iter().enumerate() {
                 let g = &list[i];
                 let n = input.texts().len();
                 // A concurrent result is valid only while the text is still the original one.
-                let check = match first_results.get_mut(pos).and_then(Option::take) {
-                    Some(check) if !rewritten => check,
+                let check = match first_results.get_mut(k).and_then(Option::take) {
+                    Some(check) if !run.rewritten => check,
                     _ => {
                         in_flight.start(&[i]);
                         let check = g.check(&input).await;
@@ -710,31 +846,21 @@ impl Guardrails {
                         check
                     }
                 };
-                let Resolved { entry, effect } = g.resolve(mode, n, check);
-                if let Some(masked) = &entry.masked_entity_count {
-                    for (k, v) in masked {
-                        *masked_total.entry(k.clone()).or_insert(0) += v;
-                    }
-                }
-                log.push(entry);
-                match effect {
-                    Effect::Allow => {}
-                    Effect::Rewrite(new) => {
-                        rewritten = true;
-                        input = GuardrailInput::new(new, side, mode, input.meta_arc());
-                    }
-                    Effect::Block(err) => {
-                        for &j in &selected[pos + 1..] {
-                            log.push(list[j].not_run_entry(mode));
-                        }
-                        return Outcome::Blocked(err);
-                    }
+                let resolved = g.resolve(mode, n, check);
+                if let Some(blocked) = run.apply(
+                    resolved,
+                    &list,
+                    &selected,
+                    start + k,
+                    mode,
+                    side,
+                    &mut input,
+                    &log,
+                ) {
+                    return blocked;
                 }
             }
-            Outcome::Allowed {
-                rewritten: rewritten.then(|| input.into_texts()),
-                masked_entity_count: masked_total,
-            }
+            run.allowed(input)
         }))
     }
 }
@@ -1417,5 +1543,127 @@ mod tests {
     fn duplicate_names_are_an_error() {
         let err = Guardrails::try_new([block_on("x", "a"), block_on("x", "b")]).unwrap_err();
         assert_eq!(err.to_string(), "guardrail 'x' is defined more than once");
+    }
+
+    /// A guardrail that answers at once (as local matching does): it replaces `from` with `to`
+    /// and blocks `word`, and counts its checks. Its `check` panics: the runner must not wait
+    /// on it.
+    struct AtOnce {
+        from: &'static str,
+        to: &'static str,
+        word: &'static str,
+        checks: Arc<AtomicUsize>,
+    }
+
+    impl Guardrail for AtOnce {
+        async fn check(&self, _: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+            unreachable!("a guardrail that answers at once is not awaited")
+        }
+
+        fn check_now(&self, input: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            if input.texts().iter().any(|t| t.contains(self.word)) {
+                return Some(Ok(Verdict::block("blocked at once")));
+            }
+            if input.texts().iter().any(|t| t.contains(self.from)) {
+                let texts = input.texts().iter().map(|t| t.replace(self.from, self.to));
+                return Some(Ok(Verdict::rewrite(texts.collect())));
+            }
+            Some(Ok(Verdict::allow()))
+        }
+    }
+
+    fn at_once(
+        name: &'static str,
+        from: &'static str,
+        to: &'static str,
+    ) -> (ConfiguredGuardrail, Arc<AtomicUsize>) {
+        let checks = Arc::new(AtomicUsize::new(0));
+        let g = AtOnce {
+            from,
+            to,
+            word: "stop",
+            checks: checks.clone(),
+        };
+        (
+            ConfiguredGuardrail::new(name, GuardrailMode::PreCall, g).default_on(true),
+            checks,
+        )
+    }
+
+    fn start(g: &Guardrails, texts: &[&str], log: &GuardrailLog) -> RunFuture {
+        g.run(
+            GuardrailMode::PreCall,
+            &GuardrailSelection::new(),
+            Side::Request,
+            texts.iter().map(|t| t.to_string()).collect(),
+            meta(),
+            log.clone(),
+        )
+        .expect("a guardrail is selected")
+    }
+
+    /// Guardrails that answer at once run in `run` itself, in order, and their outcome is
+    /// ready without a future; a guardrail after them that must be awaited sees their rewrite,
+    /// sequentially and concurrently; a block at once logs the rest as not run.
+    #[tokio::test]
+    async fn guardrails_that_answer_at_once_run_without_a_future() {
+        let (a, a_checks) = at_once("a", "secret", "[A]");
+        let (b, _) = at_once("b", "[A]", "[B]");
+        let log = GuardrailLog::new();
+        let fut = start(&Guardrails::new([a, b]), &["a secret"], &log);
+        assert_eq!(format!("{fut:?}"), r#"RunFuture("ready")"#);
+        assert_eq!(a_checks.load(Ordering::SeqCst), 1, "checked in run itself");
+        let Outcome::Allowed { rewritten, .. } = fut.await else {
+            panic!("allowed")
+        };
+        assert_eq!(rewritten, Some(vec!["a [B]".to_owned()]));
+        let names: Vec<String> = log
+            .entries()
+            .iter()
+            .map(|e| e.guardrail_name.clone())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+
+        for concurrent in [false, true] {
+            let (a, _) = at_once("a", "secret", "[A]");
+            let guardrails = Guardrails::new([a, replace("r", "[A]", "[R]"), block_on("z", "zzz")])
+                .concurrent(concurrent);
+            let log = GuardrailLog::new();
+            let fut = start(&guardrails, &["a secret"], &log);
+            assert_eq!(format!("{fut:?}"), r#"RunFuture("pending")"#);
+            let Outcome::Allowed {
+                rewritten,
+                masked_entity_count,
+            } = fut.await
+            else {
+                panic!("allowed")
+            };
+            assert_eq!(
+                rewritten,
+                Some(vec!["a [R]".to_owned()]),
+                "concurrent: {concurrent}"
+            );
+            assert_eq!(masked_entity_count, BTreeMap::from([("R".to_owned(), 1)]));
+            assert_eq!(log.entries().len(), 3);
+        }
+
+        let (a, _) = at_once("a", "secret", "[A]");
+        let log = GuardrailLog::new();
+        let fut = start(
+            &Guardrails::new([a, block_on("later", "x")]),
+            &["stop here"],
+            &log,
+        );
+        assert_eq!(format!("{fut:?}"), r#"RunFuture("ready")"#);
+        assert!(matches!(fut.await, Outcome::Blocked(_)));
+        let entries = log.entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[0].guardrail_status,
+            GuardrailStatus::GuardrailIntervened
+        );
+        assert_eq!(entries[1].guardrail_name, "later");
+        assert_eq!(entries[1].guardrail_status, GuardrailStatus::NotRun);
     }
 }

@@ -540,9 +540,10 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-impl<G: Guardrail> Guardrail for TracedGuardrail<G> {
-    async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
-        let span = info_span!(
+impl<G: Guardrail> TracedGuardrail<G> {
+    /// The span of one check (disabled when nothing listens).
+    fn span(&self, input: &GuardrailInput) -> Span {
+        info_span!(
             target: TARGET,
             "guardrail",
             otel.name = %format_args!("guardrail {}", self.name),
@@ -553,7 +554,24 @@ impl<G: Guardrail> Guardrail for TracedGuardrail<G> {
             guardrail.error_kind = Empty,
             guardrail.duration_ms = Empty,
             otel.status_code = Empty,
-        );
+        )
+    }
+}
+
+impl<G: Guardrail> Guardrail for TracedGuardrail<G> {
+    /// The wrapped guardrail's answer at once when nothing listens to the spans; with spans
+    /// on, the check goes through [`Guardrail::check`], which records one around it.
+    fn check_now(&self, input: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>> {
+        // Asked without making a span: a span made here would be exported empty.
+        if layer_spans_enabled() {
+            None
+        } else {
+            self.inner.check_now(input)
+        }
+    }
+
+    async fn check(&self, input: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+        let span = self.span(input);
         if span.is_disabled() {
             return self.inner.check(input).await;
         }

@@ -319,7 +319,7 @@ where
                     bytes,
                     context,
                 } => {
-                    let outcome = ready!(run.as_mut().poll(cx));
+                    let outcome = ready!(Pin::new(run).poll(cx));
                     let context = context.take().expect("polled after completion");
                     let parts = parts.take().expect("polled after completion");
                     return Poll::Ready(Ok(match outcome {
@@ -470,7 +470,7 @@ where
                     raw,
                     context,
                 } => {
-                    let outcome = ready!(run.as_mut().poll(cx));
+                    let outcome = ready!(Pin::new(run).poll(cx));
                     let context = context.take().expect("polled after completion");
                     let parts = parts.take().expect("polled after completion");
                     return Poll::Ready(Ok(match outcome {
