@@ -261,6 +261,10 @@ where
                         }
                     };
                     *this.output = Some(prepared.output);
+                    // Checks that answered at once ran in `prepare`: their time counts too.
+                    for run in prepared.before.iter().chain(&prepared.beside) {
+                        *this.guardrail_time += run.spent();
+                    }
                     let inner = inner.take();
                     match prepared.before {
                         Some(before) => {

@@ -528,7 +528,10 @@ pub enum Outcome {
 
 /// The future of [`Guardrails::run`]: ready at once when every guardrail the run checked
 /// answered without waiting ([`Guardrail::check_now`]: local matching), else boxed.
-pub struct RunFuture(RunState);
+pub struct RunFuture {
+    state: RunState,
+    spent: Duration,
+}
 
 enum RunState {
     Ready(Option<Outcome>),
@@ -538,12 +541,29 @@ enum RunState {
 impl RunFuture {
     /// A run that has its outcome.
     pub fn ready(outcome: Outcome) -> Self {
-        RunFuture(RunState::Ready(Some(outcome)))
+        RunFuture {
+            state: RunState::Ready(Some(outcome)),
+            spent: Duration::ZERO,
+        }
     }
 
     /// A run that waits for `future`.
     pub fn new(future: impl Future<Output = Outcome> + Send + 'static) -> Self {
-        RunFuture(RunState::Pending(Box::pin(future)))
+        RunFuture {
+            state: RunState::Pending(Box::pin(future)),
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// The time spent on the checks that answered at once, before this future was made: a
+    /// caller that times the guardrails adds it to the time it waits on the future.
+    pub fn spent(&self) -> Duration {
+        self.spent
+    }
+
+    fn after(mut self, spent: Duration) -> Self {
+        self.spent = spent;
+        self
     }
 }
 
@@ -551,7 +571,7 @@ impl Future for RunFuture {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().state {
             RunState::Ready(outcome) => {
                 Poll::Ready(outcome.take().expect("RunFuture polled after completion"))
             }
@@ -562,7 +582,7 @@ impl Future for RunFuture {
 
 impl fmt::Debug for RunFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.0 {
+        let state = match &self.state {
             RunState::Ready(Some(_)) => "ready",
             RunState::Ready(None) => "done",
             RunState::Pending(_) => "pending",
@@ -785,6 +805,7 @@ impl Guardrails {
         // The guardrails that answer at once (local matching) run here, without a future, up
         // to the first that must be awaited.
         let mut start = 0;
+        let mut spent = Duration::ZERO;
         if inline_monitors.is_none() {
             while let Some(&i) = selected.get(start) {
                 let g = &list[i];
@@ -792,76 +813,80 @@ impl Guardrails {
                 let Some(check) = g.check_now(&input) else {
                     break;
                 };
+                spent += check.duration;
                 let resolved = g.resolve(mode, n, check);
                 if let Some(blocked) = run.apply(
                     resolved, &list, &selected, start, mode, side, &mut input, &log,
                 ) {
-                    return Some(RunFuture::ready(blocked));
+                    return Some(RunFuture::ready(blocked).after(spent));
                 }
                 start += 1;
             }
             if start == selected.len() {
-                return Some(RunFuture::ready(run.allowed(input)));
+                return Some(RunFuture::ready(run.allowed(input)).after(spent));
             }
         }
         let concurrent = self.concurrent && selected.len() - start > 1 && !run.rewritten;
-        Some(RunFuture::new(async move {
-            if let Some(monitors) = inline_monitors {
-                monitors.await;
-            }
-            // Checks cut short (the request ended: the client went away) still leave an entry.
-            let mut in_flight = InFlight {
-                log: log.clone(),
-                list: list.clone(),
-                mode,
-                checks: Vec::new(),
-            };
-            let rest = &selected[start..];
-            let mut first_results = if concurrent {
-                in_flight.start(rest);
-                let checks = rest.iter().map(|&i| {
-                    let g = &list[i];
-                    let input = &input;
-                    async move { g.check(input).await }
-                });
-                let results = futures_util::future::join_all(checks).await;
-                in_flight.done();
-                results
-            } else {
-                Vec::new()
-            }
-            .into_iter()
-            .map(Some)
-            .collect::<Vec<_>>();
-            for (k, &i) in rest.iter().enumerate() {
-                let g = &list[i];
-                let n = input.texts().len();
-                // A concurrent result is valid only while the text is still the original one.
-                let check = match first_results.get_mut(k).and_then(Option::take) {
-                    Some(check) if !run.rewritten => check,
-                    _ => {
-                        in_flight.start(&[i]);
-                        let check = g.check(&input).await;
-                        in_flight.done();
-                        check
-                    }
-                };
-                let resolved = g.resolve(mode, n, check);
-                if let Some(blocked) = run.apply(
-                    resolved,
-                    &list,
-                    &selected,
-                    start + k,
-                    mode,
-                    side,
-                    &mut input,
-                    &log,
-                ) {
-                    return blocked;
+        Some(
+            RunFuture::new(async move {
+                if let Some(monitors) = inline_monitors {
+                    monitors.await;
                 }
-            }
-            run.allowed(input)
-        }))
+                // Checks cut short (the request ended: the client went away) still leave an entry.
+                let mut in_flight = InFlight {
+                    log: log.clone(),
+                    list: list.clone(),
+                    mode,
+                    checks: Vec::new(),
+                };
+                let rest = &selected[start..];
+                let mut first_results = if concurrent {
+                    in_flight.start(rest);
+                    let checks = rest.iter().map(|&i| {
+                        let g = &list[i];
+                        let input = &input;
+                        async move { g.check(input).await }
+                    });
+                    let results = futures_util::future::join_all(checks).await;
+                    in_flight.done();
+                    results
+                } else {
+                    Vec::new()
+                }
+                .into_iter()
+                .map(Some)
+                .collect::<Vec<_>>();
+                for (k, &i) in rest.iter().enumerate() {
+                    let g = &list[i];
+                    let n = input.texts().len();
+                    // A concurrent result is valid only while the text is still the original one.
+                    let check = match first_results.get_mut(k).and_then(Option::take) {
+                        Some(check) if !run.rewritten => check,
+                        _ => {
+                            in_flight.start(&[i]);
+                            let check = g.check(&input).await;
+                            in_flight.done();
+                            check
+                        }
+                    };
+                    let resolved = g.resolve(mode, n, check);
+                    if let Some(blocked) = run.apply(
+                        resolved,
+                        &list,
+                        &selected,
+                        start + k,
+                        mode,
+                        side,
+                        &mut input,
+                        &log,
+                    ) {
+                        return blocked;
+                    }
+                }
+                run.allowed(input)
+            })
+            .after(spent),
+        )
     }
 }
 
@@ -1614,6 +1639,7 @@ mod tests {
         let fut = start(&Guardrails::new([a, b]), &["a secret"], &log);
         assert_eq!(format!("{fut:?}"), r#"RunFuture("ready")"#);
         assert_eq!(a_checks.load(Ordering::SeqCst), 1, "checked in run itself");
+        assert!(fut.spent() > Duration::ZERO, "the checks' time is kept");
         let Outcome::Allowed { rewritten, .. } = fut.await else {
             panic!("allowed")
         };

@@ -237,6 +237,41 @@ mod tests {
         }
     }
 
+    /// A guardrail that answers at once, after 5 ms of work.
+    struct Slow;
+
+    impl guardrail_tower_core::Guardrail for Slow {
+        async fn check(&self, _: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+            unreachable!("answered at once")
+        }
+
+        fn check_now(&self, _: &GuardrailInput) -> Option<Result<Verdict, GuardrailError>> {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            Some(Ok(Verdict::allow()))
+        }
+    }
+
+    /// The time of checks that answer at once (run before the request goes on, without a
+    /// future) is in `x-guardrails-duration-ms`, as an awaited check's is.
+    #[tokio::test]
+    async fn the_duration_header_counts_checks_that_answer_at_once() {
+        let up = Upstream::default();
+        let slow = ConfiguredGuardrail::new("slow", GuardrailMode::PreCall, Slow).default_on(true);
+        let svc = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([slow])))
+            .service(up.service());
+        let resp = svc.oneshot(chat("hello")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "slow");
+        let ms: f64 = resp.headers()[GUARDRAILS_DURATION_MS]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ms >= 5.0, "{ms}");
+        assert_eq!(up.calls(), 1);
+    }
+
     #[tokio::test]
     async fn block_answers_400_and_the_upstream_sees_nothing() {
         let up = Upstream::default();
