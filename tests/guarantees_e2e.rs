@@ -448,6 +448,15 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             {"type": "text", "text": "look"}, {"type": "text", "text": "a forbidden plan"}]}]})),
         ),
         (
+            "a citation's cited_text",
+            anthropic(
+                json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+            {"type": "text", "text": "it says so", "citations": [{"type": "char_location", "cited_text": "a forbidden plan",
+                "document_index": 0, "document_title": "d", "start_char_index": 0, "end_char_index": 16}]}]},
+            {"role": "user", "content": "and?"}]}),
+            ),
+        ),
+        (
             "tool_use input",
             anthropic(tool_round(json!({"q": "forbidden"}), json!("ok"))),
         ),
@@ -753,6 +762,60 @@ async fn a_blocked_word_in_tool_call_arguments_is_blocked_after_the_call() {
     );
     assert!(!body.contains("message_stop"), "{body}");
     assert_eq!(h.upstream.request_count(), 7, "every one was forwarded");
+}
+
+/// What a Claude answer's citations quote (`cited_text`, shown to the client with the answer:
+/// a web page's words, say) is checked after the call: a quote with the word blocks the JSON
+/// response, and ends a stream (`citations_delta`) with the in-band error before it is sent.
+#[tokio::test]
+async fn what_a_citation_quotes_is_checked_after_the_call() {
+    let h = Harness::start().await;
+    let cited = json!({"type": "web_search_result_location", "url": "https://a", "title": "a",
+        "encrypted_index": "e", "cited_text": "the forbidden plan, in full"});
+    h.upstream.push_reply(ScriptedReply::json(&json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
+        "content": [{"type": "text", "text": "Here it is.", "citations": [cited]}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 5}})));
+    let messages = json!({"model": "claude", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "look it up"}]});
+    let (status, _, body) = h.post("/v1/messages", &messages).await;
+    assert_eq!((status, json_of(&body)), (400, anthropic_block()));
+
+    let ev = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    h.upstream.push_reply(ScriptedReply::sse([
+        ev(
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "content": [], "model": "claude-sonnet-4", "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        ),
+        ev(json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": "", "citations": []}})),
+        ev(json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "citations_delta", "citation": cited}})),
+        ev(json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Here it is."}})),
+        ev(json!({"type": "content_block_stop", "index": 0})),
+        ev(
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+            "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ),
+        ev(json!({"type": "message_stop"})),
+    ]));
+    let stream = json!({"model": "claude", "max_tokens": 16, "stream": true,
+                        "messages": [{"role": "user", "content": "look it up"}]});
+    let (status, _, body) = h.post("/v1/messages", &stream).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(
+        body.ends_with(&format!("event: error\ndata: {}\n\n", anthropic_block())),
+        "{body}"
+    );
 }
 
 /// A coding agent's patch, streamed as `response.apply_patch_call_operation_diff.delta` events,

@@ -842,6 +842,64 @@ fn anthropic_response() {
     );
 }
 
+/// What a text block's citations quote (`cited_text`: a document's or a web page's words,
+/// which the client shows with the answer) is text: in a request's earlier turns, in a
+/// response, and in a stream's `citations_delta` events, whose quotes add up to the
+/// response's.
+#[test]
+fn anthropic_citations_are_text() {
+    let cited = |quote: &str| {
+        json!({"type": "web_search_result_location", "url": "https://a",
+        "title": "page a", "encrypted_index": "e", "cited_text": quote})
+    };
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({"model": "claude", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "it rains", "citations": [cited("rain all day")]},
+                {"type": "text", "text": "plain", "citations": null}
+            ]},
+            {"role": "user", "content": "thanks"}
+        ]}),
+        &["q", "it rains", "rain all day", "plain", "thanks"],
+    );
+    let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "content": [
+        {"type": "text", "text": "Lisbon is sunny", "citations": [cited("sunny in Lisbon"), cited("no rain")]}
+    ]});
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Response,
+        body.clone(),
+        &["Lisbon is sunny", "sunny in Lisbon", "no rain"],
+    );
+    let event = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let delta =
+        |delta: Value| event(json!({"type": "content_block_delta", "index": 0, "delta": delta}));
+    let stream = [
+        event(
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "content": []}}),
+        ),
+        event(json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": "", "citations": []}})),
+        delta(json!({"type": "citations_delta", "citation": cited("sunny in Lisbon")})),
+        delta(json!({"type": "text_delta", "text": "Lisbon is "})),
+        delta(json!({"type": "citations_delta", "citation": cited("no rain")})),
+        delta(json!({"type": "text_delta", "text": "sunny"})),
+        event(json!({"type": "content_block_stop", "index": 0})),
+        event(json!({"type": "message_stop"})),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::AnthropicMessages, &body, &stream);
+}
+
 #[test]
 fn completions_and_embeddings() {
     roundtrip(
@@ -1088,6 +1146,16 @@ fn requests_no_guardrail_could_read_are_refused_naming_the_field() {
             Responses,
             r#"{"input": [{"type": "shell_call", "action": {"commands": "forbidden"}}]}"#,
             "input[0].action.commands",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x", "citations": {"cited_text": "forbidden"}}]}]}"#,
+            "messages[0].content[0].citations",
+        ),
+        (
+            AnthropicMessages,
+            r#"{"messages": [{"role": "assistant", "content": [{"type": "text", "text": "x", "citations": [{"cited_text": ["forbidden"]}]}]}]}"#,
+            "messages[0].content[0].citations[0].cited_text",
         ),
         (
             Responses,

@@ -147,6 +147,7 @@ pub(crate) enum Delta {
     Text,
     Json,
     Thinking,
+    Citation,
     NoText,
     Unknown,
 }
@@ -156,7 +157,8 @@ pub(crate) fn anthropic_delta_kind(kind: Option<&str>) -> Delta {
         Some("text_delta") => Delta::Text,
         Some("input_json_delta") => Delta::Json,
         Some("thinking_delta") => Delta::Thinking,
-        Some("signature_delta" | "citations_delta") => Delta::NoText,
+        Some("citations_delta") => Delta::Citation,
+        Some("signature_delta") => Delta::NoText,
         _ => Delta::Unknown,
     }
 }
@@ -274,6 +276,11 @@ pub(crate) const REASONING_DETAILS_SUB: u64 = 1 << 32;
 
 /// The `sub` of a chat message's audio transcript (its content is sub 0).
 pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
+
+/// Added to an Anthropic text block's `sub` for the texts its citations quote (`cited_text`),
+/// all under one key: a stream's `citations_delta` events carry them one by one, with no
+/// position of their own.
+pub(crate) const CITATIONS_SUB: u64 = 1 << 48;
 
 // JSON texts (an Anthropic `tool_use` input is an object; its text is its compact JSON, as a
 // stream sends it in `input_json_delta` pieces).
@@ -1008,10 +1015,22 @@ macro_rules! walker {
                 }
                 let (kind, present) = $kind(block.get("type"));
                 match anthropic_block_kind(kind, present) {
-                    Block::Text => match block.$get("text") {
-                        Some(text) => string(text, key(index, text_kind, sub), role, &path.key("text"), emit, bad),
-                        None => bad(&path.key("text"), REQUIRED),
-                    },
+                    Block::Text => {
+                        match block.$get("text") {
+                            Some(text) => string(text, key(index, text_kind, sub), role, &path.key("text"), emit, bad),
+                            None => bad(&path.key("text"), REQUIRED),
+                        }
+                        // What the text's citations quote (a document's or a web page's words),
+                        // which the client shows with it.
+                        if let Some(citations) = block.$get("citations") {
+                            let k = key(index, text_kind, CITATIONS_SUB + sub);
+                            each_object(citations, &path.key("citations"), bad, &mut |citation, _, path, bad| {
+                                if let Some(quote) = citation.$get("cited_text") {
+                                    opt_string(quote, k, role, &path.key("cited_text"), emit, bad);
+                                }
+                            });
+                        }
+                    }
                     Block::ToolUse => {
                         if let Some(input) = block.$get("input") {
                             let path = path.key("input");
@@ -1473,6 +1492,14 @@ macro_rules! walker {
                                     Delta::Text => field(delta, "text", key(index, TextKind::Content, 0), d, &path, emit, bad),
                                     Delta::Json => field(delta, "partial_json", key(index, TextKind::Arguments, 0), d, &path, emit, bad),
                                     Delta::Thinking => field(delta, "thinking", key(index, TextKind::Reasoning, 0), d, &path, emit, bad),
+                                    Delta::Citation => match delta.$get("citation") {
+                                        Some(citation) => if_object(citation, &path.key("citation"), bad, &mut |citation, path, bad| {
+                                            if let Some(quote) = citation.$get("cited_text") {
+                                                opt_string(quote, key(index, TextKind::Content, CITATIONS_SUB), d, &path.key("cited_text"), emit, bad);
+                                            }
+                                        }),
+                                        None => bad(&path.key("citation"), REQUIRED),
+                                    },
                                     Delta::NoText => {}
                                     Delta::Unknown => bad(&path.key("type"), UNKNOWN_DELTA),
                                 }
