@@ -1058,24 +1058,11 @@ async fn log_probabilities_and_audio_are_refused_where_post_call_guardrails_read
 
     // An upstream that sends them unasked: the chunk with the first half of the word and its
     // token ends the stream with the in-band error; neither half reaches the client.
-    let chunk = |content: &str| {
-        let data = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null,
-                "logprobs": {"content": [{"token": content, "logprob": -0.1, "bytes": null, "top_logprobs": []}]}}]});
-        format!("data: {data}\n\n")
+    let with_logprobs = |content: &str| {
+        json!({"index": 0, "delta": {"content": content}, "finish_reason": null,
+            "logprobs": {"content": [{"token": content, "logprob": -0.1, "bytes": null, "top_logprobs": []}]}})
     };
-    h.upstream.push_reply(ScriptedReply::sse([
-        chunk("the forb"),
-        chunk("idden plan"),
-        "data: [DONE]\n\n".to_owned(),
-    ]));
-    let (status, _, body) = h
-        .post("/v1/chat/completions", &chat(json!({"stream": true})))
-        .await;
-    assert_eq!(status, 200);
-    assert!(!body.contains("forb") && !body.contains("idden"), "{body}");
-    assert!(body.contains("choices[0].logprobs"), "{body}");
-    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    sent_unasked_ends_the_stream(&h, &with_logprobs, "choices[0].logprobs", "forb").await;
     // The same in a JSON response: refused whole.
     h.upstream.push_reply(ScriptedReply::json(&json!({"id": "c", "object": "chat.completion",
         "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
@@ -1097,10 +1084,26 @@ async fn log_probabilities_and_audio_are_refused_where_post_call_guardrails_read
 
     // Spoken audio sent unasked, in a stream: refused at its first chunk, before the
     // transcript's word is complete.
-    let chunk = |transcript: &str| {
+    let with_audio = |transcript: &str| {
+        json!({"index": 0, "finish_reason": null,
+            "delta": {"audio": {"id": "audio_1", "data": "UklGRg==", "transcript": transcript}}})
+    };
+    sent_unasked_ends_the_stream(&h, &with_audio, "choices[0].delta.audio.data", "UklGRg").await;
+}
+
+/// A stream of two chat chunks whose choices `choice` makes from "the forb" and "idden plan",
+/// sent to a streaming request that asked for neither log probabilities nor audio: it ends
+/// with the in-band error naming `field`, and neither half of the word, nor `unsent`, reaches
+/// the client.
+async fn sent_unasked_ends_the_stream(
+    h: &Harness,
+    choice: &dyn Fn(&str) -> Value,
+    field: &str,
+    unsent: &str,
+) {
+    let chunk = |text: &str| {
         let data = json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "finish_reason": null,
-                "delta": {"audio": {"id": "audio_1", "data": "UklGRg==", "transcript": transcript}}}]});
+                          "choices": [choice(text)]});
         format!("data: {data}\n\n")
     };
     h.upstream.push_reply(ScriptedReply::sse([
@@ -1108,12 +1111,14 @@ async fn log_probabilities_and_audio_are_refused_where_post_call_guardrails_read
         chunk("idden plan"),
         "data: [DONE]\n\n".to_owned(),
     ]));
-    let (status, _, body) = h
-        .post("/v1/chat/completions", &chat(json!({"stream": true})))
-        .await;
+    let request =
+        json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, body) = h.post("/v1/chat/completions", &request).await;
     assert_eq!(status, 200);
-    assert!(!body.contains("UklGRg") && !body.contains("forb"), "{body}");
-    assert!(body.contains("choices[0].delta.audio.data"), "{body}");
+    for word in ["forb", "idden", unsent] {
+        assert!(!body.contains(word), "{word}: {body}");
+    }
+    assert!(body.contains(field), "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
 }
 

@@ -1082,16 +1082,7 @@ mod tests {
 
     async fn run(g: &Guardrails, texts: &[&str]) -> (Outcome, GuardrailLog) {
         let log = GuardrailLog::new();
-        let fut = g
-            .run(
-                GuardrailMode::PreCall,
-                &GuardrailSelection::new(),
-                Side::Request,
-                texts.iter().map(|t| t.to_string()).collect(),
-                meta(),
-                log.clone(),
-            )
-            .expect("a guardrail is selected");
+        let fut = start(g, texts, &log);
         (fut.await, log)
     }
 
@@ -1616,6 +1607,7 @@ mod tests {
         )
     }
 
+    /// Starts a pre-call run of `g` on `texts`, logging to `log`.
     fn start(g: &Guardrails, texts: &[&str], log: &GuardrailLog) -> RunFuture {
         g.run(
             GuardrailMode::PreCall,
