@@ -764,12 +764,53 @@ async fn a_blocked_word_in_tool_call_arguments_is_blocked_after_the_call() {
     assert_eq!(h.upstream.request_count(), 7, "every one was forwarded");
 }
 
-/// What a Claude answer's citations quote (`cited_text`, shown to the client with the answer:
-/// a web page's words, say) is checked after the call: a quote with the word blocks the JSON
-/// response, and ends a stream (`citations_delta`) with the in-band error before it is sent.
+/// What an answer cites, which the client shows with it, is checked after the call: what a
+/// Claude answer's citations quote (`cited_text`: a web page's words, say) and the titles of
+/// the pages a chat or Responses answer cites. A word there blocks the JSON response, and ends
+/// a stream (`citations_delta`, `response.output_text.annotation.added`) with the in-band
+/// error before it is sent.
 #[tokio::test]
-async fn what_a_citation_quotes_is_checked_after_the_call() {
+async fn what_an_answer_cites_is_checked_after_the_call() {
     let h = Harness::start().await;
+    // Chat, JSON: a cited page's title.
+    h.upstream.push_reply(ScriptedReply::json(&json!({"id": "c", "object": "chat.completion",
+        "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "Here it is.", "annotations": [
+                {"type": "url_citation", "url_citation": {"url": "https://a", "title": "The forbidden plan",
+                    "start_index": 0, "end_index": 4}}]}}]})));
+    let chat = json!({"model": "gpt", "messages": [{"role": "user", "content": "look it up"}]});
+    let (status, _, body) = h.post("/v1/chat/completions", &chat).await;
+    assert_eq!((status, json_of(&body)), (400, openai_block()));
+    // Responses, streamed: the title arrives in its own event.
+    let ev = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    h.upstream.push_reply(ScriptedReply::sse([
+        ev(json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1",
+            "object": "response", "status": "in_progress", "output": []}})),
+        ev(json!({"type": "response.output_text.delta", "sequence_number": 1, "output_index": 0,
+            "content_index": 0, "item_id": "m", "delta": "Here it is."})),
+        ev(json!({"type": "response.output_text.annotation.added", "sequence_number": 2,
+            "output_index": 0, "content_index": 0, "annotation_index": 0, "item_id": "m",
+            "annotation": {"type": "url_citation", "url": "https://a", "title": "The forbidden plan",
+                "start_index": 0, "end_index": 4}})),
+        ev(json!({"type": "response.completed", "sequence_number": 3, "response": {"id": "resp_1",
+            "object": "response", "status": "completed", "output": []}})),
+    ]));
+    let responses = json!({"model": "gpt", "stream": true, "input": "look it up"});
+    let (status, _, body) = h.post("/v1/responses", &responses).await;
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(!body.contains("response.completed"), "{body}");
+    assert_eq!(
+        events(&body).last().unwrap().0.as_deref(),
+        Some("response.failed"),
+        "{body}"
+    );
+
     let cited = json!({"type": "web_search_result_location", "url": "https://a", "title": "a",
         "encrypted_index": "e", "cited_text": "the forbidden plan, in full"});
     h.upstream.push_reply(ScriptedReply::json(&json!({

@@ -25,7 +25,7 @@
 //! carries at most a string `content`, and the `usage` counts
 //! ([`CallType::response_texts_and_usage`] tries this reader first). It gives up at a
 //! `message` member other than `content` that is not `null`, unless it is one known to hold no
-//! text (`role`, `annotations`, `tool_call_id`: the general reader reads `name`, `refusal`,
+//! text (`role`, `tool_call_id`, an empty `annotations`: the general reader reads `name`, `refusal`,
 //! reasoning, `thinking_blocks`, `audio`, `tool_calls`, `function_call`, and a member nobody
 //! here knows may hold text too), a `content` that is not a string or `null`, a choice's legacy
 //! `text`, a `usage` that is not an object or `null`, a member it reads written twice, a shape
@@ -462,7 +462,8 @@ fn read_plain_response_choice(choice: &mut Plain<'_>) -> Option<Option<String>> 
 
 /// The members of a chat message (a request's or a response's) that [`MessageContent`] and
 /// [`read_plain_message`] know: `content`, then the ones that hold no text the general reader
-/// reads, which they skip. Any other member that is not `null` gives up, so a member is
+/// reads, which they skip (`annotations` only when `null` or empty: the general reader reads
+/// the titles of cited pages). Any other member that is not `null` gives up, so a member is
 /// skipped only when it is known to hold no text: one the general reader reads (`name`,
 /// `refusal`, reasoning, `thinking_blocks`, `audio`, `tool_calls`, `function_call`) or one
 /// nobody here knows goes to the general reader.
@@ -471,7 +472,15 @@ const MESSAGE_MEMBERS: &[&str] = &["content", "role", "annotations", "tool_call_
 /// A response's message or a request's, as [`MessageContent`] reads it: its `content`.
 fn read_plain_message<'a>(message: &mut Plain<'a>) -> Option<Option<Cow<'a, str>>> {
     read_plain_content(message, &mut ContentAt::None, |member, name| {
-        if MESSAGE_MEMBERS[1..].contains(&name) {
+        if name == "annotations" {
+            // `null` or an empty list only: the general reader reads the titles of cited
+            // pages, and refuses another shape.
+            if member.peek()? == b'[' {
+                member.array(|_| None)
+            } else {
+                (!member.non_null()?).then_some(())
+            }
+        } else if MESSAGE_MEMBERS[1..].contains(&name) {
             member.skip()
         } else {
             (!member.non_null()?).then_some(())
@@ -961,7 +970,17 @@ impl<'de> Visitor<'de> for MessageContent {
                     once(&mut seen)?;
                     content = map.next_value_seed(OrNull(Text))?;
                 }
-                // `role`, `annotations`, `tool_call_id`: no text.
+                // `annotations`: only an empty list (the general reader reads the titles of
+                // cited pages).
+                Some(2) => {
+                    if map
+                        .next_value::<Option<Vec<Skip>>>()?
+                        .is_some_and(|a| !a.is_empty())
+                    {
+                        return Err(not_common());
+                    }
+                }
+                // `role`, `tool_call_id`: no text.
                 Some(_) => {
                     map.next_value::<Skip>()?;
                 }

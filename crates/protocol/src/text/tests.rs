@@ -900,6 +900,74 @@ fn anthropic_citations_are_text() {
     assert_stream_is_body(CallType::AnthropicMessages, &body, &stream);
 }
 
+/// The titles of the pages an answer cites (chat `annotations[].url_citation.title`, a
+/// Responses text part's `annotations[].title`), which a client shows with the answer, are
+/// text: in responses, and in streams (a chat delta's `annotations`, Responses'
+/// `response.output_text.annotation.added`), where they add up to the response's.
+#[test]
+fn cited_page_titles_are_text() {
+    let url = |title: &str| {
+        json!({"type": "url_citation", "url_citation": {"url": "https://a",
+        "title": title, "start_index": 0, "end_index": 3}})
+    };
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "sunny",
+        "annotations": [url("Weather in Lisbon"), url("Forecast")]}}]});
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Response,
+        body.clone(),
+        &["sunny", "Weather in Lisbon", "Forecast"],
+    );
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]})
+        )
+    };
+    let stream = [
+        chunk(json!({"role": "assistant", "content": "sun"})),
+        chunk(json!({"content": "ny"})),
+        chunk(json!({"annotations": [url("Weather in Lisbon"), url("Forecast")]})),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::ChatCompletions, &body, &stream);
+
+    let cited = |title: &str| {
+        json!({"type": "url_citation", "url": "https://a", "title": title,
+        "start_index": 0, "end_index": 3})
+    };
+    let part = json!({"type": "output_text", "text": "sunny",
+        "annotations": [cited("Weather in Lisbon"), {"type": "file_citation", "file_id": "f", "index": 0}]});
+    let body = json!({"output": [{"type": "message", "role": "assistant", "content": [part]}]});
+    roundtrip(
+        CallType::Responses,
+        Side::Response,
+        body.clone(),
+        &["sunny", "Weather in Lisbon"],
+    );
+    let event = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let stream = [
+        event(json!({"type": "response.output_item.added", "output_index": 0,
+            "item": {"type": "message", "role": "assistant", "content": []}})),
+        event(json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}})),
+        event(json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "sunny"})),
+        event(json!({"type": "response.output_text.annotation.added", "output_index": 0,
+            "content_index": 0, "annotation_index": 0, "annotation": cited("Weather in Lisbon")})),
+        event(json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "sunny"})),
+        event(json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part})),
+        event(json!({"type": "response.completed", "response": body})),
+    ]
+    .concat();
+    assert_stream_is_body(CallType::Responses, &body, &stream);
+}
+
 #[test]
 fn completions_and_embeddings() {
     roundtrip(

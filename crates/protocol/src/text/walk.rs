@@ -277,6 +277,24 @@ pub(crate) const REASONING_DETAILS_SUB: u64 = 1 << 32;
 /// The `sub` of a chat message's audio transcript (its content is sub 0).
 pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
 
+/// The `sub` of the titles of the pages a chat message cites (`annotations[].url_citation`),
+/// all under one key, as a stream's deltas may bring them.
+pub(crate) const ANNOTATIONS_SUB: u64 = u64::MAX - 2;
+
+/// Added to `content_index << 16` plus an annotation's position for the title of a page a
+/// Responses text part cites (`annotations[].title`): each under a key of its own, as a
+/// stream's `response.output_text.annotation.added` names it by `annotation_index`.
+pub(crate) const PART_ANNOTATIONS_SUB: u64 = 1 << 40;
+
+/// The key of annotation `j`'s title in the Responses text part `sub` of item `index`.
+pub(crate) fn part_annotation(index: u64, sub: u64, j: u64) -> TextKey {
+    key(
+        index,
+        TextKind::Content,
+        PART_ANNOTATIONS_SUB + (sub << 16) + j,
+    )
+}
+
 /// Added to an Anthropic text block's `sub` for the texts its citations quote (`cited_text`),
 /// all under one key: a stream's `citations_delta` events carry them one by one, with no
 /// position of their own.
@@ -473,6 +491,17 @@ macro_rules! walker {
                         if let Some(text) = detail.$get(member) {
                             opt_string(text, k, role, &path.key(member), emit, bad);
                         }
+                    });
+                }
+                // The titles of the pages an answer cites, shown with it.
+                if let Some(annotations) = m.$get("annotations") {
+                    let k = key(index, TextKind::Content, ANNOTATIONS_SUB);
+                    each_object(annotations, &path.key("annotations"), bad, &mut |annotation, _, path, bad| {
+                        object_at(annotation, "url_citation", path, bad, &mut |citation, path, bad| {
+                            if let Some(title) = citation.$get("title") {
+                                opt_string(title, k, role, &path.key("title"), emit, bad);
+                            }
+                        });
                     });
                 }
                 // The transcript of an audio answer; the audio itself speaks it where no
@@ -884,6 +913,14 @@ macro_rules! walker {
                         match part.$get("text") {
                             Some(text) => string(text, key(index, TextKind::Content, sub), role, &path.key("text"), emit, bad),
                             None => bad(&path.key("text"), REQUIRED),
+                        }
+                        // The titles of the pages the text cites, shown with it.
+                        if let Some(annotations) = part.$get("annotations") {
+                            each_object(annotations, &path.key("annotations"), bad, &mut |annotation, j, path, bad| {
+                                if let Some(title) = annotation.$get("title") {
+                                    opt_string(title, part_annotation(index, sub, j as u64), role, &path.key("title"), emit, bad);
+                                }
+                            });
                         }
                     }
                     Part::Refusal => match part.$get("refusal") {
@@ -1396,6 +1433,14 @@ macro_rules! walker {
                                 delta(root, "delta", key(output, TextKind::Reasoning, sub), &root_path.key("delta"), emit, bad)
                             }
                             "response.reasoning_text.delta" => delta(root, "delta", key(output, TextKind::ReasoningContent, content), &root_path.key("delta"), emit, bad),
+                            "response.output_text.annotation.added" => {
+                                let j = $index(&*root, "annotation_index").unwrap_or(0);
+                                object_at(root, "annotation", &root_path, bad, &mut |annotation, path, bad| {
+                                    if let Some(title) = annotation.$get("title") {
+                                        opt_string(title, part_annotation(output, content, j), d, &path.key("title"), emit, bad);
+                                    }
+                                });
+                            }
                             "response.apply_patch_call_operation_diff.delta" => delta(root, "delta", key(output, TextKind::Arguments, 0), &root_path.key("delta"), emit, bad),
                             // A shell command as it is written: announced, then its deltas.
                             "response.shell_call_command.added" | "response.shell_call_command.delta" => {

@@ -623,6 +623,44 @@ fn a_member_skipped_is_checked_as_the_general_reader_checks_it() {
 
 // ------------------------------------------------------------------------- whole responses
 
+/// A message's `annotations` are skipped only when `null` or empty: the titles of cited pages
+/// in a longer list, and a list of another shape, go to the general reader (which reads the
+/// first and refuses the second).
+#[test]
+fn annotations_are_skipped_only_when_empty() {
+    let body = |annotations: &str| {
+        format!(
+            r#"{{"choices":[{{"index":0,"message":{{"content":"a","annotations":{annotations}}}}}]}}"#
+        )
+    };
+    for annotations in ["null", "[]", " [ ] "] {
+        let body = body(annotations);
+        assert!(
+            super::read_plain_response(body.as_bytes()).is_some(),
+            "{body}"
+        );
+        assert_eq!(common_response(&body).unwrap().0, ["a"], "{body}");
+    }
+    for annotations in [
+        r#"[{"type":"url_citation","url_citation":{"title":"t","url":"u"}}]"#,
+        r#""x""#,
+        "{}",
+    ] {
+        let body = body(annotations);
+        assert!(
+            super::read_plain_response(body.as_bytes()).is_none(),
+            "{body}"
+        );
+        assert!(
+            read_object(body.as_bytes(), super::ResponseVisitor).is_none(),
+            "{body}"
+        );
+        assert_eq!(common_response(&body), None, "{body}");
+    }
+    let cited = body(r#"[{"type":"url_citation","url_citation":{"title":"t","url":"u"}}]"#);
+    assert_eq!(general_response(&cited).unwrap().0, ["a", "t"]);
+}
+
 /// What the general reader makes of a response body: `None` when it refuses it.
 fn general_response(body: &str) -> Option<(Vec<String>, Option<Usage>)> {
     let call_type = CallType::ChatCompletions;
