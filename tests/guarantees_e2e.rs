@@ -235,6 +235,14 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": "a forbidden draft"}}),
         ),
         (
+            "vLLM documents",
+            json!({"model": "gpt", "messages": [hi], "documents": [{"title": "notes", "text": "a forbidden plan"}]}),
+        ),
+        (
+            "vLLM chat_template_kwargs",
+            json!({"model": "gpt", "messages": [hi], "chat_template_kwargs": {"enable_thinking": false, "persona": "a forbidden persona"}}),
+        ),
+        (
             "predicted output parts",
             json!({"model": "gpt", "messages": [hi], "prediction": {"type": "content", "content": [{"type": "text", "text": "a forbidden draft"}]}}),
         ),

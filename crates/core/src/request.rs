@@ -171,6 +171,8 @@ pub struct ParsedRequest {
     gateway_only_keys: bool,
     /// The field that gives text as token ids ([`CallType::token_ids_field`]).
     token_ids: Option<&'static str>,
+    /// The field that gives a prompt template ([`CallType::template_field`]).
+    template: Option<&'static str>,
     /// The field that asks for output beside the text that repeats it, and what it asks for
     /// ([`ParsedRequest::unread_output_field`]).
     unread_output: Option<(&'static str, &'static str)>,
@@ -227,6 +229,7 @@ impl ParsedRequest {
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
             token_ids: None,
+            template: None,
             unread_output: None,
             shared_meta: OnceLock::new(),
             shared_meta_without_headers: OnceLock::new(),
@@ -267,6 +270,7 @@ impl ParsedRequest {
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
             parsed.token_ids = call_type.token_ids_field(&view);
+            parsed.template = call_type.template_field(&view);
             parsed.unread_output = call_type
                 .logprobs_field(&view)
                 .map(|field| (field, "log probabilities"))
@@ -310,6 +314,15 @@ impl ParsedRequest {
     /// general reader.)
     pub fn unread_output_field(&self) -> Option<(&'static str, &'static str)> {
         self.unread_output
+    }
+
+    /// The field that gives the request's own prompt template (vLLM's `chat_template`), which
+    /// can write any text into the prompt where no guardrail reads it: the pre-call layer
+    /// refuses such a request when a guardrail applies to it. (The common chat request read
+    /// without a tree has none: a `chat_template` that is not `null` sends a request to the
+    /// general reader.)
+    pub fn template_field(&self) -> Option<&'static str> {
+        self.template
     }
 
     /// The body as it is forwarded.

@@ -101,6 +101,10 @@ impl Prepare for Checks {
             // Text written as token ids: the guardrails that apply could read none of it.
             return Err(unreadable_token_ids(field));
         }
+        if let Some(field) = parsed.template_field() {
+            // A template can write any text into the prompt, where no guardrail reads it.
+            return Err(unreadable_template(field));
+        }
         // The headers are copied for the guardrails only when one of those that run reads them.
         let reads_headers = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
             .into_iter()
@@ -153,6 +157,20 @@ pub(crate) fn unreadable_token_ids(field: &'static str) -> Error {
         format!(
             "guardrails apply to this request, but its '{field}' is token ids, which no \
              guardrail can read; send the text instead"
+        ),
+    )
+    .with_param(field)
+    .with_code("unreadable_content")
+}
+
+/// The error of a request that gives its own prompt template
+/// ([`ParsedRequest::template_field`]) while guardrails apply to it.
+pub(crate) fn unreadable_template(field: &'static str) -> Error {
+    Error::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "guardrails apply to this request, but its '{field}' can write any text into the \
+             prompt, where no guardrail reads it; send the request without it"
         ),
     )
     .with_param(field)

@@ -298,7 +298,7 @@ mod tests {
     /// upstream sees nothing; the same text as a string is read and blocked; with no guardrail
     /// that applies, token ids pass.
     #[tokio::test]
-    async fn token_ids_no_guardrail_can_read_are_refused() {
+    async fn token_ids_and_templates_no_guardrail_can_read_are_refused() {
         /// Sends `body` to `path` through a layer whose one guardrail is on by default or not:
         /// the status, the body, and how many requests the upstream saw.
         async fn send(
@@ -357,6 +357,39 @@ mod tests {
             let (status, _, calls) = send(false, path, tokens).await;
             assert_eq!((status, calls), (200, 1), "{path}: no guardrail applies");
         }
+        // A chat request's own template (vLLM's) can write any text into the prompt.
+        let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
+        let template = serde_json::json!({"model": "m", "messages": messages,
+            "chat_template": "{{ 'a forbidden plan' }}{% for m in messages %}{{ m.content }}{% endfor %}"});
+        let (status, body, calls) = send(true, "/v1/chat/completions", template.clone()).await;
+        assert_eq!((status, calls), (400, 0), "{body}");
+        assert_eq!(body["error"]["param"], "chat_template", "{body}");
+        assert_eq!(body["error"]["code"], "unreadable_content", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("can write any text into the prompt"),
+            "{message}"
+        );
+        let (status, _, calls) = send(false, "/v1/chat/completions", template).await;
+        assert_eq!((status, calls), (200, 1), "no guardrail applies");
+        // The values and documents a template is given are read (and blocked).
+        for (field, value) in [
+            (
+                "chat_template_kwargs",
+                serde_json::json!({"enable_thinking": false, "note": "a forbidden plan"}),
+            ),
+            (
+                "documents",
+                serde_json::json!([{"title": "t", "text": "a forbidden plan"}]),
+            ),
+        ] {
+            let body = serde_json::json!({"model": "m", "messages": messages, field: value});
+            let (status, _, calls) = send(true, "/v1/chat/completions", body).await;
+            assert_eq!((status, calls), (400, 0), "{field}");
+        }
+        let thinking = serde_json::json!({"model": "m", "messages": messages,
+            "chat_template_kwargs": {"enable_thinking": false}});
+        assert_eq!(send(true, "/v1/chat/completions", thinking).await.0, 200);
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 //!
 //! | format | request | response and stream |
 //! |---|---|---|
-//! | chat completions | message `content` (string or `text`/`refusal` parts), the titles of the pages it cites (`annotations`), `name`, `refusal`, `reasoning_content`, `reasoning`, LiteLLM's `thinking_blocks`, OpenRouter's `reasoning_details`, an audio answer's transcript, `tool_calls[].function.arguments`, legacy `function_call.arguments` (every role: system, developer, user, assistant, tool); the descriptions and parameter schemas of `tools[].function`, `tools[].custom` and the legacy `functions`; `response_format`'s schema; `prediction.content` | the same fields of each choice's `message`, and of each chunk's `delta` |
+//! | chat completions | message `content` (string or `text`/`refusal` parts), the titles of the pages it cites (`annotations`), `name`, `refusal`, `reasoning_content`, `reasoning`, LiteLLM's `thinking_blocks`, OpenRouter's `reasoning_details`, an audio answer's transcript, `tool_calls[].function.arguments`, legacy `function_call.arguments` (every role: system, developer, user, assistant, tool); the descriptions and parameter schemas of `tools[].function`, `tools[].custom` and the legacy `functions`; `response_format`'s schema; `prediction.content`; every string of vLLM's `documents` and `chat_template_kwargs` | the same fields of each choice's `message`, and of each chunk's `delta` |
 //! | Responses | `instructions`, `input` (a string, or items: messages (and the titles of the pages their text parts cite), function calls and their outputs, custom tool calls, reasoning summaries, MCP calls, listed MCP tools (descriptions and input schemas) and approval reasons, code interpreter code and logs, web search queries, file search queries and results, shell commands, the shell tool's commands and what they printed, `apply_patch` diffs, paths and results, a computer-use model's typed text); `tools[]` descriptions, parameter schemas and MCP server descriptions; `text.format`'s schema; `prompt.variables` | `output` items (the same), the `*.delta` events, items and parts a stream announces, and the complete texts `*.done` and `response.completed` repeat (a text only a `.done` event carries is new text) |
 //! | Anthropic messages | `system`, message `content` (a string or blocks: `text` and what its citations quote, `tool_use` input as JSON text, `tool_result`, `thinking`, text documents with their title and context, search results with their title, the titles of web search results); tools' `description`, `input_schema` and `input_examples` | `content` blocks (the same); `text_delta`, `input_json_delta`, `thinking_delta`, `citations_delta`, and blocks a stream announces |
 //! | text completions | `prompt` | `choices[].text` |
@@ -357,6 +357,25 @@ impl CallType {
             .iter()
             .any(|item| matches!(item, JsonView::Number(..) | JsonView::Array(..)))
             .then_some(field)
+    }
+
+    /// The field of a request that gives its own prompt template, which can write any text
+    /// into the prompt where no guardrail reads it: a chat completion's `chat_template`
+    /// (vLLM's, SGLang's) that is not `null`. `None` for any other request. (The strings a
+    /// template is given, `chat_template_kwargs` and `documents`, are read as texts.)
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"messages": [], "chat_template": "{{ 'hi' }}"}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.template_field(&view), Some("chat_template"));
+    /// let view = JsonView::parse(br#"{"messages": [], "chat_template_kwargs": {"enable_thinking": false}}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.template_field(&view), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn template_field(self, view: &JsonView<'_>) -> Option<&'static str> {
+        (self == CallType::ChatCompletions
+            && !matches!(view.get("chat_template"), None | Some(JsonView::Null)))
+        .then_some("chat_template")
     }
 
     /// The field of a request that asks for log probabilities: a chat completion's `logprobs`

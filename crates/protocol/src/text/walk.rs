@@ -274,6 +274,11 @@ pub(crate) const THINKING_SUB: u64 = 2;
 /// `index`), apart from its thinking blocks'.
 pub(crate) const REASONING_DETAILS_SUB: u64 = 1 << 32;
 
+/// The `index` of the strings of a chat request's `documents` and `chat_template_kwargs`
+/// (vLLM's, SGLang's), apart from the tools' (a tool's index) and the response format's
+/// (`u64::MAX`).
+pub(crate) const TEMPLATE_INPUTS: u64 = u64::MAX - 1;
+
 /// The `sub` of a chat message's audio transcript (its content is sub 0).
 pub(crate) const AUDIO_SUB: u64 = u64::MAX - 1;
 
@@ -1186,6 +1191,14 @@ macro_rules! walker {
                         }
                         if let Some(f) = root.$get("response_format") {
                             response_format(f, &root_path.key("response_format"), emit, bad);
+                        }
+                        // vLLM's and SGLang's: documents a template writes into the prompt, and
+                        // the values a template is given. Every string in them.
+                        let next = &mut 0;
+                        for name in ["documents", "chat_template_kwargs"] {
+                            if let Some(value) = root.$get(name) {
+                                schema(value, TEMPLATE_INPUTS, next, true, false, &root_path.key(name), emit, bad);
+                            }
                         }
                     }
                     CallType::Responses => {
