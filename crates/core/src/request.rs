@@ -173,9 +173,9 @@ pub struct ParsedRequest {
     token_ids: Option<&'static str>,
     /// The field that gives a prompt template ([`CallType::template_field`]).
     template: Option<&'static str>,
-    /// The field that asks for output beside the text that repeats it, and what it asks for
+    /// The field that asks for output beside the text that repeats it
     /// ([`ParsedRequest::unread_output_field`]).
-    unread_output: Option<(&'static str, &'static str)>,
+    unread_output: Option<&'static str>,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
     /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
@@ -273,12 +273,7 @@ impl ParsedRequest {
             parsed.template = call_type.template_field(&view);
             parsed.unread_output = call_type
                 .logprobs_field(&view)
-                .map(|field| (field, "log probabilities"))
-                .or_else(|| {
-                    call_type
-                        .audio_output_field(&view)
-                        .map(|field| (field, "spoken audio"))
-                });
+                .or_else(|| call_type.audio_output_field(&view));
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
@@ -306,13 +301,12 @@ impl ParsedRequest {
     }
 
     /// The field that asks for output that repeats the response's text beside it, where no
-    /// guardrail reads it, and what it asks for: log probabilities
-    /// ([`CallType::logprobs_field`]) or spoken audio ([`CallType::audio_output_field`]). The
-    /// streaming layer refuses such a request when a post-call guardrail applies to it. (The
-    /// common chat request read without a tree asks for neither: a `logprobs`,
-    /// `top_logprobs`, `audio` or `modalities` that is not `null` sends a request to the
-    /// general reader.)
-    pub fn unread_output_field(&self) -> Option<(&'static str, &'static str)> {
+    /// guardrail reads it: log probabilities ([`CallType::logprobs_field`]) or spoken audio
+    /// ([`CallType::audio_output_field`], `audio` or `modalities`). The streaming layer refuses
+    /// such a request when a post-call guardrail applies to it. (The common chat request read
+    /// without a tree asks for neither: a `logprobs`, `top_logprobs`, `audio` or `modalities`
+    /// that is not `null` sends a request to the general reader.)
+    pub fn unread_output_field(&self) -> Option<&'static str> {
         self.unread_output
     }
 

@@ -66,9 +66,13 @@ impl Capture {
             )
             .with_code("unsupported_endpoint"));
         }
-        if let Some((field, what)) = parsed.unread_output_field() {
+        if let Some(field) = parsed.unread_output_field() {
             // Log probabilities' tokens or spoken audio would repeat the response's text beside
             // it, where no guardrail reads.
+            let what = match field {
+                "audio" | "modalities" => "spoken audio",
+                _ => "log probabilities",
+            };
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 format!(
