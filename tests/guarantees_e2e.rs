@@ -130,6 +130,28 @@ fn anthropic_block() -> Value {
     json!({"type": "error", "error": {"type": "invalid_request_error", "message": MESSAGE}})
 }
 
+/// `data` as a server-sent event named after its `type`, as Responses and Anthropic streams
+/// write them.
+fn typed_event(data: Value) -> String {
+    format!(
+        "event: {}\ndata: {data}\n\n",
+        data["type"].as_str().unwrap()
+    )
+}
+
+/// A Responses stream the content filter ended: a 200 whose body never shows the word and
+/// ends with `response.failed`, never `response.completed`.
+fn assert_responses_stream_blocked(status: u16, body: &str) {
+    assert_eq!(status, 200);
+    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert!(!body.contains("response.completed"), "{body}");
+    assert_eq!(
+        events(body).last().unwrap().0.as_deref(),
+        Some("response.failed"),
+        "{body}"
+    );
+}
+
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -790,34 +812,21 @@ async fn what_an_answer_cites_is_checked_after_the_call() {
     let (status, _, body) = h.post("/v1/chat/completions", &chat).await;
     assert_eq!((status, json_of(&body)), (400, openai_block()));
     // Responses, streamed: the title arrives in its own event.
-    let ev = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
-    };
     h.upstream.push_reply(ScriptedReply::sse([
-        ev(json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1",
+        typed_event(json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1",
             "object": "response", "status": "in_progress", "output": []}})),
-        ev(json!({"type": "response.output_text.delta", "sequence_number": 1, "output_index": 0,
+        typed_event(json!({"type": "response.output_text.delta", "sequence_number": 1, "output_index": 0,
             "content_index": 0, "item_id": "m", "delta": "Here it is."})),
-        ev(json!({"type": "response.output_text.annotation.added", "sequence_number": 2,
+        typed_event(json!({"type": "response.output_text.annotation.added", "sequence_number": 2,
             "output_index": 0, "content_index": 0, "annotation_index": 0, "item_id": "m",
             "annotation": {"type": "url_citation", "url": "https://a", "title": "The forbidden plan",
                 "start_index": 0, "end_index": 4}})),
-        ev(json!({"type": "response.completed", "sequence_number": 3, "response": {"id": "resp_1",
+        typed_event(json!({"type": "response.completed", "sequence_number": 3, "response": {"id": "resp_1",
             "object": "response", "status": "completed", "output": []}})),
     ]));
     let responses = json!({"model": "gpt", "stream": true, "input": "look it up"});
     let (status, _, body) = h.post("/v1/responses", &responses).await;
-    assert_eq!(status, 200);
-    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
-    assert!(!body.contains("response.completed"), "{body}");
-    assert_eq!(
-        events(&body).last().unwrap().0.as_deref(),
-        Some("response.failed"),
-        "{body}"
-    );
+    assert_responses_stream_blocked(status, &body);
 
     let cited = json!({"type": "web_search_result_location", "url": "https://a", "title": "a",
         "encrypted_index": "e", "cited_text": "the forbidden plan, in full"});
@@ -831,30 +840,24 @@ async fn what_an_answer_cites_is_checked_after_the_call() {
     let (status, _, body) = h.post("/v1/messages", &messages).await;
     assert_eq!((status, json_of(&body)), (400, anthropic_block()));
 
-    let ev = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
-    };
     h.upstream.push_reply(ScriptedReply::sse([
-        ev(
+        typed_event(
             json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
             "role": "assistant", "content": [], "model": "claude-sonnet-4", "stop_reason": null,
             "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
         ),
-        ev(json!({"type": "content_block_start", "index": 0,
+        typed_event(json!({"type": "content_block_start", "index": 0,
             "content_block": {"type": "text", "text": "", "citations": []}})),
-        ev(json!({"type": "content_block_delta", "index": 0,
+        typed_event(json!({"type": "content_block_delta", "index": 0,
             "delta": {"type": "citations_delta", "citation": cited}})),
-        ev(json!({"type": "content_block_delta", "index": 0,
+        typed_event(json!({"type": "content_block_delta", "index": 0,
             "delta": {"type": "text_delta", "text": "Here it is."}})),
-        ev(json!({"type": "content_block_stop", "index": 0})),
-        ev(
+        typed_event(json!({"type": "content_block_stop", "index": 0})),
+        typed_event(
             json!({"type": "message_delta", "delta": {"stop_reason": "end_turn",
             "stop_sequence": null}, "usage": {"output_tokens": 5}}),
         ),
-        ev(json!({"type": "message_stop"})),
+        typed_event(json!({"type": "message_stop"})),
     ]));
     let stream = json!({"model": "claude", "max_tokens": 16, "stream": true,
                         "messages": [{"role": "user", "content": "look it up"}]});
@@ -874,12 +877,6 @@ async fn what_an_answer_cites_is_checked_after_the_call() {
 #[tokio::test]
 async fn a_streamed_patch_and_shell_command_are_checked() {
     let h = Harness::start().await;
-    let ev = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
-    };
     let stream = |first: &str, second: &str| {
         let diff = format!("{first}{second}");
         let patch = |diff: &str, status: &str| {
@@ -893,41 +890,41 @@ async fn a_streamed_patch_and_shell_command_are_checked() {
             "created_at": 1, "status": status, "model": "gpt-4o-mini", "output": output})
         };
         vec![
-            ev(
+            typed_event(
                 json!({"type": "response.created", "sequence_number": 0, "response": response("in_progress", json!([]))}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": patch("", "in_progress")}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.apply_patch_call_operation_diff.delta", "sequence_number": 2, "item_id": "p", "output_index": 0, "delta": first}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.apply_patch_call_operation_diff.delta", "sequence_number": 3, "item_id": "p", "output_index": 0, "delta": second}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.apply_patch_call_operation_diff.done", "sequence_number": 4, "item_id": "p", "output_index": 0, "diff": diff}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.output_item.done", "sequence_number": 5, "output_index": 0, "item": patch(&diff, "completed")}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.output_item.added", "sequence_number": 6, "output_index": 1,
                 "item": {"type": "shell_call", "id": "s", "call_id": "c2", "status": "in_progress"}}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.shell_call_command.added", "sequence_number": 7, "output_index": 1, "command_index": 0, "command": ""}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.shell_call_command.delta", "sequence_number": 8, "output_index": 1, "command_index": 0, "delta": "ls"}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.shell_call_command.done", "sequence_number": 9, "output_index": 1, "command_index": 0, "command": "ls"}),
             ),
-            ev(
+            typed_event(
                 json!({"type": "response.output_item.done", "sequence_number": 10, "output_index": 1, "item": shell}),
             ),
-            ev(json!({"type": "response.completed", "sequence_number": 11,
+            typed_event(json!({"type": "response.completed", "sequence_number": 11,
                 "response": response("completed", json!([patch(&diff, "completed"), shell]))})),
         ]
     };
@@ -946,34 +943,23 @@ async fn a_streamed_patch_and_shell_command_are_checked() {
     h.upstream
         .push_reply(ScriptedReply::sse(stream("+a line for", "bidden here")));
     let (status, _, body) = h.post("/v1/responses", &request).await;
-    assert_eq!(status, 200);
-    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
+    assert_responses_stream_blocked(status, &body);
     let got = events(&body);
-    let n = got.len();
-    assert_eq!(got[n - 2].0.as_deref(), Some("error"), "{body}");
+    assert_eq!(got[got.len() - 2].0.as_deref(), Some("error"), "{body}");
     assert_eq!(
-        serde_json::from_str::<Value>(&got[n - 2].1).unwrap()["code"],
+        serde_json::from_str::<Value>(&got[got.len() - 2].1).unwrap()["code"],
         "content_policy_violation"
     );
-    assert_eq!(got[n - 1].0.as_deref(), Some("response.failed"), "{body}");
-    assert!(!body.contains("response.completed"), "{body}");
 
     // A command, written in two deltas, is checked too.
     let mut commands = stream("+a", " line");
-    commands[8] = ev(
+    commands[8] = typed_event(
         json!({"type": "response.shell_call_command.delta", "sequence_number": 8, "output_index": 1, "command_index": 0, "delta": "echo forb"}),
     );
-    commands.insert(9, ev(json!({"type": "response.shell_call_command.delta", "sequence_number": 9, "output_index": 1, "command_index": 0, "delta": "idden"})));
+    commands.insert(9, typed_event(json!({"type": "response.shell_call_command.delta", "sequence_number": 9, "output_index": 1, "command_index": 0, "delta": "idden"})));
     h.upstream.push_reply(ScriptedReply::sse(commands));
     let (status, _, body) = h.post("/v1/responses", &request).await;
-    assert_eq!(status, 200);
-    assert!(!body.replace(MESSAGE, "").contains("forbidden"), "{body}");
-    assert!(!body.contains("response.completed"), "{body}");
-    assert_eq!(
-        events(&body).last().unwrap().0.as_deref(),
-        Some("response.failed"),
-        "{body}"
-    );
+    assert_responses_stream_blocked(status, &body);
 }
 
 #[tokio::test]

@@ -510,30 +510,24 @@ fn responses_shell_and_apply_patch_items_are_text() {
         body.clone(),
         &["ls -la", "pwd", "+hello world", "a.txt"],
     );
-    let event = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
-    };
     let stream = [
-        event(json!({"type": "response.output_item.added", "output_index": 0,
+        typed_event(json!({"type": "response.output_item.added", "output_index": 0,
             "item": {"type": "shell_call", "id": "s", "call_id": "c1", "status": "in_progress"}})),
-        event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 0, "command": "ls"})),
-        event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 0, "delta": " -la"})),
-        event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 0, "command": "ls -la"})),
-        event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 1, "command": ""})),
-        event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 1, "delta": "pwd"})),
-        event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 1, "command": "pwd"})),
-        event(json!({"type": "response.output_item.done", "output_index": 0, "item": body["output"][0]})),
-        event(json!({"type": "response.output_item.added", "output_index": 1,
+        typed_event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 0, "command": "ls"})),
+        typed_event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 0, "delta": " -la"})),
+        typed_event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 0, "command": "ls -la"})),
+        typed_event(json!({"type": "response.shell_call_command.added", "output_index": 0, "command_index": 1, "command": ""})),
+        typed_event(json!({"type": "response.shell_call_command.delta", "output_index": 0, "command_index": 1, "delta": "pwd"})),
+        typed_event(json!({"type": "response.shell_call_command.done", "output_index": 0, "command_index": 1, "command": "pwd"})),
+        typed_event(json!({"type": "response.output_item.done", "output_index": 0, "item": body["output"][0]})),
+        typed_event(json!({"type": "response.output_item.added", "output_index": 1,
             "item": {"type": "apply_patch_call", "id": "p", "call_id": "c2", "status": "in_progress",
                 "operation": {"type": "create_file", "path": "a.txt", "diff": ""}}})),
-        event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": "+hello"})),
-        event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": " world"})),
-        event(json!({"type": "response.apply_patch_call_operation_diff.done", "output_index": 1, "diff": "+hello world"})),
-        event(json!({"type": "response.output_item.done", "output_index": 1, "item": body["output"][1]})),
-        event(json!({"type": "response.completed", "response": body})),
+        typed_event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": "+hello"})),
+        typed_event(json!({"type": "response.apply_patch_call_operation_diff.delta", "output_index": 1, "delta": " world"})),
+        typed_event(json!({"type": "response.apply_patch_call_operation_diff.done", "output_index": 1, "diff": "+hello world"})),
+        typed_event(json!({"type": "response.output_item.done", "output_index": 1, "item": body["output"][1]})),
+        typed_event(json!({"type": "response.completed", "response": body})),
     ]
     .concat();
     assert_stream_is_body(CallType::Responses, &body, &stream);
@@ -874,27 +868,22 @@ fn anthropic_citations_are_text() {
         body.clone(),
         &["Lisbon is sunny", "sunny in Lisbon", "no rain"],
     );
-    let event = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
+    let delta = |delta: Value| {
+        typed_event(json!({"type": "content_block_delta", "index": 0, "delta": delta}))
     };
-    let delta =
-        |delta: Value| event(json!({"type": "content_block_delta", "index": 0, "delta": delta}));
     let stream = [
-        event(
+        typed_event(
             json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
             "role": "assistant", "content": []}}),
         ),
-        event(json!({"type": "content_block_start", "index": 0,
+        typed_event(json!({"type": "content_block_start", "index": 0,
             "content_block": {"type": "text", "text": "", "citations": []}})),
         delta(json!({"type": "citations_delta", "citation": cited("sunny in Lisbon")})),
         delta(json!({"type": "text_delta", "text": "Lisbon is "})),
         delta(json!({"type": "citations_delta", "citation": cited("no rain")})),
         delta(json!({"type": "text_delta", "text": "sunny"})),
-        event(json!({"type": "content_block_stop", "index": 0})),
-        event(json!({"type": "message_stop"})),
+        typed_event(json!({"type": "content_block_stop", "index": 0})),
+        typed_event(json!({"type": "message_stop"})),
     ]
     .concat();
     assert_stream_is_body(CallType::AnthropicMessages, &body, &stream);
@@ -946,23 +935,17 @@ fn cited_page_titles_are_text() {
         body.clone(),
         &["sunny", "Weather in Lisbon"],
     );
-    let event = |data: Value| {
-        format!(
-            "event: {}\ndata: {data}\n\n",
-            data["type"].as_str().unwrap()
-        )
-    };
     let stream = [
-        event(json!({"type": "response.output_item.added", "output_index": 0,
+        typed_event(json!({"type": "response.output_item.added", "output_index": 0,
             "item": {"type": "message", "role": "assistant", "content": []}})),
-        event(json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0,
+        typed_event(json!({"type": "response.content_part.added", "output_index": 0, "content_index": 0,
             "part": {"type": "output_text", "text": "", "annotations": []}})),
-        event(json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "sunny"})),
-        event(json!({"type": "response.output_text.annotation.added", "output_index": 0,
+        typed_event(json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "sunny"})),
+        typed_event(json!({"type": "response.output_text.annotation.added", "output_index": 0,
             "content_index": 0, "annotation_index": 0, "annotation": cited("Weather in Lisbon")})),
-        event(json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "sunny"})),
-        event(json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part})),
-        event(json!({"type": "response.completed", "response": body})),
+        typed_event(json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "sunny"})),
+        typed_event(json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part})),
+        typed_event(json!({"type": "response.completed", "response": body})),
     ]
     .concat();
     assert_stream_is_body(CallType::Responses, &body, &stream);
@@ -1422,6 +1405,15 @@ struct StreamTexts {
     fulls: Vec<(TextKey, String)>,
     ends: Vec<End>,
     terminals: usize,
+}
+
+/// `data` as a server-sent event named after its `type`, as Responses and Anthropic streams
+/// write them.
+fn typed_event(data: Value) -> String {
+    format!(
+        "event: {}\ndata: {data}\n\n",
+        data["type"].as_str().unwrap()
+    )
 }
 
 fn read_stream(call_type: CallType, stream: &str) -> StreamTexts {
