@@ -681,6 +681,33 @@ fn log_probabilities_and_audio_are_refused_and_asking_for_them_is_named() {
     let transcript = json!({"choices": [{"index": 0, "message": {"content": null,
         "audio": {"id": "a", "transcript": "hello"}}}]});
     assert_eq!(check(CallType::ChatCompletions, &transcript), Ok(()));
+    // A request's earlier turns that carry them back are read as before: only what the
+    // upstream sends is refused (a request is parsed whether or not a guardrail applies).
+    let replayed = |call_type: CallType, body: &Value| {
+        let bytes = body.to_string();
+        let view = JsonView::parse(bytes.as_bytes()).unwrap();
+        let mut texts = Vec::new();
+        call_type
+            .read_texts(Side::Request, &view, |_, t| texts.push(t.into_owned()))
+            .map(|()| texts)
+            .map_err(|e| e.param().to_owned())
+    };
+    let earlier = json!({"model": "m", "input": [
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a", "logprobs": token}]},
+        {"role": "user", "content": "more"}
+    ]});
+    assert_eq!(
+        replayed(CallType::Responses, &earlier),
+        Ok(vec!["a".to_owned(), "more".to_owned()])
+    );
+    let earlier = json!({"model": "m", "messages": [
+        {"role": "assistant", "content": null, "audio": {"id": "a", "data": "UklGRg==", "transcript": "hello"}},
+        {"role": "user", "content": "more"}
+    ]});
+    assert_eq!(
+        replayed(CallType::ChatCompletions, &earlier),
+        Ok(vec!["hello".to_owned(), "more".to_owned()])
+    );
 }
 
 #[test]

@@ -509,12 +509,9 @@ macro_rules! walker {
                         });
                     });
                 }
-                // The transcript of an audio answer; the audio itself speaks it where no
-                // guardrail hears, so it is refused.
+                // The transcript of an audio answer (the audio itself, in a response, is
+                // refused: [`no_audio_data`]).
                 if let Some(audio) = m.$get("audio") {
-                    if !matches!(audio.$get("data"), None | Some($E::Null)) {
-                        bad(&path.key("audio").key("data"), AUDIO_DATA);
-                    }
                     if let Some(transcript) = audio.$get("transcript") {
                         opt_string(transcript, key(index, TextKind::Content, AUDIO_SUB), role, &path.key("audio").key("transcript"), emit, bad);
                     }
@@ -914,7 +911,6 @@ macro_rules! walker {
                 let (kind, present) = $kind(part.get("type"));
                 match responses_part_kind(kind, present) {
                     Part::Text | Part::Untyped => {
-                        no_logprobs(part, path, bad);
                         match part.$get("text") {
                             Some(text) => string(text, key(index, TextKind::Content, sub), role, &path.key("text"), emit, bad),
                             None => bad(&path.key("text"), REQUIRED),
@@ -959,9 +955,32 @@ macro_rules! walker {
                 }
             }
 
+            /// What an upstream sends beside a message's text that repeats it where no guardrail
+            /// reads: its spoken audio (`audio.data`, not `null`) is refused. Only in responses:
+            /// a request's earlier turns may carry it back, as the model ignores it.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn no_audio_data<'v>(message: $V, path: &Path<'_>, bad: Bad<'_>) {
+                if let Some(audio) = message.$get("audio") {
+                    if !matches!(audio.$get("data"), None | Some($E::Null)) {
+                        bad(&path.key("audio").key("data"), AUDIO_DATA);
+                    }
+                }
+            }
+
+            /// [`no_logprobs`] on each text part of a Responses output item (a message's
+            /// `content`): only in what the upstream sends, as [`no_audio_data`].
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn no_item_logprobs<'v>(item: $V, path: &Path<'_>, bad: Bad<'_>) {
+                if let Some($E::Array(parts)) = item.$get("content") {
+                    for (j, part) in parts.$iter().enumerate() {
+                        no_logprobs(part, &path.key("content").index(j), bad);
+                    }
+                }
+            }
+
             /// An object's `logprobs` (a chat or completion choice's, a Responses text part's or
             /// text event's): absent, `null` or empty, or refused. The tokens repeat the text
-            /// apart from it, so a guardrail's block or mask would not hold.
+            /// apart from it, so a guardrail's block or mask would not hold. Only in responses.
             #[allow(clippy::extra_unused_lifetimes)]
             fn no_logprobs<'v>(object: $V, path: &Path<'_>, bad: Bad<'_>) {
                 match object.$get("logprobs") {
@@ -1373,7 +1392,10 @@ macro_rules! walker {
                     if let Some(message) = choice.$get(field) {
                         match message {
                             $E::Null => {}
-                            message => chat_message(message, index, role, &path.key(field), emit, bad),
+                            message => {
+                                no_audio_data(message, &path.key(field), bad);
+                                chat_message(message, index, role, &path.key(field), emit, bad)
+                            }
                         }
                     }
                     // Some servers stream legacy completions through the chat route.
@@ -1388,6 +1410,7 @@ macro_rules! walker {
                 match output {
                     $E::Array(items) => {
                         for (i, item) in items.$iter().enumerate() {
+                            no_item_logprobs(item, &path.index(i), bad);
                             responses_item(item, i as u64, role, &path.index(i), emit, bad);
                         }
                     }
@@ -1464,12 +1487,14 @@ macro_rules! walker {
                             "response.output_item.added" | "response.output_item.done" => {
                                 let role = if kind.ends_with("added") { d } else { f };
                                 if let Some(item) = root.$get("item") {
+                                    no_item_logprobs(item, &root_path.key("item"), bad);
                                     responses_item(item, output, role, &root_path.key("item"), emit, bad);
                                 }
                             }
                             "response.content_part.added" | "response.content_part.done" => {
                                 let role = if kind.ends_with("added") { d } else { f };
                                 if let Some(part) = root.$get("part") {
+                                    no_logprobs(part, &root_path.key("part"), bad);
                                     responses_part(part, output, content, role, &root_path.key("part"), emit, bad);
                                 }
                             }
