@@ -591,6 +591,77 @@ async fn exact_mask_rewrites_events_and_summaries() {
     }
 }
 
+/// What an answer cites, masked in a stream: a cited page's title in its own Responses event
+/// and in the summaries that repeat it, a Claude citation's quote, a shell command written in
+/// two deltas. Each event is sent whole, its text masked; the word never reaches the client.
+#[tokio::test]
+async fn exact_mask_rewrites_citations_titles_and_commands() {
+    let ev = |data: serde_json::Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let cited = |title: &str| {
+        serde_json::json!({"type": "url_citation", "url": "https://a",
+        "title": title, "start_index": 0, "end_index": 3})
+    };
+    let part = |title: &str| serde_json::json!({"type": "output_text", "text": "ok", "annotations": [cited(title)]});
+    let responses = [
+        ev(serde_json::json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "ok"})),
+        ev(serde_json::json!({"type": "response.output_text.annotation.added", "output_index": 0,
+            "content_index": 0, "annotation_index": 0, "annotation": cited("the secret plan")})),
+        ev(serde_json::json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "ok"})),
+        ev(serde_json::json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part("the secret plan")})),
+        ev(serde_json::json!({"type": "response.shell_call_command.added", "output_index": 1, "command_index": 0, "command": "echo sec"})),
+        ev(serde_json::json!({"type": "response.shell_call_command.delta", "output_index": 1, "command_index": 0, "delta": "ret"})),
+        ev(serde_json::json!({"type": "response.shell_call_command.done", "output_index": 1, "command_index": 0, "command": "echo secret"})),
+        ev(serde_json::json!({"type": "response.completed", "response": {"output": [
+            {"type": "message", "content": [part("the secret plan")]},
+            {"type": "shell_call", "action": {"commands": ["echo secret"]}}]}})),
+    ]
+    .concat();
+    let anthropic = [
+        ev(serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        ev(serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta",
+            "citation": {"type": "char_location", "cited_text": "a secret quote", "document_index": 0}}})),
+        ev(serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}})),
+        ev(serde_json::json!({"type": "content_block_stop", "index": 0})),
+        ev(serde_json::json!({"type": "message_stop"})),
+    ]
+    .concat();
+    for (path, stream, masked) in [
+        (
+            "/v1/responses",
+            responses.as_str(),
+            ["the [MASKED] plan", "echo [MASKED]"].as_slice(),
+        ),
+        (
+            "/v1/messages",
+            anthropic.as_str(),
+            ["a [MASKED] quote"].as_slice(),
+        ),
+    ] {
+        let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words(
+            "g",
+            vec![("secret", Some("[MASKED]"))],
+        )]));
+        let run = run_with(path, STREAM_REQUEST, layer, sse(per_event(stream))).await;
+        assert_eq!(run.status, 200);
+        assert!(!run.body.contains("secret"), "{}", run.body);
+        for text in masked {
+            assert!(run.body.contains(text), "{text}: {}", run.body);
+        }
+        // Every event still goes out, whole.
+        assert_eq!(
+            run.body.matches("\n\n").count(),
+            stream.matches("\n\n").count(),
+            "{}",
+            run.body
+        );
+    }
+}
+
 /// A mask and a block found in one scan (one event, or one chunk of events): the text released
 /// before the block carries the mask, never the masked word.
 #[tokio::test]
