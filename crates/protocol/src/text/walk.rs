@@ -414,6 +414,14 @@ macro_rules! walker {
                 }
             }
 
+            /// `obj`'s member `name` when present: a string or `null` ([`opt_string`]), at
+            /// `path.name`.
+            fn opt_member<'v>(obj: $V, name: &'static str, k: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
+                if let Some(v) = obj.$get(name) {
+                    opt_string(v, k, role, &path.key(name), emit, bad);
+                }
+            }
+
             fn opt_string<'v>(v: $V, k: TextKey, role: Role, path: &Path<'_>, emit: Emit<'_, 'v>, bad: Bad<'_>) {
                 match v {
                     $E::String(s) => emit(k, role, $slot(s)),
@@ -432,9 +440,7 @@ macro_rules! walker {
                     bad(path, MUST_BE_OBJECT);
                     return;
                 }
-                if let Some(name) = m.$get("name") {
-                    opt_string(name, key(index, TextKind::Name, 0), role, &path.key("name"), emit, bad);
-                }
+                opt_member(m, "name", key(index, TextKind::Name, 0), role, path, emit, bad);
                 if let Some(content) = m.$get("content") {
                     let path = path.key("content");
                     match content {
@@ -448,14 +454,10 @@ macro_rules! walker {
                         _ => bad(&path, CONTENT_SHAPE),
                     }
                 }
-                if let Some(refusal) = m.$get("refusal") {
-                    opt_string(refusal, key(index, TextKind::Refusal, 0), role, &path.key("refusal"), emit, bad);
-                }
+                opt_member(m, "refusal", key(index, TextKind::Refusal, 0), role, path, emit, bad);
                 // Reasoning as OpenAI-compatible servers send it (DeepSeek, vLLM, LiteLLM's
                 // `reasoning_content`; OpenRouter's and Ollama's `reasoning` string).
-                if let Some(reasoning) = m.$get("reasoning_content") {
-                    opt_string(reasoning, key(index, TextKind::Reasoning, 0), role, &path.key("reasoning_content"), emit, bad);
-                }
+                opt_member(m, "reasoning_content", key(index, TextKind::Reasoning, 0), role, path, emit, bad);
                 if let Some(reasoning @ $E::String(..)) = m.$get("reasoning") {
                     opt_string(reasoning, key(index, TextKind::Reasoning, REASONING_SUB), role, &path.key("reasoning"), emit, bad);
                 }
@@ -503,9 +505,7 @@ macro_rules! walker {
                     let k = key(index, TextKind::Content, ANNOTATIONS_SUB);
                     each_object(annotations, &path.key("annotations"), bad, &mut |annotation, _, path, bad| {
                         object_at(annotation, "url_citation", path, bad, &mut |citation, path, bad| {
-                            if let Some(title) = citation.$get("title") {
-                                opt_string(title, k, role, &path.key("title"), emit, bad);
-                            }
+                            opt_member(citation, "title", k, role, path, emit, bad);
                         });
                     });
                 }
@@ -520,16 +520,12 @@ macro_rules! walker {
                     each_object(calls, &path.key("tool_calls"), bad, &mut |call, j, path, bad| {
                         let sub = $index(&*call, "index").unwrap_or(j as u64);
                         object_at(call, "function", path, bad, &mut |function, path, bad| {
-                            if let Some(arguments) = function.$get("arguments") {
-                                opt_string(arguments, key(index, TextKind::Arguments, sub), role, &path.key("arguments"), emit, bad);
-                            }
+                            opt_member(function, "arguments", key(index, TextKind::Arguments, sub), role, path, emit, bad);
                         });
                     });
                 }
                 object_at(m, "function_call", path, bad, &mut |call, path, bad| {
-                    if let Some(arguments) = call.$get("arguments") {
-                        opt_string(arguments, key(index, TextKind::Arguments, FUNCTION_CALL_SUB), role, &path.key("arguments"), emit, bad);
-                    }
+                    opt_member(call, "arguments", key(index, TextKind::Arguments, FUNCTION_CALL_SUB), role, path, emit, bad);
                 });
             }
 
@@ -683,9 +679,7 @@ macro_rules! walker {
                     }
                     return;
                 }
-                if let Some(description) = d.$get("description") {
-                    opt_string(description, key(index, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
-                }
+                opt_member(d, "description", key(index, TextKind::ToolDescription, 0), Role::Full, path, emit, bad);
                 if let Some(parameters) = d.$get("parameters") {
                     tool_schema(parameters, index, &mut 0, &path.key("parameters"), emit, bad);
                 }
@@ -715,13 +709,9 @@ macro_rules! walker {
                         function_definition(custom, i as u64, &path.key("custom"), emit, bad);
                         continue;
                     }
-                    if let Some(description) = tool.$get("description") {
-                        opt_string(description, key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path.key("description"), emit, bad);
-                    }
+                    opt_member(tool, "description", key(i as u64, TextKind::ToolDescription, 0), Role::Full, &path, emit, bad);
                     // What an MCP server is for (Responses' `mcp` tool), given to the model.
-                    if let Some(description) = tool.$get("server_description") {
-                        opt_string(description, key(i as u64, TextKind::ToolDescription, 1), Role::Full, &path.key("server_description"), emit, bad);
-                    }
+                    opt_member(tool, "server_description", key(i as u64, TextKind::ToolDescription, 1), Role::Full, &path, emit, bad);
                     // Responses' `parameters`, Anthropic's `input_schema`.
                     let next = &mut 0;
                     if let Some(parameters) = tool.$get("parameters") {
@@ -753,27 +743,17 @@ macro_rules! walker {
                         }
                     }
                     Item::FunctionCall | Item::McpApprovalRequest => {
-                        if let Some(arguments) = item.$get("arguments") {
-                            opt_string(arguments, key(index, TextKind::Arguments, 0), role, &path.key("arguments"), emit, bad);
-                        }
+                        opt_member(item, "arguments", key(index, TextKind::Arguments, 0), role, path, emit, bad);
                     }
                     Item::McpCall => {
-                        if let Some(arguments) = item.$get("arguments") {
-                            opt_string(arguments, key(index, TextKind::Arguments, 0), role, &path.key("arguments"), emit, bad);
-                        }
-                        if let Some(output) = item.$get("output") {
-                            opt_string(output, key(index, TextKind::Content, 0), role, &path.key("output"), emit, bad);
-                        }
+                        opt_member(item, "arguments", key(index, TextKind::Arguments, 0), role, path, emit, bad);
+                        opt_member(item, "output", key(index, TextKind::Content, 0), role, path, emit, bad);
                     }
                     Item::CustomToolCall => {
-                        if let Some(input) = item.$get("input") {
-                            opt_string(input, key(index, TextKind::Arguments, 0), role, &path.key("input"), emit, bad);
-                        }
+                        opt_member(item, "input", key(index, TextKind::Arguments, 0), role, path, emit, bad);
                     }
                     Item::CodeInterpreterCall => {
-                        if let Some(code) = item.$get("code") {
-                            opt_string(code, key(index, TextKind::Arguments, 0), role, &path.key("code"), emit, bad);
-                        }
+                        opt_member(item, "code", key(index, TextKind::Arguments, 0), role, path, emit, bad);
                         // What the code printed, which the model reads next.
                         if let Some(outputs) = item.$get("outputs") {
                             strings_of(outputs, Some("logs"), key(index, TextKind::Content, 0), role, &path.key("outputs"), emit, bad);
@@ -782,9 +762,7 @@ macro_rules! walker {
                     // The model's search query, and the results a file search gives it.
                     Item::WebSearchCall => {
                         object_at(item, "action", path, bad, &mut |action, path, bad| {
-                            if let Some(query) = action.$get("query") {
-                                opt_string(query, key(index, TextKind::Arguments, 0), role, &path.key("query"), emit, bad);
-                            }
+                            opt_member(action, "query", key(index, TextKind::Arguments, 0), role, path, emit, bad);
                             if let Some(queries) = action.$get("queries") {
                                 strings_of(queries, None, key(index, TextKind::Arguments, 1), role, &path.key("queries"), emit, bad);
                             }
@@ -832,20 +810,14 @@ macro_rules! walker {
                     // path.
                     Item::ApplyPatchCall => {
                         object_at(item, "operation", path, bad, &mut |operation, path, bad| {
-                            if let Some(diff) = operation.$get("diff") {
-                                opt_string(diff, key(index, TextKind::Arguments, 0), role, &path.key("diff"), emit, bad);
-                            }
-                            if let Some(file) = operation.$get("path") {
-                                opt_string(file, key(index, TextKind::Arguments, 1), role, &path.key("path"), emit, bad);
-                            }
+                            opt_member(operation, "diff", key(index, TextKind::Arguments, 0), role, path, emit, bad);
+                            opt_member(operation, "path", key(index, TextKind::Arguments, 1), role, path, emit, bad);
                         });
                     }
                     // What a computer-use model types (its other actions hold no text).
                     Item::ComputerCall => {
                         object_at(item, "action", path, bad, &mut |action, path, bad| {
-                            if let Some(text) = action.$get("text") {
-                                opt_string(text, key(index, TextKind::Arguments, 0), role, &path.key("text"), emit, bad);
-                            }
+                            opt_member(action, "text", key(index, TextKind::Arguments, 0), role, path, emit, bad);
                         });
                     }
                     // The tools an MCP server lists: their descriptions and input schemas, as a
@@ -854,9 +826,7 @@ macro_rules! walker {
                         if let Some(tools) = item.$get("tools") {
                             let next = &mut 0;
                             each_object(tools, &path.key("tools"), bad, &mut |tool, j, path, bad| {
-                                if let Some(description) = tool.$get("description") {
-                                    opt_string(description, key(index, TextKind::ToolDescription, j as u64), role, &path.key("description"), emit, bad);
-                                }
+                                opt_member(tool, "description", key(index, TextKind::ToolDescription, j as u64), role, path, emit, bad);
                                 if let Some(input_schema) = tool.$get("input_schema") {
                                     tool_schema(input_schema, index, next, &path.key("input_schema"), emit, bad);
                                 }
@@ -865,9 +835,7 @@ macro_rules! walker {
                     }
                     // Why the user declined a tool call: the model reads it.
                     Item::McpApprovalResponse => {
-                        if let Some(reason) = item.$get("reason") {
-                            opt_string(reason, key(index, TextKind::Content, 0), role, &path.key("reason"), emit, bad);
-                        }
+                        opt_member(item, "reason", key(index, TextKind::Content, 0), role, path, emit, bad);
                     }
                     Item::ToolOutput => {
                         if let Some(output) = item.$get("output") {
@@ -918,9 +886,7 @@ macro_rules! walker {
                         // The titles of the pages the text cites, shown with it.
                         if let Some(annotations) = part.$get("annotations") {
                             each_object(annotations, &path.key("annotations"), bad, &mut |annotation, j, path, bad| {
-                                if let Some(title) = annotation.$get("title") {
-                                    opt_string(title, part_annotation(index, sub, j as u64), role, &path.key("title"), emit, bad);
-                                }
+                                opt_member(annotation, "title", part_annotation(index, sub, j as u64), role, path, emit, bad);
                             });
                         }
                     }
@@ -946,9 +912,7 @@ macro_rules! walker {
                         }
                     }
                     (Some(member), array) => each_object(array, path, bad, &mut |item, j, path, bad| {
-                        if let Some(text) = item.$get(member) {
-                            opt_string(text, k(j), role, &path.key(member), emit, bad);
-                        }
+                        opt_member(item, member, k(j), role, path, emit, bad);
                     }),
                     (None, $E::Null) => {}
                     (None, _) => bad(path, MUST_BE_ARRAY),
@@ -1086,9 +1050,7 @@ macro_rules! walker {
                         if let Some(citations) = block.$get("citations") {
                             let k = key(index, text_kind, CITATIONS_SUB + sub);
                             each_object(citations, &path.key("citations"), bad, &mut |citation, _, path, bad| {
-                                if let Some(quote) = citation.$get("cited_text") {
-                                    opt_string(quote, k, role, &path.key("cited_text"), emit, bad);
-                                }
+                                opt_member(citation, "cited_text", k, role, path, emit, bad);
                             });
                         }
                     }
@@ -1143,9 +1105,7 @@ macro_rules! walker {
                         }
                     }
                     Block::SearchResult => {
-                        if let Some(title) = block.$get("title") {
-                            opt_string(title, key(index, TextKind::Content, sub), role, &path.key("title"), emit, bad);
-                        }
+                        opt_member(block, "title", key(index, TextKind::Content, sub), role, path, emit, bad);
                         if let Some(content) = block.$get("content") {
                             anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
                         }
@@ -1384,9 +1344,7 @@ macro_rules! walker {
                     let index = $index(&*choice, "index").unwrap_or(i as u64);
                     no_logprobs(choice, &path, bad);
                     if call_type == CallType::TextCompletions {
-                        if let Some(text) = choice.$get("text") {
-                            opt_string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad);
-                        }
+                        opt_member(choice, "text", key(index, TextKind::Content, 0), role, &path, emit, bad);
                         continue;
                     }
                     if let Some(message) = choice.$get(field) {
@@ -1399,9 +1357,7 @@ macro_rules! walker {
                         }
                     }
                     // Some servers stream legacy completions through the chat route.
-                    if let Some(text) = choice.$get("text") {
-                        opt_string(text, key(index, TextKind::Content, 0), role, &path.key("text"), emit, bad);
-                    }
+                    opt_member(choice, "text", key(index, TextKind::Content, 0), role, &path, emit, bad);
                 }
             }
 
@@ -1472,9 +1428,7 @@ macro_rules! walker {
                             "response.output_text.annotation.added" => {
                                 let j = $index(&*root, "annotation_index").unwrap_or(0);
                                 object_at(root, "annotation", &root_path, bad, &mut |annotation, path, bad| {
-                                    if let Some(title) = annotation.$get("title") {
-                                        opt_string(title, part_annotation(output, content, j), d, &path.key("title"), emit, bad);
-                                    }
+                                    opt_member(annotation, "title", part_annotation(output, content, j), d, path, emit, bad);
                                 });
                             }
                             "response.apply_patch_call_operation_diff.delta" => delta(root, "delta", key(output, TextKind::Arguments, 0), &root_path.key("delta"), emit, bad),
@@ -1577,9 +1531,7 @@ macro_rules! walker {
                                     Delta::Thinking => field(delta, "thinking", key(index, TextKind::Reasoning, 0), d, &path, emit, bad),
                                     Delta::Citation => match delta.$get("citation") {
                                         Some(citation) => if_object(citation, &path.key("citation"), bad, &mut |citation, path, bad| {
-                                            if let Some(quote) = citation.$get("cited_text") {
-                                                opt_string(quote, key(index, TextKind::Content, CITATIONS_SUB), d, &path.key("cited_text"), emit, bad);
-                                            }
+                                            opt_member(citation, "cited_text", key(index, TextKind::Content, CITATIONS_SUB), d, path, emit, bad);
                                         }),
                                         None => bad(&path.key("citation"), REQUIRED),
                                     },
