@@ -10,7 +10,8 @@
 //! - a `delta` field other than `role` and `content` that is not `null` (tool calls,
 //!   refusals, reasoning, audio, a `name`, anything unknown), or a `content` that is not a
 //!   string or `null`;
-//! - a choice's legacy `text` that is not `null`, an `index` that is not a non-negative integer
+//! - a choice's legacy `text` or `logprobs` that is not `null` (the general reader refuses log
+//!   probabilities), an `index` that is not a non-negative integer
 //!   or `null`, a `delta` or a choice that is not an object, `choices` that is not an array or
 //!   `null`, a top-level value that is not an object;
 //! - any member it reads written twice (the general reader takes the last, as an upstream's
@@ -28,9 +29,9 @@
 //! text (`role`, `tool_call_id`, an empty `annotations`: the general reader reads `name`, `refusal`,
 //! reasoning, `thinking_blocks`, `audio`, `tool_calls`, `function_call`, and a member nobody
 //! here knows may hold text too), a `content` that is not a string or `null`, a choice's legacy
-//! `text`, a `usage` that is not an object or `null`, a member it reads written twice, a shape
-//! the general reader refuses, and anything `serde_json` does not accept. A choice's and the
-//! response's other members (`logprobs`, `finish_reason`, `id`, ...) are skipped, as the
+//! `text` or `logprobs`, a `usage` that is not an object or `null`, a member it reads written
+//! twice, a shape the general reader refuses, and anything `serde_json` does not accept. A
+//! choice's and the response's other members (`finish_reason`, `id`, ...) are skipped, as the
 //! general reader skips them.
 //!
 //! A chat completion request is read the same way ([`CallType::read_common_request`], tried
