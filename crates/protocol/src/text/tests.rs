@@ -612,6 +612,22 @@ fn log_probabilities_and_audio_are_refused_and_asking_for_them_is_named() {
             None,
         ),
         (CallType::ChatCompletions, r#"{"logprobs": null}"#, None),
+        // Named twice: the last counts, as in the upstream's JSON parser.
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": false, "logprobs": true}"#,
+            Some("logprobs"),
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": true, "logprobs": false}"#,
+            None,
+        ),
+        (
+            CallType::ChatCompletions,
+            r#"{"logprobs": "yes"}"#,
+            Some("logprobs"),
+        ),
         (
             CallType::TextCompletions,
             r#"{"logprobs": 0}"#,
