@@ -195,18 +195,33 @@ where
                 (err.to_response(call_type).map(ResponseBody::full), mark)
             }
         };
-        Poll::Ready(Ok(match mark {
-            Some(mark) if *this.response_headers => finish(response, &mark, time),
-            _ => response,
+        Poll::Ready(Ok(if *this.response_headers {
+            finish(response, mark.as_ref(), time)
+        } else {
+            response
         }))
     }
 }
 
-/// Adds the applied-guardrails and duration headers when any guardrail ran.
-fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration) -> Response<B> {
-    if mark.log.len() <= mark.start && mark.log.detached_in_flight() == 0 {
+/// Adds the applied-guardrails and duration headers when any guardrail ran, and removes them
+/// otherwise: the headers are this layer's, so a copy from the service it wraps (an upstream
+/// that sends `x-litellm-applied-guardrails`) would tell the client that guardrails ran when
+/// none did.
+fn finish<B>(
+    mut response: Response<B>,
+    mark: Option<&LogMark>,
+    guardrail_time: Duration,
+) -> Response<B> {
+    let Some(mark) =
+        mark.filter(|mark| mark.log.len() > mark.start || mark.log.detached_in_flight() > 0)
+    else {
+        let headers = response.headers_mut();
+        if !headers.is_empty() {
+            headers.remove(APPLIED_GUARDRAILS);
+            headers.remove(GUARDRAILS_DURATION_MS);
+        }
         return response;
-    }
+    };
     // Monitors still running detached were applied too: their entries come later.
     let detached = mark.log.detached_guardrails();
     let applied = mark.log.with_entries(|entries| {
@@ -217,9 +232,10 @@ fn finish<B>(mut response: Response<B>, mark: &LogMark, guardrail_time: Duration
         .join(",")
     });
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&applied) {
-        headers.insert(APPLIED_GUARDRAILS, value);
-    }
+    match HeaderValue::from_str(&applied) {
+        Ok(value) => headers.insert(APPLIED_GUARDRAILS, value),
+        Err(_) => headers.remove(APPLIED_GUARDRAILS),
+    };
     headers.insert(GUARDRAILS_DURATION_MS, millis_header(guardrail_time));
     response
 }

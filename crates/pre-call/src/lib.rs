@@ -467,6 +467,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_layer_s_headers_from_the_inner_service_never_reach_the_client() {
+        // An upstream that claims guardrails ran: the claim is the layer's to make.
+        let spoofing = service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header(APPLIED_GUARDRAILS, "content-filter")
+                    .header(GUARDRAILS_DURATION_MS, "1.000")
+                    .header("x-kept", "yes")
+                    .body(body::chunks(["{}"]))
+                    .unwrap(),
+            )
+        });
+        let opt_in = keyword("opt-in", GuardrailMode::PreCall, "x").default_on(false);
+        let resp = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([opt_in])))
+            .service(spoofing)
+            .oneshot(chat("x"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key(APPLIED_GUARDRAILS));
+        assert!(!resp.headers().contains_key(GUARDRAILS_DURATION_MS));
+        assert_eq!(resp.headers()["x-kept"], "yes");
+
+        // A guardrail that ran: the layer's own values, once each.
+        let resp = ServiceBuilder::new()
+            .layer(PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                "words",
+                GuardrailMode::PreCall,
+                "forbidden",
+            )])))
+            .service(spoofing)
+            .oneshot(chat("fine"))
+            .await
+            .unwrap();
+        let applied: Vec<_> = resp.headers().get_all(APPLIED_GUARDRAILS).iter().collect();
+        assert_eq!(applied, ["words"]);
+        assert_eq!(
+            resp.headers()
+                .get_all(GUARDRAILS_DURATION_MS)
+                .iter()
+                .count(),
+            1
+        );
+
+        // With the headers off the layer writes none and leaves the inner service's alone.
+        let resp = ServiceBuilder::new()
+            .layer(
+                PreCallGuardrailLayer::new(Guardrails::new([keyword(
+                    "words",
+                    GuardrailMode::PreCall,
+                    "forbidden",
+                )]))
+                .response_headers(false),
+            )
+            .service(spoofing)
+            .oneshot(chat("fine"))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "content-filter");
+    }
+
+    #[tokio::test]
     async fn no_selected_guardrail_adds_no_headers() {
         let up = Upstream::default();
         let opt_in = keyword("opt-in", GuardrailMode::PreCall, "x").default_on(false);
