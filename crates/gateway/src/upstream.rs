@@ -76,7 +76,7 @@ pub struct Forward {
 #[derive(Debug)]
 struct ForwardInner {
     client: HttpClient,
-    targets: HashMap<String, Target>,
+    targets: HashMap<String, Arc<Target>>,
     idle: Duration,
 }
 
@@ -225,11 +225,11 @@ impl Forward {
                     .collect();
                 (
                     d.model_name.clone(),
-                    Target {
+                    Arc::new(Target {
                         deployment: d.clone(),
                         auth,
                         uris,
-                    },
+                    }),
                 )
             })
             .collect();
@@ -245,7 +245,7 @@ impl Forward {
     fn prepare(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> Result<(Request<Full<Bytes>>, String), Error> {
+    ) -> Result<(Request<Full<Bytes>>, Arc<Target>), Error> {
         let (parts, _) = request.into_parts();
         let parsed = parts
             .extensions
@@ -336,7 +336,7 @@ impl Forward {
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        Ok((request, d.api_base.clone()))
+        Ok((request, Arc::clone(target)))
     }
 }
 
@@ -404,16 +404,54 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
     Ok(out.into())
 }
 
-/// Removes connection-level headers from an upstream response: the hop-by-hop headers (RFC
-/// 9110 section 7.6.1) and any header its `Connection` names.
+/// The upstream response headers a client receives; every other header of an upstream
+/// response is dropped. What passes describes the response (its type, length, coding and
+/// caching, its date), tells a client when to retry (`retry-after`, `retry-after-ms`, OpenAI's
+/// `x-should-retry`), with the rate-limit headers of [`FORWARDED_RESPONSE_PREFIXES`]. What is dropped belongs to the upstream's
+/// origin or to the gateway's account with it: cookies set for the upstream's site
+/// (`set-cookie`), its transport and security policies (`alt-svc`, `strict-transport-security`,
+/// `content-security-policy`), a redirect's `location`, account and project ids
+/// (`openai-organization`, `openai-project`, `anthropic-organization-id`), the upstream's
+/// infrastructure (`server`, `via`, `cf-ray`, `x-envoy-*`), the upstream's own request ids
+/// (`x-request-id`, Anthropic's `request-id`: the client's id for a request is the gateway's),
+/// and any header the gateway's own layers write (`x-litellm-applied-guardrails` from an
+/// upstream would tell a client that guardrails ran when none did).
+const FORWARDED_RESPONSE_HEADERS: [HeaderName; 8] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CACHE_CONTROL,
+    header::DATE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("retry-after-ms"),
+    HeaderName::from_static("x-should-retry"),
+];
+
+/// The prefixes of the upstream response headers a client receives besides
+/// [`FORWARDED_RESPONSE_HEADERS`]: rate limits (OpenAI's and Anthropic's), which clients read
+/// to pace themselves.
+const FORWARDED_RESPONSE_PREFIXES: [&str; 2] = ["x-ratelimit-", "anthropic-ratelimit-"];
+
+/// Whether an upstream response header reaches the client (see [`FORWARDED_RESPONSE_HEADERS`]).
+fn forwarded(name: &HeaderName) -> bool {
+    FORWARDED_RESPONSE_HEADERS.contains(name) || {
+        let name = name.as_str();
+        FORWARDED_RESPONSE_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    }
+}
+
+/// Keeps of an upstream response's headers only those a client receives
+/// ([`FORWARDED_RESPONSE_HEADERS`]): the hop-by-hop headers (RFC 9110 section 7.6.1) are among
+/// those dropped, and so is any header its `Connection` names.
 fn clean_response<B>(response: &mut Response<B>, api_base: String) {
     let headers = response.headers_mut();
-    // One pass over the names, no lookups, for the response that has none of them.
-    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        for name in connection_options(headers) {
-            headers.remove(name);
-        }
-        for name in &HOP_BY_HOP {
+    // One pass over the names, no lookups and no allocation, for a response with nothing to drop.
+    if headers.keys().any(|name| !forwarded(name)) {
+        let mut dropped: Vec<HeaderName> = connection_options(headers);
+        dropped.extend(headers.keys().filter(|name| !forwarded(name)).cloned());
+        for name in dropped {
             headers.remove(name);
         }
     }
@@ -454,6 +492,64 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Whether an upstream answer is about the gateway rather than the client's request: the
+/// upstream refused the gateway's own credentials (401, 403, 407; a client's credentials never
+/// reach the upstream, see [`DROPPED`]), or redirected it (3xx), which the gateway does not
+/// follow. Either is the deployment's problem: the client gets a 502 that names neither the
+/// upstream's message (OpenAI's 401 quotes part of the key) nor where it redirected.
+fn refuses_the_gateway(status: StatusCode) -> bool {
+    status.is_redirection()
+        || matches!(
+            status,
+            StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        )
+}
+
+/// The most of a refusing upstream's body read for the operator's log line.
+const REFUSAL_BODY_LIMIT: usize = 4096;
+
+/// The 502 a client gets for an upstream answer that [`refuses_the_gateway`]. What the
+/// upstream said goes to the operator's log instead (a `warn` line with the model, the status
+/// and the first 300 characters of the body, the deployment's key masked where it appears).
+async fn refusal(target: &Target, response: Response<IdleTimeout<Incoming>>) -> Error {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let model = &target.deployment.model_name;
+    let body = http_body_util::Limited::new(response.into_body(), REFUSAL_BODY_LIMIT)
+        .collect()
+        .await
+        .map(|body| body.to_bytes());
+    let said: String = match &body {
+        Ok(body) => String::from_utf8_lossy(body).chars().take(300).collect(),
+        Err(_) => String::from("(the body could not be read)"),
+    };
+    let said = match &target.deployment.api_key {
+        Some(key) if !key.is_empty() => said.replace(key.as_str(), "<redacted>"),
+        _ => said,
+    };
+    tracing::warn!(
+        model = %model,
+        status = status.as_u16(),
+        upstream_said = %said,
+        "the upstream refused the gateway's request: check the deployment's api_key and api_base"
+    );
+    let (what, code) = if status.is_redirection() {
+        (
+            "redirected the request, which the gateway does not follow",
+            "upstream_redirect",
+        )
+    } else {
+        ("refused the gateway's credentials", "upstream_auth_error")
+    };
+    Error::new(
+        StatusCode::BAD_GATEWAY,
+        format!("the upstream of model '{model}' {what} ({status})"),
+    )
+    .with_code(code)
+}
+
 /// The future of [`Forward`].
 pub type ForwardFuture =
     Pin<Box<dyn Future<Output = Result<Response<IdleTimeout<Incoming>>, BoxError>> + Send>>;
@@ -468,7 +564,7 @@ impl Service<Request<Full<Bytes>>> for Forward {
     }
 
     fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        let (request, api_base) = match self.prepare(request) {
+        let (request, target) = match self.prepare(request) {
             Ok(prepared) => prepared,
             Err(err) => return Box::pin(std::future::ready(Err(err.into()))),
         };
@@ -476,7 +572,11 @@ impl Service<Request<Full<Bytes>>> for Forward {
         let idle = self.inner.idle;
         Box::pin(async move {
             let mut response = pending.await?.map(|body| IdleTimeout::new(body, idle));
-            clean_response(&mut response, api_base);
+            let status = response.status();
+            if refuses_the_gateway(status) {
+                return Err(refusal(&target, response).await.into());
+            }
+            clean_response(&mut response, target.deployment.api_base.clone());
             Ok(response)
         })
     }
@@ -579,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_response_loses_its_connection_headers() {
+    fn an_upstream_response_keeps_only_the_headers_a_client_receives() {
         let response = |headers: &[(&str, &str)]| {
             let mut builder = Response::builder();
             for (name, value) in headers {
@@ -601,8 +701,9 @@ mod tests {
         };
         assert_eq!(
             response(&[
-                ("connection", "close, X-Upstream-Hop"),
+                ("connection", "close, X-Upstream-Hop, Retry-After"),
                 ("x-upstream-hop", "internal"),
+                ("retry-after", "1"),
                 ("keep-alive", "timeout=5"),
                 ("proxy-connection", "keep-alive"),
                 ("transfer-encoding", "chunked"),
@@ -610,16 +711,27 @@ mod tests {
                 ("trailer", "x-checksum"),
                 ("content-type", "application/json"),
                 ("x-request-id", "r1"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("x-ratelimit-remaining-tokens", "10"),
             ]),
-            ["content-type: application/json", "x-request-id: r1"]
+            [
+                "content-type: application/json",
+                "x-ratelimit-remaining-tokens: 10"
+            ]
         );
         // Nothing to remove: the headers stay as they are.
         assert_eq!(
             response(&[
                 ("content-type", "text/event-stream"),
-                ("x-upstream-hop", "1")
+                ("cache-control", "no-cache"),
+                ("anthropic-ratelimit-tokens-limit", "1")
             ]),
-            ["content-type: text/event-stream", "x-upstream-hop: 1"]
+            [
+                "anthropic-ratelimit-tokens-limit: 1",
+                "cache-control: no-cache",
+                "content-type: text/event-stream"
+            ]
         );
     }
 
