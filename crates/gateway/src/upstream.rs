@@ -31,9 +31,11 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Request headers never forwarded besides the hop-by-hop ones ([`HOP_BY_HOP`] and those the
 /// request's `Connection` names): the ones for this hop of a request only (`te`, the proxy's own
 /// credentials), the client's own credentials (replaced by the upstream key), `host` and
-/// `content-length` (set for the upstream request), and `accept-encoding` (guardrails read the
+/// `content-length` (set for the upstream request), `accept-encoding` (guardrails read the
 /// upstream body: the upstream is asked for `identity`, and what comes compressed anyway is
-/// decoded before the layers see it).
+/// decoded before the layers see it), and OpenAI's `openai-organization` and `openai-project`,
+/// which pick the organization and project the upstream key acts for and bills: which account
+/// the gateway's key spends is the deployment's to say, not a client's.
 const DROPPED: &[&str] = &[
     "proxy-authenticate",
     "proxy-authorization",
@@ -46,6 +48,8 @@ const DROPPED: &[&str] = &[
     "api-key",
     "cookie",
     "accept-encoding",
+    "openai-organization",
+    "openai-project",
 ];
 
 /// Where one model's requests go.
@@ -644,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn headers_the_client_connection_names_are_not_forwarded() {
+    fn headers_for_the_gateway_or_this_hop_are_not_forwarded() {
         let forward = Forward::new(
             &[deployment(Provider::OpenAi, "http://up.internal/v1")],
             HttpClient::new(),
@@ -659,6 +663,8 @@ mod tests {
             .header("x-other-hop", "1")
             .header("keep-alive", "timeout=5")
             .header("x-trace", "t1")
+            .header("OpenAI-Organization", "org-another")
+            .header("OpenAI-Project", "proj_another")
             .body(Full::new(body.clone()))
             .unwrap();
         request
