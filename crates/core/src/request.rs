@@ -738,9 +738,14 @@ impl Collected {
     }
 }
 
+/// The error of a request body that failed while being read: a 413 over the limit, the error
+/// itself when the body failed with an [`Error`] (a body wrapper that knows what went wrong,
+/// such as a client that stopped sending: a 408), else a 400.
 fn body_error(err: &(dyn std::error::Error + Send + Sync + 'static), limit: usize) -> Error {
     if err.downcast_ref::<LengthLimitError>().is_some() {
         Error::payload_too_large(limit)
+    } else if let Some(err) = error_in_chain(err) {
+        err.clone()
     } else {
         Error::new(
             http::StatusCode::BAD_REQUEST,
@@ -748,6 +753,19 @@ fn body_error(err: &(dyn std::error::Error + Send + Sync + 'static), limit: usiz
         )
         .with_code("body_read_error")
     }
+}
+
+/// The first [`Error`] in `err`'s source chain (a body wrapper's error may arrive wrapped by
+/// the bodies around it, such as axum's).
+fn error_in_chain<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<Error>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl<B> fmt::Debug for BufferRequest<B> {

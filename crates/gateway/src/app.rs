@@ -24,9 +24,13 @@ use guardrail_tower_spend_log::{
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::rt::TokioTimer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tower::util::MapRequest;
+
+use crate::slow_client::ClientBody;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
@@ -48,6 +52,7 @@ pub struct Gateway {
     live: Arc<Reloader>,
     writer: SpendLogHandle,
     grace: Duration,
+    client_read_timeout: Duration,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
     allow_unauthenticated: bool,
@@ -172,6 +177,7 @@ impl Gateway {
             live,
             writer,
             grace: config.graceful_shutdown_timeout,
+            client_read_timeout: config.client_read_timeout,
             keys,
             requires_keys: config.master_key.is_some(),
             allow_unauthenticated: config.allow_unauthenticated,
@@ -270,12 +276,20 @@ impl Gateway {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::warn!(error = %err, "could not set TCP_NODELAY");
                     }
-                    let service = TowerToHyperService::new(LiveRouter {
-                        reloader: Arc::clone(&self.live),
-                    });
+                    // Each request body under the client's deadline (a 408 when it stalls).
+                    let limit = self.client_read_timeout;
+                    let service = TowerToHyperService::new(MapRequest::new(
+                        LiveRouter {
+                            reloader: Arc::clone(&self.live),
+                        },
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            request.map(|body| ClientBody::new(body, limit))
+                        },
+                    ));
                     connections.spawn(serve_connection(
                         stream,
                         service,
+                        limit,
                         graceful.watcher(),
                         stopping_rx.clone(),
                     ));
@@ -399,6 +413,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,
+    client_read_timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -410,10 +425,10 @@ async fn serve_connection<S>(
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let http2 = tokio::select! {
-        http2 = opens_http2(&stream) => match http2 {
-            Ok(http2) => http2,
-            // Reset before sending anything.
-            Err(_) => return,
+        http2 = tokio::time::timeout(client_read_timeout, opens_http2(&stream)) => match http2 {
+            Ok(Ok(http2)) => http2,
+            // Reset before sending anything, or silent since it connected.
+            Ok(Err(_)) | Err(_) => return,
         },
         _ = stopping.wait_for(|stopping| *stopping) => return,
     };
@@ -423,7 +438,12 @@ async fn serve_connection<S>(
             .serve_connection(io, service);
         let _ = drained(connection, watcher, stopping).await;
     } else {
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        // A request's head must arrive within the limit, counted from when the connection
+        // waits for it (on a keep-alive connection, from the end of the last response).
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(client_read_timeout)
+            .serve_connection(io, service);
         let _ = drained(connection, watcher, stopping).await;
     }
 }

@@ -39,6 +39,8 @@
 //!   graceful_shutdown_timeout: 30          # seconds in-flight requests get after SIGTERM
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
+//!   client_read_timeout: 30                # seconds a client may take to send a request's head
+//!                                          # (or, idle, the next one), or go silent mid-body (408)
 //!   max_request_body_bytes: 16777216
 //! litellm_settings:
 //!   callbacks: ["prometheus"]              # GET /metrics (also under success_callback)
@@ -263,6 +265,11 @@ pub struct GatewayConfig {
     /// The longest an upstream may take to answer (a 504), and the longest it may go silent
     /// mid-response (the response body then fails).
     pub request_timeout: Duration,
+    /// `general_settings.client_read_timeout`: the longest a client may take to send a
+    /// request's head (on a keep-alive connection, to start the next request), or go silent
+    /// while sending a body (a 408). Default
+    /// [`DEFAULT_CLIENT_READ_TIMEOUT`](crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT).
+    pub client_read_timeout: Duration,
     /// The request body limit.
     pub max_request_body_bytes: usize,
     /// The stream policy for guardrails that set none (and have no span matcher).
@@ -301,6 +308,7 @@ impl fmt::Debug for GatewayConfig {
                 &self.store_prompts_in_spend_logs,
             )
             .field("request_timeout", &self.request_timeout)
+            .field("client_read_timeout", &self.client_read_timeout)
             .field("max_request_body_bytes", &self.max_request_body_bytes)
             .field("stream_policy", &self.stream_policy)
             .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
@@ -447,6 +455,7 @@ const GENERAL: &[&str] = &[
     "graceful_shutdown_timeout",
     "store_prompts_in_spend_logs",
     "request_timeout",
+    "client_read_timeout",
     "max_request_body_bytes",
     "stream_policy",
 ];
@@ -606,6 +615,8 @@ impl GatewayConfig {
         };
         let max_request_body_bytes = count("max_request_body_bytes")?.unwrap_or(DEFAULT_BODY_LIMIT);
         let request_timeout = duration("request_timeout")?.unwrap_or(Duration::from_secs(600));
+        let client_read_timeout = duration("client_read_timeout")?
+            .unwrap_or(crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT);
         let store_prompts_in_spend_logs = flag(
             text,
             &general,
@@ -696,6 +707,7 @@ impl GatewayConfig {
             graceful_shutdown_timeout,
             store_prompts_in_spend_logs,
             request_timeout,
+            client_read_timeout,
             max_request_body_bytes,
             stream_policy,
             warnings,
@@ -1595,6 +1607,7 @@ litellm_settings:
             ("request_timeout", "-5", "a positive number"),
             ("request_timeout", "ten", "a positive number"),
             ("request_timeout", "1e300", "a positive number of seconds"),
+            ("client_read_timeout", "0", "a positive number"),
             (
                 "graceful_shutdown_timeout",
                 "1e20",
@@ -1616,12 +1629,14 @@ litellm_settings:
         assert!(e.message.contains("true or false"), "{}", e.message);
         let config = GatewayConfig::from_yaml(
             "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
-             request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n",
+             request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n  \
+             client_read_timeout: 0.5\n",
         )
         .unwrap();
         assert_eq!(config.spend_logs_queue_size, 50);
         assert_eq!(config.max_request_body_bytes, 1024);
         assert_eq!(config.request_timeout, Duration::from_millis(2500));
+        assert_eq!(config.client_read_timeout, Duration::from_millis(500));
         assert!(config.store_prompts_in_spend_logs);
     }
 

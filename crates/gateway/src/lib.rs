@@ -95,5 +95,6 @@ pub mod keys;
 pub mod metrics;
 pub mod process;
 pub mod reload;
+pub mod slow_client;
 pub mod telemetry;
 pub mod upstream;

@@ -1,0 +1,140 @@
+//! A client cannot hold a connection by sending nothing, or next to nothing
+//! (`general_settings.client_read_timeout`): over real sockets, a connection silent from the
+//! start, a request head that never ends, and a keep-alive connection left idle are closed; a
+//! body that stalls mid-way is a 408 with its spend-log row; a body that keeps coming, however
+//! slowly, is served.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use guardrail_gateway::app::Gateway;
+use guardrail_tower_testkit::mock::MockUpstream;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The limit the tests run with.
+const LIMIT: Duration = Duration::from_millis(400);
+
+fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  client_read_timeout: {limit}
+"#,
+        base = upstream.base_url(),
+        db = db.display(),
+        limit = LIMIT.as_secs_f64(),
+    )
+}
+
+/// Reads what the server sends until it closes the connection (bounded: a server that never
+/// closes fails the test); what it sent, and how long that took.
+async fn until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the gateway kept the connection open");
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+const BODY: &str = r#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#;
+
+fn head(length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn silent_and_stalling_clients_are_cut_off_and_slow_ones_served() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let gateway = Gateway::from_config_str(&config(&upstream, &db))
+        .await
+        .unwrap();
+    let running = support::serve(gateway).await;
+    let addr = running.local_addr();
+
+    // Silent from the start; a head that never ends: closed at the limit, nothing answered.
+    for sends in [
+        &b""[..],
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sends).await.unwrap();
+        let (sent, took) = until_closed(&mut stream).await;
+        assert!(took >= LIMIT - Duration::from_millis(50), "{took:?}");
+        assert!(!sent.contains("200 OK"), "{sent}");
+    }
+
+    // A request served, then the connection left idle: closed once the limit passes.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(format!("{}{BODY}", head(BODY.len())).as_bytes())
+        .await
+        .unwrap();
+    let (sent, took) = until_closed(&mut idle).await;
+    assert!(sent.starts_with("HTTP/1.1 200 OK"), "{sent}");
+    assert!(sent.contains("\"choices\""), "{sent}");
+    assert!(took >= LIMIT - Duration::from_millis(50), "{took:?}");
+
+    // A body that stops half-way: a 408 that says why, then the connection closes.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(format!("{}{}", head(BODY.len()), &BODY[..20]).as_bytes())
+        .await
+        .unwrap();
+    let (sent, _) = until_closed(&mut stalled).await;
+    assert!(sent.starts_with("HTTP/1.1 408 Request Timeout"), "{sent}");
+    let body: Value = serde_json::from_str(&sent[sent.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {
+            "message": format!("the request body stalled: nothing arrived for {} s", LIMIT.as_secs_f64()),
+            "type": "invalid_request_error", "param": null, "code": "request_timeout"}})
+    );
+
+    // A body that keeps coming, slower than the limit in all but never silent that long: served.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(head(BODY.len()).as_bytes()).await.unwrap();
+    for piece in BODY.as_bytes().chunks(BODY.len() / 4 + 1) {
+        tokio::time::sleep(LIMIT / 2).await;
+        slow.write_all(piece).await.unwrap();
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    // Every request that arrived has its row: the stalled one as a 408 failure.
+    running.stop().await.unwrap();
+    let rows = support::spend_rows(&db).await;
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let stalled: Vec<_> = rows
+        .iter()
+        .filter(|r| r.metadata.http_status == 408)
+        .collect();
+    assert_eq!(stalled.len(), 1, "{rows:#?}");
+    assert_eq!(stalled[0].status.as_str(), "failure");
+}
