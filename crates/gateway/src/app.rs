@@ -30,7 +30,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::util::MapRequest;
 
-use crate::slow_client::ClientBody;
+use crate::slow_client::{ClientBody, SendDeadline};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
@@ -53,6 +53,7 @@ pub struct Gateway {
     writer: SpendLogHandle,
     grace: Duration,
     client_read_timeout: Duration,
+    client_write_timeout: Duration,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
     allow_unauthenticated: bool,
@@ -178,6 +179,7 @@ impl Gateway {
             writer,
             grace: config.graceful_shutdown_timeout,
             client_read_timeout: config.client_read_timeout,
+            client_write_timeout: config.client_write_timeout,
             keys,
             requires_keys: config.master_key.is_some(),
             allow_unauthenticated: config.allow_unauthenticated,
@@ -290,6 +292,7 @@ impl Gateway {
                         stream,
                         service,
                         limit,
+                        self.client_write_timeout,
                         graceful.watcher(),
                         stopping_rx.clone(),
                     ));
@@ -414,6 +417,7 @@ async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,
     client_read_timeout: Duration,
+    client_write_timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -432,7 +436,8 @@ async fn serve_connection<S>(
         },
         _ = stopping.wait_for(|stopping| *stopping) => return,
     };
-    let io = TokioIo::new(stream);
+    // A client that stops reading ends its connection (see `SendDeadline`).
+    let io = TokioIo::new(SendDeadline::new(stream, client_write_timeout));
     if http2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, service);

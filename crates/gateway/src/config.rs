@@ -41,6 +41,7 @@
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
 //!   client_read_timeout: 30                # seconds a client may take to send a request's head
 //!                                          # (or, idle, the next one), or go silent mid-body (408)
+//!   client_write_timeout: 60               # seconds a client may take nothing the gateway sends
 //!   max_request_body_bytes: 16777216
 //! litellm_settings:
 //!   callbacks: ["prometheus"]              # GET /metrics (also under success_callback)
@@ -270,6 +271,10 @@ pub struct GatewayConfig {
     /// while sending a body (a 408). Default
     /// [`DEFAULT_CLIENT_READ_TIMEOUT`](crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT).
     pub client_read_timeout: Duration,
+    /// `general_settings.client_write_timeout`: the longest a write to a client may wait
+    /// while the client takes nothing (its socket full); the connection then ends. Default
+    /// [`DEFAULT_CLIENT_WRITE_TIMEOUT`](crate::slow_client::DEFAULT_CLIENT_WRITE_TIMEOUT).
+    pub client_write_timeout: Duration,
     /// The request body limit.
     pub max_request_body_bytes: usize,
     /// The stream policy for guardrails that set none (and have no span matcher).
@@ -309,6 +314,7 @@ impl fmt::Debug for GatewayConfig {
             )
             .field("request_timeout", &self.request_timeout)
             .field("client_read_timeout", &self.client_read_timeout)
+            .field("client_write_timeout", &self.client_write_timeout)
             .field("max_request_body_bytes", &self.max_request_body_bytes)
             .field("stream_policy", &self.stream_policy)
             .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
@@ -456,6 +462,7 @@ const GENERAL: &[&str] = &[
     "store_prompts_in_spend_logs",
     "request_timeout",
     "client_read_timeout",
+    "client_write_timeout",
     "max_request_body_bytes",
     "stream_policy",
 ];
@@ -617,6 +624,8 @@ impl GatewayConfig {
         let request_timeout = duration("request_timeout")?.unwrap_or(Duration::from_secs(600));
         let client_read_timeout = duration("client_read_timeout")?
             .unwrap_or(crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT);
+        let client_write_timeout = duration("client_write_timeout")?
+            .unwrap_or(crate::slow_client::DEFAULT_CLIENT_WRITE_TIMEOUT);
         let store_prompts_in_spend_logs = flag(
             text,
             &general,
@@ -708,6 +717,7 @@ impl GatewayConfig {
             store_prompts_in_spend_logs,
             request_timeout,
             client_read_timeout,
+            client_write_timeout,
             max_request_body_bytes,
             stream_policy,
             warnings,
@@ -1608,6 +1618,7 @@ litellm_settings:
             ("request_timeout", "ten", "a positive number"),
             ("request_timeout", "1e300", "a positive number of seconds"),
             ("client_read_timeout", "0", "a positive number"),
+            ("client_write_timeout", "-1", "a positive number"),
             (
                 "graceful_shutdown_timeout",
                 "1e20",
@@ -1630,13 +1641,14 @@ litellm_settings:
         let config = GatewayConfig::from_yaml(
             "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
              request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n  \
-             client_read_timeout: 0.5\n",
+             client_read_timeout: 0.5\n  client_write_timeout: 7\n",
         )
         .unwrap();
         assert_eq!(config.spend_logs_queue_size, 50);
         assert_eq!(config.max_request_body_bytes, 1024);
         assert_eq!(config.request_timeout, Duration::from_millis(2500));
         assert_eq!(config.client_read_timeout, Duration::from_millis(500));
+        assert_eq!(config.client_write_timeout, Duration::from_secs(7));
         assert!(config.store_prompts_in_spend_logs);
     }
 

@@ -2,11 +2,16 @@
 //! (`general_settings.client_read_timeout`): over real sockets, a connection silent from the
 //! start, a request head that never ends, and a keep-alive connection left idle are closed; a
 //! body that stalls mid-way is a 408 with its spend-log row; a body that keeps coming, however
-//! slowly, is served.
+//! slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
+//! with the upstream's stream, and its request logged.
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use guardrail_gateway::app::Gateway;
 use guardrail_tower_testkit::mock::MockUpstream;
@@ -137,4 +142,92 @@ async fn silent_and_stalling_clients_are_cut_off_and_slow_ones_served() {
         .collect();
     assert_eq!(stalled.len(), 1, "{rows:#?}");
     assert_eq!(stalled[0].status.as_str(), "failure");
+}
+
+/// An upstream that streams 64 KiB chat chunks as fast as it may, forever; `dropped` is set
+/// when the gateway lets go of the stream.
+async fn endless_upstream(dropped: Arc<AtomicBool>) -> String {
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let event = Bytes::from(format!(
+        "data: {}\n\n",
+        serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "x".repeat(65536)}, "finish_reason": null}]})
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let (event, flag) = (event.clone(), Flag(Arc::clone(&dropped)));
+            async move {
+                let frames = futures_util::stream::repeat_with(move || {
+                    let _alive = &flag;
+                    Ok::<_, std::convert::Infallible>(event.clone())
+                });
+                axum::response::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(axum::body::Body::from_stream(frames))
+                    .unwrap()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_and_its_request_logged() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let base = endless_upstream(Arc::clone(&dropped)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let config = format!(
+        r#"
+model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  client_write_timeout: {limit}
+"#,
+        db = db.display(),
+        limit = LIMIT.as_secs_f64(),
+    );
+    let running = support::serve(Gateway::from_config_str(&config).await.unwrap()).await;
+
+    // A client with a small receive window that reads the head, then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(running.local_addr()).await.unwrap();
+    let body = r#"{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}"#;
+    client
+        .write_all(format!("{}{body}", head(body.len())).as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = client.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200 OK"));
+
+    // The gateway gives up on it, and lets go of the upstream's stream.
+    let started = Instant::now();
+    while !dropped.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the gateway still holds the upstream's stream for a client that reads nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection is closed: what was buffered, then its end.
+    let (_, _) = until_closed(&mut client).await;
+
+    // The request has its row.
+    running.stop().await.unwrap();
+    let rows = support::spend_rows(&db).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].status.as_str(), "failure", "{:#?}", rows[0]);
 }
