@@ -24,16 +24,13 @@ use guardrail_tower_spend_log::{
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::rt::TokioTimer;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tower::util::MapRequest;
-
-use crate::slow_client::{ClientBody, SendDeadline};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
+use tower::util::MapRequest;
 use tower::{Layer as _, ServiceBuilder};
 use tower_http::decompression::{DecompressionBody, DecompressionLayer};
 
@@ -44,6 +41,7 @@ use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
+use crate::slow_client::{ClientBody, SendDeadline};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::{ContentCoded, Forward};
 
@@ -412,7 +410,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 ///
 /// `watcher` makes the connection part of the graceful shutdown once it is served, and
 /// `stopping` drains it (see [`Drained`](crate::drain::Drained)); while it is still waiting for
-/// its first bytes, `stopping` ends it.
+/// its first bytes, `stopping` ends it. The client's deadlines (see [`crate::slow_client`]): its
+/// first bytes and each request's head within `client_read_timeout`, each write to it taken
+/// within `client_write_timeout`.
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,

@@ -410,16 +410,16 @@ fn rewrite_body(parsed: &ParsedRequest, upstream_model: &str) -> Result<Bytes, E
 
 /// The upstream response headers a client receives; every other header of an upstream
 /// response is dropped. What passes describes the response (its type, length, coding and
-/// caching, its date), tells a client when to retry (`retry-after`, `retry-after-ms`, OpenAI's
-/// `x-should-retry`), with the rate-limit headers of [`FORWARDED_RESPONSE_PREFIXES`]. What is dropped belongs to the upstream's
-/// origin or to the gateway's account with it: cookies set for the upstream's site
-/// (`set-cookie`), its transport and security policies (`alt-svc`, `strict-transport-security`,
-/// `content-security-policy`), a redirect's `location`, account and project ids
-/// (`openai-organization`, `openai-project`, `anthropic-organization-id`), the upstream's
-/// infrastructure (`server`, `via`, `cf-ray`, `x-envoy-*`), the upstream's own request ids
-/// (`x-request-id`, Anthropic's `request-id`: the client's id for a request is the gateway's),
-/// and any header the gateway's own layers write (`x-litellm-applied-guardrails` from an
-/// upstream would tell a client that guardrails ran when none did).
+/// caching, its date) or tells a client when to retry (`retry-after`, `retry-after-ms`,
+/// OpenAI's `x-should-retry`, and the rate limits of [`FORWARDED_RESPONSE_PREFIXES`]). What is
+/// dropped belongs to the upstream's origin or to the gateway's account with it: cookies set
+/// for the upstream's site (`set-cookie`), its transport and security policies (`alt-svc`,
+/// `strict-transport-security`, `content-security-policy`), a redirect's `location`, account
+/// and project ids (`openai-organization`, `openai-project`, `anthropic-organization-id`), the
+/// upstream's infrastructure (`server`, `via`, `cf-ray`, `x-envoy-*`), the upstream's own
+/// request ids (`x-request-id`, Anthropic's `request-id`: the client's id for a request is the
+/// gateway's), and any header the gateway's own layers write (`x-litellm-applied-guardrails`
+/// from an upstream would tell a client that guardrails ran when none did).
 const FORWARDED_RESPONSE_HEADERS: [HeaderName; 8] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
