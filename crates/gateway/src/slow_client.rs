@@ -155,19 +155,8 @@ pub type ClientBody<B> = IdleTimeout<B>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use http_body::{Body, Frame};
+    use crate::upstream::tests::paced;
     use http_body_util::BodyExt;
-
-    /// A body that sends a frame after each of `gaps` (tokio time), then ends.
-    fn paced(gaps: Vec<Duration>) -> impl Body<Data = Bytes, Error = std::io::Error> {
-        let frames = futures_util::stream::unfold(gaps.into_iter(), |mut gaps| async move {
-            let gap = gaps.next()?;
-            tokio::time::sleep(gap).await;
-            Some((Ok(Frame::data(Bytes::from_static(b"x"))), gaps))
-        });
-        http_body_util::StreamBody::new(frames)
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_fails_only_after_the_client_took_nothing_for_the_limit() {

@@ -600,11 +600,11 @@ impl Service<Request<Full<Bytes>>> for Forward {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A body that sends a frame after each of `gaps` (tokio time), then ends.
-    fn paced(gaps: Vec<Duration>) -> impl Body<Data = Bytes, Error = std::io::Error> {
+    pub(crate) fn paced(gaps: Vec<Duration>) -> impl Body<Data = Bytes, Error = std::io::Error> {
         let frames = futures_util::stream::unfold(gaps.into_iter(), |mut gaps| async move {
             let gap = gaps.next()?;
             tokio::time::sleep(gap).await;

@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 /// The limit the tests run with.
 const LIMIT: Duration = Duration::from_millis(400);
 
-fn config(upstream: &MockUpstream, db: &std::path::Path) -> String {
+/// A gateway config with model `m` at `base` and `deadline` (`client_read_timeout` or
+/// `client_write_timeout`) at [`LIMIT`].
+fn config(base: &str, db: &std::path::Path, deadline: &str) -> String {
     format!(
         r#"
 model_list:
@@ -30,9 +32,8 @@ model_list:
     litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
 general_settings:
   spend_logs: "sqlite://{db}"
-  client_read_timeout: {limit}
+  {deadline}: {limit}
 "#,
-        base = upstream.base_url(),
         db = db.display(),
         limit = LIMIT.as_secs_f64(),
     )
@@ -73,9 +74,10 @@ async fn silent_and_stalling_clients_are_cut_off_and_slow_ones_served() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let gateway = Gateway::from_config_str(&config(&upstream, &db))
-        .await
-        .unwrap();
+    let gateway =
+        Gateway::from_config_str(&config(&upstream.base_url(), &db, "client_read_timeout"))
+            .await
+            .unwrap();
     let running = support::serve(gateway).await;
     let addr = running.local_addr();
 
@@ -186,18 +188,7 @@ async fn a_client_that_stops_reading_is_let_go_and_its_request_logged() {
     let base = endless_upstream(Arc::clone(&dropped)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let config = format!(
-        r#"
-model_list:
-  - model_name: m
-    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
-general_settings:
-  spend_logs: "sqlite://{db}"
-  client_write_timeout: {limit}
-"#,
-        db = db.display(),
-        limit = LIMIT.as_secs_f64(),
-    );
+    let config = config(&base, &db, "client_write_timeout");
     let running = support::serve(Gateway::from_config_str(&config).await.unwrap()).await;
 
     // A client with a small receive window that reads the head, then nothing.
