@@ -85,11 +85,9 @@ struct ForwardInner {
 }
 
 pin_project! {
-    /// A body that fails when its sender sends nothing for `idle` while it is being waited on:
-    /// an upstream's response body (a client that reads slowly never trips it, as the wait is
-    /// measured only while the body is polled; an upstream that stalls mid-stream does), or a
-    /// client's request body ([`crate::slow_client::client_body`]), each failing with its own
-    /// error.
+    /// An upstream body that fails when the upstream sends nothing for `idle` while it is being
+    /// waited on. The wait is measured only while the body is polled, so a client that reads
+    /// slowly never trips it; an upstream that stalls mid-stream does.
     ///
     /// The timer is not moved for every frame: a wait records when it began, and the timer,
     /// armed for an earlier wait's end, is moved on only when it fires before the current
@@ -108,35 +106,18 @@ pin_project! {
         // The waker the timer holds since it was last polled; `None` before the first poll
         // and once it fired (firing takes the waker).
         armed: Option<Waker>,
-        // The error of a silence of `idle`.
-        timed_out: fn(Duration) -> BoxError,
     }
 }
 
 impl<B> IdleTimeout<B> {
-    /// Wraps an upstream's response body: a silence fails it with an IO timeout ("the upstream
-    /// sent nothing for N ms mid-response").
+    /// Wraps `body`.
     pub fn new(body: B, idle: Duration) -> Self {
-        IdleTimeout::with_error(body, idle, |idle| {
-            Box::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the upstream sent nothing for {} ms mid-response",
-                    idle.as_millis()
-                ),
-            ))
-        })
-    }
-
-    /// Wraps `body`; a silence of `idle` fails it with `timed_out(idle)`.
-    pub fn with_error(body: B, idle: Duration, timed_out: fn(Duration) -> BoxError) -> Self {
         IdleTimeout {
             body,
             sleep: tokio::time::sleep(idle),
             idle,
             waiting_since: None,
             armed: None,
-            timed_out,
         }
     }
 }
@@ -192,7 +173,13 @@ where
             this.sleep.as_mut().reset(deadline);
         }
         *this.waiting_since = None;
-        Poll::Ready(Some(Err((this.timed_out)(*this.idle))))
+        Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the upstream sent nothing for {} ms mid-response",
+                this.idle.as_millis()
+            ),
+        )))))
     }
 
     fn is_end_stream(&self) -> bool {
