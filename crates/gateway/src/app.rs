@@ -41,7 +41,7 @@ use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
-use crate::slow_client::{ClientBody, SendDeadline};
+use crate::slow_client::{SendDeadline, client_body};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::{ContentCoded, Forward};
 
@@ -283,7 +283,7 @@ impl Gateway {
                             reloader: Arc::clone(&self.live),
                         },
                         move |request: http::Request<hyper::body::Incoming>| {
-                            request.map(|body| ClientBody::new(body, limit))
+                            request.map(|body| client_body(body, limit))
                         },
                     ));
                     connections.spawn(serve_connection(

@@ -3,7 +3,7 @@
 //! nothing (a slowloris): a connection that has not sent its first bytes, or a request's whole
 //! head, within the limit is closed (hyper's header read timeout, which on a keep-alive
 //! connection also bounds the wait for the next request); a request body that sends nothing
-//! for the limit fails with a 408 (see [`ClientBody`]).
+//! for the limit fails with a 408 (see [`client_body`]).
 //!
 //! A client that stops reading is bounded too (`general_settings.client_write_timeout`,
 //! default 60 s, as nginx's `send_timeout`): a write to it that cannot proceed for the limit
@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use guardrail_tower_core::{BoxError, Error};
+use guardrail_tower_core::Error;
 use http::StatusCode;
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::IdleTimeout;
 
 /// The default of `general_settings.client_read_timeout`.
 pub const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,70 +130,13 @@ impl<IO: AsyncWrite> AsyncWrite for SendDeadline<IO> {
     }
 }
 
-pin_project! {
-    /// A request body that fails when the client sends nothing for `limit` while it is being
-    /// read: with an [`Error`] 408 `request_timeout`, which the layer reading the body answers
-    /// with. The timer is made only when a read has to wait: most request bodies arrive with
-    /// their head and never need one. (The upstream's [`IdleTimeout`](crate::upstream::IdleTimeout)
-    /// waits the same way, but makes its timer up front, as nearly every upstream body is
-    /// waited on: as a request body that cost about 750 instructions a request, measured.)
-    pub struct ClientBody<B> {
-        #[pin]
-        body: B,
-        limit: Duration,
-        // Made at the first read that waits; its deadline is moved on after each frame.
-        timer: Option<Pin<Box<Sleep>>>,
-        // A frame arrived since the timer was last set.
-        moved: bool,
-    }
-}
-
-impl<B> ClientBody<B> {
-    /// Wraps a request body.
-    pub fn new(body: B, limit: Duration) -> Self {
-        ClientBody {
-            body,
-            limit,
-            timer: None,
-            moved: false,
-        }
-    }
-}
-
-impl<B> Body for ClientBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            *this.moved = true;
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
-        let limit = *this.limit;
-        let timer = match this.timer {
-            Some(timer) => {
-                if std::mem::take(this.moved) {
-                    timer.as_mut().reset(Instant::now() + limit);
-                }
-                timer
-            }
-            None => {
-                *this.moved = false;
-                this.timer.insert(Box::pin(tokio::time::sleep(limit)))
-            }
-        };
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        Poll::Ready(Some(Err(Box::new(
+/// A client's request body that fails when the client sends nothing for `limit` while it is
+/// being read: with an [`Error`] 408 `request_timeout`, which the layer reading the body
+/// answers with. A body that arrives with its head (most do) is never waited on and makes no
+/// timer.
+pub fn client_body<B>(body: B, limit: Duration) -> ClientBody<B> {
+    IdleTimeout::with_error(body, limit, |limit| {
+        Box::new(
             Error::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -202,17 +145,12 @@ where
                 ),
             )
             .with_code("request_timeout"),
-        ))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+        )
+    })
 }
+
+/// A client's request body under its deadline (see [`client_body`]).
+pub type ClientBody<B> = IdleTimeout<B>;
 
 #[cfg(test)]
 mod tests {
@@ -256,12 +194,12 @@ mod tests {
     async fn a_body_fails_only_after_the_limit_without_a_frame() {
         let secs = Duration::from_secs;
         // Gaps under the limit, however many and however long in all: read whole.
-        let body = ClientBody::new(paced(vec![secs(29), secs(29), secs(29), secs(0)]), secs(30));
+        let body = client_body(paced(vec![secs(29), secs(29), secs(29), secs(0)]), secs(30));
         let read = body.collect().await.unwrap().to_bytes();
         assert_eq!(read, "xxxx");
 
         // A gap over the limit: a 408 that says so, after the frames before it.
-        let mut body = std::pin::pin!(ClientBody::new(paced(vec![secs(1), secs(31)]), secs(30)));
+        let mut body = std::pin::pin!(client_body(paced(vec![secs(1), secs(31)]), secs(30)));
         assert!(body.frame().await.unwrap().is_ok());
         let started = Instant::now();
         let err = body.frame().await.unwrap().unwrap_err();

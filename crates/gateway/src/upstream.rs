@@ -85,39 +85,60 @@ struct ForwardInner {
 }
 
 pin_project! {
-    /// An upstream body that fails when the upstream sends nothing for `idle` while it is being
-    /// waited on. The wait is measured only while the body is polled, so a client that reads
-    /// slowly never trips it; an upstream that stalls mid-stream does.
+    /// A body that fails when its sender sends nothing for `idle` while it is being waited on:
+    /// an upstream's response body (see [`IdleTimeout::new`]), or a client's request body (see
+    /// [`crate::slow_client::client_body`]). The wait is measured only while the body is
+    /// polled, so a client that reads an upstream's stream slowly never trips it; an upstream
+    /// that stalls mid-stream does.
     ///
-    /// The timer is not moved for every frame: a wait records when it began, and the timer,
-    /// armed for an earlier wait's end, is moved on only when it fires before the current
-    /// wait's end. Nor is it polled at every wait: while it holds the task's waker and its
-    /// deadline has not come, it has nothing to say. A stream of many events costs a clock read
-    /// per wait (not per poll: a wait polled again reads the timer's state instead), not a timer
-    /// update or a timer poll.
+    /// The timer is made at the first wait: a body whose frames are there whenever it is read
+    /// (a short JSON response read whole with its head, most request bodies) never makes one.
+    /// Nor is it moved for every frame: a wait records when it began, and the timer, armed for
+    /// an earlier wait's end, is moved on only when it fires before the current wait's end. Nor
+    /// is it polled at every wait: while it holds the task's waker and its deadline has not
+    /// come, it has nothing to say. A stream of many events costs a clock read per wait (not
+    /// per poll: a wait polled again reads the timer's state instead), not a timer update or a
+    /// timer poll.
     pub struct IdleTimeout<B> {
         #[pin]
         body: B,
-        #[pin]
-        sleep: Sleep,
+        // Made at the first wait.
+        timer: Option<Pin<Box<Sleep>>>,
         idle: Duration,
         // When the current wait for a frame began; `None` between waits.
         waiting_since: Option<Instant>,
         // The waker the timer holds since it was last polled; `None` before the first poll
         // and once it fired (firing takes the waker).
         armed: Option<Waker>,
+        // The error of a silence of `idle`.
+        timed_out: fn(Duration) -> BoxError,
     }
 }
 
 impl<B> IdleTimeout<B> {
-    /// Wraps `body`.
+    /// Wraps an upstream's response body: a silence fails it with an IO timeout ("the upstream
+    /// sent nothing for N ms mid-response").
     pub fn new(body: B, idle: Duration) -> Self {
+        IdleTimeout::with_error(body, idle, |idle| {
+            Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the upstream sent nothing for {} ms mid-response",
+                    idle.as_millis()
+                ),
+            ))
+        })
+    }
+
+    /// Wraps `body`; a silence of `idle` fails it with `timed_out(idle)`.
+    pub fn with_error(body: B, idle: Duration, timed_out: fn(Duration) -> BoxError) -> Self {
         IdleTimeout {
             body,
-            sleep: tokio::time::sleep(idle),
+            timer: None,
             idle,
             waiting_since: None,
             armed: None,
+            timed_out,
         }
     }
 }
@@ -134,7 +155,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             *this.waiting_since = None;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
@@ -145,19 +166,26 @@ where
             .is_some_and(|waker| waker.will_wake(cx.waker()));
         // Polled again within a wait (the task was woken for something else, such as the
         // client's socket): the timer holds this task's waker and has not fired, so it has
-        // nothing to say, and the clock need not be read.
-        if holds_waker && this.waiting_since.is_some() && !this.sleep.is_elapsed() {
+        // nothing to say, and the clock need not be read. (A timer holds a waker only once
+        // made.)
+        if holds_waker
+            && this.waiting_since.is_some()
+            && this.timer.as_ref().is_some_and(|timer| !timer.is_elapsed())
+        {
             return Poll::Pending;
         }
         let now = Instant::now();
         let since = *this.waiting_since.get_or_insert(now);
         let deadline = since + *this.idle;
-        if holds_waker && now < this.sleep.deadline() {
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if holds_waker && now < timer.deadline() {
             // The timer will wake this task at its deadline; the body, when it has a frame.
             return Poll::Pending;
         }
         loop {
-            if this.sleep.as_mut().poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 match this.armed {
                     Some(waker) if waker.will_wake(cx.waker()) => {}
                     armed => *armed = Some(cx.waker().clone()),
@@ -165,21 +193,15 @@ where
                 return Poll::Pending;
             }
             *this.armed = None;
-            if this.sleep.deadline() >= deadline {
+            if timer.deadline() >= deadline {
                 break;
             }
             // The timer was set for an earlier wait (it never ends later than this one): move
             // it on to this wait's end and poll it again, which registers the waker.
-            this.sleep.as_mut().reset(deadline);
+            timer.as_mut().reset(deadline);
         }
         *this.waiting_since = None;
-        Poll::Ready(Some(Err(Box::new(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "the upstream sent nothing for {} ms mid-response",
-                this.idle.as_millis()
-            ),
-        )))))
+        Poll::Ready(Some(Err((this.timed_out)(*this.idle))))
     }
 
     fn is_end_stream(&self) -> bool {
