@@ -24,13 +24,12 @@ use guardrail_tower_spend_log::{
 use guardrail_tower_streaming::StreamingGuardrailBodyLayer;
 use http::StatusCode;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tower::timeout::TimeoutLayer;
-use tower::util::MapRequest;
 use tower::{Layer as _, ServiceBuilder};
 use tower_http::decompression::{DecompressionBody, DecompressionLayer};
 
@@ -41,7 +40,7 @@ use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
-use crate::slow_client::{SendDeadline, client_body};
+use crate::slow_client::{Activity, SendDeadline, Watchdog, Watched};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::{ContentCoded, Forward};
 
@@ -276,21 +275,21 @@ impl Gateway {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::warn!(error = %err, "could not set TCP_NODELAY");
                     }
-                    // Each request body under the client's deadline (a 408 when it stalls).
-                    let limit = self.client_read_timeout;
-                    let service = TowerToHyperService::new(MapRequest::new(
+                    // Each request body under the client's deadline (a 408 when it stalls),
+                    // each request counted in flight for the connection's watchdog.
+                    let activity = Arc::new(Activity::default());
+                    let service = TowerToHyperService::new(Watched::new(
                         LiveRouter {
                             reloader: Arc::clone(&self.live),
                         },
-                        move |request: http::Request<hyper::body::Incoming>| {
-                            request.map(|body| client_body(body, limit))
-                        },
+                        Arc::clone(&activity),
+                        self.client_read_timeout,
                     ));
                     connections.spawn(serve_connection(
                         stream,
                         service,
-                        limit,
-                        self.client_write_timeout,
+                        activity,
+                        (self.client_read_timeout, self.client_write_timeout),
                         graceful.watcher(),
                         stopping_rx.clone(),
                     ));
@@ -416,8 +415,8 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,
-    client_read_timeout: Duration,
-    client_write_timeout: Duration,
+    activity: Arc<Activity>,
+    (client_read_timeout, client_write_timeout): (Duration, Duration),
     watcher: hyper_util::server::graceful::Watcher,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -436,20 +435,25 @@ async fn serve_connection<S>(
         },
         _ = stopping.wait_for(|stopping| *stopping) => return,
     };
-    // A client that stops reading ends its connection (see `SendDeadline`).
-    let io = TokioIo::new(SendDeadline::new(stream, client_write_timeout));
+    // A client that stops reading ends its connection (see `SendDeadline`); one that has no
+    // request in flight, begins none and is sent nothing for the limit, too (see `Watchdog`).
+    let io = TokioIo::new(SendDeadline::new(
+        stream,
+        client_write_timeout,
+        Arc::clone(&activity),
+    ));
     if http2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(io, service);
-        let _ = drained(connection, watcher, stopping).await;
+        let connection = drained(connection, watcher, stopping);
+        Watchdog::new(connection, activity, client_read_timeout).await;
     } else {
-        // A request's head must arrive within the limit, counted from when the connection
-        // waits for it (on a keep-alive connection, from the end of the last response).
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(client_read_timeout)
-            .serve_connection(io, service);
-        let _ = drained(connection, watcher, stopping).await;
+        // hyper's header read timeout stays off (no timer is given): it boxes and registers a
+        // timer for every request on a keep-alive connection; the watchdog's one timer does
+        // its work.
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let connection = drained(connection, watcher, stopping);
+        Watchdog::new(connection, activity, client_read_timeout).await;
     }
 }
 

@@ -1,9 +1,10 @@
 //! Deadlines for what a client sends (`general_settings.client_read_timeout`, default 30 s), so
 //! a client cannot hold a connection, its task and its buffers by sending nothing, or next to
-//! nothing (a slowloris): a connection that has not sent its first bytes, or a request's whole
-//! head, within the limit is closed (hyper's header read timeout, which on a keep-alive
-//! connection also bounds the wait for the next request); a request body that sends nothing
-//! for the limit fails with a 408 (see [`client_body`]).
+//! nothing (a slowloris): a connection that has not sent its first bytes within the limit is
+//! closed, and so is one with no request in flight and none begun for the limit (a head that
+//! never ends, a keep-alive connection left idle, an HTTP/2 connection with no stream; see
+//! [`Watchdog`]); a request body that sends nothing for the limit fails with a 408 (see
+//! [`client_body`]).
 //!
 //! A client that stops reading is bounded too (`general_settings.client_write_timeout`,
 //! default 60 s, as nginx's `send_timeout`): a write to it that cannot proceed for the limit
@@ -11,8 +12,11 @@
 //! it held ends and is logged, and its upstream stream is let go. A client that reads slowly,
 //! but reads, is never cut: a stream paced by the model is a slow response by design.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use guardrail_tower_core::Error;
@@ -38,6 +42,8 @@ pin_project! {
         #[pin]
         io: IO,
         limit: Duration,
+        // Told of each write done (see [`Watchdog`]).
+        activity: Arc<Activity>,
         timer: Option<Pin<Box<Sleep>>>,
         // A write is waiting, since the timer's last setting.
         waiting: bool,
@@ -45,11 +51,12 @@ pin_project! {
 }
 
 impl<IO> SendDeadline<IO> {
-    /// Wraps a client connection.
-    pub fn new(io: IO, limit: Duration) -> Self {
+    /// Wraps a client connection whose activity is `activity`.
+    pub fn new(io: IO, limit: Duration, activity: Arc<Activity>) -> Self {
         SendDeadline {
             io,
             limit,
+            activity,
             timer: None,
             waiting: false,
         }
@@ -100,21 +107,37 @@ impl<IO: AsyncRead> AsyncRead for SendDeadline<IO> {
     }
 }
 
+/// `written`, after telling `activity` of the bytes it wrote, if any (a flush or an empty
+/// write is no progress: a client that trickles a head wakes the connection, which flushes).
+fn wrote(
+    activity: &Activity,
+    written: Poll<std::io::Result<usize>>,
+) -> Poll<std::io::Result<usize>> {
+    if let Poll::Ready(Ok(1..)) = written {
+        activity.progressed();
+    }
+    written
+}
+
 impl<IO: AsyncWrite> AsyncWrite for SendDeadline<IO> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.deadline(cx, |io, cx| io.poll_write(cx, buf))
+        let written = self.as_mut().deadline(cx, |io, cx| io.poll_write(cx, buf));
+        wrote(&self.activity, written)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.deadline(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+        let written = self
+            .as_mut()
+            .deadline(cx, |io, cx| io.poll_write_vectored(cx, bufs));
+        wrote(&self.activity, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -152,6 +175,206 @@ pub fn client_body<B>(body: B, limit: Duration) -> ClientBody<B> {
 /// A client's request body under its deadline (see [`client_body`]).
 pub type ClientBody<B> = IdleTimeout<B>;
 
+/// What one connection is doing, for its [`Watchdog`]: how many requests are in flight
+/// (begun, and their response not yet handed over whole, or dropped), and a count of progress
+/// (requests begun, writes to the client done).
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    progress: AtomicUsize,
+}
+
+impl Activity {
+    fn progressed(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One request in flight on a connection: counted from its start to the end (or drop) of its
+/// response, which carries it (see [`Watched`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.progressed();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's service: each request body under the client's deadline ([`client_body`]),
+/// each request counted in flight, in the connection's [`Activity`], until its response has
+/// been sent (its body ended or dropped).
+#[derive(Debug, Clone)]
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    limit: Duration,
+}
+
+impl<S> Watched<S> {
+    /// `inner`, for a connection whose activity is `activity`; request bodies fail after
+    /// `limit` of silence.
+    pub fn new(inner: S, activity: Arc<Activity>, limit: Duration) -> Self {
+        Watched {
+            inner,
+            activity,
+            limit,
+        }
+    }
+}
+
+impl<S, B, ResB> tower_service::Service<http::Request<B>> for Watched<S>
+where
+    S: tower_service::Service<http::Request<ClientBody<B>>, Response = http::Response<ResB>>,
+{
+    type Response = http::Response<WatchedBody<ResB>>;
+    type Error = S::Error;
+    type Future = WatchedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let in_flight = InFlight::start(&self.activity);
+        let limit = self.limit;
+        WatchedFuture {
+            inner: self
+                .inner
+                .call(request.map(|body| client_body(body, limit))),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Watched`]: the request stays in flight while it runs.
+    pub struct WatchedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, ResB, E> Future for WatchedFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+{
+    type Output = Result<http::Response<WatchedBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| WatchedBody {
+            body,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until it ends or is dropped.
+    pub struct WatchedBody<B> {
+        #[pin]
+        body: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
+    /// A served connection that ends when, for a whole `limit`, it had no request in flight,
+    /// began none and wrote nothing to the client: a client that sends a head byte by byte,
+    /// leaves a keep-alive connection idle, or keeps an HTTP/2 connection with no stream. It
+    /// looks once a `limit` (one timer per connection, moved on at each look, never set per
+    /// request: hyper's own header read timeout boxed and registered a timer for every request
+    /// on a keep-alive connection), so such a connection ends between one and two limits after
+    /// its last activity; a request that runs, however long, keeps its connection, and so does
+    /// a response the client is still reading.
+    pub struct Watchdog<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        timer: Sleep,
+        activity: Arc<Activity>,
+        limit: Duration,
+        // `progress` at the last look.
+        seen: usize,
+        // The waker the timer holds since it was last polled.
+        armed: Option<Waker>,
+    }
+}
+
+impl<C> Watchdog<C> {
+    /// Watches `conn`, whose requests are counted in `activity`.
+    pub fn new(conn: C, activity: Arc<Activity>, limit: Duration) -> Self {
+        Watchdog {
+            conn,
+            timer: tokio::time::sleep(limit),
+            activity,
+            limit,
+            seen: 0,
+            armed: None,
+        }
+    }
+}
+
+impl<C: Future> Future for Watchdog<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // A connection wakes several times a request; the timer is polled only when it fired
+        // or when it does not hold this task's waker (at the first poll, say), not at each.
+        let holds_waker = this
+            .armed
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if !holds_waker || this.timer.is_elapsed() {
+            while this.timer.as_mut().poll(cx).is_ready() {
+                let progress = this.activity.progress.load(Ordering::Relaxed);
+                if progress == *this.seen && this.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    // Nothing for a whole limit: let the connection go.
+                    return Poll::Ready(());
+                }
+                *this.seen = progress;
+                let next = this.timer.deadline() + *this.limit;
+                this.timer.as_mut().reset(next);
+            }
+            *this.armed = Some(cx.waker().clone());
+        }
+        this.conn.poll(cx).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +386,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let secs = Duration::from_secs;
         let (client, server) = tokio::io::duplex(16);
-        let mut server = SendDeadline::new(server, secs(60));
+        let mut server = SendDeadline::new(server, secs(60), Arc::default());
         let mut client = client;
         // A client that reads 16 bytes every 59 s: slow, but never 60 s without taking any.
         let reader = tokio::spawn(async move {

@@ -222,3 +222,43 @@ async fn a_client_that_stops_reading_is_let_go_and_its_request_logged() {
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0].status.as_str(), "failure", "{:#?}", rows[0]);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_kept() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let config = config(&upstream.base_url(), &db, "client_read_timeout");
+    let running = support::serve(Gateway::from_config_str(&config).await.unwrap()).await;
+
+    let stream = TcpStream::connect(running.local_addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    // Requests over three limits, one at a time: the connection is kept while it is used.
+    let started = Instant::now();
+    while started.elapsed() < LIMIT * 3 {
+        let request = http::Request::post(running.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        tokio::time::sleep(LIMIT / 4).await;
+    }
+    // Left with no stream: closed within two limits.
+    let idle = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was kept open");
+    assert!(
+        idle.elapsed() <= LIMIT * 2 + Duration::from_millis(200),
+        "{:?}",
+        idle.elapsed()
+    );
+}
