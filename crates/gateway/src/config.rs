@@ -39,8 +39,8 @@
 //!   graceful_shutdown_timeout: 30          # seconds in-flight requests get after SIGTERM
 //!   store_prompts_in_spend_logs: false
 //!   request_timeout: 600                   # seconds: to the upstream's answer, and of silence mid-stream
-//!   client_read_timeout: 30                # seconds a client may take to send a request's head
-//!                                          # (or, idle, the next one), or go silent mid-body (408)
+//!   client_read_timeout: 30                # seconds a connection may sit with no request (closed
+//!                                          # within twice that), or a body go silent (408)
 //!   client_write_timeout: 60               # seconds a client may take nothing the gateway sends
 //!   max_request_body_bytes: 16777216
 //! litellm_settings:
@@ -266,9 +266,11 @@ pub struct GatewayConfig {
     /// The longest an upstream may take to answer (a 504), and the longest it may go silent
     /// mid-response (the response body then fails).
     pub request_timeout: Duration,
-    /// `general_settings.client_read_timeout`: the longest a client may take to send a
-    /// request's head (on a keep-alive connection, to start the next request), or go silent
-    /// while sending a body (a 408). Default
+    /// `general_settings.client_read_timeout`: how long a connection may sit with no request
+    /// in flight, none begun and nothing sent to it (a head sent byte by byte, an idle
+    /// keep-alive or HTTP/2 connection) before it is closed, within twice this (and a new
+    /// connection before its first bytes); and how long a request body may go silent (a
+    /// 408). Default
     /// [`DEFAULT_CLIENT_READ_TIMEOUT`](crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT).
     pub client_read_timeout: Duration,
     /// `general_settings.client_write_timeout`: the longest a write to a client may wait
