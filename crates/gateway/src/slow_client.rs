@@ -1,10 +1,10 @@
 //! Deadlines for what a client sends (`general_settings.client_read_timeout`, default 30 s), so
 //! a client cannot hold a connection, its task and its buffers by sending nothing, or next to
 //! nothing (a slowloris): a connection that has not sent its first bytes within the limit is
-//! closed, and so is one with no request in flight and none begun for the limit (a head that
-//! never ends, a keep-alive connection left idle, an HTTP/2 connection with no stream; see
-//! [`Watchdog`]); a request body that sends nothing for the limit fails with a 408 (see
-//! [`client_body`]).
+//! closed, and so is one with no request in flight, none begun and nothing written to it for
+//! the limit (a head that never ends, a keep-alive connection left idle, an HTTP/2 connection
+//! with no stream; see [`Watchdog`]); a request body that sends nothing for the limit fails
+//! with a 408 (see [`client_body`]).
 //!
 //! A client that stops reading is bounded too (`general_settings.client_write_timeout`,
 //! default 60 s, as nginx's `send_timeout`): a write to it that cannot proceed for the limit
@@ -282,7 +282,8 @@ where
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until it ends or is dropped.
+    /// A response body that keeps its request in flight until it is dropped (hyper drops it once
+/// it has sent it whole, or when the connection ends).
     pub struct WatchedBody<B> {
         #[pin]
         body: B,
@@ -366,8 +367,9 @@ impl<C: Future> Future for Watchdog<C> {
                     return Poll::Ready(());
                 }
                 *this.seen = progress;
-                let next = this.timer.deadline() + *this.limit;
-                this.timer.as_mut().reset(next);
+                // From now, not from the deadline: a look that came late (a busy runtime)
+                // must not make the next one early, and close a connection that just worked.
+                this.timer.as_mut().reset(Instant::now() + *this.limit);
             }
             *this.armed = Some(cx.waker().clone());
         }
