@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::task::JoinSet;
+use tower::timeout::TimeoutLayer;
 use tower::{Layer as _, ServiceBuilder};
 use tower_http::decompression::{DecompressionBody, DecompressionLayer};
 
@@ -678,6 +679,7 @@ pub(crate) fn build_router(config: &GatewayConfig, parts: &Parts, extra_admin: R
     let spans = crate::telemetry::layer_spans_enabled();
     let span = |name| spans.then(|| SpanLayer::new(name));
     let upstream = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(config.request_timeout))
         .option_layer(spans.then(SpanLayer::upstream))
         // The upstream body boxed: each layer above wraps the body and hands the response up by
         // value, and the decoder states kept inline made every response (and every future

@@ -67,10 +67,8 @@ struct Target {
 const OPENAI_SUFFIXES: [&str; 2] = ["/chat/completions", "/responses"];
 
 /// Forwards each request to the upstream of its `model`, with the deployment's model name and
-/// key. Streaming responses pass through as they arrive. An upstream that does not answer
-/// within the limit is a 504 `upstream_timeout`; a response body that goes silent for the
-/// limit fails (see [`IdleTimeout`]). One timer serves both, made when the answer is first
-/// waited for and handed on to the body.
+/// key. Streaming responses pass through as they arrive; a response body that goes silent for
+/// the idle limit fails (see [`IdleTimeout`]).
 ///
 /// Cheap to clone (one reference count): every layer above it clones the stack it wraps for
 /// each request.
@@ -130,13 +128,6 @@ impl<B> IdleTimeout<B> {
                 ),
             ))
         })
-    }
-
-    /// Uses `timer` (if any: one that timed an earlier wait of the same request, such as for the
-    /// response's head) instead of making one at the first wait.
-    pub fn with_timer(mut self, timer: Option<Pin<Box<Sleep>>>) -> Self {
-        self.timer = timer;
-        self
     }
 
     /// Wraps `body`; a silence of `idle` fails it with `timed_out(idle)`.
@@ -231,8 +222,8 @@ impl<B> std::fmt::Debug for IdleTimeout<B> {
 }
 
 impl Forward {
-    /// A forwarder for these deployments, using `client`; an upstream that does not answer
-    /// within `idle` is a 504, a response body that goes silent for `idle` fails.
+    /// A forwarder for these deployments, using `client`; a response body that goes silent for
+    /// `idle` fails.
     pub fn new(deployments: &[Deployment], client: HttpClient, idle: Duration) -> Self {
         let targets = deployments
             .iter()
@@ -606,27 +597,7 @@ impl Service<Request<Full<Bytes>>> for Forward {
         let pending = self.inner.client.request(request);
         let idle = self.inner.idle;
         Box::pin(async move {
-            // The wait for the answer's head, under a timer made at the first wait, which the
-            // body's idle timeout then takes over (one timer a request, where a `tower`
-            // timeout in front made one of its own, up front).
-            let mut timer = None;
-            let mut pending = std::pin::pin!(pending);
-            let answer = std::future::poll_fn(|cx| {
-                if let Poll::Ready(answer) = pending.as_mut().poll(cx) {
-                    return Poll::Ready(Some(answer));
-                }
-                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                timer.as_mut().poll(cx).map(|()| None)
-            })
-            .await;
-            let Some(answer) = answer else {
-                return Err(Error::upstream_timeout(format_args!(
-                    "no answer within {} s",
-                    idle.as_secs_f64()
-                ))
-                .into());
-            };
-            let mut response = answer?.map(|body| IdleTimeout::new(body, idle).with_timer(timer));
+            let mut response = pending.await?.map(|body| IdleTimeout::new(body, idle));
             let status = response.status();
             if refuses_the_gateway(status) {
                 return Err(refusal(&target, response).await.into());
