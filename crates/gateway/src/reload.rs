@@ -15,9 +15,10 @@
 //! - what cannot change while the gateway runs is kept, with a warning in the log and in the
 //!   endpoint's answer: the spend-log target (`general_settings.spend_logs`, the database the
 //!   writer and the virtual keys use), its dead-letter path and queue size,
-//!   `user_api_key_cache_ttl`, `graceful_shutdown_timeout`, `allow_unauthenticated` (checked
-//!   against the listen address at start), and the listen address itself (a command-line
-//!   flag). Adding or removing `general_settings.master_key` is refused (the access model
+//!   `user_api_key_cache_ttl`, `graceful_shutdown_timeout`, `client_read_timeout` and
+//!   `client_write_timeout` (set on each connection as it is accepted), `allow_unauthenticated`
+//!   (checked against the listen address at start), and the listen address itself (a
+//!   command-line flag). Adding or removing `general_settings.master_key` is refused (the access model
 //!   would change under running clients: restart for that); changing its value is a reload.
 //!
 //! The endpoint answers `{"status": "reloaded", "models": [...], "guardrails": [...],
@@ -69,6 +70,8 @@ struct Fixed {
     linger: std::time::Duration,
     key_cache_ttl: std::time::Duration,
     grace: std::time::Duration,
+    client_read_timeout: std::time::Duration,
+    client_write_timeout: std::time::Duration,
     allow_unauthenticated: bool,
     master_key: bool,
 }
@@ -82,6 +85,8 @@ impl Fixed {
             linger: config.spend_logs_linger,
             key_cache_ttl: config.key_cache_ttl,
             grace: config.graceful_shutdown_timeout,
+            client_read_timeout: config.client_read_timeout,
+            client_write_timeout: config.client_write_timeout,
             allow_unauthenticated: config.allow_unauthenticated,
             master_key: config.master_key.is_some(),
         }
@@ -125,6 +130,12 @@ impl Fixed {
         }
         if self.grace != new.grace {
             warnings.push(kept("graceful_shutdown_timeout"));
+        }
+        if self.client_read_timeout != new.client_read_timeout {
+            warnings.push(kept("client_read_timeout"));
+        }
+        if self.client_write_timeout != new.client_write_timeout {
+            warnings.push(kept("client_write_timeout"));
         }
         if self.allow_unauthenticated != new.allow_unauthenticated {
             warnings.push(kept("allow_unauthenticated"));
@@ -379,6 +390,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_deadlines_are_kept_until_a_restart() {
+        let fixed = |general: &str| {
+            Fixed::of(&GatewayConfig::from_yaml(&format!("general_settings:\n{general}")).unwrap())
+        };
+        let before = fixed("  client_read_timeout: 30\n");
+        let after = fixed("  client_read_timeout: 5\n  client_write_timeout: 5\n");
+        assert_eq!(
+            before.compare(&after).unwrap(),
+            [
+                "general_settings.client_read_timeout cannot change while the gateway runs: the old value is kept until a restart",
+                "general_settings.client_write_timeout cannot change while the gateway runs: the old value is kept until a restart",
+            ]
+        );
+        assert!(
+            before
+                .compare(&fixed("  client_read_timeout: 30\n"))
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn urls_in_errors_lose_their_credentials() {
