@@ -177,7 +177,7 @@ pub type ClientBody<B> = IdleTimeout<B>;
 
 /// What one connection is doing, for its [`Watchdog`]: how many requests are in flight
 /// (begun, and their response not yet handed over whole, or dropped), and a count of progress
-/// (requests begun, writes to the client done).
+/// (requests begun and ended, writes to the client done).
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
@@ -206,6 +206,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // A request's end is activity too: a look right after it must not find the connection
+        // idle since the last one.
+        self.0.progressed();
     }
 }
 
@@ -413,6 +416,45 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(client.read(&mut buf).await.unwrap(), 16);
         assert_eq!(buf, [b'x'; 16]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_lets_a_connection_go_only_after_a_whole_limit_of_nothing() {
+        let secs = Duration::from_secs;
+        // A connection that never ends by itself; when did the watchdog end it?
+        let watched = |activity: &Arc<Activity>| {
+            let dog = Watchdog::new(std::future::pending::<()>(), Arc::clone(activity), secs(30));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                dog.await;
+                started.elapsed()
+            })
+        };
+
+        // Nothing at all: ended at the first look.
+        let idle = Arc::new(Activity::default());
+        assert_eq!(watched(&idle).await.unwrap(), secs(30));
+
+        // A request in flight for two minutes keeps it; after its end, one look with
+        // progress, then one without.
+        let busy = Arc::new(Activity::default());
+        let dog = watched(&busy);
+        let request = InFlight::start(&busy);
+        tokio::time::sleep(secs(120)).await;
+        drop(request);
+        assert_eq!(dog.await.unwrap(), secs(150));
+
+        // Writes to the client keep it (a response it is still reading); a flush does not
+        // count (see `wrote`).
+        let reading = Arc::new(Activity::default());
+        let dog = watched(&reading);
+        for _ in 0..5 {
+            tokio::time::sleep(secs(20)).await;
+            let _ = wrote(&reading, Poll::Ready(Ok(100)));
+            let _ = wrote(&reading, Poll::Ready(Ok(0)));
+        }
+        // The last write at 100 s: seen at the look at 120 s, nothing more by 150 s.
+        assert_eq!(dog.await.unwrap(), secs(150));
     }
 
     #[tokio::test(start_paused = true)]
