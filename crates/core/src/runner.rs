@@ -599,19 +599,15 @@ struct Settled {
 }
 
 impl Settled {
-    /// Applies one resolved check (the guardrail at `selected[pos]`): logs its entry, counts
-    /// what it masked and takes its rewrite. A block logs the guardrails after it as not run
-    /// and is the run's outcome.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies one resolved check on `input`: logs its entry, counts what it masked and takes
+    /// its rewrite. A block logs the guardrails still to run (`after`, indices into `list`) as
+    /// not run and is the run's outcome.
     fn apply(
         &mut self,
         resolved: Resolved,
-        list: &[ConfiguredGuardrail],
-        selected: &[usize],
-        pos: usize,
-        mode: GuardrailMode,
-        side: Side,
         input: &mut GuardrailInput,
+        list: &[ConfiguredGuardrail],
+        after: &[usize],
         log: &GuardrailLog,
     ) -> Option<Outcome> {
         let Resolved { entry, effect } = resolved;
@@ -625,12 +621,12 @@ impl Settled {
             Effect::Allow => None,
             Effect::Rewrite(new) => {
                 self.rewritten = true;
-                *input = GuardrailInput::new(new, side, mode, input.meta_arc());
+                *input = GuardrailInput::new(new, input.side(), input.mode(), input.meta_arc());
                 None
             }
             Effect::Block(err) => {
-                for &j in &selected[pos + 1..] {
-                    log.push(list[j].not_run_entry(mode));
+                for &j in after {
+                    log.push(list[j].not_run_entry(input.mode()));
                 }
                 Some(Outcome::Blocked(err))
             }
@@ -815,9 +811,9 @@ impl Guardrails {
                 };
                 spent += check.duration;
                 let resolved = g.resolve(mode, n, check);
-                if let Some(blocked) = run.apply(
-                    resolved, &list, &selected, start, mode, side, &mut input, &log,
-                ) {
+                if let Some(blocked) =
+                    run.apply(resolved, &mut input, &list, &selected[start + 1..], &log)
+                {
                     return Some(RunFuture::ready(blocked).after(spent));
                 }
                 start += 1;
@@ -870,16 +866,9 @@ impl Guardrails {
                         }
                     };
                     let resolved = g.resolve(mode, n, check);
-                    if let Some(blocked) = run.apply(
-                        resolved,
-                        &list,
-                        &selected,
-                        start + k,
-                        mode,
-                        side,
-                        &mut input,
-                        &log,
-                    ) {
+                    if let Some(blocked) =
+                        run.apply(resolved, &mut input, &list, &rest[k + 1..], &log)
+                    {
                         return blocked;
                     }
                 }

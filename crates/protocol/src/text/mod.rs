@@ -409,15 +409,8 @@ impl CallType {
                 asks("logprobs", false).or_else(|| asks("top_logprobs", true))
             }
             CallType::TextCompletions => asks("logprobs", false),
-            CallType::Responses => asks("top_logprobs", true).or_else(|| {
-                let JsonView::Array(items) = view.get("include")? else {
-                    return None;
-                };
-                items
-                    .iter()
-                    .any(|item| item.as_str() == Some("message.output_text.logprobs"))
-                    .then_some("include")
-            }),
+            CallType::Responses => asks("top_logprobs", true)
+                .or_else(|| lists(view, "include", "message.output_text.logprobs")),
             _ => None,
         }
     }
@@ -442,13 +435,7 @@ impl CallType {
         if !matches!(view.get("audio"), None | Some(JsonView::Null)) {
             return Some("audio");
         }
-        let JsonView::Array(modalities) = view.get("modalities")? else {
-            return None;
-        };
-        modalities
-            .iter()
-            .any(|m| m.as_str() == Some("audio"))
-            .then_some("modalities")
+        lists(view, "modalities", "audio")
     }
 
     /// The guardrail texts of a body given as bytes, in document order (lenient, as
@@ -563,6 +550,17 @@ impl CallType {
             _ => Ok(()),
         }
     }
+}
+
+/// `field` when the request's `field` is an array that holds the string `value`.
+fn lists(view: &JsonView<'_>, field: &'static str, value: &str) -> Option<&'static str> {
+    let JsonView::Array(items) = view.get(field)? else {
+        return None;
+    };
+    items
+        .iter()
+        .any(|item| item.as_str() == Some(value))
+        .then_some(field)
 }
 
 /// Why [`CallType::set_texts`] could not apply a rewrite.
