@@ -410,8 +410,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// `watcher` makes the connection part of the graceful shutdown once it is served, and
 /// `stopping` drains it (see [`Drained`](crate::drain::Drained)); while it is still waiting for
 /// its first bytes, `stopping` ends it. The client's deadlines (see [`crate::slow_client`]): its
-/// first bytes and each request's head within `client_read_timeout`, each write to it taken
-/// within `client_write_timeout`.
+/// first bytes within `client_read_timeout`, the connection closed when it has done nothing
+/// for that long (no request in flight, none begun, nothing written: see
+/// [`Watchdog`](crate::slow_client::Watchdog)), each write to it taken within
+/// `client_write_timeout`.
 async fn serve_connection<S>(
     stream: tokio::net::TcpStream,
     service: S,
