@@ -1,6 +1,7 @@
 //! A client cannot hold a connection by sending nothing, or next to nothing
 //! (`general_settings.client_read_timeout`): over real sockets, a connection silent from the
-//! start, a request head that never ends, and a keep-alive connection left idle are closed; a
+//! start, a request head that never ends (or is trickled a byte at a time), and a keep-alive
+//! connection left idle are closed; a
 //! body that stalls mid-way is a 408 with its spend-log row; a body that keeps coming, however
 //! slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
 //! with the upstream's stream, and its request logged.
@@ -92,6 +93,26 @@ async fn silent_and_stalling_clients_are_cut_off_and_slow_ones_served() {
         assert!(took >= LIMIT - Duration::from_millis(50), "{took:?}");
         assert!(!sent.contains("200 OK"), "{sent}");
     }
+
+    // A head trickled a byte at a time, each well within the limit (a slowloris): the bytes
+    // are no request, and the connection is closed within two limits all the same.
+    let mut trickled = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in head(BODY.len()).as_bytes() {
+        if trickled.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(LIMIT / 8).await;
+        assert!(
+            started.elapsed() < LIMIT * 2 + Duration::from_millis(600),
+            "a trickled head kept its connection"
+        );
+    }
+    let (sent, _) = until_closed(&mut trickled).await;
+    assert!(closed || started.elapsed() <= LIMIT * 2 + Duration::from_millis(600));
+    assert!(!sent.contains("200 OK"), "{sent}");
 
     // A request served, then the connection left idle: closed once the limit passes.
     let mut idle = TcpStream::connect(addr).await.unwrap();
