@@ -1,9 +1,8 @@
 //! A client cannot hold a connection by sending nothing, or next to nothing
 //! (`general_settings.client_read_timeout`): over real sockets, a connection silent from the
 //! start, a request head that never ends (or is trickled a byte at a time), and a keep-alive
-//! connection left idle are closed; a
-//! body that stalls mid-way is a 408 with its spend-log row; a body that keeps coming, however
-//! slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
+//! connection left idle are closed; a body that stalls mid-way is a 408 with its spend-log
+//! row; a body that keeps coming, however slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
 //! with the upstream's stream, and its request logged.
 
 mod support;
