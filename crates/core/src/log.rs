@@ -117,6 +117,20 @@ impl GuardrailLog {
         GuardrailLog::default()
     }
 
+    /// The log of `request`, if a layer made one.
+    pub fn of<B>(request: &http::Request<B>) -> Option<&GuardrailLog> {
+        crate::scope::Shared::of(request.extensions())?.log.as_ref()
+    }
+
+    /// The log of `request`: the one an outer layer made, else a new one, kept with the
+    /// request so that layers inside write to it too.
+    pub fn get_or_insert<B>(request: &mut http::Request<B>) -> GuardrailLog {
+        crate::scope::Shared::of_mut(request.extensions_mut())
+            .log
+            .get_or_insert_default()
+            .clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<GuardrailLogEntry>> {
         lock(&self.inner.entries)
     }

@@ -83,10 +83,6 @@ impl fmt::Display for Layer {
     }
 }
 
-/// The layers that have seen a request, in its extensions.
-#[derive(Debug, Clone, Copy, Default)]
-struct Trail(u8);
-
 static LOGGED: [AtomicBool; 4] = [
     AtomicBool::new(false),
     AtomicBool::new(false),
@@ -111,9 +107,9 @@ static LOGGED: [AtomicBool; 4] = [
 /// assert!(err.message().contains("ModelGuardrailMergeLayer must be outside PreCallGuardrailLayer"));
 /// ```
 pub fn enter_layer<B>(request: &mut Request<B>, layer: Layer) -> Result<(), Error> {
-    let trail = request.extensions_mut().get_or_insert_default::<Trail>();
-    let seen = trail.0;
-    trail.0 |= layer.bit();
+    let trail = &mut crate::scope::Shared::of_mut(request.extensions_mut()).trail;
+    let seen = *trail;
+    *trail |= layer.bit();
     if seen & layer.bit() != 0 {
         // Used again (a global stack and a route's own): its first place was checked.
         return Ok(());

@@ -12,8 +12,8 @@ use crate::{Caller, Error, Usage};
 /// authentication layer inside the spend log ([`set_caller`](Self::set_caller)), so the record
 /// names the caller however the request ends (the client gone before the response too).
 ///
-/// The spend-log layer inserts one into the request extensions; a layer that finds one there
-/// fills it and marks the response as observed.
+/// The spend-log layer makes one for the request ([`get_or_insert`](Self::get_or_insert)); a
+/// layer that finds one ([`of`](Self::of)) fills it and marks the response as observed.
 #[derive(Debug, Clone, Default)]
 pub struct ResponseReport {
     inner: Arc<Shared>,
@@ -40,6 +40,22 @@ impl ResponseReport {
     /// An empty report.
     pub fn new() -> Self {
         ResponseReport::default()
+    }
+
+    /// The report of `request`, if a layer made one.
+    pub fn of<B>(request: &http::Request<B>) -> Option<&ResponseReport> {
+        crate::scope::Shared::of(request.extensions())?
+            .report
+            .as_ref()
+    }
+
+    /// The report of `request`: the one an outer layer made, else a new one, kept with the
+    /// request so that layers inside fill it.
+    pub fn get_or_insert<B>(request: &mut http::Request<B>) -> ResponseReport {
+        crate::scope::Shared::of_mut(request.extensions_mut())
+            .report
+            .get_or_insert_default()
+            .clone()
     }
 
     /// Records who called, as an authentication layer established it; a report that already

@@ -87,7 +87,7 @@ where
         if let Some(err) = self.ready_error.take() {
             return ResponseFuture::error(err, call_type, on_failure);
         }
-        let report = request.extensions().get::<ResponseReport>().cloned();
+        let report = ResponseReport::of(&request).cloned();
         ResponseFuture::new(
             self.inner.call(request),
             call_type,

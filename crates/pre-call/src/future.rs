@@ -68,14 +68,7 @@ impl Prepare for Checks {
 
     fn prepare(self, request: &mut Request<Full<Bytes>>) -> Result<Prepared<LogMark>, Error> {
         enter_layer(request, Layer::PreCall)?;
-        let log = match request.extensions().get::<GuardrailLog>() {
-            Some(log) => log.clone(),
-            None => {
-                let log = GuardrailLog::new();
-                request.extensions_mut().insert(log.clone());
-                log
-            }
-        };
+        let log = GuardrailLog::get_or_insert(request);
         let mark = LogMark {
             start: log.len(),
             log: log.clone(),

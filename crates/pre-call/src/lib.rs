@@ -685,7 +685,6 @@ mod tests {
 
     #[tokio::test]
     async fn every_run_is_logged_whatever_the_outcome() {
-        let log = GuardrailLog::new();
         let up = Upstream::default();
         let svc = ServiceBuilder::new()
             .layer(PreCallGuardrailLayer::new(Guardrails::new([
@@ -695,7 +694,7 @@ mod tests {
             ])))
             .service(up.service());
         let mut req = chat("a secret");
-        req.extensions_mut().insert(log.clone());
+        let log = GuardrailLog::get_or_insert(&mut req);
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let got: Vec<_> = log
@@ -801,12 +800,11 @@ mod tests {
             let svc = ServiceBuilder::new()
                 .layer(PreCallGuardrailLayer::new(Guardrails::new([monitor])))
                 .service(up.service());
-            let log = GuardrailLog::new();
             let raw = r#"{"model":"m","messages":[{"role":"user","content":"this is forbidden"}]}"#;
             let mut req = Request::post("/v1/chat/completions")
                 .body(Full::new(Bytes::from_static(raw.as_bytes())))
                 .unwrap();
-            req.extensions_mut().insert(log.clone());
+            let log = GuardrailLog::get_or_insert(&mut req);
             let resp = svc.oneshot(req).await.unwrap();
             assert_eq!(resp.status(), 200, "{mode:?}");
             assert_eq!(resp.headers()[APPLIED_GUARDRAILS], "trial");

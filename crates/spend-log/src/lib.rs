@@ -1,9 +1,9 @@
 //! `SpendLogLayer`: one spend-log record per request, for every endpoint and every outcome.
 //!
-//! The outermost layer. At `call` it creates the request's record and puts the request's
+//! The outermost layer. At `call` it creates the request's record and the request's
 //! [`GuardrailLog`](guardrail_tower_core::GuardrailLog) and
-//! [`ResponseReport`](guardrail_tower_core::ResponseReport) in the request extensions, so inner
-//! layers write into the same record:
+//! [`ResponseReport`](guardrail_tower_core::ResponseReport) (kept with the request, see their
+//! `get_or_insert`), so inner layers write into the same record:
 //!
 //! - `request_id`, the key: a UUID v7 the gateway generates for every request
 //!   ([`RequestId`](guardrail_tower_core::RequestId)), returned as `x-litellm-call-id`. Never

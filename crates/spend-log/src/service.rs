@@ -72,24 +72,9 @@ where
         let request_id = RequestId::get_or_insert(&mut request);
         let client_request_id = ClientRequestId::get_or_insert(&mut request);
         let call_type = guardrail_tower_core::call_type_of(&request);
-        let extensions = request.extensions_mut();
-        let log = match extensions.get::<GuardrailLog>() {
-            Some(log) => log.clone(),
-            None => {
-                let log = GuardrailLog::new();
-                extensions.insert(log.clone());
-                log
-            }
-        };
-        let report = match extensions.get::<ResponseReport>() {
-            Some(report) => report.clone(),
-            None => {
-                let report = ResponseReport::new();
-                extensions.insert(report.clone());
-                report
-            }
-        };
-        let caller = extensions.get::<Arc<Caller>>().cloned();
+        let log = GuardrailLog::get_or_insert(&mut request);
+        let report = ResponseReport::get_or_insert(&mut request);
+        let caller = request.extensions().get::<Arc<Caller>>().cloned();
         let recorder = Recorder::new(
             self.config.writer.clone(),
             self.config.settings.clone(),

@@ -778,9 +778,7 @@ async fn a_caller_named_in_the_report_is_recorded_when_the_client_leaves_first()
     let svc = ServiceBuilder::new()
         .layer(SpendLogLayer::new(handle.clone()))
         .service(service_fn(|req: Request<Full<Bytes>>| async move {
-            let report = req
-                .extensions()
-                .get::<guardrail_tower_core::ResponseReport>()
+            let report = guardrail_tower_core::ResponseReport::of(&req)
                 .expect("the spend log leaves a report in the request");
             report.set_caller(&Arc::new(
                 guardrail_tower_core::Caller::with_key_hash("h-1").key_alias("ci-key"),

@@ -349,9 +349,8 @@ fn check(
     stream: &Arc<[Bytes]>,
 ) {
     rt.block_on(async {
-        let log = GuardrailLog::new();
         let mut req = request(shape);
-        req.extensions_mut().insert(log.clone());
+        let log = GuardrailLog::get_or_insert(&mut req);
         let resp = layer
             .layer(upstream(stream.clone()))
             .oneshot(req)

@@ -96,20 +96,13 @@ impl Capture {
             call_type: parsed.call_type(),
             selection: parsed.selection().clone(),
             meta,
-            log: GuardrailLog::new(),
-            report: request.extensions().get::<ResponseReport>().cloned(),
-        };
-        let log = match request.extensions().get::<GuardrailLog>() {
-            Some(log) => log.clone(),
-            None => {
-                request.extensions_mut().insert(context.log.clone());
-                context.log.clone()
-            }
+            log: GuardrailLog::get_or_insert(request),
+            report: ResponseReport::of(request).cloned(),
         };
         // The guardrails read the response: ask for it uncompressed.
         request
             .headers_mut()
             .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        Ok(Some(StreamContext { log, ..context }))
+        Ok(Some(context))
     }
 }

@@ -179,9 +179,8 @@ async fn run_with(
     response: Response<TestBody>,
 ) -> Run {
     let svc = ServiceBuilder::new().layer(layer).service(once(response));
-    let report = ResponseReport::new();
     let (mut req, log) = request(path, request_body, &[]);
-    req.extensions_mut().insert(report.clone());
+    let report = ResponseReport::get_or_insert(&mut req);
     let resp = svc.oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -211,8 +210,7 @@ fn request(
     let mut req = builder
         .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
         .unwrap();
-    let log = GuardrailLog::new();
-    req.extensions_mut().insert(log.clone());
+    let log = GuardrailLog::get_or_insert(&mut req);
     (req, log)
 }
 
@@ -784,7 +782,6 @@ async fn upstream_death_mid_stream_ends_like_a_block() {
             .map(str::to_owned)
             .collect();
         let upstream = body::chunks(events.clone()).then_error("upstream reset");
-        let report = ResponseReport::new();
         let svc = ServiceBuilder::new()
             .layer(layer)
             .service(once(sse(upstream)));
@@ -793,7 +790,7 @@ async fn upstream_death_mid_stream_ends_like_a_block() {
                 br#"{"stream":true,"messages":[]}"#,
             )))
             .unwrap();
-        req.extensions_mut().insert(report.clone());
+        let report = ResponseReport::get_or_insert(&mut req);
         let body = svc.oneshot(req).await.unwrap().into_body();
         // The body ends cleanly (no error frame): `collect` fails on one.
         let got = body.collect().await.unwrap().to_bytes();

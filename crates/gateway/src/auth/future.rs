@@ -115,7 +115,7 @@ where
 {
     *caller = Some(Arc::clone(who.caller()));
     // A spend log outside this layer learns the caller here, however the request ends.
-    if let Some(report) = request.extensions().get::<ResponseReport>() {
+    if let Some(report) = ResponseReport::of(&request) {
         report.set_caller(who.caller());
     }
     if let Who::Key(key) = &who {

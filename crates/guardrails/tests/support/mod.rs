@@ -167,12 +167,11 @@ pub async fn call(
         .layer(PreCallGuardrailLayer::new(guardrails.clone()))
         .layer(StreamingGuardrailBodyLayer::new(guardrails).policy(policy))
         .service(upstream);
-    let log = GuardrailLog::new();
     let mut req = Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(request.to_string())))
         .unwrap();
-    req.extensions_mut().insert(log.clone());
+    let log = GuardrailLog::get_or_insert(&mut req);
     let resp = svc.oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
