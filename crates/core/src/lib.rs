@@ -73,7 +73,8 @@ pub use guardrail::{
 };
 pub use guardrail_tower_protocol::{
     BodyType, CONTENT_POLICY_VIOLATION, CallType, Error, ErrorClass, ErrorShape,
-    ResponsesStreamState, Usage, anthropic_type_for_status, json, openai_type_for_status, text,
+    ResponsesStreamState, Usage, UsageFromEnd, anthropic_type_for_status, json,
+    openai_type_for_status, text,
 };
 pub use guardrail_tower_sse as sse;
 pub use log::{

@@ -63,7 +63,7 @@ pub use error::{
     CONTENT_POLICY_VIOLATION, Error, ErrorClass, ResponsesStreamState, anthropic_type_for_status,
     openai_type_for_status,
 };
-pub use usage::Usage;
+pub use usage::{Usage, UsageFromEnd};
 
 /// `bytes` as text when they are UTF-8, as strictly as [`std::str::from_utf8`] checks them, but
 /// by SIMD (`simdutf8`): a few times fewer instructions a byte on the documents every request

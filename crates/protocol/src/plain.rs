@@ -68,6 +68,21 @@ impl<'a> Plain<'a> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
+    /// Consumes a `:`, after any whitespace.
+    pub(crate) fn colon(&mut self) -> Option<()> {
+        self.eat(b':')
+    }
+
+    /// Consumes a `,`, after any whitespace.
+    pub(crate) fn comma(&mut self) -> Option<()> {
+        self.eat(b',')
+    }
+
+    /// Consumes a `}`, after any whitespace.
+    pub(crate) fn close_object(&mut self) -> Option<()> {
+        self.eat(b'}')
+    }
+
     /// The end of the document: only whitespace is left.
     pub(crate) fn end(mut self) -> Option<()> {
         self.skip_whitespace();

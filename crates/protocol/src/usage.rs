@@ -1,11 +1,24 @@
 //! Token usage, read from a response body or a stream's usage events, per call type.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::CallType;
 use crate::json::{JsonView, MemberName, Skip};
 use crate::plain::Plain;
+
+/// What [`Usage::from_document_end`] could tell of a document's usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageFromEnd {
+    /// The document has a top-level `usage` member: the usage in the last one, `None` when it
+    /// holds no counts (as [`Usage::from_usage_bytes`] reads it).
+    Member(Option<Usage>),
+    /// Not told from the end: read the document another way.
+    Unknown,
+}
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +29,30 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Input plus output.
     pub total_tokens: u64,
+}
+
+/// Where the last `"usage"` in `doc[after + 1..end]` starts. Searched forward in a window
+/// before `end`, widened until it holds one or reaches `after`: `memchr`'s forward search
+/// has a vector prefilter, its backward one steps through every byte (about four
+/// instructions a byte), and the member is near the end.
+fn last_usage_name(doc: &[u8], after: usize, end: usize) -> Option<usize> {
+    static NAME: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    let mut window = 1024;
+    loop {
+        let start = end.saturating_sub(window).max(after + 1);
+        let found = start < end;
+        if let Some(at) = found
+            .then(|| NAME.find_iter(&doc[start..end]).last())
+            .flatten()
+        {
+            return Some(start + at);
+        }
+        if start == after + 1 || !found {
+            return None;
+        }
+        window = window.saturating_mul(4);
+    }
 }
 
 /// The token counts of a `usage` object, read leniently as a `Value` map would be: a member
@@ -261,6 +298,82 @@ impl Usage {
         Usage::from_counts(call_type, |key| counts.get(key))
     }
 
+    /// The usage in the last top-level `usage` member of a whole JSON document (a response
+    /// body), read from the document's end: the last `"usage"` in it is found by a backward
+    /// search, and read forward from there are the member's value and the members after it, to
+    /// the closing brace and the end. An OpenAI response has `usage` last but for a member or
+    /// two, so this reads a few hundred bytes where a scan from the start reads all of them.
+    ///
+    /// For a document that is a JSON object, the answer is the one reading all of it gives:
+    /// a `"usage"` whose quote is not escaped opens a string, a string followed by `:` is a
+    /// member name, and one followed by members and a single closing brace at the document's
+    /// end is a member of the top-level object; it is the last one so named, since no
+    /// `"usage"` comes later and the names after it are read without escapes. The members
+    /// before it are not read. Anything this cannot tell (no such member, a value or a later
+    /// name outside the plain subset the reader accepts, text that is not UTF-8) is
+    /// [`UsageFromEnd::Unknown`]: read the document another way.
+    pub fn from_document_end(call_type: CallType, doc: &[u8]) -> UsageFromEnd {
+        let Some(open) = doc
+            .iter()
+            .position(|&b| !(b.is_ascii_whitespace() || matches!(b, 0xEF | 0xBB | 0xBF)))
+        else {
+            return UsageFromEnd::Unknown;
+        };
+        if doc[open] != b'{' {
+            return UsageFromEnd::Unknown;
+        }
+        let mut end = doc.len();
+        while let Some(at) = last_usage_name(doc, open, end) {
+            end = at;
+            let backslashes = doc[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+            if backslashes % 2 == 1 {
+                // `\"usage"` inside a string.
+                continue;
+            }
+            // The quote is a character boundary: the rest is UTF-8 when the document is.
+            let Some(mut reader) = Plain::new(&doc[at..]) else {
+                return UsageFromEnd::Unknown;
+            };
+            reader.string();
+            if reader.peek() != Some(b':') {
+                // A string value, not a name.
+                continue;
+            }
+            return Self::read_member_to_end(call_type, reader).unwrap_or(UsageFromEnd::Unknown);
+        }
+        UsageFromEnd::Unknown
+    }
+
+    /// [`from_document_end`](Self::from_document_end) from the `:` after the name: the value,
+    /// then the members after it, the closing brace and the end; `None` when not plain.
+    fn read_member_to_end(call_type: CallType, mut reader: Plain<'_>) -> Option<UsageFromEnd> {
+        reader.colon()?;
+        let counts = if reader.peek()? == b'{' {
+            Some(Counts::read_plain_value(&mut reader)?)
+        } else {
+            reader.skip()?;
+            None
+        };
+        loop {
+            match reader.peek()? {
+                b',' => {
+                    reader.comma()?;
+                    reader.string()?;
+                    reader.colon()?;
+                    reader.skip()?;
+                }
+                b'}' => {
+                    reader.close_object()?;
+                    reader.end()?;
+                    return Some(UsageFromEnd::Member(counts.and_then(|counts| {
+                        Usage::from_counts(call_type, |key| counts.get(key))
+                    })));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// A `usage` object in the shape of `call_type`.
     pub fn from_usage_object(call_type: CallType, usage: &Value) -> Option<Usage> {
         if !usage.is_object() {
@@ -380,6 +493,89 @@ mod tests {
 
     use super::*;
     use guardrail_tower_sse::SseDecoder;
+
+    /// Read from the end, a document's usage is the one a read of the whole document gives,
+    /// or `Unknown`: never another one. Decoys in strings, nested `usage` members, a `usage`
+    /// string value, an escaped name after it, and what is not a JSON object.
+    #[test]
+    fn usage_from_the_document_end_is_the_whole_reads_or_unknown() {
+        let chat = CallType::ChatCompletions;
+        let read = |doc: &str| Usage::from_document_end(chat, doc.as_bytes());
+        let counts = |p, c| {
+            UsageFromEnd::Member(Some(Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                total_tokens: p + c,
+            }))
+        };
+        // An OpenAI response: the usage, then two members; a decoy in the content.
+        let response = r#"{"id":"c","choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":9} }"}}],"usage":{"prompt_tokens":45,"completion_tokens":47,"total_tokens":92,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock"}"#;
+        assert_eq!(read(response), counts(45, 47));
+        // Whitespace wherever JSON allows it, and a byte-order mark before.
+        assert_eq!(
+            read(
+                "\u{feff} {\n \"usage\" :\t{ \"prompt_tokens\" : 1 , \"completion_tokens\":2 } ,\n \"x\" : [ 1 , {\"a\":null} ] \n} \n"
+            ),
+            counts(1, 2)
+        );
+        // Far from the end, the name across the first windows' edges included.
+        for pad in (1000..1040).chain([4090, 5000, 70_000]) {
+            let doc = format!(
+                r#"{{"usage":{{"prompt_tokens":1,"completion_tokens":2}},"pad":"{}"}}"#,
+                "x".repeat(pad)
+            );
+            assert_eq!(read(&doc), counts(1, 2), "{pad}");
+        }
+        // A `"usage"` string value after the member is passed over.
+        assert_eq!(
+            read(r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"model":"usage"}"#),
+            counts(1, 2)
+        );
+        // A member without counts, or not an object: found, no usage.
+        assert_eq!(read(r#"{"usage":null,"x":1}"#), UsageFromEnd::Member(None));
+        assert_eq!(read(r#"{"usage":{}}"#), UsageFromEnd::Member(None));
+        for doc in [
+            // The last `"usage"` is nested: not told (a whole read gives 1 and 2).
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"x":{"usage":{"prompt_tokens":5}}}"#,
+            // A later name with an escape may be `usage` (here it is, with 7).
+            r#"{"usage":{"prompt_tokens":1},"\u0075sage":{"prompt_tokens":7}}"#,
+            // A name ending in an escaped quote before `usage"`: passed over for the member
+            // before it, whose later names then hold an escape.
+            r#"{"usage":{"prompt_tokens":1},"a\"usage":{"prompt_tokens":3}}"#,
+            // No such member; not an object; text after it; cut short; a brace too many.
+            r#"{"id":"c"}"#,
+            r#"[{"usage":{"prompt_tokens":1}}]"#,
+            r#"{"usage":{"prompt_tokens":1}} x"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"usage":{"prompt_tokens":1}}}"#,
+            // Outside the plain subset: a fraction, a string count.
+            r#"{"usage":{"prompt_tokens":1.5}}"#,
+            r#"{"usage":{"prompt_tokens":"1"}}"#,
+            "",
+            r#""usage""#,
+        ] {
+            assert_eq!(read(doc), UsageFromEnd::Unknown, "{doc}");
+        }
+        // Not UTF-8 after the member.
+        let mut bytes = br#"{"usage":{"prompt_tokens":1},"x":""#.to_vec();
+        bytes.extend_from_slice(b"\xff\"}");
+        assert_eq!(
+            Usage::from_document_end(chat, &bytes),
+            UsageFromEnd::Unknown
+        );
+        // The call type's names: Anthropic's cache counts are part of the input.
+        assert_eq!(
+            Usage::from_document_end(
+                CallType::AnthropicMessages,
+                br#"{"type":"message","usage":{"input_tokens":5,"cache_read_input_tokens":2,"output_tokens":6}}"#
+            ),
+            UsageFromEnd::Member(Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 6,
+                total_tokens: 13
+            }))
+        );
+    }
 
     #[test]
     fn usage_bytes_read_as_the_parsed_object_does() {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use guardrail_tower_core::sse::SseDecoder;
-use guardrail_tower_core::{CallType, Error, StreamWatch, Usage};
+use guardrail_tower_core::{CallType, Error, StreamWatch, Usage, UsageFromEnd};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -16,7 +16,7 @@ use crate::recorder::{Ending, Recorder};
 /// Reads usage and errors from a response body as it passes, when no inner layer reports them.
 pub(crate) enum Observer {
     /// A JSON body: scanned incrementally for its top-level `usage` (and `error`) members.
-    Json(Box<JsonScanner>),
+    Json(Box<JsonScanner>, CallType),
     /// An SSE stream: framed incrementally, its events read for usage and in-band errors.
     Sse {
         decoder: Box<SseDecoder>,
@@ -25,8 +25,8 @@ pub(crate) enum Observer {
 }
 
 impl Observer {
-    pub(crate) fn json() -> Self {
-        Observer::Json(Box::default())
+    pub(crate) fn json(call_type: CallType) -> Self {
+        Observer::Json(Box::default(), call_type)
     }
 
     pub(crate) fn sse(call_type: CallType) -> Self {
@@ -42,10 +42,10 @@ impl Observer {
         match self {
             // An error's `error` member is read by the forward scan; a success's usage may be
             // found from the end when the document is in one piece.
-            Observer::Json(scanner) if whole && error_status(recorder).is_none() => {
-                scanner.push_whole(data)
+            Observer::Json(scanner, call_type) if whole && error_status(recorder).is_none() => {
+                scanner.push_whole(data, *call_type)
             }
-            Observer::Json(scanner) => scanner.push(data),
+            Observer::Json(scanner, _) => scanner.push(data),
             Observer::Sse { decoder, watch } => {
                 // Whole `data:` events that mention neither usage nor an error are not framed.
                 if decoder.is_whole_data_events(data) && watch.ignores_data_events(data) {
@@ -60,13 +60,10 @@ impl Observer {
     }
 
     fn finish(&mut self, recorder: &mut Recorder, call_type: CallType) {
-        let Observer::Json(scanner) = self else {
+        let Observer::Json(scanner, _) = self else {
             return;
         };
-        if let Some(usage) = scanner
-            .usage()
-            .and_then(|u| Usage::from_usage_bytes(call_type, u))
-        {
+        if let Some(usage) = scanner.counted_usage(call_type) {
             recorder.usage = Some(usage);
         }
         let Some(status) = error_status(recorder) else {
@@ -136,6 +133,9 @@ pub(crate) struct JsonScanner {
     in_string: bool,
     escaped: bool,
     usage: Option<Bytes>,
+    /// The usage when it was read at once from the document's end
+    /// ([`Usage::from_document_end`]).
+    read_usage: Option<Usage>,
     error: Option<Vec<u8>>,
 }
 
@@ -237,17 +237,33 @@ impl JsonScanner {
         self.usage.as_deref()
     }
 
+    /// The usage of the last complete top-level `usage` member, if it has counts: read at once
+    /// from the document's end, or from its raw text.
+    pub(crate) fn counted_usage(&self, call_type: CallType) -> Option<Usage> {
+        self.read_usage.or_else(|| {
+            self.usage()
+                .and_then(|u| Usage::from_usage_bytes(call_type, u))
+        })
+    }
+
     /// The raw text of the last complete top-level `error` member, if any.
     pub(crate) fn error(&self) -> Option<&[u8]> {
         self.error.as_deref()
     }
 
     /// Reads what is left of the document, all of it in `doc`: its `usage` found from the end
-    /// when nothing but whitespace came before ([`usage_from_end`]; the member is the last in
-    /// an OpenAI response, so the walk passes over a few hundred bytes where the scan passes
-    /// over the whole document), else scanned as [`push`](JsonScanner::push) scans.
-    pub(crate) fn push_whole(&mut self, doc: &Bytes) {
+    /// when nothing but whitespace came before, else scanned as [`push`](JsonScanner::push)
+    /// scans. From the end, the member (the last in an OpenAI response but for a member or two)
+    /// is searched for and read at once ([`Usage::from_document_end`]); if that cannot tell,
+    /// the members are walked backward to it ([`usage_from_end`]). Either passes over a few
+    /// hundred bytes where the scan passes over the whole document.
+    pub(crate) fn push_whole(&mut self, doc: &Bytes, call_type: CallType) {
         if self.state == ScanState::Start {
+            if let UsageFromEnd::Member(usage) = Usage::from_document_end(call_type, doc) {
+                self.read_usage = usage;
+                self.state = ScanState::Done;
+                return;
+            }
             match usage_from_end(doc) {
                 FromEnd::Usage(usage) => {
                     self.usage = Some(doc.slice_ref(usage));
@@ -811,7 +827,7 @@ mod tests {
     use bytes::Bytes;
     use serde_json::json;
 
-    use super::{FromEnd, JsonScanner, usage_from_end};
+    use super::{CallType, FromEnd, JsonScanner, Usage, usage_from_end};
 
     fn scan(chunks: &[&[u8]]) -> (Option<String>, Option<String>) {
         let mut scanner = JsonScanner::default();
@@ -970,7 +986,10 @@ mod tests {
         let whole = |first: &[u8], doc: &str| {
             let mut scanner = JsonScanner::default();
             scanner.push(first);
-            scanner.push_whole(&Bytes::copy_from_slice(doc.as_bytes()));
+            scanner.push_whole(
+                &Bytes::copy_from_slice(doc.as_bytes()),
+                CallType::ChatCompletions,
+            );
             scanner
                 .usage()
                 .map(|u| String::from_utf8(u.to_vec()).unwrap())
@@ -980,7 +999,7 @@ mod tests {
         // Read from the end, the usage is a slice of the frame, not a copy the scan made.
         let doc = Bytes::from_static(BODY.as_bytes());
         let mut scanner = JsonScanner::default();
-        scanner.push_whole(&doc);
+        scanner.push_whole(&doc, CallType::ChatCompletions);
         let usage = scanner.usage().unwrap();
         assert!(doc.as_ptr_range().contains(&usage.as_ptr()));
         let (head, tail) = BODY.split_at(40);
@@ -991,6 +1010,23 @@ mod tests {
             "trailing bytes: scanned, as before"
         );
         assert_eq!(whole(b"", r#"{"data":{"usage":1}}"#), None);
+        // A usage of counts only (the common shape) is read at once, without its raw text.
+        let mut scanner = JsonScanner::default();
+        scanner.push_whole(
+            &Bytes::from_static(
+                br#"{"id":"c","usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default"}"#,
+            ),
+            CallType::ChatCompletions,
+        );
+        assert_eq!(scanner.usage(), None);
+        assert_eq!(
+            scanner.counted_usage(CallType::ChatCompletions),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                total_tokens: 8
+            })
+        );
     }
 
     #[test]
@@ -1090,6 +1126,25 @@ mod tests {
         })
     }
 
+    /// A `usage` object as upstreams write one (counts, a details object of counts), now and
+    /// then with a member of any other kind.
+    fn counts_value() -> impl Strategy<Value = Value> {
+        let count = (0u64..100_000).prop_map(Value::from);
+        let details = prop::collection::vec(("[a-z_]{1,12}", count.clone()), 0..3)
+            .prop_map(|members| Value::Object(members.into_iter().collect()));
+        let member = prop_oneof![
+            4 => (
+                prop::sample::select(&["prompt_tokens", "completion_tokens", "total_tokens"][..]),
+                count
+            )
+                .prop_map(|(name, count)| (name.to_owned(), count)),
+            2 => ("[a-z_]{1,12}_details", details),
+            1 => ("[a-z]{1,8}", json_value()),
+        ];
+        prop::collection::vec(member, 0..5)
+            .prop_map(|members| Value::Object(members.into_iter().collect()))
+    }
+
     proptest! {
         /// Any bytes, JSON's punctuation dense among them, and any cut of a valid document:
         /// the walk from the end answers without panicking (it runs in `poll_frame`).
@@ -1109,7 +1164,10 @@ mod tests {
         /// the scanner's `usage` is the document's top-level `usage`, byte for byte.
         #[test]
         fn agrees_with_serde_json(
-            members in prop::collection::vec(("usage|error|[a-z]{1,20}", json_value()), 0..8),
+            members in prop::collection::vec(
+                ("usage|error|[a-z]{1,20}", prop_oneof![json_value(), counts_value()]),
+                0..8,
+            ),
             pretty in any::<bool>(),
             cuts in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
         ) {
@@ -1132,10 +1190,20 @@ mod tests {
             prop_assert_eq!(found(scanner.error()), document.get("error").cloned());
             // In one piece, read from the end: the same usage, and the walk always reads a
             // valid document to its answer.
+            // In one piece: the same usage, read at once or from its raw text.
             let mut whole = JsonScanner::default();
-            whole.push_whole(&Bytes::from(bytes.clone()));
-            prop_assert_eq!(found(whole.usage()), document.get("usage").cloned());
-            prop_assert_ne!(usage_from_end(&bytes), FromEnd::Unknown);
+            let chat = CallType::ChatCompletions;
+            whole.push_whole(&Bytes::from(bytes.clone()), chat);
+            let expected = document
+                .get("usage")
+                .and_then(|u| Usage::from_usage_bytes(chat, &serde_json::to_vec(u).unwrap()));
+            prop_assert_eq!(whole.counted_usage(chat), expected);
+            // The walk from the end finds the member's text byte for byte.
+            let walked = usage_from_end(&bytes);
+            prop_assert_ne!(&walked, &FromEnd::Unknown);
+            if let FromEnd::Usage(raw) = walked {
+                prop_assert_eq!(found(Some(raw)), document.get("usage").cloned());
+            }
         }
     }
 }

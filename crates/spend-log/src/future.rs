@@ -87,7 +87,7 @@ where
 fn observer_for<B>(response: &Response<B>, call_type: CallType) -> Option<Observer> {
     match BodyType::of(response.headers().get(CONTENT_TYPE)) {
         BodyType::EventStream => Some(Observer::sse(call_type)),
-        BodyType::Json => Some(Observer::json()),
+        BodyType::Json => Some(Observer::json(call_type)),
         _ => None,
     }
 }
