@@ -51,6 +51,10 @@ pin_project! {
             parts: Option<response::Parts>,
             #[pin]
             body: ResB,
+            // The first frame, kept as it came: most bodies are one frame, which is then
+            // neither copied nor buffered.
+            first: Option<Bytes>,
+            // The frames after it, the first copied in front of them.
             buf: BytesMut,
             context: Option<StreamContext>,
         },
@@ -209,6 +213,7 @@ where
                             this.state.set(State::ReadJson {
                                 parts: Some(parts),
                                 body,
+                                first: None,
                                 buf: BytesMut::new(),
                                 context: Some(context),
                             });
@@ -259,6 +264,7 @@ where
                 StateProj::ReadJson {
                     parts,
                     mut body,
+                    first,
                     buf,
                     context,
                 } => {
@@ -267,7 +273,8 @@ where
                         match ready!(body.as_mut().poll_frame(cx)) {
                             Some(Ok(frame)) => {
                                 if let Ok(data) = frame.into_data() {
-                                    if buf.len() + data.len() > limit {
+                                    let held = first.as_ref().map_or(0, Bytes::len);
+                                    if held + buf.len() + data.len() > limit {
                                         let err = Error::new(
                                             StatusCode::BAD_GATEWAY,
                                             format!("the upstream response is larger than the {limit}-byte limit for post_call guardrails"),
@@ -277,7 +284,14 @@ where
                                             context.take().expect("polled after completion");
                                         return Poll::Ready(Ok(error_response(&err, &context)));
                                     }
-                                    buf.put(data);
+                                    if first.is_none() && buf.is_empty() {
+                                        *first = Some(data);
+                                    } else {
+                                        if let Some(first) = first.take() {
+                                            buf.put(first);
+                                        }
+                                        buf.put(data);
+                                    }
                                 }
                             }
                             Some(Err(err)) => return Poll::Ready(Ok(body_failed(err, context))),
@@ -286,7 +300,10 @@ where
                     }
                     let context = context.take().expect("polled after completion");
                     let parts = parts.take().expect("polled after completion");
-                    let bytes = buf.split().freeze();
+                    let bytes = match first.take() {
+                        Some(first) => first,
+                        None => buf.split().freeze(),
+                    };
                     // One parse through a borrowed view: no `Value` unless a guardrail rewrites.
                     let (texts, usage) = match context.call_type.response_texts_and_usage(&bytes) {
                         Ok(read) => read,

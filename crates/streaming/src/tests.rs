@@ -1053,11 +1053,26 @@ async fn trailers_pass_through() {
 #[tokio::test]
 async fn json_responses_block_mask_and_allow() {
     let json = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"call me at the corner"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    // In one frame, and in frames that cut the blocked word and a member name (one empty).
+    let at = json.find("corner").unwrap() + 3;
+    for frames in [vec![json], vec![&json[..7], "", &json[7..at], &json[at..]]] {
+        json_response_blocks_masks_and_allows(json, frames).await;
+    }
+    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
+    let bad = Response::builder()
+        .header("content-type", "application/json")
+        .body(body::chunks(["{not json"]))
+        .unwrap();
+    let run = run_with("/v1/chat/completions", r#"{"messages":[]}"#, layer, bad).await;
+    assert_eq!(run.status, 502);
+}
+
+async fn json_response_blocks_masks_and_allows(json: &'static str, frames: Vec<&'static str>) {
     let response = || {
         Response::builder()
             .header("content-type", "application/json")
             .header("content-length", json.len())
-            .body(body::chunks([json]))
+            .body(body::chunks(frames.clone()))
             .unwrap()
     };
     let layer =
@@ -1101,14 +1116,6 @@ async fn json_responses_block_mask_and_allow() {
     )
     .await;
     assert_eq!((run.status, run.body.as_str()), (200, json));
-
-    let layer = StreamingGuardrailBodyLayer::new(Guardrails::new([words("g", vec![("x", None)])]));
-    let bad = Response::builder()
-        .header("content-type", "application/json")
-        .body(body::chunks(["{not json"]))
-        .unwrap();
-    let run = run_with("/v1/chat/completions", r#"{"messages":[]}"#, layer, bad).await;
-    assert_eq!(run.status, 502);
 }
 
 #[tokio::test]
