@@ -116,9 +116,12 @@ type Slots = HashMap<(StateKey, TypeId), Box<dyn Any + Send + Sync>>;
 
 /// What the layers of one request share, as **one** request extension: the request's ids, its
 /// guardrail log, its response report, its guardrail state and the layers it went through.
-/// Each is reached through its own type ([`RequestId::get_or_insert`](crate::RequestId::get_or_insert),
-/// [`GuardrailLog::of`](crate::GuardrailLog::of), [`ResponseReport::get_or_insert`](crate::ResponseReport::get_or_insert),
-/// [`RequestState::of`], [`enter_layer`](crate::enter_layer)), never as an extension of its own.
+/// Each is reached through its own type
+/// ([`RequestId::get_or_insert`](crate::RequestId::get_or_insert),
+/// [`GuardrailLog::of`](crate::GuardrailLog::of),
+/// [`ResponseReport::get_or_insert`](crate::ResponseReport::get_or_insert),
+/// [`RequestState::of`], [`enter_layer`](crate::enter_layer)), never as an extension of its
+/// own.
 ///
 /// One entry rather than one per type: each extension is a boxed value in a hash map that
 /// starts with room for three, so six of them cost six allocations, two growths of the map and

@@ -301,8 +301,9 @@ impl Usage {
     /// The usage in the last top-level `usage` member of a whole JSON document (a response
     /// body), read from the document's end: the last `"usage"` in it is found by a search of
     /// the bytes before the end (widened until it finds one), and read forward from there are
-    /// the member's value and the members after it, to the closing brace and the end. An OpenAI response has `usage` last but for a member or
-    /// two, so this reads a few hundred bytes where a scan from the start reads all of them.
+    /// the member's value and the members after it, to the closing brace and the end. An
+    /// OpenAI response has `usage` last but for a member or two, so this reads a few hundred
+    /// bytes where a scan from the start reads all of them.
     ///
     /// For a document that is a JSON object, the answer is the one reading all of it gives:
     /// a `"usage"` whose quote is not escaped opens a string, a string followed by `:` is a
