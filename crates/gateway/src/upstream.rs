@@ -685,6 +685,9 @@ pub(crate) mod tests {
             .header("x-other-hop", "1")
             .header("keep-alive", "timeout=5")
             .header("x-trace", "t1")
+            .header("x-trace", "t2")
+            .header(header::COOKIE, "a=1")
+            .header(header::COOKIE, "b=2")
             .header("OpenAI-Organization", "org-another")
             .header("OpenAI-Project", "proj_another")
             .body(Full::new(body.clone()))
@@ -704,6 +707,9 @@ pub(crate) mod tests {
                 "x-trace"
             ]
         );
+        // Every value of a kept header, in order; none of a dropped one's.
+        let traces: Vec<_> = forwarded.headers().get_all("x-trace").iter().collect();
+        assert_eq!(traces, ["t1", "t2"]);
     }
 
     #[test]
