@@ -616,19 +616,10 @@ where
         // cloning the whole parsed request cost each later layer about a thousand instructions),
         // and that layer noted the ids, so the client's header is not read again.
         let parsed = extensions.get::<ParsedRequest>().map(|p| p.bytes.clone());
-        let shared = Shared::of(extensions);
-        if parsed.is_none() || shared.is_none_or(|s| s.request_id.is_none()) {
-            // The client's id read before the one look-up that fills all three.
-            let client = shared
-                .is_none_or(|s| s.client_request_id.is_none())
-                .then(|| ClientRequestId::from_headers(request.headers()))
-                .flatten();
-            let shared = Shared::of_mut(request.extensions_mut());
-            shared.request_id.get_or_insert_with(RequestId::generate);
-            if client.is_some() {
-                shared.client_request_id = client;
-            }
-            shared.state.get_or_insert_default();
+        if parsed.is_none() || RequestId::of(&request).is_none() {
+            RequestId::get_or_insert(&mut request);
+            ClientRequestId::get_or_insert(&mut request);
+            RequestState::get_or_insert(&mut request);
         }
         let call_type = call_type_of(&request);
         let (mut parts, body) = request.into_parts();
