@@ -59,11 +59,11 @@ impl Observer {
         }
     }
 
-    fn finish(&mut self, recorder: &mut Recorder, call_type: CallType) {
-        let Observer::Json(scanner, _) = self else {
+    fn finish(&mut self, recorder: &mut Recorder) {
+        let Observer::Json(scanner, call_type) = self else {
             return;
         };
-        if let Some(usage) = scanner.counted_usage(call_type) {
+        if let Some(usage) = scanner.counted_usage(*call_type) {
             recorder.usage = Some(usage);
         }
         let Some(status) = error_status(recorder) else {
@@ -669,7 +669,6 @@ pin_project! {
         remaining: Option<u64>,
         recorder: Option<Recorder>,
         observer: Option<Observer>,
-        call_type: CallType,
     }
 
     impl<B> PinnedDrop for SpendLogBody<B> {
@@ -715,12 +714,7 @@ impl<B: Body> Inner<B> {
 }
 
 impl<B: Body> SpendLogBody<B> {
-    pub(crate) fn new(
-        body: B,
-        recorder: Recorder,
-        observer: Option<Observer>,
-        call_type: CallType,
-    ) -> Self {
+    pub(crate) fn new(body: B, recorder: Recorder, observer: Option<Observer>) -> Self {
         let ended = body.is_end_stream();
         let remaining = body.size_hint().exact();
         let mut this = SpendLogBody {
@@ -728,7 +722,6 @@ impl<B: Body> SpendLogBody<B> {
             remaining,
             recorder: Some(recorder),
             observer,
-            call_type,
         };
         if ended {
             // No body at all: the request is complete now.
@@ -794,7 +787,7 @@ where
         if ended {
             if let Some(mut recorder) = this.recorder.take() {
                 if let Some(observer) = this.observer.as_mut() {
-                    observer.finish(&mut recorder, *this.call_type);
+                    observer.finish(&mut recorder);
                 }
                 recorder.finish(Ending::Complete);
             }

@@ -174,8 +174,5 @@ fn wrap<B: Body<Data = Bytes>>(
         .unwrap_or_else(|| call_id.clone());
     parts.headers.insert(X_LITELLM_CALL_ID, call_id);
     parts.headers.insert(X_REQUEST_ID, request_id);
-    Response::from_parts(
-        parts,
-        SpendLogBody::new(body, recorder, observer, call_type),
-    )
+    Response::from_parts(parts, SpendLogBody::new(body, recorder, observer))
 }
