@@ -18,8 +18,9 @@
 //!   `user_api_key_cache_ttl`, `graceful_shutdown_timeout`, `client_read_timeout` and
 //!   `client_write_timeout` (set on each connection as it is accepted), `allow_unauthenticated`
 //!   (checked against the listen address at start), and the listen address itself (a
-//!   command-line flag). Adding or removing `general_settings.master_key` is refused (the access model
-//!   would change under running clients: restart for that); changing its value is a reload.
+//!   command-line flag). Adding or removing `general_settings.master_key` is refused (the
+//!   access model would change under running clients: restart for that); changing its value
+//!   is a reload.
 //!
 //! The endpoint answers `{"status": "reloaded", "models": [...], "guardrails": [...],
 //! "warnings": [...]}`.

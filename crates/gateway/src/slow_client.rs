@@ -61,9 +61,7 @@ impl<IO> SendDeadline<IO> {
             waiting: false,
         }
     }
-}
 
-impl<IO> SendDeadline<IO> {
     /// `outcome` of a write, flush or shutdown: passed on when it is ready; when it must wait,
     /// a timed-out error once the write has waited for the limit.
     fn deadline<T>(
@@ -285,8 +283,8 @@ where
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until it is dropped (hyper drops it once
-/// it has sent it whole, or when the connection ends).
+    /// A response body that keeps its request in flight until it is dropped (hyper drops it
+    /// once it has sent it whole, or when the connection ends).
     pub struct WatchedBody<B> {
         #[pin]
         body: B,
