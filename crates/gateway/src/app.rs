@@ -51,6 +51,7 @@ pub struct Gateway {
     grace: Duration,
     client_read_timeout: Duration,
     client_write_timeout: Duration,
+    max_client_connections: usize,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
     allow_unauthenticated: bool,
@@ -171,18 +172,42 @@ impl Gateway {
             metrics,
         };
         let live = Reloader::new(&config, path, parts, build_router);
+        let open_files = crate::process::open_file_limit();
+        let max_client_connections = config
+            .max_client_connections
+            .unwrap_or_else(|| default_max_client_connections(open_files));
+        if config.max_client_connections.is_some()
+            && max_client_connections > default_max_client_connections(open_files)
+        {
+            tracing::warn!(
+                max_client_connections,
+                open_file_limit = open_files,
+                "general_settings.max_client_connections is more than the open-file limit \
+                 leaves room for: near it, connections to upstreams and guardrail services, \
+                 and the spend log's files, may fail to open. Raise the limit (ulimit -n, \
+                 systemd's LimitNOFILE) or lower max_client_connections"
+            );
+        }
         Ok(Gateway {
             live,
             writer,
             grace: config.graceful_shutdown_timeout,
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
+            max_client_connections,
             keys,
             requires_keys: config.master_key.is_some(),
             allow_unauthenticated: config.allow_unauthenticated,
             warnings: config.warnings,
             _temp: temp,
         })
+    }
+
+    /// The most client connections [`Gateway::serve`] serves at once:
+    /// `general_settings.max_client_connections`, or its default from the open-file limit when
+    /// the gateway was built ([`default_max_client_connections`]).
+    pub fn max_client_connections(&self) -> usize {
+        self.max_client_connections
     }
 
     /// Whether every route but the health probes needs a key (a master key is configured).
@@ -248,6 +273,13 @@ impl Gateway {
     /// in-flight requests finish for at most the grace period (`graceful_shutdown_timeout`,
     /// default 30 s; requests still running then are cut, and recorded as failures), and
     /// flushes the spend log.
+    ///
+    /// At most [`max_client_connections`](Gateway::max_client_connections) connections are
+    /// served at once: at the limit the gateway accepts none until one closes (they wait in
+    /// the listen queue, as with Go's `LimitListener`), and says so in a `warn` line at most
+    /// once a minute. A client that opens connections without end holds no more memory and
+    /// file descriptors than the limit allows, and the gateway keeps the descriptors its
+    /// upstream connections and spend log need.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -258,9 +290,12 @@ impl Gateway {
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let max = self.max_client_connections;
+        let mut warned_full: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
+                // At the limit, no accept until a connection ends (`join_next` below).
+                accepted = listener.accept(), if connections.len() < max => {
                     let stream = match accepted {
                         Ok((stream, _)) => stream,
                         Err(err) => {
@@ -293,6 +328,16 @@ impl Gateway {
                         graceful.watcher(),
                         stopping_rx.clone(),
                     ));
+                    if connections.len() >= max
+                        && warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                    {
+                        warned_full = Some(tokio::time::Instant::now());
+                        tracing::warn!(
+                            max_client_connections = max,
+                            "client connections at general_settings.max_client_connections: \
+                             new connections wait in the listen queue until one closes"
+                        );
+                    }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = &mut shutdown => break,
@@ -396,6 +441,25 @@ impl Drop for RunningGateway {
             let _ = stop.send(());
         }
     }
+}
+
+/// The open files the gateway keeps for itself before client connections are counted: the
+/// listener, the runtime's (`epoll`, its wakers), the spend log's database and dead-letter
+/// files, the config file on reload, and standard streams.
+const RESERVED_FILES: u64 = 64;
+
+/// What `general_settings.max_client_connections` is when the config does not set it, from the
+/// open-file limit (see [`crate::process::open_file_limit`]): half of what the limit leaves
+/// after [`RESERVED_FILES`], so that each client connection can have an upstream connection
+/// open beside it (at least 1). With the usual soft limit of 1,024, 480; the binary raises the
+/// soft limit to the hard limit first ([`crate::process::raise_open_file_limit`]; 524,288 under
+/// systemd: 262,112). `None` (no limit, or one that cannot be read): the kernel's default
+/// most open files a process can have (`fs.nr_open`, 1,048,576) is taken for it.
+pub fn default_max_client_connections(open_file_limit: Option<u64>) -> usize {
+    let files = open_file_limit.unwrap_or(1 << 20);
+    usize::try_from(files.saturating_sub(RESERVED_FILES) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// HTTP/2 with prior knowledge (h2c) opens with this preface; anything else is HTTP/1.
@@ -946,7 +1010,16 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{H2_PREFACE, opens_http2};
+    use super::{H2_PREFACE, default_max_client_connections, opens_http2};
+
+    #[test]
+    fn the_default_connection_limit_leaves_each_connection_an_upstream_file() {
+        assert_eq!(default_max_client_connections(Some(1024)), 480);
+        assert_eq!(default_max_client_connections(Some(524_288)), 262_112);
+        assert_eq!(default_max_client_connections(Some(65)), 1);
+        assert_eq!(default_max_client_connections(Some(0)), 1);
+        assert_eq!(default_max_client_connections(None), 524_256);
+    }
 
     /// What `opens_http2` says of a connection whose client writes `parts`, 20 ms apart.
     async fn opens_http2_with(parts: &[&[u8]]) -> bool {

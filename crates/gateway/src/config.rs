@@ -42,6 +42,8 @@
 //!   client_read_timeout: 30                # seconds a connection may sit with no request (closed
 //!                                          # within twice that), or a body go silent (408)
 //!   client_write_timeout: 60               # seconds a client may take nothing the gateway sends
+//!   max_client_connections: 10000          # connections served at once; more wait to be
+//!                                          # accepted (default: from the open-file limit)
 //!   max_request_body_bytes: 16777216
 //! litellm_settings:
 //!   callbacks: ["prometheus"]              # GET /metrics (also under success_callback)
@@ -277,6 +279,14 @@ pub struct GatewayConfig {
     /// while the client takes nothing (its socket full); the connection then ends. Default
     /// [`DEFAULT_CLIENT_WRITE_TIMEOUT`](crate::slow_client::DEFAULT_CLIENT_WRITE_TIMEOUT).
     pub client_write_timeout: Duration,
+    /// `general_settings.max_client_connections`: the most client connections served at once.
+    /// At the limit the gateway accepts no more until one closes: they wait in the system's
+    /// listen queue, and no connection already open loses anything. `None` (the default):
+    /// half of what the open-file limit leaves after 64 files for the gateway's own use, so
+    /// that every client connection can have its upstream connection and the spend log can
+    /// still open its files (see
+    /// [`default_max_client_connections`](crate::app::default_max_client_connections)).
+    pub max_client_connections: Option<usize>,
     /// The request body limit.
     pub max_request_body_bytes: usize,
     /// The stream policy for guardrails that set none (and have no span matcher).
@@ -317,6 +327,7 @@ impl fmt::Debug for GatewayConfig {
             .field("request_timeout", &self.request_timeout)
             .field("client_read_timeout", &self.client_read_timeout)
             .field("client_write_timeout", &self.client_write_timeout)
+            .field("max_client_connections", &self.max_client_connections)
             .field("max_request_body_bytes", &self.max_request_body_bytes)
             .field("stream_policy", &self.stream_policy)
             .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
@@ -465,6 +476,7 @@ const GENERAL: &[&str] = &[
     "request_timeout",
     "client_read_timeout",
     "client_write_timeout",
+    "max_client_connections",
     "max_request_body_bytes",
     "stream_policy",
 ];
@@ -628,6 +640,7 @@ impl GatewayConfig {
             .unwrap_or(crate::slow_client::DEFAULT_CLIENT_READ_TIMEOUT);
         let client_write_timeout = duration("client_write_timeout")?
             .unwrap_or(crate::slow_client::DEFAULT_CLIENT_WRITE_TIMEOUT);
+        let max_client_connections = count("max_client_connections")?;
         let store_prompts_in_spend_logs = flag(
             text,
             &general,
@@ -720,6 +733,7 @@ impl GatewayConfig {
             request_timeout,
             client_read_timeout,
             client_write_timeout,
+            max_client_connections,
             max_request_body_bytes,
             stream_policy,
             warnings,
@@ -1621,6 +1635,9 @@ litellm_settings:
             ("request_timeout", "1e300", "a positive number of seconds"),
             ("client_read_timeout", "0", "a positive number"),
             ("client_write_timeout", "-1", "a positive number"),
+            ("max_client_connections", "0", "a whole number above zero"),
+            ("max_client_connections", "-3", "a whole number above zero"),
+            ("max_client_connections", "1.5", "a whole number above zero"),
             (
                 "graceful_shutdown_timeout",
                 "1e20",
@@ -1643,9 +1660,17 @@ litellm_settings:
         let config = GatewayConfig::from_yaml(
             "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
              request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n  \
-             client_read_timeout: 0.5\n  client_write_timeout: 7\n",
+             client_read_timeout: 0.5\n  client_write_timeout: 7\n  \
+             max_client_connections: 300\n",
         )
         .unwrap();
+        assert_eq!(config.max_client_connections, Some(300));
+        assert_eq!(
+            GatewayConfig::from_yaml("model_list: []")
+                .unwrap()
+                .max_client_connections,
+            None
+        );
         assert_eq!(config.spend_logs_queue_size, 50);
         assert_eq!(config.max_request_body_bytes, 1024);
         assert_eq!(config.request_timeout, Duration::from_millis(2500));

@@ -95,6 +95,10 @@ async fn serve(
         eprintln!("error: cannot read {}: {e}", config.display());
         return ExitCode::from(2);
     }
+    // Before the gateway is built: its default connection limit comes from this limit.
+    if let Some((before, after)) = guardrail_gateway::process::raise_open_file_limit() {
+        tracing::debug!(before, after, "open-file limit raised to the hard limit");
+    }
     // Read again on SIGHUP and POST /config/reload.
     let gateway = match Gateway::from_config_file_with_metrics(&config, metrics).await {
         Ok(gateway) => gateway,
@@ -124,7 +128,11 @@ async fn serve(
     };
     // The bound address (with `--listen 127.0.0.1:0`, the port the system chose).
     let listen = listener.local_addr().unwrap_or(listen);
-    tracing::info!(%listen, "guardrail-gateway listening");
+    tracing::info!(
+        %listen,
+        max_client_connections = gateway.max_client_connections(),
+        "guardrail-gateway listening"
+    );
     guardrail_gateway::reload::spawn_sighup_listener(gateway.reload_handle());
     match gateway.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

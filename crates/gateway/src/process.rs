@@ -62,6 +62,50 @@ pub fn disable_transparent_huge_pages_from_start() -> bool {
     }
 }
 
+/// The process's open-file limit (the soft `RLIMIT_NOFILE`): how many file descriptors it may
+/// hold, sockets included. `None` when it is unlimited or cannot be read (systems other than
+/// Linux).
+pub fn open_file_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+        getrlimit(Resource::RLIMIT_NOFILE)
+            .ok()
+            .and_then(|(soft, _)| (soft != RLIM_INFINITY).then_some(soft))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// Raises the open-file limit (the soft `RLIMIT_NOFILE`) to the most the process may have (the
+/// hard limit), as Go's runtime and nginx's `worker_rlimit_nofile` do; returns the limits
+/// before and after when it rose. The usual soft limit of 1,024 (systemd's and most shells'
+/// default, kept low for programs that use `select`) holds a gateway to a few hundred
+/// connections, while the hard limit, set by the administrator, is what the system allows.
+/// The gateway uses `epoll` and never `select`, so the soft limit protects nothing here.
+///
+/// Call it before [`Gateway`](crate::app::Gateway) is built: its default
+/// [`max_client_connections`](crate::config::GatewayConfig::max_client_connections) is
+/// derived from the limit then.
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        if soft >= hard {
+            return None;
+        }
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+        Some((soft, hard))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -72,5 +116,20 @@ mod tests {
         assert_eq!(nix::sys::prctl::get_thp_disable(), Ok(true));
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(status.lines().any(|l| l == "THP_enabled:\t0"), "{status}");
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read_and_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let _ = raise_open_file_limit();
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(
+            open_file_limit(),
+            Some(soft).filter(|&s| s != nix::sys::resource::RLIM_INFINITY)
+        );
+        // Raised already: nothing more to do.
+        assert_eq!(raise_open_file_limit(), None);
     }
 }

@@ -16,7 +16,8 @@
 //!   endpoint's answer: the spend-log target (`general_settings.spend_logs`, the database the
 //!   writer and the virtual keys use), its dead-letter path and queue size,
 //!   `user_api_key_cache_ttl`, `graceful_shutdown_timeout`, `client_read_timeout` and
-//!   `client_write_timeout` (set on each connection as it is accepted), `allow_unauthenticated`
+//!   `client_write_timeout` (set on each connection as it is accepted),
+//!   `max_client_connections` (the accept loop's), `allow_unauthenticated`
 //!   (checked against the listen address at start), and the listen address itself (a
 //!   command-line flag). Adding or removing `general_settings.master_key` is refused (the
 //!   access model would change under running clients: restart for that); changing its value
@@ -73,6 +74,7 @@ struct Fixed {
     grace: std::time::Duration,
     client_read_timeout: std::time::Duration,
     client_write_timeout: std::time::Duration,
+    max_client_connections: Option<usize>,
     allow_unauthenticated: bool,
     master_key: bool,
 }
@@ -88,6 +90,7 @@ impl Fixed {
             grace: config.graceful_shutdown_timeout,
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
+            max_client_connections: config.max_client_connections,
             allow_unauthenticated: config.allow_unauthenticated,
             master_key: config.master_key.is_some(),
         }
@@ -137,6 +140,9 @@ impl Fixed {
         }
         if self.client_write_timeout != new.client_write_timeout {
             warnings.push(kept("client_write_timeout"));
+        }
+        if self.max_client_connections != new.max_client_connections {
+            warnings.push(kept("max_client_connections"));
         }
         if self.allow_unauthenticated != new.allow_unauthenticated {
             warnings.push(kept("allow_unauthenticated"));
@@ -398,12 +404,15 @@ mod tests {
             Fixed::of(&GatewayConfig::from_yaml(&format!("general_settings:\n{general}")).unwrap())
         };
         let before = fixed("  client_read_timeout: 30\n");
-        let after = fixed("  client_read_timeout: 5\n  client_write_timeout: 5\n");
+        let after = fixed(
+            "  client_read_timeout: 5\n  client_write_timeout: 5\n  max_client_connections: 9\n",
+        );
         assert_eq!(
             before.compare(&after).unwrap(),
             [
                 "general_settings.client_read_timeout cannot change while the gateway runs: the old value is kept until a restart",
                 "general_settings.client_write_timeout cannot change while the gateway runs: the old value is kept until a restart",
+                "general_settings.max_client_connections cannot change while the gateway runs: the old value is kept until a restart",
             ]
         );
         assert!(

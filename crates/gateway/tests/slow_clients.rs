@@ -3,7 +3,8 @@
 //! start, a request head that never ends (or is trickled a byte at a time), and a keep-alive
 //! connection left idle are closed; a body that stalls mid-way is a 408 with its spend-log
 //! row; a body that keeps coming, however slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
-//! with the upstream's stream, and its request logged.
+//! with the upstream's stream, and its request logged. Nor can clients hold more connections
+//! than `max_client_connections`: one beyond it waits until another closes.
 
 mod support;
 
@@ -281,4 +282,100 @@ async fn an_idle_http2_connection_is_closed_and_a_busy_one_kept() {
         "{:?}",
         idle.elapsed()
     );
+}
+
+/// Sends one request on `stream` and reads its response (a head and a `content-length` body),
+/// within `within`; what it read, or `None` when nothing whole came in time.
+async fn exchange(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    stream
+        .write_all(format!("{}{BODY}", head(BODY.len())).as_bytes())
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok())?;
+                if got.len() >= end + 4 + length {
+                    return Some(text);
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// `general_settings.max_client_connections`: while two connections are open at a limit of
+/// two, a third is not served (it waits in the listen queue, its request unanswered); once one
+/// of the two closes, it is, and the one still open keeps being served.
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let config = format!(
+        r#"
+model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "{base}", api_key: sk-up}}
+general_settings:
+  spend_logs: "sqlite://{db}"
+  max_client_connections: 2
+"#,
+        base = upstream.base_url(),
+        db = db.display(),
+    );
+    let gateway = Gateway::from_config_str(&config).await.unwrap();
+    assert_eq!(gateway.max_client_connections(), 2);
+    let running = support::serve(gateway).await;
+    let addr = running.local_addr();
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, Duration::from_secs(10)).await;
+        assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
+        held.push(stream);
+    }
+
+    // The system completes the handshake (the listen queue), the gateway does not serve it.
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut waiting, Duration::from_millis(600)).await,
+        None,
+        "a connection beyond the limit was served"
+    );
+
+    // One of the two leaves: the waiting connection's request, sent already, is answered.
+    drop(held.remove(0));
+    let mut got = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"chat.completion\"") {
+            match waiting.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        answered.is_ok() && got.starts_with("HTTP/1.1 200 OK"),
+        "{got}"
+    );
+    // The connection that stayed open is still served.
+    let answer = exchange(&mut held[0], Duration::from_secs(10)).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
 }
