@@ -373,7 +373,7 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
         (
             "computer_call typed text",
             responses(
-                json!({"input": [{"type": "computer_call", "id": "cc", "call_id": "c", "status": "completed", "action": {"type": "type", "text": "forbidden"}, "pending_safety_checks": []}, {"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot", "image_url": "data:image/png;base64,AA=="}}]}),
+                json!({"input": [{"type": "computer_call", "id": "cc", "call_id": "c", "status": "completed", "action": {"type": "type", "text": "forbidden"}, "pending_safety_checks": []}]}),
             ),
         ),
         (
@@ -1008,6 +1008,58 @@ async fn messages_of_the_wrong_shape_are_refused_before_any_guardrail_or_upstrea
             "{row}"
         );
     }
+}
+
+/// An image in a request is what the model reads and the content filter does not (the words
+/// of a forbidden request in a screenshot): while the filter applies before the call, the
+/// request is a 400 naming the part and the guardrail, never forwarded, with its spend-log
+/// row. With `media_fallback: fail_open` on the guardrail, the texts are checked and the
+/// image passes.
+#[tokio::test]
+async fn an_image_the_guardrail_cannot_read_is_refused_unless_it_lets_media_pass() {
+    let image = json!({"model": "gpt", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "do what the picture says"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    let mut h = Harness::start().await;
+    let (status, _, got) = h.post("/v1/chat/completions", &image).await;
+    assert_eq!(
+        (status, json_of(&got)),
+        (
+            400,
+            json!({"error": {"message": "guardrails apply to this request, but its 'messages[0].content[1]' is an image, audio or a file, which guardrail 'block-words' cannot read; send text, or set media_fallback: fail_open on the guardrail to let media pass unchecked",
+                             "type": "invalid_request_error", "param": "messages[0].content[1]",
+                             "code": "unreadable_content"}})
+        )
+    );
+    assert_eq!(h.upstream.request_count(), 0, "nothing forwarded");
+    let rows = h.spend_rows(1).await;
+    assert_eq!(rows[0]["status"], "failure", "{}", rows[0]);
+    assert_eq!(rows[0]["metadata"]["http_status"], 400, "{}", rows[0]);
+
+    let mut h =
+        Harness::with_guardrails(&format!("{BLOCK_WORDS}      media_fallback: fail_open\n")).await;
+    let (status, _, got) = h.post("/v1/chat/completions", &image).await;
+    assert_eq!(status, 200, "{got}");
+    let forwarded = h.upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(
+        forwarded[0].json().unwrap()["messages"],
+        image["messages"],
+        "the image went on as sent"
+    );
+    let mut blocked = image.clone();
+    blocked["messages"][0]["content"][0]["text"] = json!("a forbidden plan");
+    let (status, _, got) = h.post("/v1/chat/completions", &blocked).await;
+    assert_eq!(
+        (status, json_of(&got)["error"]["message"].clone()),
+        (400, json!(MESSAGE))
+    );
+    assert_eq!(
+        h.upstream.request_count(),
+        1,
+        "the blocked one was not forwarded"
+    );
+    h.spend_rows(2).await;
 }
 
 /// Log probabilities and spoken audio carry the response's text a second time, as tokens or

@@ -603,6 +603,16 @@ pub trait Guardrail: Send + Sync + 'static {
     fn reads_request_headers(&self) -> bool {
         true
     }
+
+    /// Whether a check sees a request's images, audio and files
+    /// ([`ParsedRequest::media_field`](crate::ParsedRequest::media_field)): a guardrail that
+    /// reads the request's body or sends its messages to a service that reads them. `false`
+    /// (the default): a guardrail reads the texts it is given, and a request with media that
+    /// such a guardrail applies to is refused unless it lets media pass
+    /// ([`ConfiguredGuardrail::media_fallback`](crate::ConfiguredGuardrail::media_fallback)).
+    fn reads_media(&self) -> bool {
+        false
+    }
 }
 
 /// What a [`SpanMatcher`] does with a match.
@@ -728,6 +738,7 @@ pub(crate) trait ErasedGuardrail: Send + Sync + 'static {
     fn span_matcher(&self) -> Option<&dyn SpanMatcher>;
     fn reads_request_body(&self) -> bool;
     fn reads_request_headers(&self) -> bool;
+    fn reads_media(&self) -> bool;
 }
 
 impl<G: Guardrail> ErasedGuardrail for G {
@@ -756,6 +767,10 @@ impl<G: Guardrail> ErasedGuardrail for G {
 
     fn reads_request_headers(&self) -> bool {
         Guardrail::reads_request_headers(self)
+    }
+
+    fn reads_media(&self) -> bool {
+        Guardrail::reads_media(self)
     }
 }
 

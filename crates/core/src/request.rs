@@ -154,6 +154,31 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// The parts of a request no guardrail can read (see the accessors of [`ParsedRequest`] that
+/// return them). Requests rarely have any: kept behind one pointer, so a request without moves
+/// a smaller [`ParsedRequest`].
+#[derive(Clone, Debug)]
+struct Unreadable {
+    /// The field that gives text as token ids ([`CallType::token_ids_field`]).
+    token_ids: Option<&'static str>,
+    /// The field that gives a prompt template ([`CallType::template_field`]).
+    template: Option<&'static str>,
+    /// Where the first part that carries no text is ([`ParsedRequest::media_field`]).
+    media: Option<String>,
+    /// The field that asks for output beside the text that repeats it
+    /// ([`ParsedRequest::unread_output_field`]).
+    unread_output: Option<&'static str>,
+}
+
+impl Unreadable {
+    fn any(&self) -> bool {
+        self.token_ids.is_some()
+            || self.template.is_some()
+            || self.media.is_some()
+            || self.unread_output.is_some()
+    }
+}
+
 /// A request body read once and parsed once, shared by every layer through the request
 /// extensions.
 ///
@@ -176,13 +201,8 @@ pub struct ParsedRequest {
     user: Option<String>,
     selection: GuardrailSelection,
     gateway_only_keys: bool,
-    /// The field that gives text as token ids ([`CallType::token_ids_field`]).
-    token_ids: Option<&'static str>,
-    /// The field that gives a prompt template ([`CallType::template_field`]).
-    template: Option<&'static str>,
-    /// The field that asks for output beside the text that repeats it
-    /// ([`ParsedRequest::unread_output_field`]).
-    unread_output: Option<&'static str>,
+    /// What of it no guardrail can read, when anything ([`Unreadable`]).
+    unreadable: Option<Box<Unreadable>>,
     /// The facts of [`RequestMeta::shared_from_request`], built once per request.
     shared_meta: OnceLock<Arc<RequestMeta>>,
     /// The same without the headers ([`RequestMeta::shared_from_request_for`]).
@@ -235,9 +255,7 @@ impl ParsedRequest {
             user: None,
             selection: GuardrailSelection::new(),
             gateway_only_keys: false,
-            token_ids: None,
-            template: None,
-            unread_output: None,
+            unreadable: None,
             shared_meta: OnceLock::new(),
             shared_meta_without_headers: OnceLock::new(),
         };
@@ -276,18 +294,24 @@ impl ParsedRequest {
             parsed.user =
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
-            parsed.token_ids = call_type.token_ids_field(&view);
-            parsed.template = call_type.template_field(&view);
-            parsed.unread_output = call_type
+            let mut unreadable = Unreadable {
+                token_ids: call_type.token_ids_field(&view),
+                template: call_type.template_field(&view),
+                media: None,
+                unread_output: None,
+            };
+            unreadable.unread_output = call_type
                 .logprobs_field(&view)
                 .or_else(|| call_type.audio_output_field(&view));
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
-            let read = call_type.read_texts(Side::Request, &view, |_, text| texts.push(span(text)));
-            if let (true, Err(shape)) = (strict, read) {
-                return Err(shape.to_request_error());
+            match call_type.read_request_texts(&view, |_, text| texts.push(span(text))) {
+                Ok(media) => unreadable.media = media,
+                Err(shape) if strict => return Err(shape.to_request_error()),
+                Err(_) => {}
             }
+            parsed.unreadable = unreadable.any().then(|| Box::new(unreadable));
             drop(view);
             parsed.json = Some(Arc::new(JsonBody::validated(bytes.clone(), texts)));
         }
@@ -304,7 +328,7 @@ impl ParsedRequest {
     /// completion's `prompt`, an embedding's `input`): the pre-call layer refuses such a
     /// request when a guardrail applies to it.
     pub fn token_ids_field(&self) -> Option<&'static str> {
-        self.token_ids
+        self.unreadable.as_ref().and_then(|u| u.token_ids)
     }
 
     /// The field that asks for output that repeats the response's text beside it, where no
@@ -314,7 +338,7 @@ impl ParsedRequest {
     /// without a tree asks for neither: a `logprobs`, `top_logprobs`, `audio` or `modalities`
     /// that is not `null` sends a request to the general reader.)
     pub fn unread_output_field(&self) -> Option<&'static str> {
-        self.unread_output
+        self.unreadable.as_ref().and_then(|u| u.unread_output)
     }
 
     /// The field that gives the request's own prompt template (vLLM's `chat_template`), which
@@ -323,7 +347,19 @@ impl ParsedRequest {
     /// without a tree has none: a `chat_template` that is not `null` sends a request to the
     /// general reader.)
     pub fn template_field(&self) -> Option<&'static str> {
-        self.template
+        self.unreadable.as_ref().and_then(|u| u.template)
+    }
+
+    /// Where the request's first part that carries no text is, as `messages[1].content[0]`:
+    /// an image, audio or a file the model reads (inline, by URL or by id), which text
+    /// guardrails cannot read ([`CallType::read_request_texts`] lists the parts). The
+    /// pre-call layer refuses such a request when a guardrail that applies to it can read no
+    /// media and does not let it pass ([`ConfiguredGuardrail::media_fallback`]). (The common
+    /// chat request read without a tree has none: its contents are strings.)
+    ///
+    /// [`ConfiguredGuardrail::media_fallback`]: crate::ConfiguredGuardrail::media_fallback
+    pub fn media_field(&self) -> Option<&str> {
+        self.unreadable.as_ref().and_then(|u| u.media.as_deref())
     }
 
     /// The body as it is forwarded.

@@ -101,6 +101,7 @@ pub struct ConfiguredGuardrail {
     guardrail: Arc<dyn ErasedGuardrail>,
     on_unreachable: Fallback,
     on_error: Fallback,
+    on_media: Fallback,
     timeout: Option<Duration>,
     stream_policy: Option<StreamPolicy>,
     monitor: bool,
@@ -134,6 +135,7 @@ impl ConfiguredGuardrail {
             guardrail: Arc::new(guardrail),
             on_unreachable: Fallback::FailClosed,
             on_error: Fallback::FailClosed,
+            on_media: Fallback::FailClosed,
             timeout: None,
             stream_policy: None,
             monitor: false,
@@ -157,6 +159,25 @@ impl ConfiguredGuardrail {
     pub fn error_fallback(mut self, fallback: Fallback) -> Self {
         self.on_error = fallback;
         self
+    }
+
+    /// What to do with a request that holds images, audio or files
+    /// ([`ParsedRequest::media_field`](crate::ParsedRequest::media_field)) when the guardrail
+    /// cannot read them ([`Guardrail::reads_media`] is `false`) and applies to it before or
+    /// beside the call. Default: fail closed, a 400 `unreadable_content` naming the part and
+    /// the guardrail, since the model would read what the guardrail never saw (the words of a
+    /// forbidden request in a screenshot or a PDF). `FailOpen` checks the request's texts and
+    /// lets the media pass unchecked. A guardrail in [monitor](Self::monitor) mode never
+    /// refuses.
+    pub fn media_fallback(mut self, fallback: Fallback) -> Self {
+        self.on_media = fallback;
+        self
+    }
+
+    /// Whether a request with images, audio or files may pass this guardrail: it reads them,
+    /// lets them pass ([`media_fallback`](Self::media_fallback)), or only watches.
+    pub fn passes_media(&self) -> bool {
+        self.guardrail.reads_media() || self.on_media == Fallback::FailOpen || self.monitor
     }
 
     /// The longest a check may take; beyond it the guardrail counts as unreachable.

@@ -23,6 +23,8 @@
 //!       default_on: true
 //!       blocked_words: [{keyword: "forbidden", action: BLOCK}]
 //!       unreachable_fallback: fail_open    # default fail_closed
+//!       media_fallback: fail_open          # images, audio, files it cannot read: let them pass
+//!                                          # (default fail_closed: the request is refused)
 //!       timeout: 5                         # seconds
 //!       stream_policy: exact               # | end_of_stream | {window: {chars, overlap}}
 //!                                          # | {buffer_all: {max_bytes, on_overflow}}
@@ -1009,6 +1011,7 @@ const COMMON_GUARDRAIL_KEYS: &[&str] = &[
     "default_on",
     "unreachable_fallback",
     "error_fallback",
+    "media_fallback",
     "timeout",
     "stream_policy",
     "monitor",
@@ -1292,6 +1295,9 @@ fn parse_guardrails(
         if let Some(v) = p.get("error_fallback") {
             g = g.error_fallback(parse_fallback(v).map_err(|m| bad("error_fallback", m))?);
         }
+        if let Some(v) = p.get("media_fallback") {
+            g = g.media_fallback(parse_fallback(v).map_err(|m| bad("media_fallback", m))?);
+        }
         if let Some(v) = p.get("timeout") {
             let t = seconds(v)
                 .ok_or_else(|| bad("timeout", "must be a positive number of seconds".into()))?;
@@ -1559,6 +1565,7 @@ guardrails:
       patterns: [{pattern_type: prebuilt, pattern_name: email, action: MASK}]
       stream_policy: {window: {chars: 100, overlap: 10}}
       unreachable_fallback: fail_open
+      media_fallback: fail_open
       timeout: 2.5
 general_settings:
   spend_logs: sqlite://spend.db
@@ -1585,6 +1592,9 @@ litellm_settings:
         );
         assert_eq!(config.guardrails.len(), 2);
         assert!(config.guardrails[0].spec().default_on());
+        // A content filter reads no media: the first refuses it, the second lets it pass.
+        assert!(!config.guardrails[0].passes_media());
+        assert!(config.guardrails[1].passes_media());
         assert_eq!(
             config.guardrails[1].configured_stream_policy(),
             Some(StreamPolicy::Window {

@@ -349,6 +349,12 @@ impl Guardrail for GenericGuardrailApi {
     fn provider(&self) -> &str {
         "generic_guardrail_api"
     }
+
+    /// The service is sent the request's messages as they are (`structured_messages`), their
+    /// images, audio and files with them, and the images' URLs (`images`).
+    fn reads_media(&self) -> bool {
+        true
+    }
 }
 
 /// `api_base` with [`GENERIC_GUARDRAIL_API_PATH`] appended unless already there.
@@ -994,7 +1000,7 @@ fn value_allowed(name: &str, extra: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guardrail_tower_core::Decision;
+    use guardrail_tower_core::{ConfiguredGuardrail, Decision, GuardrailMode};
     use serde_json::json;
 
     #[test]
@@ -1017,6 +1023,17 @@ mod tests {
         ] {
             assert_eq!(endpoint_url(base), want, "{base}");
         }
+    }
+
+    /// The service is sent the messages with their images, audio and files, so a request with
+    /// media may pass it (the pre-call layer refuses one only for guardrails that read none).
+    #[test]
+    fn the_service_reads_media() {
+        let guardrail =
+            GenericGuardrailApi::new(GenericGuardrailApiConfig::new("http://h")).unwrap();
+        assert!(Guardrail::reads_media(&guardrail));
+        let configured = ConfiguredGuardrail::new("g", GuardrailMode::PreCall, guardrail);
+        assert!(configured.passes_media());
     }
 
     #[test]

@@ -98,6 +98,17 @@ impl Prepare for Checks {
             // A template can write any text into the prompt, where no guardrail reads it.
             return Err(unreadable_template(field));
         }
+        if let Some(field) = parsed.media_field() {
+            // An image, audio or a file: refused unless every guardrail that applies reads
+            // media, lets it pass, or only watches.
+            let blind = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
+                .into_iter()
+                .flat_map(|mode| self.guardrails.selected(mode, selection))
+                .find(|g| !g.passes_media());
+            if let Some(guardrail) = blind {
+                return Err(unreadable_media(field, guardrail.name()));
+            }
+        }
         // The headers are copied for the guardrails only when one of those that run reads them.
         let reads_headers = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
             .into_iter()
@@ -153,6 +164,21 @@ pub(crate) fn unreadable_token_ids(field: &'static str) -> Error {
         ),
     )
     .with_param(field)
+    .with_code("unreadable_content")
+}
+
+/// The error of a request with an image, audio or a file ([`ParsedRequest::media_field`]) that
+/// `guardrail` applies to and cannot read.
+pub(crate) fn unreadable_media(field: &str, guardrail: &str) -> Error {
+    Error::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "guardrails apply to this request, but its '{field}' is an image, audio or a file, \
+             which guardrail '{guardrail}' cannot read; send text, or set media_fallback: \
+             fail_open on the guardrail to let media pass unchecked"
+        ),
+    )
+    .with_param(field.to_owned())
     .with_code("unreadable_content")
 }
 

@@ -94,7 +94,7 @@ mod tests {
 
     use bytes::Bytes;
     use guardrail_tower_core::{
-        ConfiguredGuardrail, Fallback, GuardrailAction, GuardrailError, GuardrailInput,
+        ConfiguredGuardrail, Fallback, Guardrail, GuardrailAction, GuardrailError, GuardrailInput,
         GuardrailLog, GuardrailMode, GuardrailStatus, Guardrails, Verdict, guardrail_fn,
     };
     use guardrail_tower_testkit::body;
@@ -390,6 +390,215 @@ mod tests {
         let thinking = serde_json::json!({"model": "m", "messages": messages,
             "chat_template_kwargs": {"enable_thinking": false}});
         assert_eq!(send(true, "/v1/chat/completions", thinking).await.0, 200);
+    }
+
+    /// An image, audio or a file in a request is what the model reads and a text guardrail does
+    /// not: with such a guardrail applying before or beside the call it is a 400 naming the part
+    /// and the guardrail, and the upstream sees nothing. It passes when every guardrail that
+    /// applies reads media, lets it pass (`media_fallback: fail_open`, which still checks the
+    /// texts), or only watches, and when none applies.
+    #[tokio::test]
+    async fn media_a_guardrail_cannot_read_is_refused_unless_it_lets_media_pass() {
+        async fn send(
+            guardrail: ConfiguredGuardrail,
+            path: &str,
+            body: &serde_json::Value,
+        ) -> (u16, serde_json::Value, usize) {
+            let up = Upstream::default();
+            let svc = ServiceBuilder::new()
+                .layer(PreCallGuardrailLayer::new(Guardrails::new([guardrail])))
+                .service(up.service());
+            let request = Request::post(path)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let resp = svc.oneshot(request).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            (status, body, up.calls())
+        }
+        /// A guardrail whose service is sent the request's messages, media and all.
+        struct SeesMedia;
+        impl Guardrail for SeesMedia {
+            async fn check(&self, _: &GuardrailInput) -> Result<Verdict, GuardrailError> {
+                Ok(Verdict::allow())
+            }
+            fn reads_media(&self) -> bool {
+                true
+            }
+        }
+        let image = serde_json::json!({"url": "data:image/png;base64,iVBORw0KGgo="});
+        let png = serde_json::json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="});
+        let pdf = serde_json::json!({"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="});
+        let chat = |part: serde_json::Value| {
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what does it say?"}, part]}]})
+        };
+        let responses =
+            |input: serde_json::Value| serde_json::json!({"model": "m", "input": input});
+        let anthropic = |block: serde_json::Value| {
+            serde_json::json!({"model": "m", "max_tokens": 10, "messages": [
+                {"role": "user", "content": [block, {"type": "text", "text": "what does it say?"}]}]})
+        };
+        let cases = [
+            (
+                "/v1/chat/completions",
+                chat(serde_json::json!({"type": "image_url", "image_url": image})),
+                "messages[0].content[1]",
+            ),
+            (
+                "/v1/chat/completions",
+                chat(
+                    serde_json::json!({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}),
+                ),
+                "messages[0].content[1]",
+            ),
+            (
+                "/v1/chat/completions",
+                chat(
+                    serde_json::json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}),
+                ),
+                "messages[0].content[1]",
+            ),
+            (
+                "/v1/chat/completions",
+                chat(serde_json::json!({"type": "file", "file": {"file_id": "file-abc"}})),
+                "messages[0].content[1]",
+            ),
+            (
+                "/v1/responses",
+                responses(serde_json::json!([{"role": "user", "content": [
+                {"type": "input_text", "text": "what does it say?"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"}]}])),
+                "input[0].content[1]",
+            ),
+            (
+                "/v1/responses",
+                responses(serde_json::json!([{"role": "user", "content": [
+                {"type": "input_file", "file_id": "file-abc"}]}])),
+                "input[0].content[0]",
+            ),
+            (
+                "/v1/responses",
+                responses(serde_json::json!([
+                {"type": "computer_call", "id": "cc", "call_id": "c", "status": "completed", "action": {"type": "screenshot"}, "pending_safety_checks": []},
+                {"type": "computer_call_output", "call_id": "c", "output": {"type": "computer_screenshot", "image_url": "data:image/png;base64,AA=="}}])),
+                "input[1]",
+            ),
+            (
+                "/v1/responses",
+                responses(
+                    serde_json::json!([{"type": "function_call_output", "call_id": "c", "output": [
+                {"type": "input_image", "image_url": "data:image/png;base64,AA=="}]}]),
+                ),
+                "input[0].output[0]",
+            ),
+            (
+                "/v1/messages",
+                anthropic(serde_json::json!({"type": "image", "source": png})),
+                "messages[0].content[0]",
+            ),
+            (
+                "/v1/messages",
+                anthropic(serde_json::json!({"type": "document", "source": pdf})),
+                "messages[0].content[0].source",
+            ),
+            (
+                "/v1/messages",
+                anthropic(
+                    serde_json::json!({"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}),
+                ),
+                "messages[0].content[0].source",
+            ),
+            (
+                "/v1/messages",
+                anthropic(
+                    serde_json::json!({"type": "tool_result", "tool_use_id": "t", "content": [
+                {"type": "image", "source": png}]}),
+                ),
+                "messages[0].content[0].content[0]",
+            ),
+            (
+                "/v1/messages",
+                anthropic(serde_json::json!({"type": "container_upload", "file_id": "file-abc"})),
+                "messages[0].content[0]",
+            ),
+        ];
+        for (path, body, param) in &cases {
+            let words = || keyword("words", GuardrailMode::PreCall, "forbidden");
+            let (status, error, calls) = send(words(), path, body).await;
+            assert_eq!((status, calls), (400, 0), "{path} {body}: {error}");
+            let message = error["error"]["message"].as_str().unwrap();
+            if *path == "/v1/messages" {
+                // Anthropic's error shape has neither `param` nor `code`: the message names it.
+                assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+                assert!(message.contains(&format!("its '{param}'")), "{message}");
+            } else {
+                assert_eq!(error["error"]["param"], *param, "{error}");
+                assert_eq!(error["error"]["code"], "unreadable_content", "{error}");
+            }
+            assert!(
+                message
+                    .contains("is an image, audio or a file, which guardrail 'words' cannot read")
+                    && message.contains("media_fallback: fail_open"),
+                "{message}"
+            );
+            // Beside the call too.
+            let during = keyword("words", GuardrailMode::DuringCall, "forbidden");
+            assert_eq!(send(during, path, body).await.0, 400, "{path}: during_call");
+            // What lets it pass.
+            for (why, guardrail) in [
+                (
+                    "media_fallback: fail_open",
+                    words().media_fallback(Fallback::FailOpen),
+                ),
+                ("monitor", words().monitor(true)),
+                (
+                    "reads media",
+                    ConfiguredGuardrail::new("sees", GuardrailMode::PreCall, SeesMedia)
+                        .default_on(true),
+                ),
+                ("applies to nothing", words().default_on(false)),
+                (
+                    "post_call only",
+                    keyword("words", GuardrailMode::PostCall, "forbidden"),
+                ),
+            ] {
+                let (status, error, calls) = send(guardrail, path, body).await;
+                assert_eq!((status, calls), (200, 1), "{path} {body}, {why}: {error}");
+            }
+        }
+        // Letting media pass still checks the texts beside it.
+        let body = chat(serde_json::json!({"type": "image_url", "image_url": image}));
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            body["messages"][0]["content"][1].clone(), {"type": "text", "text": "a forbidden plan"}]}]});
+        let open = keyword("words", GuardrailMode::PreCall, "forbidden")
+            .media_fallback(Fallback::FailOpen);
+        let (status, error, calls) = send(open, "/v1/chat/completions", &body).await;
+        assert_eq!((status, calls), (400, 0), "{error}");
+        assert_eq!(
+            error["error"]["code"], "content_policy_violation",
+            "{error}"
+        );
+        // A document given as text is text: read, and passed when clean.
+        let text = anthropic(
+            serde_json::json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a plain note"}}),
+        );
+        let words = keyword("words", GuardrailMode::PreCall, "forbidden");
+        assert_eq!(send(words, "/v1/messages", &text).await.0, 200);
+        // The model's own redacted thinking, and a Responses item referenced by id or a
+        // generated image, are not the client's media.
+        let thinking = serde_json::json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "EmwKAhgB"}]},
+            {"role": "user", "content": "go on"}]});
+        let words = keyword("words", GuardrailMode::PreCall, "forbidden");
+        assert_eq!(send(words, "/v1/messages", &thinking).await.0, 200);
+        let referenced = responses(
+            serde_json::json!([{"type": "item_reference", "id": "msg_1"}, {"role": "user", "content": "hi"}]),
+        );
+        let words = keyword("words", GuardrailMode::PreCall, "forbidden");
+        assert_eq!(send(words, "/v1/responses", &referenced).await.0, 200);
     }
 
     #[tokio::test]

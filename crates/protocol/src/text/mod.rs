@@ -259,7 +259,7 @@ impl std::error::Error for ReadError {}
 /// Keeps the first problem a walker reports.
 fn first_problem(slot: &mut Option<ShapeError>) -> impl FnMut(&Path<'_>, &'static str) + '_ {
     move |path, problem| {
-        if slot.is_none() {
+        if slot.is_none() && !walk::is_media(problem) {
             *slot = Some(ShapeError::new(path, problem));
         }
     }
@@ -329,6 +329,51 @@ impl CallType {
         match problem {
             Some(problem) => Err(problem),
             None => Ok(()),
+        }
+    }
+
+    /// [`read_texts`](CallType::read_texts) of a request, and where its first part that carries
+    /// no text is (`messages[1].content[0]`): an image, audio or a file the model reads, inline
+    /// or by URL or id, which no text guardrail reads (chat `image_url`, `input_audio` and
+    /// `file` parts; Responses `input_image`, `input_file` and audio parts, and a
+    /// `computer_call_output`'s screenshot; Anthropic `image` and `container_upload` blocks,
+    /// and `document` blocks whose source is not text). `None` when it has none.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"messages": [{"role": "user", "content": [
+    ///     {"type": "text", "text": "what does it say?"},
+    ///     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    /// ]}]}"#)?;
+    /// let mut texts = Vec::new();
+    /// let media = CallType::ChatCompletions.read_request_texts(&view, |_, t| texts.push(t));
+    /// assert_eq!(media.unwrap().as_deref(), Some("messages[0].content[1]"));
+    /// assert_eq!(texts, ["what does it say?"]);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn read_request_texts<'v>(
+        self,
+        view: &'v JsonView<'v>,
+        mut f: impl FnMut(TextKey, Cow<'v, str>),
+    ) -> Result<Option<String>, ShapeError> {
+        let mut problem = None;
+        let mut media = None;
+        {
+            let mut emit = |k: TextKey, _: Role, t: Cow<'v, str>| f(k, t);
+            let mut bad = |path: &Path<'_>, found: &'static str| {
+                if walk::is_media(found) {
+                    if media.is_none() {
+                        media = Some(path.to_string());
+                    }
+                } else if problem.is_none() {
+                    problem = Some(ShapeError::new(path, found));
+                }
+            };
+            view::request(self, view, &mut emit, &mut bad);
+        }
+        match problem {
+            Some(problem) => Err(problem),
+            None => Ok(media),
         }
     }
 

@@ -59,6 +59,16 @@ pub(crate) const REQUIRED: &str = "is required";
 pub(crate) const CONTENT_SHAPE: &str = "must be a string, an array of content parts, or null";
 pub(crate) const STRING_OR_ARRAY: &str = "must be a string or an array";
 pub(crate) const UNKNOWN_PART: &str = "is not a content part type this gateway can read";
+/// Not a problem: what the walk reports through its problem sink at a part the model reads
+/// that carries no text (an image, audio, a file, inline or by URL or id), so that a request's
+/// reader can tell where such a part is ([`crate::CallType::read_request_texts`]). Every other
+/// reader of problems passes over it ([`is_media`]).
+pub(crate) const MEDIA: &str = "is an image, audio or a file, which text guardrails cannot read";
+
+/// Whether a problem the walk reported is [`MEDIA`], which is none.
+pub(crate) fn is_media(problem: &'static str) -> bool {
+    problem == MEDIA
+}
 pub(crate) const UNKNOWN_ITEM: &str = "is not an item type this gateway can read";
 pub(crate) const UNKNOWN_BLOCK: &str = "is not a content block type this gateway can read";
 pub(crate) const UNKNOWN_DELTA: &str = "is not a delta type this gateway can read";
@@ -544,7 +554,7 @@ macro_rules! walker {
                         Some(text) => string(text, key(index, TextKind::Refusal, 0), role, &path.key("refusal"), emit, bad),
                         None => bad(&path.key("refusal"), REQUIRED),
                     },
-                    Part::NoText => {}
+                    Part::NoText => bad(path, MEDIA),
                     Part::Unknown => bad(&path.key("type"), UNKNOWN_PART),
                     Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
                 }
@@ -850,6 +860,9 @@ macro_rules! walker {
                             reasoning_parts(content, index, TextKind::ReasoningContent, role, &path.key("content"), emit, bad);
                         }
                     }
+                    // A computer's screenshot; a reference to a stored item and a generated
+                    // image carry nothing the client wrote here.
+                    Item::NoText if kind == Some("computer_call_output") => bad(path, MEDIA),
                     Item::NoText => {}
                     Item::Unknown => bad(&path.key("type"), UNKNOWN_ITEM),
                     Item::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
@@ -894,7 +907,7 @@ macro_rules! walker {
                         Some(text) => string(text, key(index, TextKind::Refusal, sub), role, &path.key("refusal"), emit, bad),
                         None => bad(&path.key("refusal"), REQUIRED),
                     },
-                    Part::NoText => {}
+                    Part::NoText => bad(path, MEDIA),
                     Part::Unknown => bad(&path.key("type"), UNKNOWN_PART),
                     Part::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
                 }
@@ -1099,7 +1112,8 @@ macro_rules! walker {
                                         anthropic_content(content, index, TextKind::Content, role, &path.key("content"), emit, bad);
                                     }
                                 }
-                                Source::NoText => {}
+                                // A PDF, inline, by URL or by file id.
+                                Source::NoText => bad(&path, MEDIA),
                                 Source::Unknown => bad(&path.key("type"), UNKNOWN_BLOCK),
                             }
                         }
@@ -1117,6 +1131,9 @@ macro_rules! walker {
                             strings_of(content, Some("title"), key(index, TextKind::Content, sub), role, &path.key("content"), emit, bad);
                         }
                     }
+                    // An image, or a file uploaded to the code execution container; the model's
+                    // own redacted thinking and server tools' results are not the client's.
+                    Block::NoText if matches!(kind, Some("image" | "container_upload")) => bad(path, MEDIA),
                     Block::NoText => {}
                     Block::Unknown => bad(&path.key("type"), UNKNOWN_BLOCK),
                     Block::Untyped => bad(&path.key("type"), REQUIRED),
