@@ -1,6 +1,7 @@
 //! What of an upstream's answer reaches the client, over real sockets: only the response headers
 //! that describe the response, pace retries or name the upstream's request (never its cookies,
-//! its origin's policies, the gateway's account ids, or the gateway's own headers written by
+//! its origin's policies, the gateway's account ids (in headers or in an error's message), or
+//! the gateway's own headers written by
 //! the upstream), and no refusal of the gateway's own credentials or redirect (a 502 that names
 //! neither what the upstream said nor where it pointed; the operator's log has what it said,
 //! with the deployment's key masked).
@@ -107,6 +108,12 @@ async fn upstream(headers: HeaderMap) -> AxumResponse<Body> {
             "application/json",
             r#"{"error":{"message":"Project proj_internal does not have access to model gpt-4o-mini","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#.to_owned(),
         ),
+        // OpenAI's rate limit names the organization the gateway's key belongs to.
+        "429-org" => (
+            429,
+            "application/json",
+            r#"{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-AbCdEf1234567890GhIjKl12 on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#.to_owned(),
+        ),
         "302" => (302, "text/html", "<a href=\"http://10.0.0.7/internal\">moved</a>".to_owned()),
         other => panic!("unknown case {other}"),
     };
@@ -201,6 +208,16 @@ general_settings:
         r#"{"error":{"message":"Rate limit reached for requests","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
     );
 
+    // The gateway's account id in a rate limit's message: masked, the rest as sent.
+    let response = call(&url, "429-org", false).await;
+    assert_eq!(response.status(), 429);
+    assert_only_kept_headers(&response, "429-org");
+    assert_eq!(
+        serde_json::from_slice::<Value>(response.body()).unwrap(),
+        json!({"error": {"message": "Rate limit reached for gpt-4o-mini in organization org-*** on requests per min (RPM): Limit 3, Used 3, Requested 1.",
+                         "type": "requests", "param": null, "code": "rate_limit_exceeded"}})
+    );
+
     // Answers about the gateway: a 502 naming neither what the upstream said nor where it
     // pointed, and none of its headers.
     for (case, message, code) in [
@@ -260,7 +277,7 @@ general_settings:
     let store = SqliteSink::open(&db).await.unwrap();
     let rows = store.query(&SpendLogFilter::new()).await.unwrap();
     let rows: Vec<Value> = serde_json::from_value(serde_json::to_value(rows).unwrap()).unwrap();
-    assert_eq!(rows.len(), 9, "{rows:#?}");
+    assert_eq!(rows.len(), 10, "{rows:#?}");
     let failures: Vec<_> = rows
         .iter()
         .filter(|r| r["metadata"]["http_status"] == 502)

@@ -109,7 +109,8 @@ pub(crate) fn has_endpoint_shape(call_type: CallType, body: &Value) -> bool {
 ///
 /// The status is always the upstream's. Messages come from any JSON error shape we know
 /// (OpenAI, Anthropic, `{"detail"}`, `{"message"}`, `{"error": "..."}`), else from plain text;
-/// HTML is never echoed.
+/// HTML is never echoed. The account ids a message names are masked ([`mask_account_ids`]):
+/// such a body is rewritten even when it has the endpoint's shape.
 pub(crate) fn upstream_error(
     call_type: CallType,
     status: StatusCode,
@@ -127,10 +128,18 @@ pub(crate) fn upstream_error(
         status,
         format!("upstream returned {} {reason}", status.as_u16()),
     );
+    let mut masked = false;
+    let mut mask = |message: String| match mask_account_ids(&message) {
+        Some(clean) => {
+            masked = true;
+            clean
+        }
+        None => message,
+    };
     if let Some(json) = &json {
         let (message, kind, code, param) = json_error_fields(json);
         if let Some(message) = message {
-            err = Error::new(status, message);
+            err = Error::new(status, mask(message));
         }
         if let Some(kind) = kind {
             err = err.with_type(kind);
@@ -149,7 +158,7 @@ pub(crate) fn upstream_error(
             if truncated || message.len() < text.len() {
                 message.push_str(" [truncated]");
             }
-            err = Error::new(status, message);
+            err = Error::new(status, mask(message));
         }
     } else {
         err = Error::new(
@@ -169,9 +178,61 @@ pub(crate) fn upstream_error(
     };
     let err = err.with_class(class);
     match json {
-        Some(json) if has_endpoint_shape(call_type, &json) => Ok(err),
+        Some(json) if !masked && has_endpoint_shape(call_type, &json) => Ok(err),
         _ => Err(err),
     }
+}
+
+/// `message` with the upstream account ids it names masked, or `None` when it names none:
+/// OpenAI's organization and project ids (`org-` and `proj_` followed by at least 16 letters
+/// and digits: "Rate limit reached for gpt-4o in organization org-… on tokens per min") and
+/// the id Anthropic gives in parentheses after "organization" ("the rate limit for your
+/// organization (…) of 50,000 input tokens per minute"). They name the account the gateway's
+/// key belongs to, which is the operator's, not the client's; the upstream's headers that
+/// carry them are not forwarded either. Each becomes `***` after its prefix.
+pub(crate) fn mask_account_ids(message: &str) -> Option<String> {
+    const MASK: &str = "***";
+    let bytes = message.as_bytes();
+    let mut out = String::new();
+    // Where the text not yet copied to `out` starts.
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let boundary = at == 0 || !bytes[at - 1].is_ascii_alphanumeric();
+        let id = |from: usize, min: usize, allowed: fn(u8) -> bool| {
+            let len = bytes[from..].iter().take_while(|b| allowed(**b)).count();
+            (len >= min).then_some(from + len)
+        };
+        let found = if !boundary {
+            None
+        } else if bytes[at..].starts_with(b"org-") {
+            id(at + 4, 16, |b| b.is_ascii_alphanumeric()).map(|end| (at + 4, end))
+        } else if bytes[at..].starts_with(b"proj_") {
+            id(at + 5, 16, |b| b.is_ascii_alphanumeric()).map(|end| (at + 5, end))
+        } else if bytes[at..].starts_with(b"organization (") {
+            let from = at + "organization (".len();
+            id(from, 32, |b| b.is_ascii_hexdigit() || b == b'-')
+                .filter(|&end| bytes.get(end) == Some(&b')'))
+                .map(|end| (from, end))
+        } else {
+            None
+        };
+        match found {
+            // Ids are ASCII, and so are their prefixes: the cuts are character boundaries.
+            Some((from, end)) => {
+                out.push_str(&message[copied..from]);
+                out.push_str(MASK);
+                copied = end;
+                at = end;
+            }
+            None => at += 1,
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&message[copied..]);
+    Some(out)
 }
 
 /// `(message, type, code, param)` from any error JSON shape we know.
@@ -273,6 +334,48 @@ mod tests {
         assert_eq!(err.status(), 500);
         assert_eq!(err.kind(), "internal_server_error");
         assert_eq!(err.message(), "wrapped: odd");
+    }
+
+    /// The operator's account ids in an upstream's message never reach the client: OpenAI's
+    /// 429 body, which has the endpoint's shape and would pass as it came, is rewritten with
+    /// the id masked and everything else kept.
+    #[test]
+    fn account_ids_in_upstream_messages_are_masked() {
+        let h = http::HeaderMap::new();
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let openai = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-AbCdEf1234567890GhIjKl12 on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000. Please try again in 2s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+        let e = upstream_error(CallType::ChatCompletions, status, &h, openai, false).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Rate limit reached for gpt-4o in organization org-*** on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000. Please try again in 2s."
+        );
+        assert_eq!(
+            (e.kind(), e.code()),
+            ("tokens", Some("rate_limit_exceeded"))
+        );
+        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed the rate limit for your organization (0a1b2c3d-4e5f-6789-abcd-ef0123456789) of 50,000 input tokens per minute."}}"#;
+        let e =
+            upstream_error(CallType::AnthropicMessages, status, &h, anthropic, false).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "This request would exceed the rate limit for your organization (***) of 50,000 input tokens per minute."
+        );
+        let text =
+            b"quota exceeded for project proj_0123456789abcdefABCDEF (org-0123456789abcdefABCD)";
+        let e = upstream_error(CallType::Responses, status, &h, text, false).unwrap_err();
+        assert_eq!(e.message(), "quota exceeded for project proj_*** (org-***)");
+        // What only looks like one is kept: too short, inside a word, no closing parenthesis.
+        for kept in [
+            "org-short",
+            "borg-0123456789abcdefABCD",
+            "your organization (0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+            "the org-level limit",
+        ] {
+            assert_eq!(mask_account_ids(kept), None, "{kept}");
+        }
+        // A message with none passes as it came.
+        let plain = br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert!(upstream_error(CallType::ChatCompletions, status, &h, plain, false).is_ok());
     }
 
     #[test]

@@ -246,6 +246,14 @@ impl Gateway {
 
     /// The routes, to serve or to nest in a larger axum app. Each request is routed by the
     /// routes live when it arrives (a reload swaps them: see [`crate::reload`]).
+    ///
+    /// What guards the connections themselves is [`Gateway::serve`]'s, not the routes': the
+    /// client deadlines (`client_read_timeout`, `client_write_timeout`: see
+    /// [`crate::slow_client`]), `max_client_connections`, `TCP_NODELAY`, and the graceful
+    /// shutdown that flushes the spend log. A server of your own that serves these routes
+    /// (`axum::serve`, hyper) must bound slow and idle clients and the number of connections
+    /// itself, and call [`SpendLogHandle::shutdown`] on [`Gateway::spend_log`] when it stops;
+    /// prefer [`Gateway::serve`] or [`Gateway::spawn`] unless the routes must share a server.
     pub fn router(&self) -> Router {
         Router::new().fallback_service(LiveRouter {
             reloader: Arc::clone(&self.live),
