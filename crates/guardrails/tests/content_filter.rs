@@ -377,6 +377,7 @@ fn look_alike_letters_and_accents_do_not_hide_a_keyword() {
         "the 𝓬𝓸𝓷𝓯𝓲𝓭𝓮𝓷𝓽𝓲𝓪𝓵 plan",
         "the ⓒⓞⓝⓕⓘⓓⓔⓝⓣⓘⓐⓛ plan",
         "the ᴄᴏɴꜰɪᴅᴇɴᴛɪᴀʟ plan",
+        "the con\u{FB01}dential plan", // the ligature `ﬁ`
     ] {
         assert_eq!(
             block_message(&filter, text),
@@ -394,6 +395,26 @@ fn look_alike_letters_and_accents_do_not_hide_a_keyword() {
     assert_eq!(
         found(&filter, "cafe, café, CAFE\u{0301}, cafés"),
         ["cafe", "café", "CAFE\u{0301}"]
+    );
+    // A ligature is its letters: a match masks it whole, also one that ends inside it, and a
+    // keyword written with one matches the letters.
+    let filter = keywords(&[
+        ("confidential", FilterAction::Mask),
+        ("of", FilterAction::Mask),
+    ]);
+    assert_eq!(
+        masked(&filter, "a con\u{FB01}dential o\u{FB00} b"),
+        "a [KEYWORD_REDACTED] o\u{FB00} b"
+    );
+    let filter = prebuilt("email", FilterAction::Mask);
+    assert_eq!(
+        masked(&filter, "write to o\u{FB03}ce@example.com"),
+        "write to [EMAIL_REDACTED]"
+    );
+    let filter = keywords(&[("\u{FB01}le", FilterAction::Mask)]);
+    assert_eq!(
+        found(&filter, "a file, a \u{FB01}le, a FILE"),
+        ["file", "\u{FB01}le", "FILE"]
     );
     // Letters that only look alike in other scripts' words stay words of those scripts: a
     // Cyrillic word is not an ASCII one unless every letter of it is a look-alike.

@@ -56,6 +56,14 @@ const TOKENS: &[&str] = &[
     "\u{2013}",
     "555 123 4567",
     "2024",
+    // Ligatures, which read as their letters: `office`, written in many ways.
+    "o",
+    "of",
+    "\u{FB03}",
+    "\u{FB00}",
+    "\u{FB01}",
+    "ce",
+    "fice",
     "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij@mail.example",
 ];
 
@@ -90,6 +98,7 @@ fn build_rich_filter(action: FilterAction, block_keyword: bool) -> ContentFilter
             BlockedWord::new("straße", action),
             BlockedWord::new("pass*word", kw_action),
             BlockedWord::new("c++", action),
+            BlockedWord::new("office", kw_action),
         ],
         patterns: ContentFilter::prebuilt_pattern_names()
             .map(|n| PatternConfig::prebuilt(n, action))

@@ -221,14 +221,18 @@ pub(super) fn fold(c: char) -> char {
 }
 
 /// A keyword as the text it matches is read: each character folded as the text's are (look-alike
-/// letters and digits as ASCII, invisible characters and diacritical marks dropped; see
-/// `normalize`), then case-folded ([`fold`]). `*` stays a wildcard.
+/// letters and digits as ASCII, ligatures as their letters, invisible characters and
+/// diacritical marks dropped; see `normalize`), then case-folded ([`fold`]). `*` stays a
+/// wildcard.
 pub(super) fn fold_keyword(keyword: &str) -> String {
-    keyword
-        .chars()
-        .filter_map(super::normalize::fold_char)
-        .map(fold)
-        .collect()
+    let mut folded = String::with_capacity(keyword.len());
+    for c in keyword.chars() {
+        match super::normalize::expansion(c) {
+            Some(letters) => folded.push_str(letters),
+            None => folded.extend(super::normalize::fold_char(c).map(fold)),
+        }
+    }
+    folded
 }
 
 /// A letter, digit or `_` (Unicode): a keyword edge that is one must not touch one.

@@ -57,7 +57,8 @@
 //! forms (`＠`, `ｓｅｃｒｅｔ`) as ASCII, letters that look like a Latin letter as that letter
 //! (Cyrillic `а`, Greek `ο`, mathematical `𝐜`, circled `ⓒ`, small capital `ᴄ`: Unicode's
 //! confusables and compatibility forms), letters with accents as the letter without (`é`, `ö`,
-//! `ł`), no-break and other Unicode spaces as a space, Unicode hyphens, en dashes and the minus
+//! `ł`), ligatures and digraphs as their letters (`ﬁ` as `fi`, `ǅ` as `dz`), no-break and other
+//! Unicode spaces as a space, Unicode hyphens, en dashes and the minus
 //! sign as `-`; zero-width spaces and joiners, the soft hyphen, the word joiner, bidi controls,
 //! variation selectors, tag characters, the byte order mark and combining diacritical marks
 //! (an accent typed after a letter, or a stack of them) are skipped. Keywords are read the same
@@ -537,7 +538,7 @@ impl ContentFilter {
             pending = kw.for_each_match(ftext, folded.is_ascii(), partial, &mut |k, start, end| {
                 hits.push(Hit {
                     start: folded.original(start),
-                    end: folded.original(end),
+                    end: folded.original_end(end),
                     rule: Rule::Keyword(k),
                     action: kw.list[k].action,
                 });
@@ -558,7 +559,7 @@ impl ContentFilter {
                 };
                 p.for_each_match(on, &mut scratch, |start, end| {
                     let (start, end) = if map {
-                        (folded.original(start), folded.original(end))
+                        (folded.original(start), folded.original_end(end))
                     } else {
                         (start, end)
                     };

@@ -3,7 +3,7 @@
 //! `cοnfidential` (a Greek omicron) are the keyword `confidential`. Matches found in the folded
 //! text are mapped back to byte offsets of the original, which is what gets masked.
 //!
-//! Folded, one character to at most one character:
+//! Folded, one character to at most one character, but for the ligatures below:
 //!
 //! - decimal digits of every script (Unicode `Nd`: Arabic-Indic, Devanagari, fullwidth,
 //!   mathematical, ...) become the ASCII digit of the same value;
@@ -16,7 +16,10 @@
 //!   space and joiners, soft hyphen, word joiner, bidi controls, variation selectors, tag
 //!   characters, byte order mark, Hangul fillers, ...) and the control characters but the
 //!   whitespace ones (`U+0000..=U+0008`, `U+000E..=U+001F`, `U+007F..=U+009F` but `U+0085`);
-//!   and so are combining diacritical marks.
+//!   and so are combining diacritical marks;
+//! - a letter that is several letters in one (a ligature, `ﬁ`, `ﬃ`, `ﬆ`; a digraph, `ĳ`,
+//!   `ǅ`, `ǉ`) becomes those letters (`fi`, `ffi`, `st`, `ij`, `dz`, `lj`: Unicode's
+//!   compatibility decomposition, see [`expansion`]), so `conﬁdential` is `confidential`.
 //!
 //! ASCII text with no control character (tab, line feeds and carriage returns aside) is never
 //! copied: it is its own folded form.
@@ -59,11 +62,34 @@ impl Folded<'_> {
 
     /// The original byte offset of a folded one (on a character boundary of the folded text).
     /// An end offset maps to the start of the next character kept, so a dropped invisible
-    /// character right after a match is inside the mapped match.
+    /// character right after a match is inside the mapped match. An offset inside the letters
+    /// of one ligature (between the `f` and the `i` of `ﬁ`) maps to the ligature's start: use
+    /// [`Folded::original_end`] for where a match ends.
     pub(super) fn original(&self, at: usize) -> usize {
         match self {
             Folded::Same { .. } => at,
             Folded::Changed { origin, .. } => origin[at] as usize,
+        }
+    }
+
+    /// [`Folded::original`] for where a match ends: an end inside the letters of one
+    /// ligature maps past the whole ligature, so a match that takes part of one covers it in
+    /// the original (masking `conf` in `conﬁdential` masks the `ﬁ`).
+    pub(super) fn original_end(&self, at: usize) -> usize {
+        match self {
+            Folded::Same { .. } => at,
+            Folded::Changed { origin, .. } => {
+                let here = origin[at];
+                // Two folded characters come from one original only inside a ligature.
+                if at > 0 && origin[at - 1] == here {
+                    origin[at..]
+                        .iter()
+                        .find(|&&next| next != here)
+                        .map_or(here, |&next| next) as usize
+                } else {
+                    here as usize
+                }
+            }
         }
     }
 
@@ -79,7 +105,10 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
         return Folded::Same { text, ascii: true };
     }
     let same = Folded::Same { text, ascii: false };
-    let Some(first) = text.char_indices().find(|&(_, c)| fold_char(c) != Some(c)) else {
+    let Some(first) = text
+        .char_indices()
+        .find(|&(_, c)| fold_char(c) != Some(c) || expansion(c).is_some())
+    else {
         return same;
     };
     // Offsets are kept as u32; a text that large is not folded (bodies are far smaller).
@@ -92,7 +121,10 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
     origin.extend(0..first.0 as u32);
     for (i, c) in text[first.0..].char_indices() {
         let at = (first.0 + i) as u32;
-        if let Some(f) = fold_char(c) {
+        if let Some(letters) = expansion(c) {
+            out.push_str(letters);
+            origin.extend(std::iter::repeat_n(at, letters.len()));
+        } else if let Some(f) = fold_char(c) {
             out.push(f);
             origin.extend(std::iter::repeat_n(at, f.len_utf8()));
         }
@@ -117,7 +149,27 @@ fn is_plain_ascii(text: &str) -> bool {
     found == 0
 }
 
-/// What `c` folds to; `None` drops it.
+/// The letters a letter that is several in one reads as (lower case ASCII): the Latin
+/// ligatures and digraphs whose compatibility decomposition (Unicode's NFKD, marks dropped) is
+/// letters, `ﬁ` as `fi`, `ǅ` as `dz`. Fonts draw most of them as the letters they stand for,
+/// and models read them so; a test holds this list to Unicode's.
+pub(super) fn expansion(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{0132}' | '\u{0133}' => "ij",
+        '\u{01C4}'..='\u{01C6}' | '\u{01F1}'..='\u{01F3}' => "dz",
+        '\u{01C7}'..='\u{01C9}' => "lj",
+        '\u{01CA}'..='\u{01CC}' => "nj",
+        '\u{FB00}' => "ff",
+        '\u{FB01}' => "fi",
+        '\u{FB02}' => "fl",
+        '\u{FB03}' => "ffi",
+        '\u{FB04}' => "ffl",
+        '\u{FB05}' | '\u{FB06}' => "st",
+        _ => return None,
+    })
+}
+
+/// What `c` folds to; `None` drops it. (A ligature's several letters: [`expansion`].)
 pub(super) fn fold_char(c: char) -> Option<char> {
     let f = fold_non_letter(c)?;
     if f != c || c.is_ascii() {
@@ -250,6 +302,62 @@ mod tests {
         let (s, e) = (folded.original(start), folded.original(start + 3));
         assert_eq!(&text[s..e], "１２\u{200B}３");
         assert_eq!(folded.original(folded.text().len()), text.len());
+    }
+
+    /// Ligatures and digraphs read as their letters; a match maps back to the ligature whole,
+    /// also when it ends inside one.
+    #[test]
+    fn ligatures_fold_to_their_letters() {
+        let text = "a con\u{FB01}dential o\u{FB03}ce \u{01C5}ak \u{0133}s";
+        let folded = fold_text(text);
+        assert_eq!(folded.text(), "a confidential office dzak ijs");
+        let start = folded.text().find("confidential").unwrap();
+        let (s, e) = (folded.original(start), folded.original_end(start + 12));
+        assert_eq!(&text[s..e], "con\u{FB01}dential");
+        // `conf` ends between the `f` and the `i` of `ﬁ`: the whole ligature is in it.
+        assert_eq!(&text[s..folded.original_end(start + 4)], "con\u{FB01}");
+        // `ffi` and each part of it.
+        let at = folded.text().find("ffi").unwrap();
+        for (from, to, written) in [(0, 3, "\u{FB03}"), (0, 1, "\u{FB03}"), (1, 2, "\u{FB03}")] {
+            let (s, e) = (folded.original(at + from), folded.original_end(at + to));
+            assert_eq!(&text[s..e], written, "{from}..{to}");
+        }
+        assert_eq!(folded.original_end(folded.text().len()), text.len());
+        // Every one of them, in a keyword too.
+        assert_eq!(
+            fold_text("\u{FB00}\u{FB02}\u{FB04}\u{FB05}\u{FB06}\u{01C9}\u{01CC}\u{01F1}").text(),
+            "ffflfflststljnjdz"
+        );
+    }
+
+    /// [`expansion`] is every letter (not a numeral) with no canonical decomposition whose
+    /// compatibility decomposition (marks dropped) is two or more ASCII letters, and nothing
+    /// else.
+    #[test]
+    fn the_ligatures_are_unicode_s() {
+        use unicode_normalization::UnicodeNormalization;
+        for cp in 0x80..=0x10_FFFF {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let canonical: String = c.nfd().collect();
+            let letters: String = c
+                .nfkd()
+                .filter(|&m| fold_non_letter(m).is_some())
+                .collect::<String>()
+                .to_ascii_lowercase();
+            // Letters: Roman numerals (`Ⅻ`) are numbers, and stay as they are.
+            let several = c.is_alphabetic()
+                && !c.is_numeric()
+                && canonical == c.to_string()
+                && letters.len() >= 2
+                && letters.bytes().all(|b| b.is_ascii_lowercase());
+            assert_eq!(
+                expansion(c),
+                several.then_some(letters.as_str()),
+                "{c:?} (U+{cp:04X})"
+            );
+        }
     }
 
     #[test]
