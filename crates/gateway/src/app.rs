@@ -458,11 +458,12 @@ const RESERVED_FILES: u64 = 64;
 
 /// What `general_settings.max_client_connections` is when the config does not set it, from the
 /// open-file limit (see [`crate::process::open_file_limit`]): half of what the limit leaves
-/// after 64 files the gateway keeps for itself, so that each client connection can have an upstream connection
-/// open beside it (at least 1). With the usual soft limit of 1,024, 480; the binary raises the
-/// soft limit to the hard limit first ([`crate::process::raise_open_file_limit`]; 524,288 under
-/// systemd: 262,112). `None` (no limit, or one that cannot be read): the kernel's default
-/// most open files a process can have (`fs.nr_open`, 1,048,576) is taken for it.
+/// after the 64 files the gateway keeps for itself, so that each client connection can have an
+/// upstream connection open beside it (at least 1). With the usual soft limit of 1,024, 480;
+/// the binary raises the soft limit to the hard limit first
+/// ([`crate::process::raise_open_file_limit`]; 524,288 under systemd: 262,112). `None` (no
+/// limit, or one that cannot be read): the kernel's default most open files a process can
+/// have (`fs.nr_open`, 1,048,576) is taken for it.
 pub fn default_max_client_connections(open_file_limit: Option<u64>) -> usize {
     let files = open_file_limit.unwrap_or(1 << 20);
     usize::try_from(files.saturating_sub(RESERVED_FILES) / 2)
