@@ -168,6 +168,8 @@ struct Unreadable {
     /// The field that asks for output beside the text that repeats it
     /// ([`ParsedRequest::unread_output_field`]).
     unread_output: Option<&'static str>,
+    /// The field that asks for images in the response ([`ParsedRequest::image_output_field`]).
+    image_output: Option<&'static str>,
 }
 
 impl Unreadable {
@@ -176,6 +178,7 @@ impl Unreadable {
             || self.template.is_some()
             || self.media.is_some()
             || self.unread_output.is_some()
+            || self.image_output.is_some()
     }
 }
 
@@ -299,6 +302,7 @@ impl ParsedRequest {
                 template: call_type.template_field(&view),
                 media: None,
                 unread_output: None,
+                image_output: call_type.image_output_field(&view),
             };
             unreadable.unread_output = call_type
                 .logprobs_field(&view)
@@ -339,6 +343,18 @@ impl ParsedRequest {
     /// that is not `null` sends a request to the general reader.)
     pub fn unread_output_field(&self) -> Option<&'static str> {
         self.unreadable.as_ref().and_then(|u| u.unread_output)
+    }
+
+    /// The field that asks for images in the response ([`CallType::image_output_field`]): an
+    /// image the model makes can show any text, where no text guardrail reads it. The
+    /// streaming layer refuses such a request when a post-call guardrail applies to it that
+    /// does not let media pass ([`ConfiguredGuardrail::media_fallback`]). (The common chat
+    /// request read without a tree asks for none: a `modalities` that is not `null` sends a
+    /// request to the general reader.)
+    ///
+    /// [`ConfiguredGuardrail::media_fallback`]: crate::ConfiguredGuardrail::media_fallback
+    pub fn image_output_field(&self) -> Option<&'static str> {
+        self.unreadable.as_ref().and_then(|u| u.image_output)
     }
 
     /// The field that gives the request's own prompt template (vLLM's `chat_template`), which

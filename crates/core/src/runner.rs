@@ -174,10 +174,16 @@ impl ConfiguredGuardrail {
         self
     }
 
-    /// Whether a request with images, audio or files may pass this guardrail: it reads them,
-    /// lets them pass ([`media_fallback`](Self::media_fallback)), or only watches.
-    pub fn passes_media(&self) -> bool {
-        self.guardrail.reads_media() || self.on_media == Fallback::FailOpen || self.monitor
+    /// Whether images, audio or files may pass this guardrail on `side`: a request's
+    /// ([`ParsedRequest::media_field`](crate::ParsedRequest::media_field)) when it reads them
+    /// ([`Guardrail::reads_media`]), a response's (the images a request asks for,
+    /// [`ParsedRequest::image_output_field`](crate::ParsedRequest::image_output_field)) never
+    /// by reading; on either side when it lets them pass
+    /// ([`media_fallback`](Self::media_fallback)) or only watches.
+    pub fn passes_media(&self, side: Side) -> bool {
+        (side == Side::Request && self.guardrail.reads_media())
+            || self.on_media == Fallback::FailOpen
+            || self.monitor
     }
 
     /// The longest a check may take; beyond it the guardrail counts as unreachable.

@@ -1535,6 +1535,7 @@ fn parse_models(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guardrail_tower_core::text::Side;
 
     const GOOD: &str = r#"
 model_list:
@@ -1593,8 +1594,9 @@ litellm_settings:
         assert_eq!(config.guardrails.len(), 2);
         assert!(config.guardrails[0].spec().default_on());
         // A content filter reads no media: the first refuses it, the second lets it pass.
-        assert!(!config.guardrails[0].passes_media());
-        assert!(config.guardrails[1].passes_media());
+        assert!(!config.guardrails[0].passes_media(Side::Request));
+        assert!(config.guardrails[1].passes_media(Side::Request));
+        assert!(config.guardrails[1].passes_media(Side::Response));
         assert_eq!(
             config.guardrails[1].configured_stream_policy(),
             Some(StreamPolicy::Window {

@@ -1000,6 +1000,7 @@ fn value_allowed(name: &str, extra: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guardrail_tower_core::text::Side;
     use guardrail_tower_core::{ConfiguredGuardrail, Decision, GuardrailMode};
     use serde_json::json;
 
@@ -1033,7 +1034,9 @@ mod tests {
             GenericGuardrailApi::new(GenericGuardrailApiConfig::new("http://h")).unwrap();
         assert!(Guardrail::reads_media(&guardrail));
         let configured = ConfiguredGuardrail::new("g", GuardrailMode::PreCall, guardrail);
-        assert!(configured.passes_media());
+        assert!(configured.passes_media(Side::Request));
+        // On the response side it is sent the texts only, as in LiteLLM.
+        assert!(!configured.passes_media(Side::Response));
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Prepare for Checks {
             let blind = [GuardrailMode::PreCall, GuardrailMode::DuringCall]
                 .into_iter()
                 .flat_map(|mode| self.guardrails.selected(mode, selection))
-                .find(|g| !g.passes_media());
+                .find(|g| !g.passes_media(Side::Request));
             if let Some(guardrail) = blind {
                 return Err(unreadable_media(field, guardrail.name()));
             }

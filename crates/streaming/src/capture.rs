@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use guardrail_tower_core::text::Side;
 use guardrail_tower_core::{
     CallType, Error, GuardrailLog, GuardrailMode, GuardrailSelection, Guardrails, Layer,
     ParsedRequest, Prepare, Prepared, RequestMeta, ResponseReport, enter_layer,
@@ -83,6 +84,26 @@ impl Capture {
             )
             .with_param(field)
             .with_code("unreadable_content"));
+        }
+        if let Some(field) = parsed.image_output_field() {
+            // An image the model makes can show any text, where no text guardrail reads it.
+            let blind = self
+                .guardrails
+                .selected(GuardrailMode::PostCall, parsed.selection())
+                .find(|g| !g.passes_media(Side::Response));
+            if let Some(guardrail) = blind {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    format!(
+                        "post-call guardrails apply to this request, but '{field}' asks for \
+                         images, which guardrail '{}' cannot read; ask without it, or set \
+                         media_fallback: fail_open on the guardrail to let images pass unchecked",
+                        guardrail.name()
+                    ),
+                )
+                .with_param(field)
+                .with_code("unreadable_content"));
+            }
         }
         // The headers are copied for the guardrails only when one of them reads them.
         let reads_headers = self

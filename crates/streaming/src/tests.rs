@@ -1011,6 +1011,62 @@ async fn log_probabilities_are_refused_only_where_a_guardrail_reads_the_response
     }
 }
 
+/// A request that asks for images in the response (a Responses `image_generation` tool, chat
+/// `modalities` with `"image"`) is refused before the upstream while a post-call guardrail
+/// that cannot read them applies: an image can show any text. It passes when the guardrail
+/// lets media pass (`media_fallback: fail_open`) or none applies.
+#[tokio::test]
+async fn images_asked_for_are_refused_where_a_guardrail_cannot_read_them() {
+    let filter = || words("g", vec![("x", None)]);
+    for (path, body, field) in [
+        (
+            "/v1/responses",
+            r#"{"model":"m","stream":true,"input":"draw a cat","tools":[{"type":"image_generation"}]}"#,
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"m","stream":true,"modalities":["image","text"],"messages":[{"role":"user","content":"draw a cat"}]}"#,
+            "modalities",
+        ),
+    ] {
+        for (why, guardrails, want) in [
+            ("a text guardrail", Guardrails::new([filter()]), (400, 0)),
+            (
+                "media_fallback: fail_open",
+                Guardrails::new([filter().media_fallback(Fallback::FailOpen)]),
+                (200, 1),
+            ),
+            ("no guardrail", Guardrails::new([]), (200, 1)),
+        ] {
+            let calls = Arc::new(Mutex::new(0));
+            let count = calls.clone();
+            let upstream = service_fn(move |_: Request<Full<Bytes>>| {
+                *count.lock().unwrap() += 1;
+                async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
+            });
+            let svc = ServiceBuilder::new()
+                .layer(StreamingGuardrailBodyLayer::new(guardrails))
+                .service(upstream);
+            let (req, _) = request(path, body, &[]);
+            let resp = svc.oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!((status, *calls.lock().unwrap()), want, "{path}, {why}");
+            if status == 400 {
+                let got: serde_json::Value = serde_json::from_slice(&got).unwrap();
+                assert_eq!(
+                    got,
+                    serde_json::json!({"error": {
+                        "message": format!("post-call guardrails apply to this request, but '{field}' asks for images, which guardrail 'g' cannot read; ask without it, or set media_fallback: fail_open on the guardrail to let images pass unchecked"),
+                        "type": "invalid_request_error", "param": field, "code": "unreadable_content"}}),
+                    "{path}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn upstream_error_events_pass_through_as_is() {
     let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";

@@ -483,6 +483,39 @@ impl CallType {
         lists(view, "modalities", "audio")
     }
 
+    /// The field of a request that asks for images in the response: a Responses request's
+    /// `tools` with an `image_generation` tool, or a chat completion's `modalities` with
+    /// `"image"` (the OpenAI-compatible APIs of Gemini and OpenRouter). An image the model
+    /// makes can show any text, where no text guardrail reads it. `None` for any other request.
+    ///
+    /// ```
+    /// use guardrail_tower_protocol::{CallType, json::JsonView};
+    /// let view = JsonView::parse(br#"{"input": "draw", "tools": [{"type": "image_generation"}]}"#)?;
+    /// assert_eq!(CallType::Responses.image_output_field(&view), Some("tools"));
+    /// let view = JsonView::parse(br#"{"messages": [], "modalities": ["image", "text"]}"#)?;
+    /// assert_eq!(CallType::ChatCompletions.image_output_field(&view), Some("modalities"));
+    /// let view = JsonView::parse(br#"{"input": "hi", "tools": [{"type": "web_search"}]}"#)?;
+    /// assert_eq!(CallType::Responses.image_output_field(&view), None);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn image_output_field(self, view: &JsonView<'_>) -> Option<&'static str> {
+        match self {
+            CallType::ChatCompletions => lists(view, "modalities", "image"),
+            CallType::Responses => {
+                let JsonView::Array(tools) = view.get("tools")? else {
+                    return None;
+                };
+                tools
+                    .iter()
+                    .any(|tool| {
+                        tool.get("type").and_then(JsonView::as_str) == Some("image_generation")
+                    })
+                    .then_some("tools")
+            }
+            _ => None,
+        }
+    }
+
     /// The guardrail texts of a body given as bytes, in document order (lenient, as
     /// [`CallType::texts`]), read through a borrowed view instead of a `serde_json::Value`.
     ///
