@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -52,6 +53,7 @@ pub struct Gateway {
     client_read_timeout: Duration,
     client_write_timeout: Duration,
     max_client_connections: usize,
+    connections: Arc<ConnectionCounts>,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
     allow_unauthenticated: bool,
@@ -160,18 +162,6 @@ impl Gateway {
                  is not set): keys generated in this run are lost when it stops"
             );
         }
-        // Counted from the first config on, across reloads.
-        let metrics = config
-            .prometheus
-            .then(|| Arc::new(Metrics::new(&config, writer.clone())));
-        let parts = Parts {
-            writer: writer.clone(),
-            store,
-            client: HttpClient::new(),
-            keys: keys.clone(),
-            metrics,
-        };
-        let live = Reloader::new(&config, path, parts, build_router);
         let open_files = crate::process::open_file_limit();
         let max_client_connections = config
             .max_client_connections
@@ -188,6 +178,21 @@ impl Gateway {
                  systemd's LimitNOFILE) or lower max_client_connections"
             );
         }
+        let connections = Arc::new(ConnectionCounts::new(max_client_connections));
+        // Counted from the first config on, across reloads.
+        let metrics = config.prometheus.then(|| {
+            let mut metrics = Metrics::new(&config, writer.clone());
+            metrics.count_connections(Arc::clone(&connections));
+            Arc::new(metrics)
+        });
+        let parts = Parts {
+            writer: writer.clone(),
+            store,
+            client: HttpClient::new(),
+            keys: keys.clone(),
+            metrics,
+        };
+        let live = Reloader::new(&config, path, parts, build_router);
         Ok(Gateway {
             live,
             writer,
@@ -195,6 +200,7 @@ impl Gateway {
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
             max_client_connections,
+            connections,
             keys,
             requires_keys: config.master_key.is_some(),
             allow_unauthenticated: config.allow_unauthenticated,
@@ -287,7 +293,8 @@ impl Gateway {
     /// the listen queue, as with Go's `LimitListener`), and says so in a `warn` line at most
     /// once a minute. A client that opens connections without end holds no more memory and
     /// file descriptors than the limit allows, and the gateway keeps the descriptors its
-    /// upstream connections and spend log need.
+    /// upstream connections and spend log need. With metrics on, `/metrics` has the
+    /// connections open, the limit and how often it was reached (see [`crate::metrics`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -336,6 +343,10 @@ impl Gateway {
                         graceful.watcher(),
                         stopping_rx.clone(),
                     ));
+                    self.connections.set_open(connections.len());
+                    if connections.len() >= max {
+                        self.connections.reached();
+                    }
                     if connections.len() >= max
                         && warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
                     {
@@ -347,7 +358,9 @@ impl Gateway {
                         );
                     }
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = connections.join_next(), if !connections.is_empty() => {
+                    self.connections.set_open(connections.len());
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -448,6 +461,43 @@ impl Drop for RunningGateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// What [`Gateway::serve`]'s accept loop counts, for the metrics: the client connections open,
+/// the limit, and how often it was reached.
+#[derive(Debug)]
+pub(crate) struct ConnectionCounts {
+    open: AtomicU64,
+    limit: u64,
+    reached: AtomicU64,
+}
+
+impl ConnectionCounts {
+    fn new(limit: usize) -> Self {
+        ConnectionCounts {
+            open: AtomicU64::new(0),
+            limit: u64::try_from(limit).unwrap_or(u64::MAX),
+            reached: AtomicU64::new(0),
+        }
+    }
+
+    fn set_open(&self, open: usize) {
+        self.open
+            .store(u64::try_from(open).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn reached(&self) {
+        self.reached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The connections open, the limit, and how often it was reached.
+    pub(crate) fn read(&self) -> (u64, u64, u64) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.limit,
+            self.reached.load(Ordering::Relaxed),
+        )
     }
 }
 

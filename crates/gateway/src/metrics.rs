@@ -20,6 +20,8 @@
 //! | `guardrail_tower_stream_blocks_after_head_total` | counter | `guardrail_name` |
 //! | `guardrail_tower_spend_log_queue_depth`, `..._pending`, `..._deferred` | gauge | |
 //! | `guardrail_tower_spend_log_rows_written_total`, `..._rows_dead_lettered_total`, `..._rows_dropped_total`, `..._write_retries_total` | counter | |
+//! | `guardrail_tower_client_connections`, `guardrail_tower_client_connections_limit` | gauge | |
+//! | `guardrail_tower_client_connection_limit_reached_total` | counter | |
 //!
 //! Guardrail labels: `hook_type` is `pre_call`, `during_call` or `post_call`; `status` is
 //! LiteLLM's `success` (ran and allowed), `intervened` (blocked, masked, or flagged by a
@@ -38,7 +40,9 @@
 //! Counting costs one map lookup by model name, one by guardrail name per run, and atomic
 //! increments: the series of configured models and guardrails are created on first use and kept
 //! (no label set is built or hashed per request); the spend-log counters are read from the
-//! writer's atomics at scrape time.
+//! writer's atomics at scrape time, and the client connections' from
+//! [`Gateway::serve`](crate::app::Gateway::serve)'s (served by another server, the routes have
+//! none).
 //!
 //! The exporter is [`prometheus_client`], the Prometheus project's own Rust client: typed label
 //! sets hashed in place, no global registry, the classic text format LiteLLM serves, and
@@ -63,6 +67,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::app::ConnectionCounts;
 use crate::config::GatewayConfig;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
@@ -557,12 +562,56 @@ impl Metrics {
             .inc();
     }
 
+    /// Serves the client connections [`Gateway::serve`](crate::app::Gateway::serve) counts:
+    /// open, the limit, how often it was reached.
+    pub(crate) fn count_connections(&mut self, counts: Arc<ConnectionCounts>) {
+        self.registry
+            .register_collector(Box::new(ConnectionCollector { counts }));
+    }
+
     /// The metrics in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The client connections of [`Gateway::serve`](crate::app::Gateway::serve), read at scrape
+/// time.
+#[derive(Debug)]
+struct ConnectionCollector {
+    counts: Arc<ConnectionCounts>,
+}
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let (open, limit, reached) = self.counts.read();
+        for (name, help, value) in [
+            (
+                "guardrail_tower_client_connections",
+                "Client connections open.",
+                open,
+            ),
+            (
+                "guardrail_tower_client_connections_limit",
+                "The most client connections served at once (general_settings.max_client_connections).",
+                limit,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        let counter = ConstCounter::new(reached);
+        let metric = encoder.encode_descriptor(
+            "guardrail_tower_client_connection_limit_reached",
+            "Times the client connections reached the limit (new ones then waited in the listen queue).",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
     }
 }
 

@@ -284,13 +284,15 @@ async fn an_idle_http2_connection_is_closed_and_a_busy_one_kept() {
     );
 }
 
-/// Sends one request on `stream` and reads its response (a head and a `content-length` body),
-/// within `within`; what it read, or `None` when nothing whole came in time.
-async fn exchange(stream: &mut TcpStream, within: Duration) -> Option<String> {
-    stream
-        .write_all(format!("{}{BODY}", head(BODY.len())).as_bytes())
-        .await
-        .ok()?;
+/// Sends `request` on `stream` and reads its response ([`read_response`]).
+async fn exchange_with(stream: &mut TcpStream, request: &[u8], within: Duration) -> Option<String> {
+    stream.write_all(request).await.ok()?;
+    read_response(stream, within).await
+}
+
+/// Reads a response (a head and a `content-length` body) from `stream` within `within`; what
+/// it read, or `None` when nothing whole came in time.
+async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<String> {
     let mut got = Vec::new();
     tokio::time::timeout(within, async {
         let mut buf = [0u8; 4096];
@@ -316,9 +318,15 @@ async fn exchange(stream: &mut TcpStream, within: Duration) -> Option<String> {
     .flatten()
 }
 
+/// [`exchange_with`] a chat request.
+async fn exchange(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let request = format!("{}{BODY}", head(BODY.len()));
+    exchange_with(stream, request.as_bytes(), within).await
+}
+
 /// `general_settings.max_client_connections`: while two connections are open at a limit of
 /// two, a third is not served (it waits in the listen queue, its request unanswered); once one
-/// of the two closes, it is, and the one still open keeps being served.
+/// of the two closes, it is, and the one still open keeps being served. `/metrics` counts them.
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let upstream = MockUpstream::start().await.unwrap();
@@ -327,7 +335,9 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     // The write deadline at the tests' limit changes nothing here (every write is taken at
     // once); the read deadline stays at its default, so the held connections are not closed.
     let config = config(&upstream.base_url(), &db, "client_write_timeout");
-    let config = format!("{config}  max_client_connections: 2\n");
+    let config = format!(
+        "{config}  max_client_connections: 2\nlitellm_settings:\n  callbacks: [\"prometheus\"]\n"
+    );
     let gateway = Gateway::from_config_str(&config).await.unwrap();
     assert_eq!(gateway.max_client_connections(), 2);
     let running = support::serve(gateway).await;
@@ -351,23 +361,28 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 
     // One of the two leaves: the waiting connection's request, sent already, is answered.
     drop(held.remove(0));
-    let mut got = Vec::new();
-    let answered = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("\"chat.completion\"") {
-            match waiting.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    let got = String::from_utf8_lossy(&got);
+    let answer = read_response(&mut waiting, Duration::from_secs(10)).await;
     assert!(
-        answered.is_ok() && got.starts_with("HTTP/1.1 200 OK"),
-        "{got}"
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200 OK") && a.contains("\"chat.completion\"")),
+        "{answer:?}"
     );
     // The connection that stayed open is still served.
     let answer = exchange(&mut held[0], Duration::from_secs(10)).await;
     assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
+
+    // The metrics say so: two open, a limit of two, reached twice (the two first connections,
+    // then the waiting one taken in).
+    let scrape = b"GET /metrics HTTP/1.1\r\nhost: gw\r\n\r\n";
+    let got = exchange_with(&mut held[0], scrape, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for line in [
+        "guardrail_tower_client_connections 2",
+        "guardrail_tower_client_connections_limit 2",
+        "guardrail_tower_client_connection_limit_reached_total 2",
+    ] {
+        assert!(got.lines().any(|l| l == line), "{line} in:\n{got}");
+    }
 }
