@@ -976,6 +976,26 @@ async fn the_layer_asks_for_an_uncompressed_response_only_when_it_reads_it() {
     }
 }
 
+/// Sends `body` to `path` through the layer with `guardrails` in front of an upstream that
+/// answers an empty stream: the status, the body, and how many requests the upstream saw.
+async fn send_counted(guardrails: Guardrails, path: &str, body: &str) -> (u16, Bytes, usize) {
+    let calls = Arc::new(Mutex::new(0));
+    let count = calls.clone();
+    let upstream = service_fn(move |_: Request<Full<Bytes>>| {
+        *count.lock().unwrap() += 1;
+        async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(StreamingGuardrailBodyLayer::new(guardrails))
+        .service(upstream);
+    let (req, _) = request(path, body, &[]);
+    let resp = svc.oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    let calls = *calls.lock().unwrap();
+    (status, got, calls)
+}
+
 /// A request that asks for log probabilities is refused before the upstream while a post-call
 /// guardrail applies (the tokens would repeat the text beside it, unchecked), and passes to
 /// the upstream when none does.
@@ -985,24 +1005,13 @@ async fn log_probabilities_are_refused_only_where_a_guardrail_reads_the_response
         (Guardrails::new([words("g", vec![("x", None)])]), (400, 0)),
         (Guardrails::new([]), (200, 1)),
     ] {
-        let calls = Arc::new(Mutex::new(0));
-        let count = calls.clone();
-        let upstream = service_fn(move |_: Request<Full<Bytes>>| {
-            *count.lock().unwrap() += 1;
-            async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
-        });
-        let svc = ServiceBuilder::new()
-            .layer(StreamingGuardrailBodyLayer::new(guardrails))
-            .service(upstream);
-        let (req, _) = request(
+        let (status, body, calls) = send_counted(
+            guardrails,
             "/v1/chat/completions",
             r#"{"model":"m","stream":true,"logprobs":true,"messages":[]}"#,
-            &[],
-        );
-        let resp = svc.oneshot(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!((status, *calls.lock().unwrap()), want);
+        )
+        .await;
+        assert_eq!((status, calls), want);
         if status == 400 {
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(body["error"]["param"], "logprobs");
@@ -1039,20 +1048,8 @@ async fn images_asked_for_are_refused_where_a_guardrail_cannot_read_them() {
             ),
             ("no guardrail", Guardrails::new([]), (200, 1)),
         ] {
-            let calls = Arc::new(Mutex::new(0));
-            let count = calls.clone();
-            let upstream = service_fn(move |_: Request<Full<Bytes>>| {
-                *count.lock().unwrap() += 1;
-                async { Ok::<_, std::convert::Infallible>(sse(body::chunks(["data: [DONE]\n\n"]))) }
-            });
-            let svc = ServiceBuilder::new()
-                .layer(StreamingGuardrailBodyLayer::new(guardrails))
-                .service(upstream);
-            let (req, _) = request(path, body, &[]);
-            let resp = svc.oneshot(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let got = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!((status, *calls.lock().unwrap()), want, "{path}, {why}");
+            let (status, got, calls) = send_counted(guardrails, path, body).await;
+            assert_eq!((status, calls), want, "{path}, {why}");
             if status == 400 {
                 let got: serde_json::Value = serde_json::from_slice(&got).unwrap();
                 assert_eq!(
