@@ -524,6 +524,18 @@ mod tests {
                 "messages[0].content[0]",
             ),
         ];
+        // A generated image given back, which a client may write itself.
+        let cases = [
+            cases.as_slice(),
+            &[(
+                "/v1/responses",
+                responses(serde_json::json!([
+                    {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBORw0KGgo="},
+                    {"role": "user", "content": "what does it say?"}])),
+                "input[0]",
+            )],
+        ]
+        .concat();
         for (path, body, param) in &cases {
             let words = || keyword("words", GuardrailMode::PreCall, "forbidden");
             let (status, error, calls) = send(words(), path, body).await;
@@ -586,8 +598,8 @@ mod tests {
         );
         let words = keyword("words", GuardrailMode::PreCall, "forbidden");
         assert_eq!(send(words, "/v1/messages", &text).await.0, 200);
-        // The model's own redacted thinking, and a Responses item referenced by id or a
-        // generated image, are not the client's media.
+        // The model's own redacted thinking and a Responses item referenced by id are not the
+        // client's media.
         let thinking = serde_json::json!({"model": "m", "max_tokens": 10, "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "EmwKAhgB"}]},

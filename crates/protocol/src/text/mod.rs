@@ -335,8 +335,9 @@ impl CallType {
     /// [`read_texts`](CallType::read_texts) of a request, and where its first part that carries
     /// no text is (`messages[1].content[0]`): an image, audio or a file the model reads, inline
     /// or by URL or id, which no text guardrail reads (chat `image_url`, `input_audio` and
-    /// `file` parts; Responses `input_image`, `input_file` and audio parts, and a
-    /// `computer_call_output`'s screenshot; Anthropic `image` and `container_upload` blocks,
+    /// `file` parts; Responses `input_image`, `input_file` and audio parts, a
+    /// `computer_call_output`'s screenshot and an `image_generation_call`'s image; Anthropic
+    /// `image` and `container_upload` blocks,
     /// and `document` blocks whose source is not text). `None` when it has none.
     ///
     /// ```

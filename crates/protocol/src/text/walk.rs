@@ -860,9 +860,13 @@ macro_rules! walker {
                             reasoning_parts(content, index, TextKind::ReasoningContent, role, &path.key("content"), emit, bad);
                         }
                     }
-                    // A computer's screenshot; a reference to a stored item and a generated
-                    // image carry nothing the client wrote here.
-                    Item::NoText if kind == Some("computer_call_output") => bad(path, MEDIA),
+                    // A computer's screenshot, and a generated image given back (which a client
+                    // may write itself); a reference to a stored item carries nothing here.
+                    Item::NoText
+                        if matches!(kind, Some("computer_call_output" | "image_generation_call")) =>
+                    {
+                        bad(path, MEDIA)
+                    }
                     Item::NoText => {}
                     Item::Unknown => bad(&path.key("type"), UNKNOWN_ITEM),
                     Item::BadType => bad(&path.key("type"), TYPE_MUST_BE_STRING),
