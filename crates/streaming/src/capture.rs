@@ -22,6 +22,23 @@ pub(crate) struct StreamContext {
     pub(crate) meta: Arc<RequestMeta>,
     pub(crate) log: GuardrailLog,
     pub(crate) report: Option<ResponseReport>,
+    /// The first post-call guardrail that cannot read an image and does not let one pass
+    /// ([`ConfiguredGuardrail::passes_media`](guardrail_tower_core::ConfiguredGuardrail::passes_media)):
+    /// an image in the response is then refused ([`image_refused`]).
+    pub(crate) media_blind: Option<Arc<str>>,
+}
+
+/// The error that ends a response with an image the model made while `guardrail`, which
+/// cannot read it, applies: a 502 before the head, the in-band error after it.
+pub(crate) fn image_refused(guardrail: &str) -> Error {
+    Error::new(
+        http::StatusCode::BAD_GATEWAY,
+        format!(
+            "the upstream sent an image, which guardrail '{guardrail}' cannot read; refused (set \
+             media_fallback: fail_open on the guardrail to let images pass unchecked)"
+        ),
+    )
+    .with_code("unreadable_upstream_response")
 }
 
 /// Captures, once the request is parsed, what checking the response needs; `None` when the
@@ -85,20 +102,21 @@ impl Capture {
             .with_param(field)
             .with_code("unreadable_content"));
         }
+        // An image the model makes can show any text, where no text guardrail reads it.
+        let blind: Option<Arc<str>> = self
+            .guardrails
+            .selected(GuardrailMode::PostCall, parsed.selection())
+            .find(|g| !g.passes_media(Side::Response))
+            .map(|g| Arc::from(g.name()));
         if let Some(field) = parsed.image_output_field() {
-            // An image the model makes can show any text, where no text guardrail reads it.
-            let blind = self
-                .guardrails
-                .selected(GuardrailMode::PostCall, parsed.selection())
-                .find(|g| !g.passes_media(Side::Response));
-            if let Some(guardrail) = blind {
+            if let Some(guardrail) = &blind {
                 return Err(Error::new(
                     http::StatusCode::BAD_REQUEST,
                     format!(
                         "post-call guardrails apply to this request, but '{field}' asks for \
                          images, which guardrail '{}' cannot read; ask without it, or set \
                          media_fallback: fail_open on the guardrail to let images pass unchecked",
-                        guardrail.name()
+                        guardrail
                     ),
                 )
                 .with_param(field)
@@ -119,6 +137,7 @@ impl Capture {
             meta,
             log: GuardrailLog::get_or_insert(request),
             report: ResponseReport::of(request).cloned(),
+            media_blind: blind,
         };
         // The guardrails read the response: ask for it uncompressed.
         request

@@ -305,8 +305,14 @@ where
                         None => buf.split().freeze(),
                     };
                     // One parse through a borrowed view: no `Value` unless a guardrail rewrites.
-                    let (texts, usage) = match context.call_type.response_texts_and_usage(&bytes) {
-                        Ok(read) => read,
+                    let (texts, usage) = match context.call_type.read_response(&bytes) {
+                        Ok(read) => match context.media_blind.as_deref().filter(|_| read.media) {
+                            Some(guardrail) => {
+                                let err = crate::capture::image_refused(guardrail);
+                                return Poll::Ready(Ok(error_response(&err, &context)));
+                            }
+                            None => (read.texts, read.usage),
+                        },
                         Err(e) => {
                             let err = Error::upstream_unavailable(format!(
                                 "the upstream sent invalid JSON: {e}"
@@ -544,6 +550,7 @@ fn new_stream_state(
         .collect();
     // The stream's state lives as long as the stream: what none of its guardrails reads of the
     // request (the body, the prompt however large; the headers) is not kept for minutes.
+    let media_blind = context.media_blind;
     let mut meta = context.meta;
     let (reads_body, reads_headers) = guards.iter().map(|(g, _)| g).chain(&monitors).fold(
         (false, false),
@@ -575,6 +582,7 @@ fn new_stream_state(
         config.max_event_size,
     )
     .with_monitors(monitors)
+    .refusing_images(media_blind)
 }
 
 /// A whole buffered stream: its events, the text of each key in order of first appearance,
@@ -612,10 +620,14 @@ fn decode_all(
         let read = match JsonView::parse(data) {
             Ok(parsed) => {
                 view = parsed;
-                context
+                let read = context
                     .call_type
                     .read_event(event.event_type(), &view)
-                    .map_err(|e| invalid(&e))?
+                    .map_err(|e| invalid(&e))?;
+                if let Some(guardrail) = context.media_blind.as_deref().filter(|_| read.media) {
+                    return Err(crate::capture::image_refused(guardrail));
+                }
+                read
             }
             // Data that is not JSON and may still hold text: refused, as event by event
             // (`[DONE]` and empty data are read as what they are).

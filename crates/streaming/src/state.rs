@@ -309,6 +309,9 @@ pub(crate) struct StreamState {
     /// Monitor guardrails: they check every channel's whole text once, detached, when the
     /// stream ends (however it ends), and hold nothing back.
     monitors: Vec<ConfiguredGuardrail>,
+    /// The guardrail for which an image in the stream ends it (see
+    /// [`StreamContext::media_blind`](crate::capture::StreamContext)).
+    media_blind: Option<Arc<str>>,
 }
 
 impl StreamState {
@@ -367,10 +370,17 @@ impl StreamState {
             changed: false,
             keeps_all_text,
             monitors: Vec::new(),
+            media_blind: None,
         }
     }
 
     /// Adds monitor guardrails (see the `monitors` field); the stream then keeps its whole text.
+    /// Ends the stream at an image the model made, which `guardrail` cannot read.
+    pub(crate) fn refusing_images(mut self, guardrail: Option<Arc<str>>) -> Self {
+        self.media_blind = guardrail;
+        self
+    }
+
     pub(crate) fn with_monitors(mut self, monitors: Vec<ConfiguredGuardrail>) -> Self {
         if !monitors.is_empty() {
             self.keeps_all_text = true;
@@ -554,6 +564,9 @@ impl StreamState {
                     },
                 },
             };
+            if let Some(guardrail) = self.media_blind.as_deref().filter(|_| read.media) {
+                return Err(crate::capture::image_refused(guardrail));
+            }
             terminal = read.terminal;
             sequence_number = read.sequence_number;
             needs_value = (read.has_usage, read.announces_response, read.upstream_error);

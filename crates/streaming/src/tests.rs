@@ -1064,6 +1064,68 @@ async fn images_asked_for_are_refused_where_a_guardrail_cannot_read_them() {
     }
 }
 
+/// An image the model made that the request did not ask for (an upstream that sends one
+/// anyway) ends the response while a post-call guardrail that cannot read it applies: a stream
+/// at the image's first event, with the in-band error and nothing of the image; a JSON
+/// response with a 502. With `media_fallback: fail_open` each passes as it came.
+#[tokio::test]
+async fn an_image_the_upstream_sends_is_refused_where_a_guardrail_cannot_read_it() {
+    const IMAGE: &str = "iVBORw0KGgoSECRETIMAGE";
+    let item = format!(
+        r#"{{"type":"image_generation_call","id":"ig_1","status":"completed","result":"{IMAGE}"}}"#
+    );
+    let stream = format!(
+        "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"output\":[]}}}}\n\n\
+         event: response.image_generation_call.partial_image\ndata: {{\"type\":\"response.image_generation_call.partial_image\",\"sequence_number\":1,\"output_index\":0,\"item_id\":\"ig_1\",\"partial_image_index\":0,\"partial_image_b64\":\"{IMAGE}\"}}\n\n\
+         event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"output\":[{item}]}}}}\n\n"
+    );
+    let json = format!(
+        r#"{{"id":"resp_1","object":"response","status":"completed","output":[{item}],"usage":null}}"#
+    );
+    let message = "the upstream sent an image, which guardrail 'g' cannot read; refused (set media_fallback: fail_open on the guardrail to let images pass unchecked)";
+    let filter = || words("g", vec![("x", None)]);
+    let layer = |g: ConfiguredGuardrail| StreamingGuardrailBodyLayer::new(Guardrails::new([g]));
+
+    let buffer_all = StreamPolicy::BufferAll {
+        max_bytes: 1 << 20,
+        on_overflow: Fallback::FailClosed,
+    };
+    for guardrail in [filter(), filter().stream_policy(buffer_all)] {
+        let run = run_stream(CallType::Responses, layer(guardrail), per_event(&stream)).await;
+        assert!(!run.body.contains(IMAGE), "{}", run.body);
+        assert!(run.body.contains(message), "{}", run.body);
+    }
+    let response = || {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(body::chunks([json.clone()]))
+            .unwrap()
+    };
+    let run = run_with(
+        "/v1/responses",
+        r#"{"input":"hi"}"#,
+        layer(filter()),
+        response(),
+    )
+    .await;
+    assert_eq!(run.status, 502, "{}", run.body);
+    let body: serde_json::Value = serde_json::from_str(&run.body).unwrap();
+    assert_eq!(body["error"]["message"], message);
+    assert_eq!(body["error"]["code"], "unreadable_upstream_response");
+
+    let open = || filter().media_fallback(Fallback::FailOpen);
+    let run = run_stream(CallType::Responses, layer(open()), per_event(&stream)).await;
+    assert_eq!(run.body, stream);
+    let run = run_with(
+        "/v1/responses",
+        r#"{"input":"hi"}"#,
+        layer(open()),
+        response(),
+    )
+    .await;
+    assert_eq!((run.status, run.body.as_str()), (200, json.as_str()));
+}
+
 #[tokio::test]
 async fn upstream_error_events_pass_through_as_is() {
     let stream = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";

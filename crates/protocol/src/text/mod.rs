@@ -573,17 +573,47 @@ impl CallType {
         self,
         body: &[u8],
     ) -> Result<(Vec<String>, Option<Usage>), ReadError> {
+        self.read_response(body)
+            .map(|read| (read.texts, read.usage))
+    }
+
+    /// [`response_texts_and_usage`](CallType::response_texts_and_usage), and whether the
+    /// response carries an image the model made (a Responses `image_generation_call` item),
+    /// which no text guardrail reads.
+    pub fn read_response(self, body: &[u8]) -> Result<ResponseRead, ReadError> {
         // The common chat completion, read in one pass without a view; anything else (and
         // every error) through the view.
-        if let Some(read) = self.read_common_response(body) {
-            return Ok(read);
+        if let Some((texts, usage)) = self.read_common_response(body) {
+            return Ok(ResponseRead {
+                texts,
+                usage,
+                media: false,
+            });
         }
         let view = JsonView::parse(body).map_err(ReadError::Json)?;
         let usage = Usage::from_response_view(self, &view);
         let mut texts = Vec::new();
-        self.read_texts(Side::Response, &view, |_, t| texts.push(t.into_owned()))
-            .map_err(ReadError::Shape)?;
-        Ok((texts, usage))
+        let mut problem = None;
+        let mut media = false;
+        {
+            let mut emit = |_: TextKey, _: Role, t: Cow<'_, str>| texts.push(t.into_owned());
+            let mut bad = |path: &Path<'_>, found: &'static str| {
+                if walk::is_media(found) {
+                    media = true;
+                } else if problem.is_none() {
+                    problem = Some(ShapeError::new(path, found));
+                }
+            };
+            view::response(self, &view, &mut emit, &mut bad);
+        }
+        match problem {
+            Some(problem) => Err(ReadError::Shape(problem)),
+            None => Ok(ResponseRead {
+                texts,
+                usage,
+                media,
+            }),
+        }
     }
 
     /// Replaces the guardrail texts of a body, in the order [`CallType::texts`] returns them.
@@ -629,6 +659,18 @@ impl CallType {
             _ => Ok(()),
         }
     }
+}
+
+/// A response body as [`CallType::read_response`] reads it.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ResponseRead {
+    /// The guardrail texts, in document order.
+    pub texts: Vec<String>,
+    /// The usage it reports, if any.
+    pub usage: Option<Usage>,
+    /// It carries an image the model made, which no text guardrail reads.
+    pub media: bool,
 }
 
 /// `field` when the request's `field` is an array that holds the string `value`.

@@ -27,7 +27,7 @@ use guardrail_tower_sse::SseEvent;
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use super::walk::Path;
+use super::walk::{self, Path};
 use super::{Role, ShapeError, TextKey, first_problem, view, write};
 use crate::CallType;
 use crate::json::JsonView;
@@ -70,6 +70,9 @@ pub struct EventRead<'a> {
     pub upstream_error: bool,
     /// The Responses API `sequence_number`.
     pub sequence_number: Option<u64>,
+    /// It carries an image the model made (a Responses `image_generation_call` item, or a
+    /// partial image of one), which no text guardrail reads.
+    pub media: bool,
 }
 
 impl EventRead<'_> {
@@ -98,11 +101,17 @@ impl CallType {
         let mut out = EventRead::default();
         let kind = kind_of(event_type, view);
         let mut problem = None;
+        let mut media = false;
         {
             let mut emit = |k: TextKey, role: Role, t: Cow<'v, str>| out.texts.push((k, role, t));
-            let mut bad = first_problem(&mut problem);
+            let mut first = first_problem(&mut problem);
+            let mut bad = |path: &Path<'_>, found: &'static str| {
+                media |= walk::is_media(found);
+                first(path, found);
+            };
             view::event(self, kind, view, &mut emit, &mut bad);
         }
+        out.media = media;
         if let Some(problem) = problem {
             return Err(problem);
         }

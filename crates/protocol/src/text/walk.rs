@@ -1511,6 +1511,8 @@ macro_rules! walker {
                                     }
                                 }
                             }
+                            // A generated image, in part: no text guardrail reads it.
+                            "response.image_generation_call.partial_image" => bad(&root_path.key("partial_image_b64"), MEDIA),
                             other if other.ends_with(".delta") => bad(&root_path.key("type"), UNKNOWN_EVENT),
                             _ => {}
                         }

@@ -32,6 +32,7 @@ fn owned(read: EventRead<'_>) -> EventRead<'static> {
         announces_response: read.announces_response,
         upstream_error: read.upstream_error,
         sequence_number: read.sequence_number,
+        media: read.media,
     }
 }
 
