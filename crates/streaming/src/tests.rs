@@ -1101,13 +1101,16 @@ async fn an_image_the_upstream_sends_is_refused_where_a_guardrail_cannot_read_it
             .body(body::chunks([json.clone()]))
             .unwrap()
     };
-    let run = run_with(
-        "/v1/responses",
-        r#"{"input":"hi"}"#,
-        layer(filter()),
-        response(),
-    )
-    .await;
+    // The JSON response through the layer with `guardrail`.
+    let json_run = |guardrail| {
+        run_with(
+            "/v1/responses",
+            r#"{"input":"hi"}"#,
+            layer(guardrail),
+            response(),
+        )
+    };
+    let run = json_run(filter()).await;
     assert_eq!(run.status, 502, "{}", run.body);
     let body: serde_json::Value = serde_json::from_str(&run.body).unwrap();
     assert_eq!(body["error"]["message"], message);
@@ -1116,13 +1119,7 @@ async fn an_image_the_upstream_sends_is_refused_where_a_guardrail_cannot_read_it
     let open = || filter().media_fallback(Fallback::FailOpen);
     let run = run_stream(CallType::Responses, layer(open()), per_event(&stream)).await;
     assert_eq!(run.body, stream);
-    let run = run_with(
-        "/v1/responses",
-        r#"{"input":"hi"}"#,
-        layer(open()),
-        response(),
-    )
-    .await;
+    let run = json_run(open()).await;
     assert_eq!((run.status, run.body.as_str()), (200, json.as_str()));
 }
 
