@@ -287,7 +287,9 @@ pub struct GatewayConfig {
     /// half of what the open-file limit leaves after 64 files for the gateway's own use, so
     /// that every client connection can have its upstream connection and the spend log can
     /// still open its files (see
-    /// [`default_max_client_connections`](crate::app::default_max_client_connections)).
+    /// [`default_max_client_connections`](crate::app::default_max_client_connections)). The
+    /// default follows the open-file limit, not memory (an idle connection holds about 12 KiB):
+    /// where memory is the tighter bound, set it to what memory allows.
     pub max_client_connections: Option<usize>,
     /// The request body limit.
     pub max_request_body_bytes: usize,
