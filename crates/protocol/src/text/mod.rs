@@ -256,10 +256,21 @@ impl fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// Keeps the first problem a walker reports.
+/// Keeps the first problem a walker reports; a part that carries no text ([`walk::MEDIA`]),
+/// which is none, it passes over.
 fn first_problem(slot: &mut Option<ShapeError>) -> impl FnMut(&Path<'_>, &'static str) + '_ {
+    first_problem_and_media(slot, |_| {})
+}
+
+/// [`first_problem`], handing each part that carries no text to `media` (with its path).
+fn first_problem_and_media<'a>(
+    slot: &'a mut Option<ShapeError>,
+    mut media: impl FnMut(&Path<'_>) + 'a,
+) -> impl FnMut(&Path<'_>, &'static str) + 'a {
     move |path, problem| {
-        if slot.is_none() && !walk::is_media(problem) {
+        if walk::is_media(problem) {
+            media(path);
+        } else if slot.is_none() {
             *slot = Some(ShapeError::new(path, problem));
         }
     }
@@ -337,8 +348,8 @@ impl CallType {
     /// or by URL or id, which no text guardrail reads (chat `image_url`, `input_audio` and
     /// `file` parts; Responses `input_image`, `input_file` and audio parts, a
     /// `computer_call_output`'s screenshot and an `image_generation_call`'s image; Anthropic
-    /// `image` and `container_upload` blocks,
-    /// and `document` blocks whose source is not text). `None` when it has none.
+    /// `image` and `container_upload` blocks, and `document` blocks whose source is not text).
+    /// `None` when it has none.
     ///
     /// ```
     /// use guardrail_tower_protocol::{CallType, json::JsonView};
@@ -361,15 +372,9 @@ impl CallType {
         let mut media = None;
         {
             let mut emit = |k: TextKey, _: Role, t: Cow<'v, str>| f(k, t);
-            let mut bad = |path: &Path<'_>, found: &'static str| {
-                if walk::is_media(found) {
-                    if media.is_none() {
-                        media = Some(path.to_string());
-                    }
-                } else if problem.is_none() {
-                    problem = Some(ShapeError::new(path, found));
-                }
-            };
+            let mut bad = first_problem_and_media(&mut problem, |path| {
+                media.get_or_insert_with(|| path.to_string());
+            });
             view::request(self, view, &mut emit, &mut bad);
         }
         match problem {
@@ -597,13 +602,7 @@ impl CallType {
         let mut media = false;
         {
             let mut emit = |_: TextKey, _: Role, t: Cow<'_, str>| texts.push(t.into_owned());
-            let mut bad = |path: &Path<'_>, found: &'static str| {
-                if walk::is_media(found) {
-                    media = true;
-                } else if problem.is_none() {
-                    problem = Some(ShapeError::new(path, found));
-                }
-            };
+            let mut bad = first_problem_and_media(&mut problem, |_| media = true);
             view::response(self, &view, &mut emit, &mut bad);
         }
         match problem {

@@ -27,8 +27,8 @@ use guardrail_tower_sse::SseEvent;
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use super::walk::{self, Path};
-use super::{Role, ShapeError, TextKey, first_problem, view, write};
+use super::walk::Path;
+use super::{Role, ShapeError, TextKey, first_problem_and_media, view, write};
 use crate::CallType;
 use crate::json::JsonView;
 
@@ -104,11 +104,7 @@ impl CallType {
         let mut media = false;
         {
             let mut emit = |k: TextKey, role: Role, t: Cow<'v, str>| out.texts.push((k, role, t));
-            let mut first = first_problem(&mut problem);
-            let mut bad = |path: &Path<'_>, found: &'static str| {
-                media |= walk::is_media(found);
-                first(path, found);
-            };
+            let mut bad = first_problem_and_media(&mut problem, |_| media = true);
             view::event(self, kind, view, &mut emit, &mut bad);
         }
         out.media = media;
