@@ -225,14 +225,11 @@ pub(super) fn fold(c: char) -> char {
 /// diacritical marks dropped; see `normalize`), then case-folded ([`fold`]). `*` stays a
 /// wildcard.
 pub(super) fn fold_keyword(keyword: &str) -> String {
-    let mut folded = String::with_capacity(keyword.len());
-    for c in keyword.chars() {
-        match super::normalize::expansion(c) {
-            Some(letters) => folded.push_str(letters),
-            None => folded.extend(super::normalize::fold_char(c).map(fold)),
-        }
-    }
-    folded
+    keyword
+        .chars()
+        .flat_map(super::normalize::folds)
+        .map(fold)
+        .collect()
 }
 
 /// A letter, digit or `_` (Unicode): a keyword edge that is one must not touch one.

@@ -105,10 +105,8 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
         return Folded::Same { text, ascii: true };
     }
     let same = Folded::Same { text, ascii: false };
-    let Some(first) = text
-        .char_indices()
-        .find(|&(_, c)| fold_char(c) != Some(c) || expansion(c).is_some())
-    else {
+    // The first character that does not read as itself.
+    let Some(first) = text.char_indices().find(|&(_, c)| !folds(c).eq([c])) else {
         return same;
     };
     // Offsets are kept as u32; a text that large is not folded (bodies are far smaller).
@@ -121,10 +119,7 @@ pub(super) fn fold_text(text: &str) -> Folded<'_> {
     origin.extend(0..first.0 as u32);
     for (i, c) in text[first.0..].char_indices() {
         let at = (first.0 + i) as u32;
-        if let Some(letters) = expansion(c) {
-            out.push_str(letters);
-            origin.extend(std::iter::repeat_n(at, letters.len()));
-        } else if let Some(f) = fold_char(c) {
+        for f in folds(c) {
             out.push(f);
             origin.extend(std::iter::repeat_n(at, f.len_utf8()));
         }
@@ -167,6 +162,18 @@ pub(super) fn expansion(c: char) -> Option<&'static str> {
         '\u{FB05}' | '\u{FB06}' => "st",
         _ => return None,
     })
+}
+
+/// What `c` reads as, each character of it: a ligature's letters ([`expansion`]), else what it
+/// folds to ([`fold_char`]; nothing when that drops it).
+pub(super) fn folds(c: char) -> impl Iterator<Item = char> {
+    let letters = expansion(c);
+    let one = if letters.is_none() {
+        fold_char(c)
+    } else {
+        None
+    };
+    letters.unwrap_or_default().chars().chain(one)
 }
 
 /// What `c` folds to; `None` drops it. (A ligature's several letters: [`expansion`].)
