@@ -297,24 +297,24 @@ impl ParsedRequest {
             parsed.user =
                 text(view.get("user")).or_else(|| text(metadata.and_then(|m| m.get("user_id"))));
             parsed.selection = GuardrailSelection::from_view(&view);
-            let mut unreadable = Unreadable {
-                token_ids: call_type.token_ids_field(&view),
-                template: call_type.template_field(&view),
-                media: None,
-                unread_output: None,
-                image_output: call_type.image_output_field(&view),
-            };
-            unreadable.unread_output = call_type
-                .logprobs_field(&view)
-                .or_else(|| call_type.audio_output_field(&view));
             parsed.gateway_only_keys = GATEWAY_ONLY_KEYS.iter().any(|k| view.get(k).is_some())
                 || metadata.and_then(|m| m.get("guardrails")).is_some();
             let mut texts = Vec::new();
-            match call_type.read_request_texts(&view, |_, text| texts.push(span(text))) {
-                Ok(media) => unreadable.media = media,
+            let media = match call_type.read_request_texts(&view, |_, text| texts.push(span(text)))
+            {
+                Ok(media) => media,
                 Err(shape) if strict => return Err(shape.to_request_error()),
-                Err(_) => {}
-            }
+                Err(_) => None,
+            };
+            let unreadable = Unreadable {
+                token_ids: call_type.token_ids_field(&view),
+                template: call_type.template_field(&view),
+                media,
+                unread_output: call_type
+                    .logprobs_field(&view)
+                    .or_else(|| call_type.audio_output_field(&view)),
+                image_output: call_type.image_output_field(&view),
+            };
             parsed.unreadable = unreadable.any().then(|| Box::new(unreadable));
             drop(view);
             parsed.json = Some(Arc::new(JsonBody::validated(bytes.clone(), texts)));
