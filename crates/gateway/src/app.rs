@@ -52,7 +52,7 @@ pub struct Gateway {
     grace: Duration,
     client_read_timeout: Duration,
     client_write_timeout: Duration,
-    max_client_connections: usize,
+    /// The connection limit, and what the accept loop counts against it.
     connections: Arc<ConnectionCounts>,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
@@ -163,12 +163,9 @@ impl Gateway {
             );
         }
         let open_files = crate::process::open_file_limit();
-        let max_client_connections = config
-            .max_client_connections
-            .unwrap_or_else(|| default_max_client_connections(open_files));
-        if config.max_client_connections.is_some()
-            && max_client_connections > default_max_client_connections(open_files)
-        {
+        let room = default_max_client_connections(open_files);
+        let max_client_connections = config.max_client_connections.unwrap_or(room);
+        if max_client_connections > room {
             tracing::warn!(
                 max_client_connections,
                 open_file_limit = open_files,
@@ -199,7 +196,6 @@ impl Gateway {
             grace: config.graceful_shutdown_timeout,
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
-            max_client_connections,
             connections,
             keys,
             requires_keys: config.master_key.is_some(),
@@ -213,7 +209,7 @@ impl Gateway {
     /// `general_settings.max_client_connections`, or its default from the open-file limit when
     /// the gateway was built ([`default_max_client_connections`]).
     pub fn max_client_connections(&self) -> usize {
-        self.max_client_connections
+        self.connections.limit
     }
 
     /// Whether every route but the health probes needs a key (a master key is configured).
@@ -305,7 +301,7 @@ impl Gateway {
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        let max = self.max_client_connections;
+        let max = self.connections.limit;
         let mut warned_full: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -346,16 +342,14 @@ impl Gateway {
                     self.connections.set_open(connections.len());
                     if connections.len() >= max {
                         self.connections.reached();
-                    }
-                    if connections.len() >= max
-                        && warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                    {
-                        warned_full = Some(tokio::time::Instant::now());
-                        tracing::warn!(
-                            max_client_connections = max,
-                            "client connections at general_settings.max_client_connections: \
-                             new connections wait in the listen queue until one closes"
-                        );
+                        if warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                            warned_full = Some(tokio::time::Instant::now());
+                            tracing::warn!(
+                                max_client_connections = max,
+                                "client connections at general_settings.max_client_connections: \
+                                 new connections wait in the listen queue until one closes"
+                            );
+                        }
                     }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {
@@ -469,7 +463,7 @@ impl Drop for RunningGateway {
 #[derive(Debug)]
 pub(crate) struct ConnectionCounts {
     open: AtomicU64,
-    limit: u64,
+    limit: usize,
     reached: AtomicU64,
 }
 
@@ -477,7 +471,7 @@ impl ConnectionCounts {
     fn new(limit: usize) -> Self {
         ConnectionCounts {
             open: AtomicU64::new(0),
-            limit: u64::try_from(limit).unwrap_or(u64::MAX),
+            limit,
             reached: AtomicU64::new(0),
         }
     }
@@ -495,7 +489,7 @@ impl ConnectionCounts {
     pub(crate) fn read(&self) -> (u64, u64, u64) {
         (
             self.open.load(Ordering::Relaxed),
-            self.limit,
+            u64::try_from(self.limit).unwrap_or(u64::MAX),
             self.reached.load(Ordering::Relaxed),
         )
     }
