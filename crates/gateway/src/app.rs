@@ -41,6 +41,7 @@ use crate::keys::routes::KeyRoutes;
 use crate::keys::{KeyCache, KeyStore, PostgresKeyStore, SqliteKeyStore};
 use crate::metrics::Metrics;
 use crate::reload::{LiveRouter, Parts, ReloadHandle, Reloader};
+use crate::request_bytes::{RequestBytes, default_max_request_bytes_in_flight};
 use crate::slow_client::{Activity, SendDeadline, Watchdog, Watched};
 use crate::telemetry::{RequestSpanLayer, SpanLayer};
 use crate::upstream::{ContentCoded, Forward};
@@ -54,6 +55,10 @@ pub struct Gateway {
     client_write_timeout: Duration,
     /// The connection limit, and what the accept loop counts against it.
     connections: Arc<ConnectionCounts>,
+    /// The request body bytes held at once, against their limit.
+    request_bytes: Arc<RequestBytes>,
+    /// The body limit the gateway was built with (see [`Watched::new`]).
+    body_limit: usize,
     keys: Option<Arc<KeyCache>>,
     requires_keys: bool,
     allow_unauthenticated: bool,
@@ -176,10 +181,18 @@ impl Gateway {
             );
         }
         let connections = Arc::new(ConnectionCounts::new(max_client_connections));
+        let request_bytes = Arc::new(RequestBytes::new(
+            config.max_request_bytes_in_flight.unwrap_or_else(|| {
+                default_max_request_bytes_in_flight(
+                    crate::process::memory_limit(),
+                    config.max_request_body_bytes,
+                )
+            }),
+        ));
         // Counted from the first config on, across reloads.
         let metrics = config.prometheus.then(|| {
             let mut metrics = Metrics::new(&config, writer.clone());
-            metrics.count_connections(Arc::clone(&connections));
+            metrics.count_connections(Arc::clone(&connections), Arc::clone(&request_bytes));
             Arc::new(metrics)
         });
         let parts = Parts {
@@ -197,6 +210,8 @@ impl Gateway {
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
             connections,
+            request_bytes,
+            body_limit: config.max_request_body_bytes,
             keys,
             requires_keys: config.master_key.is_some(),
             allow_unauthenticated: config.allow_unauthenticated,
@@ -210,6 +225,13 @@ impl Gateway {
     /// the gateway was built ([`default_max_client_connections`]).
     pub fn max_client_connections(&self) -> usize {
         self.connections.limit
+    }
+
+    /// The request body bytes [`Gateway::serve`] holds, all clients together, and their limit:
+    /// `general_settings.max_request_bytes_in_flight`, or its default from the memory when the
+    /// gateway was built ([`default_max_request_bytes_in_flight`]).
+    pub fn request_bytes(&self) -> &Arc<RequestBytes> {
+        &self.request_bytes
     }
 
     /// Whether every route but the health probes needs a key (a master key is configured).
@@ -251,9 +273,10 @@ impl Gateway {
     ///
     /// What guards the connections themselves is [`Gateway::serve`]'s, not the routes': the
     /// client deadlines (`client_read_timeout`, `client_write_timeout`: see
-    /// [`crate::slow_client`]), `max_client_connections`, `TCP_NODELAY`, and the graceful
-    /// shutdown that flushes the spend log. A server of your own that serves these routes
-    /// (`axum::serve`, hyper) must bound slow and idle clients and the number of connections
+    /// [`crate::slow_client`]), `max_client_connections`, `max_request_bytes_in_flight` (see
+    /// [`crate::request_bytes`]), `TCP_NODELAY`, and the graceful shutdown that flushes the
+    /// spend log. A server of your own that serves these routes (`axum::serve`, hyper) must
+    /// bound slow and idle clients, the number of connections and the bytes their bodies hold
     /// itself, and call [`SpendLogHandle::shutdown`] on [`Gateway::spend_log`] when it stops;
     /// prefer [`Gateway::serve`] or [`Gateway::spawn`] unless the routes must share a server.
     pub fn router(&self) -> Router {
@@ -289,8 +312,11 @@ impl Gateway {
     /// the listen queue, as with Go's `LimitListener`), and says so in a `warn` line at most
     /// once a minute. A client that opens connections without end holds no more memory and
     /// file descriptors than the limit allows, and the gateway keeps the descriptors its
-    /// upstream connections and spend log need. With metrics on, `/metrics` has the
-    /// connections open, the limit and how often it was reached (see [`crate::metrics`]).
+    /// upstream connections and spend log need. The request bodies held at once, all
+    /// connections together, are bounded by [`request_bytes`](Gateway::request_bytes): a
+    /// request past it is a 503 (see [`crate::request_bytes`]). With metrics on, `/metrics`
+    /// has the connections open, the limit and how often it was reached, and the same of the
+    /// request bytes (see [`crate::metrics`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -330,6 +356,8 @@ impl Gateway {
                         },
                         Arc::clone(&activity),
                         self.client_read_timeout,
+                        Arc::clone(&self.request_bytes),
+                        self.body_limit,
                     ));
                     connections.spawn(serve_connection(
                         stream,

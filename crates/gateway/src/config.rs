@@ -47,6 +47,9 @@
 //!   max_client_connections: 10000          # connections served at once; more wait to be
 //!                                          # accepted (default: from the open-file limit)
 //!   max_request_body_bytes: 16777216
+//!   max_request_bytes_in_flight: 1073741824  # request body bytes held at once, all clients;
+//!                                          # more are refused with 503 (default: an eighth
+//!                                          # of the memory)
 //! litellm_settings:
 //!   callbacks: ["prometheus"]              # GET /metrics (also under success_callback)
 //!   require_auth_for_metrics_endpoint: true  # the default: with a master key, /metrics needs it
@@ -293,6 +296,13 @@ pub struct GatewayConfig {
     pub max_client_connections: Option<usize>,
     /// The request body limit.
     pub max_request_body_bytes: usize,
+    /// `general_settings.max_request_bytes_in_flight`: the most bytes of request bodies the
+    /// gateway holds at once, all clients together, from their arrival until their responses
+    /// have been sent; a request that would pass it is refused with a 503 (see
+    /// [`crate::request_bytes`]). At least `max_request_body_bytes`. `None` (the default): an
+    /// eighth of the memory the gateway may use, its container's limit included (see
+    /// [`default_max_request_bytes_in_flight`](crate::request_bytes::default_max_request_bytes_in_flight)).
+    pub max_request_bytes_in_flight: Option<usize>,
     /// The stream policy for guardrails that set none (and have no span matcher).
     pub stream_policy: StreamPolicy,
     /// `general_settings.master_key` (or the `LITELLM_MASTER_KEY` environment variable): with
@@ -333,6 +343,10 @@ impl fmt::Debug for GatewayConfig {
             .field("client_write_timeout", &self.client_write_timeout)
             .field("max_client_connections", &self.max_client_connections)
             .field("max_request_body_bytes", &self.max_request_body_bytes)
+            .field(
+                "max_request_bytes_in_flight",
+                &self.max_request_bytes_in_flight,
+            )
             .field("stream_policy", &self.stream_policy)
             .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
             .field("allow_unauthenticated", &self.allow_unauthenticated)
@@ -482,6 +496,7 @@ const GENERAL: &[&str] = &[
     "client_write_timeout",
     "max_client_connections",
     "max_request_body_bytes",
+    "max_request_bytes_in_flight",
     "stream_policy",
 ];
 
@@ -645,6 +660,17 @@ impl GatewayConfig {
         let client_write_timeout = duration("client_write_timeout")?
             .unwrap_or(crate::slow_client::DEFAULT_CLIENT_WRITE_TIMEOUT);
         let max_client_connections = count("max_client_connections")?;
+        let max_request_bytes_in_flight = count("max_request_bytes_in_flight")?;
+        if max_request_bytes_in_flight.is_some_and(|n| n < max_request_body_bytes) {
+            return Err(ConfigError::new(
+                "general_settings.max_request_bytes_in_flight",
+                general_line("max_request_bytes_in_flight"),
+                format!(
+                    "must be at least max_request_body_bytes ({max_request_body_bytes}): a \
+                     body of the largest size must fit"
+                ),
+            ));
+        }
         let store_prompts_in_spend_logs = flag(
             text,
             &general,
@@ -739,6 +765,7 @@ impl GatewayConfig {
             client_write_timeout,
             max_client_connections,
             max_request_body_bytes,
+            max_request_bytes_in_flight,
             stream_policy,
             warnings,
             guardrail_listing,
@@ -1653,6 +1680,16 @@ litellm_settings:
             ("max_client_connections", "-3", "a whole number above zero"),
             ("max_client_connections", "1.5", "a whole number above zero"),
             (
+                "max_request_bytes_in_flight",
+                "0",
+                "a whole number above zero",
+            ),
+            (
+                "max_request_bytes_in_flight",
+                "16777215",
+                "at least max_request_body_bytes (16777216)",
+            ),
+            (
                 "graceful_shutdown_timeout",
                 "1e20",
                 "a positive number of seconds",
@@ -1675,10 +1712,11 @@ litellm_settings:
             "general_settings:\n  spend_logs_queue_size: 50\n  max_request_body_bytes: 1024\n  \
              request_timeout: 2.5\n  store_prompts_in_spend_logs: true\n  \
              client_read_timeout: 0.5\n  client_write_timeout: 7\n  \
-             max_client_connections: 300\n",
+             max_client_connections: 300\n  max_request_bytes_in_flight: 1024\n",
         )
         .unwrap();
         assert_eq!(config.max_client_connections, Some(300));
+        assert_eq!(config.max_request_bytes_in_flight, Some(1024));
         assert_eq!(
             GatewayConfig::from_yaml("model_list: []")
                 .unwrap()

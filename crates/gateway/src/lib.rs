@@ -95,6 +95,7 @@ pub mod keys;
 pub mod metrics;
 pub mod process;
 pub mod reload;
+pub mod request_bytes;
 pub mod slow_client;
 pub mod telemetry;
 pub mod upstream;

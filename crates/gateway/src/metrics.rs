@@ -22,6 +22,8 @@
 //! | `guardrail_tower_spend_log_rows_written_total`, `..._rows_dead_lettered_total`, `..._rows_dropped_total`, `..._write_retries_total` | counter | |
 //! | `guardrail_tower_client_connections`, `guardrail_tower_client_connections_limit` | gauge | |
 //! | `guardrail_tower_client_connection_limit_reached_total` | counter | |
+//! | `guardrail_tower_request_bytes_in_flight`, `guardrail_tower_request_bytes_in_flight_limit` | gauge | |
+//! | `guardrail_tower_request_bytes_refused_total` | counter | |
 //!
 //! Guardrail labels: `hook_type` is `pre_call`, `during_call` or `post_call`; `status` is
 //! LiteLLM's `success` (ran and allowed), `intervened` (blocked, masked, or flagged by a
@@ -69,6 +71,7 @@ use prometheus_client::registry::Registry;
 
 use crate::app::ConnectionCounts;
 use crate::config::GatewayConfig;
+use crate::request_bytes::RequestBytes;
 
 /// The `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -562,11 +565,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Serves the client connections [`Gateway::serve`](crate::app::Gateway::serve) counts:
-    /// open, the limit, how often it was reached.
-    pub(crate) fn count_connections(&mut self, counts: Arc<ConnectionCounts>) {
+    /// Serves the client connections [`Gateway::serve`](crate::app::Gateway::serve) counts
+    /// (open, the limit, how often it was reached), and the request body bytes it holds (held,
+    /// the limit, the requests refused).
+    pub(crate) fn count_connections(
+        &mut self,
+        counts: Arc<ConnectionCounts>,
+        bytes: Arc<RequestBytes>,
+    ) {
         self.registry
-            .register_collector(Box::new(ConnectionCollector { counts }));
+            .register_collector(Box::new(ConnectionCollector { counts, bytes }));
     }
 
     /// The metrics in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
@@ -578,16 +586,18 @@ impl Metrics {
     }
 }
 
-/// The client connections of [`Gateway::serve`](crate::app::Gateway::serve), read at scrape
-/// time.
+/// The client connections of [`Gateway::serve`](crate::app::Gateway::serve) and the request
+/// body bytes it holds, read at scrape time.
 #[derive(Debug)]
 struct ConnectionCollector {
     counts: Arc<ConnectionCounts>,
+    bytes: Arc<RequestBytes>,
 }
 
 impl Collector for ConnectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let (open, limit, reached) = self.counts.read();
+        let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         for (name, help, value) in [
             (
                 "guardrail_tower_client_connections",
@@ -599,19 +609,38 @@ impl Collector for ConnectionCollector {
                 "The most client connections served at once (general_settings.max_client_connections).",
                 limit,
             ),
+            (
+                "guardrail_tower_request_bytes_in_flight",
+                "Request body bytes held, all clients together.",
+                bytes(self.bytes.held()),
+            ),
+            (
+                "guardrail_tower_request_bytes_in_flight_limit",
+                "The most request body bytes held at once (general_settings.max_request_bytes_in_flight).",
+                bytes(self.bytes.limit()),
+            ),
         ] {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        let counter = ConstCounter::new(reached);
-        let metric = encoder.encode_descriptor(
-            "guardrail_tower_client_connection_limit_reached",
-            "Times the client connections reached the limit (new ones then waited in the listen queue).",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
+        for (name, help, value) in [
+            (
+                "guardrail_tower_client_connection_limit_reached",
+                "Times the client connections reached the limit (new ones then waited in the listen queue).",
+                reached,
+            ),
+            (
+                "guardrail_tower_request_bytes_refused",
+                "Requests refused with 503 because their body did not fit in general_settings.max_request_bytes_in_flight.",
+                self.bytes.refused(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 

@@ -106,6 +106,33 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
     }
 }
 
+/// The memory the process may use, in bytes: the least of the machine's (`MemTotal` in
+/// `/proc/meminfo`) and its control group's limit (cgroup v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), as a container sets it. `None` where none can be read (systems
+/// other than Linux).
+pub fn memory_limit() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let machine = read("/proc/meminfo").and_then(|info| mem_total(&info));
+    let group = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .into_iter()
+    .find_map(read)
+    .and_then(|limit| limit.trim().parse::<u64>().ok());
+    match (machine, group) {
+        (Some(m), Some(g)) => Some(m.min(g)),
+        (m, g) => m.or(g),
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib = line["MemTotal:".len()..].trim().strip_suffix("kB")?.trim();
+    kib.parse::<u64>().ok()?.checked_mul(1024)
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -116,6 +143,18 @@ mod tests {
         assert_eq!(nix::sys::prctl::get_thp_disable(), Ok(true));
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(status.lines().any(|l| l == "THP_enabled:\t0"), "{status}");
+    }
+
+    #[test]
+    fn memory_is_read_from_meminfo_and_the_control_group() {
+        assert_eq!(
+            mem_total("MemTotal:       24579812 kB\nMemFree:  1 kB\n"),
+            Some(24_579_812 * 1024)
+        );
+        assert_eq!(mem_total("MemFree:  1 kB\n"), None);
+        let machine = mem_total(&std::fs::read_to_string("/proc/meminfo").unwrap()).unwrap();
+        let limit = memory_limit().unwrap();
+        assert!(limit > 0 && limit <= machine, "{limit} of {machine}");
     }
 
     #[test]

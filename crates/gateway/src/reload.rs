@@ -17,7 +17,8 @@
 //!   writer and the virtual keys use), its dead-letter path and queue size,
 //!   `user_api_key_cache_ttl`, `graceful_shutdown_timeout`, `client_read_timeout` and
 //!   `client_write_timeout` (set on each connection as it is accepted),
-//!   `max_client_connections` (the accept loop's), `allow_unauthenticated`
+//!   `max_client_connections` (the accept loop's), `max_request_bytes_in_flight` (shared by
+//!   every connection), `allow_unauthenticated`
 //!   (checked against the listen address at start), and the listen address itself (a
 //!   command-line flag). Adding or removing `general_settings.master_key` is refused (the
 //!   access model would change under running clients: restart for that); changing its value
@@ -75,6 +76,7 @@ struct Fixed {
     client_read_timeout: std::time::Duration,
     client_write_timeout: std::time::Duration,
     max_client_connections: Option<usize>,
+    max_request_bytes_in_flight: Option<usize>,
     allow_unauthenticated: bool,
     master_key: bool,
 }
@@ -91,6 +93,7 @@ impl Fixed {
             client_read_timeout: config.client_read_timeout,
             client_write_timeout: config.client_write_timeout,
             max_client_connections: config.max_client_connections,
+            max_request_bytes_in_flight: config.max_request_bytes_in_flight,
             allow_unauthenticated: config.allow_unauthenticated,
             master_key: config.master_key.is_some(),
         }
@@ -143,6 +146,9 @@ impl Fixed {
         }
         if self.max_client_connections != new.max_client_connections {
             warnings.push(kept("max_client_connections"));
+        }
+        if self.max_request_bytes_in_flight != new.max_request_bytes_in_flight {
+            warnings.push(kept("max_request_bytes_in_flight"));
         }
         if self.allow_unauthenticated != new.allow_unauthenticated {
             warnings.push(kept("allow_unauthenticated"));
@@ -405,7 +411,8 @@ mod tests {
         };
         let before = fixed("  client_read_timeout: 30\n");
         let after = fixed(
-            "  client_read_timeout: 5\n  client_write_timeout: 5\n  max_client_connections: 9\n",
+            "  client_read_timeout: 5\n  client_write_timeout: 5\n  max_client_connections: 9\n  \
+             max_request_bytes_in_flight: 1000000000\n",
         );
         assert_eq!(
             before.compare(&after).unwrap(),
@@ -413,6 +420,7 @@ mod tests {
                 "general_settings.client_read_timeout cannot change while the gateway runs: the old value is kept until a restart",
                 "general_settings.client_write_timeout cannot change while the gateway runs: the old value is kept until a restart",
                 "general_settings.max_client_connections cannot change while the gateway runs: the old value is kept until a restart",
+                "general_settings.max_request_bytes_in_flight cannot change while the gateway runs: the old value is kept until a restart",
             ]
         );
         assert!(

@@ -25,6 +25,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::request_bytes::{BudgetedBody, RequestBytes, Reservation};
 use crate::upstream::IdleTimeout;
 
 /// The default of `general_settings.client_read_timeout`.
@@ -155,7 +156,7 @@ impl<IO: AsyncWrite> AsyncWrite for SendDeadline<IO> {
 /// being read: with an [`Error`] 408 `request_timeout`, which the layer reading the body
 /// answers with. A body that arrives with its head (most do) is never waited on and makes no
 /// timer.
-pub fn client_body<B>(body: B, limit: Duration) -> ClientBody<B> {
+pub fn client_body<B>(body: B, limit: Duration) -> IdleTimeout<B> {
     IdleTimeout::with_error(body, limit, |limit| {
         Box::new(
             Error::new(
@@ -170,8 +171,9 @@ pub fn client_body<B>(body: B, limit: Duration) -> ClientBody<B> {
     })
 }
 
-/// A client's request body under its deadline (see [`client_body`]).
-pub type ClientBody<B> = IdleTimeout<B>;
+/// A client's request body under its deadline (see [`client_body`]) and the bound on the bytes
+/// all request bodies hold at once (see [`crate::request_bytes`]).
+pub type ClientBody<B> = BudgetedBody<IdleTimeout<B>>;
 
 /// What one connection is doing, for its [`Watchdog`]: how many requests are in flight
 /// (begun, and their response not yet handed over whole, or dropped), and a count of progress
@@ -210,30 +212,52 @@ impl Drop for InFlight {
     }
 }
 
-/// A connection's service: each request body under the client's deadline ([`client_body`]),
-/// each request counted in flight, in the connection's [`Activity`], until its response has
-/// been sent (its body ended or dropped).
+/// A connection's service: each request body under the client's deadline ([`client_body`])
+/// and counted in the bytes all request bodies hold ([`RequestBytes`]), each request counted
+/// in flight, in the connection's [`Activity`]; both until its response has been sent (its
+/// body ended or dropped).
 #[derive(Debug, Clone)]
 pub struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
     limit: Duration,
+    bytes: Arc<RequestBytes>,
+    body_limit: usize,
 }
 
 impl<S> Watched<S> {
     /// `inner`, for a connection whose activity is `activity`; request bodies fail after
-    /// `limit` of silence.
-    pub fn new(inner: S, activity: Arc<Activity>, limit: Duration) -> Self {
+    /// `limit` of silence, and are refused when they do not fit in `bytes` (a body whose
+    /// declared length is over `body_limit`, which the layers refuse unread, is counted as it
+    /// arrives rather than at once).
+    pub fn new(
+        inner: S,
+        activity: Arc<Activity>,
+        limit: Duration,
+        bytes: Arc<RequestBytes>,
+        body_limit: usize,
+    ) -> Self {
         Watched {
             inner,
             activity,
             limit,
+            bytes,
+            body_limit,
         }
     }
 }
 
+/// What a request holds until its response has been sent: its place in flight and its body's
+/// bytes.
+#[derive(Debug)]
+struct Held {
+    _in_flight: InFlight,
+    _bytes: Reservation,
+}
+
 impl<S, B, ResB> tower_service::Service<http::Request<B>> for Watched<S>
 where
+    B: http_body::Body,
     S: tower_service::Service<http::Request<ClientBody<B>>, Response = http::Response<ResB>>,
 {
     type Response = http::Response<WatchedBody<ResB>>;
@@ -246,22 +270,28 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let in_flight = InFlight::start(&self.activity);
-        let limit = self.limit;
+        let (parts, body) = request.into_parts();
+        let size = body.size_hint();
+        let (body, bytes) = self
+            .bytes
+            .admit(client_body(body, self.limit), size, self.body_limit);
         WatchedFuture {
-            inner: self
-                .inner
-                .call(request.map(|body| client_body(body, limit))),
-            in_flight: Some(in_flight),
+            inner: self.inner.call(http::Request::from_parts(parts, body)),
+            held: Some(Held {
+                _in_flight: in_flight,
+                _bytes: bytes,
+            }),
         }
     }
 }
 
 pin_project! {
-    /// The future of [`Watched`]: the request stays in flight while it runs.
+    /// The future of [`Watched`]: the request stays in flight, and its body's bytes held,
+    /// while it runs.
     pub struct WatchedFuture<F> {
         #[pin]
         inner: F,
-        in_flight: Option<InFlight>,
+        held: Option<Held>,
     }
 }
 
@@ -274,21 +304,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(response.map(|body| WatchedBody {
-            body,
-            _in_flight: in_flight,
-        })))
+        let held = this.held.take();
+        Poll::Ready(Ok(response.map(|body| WatchedBody { body, _held: held })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until it is dropped (hyper drops it
-    /// once it has sent it whole, or when the connection ends).
+    /// A response body that keeps its request in flight, and its body's bytes held, until
+    /// it is dropped (hyper drops it once it has sent it whole, or when the connection ends).
     pub struct WatchedBody<B> {
         #[pin]
         body: B,
-        _in_flight: Option<InFlight>,
+        _held: Option<Held>,
     }
 }
 

@@ -386,3 +386,102 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         assert!(got.lines().any(|l| l == line), "{line} in:\n{got}");
     }
 }
+
+/// `general_settings.max_request_bytes_in_flight`: while one client holds most of the bytes
+/// the gateway may hold (a 4,050-byte body declared and half sent), a request that would pass
+/// the limit is a 503 `server_overloaded` with `retry-after`, at once and with its spend-log
+/// row: one declaring its length, and one chunked, refused at the chunk that does not fit. The
+/// held request, once whole, is served; then the refused one fits and is served too. Before,
+/// bodies were bounded one by one only, and a client sending large bodies on many connections
+/// and streams had the gateway hold them all.
+#[tokio::test]
+async fn request_bodies_beyond_the_bytes_in_flight_are_refused_until_room_is_made() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let config = config(&upstream.base_url(), &db, "client_write_timeout");
+    let config = format!(
+        "{config}  max_request_body_bytes: 4096\n  max_request_bytes_in_flight: 4096\n\
+         litellm_settings:\n  callbacks: [\"prometheus\"]\n"
+    );
+    let gateway = Gateway::from_config_str(&config).await.unwrap();
+    assert_eq!(gateway.request_bytes().limit(), 4096);
+    let running = support::serve(gateway).await;
+    let addr = running.local_addr();
+
+    // 4,050 bytes of 4,096 declared, half of them sent: the gateway holds them all from the head on.
+    let big = format!(
+        r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "a".repeat(4050 - BODY.len() + 5)
+    );
+    assert_eq!(big.len(), 4050);
+    let mut holder = TcpStream::connect(addr).await.unwrap();
+    holder
+        .write_all(format!("{}{}", head(big.len()), &big[..2000]).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let refused = |answer: Option<String>| {
+        let answer = answer.expect("no answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable"),
+            "{answer}"
+        );
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+        let body: Value =
+            serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "message": "the gateway holds as many request bytes as it may at once \
+                            (general_settings.max_request_bytes_in_flight); retry shortly",
+                "type": "service_unavailable_error", "param": null, "code": "server_overloaded"}})
+        );
+    };
+    // 66 more bytes declared do not fit.
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    refused(exchange(&mut other, Duration::from_secs(10)).await);
+    // Nor does a chunked body's first chunk.
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n\r\n",
+        BODY.len()
+    );
+    let mut chunks = TcpStream::connect(addr).await.unwrap();
+    refused(exchange_with(&mut chunks, chunked.as_bytes(), Duration::from_secs(10)).await);
+
+    // The held request, once whole, is served; then there is room again.
+    holder.write_all(&big.as_bytes()[2000..]).await.unwrap();
+    let answer = read_response(&mut holder, Duration::from_secs(10)).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    let answer = exchange(&mut again, Duration::from_secs(10)).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
+    let answer = exchange_with(&mut again, chunked.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200 OK")));
+
+    // Nothing held now; the limit and the two refusals on `/metrics`.
+    let scrape = b"GET /metrics HTTP/1.1\r\nhost: gw\r\n\r\n";
+    let got = exchange_with(&mut again, scrape, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for line in [
+        "guardrail_tower_request_bytes_in_flight 0",
+        "guardrail_tower_request_bytes_in_flight_limit 4096",
+        "guardrail_tower_request_bytes_refused_total 2",
+    ] {
+        assert!(got.lines().any(|l| l == line), "{line} in:\n{got}");
+    }
+
+    // Every request has its row: the two refused as 503 failures.
+    running.stop().await.unwrap();
+    let rows = support::spend_rows(&db).await;
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r.metadata.http_status == 503)
+        .collect();
+    assert_eq!(refused.len(), 2, "{rows:#?}");
+    assert!(refused.iter().all(|r| r.status.as_str() == "failure"));
+}
