@@ -423,6 +423,31 @@ async fn bad_requests_are_refused_with_the_field_named() {
         ),
         (json!({"key_alias": ""}), "key_alias", "non-empty"),
         (json!({"blocked": "yes"}), "blocked", "true or false"),
+        (
+            json!({"max_parallel_requests": 0}),
+            "max_parallel_requests",
+            "a whole number above zero, or null",
+        ),
+        (
+            json!({"max_parallel_requests": -1}),
+            "max_parallel_requests",
+            "a whole number above zero, or null",
+        ),
+        (
+            json!({"max_parallel_requests": "2"}),
+            "max_parallel_requests",
+            "a whole number above zero, or null",
+        ),
+        (
+            json!({"max_parallel_requests": 1.5}),
+            "max_parallel_requests",
+            "a whole number above zero, or null",
+        ),
+        (
+            json!({"max_parallel_requests": 2_147_483_648_u64}),
+            "max_parallel_requests",
+            "a whole number above zero, or null",
+        ),
     ] {
         let (status, v) = generate(body.clone()).await;
         assert_eq!(status, 400, "{body}: {v}");
@@ -534,4 +559,113 @@ async fn without_a_database_or_a_master_key_virtual_keys_are_unavailable() {
             .is_ok()
     );
     assert!(gw.check_exposure(public, false).is_ok());
+}
+
+/// A key's `max_parallel_requests`: while as many requests made with it as it allows run (a
+/// stream counts until its last byte is sent), another is a 429 that says so, with
+/// `retry-after`, and its spend-log row; once one ends, the next is served. The master key, and
+/// a key whose limit is lifted (`null`), are not limited. Over real sockets.
+#[tokio::test]
+async fn a_key_runs_at_most_its_max_parallel_requests_at_once() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let gw = gateway(&format!("sqlite://{}", db.display()), &upstream).await;
+    let (status, made) = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"key_alias": "one-at-a-time", "max_parallel_requests": 1}),
+    )
+    .await;
+    assert_eq!((status, &made["max_parallel_requests"]), (200, &json!(1)));
+    let key = made["key"].as_str().unwrap().to_owned();
+    let running = support::serve(gw).await;
+    let url = running.url("/v1/chat/completions");
+
+    // A stream of 20 events at 20 a second: about a second of body after its head.
+    let mut stream = chat("gpt-a", "hello");
+    stream["stream"] = json!(true);
+    let request = Request::post(&url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("x-mock-events", "20")
+        .header("x-mock-events-per-second", "20")
+        .body(http_body_util::Full::new(Bytes::from(stream.to_string())))
+        .unwrap();
+    let first = support::client().request(request).await.unwrap();
+    assert_eq!(first.status(), 200);
+
+    // While it streams, a second request with the key is refused; the master key's is not.
+    let one = chat("gpt-a", "hi").to_string();
+    let (status, headers, body) = support::call(Method::POST, &url, Some(&key), Some(&one)).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"error": {
+            "message": "Max parallel request limit reached: this key allows 1 requests at once \
+                        (max_parallel_requests); retry when one of them has ended",
+            "type": "rate_limit_error", "param": null, "code": "max_parallel_requests_reached"}})
+    );
+    assert_eq!(
+        support::call(Method::POST, &url, Some(MASTER), Some(&one))
+            .await
+            .0,
+        200
+    );
+
+    // The stream read to its end: the key's place is free again.
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"),
+        "{body:?}"
+    );
+    assert_eq!(
+        support::call(Method::POST, &url, Some(&key), Some(&one))
+            .await
+            .0,
+        200
+    );
+
+    // Lifted: no limit.
+    let (status, _, _) = support::call(
+        Method::POST,
+        &running.url("/key/update"),
+        Some(MASTER),
+        Some(&json!({"key": key, "max_parallel_requests": null}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let request = Request::post(&url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("x-mock-events", "20")
+        .header("x-mock-events-per-second", "20")
+        .body(http_body_util::Full::new(Bytes::from(stream.to_string())))
+        .unwrap();
+    let held = support::client().request(request).await.unwrap();
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        support::call(Method::POST, &url, Some(&key), Some(&one))
+            .await
+            .0,
+        200
+    );
+    drop(held);
+
+    // Every request made with the key has its row; the refused one as a 429 failure.
+    running.stop().await.unwrap();
+    let rows: Vec<_> = spend_rows(&db)
+        .await
+        .into_iter()
+        .filter(|r| r.api_key.as_deref() == Some(hash_key(&key).as_str()))
+        .collect();
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r.metadata.http_status == 429)
+        .collect();
+    assert_eq!(refused.len(), 1, "{rows:#?}");
+    assert_eq!(refused[0].status.as_str(), "failure");
 }

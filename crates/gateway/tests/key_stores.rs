@@ -28,6 +28,7 @@ fn row(key: &str, alias: Option<&str>, user: &str, created: u64) -> VirtualKey {
     row.updated_at = row.created_at;
     row.created_by = Some("default_user_id".into());
     row.blocked = Some(false);
+    row.max_parallel_requests = Some(4);
     row
 }
 
@@ -60,6 +61,7 @@ async fn contract(store: &dyn KeyStore) {
     changed.models.clear();
     changed.expires = None;
     changed.blocked = Some(true);
+    changed.max_parallel_requests = None;
     assert!(store.update(&changed).await.unwrap());
     assert_eq!(store.get(&b.token).await.unwrap(), Some(changed.clone()));
     assert!(
@@ -132,6 +134,38 @@ async fn sqlite_store_contract() {
     assert_eq!(store.list(&KeyQuery::new()).await.unwrap().total, 1);
 }
 
+/// A key table made by an earlier version, without `max_parallel_requests`, gains the column
+/// when a store opens it: its rows are read (with no limit), and a limit is stored. Two stores
+/// opening it add the column once.
+#[tokio::test]
+async fn sqlite_store_adds_the_column_an_earlier_table_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spend.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE \"LiteLLM_VerificationToken\" (token TEXT PRIMARY KEY NOT NULL, \
+             key_name TEXT, key_alias TEXT, spend REAL NOT NULL DEFAULT 0, expires TEXT, \
+             models TEXT NOT NULL DEFAULT '[]', metadata TEXT NOT NULL DEFAULT '{{}}', \
+             user_id TEXT, team_id TEXT, organization_id TEXT, blocked INTEGER, created_at TEXT, \
+             created_by TEXT, updated_at TEXT, updated_by TEXT);
+             INSERT INTO \"LiteLLM_VerificationToken\" (token, user_id) VALUES ('{}', 'old');",
+            hash_key("sk-old")
+        ))
+        .unwrap();
+    }
+    let (first, second) = tokio::join!(SqliteKeyStore::open(&path), SqliteKeyStore::open(&path));
+    let (store, _) = (first.unwrap(), second.unwrap());
+    let old = store.get(&hash_key("sk-old")).await.unwrap().unwrap();
+    assert_eq!(
+        (old.user_id.as_deref(), old.max_parallel_requests),
+        (Some("old"), None)
+    );
+    let new = row("sk-new", None, "new", 1);
+    store.insert(&new).await.unwrap();
+    assert_eq!(store.get(&new.token).await.unwrap(), Some(new));
+}
+
 /// The PostgreSQL URL for tests, `None` (and a note) when it is not set.
 pub fn pg_url() -> Option<String> {
     match std::env::var("GUARDRAIL_TOWER_TEST_PG_URL") {
@@ -194,6 +228,39 @@ async fn postgres_store_contract() {
         .unwrap();
 }
 
+/// A key table made by an earlier version, without `max_parallel_requests`, gains the column.
+#[tokio::test]
+async fn postgres_store_adds_the_column_an_earlier_table_lacks() {
+    let Some(url) = pg_url() else { return };
+    let (admin, schema, url) = fresh_schema(&url, "earlier").await;
+    admin
+        .batch_execute(&format!(
+            r#"CREATE TABLE {schema}."LiteLLM_VerificationToken" (token TEXT PRIMARY KEY,
+                key_name TEXT, key_alias TEXT, spend DOUBLE PRECISION NOT NULL DEFAULT 0.0,
+                expires TIMESTAMP(3), models TEXT[], metadata JSONB NOT NULL DEFAULT '{{}}',
+                user_id TEXT, team_id TEXT, organization_id TEXT, blocked BOOLEAN,
+                created_at TIMESTAMP(3) DEFAULT CURRENT_TIMESTAMP, created_by TEXT,
+                updated_at TIMESTAMP(3) DEFAULT CURRENT_TIMESTAMP, updated_by TEXT);
+            INSERT INTO {schema}."LiteLLM_VerificationToken" (token, user_id) VALUES ('{}', 'old');"#,
+            hash_key("sk-old")
+        ))
+        .await
+        .unwrap();
+    let store = PostgresKeyStore::connect(&url).await.unwrap();
+    let old = store.get(&hash_key("sk-old")).await.unwrap().unwrap();
+    assert_eq!(
+        (old.user_id.as_deref(), old.max_parallel_requests),
+        (Some("old"), None)
+    );
+    let new = row("sk-new", None, "new", 1);
+    store.insert(&new).await.unwrap();
+    assert_eq!(store.get(&new.token).await.unwrap(), Some(new));
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
 /// A table as LiteLLM's migrations create it (its other columns, with their defaults) works as
 /// it is: keys made by LiteLLM are read, and keys made here leave LiteLLM's columns valid.
 #[tokio::test]
@@ -235,8 +302,8 @@ async fn postgres_store_reads_and_writes_a_litellm_table() {
                 "updated_by" TEXT,
                 CONSTRAINT "LiteLLM_VerificationToken_pkey" PRIMARY KEY ("token")
             );
-            INSERT INTO {schema}."LiteLLM_VerificationToken" (token, key_alias, models, metadata, user_id)
-            VALUES ('{}', 'made-by-litellm', ARRAY['gpt-4o'], '{{"guardrails": ["pii"]}}', 'u1');"#,
+            INSERT INTO {schema}."LiteLLM_VerificationToken" (token, key_alias, models, metadata, user_id, max_parallel_requests)
+            VALUES ('{}', 'made-by-litellm', ARRAY['gpt-4o'], '{{"guardrails": ["pii"]}}', 'u1', 5);"#,
             hash_key("sk-from-litellm")
         ))
         .await
@@ -250,6 +317,7 @@ async fn postgres_store_reads_and_writes_a_litellm_table() {
     assert_eq!(found.key_alias.as_deref(), Some("made-by-litellm"));
     assert_eq!(found.models, ["gpt-4o"]);
     assert_eq!(found.guardrails(), ["pii"]);
+    assert_eq!(found.max_parallel_requests, Some(5));
     store.insert(&row("sk-here", None, "u2", 0)).await.unwrap();
     let defaults: (String, bool) = {
         let r = admin

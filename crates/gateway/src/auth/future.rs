@@ -15,9 +15,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{
-    Authenticator, Check, Who, check_key, looked_up, model_not_allowed, strip_credentials,
+    Authenticator, Check, Who, check_key, looked_up, model_not_allowed, parallel_limit_reached,
+    strip_credentials,
 };
-use crate::keys::{KeyStoreError, ResolvedKey};
+use crate::keys::{KeyStoreError, ResolvedKey, Running};
 
 /// A store lookup in flight (the slow path: a key not in the cache).
 pub(crate) type LookupFuture =
@@ -35,6 +36,8 @@ pin_project! {
         auth: Authenticator,
         body_limit: usize,
         caller: Option<Arc<Caller>>,
+        // The request's place among its key's requests running at once, handed to the body.
+        running: Option<Running>,
     }
 }
 
@@ -80,8 +83,11 @@ where
         call_type: CallType,
     ) -> Self {
         let mut caller = None;
+        let mut running = None;
         let state = match check {
-            Check::Known(who) => accepted(who, request, inner, body_limit, &mut caller),
+            Check::Known(who) => {
+                accepted(who, request, inner, body_limit, (&mut caller, &mut running))
+            }
             Check::Refused(error) => State::Refused { error: Some(error) },
             Check::Lookup(cache, digest) => State::Lookup {
                 fut: Box::pin(async move { cache.fetch(&digest).await }),
@@ -95,18 +101,20 @@ where
             auth,
             body_limit,
             caller,
+            running,
         }
     }
 }
 
-/// The next state for a key that was found: refused if blocked or expired, else the body is
-/// read.
+/// The next state for a key that was found: refused if blocked or expired, or if as many of
+/// its requests as it allows run already (its place among them is taken into `running`), else
+/// the body is read.
 fn accepted<B, S>(
     who: Who,
     request: Request<B>,
     inner: S,
     body_limit: usize,
-    caller: &mut Option<Arc<Caller>>,
+    (caller, running): (&mut Option<Arc<Caller>>, &mut Option<Running>),
 ) -> State<B, S>
 where
     S: Service<Request<Full<Bytes>>>,
@@ -122,6 +130,14 @@ where
         if let Err(error) = check_key(key) {
             return State::Refused { error: Some(error) };
         }
+        match key.start() {
+            Some(place) => *running = Some(place),
+            None => {
+                return State::Refused {
+                    error: Some(parallel_limit_reached(key)),
+                };
+            }
+        }
     }
     State::Buffering {
         buffer: BufferRequest::new(request, body_limit),
@@ -136,8 +152,10 @@ fn refusal<ResB>(
     error: &Error,
     call_type: CallType,
     caller: Option<Arc<Caller>>,
-) -> Response<ResponseBody<ResB>> {
-    let mut response = error.to_response(call_type).map(ResponseBody::full);
+) -> Response<KeyAuthBody<ResB>> {
+    let mut response = error
+        .to_response(call_type)
+        .map(|body| KeyAuthBody::new(ResponseBody::full(body), None));
     if let Some(caller) = caller {
         response.extensions_mut().insert(caller);
     }
@@ -150,7 +168,7 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+    type Output = Result<Response<KeyAuthBody<ResB>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -171,7 +189,13 @@ where
                         .expect("KeyAuthFuture polled after completion");
                     let inner = inner.take().expect("KeyAuthFuture polled after completion");
                     let next = match looked_up(result) {
-                        Ok(who) => accepted(who, request, inner, *this.body_limit, this.caller),
+                        Ok(who) => accepted(
+                            who,
+                            request,
+                            inner,
+                            *this.body_limit,
+                            (this.caller, this.running),
+                        ),
                         Err(error) => State::Refused { error: Some(error) },
                     };
                     this.state.set(next);
@@ -199,7 +223,10 @@ where
                     this.state.set(State::Calling { fut });
                 }
                 StateProj::Calling { fut } => {
-                    let mut response = ready!(fut.poll(cx))?.map(ResponseBody::new);
+                    let response = ready!(fut.poll(cx))?;
+                    let running = this.running.take();
+                    let mut response =
+                        response.map(|body| KeyAuthBody::new(ResponseBody::new(body), running));
                     if let Some(caller) = this.caller.take() {
                         response.extensions_mut().insert(caller);
                     }
@@ -241,6 +268,55 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyAuthFuture")
             .field("call_type", &self.call_type)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The response body of [`KeyAuth`](super::KeyAuth): a request made with a key that limits
+    /// its requests at once (`max_parallel_requests`) keeps its place among them until this is
+    /// dropped, when the response has been sent whole or the client left.
+    pub struct KeyAuthBody<B> {
+        #[pin]
+        body: ResponseBody<B>,
+        running: Option<Running>,
+    }
+}
+
+impl<B> KeyAuthBody<B> {
+    fn new(body: ResponseBody<B>, running: Option<Running>) -> Self {
+        KeyAuthBody { body, running }
+    }
+}
+
+impl<B> Body for KeyAuthBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for KeyAuthBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAuthBody")
+            .field("running", &self.running)
             .finish_non_exhaustive()
     }
 }

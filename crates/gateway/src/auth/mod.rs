@@ -7,7 +7,9 @@
 //! looked up (through a [`KeyCache`]) as a virtual key.
 //!
 //! - [`KeyAuthLayer`] guards the LLM routes. With a valid key it buffers and parses the request
-//!   (once: later layers reuse it), refuses a model the key does not allow (403), merges the
+//!   (once: later layers reuse it), refuses a model the key does not allow (403), and a
+//!   request beyond the key's `max_parallel_requests` running at once (429, until one of them
+//!   has sent its response: the place is held by the response body, [`KeyAuthBody`]), merges the
 //!   key's guardrails into the request's guardrail selection (nothing the client sends can take
 //!   them out), removes the client's credentials from the request, and puts an `Arc<Caller>` in
 //!   the request extensions (for guardrails), in the response extensions, and in the request's
@@ -78,7 +80,7 @@ use subtle::ConstantTimeEq;
 
 use crate::keys::{KeyCache, KeyStoreError, ResolvedKey, key_digest, python_timestamp};
 
-pub use future::KeyAuthFuture;
+pub use future::{KeyAuthBody, KeyAuthFuture};
 pub use layer::KeyAuthLayer;
 pub use require::{RequireKey, RequireKeyFuture, RequireKeyLayer};
 pub use service::KeyAuth;
@@ -262,6 +264,24 @@ pub(crate) fn check_key(key: &ResolvedKey) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The refusal of a request made with a key whose `max_parallel_requests` run already: a 429
+/// (LiteLLM's status for it) that says when to come back.
+pub(crate) fn parallel_limit_reached(key: &ResolvedKey) -> Error {
+    Error::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "Max parallel request limit reached: this key allows {} requests at once \
+             (max_parallel_requests); retry when one of them has ended",
+            key.max_parallel_requests().unwrap_or(0)
+        ),
+    )
+    .with_code("max_parallel_requests_reached")
+    .with_header(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    )
 }
 
 /// The outcome of a store lookup as a check.

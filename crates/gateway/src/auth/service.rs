@@ -1,14 +1,13 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use guardrail_tower_core::body::ResponseBody;
 use guardrail_tower_core::{BoxError, CallType, take_ready};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
-use super::future::KeyAuthFuture;
+use super::future::{KeyAuthBody, KeyAuthFuture};
 use super::{Authenticator, KeyAuthLayer};
 
 /// Authenticates each request of an LLM route before anything else reads it. See the
@@ -56,7 +55,7 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<ResB>>;
+    type Response = Response<KeyAuthBody<ResB>>;
     type Error = S::Error;
     type Future = KeyAuthFuture<B, S>;
 

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use guardrail_tower_core::Caller;
@@ -20,6 +21,8 @@ pub struct ResolvedKey {
     guardrails: Box<[Arc<str>]>,
     expires: Option<SystemTime>,
     blocked: bool,
+    /// `max_parallel_requests` and the requests running with the key on this gateway.
+    parallel: Option<(u32, Arc<AtomicU32>)>,
 }
 
 impl ResolvedKey {
@@ -36,7 +39,30 @@ impl ResolvedKey {
             guardrails: key.guardrails().into_iter().map(Arc::from).collect(),
             expires: key.expires,
             blocked: key.blocked == Some(true),
+            parallel: key
+                .max_parallel_requests
+                .map(|max| (max, Arc::new(AtomicU32::new(0)))),
         }
+    }
+
+    /// The key's `max_parallel_requests`, if it has one.
+    pub fn max_parallel_requests(&self) -> Option<u32> {
+        self.parallel.as_ref().map(|(max, _)| *max)
+    }
+
+    /// A place among the key's requests running at once, held until the [`Running`] is
+    /// dropped; `None` when `max_parallel_requests` are running already. Always a place for a
+    /// key without a limit.
+    pub fn start(&self) -> Option<Running> {
+        let Some((max, running)) = &self.parallel else {
+            return Some(Running(None));
+        };
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < *max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Running(Some(Arc::clone(running))))
     }
 
     /// Who calls with this key.
@@ -67,6 +93,19 @@ impl ResolvedKey {
     /// Whether the key is blocked.
     pub fn blocked(&self) -> bool {
         self.blocked
+    }
+}
+
+/// One request running with a key that limits its requests at once (see
+/// [`ResolvedKey::start`]): its place is given back when this is dropped.
+#[derive(Debug)]
+pub struct Running(Option<Arc<AtomicU32>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(running) = &self.0 {
+            running.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -110,6 +149,10 @@ pub struct KeyCache {
     ttl: Duration,
     max_entries: usize,
     entries: RwLock<Entries>,
+    /// The count of requests running with each key that limits them, shared by every lookup
+    /// of the key (a lookup is made again when its entry expires, or at every request without
+    /// a cache), and dropped with the last of them.
+    running: Mutex<HashMap<[u8; 32], Weak<AtomicU32>, BuildHasherDefault<DigestHasher>>>,
 }
 
 impl fmt::Debug for KeyCache {
@@ -130,6 +173,7 @@ impl KeyCache {
             ttl,
             max_entries: 100_000,
             entries: RwLock::new(Entries::default()),
+            running: Mutex::default(),
         }
     }
 
@@ -166,13 +210,31 @@ impl KeyCache {
         digest: &[u8; 32],
     ) -> Result<Option<Arc<ResolvedKey>>, KeyStoreError> {
         let fetched = Instant::now();
-        let key = self
-            .store
-            .get(&hex(digest))
-            .await?
-            .map(|row| Arc::new(ResolvedKey::new(&row)));
+        let key = self.store.get(&hex(digest)).await?.map(|row| {
+            let mut key = ResolvedKey::new(&row);
+            if let Some((_, running)) = &mut key.parallel {
+                *running = self.running_count(digest);
+            }
+            Arc::new(key)
+        });
         self.remember(digest, key.clone(), fetched);
         Ok(key)
+    }
+
+    /// The count of requests running with the key of `digest`: the one its earlier lookups
+    /// share while any is alive, else a new one. Counts no lookup holds any more are dropped
+    /// when the map has doubled since the last sweep.
+    fn running_count(&self, digest: &[u8; 32]) -> Arc<AtomicU32> {
+        let mut counts = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = counts.get(digest).and_then(Weak::upgrade) {
+            return running;
+        }
+        if counts.len() >= 1024 && counts.len().is_power_of_two() {
+            counts.retain(|_, running| running.strong_count() > 0);
+        }
+        let running = Arc::new(AtomicU32::new(0));
+        counts.insert(*digest, Arc::downgrade(&running));
+        running
     }
 
     /// [`KeyCache::cached`], else [`KeyCache::fetch`].
@@ -320,6 +382,46 @@ mod tests {
         // An unknown key is remembered too.
         assert!(cache.lookup(&digest).await.unwrap().is_none());
         assert_eq!(store.gets.load(Ordering::SeqCst), 2);
+    }
+
+    /// Every lookup of a key shares its count of requests running: one made again when the
+    /// entry expires, or at every request without a cache, does not start a count of its own.
+    #[tokio::test(start_paused = true)]
+    async fn lookups_of_a_key_share_its_running_requests() {
+        let store = Arc::new(Counting::default());
+        let mut row = VirtualKey::new(hash_key("sk-a"));
+        row.max_parallel_requests = Some(2);
+        store.insert(&row).await.unwrap();
+        let digest = key_digest("sk-a");
+        for ttl in [Duration::ZERO, Duration::from_secs(5)] {
+            let cache = KeyCache::new(store.clone(), ttl);
+            let first = cache.lookup(&digest).await.unwrap().unwrap();
+            let one = first.start().unwrap();
+            tokio::time::advance(Duration::from_secs(6)).await;
+            let second = cache.lookup(&digest).await.unwrap().unwrap();
+            assert!(!Arc::ptr_eq(&first, &second), "{ttl:?}");
+            let two = second.start().unwrap();
+            assert!(
+                first.start().is_none() && second.start().is_none(),
+                "{ttl:?}"
+            );
+            drop(one);
+            let three = second.start().unwrap();
+            drop((first, second, two, three));
+            // Nothing running and no lookup held: a new count, from zero.
+            let again = cache.lookup(&digest).await.unwrap().unwrap();
+            let _places = [again.start().unwrap(), again.start().unwrap()];
+            assert!(again.start().is_none());
+        }
+        // A key without a limit has a place for every request.
+        let store = Arc::new(Counting::default());
+        store
+            .insert(&VirtualKey::new(hash_key("sk-b")))
+            .await
+            .unwrap();
+        let cache = KeyCache::new(store, Duration::ZERO);
+        let key = cache.lookup(&key_digest("sk-b")).await.unwrap().unwrap();
+        let _places: Vec<_> = (0..1000).map(|_| key.start().unwrap()).collect();
     }
 
     #[tokio::test(start_paused = true)]

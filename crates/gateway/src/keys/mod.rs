@@ -2,9 +2,10 @@
 //!
 //! A virtual key is a random `sk-...` string handed to a client once, by `POST /key/generate`.
 //! The gateway keeps only its SHA-256 hash (hex, LiteLLM's `hash_token`) in the `token`
-//! column, beside what the key allows: `models` (empty: every model), `expires`, `blocked`, and
-//! `metadata` (free-form JSON, whose `guardrails` list is merged into every request made with the
-//! key, like a model's guardrails). `key_alias`, `user_id`, `team_id` and `organization_id`
+//! column, beside what the key allows: `models` (empty: every model), `expires`, `blocked`,
+//! `max_parallel_requests` (counted per gateway, [`ResolvedKey::start`]), and `metadata`
+//! (free-form JSON, whose `guardrails` list is merged into every request made with the key, like
+//! a model's guardrails). `key_alias`, `user_id`, `team_id` and `organization_id`
 //! name who it belongs to; they are recorded with every request.
 //!
 //! Keys live in the spend log's database: [`SqliteKeyStore`] (the default, one file) or
@@ -26,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use cache::{KeyCache, ResolvedKey};
+pub use cache::{KeyCache, ResolvedKey, Running};
 pub use postgres::PostgresKeyStore;
 pub use sqlite::SqliteKeyStore;
 
@@ -138,6 +139,9 @@ pub struct VirtualKey {
     pub organization_id: Option<String>,
     /// A blocked key is refused.
     pub blocked: Option<bool>,
+    /// The most requests made with the key that may run at once on this gateway; more are
+    /// refused with a 429 until one ends. `None`: no limit.
+    pub max_parallel_requests: Option<u32>,
     /// When the key was created.
     pub created_at: Option<SystemTime>,
     /// Who created it.
@@ -163,6 +167,7 @@ impl VirtualKey {
             team_id: None,
             organization_id: None,
             blocked: None,
+            max_parallel_requests: None,
             created_at: None,
             created_by: None,
             updated_at: None,
@@ -211,6 +216,10 @@ impl VirtualKey {
         out.insert(
             "blocked".into(),
             self.blocked.map_or(Value::Null, Value::from),
+        );
+        out.insert(
+            "max_parallel_requests".into(),
+            self.max_parallel_requests.map_or(Value::Null, Value::from),
         );
         out.insert("created_at".into(), time(&self.created_at));
         out.insert("created_by".into(), opt(&self.created_by));

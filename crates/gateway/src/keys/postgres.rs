@@ -46,7 +46,7 @@ impl fmt::Debug for PostgresKeyStore {
 
 const COLUMNS: &str = "token, key_name, key_alias, spend, expires, models, metadata::text, \
                        user_id, team_id, organization_id, blocked, created_at, created_by, \
-                       updated_at, updated_by";
+                       updated_at, updated_by, max_parallel_requests";
 
 /// `pg_advisory_xact_lock` key of the key table's writes (FNV-1a of a fixed name).
 const LOCK: i64 = {
@@ -113,6 +113,10 @@ fn row_to_key(row: &Row) -> Result<VirtualKey, KeyStoreError> {
         created_by: row.try_get(12).map_err(decode)?,
         updated_at: row.try_get(13).map_err(decode)?,
         updated_by: row.try_get(14).map_err(decode)?,
+        max_parallel_requests: row
+            .try_get::<_, Option<i32>>(15)
+            .map_err(decode)?
+            .and_then(|n| u32::try_from(n).ok()),
     })
 }
 
@@ -133,6 +137,7 @@ struct Write {
     created_by: Option<String>,
     updated_at: Option<SystemTime>,
     updated_by: Option<String>,
+    max_parallel_requests: Option<i32>,
 }
 
 impl Write {
@@ -153,10 +158,13 @@ impl Write {
             created_by: key.created_by.clone(),
             updated_at: key.updated_at,
             updated_by: key.updated_by.clone(),
+            max_parallel_requests: key
+                .max_parallel_requests
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.token,
             &self.key_name,
@@ -173,6 +181,7 @@ impl Write {
             &self.created_by,
             &self.updated_at,
             &self.updated_by,
+            &self.max_parallel_requests,
         ]
     }
 }
@@ -254,8 +263,10 @@ impl PostgresKeyStore {
                 created_at TIMESTAMP(3) DEFAULT CURRENT_TIMESTAMP,
                 created_by TEXT,
                 updated_at TIMESTAMP(3) DEFAULT CURRENT_TIMESTAMP,
-                updated_by TEXT
+                updated_by TEXT,
+                max_parallel_requests INTEGER
             );
+            ALTER TABLE \"{TABLE}\" ADD COLUMN IF NOT EXISTS max_parallel_requests INTEGER;
             CREATE INDEX IF NOT EXISTS \"{TABLE}_user_id_team_id_idx\" ON \"{TABLE}\" (user_id, team_id);
             CREATE INDEX IF NOT EXISTS \"{TABLE}_team_id_idx\" ON \"{TABLE}\" (team_id);"
         ))
@@ -381,9 +392,10 @@ impl KeyStore for PostgresKeyStore {
                         &format!(
                             "INSERT INTO \"{TABLE}\" (token, key_name, key_alias, spend, \
                              expires, models, metadata, user_id, team_id, organization_id, \
-                             blocked, created_at, created_by, updated_at, updated_by) VALUES \
-                             ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10, $11, $12, $13, \
-                             $14, $15) ON CONFLICT (token) DO NOTHING"
+                             blocked, created_at, created_by, updated_at, updated_by, \
+                             max_parallel_requests) VALUES ($1, $2, $3, $4, $5, $6, \
+                             $7::text::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                             ON CONFLICT (token) DO NOTHING"
                         ),
                         &values.params(),
                     )
@@ -417,7 +429,7 @@ impl KeyStore for PostgresKeyStore {
                              expires = $5, models = $6, metadata = $7::text::jsonb, user_id = $8, \
                              team_id = $9, organization_id = $10, blocked = $11, \
                              created_at = $12, created_by = $13, updated_at = $14, \
-                             updated_by = $15 WHERE token = $1"
+                             updated_by = $15, max_parallel_requests = $16 WHERE token = $1"
                         ),
                         &values.params(),
                     )

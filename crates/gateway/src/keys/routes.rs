@@ -3,7 +3,7 @@
 //!
 //! | route | request | response |
 //! |---|---|---|
-//! | `POST /key/generate` | `key_alias`, `duration` (`30s`, `30m`, `30h`, `30d`, `2w`, `1mo`; none: never expires), `models`, `metadata`, `guardrails`, `user_id`, `team_id`, `organization_id`, `blocked`, `key` (a value of your own, `sk-...`) | the row, with `key` (shown this once), `token` / `token_id` (its hash), `key_name` (`sk-...` and its last four characters) |
+//! | `POST /key/generate` | `key_alias`, `duration` (`30s`, `30m`, `30h`, `30d`, `2w`, `1mo`; none: never expires), `models`, `metadata`, `guardrails`, `user_id`, `team_id`, `organization_id`, `blocked`, `max_parallel_requests` (the most requests with the key running at once; `null`: no limit), `key` (a value of your own, `sk-...`) | the row, with `key` (shown this once), `token` / `token_id` (its hash), `key_name` (`sk-...` and its last four characters) |
 //! | `GET /key/info?key=` | the key or its hash | `{"key", "info": {...}}` |
 //! | `POST /key/update` | `key` (the key or its hash) and the fields to change (`duration: "-1"`: never expires) | `{"key", ...the row}` |
 //! | `POST /key/delete` | `keys` (keys or hashes) or `key_aliases` | `{"deleted_keys": [...]}`; all or nothing |
@@ -150,6 +150,8 @@ struct Fields {
     team_id: Option<String>,
     organization_id: Option<String>,
     blocked: Option<bool>,
+    /// `Some(None)`: `null`, no limit.
+    max_parallel_requests: Option<Option<u32>>,
 }
 
 /// Whether a value is the default LiteLLM sends for a field it does not use.
@@ -217,6 +219,26 @@ fn parse_fields(body: &Bytes) -> Result<Fields, Error> {
                     _ => return Err(bad("'metadata' must be an object", "metadata")),
                 }
             }
+            "max_parallel_requests" => {
+                fields.max_parallel_requests = match &value {
+                    Value::Null => Some(None),
+                    // At most what LiteLLM's `INTEGER` column holds.
+                    Value::Number(n) => n
+                        .as_u64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|&n| n > 0)
+                        .map(Some),
+                    _ => None,
+                };
+                if fields.max_parallel_requests.is_none() {
+                    return Err(bad(
+                        "'max_parallel_requests' must be a whole number above zero, or null for \
+                         no limit",
+                        "max_parallel_requests",
+                    ));
+                }
+            }
             "blocked" => {
                 fields.blocked = match value {
                     Value::Null => None,
@@ -233,7 +255,7 @@ fn parse_fields(body: &Bytes) -> Result<Fields, Error> {
                     format!(
                         "'{other}' is not supported by this gateway: a key carries key_alias, \
                          duration, models, metadata, guardrails, user_id, team_id, \
-                         organization_id and blocked"
+                         organization_id, blocked and max_parallel_requests"
                     ),
                     "body",
                 ));
@@ -300,6 +322,9 @@ fn apply(key: &mut VirtualKey, fields: Fields, now: SystemTime) -> Result<(), Er
     }
     if let Some(blocked) = fields.blocked {
         key.blocked = Some(blocked);
+    }
+    if let Some(max) = fields.max_parallel_requests {
+        key.max_parallel_requests = max;
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ impl fmt::Debug for SqliteKeyStore {
 
 const COLUMNS: &str = "token, key_name, key_alias, spend, expires, models, metadata, user_id, \
                        team_id, organization_id, blocked, created_at, created_by, updated_at, \
-                       updated_by";
+                       updated_by, max_parallel_requests";
 
 fn sql_error(what: &str, e: rusqlite::Error) -> KeyStoreError {
     let busy = matches!(
@@ -53,7 +53,7 @@ impl SqliteKeyStore {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, KeyStoreError> {
-            let conn = Connection::open(&opened).map_err(|e| sql_error("cannot open", e))?;
+            let mut conn = Connection::open(&opened).map_err(|e| sql_error("cannot open", e))?;
             conn.busy_timeout(Duration::from_secs(5))
                 .map_err(|e| sql_error("cannot set the busy timeout", e))?;
             conn.execute_batch(&format!(
@@ -72,13 +72,15 @@ impl SqliteKeyStore {
                     created_at TEXT,
                     created_by TEXT,
                     updated_at TEXT,
-                    updated_by TEXT
+                    updated_by TEXT,
+                    max_parallel_requests INTEGER
                 );
                 CREATE INDEX IF NOT EXISTS \"{TABLE}_user_id_team_id_idx\" ON \"{TABLE}\" (user_id, team_id);
                 CREATE INDEX IF NOT EXISTS \"{TABLE}_team_id_idx\" ON \"{TABLE}\" (team_id);
                 CREATE INDEX IF NOT EXISTS \"{TABLE}_key_alias_idx\" ON \"{TABLE}\" (key_alias);"
             ))
             .map_err(|e| sql_error("cannot create the key table", e))?;
+            add_missing_columns(&mut conn)?;
             Ok(conn)
         })
         .await
@@ -105,6 +107,32 @@ impl SqliteKeyStore {
             .map_err(|_| KeyStoreError::new(KeyStoreErrorKind::Other, "the SQLite task panicked"))?
         })
     }
+}
+
+/// Adds the columns a table made by an earlier version lacks (`max_parallel_requests`), in
+/// one write transaction, so two gateways opening the file at once add it once.
+fn add_missing_columns(conn: &mut Connection) -> Result<(), KeyStoreError> {
+    let migrate = |e| sql_error("cannot migrate the key table", e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(migrate)?;
+    let present: bool = tx
+        .query_row(
+            &format!(
+                "SELECT count(*) > 0 FROM pragma_table_info('{TABLE}') \
+                 WHERE name = 'max_parallel_requests'"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(migrate)?;
+    if !present {
+        tx.execute_batch(&format!(
+            "ALTER TABLE \"{TABLE}\" ADD COLUMN max_parallel_requests INTEGER"
+        ))
+        .map_err(migrate)?;
+    }
+    tx.commit().map_err(migrate)
 }
 
 fn time_text(t: Option<SystemTime>) -> Option<String> {
@@ -138,6 +166,9 @@ fn row_to_key(row: &Row<'_>) -> rusqlite::Result<VirtualKey> {
         created_by: row.get(12)?,
         updated_at: parse_time(row.get(13)?),
         updated_by: row.get(14)?,
+        max_parallel_requests: row
+            .get::<_, Option<i64>>(15)?
+            .and_then(|n| u32::try_from(n).ok()),
     })
 }
 
@@ -164,7 +195,7 @@ fn alias_taken(
     }
 }
 
-fn write_params(key: &VirtualKey) -> [rusqlite::types::Value; 15] {
+fn write_params(key: &VirtualKey) -> [rusqlite::types::Value; 16] {
     use rusqlite::types::Value as V;
     let text = |s: &Option<String>| s.clone().map_or(V::Null, V::Text);
     [
@@ -183,6 +214,8 @@ fn write_params(key: &VirtualKey) -> [rusqlite::types::Value; 15] {
         text(&key.created_by),
         time_text(key.updated_at).map_or(V::Null, V::Text),
         text(&key.updated_by),
+        key.max_parallel_requests
+            .map_or(V::Null, |n| V::Integer(i64::from(n))),
     ]
 }
 
@@ -211,7 +244,7 @@ impl KeyStore for SqliteKeyStore {
                 .execute(
                     &format!(
                         "INSERT INTO \"{TABLE}\" ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-                         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (token) DO NOTHING"
+                         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT (token) DO NOTHING"
                     ),
                     rusqlite::params_from_iter(write_params(&key)),
                 )
@@ -239,7 +272,8 @@ impl KeyStore for SqliteKeyStore {
                         "UPDATE \"{TABLE}\" SET key_name = ?2, key_alias = ?3, spend = ?4, \
                          expires = ?5, models = ?6, metadata = ?7, user_id = ?8, team_id = ?9, \
                          organization_id = ?10, blocked = ?11, created_at = ?12, \
-                         created_by = ?13, updated_at = ?14, updated_by = ?15 WHERE token = ?1"
+                         created_by = ?13, updated_at = ?14, updated_by = ?15, \
+                         max_parallel_requests = ?16 WHERE token = ?1"
                     ),
                     rusqlite::params_from_iter(write_params(&key)),
                 )
