@@ -4,7 +4,9 @@
 //! connection left idle are closed; a body that stalls mid-way is a 408 with its spend-log
 //! row; a body that keeps coming, however slowly, is served. A client that stops reading a stream (`client_write_timeout`) is let go,
 //! with the upstream's stream, and its request logged. Nor can clients hold more connections
-//! than `max_client_connections`: one beyond it waits until another closes.
+//! than `max_client_connections`: one beyond it waits until another closes. Nor have the
+//! gateway hold more request body bytes than `max_request_bytes_in_flight`, over HTTP/1 or on
+//! the streams of one HTTP/2 connection: a request past it is a 503.
 
 mod support;
 
@@ -484,4 +486,116 @@ async fn request_bodies_beyond_the_bytes_in_flight_are_refused_until_room_is_mad
         .collect();
     assert_eq!(refused.len(), 2, "{rows:#?}");
     assert!(refused.iter().all(|r| r.status.as_str() == "failure"));
+}
+
+/// The same bound over HTTP/2, where one connection carries many streams: a stream holding most
+/// of the bytes (its body declared, a first chunk sent, the rest held back) leaves no room for
+/// a second stream's body on the same connection, which is a 503 at once; a third stream
+/// without a declared length is refused at its first chunk. Once the first body ends, the
+/// connection serves the next stream.
+#[tokio::test]
+async fn http2_streams_share_the_bytes_in_flight() {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let config = config(&upstream.base_url(), &db, "client_write_timeout");
+    let config =
+        format!("{config}  max_request_body_bytes: 4096\n  max_request_bytes_in_flight: 4096\n");
+    let running = support::serve(Gateway::from_config_str(&config).await.unwrap()).await;
+    let stream = TcpStream::connect(running.local_addr()).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let url = running.url("/v1/chat/completions");
+    let post = |length: Option<usize>, body| {
+        let mut request = http::Request::post(&url).header("content-type", "application/json");
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        request.body(body).unwrap()
+    };
+    type Chunks =
+        tokio::sync::mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, std::io::Error>>;
+    let chunked = || {
+        let (tx, mut rx): (Chunks, _) = tokio::sync::mpsc::unbounded_channel();
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        (tx, http_body_util::combinators::BoxBody::new(body))
+    };
+
+    // 4,050 bytes declared; 2,000 sent.
+    let big = format!(
+        r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "a".repeat(4050 - BODY.len() + 5)
+    );
+    let (held, body) = chunked();
+    held.send(Ok(http_body::Frame::data(Bytes::copy_from_slice(
+        &big.as_bytes()[..2000],
+    ))))
+    .unwrap();
+    let mut first_sender = sender.clone();
+    let request = post(Some(4050), body);
+    let first = tokio::spawn(async move { first_sender.send_request(request).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let status = |response: http::Response<hyper::body::Incoming>| async move {
+        let status = response.status().as_u16();
+        let retry = response.headers().get("retry-after").cloned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, String::from_utf8_lossy(&body).into_owned())
+    };
+    let mut second = sender.clone();
+    let (code, retry, body) = status(
+        second
+            .send_request(post(
+                Some(BODY.len()),
+                Full::new(Bytes::from_static(BODY.as_bytes()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, retry.as_ref().map(|v| v.to_str().unwrap())),
+        (503, Some("1")),
+        "{body}"
+    );
+    assert!(body.contains("\"code\":\"server_overloaded\""), "{body}");
+    let (chunks, body) = chunked();
+    chunks
+        .send(Ok(http_body::Frame::data(Bytes::from_static(
+            BODY.as_bytes(),
+        ))))
+        .unwrap();
+    drop(chunks);
+    let (code, _, body) = status(second.send_request(post(None, body)).await.unwrap()).await;
+    assert_eq!(code, 503, "{body}");
+
+    // The first body whole: served; then the connection has room again.
+    held.send(Ok(http_body::Frame::data(Bytes::copy_from_slice(
+        &big.as_bytes()[2000..],
+    ))))
+    .unwrap();
+    drop(held);
+    let (code, _, body) = status(first.await.unwrap()).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = status(
+        second
+            .send_request(post(
+                Some(BODY.len()),
+                Full::new(Bytes::from_static(BODY.as_bytes()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
 }
