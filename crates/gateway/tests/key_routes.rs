@@ -604,8 +604,8 @@ async fn a_key_runs_at_most_its_max_parallel_requests_at_once() {
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap(),
         json!({"error": {
-            "message": "Max parallel request limit reached: this key allows 1 requests at once \
-                        (max_parallel_requests); retry when one of them has ended",
+            "message": "Max parallel request limit reached: this key's max_parallel_requests \
+                        is 1; retry when one of its requests has ended",
             "type": "rate_limit_error", "param": null, "code": "max_parallel_requests_reached"}})
     );
     assert_eq!(

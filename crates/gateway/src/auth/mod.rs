@@ -272,8 +272,8 @@ pub(crate) fn parallel_limit_reached(key: &ResolvedKey) -> Error {
     Error::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!(
-            "Max parallel request limit reached: this key allows {} requests at once \
-             (max_parallel_requests); retry when one of them has ended",
+            "Max parallel request limit reached: this key's max_parallel_requests is {}; \
+             retry when one of its requests has ended",
             key.max_parallel_requests().unwrap_or(0)
         ),
     )
