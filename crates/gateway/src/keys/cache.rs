@@ -222,8 +222,8 @@ impl KeyCache {
     }
 
     /// The count of requests running with the key of `digest`: the one its earlier lookups
-    /// share while any is alive, else a new one. Counts no lookup holds any more are dropped
-    /// when the map has doubled since the last sweep.
+    /// share while any is alive, else a new one. Counts no lookup holds any more are swept
+    /// out whenever the map grows to a power of two of at least 1,024 entries.
     fn running_count(&self, digest: &[u8; 32]) -> Arc<AtomicU32> {
         let mut counts = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(running) = counts.get(digest).and_then(Weak::upgrade) {
