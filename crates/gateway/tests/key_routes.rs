@@ -586,14 +586,16 @@ async fn a_key_runs_at_most_its_max_parallel_requests_at_once() {
     // A stream of 20 events at 20 a second: about a second of body after its head.
     let mut stream = chat("gpt-a", "hello");
     stream["stream"] = json!(true);
-    let request = Request::post(&url)
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .header("x-mock-events", "20")
-        .header("x-mock-events-per-second", "20")
-        .body(http_body_util::Full::new(Bytes::from(stream.to_string())))
-        .unwrap();
-    let first = support::client().request(request).await.unwrap();
+    let paced = || {
+        Request::post(&url)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .header("x-mock-events", "20")
+            .header("x-mock-events-per-second", "20")
+            .body(http_body_util::Full::new(Bytes::from(stream.to_string())))
+            .unwrap()
+    };
+    let first = support::client().request(paced()).await.unwrap();
     assert_eq!(first.status(), 200);
 
     // While it streams, a second request with the key is refused; the master key's is not.
@@ -637,14 +639,7 @@ async fn a_key_runs_at_most_its_max_parallel_requests_at_once() {
     )
     .await;
     assert_eq!(status, 200);
-    let request = Request::post(&url)
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .header("x-mock-events", "20")
-        .header("x-mock-events-per-second", "20")
-        .body(http_body_util::Full::new(Bytes::from(stream.to_string())))
-        .unwrap();
-    let held = support::client().request(request).await.unwrap();
+    let held = support::client().request(paced()).await.unwrap();
     assert_eq!(held.status(), 200);
     assert_eq!(
         support::call(Method::POST, &url, Some(&key), Some(&one))

@@ -521,6 +521,16 @@ async fn http2_streams_share_the_bytes_in_flight() {
     };
     type Chunks =
         tokio::sync::mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, std::io::Error>>;
+    let whole = |bytes: &'static [u8]| {
+        Full::new(Bytes::from_static(bytes))
+            .map_err(|e| match e {})
+            .boxed()
+    };
+    let send = |chunks: &Chunks, bytes: &[u8]| {
+        chunks
+            .send(Ok(http_body::Frame::data(Bytes::copy_from_slice(bytes))))
+            .unwrap();
+    };
     let chunked = || {
         let (tx, mut rx): (Chunks, _) = tokio::sync::mpsc::unbounded_channel();
         let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -533,10 +543,7 @@ async fn http2_streams_share_the_bytes_in_flight() {
         "a".repeat(4050 - BODY.len() + 5)
     );
     let (held, body) = chunked();
-    held.send(Ok(http_body::Frame::data(Bytes::copy_from_slice(
-        &big.as_bytes()[..2000],
-    ))))
-    .unwrap();
+    send(&held, &big.as_bytes()[..2000]);
     let mut first_sender = sender.clone();
     let request = post(Some(4050), body);
     let first = tokio::spawn(async move { first_sender.send_request(request).await.unwrap() });
@@ -551,12 +558,7 @@ async fn http2_streams_share_the_bytes_in_flight() {
     let mut second = sender.clone();
     let (code, retry, body) = status(
         second
-            .send_request(post(
-                Some(BODY.len()),
-                Full::new(Bytes::from_static(BODY.as_bytes()))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            ))
+            .send_request(post(Some(BODY.len()), whole(BODY.as_bytes())))
             .await
             .unwrap(),
     )
@@ -568,31 +570,19 @@ async fn http2_streams_share_the_bytes_in_flight() {
     );
     assert!(body.contains("\"code\":\"server_overloaded\""), "{body}");
     let (chunks, body) = chunked();
-    chunks
-        .send(Ok(http_body::Frame::data(Bytes::from_static(
-            BODY.as_bytes(),
-        ))))
-        .unwrap();
+    send(&chunks, BODY.as_bytes());
     drop(chunks);
     let (code, _, body) = status(second.send_request(post(None, body)).await.unwrap()).await;
     assert_eq!(code, 503, "{body}");
 
     // The first body whole: served; then the connection has room again.
-    held.send(Ok(http_body::Frame::data(Bytes::copy_from_slice(
-        &big.as_bytes()[2000..],
-    ))))
-    .unwrap();
+    send(&held, &big.as_bytes()[2000..]);
     drop(held);
     let (code, _, body) = status(first.await.unwrap()).await;
     assert_eq!(code, 200, "{body}");
     let (code, _, body) = status(
         second
-            .send_request(post(
-                Some(BODY.len()),
-                Full::new(Bytes::from_static(BODY.as_bytes()))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            ))
+            .send_request(post(Some(BODY.len()), whole(BODY.as_bytes())))
             .await
             .unwrap(),
     )
