@@ -86,7 +86,7 @@ where
         let mut running = None;
         let state = match check {
             Check::Known(who) => {
-                accepted(who, request, inner, body_limit, (&mut caller, &mut running))
+                accepted(who, request, inner, body_limit, &mut caller, &mut running)
             }
             Check::Refused(error) => State::Refused { error: Some(error) },
             Check::Lookup(cache, digest) => State::Lookup {
@@ -114,7 +114,8 @@ fn accepted<B, S>(
     request: Request<B>,
     inner: S,
     body_limit: usize,
-    (caller, running): (&mut Option<Arc<Caller>>, &mut Option<Running>),
+    caller: &mut Option<Arc<Caller>>,
+    running: &mut Option<Running>,
 ) -> State<B, S>
 where
     S: Service<Request<Full<Bytes>>>,
@@ -194,7 +195,8 @@ where
                             request,
                             inner,
                             *this.body_limit,
-                            (this.caller, this.running),
+                            this.caller,
+                            this.running,
                         ),
                         Err(error) => State::Refused { error: Some(error) },
                     };
