@@ -261,6 +261,10 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
             json!({"model": "gpt", "messages": [hi], "documents": [{"title": "notes", "text": "a forbidden plan"}]}),
         ),
         (
+            "web search location",
+            json!({"model": "gpt", "messages": [hi], "web_search_options": {"user_location": {"type": "approximate", "approximate": {"city": "a forbidden town"}}}}),
+        ),
+        (
             "vLLM chat_template_kwargs",
             json!({"model": "gpt", "messages": [hi], "chat_template_kwargs": {"enable_thinking": false, "persona": "a forbidden persona"}}),
         ),
@@ -308,6 +312,12 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
         ]})
     };
     let responses_cases = [
+        (
+            "web search tool location",
+            responses(
+                json!({"input": "hi", "tools": [{"type": "web_search", "user_location": {"type": "approximate", "city": "a forbidden town"}}]}),
+            ),
+        ),
         (
             "instructions",
             responses(json!({"instructions": "a forbidden plan", "input": "hi"})),
@@ -453,6 +463,13 @@ async fn a_blocked_word_in_any_request_field_is_blocked_before_the_call() {
         ]})
     };
     let anthropic_cases = [
+        (
+            "web search tool location",
+            anthropic(
+                json!({"messages": [hi], "tools": [{"type": "web_search_20250305", "name": "web_search",
+            "user_location": {"type": "approximate", "city": "a forbidden town"}}]}),
+            ),
+        ),
         (
             "tool input_schema",
             anthropic(json!({"messages": [hi], "tools": [{"name": "search",

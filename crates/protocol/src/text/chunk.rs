@@ -524,7 +524,6 @@ const REQUEST_MEMBERS: &[&str] = &[
     "store",
     "prompt_cache_key",
     "safety_identifier",
-    "web_search_options",
     "top_k",
 ];
 

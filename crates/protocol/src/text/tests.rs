@@ -106,6 +106,45 @@ fn chat_request_prediction() {
     }
 }
 
+/// A web search's location is free text the search and the model are given: chat's
+/// `web_search_options.user_location`, a Responses or Anthropic web search tool's
+/// `user_location`, every string of it (the chat request with one goes to the general reader).
+#[test]
+fn a_web_search_location_is_text() {
+    let location = json!({"type": "approximate",
+        "approximate": {"city": "Lisbon", "region": "Lisboa", "country": "PT"}});
+    roundtrip(
+        CallType::ChatCompletions,
+        Side::Request,
+        json!({"model": "m", "messages": [{"role": "user", "content": "news?"}],
+            "web_search_options": {"search_context_size": "low", "user_location": location}}),
+        &["news?", "approximate", "Lisbon", "Lisboa", "PT"],
+    );
+    assert!(
+        CallType::ChatCompletions
+            .read_common_request(
+                br#"{"model": "m", "messages": [], "web_search_options": {"user_location": {"approximate": {"city": "x"}}}}"#
+            )
+            .is_none()
+    );
+    let mut flat = location["approximate"].clone();
+    flat["type"] = json!("approximate");
+    roundtrip(
+        CallType::Responses,
+        Side::Request,
+        json!({"model": "m", "input": "news?",
+            "tools": [{"type": "web_search", "user_location": flat.clone()}]}),
+        &["news?", "Lisbon", "Lisboa", "PT", "approximate"],
+    );
+    roundtrip(
+        CallType::AnthropicMessages,
+        Side::Request,
+        json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "news?"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "user_location": flat}]}),
+        &["news?", "Lisbon", "Lisboa", "PT", "approximate"],
+    );
+}
+
 /// The JSON Schemas a model is given are read at every depth: their descriptions, titles and
 /// the strings of their enums, consts, defaults and examples, not their member names or types.
 #[test]

@@ -734,6 +734,11 @@ macro_rules! walker {
                     if let Some(examples) = tool.$get("input_examples") {
                         schema(examples, i as u64, next, true, false, &path.key("input_examples"), emit, bad);
                     }
+                    // A web search tool's location (Responses' `web_search`, Anthropic's
+                    // `web_search_20250305`): free text the search and the model are given.
+                    if let Some(location) = tool.$get("user_location") {
+                        schema(location, i as u64, next, true, false, &path.key("user_location"), emit, bad);
+                    }
                 }
             }
 
@@ -1198,6 +1203,14 @@ macro_rules! walker {
                         for name in ["documents", "chat_template_kwargs"] {
                             if let Some(value) = root.$get(name) {
                                 schema(value, TEMPLATE_INPUTS, next, true, false, &root_path.key(name), emit, bad);
+                            }
+                        }
+                        // The web search's location: free text the search and the model are
+                        // given.
+                        if let Some(options) = root.$get("web_search_options") {
+                            let path = root_path.key("web_search_options");
+                            if let Some(location) = options.$get("user_location") {
+                                schema(location, TEMPLATE_INPUTS, next, true, false, &path.key("user_location"), emit, bad);
                             }
                         }
                     }
