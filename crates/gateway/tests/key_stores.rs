@@ -134,6 +134,19 @@ async fn sqlite_store_contract() {
     assert_eq!(store.list(&KeyQuery::new()).await.unwrap().total, 1);
 }
 
+/// What a store shows of a table an earlier version made, with one row `sk-old` of user
+/// `old`, once it has opened it: that row, with no limit, and a new row's limit stored.
+async fn earlier_table_migrated(store: &dyn KeyStore) {
+    let old = store.get(&hash_key("sk-old")).await.unwrap().unwrap();
+    assert_eq!(
+        (old.user_id.as_deref(), old.max_parallel_requests),
+        (Some("old"), None)
+    );
+    let new = row("sk-new", None, "new", 1);
+    store.insert(&new).await.unwrap();
+    assert_eq!(store.get(&new.token).await.unwrap(), Some(new));
+}
+
 /// A key table made by an earlier version, without `max_parallel_requests`, gains the column
 /// when a store opens it: its rows are read (with no limit), and a limit is stored. Two stores
 /// opening it add the column once.
@@ -156,14 +169,7 @@ async fn sqlite_store_adds_the_column_an_earlier_table_lacks() {
     }
     let (first, second) = tokio::join!(SqliteKeyStore::open(&path), SqliteKeyStore::open(&path));
     let (store, _) = (first.unwrap(), second.unwrap());
-    let old = store.get(&hash_key("sk-old")).await.unwrap().unwrap();
-    assert_eq!(
-        (old.user_id.as_deref(), old.max_parallel_requests),
-        (Some("old"), None)
-    );
-    let new = row("sk-new", None, "new", 1);
-    store.insert(&new).await.unwrap();
-    assert_eq!(store.get(&new.token).await.unwrap(), Some(new));
+    earlier_table_migrated(&store).await;
 }
 
 /// The PostgreSQL URL for tests, `None` (and a note) when it is not set.
@@ -247,14 +253,7 @@ async fn postgres_store_adds_the_column_an_earlier_table_lacks() {
         .await
         .unwrap();
     let store = PostgresKeyStore::connect(&url).await.unwrap();
-    let old = store.get(&hash_key("sk-old")).await.unwrap().unwrap();
-    assert_eq!(
-        (old.user_id.as_deref(), old.max_parallel_requests),
-        (Some("old"), None)
-    );
-    let new = row("sk-new", None, "new", 1);
-    store.insert(&new).await.unwrap();
-    assert_eq!(store.get(&new.token).await.unwrap(), Some(new));
+    earlier_table_migrated(&store).await;
     admin
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
