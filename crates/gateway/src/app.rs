@@ -328,7 +328,7 @@ impl Gateway {
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let max = self.connections.limit;
-        let mut warned_full: Option<tokio::time::Instant> = None;
+        let warned_full = EveryMinute::default();
         loop {
             tokio::select! {
                 // At the limit, no accept until a connection ends (`join_next` below).
@@ -370,8 +370,7 @@ impl Gateway {
                     self.connections.set_open(connections.len());
                     if connections.len() >= max {
                         self.connections.reached();
-                        if warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                            warned_full = Some(tokio::time::Instant::now());
+                        if warned_full.due() {
                             tracing::warn!(
                                 max_client_connections = max,
                                 "client connections at general_settings.max_client_connections: \
@@ -520,6 +519,25 @@ impl ConnectionCounts {
             u64::try_from(self.limit).unwrap_or(u64::MAX),
             self.reached.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// A warning given at most once a minute however often its cause recurs (a limit reached under
+/// load): [`due`](Self::due) says whether to give it now.
+#[derive(Debug, Default)]
+pub(crate) struct EveryMinute(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl EveryMinute {
+    /// Whether a minute has passed since the last time this answered `true` (or it never has).
+    pub(crate) fn due(&self) -> bool {
+        let Ok(mut last) = self.0.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 }
 
@@ -1092,6 +1110,14 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::{H2_PREFACE, default_max_client_connections, opens_http2};
+
+    #[test]
+    fn a_warning_every_minute_is_due_once_then_not_within_the_minute() {
+        let warning = super::EveryMinute::default();
+        assert!(warning.due());
+        assert!(!warning.due());
+        assert!(!warning.due());
+    }
 
     #[test]
     fn the_default_connection_limit_leaves_each_connection_an_upstream_file() {

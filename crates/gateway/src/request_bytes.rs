@@ -17,18 +17,17 @@
 //! that would pass the limit.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Buf;
-use guardrail_tower_core::Error;
+use guardrail_tower_core::{BoxError, Error};
 use http::{HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::app::EveryMinute;
 
 /// The request body bytes the gateway holds, all clients together, against the limit
 /// (`general_settings.max_request_bytes_in_flight`); shared by every connection.
@@ -37,7 +36,7 @@ pub struct RequestBytes {
     held: AtomicUsize,
     limit: usize,
     refused: AtomicU64,
-    warned: Mutex<Option<Instant>>,
+    warned: EveryMinute,
 }
 
 impl RequestBytes {
@@ -47,7 +46,7 @@ impl RequestBytes {
             held: AtomicUsize::new(0),
             limit,
             refused: AtomicU64::new(0),
-            warned: Mutex::new(None),
+            warned: EveryMinute::default(),
         }
     }
 
@@ -83,10 +82,7 @@ impl RequestBytes {
     /// minute.
     fn refuse(&self) -> Box<Error> {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut warned) = self.warned.lock()
-            && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-        {
-            *warned = Some(Instant::now());
+        if self.warned.due() {
             tracing::warn!(
                 max_request_bytes_in_flight = self.limit,
                 "request bodies at general_settings.max_request_bytes_in_flight: new requests \
