@@ -26,8 +26,15 @@ pub struct ResolvedKey {
 }
 
 impl ResolvedKey {
-    /// From a row.
+    /// From a row, with a count of its running requests of its own (see [`KeyCache`], whose
+    /// lookups of one key share theirs).
     pub fn new(key: &VirtualKey) -> Self {
+        ResolvedKey::counted(key, || Arc::new(AtomicU32::new(0)))
+    }
+
+    /// From a row; `running` gives the count of the key's running requests when it limits
+    /// them.
+    fn counted(key: &VirtualKey, running: impl FnOnce() -> Arc<AtomicU32>) -> Self {
         let mut caller = Caller::with_key_hash(key.token.clone());
         caller.key_alias = key.key_alias.clone();
         caller.user_id = key.user_id.clone();
@@ -39,9 +46,7 @@ impl ResolvedKey {
             guardrails: key.guardrails().into_iter().map(Arc::from).collect(),
             expires: key.expires,
             blocked: key.blocked == Some(true),
-            parallel: key
-                .max_parallel_requests
-                .map(|max| (max, Arc::new(AtomicU32::new(0)))),
+            parallel: key.max_parallel_requests.map(|max| (max, running())),
         }
     }
 
@@ -210,13 +215,11 @@ impl KeyCache {
         digest: &[u8; 32],
     ) -> Result<Option<Arc<ResolvedKey>>, KeyStoreError> {
         let fetched = Instant::now();
-        let key = self.store.get(&hex(digest)).await?.map(|row| {
-            let mut key = ResolvedKey::new(&row);
-            if let Some((_, running)) = &mut key.parallel {
-                *running = self.running_count(digest);
-            }
-            Arc::new(key)
-        });
+        let key = self
+            .store
+            .get(&hex(digest))
+            .await?
+            .map(|row| Arc::new(ResolvedKey::counted(&row, || self.running_count(digest))));
         self.remember(digest, key.clone(), fetched);
         Ok(key)
     }
