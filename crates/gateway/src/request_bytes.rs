@@ -100,17 +100,17 @@ impl RequestBytes {
         )
     }
 
-    /// Admits a request whose body says `size` of itself: the body to read it through and what
-    /// to keep until its response has been sent. A declared length up to `declared_cap` (the
-    /// body limit: a longer one is refused unread with a 413 by the layers) is taken at once;
-    /// any other body is counted as it arrives.
-    pub(crate) fn admit<B>(
+    /// Admits a request body: the body to read it through and what to keep until its response
+    /// has been sent. A length the body declares (its exact size hint) up to `declared_cap`
+    /// (the body limit: a longer one is refused unread with a 413 by the layers) is taken at
+    /// once; any other body is counted as it arrives.
+    pub(crate) fn admit<B: Body>(
         self: &Arc<Self>,
         body: B,
-        size: SizeHint,
         declared_cap: usize,
     ) -> (BudgetedBody<B>, Reservation) {
-        let declared = size
+        let declared = body
+            .size_hint()
             .exact()
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= declared_cap);
@@ -291,13 +291,11 @@ mod tests {
     async fn a_declared_length_is_taken_at_once_and_given_back_with_the_reservation() {
         let bytes = Arc::new(RequestBytes::new(10));
         let body = Full::new(Bytes::from_static(b"123456"));
-        let hint = body.size_hint();
-        let (body, reservation) = bytes.admit(body, hint, 100);
+        let (body, reservation) = bytes.admit(body, 100);
         assert_eq!(bytes.held(), 6);
         // A second one of 6 does not fit: refused unread.
         let second = Full::new(Bytes::from_static(b"abcdef"));
-        let hint = second.size_hint();
-        let (refused, none) = bytes.admit(second, hint, 100);
+        let (refused, none) = bytes.admit(second, 100);
         let error = refused.collect().await.unwrap_err();
         let error = error.downcast::<Error>().unwrap();
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -317,14 +315,12 @@ mod tests {
      {
         let bytes = Arc::new(RequestBytes::new(10));
         let body = chunked(&["1234", "5678"]);
-        let hint = body.size_hint();
-        let (body, first) = bytes.admit(body, hint, 100);
+        let (body, first) = bytes.admit(body, 100);
         assert_eq!(bytes.held(), 0);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 8);
         assert_eq!(bytes.held(), 8);
         let body = chunked(&["ab", "cd"]);
-        let hint = body.size_hint();
-        let (mut body, second) = bytes.admit(body, hint, 100);
+        let (mut body, second) = bytes.admit(body, 100);
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "ab"
@@ -348,8 +344,7 @@ mod tests {
         // reads it all the same has its bytes counted.
         let bytes = Arc::new(RequestBytes::new(20));
         let body = Full::new(Bytes::from_static(b"0123456789abcdef"));
-        let hint = body.size_hint();
-        let (body, reservation) = bytes.admit(body, hint, 8);
+        let (body, reservation) = bytes.admit(body, 8);
         assert_eq!(bytes.held(), 0);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 16);
         assert_eq!(bytes.held(), 16);

@@ -257,7 +257,8 @@ struct Held {
 
 impl<S, B, ResB> tower_service::Service<http::Request<B>> for Watched<S>
 where
-    B: http_body::Body,
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<guardrail_tower_core::BoxError>,
     S: tower_service::Service<http::Request<ClientBody<B>>, Response = http::Response<ResB>>,
 {
     type Response = http::Response<WatchedBody<ResB>>;
@@ -271,10 +272,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let in_flight = InFlight::start(&self.activity);
         let (parts, body) = request.into_parts();
-        let size = body.size_hint();
         let (body, bytes) = self
             .bytes
-            .admit(client_body(body, self.limit), size, self.body_limit);
+            .admit(client_body(body, self.limit), self.body_limit);
         WatchedFuture {
             inner: self.inner.call(http::Request::from_parts(parts, body)),
             held: Some(Held {
